@@ -1,0 +1,262 @@
+"""Experiment configuration: TOML in, validated nested dict out.
+
+The schema below is the single list of keys a config may hold, with each key's type,
+default and allowed values. Every bad key or value raises :class:`ConfigError` with one
+line naming the key, the value and what is allowed; the command line turns that into
+exit status 2.
+
+Sections
+--------
+experiment  name, seed, output directory, progress
+population  agents (their number, or a CSV file) and the distributions of their traits
+data        dataset, data root, label skew of the agents' data
+model       network architecture
+training    FedAvg settings used for every training in the loop
+accuracy    the accuracy model family and the pilot learning curve
+mechanisms  which mechanisms to compare, and their parameters
+loop        convergence tolerance and iteration limit of the closed loop
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config or an override: one line, naming the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its expected type, default and an extra check.
+
+    check returns None when the value is fine, else the text "allowed is ...".
+    """
+
+    kind: type | tuple[type, ...]
+    default: Any
+    check: Callable[[Any], str | None] | None = None
+    allowed_text: str = ""
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "allowed is a number > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "allowed is a number >= 0"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "allowed is one of " + ", ".join(map(repr, choices))
+
+    return check
+
+
+def _fraction(value: Any) -> str | None:
+    return None if 0 < value < 1 else "allowed is a number in (0, 1)"
+
+
+def _positive_list(value: Any) -> str | None:
+    if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
+        return None
+    return "allowed is a non-empty list of numbers > 0"
+
+
+def _distribution(value: Any) -> str | None:
+    """A population trait: a number, a list (one per agent) or a distribution table."""
+    if isinstance(value, bool):
+        return "allowed is a number, a list of numbers, or a table with key 'dist'"
+    if isinstance(value, (int, float)):
+        return None if math.isfinite(value) else "allowed is a finite number"
+    if isinstance(value, list):
+        return None if value and all(isinstance(v, (int, float)) for v in value) else (
+            "allowed is a non-empty list of numbers")
+    if isinstance(value, dict):
+        return None if value.get("dist") in DISTRIBUTIONS else (
+            "allowed is a table whose 'dist' is one of " + ", ".join(map(repr, DISTRIBUTIONS)))
+    return "allowed is a number, a list of numbers, or a table with key 'dist'"
+
+
+DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
+MECHANISMS = ("standard", "shaping")
+ACCURACY_FAMILIES = ("power_law", "generalisation_bound")
+PARTITIONS = ("iid", "dirichlet")
+TRAIT = (int, float, list, dict)
+
+
+def _check_mechanism_list(value: list) -> str | None:
+    if value and all(v in MECHANISMS for v in value) and len(set(value)) == len(value):
+        return None
+    return "allowed is a non-empty list of distinct names from " + ", ".join(map(repr, MECHANISMS))
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "experiment": {
+        "name": Key(str, "experiment"),
+        "seed": Key(int, 0, _non_negative),
+        "output_dir": Key(str, "runs"),
+        "progress": Key(bool, True),
+    },
+    "population": {
+        "n_agents": Key(int, 10, _positive),
+        "csv": Key(str, ""),
+        "cost": Key(TRAIT, {"dist": "lognormal", "mean": -6.0, "sigma": 0.6}, _distribution),
+        "endowment": Key(TRAIT, 120, _distribution),
+        "value": Key(TRAIT, 1.0, _distribution),
+        "capacity": Key(TRAIT, 1.0, _distribution),
+        "comm_cost": Key(TRAIT, 0.0, _distribution),
+        "outside_option": Key(TRAIT, 0.0, _distribution),
+    },
+    "data": {
+        "dataset": Key(str, "digits"),
+        "root": Key(str, ""),
+        "download": Key(bool, False),
+        "partition": Key(str, "dirichlet", _one_of(*PARTITIONS)),
+        "alpha": Key((int, float), 1.0, _positive),
+        "validation_fraction": Key(float, 0.15, _fraction),
+    },
+    "model": {
+        "name": Key(str, "mlp"),
+        "hidden": Key(list, [64], _positive_list),
+    },
+    "training": {
+        "rounds": Key(int, 20, _positive),
+        "local_epochs": Key(int, 1, _positive),
+        "batch_size": Key(int, 16, _positive),
+        "lr": Key((int, float), 0.05, _positive),
+        "clients_per_round": Key(int, 0, _non_negative),
+        "device": Key(str, "cpu", _one_of("cpu", "cuda")),
+        "threads": Key(int, 1, _non_negative),
+    },
+    "accuracy": {
+        "family": Key(str, "power_law", _one_of(*ACCURACY_FAMILIES)),
+        "pilot_sizes": Key(list, [20, 40, 80, 160, 320, 640, 1000], _positive_list),
+        "pilot_repeats": Key(int, 2, _positive),
+    },
+    "mechanisms": {
+        "compare": Key(list, ["standard", "shaping"], _check_mechanism_list),
+        "shaping_epsilon": Key((int, float), 0.0, _non_negative),
+    },
+    "loop": {
+        "tolerance": Key((int, float), 0.02, _positive),
+        "max_iterations": Key(int, 3, _positive),
+    },
+}
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The full default configuration (every key of the schema)."""
+    return {section: {k: copy.deepcopy(key.default) for k, key in keys.items()}
+            for section, keys in SCHEMA.items()}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names[k] for k in kinds)
+
+
+def _validate_value(section: str, name: str, value: Any) -> Any:
+    key = SCHEMA[section][name]
+    kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if kinds == (float,) else value
+    is_bool = isinstance(value, bool)
+    if (is_bool and bool not in kinds) or not isinstance(value, kinds):
+        raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}")
+    if key.check is not None:
+        problem = key.check(value)
+        if problem:
+            raise ConfigError(f"{section}.{name}={value!r}: {problem}")
+    return value
+
+
+def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Merge ``raw`` over the defaults, checking every key and value."""
+    config = defaults()
+    for section, table in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{section}: unknown section; allowed is one of "
+                              + ", ".join(SCHEMA))
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}={table!r}: allowed is a table")
+        for name, value in table.items():
+            if name not in SCHEMA[section]:
+                raise ConfigError(f"{section}.{name}: unknown key; allowed is one of "
+                                  + ", ".join(SCHEMA[section]))
+            config[section][name] = _validate_value(section, name, value)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse one ``--set section.key=value`` override; the value is read as TOML.
+
+    A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string.
+    """
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: allowed is section.key=value, "
+                          "e.g. training.rounds=5")
+    dotted, literal = text.split("=", 1)
+    section, name = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {literal}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = literal
+    return section, name, value
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """Read a TOML config (or only the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config={str(path)!r}: no such file")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config={str(path)!r}: not valid TOML ({error})") from None
+    for text in overrides:
+        section, name, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}={raw[section]!r}: allowed is a table")
+        raw[section][name] = value
+    return validate(raw)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps(config: dict[str, dict[str, Any]]) -> str:
+    """Write a resolved config as TOML (the form stored in a run folder)."""
+    lines = []
+    for section, table in config.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{name} = {_toml_value(value)}" for name, value in table.items())
+        lines.append("")
+    return "\n".join(lines)

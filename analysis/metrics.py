@@ -1,0 +1,63 @@
+"""Headline metrics of a solved and trained mechanism.
+
+For one mechanism's record (its last loop iteration):
+
+- total data M = sum_i m_i (samples actually trained on, and as solved);
+- free-riding rate: share of agents contributing less than their own local optimum
+  m_i^o = argmax_m v_i a(m) - c_i m (fewer by more than half a sample);
+- welfare W = sum_i u_i, predicted (under the fitted a(m)) and realised (from the
+  delivered accuracies of real training);
+- price of anarchy PoA = W(social optimum) / W(equilibrium), both under the fitted a(m)
+  (>= 1; 1 means the equilibrium is efficient; infinite when W(equilibrium) <= 0);
+- individual-rationality violations: agents whose realised utility falls below their
+  outside option or local-only utility by more than ``ir_tolerance``;
+- promise gap: delivered minus promised accuracy, mean absolute and worst.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.equilibrium import social_optimum
+from incentives.loop import IterationRecord
+from incentives.population import Population
+
+
+def free_riding_rate(contributions: np.ndarray, local_optimum_m: np.ndarray) -> float:
+    """Share of agents with m_i < m_i^o - 0.5 (in samples)."""
+    return float(np.mean(np.asarray(contributions) < np.asarray(local_optimum_m) - 0.5))
+
+
+def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> float:
+    """W(opt) / W(eq); infinite when the equilibrium welfare is not positive."""
+    return float(optimal_welfare / equilibrium_welfare) if equilibrium_welfare > 0 else float("inf")
+
+
+def summarise(record: IterationRecord, population: Population, model: AccuracyModel,
+              ir_tolerance: float = 1e-3) -> dict[str, float]:
+    """The headline metrics of one mechanism's record (see the module docstring)."""
+    outcome, training = record.outcome, record.training
+    m_local = local_optimum(population.cost, population.value, model, population.endowment)
+    optimum = social_optimum(population, model)
+    predicted_welfare = float(record.predicted_utility.sum())
+    promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
+    shortfall = record.local_utility - record.realised_utility
+    return {
+        "total_data": float(record.trained_contributions.sum()),
+        "total_data_solved": outcome.total,
+        "participants": int(np.count_nonzero(record.trained_contributions)),
+        "free_riding_rate": free_riding_rate(record.trained_contributions, m_local),
+        "welfare_predicted": predicted_welfare,
+        "welfare_realised": float(record.realised_utility.sum()),
+        "welfare_social_optimum": float(optimum.welfare),
+        "price_of_anarchy": price_of_anarchy(float(optimum.welfare), predicted_welfare),
+        "ir_violations": int(np.count_nonzero(shortfall > ir_tolerance)),
+        "mean_promised_accuracy": float(np.mean(outcome.accuracy)),
+        "mean_delivered_accuracy": float(np.mean(training.delivered_accuracy)),
+        "mean_global_accuracy": float(np.mean(training.global_accuracy)),
+        "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))),
+        "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]),
+        "transfers": float(np.sum(outcome.transfer)),
+        "max_equilibrium_gain": float(np.max(record.equilibrium_gain)),
+    }

@@ -1,0 +1,124 @@
+"""Figures of a closed-loop run, written as PNG files (matplotlib, no display needed).
+
+- contributions.png: contribution per agent, by mechanism, with each agent's local
+  optimum m_i^o marked (free riders sit below their mark);
+- accuracy_vs_contribution.png: accuracy each agent received against its contribution,
+  promised (hollow) and delivered by real training (filled);
+- welfare_and_data.png: total data and welfare (predicted and realised) by mechanism;
+- convergence.png: total contribution per loop iteration, and the fitted a(m) against
+  every measured (size, accuracy) point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from incentives.accuracy import local_optimum  # noqa: E402
+from incentives.loop import LoopResult  # noqa: E402
+from incentives.population import Population  # noqa: E402
+
+COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def contributions(result: LoopResult, population: Population, path: Path) -> Path:
+    final = result.final()
+    m_local = local_optimum(population.cost, population.value, result.fits[-1], population.endowment)
+    agents = np.arange(population.n_agents)
+    width = 0.8 / max(1, len(final))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, (name, record) in enumerate(final.items()):
+        ax.bar(agents + (k - (len(final) - 1) / 2) * width, record.trained_contributions,
+               width, label=name, color=COLOURS[k % len(COLOURS)])
+    ax.scatter(agents, m_local, marker="_", s=300, color="black", label="local optimum $m_i^o$", zorder=3)
+    ax.set_xlabel("agent (sorted as in the population)")
+    ax.set_ylabel("samples contributed")
+    ax.set_xticks(agents)
+    ax.legend()
+    ax.set_title("Contribution per agent")
+    return _save(fig, path)
+
+
+def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (name, record) in enumerate(result.final().items()):
+        colour = COLOURS[k % len(COLOURS)]
+        m = record.trained_contributions
+        ax.scatter(m, record.outcome.accuracy, facecolors="none", edgecolors=colour,
+                   label=f"{name}: promised")
+        ax.scatter(m, record.training.delivered_accuracy, color=colour, marker="x",
+                   label=f"{name}: delivered (trained)")
+    ax.set_xlabel("samples contributed $m_i$")
+    ax.set_ylabel("accuracy received")
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy received against contribution")
+    return _save(fig, path)
+
+
+def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path:
+    names = list(summaries)
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.bar(x, [summaries[n]["total_data"] for n in names], color=COLOURS[: len(names)])
+    left.set_xticks(x, names)
+    left.set_ylabel("total samples contributed")
+    left.set_title("Total data")
+    right.bar(x - 0.2, [summaries[n]["welfare_predicted"] for n in names], 0.4, label="predicted")
+    right.bar(x + 0.2, [summaries[n]["welfare_realised"] for n in names], 0.4, label="realised")
+    right.axhline(next(iter(summaries.values()))["welfare_social_optimum"], color="black",
+                  linestyle="--", label="social optimum")
+    right.set_xticks(x, names)
+    right.set_ylabel("welfare (sum of utilities)")
+    right.set_title("Welfare")
+    right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def convergence(result: LoopResult, path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = list(result.final())
+    for k, name in enumerate(names):
+        records = [r for r in result.records if r.mechanism == name]
+        left.plot([r.iteration for r in records], [r.trained_contributions.sum() for r in records],
+                  marker="o", label=name, color=COLOURS[k % len(COLOURS)])
+    left.set_xlabel("loop iteration")
+    left.set_ylabel("total samples contributed")
+    left.set_title("Loop convergence")
+    left.legend()
+    fit = result.fits[-1]
+    sizes = np.concatenate([result.pilot_sizes, [r.trained_contributions.sum() for r in result.records]])
+    accuracy = np.concatenate([result.pilot_accuracies,
+                               [np.mean(r.training.global_accuracy) for r in result.records]])
+    grid = np.geomspace(max(1.0, sizes[sizes > 0].min() * 0.8), sizes.max() * 1.2, 200)
+    right.scatter(result.pilot_sizes, result.pilot_accuracies, s=14, label="pilot (trained)")
+    right.scatter(sizes[len(result.pilot_sizes):], accuracy[len(result.pilot_sizes):], marker="x",
+                  color="black", label="loop measurements")
+    right.plot(grid, fit(grid), color="red", label="fitted a(m)")
+    right.set_xscale("log")
+    right.set_xlabel("samples m")
+    right.set_ylabel("test accuracy")
+    right.set_title("Accuracy model")
+    right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def all_figures(result: LoopResult, population: Population, summaries: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        contributions(result, population, folder / "contributions.png"),
+        accuracy_vs_contribution(result, folder / "accuracy_vs_contribution.png"),
+        welfare_and_data(summaries, folder / "welfare_and_data.png"),
+        convergence(result, folder / "convergence.png"),
+    ]

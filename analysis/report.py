@@ -1,0 +1,209 @@
+"""The run folder: resolved config, manifest, metrics tables, figures and an HTML report.
+
+Layout (see DESIGN.md)::
+
+    runs/<name>-<timestamp>/
+        config.toml        the resolved configuration (every key)
+        manifest.json      versions, seed, git commit, device, timings
+        metrics.csv        long format: iteration, mechanism, agent, quantity, value
+        summary.csv        headline metrics, one row per mechanism
+        agents.csv         per-agent table of the last iteration of each mechanism
+        learning_curve.csv every measured (size, accuracy) point and the final fit
+        figures/*.png
+        report.html
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import config as config_module
+from analysis import plots
+from analysis.metrics import summarise
+from incentives.accuracy import local_optimum
+from incentives.loop import LoopResult
+from incentives.population import Population
+
+HEADLINE = [
+    ("total_data", "total data (samples)", "{:.0f}"),
+    ("participants", "contributing agents", "{:d}"),
+    ("free_riding_rate", "free-riding rate", "{:.0%}"),
+    ("mean_promised_accuracy", "mean promised accuracy", "{:.3f}"),
+    ("mean_delivered_accuracy", "mean delivered accuracy (trained)", "{:.3f}"),
+    ("promise_gap_mean_abs", "mean |delivered - promised|", "{:.3f}"),
+    ("welfare_predicted", "welfare, predicted", "{:.4f}"),
+    ("welfare_realised", "welfare, realised", "{:.4f}"),
+    ("price_of_anarchy", "price of anarchy", "{:.3f}"),
+    ("ir_violations", "IR violations (realised)", "{:d}"),
+]
+
+
+def make_run_folder(output_dir: str | Path, name: str) -> Path:
+    """Create ``<output_dir>/<name>-<timestamp>`` (suffixing a counter if it exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(output_dir) / f"{name}-{stamp}"
+    folder, counter = base, 1
+    while folder.exists():
+        folder, counter = Path(f"{base}-{counter}"), counter + 1
+    (folder / "figures").mkdir(parents=True)
+    return folder
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("fedecon", "numpy", "scipy", "torch", "cvxpy", "matplotlib"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def write_manifest(folder: Path, config: dict, timings: dict[str, float], device: str,
+                   extra: dict[str, Any] | None = None) -> Path:
+    manifest = {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "seed": config["experiment"]["seed"],
+        "git_commit": _git_commit(),
+        "device": device,
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        **(extra or {}),
+    }
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def agent_rows(result: LoopResult, population: Population) -> list[dict]:
+    """Per-agent table of each mechanism's last iteration."""
+    fit = result.fits[-1]
+    m_local = local_optimum(population.cost, population.value, fit, population.endowment)
+    rows = []
+    for name, record in result.final().items():
+        outcome, training = record.outcome, record.training
+        for i in range(population.n_agents):
+            rows.append({
+                "mechanism": name, "agent": i,
+                "cost": population.cost[i], "value": population.value[i],
+                "endowment": population.endowment[i], "local_optimum": m_local[i],
+                "contribution": outcome.contributions[i],
+                "trained_contribution": int(record.trained_contributions[i]),
+                "promised_accuracy": outcome.accuracy[i],
+                "delivery_target": (np.nan if outcome.delivery_target is None
+                                    else outcome.delivery_target[i]),
+                "global_accuracy": training.global_accuracy[i],
+                "delivered_accuracy": training.delivered_accuracy[i],
+                "transfer": outcome.transfer[i],
+                "predicted_utility": record.predicted_utility[i],
+                "realised_utility": record.realised_utility[i],
+                "local_utility": record.local_utility[i],
+            })
+    return rows
+
+
+def _table(rows: list[dict], digits: int = 4) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.{digits}g}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline_table(summaries: dict[str, dict[str, float]]) -> str:
+    names = list(summaries)
+    rows = []
+    for key, label, fmt in HEADLINE:
+        row = {"metric": label}
+        for name in names:
+            value = summaries[name][key]
+            row[name] = fmt.format(int(value) if fmt == "{:d}" else value)
+        rows.append(row)
+    return _table(rows)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}"""
+
+
+def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
+                 summaries: dict[str, dict[str, float]], figures: list[Path]) -> Path:
+    fit = result.fits[-1]
+    name = html.escape(config["experiment"]["name"])
+    figure_html = "".join(f'<img src="figures/{f.name}" alt="{f.stem}">' for f in figures)
+    status = (f"converged after {result.n_iterations} iteration(s)" if result.converged
+              else f"stopped at the iteration limit ({result.n_iterations}) before converging")
+    params = ", ".join(f"{k} = {v:.4g}" for k, v in fit.params.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title>
+<style>{STYLE}</style></head><body>
+<h1>{name}</h1>
+<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b>;
+mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
+real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
+FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
+<h2>Headline</h2>{_headline_table(summaries)}
+<p>Accuracy model: {html.escape(fit.family)} fitted to {len(fit.sizes)} measured points
+({params}; RMSE {fit.rmse:.4f}).</p>
+<h2>Figures</h2>{figure_html}
+<h2>Per agent (last iteration)</h2>{_table(agent_rows(result, population))}
+</body></html>"""
+    path = folder / "report.html"
+    path.write_text(page)
+    return path
+
+
+def write_run(folder: Path, config: dict, result: LoopResult, population: Population,
+              timings: dict[str, float], device: str,
+              notes: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Write every file of the run folder; return the headline metrics per mechanism."""
+    fit = result.fits[-1]
+    summaries = {name: summarise(record, population, fit) for name, record in result.final().items()}
+    (folder / "config.toml").write_text(config_module.dumps(config))
+    _write_csv(folder / "metrics.csv", list(result.long_rows()))
+    _write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
+    _write_csv(folder / "agents.csv", agent_rows(result, population))
+    _write_csv(folder / "learning_curve.csv",
+               [{"size": s, "accuracy": a, "fitted": float(fit(s))}
+                for s, a in zip(fit.sizes, fit.accuracies)])
+    figures = plots.all_figures(result, population, summaries, folder / "figures")
+    write_report(folder, config, result, population, summaries, figures)
+    write_manifest(folder, config, timings, device,
+                   {"loop": {"iterations": result.n_iterations, "converged": result.converged},
+                    **(notes or {})})
+    return summaries

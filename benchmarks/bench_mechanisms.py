@@ -1,0 +1,105 @@
+"""Timings of the mechanisms' solvers: ``python benchmarks/bench_mechanisms.py``.
+
+Each case is a (name, callable) pair in :data:`CASES`; adding a case is one line. Every
+case runs ``REPEAT`` times: ``first`` is the first call (for cvxpy contracts it includes
+compiling the parameterised program), ``best`` the fastest call (for contracts, a
+re-solve of the cached program with new numbers), ``best cpu`` its CPU time (steadier
+than wall time on a shared machine). Ratios: all-pairs / reduced contract
+programs for each K where both run, and each case against its target where it has one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mechanisms.contract import LogValue, clear_program_cache, solve_screening  # noqa: E402
+from mechanisms.stackelberg import follower_equilibrium, leader_reward  # noqa: E402
+
+REPEAT = 3
+rng = np.random.default_rng(0)
+
+# ----------------------------------------------------------------- inputs
+N_AGENTS = 100_000
+COSTS = rng.uniform(0.5, 2.0, N_AGENTS)          # utility per sample
+ENDOWMENTS = rng.uniform(0.5, 3.0, N_AGENTS)     # samples
+VALUE = LogValue(10.0)
+
+
+def types(K: int) -> tuple[np.ndarray, np.ndarray]:
+    """K types: costs in [0.5, 5], random (uneven) probabilities."""
+    r = np.random.default_rng(K)
+    return np.sort(r.uniform(0.5, 5.0, K)), r.dirichlet(np.ones(K))
+
+
+def contract(K: int, form: str) -> Callable[[], object]:
+    cost, p = types(K)
+    calls = iter(range(10**9))
+
+    def run():  # new numbers on every call: the cached program is re-solved, not rebuilt
+        scale = 1.0 + 0.01 * next(calls)
+        return solve_screening(cost * scale, p, VALUE, form=form)
+
+    return run
+
+
+# ----------------------------------------------------------------- the cases
+CASES: list[tuple[str, Callable[[], object]]] = [
+    (f"stackelberg followers N={N_AGENTS} (no caps)", lambda: follower_equilibrium(COSTS, 1e5)),
+    (f"stackelberg followers N={N_AGENTS} (endowment caps)",
+     lambda: follower_equilibrium(COSTS, 1e5, ENDOWMENTS)),
+    (f"stackelberg leader R* N={N_AGENTS} (closed form)", lambda: leader_reward(COSTS, VALUE)),
+]
+for K in (10, 100, 1000):
+    CASES.append((f"contract K={K} closed form (virtual costs + ironing)", contract(K, "closed_form")))
+for K in (10, 50, 100, 200, 1000):
+    CASES.append((f"contract K={K} reduced (cvxpy, O(K) constraints)", contract(K, "reduced")))
+for K in (10, 50, 100, 200):
+    CASES.append((f"contract K={K} all pairs (cvxpy, K(K-1) IC)", contract(K, "all_pairs")))
+
+TARGETS = {  # seconds, for the "vs target" column
+    CASES[0][0]: 1.0, CASES[1][0]: 1.0, CASES[2][0]: 1.0,
+    "contract K=1000 reduced (cvxpy, O(K) constraints)": 3.0,
+}
+
+
+def timed(fn: Callable[[], object], repeat: int = REPEAT) -> tuple[float, float, float]:
+    """(first wall time, best wall time, best CPU time of this process), seconds."""
+    wall, cpu = [], []
+    for _ in range(repeat):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall[0], min(wall), min(cpu)
+
+
+def main() -> None:
+    clear_program_cache()
+    results: dict[str, tuple[float, float]] = {}
+    width = max(len(name) for name, _ in CASES)
+    print(f"{'case':<{width}}  {'first [s]':>10}  {'best [s]':>10}  {'best cpu':>10}  vs target")
+    for name, fn in CASES:
+        first, best, cpu = timed(fn)
+        results[name] = (first, best)
+        target = TARGETS.get(name)
+        note = f"{best / target:6.3f}x of {target:g} s" if target else ""
+        print(f"{name:<{width}}  {first:10.4f}  {best:10.4f}  {cpu:10.4f}  {note}", flush=True)
+    print()
+    print("ratio all-pairs / reduced (first call incl. compile; best = re-solve)")
+    for K in (10, 50, 100, 200, 1000):
+        pair = f"contract K={K} all pairs (cvxpy, K(K-1) IC)"
+        reduced = f"contract K={K} reduced (cvxpy, O(K) constraints)"
+        if pair in results and reduced in results:
+            (f1, b1), (f2, b2) = results[pair], results[reduced]
+            print(f"  K={K:<5d} first {f1 / f2:8.1f}x   re-solve {b1 / b2:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Federated Averaging (McMahan et al., 2017, "Communication-efficient learning of deep
+networks from decentralized data", Algorithm 1).
+
+Each round the server samples m = max(1, round(C * K)) of the K available clients
+(or a fixed number), each client runs E epochs of mini-batch SGD (batch size B, step
+size lr) from the global model w^t on its n_k samples, and the server sets
+
+    w^{t+1} = sum_k (n_k / n) w_k^{t+1},   n = sum over sampled clients of n_k.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl import evaluation
+from fl.algorithms.strategy import Strategy, child_seed
+from fl.data.dataset import ArrayDataset, Subset
+from fl.executors.base import ClientResult, ClientTask
+from fl.models import Params
+
+
+class FedAvg(Strategy):
+    """FedAvg with client fraction ``fraction`` (C) or a fixed ``clients_per_round``,
+    local ``epochs`` (E) or an exact number of local ``steps``, ``batch_size`` (B) and
+    SGD step size ``lr``."""
+
+    def __init__(
+        self,
+        epochs: int = 1,
+        batch_size: int = 32,
+        lr: float = 0.1,
+        fraction: float = 1.0,
+        clients_per_round: int | None = None,
+        steps: int | None = None,
+    ):
+        for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+        for key, value in (("clients_per_round", clients_per_round), ("steps", steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{key}={value!r}: allowed is None or an integer >= 1")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr={lr!r}: allowed is a number > 0")
+        if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+            raise ValueError(f"fraction={fraction!r}: allowed is a number in (0, 1]")
+        if clients_per_round is not None and fraction != 1.0:
+            raise ValueError(f"fraction={fraction!r}: allowed is 1.0 when clients_per_round is given")
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.fraction, self.clients_per_round, self.steps = float(fraction), clients_per_round, steps
+
+    def configure_round(
+        self, round_index: int, available_clients: Mapping[int, Subset], seed: np.random.SeedSequence
+    ) -> list[ClientTask]:
+        """Sample clients uniformly without replacement; tasks are in client-id order."""
+        ids = sorted(available_clients)
+        wanted = self.clients_per_round or max(1, round(self.fraction * len(ids)))
+        if wanted < len(ids):
+            ids = sorted(np.random.default_rng(seed).choice(ids, size=wanted, replace=False).tolist())
+        return [
+            ClientTask(
+                client_id=client,
+                round_index=round_index,
+                data=available_clients[client],
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                seed=child_seed(seed, client),
+                steps=self.steps,
+            )
+            for client in ids
+        ]
+
+    def local_objective(
+        self, loss: torch.Tensor, params: Params, global_params: Params, client_state: dict
+    ) -> torch.Tensor:
+        """FedAvg's clients minimise their empirical loss as it is."""
+        return loss
+
+    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        """Sample-weighted mean sum_k (n_k / n) w_k of the floating-point entries; integer
+        buffers (e.g. BatchNorm's batch counter) keep the server's value. With no
+        results the global model is unchanged."""
+        if not results:
+            return global_params
+        total = sum(r.num_samples for r in results)
+        weights = [r.num_samples / total for r in results]
+        return {
+            name: sum(w * r.params[name] for w, r in zip(weights, results)) if value.is_floating_point() else value
+            for name, value in global_params.items()
+        }
+
+    def evaluate(self, model: nn.Module, params: Params, dataset: ArrayDataset) -> dict[str, float]:
+        """Mean cross-entropy ``loss`` (nats) and top-1 ``accuracy`` on ``dataset``."""
+        return evaluation.evaluate(model, params, dataset)

@@ -1,0 +1,170 @@
+"""IncFL: aggregation that maximises the share of clients the global model incentivises.
+
+Cho, Jhunjhunwala, Li, Smith & Joshi (2022), "To Federate or Not To Federate:
+Incentivizing Client Participation in Federated Learning", arXiv:2205.14840 (later
+versions are titled "Maximizing Global Model Appeal in Federated Learning", MaxFL).
+
+Client k, with loss f_k, can train a model alone, w_hat_k, and is *incentivised* to use
+the global model w when it does better on its own data than that local model:
+
+    f_k(w) < rho_k,   rho_k = f_k(w_hat_k).
+
+The server would like to maximise the number of incentivised clients,
+sum_k 1{f_k(w) < rho_k}. The step function is not differentiable; the paper replaces
+the indicator of *not* being incentivised by the sigmoid s(x) = 1 / (1 + e^{-x}) and
+minimises
+
+    F(w) = sum_k s(f_k(w) - rho_k),
+
+whose gradient is a re-weighted sum of the clients' gradients,
+
+    grad F(w) = sum_k q_k(w) grad f_k(w),   q_k(w) = s(x_k) (1 - s(x_k)),   x_k = f_k(w) - rho_k.
+
+q_k is the slope of the sigmoid at the client's *incentive gap* x_k: largest (1/4) at
+x_k = 0, where the client sits on the threshold, symmetric, and decaying like e^{-|x_k|}
+for clients that are already well incentivised (x_k << 0) or out of reach (x_k >> 0).
+There is no further hyperparameter: the gap is measured in the loss's own units (nats
+for cross-entropy), and rho_k is fixed once, before federated training.
+
+IncFL is FedAvg with these weights in place of n_k / n: each round the server computes
+q_k at the round's starting model w^t for every client k that trained, and sets
+
+    w^{t+1} = sum_k (q_k / sum_j q_j) w_k^{t+1},
+
+a convex combination of the clients' models, as FedAvg's is (the paper's update
+direction sum_k q_k (w_k^{t+1} - w^t), with the step normalised so the weights sum to
+one; clients count once each, whatever their sample size, because the objective counts
+clients). The normalisation is computed in log space, so no gap is large enough to
+make every weight underflow.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from fl.algorithms.fedavg import FedAvg
+from fl.algorithms.strategy import child_seed
+from fl.data.dataset import ArrayDataset, Subset
+from fl.evaluation import logits
+from fl.executors.base import ClientResult
+from fl.executors.serial import SerialExecutor
+from fl.models import Params
+
+
+def incentivised_fraction(global_losses, local_losses) -> float:
+    """The share of clients k with f_k(w) < rho_k: whose loss under the global model
+    (``global_losses``, shape (N,)) is strictly below the loss of their own local model
+    (``local_losses``, shape (N,)), both on the same data and in the same units."""
+    gap = _incentive_gap(global_losses, local_losses)
+    return float(np.mean(gap < 0))
+
+
+def incentive_weights(global_losses, local_losses) -> np.ndarray:
+    """IncFL's aggregation weights q_k / sum_j q_j, shape (N,), summing to one, with
+    q_k = s(x_k) (1 - s(x_k)) and x_k = global_losses[k] - local_losses[k] (see the
+    module docstring). Computed as a softmax of log q_k = -|x| - 2 log(1 + e^{-|x|})."""
+    gap = np.abs(_incentive_gap(global_losses, local_losses))
+    log_q = -gap - 2.0 * np.log1p(np.exp(-gap))
+    weights = np.exp(log_q - log_q.max())
+    return weights / weights.sum()
+
+
+class IncFL(FedAvg):
+    """FedAvg whose aggregation weights are :func:`incentive_weights`.
+
+    local_losses: (N,) rho_k, the loss of client k's local-only model on client k's data
+        (see :func:`train_local_models`), indexed by client id 0..N-1.
+    global_losses: maps parameters w to the (N,) losses f_k(w) on the same data and in
+        the same units, e.g. ``lambda w: distribution_losses(model, w, val, P)``. It is
+        called once per round, on the round's starting model.
+    fedavg_options: client sampling and local training, as :class:`FedAvg` takes them.
+    """
+
+    def __init__(self, local_losses, global_losses: Callable[[Params], np.ndarray], **fedavg_options):
+        local = np.asarray(local_losses, dtype=np.float64)
+        if local.ndim != 1 or local.size == 0 or not np.all(np.isfinite(local)):
+            raise ValueError(f"local_losses={local_losses!r}: allowed is a non-empty 1-D array of finite numbers")
+        if not callable(global_losses):
+            raise ValueError(f"global_losses={global_losses!r}: allowed is a callable params -> (N,) losses")
+        super().__init__(**fedavg_options)
+        self.local_losses, self.global_losses = local, global_losses
+
+    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        """sum_k (q_k / sum_j q_j) w_k over the round's results, q_k taken at
+        ``global_params``; integer buffers keep the server's value; no results, no change."""
+        if not results:
+            return global_params
+        ids = [r.client_id for r in results]
+        losses = np.asarray(self.global_losses(global_params), dtype=np.float64)
+        if losses.shape != self.local_losses.shape:
+            raise ValueError(
+                f"global_losses returned shape {losses.shape}: allowed is {self.local_losses.shape}, one loss per client"
+            )
+        weights = incentive_weights(losses[ids], self.local_losses[ids])
+        return {
+            name: sum(float(w) * r.params[name] for w, r in zip(weights, results)) if value.is_floating_point() else value
+            for name, value in global_params.items()
+        }
+
+
+def per_class_loss(model: nn.Module, params: Params, dataset: ArrayDataset) -> np.ndarray:
+    """(K,) mean cross-entropy (nats) of ``model`` run with ``params`` on the samples of
+    each class k of ``dataset``; NaN for a class absent from it."""
+    out = logits(model, params, dataset)
+    losses = F.cross_entropy(out, dataset.y.to(out.device), reduction="none").double().cpu().numpy()
+    labels = dataset.labels()
+    total = np.bincount(labels, weights=losses, minlength=dataset.num_classes)
+    count = np.bincount(labels, minlength=dataset.num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def distribution_losses(model: nn.Module, params: Params, dataset: ArrayDataset, label_distributions) -> np.ndarray:
+    """(N,) losses f_k(w) = sum_c p_kc l_c(w) of each client k on its own label
+    distribution p_k (row k of the (N, K) ``label_distributions``), with l_c the
+    :func:`per_class_loss` on ``dataset``: the client's expected loss when its data
+    differ from the pool only in their label frequencies (label skew)."""
+    p = np.asarray(label_distributions, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != dataset.num_classes or np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0):
+        raise ValueError(
+            f"label_distributions (shape {p.shape}): allowed is (N, {dataset.num_classes}), "
+            "non-negative rows summing to 1"
+        )
+    per_class = per_class_loss(model, params, dataset)
+    return np.where(p > 0, p * per_class, 0.0).sum(axis=1)
+
+
+def train_local_models(
+    model: nn.Module,
+    init_params: Params,
+    subsets: Sequence[Subset],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int | np.random.SeedSequence,
+) -> list[Params]:
+    """w_hat_k for each client k: ``epochs`` passes of mini-batch SGD (``batch_size``,
+    ``lr``) from ``init_params`` on ``subsets[k]`` alone, exactly the local training a
+    FedAvg client does in one round of that many epochs. Client k's batch order comes
+    from ``child_seed(seed, k)``."""
+    if any(len(s) == 0 for s in subsets):
+        empty = [k for k, s in enumerate(subsets) if len(s) == 0]
+        raise ValueError(f"subsets (empty for clients {empty}): allowed is clients with at least one sample each")
+    strategy = FedAvg(epochs=epochs, batch_size=batch_size, lr=lr)
+    tasks = strategy.configure_round(0, dict(enumerate(subsets)), child_seed(seed))
+    return [r.params for r in SerialExecutor().run(model, strategy, init_params, tasks)]
+
+
+def _incentive_gap(global_losses, local_losses) -> np.ndarray:
+    """x_k = f_k(w) - rho_k, validated: two 1-D arrays of finite numbers, same shape."""
+    g = np.asarray(global_losses, dtype=np.float64)
+    r = np.asarray(local_losses, dtype=np.float64)
+    if g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g)):
+        raise ValueError(f"global_losses={global_losses!r}: allowed is a non-empty 1-D array of finite numbers")
+    if r.shape != g.shape or not np.all(np.isfinite(r)):
+        raise ValueError(f"local_losses={local_losses!r}: allowed is {g.shape[0]} finite numbers, one per global loss")
+    return g - r

@@ -1,0 +1,225 @@
+"""CIFAR-10 (Krizhevsky 2009, "Learning Multiple Layers of Features from Tiny Images").
+
+50,000 training and 10,000 test 32x32 RGB images, 10 classes (``CIFAR10_CLASSES``, in
+the official label order). Two on-disk forms are read, both under ``<root>/cifar10``:
+
+- the official python archive ``cifar-10-python.tar.gz`` (md5
+  c58f30108f718f92721af3b95e74349a, downloadable from Krizhevsky's page) or its
+  extracted folder ``cifar-10-batches-py/``: pickled dicts ``data_batch_1`` ...
+  ``data_batch_5`` and ``test_batch``, each with ``b'data'`` (n, 3072) uint8, rows
+  holding the red, green and blue 32x32 planes, and ``b'labels'`` (n ints);
+- a tree of image files ``cifar10-jpg/{train,test}/<class>/NNNN.jpg``, as a tarball
+  ``cifar10-jpg.tar.gz`` or an extracted folder (the project's offline copy; JPEG
+  quality 75, so lossy; no public download). Images are decoded with Pillow straight
+  from the tarball, no extraction needed.
+
+Decoding is done once: the uint8 arrays are cached as ``<name>.decoded.npz`` in a
+cache folder (``<root>/cifar10`` when writable, else ``~/.cache/fedecon/cache/cifar10``
+or the ``cache`` argument); later loads read that file (well under a second).
+Delete it to decode again. The source's checksum is verified when the cache is built.
+
+Returned inputs: float32 of shape (n, 3, 32, 32), pixels scaled to [0, 1] and
+standardised per channel with the training split's mean and std (official data:
+mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616)); labels int64 in [0, 10).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from fl.data.arrays import standardised_pair
+from fl.data.dataset import ArrayDataset
+from fl.data.download import DatasetNotFoundError, RemoteFile, cache_dir, data_root, fetch, verify_checksum
+from fl.data.pickles import load_data_pickle
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_PYTHON = RemoteFile(
+    "cifar-10-python.tar.gz",
+    ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+    "c58f30108f718f92721af3b95e74349a",
+    "md5",
+)
+CIFAR10_JPEG = RemoteFile(
+    "cifar10-jpg.tar.gz", (), "fffb82088ccca82341cb5c16aa37eea9db644305e4b27124eb6bdde322e63ffe", "sha256"
+)
+CIFAR10_SOURCES = ("auto", "python", "jpeg")
+_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # "train"/"test" -> (x uint8 (n,3,32,32), y int64 (n,))
+
+
+# ---------------------------------------------------------------- official python batches
+def _batch_arrays(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    y = np.asarray(batch[b"labels"], dtype=np.int64)
+    return x, y
+
+
+def _join_batches(batches: dict[str, dict]) -> Splits:
+    missing = [name for name in (*_TRAIN_BATCHES, "test_batch") if name not in batches]
+    if missing:
+        raise ValueError(f"CIFAR-10 python batches missing: {missing}")
+    train = [_batch_arrays(batches[name]) for name in _TRAIN_BATCHES]
+    return {
+        "train": (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
+        "test": _batch_arrays(batches["test_batch"]),
+    }
+
+
+def read_python_archive(path: str | os.PathLike) -> Splits:
+    """uint8 images (n, 3, 32, 32) and labels of the official ``cifar-10-python.tar.gz``."""
+    batches = {}
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            name = Path(member.name).name
+            if member.isfile() and name in (*_TRAIN_BATCHES, "test_batch"):
+                batches[name] = load_data_pickle(archive.extractfile(member), encoding="bytes")
+    return _join_batches(batches)
+
+
+def read_python_folder(folder: str | os.PathLike) -> Splits:
+    """Same as :func:`read_python_archive` for the extracted ``cifar-10-batches-py/``."""
+    batches = {}
+    for name in (*_TRAIN_BATCHES, "test_batch"):
+        path = Path(folder) / name
+        if path.is_file():
+            with open(path, "rb") as stream:
+                batches[name] = load_data_pickle(stream, encoding="bytes")
+    return _join_batches(batches)
+
+
+# ---------------------------------------------------------------- image files (JPEG/PNG)
+def _decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if array.shape != (32, 32, 3):
+        raise ValueError(f"CIFAR-10 image of shape {array.shape}: allowed is 32x32 RGB")
+    return array.transpose(2, 0, 1)
+
+
+def _image_files(paths_and_readers, limit_per_class: int | None) -> Splits:
+    """Decode (path parts, read-bytes callable) pairs laid out as <split>/<class>/<file>."""
+    found: dict[str, list[tuple[int, str, np.ndarray]]] = {"train": [], "test": []}
+    taken: dict[tuple[str, int], int] = {}
+    for parts, read in paths_and_readers:
+        if len(parts) < 3 or parts[-3] not in found or parts[-2] not in CIFAR10_CLASSES:
+            continue
+        if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+            continue
+        split, label = parts[-3], CIFAR10_CLASSES.index(parts[-2])
+        if limit_per_class is not None and taken.get((split, label), 0) >= limit_per_class:
+            continue
+        taken[(split, label)] = taken.get((split, label), 0) + 1
+        found[split].append((label, parts[-1], _decode_image(read())))
+        if limit_per_class is not None and sum(taken.values()) == 2 * len(CIFAR10_CLASSES) * limit_per_class:
+            break  # every class of both splits is full: stop reading the archive
+    splits = {}
+    for split, items in found.items():
+        if not items:
+            raise ValueError(f"no images found for split {split!r} (expected {split}/<class>/<file>.jpg)")
+        items.sort(key=lambda item: (item[0], item[1]))
+        splits[split] = (np.stack([a for _, _, a in items]), np.array([lab for lab, _, _ in items], dtype=np.int64))
+    return splits
+
+
+def read_image_tree(source: str | os.PathLike, limit_per_class: int | None = None) -> Splits:
+    """uint8 images (n, 3, 32, 32) and labels from ``{train,test}/<class>/*.jpg``.
+
+    ``source`` is a tarball (any compression tarfile reads) or a folder holding the tree
+    (at its top or one level down, e.g. ``cifar10-jpg/``). Samples are ordered by class,
+    then file name. ``limit_per_class`` keeps the first N files of each class and split
+    met while reading (a quick subset for tests and smoke runs).
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        return _image_files(((p.parts, p.read_bytes) for p in files), limit_per_class)
+    with tarfile.open(source, "r:*") as archive:
+
+        def members():
+            for member in archive:
+                if member.isfile():
+                    yield tuple(member.name.split("/")), archive.extractfile(member).read
+
+        return _image_files(members(), limit_per_class)
+
+
+# ---------------------------------------------------------------- cache and loader
+def _cached(source: Path, cache: Path, build) -> Splits:
+    """Decoded arrays of ``source``, from ``cache`` when it matches the source's size."""
+    size = source.stat().st_size if source.is_file() else -1
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if int(stored["source_bytes"]) == size:
+                return {s: (stored[f"{s}_x"], stored[f"{s}_y"]) for s in ("train", "test")}
+    splits = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
+    with open(partial, "wb") as stream:
+        arrays = {f"{s}_{k}": a for s, (x, y) in splits.items() for k, a in (("x", x), ("y", y))}
+        np.savez(stream, source_bytes=np.int64(size), **arrays)
+    os.replace(partial, cache)
+    return splits
+
+
+def _locate(folder: Path, source: str, download: bool) -> tuple[Path, str]:
+    """The file or folder to read and its kind ("python" or "jpeg")."""
+    if source not in CIFAR10_SOURCES:
+        raise ValueError(f"source={source!r}: allowed is one of {CIFAR10_SOURCES}")
+    candidates = {
+        "python": [folder / CIFAR10_PYTHON.filename, folder / "cifar-10-batches-py"],
+        "jpeg": [folder / CIFAR10_JPEG.filename, folder / "cifar10-jpg"],
+    }
+    kinds = ("python", "jpeg") if source == "auto" else (source,)
+    for kind in kinds:
+        for path in candidates[kind]:
+            if path.exists():
+                return path, kind
+    if download and "python" in kinds:
+        return fetch(folder, CIFAR10_PYTHON, download_missing=True), "python"
+    looked = ", ".join(str(p) for kind in kinds for p in candidates[kind])
+    hint = f"pass download=True to fetch {CIFAR10_PYTHON.urls[0]}" if "python" in kinds else "place it there by hand"
+    raise DatasetNotFoundError(f"CIFAR-10 not found: looked for {looked}; {hint}")
+
+
+def load_cifar10(
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    verify: bool = True,
+    source: str = "auto",
+    cache: str | os.PathLike | None = None,
+    limit_per_class: int | None = None,
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-10: 50,000 / 10,000 images of shape (3, 32, 32), 10 classes.
+
+    ``source``: "python" (official archive or folder), "jpeg" (image tree), or "auto"
+    (the official one when present, else the images). ``cache``: folder for the decoded
+    arrays (see the module docstring). ``limit_per_class``: decode only the first N
+    images of each class per split (image trees only; not cached).
+    """
+    folder = data_root(root) / "cifar10"
+    path, kind = _locate(folder, source, download)
+    if limit_per_class is not None:
+        if kind != "jpeg":
+            raise ValueError(f"limit_per_class={limit_per_class!r}: allowed is None unless source is an image tree")
+        splits = read_image_tree(path, limit_per_class)
+    else:
+
+        def build() -> Splits:
+            if verify and path.is_file():
+                remote = CIFAR10_PYTHON if kind == "python" else CIFAR10_JPEG
+                verify_checksum(path, remote.checksum, remote.algorithm)
+            if kind == "python":
+                return read_python_archive(path) if path.is_file() else read_python_folder(path)
+            return read_image_tree(path)
+
+        splits = _cached(path, cache_dir(folder, cache) / f"{path.name}.decoded.npz", build)
+    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    return standardised_pair("cifar10", train_x, train_y, test_x, test_y, 10, per_channel=True)

@@ -1,0 +1,187 @@
+"""Where dataset files live, how they are checked, and how they are fetched.
+
+Every loader keeps its files under a *data root* (``root`` argument, else the
+``FEDECON_DATA`` environment variable, else ``~/.cache/fedecon``), one folder per
+dataset (``<root>/mnist``, ``<root>/cifar10``, ...). A file is looked up there first;
+only when it is missing and the caller passed ``download=True`` is it fetched, with
+``urllib``, into a temporary file that is checked and then renamed into place, so an
+interrupted download never leaves a half-written file under the real name.
+
+Checksums are hex digests (``sha256`` or ``md5``). ``decompress=True`` hashes the
+contents of a gzip file rather than its bytes, so an official archive and a
+re-compressed copy of the same data both pass.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_ROOT_ENV = "FEDECON_DATA"
+CHECKSUM_ALGORITHMS = ("sha256", "md5")
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the published one (corrupt or another version)."""
+
+
+class DownloadError(OSError):
+    """A download failed (no network, host unreachable, HTTP error)."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file is missing and no download was asked for (or none exists)."""
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$FEDECON_DATA``, else ``~/.cache/fedecon``."""
+    if root is not None:
+        return Path(root).expanduser()
+    from_env = os.environ.get(DATA_ROOT_ENV)
+    if from_env:
+        return Path(from_env).expanduser()
+    return Path.home() / ".cache" / "fedecon"
+
+
+def cache_dir(folder: Path, cache: str | os.PathLike | None = None) -> Path:
+    """Where derived files (decoded arrays) of ``folder`` go.
+
+    ``cache`` if given; else ``folder`` itself when it is writable; else
+    ``~/.cache/fedecon/cache/<folder name>`` (for read-only shared copies).
+    """
+    if cache is not None:
+        return Path(cache).expanduser()
+    if folder.is_dir() and os.access(folder, os.W_OK):
+        return folder
+    return Path.home() / ".cache" / "fedecon" / "cache" / folder.name
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r}: allowed is one of {CHECKSUM_ALGORITHMS}")
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", *, decompress: bool = False) -> str:
+    """Hex digest of a file's bytes, or of its gzip-decompressed contents."""
+    _check_algorithm(algorithm)
+    digest = hashlib.new(algorithm)
+    opener = gzip.open if decompress else open
+    with opener(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(
+    path: str | os.PathLike, expected: str, algorithm: str = "sha256", *, decompress: bool = False
+) -> None:
+    """Raise :class:`ChecksumError` unless the digest of ``path`` equals ``expected``."""
+    actual = file_digest(path, algorithm, decompress=decompress)
+    if actual != expected.lower():
+        what = "decompressed contents" if decompress else "bytes"
+        raise ChecksumError(
+            f"{path}: {algorithm} of its {what} is {actual}, expected {expected.lower()}; "
+            "the file is corrupt or a different version: delete it and fetch it again"
+        )
+
+
+def download(
+    url: str,
+    destination: str | os.PathLike,
+    *,
+    checksum: str | None = None,
+    algorithm: str = "sha256",
+    decompress: bool = False,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch ``url`` to ``destination`` atomically, checking ``checksum`` if given.
+
+    The bytes go to a temporary file next to ``destination``; it is verified and then
+    renamed, so ``destination`` either does not exist or holds the checked file. Any
+    scheme urllib knows works (``https://``, ``http://``, ``file://``).
+    Raises :class:`DownloadError` when the URL cannot be read (naming the URL and the
+    folder to place the file in by hand) and :class:`ChecksumError` on a bad digest.
+    """
+    _check_algorithm(algorithm)
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "fedecon-dataset-loader"})
+        try:
+            with os.fdopen(handle, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise DownloadError(
+                f"could not download {url} ({reason}); without a network, fetch it elsewhere "
+                f"and place it as {destination.name} in {destination.parent}"
+            ) from error
+        if checksum is not None:
+            verify_checksum(partial, checksum, algorithm, decompress=decompress)
+        os.replace(partial, destination)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return destination
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a dataset: its name, where to fetch it and how to check it.
+
+    ``urls`` are mirrors tried in order (empty: no public download; the file must be
+    placed by hand). ``checksum`` is a hex digest of the file's bytes, or of its
+    decompressed contents when ``decompressed`` is true (then a raw, uncompressed
+    copy named without ``.gz`` is accepted too and hashed as is).
+    """
+
+    filename: str
+    urls: tuple[str, ...] = ()
+    checksum: str | None = None
+    algorithm: str = "sha256"
+    decompressed: bool = False
+
+    def candidates(self) -> tuple[str, ...]:
+        """File names accepted on disk, preferred first."""
+        if self.decompressed and self.filename.endswith(".gz"):
+            return (self.filename, self.filename[: -len(".gz")])
+        return (self.filename,)
+
+
+def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bool, verify: bool = True) -> Path:
+    """Path of ``remote`` inside ``folder``, downloading it if missing and allowed.
+
+    An existing file is verified against ``remote.checksum`` when ``verify``; a
+    downloaded one always is. Raises :class:`DatasetNotFoundError` naming the path and
+    the ``download=True`` option when the file is missing.
+    """
+    folder = Path(folder)
+    for name in remote.candidates():
+        path = folder / name
+        if path.is_file():
+            if verify and remote.checksum is not None:
+                verify_checksum(path, remote.checksum, remote.algorithm, decompress=path.suffix == ".gz" and remote.decompressed)
+            return path
+    target = folder / remote.filename
+    if not download_missing or not remote.urls:
+        hint = (
+            f"place the file there, or pass download=True to fetch it from {remote.urls[0]}"
+            if remote.urls
+            else "it has no public download: copy it there by hand"
+        )
+        raise DatasetNotFoundError(f"{target} not found (data root {folder.parent}); {hint}")
+    errors = []
+    for url in remote.urls:
+        try:
+            return download(url, target, checksum=remote.checksum, algorithm=remote.algorithm, decompress=remote.decompressed)
+        except DownloadError as error:
+            errors.append(str(error))
+    raise DownloadError("; ".join(errors))

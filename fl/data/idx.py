@@ -1,0 +1,67 @@
+"""Reader for the IDX format of MNIST and Fashion-MNIST (LeCun et al. 1998).
+
+An IDX file is a big-endian header followed by the raw array:
+
+- bytes 0-1: zero; byte 2: element type (0x08 = unsigned byte, the only one used by
+  MNIST and Fashion-MNIST; the others are listed in ``_DTYPES``); byte 3: number of
+  dimensions ``d``;
+- ``d`` big-endian uint32 sizes, then the elements in C order.
+
+Files may be gzip-compressed (``.gz``) or raw.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fl.data.download import ChecksumError
+
+_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The contents of ``path``, gunzipped when its name ends with ``.gz``."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as stream:
+            return stream.read()
+    return path.read_bytes()
+
+
+def parse_idx(data: bytes) -> np.ndarray:
+    """Array held by the IDX bytes ``data`` (native byte order, shape from the header)."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError("not an IDX file: the first two bytes must be zero")
+    code, ndim = data[2], data[3]
+    if code not in _DTYPES:
+        raise ValueError(f"IDX element type 0x{code:02x}: allowed is one of {[hex(c) for c in _DTYPES]}")
+    header = 4 + 4 * ndim
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_DTYPES[code])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"IDX header gives shape {shape} ({expected} bytes) but the file has {len(data)} bytes")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file (raw or ``.gz``), checking the sha256 of its uncompressed bytes.
+
+    Hashing the same bytes that are parsed means one decompression serves both the
+    check and the read.
+    """
+    data = read_bytes(path)
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256.lower():
+            raise ChecksumError(
+                f"{path}: sha256 of its decompressed contents is {actual}, expected {sha256.lower()}; "
+                "the file is corrupt or a different version: delete it and fetch it again"
+            )
+    return parse_idx(data)

@@ -1,0 +1,247 @@
+"""Partitions of a labelled pool among clients.
+
+Every partitioner is a pure function of ``(labels, parameters, seed)``. It returns a
+:class:`Partition`: a list with one int64 array per client of positions into
+``labels``. The arrays are pairwise disjoint and each is in a random order, so the
+first ``m`` entries of a part are a uniform random subsample of that part (a client
+that contributes ``m`` of its samples contributes a prefix).
+
+Label skew (Dirichlet over clients per class) follows Yurochkin et al. (2019),
+"Bayesian nonparametric federated learning of neural networks", and Hsu et al.
+(2019), "Measuring the effects of non-identical data distribution"; the pathological
+shards split follows McMahan et al. (2017), "Communication-efficient learning of deep
+networks from decentralized data".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+_MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
+
+
+class Partition(list):
+    """One int64 index array per client, plus ``notes``: departures from what was asked
+    (for instance a class that ran out and was filled from others); empty when none."""
+
+    def __init__(self, parts: Sequence[np.ndarray], notes: Sequence[str] = ()):
+        super().__init__(np.asarray(p, dtype=np.int64) for p in parts)
+        self.notes = list(notes)
+
+
+def label_histograms(labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
+    """(N, K) int64 counts: entry (i, k) is the number of samples of class k in part i."""
+    labels = _check_labels(labels)
+    return np.stack([np.bincount(labels[p], minlength=num_classes)[:num_classes] for p in parts])
+
+
+def iid(labels: np.ndarray, num_clients: int, seed: int) -> Partition:
+    """Uniform random split of all samples into ``num_clients`` parts whose sizes differ by at most one."""
+    labels = _check_labels(labels)
+    _check_positive_int("num_clients", num_clients)
+    rng = np.random.default_rng(seed)
+    return Partition(np.array_split(rng.permutation(len(labels)), num_clients))
+
+
+def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1) -> Partition:
+    """Label skew: for each class k, split its samples among clients in proportions
+    q_k ~ Dirichlet(alpha * 1_N). Small ``alpha`` concentrates each class on few clients
+    (strong skew); large ``alpha`` tends to the IID split. All samples are assigned.
+
+    The draw is repeated until every client holds at least ``min_size`` samples
+    (ValueError after 1000 tries: raise ``alpha`` or lower ``min_size``).
+    """
+    labels = _check_labels(labels)
+    _check_positive_int("num_clients", num_clients)
+    _check_positive_float("alpha", alpha)
+    _check_min_size(min_size, num_clients, len(labels))
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    for _ in range(_MAX_TRIES):
+        chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for idx in members:
+            shares = _largest_remainder(len(idx), rng.dirichlet(np.full(num_clients, alpha)))
+            for i, chunk in enumerate(np.split(rng.permutation(idx), np.cumsum(shares)[:-1])):
+                chunks[i].append(chunk)
+        parts = [np.concatenate(c) for c in chunks]
+        if min(len(p) for p in parts) >= min_size:
+            return Partition(rng.permutation(p) for p in parts)
+    raise ValueError(
+        f"min_size={min_size!r}: allowed is a size that a Dirichlet(alpha={alpha!r}) split reaches; "
+        f"none of {_MAX_TRIES} draws gave every client that many samples (raise alpha or lower min_size)"
+    )
+
+
+def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: int) -> Partition:
+    """Pathological non-IID split of McMahan et al. (2017): sort the samples by label
+    (ties in random order), cut them into ``num_clients * shards_per_client`` shards of
+    (nearly) equal size and give each client ``shards_per_client`` random shards, so a
+    client sees at most about ``shards_per_client`` classes."""
+    labels = _check_labels(labels)
+    _check_positive_int("num_clients", num_clients)
+    _check_positive_int("shards_per_client", shards_per_client)
+    num_shards = num_clients * shards_per_client
+    if num_shards > len(labels):
+        raise ValueError(
+            f"shards_per_client={shards_per_client!r}: allowed is at most "
+            f"{len(labels) // num_clients} ({len(labels)} samples for {num_clients} clients)"
+        )
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(labels)), labels))
+    pieces = np.array_split(order, num_shards)
+    owners = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+    return Partition(rng.permutation(np.concatenate([pieces[s] for s in row])) for row in owners)
+
+
+def quantity_skew(
+    labels: np.ndarray,
+    num_clients: int,
+    seed: int,
+    *,
+    distribution: str = "lognormal",
+    sigma: float = 1.0,
+    alpha: float = 1.0,
+    min_size: int = 1,
+) -> Partition:
+    """Quantity skew with IID labels: client sizes are ``min_size`` plus a share of the
+    remaining samples proportional to w_i, where w ~ Dirichlet(alpha * 1_N)
+    (``distribution="dirichlet"``) or w_i ~ LogNormal(0, sigma^2) i.i.d.
+    (``distribution="lognormal"``). Samples are assigned uniformly at random; all are used."""
+    labels = _check_labels(labels)
+    _check_positive_int("num_clients", num_clients)
+    _check_min_size(min_size, num_clients, len(labels))
+    rng = np.random.default_rng(seed)
+    if distribution == "lognormal":
+        _check_positive_float("sigma", sigma)
+        weights = rng.lognormal(0.0, sigma, num_clients)
+    elif distribution == "dirichlet":
+        _check_positive_float("alpha", alpha)
+        weights = rng.dirichlet(np.full(num_clients, alpha))
+    else:
+        raise ValueError(f"distribution={distribution!r}: allowed is 'lognormal' or 'dirichlet'")
+    sizes = min_size + _largest_remainder(len(labels) - num_clients * min_size, weights)
+    return Partition(np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1]))
+
+
+def by_counts(
+    labels: np.ndarray,
+    counts: Sequence[int],
+    label_distributions: np.ndarray | None = None,
+    seed: int = 0,
+) -> Partition:
+    """Client i receives exactly ``counts[i]`` samples, disjoint across clients, with
+    class counts proportional to row i of ``label_distributions`` ((N, K), rows summing
+    to one; ``None``: the pool's own label frequencies for everyone).
+
+    Class counts are the largest-remainder rounding of counts[i] * p_i. Where the
+    clients together ask for more samples of a class than the pool holds, the class is
+    shared in proportion to what each asked for, and each client's shortfall is filled
+    uniformly at random from the samples no client asked for; every such fill is
+    reported in ``Partition.notes``. Samples not handed out stay unassigned.
+    """
+    labels = _check_labels(labels)
+    counts = np.asarray(counts)
+    integral = np.issubdtype(counts.dtype, np.number) and np.all(counts >= 0) and not np.any(counts % 1)
+    if counts.ndim != 1 or len(counts) == 0 or not integral:
+        raise ValueError(f"counts={counts.tolist()!r}: allowed is a non-empty 1-D sequence of non-negative integers")
+    counts = counts.astype(np.int64)
+    if counts.sum() > len(labels):
+        raise ValueError(f"counts={counts.tolist()!r}: allowed is a total of at most {len(labels)} (the pool size)")
+    if label_distributions is None:
+        supply = np.bincount(labels)
+        dist = np.tile(supply / len(labels), (len(counts), 1))
+    else:
+        dist = _check_distributions(label_distributions, len(counts), int(labels.max()) + 1)
+        supply = np.bincount(labels, minlength=dist.shape[1])
+    demand = np.stack([_largest_remainder(n, p) for n, p in zip(counts, dist)])
+    granted = demand.copy()
+    for k in np.flatnonzero(demand.sum(axis=0) > supply):
+        granted[:, k] = _largest_remainder(int(supply[k]), demand[:, k])
+
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == k)) for k in range(demand.shape[1])]
+    taken = np.zeros(demand.shape[1], dtype=np.int64)
+    parts: list[list[np.ndarray]] = []
+    for row in granted:
+        parts.append([pools[k][taken[k] : taken[k] + row[k]] for k in range(len(row))])
+        taken += row
+    leftover = rng.permutation(np.concatenate([pool[t:] for pool, t in zip(pools, taken)]))
+    notes, used = [], 0
+    for i, (want, got) in enumerate(zip(demand, granted)):
+        short = int(counts[i] - got.sum())
+        if short:
+            parts[i].append(leftover[used : used + short])
+            used += short
+            missing = ", ".join(f"class {k}: {want[k] - got[k]}" for k in np.flatnonzero(want > got))
+            notes.append(f"client {i}: pool ran out of ({missing}); filled {short} samples from other classes")
+    return Partition((rng.permutation(np.concatenate(p)) for p in parts), notes)
+
+
+def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split into ``(kept, held)``: ``held`` has round(fraction * n) samples
+    with class counts proportional to the pool's (largest-remainder rounding), e.g. a
+    public set for distillation or a validation set. Both arrays are in random order."""
+    labels = _check_labels(labels)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction={fraction!r}: allowed is a number in (0, 1)")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    members = [rng.permutation(np.flatnonzero(labels == k)) for k in classes]
+    sizes = _largest_remainder(int(round(fraction * len(labels))), np.array([len(m) for m in members]))
+    held = np.concatenate([m[:s] for m, s in zip(members, sizes)])
+    kept = np.concatenate([m[s:] for m, s in zip(members, sizes)])
+    return rng.permutation(kept), rng.permutation(held)
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Non-negative integers summing to ``total``, proportional to ``weights``
+    (Hamilton's largest-remainder rounding; ties go to the lower index)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    exact = total * weights / weights.sum()
+    shares = np.floor(exact).astype(np.int64)
+    extra = total - int(shares.sum())
+    shares[np.argsort(shares - exact, kind="stable")[:extra]] += 1
+    return shares
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(
+            f"labels (shape {labels.shape}, dtype {labels.dtype}): allowed is a non-empty 1-D array of non-negative integers"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_positive_int(key: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+
+
+def _check_positive_float(key: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0 or not np.isfinite(value):
+        raise ValueError(f"{key}={value!r}: allowed is a finite number > 0")
+
+
+def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(f"min_size={min_size!r}: allowed is an integer >= 0")
+    if min_size * num_clients > num_samples:
+        raise ValueError(
+            f"min_size={min_size!r}: allowed is at most {num_samples // num_clients} "
+            f"({num_samples} samples for {num_clients} clients)"
+        )
+
+
+def _check_distributions(dist: np.ndarray, num_clients: int, num_classes: int) -> np.ndarray:
+    dist = np.asarray(dist, dtype=np.float64)
+    if dist.ndim != 2 or dist.shape[0] != num_clients or dist.shape[1] < num_classes:
+        raise ValueError(
+            f"label_distributions (shape {dist.shape}): allowed is shape ({num_clients}, K) "
+            f"with K >= {num_classes} (one row per client, one column per class)"
+        )
+    if np.any(dist < 0) or not np.allclose(dist.sum(axis=1), 1.0, atol=1e-6):
+        raise ValueError("label_distributions: allowed is non-negative rows that each sum to 1")
+    return dist

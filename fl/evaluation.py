@@ -1,0 +1,66 @@
+"""Accuracy of a model given as parameters, overall, per class and on a label distribution.
+
+An agent's accuracy on its own test distribution p (a probability vector over the K
+classes) is sum_k p_k acc_k, where acc_k is the accuracy on the test samples of class k:
+one shared test set serves every agent, reweighted to its distribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fl.data.dataset import ArrayDataset
+
+_BATCH = 2048  # samples per forward pass (memory, not results)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> torch.Tensor:
+    """(n, num_classes) outputs of ``model`` run with ``params`` in eval mode, on the params' device."""
+    device = next(iter(params.values())).device
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([functional_call(model, params, (x.to(device),)) for x in dataset.x.split(_BATCH)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> dict[str, float]:
+    """``loss``: mean cross-entropy (nats); ``accuracy``: top-1 fraction correct."""
+    out = logits(model, params, dataset)
+    y = dataset.y.to(out.device)
+    return {"loss": F.cross_entropy(out, y).item(), "accuracy": (out.argmax(1) == y).double().mean().item()}
+
+
+def accuracy(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> float:
+    """Top-1 fraction correct on ``dataset``."""
+    return evaluate(model, params, dataset)["accuracy"]
+
+
+def per_class_accuracy(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> np.ndarray:
+    """(K,) accuracy on the samples of each class k; NaN for a class absent from ``dataset``."""
+    predicted = logits(model, params, dataset).argmax(1).cpu().numpy()
+    labels = dataset.labels()
+    correct = np.bincount(labels[predicted == labels], minlength=dataset.num_classes)
+    total = np.bincount(labels, minlength=dataset.num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return correct / total
+
+
+def accuracy_on_distribution(per_class_acc: np.ndarray, label_distribution: np.ndarray) -> np.ndarray | float:
+    """sum_k p_k acc_k for a distribution p of shape (K,) (a float) or one per row of an
+    (N, K) array (an (N,) array). Rows must be non-negative and sum to one. NaN where
+    p puts mass on a class whose accuracy is NaN (absent from the test set)."""
+    p = np.asarray(label_distribution, dtype=np.float64)
+    acc = np.asarray(per_class_acc, dtype=np.float64)
+    if p.shape[-1] != acc.shape[0] or np.any(p < 0) or not np.allclose(p.sum(axis=-1), 1.0, atol=1e-6):
+        raise ValueError(
+            f"label_distribution (shape {p.shape}): allowed is non-negative rows of length {acc.shape[0]} summing to 1"
+        )
+    weighted = np.where(p > 0, p * acc, 0.0)
+    return weighted.sum(axis=-1) if p.ndim > 1 else float(weighted.sum())

@@ -1,0 +1,86 @@
+"""What an executor is given and gives back, and the interface every executor offers.
+
+The server asks the strategy for one :class:`ClientTask` per sampled client, hands the
+tasks to an executor, and aggregates the :class:`ClientResult` list it returns. The
+executor owns the local training loop: plain mini-batch SGD on the client's data,
+
+    w <- w - lr * grad_w objective(w),   objective = strategy.local_objective(CE(f_w(x_b), y_b), ...)
+
+with batches drawn in the order of ``numpy.random.default_rng(task.seed)``. Because
+the seed belongs to the task (derived from the run's seed, the round and the client
+id), every executor produces the same numbers whatever the order in which it runs
+clients.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+from torch import nn
+
+from fl.data.dataset import Subset
+from fl.models import Params
+
+if TYPE_CHECKING:
+    from fl.algorithms.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's local work in one round.
+
+    data: the client's samples. epochs: full passes over them (E of McMahan et al.),
+    ignored when ``steps`` is set. steps: exact number of SGD steps, passing over the
+    data in fresh random orders as often as needed. batch_size: B (the last batch of a
+    pass may be smaller). lr: SGD step size. seed: the batch order's random stream.
+    state: the strategy's per-client state (e.g. SCAFFOLD's control variate); empty for FedAvg.
+    """
+
+    client_id: int
+    round_index: int
+    data: Subset
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: np.random.SeedSequence
+    steps: int | None = None
+    state: dict = field(default_factory=dict)
+
+    def batches(self) -> Iterator[np.ndarray]:
+        """Positions into ``data`` of each local mini-batch, in training order: each pass
+        over the data is a fresh permutation cut into batches of ``batch_size``."""
+        rng = np.random.default_rng(self.seed)
+        n = len(self.data)
+        per_pass = -(-n // self.batch_size)
+        total = self.steps if self.steps is not None else self.epochs * per_pass
+        for step in range(total):
+            if step % per_pass == 0:
+                order = np.array_split(rng.permutation(n), range(self.batch_size, n, self.batch_size))
+            yield order[step % per_pass]
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """params: the client's model after local training. num_samples: n_k, its dataset
+    size (FedAvg's aggregation weight). train_loss: mean mini-batch cross-entropy over
+    its local steps (nats; before the strategy's regulariser). steps: SGD steps taken."""
+
+    client_id: int
+    params: Params
+    num_samples: int
+    train_loss: float
+    steps: int
+
+
+class Executor(ABC):
+    """Runs clients' local training."""
+
+    @abstractmethod
+    def run(
+        self, model: nn.Module, strategy: "Strategy", global_params: Params, tasks: list[ClientTask]
+    ) -> list[ClientResult]:
+        """Train each task from ``global_params`` and return the results in task order.
+        ``model`` is a template whose architecture is used (its own weights are not)."""

@@ -1,0 +1,99 @@
+"""Model registry: ``build_model(name, input_shape, num_classes, **options)``.
+
+Every classifier maps inputs of shape (B, *input_shape) to logits of shape
+(B, num_classes). Models defined in sibling modules are imported only when asked for,
+so a missing optional module breaks only its own names. Each name's adapter turns
+(input_shape, num_classes) into its factory's arguments; ``options`` go through as given.
+
+name         factory                       from (input_shape, num_classes)   options (defaults)
+-----------  ----------------------------  --------------------------------  -------------------------------
+mlp          fl.models.mlp.MLP             input_shape, num_classes          hidden=(64,)
+cnn          fl.models.cnn.CNN             input_shape, num_classes          channels=(32, 64), hidden=512, kernel_size=5
+small_cnn    fl.models.cnn.CNN             input_shape, num_classes          channels=(16, 32), hidden=64, kernel_size=3
+lenet5       fl.models.lenet.LeNet5        in_channels, image_size (square)
+resnet8      fl.models.resnet.resnet8      in_channels, num_classes          width=1.0, static_bn=False
+resnet18     fl.models.resnet.resnet18     in_channels, num_classes          width=1.0, static_bn=False
+char_lstm    fl.models.lstm.CharLSTM       vocab_size = num_classes          embed_dim=8, hidden=256, layers=2
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+Params = dict[str, torch.Tensor]
+"""A model's state (parameters and buffers) by ``state_dict`` name; the currency of ``fl``."""
+
+
+def _shape(input_shape: tuple, num_classes: int) -> dict:
+    return {"input_shape": input_shape, "num_classes": num_classes}
+
+
+def _image(input_shape: tuple, num_classes: int) -> dict:
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape={input_shape!r}: allowed is (channels, height, width) for this model")
+    return {"in_channels": input_shape[0], "num_classes": num_classes}
+
+
+def _square_image(input_shape: tuple, num_classes: int) -> dict:
+    arguments = _image(input_shape, num_classes)
+    if input_shape[1] != input_shape[2]:
+        raise ValueError(f"input_shape={input_shape!r}: allowed is a square image for this model")
+    return {**arguments, "image_size": input_shape[1]}
+
+
+def _vocabulary(input_shape: tuple, num_classes: int) -> dict:
+    return {"vocab_size": num_classes}
+
+
+# name -> (module, factory, adapter of (input_shape, num_classes), default options)
+_REGISTRY: dict[str, tuple[str, str, Callable[[tuple, int], dict], dict]] = {
+    "mlp": ("fl.models.mlp", "MLP", _shape, {}),
+    "cnn": ("fl.models.cnn", "CNN", _shape, {}),
+    "small_cnn": ("fl.models.cnn", "CNN", _shape, {"channels": (16, 32), "hidden": 64, "kernel_size": 3}),
+    "lenet5": ("fl.models.lenet", "LeNet5", _square_image, {}),
+    "resnet8": ("fl.models.resnet", "resnet8", _image, {}),
+    "resnet18": ("fl.models.resnet", "resnet18", _image, {}),
+    "char_lstm": ("fl.models.lstm", "CharLSTM", _vocabulary, {}),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int | np.random.SeedSequence | None = None,
+    **options,
+) -> nn.Module:
+    """A freshly initialised model (torch's default initialisation). With ``seed`` the
+    initialisation is drawn from that seed alone, leaving torch's global RNG untouched;
+    without, from torch's global RNG."""
+    if name not in _REGISTRY:
+        raise ValueError(f"model={name!r}: allowed is one of {', '.join(MODEL_NAMES)}")
+    module_name, attribute, adapter, defaults = _REGISTRY[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        raise ImportError(f"model={name!r} needs {module_name}.{attribute}, and {module_name} is not present") from error
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise ImportError(f"model={name!r} needs {module_name}.{attribute}, which {module_name} does not define")
+    arguments = {**adapter(tuple(input_shape), num_classes), **defaults, **options}
+    if seed is None:
+        return factory(**arguments)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed.generate_state(1)[0] if isinstance(seed, np.random.SeedSequence) else seed))
+        return factory(**arguments)
+
+
+def get_params(model: nn.Module) -> Params:
+    """The model's state (parameters and buffers) as a dict of detached copies, usable
+    with ``torch.func.functional_call(model, params, (x,))``."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -1,0 +1,245 @@
+"""Real training seen from the economic side: an accuracy oracle over a fixed population.
+
+``TrainingOracle`` satisfies ``incentives.protocols.AccuracyOracle`` structurally (``fl``
+does not import ``incentives``). At construction it
+
+1. holds out a stratified validation set from the training pool (for delivery);
+2. gives agent i an endowment of n_i samples of the rest with ``partition.by_counts``,
+   with labels drawn per agent i's label distribution p_i, in a fixed random order:
+   contributing m_i samples means contributing the first round(m_i) of them;
+3. fixes one initial model theta_0 (all training starts there; it is also the weak end
+   of delivery's interpolation, so contributing nothing yields chance accuracy).
+
+Accuracy for agent i is always measured on the shared test set reweighted to p_i,
+sum_k p_k acc_k (``fl.evaluation.accuracy_on_distribution``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fl import evaluation
+from fl.algorithms import FedAvg
+from fl.algorithms.strategy import child_seed
+from fl.data import partition
+from fl.data.dataset import ArrayDataset
+from fl.delivery import deliver
+from fl.models import Params, build_model, get_params
+from fl.server import FederatedResult, RoundMetrics, resolve_device, run_federated
+
+# spawn keys of the oracle's independent random streams
+_DISTRIBUTIONS, _VALIDATION, _ENDOWMENTS, _INIT, _TRAIN, _CURVE, _LOCAL = range(7)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """One ``train`` call; per-agent arrays have shape (N,), accuracies are fractions.
+
+    global_accuracy: the global model on each agent's test distribution.
+    delivered_accuracy: the delivered model on each agent's test distribution.
+    local_accuracy: a model trained on the agent's contribution alone (same rounds,
+        epochs, batch size and lr; theta_0 for agents contributing nothing), or None.
+    target: the delivery targets as given (None: the global model for everyone).
+    lam: weight of the global model in each delivered model (1: the global model).
+    validation_accuracy: the delivered model on the validation set, agent's distribution.
+    contributions: samples each agent actually contributed, round(m_i).
+    total_samples: sum of contributions. rounds: per-round training metrics
+    (``test_accuracy`` there is on the test set as it is, not reweighted).
+    seconds: wall time of the call.
+    """
+
+    global_accuracy: np.ndarray
+    delivered_accuracy: np.ndarray
+    local_accuracy: np.ndarray | None
+    target: np.ndarray | None
+    lam: np.ndarray
+    validation_accuracy: np.ndarray
+    contributions: np.ndarray
+    total_samples: int
+    rounds: list[RoundMetrics]
+    seconds: float
+
+
+class TrainingOracle:
+    """FedAvg on the agents' contributed data, with per-agent delivery.
+
+    train, test: the training pool and the test set. endowments: (N,) samples each
+    agent holds. label_distributions: (N, K) rows p_i; or ``alpha``: rows drawn
+    p_i ~ Dirichlet(alpha * 1_K); neither: every agent gets the pool's label frequencies.
+    model, model_options: a name of ``fl.models.MODEL_NAMES`` and its options.
+    rounds, local_epochs, batch_size, lr, clients_per_round: FedAvg's settings
+    (None clients per round: all contributors every round).
+    curve_steps: SGD steps of each learning-curve run. validation_fraction: share of
+    the training pool held out for delivery. measure_local: also train each agent alone.
+    """
+
+    def __init__(
+        self,
+        train: ArrayDataset,
+        test: ArrayDataset,
+        endowments: Sequence[int],
+        label_distributions: np.ndarray | None = None,
+        alpha: float | None = None,
+        model: str = "mlp",
+        model_options: dict | None = None,
+        rounds: int = 20,
+        local_epochs: int = 1,
+        batch_size: int = 16,
+        lr: float = 0.1,
+        clients_per_round: int | None = None,
+        curve_steps: int = 300,
+        seed: int = 0,
+        validation_fraction: float = 0.2,
+        measure_local: bool = False,
+        progress: bool = False,
+        device: str = "cpu",
+    ):
+        if label_distributions is not None and alpha is not None:
+            raise ValueError(f"alpha={alpha!r}: allowed is None when label_distributions is given")
+        if isinstance(curve_steps, bool) or not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
+            raise ValueError(f"curve_steps={curve_steps!r}: allowed is an integer >= 1")
+        self.train_set, self.test, self.seed = train, test, seed
+        self.rounds, self.curve_steps = rounds, curve_steps
+        self.measure_local, self.progress = measure_local, progress
+        self.device = resolve_device(device)
+        self.strategy = FedAvg(
+            epochs=local_epochs, batch_size=batch_size, lr=lr, clients_per_round=clients_per_round
+        )
+        self.endowments = np.asarray(endowments, dtype=np.int64)
+        num_agents, num_classes = len(self.endowments), train.num_classes
+        if alpha is not None:
+            if not (isinstance(alpha, (int, float)) and alpha > 0):
+                raise ValueError(f"alpha={alpha!r}: allowed is None or a number > 0")
+            label_distributions = np.random.default_rng(child_seed(seed, _DISTRIBUTIONS)).dirichlet(
+                np.full(num_classes, float(alpha)), size=num_agents
+            )
+        elif label_distributions is None:
+            frequencies = np.bincount(train.labels(), minlength=num_classes) / len(train)
+            label_distributions = np.tile(frequencies, (num_agents, 1))
+        kept, held = partition.holdout(train.labels(), validation_fraction, child_seed(seed, _VALIDATION))
+        self.validation = ArrayDataset(f"{train.name}-validation", train.x[held], train.y[held], num_classes)
+        self.pool = kept
+        if self.endowments.sum() > len(kept):
+            raise ValueError(
+                f"endowments (total {self.endowments.sum()}): allowed is a total of at most {len(kept)}, the "
+                f"training pool less the validation_fraction={validation_fraction!r} held out"
+            )
+        parts = partition.by_counts(
+            train.labels()[kept], endowments, label_distributions, child_seed(seed, _ENDOWMENTS)
+        )
+        self.label_distributions = np.asarray(label_distributions, dtype=np.float64)
+        self.endowment_indices = [kept[p] for p in parts]
+        self.partition_notes = parts.notes
+        self.model = build_model(
+            model, train.feature_shape, num_classes, child_seed(seed, _INIT), **(model_options or {})
+        ).to(self.device)
+        self.init_params = {k: v.to(self.device) for k, v in get_params(self.model).items()}
+
+    def learning_curve(self, sizes: Sequence[int], repeats: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Accuracy a(m) of one model trained on m IID samples of the pool, for each m in
+        ``sizes`` and ``repeats`` independent draws of the samples and batch order.
+
+        Every run takes exactly ``curve_steps`` SGD steps (batch size and lr as in
+        ``train``) from theta_0 whatever m, so the curve measures data, not compute;
+        m = 0 gives theta_0. Accuracy is on the test set reweighted to uniform classes.
+        Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
+        """
+        sizes = np.asarray(sizes)
+        if sizes.ndim != 1 or np.any(sizes < 0) or np.any(sizes > len(self.pool)) or np.any(sizes % 1):
+            raise ValueError(f"sizes={sizes.tolist()!r}: allowed is integers in [0, {len(self.pool)}] (the pool size)")
+        if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r}: allowed is an integer >= 1")
+        strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
+        uniform = np.full(self.train_set.num_classes, 1.0 / self.train_set.num_classes)
+        points = [(int(m), r) for m in sizes for r in range(repeats)]
+        accuracies = []
+        for m, r in tqdm(points, desc="learning curve", disable=not self.progress, leave=False):
+            stream = child_seed(self.seed, _CURVE, m, r)
+            chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
+            params = self._fit({0: chosen}, strategy, 1, stream).params
+            accuracies.append(self._accuracy(params, uniform))
+        return np.repeat(sizes, repeats).astype(np.int64), np.asarray(accuracies)
+
+    def train(self, contributions: np.ndarray, delivery_target: np.ndarray | None = None) -> TrainingResult:
+        """FedAvg for ``rounds`` rounds over the agents with round(m_i) > 0, each on
+        exactly its first round(m_i) endowment samples; then each agent receives the
+        global model (``delivery_target`` None, or NaN for that agent) or a model of its
+        target accuracy (``fl.delivery.deliver`` on the validation set). Free riders
+        (m_i = 0) are served like everyone else. With no contributor the global model is theta_0.
+        """
+        start = time.perf_counter()
+        counts = self._check_contributions(contributions)
+        targets = None if delivery_target is None else np.asarray(delivery_target, dtype=np.float64)
+        if targets is not None and targets.shape != counts.shape:
+            raise ValueError(f"delivery_target (shape {targets.shape}): allowed is None or shape {counts.shape}")
+        contributed = {i: self.endowment_indices[i][:m] for i, m in enumerate(counts) if m > 0}
+        run = self._fit(contributed, self.strategy, self.rounds, child_seed(self.seed, _TRAIN), self.test, self.progress)
+        global_accuracy = self._accuracy(run.params, self.label_distributions)
+        delivered, lam, validation = [], [], []
+        for i, p in enumerate(self.label_distributions):
+            target = None if targets is None or np.isnan(targets[i]) else float(targets[i])
+            d = deliver(self.model, run.params, self.init_params, self.validation, p, target)
+            delivered.append(global_accuracy[i] if d.lam == 1.0 else self._accuracy(d.params, p))
+            lam.append(d.lam)
+            validation.append(d.validation_accuracy)
+        local = None
+        if self.measure_local:
+            local = np.empty(len(counts))
+            for i, p in enumerate(self.label_distributions):
+                alone = {i: contributed[i]} if i in contributed else {}
+                params = self._fit(alone, self.strategy, self.rounds, child_seed(self.seed, _LOCAL, i)).params
+                local[i] = self._accuracy(params, p)
+        return TrainingResult(
+            global_accuracy=global_accuracy,
+            delivered_accuracy=np.asarray(delivered),
+            local_accuracy=local,
+            target=targets,
+            lam=np.asarray(lam),
+            validation_accuracy=np.asarray(validation),
+            contributions=counts,
+            total_samples=int(counts.sum()),
+            rounds=run.history,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _fit(
+        self,
+        clients: dict[int, np.ndarray],
+        strategy: FedAvg,
+        rounds: int,
+        seed: np.random.SeedSequence,
+        test: ArrayDataset | None = None,
+        progress: bool = False,
+    ) -> FederatedResult:
+        """``rounds`` of ``strategy`` from theta_0, client i training on training-set indices ``clients[i]``."""
+        subsets = {i: self.train_set.subset(idx) for i, idx in clients.items()}
+        return run_federated(
+            self.model, subsets, strategy, rounds, seed=seed, test=test, progress=progress,
+            device=self.device, init_params=self.init_params,
+        )
+
+    def _accuracy(self, params: Params, distributions: np.ndarray) -> np.ndarray | float:
+        """Test accuracy of ``params`` on one label distribution (K,) or each row of (N, K)."""
+        per_class = evaluation.per_class_accuracy(self.model, params, self.test)
+        return evaluation.accuracy_on_distribution(per_class, distributions)
+
+    def _check_contributions(self, contributions: np.ndarray) -> np.ndarray:
+        values = np.asarray(contributions, dtype=np.float64)
+        if values.shape != self.endowments.shape or not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(
+                f"contributions (shape {values.shape}): allowed is {len(self.endowments)} finite numbers >= 0"
+            )
+        counts = np.rint(values).astype(np.int64)
+        over = np.flatnonzero(counts > self.endowments)
+        if len(over):
+            i = int(over[0])
+            raise ValueError(
+                f"contributions[{i}]={float(values[i])!r}: allowed is at most the endowment {int(self.endowments[i])}"
+            )
+        return counts
+

@@ -1,0 +1,201 @@
+"""Coalition utilities of federated clients, from models reconstructed out of one round's updates.
+
+In round t the server holds the global model w_t and receives each selected client's
+locally trained model w_i together with its sample count n_i. The model a coalition S
+of those clients would have produced that round is reconstructed, not retrained
+(Wang et al. 2020, "A Principled Approach to Data Valuation for Federated Learning";
+Liu et al. 2022, "GTG-Shapley", Section 4: gradient-based model reconstruction):
+
+    w_S = w_t + sum_{i in S} n_i (w_i - w_t) / sum_{i in S} n_i,     w_empty = w_t,
+
+so that w_S for all selected clients is FedAvg's aggregate. Its utility U_t(S) is the
+accuracy (or the negative mean cross-entropy) of w_S on a validation split.
+:class:`RoundValuation` offers U_t as a cached callable over coalitions of client ids,
+which the Shapley estimators of ``mechanisms.shapley`` take as they are (``fl`` imports
+nothing from ``mechanisms``); :func:`train_with_valuation` runs federated training and
+keeps one :class:`RoundValuation` per round (for FedSV and GTG-Shapley, which sum
+per-round values over rounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl import evaluation
+from fl.algorithms.strategy import Strategy
+from fl.data.dataset import ArrayDataset, Subset
+from fl.executors.base import ClientResult, ClientTask, Params
+from fl.server import FederatedResult, run_federated
+
+METRICS = ("accuracy", "neg_loss")
+
+
+class RoundValuation:
+    """U_t(S) for coalitions S of one round's clients (see the module docstring).
+
+    model: the architecture (run on parameter dicts with ``torch.func.functional_call``).
+    global_params: w_t, the round's starting global model.
+    client_params: client id -> w_i, its model after local training.
+    num_samples: client id -> n_i > 0, its aggregation weight.
+    validation: the split U_t is measured on.
+    metric: "accuracy" (top-1 fraction) or "neg_loss" (minus the mean cross-entropy, nats).
+
+    ``utility(coalition)`` takes any iterable of this round's client ids and caches
+    its result per coalition; ``n_evaluations`` counts the distinct models evaluated.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        global_params: Params,
+        client_params: Mapping[int, Params],
+        num_samples: Mapping[int, int],
+        validation: ArrayDataset,
+        metric: str = "accuracy",
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"metric={metric!r}: allowed is one of {', '.join(METRICS)}")
+        if set(client_params) != set(num_samples):
+            raise ValueError(
+                f"num_samples keys={sorted(num_samples)!r}: allowed is the client ids of client_params, "
+                f"{sorted(client_params)!r}"
+            )
+        for client, n in num_samples.items():
+            if not n > 0:
+                raise ValueError(f"num_samples[{client!r}]={n!r}: allowed is a number > 0")
+        self.model, self.validation, self.metric = model, validation, metric
+        self.global_params = global_params
+        self.clients: tuple[int, ...] = tuple(sorted(int(c) for c in client_params))
+        self._updates = {
+            int(c): {k: w[k] - v for k, v in global_params.items() if v.is_floating_point()}
+            for c, w in client_params.items()
+        }
+        self._weights = {int(c): float(n) for c, n in num_samples.items()}
+        self._cache: dict[tuple[int, ...], float] = {}
+
+    @classmethod
+    def from_results(
+        cls,
+        model: nn.Module,
+        global_params: Params,
+        results: Sequence[ClientResult],
+        validation: ArrayDataset,
+        metric: str = "accuracy",
+    ) -> "RoundValuation":
+        """From the :class:`~fl.executors.base.ClientResult` list of one round (clients
+        with no samples are left out: they contributed no update)."""
+        kept = [r for r in results if r.num_samples > 0]
+        return cls(
+            model,
+            global_params,
+            {r.client_id: r.params for r in kept},
+            {r.client_id: r.num_samples for r in kept},
+            validation,
+            metric,
+        )
+
+    def _key(self, coalition: Iterable[int]) -> tuple[int, ...]:
+        key = tuple(sorted({int(c) for c in coalition}))
+        unknown = sorted(set(key) - set(self.clients))
+        if unknown:
+            raise ValueError(f"coalition={key!r}: allowed is a subset of this round's clients {self.clients!r}")
+        return key
+
+    def params(self, coalition: Iterable[int]) -> Params:
+        """w_S = w_t + sum_{i in S} n_i (w_i - w_t) / sum_{i in S} n_i (w_t for S empty;
+        non-floating entries, e.g. BatchNorm's counter, keep w_t's value)."""
+        key = self._key(coalition)
+        if not key:
+            return self.global_params
+        total = sum(self._weights[c] for c in key)
+        return {
+            name: value + sum((self._weights[c] / total) * self._updates[c][name] for c in key)
+            if value.is_floating_point() else value
+            for name, value in self.global_params.items()
+        }
+
+    def utility(self, coalition: Iterable[int]) -> float:
+        """U_t(S): the metric of w_S on the validation split (cached per coalition)."""
+        key = self._key(coalition)
+        if key not in self._cache:
+            scores = evaluation.evaluate(self.model, self.params(key), self.validation)
+            self._cache[key] = scores["accuracy"] if self.metric == "accuracy" else -scores["loss"]
+        return self._cache[key]
+
+    @property
+    def n_evaluations(self) -> int:
+        """Distinct coalition models evaluated so far."""
+        return len(self._cache)
+
+    @property
+    def gain(self) -> float:
+        """U_t(all clients) - U_t(empty): what the round added (the sum of its Shapley values)."""
+        return self.utility(self.clients) - self.utility(())
+
+
+class _Recording(Strategy):
+    """``strategy`` unchanged, keeping each round's (w_t, client results) as it aggregates."""
+
+    def __init__(self, strategy: Strategy):
+        self.strategy = strategy
+        self.rounds: list[tuple[Params, list[ClientResult]]] = []
+
+    def configure_round(
+        self, round_index: int, available_clients: Mapping[int, Subset], seed: np.random.SeedSequence
+    ) -> list[ClientTask]:
+        return self.strategy.configure_round(round_index, available_clients, seed)
+
+    def local_objective(
+        self, loss: torch.Tensor, params: Params, global_params: Params, client_state: dict
+    ) -> torch.Tensor:
+        return self.strategy.local_objective(loss, params, global_params, client_state)
+
+    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        self.rounds.append((global_params, list(results)))
+        return self.strategy.aggregate(global_params, results)
+
+    def evaluate(self, model: nn.Module, params: Params, dataset: ArrayDataset) -> dict[str, float]:
+        return self.strategy.evaluate(model, params, dataset)
+
+
+@dataclass(frozen=True)
+class ValuationRun:
+    """A federated run and one :class:`RoundValuation` per round (``rounds[t].clients``:
+    the clients selected in round t). Per-client values over the run come from a
+    Shapley estimator over ``rounds``, e.g. ``mechanisms.shapley.fedsv(run.rounds, N)``."""
+
+    result: FederatedResult
+    rounds: list[RoundValuation]
+
+
+def train_with_valuation(
+    model: str | nn.Module,
+    train_subsets: Sequence[Subset] | Mapping[int, Subset],
+    strategy: Strategy,
+    rounds: int,
+    validation: ArrayDataset,
+    metric: str = "accuracy",
+    **run_options,
+) -> ValuationRun:
+    """``fl.server.run_federated`` with ``strategy``, keeping each round's starting model
+    and client updates to value coalitions of that round's clients on ``validation``.
+    ``run_options`` are passed to ``run_federated`` (seed, test, executor, ...).
+
+    The strategy must aggregate FedAvg-style (w_{t+1} = w_S for S all selected
+    clients) for the per-round utilities to describe the models actually trained.
+    Memory: every round's client models are kept until the run is dropped.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: allowed is one of {', '.join(METRICS)}")
+    recording = _Recording(strategy)
+    result = run_federated(model, train_subsets, recording, rounds, **run_options)
+    valuations = [
+        RoundValuation.from_results(result.model, start, results, validation, metric)
+        for start, results in recording.rounds
+    ]
+    return ValuationRun(result, valuations)

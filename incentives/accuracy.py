@@ -1,0 +1,413 @@
+"""Accuracy models a(m): the accuracy (a fraction) of a model trained on m samples.
+
+Two parametric families and a model fitted to measured learning curves:
+
+- :class:`PowerLaw`: ``a(m) = a_opt - k * m**(-alpha)``;
+- :class:`GeneralisationBound`: ``a(m) = a_opt - (sqrt(2k(2 + ln(m/k))) + 4) / sqrt(m)``,
+  the curve of Karimireddy, Guo & Jordan (2022), "Mechanisms that Incentivize Data
+  Sharing in Federated Learning" (arXiv:2207.04557), also used by RealFM (Bornstein
+  et al., arXiv:2310.13681);
+- :class:`EmpiricalModel`: either family fitted to (size, accuracy) points.
+
+Clipping at zero (a decision every caller relies on)
+----------------------------------------------------
+Both formulas go negative (the power law to -inf) for small m, and the bound is not
+even monotone there. A model therefore returns ``a(m) = formula(m)`` for
+``m >= zero_crossing`` (the m where the formula, on its increasing branch, crosses 0)
+and ``a(m) = 0`` below it: an accuracy is a fraction in [0, a_opt), and too little data
+gives no useful model. On ``[zero_crossing, inf)`` every model is increasing and
+strictly concave, so optimality conditions have one root there; below it a = 0 and
+``derivative`` returns 0.
+
+Units: m in samples (float), accuracy a fraction, derivative in accuracy per sample.
+All methods are vectorised over numpy arrays and return a float for a scalar input.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, brentq, curve_fit
+
+_EPS = np.finfo(float).eps
+
+
+def _out(x: np.ndarray):
+    """A 0-d result as a Python float, anything else unchanged."""
+    return float(x) if np.ndim(x) == 0 else x
+
+
+class AccuracyModel(ABC):
+    """Interface of every accuracy model (see the module docstring for the conventions)."""
+
+    @abstractmethod
+    def __call__(self, m):
+        """a(m) for m >= 0 samples (0 below :attr:`zero_crossing`)."""
+
+    @abstractmethod
+    def derivative(self, m):
+        """a'(m), accuracy per sample (0 below :attr:`zero_crossing`)."""
+
+    @abstractmethod
+    def inverse(self, a):
+        """The number of samples m with a(m) = a, for 0 <= a < a_max (a = 0 gives the zero crossing)."""
+
+    @abstractmethod
+    def marginal_inverse(self, slope):
+        """The m >= zero_crossing with a'(m) = slope, for slope >= 0.
+
+        a' decreases on [zero_crossing, inf), so the root is unique; where
+        slope >= a'(zero_crossing) the result is ``zero_crossing``, and slope = 0 gives inf.
+        """
+
+    @property
+    @abstractmethod
+    def params(self) -> dict:
+        """The parameters, by name."""
+
+    @property
+    @abstractmethod
+    def a_max(self) -> float:
+        """sup_m a(m) = a_opt, the accuracy with unlimited data (never reached)."""
+
+    @property
+    @abstractmethod
+    def zero_crossing(self) -> float:
+        """Samples below which the model gives accuracy 0."""
+
+
+class _Parametric(AccuracyModel):
+    """A model given by a formula f(m; params), increasing and concave beyond its zero crossing."""
+
+    a_opt: float
+
+    @abstractmethod
+    def formula(self, m: np.ndarray) -> np.ndarray:
+        """The unclipped curve, valid for m >= zero_crossing."""
+
+    @abstractmethod
+    def formula_derivative(self, m: np.ndarray) -> np.ndarray:
+        """d formula / dm, valid for m >= zero_crossing."""
+
+    def __call__(self, m):
+        m = np.asarray(m, dtype=float)
+        m0 = self.zero_crossing
+        return _out(np.where(m >= m0, np.maximum(self.formula(np.maximum(m, m0)), 0.0), 0.0))
+
+    def derivative(self, m):
+        m = np.asarray(m, dtype=float)
+        m0 = self.zero_crossing
+        return _out(np.where(m >= m0, self.formula_derivative(np.maximum(m, m0)), 0.0))
+
+    @property
+    def a_max(self) -> float:
+        return self.a_opt
+
+    def _check_accuracy(self, a) -> np.ndarray:
+        a = np.asarray(a, dtype=float)
+        _reject("a", a, ~((a >= 0) & (a < self.a_opt)), f"0 <= a < a_opt={self.a_opt!r}")
+        return a
+
+    def _check_slope(self, slope) -> np.ndarray:
+        slope = np.asarray(slope, dtype=float)
+        _reject("slope", slope, ~(slope >= 0), "a number >= 0")
+        return slope
+
+
+def _reject(key: str, values: np.ndarray, bad: np.ndarray, allowed: str) -> None:
+    """ValueError naming the first bad entry of values, if any."""
+    if np.any(bad):
+        first = float(np.atleast_1d(values)[np.atleast_1d(bad)][0])
+        raise ValueError(f"{key}={first!r}: allowed is {allowed}")
+
+
+def _check_params(a_opt: float, k: float, alpha: float | None = None) -> None:
+    if not (math.isfinite(a_opt) and 0 < a_opt <= 1):
+        raise ValueError(f"a_opt={a_opt!r}: allowed is a number in (0, 1]")
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"k={k!r}: allowed is a number > 0")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha={alpha!r}: allowed is a number > 0")
+
+
+@dataclass(frozen=True)
+class PowerLaw(_Parametric):
+    """``a(m) = a_opt - k * m**(-alpha)`` for m >= (k / a_opt)**(1/alpha), 0 below.
+
+    a_opt in (0, 1]: accuracy with unlimited data; k > 0 (accuracy * samples**alpha);
+    alpha > 0: the decay exponent (1/2 for the classical 1/sqrt(m) rate).
+    Everything is closed form: ``a'(m) = k alpha m**(-alpha-1)``,
+    ``a^{-1}(a) = (k / (a_opt - a))**(1/alpha)``,
+    ``a'^{-1}(s) = (k alpha / s)**(1/(alpha+1))``.
+    """
+
+    a_opt: float
+    k: float
+    alpha: float
+
+    family = "power_law"
+
+    def __post_init__(self) -> None:
+        _check_params(self.a_opt, self.k, self.alpha)
+
+    def formula(self, m):
+        return self.a_opt - self.k * m ** (-self.alpha)
+
+    def formula_derivative(self, m):
+        return self.k * self.alpha * m ** (-self.alpha - 1.0)
+
+    @property
+    def params(self) -> dict:
+        return {"a_opt": self.a_opt, "k": self.k, "alpha": self.alpha}
+
+    @property
+    def zero_crossing(self) -> float:
+        return (self.k / self.a_opt) ** (1.0 / self.alpha)
+
+    def inverse(self, a):
+        a = self._check_accuracy(a)
+        return _out((self.k / (self.a_opt - a)) ** (1.0 / self.alpha))
+
+    def marginal_inverse(self, slope):
+        slope = self._check_slope(slope)
+        with np.errstate(divide="ignore"):
+            root = (self.k * self.alpha / slope) ** (1.0 / (self.alpha + 1.0))
+        return _out(np.maximum(root, self.zero_crossing))
+
+
+@dataclass(frozen=True)
+class GeneralisationBound(_Parametric):
+    """``a(m) = a_opt - (sqrt(2k(2 + ln(m/k))) + 4) / sqrt(m)`` beyond its zero crossing, 0 below.
+
+    The accuracy curve of Karimireddy, Guo & Jordan (2022) and RealFM (Bornstein et
+    al.): a_opt minus a uniform-convergence generalisation bound, with k a capacity
+    (VC-dimension-like) constant in samples.
+
+    With s(m) = sqrt(2k(2 + ln(m/k))) the derivative is
+    ``a'(m) = m**(-3/2) * ((s + 4)/2 - k/s)``. The curve decreases up to
+    ``m_min = k exp(s_min**2/(2k) - 2)`` with ``s_min = sqrt(4 + 2k) - 2`` (where a' = 0)
+    and is concave beyond its inflection point, the positive root s of
+    ``3s^4 + 12s^3 - 8k s^2 - 4k^2 = 0``. At that inflection the bound term exceeds 2
+    for every k > 0 (it tends to 2.21 as k -> inf), so for a_opt <= 1 the zero crossing
+    lies beyond it: the model is increasing and concave wherever it is positive.
+    ``inverse`` and ``marginal_inverse`` are solved numerically (brentq) there.
+    """
+
+    a_opt: float
+    k: float
+
+    family = "generalisation_bound"
+
+    def __post_init__(self) -> None:
+        _check_params(self.a_opt, self.k)
+
+    def _s(self, m):
+        return np.sqrt(2.0 * self.k * (2.0 + np.log(m / self.k)))
+
+    def formula(self, m):
+        return self.a_opt - (self._s(m) + 4.0) / np.sqrt(m)
+
+    def formula_derivative(self, m):
+        s = self._s(m)
+        return m ** (-1.5) * ((s + 4.0) / 2.0 - self.k / s)
+
+    @property
+    def params(self) -> dict:
+        return {"a_opt": self.a_opt, "k": self.k}
+
+    @cached_property
+    def zero_crossing(self) -> float:
+        s_min = math.sqrt(4.0 + 2.0 * self.k) - 2.0
+        m_min = self.k * math.exp(s_min**2 / (2.0 * self.k) - 2.0)  # formula(m_min) < -1 < 0
+        return _root_above(lambda m: float(self.formula(m)), m_min)
+
+    def inverse(self, a):
+        a = self._check_accuracy(a)
+        m0 = self.zero_crossing
+
+        def one(x: float) -> float:
+            return m0 if x == 0 else _root_above(lambda m: float(self.formula(m)) - x, m0)
+
+        return _out(np.vectorize(one)(a).astype(float))
+
+    def marginal_inverse(self, slope):
+        slope = self._check_slope(slope)
+        m0 = self.zero_crossing
+        top = float(self.formula_derivative(m0))
+
+        def one(s: float) -> float:
+            if s >= top:
+                return m0
+            if s == 0:
+                return math.inf
+            return _root_above(lambda m: s - float(self.formula_derivative(m)), m0)
+
+        return _out(np.vectorize(one)(slope).astype(float))
+
+
+def _root_above(f, lo: float) -> float:
+    """Root of an increasing-through-zero f on [lo, inf), f(lo) < 0, by doubling then brentq."""
+    hi = 2.0 * lo
+    while f(hi) < 0:
+        lo, hi = hi, 2.0 * hi
+    return brentq(f, lo, hi, xtol=1e-300, rtol=4 * _EPS, maxiter=500)
+
+
+FAMILIES = {PowerLaw.family: PowerLaw, GeneralisationBound.family: GeneralisationBound}
+
+
+@dataclass(frozen=True, eq=False)
+class EmpiricalModel(AccuracyModel):
+    """A parametric family fitted to measured (size, accuracy) points; delegates to it.
+
+    model: the fitted :class:`PowerLaw` or :class:`GeneralisationBound`.
+    sizes, accuracies: (P,) the points it was fitted on (samples, fractions).
+    """
+
+    model: _Parametric
+    sizes: np.ndarray
+    accuracies: np.ndarray
+
+    @classmethod
+    def fit(cls, sizes, accuracies, family: str = "power_law") -> "EmpiricalModel":
+        """Least-squares fit (``scipy.optimize.curve_fit``) of the unclipped formula.
+
+        Bounds: 0 < a_opt <= 1, k > 0 and 0 < alpha <= 2 for the power law; for the
+        bound, 0 < k <= e^2 min(sizes) so that ln(m/k) >= -2 at every point. The power
+        law is started from several exponents and the best fit kept.
+        """
+        if family not in FAMILIES:
+            raise ValueError(f"family={family!r}: allowed is one of {', '.join(FAMILIES)}")
+        sizes = np.asarray(sizes, dtype=float)
+        accuracies = np.asarray(accuracies, dtype=float)
+        if sizes.ndim != 1 or sizes.shape != accuracies.shape:
+            raise ValueError(
+                f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: "
+                "allowed is two 1-D arrays of one length"
+            )
+        n_params = 3 if family == "power_law" else 2
+        if sizes.size < n_params:
+            raise ValueError(
+                f"len(sizes)={sizes.size}: allowed is at least {n_params} points for family={family!r}"
+            )
+        for name, arr, ok, allowed in (
+            ("sizes", sizes, sizes > 0, "finite numbers > 0"),
+            ("accuracies", accuracies, (accuracies >= 0) & (accuracies <= 1), "finite fractions in [0, 1]"),
+        ):
+            bad = np.flatnonzero(~(np.isfinite(arr) & ok))
+            if bad.size:
+                raise ValueError(f"{name}[{bad[0]}]={float(arr[bad[0]])!r}: allowed is {allowed}")
+        with warnings.catch_warnings():  # no covariance with as many points as parameters: not needed
+            warnings.simplefilter("ignore", OptimizeWarning)
+            fitted = _fit_power_law(sizes, accuracies) if family == "power_law" else _fit_bound(sizes, accuracies)
+        sizes.setflags(write=False)
+        accuracies.setflags(write=False)
+        return cls(model=fitted, sizes=sizes, accuracies=accuracies)
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """(P,) measured minus fitted accuracy, unclipped formula, at each fitted point."""
+        return self.accuracies - self.model.formula(self.sizes)
+
+    @property
+    def rmse(self) -> float:
+        """Root mean squared residual (accuracy units)."""
+        return float(np.sqrt(np.mean(self.residuals**2)))
+
+    def __call__(self, m):
+        return self.model(m)
+
+    def derivative(self, m):
+        return self.model.derivative(m)
+
+    def inverse(self, a):
+        return self.model.inverse(a)
+
+    def marginal_inverse(self, slope):
+        return self.model.marginal_inverse(slope)
+
+    @property
+    def params(self) -> dict:
+        return self.model.params
+
+    @property
+    def a_max(self) -> float:
+        return self.model.a_max
+
+    @property
+    def zero_crossing(self) -> float:
+        return self.model.zero_crossing
+
+
+def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray) -> PowerLaw:
+    def f(m, a_opt, k, alpha):
+        return a_opt - k * m ** (-alpha)
+
+    a0 = min(1.0, float(accuracies.max()) + 0.01)
+    best = None
+    for alpha0 in (0.25, 0.5, 1.0):
+        gap = max(a0 - float(accuracies[np.argmin(sizes)]), 1e-3)
+        p0 = (a0, gap * float(sizes.min()) ** alpha0, alpha0)
+        try:
+            p, _ = curve_fit(
+                f, sizes, accuracies, p0=p0, bounds=([1e-12, 1e-12, 1e-6], [1.0, np.inf, 2.0]), maxfev=20000
+            )
+        except RuntimeError:
+            continue
+        sse = float(np.sum((f(sizes, *p) - accuracies) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, p)
+    if best is None:
+        raise ValueError(
+            "sizes/accuracies: allowed is points a power law can be fitted to (curve_fit did not converge)"
+        )
+    return PowerLaw(*(float(x) for x in best[1]))
+
+
+def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray) -> GeneralisationBound:
+    k_max = math.e**2 * float(sizes.min())
+
+    def f(m, a_opt, k):
+        return a_opt - (np.sqrt(2.0 * k * (2.0 + np.log(m / k))) + 4.0) / np.sqrt(m)
+
+    p0 = (min(1.0, float(accuracies.max()) + 0.01), min(1.0, k_max / 2))
+    try:
+        p, _ = curve_fit(f, sizes, accuracies, p0=p0, bounds=([1e-12, 1e-12], [1.0, k_max]), maxfev=20000)
+    except RuntimeError:
+        raise ValueError(
+            "sizes/accuracies: allowed is points the generalisation bound can be fitted to "
+            "(curve_fit did not converge)"
+        ) from None
+    return GeneralisationBound(float(p[0]), float(p[1]))
+
+
+def local_optimum(cost, value, model: AccuracyModel, endowment=None):
+    """m_i^o = argmax_{0 <= m <= n_i} v_i a(m) - c_i m: what agent i collects training alone.
+
+    Linear phi. On [zero_crossing, inf) the objective is concave, so the candidate is the
+    root of ``v a'(m) = c`` (``model.marginal_inverse(c / v)``; for the power law
+    ``(v k alpha / c)**(1/(alpha+1))``), capped at the endowment n_i. The candidate is
+    kept only if it beats m = 0 (utility 0, since a(0) = 0); otherwise m^o = 0.
+    c = 0 makes data free: m^o = n_i, or inf when no endowment is given.
+
+    cost, value, endowment: arrays of shape (N,) (or scalars); returns (N,) samples.
+    """
+    cost = np.asarray(cost, dtype=float)
+    value = np.asarray(value, dtype=float)
+    with np.errstate(divide="ignore"):
+        m = np.asarray(model.marginal_inverse(cost / value), dtype=float)
+    if endowment is not None:
+        m = np.minimum(m, np.asarray(endowment, dtype=float))
+    finite = np.isfinite(m)
+    m_finite = np.where(finite, m, 0.0)
+    gain = np.where(finite, value * np.asarray(model(m_finite)) - cost * m_finite, np.inf)
+    return _out(np.where(gain > 0, m, 0.0))

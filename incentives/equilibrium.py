@@ -1,0 +1,326 @@
+"""Equilibria of the contribution game any :class:`~incentives.protocols.Mechanism` defines.
+
+The game: each agent i chooses m_i in [0, n_i] (samples) or not to take part; the
+mechanism's rule ``allocate(m)`` gives it accuracy a_i(m) and transfer t_i(m), and its
+payoff is u_i from :func:`incentives.utility.utility`. The solvers here are numerical and
+generic (they only call ``allocate``), so they check the closed forms each mechanism's
+``solve`` returns:
+
+- :func:`best_response`: agent i's utility-maximising m_i given the others;
+- :func:`nash_equilibrium`: Gauss-Seidel best-response iteration (optionally damped);
+- :func:`verify_equilibrium`: every agent's largest gain from a unilateral deviation;
+- :func:`settle_participation`: who takes part, given the outside options;
+- :func:`social_optimum`: the planner's contributions when everyone receives a(M).
+
+Ties are broken toward the larger contribution: an agent indifferent over an interval
+contributes its right end (the epsilon -> 0 limit of Karimireddy, Guo & Jordan 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from incentives.accuracy import AccuracyModel
+from incentives.population import Population
+from incentives.protocols import Mechanism
+from incentives.utility import Phi, utility
+
+_BISECTION_STEPS = 60
+
+
+@dataclass(frozen=True)
+class Response:
+    """An agent's best response: samples, its utility, and whether it takes part."""
+
+    contribution: float
+    utility: float
+    participates: bool
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """A profile found by best-response iteration.
+
+    contributions, participates, utilities: arrays of shape (N,).
+    converged: whether the last sweep moved no contribution by more than the tolerance.
+    iterations: sweeps done; max_change: largest move in the last sweep (samples).
+    """
+
+    contributions: np.ndarray
+    participates: np.ndarray
+    utilities: np.ndarray
+    converged: bool
+    iterations: int
+    max_change: float
+
+    @property
+    def total(self) -> float:
+        return float(np.sum(self.contributions))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Result of :func:`verify_equilibrium`.
+
+    gains: (N,) best deviation utility minus current utility (utility units; <= ~0 at an equilibrium).
+    deviations: (N,) the best deviation found (samples; NaN where it is leaving for the outside option).
+    ok: every gain is within the tolerance.
+    """
+
+    gains: np.ndarray
+    deviations: np.ndarray
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Participation:
+    """Result of :func:`settle_participation`: arrays of shape (N,), zeros for agents outside."""
+
+    contributions: np.ndarray
+    participates: np.ndarray
+    accuracy: np.ndarray
+    transfer: np.ndarray
+
+
+@dataclass(frozen=True)
+class SocialOptimum:
+    """The planner's solution: contributions (N,), total M, accuracy a(M), welfare (sum of u_i)."""
+
+    contributions: np.ndarray
+    total: float
+    accuracy: float
+    welfare: float
+
+
+def _utility_of(
+    mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel, phi: Phi | None
+) -> Callable[[float], float]:
+    """m -> u_i when agent i takes part with m samples and the others keep theirs."""
+    profile = np.array(contributions, dtype=float)
+    v, c, comm = population.value[i], population.cost[i], population.comm_cost[i]
+
+    def u(m: float) -> float:
+        profile[i] = m
+        allocation = mechanism.allocate(profile, population, model)
+        a = allocation.accuracy[i]
+        return float(v * (a if phi is None else phi(a)) + allocation.transfer[i] - c * m - comm)
+
+    return u
+
+
+def _grid(endowment: float, current: float, size: int) -> np.ndarray:
+    """Sorted points of [0, n]: linear, log-spaced (down to n * 1e-9) and around the current m."""
+    linear = np.linspace(0.0, endowment, max(size // 3, 2))
+    logarithmic = np.geomspace(endowment * 1e-9, endowment, max(size - size // 3, 2))
+    near = current * (1.0 + np.array([-1e-3, -1e-6, 0.0, 1e-6, 1e-3]))
+    return np.unique(np.clip(np.concatenate([linear, logarithmic, near]), 0.0, endowment))
+
+
+def best_response(
+    mechanism: Mechanism,
+    i: int,
+    contributions,
+    population: Population,
+    model: AccuracyModel,
+    *,
+    phi: Phi | None = None,
+    grid_size: int = 160,
+    tie_tol: float = 1e-13,
+) -> Response:
+    """argmax over m_i in [0, n_i] of u_i(m_i, m_{-i}), or leaving if the outside option is better.
+
+    Robust to kinks and plateaus: u_i is evaluated on a grid (linear plus log-spaced, plus
+    points around the current m_i), refined by bounded scalar minimisation of -u_i over the
+    two cells around the best grid point, then moved right to the end of the set where
+    u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i), the size
+    of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
+    At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|).
+    """
+    n_i = float(population.endowment[i])
+    u = _utility_of(mechanism, i, contributions, population, model, phi)
+    grid = _grid(n_i, float(np.clip(contributions[i], 0.0, n_i)), grid_size)
+    values = np.array([u(m) for m in grid])
+    j = int(np.argmax(values))
+    best_m, best_u = float(grid[j]), float(values[j])
+
+    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
+    if hi > lo:
+        result = minimize_scalar(
+            lambda m: -u(m), bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(1.0, hi)}
+        )
+        if -result.fun > best_u:
+            best_m, best_u = float(result.x), float(-result.fun)
+
+    scale = max(1.0, abs(best_u), float(population.value[i]), float(population.cost[i]) * best_m)
+    threshold = best_u - tie_tol * scale
+    start = float(np.max(grid[values >= threshold], initial=best_m))
+    above = grid[grid > start]
+    if above.size:  # u(start) >= threshold > u(above[0]): bisect for the plateau's right end
+        left, right = start, float(above[0])
+        for _ in range(_BISECTION_STEPS):
+            mid = 0.5 * (left + right)
+            left, right = (mid, right) if u(mid) >= threshold else (left, mid)
+        start = left
+    if start != best_m:
+        best_m, best_u = start, u(start)
+
+    if population.outside_option[i] > best_u:
+        return Response(0.0, float(population.outside_option[i]), False)
+    return Response(best_m, best_u, True)
+
+
+def nash_equilibrium(
+    mechanism: Mechanism,
+    population: Population,
+    model: AccuracyModel,
+    *,
+    start=None,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    damping: float = 0.0,
+    phi: Phi | None = None,
+    grid_size: int = 160,
+) -> Equilibrium:
+    """Gauss-Seidel best-response iteration: m_i <- (1 - damping) BR_i(m) + damping m_i, i = 1..N.
+
+    Starts from ``start`` (default: nobody contributes) and stops after the first sweep
+    in which no contribution moves by more than ``tol * max(1, M)`` samples, or after
+    ``max_iter`` sweeps (``converged`` is then False). damping in [0, 1).
+    """
+    if not 0 <= damping < 1:
+        raise ValueError(f"damping={damping!r}: allowed is a number in [0, 1)")
+    if max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r}: allowed is an integer >= 1")
+    n = population.n_agents
+    m = np.zeros(n) if start is None else np.array(start, dtype=float)
+    if m.shape != (n,) or np.any(~(m >= 0)) or np.any(m > population.endowment):
+        raise ValueError(f"start={start!r}: allowed is (N,) contributions with 0 <= m_i <= endowment_i")
+    participates = np.ones(n, dtype=bool)
+    change = np.inf
+    for iteration in range(1, max_iter + 1):
+        change = 0.0
+        for i in range(n):
+            response = best_response(mechanism, i, m, population, model, phi=phi, grid_size=grid_size)
+            new = (1.0 - damping) * response.contribution + damping * m[i] if response.participates else 0.0
+            change = max(change, abs(new - m[i]))
+            m[i], participates[i] = new, response.participates
+        if change <= tol * max(1.0, m.sum()):
+            break
+    allocation = mechanism.allocate(m, population, model)
+    utilities = utility(population, allocation.accuracy, m, allocation.transfer, participates, phi)
+    converged = bool(change <= tol * max(1.0, m.sum()))
+    return Equilibrium(m, participates, utilities, converged, iteration, float(change))
+
+
+def verify_equilibrium(
+    mechanism: Mechanism,
+    contributions,
+    population: Population,
+    model: AccuracyModel,
+    *,
+    participates=None,
+    tol: float = 1e-9,
+    grid_size: int = 257,
+    phi: Phi | None = None,
+) -> Verification:
+    """Largest gain each agent gets from deviating alone; ok iff no gain exceeds tol.
+
+    Deviations tried: every point of a grid over [0, n_i] (linear, log-spaced and next to
+    the current m_i), and leaving for the outside option (or joining, for an agent
+    outside). gain_i = best deviation utility - current utility; ok iff
+    gain_i <= tol * max(1, |u_i|) for all i.
+    """
+    m = np.asarray(contributions, dtype=float)
+    if participates is None:
+        participates = np.ones(population.n_agents, dtype=bool)
+    participates = np.asarray(participates, dtype=bool)
+    allocation = mechanism.allocate(m, population, model)
+    current = utility(population, allocation.accuracy, m, allocation.transfer, participates, phi)
+    gains = np.empty(population.n_agents)
+    deviations = np.empty(population.n_agents)
+    for i in range(population.n_agents):
+        u = _utility_of(mechanism, i, m, population, model, phi)
+        grid = _grid(float(population.endowment[i]), float(m[i]), grid_size)
+        values = np.array([u(x) for x in grid])
+        j = int(np.argmax(values))
+        best, deviations[i] = values[j], grid[j]
+        if participates[i] and population.outside_option[i] > best:
+            best, deviations[i] = population.outside_option[i], np.nan
+        gains[i] = best - current[i]
+    ok = bool(np.all(gains <= tol * np.maximum(1.0, np.abs(current))))
+    return Verification(gains, deviations, ok)
+
+
+def settle_participation(
+    contribute: Callable[[Population], np.ndarray],
+    mechanism: Mechanism,
+    population: Population,
+    model: AccuracyModel,
+) -> Participation:
+    """Who takes part, by iterated exit: solve among those inside, let leave every agent
+    whose utility there is below its outside option, and repeat until nobody leaves.
+
+    ``contribute(sub_population)`` returns the mechanism's contributions among the agents
+    of ``sub_population``; the allocation is ``mechanism.allocate`` among the same agents.
+    With the default outside options (0) and no communication costs nobody leaves.
+    """
+    n = population.n_agents
+    inside = np.ones(n, dtype=bool)
+    while inside.any():
+        sub = population.subset(inside)
+        m_sub = np.asarray(contribute(sub), dtype=float)
+        allocation = mechanism.allocate(m_sub, sub, model)
+        u = utility(sub, allocation.accuracy, m_sub, allocation.transfer)
+        leaving = u < sub.outside_option - 1e-12 * np.maximum(1.0, np.abs(sub.outside_option))
+        if not leaving.any():
+            out = [np.zeros(n) for _ in range(3)]
+            for arr, values in zip(out, (m_sub, allocation.accuracy, allocation.transfer)):
+                arr[inside] = values
+            return Participation(out[0], inside, out[1], out[2])
+        inside[np.flatnonzero(inside)[leaving]] = False
+    return Participation(np.zeros(n), inside, np.zeros(n), np.zeros(n))
+
+
+def social_optimum(population: Population, model: AccuracyModel) -> SocialOptimum:
+    """The planner's problem when every agent receives the global model a(M):
+
+        max_{0 <= m_i <= n_i}  W(m) = V a(M) - sum_i c_i m_i - sum_i comm_i,   V = sum_i v_i, M = sum_i m_i.
+
+    For a fixed M the cheapest way to collect it fills agents in increasing order of c_i,
+    so the cost C(M) is piecewise linear and convex, with slope c_(j) on the j-th
+    segment [N_{j-1}, N_j] of cumulative endowments. a is concave on [zero_crossing, inf),
+    so W(M) = V a(M) - C(M) is concave there and its maximiser satisfies
+    V a'(M) in [c_(j), c_(j+1)]: with M_j = a'^{-1}(c_(j) / V), it is max(M_j, N_{j-1}) for
+    the first j with M_j <= N_j (N_total if none). Below zero_crossing a = 0, so W is at most
+    0 = W(0) there: the answer is the better of that point and M = 0. Linear phi.
+    """
+    order = np.argsort(population.cost, kind="stable")
+    costs = population.cost[order]
+    cumulative = np.cumsum(population.endowment[order])
+    values_total = float(population.value.sum())
+    total = float(cumulative[-1])
+    previous = 0.0
+    for c, upper in zip(costs, cumulative):
+        candidate = float(model.marginal_inverse(c / values_total))
+        if candidate <= upper:
+            total = max(candidate, previous)
+            break
+        previous = float(upper)
+
+    def fill(target: float) -> np.ndarray:
+        m = np.zeros(population.n_agents)
+        endowment = population.endowment[order]
+        m[order] = np.clip(target - (cumulative - endowment), 0.0, endowment)
+        return m
+
+    def welfare(m: np.ndarray) -> float:
+        return float(np.sum(utility(population, np.full(population.n_agents, model(m.sum())), m)))
+
+    m = fill(total)
+    if welfare(m) < welfare(np.zeros(population.n_agents)):
+        m = np.zeros(population.n_agents)
+    return SocialOptimum(m, float(m.sum()), float(model(m.sum())), welfare(m))

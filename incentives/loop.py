@@ -1,0 +1,174 @@
+"""The closed loop: a mechanism's promises checked, and corrected, by real training.
+
+One iteration, for every mechanism compared:
+
+1. fit the accuracy model a(m) to every (data size, accuracy) point measured so far;
+2. solve the mechanism under a(m): equilibrium contributions m_i, promised accuracies,
+   transfers and delivery targets, and certify the equilibrium (no agent gains more than
+   ``equilibrium_tolerance`` by deviating on a grid);
+3. train on exactly round(m_i) samples of each agent's data and deliver each agent its
+   model (the oracle);
+4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i
+   - comm_i * [participates_i], next to the predicted ones;
+5. add the measured point (M, mean global accuracy) to the fit.
+
+The loop stops when no mechanism's contributions move by more than ``tolerance``
+(relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
+``max_iterations``. The pilot learning curve measured before the first iteration seeds
+the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from incentives.accuracy import EmpiricalModel
+from incentives.equilibrium import verify_equilibrium
+from incentives.population import Population
+from incentives.protocols import AccuracyOracle, Mechanism, Outcome, TrainingOutcome
+from incentives.utility import local_utility, utility
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One mechanism in one loop iteration: what was promised and what training gave."""
+
+    iteration: int
+    outcome: Outcome
+    trained_contributions: np.ndarray
+    training: TrainingOutcome
+    predicted_utility: np.ndarray
+    realised_utility: np.ndarray
+    local_utility: np.ndarray
+    equilibrium_gain: np.ndarray
+
+    @property
+    def mechanism(self) -> str:
+        return self.outcome.mechanism
+
+
+@dataclass
+class LoopResult:
+    """Everything the loop measured, in order."""
+
+    pilot_sizes: np.ndarray
+    pilot_accuracies: np.ndarray
+    fits: list[EmpiricalModel] = field(default_factory=list)
+    records: list[IterationRecord] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def n_iterations(self) -> int:
+        return len(self.fits)
+
+    def final(self) -> dict[str, IterationRecord]:
+        """The last iteration's record of each mechanism."""
+        return {record.mechanism: record for record in self.records}
+
+    def long_rows(self) -> Iterator[dict]:
+        """Long-format metrics: one row per (iteration, mechanism, agent, quantity)."""
+        for record in self.records:
+            outcome, training = record.outcome, record.training
+            per_agent = {
+                "contribution": outcome.contributions,
+                "trained_contribution": record.trained_contributions,
+                "promised_accuracy": outcome.accuracy,
+                "global_accuracy": training.global_accuracy,
+                "delivered_accuracy": training.delivered_accuracy,
+                "transfer": outcome.transfer,
+                "predicted_utility": record.predicted_utility,
+                "realised_utility": record.realised_utility,
+                "local_utility": record.local_utility,
+                "equilibrium_gain": record.equilibrium_gain,
+            }
+            for quantity, values in per_agent.items():
+                for agent, value in enumerate(values):
+                    yield {"iteration": record.iteration, "mechanism": record.mechanism,
+                           "agent": agent, "quantity": quantity, "value": float(value)}
+
+
+def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    return float(np.abs(new - old).sum() / max(1.0, np.abs(old).sum()))
+
+
+class ClosedLoop:
+    """Solve mechanisms under a fitted a(m), train, measure, refit; repeat until settled.
+
+    population: the agents; mechanisms: the rules compared (each satisfies
+    :class:`~incentives.protocols.Mechanism`); oracle: real training (satisfies
+    :class:`~incentives.protocols.AccuracyOracle`); family: the parametric form of a(m)
+    fitted to measurements; pilot_sizes / pilot_repeats: the pilot learning curve;
+    phi: the agents' value of accuracy (linear by default).
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        mechanisms: Sequence[Mechanism],
+        oracle: AccuracyOracle,
+        family: str = "power_law",
+        pilot_sizes: Sequence[int] = (20, 40, 80, 160, 320, 640),
+        pilot_repeats: int = 2,
+        tolerance: float = 0.02,
+        max_iterations: int = 3,
+        equilibrium_tolerance: float = 1e-6,
+        phi: Callable[[np.ndarray], np.ndarray] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.population = population
+        self.mechanisms = list(mechanisms)
+        self.oracle = oracle
+        self.family = family
+        self.pilot_sizes = list(pilot_sizes)
+        self.pilot_repeats = pilot_repeats
+        self.tolerance = tolerance
+        self.max_iterations = max_iterations
+        self.equilibrium_tolerance = equilibrium_tolerance
+        self.phi = phi
+        self.progress = progress or (lambda message: None)
+
+    def _settle(self, iteration: int, mechanism: Mechanism, fit: EmpiricalModel) -> IterationRecord:
+        population = self.population
+        outcome = mechanism.solve(population, fit)
+        gain = verify_equilibrium(mechanism, outcome.contributions, population, fit,
+                                  participates=outcome.participates,
+                                  tol=self.equilibrium_tolerance, phi=self.phi).gains
+        trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
+        self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
+        training = self.oracle.train(trained, outcome.delivery_target)
+        participates = outcome.participates
+        predicted = utility(population, outcome.accuracy, outcome.contributions,
+                            outcome.transfer, participates, phi=self.phi)
+        realised = utility(population, training.delivered_accuracy, trained,
+                           outcome.transfer, participates, phi=self.phi)
+        local = np.maximum(local_utility(population, fit), population.outside_option)
+        return IterationRecord(iteration, outcome, trained, training, predicted, realised, local, gain)
+
+    def run(self) -> LoopResult:
+        self.progress("pilot learning curve")
+        sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)
+        sizes, accuracies = np.asarray(sizes, float), np.asarray(accuracies, float)
+        result = LoopResult(sizes, accuracies)
+        previous: dict[str, np.ndarray] = {}
+        for iteration in range(self.max_iterations):
+            fit = EmpiricalModel.fit(sizes, accuracies, family=self.family)
+            result.fits.append(fit)
+            changes = []
+            for mechanism in self.mechanisms:
+                record = self._settle(iteration, mechanism, fit)
+                result.records.append(record)
+                m = record.outcome.contributions
+                changes.append(_relative_change(m, previous[mechanism.name])
+                               if mechanism.name in previous else np.inf)
+                previous[mechanism.name] = m
+                measured_total = float(record.trained_contributions.sum())
+                if measured_total > 0:
+                    sizes = np.append(sizes, measured_total)
+                    accuracies = np.append(accuracies, float(np.mean(record.training.global_accuracy)))
+            if max(changes) < self.tolerance:
+                result.converged = True
+                break
+        return result

@@ -1,0 +1,132 @@
+"""Whether an agent joins federated training or keeps the model it can train alone.
+
+Agent i owns a local model (trained on its own data alone) of quality b_i^loc and would
+receive a model of quality b_i^rec by taking part, paying c_i per contributed sample
+(m_i of them) and a communication cost. Its gain from taking part is
+
+    g_i = v_i (b_i^rec - b_i^loc) - c_i m_i - comm_i                 (accuracies), or
+    g_i = v_i (b_i^loc - b_i^rec) - c_i m_i - comm_i                 (losses),
+
+and it takes part iff g_i > 0 (an indifferent agent stays out). With v_i = 1 and no
+costs, in loss terms, the participants are exactly the clients that Cho et al. (2022),
+"To Federate or Not To Federate", call incentivised: f_i(w) < f_i(w_hat_i).
+
+A model trained on fewer agents may no longer beat the local models of those who stayed,
+so one round of decisions is not the end: :func:`participation_equilibrium` lets the
+agents with g_i <= 0 leave, retrains on those who remain, and repeats until nobody leaves.
+Training is a callable (this package never imports torch or ``fl``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParticipationEquilibrium:
+    """The end of iterated exit.
+
+    participates: (N,) bool, the agents still in when nobody wants to leave.
+    received: (N,) what the model trained on them gives each agent (NaN for every agent
+        when nobody is left, since no model is trained then).
+    gain: (N,) g_i at that model for the participants; NaN for the others.
+    history: the participating set each training call was made with, in order
+        (``len(history)`` trainings were done).
+    """
+
+    participates: np.ndarray
+    received: np.ndarray
+    gain: np.ndarray
+    history: list[np.ndarray]
+
+
+def participation_gain(
+    received,
+    local,
+    value=1.0,
+    cost=0.0,
+    contributions=0.0,
+    comm_cost=0.0,
+    higher_is_better: bool = True,
+) -> np.ndarray:
+    """(N,) g_i of the module docstring. ``received`` and ``local`` are accuracies
+    (``higher_is_better=True``) or losses (``False``), shape (N,); ``value`` v_i > 0,
+    ``cost`` c_i >= 0 (utility per sample), ``contributions`` m_i >= 0 (samples) and
+    ``comm_cost`` >= 0 (utility) are numbers or arrays of shape (N,)."""
+    local = _finite_vector("local", local)
+    n = local.shape[0]
+    received = _finite_vector("received", received, n)
+    v = _per_agent("value", value, n, lambda x: x > 0, "a finite number > 0")
+    c = _per_agent("cost", cost, n, lambda x: x >= 0, "a finite number >= 0")
+    m = _per_agent("contributions", contributions, n, lambda x: x >= 0, "a finite number >= 0")
+    comm = _per_agent("comm_cost", comm_cost, n, lambda x: x >= 0, "a finite number >= 0")
+    improvement = received - local if higher_is_better else local - received
+    return v * improvement - c * m - comm
+
+
+def participates(received, local, value=1.0, cost=0.0, contributions=0.0, comm_cost=0.0, higher_is_better=True) -> np.ndarray:
+    """(N,) bool: g_i > 0 (see :func:`participation_gain`, which takes the same arguments)."""
+    return participation_gain(received, local, value, cost, contributions, comm_cost, higher_is_better) > 0
+
+
+def participation_equilibrium(
+    received_for: Callable[[np.ndarray], np.ndarray],
+    local,
+    value=1.0,
+    cost=0.0,
+    contributions=0.0,
+    comm_cost=0.0,
+    higher_is_better: bool = True,
+) -> ParticipationEquilibrium:
+    """Iterated exit, starting from everyone: S_0 = all agents, and
+
+        S_{t+1} = {i in S_t : g_i(received_for(S_t)) > 0},
+
+    until S_{t+1} = S_t (or S_t is empty). ``received_for(mask)`` trains on the agents of
+    the boolean (N,) ``mask`` and returns (N,) the accuracy (or loss) each agent receives
+    from that model; only the entries of the agents in ``mask`` are read. Agents who have
+    left do not come back, so each call but the last removes at least one agent and there
+    are at most N + 1 calls. The other arguments are those of :func:`participation_gain`.
+    """
+    local = _finite_vector("local", local)
+    n = local.shape[0]
+    inside = np.ones(n, dtype=bool)
+    history: list[np.ndarray] = []
+    while inside.any():
+        history.append(inside.copy())
+        out = np.asarray(received_for(inside.copy()), dtype=np.float64)
+        if out.shape != (n,):
+            raise ValueError(f"received_for returned shape {out.shape}: allowed is ({n},), one value per agent")
+        received = np.where(inside, out, np.nan)
+        everyone = participation_gain(
+            np.where(inside, out, local), local, value, cost, contributions, comm_cost, higher_is_better
+        )
+        gain = np.where(inside, everyone, np.nan)
+        staying = inside & (gain > 0)
+        if np.array_equal(staying, inside):
+            return ParticipationEquilibrium(inside, received, gain, history)
+        inside = staying
+    return ParticipationEquilibrium(inside, np.full(n, np.nan), np.full(n, np.nan), history)
+
+
+def _finite_vector(key: str, raw, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(raw, dtype=np.float64)
+    shape = "(N,)" if n is None else f"({n},)"
+    if arr.ndim != 1 or arr.size == 0 or (n is not None and arr.shape[0] != n) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{key}={raw!r}: allowed is finite numbers of shape {shape}")
+    return arr
+
+
+def _per_agent(key: str, raw, n: int, ok: Callable[[np.ndarray], np.ndarray], allowed: str) -> np.ndarray:
+    arr = np.asarray(raw, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != n):
+        raise ValueError(f"{key} has shape {arr.shape}: allowed is a number or shape ({n},), one value per agent")
+    arr = np.broadcast_to(arr, (n,))
+    bad = ~(np.isfinite(arr) & ok(arr))
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{key}[{i}]={float(arr[i])!r}: allowed is {allowed}")
+    return arr

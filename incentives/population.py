@@ -1,0 +1,351 @@
+"""The agents: who they are, what data costs them and what accuracy is worth to them.
+
+A :class:`Population` holds one value per agent for each economic parameter (arrays of
+shape (N,)), validated when it is built:
+
+==================  ==========================================  ====================  =======
+field               meaning                                     allowed               default
+==================  ==========================================  ====================  =======
+``cost``            c_i, utility lost per contributed sample    finite, >= 0          required
+``endowment``       n_i, most samples the agent can contribute  finite, > 0           required
+``value``           v_i, utility per unit of phi(accuracy)      finite, > 0           1.0
+``capacity``        g_i, fraction of the full model it trains   in (0, 1]             1.0
+``comm_cost``       paid once when the agent takes part         finite, >= 0          0.0
+``outside_option``  utility of not taking part                  finite                0.0
+==================  ==========================================  ====================  =======
+
+Optional: ``label_distribution`` of shape (N, K), rows of non-negative numbers summing
+to 1 (the label skew of each agent's data), and ``names`` (N distinct strings).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from os import PathLike
+from typing import Mapping
+
+import numpy as np
+
+#: Per-agent numeric fields, in the fixed order that keys the random streams of
+#: :meth:`Population.sample` (never reorder: it would change every sampled population).
+FIELDS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
+#: Defaults of the optional numeric fields.
+DEFAULTS = {"value": 1.0, "capacity": 1.0, "comm_cost": 0.0, "outside_option": 0.0}
+_REQUIRED = ("cost", "endowment")
+#: Stream index of the label distribution in :meth:`Population.sample`.
+_LABEL_STREAM = len(FIELDS)
+_ROW_SUM_TOL = 1e-6
+
+_RULES = {  # field -> (vectorised predicate on finite values, what is allowed)
+    "cost": (lambda x: x >= 0, "a number >= 0"),
+    "endowment": (lambda x: x > 0, "a number > 0"),
+    "value": (lambda x: x > 0, "a number > 0"),
+    "capacity": (lambda x: (x > 0) & (x <= 1), "a number in (0, 1]"),
+    "comm_cost": (lambda x: x >= 0, "a number >= 0"),
+    "outside_option": (lambda x: np.ones(x.shape, dtype=bool), "a finite number"),
+}
+
+
+def _check_field(key: str, raw) -> np.ndarray:
+    """One per-agent field as a read-only float array of shape (N,), validated."""
+    try:
+        arr = np.array(raw, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={raw!r}: allowed is a list of numbers") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{key} has shape {arr.shape}: allowed is a 1-D array (one value per agent)")
+    ok, allowed = _RULES[key]
+    finite = np.isfinite(arr)
+    bad = np.flatnonzero(~finite | ~ok(np.where(finite, arr, 0.0)))
+    if bad.size:
+        raise ValueError(f"{key}[{bad[0]}]={float(arr[bad[0]])!r}: allowed is {allowed}")
+    arr.setflags(write=False)
+    return arr
+
+
+def _check_labels(raw, n: int) -> np.ndarray:
+    arr = np.array(raw, dtype=float)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"label_distribution has shape {arr.shape}: allowed is (N, K) with N={n}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        i = int(np.argwhere(~np.isfinite(arr) | (arr < 0))[0, 0])
+        raise ValueError(f"label_distribution[{i}]={arr[i].tolist()!r}: allowed is non-negative numbers")
+    sums = arr.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"label_distribution[{i}] sums to {float(sums[i])!r}: allowed is rows summing to 1"
+        )
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Population:
+    """N agents, one entry per agent in each array (see the module docstring for units).
+
+    Build it directly with arrays (a scalar is broadcast to all agents; at least one
+    field must be per-agent), or with :meth:`from_lists`, :meth:`from_csv` or
+    :meth:`sample`. Arrays are copied to read-only float arrays; every bad value raises
+    ``ValueError`` naming the key, the value and what is allowed.
+    """
+
+    cost: np.ndarray
+    endowment: np.ndarray
+    value: np.ndarray | float = DEFAULTS["value"]
+    capacity: np.ndarray | float = DEFAULTS["capacity"]
+    comm_cost: np.ndarray | float = DEFAULTS["comm_cost"]
+    outside_option: np.ndarray | float = DEFAULTS["outside_option"]
+    label_distribution: np.ndarray | None = None
+    names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        raw = {key: getattr(self, key) for key in FIELDS}
+        lengths = {key: np.size(v) for key, v in raw.items() if np.ndim(v) > 0}
+        if not lengths:
+            raise ValueError(
+                f"cost={raw['cost']!r}: allowed is a list with one value per agent "
+                "(use Population.from_lists(n_agents=...) to broadcast scalars)"
+            )
+        first, n = next(iter(lengths.items()))
+        if n == 0:
+            raise ValueError(f"len({first})=0: allowed is N >= 1 agents")
+        for key, length in lengths.items():
+            if length != n:
+                raise ValueError(f"len({key})={length}: allowed is len({first})={n} (one value per agent)")
+        for key, v in raw.items():
+            per_agent = np.broadcast_to(v, (n,)) if np.ndim(v) == 0 else v
+            object.__setattr__(self, key, _check_field(key, per_agent))
+        if self.label_distribution is not None:
+            object.__setattr__(self, "label_distribution", _check_labels(self.label_distribution, n))
+        if self.names is not None:
+            names = tuple(self.names)
+            if len(names) != n or not all(isinstance(s, str) and s for s in names):
+                raise ValueError(f"names={names!r}: allowed is N={n} non-empty strings")
+            if len(set(names)) != n:
+                raise ValueError(f"names={names!r}: allowed is distinct names")
+            object.__setattr__(self, "names", names)
+
+    @property
+    def n_agents(self) -> int:
+        """N, the number of agents."""
+        return len(self.cost)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_lists(
+        cls,
+        *,
+        n_agents: int | None = None,
+        label_distribution=None,
+        names=None,
+        **fields,
+    ) -> "Population":
+        """Build from per-agent lists; scalars are broadcast to all N agents.
+
+        N is the length of the lists given (they must agree), or ``n_agents`` when
+        every field is a scalar. ``cost`` and ``endowment`` are required; the other
+        numeric fields default to :data:`DEFAULTS`.
+        """
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            key = unknown[0]
+            raise ValueError(f"{key}={fields[key]!r}: allowed is one of the fields {', '.join(FIELDS)}")
+        for key in _REQUIRED:
+            if key not in fields:
+                raise ValueError(f"{key} is missing: allowed is a number or a list of numbers")
+        if n_agents is None:
+            return cls(**fields, label_distribution=label_distribution, names=names)
+        if not (isinstance(n_agents, (int, np.integer)) and n_agents >= 1):
+            raise ValueError(f"n_agents={n_agents!r}: allowed is an integer >= 1")
+        fields = {k: np.full(n_agents, v, dtype=float) if np.ndim(v) == 0 else v for k, v in fields.items()}
+        return cls(**fields, label_distribution=label_distribution, names=names)
+
+    @classmethod
+    def from_csv(cls, path: str | PathLike) -> "Population":
+        """Read one agent per row; the header names the columns.
+
+        Columns: the numeric fields (``cost`` and ``endowment`` required, the others
+        optional with their defaults), optionally ``name``, and optionally
+        ``label_0, ..., label_{K-1}`` for the label distribution. Any other column is an error.
+        """
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        labels = sorted((c for c in header if c.startswith("label_")), key=_label_index)
+        for col in header:
+            if col not in FIELDS and col != "name" and col not in labels:
+                raise ValueError(
+                    f"column {col!r} in {str(path)!r}: allowed is one of "
+                    f"{', '.join(FIELDS)}, name, label_0..label_K-1"
+                )
+        for key in _REQUIRED:
+            if key not in header:
+                raise ValueError(f"column {key!r} is missing in {str(path)!r}: allowed is a header naming it")
+        fields = {
+            key: [_parse(row[key], key, r) for r, row in enumerate(rows)] for key in FIELDS if key in header
+        }
+        label_distribution = (
+            [[_parse(row[c], c, r) for c in labels] for r, row in enumerate(rows)] if labels else None
+        )
+        names = [row["name"] for row in rows] if "name" in header else None
+        return cls.from_lists(label_distribution=label_distribution, names=names, **fields)
+
+    @classmethod
+    def sample(cls, n: int, spec: Mapping[str, object], seed: int) -> "Population":
+        """Draw N agents, each field independently from its distribution in ``spec``.
+
+        ``spec`` maps a field to a number (constant), a list (one value per agent, used
+        as given) or to one of
+        ``{"dist": "uniform", "low": a, "high": b}``,
+        ``{"dist": "lognormal", "mean": mu, "sigma": s}`` (mu and s of log x),
+        ``{"dist": "constant", "value": x}``,
+        ``{"dist": "types", "values": [...], "probs": [...]}`` (a finite set of types);
+        ``label_distribution`` takes ``{"dist": "dirichlet", "alpha": a, "n_classes": K}``.
+        Fields absent from ``spec`` take :data:`DEFAULTS` (``cost`` and ``endowment`` are
+        required). Each field draws from its own stream, spawned from
+        ``numpy.random.SeedSequence(seed)`` and keyed by the field's place in
+        :data:`FIELDS`, so a field's values do not depend on the order of ``spec`` or on
+        which other fields are sampled.
+        """
+        if not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"n={n!r}: allowed is an integer >= 1")
+        unknown = sorted(set(spec) - set(FIELDS) - {"label_distribution"})
+        if unknown:
+            key = unknown[0]
+            raise ValueError(
+                f"{key}={spec[key]!r}: allowed is one of the fields {', '.join(FIELDS)}, label_distribution"
+            )
+        streams = np.random.SeedSequence(seed).spawn(len(FIELDS) + 1)
+        fields = {}
+        for index, key in enumerate(FIELDS):
+            if key in spec:
+                fields[key] = _draw(key, spec[key], n, np.random.default_rng(streams[index]))
+        label_distribution = None
+        if "label_distribution" in spec:
+            rng = np.random.default_rng(streams[_LABEL_STREAM])
+            label_distribution = _draw_dirichlet(spec["label_distribution"], n, rng)
+        return cls.from_lists(n_agents=n, label_distribution=label_distribution, **fields)
+
+    def check_contributions(self, contributions) -> np.ndarray:
+        """contributions as a float array of shape (N,), each 0 <= m_i <= n_i (samples).
+
+        A relative slack of 1e-9 above n_i absorbs rounding; ValueError otherwise.
+        """
+        m = np.asarray(contributions, dtype=float)
+        if m.shape != (self.n_agents,):
+            raise ValueError(
+                f"contributions has shape {m.shape}: allowed is ({self.n_agents},), one per agent"
+            )
+        bad = ~((m >= 0) & (m <= self.endowment * (1 + 1e-9)))
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"contributions[{i}]={float(m[i])!r}: "
+                f"allowed is 0 <= m <= endowment[{i}]={float(self.endowment[i])!r}"
+            )
+        return m
+
+    # ----------------------------------------------------------------- views and output
+    def subset(self, mask) -> "Population":
+        """The agents selected by a boolean mask of shape (N,) or by integer indices."""
+        index = np.asarray(mask)
+        if index.dtype == bool and index.shape != (self.n_agents,):
+            raise ValueError(
+                f"mask has shape {index.shape}: allowed is a boolean mask of shape ({self.n_agents},)"
+            )
+        fields = {key: getattr(self, key)[index] for key in FIELDS}
+        labels = None if self.label_distribution is None else self.label_distribution[index]
+        names = None if self.names is None else tuple(np.asarray(self.names, dtype=object)[index])
+        return Population(**fields, label_distribution=labels, names=names)
+
+    def to_csv(self, path: str | PathLike) -> None:
+        """Write one agent per row in the format :meth:`from_csv` reads (floats round-trip exactly)."""
+        header = (["name"] if self.names is not None else []) + list(FIELDS)
+        n_labels = 0 if self.label_distribution is None else self.label_distribution.shape[1]
+        header += [f"label_{k}" for k in range(n_labels)]
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for i in range(self.n_agents):
+                row = [self.names[i]] if self.names is not None else []
+                row += [repr(float(getattr(self, key)[i])) for key in FIELDS]
+                if n_labels:
+                    row += [repr(float(x)) for x in self.label_distribution[i]]
+                writer.writerow(row)
+
+
+def _label_index(column: str) -> int:
+    suffix = column[len("label_"):]
+    if not suffix.isdigit():
+        raise ValueError(f"column {column!r}: allowed is label_<k> with k = 0, 1, ...")
+    return int(suffix)
+
+
+def _parse(text: str | None, key: str, row: int) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}[{row}]={text!r}: allowed is a number") from None
+
+
+def _need(spec: Mapping, key: str, field: str):
+    if key not in spec:
+        raise ValueError(f"{field}.{key} is missing: allowed is a number for dist={spec['dist']!r}")
+    return spec[key]
+
+
+def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws of one field from its spec (see :meth:`Population.sample`)."""
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        if len(spec) != n:
+            raise ValueError(f"{field}={list(spec)!r}: allowed is a list of n={n} numbers (one per agent)")
+        return np.asarray(spec, dtype=float)
+    if np.ndim(spec) == 0 and not isinstance(spec, Mapping):
+        return np.full(n, float(spec))
+    if not isinstance(spec, Mapping) or "dist" not in spec:
+        raise ValueError(f"{field}={spec!r}: allowed is a number or a dict with a 'dist' key")
+    dist = spec["dist"]
+    if dist == "constant":
+        return np.full(n, float(_need(spec, "value", field)))
+    if dist == "uniform":
+        low, high = float(_need(spec, "low", field)), float(_need(spec, "high", field))
+        if not low <= high:
+            raise ValueError(f"{field}.high={high!r}: allowed is a number >= low={low!r}")
+        return rng.uniform(low, high, size=n)
+    if dist == "lognormal":
+        mean, sigma = float(_need(spec, "mean", field)), float(_need(spec, "sigma", field))
+        if not sigma >= 0:
+            raise ValueError(f"{field}.sigma={sigma!r}: allowed is a number >= 0")
+        return rng.lognormal(mean, sigma, size=n)
+    if dist == "types":
+        values = np.asarray(_need(spec, "values", field), dtype=float)
+        probs = np.asarray(_need(spec, "probs", field), dtype=float)
+        if values.ndim != 1 or values.size == 0 or probs.shape != values.shape:
+            raise ValueError(
+                f"{field}.probs={spec['probs']!r}: allowed is one probability per value "
+                f"({values.size} values)"
+            )
+        if np.any(probs < 0) or not math.isclose(float(probs.sum()), 1.0, abs_tol=1e-9):
+            raise ValueError(f"{field}.probs={spec['probs']!r}: allowed is non-negative numbers summing to 1")
+        return values[rng.choice(values.size, size=n, p=probs / probs.sum())]
+    raise ValueError(f"{field}.dist={dist!r}: allowed is one of constant, uniform, lognormal, types")
+
+
+def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, K) label distributions, each row Dirichlet(alpha, ..., alpha)."""
+    if not isinstance(spec, Mapping) or spec.get("dist") != "dirichlet":
+        raise ValueError(
+            f"label_distribution={spec!r}: allowed is {{'dist': 'dirichlet', 'alpha': a, 'n_classes': K}}"
+        )
+    alpha = float(_need(spec, "alpha", "label_distribution"))
+    n_classes = _need(spec, "n_classes", "label_distribution")
+    if not alpha > 0:
+        raise ValueError(f"label_distribution.alpha={alpha!r}: allowed is a number > 0")
+    if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 2):
+        raise ValueError(f"label_distribution.n_classes={n_classes!r}: allowed is an integer >= 2")
+    return rng.dirichlet(np.full(n_classes, alpha), size=n)

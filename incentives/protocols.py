@@ -1,0 +1,116 @@
+"""The small protocols that tie the economic world to mechanisms and to training.
+
+``incentives`` defines them, ``mechanisms`` implements :class:`Mechanism`, and
+``fl`` offers an :class:`AccuracyOracle` that satisfies the protocol structurally
+(``fl`` never imports this module).
+
+Units used throughout
+---------------------
+- contributions ``m_i``: number of training samples (float during solving, rounded
+  to whole samples before training);
+- accuracy ``a``: a fraction in [0, 1] (top-1 accuracy on the agent's own test
+  distribution);
+- costs ``c_i``: utility units per sample; values ``v_i``: utility units per unit of
+  ``phi(accuracy)``; transfers ``t_i``: utility units, positive when paid to the agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported for annotations only, to keep this module import-light
+    from incentives.accuracy import AccuracyModel
+    from incentives.population import Population
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What a mechanism's rules give each agent for a contribution profile.
+
+    accuracy: (N,) accuracy each agent receives (the accuracy of the model delivered).
+    transfer: (N,) money paid to each agent (negative when the agent pays).
+    """
+
+    accuracy: np.ndarray
+    transfer: np.ndarray
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A solved mechanism: the equilibrium contributions and what each agent is promised.
+
+    contributions: (N,) samples each agent contributes at the equilibrium.
+    accuracy: (N,) accuracy each agent is promised (predicted by the accuracy model).
+    transfer: (N,) money paid to each agent.
+    delivery_target: (N,) accuracy the server should deliver to each agent, or ``None``
+        where every participant receives the full global model (no shaping).
+    participates: (N,) whether each agent takes part (contributes or receives a model).
+    info: mechanism-specific extras (total data, reserve prices, menu, ...).
+    """
+
+    mechanism: str
+    contributions: np.ndarray
+    accuracy: np.ndarray
+    transfer: np.ndarray
+    delivery_target: np.ndarray | None
+    participates: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        """Total contributed data M = sum_i m_i (samples)."""
+        return float(np.sum(self.contributions))
+
+
+@runtime_checkable
+class Mechanism(Protocol):
+    """A designer's rules.
+
+    ``allocate`` is the rule itself (the game any equilibrium solver plays on);
+    ``solve`` returns the equilibrium outcome under the rule, in closed form where
+    the mechanism has one.
+    """
+
+    name: str
+
+    def allocate(
+        self, contributions: np.ndarray, population: "Population", model: "AccuracyModel"
+    ) -> Allocation: ...
+
+    def solve(self, population: "Population", model: "AccuracyModel") -> Outcome: ...
+
+
+@runtime_checkable
+class TrainingOutcome(Protocol):
+    """What one real training run reports back, per agent (arrays of shape (N,)).
+
+    global_accuracy: accuracy of the full global model on each agent's test distribution.
+    delivered_accuracy: accuracy of the model actually delivered to each agent (equal to
+        ``global_accuracy`` where no delivery target was set).
+    local_accuracy: accuracy of a model trained on the agent's own contribution alone,
+        or ``None`` when not measured.
+    """
+
+    global_accuracy: np.ndarray
+    delivered_accuracy: np.ndarray
+    local_accuracy: np.ndarray | None
+
+
+@runtime_checkable
+class AccuracyOracle(Protocol):
+    """Real training, seen from the economic side.
+
+    ``learning_curve`` trains on growing data sizes and returns the measured
+    (size, accuracy) points used to fit the accuracy model a(m).
+    ``train`` trains on exactly the samples each agent contributes and delivers to each
+    agent a model of its target accuracy (``None``: the global model for everyone).
+    """
+
+    def learning_curve(self, sizes: Sequence[int], repeats: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def train(
+        self, contributions: np.ndarray, delivery_target: np.ndarray | None
+    ) -> TrainingOutcome: ...

@@ -1,0 +1,53 @@
+"""Agents' utilities, in utility units.
+
+Agent i taking part, contributing m_i samples and receiving accuracy a_i and transfer t_i:
+
+    u_i = v_i * phi(a_i) + t_i - c_i * m_i - comm_cost_i
+
+and u_i = outside_option_i when it does not take part. phi maps accuracy to the
+agent's benefit (identity by default; any increasing callable, e.g. a concave one for
+risk-averse agents as in RealFM). The closed-form mechanisms assume linear phi.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.population import Population
+
+Phi = Callable[[np.ndarray], np.ndarray]
+
+
+def utility(
+    population: Population,
+    accuracy,
+    contributions,
+    transfer=None,
+    participates=None,
+    phi: Phi | None = None,
+) -> np.ndarray:
+    """(N,) utilities u_i (see the module docstring).
+
+    accuracy, contributions, transfer, participates: arrays of shape (N,); transfer
+    defaults to 0 and participates to everyone.
+    """
+    accuracy = np.asarray(accuracy, dtype=float)
+    contributions = np.asarray(contributions, dtype=float)
+    transfer = np.zeros(population.n_agents) if transfer is None else np.asarray(transfer, dtype=float)
+    benefit = population.value * (accuracy if phi is None else np.asarray(phi(accuracy), dtype=float))
+    inside = benefit + transfer - population.cost * contributions - population.comm_cost
+    if participates is None:
+        return inside
+    return np.where(np.asarray(participates, dtype=bool), inside, population.outside_option)
+
+
+def local_utility(population: Population, model: AccuracyModel) -> np.ndarray:
+    """(N,) utility of training alone: v_i a(m_i^o) - c_i m_i^o, with m_i^o from
+    :func:`incentives.accuracy.local_optimum` capped at the endowment (linear phi, no
+    communication cost). This is the individual-rationality baseline of accuracy shaping.
+    """
+    m = np.asarray(local_optimum(population.cost, population.value, model, population.endowment))
+    return population.value * np.asarray(model(m)) - population.cost * m

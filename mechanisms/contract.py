@@ -1,0 +1,1273 @@
+"""Contracts: a server screens agents whose cost of contributing data is private.
+
+The economic model (Laffont & Martimort, *The Theory of Incentives*, 2002, ch. 2-3;
+in federated learning: Kang et al., "Incentive Design for Efficient Federated Learning
+in Mobile Networks: A Contract Theory Approach", 2019; Ding, Fang & Huang, "Optimal
+Contract Design for Efficient Federated Learning With Multi-Dimensional Private
+Information", IEEE JSAC 39(1), 2021).
+
+Types and menu
+--------------
+There are K types. Type k has a cost c_k > 0 and occurs with probability p_k > 0
+(sum_k p_k = 1). The server offers a menu of K items (q_k, R_k): contribute q_k
+samples, receive the reward R_k. A type-k agent taking item j gets
+
+    u_k(j) = R_j - theta_k * q_j**beta                                        (1)
+
+where theta_k is the type's cost in *reward units* and beta >= 1 the cost exponent
+(beta = 1: a constant cost per sample, the textbook case). Two kinds of reward:
+
+- ``reward="money"``: R_k in utility units; theta_k = c_k (utility per sample).
+- ``reward="accuracy"`` ("paid with models"): R_k is the accuracy of the model
+  delivered to the agent (a fraction); type k values accuracy at v_k utility units per
+  unit, so u_k(j) = v_k R_j - c_k q_j**beta, which ranks items exactly as (1) with
+  theta_k = c_k / v_k (accuracy per sample). Outside utilities are converted the same
+  way, u0_k / v_k. The delivered accuracy cannot exceed ``reward_cap`` (by default 1;
+  the mechanism adapter uses the accuracy of the global model).
+
+Optional data quality rho_k > 0: the menu is written on quality-weighted samples
+e = rho_k * (raw samples), the server being able to measure them (e.g. on a validation
+set); the cost per quality-weighted sample is then c_k / rho_k**beta. The reported
+``samples`` are q_k / rho_k.
+
+The server's problem (incomplete information, every pair of types), eq. (2):
+
+    max_{q, R}   sum_k p_k * (V(q_k) - kappa * R_k)
+    s.t.  (IR_k)     R_k - theta_k q_k**beta >= u0_k                      for all k
+          (IC_kj)    R_k - theta_k q_k**beta >= R_j - theta_k q_j**beta   for all k != j
+          q_k >= 0, optional capacity q_k <= n_k, optional reward cap R_k <= R_max
+
+V is concave and nondecreasing (a :class:`ValueFunction`), kappa >= 0 the server's cost
+of one unit of reward (``reward_price``: 1 for money). u0_k is the outside utility: zero,
+a number, or per type (e.g. the agent's local-only utility).
+
+The program is convex after the change of variable y_k = q_k**beta (the cost in units
+of theta): IC and IR are linear in (y, R), and V(y**(1/beta)) is concave.
+
+Complete information (the server sees each type): no IC; IR binds, R_k = theta_k
+q_k**beta + u0_k, and q_k maximises V(q) - kappa theta_k q**beta (the first best).
+
+Reduced form (Laffont & Martimort, sec. 2.11 / 3.1). Sort the types by cost,
+theta_1 < theta_2 < ... < theta_K (type 1 is the most efficient). With a common outside
+utility u0 the optimal menu has: monotone contributions y_1 >= y_2 >= ... >= y_K;
+binding IR of the highest-cost type, U_K = u0; binding adjacent downward IC,
+U_k = U_{k+1} + (theta_{k+1} - theta_k) y_{k+1}, so that the information rents are
+
+    U_k - u0 = sum_{l > k} (theta_l - theta_{l-1}) y_l.                          (3)
+
+Substituting (3), sum_k p_k U_k = u0 + sum_l (theta_l - theta_{l-1}) y_l P_{l-1} with
+P_{l-1} = sum_{j<l} p_j, and the server's problem becomes separable in y:
+
+    max_y  sum_k p_k * (V(y_k**(1/beta)) - kappa * phi_k * y_k) - kappa * u0
+    s.t.   y_1 >= y_2 >= ... >= y_K >= 0                                         (4)
+
+with the *virtual cost* phi_1 = theta_1 and
+
+    phi_k = theta_k + (theta_k - theta_{k-1}) * P_{k-1} / p_k.                   (5)
+
+When phi is nondecreasing, the monotonicity constraint is slack and each y_k solves
+V'(q) = kappa * phi_k * beta * q**(beta-1) (closed form for V = a log(1+q), beta = 1:
+q_k = max(0, a / (kappa phi_k) - 1)). Otherwise the optimal solution *irons* phi: the
+weighted isotonic regression of phi (pool-adjacent-violators, weights p) replaces phi,
+and pooled types get the same item (Myerson 1981; Laffont & Martimort sec. 2.16).
+``form="reduced"`` solves (4) with cvxpy (the monotonicity constraints do the ironing);
+``form="closed_form"`` uses (5) + pool-adjacent-violators + a scalar root per type;
+``form="all_pairs"`` solves (2) as written. With per-type outside utilities u0_k the
+highest-cost type need not be the one whose IR binds (countervailing incentives), so
+there ``form="reduced"`` keeps the rents as variables and imposes the adjacent IC
+constraints in both directions and every IR -- still O(K) constraints, and equivalent
+to (2) because with the single-crossing utilities (1) adjacent IC in both directions
+implies monotonicity and every global IC.
+
+Worked example (the tests): V(q) = 10 ln(1+q), c = (3, 2, 1), p = 1/3 each, u0 = 0.
+Virtual costs (sorted by cost 1, 2, 3): (1, 2 + 1*1, 3 + 1*2) = (1, 3, 5), so
+q = 10/phi - 1 = (9, 7/3, 1); rents (10/3, 1, 0); R = (37/3, 17/3, 3) for c = (1, 2, 3);
+server profit 7.00. Complete information: q = 10/c - 1 = (9, 4, 7/3), R = c q, profit
+9.053.
+
+Multi-dimensional private information
+-------------------------------------
+:func:`reduce_multidimensional_types` summarises (computation cost, communication delay,
+data size) into one criterion that orders the types completely, the key idea of Ding,
+Fang & Huang (2021); see its docstring for the model and equations.
+
+Failures
+--------
+An infeasible or unbounded menu raises :class:`ContractError` (a ``ValueError``) naming
+the constraint family that fails (IR, IC, monotonicity, capacity, reward_cap,
+nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types involved: it
+re-solves without each family, then drops types one at a time while the problem stays
+infeasible (a deletion filter), leaving a minimal conflicting set.
+
+Compiled programs are cached per (number of types, variant) with cvxpy Parameters
+(costs, probabilities, outside utilities, caps, value scale) so that re-solving with new
+numbers reuses the compiled problem (each program is checked with ``is_dpp()``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import cvxpy as cp
+import numpy as np
+
+from incentives.protocols import Allocation, Outcome
+
+if TYPE_CHECKING:  # annotations only
+    from incentives.accuracy import AccuracyModel
+    from incentives.population import Population
+
+__all__ = [
+    "ValueFunction", "LogValue", "PowerLawValue", "AccuracyValue",
+    "Menu", "ContractError", "solve_screening", "virtual_costs", "iron",
+    "ReducedTypes", "reduce_multidimensional_types",
+    "program_cache_info", "clear_program_cache", "ContractMechanism",
+]
+
+_DIAGNOSE_MAX_TYPES = 40
+_BIG = 1e7  # box used to locate unbounded directions when diagnosing
+_HUGE = 1e12  # a solution this large is read as an unbounded direction
+
+
+def _bad(key: str, value, allowed: str) -> ValueError:
+    text = repr(value)
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return ValueError(f"{key}={text}: allowed is {allowed}")
+
+
+# ----------------------------------------------------------------------------------
+# Value functions: V(q) = offset + scale * base(q), base concave and parameter-free
+# ----------------------------------------------------------------------------------
+
+
+class ValueFunction:
+    """A concave, nondecreasing value of contributed data for the server.
+
+    ``V(q) = offset + scale * base(q)`` in utility units, q in samples. ``key`` names
+    what cannot be a cvxpy Parameter (the shape of ``base``, exponents); ``scale`` (>= 0)
+    and ``offset`` are plain numbers so that re-solving with a new scale reuses the
+    compiled program. Subclasses define ``key``, ``scale``, ``offset``, ``base`` (numpy),
+    ``base_derivative`` (numpy) and ``base_expr`` (cvxpy, concave and nondecreasing in a
+    concave argument).
+    """
+
+    key: tuple = ()
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def base(self, q: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def base_derivative(self, q: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def base_expr(self, q: cp.Expression) -> cp.Expression:
+        raise NotImplementedError
+
+    def __call__(self, q) -> np.ndarray:
+        return self.offset + self.scale * self.base(np.asarray(q, dtype=float))
+
+    def derivative(self, q) -> np.ndarray:
+        return self.scale * self.base_derivative(np.asarray(q, dtype=float))
+
+    def expression(self, q: cp.Expression) -> cp.Expression:
+        """V(q) as a cvxpy expression (concave)."""
+        return self.offset + self.scale * self.base_expr(q)
+
+    def argmax(self, price, exponent: float = 1.0) -> np.ndarray:
+        """argmax_{q >= 0} V(q) - price * q**exponent, elementwise over ``price`` (> 0).
+
+        Solves V'(q) = price * exponent * q**(exponent - 1) by bisection (the left side
+        minus the right side decreases in q); q = 0 where V'(0) <= price (exponent 1).
+        """
+        price = np.atleast_1d(np.asarray(price, dtype=float))
+        if np.any(price <= 0):
+            raise _bad("price", price, "positive numbers (a zero price of reward or cost "
+                       "makes the maximiser unbounded)")
+
+        def slope(q):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                marginal_cost = price * exponent * np.where(
+                    q > 0, q ** (exponent - 1.0), 0.0 if exponent > 1 else 1.0)
+                return self.derivative(q) - marginal_cost
+
+        lo = np.zeros_like(price)
+        hi = np.ones_like(price)
+        for _ in range(200):
+            up = slope(hi) > 0
+            if not up.any():
+                break
+            hi = np.where(up, hi * 2.0, hi)
+        else:
+            raise ValueError("price: allowed is a price at which V(q) - price*q**exponent "
+                             "has a finite maximiser (V grows too fast)")
+        at_zero = (slope(np.full_like(price, 1e-300)) <= 0) & (exponent == 1.0)
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            pos = slope(mid) > 0
+            lo = np.where(pos, mid, lo)
+            hi = np.where(pos, hi, mid)
+            if np.all(hi - lo <= 1e-15 * np.maximum(1.0, hi)):
+                break
+        return np.where(at_zero, 0.0, 0.5 * (lo + hi))
+
+
+@dataclass(frozen=True)
+class LogValue(ValueFunction):
+    """V(q) = scale * ln(1 + q): logarithmic value of data (utility units, q in samples).
+
+    V'(q) = scale / (1 + q); argmax V(q) - price*q = max(0, scale/price - 1).
+    """
+
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if not (np.isfinite(self.scale) and self.scale >= 0):
+            raise _bad("scale", self.scale, "a finite number >= 0")
+
+    @property
+    def key(self) -> tuple:
+        return ("log",)
+
+    @property
+    def offset(self) -> float:
+        return 0.0
+
+    def base(self, q):
+        return np.log1p(q)
+
+    def base_derivative(self, q):
+        return 1.0 / (1.0 + q)
+
+    def base_expr(self, q):
+        return cp.log1p(q)
+
+    def argmax(self, price, exponent: float = 1.0):
+        if exponent != 1.0:
+            return super().argmax(price, exponent)
+        price = np.atleast_1d(np.asarray(price, dtype=float))
+        if np.any(price <= 0):
+            raise _bad("price", price, "positive numbers")
+        return np.maximum(0.0, self.scale / price - 1.0)
+
+
+@dataclass(frozen=True)
+class PowerLawValue(ValueFunction):
+    """V(q) = weight * a(q) with the power-law accuracy a(q) = a_opt - k * q**(-alpha).
+
+    weight: utility units per unit of accuracy; q in samples; a(q) -> -inf as q -> 0, so
+    every type is asked for a positive contribution. In cvxpy the term -q**(-alpha) is
+    ``-cp.power(q, -alpha)`` (convex power with a negative exponent, negated).
+    """
+
+    weight: float = 1.0
+    a_opt: float = 1.0
+    k: float = 1.0
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        for key in ("weight", "k", "alpha"):
+            v = getattr(self, key)
+            if not (np.isfinite(v) and v > 0):
+                raise _bad(key, v, "a finite number > 0")
+        if not np.isfinite(self.a_opt):
+            raise _bad("a_opt", self.a_opt, "a finite number")
+
+    @property
+    def key(self) -> tuple:
+        return ("power_law", float(self.alpha))
+
+    @property
+    def scale(self) -> float:
+        return self.weight * self.k
+
+    @property
+    def offset(self) -> float:
+        return self.weight * self.a_opt
+
+    def base(self, q):
+        with np.errstate(divide="ignore"):
+            return -np.power(q, -self.alpha)
+
+    def base_derivative(self, q):
+        with np.errstate(divide="ignore"):
+            return self.alpha * np.power(q, -self.alpha - 1.0)
+
+    def base_expr(self, q):
+        return -cp.power(q, -self.alpha)
+
+
+class AccuracyValue(ValueFunction):
+    """V(q) = weight * a(q) for an accuracy model a (``incentives.accuracy``).
+
+    Numpy evaluation calls the model itself (``__call__``, ``derivative``; clipped at 0
+    below its zero crossing); ``argmax`` uses ``model.marginal_inverse`` and keeps q = 0
+    when that is better. A cvxpy expression exists for power-law models (``family ==
+    "power_law"`` or ``params`` with a_opt, k, alpha): the *unclipped* formula
+    weight * (a_opt - k q**(-alpha)), which is concave; other models raise a ValueError
+    when a contract needs the expression.
+    """
+
+    def __init__(self, model, weight: float = 1.0):
+        if not (np.isfinite(weight) and weight > 0):
+            raise _bad("weight", weight, "a finite number > 0")
+        self.model = model
+        self.weight = float(weight)
+        params = dict(getattr(model, "params", {}) or {})
+        for name in ("a_opt", "k", "alpha"):
+            if name not in params and hasattr(model, name):
+                params[name] = getattr(model, name)
+        self._power_law = (PowerLawValue(self.weight, float(params["a_opt"]), float(params["k"]),
+                                         float(params["alpha"]))
+                           if {"a_opt", "k", "alpha"} <= set(params) else None)
+
+    def __repr__(self) -> str:
+        return f"AccuracyValue({self.model!r}, weight={self.weight!r})"
+
+    @property
+    def key(self) -> tuple:
+        return self._power_law.key if self._power_law else ("model", id(self.model))
+
+    @property
+    def scale(self) -> float:
+        return self._power_law.scale if self._power_law else self.weight
+
+    @property
+    def offset(self) -> float:
+        return self._power_law.offset if self._power_law else 0.0
+
+    def __call__(self, q):
+        return self.weight * np.asarray(self.model(np.asarray(q, dtype=float)), dtype=float)
+
+    def derivative(self, q):
+        return self.weight * np.asarray(self.model.derivative(np.asarray(q, dtype=float)),
+                                        dtype=float)
+
+    def argmax(self, price, exponent: float = 1.0):
+        if exponent != 1.0 or not hasattr(self.model, "marginal_inverse"):
+            return super().argmax(price, exponent)
+        price = np.atleast_1d(np.asarray(price, dtype=float))
+        if np.any(price <= 0):
+            raise _bad("price", price, "positive numbers")
+        q = np.asarray(self.model.marginal_inverse(price / self.weight), dtype=float) * np.ones_like(price)
+        gain = self(q) - price * q - self(np.zeros_like(q))
+        return np.where(gain > 0, q, 0.0)
+
+    def base(self, q):
+        return self._require().base(q)
+
+    def base_derivative(self, q):
+        return self._require().base_derivative(q)
+
+    def base_expr(self, q):
+        return self._require().base_expr(q)
+
+    def _require(self) -> PowerLawValue:
+        if self._power_law is None:
+            raise _bad("model", self.model, "a power-law accuracy model (a_opt - k m**(-alpha)) "
+                       "when a contract needs V as a cvxpy expression")
+        return self._power_law
+
+
+# ----------------------------------------------------------------------------------
+# Virtual costs and ironing
+# ----------------------------------------------------------------------------------
+
+
+def virtual_costs(theta: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Virtual costs (5) of types sorted by increasing cost theta.
+
+    phi_1 = theta_1, phi_k = theta_k + (theta_k - theta_{k-1}) * P_{k-1} / p_k with
+    P_{k-1} = p_1 + ... + p_{k-1} (Laffont & Martimort eq. 2.28, K types).
+    """
+    theta = np.asarray(theta, dtype=float)
+    p = np.asarray(probability, dtype=float)
+    below = np.concatenate(([0.0], np.cumsum(p)[:-1]))
+    step = np.concatenate(([0.0], np.diff(theta)))
+    return theta + step * below / p
+
+
+def iron(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted nondecreasing isotonic regression of ``phi`` (pool adjacent violators).
+
+    Pooled blocks get the weighted mean of their virtual costs (Myerson's ironing).
+    """
+    values: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for v, w in zip(np.asarray(phi, float), np.asarray(weight, float)):
+        values.append(v)
+        weights.append(w)
+        sizes.append(1)
+        while len(values) > 1 and values[-2] > values[-1]:
+            w2 = weights[-2] + weights[-1]
+            v2 = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w2
+            n2 = sizes[-2] + sizes[-1]
+            del values[-1], weights[-1], sizes[-1]
+            values[-1], weights[-1], sizes[-1] = v2, w2, n2
+    return np.repeat(values, sizes)
+
+
+# ----------------------------------------------------------------------------------
+# The solved menu
+# ----------------------------------------------------------------------------------
+
+
+class ContractError(ValueError):
+    """An infeasible or unbounded menu; ``family`` and ``types`` name the culprits."""
+
+    def __init__(self, message: str, family: str | None = None,
+                 types: Sequence[int] | None = None):
+        super().__init__(message)
+        self.family = family
+        self.types = list(types) if types is not None else None
+
+
+@dataclass(frozen=True)
+class Menu:
+    """A solved menu, one item per type, in the order the types were given.
+
+    cost: (K,) c_k as given (utility per sample**beta, before quality);
+    probability: (K,) p_k; contribution: (K,) q_k, quality-weighted samples asked of
+    type k; reward: (K,) R_k, utility units (money) or accuracy delivered (fraction);
+    outside: (K,) u0_k in reward units; theta: (K,) cost in reward units per
+    contribution**beta (the canonical criterion that orders the types);
+    server_profit: expected profit per agent, sum_k p_k (V(q_k) - kappa R_k), in
+    utility units; information: "complete" or "incomplete"; form: how it was solved.
+    """
+
+    cost: np.ndarray
+    probability: np.ndarray
+    contribution: np.ndarray
+    reward: np.ndarray
+    outside: np.ndarray
+    theta: np.ndarray
+    quality: np.ndarray
+    cost_exponent: float
+    server_profit: float
+    information: str
+    form: str
+    reward_kind: str
+    reward_price: float
+    value: ValueFunction
+    status: str = "optimal"
+    solve_seconds: float = 0.0
+    compiled: bool = False
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_types(self) -> int:
+        return len(self.cost)
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Raw samples asked of type k: q_k / rho_k."""
+        return self.contribution / self.quality
+
+    @property
+    def utility(self) -> np.ndarray:
+        """U_k = R_k - theta_k q_k**beta: type k's utility from its own item (reward units)."""
+        return self.reward - self.theta * self.contribution ** self.cost_exponent
+
+    @property
+    def information_rent(self) -> np.ndarray:
+        """U_k - u0_k: what type k earns above its outside utility (reward units)."""
+        return self.utility - self.outside
+
+    def payoff_matrix(self) -> np.ndarray:
+        """(K, K): entry [k, j] = R_j - theta_k q_j**beta, type k's utility from item j."""
+        return self.reward[None, :] - self.theta[:, None] * self.contribution[None, :] ** self.cost_exponent
+
+    def violations(self) -> dict:
+        """Largest violation of IC (best deviation gain) and IR (shortfall), reward units."""
+        u = self.payoff_matrix()
+        own = np.diag(u)
+        return {"IC": float(np.max(u - own[:, None])), "IR": float(np.max(self.outside - own))}
+
+    def table(self) -> dict:
+        """The menu as plain lists (for Outcome.info and reports)."""
+        return {
+            "cost": self.cost.tolist(), "probability": self.probability.tolist(),
+            "contribution": self.contribution.tolist(), "samples": self.samples.tolist(),
+            "reward": self.reward.tolist(), "reward_kind": self.reward_kind,
+            "outside": self.outside.tolist(),
+            "information_rent": self.information_rent.tolist(),
+            "server_profit": self.server_profit, "information": self.information,
+            "form": self.form,
+        }
+
+
+# ----------------------------------------------------------------------------------
+# cvxpy programs, cached per (K, variant), parameterised (DPP)
+# ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Program:
+    problem: cp.Problem
+    y: cp.Variable
+    R: cp.Variable | None
+    params: dict
+    families: dict  # family name -> list of (constraint, rows -> types) for diagnosis
+    variant: str
+
+
+_CACHE: dict[tuple, _Program] = {}
+_CACHE_STATS = {"hits": 0, "misses": 0}
+
+
+def program_cache_info() -> dict:
+    """Hits, misses and size of the compiled-program cache."""
+    return {**_CACHE_STATS, "size": len(_CACHE)}
+
+
+def clear_program_cache() -> None:
+    _CACHE.clear()
+    _CACHE_STATS.update(hits=0, misses=0)
+
+
+def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity: bool,
+           has_cap: bool, drop: dict | None = None) -> _Program:
+    """The server's program for K types sorted by increasing theta.
+
+    variant: "complete" (first best), "virtual" (reduced form (4) with a common outside
+    utility), "adjacent" (reduced form with per-type outside utilities) or "all_pairs"
+    (program (2)). ``drop`` maps a constraint family to the types whose rows are left out
+    (used only to diagnose failures; such programs are not cached).
+    """
+    drop = drop or {}
+    y = cp.Variable(K, name="y")                # y_k = q_k**beta
+    q = y if beta == 1.0 else cp.power(y, 1.0 / beta)
+    W = cp.Parameter(K, nonneg=True, name="W")  # p_k * value.scale
+    theta = cp.Parameter(K, nonneg=True, name="theta")
+    u0 = cp.Parameter(K, name="u0")
+    params = {"W": W, "theta": theta, "u0": u0}
+    families: dict[str, list] = {}
+    constraints: list = []
+
+    def add(family: str, expr, row_types: np.ndarray) -> None:
+        """Constrain expr >= 0, row r of expr belonging to type row_types[r]."""
+        if family in drop:
+            rows = np.flatnonzero(~np.isin(row_types, list(drop[family])))
+            if len(rows) == 0:
+                return
+            expr = expr[rows]
+        c = expr >= 0
+        constraints.append(c)
+        families.setdefault(family, []).append(c)
+
+    types = np.arange(K)
+    add("nonnegativity", y, types)
+    if has_capacity:
+        params["capy"] = cp.Parameter(K, nonneg=True, name="capy")
+        add("capacity", params["capy"] - y, types)
+    R = None
+    gain = cp.sum(cp.multiply(W, value.base_expr(q)))   # sum_k p_k (V(q_k) - offset)
+    if variant == "complete":
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k
+        objective = gain - params["G"] @ y
+        reward = cp.multiply(theta, y) + u0                          # binding IR
+    elif variant == "virtual":
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k phi_k
+        params["step"] = cp.Parameter(K, nonneg=True, name="step") # theta_k - theta_{k-1}
+        objective = gain - params["G"] @ y
+        if K > 1:
+            add("monotonicity", y[:-1] - y[1:], types[1:])
+        paid = cp.multiply(params["step"], y)
+        reward = cp.multiply(theta, y) + u0 + cp.sum(paid) - cp.cumsum(paid)   # eq. (3)
+    else:
+        R = cp.Variable(K, name="R")
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
+        objective = gain - params["P"] @ R
+        own = R - cp.multiply(theta, y)                              # U_k = R_k - theta_k y_k
+        add("IR", own - u0, types)
+        gone = list(drop.get("IC", ()))
+        if variant == "all_pairs" and K > 1:
+            # IC_kj for every ordered pair: U_k >= R_j - theta_k y_j. The matrix of
+            # deviation payoffs is 1 R^T - theta y^T (an outer product with the parameter
+            # on the left keeps the compiled program small).
+            deviation = (np.ones((K, 1)) @ cp.reshape(R, (1, K), order="C")
+                         - cp.reshape(theta, (K, 1), order="C") @ cp.reshape(y, (1, K), order="C"))
+            slack = cp.reshape(own, (K, 1), order="C") @ np.ones((1, K)) - deviation
+            k, j = np.nonzero(~np.eye(K, dtype=bool))
+            keep = ~np.isin(k, gone) & ~np.isin(j, gone)
+            if keep.any():
+                c = slack[k[keep], j[keep]] >= 0
+                constraints.append(c)
+                families.setdefault("IC", []).append(c)
+        elif K > 1:
+            # adjacent types, both directions: IC_{k,k+1} (downward) and IC_{k+1,k} (upward)
+            down = R[:-1] - R[1:] - cp.multiply(theta[:-1], y[:-1] - y[1:])
+            up = R[1:] - R[:-1] - cp.multiply(theta[1:], y[1:] - y[:-1])
+            keep = ~np.isin(types[:-1], gone) & ~np.isin(types[1:], gone)
+            for expr in (down, up):
+                if keep.all():
+                    c = expr >= 0
+                elif keep.any():
+                    c = expr[np.flatnonzero(keep)] >= 0
+                else:
+                    continue
+                constraints.append(c)
+                families.setdefault("IC", []).append(c)
+        reward = R
+    if has_cap:
+        params["rcap"] = cp.Parameter(name="rcap")
+        add("reward_cap", params["rcap"] - reward, types)
+    problem = cp.Problem(cp.Maximize(objective), constraints)
+    if not drop and not problem.is_dpp():  # pragma: no cover - a programming error
+        raise RuntimeError(f"screening program {variant!r} is not DPP")
+    return _Program(problem, y, R, params, families, variant)
+
+
+# ----------------------------------------------------------------------------------
+# Solving
+# ----------------------------------------------------------------------------------
+
+
+def _as_array(key: str, value, K: int, *, positive=False, nonneg=False) -> np.ndarray:
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        arr = np.full(K, float(arr))
+    if arr.shape != (K,) or not np.all(np.isfinite(arr)):
+        raise _bad(key, value, f"a finite number or {K} finite numbers (one per type)")
+    if positive and np.any(arr <= 0):
+        raise _bad(key, value, "numbers > 0")
+    if nonneg and np.any(arr < 0):
+        raise _bad(key, value, "numbers >= 0")
+    return arr
+
+
+_FORMS = ("reduced", "all_pairs", "closed_form")
+
+
+def solve_screening(
+    cost,
+    probability,
+    value: ValueFunction,
+    *,
+    information: str = "incomplete",
+    form: str = "reduced",
+    outside=0.0,
+    reward: str = "money",
+    accuracy_value=None,
+    reward_price: float = 1.0,
+    reward_cap: float | None = None,
+    capacity=None,
+    quality=None,
+    cost_exponent: float = 1.0,
+    solver: str = "CLARABEL",
+) -> Menu:
+    """Solve the server's screening problem (2) for K types; see the module docstring.
+
+    cost: (K,) c_k >= 0, utility units per sample**cost_exponent; probability: (K,) p_k > 0
+    summing to 1; value: the server's V(q) (utility units); information: "incomplete"
+    (IC and IR) or "complete" (IR only, types observed); form: "reduced" (program (4),
+    cvxpy), "all_pairs" (program (2), cvxpy, K(K-1) IC constraints) or "closed_form"
+    (virtual costs (5), ironing, a scalar root per type; common outside utility and, under
+    incomplete information, no capacity or reward cap); outside: u0 in utility units,
+    a number or (K,); reward: "money" or "accuracy"; accuracy_value: (K,) or number v_k
+    > 0, utility per unit accuracy (required for accuracy rewards); reward_price: kappa
+    >= 0, the server's utility cost of one unit of reward; reward_cap: the largest reward
+    (accuracy rewards: default 1.0); capacity: (K,) largest contribution of each type
+    (quality-weighted samples); quality: (K,) rho_k > 0 (default 1); cost_exponent: beta
+    >= 1; solver: a cvxpy solver name.
+
+    Returns a :class:`Menu` in the given type order. Raises :class:`ContractError` when
+    the menu is infeasible or unbounded, ValueError for invalid arguments.
+    """
+    cost_arr = np.atleast_1d(np.asarray(cost, dtype=float))
+    if cost_arr.ndim != 1 or len(cost_arr) == 0 or not np.all(np.isfinite(cost_arr)) \
+            or np.any(cost_arr < 0):
+        raise _bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
+    K = len(cost_arr)
+    p = _as_array("probability", probability, K, positive=True)
+    if abs(p.sum() - 1.0) > 1e-9:
+        raise _bad("probability", probability, "numbers > 0 summing to 1")
+    if not isinstance(value, ValueFunction):
+        raise _bad("value", value, "a ValueFunction (LogValue, PowerLawValue, AccuracyValue)")
+    if information not in ("incomplete", "complete"):
+        raise _bad("information", information, "'incomplete' or 'complete'")
+    if form not in _FORMS:
+        raise _bad("form", form, "'reduced', 'all_pairs' or 'closed_form'")
+    if reward not in ("money", "accuracy"):
+        raise _bad("reward", reward, "'money' or 'accuracy'")
+    if not (np.isfinite(cost_exponent) and cost_exponent >= 1):
+        raise _bad("cost_exponent", cost_exponent, "a finite number >= 1")
+    beta = float(cost_exponent)
+    if not (np.isfinite(reward_price) and reward_price >= 0):
+        raise _bad("reward_price", reward_price, "a finite number >= 0")
+    u0_money = _as_array("outside", outside, K)
+    rho = np.ones(K) if quality is None else _as_array("quality", quality, K, positive=True)
+    if reward == "accuracy":
+        if accuracy_value is None:
+            raise _bad("accuracy_value", accuracy_value, "numbers > 0 (utility per unit "
+                       "accuracy) when reward='accuracy'")
+        v = _as_array("accuracy_value", accuracy_value, K, positive=True)
+        if reward_cap is None:
+            reward_cap = 1.0
+    else:
+        if accuracy_value is not None:
+            raise _bad("accuracy_value", accuracy_value, "None when reward='money'")
+        v = np.ones(K)
+    if reward_cap is not None and not np.isfinite(reward_cap):
+        raise _bad("reward_cap", reward_cap, "None or a finite number")
+    cap = None if capacity is None else _as_array("capacity", capacity, K, nonneg=True)
+    if solver not in cp.installed_solvers():
+        raise _bad("solver", solver, f"one of {cp.installed_solvers()}")
+
+    theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
+    u0_all = u0_money / v                       # reward units
+    order = np.argsort(theta_all, kind="stable")
+    th, pp, u0 = theta_all[order], p[order], u0_all[order]
+    capy = None if cap is None else cap[order] ** beta
+    kappa = float(reward_price)
+    common = bool(np.all(u0 == u0[0]))
+
+    if kappa == 0 and reward_cap is None and cap is None:
+        raise ContractError(
+            "unbounded menu: reward_price=0.0 makes rewards free to the server and neither "
+            "reward_cap nor capacity bounds the rewards or contributions of types "
+            f"{list(range(K))}; make reward_price positive or set reward_cap or capacity",
+            family="objective", types=list(range(K)))
+    # With q = 0 allowed, pooling every type at (0, max u0) satisfies IC, IR and the
+    # capacities, so the menu is infeasible exactly when an outside utility exceeds the cap.
+    if reward_cap is not None and np.any(u0 > reward_cap):
+        bad = order[np.flatnonzero(u0 > reward_cap)]
+        raise ContractError(
+            f"infeasible menu: the IR constraints of types {bad.tolist()} (outside utility "
+            f"{u0_all[bad].tolist()} in reward units) exceed reward_cap={reward_cap!r}; "
+            "no reward within the cap compensates them", family="IR", types=bad.tolist())
+
+    start = time.perf_counter()
+    compiled = False
+    if form == "closed_form":
+        y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy,
+                                              reward_cap, information, common)
+    else:
+        if information == "complete":
+            variant = "complete"
+        elif form == "all_pairs":
+            variant = "all_pairs"
+        else:
+            variant = "virtual" if common else "adjacent"
+        y, Rs, status, compiled = _solve_program(
+            K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
+    seconds = time.perf_counter() - start
+
+    y = np.maximum(y, 0.0)
+    q_sorted = y ** (1.0 / beta)
+    contribution = np.empty(K)
+    reward_arr = np.empty(K)
+    contribution[order] = q_sorted
+    reward_arr[order] = Rs
+    with np.errstate(divide="ignore"):
+        profit = float(np.sum(p * (value(contribution) - kappa * reward_arr)))
+    menu = Menu(cost=cost_arr, probability=p, contribution=contribution, reward=reward_arr,
+                outside=u0_all, theta=theta_all, quality=rho, cost_exponent=beta,
+                server_profit=profit, information=information, form=form,
+                reward_kind=reward, reward_price=kappa, value=value, status=status,
+                solve_seconds=seconds, compiled=compiled,
+                extras={"variant": variant,
+                        "accuracy_value": v if reward == "accuracy" else None,
+                        "reward_cap": reward_cap})
+    if status == cp.OPTIMAL_INACCURATE:
+        worst = max(menu.violations().values()) / max(1.0, float(np.max(np.abs(reward_arr))))
+        if worst > 1e-6:
+            warnings.warn(f"the {variant} screening program was solved inaccurately: IC/IR "
+                          f"violated by up to {worst:.2g} (relative to the largest reward)",
+                          RuntimeWarning)
+    return menu
+
+
+def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
+    """Reduced-form rewards from (3): R_k = theta_k y_k + u0 + sum_{l>k} (theta_l - theta_{l-1}) y_l."""
+    step = np.concatenate(([0.0], np.diff(th)))
+    paid = step * y
+    above = np.concatenate((np.cumsum(paid[::-1])[::-1][1:], [0.0]))
+    return th * y + u0 + above
+
+
+def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, common):
+    if kappa <= 0:
+        raise _bad("reward_price", kappa, "a number > 0 with form='closed_form'")
+    if information == "complete":
+        q = value.argmax(kappa * th, beta)
+        y = q ** beta
+        if capy is not None:
+            y = np.minimum(y, capy)
+        if reward_cap is not None:
+            y = np.minimum(y, np.maximum(0.0, (reward_cap - u0) / th))
+        return y, th * y + u0, "optimal", "complete"
+    if not common:
+        raise _bad("outside", u0, "one common outside utility with form='closed_form' and "
+                   "information='incomplete' (use form='reduced' for per-type ones)")
+    if capy is not None or reward_cap is not None:
+        raise _bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
+                   "reward_cap constrains an incomplete-information menu")
+    phi = iron(virtual_costs(th, pp), pp)
+    y = value.argmax(kappa * phi, beta) ** beta
+    return y, _rents(th, y, u0[0]), "optimal", "closed_form"
+
+
+def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap):
+    P = prog.params
+    P["W"].value = pp * value.scale
+    P["theta"].value = th
+    P["u0"].value = u0
+    if prog.variant == "complete":
+        P["G"].value = kappa * pp * th
+    elif prog.variant == "virtual":
+        P["G"].value = kappa * pp * virtual_costs(th, pp)
+        P["step"].value = np.concatenate(([0.0], np.diff(th)))
+    else:
+        P["P"].value = kappa * pp
+    if "capy" in P:
+        P["capy"].value = capy
+    if "rcap" in P:
+        P["rcap"].value = float(reward_cap)
+
+
+# Tight tolerances: the profit is flat at the optimum, so a duality gap of 1e-8 leaves
+# errors of ~1e-4 in the contributions; 1e-12 brings them to ~1e-9 (reduced form), 1e-10
+# to ~1e-5 (all pairs). An attempt that ends "inaccurate" or fails is followed by the
+# next, looser one, down to the solver's defaults; SCS is the last resort. Clarabel's
+# QDLDL factorisation is much faster here than its "auto" choice (faer).
+def _attempts(solver: str, strict: bool) -> list[tuple[str, dict]]:
+    if solver != "CLARABEL":
+        return [(solver, {})]
+    tols = (1e-12, 1e-10) if strict else (1e-10,)  # large all-pairs programs: from 1e-10
+    return ([("CLARABEL", {"tol_gap_abs": t, "tol_gap_rel": t, "tol_feas": t,
+                           "direct_solve_method": "qdldl"}) for t in tols]
+            + [("CLARABEL", {"direct_solve_method": "qdldl"})])
+
+
+def _solve_quietly(problem: cp.Problem, name: str, options: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cvxpy's "may be inaccurate"
+        problem.solve(solver=name, **options)
+
+
+def _run(problem: cp.Problem, solver: str, strict: bool = True) -> str:
+    """Solve with the attempts of :func:`_attempts`; return the cvxpy status."""
+    inaccurate = None   # the last attempt that ended "optimal_inaccurate"
+    failed = False      # whether the most recent attempt raised
+    for name, options in _attempts(solver, strict):
+        try:
+            _solve_quietly(problem, name, options)
+        except cp.error.SolverError:
+            failed = True
+            continue
+        failed = False
+        if problem.status != cp.OPTIMAL_INACCURATE:
+            return problem.status
+        inaccurate = (name, options)
+    if inaccurate is not None:
+        if failed:  # a failed later attempt cleared the values: solve that one again
+            _solve_quietly(problem, *inaccurate)
+        return problem.status
+    fallback = "SCS" if solver != "SCS" else "CLARABEL"
+    try:
+        _solve_quietly(problem, fallback, {})
+    except cp.error.SolverError as exc:  # pragma: no cover - every solver failed
+        raise RuntimeError(f"solvers {solver} and {fallback} failed on the menu: {exc}") from exc
+    return problem.status
+
+
+def _solve_program(K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
+                   order):
+    key = (K, variant, value.key, beta, capy is not None, reward_cap is not None)
+    prog = _CACHE.get(key)
+    compiled = prog is None
+    if compiled:
+        _CACHE_STATS["misses"] += 1
+        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None)
+        _CACHE[key] = prog
+    else:
+        _CACHE_STATS["hits"] += 1
+    _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+    status = _run(prog.problem, solver, strict=variant != "all_pairs" or K <= 50)
+    huge = prog.y.value is not None and (
+        np.max(np.abs(prog.y.value)) > _HUGE
+        or (prog.R is not None and np.max(np.abs(prog.R.value)) > _HUGE))
+    if huge:  # interior-point solvers may stop "optimal" far along an unbounded ray
+        status = cp.UNBOUNDED
+    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE, cp.UNBOUNDED,
+                  cp.UNBOUNDED_INACCURATE) or prog.y.value is None:
+        raise _diagnose(status, K, variant, th, pp, u0, kappa, value, beta, capy,
+                        reward_cap, solver, order)
+    y = np.maximum(np.asarray(prog.y.value, dtype=float), 0.0)
+    if variant == "virtual":
+        R = _rents(th, y, u0[0])
+    elif variant == "complete":
+        R = th * y + u0
+    else:
+        R = np.asarray(prog.R.value, dtype=float)
+    return y, R, status, compiled
+
+
+def _diagnose(status, K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap,
+              solver, order) -> ContractError:
+    """Name the constraint family (and types) behind an infeasible or unbounded menu."""
+    def solve_with(drop=None, box=False):
+        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None,
+                      drop=drop)
+        _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+        problem = prog.problem
+        if box:
+            extra = [prog.y <= _BIG] + ([cp.abs(prog.R) <= _BIG] if prog.R is not None else [])
+            problem = cp.Problem(problem.objective, problem.constraints + extra)
+        st = _run(problem, solver)
+        return st, prog
+
+    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
+        st, prog = solve_with(box=True)
+        hit = []
+        if prog.y.value is not None:
+            hit = np.flatnonzero(prog.y.value > 0.5 * _BIG).tolist()
+            if prog.R is not None:
+                hit = sorted(set(hit) | set(np.flatnonzero(np.abs(prog.R.value) > 0.5 * _BIG)))
+        types = order[hit].tolist()
+        return ContractError(
+            f"unbounded menu: the server's profit grows without limit with the contributions "
+            f"or rewards of types {types} (costs in reward units {th[hit].tolist()}, "
+            f"reward_price={kappa!r}, reward_cap={reward_cap!r}, capacity "
+            f"{'set' if capy is not None else 'None'}); give them positive costs, bound "
+            "them with capacity or reward_cap, or make reward_price positive",
+            family="objective", types=types)
+    present = _build(K, variant, value, beta, capy is not None, reward_cap is not None).families
+    # Design constraints first; nonnegativity (a physical fact) is named only as a last resort.
+    families = [f for f in ("IR", "reward_cap", "capacity", "IC", "monotonicity",
+                            "nonnegativity") if f in present]
+    culprits = []
+    for fam in families:
+        st, _ = solve_with(drop={fam: set(range(K))})
+        if st in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE, cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
+            culprits.append(fam)
+    if not culprits:
+        return ContractError(f"infeasible menu (solver status {status!r}); no single "
+                             f"constraint family among {families} restores feasibility "
+                             "when removed", family=None)
+    fam = culprits[0]
+    types: list[int] = []
+    if K <= _DIAGNOSE_MAX_TYPES:
+        dropped: set[int] = set()
+        for t in range(K):
+            st, _ = solve_with(drop={fam: dropped | {t}})
+            if st in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+                dropped.add(t)
+        types = sorted(order[sorted(set(range(K)) - dropped)].tolist())
+    others = [f for f in culprits if f != fam]
+    return ContractError(
+        f"infeasible menu: the {fam} constraints"
+        + (f" of types {types}" if types else "")
+        + " cannot hold together with the rest"
+        + (f" (removing {' or '.join(culprits)} also restores feasibility)" if others else "")
+        + f"; costs of those types: {th[np.isin(order, types)].tolist() if types else 'n/a'}",
+        family=fam, types=types)
+
+
+# ----------------------------------------------------------------------------------
+# Multi-dimensional private information (after Ding, Fang & Huang, 2021)
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReducedTypes:
+    """Multi-dimensional types summarised into one criterion.
+
+    cost: (K,) theta_k, utility per sample**cost_exponent (pass as ``cost`` with
+    ``cost_exponent`` to :func:`solve_screening`); capacity: (K,) data size n_k (samples,
+    pass as ``capacity``); order: (K,) the complete order of the types (most efficient
+    first).
+    """
+
+    cost: np.ndarray
+    cost_exponent: float
+    capacity: np.ndarray
+    order: np.ndarray
+
+
+def reduce_multidimensional_types(
+    compute_cost,
+    comm_delay,
+    data_size,
+    *,
+    round_deadline: float,
+    rounds: int = 1,
+    local_epochs: int = 1,
+    cycles_per_sample: float = 1.0,
+) -> ReducedTypes:
+    """Summarise (computation cost, communication delay, data size) into one criterion.
+
+    Ding, Fang & Huang (IEEE JSAC 2021) summarise users' multi-dimensional private
+    information (training cost, communication delay) into a one-dimensional criterion
+    that orders users completely, and design the contract on that criterion. Their
+    paper's full text was not available to check its exact equations; the model below
+    is derived here from the standard FL computation model (CPU frequency scaling, as in
+    Kang et al. 2019 and Zhan et al. 2020) and follows the same idea:
+
+    - each of G = ``rounds`` global rounds, type k trains E = ``local_epochs`` epochs on
+      its q samples: E * nu * q CPU cycles (nu = ``cycles_per_sample``);
+    - the round has a deadline T (``round_deadline``, seconds); uploading takes the
+      private communication delay tau_k (seconds), leaving T - tau_k for computing, so
+      the CPU frequency must be f >= E nu q / (T - tau_k);
+    - computing at frequency f costs zeta_k * (cycles) * f**2 (utility units; zeta_k =
+      ``compute_cost``, the private computation-cost coefficient: effective switched
+      capacitance times the price of energy), minimised at the smallest feasible f:
+
+          cost_k(q) = G * zeta_k * (E nu)**3 * q**3 / (T - tau_k)**2 = theta_k * q**3,
+          theta_k   = G * zeta_k * (E nu)**3 / (T - tau_k)**2;                   (6)
+
+    - the private data size n_k caps the contribution, q <= n_k.
+
+    So the type (zeta_k, tau_k, n_k) enters an agent's preferences over menu items
+    (q, R) only through theta_k (u_k = R - theta_k q**3): types with equal theta_k
+    are indistinguishable to any menu, theta orders them completely (single crossing),
+    and :func:`solve_screening` with ``cost_exponent=3`` applies. The data size enters
+    as a per-type capacity; IC is imposed against every item, including items a
+    small-data type could not fill (conservative: the menu stays IC if types could
+    acquire data).
+    """
+    zeta = np.atleast_1d(np.asarray(compute_cost, dtype=float))
+    K = len(zeta)
+    if zeta.ndim != 1 or K == 0 or not np.all(np.isfinite(zeta)) or np.any(zeta <= 0):
+        raise _bad("compute_cost", compute_cost, "a non-empty 1-D array of finite numbers > 0")
+    tau = _as_array("comm_delay", comm_delay, K, nonneg=True)
+    n = _as_array("data_size", data_size, K, positive=True)
+    if not (np.isfinite(round_deadline) and round_deadline > 0):
+        raise _bad("round_deadline", round_deadline, "a finite number of seconds > 0")
+    if np.any(tau >= round_deadline):
+        raise _bad("comm_delay", comm_delay, f"delays below round_deadline={round_deadline!r} "
+                   "(a type that cannot upload in time cannot take part)")
+    for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
+                     ("cycles_per_sample", cycles_per_sample)):
+        if not (np.isfinite(val) and val > 0):
+            raise _bad(key, val, "a finite number > 0")
+    theta = rounds * zeta * (local_epochs * cycles_per_sample) ** 3 / (round_deadline - tau) ** 2
+    return ReducedTypes(cost=theta, cost_exponent=3.0, capacity=n,
+                        order=np.argsort(theta, kind="stable"))
+
+
+# ----------------------------------------------------------------------------------
+# The mechanism on a population
+# ----------------------------------------------------------------------------------
+
+
+class ContractMechanism:
+    """Screening contracts on a :class:`~incentives.population.Population`.
+
+    Types: the distinct values of theta_i (reward units per sample; theta_i = c_i for
+    money, c_i / v_i for accuracy rewards), each with probability = its share of agents;
+    or a given ``type_grid`` (costs in reward units, probabilities), each agent being
+    assigned to the cheapest grid type whose cost is >= its own. A type's outside
+    utility is the largest among its agents of outside_option_i + comm_cost_i (the
+    communication cost is paid only by participants, so it raises the reservation
+    utility), converted to reward units; with ``include_local`` the agent's local-only
+    utility v_i a(m_local) - c_i m_local counts too. With ``respect_endowment`` a type's
+    capacity is the smallest endowment among its agents.
+
+    The menu is solved (``form``, ``information``) with the server's ``value`` (a
+    ValueFunction, or "accuracy": V(q) = value_weight * a(q) for a power-law model).
+    Each agent then picks the item that maximises its own utility among the items it can
+    fill (q_j <= n_i), ties going to the larger contribution (the server-preferred item,
+    the usual convention), or stays out when no item reaches its outside utility. Items
+    asking for no data are withdrawn (their types stay out; removing items keeps the
+    rest IC).
+
+    Rewards: money -> Outcome.transfer = R, no model is delivered (accuracy and
+    delivery_target 0: the server keeps the model, as in Kang et al.); accuracy ->
+    Outcome.delivery_target = accuracy = R (the model delivered), transfer 0, with the
+    cap R <= a(M) where M is the total contributed data, found by a fixed point (start
+    from a(sum of endowments), re-solve with a(M) until it settles). Agents' utility is
+    taken linear in accuracy (phi(a) = a).
+
+    ``allocate`` is the menu read as a reward schedule: an agent contributing m gets the
+    item with the largest q_j <= m (nothing below the smallest item).
+    """
+
+    def __init__(
+        self,
+        value: ValueFunction | str = LogValue(10.0),
+        *,
+        reward: str = "money",
+        information: str = "incomplete",
+        form: str = "reduced",
+        reward_price: float = 1.0,
+        value_weight: float = 1.0,
+        type_grid: tuple[Sequence[float], Sequence[float]] | None = None,
+        respect_endowment: bool = True,
+        include_local: bool = False,
+        solver: str = "CLARABEL",
+        name: str = "contract",
+    ) -> None:
+        self.value = value
+        self.reward = reward
+        self.information = information
+        self.form = form
+        self.reward_price = reward_price
+        self.value_weight = value_weight
+        self.type_grid = type_grid
+        self.respect_endowment = respect_endowment
+        self.include_local = include_local
+        self.solver = solver
+        self.name = name
+        self._memo: tuple | None = None
+
+    # -- pieces -------------------------------------------------------------------
+    def _value(self, model) -> ValueFunction:
+        if isinstance(self.value, ValueFunction):
+            return self.value
+        if self.value == "accuracy":
+            return AccuracyValue(model, self.value_weight)
+        raise _bad("value", self.value, "a ValueFunction or 'accuracy'")
+
+    def _agents(self, population, model):
+        """Per agent: theta_i and reservation utility u0_i (reward units), v_i."""
+        c = np.asarray(population.cost, dtype=float)
+        N = len(c)
+        v = np.asarray(population.value, dtype=float) * np.ones(N)
+        reserve = np.asarray(population.outside_option, dtype=float) * np.ones(N)
+        if self.include_local:
+            from incentives.accuracy import local_optimum
+            m_local = np.asarray(local_optimum(c, v, model, population.endowment), float)
+            reserve = np.maximum(reserve, v * np.asarray(model(m_local), float) - c * m_local)
+        reserve = reserve + np.asarray(population.comm_cost, dtype=float) * np.ones(N)
+        if self.reward == "accuracy":
+            if np.any(v <= 0):
+                raise _bad("population.value", v, "values > 0 for accuracy rewards")
+            return c / v, reserve / v, v
+        return c, reserve, np.ones(N)
+
+    def _types(self, theta_i, u0_i, n_i):
+        """Type grid, probabilities, each agent's type, per-type outside and capacity."""
+        if self.type_grid is None:
+            grid, type_of = np.unique(theta_i, return_inverse=True)
+            prob = np.bincount(type_of, minlength=len(grid)) / len(theta_i)
+        else:
+            grid = np.asarray(self.type_grid[0], dtype=float)
+            prob = np.asarray(self.type_grid[1], dtype=float)
+            if grid.ndim != 1 or prob.shape != grid.shape or np.any(np.diff(grid) <= 0):
+                raise _bad("type_grid", self.type_grid, "(costs, probabilities): two arrays "
+                           "of equal length, costs strictly increasing")
+            type_of = np.minimum(np.searchsorted(grid, theta_i, side="left"), len(grid) - 1)
+        K = len(grid)
+        u0 = np.full(K, np.max(u0_i))
+        cap = np.full(K, np.min(n_i))
+        for k in np.unique(type_of):
+            members = type_of == k
+            u0[k], cap[k] = np.max(u0_i[members]), np.min(n_i[members])
+        return grid, prob, type_of, u0, cap
+
+    def _solve_menu(self, grid, prob, u0, cap, value, reward_cap):
+        """Solve on the types that some reward within the cap can compensate."""
+        served = np.ones(len(grid), bool) if reward_cap is None else u0 < reward_cap
+        if not served.any():
+            raise ContractError(f"infeasible menu: every type's outside utility exceeds "
+                                f"reward_cap={reward_cap!r}", family="IR",
+                                types=list(range(len(grid))))
+        menu = solve_screening(
+            grid[served], prob[served] / prob[served].sum(), value,
+            information=self.information, form=self.form, outside=u0[served],
+            reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
+            reward_price=self.reward_price, reward_cap=reward_cap,
+            capacity=cap[served] if self.respect_endowment else None, solver=self.solver)
+        return menu
+
+    def _menu(self, population, model):
+        if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
+            return self._memo[2]
+        theta_i, u0_i, v_i = self._agents(population, model)
+        n_i = np.asarray(population.endowment, dtype=float) * np.ones(len(theta_i))
+        grid, prob, type_of, u0, cap = self._types(theta_i, u0_i, n_i)
+        value = self._value(model)
+        if self.reward == "accuracy":
+            # Accuracy rewards cannot exceed the global model's accuracy a(M): fixed point.
+            cap_acc = float(np.asarray(model(float(np.sum(n_i)))))
+            for _ in range(25):
+                menu = self._solve_menu(grid, prob, u0, cap, value, cap_acc)
+                chosen = _choose(menu, theta_i, u0_i, n_i)
+                M = float(np.sum(np.where(chosen >= 0, menu.contribution[chosen], 0.0)))
+                new_cap = float(np.asarray(model(M))) if M > 0 else cap_acc
+                if new_cap >= cap_acc - 1e-9 * max(1.0, abs(cap_acc)):
+                    break
+                cap_acc = new_cap
+        else:
+            menu = self._solve_menu(grid, prob, u0, cap, value, None)
+            chosen = _choose(menu, theta_i, u0_i, n_i)
+        result = (menu, chosen, theta_i, u0_i, v_i, type_of, value)
+        self._memo = (population, model, result)
+        return result
+
+    # -- the Mechanism protocol -----------------------------------------------------
+    def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
+        menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
+        N = len(theta_i)
+        takes = chosen >= 0
+        item = np.maximum(chosen, 0)
+        q = np.where(takes, menu.contribution[item], 0.0)
+        R = np.where(takes, menu.reward[item], 0.0)
+        money = self.reward == "money"
+        utility = np.where(takes, R - theta_i * q ** menu.cost_exponent, u0_i)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gained = np.where(takes, value(np.where(takes, q, 1.0)), 0.0)
+        info = {
+            "menu": menu.table(),
+            "menu_object": menu,
+            "chosen_item": chosen,
+            "type_of_agent": type_of,
+            "server_profit_expected": menu.server_profit,
+            "server_profit": float(np.sum(gained - menu.reward_price * R)),
+            "information_rent": np.where(takes, utility - u0_i, 0.0) * v_i,
+            "information_rent_per_type": menu.information_rent,
+            "reward_kind": self.reward,
+            "violations": menu.violations(),
+        }
+        if money:  # paid in money; the server keeps the model (nothing delivered)
+            return Outcome(self.name, contributions=q, accuracy=np.zeros(N), transfer=R,
+                           delivery_target=np.zeros(N), participates=takes, info=info)
+        return Outcome(self.name, contributions=q, accuracy=R.copy(), transfer=np.zeros(N),
+                       delivery_target=R.copy(), participates=takes, info=info)
+
+    def allocate(self, contributions: np.ndarray, population: "Population",
+                 model: "AccuracyModel") -> Allocation:
+        menu = self._menu(population, model)[0]
+        m = np.asarray(contributions, dtype=float)
+        live = menu.contribution > _ZERO
+        q, R = menu.contribution[live], menu.reward[live]
+        got = np.zeros_like(m)
+        if len(q):
+            order = np.argsort(q, kind="stable")
+            q, R = q[order], np.maximum.accumulate(R[order])
+            idx = np.searchsorted(q, m * (1 + 1e-12) + 1e-12, side="right") - 1
+            got = np.where(idx >= 0, R[np.maximum(idx, 0)], 0.0)
+        if self.reward == "money":
+            return Allocation(accuracy=np.zeros_like(m), transfer=got)
+        return Allocation(accuracy=got, transfer=np.zeros_like(m))
+
+
+_ZERO = 1e-9
+
+
+def _choose(menu: Menu, theta_i: np.ndarray, u0_i: np.ndarray, n_i: np.ndarray) -> np.ndarray:
+    """Each agent's utility-maximising item (index) among fillable ones, or -1 (stays out).
+
+    theta_i, u0_i: per agent, reward units; n_i: endowments. Ties (within 1e-9 relative)
+    go to the larger contribution; items with no contribution are withdrawn.
+    """
+    beta = menu.cost_exponent
+    q, R = menu.contribution, menu.reward
+    live = q > _ZERO
+    util = R[None, :] - theta_i[:, None] * q[None, :] ** beta
+    fits = live[None, :] & (q[None, :] <= n_i[:, None] * (1 + 1e-9) + 1e-9)
+    util = np.where(fits, util, -np.inf)
+    best = util.max(axis=1, initial=-np.inf)
+    tol = 1e-9 * np.maximum(1.0, np.abs(best))
+    near = util >= (best - tol)[:, None]
+    score = np.where(near, q[None, :], -np.inf)
+    chosen = np.argmax(score, axis=1)
+    takes = np.isfinite(best) & (best >= u0_i - tol)
+    return np.where(takes, chosen, -1)

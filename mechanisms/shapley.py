@@ -1,0 +1,413 @@
+"""Shapley-value rewards: a budget split by each agent's data value.
+
+A cooperative game over players ``0..N-1`` is a coalition utility ``U(S)``; every
+estimator here calls it with a sorted tuple of player indices and memoises it, and
+reports its cost as the number of distinct coalitions it evaluated (in federated
+learning, one model reconstruction and one validation pass each).
+
+The Shapley value (Shapley 1953) of player i is
+
+    phi_i = sum_{S subset N \\ {i}} |S|! (N - |S| - 1)! / N! * [U(S + i) - U(S)]
+          = E_pi [ U(P_i^pi + i) - U(P_i^pi) ],
+
+the expectation over uniformly random orderings pi of the players, P_i^pi being the
+players before i. It is efficient (sum_i phi_i = U(N) - U(empty)), symmetric (players
+with equal marginals get equal values), gives null players 0 and, on an additive game
+U(S) = sum_{j in S} u_j, gives every player its own u_j.
+
+Estimators
+----------
+exact_shapley        the formula above over all 2^N coalitions.
+monte_carlo_shapley  permutation sampling (Castro, Gomez & Tejada 2009): the mean of the
+                     marginal contributions along sampled orderings.
+gtg_shapley          GTG-Shapley (Liu, Chen, Yu, Liu & Cui 2022, "GTG-Shapley: Efficient
+                     and Accurate Participant Contribution Evaluation in Federated
+                     Learning", ACM TIST 13(4), Algorithm 1): guided permutations,
+                     between-round and within-round truncation, a convergence test.
+leave_one_out        phi_i = U(N) - U(N \\ {i}) (not efficient; a cheap baseline).
+fedsv                the federated Shapley value (Wang, Rong, Xiong, Tao & Yu 2020, "A
+                     Principled Approach to Data Valuation for Federated Learning"):
+                     per round, the Shapley value among that round's selected clients,
+                     summed over rounds.
+
+The mechanism :class:`ShapleyRewards` pays a budget in proportion to these values on the
+economic model, and :func:`split_budget` turns values realised by real training into
+transfers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from incentives.accuracy import AccuracyModel
+from incentives.equilibrium import nash_equilibrium
+from incentives.population import Population
+from incentives.protocols import Allocation, Outcome
+
+Utility = Callable[[tuple[int, ...]], float]
+MAX_EXACT_PLAYERS = 20  # exact_shapley evaluates 2^N coalitions
+
+
+@dataclass(frozen=True)
+class ShapleyEstimate:
+    """values: (N,) estimated phi_i, in the utility's units. n_evaluations: distinct
+    coalitions whose utility was evaluated (the cost). n_permutations: orderings
+    sampled (0 for estimators that sample none)."""
+
+    values: np.ndarray
+    n_evaluations: int
+    n_permutations: int = 0
+
+
+class _Memo:
+    """``utility`` memoised on sorted coalitions; ``len()`` is the number of distinct
+    coalitions evaluated."""
+
+    def __init__(self, utility: Utility):
+        self._utility = utility
+        self._cache: dict[tuple[int, ...], float] = {}
+
+    def __call__(self, coalition) -> float:
+        key = tuple(sorted(int(p) for p in coalition))
+        if key not in self._cache:
+            self._cache[key] = float(self._utility(key))
+        return self._cache[key]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def _check_players(n_players: int, limit: int | None = None) -> None:
+    if isinstance(n_players, bool) or not isinstance(n_players, (int, np.integer)) or n_players < 1:
+        raise ValueError(f"n_players={n_players!r}: allowed is an integer >= 1")
+    if limit is not None and n_players > limit:
+        raise ValueError(
+            f"n_players={n_players!r}: allowed is at most {limit} for exact Shapley "
+            f"(2^N coalitions); use monte_carlo_shapley or gtg_shapley"
+        )
+
+
+def _check_positive_int(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+
+
+def _check_nonnegative(key: str, value) -> None:
+    if not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value >= 0):
+        raise ValueError(f"{key}={value!r}: allowed is a finite number >= 0")
+
+
+def shapley_from_table(table: np.ndarray) -> np.ndarray:
+    """Exact Shapley values from the utilities of all 2^N coalitions.
+
+    table: (2^N,) with ``table[mask]`` = U(S) for S = {j : bit j of mask is set}.
+    Returns (N,) phi_i = sum_{S not containing i} |S|!(N-|S|-1)!/N! [U(S+i) - U(S)].
+    """
+    table = np.asarray(table, dtype=float)
+    n = int(round(math.log2(len(table))))
+    if len(table) != 2**n:
+        raise ValueError(f"len(table)={len(table)!r}: allowed is a power of 2 (one entry per coalition)")
+    masks = np.arange(2**n)
+    sizes = ((masks[:, None] >> np.arange(n)) & 1).sum(axis=1)
+    weight = np.array([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)])
+    phi = np.empty(n)
+    for i in range(n):
+        without = masks[(masks >> i) & 1 == 0]
+        phi[i] = np.sum(weight[sizes[without]] * (table[without | (1 << i)] - table[without]))
+    return phi
+
+
+def exact_shapley(utility: Utility, n_players: int) -> ShapleyEstimate:
+    """The Shapley formula over all 2^N coalitions (cost 2^N evaluations; N <= 20)."""
+    _check_players(n_players, MAX_EXACT_PLAYERS)
+    u = _Memo(utility)
+    table = [u(j for j in range(n_players) if (mask >> j) & 1) for mask in range(2**n_players)]
+    return ShapleyEstimate(shapley_from_table(np.array(table)), len(u))
+
+
+def _marginals(
+    u: _Memo, order: Sequence[int], v_empty: float, v_full: float | None = None, eps: float | None = None
+) -> np.ndarray:
+    """Marginal contributions U(P + i) - U(P) of each player along ``order``.
+
+    With ``v_full`` = U(N) and ``eps`` set, within-round truncation (GTG-Shapley): once
+    the utility reached so far is within ``eps`` of U(N), the remaining players'
+    marginals are taken as 0 and their coalitions are not evaluated.
+    """
+    marginal = np.zeros(len(order))
+    previous = v_empty
+    for position, player in enumerate(order):
+        if eps is not None and v_full is not None and abs(v_full - previous) < eps:
+            break
+        current = u(order[: position + 1])
+        marginal[player] = current - previous
+        previous = current
+    return marginal
+
+
+def monte_carlo_shapley(utility: Utility, n_players: int, n_permutations: int = 100, seed: int = 0) -> ShapleyEstimate:
+    """Permutation sampling (Castro et al. 2009): phi_i ~ (1/K) sum_k [U(P_i^k + i) - U(P_i^k)]
+    over K uniformly random orderings. Unbiased; efficient on every sample (the
+    marginals along one ordering telescope to U(N) - U(empty)); cost at most K * N + 1.
+    """
+    _check_players(n_players)
+    _check_positive_int("n_permutations", n_permutations)
+    rng = np.random.default_rng(seed)
+    u = _Memo(utility)
+    v_empty = u(())
+    total = np.zeros(n_players)
+    for _ in range(n_permutations):
+        total += _marginals(u, list(rng.permutation(n_players)), v_empty)
+    return ShapleyEstimate(total / n_permutations, len(u), n_permutations)
+
+
+def _converged(history: deque, window: int, tolerance: float) -> bool:
+    """Convergence test of GTG-Shapley (after TMC-Shapley, Ghorbani & Zou 2019): the
+    running estimates of the last ``window`` permutations each lie within a mean
+    relative distance ``tolerance`` of the current one,
+    max_{k in last window} mean_i |phi^k_i - phi^K_i| / |phi^K_i| <= tolerance."""
+    recent = np.array(history)
+    current = recent[-1]
+    distance = np.mean(np.abs(recent - current) / (np.abs(current) + 1e-12), axis=1)
+    return bool(np.max(distance) <= tolerance)
+
+
+def gtg_shapley(
+    utility: Utility,
+    n_players: int,
+    eps: float = 1e-3,
+    round_eps: float = 1e-3,
+    guided: bool = True,
+    tolerance: float = 0.05,
+    window: int = 10,
+    min_permutations: int | None = None,
+    max_permutations: int | None = None,
+    seed: int = 0,
+) -> ShapleyEstimate:
+    """GTG-Shapley for one round (Liu et al. 2022, Algorithm 1).
+
+    U(empty) is the utility of the round's starting global model and U(N) that of the
+    aggregate of all updates (model reconstructions from updates are the caller's
+    utility; see ``fl.valuation``). The algorithm:
+
+    1. between-round truncation: if |U(N) - U(empty)| <= ``round_eps`` the round adds
+       (almost) nothing and every phi_i is 0 (cost: 2 evaluations);
+    2. guided Monte Carlo sampling: permutations come in cycles of N, the k-th
+       permutation of a cycle putting player k first and the rest in random order, so
+       every player is valued at the head of an ordering equally often
+       (``guided=False``: uniformly random orderings, i.e. truncated Monte Carlo);
+    3. within-round truncation: along an ordering, once |U(N) - U(P)| < ``eps`` for the
+       prefix P reached, the remaining players' marginals are 0 without evaluating
+       their coalitions;
+    4. running mean of the marginals, phi^K_i = ((K-1)/K) phi^(K-1)_i + (1/K) marginal_i,
+       until :func:`_converged` after at least ``min_permutations`` (default max(30, N))
+       permutations, checked at the end of each cycle, or ``max_permutations``
+       (default 50 N) are reached.
+
+    Efficiency holds within ``eps`` (each ordering's marginals telescope to a prefix
+    utility within ``eps`` of U(N)); with ``eps=0`` it holds exactly.
+    """
+    _check_players(n_players)
+    _check_nonnegative("eps", eps)
+    _check_nonnegative("round_eps", round_eps)
+    _check_nonnegative("tolerance", tolerance)
+    _check_positive_int("window", window)
+    min_permutations = max(30, n_players) if min_permutations is None else min_permutations
+    max_permutations = 50 * n_players if max_permutations is None else max_permutations
+    _check_positive_int("min_permutations", min_permutations)
+    _check_positive_int("max_permutations", max_permutations)
+    u = _Memo(utility)
+    v_empty, v_full = u(()), u(range(n_players))
+    if abs(v_full - v_empty) <= round_eps:
+        return ShapleyEstimate(np.zeros(n_players), len(u), 0)
+    rng = np.random.default_rng(seed)
+    total, history = np.zeros(n_players), deque(maxlen=window)
+    k = 0
+    while True:
+        for head in range(n_players):
+            if guided:
+                rest = [p for p in range(n_players) if p != head]
+                order = [head, *(rest[j] for j in rng.permutation(n_players - 1))]
+            else:
+                order = list(rng.permutation(n_players))
+            total += _marginals(u, order, v_empty, v_full, eps)
+            k += 1
+            history.append(total / k)
+        if k >= max_permutations or (k >= min_permutations and _converged(history, window, tolerance)):
+            return ShapleyEstimate(history[-1], len(u), k)
+
+
+def leave_one_out(utility: Utility, n_players: int) -> ShapleyEstimate:
+    """phi_i = U(N) - U(N \\ {i}) (cost N + 1). Equals the Shapley value on additive games
+    but is not efficient in general (e.g. two duplicate clients both get ~0)."""
+    _check_players(n_players)
+    u = _Memo(utility)
+    everyone = tuple(range(n_players))
+    v_full = u(everyone)
+    values = np.array([v_full - u(p for p in everyone if p != i) for i in range(n_players)])
+    return ShapleyEstimate(values, len(u))
+
+
+class RoundGame(Protocol):
+    """One federated round as a cooperative game (``fl.valuation.RoundValuation`` fits):
+    ``clients``, the ids of the clients selected that round, and ``utility``, U_t over
+    coalitions of those ids (called with a sorted tuple of ids; U_t(()) is the utility
+    of the round's starting global model)."""
+
+    clients: tuple[int, ...]
+
+    def utility(self, coalition: tuple[int, ...]) -> float: ...
+
+
+def fedsv(
+    rounds: Sequence[RoundGame],
+    n_clients: int,
+    estimator: Callable[..., ShapleyEstimate] = exact_shapley,
+    **options,
+) -> ShapleyEstimate:
+    """The federated Shapley value (Wang et al. 2020, Definition 1):
+
+        phi_i = sum_t phi_i^t,  phi_i^t = Shapley value of i in the game (I_t, U_t)
+
+    where I_t is the set of clients selected in round t and U_t(S) the utility of the
+    model reconstructed from the updates of S subset I_t; a client not selected in
+    round t gets phi_i^t = 0. Each round's values come from ``estimator`` (any of this
+    module's, with ``options``); with ``gtg_shapley`` this is GTG-Shapley's multi-round
+    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). Efficiency holds per
+    round: sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty). Returns (n_clients,) values
+    and the evaluations and permutations summed over rounds.
+    """
+    _check_players(n_clients)
+    values = np.zeros(n_clients)
+    n_evaluations = n_permutations = 0
+    for t, game in enumerate(rounds):
+        clients = tuple(int(c) for c in game.clients)
+        if not clients:
+            continue
+        if len(set(clients)) != len(clients) or min(clients) < 0 or max(clients) >= n_clients:
+            raise ValueError(
+                f"rounds[{t}].clients={clients!r}: allowed is distinct client ids in [0, {n_clients})"
+            )
+        estimate = estimator(
+            lambda local, game=game, clients=clients: game.utility(tuple(sorted(clients[j] for j in local))),
+            len(clients),
+            **options,
+        )
+        values[list(clients)] += estimate.values
+        n_evaluations += estimate.n_evaluations
+        n_permutations += estimate.n_permutations
+    return ShapleyEstimate(values, n_evaluations, n_permutations)
+
+
+def split_budget(values, budget: float) -> np.ndarray:
+    """Transfers t_i = B max(phi_i, 0) / sum_j max(phi_j, 0): the budget B split in
+    proportion to the (positive parts of the) data values, e.g. values realised by real
+    training (``fedsv`` over ``fl.valuation`` rounds). Agents of value <= 0 (a client
+    whose updates hurt the model) get nothing, and nobody is charged; when no value is
+    positive nothing is paid. values: (N,); returns (N,) in the budget's units.
+    """
+    _check_nonnegative("budget", budget)
+    positive = np.maximum(np.asarray(values, dtype=float), 0.0)
+    if not np.all(np.isfinite(positive)):
+        raise ValueError(f"values={np.asarray(values)!r}: allowed is finite numbers")
+    total = positive.sum()
+    return budget * positive / total if total > 0 else np.zeros_like(positive)
+
+
+ESTIMATORS = ("exact", "monte_carlo", "gtg", "loo")
+
+
+class ShapleyRewards:
+    """A budget B split by Shapley value, on top of standard FL (everyone gets a(M)).
+
+    Agents contribute m_i samples; the coalition S of agents is worth the accuracy of
+    a model trained on its data, U(S) = a(M_S), M_S = sum_{j in S} m_j (U(empty) =
+    a(0) = 0: no data, no useful model; the accuracy models are 0 below their zero
+    crossing). Every agent taking part receives the global model, accuracy a(M), and
+    the transfer t_i = B phi_i / sum_j phi_j (:func:`split_budget`), phi the Shapley
+    values of U by ``estimator``:
+
+    - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
+    - "monte_carlo": ``n_permutations`` sampled orderings (seeded, so ``allocate`` is a
+      deterministic rule);
+    - "gtg": GTG-Shapley with within-round truncation at ``eps``;
+    - "loo": leave-one-out, phi_i = a(M) - a(M - m_i).
+
+    Agent i's payoff is v_i a(M) + t_i - c_i m_i - comm_i. With B = 0 this is standard
+    FL, where agents free-ride on each other's data; the transfer rewards contributing
+    in proportion to marginal accuracy, so B > 0 raises the total data. ``solve`` finds
+    the Nash equilibrium of the contribution game by best-response iteration
+    (:func:`incentives.equilibrium.nash_equilibrium`); the outcome's ``info`` carries the
+    values ("values"), their cost ("n_evaluations": coalitions evaluated by one
+    allocation), the estimator, the budget and the solver's convergence.
+    """
+
+    name = "shapley"
+
+    def __init__(
+        self,
+        budget: float,
+        estimator: str = "exact",
+        n_permutations: int = 100,
+        eps: float = 1e-3,
+        seed: int = 0,
+    ):
+        self.budget = budget
+        self.estimator = estimator
+        self.n_permutations = n_permutations
+        self.eps = eps
+        self.seed = seed
+
+    def values(self, contributions, model: AccuracyModel) -> ShapleyEstimate:
+        """Shapley values phi (N,) of U(S) = a(M_S) for the contributions m (samples)."""
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={self.estimator!r}: allowed is one of {', '.join(ESTIMATORS)}")
+        m = np.asarray(contributions, dtype=float)
+        n = len(m)
+        if self.estimator == "exact":
+            _check_players(n, MAX_EXACT_PLAYERS)
+            members = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # (2^N, N) coalition membership
+            return ShapleyEstimate(shapley_from_table(np.asarray(model(members @ m))), 2**n)
+        utility = lambda coalition: float(model(float(m[list(coalition)].sum())))
+        if self.estimator == "monte_carlo":
+            return monte_carlo_shapley(utility, n, self.n_permutations, self.seed)
+        if self.estimator == "gtg":
+            return gtg_shapley(utility, n, eps=self.eps, round_eps=0.0, seed=self.seed)
+        return leave_one_out(utility, n)
+
+    def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
+        """accuracy_i = a(M) for every agent; transfer_i = B phi_i / sum_j phi_j."""
+        _check_nonnegative("budget", self.budget)
+        m = population.check_contributions(contributions)
+        accuracy = np.full(population.n_agents, float(model(m.sum())))
+        return Allocation(accuracy, split_budget(self.values(m, model).values, self.budget))
+
+    def solve(self, population: Population, model: AccuracyModel) -> Outcome:
+        """The Nash equilibrium of the contribution game under this rule (numerical)."""
+        equilibrium = nash_equilibrium(self, population, model)
+        m = equilibrium.contributions
+        allocation = self.allocate(m, population, model)
+        estimate = self.values(m, model)
+        inside = equilibrium.participates
+        return Outcome(
+            mechanism=self.name,
+            contributions=m,
+            accuracy=np.where(inside, allocation.accuracy, 0.0),
+            transfer=allocation.transfer,
+            delivery_target=None,
+            participates=inside,
+            info={
+                "values": estimate.values,
+                "n_evaluations": estimate.n_evaluations,
+                "estimator": self.estimator,
+                "budget": float(self.budget),
+                "total": float(m.sum()),
+                "converged": equilibrium.converged,
+                "iterations": equilibrium.iterations,
+            },
+        )

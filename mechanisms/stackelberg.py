@@ -1,0 +1,362 @@
+"""Stackelberg pricing: the server announces a reward, agents compete for shares of it.
+
+The classic two-stage game of FL incentive design (Zhan, Li, Qu, Zeng & Guo, "A Learning-
+Based Incentive Mechanism for Federated Learning", IEEE IoT J. 7(7), 2020; Sarikaya &
+Ercetin, "Motivating Workers in Federated Learning: A Stackelberg Game Perspective",
+IEEE Netw. Lett. 2020; Khan et al., "Federated Learning for Edge Networks: Resource
+Optimization and Incentive Mechanism", IEEE Commun. Mag. 2020; the same proportional-
+share game as Yang, Xue, Fang & Tang, "Crowdsourcing to smartphones", MobiCom 2012).
+
+Stage 2, the followers. Given the total reward R (utility units), agent i contributes
+x_i >= 0 samples and receives the share R x_i / X of the reward, X = sum_j x_j:
+
+    u_i(x_i, x_{-i}) = R x_i / X - c_i x_i.                                          (1)
+
+Its best response is x_i = sqrt(R X_{-i} / c_i) - X_{-i} (or 0), and at an interior
+Nash equilibrium the first-order conditions R X_{-i} / X**2 = c_i sum to
+X = R (n - 1) / C over the n active agents (C = sum of their costs), hence
+
+    x_i = R (n - 1) / C * (1 - (n - 1) c_i / C),                                    (2)
+
+positive iff c_i < C / (n - 1). Sorting the costs c_(1) <= c_(2) <= ..., the active set
+is the largest prefix {1..n} with c_(n) < (c_(1) + ... + c_(n)) / (n - 1) (the
+condition fails at every larger n once it fails: C_n - (n-1) c_(n) is nonincreasing in n).
+Agents outside it contribute 0 (their marginal reward R/X <= c_i). The set does not
+depend on R, so X(R) = k R with k = (n - 1) / C.
+
+Endowment caps x_i <= n_i. An agent whose interior contribution (2) exceeds n_i
+contributes n_i; call Z the capped agents' total. Among the remaining m active agents
+the first-order conditions x_i = X - c_i X**2 / R sum to the quadratic
+(C_A / R) X**2 - (m - 1) X - Z = 0, i.e.
+
+    X = R [(m - 1) + sqrt((m - 1)**2 + 4 C_A Z / R)] / (2 C_A),                      (3)
+
+and an uncapped agent is active iff c_i < R / X. The solver iterates: fix the capped
+set, find the active prefix of the others with (3), cap every agent whose x_i exceeds
+n_i, release every capped agent whose marginal utility at its cap R (X - n_i) / X**2 - c_i
+is negative, until nothing changes (each pass is vectorised numpy, O(N) after one sort).
+The capped set it starts from comes from the scalar equation sum_i x_i(X) = X, with
+x_i(X) = clip(X (1 - c_i X / R), 0, n_i) each agent's first-order condition given the
+total: sum_i x_i(X) / X decreases in X, so bisection finds the unique equilibrium
+total and the iteration usually settles in one pass.
+
+Stage 1, the leader. The server values the total data through a concave V(X) (utility
+units, X samples) and maximises V(X(R)) - R, optionally with R <= budget. Without binding
+caps X = k R, so the optimum solves k V'(k R) = 1: for V = a ln(1 + X),
+R* = a - 1/k (0 if a k <= 1). E.g. c = (1, 2, 3): active {1, 2}, k = 1/3, and
+V = 10 ln(1+X) gives R* = 7, X = 7/3, x = (14/9, 7/9, 0). With a budget the profit is
+concave in R, so R = min(R*, budget). When caps bind at R*, X(R) is no longer linear and
+R is found by a grid over [0, R_max] refined with bounded Brent search, R_max being the
+budget or V(sum of endowments) - V(0) (no larger reward can pay for itself).
+
+Accuracy value. In :class:`StackelbergPricing` every agent receives the global model
+a(X) (no shaping), and an agent's realised utility is v_i a(X) + R x_i / X - c_i x_i
+- comm_i. The follower game is the classic reward-only game (1): followers ignore the
+small effect v_i a'(X) of their own data on the model they receive, and communication
+costs and outside options (they are counted in realised utilities, not in the follower
+equilibrium). A generic best-response check of the full utility therefore finds small
+positive gains, of the order v_i a'(X) x_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from incentives.protocols import Allocation, Outcome
+from mechanisms.contract import AccuracyValue, LogValue, ValueFunction
+
+if TYPE_CHECKING:  # annotations only
+    from incentives.accuracy import AccuracyModel
+    from incentives.population import Population
+
+__all__ = ["FollowerEquilibrium", "LeaderSolution", "follower_equilibrium", "leader_reward",
+           "StackelbergPricing"]
+
+
+def _bad(key: str, value, allowed: str) -> ValueError:
+    text = repr(value)
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return ValueError(f"{key}={text}: allowed is {allowed}")
+
+
+@dataclass(frozen=True)
+class FollowerEquilibrium:
+    """The followers' Nash equilibrium for one total reward R.
+
+    contributions: (N,) x_i, samples; total: X; active: (N,) contributes (x_i > 0);
+    capped: (N,) contributes its whole endowment; reward: R; price: R / X, the reward
+    per sample (utility units; inf when X = 0); iterations: capping passes.
+    """
+
+    contributions: np.ndarray
+    total: float
+    active: np.ndarray
+    capped: np.ndarray
+    reward: float
+    iterations: int
+
+    @property
+    def price(self) -> float:
+        return self.reward / self.total if self.total > 0 else np.inf
+
+    @property
+    def payments(self) -> np.ndarray:
+        """(N,) R x_i / X, utility units."""
+        if self.total <= 0:
+            return np.zeros_like(self.contributions)
+        return self.reward * self.contributions / self.total
+
+
+def _check_costs(cost, capacity):
+    c = np.atleast_1d(np.asarray(cost, dtype=float))
+    if c.ndim != 1 or len(c) == 0 or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise _bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
+    if capacity is None:
+        cap = np.full(len(c), np.inf)
+    else:
+        cap = np.asarray(capacity, dtype=float) * np.ones(len(c))
+        if cap.shape != c.shape or np.any(np.isnan(cap)) or np.any(cap < 0):
+            raise _bad("capacity", capacity, f"None or {len(c)} numbers >= 0 (inf allowed)")
+    if np.any((c == 0) & ~np.isfinite(cap)):
+        raise _bad("cost", cost, "costs > 0 for agents without a finite capacity (a free "
+                   "agent would contribute without limit)")
+    return c, cap
+
+
+def follower_equilibrium(cost, reward: float, capacity=None, *, max_iter: int = 1000
+                         ) -> FollowerEquilibrium:
+    """Nash equilibrium (2)-(3) of the proportional-share game (1) for the total reward R.
+
+    cost: (N,) c_i >= 0, utility per sample; reward: R >= 0, utility units; capacity:
+    (N,) endowments n_i (samples; None or inf for no cap). Vectorised: O(N log N).
+    Raises ValueError when fewer than two agents can contribute and none is capped (a
+    lone follower has no best response: any x > 0 earns all of R).
+    """
+    c, cap = _check_costs(cost, capacity)
+    if not (np.isfinite(reward) and reward >= 0):
+        raise _bad("reward", reward, "a finite number >= 0")
+    N = len(c)
+    R = float(reward)
+    x = np.zeros(N)
+    out = cap <= 0                      # agents with nothing to contribute
+    if R == 0 or out.all():
+        return FollowerEquilibrium(x, 0.0, np.zeros(N, bool), np.zeros(N, bool), R, 0)
+    order = np.argsort(c, kind="stable")
+    cs, ns, gone = c[order], cap[order], out[order]
+    capped = _capped_at_root(cs, ns, gone, R) if np.isfinite(cap).any() else np.zeros(N, bool)
+    for iteration in range(1, max_iter + 1):
+        Z = float(ns[capped].sum())
+        free = ~capped & ~gone
+        idx = np.flatnonzero(free)
+        cf = cs[idx]
+        m = np.arange(1, len(cf) + 1, dtype=float)
+        C = np.cumsum(cf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if Z > 0:
+                X_m = R * ((m - 1) + np.sqrt((m - 1) ** 2 + 4 * C * Z / R)) / (2 * C)
+            else:
+                X_m = R * (m - 1) / C
+            valid = (X_m > 0) & (cf * X_m < R)
+        if Z == 0 and len(valid):
+            valid[0] = True   # a prefix of one is no equilibrium, but may grow into one
+        n_active = int(np.argmin(valid)) if not valid.all() else len(valid)
+        if n_active == 0 or (Z == 0 and n_active < 2):
+            if Z == 0:
+                raise _bad("cost", cost, "at least two agents able to contribute (a lone "
+                           "follower has no best response)")
+            X = Z
+        else:
+            X = float(X_m[n_active - 1])
+        xs = np.zeros(N)
+        act = idx[:n_active]
+        xs[act] = X - cs[act] * X * X / R
+        xs[capped] = ns[capped]
+        over = free & (xs > ns)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            release = capped & (R * (X - ns) / (X * X) < cs)
+        if not over.any() and not release.any():
+            break
+        capped = (capped | over) & ~release
+    else:  # pragma: no cover - cycling has not been observed
+        raise RuntimeError("follower equilibrium: capping did not settle")
+    x[order] = np.maximum(xs, 0.0)
+    cap_mask = np.zeros(N, bool)
+    cap_mask[order] = capped
+    return FollowerEquilibrium(x, float(x.sum()), x > 0, cap_mask, R, iteration)
+
+
+def _capped_at_root(c: np.ndarray, n: np.ndarray, gone: np.ndarray, R: float) -> np.ndarray:
+    """A starting capped set for the iteration, from the total X at equilibrium.
+
+    Given the total X, agent i's first-order condition gives
+    x_i(X) = clip(X (1 - c_i X / R), 0, n_i), and the equilibrium total solves
+    g(X) = sum_i x_i(X) / X = 1, where g = sum_i clip(1 - c_i X / R, 0, n_i / X) is
+    nonincreasing (strictly where some agent contributes): bisection on log X finds it,
+    and the agents with X (1 - c_i X / R) >= n_i are the capped ones (the iteration in
+    :func:`follower_equilibrium` then makes X exact and corrects any borderline agent).
+    """
+    live = ~gone
+    c, n = c[live], n[live]
+
+    def g(X: float) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.sum(np.clip(1.0 - c * X / R, 0.0, n / X)))
+
+    positive = c[c > 0]
+    hi = R / positive.min() if len(positive) else 1.0   # g(R / min c) counts free agents only
+    while g(hi) > 1.0 and hi < 1e300:
+        hi *= 2.0
+    lo = hi * 1e-3
+    while g(lo) <= 1.0 and lo > 1e-300:
+        lo *= 1e-3
+    for _ in range(200):  # on log X; the capped set only needs X to ~1e-12
+        mid = np.sqrt(lo * hi)
+        if g(mid) > 1.0:
+            lo = mid
+        else:
+            hi = mid
+        if hi <= lo * (1 + 1e-12):
+            break
+    X = np.sqrt(lo * hi)
+    capped = np.zeros(len(gone), bool)
+    capped[np.flatnonzero(live)] = X * (1.0 - c * X / R) >= n
+    return capped
+
+
+@dataclass(frozen=True)
+class LeaderSolution:
+    """The leader's optimal reward and the followers' equilibrium under it.
+
+    reward: R*, utility units; total: X(R*), samples; profit: V(X) - R; method:
+    "closed_form" (caps not binding) or "numeric"; equilibrium: the followers' profile.
+    """
+
+    reward: float
+    total: float
+    profit: float
+    method: str
+    equilibrium: FollowerEquilibrium
+
+
+def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, budget=None,
+                  capacity=None, grid: int = 64) -> LeaderSolution:
+    """The leader's R maximising V(X(R)) - R (s.t. R <= budget), see the module docstring.
+
+    value: a :class:`~mechanisms.contract.ValueFunction` (its ``argmax`` gives the closed
+    form) or any callable V(X) (numeric search only); budget: None or R_max >= 0.
+    """
+    c, cap = _check_costs(cost, capacity)
+    if budget is not None and not (np.isfinite(budget) and budget >= 0):
+        raise _bad("budget", budget, "None or a finite number >= 0")
+    V = value
+
+    def profit(R: float) -> tuple[float, FollowerEquilibrium]:
+        eq = follower_equilibrium(c, R, cap)
+        return float(np.asarray(V(eq.total))) - R, eq
+
+    # Uncapped: X = k R on the fixed active set.
+    can = cap > 0
+    closed = isinstance(value, ValueFunction) and np.all(c[can] > 0) and can.sum() >= 2
+    k = follower_equilibrium(c, 1.0, np.where(can, np.inf, 0.0)).total if closed else 0.0
+    if closed and k > 0:
+        X_star = float(value.argmax(1.0 / k)[0])
+        R_star = X_star / k
+        if budget is not None:
+            R_star = min(R_star, float(budget))
+        eq = follower_equilibrium(c, R_star, cap)
+        if not eq.capped.any():
+            return LeaderSolution(R_star, eq.total, profit(R_star)[0], "closed_form", eq)
+    # Caps bind (or a plain callable): grid, then bounded Brent around the best point.
+    if budget is not None:
+        R_max = float(budget)
+    else:
+        total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
+        if not np.all(np.isfinite(cap)):
+            raise _bad("budget", budget, "a finite budget when some agent has no capacity "
+                       "and the value is not a ValueFunction")
+        R_max = float(np.asarray(V(total_cap)) - np.asarray(V(0.0)))
+    if R_max <= 0:
+        eq = follower_equilibrium(c, 0.0, cap)
+        return LeaderSolution(0.0, 0.0, profit(0.0)[0], "numeric", eq)
+    Rs = np.linspace(0.0, R_max, grid)
+    values = np.array([profit(R)[0] for R in Rs])
+    j = int(np.argmax(values))
+    lo, hi = Rs[max(j - 1, 0)], Rs[min(j + 1, grid - 1)]
+    res = minimize_scalar(lambda R: -profit(R)[0], bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-10 * max(1.0, hi)})
+    R_best = float(res.x) if -res.fun > values[j] else float(Rs[j])
+    p, eq = profit(R_best)
+    return LeaderSolution(R_best, eq.total, p, "numeric", eq)
+
+
+class StackelbergPricing:
+    """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`.
+
+    The server announces the total reward R (``reward``; by default the leader's optimum
+    of :func:`leader_reward` for ``value``: a ValueFunction, or "accuracy" for
+    V(X) = value_weight * a(X)); agents play the reward-only follower game (1) with their
+    costs c_i (utility per sample), capped by their endowments if ``respect_endowment``.
+    Outcome: contributions x_i; transfer R x_i / X; everyone receives the global model
+    (accuracy a(X), delivery_target None, participates everywhere, as in standard FL);
+    info: reward, total, price per sample, the server's profit V(X) - R, active and capped
+    agents. ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M.
+    """
+
+    def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
+                 budget: float | None = None, value_weight: float = 1.0,
+                 respect_endowment: bool = True, name: str = "stackelberg") -> None:
+        self.value = value
+        self.reward = reward
+        self.budget = budget
+        self.value_weight = value_weight
+        self.respect_endowment = respect_endowment
+        self.name = name
+        self._memo = None
+
+    def _value(self, model):
+        if isinstance(self.value, ValueFunction):
+            return self.value
+        if self.value == "accuracy":
+            return AccuracyValue(model, self.value_weight)
+        raise _bad("value", self.value, "a ValueFunction or 'accuracy'")
+
+    def _solve(self, population, model):
+        if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
+            return self._memo[2]
+        cap = np.asarray(population.endowment, float) if self.respect_endowment else None
+        value = self._value(model)
+        if self.reward is not None:
+            if not (np.isfinite(self.reward) and self.reward >= 0):
+                raise _bad("reward", self.reward, "None or a finite number >= 0")
+            eq = follower_equilibrium(population.cost, float(self.reward), cap)
+            sol = LeaderSolution(float(self.reward), eq.total,
+                                 float(np.asarray(value(eq.total))) - float(self.reward),
+                                 "given", eq)
+        else:
+            sol = leader_reward(population.cost, value, budget=self.budget, capacity=cap)
+        self._memo = (population, model, sol)
+        return sol
+
+    def allocate(self, contributions, population: "Population", model: "AccuracyModel") -> Allocation:
+        R = self._solve(population, model).reward
+        m = np.asarray(contributions, dtype=float)
+        M = float(m.sum())
+        transfer = R * m / M if M > 0 else np.zeros_like(m)
+        return Allocation(accuracy=np.full(len(m), float(np.asarray(model(M)))), transfer=transfer)
+
+    def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
+        sol = self._solve(population, model)
+        eq = sol.equilibrium
+        N = len(eq.contributions)
+        info = {"reward": sol.reward, "total": eq.total, "price": eq.price,
+                "server_profit": sol.profit, "method": sol.method,
+                "active": eq.active, "capped": eq.capped}
+        return Outcome(self.name, contributions=eq.contributions.copy(),
+                       accuracy=np.full(N, float(np.asarray(model(eq.total)))),
+                       transfer=eq.payments, delivery_target=None,
+                       participates=np.ones(N, dtype=bool), info=info)

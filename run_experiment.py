@@ -1,0 +1,199 @@
+"""Run one closed-loop experiment: a config in, a run folder out.
+
+    python run_experiment.py                         # configs/default.toml
+    python run_experiment.py CONFIG --set training.rounds=10 --set experiment.seed=3
+    python run_experiment.py --quiet                 # no progress bar
+
+The config is validated before anything runs; a bad key or value prints one line that
+names it and exits with status 2. The run folder's layout is described in
+``analysis/report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from analysis import config as config_module
+from analysis.config import ConfigError
+from analysis.report import make_run_folder, write_run
+from incentives.loop import ClosedLoop
+from incentives.population import Population
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.standard import StandardFL
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
+TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
+STREAMS = ("population", "training")
+
+
+def build_population(section: dict, data: dict, num_classes: int, seed: int) -> Population:
+    """Agents from a CSV file, or sampled trait by trait from the config's distributions.
+
+    A trait given as a list sets one value per agent; the agents' label distributions
+    are uniform (``data.partition = "iid"``) or Dirichlet(``data.alpha``) label skew.
+    """
+    if section["csv"]:
+        population = Population.from_csv(section["csv"])
+    else:
+        n = section["n_agents"]
+        for trait in TRAITS:
+            values = section[trait]
+            if isinstance(values, list) and len(values) != n:
+                raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
+                                  f"population.n_agents={n} numbers")
+        spec = {trait: section[trait] for trait in TRAITS}
+        if data["partition"] == "dirichlet":
+            spec["label_distribution"] = {"dist": "dirichlet", "alpha": data["alpha"],
+                                          "n_classes": num_classes}
+        population = Population.sample(n, spec, seed=seed)
+    if population.label_distribution is None:
+        uniform = np.full((population.n_agents, num_classes), 1.0 / num_classes)
+        population = replace(population, label_distribution=uniform)
+    return population
+
+
+def build_mechanisms(section: dict) -> list:
+    factories = {
+        "standard": lambda: StandardFL(),
+        "shaping": lambda: AccuracyShaping(epsilon=section["shaping_epsilon"]),
+    }
+    return [factories[name]() for name in section["compare"]]
+
+
+def check_fl_names(config: dict) -> None:
+    """Validate the keys whose allowed values live in ``fl``'s registries."""
+    from fl.data import DATASET_NAMES
+    from fl.models import MODEL_NAMES
+
+    if config["data"]["dataset"] not in DATASET_NAMES:
+        raise ConfigError(f"data.dataset={config['data']['dataset']!r}: allowed is one of "
+                          + ", ".join(map(repr, DATASET_NAMES)))
+    if config["model"]["name"] not in MODEL_NAMES:
+        raise ConfigError(f"model.name={config['model']['name']!r}: allowed is one of "
+                          + ", ".join(map(repr, MODEL_NAMES)))
+    if config["training"]["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("training.device='cuda': no CUDA device is present; allowed is 'cpu'")
+
+
+def build_oracle(config: dict, train, test, population: Population,
+                 seed: np.random.SeedSequence):
+    """Real FedAvg training on the agents' endowments, as the loop's accuracy oracle."""
+    from fl.oracle import TrainingOracle
+
+    data, training = config["data"], config["training"]
+    return TrainingOracle(
+        train, test,
+        endowments=population.endowment.astype(np.int64),
+        label_distributions=population.label_distribution,
+        model=config["model"]["name"],
+        model_options={"hidden": config["model"]["hidden"]} if config["model"]["name"] == "mlp" else {},
+        rounds=training["rounds"], local_epochs=training["local_epochs"],
+        batch_size=training["batch_size"], lr=training["lr"],
+        clients_per_round=training["clients_per_round"] or None,
+        validation_fraction=data["validation_fraction"],
+        seed=int(seed.generate_state(1)[0]),
+        device=training["device"], progress=False,
+    )
+
+
+def run(config: dict) -> Path:
+    """Run the experiment described by a validated config; return its run folder."""
+    from fl.data import load_dataset
+
+    check_fl_names(config)
+    if config["training"]["threads"]:
+        import torch
+
+        torch.set_num_threads(config["training"]["threads"])
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    seeds = dict(zip(STREAMS, np.random.SeedSequence(config["experiment"]["seed"]).spawn(len(STREAMS))))
+    data = config["data"]
+    try:
+        train, test = load_dataset(data["dataset"], root=data["root"] or None,
+                                   download=data["download"])
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"data.dataset={data['dataset']!r}: {error}") from None
+    try:
+        population = build_population(config["population"], data, train.num_classes,
+                                      int(seeds["population"].generate_state(1)[0]))
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"population: {error}") from None
+    training = config["training"]
+    try:
+        oracle = build_oracle(config, train, test, population, seeds["training"])
+    except ValueError as error:
+        raise ConfigError(f"training: {error}") from None
+    timings["setup"] = time.perf_counter() - start
+    show = config["experiment"]["progress"]
+    mechanisms = build_mechanisms(config["mechanisms"])
+    steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
+    from tqdm import tqdm
+
+    with tqdm(total=steps, disable=not show, desc="closed loop", unit="step") as bar:
+        def progress(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
+
+        loop = ClosedLoop(
+            population, mechanisms, oracle,
+            family=config["accuracy"]["family"],
+            pilot_sizes=[int(s) for s in config["accuracy"]["pilot_sizes"]],
+            pilot_repeats=config["accuracy"]["pilot_repeats"],
+            tolerance=config["loop"]["tolerance"],
+            max_iterations=config["loop"]["max_iterations"],
+            progress=progress,
+        )
+        loop_start = time.perf_counter()
+        result = loop.run()
+        bar.update(bar.total - bar.n)
+    timings["loop"] = time.perf_counter() - loop_start
+    folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
+    summaries = write_run(folder, config, result, population, timings, training["device"],
+                          {"partition_notes": list(oracle.partition_notes)})
+    timings["total"] = time.perf_counter() - start
+    if show:
+        for name, summary in summaries.items():
+            print(f"{name:>10}: total data {summary['total_data']:.0f} samples, free-riding "
+                  f"{summary['free_riding_rate']:.0%}, delivered accuracy "
+                  f"{summary['mean_delivered_accuracy']:.3f} (promised "
+                  f"{summary['mean_promised_accuracy']:.3f}), welfare {summary['welfare_realised']:.4f}")
+        print(f"report: {folder / 'report.html'}")
+    return folder
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                        help="TOML config (default: configs/default.toml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = args.overrides + (["experiment.progress=false"] if args.quiet else [])
+        config = config_module.load(args.config, overrides)
+        run(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+
+from incentives.accuracy import EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
+
+TOY = PowerLaw(a_opt=1.0, k=1.0, alpha=0.5)  # a(m) = 1 - 1/sqrt(m)
+BOUND = GeneralisationBound(a_opt=0.95, k=2.0)
+
+
+def test_power_law_values_and_clipping_at_zero():
+    assert TOY(100.0) == pytest.approx(0.9)
+    np.testing.assert_allclose(TOY(np.array([4.0, 400.0])), [0.5, 0.95])
+    assert TOY.zero_crossing == pytest.approx(1.0)
+    assert TOY(0.0) == 0.0 and TOY(0.25) == 0.0  # the formula gives -inf and -1 there
+    assert TOY.derivative(0.25) == 0.0
+    assert isinstance(TOY(3.0), float) and TOY(np.ones(3)).shape == (3,)
+
+
+@pytest.mark.parametrize("model", [TOY, PowerLaw(0.9, 2.0, 0.3), BOUND, GeneralisationBound(0.8, 50.0)])
+def test_derivative_inverse_and_marginal_inverse(model):
+    m = np.geomspace(2 * model.zero_crossing, 1e7, 25)
+    h = 1e-6 * m
+    np.testing.assert_allclose(model.derivative(m), (model(m + h) - model(m - h)) / (2 * h), rtol=1e-5)
+    np.testing.assert_allclose(model.inverse(model(m)), m, rtol=1e-9)
+    slopes = model.derivative(m)
+    np.testing.assert_allclose(model.marginal_inverse(slopes), m, rtol=1e-8)
+    assert model.inverse(0.0) == pytest.approx(model.zero_crossing)
+    assert model.marginal_inverse(0.0) == math.inf
+    assert model.marginal_inverse(1e9) == model.zero_crossing  # steeper than a' anywhere
+
+
+@pytest.mark.parametrize("model", [TOY, BOUND])
+def test_increasing_and_concave_beyond_zero_crossing(model):
+    m = np.geomspace(model.zero_crossing * (1 + 1e-6), 1e8, 400)
+    a = model(m)
+    assert np.all(np.diff(a) > 0) and np.all(a < model.a_max)
+    assert np.all(np.diff(model.derivative(m)) < 0)
+
+
+@pytest.mark.parametrize("k", np.geomspace(1e-6, 1e9, 16))
+def test_bound_zero_crossing_lies_beyond_inflection_for_any_k(k):
+    model = GeneralisationBound(1.0, float(k))
+    m0 = model.zero_crossing
+    assert abs(model.formula(m0)) < 1e-12
+    m = m0 * np.array([1.0, 1.0 + 1e-4, 1.0 + 2e-4])
+    d = model.formula_derivative(m)
+    assert d[0] > 0 and d[1] < d[0] and d[2] < d[1]  # increasing, with a' decreasing (concave)
+
+
+def test_power_law_closed_forms():
+    model = PowerLaw(0.9, 3.0, 0.7)
+    assert model.inverse(0.5) == pytest.approx((3.0 / 0.4) ** (1 / 0.7))
+    assert model.marginal_inverse(1e-5) == pytest.approx((3.0 * 0.7 / 1e-5) ** (1 / 1.7))
+    assert model.params == {"a_opt": 0.9, "k": 3.0, "alpha": 0.7}
+    assert BOUND.params == {"a_opt": 0.95, "k": 2.0}
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: PowerLaw(1.5, 1.0, 0.5), r"a_opt=1.5: allowed is a number in \(0, 1\]"),
+        (lambda: PowerLaw(1.0, 0.0, 0.5), r"k=0.0: allowed is a number > 0"),
+        (lambda: PowerLaw(1.0, 1.0, -1.0), r"alpha=-1.0: allowed is a number > 0"),
+        (lambda: GeneralisationBound(0.0, 1.0), r"a_opt=0.0"),
+        (lambda: TOY.inverse(1.0), r"a=1.0: allowed is 0 <= a < a_opt=1.0"),
+        (lambda: BOUND.inverse([0.5, -0.1]), r"a=-0.1: allowed is 0 <= a < a_opt=0.95"),
+        (lambda: TOY.marginal_inverse(-1.0), r"slope=-1.0: allowed is a number >= 0"),
+    ],
+)
+def test_model_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_local_optimum_of_the_toy_problem():
+    m = local_optimum(1e-4, 1.0, TOY)
+    assert m == pytest.approx(292.40, abs=5e-3)
+    assert m == pytest.approx((1.0 * 1.0 * 0.5 / 1e-4) ** (1 / 1.5), rel=1e-12)
+    assert TOY(m) == pytest.approx(0.94152, abs=5e-6)
+
+
+def test_local_optimum_caps_zero_cost_and_unprofitable_agents():
+    cost = np.array([1e-4, 1e-4, 0.0, 0.0, 10.0])
+    endowment = np.array([1e6, 100.0, 50.0, 1e6, 1e6])
+    m = local_optimum(cost, np.ones(5), TOY, endowment)
+    np.testing.assert_allclose(m, [292.40177382, 100.0, 50.0, 1e6, 0.0])
+    assert local_optimum(0.0, 1.0, TOY) == math.inf
+    # scaling value and cost together changes nothing
+    assert local_optimum(2e-4, 2.0, TOY) == pytest.approx(local_optimum(1e-4, 1.0, TOY))
+
+
+def test_local_optimum_solves_first_order_condition_for_the_bound():
+    m = local_optimum(1e-5, 2.0, BOUND)
+    assert 2.0 * BOUND.derivative(m) == pytest.approx(1e-5, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "truth, family",
+    [(PowerLaw(0.9, 2.0, 0.6), "power_law"), (PowerLaw(0.99, 0.5, 0.35), "power_law"), (BOUND, "generalisation_bound")],
+)
+def test_fit_recovers_noiseless_parameters(truth, family):
+    sizes = np.array([100, 200, 400, 800, 1600, 3200, 6400], dtype=float)
+    fitted = EmpiricalModel.fit(sizes, truth(sizes), family=family)
+    assert fitted.family == family
+    for key, value in truth.params.items():
+        assert fitted.params[key] == pytest.approx(value, rel=1e-5)
+    assert fitted.rmse < 1e-9
+    np.testing.assert_array_equal(fitted.sizes, sizes)
+    m = np.array([500.0, 5e4])
+    np.testing.assert_allclose(fitted(m), truth(m), rtol=1e-7)
+    np.testing.assert_allclose(fitted.derivative(m), truth.derivative(m), rtol=1e-5)
+    assert fitted.inverse(0.5) == pytest.approx(truth.inverse(0.5), rel=1e-5)
+    assert fitted.zero_crossing == pytest.approx(truth.zero_crossing, rel=1e-5)
+
+
+def test_fit_reports_residuals_on_noisy_points():
+    sizes = np.geomspace(50, 5000, 12)
+    rng = np.random.default_rng(0)
+    measured = PowerLaw(0.9, 2.0, 0.6)(sizes) + rng.normal(0.0, 0.005, sizes.size)
+    fitted = EmpiricalModel.fit(sizes, measured)
+    np.testing.assert_allclose(fitted.residuals, measured - fitted.model.formula(sizes))
+    assert fitted.rmse == pytest.approx(np.sqrt(np.mean(fitted.residuals**2)))
+    assert 0.001 < fitted.rmse < 0.01
+    assert fitted.params["a_opt"] == pytest.approx(0.9, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "sizes, accuracies, family, message",
+    [
+        ([100, 200], [0.5, 0.6], "power_law", r"len\(sizes\)=2: allowed is at least 3 points"),
+        ([100], [0.5], "generalisation_bound", r"len\(sizes\)=1: allowed is at least 2 points"),
+        ([100, np.nan, 300], [0.5, 0.6, 0.7], "power_law", r"sizes\[1\]=nan: allowed is finite numbers > 0"),
+        ([100, 200, 300], [0.5, np.inf, 0.7], "power_law", r"accuracies\[1\]=inf"),
+        ([100, 200, 300], [50.0, 60.0, 70.0], "power_law", r"accuracies\[0\]=50.0: allowed is finite fractions in \[0, 1\]"),
+        ([100, 200, 300], [0.5, 0.6], "power_law", r"allowed is two 1-D arrays of one length"),
+        ([100, 200, 300], [0.5, 0.6, 0.7], "spline", r"family='spline': allowed is one of power_law, generalisation_bound"),
+    ],
+)
+def test_fit_errors(sizes, accuracies, family, message):
+    with pytest.raises(ValueError, match=message):
+        EmpiricalModel.fit(sizes, accuracies, family=family)

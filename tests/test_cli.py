@@ -1,0 +1,74 @@
+"""The command line end to end: real training on the embedded digits, a complete run folder,
+and exit status 2 with one line for a user mistake."""
+
+import csv
+import json
+import tomllib
+
+import pytest
+
+import run_experiment
+
+FAST = ["population.n_agents=4", "training.rounds=4", "accuracy.pilot_sizes=[20, 60, 200]",
+        "accuracy.pilot_repeats=1", "loop.max_iterations=2", "experiment.name='cli'"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST),
+                                  f"--set=experiment.output_dir='{out}'"])
+    assert status == 0
+    (folder,) = out.iterdir()
+    return folder
+
+
+def test_run_folder_has_every_artefact(run_folder):
+    names = {p.name for p in run_folder.iterdir()}
+    assert {"config.toml", "manifest.json", "metrics.csv", "summary.csv", "agents.csv",
+            "learning_curve.csv", "report.html", "figures"} <= names
+    figures = {p.name for p in (run_folder / "figures").iterdir()}
+    assert figures == {"contributions.png", "accuracy_vs_contribution.png",
+                       "welfare_and_data.png", "convergence.png"}
+    assert all((run_folder / "figures" / f).stat().st_size > 5000 for f in figures)
+
+
+def test_resolved_config_and_manifest(run_folder):
+    config = tomllib.loads((run_folder / "config.toml").read_text())
+    assert config["population"]["n_agents"] == 4 and config["training"]["rounds"] == 4
+    manifest = json.loads((run_folder / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["device"] == "cpu"
+    assert manifest["versions"]["torch"] != "not installed"
+    assert manifest["timings_s"]["loop"] > 0
+
+
+def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
+    with (run_folder / "summary.csv").open() as handle:
+        summary = {row["mechanism"]: row for row in csv.DictReader(handle)}
+    assert set(summary) == {"standard", "shaping"}
+    for row in summary.values():
+        assert 0.0 < float(row["mean_delivered_accuracy"]) <= 1.0
+    with (run_folder / "agents.csv").open() as handle:
+        agents = list(csv.DictReader(handle))
+    assert len(agents) == 8
+    with (run_folder / "metrics.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header == ["iteration", "mechanism", "agent", "quantity", "value"]
+    report = (run_folder / "report.html").read_text()
+    assert "Headline" in report and 'src="figures/contributions.png"' in report
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("training.rounds=0", "training.rounds=0: allowed is a number > 0"),
+    ("data.dataset='cifar100'", "data.dataset='cifar100': allowed is one of"),
+    ("model.name='transformer'", "model.name='transformer': allowed is one of"),
+    ("population.cost=[0.1, 0.2]", "population.cost=[0.1, 0.2]: allowed is a list of population.n_agents=10"),
+])
+def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
+    status = run_experiment.main(["--quiet", f"--set={override}",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert fragment in err
+    assert err.count("\n") == 1
+    assert not any(tmp_path.iterdir())

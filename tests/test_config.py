@@ -1,0 +1,58 @@
+"""Config validation: defaults, overrides, and one clear error per bad key or value."""
+
+import pytest
+
+from analysis import config as config_module
+from analysis.config import ConfigError
+
+ROOT = config_module.Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_validate():
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        resolved = config_module.load(path)
+        assert set(resolved) == set(config_module.SCHEMA), path
+
+
+def test_override_parses_toml_values_and_bare_strings():
+    resolved = config_module.load(None, ["training.rounds=7", "data.dataset=mnist",
+                                         "accuracy.pilot_sizes=[10, 20]", "training.lr=0.1"])
+    assert resolved["training"]["rounds"] == 7
+    assert resolved["data"]["dataset"] == "mnist"
+    assert resolved["accuracy"]["pilot_sizes"] == [10, 20]
+    assert resolved["training"]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("training.rounds=-1", "training.rounds=-1: allowed is a number > 0"),
+    ("training.roundz=3", "training.roundz: unknown key; allowed is one of rounds"),
+    ("trainin.rounds=3", "trainin: unknown section"),
+    ("training.lr=true", "training.lr=True: allowed is an integer or a number"),
+    ("mechanisms.compare=['nope']", "mechanisms.compare=['nope']: allowed is a non-empty list"),
+    ("population.cost={dist='zipf'}", "population.cost={'dist': 'zipf'}: allowed is a table whose 'dist'"),
+    ("accuracy.family='spline'", "accuracy.family='spline': allowed is one of 'power_law'"),
+    ("data.validation_fraction=1.5", "data.validation_fraction=1.5: allowed is a number in (0, 1)"),
+    ("rounds=3", "allowed is section.key=value"),
+])
+def test_bad_values_name_key_value_and_allowed(override, fragment):
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, [override])
+    message = str(error.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        config_module.load(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[training\nrounds = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config_module.load(broken)
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    resolved = config_module.load(ROOT / "configs" / "default.toml", ["experiment.seed=5"])
+    path = tmp_path / "config.toml"
+    path.write_text(config_module.dumps(resolved))
+    assert config_module.load(path) == resolved

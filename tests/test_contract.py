@@ -1,0 +1,286 @@
+import numpy as np
+import pytest
+
+from incentives.accuracy import PowerLaw
+from incentives.equilibrium import verify_equilibrium
+from incentives.population import Population
+from incentives.protocols import Mechanism
+from mechanisms import contract
+from mechanisms.contract import (
+    AccuracyValue,
+    ContractError,
+    ContractMechanism,
+    LogValue,
+    PowerLawValue,
+    clear_program_cache,
+    iron,
+    program_cache_info,
+    reduce_multidimensional_types,
+    solve_screening,
+    virtual_costs,
+)
+
+V10 = LogValue(10.0)
+COSTS = [3.0, 2.0, 1.0]
+EQUAL = [1 / 3] * 3
+FORMS = ["closed_form", "reduced", "all_pairs"]
+
+
+def assert_menu_close(a, b, atol=2e-5):
+    np.testing.assert_allclose(a.contribution, b.contribution, atol=atol, rtol=atol)
+    np.testing.assert_allclose(a.reward, b.reward, atol=atol, rtol=atol)
+    assert a.server_profit == pytest.approx(b.server_profit, abs=1e-6, rel=1e-6)
+
+
+def assert_ic_ir(menu, tol=1e-6):
+    v = menu.violations()
+    assert v["IC"] <= tol * max(1.0, np.abs(menu.reward).max()), v
+    assert v["IR"] <= tol * max(1.0, np.abs(menu.reward).max()), v
+
+
+# ----------------------------------------------------------------- the worked example
+@pytest.mark.parametrize("form", FORMS)
+def test_incomplete_information_worked_example(form):
+    menu = solve_screening(COSTS, EQUAL, V10, form=form)
+    np.testing.assert_allclose(menu.contribution, [1, 7 / 3, 9], atol=1e-5)
+    np.testing.assert_allclose(menu.reward, [3, 17 / 3, 37 / 3], atol=1e-5)
+    assert menu.server_profit == pytest.approx(7.0, abs=1e-3)
+    np.testing.assert_allclose(menu.information_rent, [0, 1, 10 / 3], atol=1e-5)
+    assert_ic_ir(menu)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_complete_information_worked_example(form):
+    menu = solve_screening(COSTS, EQUAL, V10, form=form, information="complete")
+    np.testing.assert_allclose(menu.contribution, [7 / 3, 4, 9], atol=1e-5)
+    np.testing.assert_allclose(menu.reward, np.array(COSTS) * menu.contribution, atol=1e-9)
+    assert menu.server_profit == pytest.approx(9.053, abs=1e-3)
+    np.testing.assert_allclose(menu.information_rent, 0.0, atol=1e-9)
+
+
+def test_virtual_costs_of_worked_example():
+    np.testing.assert_allclose(virtual_costs([1, 2, 3], EQUAL), [1, 3, 5])
+
+
+# ----------------------------------------------------------------- reduced == all pairs
+@pytest.mark.parametrize("seed", range(4))
+def test_reduced_and_all_pairs_agree_on_random_types(seed):
+    rng = np.random.default_rng(seed)
+    K = 7
+    cost = rng.uniform(0.2, 3.0, K)
+    p = rng.dirichlet(np.ones(K) * 0.7)  # uneven: some instances need ironing
+    menus = [solve_screening(cost, p, V10, form=f) for f in FORMS]
+    for m in menus[1:]:
+        assert_menu_close(menus[0], m, atol=1e-4)
+    for m in menus:
+        assert_ic_ir(m)
+    order = np.argsort(cost)
+    assert np.all(np.diff(menus[0].contribution[order]) <= 1e-12)  # monotone in cost
+
+
+def test_ironing_pools_types_when_virtual_costs_are_not_monotone():
+    cost, p = [1.0, 2.0, 2.1], [0.45, 0.10, 0.45]
+    phi = virtual_costs(cost, p)
+    assert phi[1] > phi[2]  # 6.5 > 2.22: monotonicity would fail without ironing
+    np.testing.assert_allclose(iron(phi, p), [phi[0], 3.0, 3.0])
+    menus = [solve_screening(cost, p, V10, form=f) for f in FORMS]
+    assert menus[0].contribution[1] == pytest.approx(menus[0].contribution[2])
+    for m in menus[1:]:
+        assert_menu_close(menus[0], m, atol=1e-4)
+
+
+def test_per_type_outside_options_reduced_matches_all_pairs():
+    outside = [0.5, 2.0, 6.0]  # the efficient type (cost 1) has the best outside option
+    a = solve_screening(COSTS, EQUAL, V10, outside=outside, form="reduced")
+    b = solve_screening(COSTS, EQUAL, V10, outside=outside, form="all_pairs")
+    assert a.extras["variant"] == "adjacent"
+    assert_menu_close(a, b, atol=1e-4)
+    assert_ic_ir(a)
+    assert np.min(a.information_rent) == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------- value functions, rewards
+@pytest.mark.parametrize("information", ["incomplete", "complete"])
+def test_power_law_value_forms_agree(information):
+    value = PowerLawValue(weight=10.0, a_opt=0.9, k=1.0, alpha=0.5)
+    menus = [solve_screening(COSTS, EQUAL, value, form=f, information=information) for f in FORMS]
+    # closed form check: phi = (1, 3, 5); V'(q) = 5 q^-1.5 = phi -> q = (phi / 5)^(-2/3)
+    phi = [5, 3, 1] if information == "incomplete" else COSTS
+    np.testing.assert_allclose(menus[0].contribution, (np.array(phi) / 5.0) ** (-2 / 3), rtol=1e-9)
+    for m in menus[1:]:
+        assert_menu_close(menus[0], m, atol=1e-4)
+
+
+def test_accuracy_value_of_a_power_law_model_matches_power_law_value():
+    model = PowerLaw(0.9, 1.0, 0.5)
+    a = solve_screening(COSTS, EQUAL, AccuracyValue(model, 10.0), form="reduced")
+    b = solve_screening(COSTS, EQUAL, PowerLawValue(10.0, 0.9, 1.0, 0.5), form="reduced")
+    # same menu (the program uses the unclipped formula); the reported profit evaluates the
+    # model itself, which is clipped at 0 below its zero crossing (here q = 1 < 1.23)
+    np.testing.assert_allclose(a.contribution, b.contribution, rtol=1e-7)
+    np.testing.assert_allclose(a.reward, b.reward, rtol=1e-7)
+    assert a.server_profit > b.server_profit
+
+
+def test_accuracy_rewards_are_money_rewards_in_accuracy_units():
+    v = np.array([20.0, 10.0, 5.0])
+    # theta = c / v = (0.15, 0.2, 0.2): two types tie
+    menu = solve_screening(COSTS, EQUAL, V10, reward="accuracy", accuracy_value=v,
+                           reward_price=5.0, form="reduced")
+    twin = solve_screening(np.array(COSTS) / v, EQUAL, V10, reward_price=5.0,
+                           reward_cap=1.0, form="all_pairs")
+    assert_menu_close(menu, twin, atol=1e-4)
+    assert np.all(menu.reward <= 1.0 + 1e-9)
+    assert_ic_ir(menu)
+
+
+def test_accuracy_reward_cap_binds_and_forms_agree():
+    kw = dict(reward="accuracy", accuracy_value=10.0, reward_price=0.5, reward_cap=0.8)
+    a = solve_screening(COSTS, EQUAL, V10, form="reduced", **kw)
+    b = solve_screening(COSTS, EQUAL, V10, form="all_pairs", **kw)
+    assert np.max(a.reward) == pytest.approx(0.8, abs=1e-7)
+    assert_menu_close(a, b, atol=1e-4)
+    assert_ic_ir(a)
+
+
+def test_quality_scales_the_cost_per_effective_sample():
+    menu = solve_screening([2.0, 2.0], [0.5, 0.5], V10, quality=[1.0, 2.0], form="closed_form")
+    np.testing.assert_allclose(menu.theta, [2.0, 1.0])
+    np.testing.assert_allclose(menu.samples, menu.contribution / [1.0, 2.0])
+
+
+# ----------------------------------------------------------------- multi-dimensional types
+def test_multidimensional_types_reduce_to_one_criterion():
+    types = reduce_multidimensional_types(
+        compute_cost=[1.0, 4.0, 2.0, 1.0], comm_delay=[0.0, 0.5, 0.0, 0.5],
+        data_size=[5.0, 5.0, 5.0, 5.0], round_deadline=1.0)
+    # theta = G zeta (E nu)^3 / (T - tau)^2 = (1, 16, 2, 4)
+    np.testing.assert_allclose(types.cost, [1.0, 16.0, 2.0, 4.0])
+    np.testing.assert_array_equal(types.order, [0, 2, 3, 1])
+    kw = dict(cost_exponent=types.cost_exponent, capacity=types.capacity)
+    a = solve_screening(types.cost, [0.25] * 4, V10, form="reduced", **kw)
+    b = solve_screening(types.cost, [0.25] * 4, V10, form="all_pairs", **kw)
+    assert_menu_close(a, b, atol=1e-4)
+    assert_ic_ir(a)
+    assert np.all(a.contribution <= 5.0 + 1e-7)
+
+
+def test_multidimensional_equal_criteria_get_equal_items():
+    # (zeta, tau) = (1, 0) and (1/4, 1/2): a slow uplink offsets a cheap CPU exactly
+    types = reduce_multidimensional_types([1.0, 0.25, 3.0], [0.0, 0.5, 0.2], 10.0, round_deadline=1.0)
+    menu = solve_screening(types.cost, [0.3, 0.3, 0.4], V10, cost_exponent=3.0, form="reduced")
+    exact = solve_screening(types.cost, [0.3, 0.3, 0.4], V10, cost_exponent=3.0, form="closed_form")
+    assert types.cost[0] == types.cost[1]
+    assert exact.contribution[0] == exact.contribution[1] and exact.reward[0] == exact.reward[1]
+    assert_menu_close(menu, exact, atol=1e-4)
+
+
+def test_multidimensional_rejects_late_uploads():
+    with pytest.raises(ValueError, match=r"^comm_delay=.*: allowed is delays below round_deadline"):
+        reduce_multidimensional_types([1.0], [2.0], [5.0], round_deadline=1.0)
+
+
+# ----------------------------------------------------------------- compiled-program cache
+def test_resolving_with_new_numbers_reuses_the_compiled_problem():
+    clear_program_cache()
+    first = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
+    key = next(iter(contract._CACHE))
+    problem = contract._CACHE[key].problem
+    assert problem.is_dpp()
+    compiled = problem._cache.param_prog
+    second = solve_screening([4.0, 2.5, 0.5], [0.2, 0.3, 0.5], LogValue(7.0), form="all_pairs",
+                             outside=1.0)
+    assert first.compiled and not second.compiled
+    assert program_cache_info() == {"hits": 1, "misses": 1, "size": 1}
+    assert contract._CACHE[key].problem is problem and problem._cache.param_prog is compiled
+    # and the re-solved numbers are right
+    ref = solve_screening([4.0, 2.5, 0.5], [0.2, 0.3, 0.5], LogValue(7.0), form="closed_form",
+                          outside=1.0)
+    assert_menu_close(second, ref, atol=1e-4)
+
+
+# ----------------------------------------------------------------- errors
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+def test_infeasible_menu_names_the_constraint_and_types(form):
+    with pytest.raises(ContractError, match=r"infeasible menu: the IR constraints of types \[0\]") as err:
+        solve_screening(COSTS, EQUAL, V10, outside=[6.0, 0.0, 0.0], reward_cap=5.0, form=form)
+    assert err.value.family == "IR" and err.value.types == [0]
+    assert isinstance(err.value, ValueError)
+
+
+def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
+    th, p = np.array([1.0, 2.0, 3.0]), np.ones(3) / 3
+    err = contract._diagnose("infeasible", 3, "all_pairs", th, p, np.array([0.0, 0.0, 7.0]), 1.0,
+                             V10, 1.0, None, 5.0, "CLARABEL", np.arange(3))
+    assert err.family == "IR" and err.types == [2]
+    assert "the IR constraints of types [2]" in str(err) and "reward_cap" in str(err)
+
+
+def test_unbounded_menu_names_the_types():
+    with pytest.raises(ContractError, match=r"unbounded menu: .* types \[0\]") as err:
+        solve_screening([0.0, 1.0, 2.0], EQUAL, V10, form="reduced")
+    assert err.value.family == "objective"
+    with pytest.raises(ContractError, match=r"unbounded menu: reward_price=0.0 makes rewards free"):
+        solve_screening(COSTS, EQUAL, V10, reward_price=0.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(probability=[0.5, 0.5, 0.5]), r"^probability=\[0.5, 0.5, 0.5\]: allowed is numbers > 0 summing to 1$"),
+    (dict(form="pairs"), r"^form='pairs': allowed is 'reduced', 'all_pairs' or 'closed_form'$"),
+    (dict(cost=[1.0, -1.0, 2.0]), r"^cost=\[1.0, -1.0, 2.0\]: allowed is"),
+    (dict(reward="accuracy"), r"^accuracy_value=None: allowed is"),
+    (dict(cost_exponent=0.5), r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
+])
+def test_bad_arguments_name_key_value_and_what_is_allowed(kwargs, message):
+    args = dict(cost=COSTS, probability=EQUAL, value=V10)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        solve_screening(**args)
+
+
+def test_closed_form_refuses_what_it_cannot_solve():
+    with pytest.raises(ValueError, match=r"^outside=.*: allowed is one common outside utility"):
+        solve_screening(COSTS, EQUAL, V10, outside=[0, 1, 2], form="closed_form")
+
+
+# ----------------------------------------------------------------- the mechanism
+MODEL = PowerLaw(0.95, 1.0, 0.5)
+
+
+def population():
+    return Population.from_lists(cost=[0.03, 0.02, 0.01, 0.02], endowment=[50.0, 50.0, 200.0, 50.0])
+
+
+def test_contract_mechanism_money_outcome_and_equilibrium():
+    pop = population()
+    mech = ContractMechanism(LogValue(10.0))
+    assert isinstance(mech, Mechanism)
+    out = mech.solve(pop, MODEL)
+    menu = out.info["menu_object"]
+    # three types (0.01, 0.02, 0.03) with probabilities (1/4, 1/2, 1/4)
+    np.testing.assert_allclose(menu.probability, [0.25, 0.5, 0.25])
+    ref = solve_screening([0.01, 0.02, 0.03], [0.25, 0.5, 0.25], LogValue(10.0),
+                          capacity=[200.0, 50.0, 50.0], form="all_pairs")
+    np.testing.assert_allclose(menu.contribution, ref.contribution, rtol=1e-4)
+    # each agent takes its own type's item
+    np.testing.assert_allclose(out.contributions, menu.contribution[[2, 1, 0, 1]])
+    np.testing.assert_allclose(out.transfer, menu.reward[[2, 1, 0, 1]])
+    assert np.all(out.participates) and np.all(out.contributions <= pop.endowment + 1e-9)
+    np.testing.assert_array_equal(out.delivery_target, 0.0)
+    alloc = mech.allocate(out.contributions, pop, MODEL)
+    np.testing.assert_allclose(alloc.transfer, out.transfer)
+    check = verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
+                               tol=1e-7)
+    assert check.ok, check.gains
+
+
+def test_contract_mechanism_paid_with_models():
+    pop = Population.from_lists(cost=[0.002, 0.001, 0.0005], endowment=200.0, value=1.0)
+    mech = ContractMechanism(LogValue(1.0), reward="accuracy", reward_price=1.0)
+    out = mech.solve(pop, MODEL)
+    assert np.all(out.transfer == 0)
+    np.testing.assert_allclose(out.delivery_target, out.accuracy)
+    assert np.all(out.accuracy <= MODEL(out.total) + 1e-6)
+    check = verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
+                               tol=1e-7)
+    assert check.ok, check.gains

@@ -1,0 +1,382 @@
+"""Dataset loaders on the project's offline copies (../shared/data), plus the
+download, checksum and archive-format code paths on files written to tmp_path.
+
+No mocks: downloads go through urllib with file:// URLs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fl.data as data
+from fl.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_image_tree, read_python_archive, read_python_folder
+from fl.data.download import ChecksumError, DatasetNotFoundError, DownloadError, RemoteFile, download, fetch
+from fl.data.idx import read_idx
+from fl.data.mnist import MNIST_SHA256, idx_files, load_idx_dataset
+from fl.data.pickles import load_data_pickle
+from fl.data.shakespeare import SEQUENCE_LENGTH, VOCABULARY, decode, load_shakespeare_clients, parse_play, read_roles
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# sha256 of the files as stored in ../shared/data (its README)
+STORED_SHA256 = {
+    "mnist/t10k-labels-idx1-ubyte.gz": "fc607395669ec21321ea83e4b82c0544b7e8e63ff5b34337c06bc0a17cc0da3c",
+    "usps/zip.test.gz": "8dacc3c6e136af6c3488de9e5113a7daf140c8c2f1f0b61c54ee02f03f1a962f",
+    "mnist1d/mnist1d_data.pkl": "e95257676e9fb04568e46dda007da22cc8664ccba1451456afde55d7f6dd6aa5",
+}
+
+
+@pytest.fixture(scope="session")
+def shared_root() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"offline dataset copies not found at {SHARED} (expected ../shared/data beside the project)")
+    return SHARED
+
+
+def need(root: Path, folder: str) -> Path:
+    if not (root / folder).exists():
+        pytest.skip(f"{root / folder} is absent from the offline dataset copies")
+    return root / folder
+
+
+# ---------------------------------------------------------------- registry and errors
+def test_registry_lists_every_dataset_and_rejects_unknown_names():
+    assert data.DATASET_NAMES == ("digits", "mnist", "fashion_mnist", "usps", "mnist1d", "cifar10", "shakespeare")
+    with pytest.raises(ValueError, match=r"dataset='x': allowed is one of digits, mnist"):
+        data.load_dataset("x")
+    train, test = data.load_dataset("digits")
+    assert train.feature_shape == (1, 8, 8) and len(train) + len(test) == 1797
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "usps", "mnist1d", "cifar10"])
+def test_missing_files_name_the_path_and_the_download_option(tmp_path, name):
+    with pytest.raises(DatasetNotFoundError, match="download=True") as error:
+        data.load_dataset(name, root=tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_data_root_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDECON_DATA", str(tmp_path))
+    assert data.data_root() == tmp_path
+    monkeypatch.delenv("FEDECON_DATA")
+    assert data.data_root() == Path.home() / ".cache" / "fedecon"
+
+
+# ---------------------------------------------------------------- checksums
+def test_checksums_of_the_shared_files_pass(shared_root):
+    for relative, digest in STORED_SHA256.items():
+        data.verify_checksum(need(shared_root, relative), digest)
+    # decompressed contents of the re-compressed MNIST copies equal the official ones
+    path = shared_root / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    data.verify_checksum(path, MNIST_SHA256["t10k-labels-idx1-ubyte"], decompress=True)
+    # official Fashion-MNIST archive md5
+    data.verify_checksum(need(shared_root, "fashion-mnist") / "t10k-labels-idx1-ubyte.gz",
+                         "bb300cfdad3c16e7a12a480ee83cd310", "md5")
+
+
+def test_checksums_fail_on_a_corrupted_file(shared_root, tmp_path):
+    raw = gzip.decompress((need(shared_root, "mnist") / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    good = tmp_path / "t10k-labels-idx1-ubyte"
+    good.write_bytes(raw)
+    assert read_idx(good, MNIST_SHA256["t10k-labels-idx1-ubyte"]).shape == (10000,)  # raw copy passes
+    corrupted = bytearray(raw)
+    corrupted[5000] ^= 0xFF
+    bad = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(gzip.compress(bytes(corrupted)))
+    with pytest.raises(ChecksumError, match="decompressed contents"):
+        read_idx(bad, MNIST_SHA256["t10k-labels-idx1-ubyte"])
+    remote = idx_files(("https://unused.invalid/",), MNIST_SHA256)["t10k-labels-idx1-ubyte"]
+    with pytest.raises(ChecksumError):
+        fetch(bad.parent, remote, download_missing=False)
+    with pytest.raises(ValueError, match="algorithm='crc32': allowed is one of"):
+        data.file_digest(good, "crc32")
+
+
+# ---------------------------------------------------------------- download (file:// URLs, real urllib)
+def test_download_checks_the_digest_and_writes_atomically(tmp_path):
+    source = tmp_path / "source" / "blob.bin"
+    source.parent.mkdir()
+    source.write_bytes(np.arange(5000, dtype=np.int32).tobytes())
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    target = tmp_path / "root" / "set" / "blob.bin"
+    assert download(source.as_uri(), target, checksum=digest) == target
+    assert target.read_bytes() == source.read_bytes()
+
+    other = tmp_path / "root" / "set" / "other.bin"
+    with pytest.raises(ChecksumError):
+        download(source.as_uri(), other, checksum="0" * 64)
+    assert not other.exists()
+    assert sorted(p.name for p in other.parent.iterdir()) == ["blob.bin"]  # no partial files left
+
+    with pytest.raises(DownloadError, match="missing.bin") as error:
+        download((tmp_path / "missing.bin").as_uri(), tmp_path / "root" / "set" / "x.bin")
+    assert str(tmp_path / "root" / "set") in str(error.value)
+
+
+def test_mnist_loader_downloads_into_an_empty_root(shared_root, tmp_path):
+    mirror = need(shared_root, "mnist").as_uri() + "/"
+    files = idx_files(("file:///nonexistent-mirror/", mirror), MNIST_SHA256)  # first mirror fails
+    train, test = load_idx_dataset("mnist", "mnist", files, root=tmp_path, download=True)
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(f"{s}.gz" for s in MNIST_SHA256)
+    assert (len(train), len(test)) == (60000, 10000)
+
+
+# ---------------------------------------------------------------- image datasets
+@pytest.fixture(scope="session")
+def mnist(shared_root):
+    need(shared_root, "mnist")
+    return data.load_dataset("mnist", root=shared_root)
+
+
+def raw_stats(path: Path) -> tuple[float, float]:
+    """Mean and std of the 8-bit pixels scaled to [0, 1], from their histogram."""
+    counts = np.bincount(read_idx(path).ravel(), minlength=256)
+    values = np.arange(256) / 255.0
+    mean = counts @ values / counts.sum()
+    return mean, np.sqrt(counts @ (values - mean) ** 2 / counts.sum())
+
+
+def test_mnist(mnist, shared_root):
+    train, test = mnist
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.feature_shape == (1, 28, 28) and train.x.dtype == torch.float32 and train.y.dtype == torch.int64
+    assert set(train.y.unique().tolist()) == set(range(10)) and train.num_classes == 10
+    mean, std = raw_stats(shared_root / "mnist" / "train-images-idx3-ubyte.gz")
+    assert (round(mean, 4), round(std, 4)) == (0.1307, 0.3081)
+    assert abs(train.x.mean().item()) < 1e-4 and abs(train.x.std().item() - 1) < 1e-4
+    assert abs(test.x.mean().item()) < 0.02
+
+
+def test_fashion_mnist(shared_root):
+    need(shared_root, "fashion-mnist")
+    train, test = data.load_dataset("fashion_mnist", root=shared_root)
+    assert (len(train), len(test)) == (60000, 10000) and test.feature_shape == (1, 28, 28)
+    assert torch.equal(torch.bincount(train.y), torch.full((10,), 6000))
+    mean, std = raw_stats(shared_root / "fashion-mnist" / "train-images-idx3-ubyte.gz")
+    assert (round(mean, 3), round(std, 3)) == (0.286, 0.353)
+    assert abs(train.x.mean().item()) < 1e-4 and abs(train.x.std().item() - 1) < 1e-4
+
+
+def test_usps(shared_root):
+    need(shared_root, "usps")
+    train, test = data.load_dataset("usps", root=shared_root)
+    assert (len(train), len(test)) == (7291, 2007) and train.feature_shape == (1, 16, 16)
+    # class counts of the dataset's info file (zip.info.txt)
+    assert torch.bincount(train.y).tolist() == [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644]
+    assert torch.bincount(test.y).tolist() == [359, 264, 198, 166, 200, 160, 170, 147, 166, 177]
+    assert abs(train.x.mean().item()) < 1e-4 and abs(train.x.std().item() - 1) < 1e-4
+
+
+def test_mnist1d(shared_root):
+    need(shared_root, "mnist1d")
+    train, test = data.load_dataset("mnist1d", root=shared_root)
+    assert (len(train), len(test)) == (4000, 1000) and train.feature_shape == (1, 40)
+    assert train.y.min().item() == 0 and train.y.max().item() == 9
+    assert abs(train.x.mean().item()) < 1e-4 and abs(train.x.std().item() - 1) < 1e-4
+
+
+def test_pickles_naming_other_globals_are_refused():
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        load_data_pickle(pickle.dumps(Payload()))
+    assert load_data_pickle(pickle.dumps({"x": np.arange(3)}))["x"].tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- CIFAR-10
+@pytest.fixture(scope="session")
+def cifar_cache(request, tmp_path_factory):
+    """Decoded CIFAR arrays survive between runs in pytest's cache folder when it is on."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("fedecon-cifar10")) if cache is not None else tmp_path_factory.mktemp("cifar-cache")
+
+
+@pytest.fixture(scope="session")
+def cifar(shared_root, cifar_cache):
+    need(shared_root, "cifar10/cifar10-jpg.tar.gz")
+    return load_cifar10(shared_root, cache=cifar_cache)  # the first run decodes 60k JPEGs (~10 s)
+
+
+def test_cifar10_from_the_jpeg_tarball(cifar, shared_root, cifar_cache):
+    train, test = cifar
+    assert (len(train), len(test)) == (50000, 10000) and train.feature_shape == (3, 32, 32)
+    assert torch.bincount(train.y).tolist() == [5000] * 10
+    assert torch.bincount(test.y).tolist() == [1000] * 10
+    channel_std, channel_mean = torch.std_mean(train.x, dim=(0, 2, 3))
+    assert torch.allclose(channel_mean, torch.zeros(3), atol=1e-4)
+    assert torch.allclose(channel_std, torch.ones(3), atol=1e-3)
+    # the decoded arrays are cached; a second load gives the same tensors
+    assert (cifar_cache / "cifar10-jpg.tar.gz.decoded.npz").is_file()
+    again, _ = load_cifar10(shared_root, cache=cifar_cache)
+    assert torch.equal(again.x[:100], train.x[:100]) and torch.equal(again.y, train.y)
+
+
+def test_cifar10_image_folder_and_tarball_readers_agree(shared_root, tmp_path):
+    tarball = need(shared_root, "cifar10/cifar10-jpg.tar.gz")
+    # extract the first three files per class and split into <root>/cifar10/cifar10-jpg/
+    root = tmp_path / "root"
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(tarball) as archive:
+        for member in archive:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 4 and parts[-2] in CIFAR10_CLASSES:
+                key = (parts[1], parts[2])
+                if taken.get(key, 0) < 3:
+                    taken[key] = taken.get(key, 0) + 1
+                    archive.extract(member, root / "cifar10", filter="data")
+            if len(taken) == 20 and all(v == 3 for v in taken.values()):
+                break
+    folder = root / "cifar10" / "cifar10-jpg"
+    small = tmp_path / "small.tar"
+    with tarfile.open(small, "w") as archive:
+        archive.add(folder, arcname="cifar10-jpg")
+    from_folder, from_tar = read_image_tree(folder), read_image_tree(small)
+    for split in ("train", "test"):
+        x, y = from_folder[split]
+        assert x.shape == (30, 3, 32, 32) and x.dtype == np.uint8
+        assert y.tolist() == [c for c in range(10) for _ in range(3)]
+        assert np.array_equal(x, from_tar[split][0]) and np.array_equal(y, from_tar[split][1])
+    assert read_image_tree(small, limit_per_class=1)["test"][0].shape == (10, 3, 32, 32)
+    # the loader finds the extracted folder, standardises per channel and caches
+    train, test = load_cifar10(root, cache=tmp_path / "cache")
+    assert (len(train), len(test)) == (30, 30) and train.feature_shape == (3, 32, 32)
+    assert torch.allclose(train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert (tmp_path / "cache" / "cifar10-jpg.decoded.npz").is_file()
+
+
+def write_cifar_python_archive(path: Path, per_batch: int, seed: int = 0) -> dict:
+    """An archive in the official format: Python-2-style pickles of dicts with byte keys."""
+    rng = np.random.default_rng(seed)
+    batches = {}
+    with tarfile.open(path, "w:gz") as archive:
+        for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+            batch = {
+                b"batch_label": f"{name} of 6".encode(),
+                b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+                b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
+            }
+            batches[name] = batch
+            payload = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+        meta = pickle.dumps({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, protocol=2)
+        info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
+        info.size = len(meta)
+        archive.addfile(info, io.BytesIO(meta))
+    return batches
+
+
+def test_cifar10_official_python_archive_format(tmp_path):
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    archive = folder / "cifar-10-python.tar.gz"
+    batches = write_cifar_python_archive(archive, per_batch=7)
+    splits = read_python_archive(archive)
+    x, y = splits["train"]
+    assert x.shape == (35, 3, 32, 32) and x.dtype == np.uint8 and splits["test"][0].shape == (7, 3, 32, 32)
+    first = batches["data_batch_1"][b"data"][0]
+    assert np.array_equal(x[0, 0].ravel(), first[:1024])  # red plane first, row-major
+    assert np.array_equal(x[0, 2].ravel(), first[2048:])
+    assert y[7:14].tolist() == batches["data_batch_2"][b"labels"]
+    # the same batches, extracted
+    with tarfile.open(archive) as opened:
+        opened.extractall(tmp_path / "extracted", filter="data")
+    extracted = read_python_folder(tmp_path / "extracted" / "cifar-10-batches-py")
+    assert np.array_equal(extracted["train"][0], x) and np.array_equal(extracted["test"][1], splits["test"][1])
+    # through the loader: not the official archive, so its md5 fails unless verify=False
+    with pytest.raises(ChecksumError, match="md5"):
+        load_cifar10(tmp_path, source="python", cache=tmp_path / "cache")
+    train, test = load_cifar10(tmp_path, source="python", verify=False, cache=tmp_path / "cache")
+    assert train.feature_shape == (3, 32, 32) and (len(train), len(test)) == (35, 7)
+    assert torch.allclose(train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    with pytest.raises(ValueError, match="source='png': allowed is one of"):
+        load_cifar10(tmp_path, source="png")
+
+
+# ---------------------------------------------------------------- Shakespeare
+PLAY = """THE TRAGEDY OF TESTING
+
+PERSONS REPRESENTED.
+
+FIRST CLERK, a clerk.
+Adieu.
+
+
+ACT I.
+
+SCENE I. A room.
+
+[Enter FIRST CLERK and MRS. PAGE.]
+
+FIRST CLERK.
+Good morrow, mistress; [Aside.] she is late.
+What news?
+
+MRS. PAGE.
+None, sir.
+
+[Exit FIRST CLERK, with papers
+and a lamp.]
+
+Adieu.
+
+ALL. Amen.
+
+SONG.
+Lyrics no role speaks.
+"""
+
+
+def test_parse_play_finds_speakers_and_drops_directions():
+    assert parse_play(PLAY) == [
+        ("FIRST CLERK", "Good morrow, mistress; she is late. What news?"),
+        ("MRS. PAGE", "None, sir. Adieu."),
+        ("ALL", "Amen."),
+    ]
+
+
+def test_shakespeare_roles_are_clients(shared_root):
+    folder = need(shared_root, "shakespeare")
+    roles = read_roles(folder)
+    lengths = np.array([len(role.text) for role in roles])
+    assert len(roles) > 1000 and (lengths > 1000).sum() > 500  # heavy-tailed natural partition
+    assert {"hamlet/HAM", "macbeth/LADY MACBETH", "henry_v/CHORUS"} <= {role.key for role in roles}
+
+    clients = load_shakespeare_clients(shared_root, max_samples_per_client=1000)
+    assert clients.num_clients > 100 and len(clients.roles) == len(clients.train_indices) == len(clients.test_indices)
+    train, test = clients.train, clients.test
+    assert train.x.dtype == torch.int64 and train.feature_shape == (SEQUENCE_LENGTH,) and train.num_classes == len(VOCABULARY) == 96
+    assert int(train.x.max()) < 96 and int(test.y.min()) >= 0
+    assert np.array_equal(np.concatenate(clients.train_indices), np.arange(len(train)))  # a partition
+    assert np.array_equal(np.concatenate(clients.test_indices), np.arange(len(test)))
+    sizes = np.array([len(i) for i in clients.train_indices])
+    assert sizes.max() == 900 and sizes.min() < 900  # 90% of at most 1000 windows per role
+    # windows of one role are consecutive: each input is the previous one shifted by its target
+    k = clients.roles.index("hamlet/HAM")
+    x, y = train.x[clients.train_indices[k]], train.y[clients.train_indices[k]]
+    assert torch.equal(x[1:, :-1], x[:-1, 1:]) and torch.equal(x[1:, -1], y[:-1])
+    role_text = next(role.text for role in roles if role.key == "hamlet/HAM")
+    assert decode(x[0]) + decode(y[:3]) == role_text[:83]
+    # test windows start after the gap: no test input contains a training target
+    first_test = test.x[clients.test_indices[k][0]]
+    assert decode(first_test) == role_text[80 + 900 : 80 + 900 + 80]
+
+    few = load_shakespeare_clients(shared_root, max_clients=5, max_samples_per_client=1000, seed=1)
+    assert few.num_clients == 5 and set(few.roles) <= set(clients.roles)
+    with pytest.raises(ValueError, match="test_fraction=1.5: allowed is"):
+        load_shakespeare_clients(shared_root, test_fraction=1.5)

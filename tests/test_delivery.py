@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from fl.algorithms import FedAvg
+from fl.data import partition
+from fl.data.dataset import load_digits
+from fl.delivery import deliver, interpolate
+from fl.evaluation import accuracy, accuracy_on_distribution, per_class_accuracy
+from fl.server import run_federated
+
+TRAIN, TEST = load_digits()
+SKEWED = np.array([0.4, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05, 0.04, 0.03, 0.03])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    kept, held = partition.holdout(TRAIN.labels(), 0.25, seed=0)
+    validation = type(TRAIN)("digits-validation", TRAIN.x[held], TRAIN.y[held], 10)
+    clients = [TRAIN.subset(kept[p]) for p in partition.iid(TRAIN.labels()[kept], 5, seed=0)]
+    result = run_federated("mlp", clients, FedAvg(batch_size=16), 10, seed=0, progress=False)
+    return result, validation
+
+
+def test_accuracy_on_the_test_frequencies_is_plain_accuracy(trained):
+    result, _ = trained
+    per_class = per_class_accuracy(result.model, result.params, TEST)
+    frequencies = np.bincount(TEST.labels()) / len(TEST)
+    assert accuracy_on_distribution(per_class, frequencies) == pytest.approx(accuracy(result.model, result.params, TEST))
+    rows = accuracy_on_distribution(per_class, np.stack([frequencies, SKEWED]))
+    assert rows.shape == (2,) and rows[1] == pytest.approx(float(SKEWED @ per_class))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7, 0.85])
+def test_delivery_hits_the_target_on_validation(trained, target):
+    result, validation = trained
+    d = deliver(result.model, result.params, result.initial_params, validation, SKEWED, target)
+    assert 0.0 < d.lam < 1.0
+    assert abs(d.validation_accuracy - target) <= 0.02
+    test_accuracy = accuracy_on_distribution(per_class_accuracy(result.model, d.params, TEST), SKEWED)
+    assert abs(test_accuracy - target) <= 0.1  # validation and test sets differ
+
+
+def test_targets_above_the_global_model_or_none_get_the_global_model(trained):
+    result, validation = trained
+    for target in (None, 1.0):
+        d = deliver(result.model, result.params, result.initial_params, validation, SKEWED, target)
+        assert d.lam == 1.0 and d.params is result.params
+
+
+def test_targets_below_the_weak_model_get_the_weak_model(trained):
+    result, validation = trained
+    d = deliver(result.model, result.params, result.initial_params, validation, SKEWED, 0.0)
+    assert d.lam == 0.0
+    assert all(torch.allclose(d.params[k], result.initial_params[k]) for k in d.params)
+
+
+def test_interpolation_endpoints_and_midpoint(trained):
+    result, _ = trained
+    g, w = result.params, result.initial_params
+    for lam, expected in ((0.0, w), (1.0, g)):
+        mixed = interpolate(g, w, lam)
+        assert all(torch.allclose(mixed[k], expected[k]) for k in g)
+    half = interpolate(g, w, 0.5)
+    assert all(torch.allclose(half[k], (g[k] + w[k]) / 2) for k in g)
+
+
+def test_bad_target_is_refused(trained):
+    result, validation = trained
+    with pytest.raises(ValueError, match="target=1.5.*allowed"):
+        deliver(result.model, result.params, result.initial_params, validation, SKEWED, 1.5)

@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from incentives.accuracy import PowerLaw, local_optimum
+from incentives.equilibrium import (
+    best_response,
+    nash_equilibrium,
+    settle_participation,
+    social_optimum,
+    verify_equilibrium,
+)
+from incentives.population import Population
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.standard import StandardFL
+
+TOY = PowerLaw(1.0, 1.0, 0.5)
+M_O = (0.5 / 1e-4) ** (2 / 3)  # 292.40 samples
+
+
+def identical(n, endowment=1e9, **extra):
+    return Population.from_lists(n_agents=n, cost=1e-4, endowment=endowment, **extra)
+
+
+def test_best_response_under_standard_fl():
+    pop = identical(3)
+    assert best_response(StandardFL(), 0, np.zeros(3), pop, TOY).contribution == pytest.approx(M_O, rel=1e-5)
+    response = best_response(StandardFL(), 0, np.array([0.0, 100.0, 50.0]), pop, TOY)
+    assert response.contribution == pytest.approx(M_O - 150.0, rel=1e-5)
+    assert response.participates and response.utility == pytest.approx(TOY(M_O) - 1e-4 * (M_O - 150))
+    assert best_response(StandardFL(), 0, np.array([0.0, 400.0, 0.0]), pop, TOY).contribution < 1e-2
+
+
+def test_best_response_respects_endowment():
+    pop = Population.from_lists(cost=1e-4, endowment=[100.0, 1e9])
+    assert best_response(StandardFL(), 0, np.zeros(2), pop, TOY).contribution == pytest.approx(100.0)
+
+
+def test_best_response_breaks_ties_toward_contributing():
+    # under shaping (epsilon = 0) agent 0 is indifferent on [m^o, kink]; it picks the kink
+    pop = identical(2)
+    response = best_response(AccuracyShaping(), 0, np.array([0.0, 2 * M_O]), pop, TOY)
+    assert response.contribution == pytest.approx(2 * M_O, rel=1e-7)
+
+
+def test_best_response_can_leave_for_the_outside_option():
+    pop = identical(2, outside_option=[5.0, 0.0])
+    response = best_response(StandardFL(), 0, np.zeros(2), pop, TOY)
+    assert (response.contribution, response.utility, response.participates) == (0.0, 5.0, False)
+
+
+def test_best_response_with_concave_phi():
+    pop = identical(1)
+    response = best_response(StandardFL(), 0, np.zeros(1), pop, TOY, phi=np.sqrt)
+    # v * d sqrt(a(m))/dm = c at the optimum
+    m = response.contribution
+    assert TOY.derivative(m) / (2 * np.sqrt(TOY(m))) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_nash_iteration_matches_standard_closed_form_with_heterogeneous_costs():
+    pop = Population.from_lists(cost=[1e-4, 2e-4, 3e-4], endowment=1e9)
+    equilibrium = nash_equilibrium(StandardFL(), pop, TOY)
+    assert equilibrium.converged
+    np.testing.assert_allclose(equilibrium.contributions, StandardFL().solve(pop, TOY).contributions, atol=1e-2)
+    assert equilibrium.total == pytest.approx(M_O, rel=1e-5)
+
+
+def test_damped_iteration_converges_too():
+    pop = Population.from_lists(cost=[1e-4, 2e-4], endowment=1e9)
+    equilibrium = nash_equilibrium(AccuracyShaping(), pop, TOY, damping=0.3)
+    assert equilibrium.converged
+    assert equilibrium.total == pytest.approx(AccuracyShaping().solve(pop, TOY).total, rel=1e-5)
+
+
+def test_nash_argument_errors():
+    pop = identical(2)
+    with pytest.raises(ValueError, match=r"damping=1.0: allowed is a number in \[0, 1\)"):
+        nash_equilibrium(StandardFL(), pop, TOY, damping=1.0)
+    with pytest.raises(ValueError, match="start="):
+        nash_equilibrium(StandardFL(), pop, TOY, start=[-1.0, 0.0])
+
+
+def test_verify_equilibrium_flags_profitable_deviations():
+    pop = identical(3)
+    everyone_alone = np.full(3, M_O)  # not an equilibrium under standard FL: each should cut to 0
+    result = verify_equilibrium(StandardFL(), everyone_alone, pop, TOY)
+    assert not result.ok
+    assert np.all(result.gains > 1e-3)
+    np.testing.assert_allclose(result.deviations, 0.0, atol=1e-6)
+    closed = StandardFL().solve(pop, TOY)
+    assert verify_equilibrium(StandardFL(), closed.contributions, pop, TOY).ok
+
+
+def test_verify_equilibrium_counts_leaving():
+    pop = identical(2, outside_option=[1.0, 0.0])
+    closed = StandardFL().solve(identical(2), TOY).contributions
+    result = verify_equilibrium(StandardFL(), closed, pop, TOY)
+    assert not result.ok and np.isnan(result.deviations[0])
+
+
+def test_settle_participation_drops_agents_below_their_outside_option():
+    # free-riders paying a communication cost larger than a(M) stay out
+    pop = Population.from_lists(cost=[1e-4, 2e-4, 2e-4], endowment=1e9, comm_cost=[0.0, 2.0, 0.5])
+    mechanism = StandardFL()
+    result = settle_participation(lambda sub: mechanism.solve(sub, TOY).contributions, mechanism, pop, TOY)
+    np.testing.assert_array_equal(result.participates, [True, False, True])
+    assert result.accuracy[1] == 0.0 and result.contributions[0] == pytest.approx(M_O)
+
+
+def brute_force_welfare(pop, model):
+    """max over M of V a(M) - cheapest cost of collecting M (fill cheapest first)."""
+    order = np.argsort(pop.cost)
+
+    def negative_welfare(log_total):
+        total = np.exp(log_total)
+        before = np.cumsum(pop.endowment[order]) - pop.endowment[order]
+        m = np.clip(total - before, 0, pop.endowment[order])
+        return -(pop.value.sum() * model(m.sum()) - pop.cost[order] @ m)
+
+    best = minimize_scalar(negative_welfare, bounds=(0, np.log(pop.endowment.sum())), method="bounded",
+                           options={"xatol": 1e-12})
+    return -best.fun
+
+
+@pytest.mark.parametrize(
+    "pop",
+    [
+        identical(10),
+        Population.from_lists(cost=[3e-4, 1e-4, 2e-4], endowment=[1e9, 500.0, 1e9], value=[1.0, 2.0, 0.5]),
+        Population.from_lists(cost=[1e-4, 1e-2], endowment=[200.0, 1e9], value=3.0),  # optimum at the kink M = 200
+    ],
+)
+def test_social_optimum_is_exact(pop):
+    optimum = social_optimum(pop, TOY)
+    assert optimum.welfare >= brute_force_welfare(pop, TOY) - 1e-9
+    assert optimum.accuracy == pytest.approx(TOY(optimum.total))
+    assert np.all(optimum.contributions <= pop.endowment)
+    # the planner fills cheapest agents first: a dearer agent contributes only if cheaper ones are full
+    order = np.argsort(pop.cost)
+    m = optimum.contributions[order]
+    for j in range(1, len(m)):
+        if m[j] > 0:
+            np.testing.assert_allclose(m[:j], pop.endowment[order][:j])
+
+
+def test_social_optimum_of_identical_agents_has_closed_form():
+    optimum = social_optimum(identical(10), TOY)
+    assert optimum.total == pytest.approx((10 * 0.5 / 1e-4) ** (2 / 3), rel=1e-12)  # 1357.21
+    assert optimum.welfare == pytest.approx(10 * TOY(optimum.total) - 1e-4 * optimum.total)
+
+
+def test_social_optimum_collects_nothing_when_data_is_too_dear():
+    optimum = social_optimum(Population.from_lists(cost=[10.0], endowment=[1e6]), TOY)
+    assert optimum.total == 0.0 and optimum.welfare == 0.0
+    assert local_optimum(10.0, 1.0, TOY) == 0.0

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fl.algorithms import FedAvg, FedProx, child_seed
+from fl.data import partition
+from fl.data.dataset import load_digits
+from fl.executors import ClientResult, ClientTask, SerialExecutor
+from fl.models import build_model, get_params
+from fl.server import run_federated
+
+TRAIN, TEST = load_digits()
+
+
+class RecordingFedAvg(FedAvg):
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.tasks = []
+
+    def configure_round(self, round_index, available_clients, seed):
+        self.tasks += super().configure_round(round_index, available_clients, seed)
+        return self.tasks[-len(available_clients) :]
+
+
+def test_one_client_fedavg_is_centralised_sgd_exactly():
+    data = TRAIN.subset(np.arange(200))
+    strategy = RecordingFedAvg(epochs=1, batch_size=32, lr=0.1)
+    result = run_federated("mlp", [data], strategy, 3, seed=5, progress=False)
+
+    model = build_model("mlp", TRAIN.feature_shape, 10)
+    model.load_state_dict(result.initial_params)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data.tensors()
+    assert [task.round_index for task in strategy.tasks] == [0, 1, 2]
+    for task in strategy.tasks:
+        for batch in task.batches():
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    assert all(torch.equal(result.params[k], v) for k, v in model.state_dict().items())
+
+
+def test_aggregate_weights_clients_by_sample_count():
+    global_params = {"w": torch.zeros(2), "count": torch.tensor(7)}
+    results = [
+        ClientResult(0, {"w": torch.tensor([1.0, 2.0]), "count": torch.tensor(9)}, 1, 0.0, 1),
+        ClientResult(1, {"w": torch.tensor([4.0, 8.0]), "count": torch.tensor(9)}, 3, 0.0, 1),
+    ]
+    new = FedAvg().aggregate(global_params, results)
+    torch.testing.assert_close(new["w"], torch.tensor([3.25, 6.5]))  # (1*[1,2] + 3*[4,8]) / 4
+    assert new["count"].item() == 7  # integer buffers keep the server's value
+    assert FedAvg().aggregate(global_params, []) is global_params
+
+
+def test_fedavg_on_iid_digits_with_ten_clients_learns():
+    parts = partition.iid(TRAIN.labels(), 10, seed=0)
+    result = run_federated(
+        "mlp", [TRAIN.subset(p) for p in parts], FedAvg(batch_size=16, lr=0.1), 20, seed=0, test=TEST, progress=False
+    )
+    assert result.history[-1].test_accuracy > 0.9
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_same_seed_same_numbers_and_byte_accounting():
+    parts = partition.dirichlet(TRAIN.labels(), 8, 0.5, seed=1, min_size=10)
+    subsets = [TRAIN.subset(p) for p in parts]
+
+    def run():
+        return run_federated(
+            "small_cnn", subsets, FedAvg(clients_per_round=3, lr=0.05), 3, seed=9, test=TEST, progress=False
+        )
+
+    a, b = run(), run()
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert [m.test_accuracy for m in a.history] == [m.test_accuracy for m in b.history]
+    size = sum(t.numel() * 4 for t in a.params.values())
+    assert [(m.clients, m.bytes_down, m.bytes_up) for m in a.history] == [(3, 3 * size, 3 * size)] * 3
+
+
+def test_client_results_do_not_depend_on_execution_order():
+    subsets = {i: TRAIN.subset(p) for i, p in enumerate(partition.iid(TRAIN.labels(), 4, seed=0))}
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    params = get_params(model)
+    tasks = FedAvg().configure_round(0, subsets, child_seed(0, 1, 0))
+    forward = SerialExecutor().run(model, FedAvg(), params, tasks)
+    backward = SerialExecutor().run(model, FedAvg(), params, tasks[::-1])[::-1]
+    for f, b in zip(forward, backward):
+        assert f.client_id == b.client_id and f.train_loss == b.train_loss
+        assert all(torch.equal(f.params[k], b.params[k]) for k in params)
+
+
+def test_a_clients_batch_order_is_keyed_by_round_and_client_only():
+    subsets = {i: TRAIN.subset(np.arange(10 * i, 10 * i + 10)) for i in range(10)}
+    seed = child_seed(0, 1, 4)
+    everyone = {t.client_id: t for t in FedAvg().configure_round(4, subsets, seed)}
+    sampled = FedAvg(clients_per_round=3).configure_round(4, subsets, seed)
+    assert len(sampled) == 3
+    for task in sampled:
+        assert [b.tolist() for b in task.batches()] == [b.tolist() for b in everyone[task.client_id].batches()]
+
+
+def test_task_batches_cover_epochs_or_exact_steps():
+    data = TRAIN.subset(np.arange(50))
+    task = ClientTask(0, 0, data, epochs=2, batch_size=16, lr=0.1, seed=np.random.SeedSequence(0))
+    batches = list(task.batches())
+    assert [len(b) for b in batches] == [16, 16, 16, 2] * 2
+    assert sorted(np.concatenate(batches[:4]).tolist()) == list(range(50))
+    steps = ClientTask(0, 0, data, epochs=1, batch_size=16, lr=0.1, seed=np.random.SeedSequence(0), steps=9)
+    assert len(list(steps.batches())) == 9
+
+
+def test_fedprox_with_mu_zero_is_fedavg_and_large_mu_stays_near_the_global_model():
+    subsets = [TRAIN.subset(p) for p in partition.dirichlet(TRAIN.labels(), 4, 0.3, seed=0, min_size=10)]
+    base = run_federated("mlp", subsets, FedAvg(), 1, seed=0, progress=False)
+    same = run_federated("mlp", subsets, FedProx(mu=0.0), 1, seed=0, progress=False)
+    tight = run_federated("mlp", subsets, FedProx(mu=10.0), 1, seed=0, progress=False)
+
+    def moved(result):
+        return sum(torch.sum((result.params[k] - result.initial_params[k]) ** 2) for k in result.params).item()
+
+    assert all(torch.equal(base.params[k], same.params[k]) for k in base.params)
+    assert moved(tight) < 0.5 * moved(base)
+
+
+def test_no_clients_leaves_the_model_unchanged():
+    result = run_federated("mlp", [TRAIN.subset(np.arange(0))], FedAvg(), 2, test=TEST, progress=False)
+    assert all(torch.equal(result.params[k], result.initial_params[k]) for k in result.params)
+    assert [m.clients for m in result.history] == [0, 0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_asked_for_and_absent_is_a_clear_error():
+    with pytest.raises(ValueError, match="device='cuda'.*allowed is 'cpu'"):
+        run_federated("mlp", [TRAIN.subset(np.arange(10))], FedAvg(), 1, device="cuda", progress=False)
+
+
+@pytest.mark.parametrize(
+    "options, key",
+    [({"lr": 0.0}, "lr=0.0"), ({"batch_size": 0}, "batch_size=0"), ({"fraction": 0.5, "clients_per_round": 2}, "fraction=0.5")],
+)
+def test_bad_strategy_settings_are_refused(options, key):
+    with pytest.raises(ValueError, match=f"{key}.*allowed"):
+        FedAvg(**options)

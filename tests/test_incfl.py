@@ -1,0 +1,193 @@
+"""IncFL (Cho et al. 2022): the weight formula on hand-computed cases, the strategy's
+aggregation, the loss helpers, the participation decision and its iterated exit, and a
+real federated run on digits with a Dirichlet(0.3) split."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fl.algorithms import FedAvg
+from fl.algorithms.incfl import (
+    IncFL,
+    distribution_losses,
+    incentive_weights,
+    incentivised_fraction,
+    per_class_loss,
+    train_local_models,
+)
+from fl.data import partition
+from fl.data.dataset import ArrayDataset, load_digits
+from fl.executors import ClientResult
+from fl.models import build_model, get_params
+from fl.server import run_federated
+from incentives.participation import participates, participation_equilibrium, participation_gain
+
+TRAIN, TEST = load_digits()
+
+
+# ------------------------------------------------------------------ the weight formula
+def test_weights_match_a_hand_computed_case():
+    # gaps 0, ln 3, -ln 3: s = 1/2, 3/4, 1/4, so q = 1/4, 3/16, 3/16 and q / sum q = 0.4, 0.3, 0.3
+    local = np.array([1.0, 1.0, 1.0])
+    weights = incentive_weights(local + [0.0, math.log(3), -math.log(3)], local)
+    np.testing.assert_allclose(weights, [0.4, 0.3, 0.3], rtol=1e-12)
+
+
+def test_weights_peak_at_the_threshold_and_are_symmetric_in_the_gap():
+    gaps = np.array([-3.0, -1.0, -0.2, 0.0, 0.2, 1.0, 3.0])
+    weights = incentive_weights(gaps, np.zeros_like(gaps))
+    assert np.argmax(weights) == 3
+    np.testing.assert_allclose(weights, weights[::-1], rtol=1e-12)
+    assert np.all(np.diff(weights[:4]) > 0)
+    sigmoid = 1 / (1 + np.exp(-gaps))
+    q = sigmoid * (1 - sigmoid)
+    np.testing.assert_allclose(weights, q / q.sum(), rtol=1e-12)
+
+
+def test_weights_survive_gaps_that_underflow_the_sigmoid_slope():
+    weights = incentive_weights([1000.0, 2000.0, 1000.5], [0.0, 0.0, 0.0])
+    assert np.all(np.isfinite(weights)) and weights.sum() == pytest.approx(1.0)
+    assert weights[0] > weights[2] > weights[1]
+
+
+def test_incentivised_fraction_counts_strictly_lower_global_losses():
+    assert incentivised_fraction([0.5, 1.0, 2.0, 0.1], [1.0, 1.0, 1.0, 0.2]) == 0.5  # the tie is not incentivised
+
+
+@pytest.mark.parametrize(
+    "global_losses, local_losses, message",
+    [
+        ([np.nan, 1.0], [1.0, 1.0], r"global_losses=\[nan, 1\.0\]: allowed is"),
+        ([1.0, 1.0], [1.0], r"local_losses=\[1\.0\]: allowed is 2 finite numbers"),
+        ([], [], r"global_losses=\[\]: allowed is a non-empty"),
+    ],
+)
+def test_bad_losses_are_rejected_with_key_value_and_what_is_allowed(global_losses, local_losses, message):
+    with pytest.raises(ValueError, match=message):
+        incentivised_fraction(global_losses, local_losses)
+
+
+# ------------------------------------------------------------------ the strategy
+def test_aggregate_is_the_incentive_weighted_mean_at_the_rounds_starting_model():
+    global_params = {"w": torch.zeros(2), "count": torch.tensor(7)}
+    seen = []
+
+    def global_losses(params):
+        seen.append(params)
+        return np.array([1.0, 9.0, 1.0 + math.log(3)])  # client 1 did not train this round
+
+    strategy = IncFL([1.0, 0.0, 1.0], global_losses)
+    results = [
+        ClientResult(0, {"w": torch.tensor([1.0, 2.0]), "count": torch.tensor(9)}, 100, 0.0, 1),
+        ClientResult(2, {"w": torch.tensor([5.0, 6.0]), "count": torch.tensor(9)}, 1, 0.0, 1),
+    ]
+    new = strategy.aggregate(global_params, results)
+    # q = 1/4 and 3/16, so weights 4/7 and 3/7 whatever the sample counts
+    torch.testing.assert_close(new["w"], torch.tensor([4 / 7 * 1 + 3 / 7 * 5, 4 / 7 * 2 + 3 / 7 * 6]))
+    assert new["count"].item() == 7
+    assert seen == [global_params]
+    assert strategy.aggregate(global_params, []) is global_params
+
+
+def test_strategy_rejects_bad_settings():
+    with pytest.raises(ValueError, match=r"local_losses=\[\]: allowed is a non-empty 1-D array"):
+        IncFL([], lambda w: np.zeros(0))
+    with pytest.raises(ValueError, match=r"global_losses=3: allowed is a callable"):
+        IncFL([1.0], 3)
+    with pytest.raises(ValueError, match=r"lr=0: allowed is a number > 0"):
+        IncFL([1.0], lambda w: np.ones(1), lr=0)
+    strategy = IncFL([1.0, 1.0], lambda w: np.ones(3))
+    result = ClientResult(0, {"w": torch.ones(1)}, 1, 0.0, 1)
+    with pytest.raises(ValueError, match=r"global_losses returned shape \(3,\): allowed is \(2,\)"):
+        strategy.aggregate({"w": torch.zeros(1)}, [result])
+
+
+# ------------------------------------------------------------------ loss helpers
+def test_per_class_and_distribution_losses_match_a_direct_computation():
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    params = get_params(model)
+    with torch.no_grad():
+        losses = F.cross_entropy(model(TEST.x), TEST.y, reduction="none").double().numpy()
+    labels = TEST.labels()
+    expected = np.array([losses[labels == k].mean() for k in range(10)])
+    np.testing.assert_allclose(per_class_loss(model, params, TEST), expected, rtol=1e-6)
+
+    p = np.zeros((2, 10))
+    p[0, 3] = 1.0
+    p[1, [1, 7]] = 0.25, 0.75
+    np.testing.assert_allclose(
+        distribution_losses(model, params, TEST, p), [expected[3], 0.25 * expected[1] + 0.75 * expected[7]], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"label_distributions \(shape \(2, 9\)\): allowed is \(N, 10\)"):
+        distribution_losses(model, params, TEST, p[:, :9])
+
+
+def test_local_models_learn_their_own_data_and_do_not_depend_on_other_clients():
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    init = get_params(model)
+    subsets = [TRAIN.subset(np.arange(0, 60)), TRAIN.subset(np.arange(60, 100))]
+    both = train_local_models(model, init, subsets, epochs=10, batch_size=16, lr=0.1, seed=3)
+    again = train_local_models(model, init, subsets, epochs=10, batch_size=16, lr=0.1, seed=3)
+    alone = train_local_models(model, init, subsets[:1], epochs=10, batch_size=16, lr=0.1, seed=3)
+    for name in init:
+        assert torch.equal(both[0][name], again[0][name]) and torch.equal(both[0][name], alone[0][name])
+    own = ArrayDataset("own", *subsets[0].tensors(), 10)
+    assert per_class_loss(model, both[0], own)[own.labels()].mean() < per_class_loss(model, init, own)[own.labels()].mean()
+    with pytest.raises(ValueError, match=r"subsets \(empty for clients \[1\]\): allowed is"):
+        train_local_models(model, init, [subsets[0], TRAIN.subset(np.arange(0))], 1, 16, 0.1, 0)
+
+
+# ------------------------------------------------------------------ participation
+def test_participation_gain_in_accuracy_and_in_loss_terms():
+    gain = participation_gain([0.9, 0.8, 0.7], [0.7, 0.8, 0.6], value=[2.0, 1.0, 1.0], cost=0.01, contributions=[5, 0, 10], comm_cost=0.02)
+    np.testing.assert_allclose(gain, [2 * 0.2 - 0.05 - 0.02, 0.0 - 0.02, 0.1 - 0.1 - 0.02])
+    assert participates([0.9, 0.8, 0.7], [0.7, 0.8, 0.6], cost=0.01, contributions=[5, 0, 10]).tolist() == [True, False, False]
+    # in loss terms, with no costs, the participants are IncFL's incentivised clients
+    global_losses, local_losses = np.array([0.3, 0.5, 0.9]), np.array([0.4, 0.5, 0.2])
+    chosen = participates(global_losses, local_losses, higher_is_better=False)
+    assert chosen.mean() == incentivised_fraction(global_losses, local_losses) and chosen.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"value": 0.0}, r"value\[0\]=0\.0: allowed is a finite number > 0"),
+        ({"cost": [0.1, -1.0]}, r"cost\[1\]=-1\.0: allowed is a finite number >= 0"),
+        ({"contributions": [1.0, 2.0, 3.0]}, r"contributions has shape \(3,\): allowed is a number or shape \(2,\)"),
+        ({"received": [0.5]}, r"received=\[0\.5\]: allowed is finite numbers of shape \(2,\)"),
+    ],
+)
+def test_participation_rejects_bad_values(kwargs, message):
+    arguments = {"received": [0.9, 0.8], "local": [0.5, 0.5], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        participation_gain(**arguments)
+
+
+def test_iterated_exit_retrains_on_those_who_stay_until_nobody_leaves():
+    # the model trained on S gives everyone accuracy 0.6 + 0.1 |S|
+    calls = []
+
+    def received_for(mask):
+        calls.append(mask.tolist())
+        return np.full(3, 0.6 + 0.1 * mask.sum())
+
+    result = participation_equilibrium(received_for, local=[0.7, 0.75, 0.95])
+    # all three: 0.9 -> agent 2 leaves; agents 0, 1: 0.8 beats 0.7 and 0.75 -> stable
+    assert calls == [[True, True, True], [True, True, False]]
+    assert result.participates.tolist() == [True, True, False]
+    np.testing.assert_allclose(result.received[:2], 0.8)
+    assert np.isnan(result.received[2]) and np.isnan(result.gain[2])
+    np.testing.assert_allclose(result.gain[:2], [0.1, 0.05])
+    assert [h.tolist() for h in result.history] == calls
+
+
+def test_iterated_exit_can_unravel_to_nobody():
+    # a cost makes agent 1 leave at 0.8; agent 0 alone gets 0.7, no better than its own model
+    result = participation_equilibrium(
+        lambda mask: np.full(3, 0.6 + 0.1 * mask.sum()), local=[0.7, 0.75, 0.95], cost=[0.0, 0.1, 0.0], contributions=1.0
+    )
+    assert not result.participates.any() and len(result.history) == 3
+    assert np.all(np.isnan(result.received)) and np.all(np.isnan(result.gain))

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import fl.models as models
+from fl.models import MODEL_NAMES, build_model, get_params
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "small_cnn"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_models_map_inputs_to_logits(name, shape):
+    model = build_model(name, shape, 10)
+    assert model(torch.zeros(4, *shape)).shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    "name, shape, inputs",
+    [
+        ("lenet5", (1, 28, 28), torch.zeros(2, 1, 28, 28)),
+        ("resnet8", (3, 32, 32), torch.zeros(2, 3, 32, 32)),
+        ("resnet18", (1, 8, 8), torch.zeros(2, 1, 8, 8)),
+        ("char_lstm", (80,), torch.zeros(2, 80, dtype=torch.long)),
+    ],
+)
+def test_models_of_sibling_modules_are_built_from_shape_and_classes(name, shape, inputs):
+    model = build_model(name, shape, 12)
+    assert model(inputs).shape == (2, 12)
+
+
+def test_cnn_is_mcmahan_et_al_model_on_mnist():
+    model = build_model("cnn", (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 1_663_370
+
+
+def test_mlp_hidden_sizes_are_configurable():
+    model = build_model("mlp", (1, 8, 8), 10, hidden=(32, 16))
+    assert [p.shape for p in model.parameters() if p.ndim == 2] == [(32, 64), (16, 32), (10, 16)]
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a = get_params(build_model("mlp", (1, 8, 8), 10, seed=7))
+    assert torch.equal(torch.rand(1), expected)
+    b = get_params(build_model("mlp", (1, 8, 8), 10, seed=7))
+    c = get_params(build_model("mlp", (1, 8, 8), 10, seed=8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_unknown_name_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="model='vgg'.*allowed.*resnet18"):
+        build_model("vgg", (1, 8, 8), 10)
+    assert {"mlp", "cnn", "lenet5", "resnet8", "resnet18", "char_lstm"} <= set(MODEL_NAMES)
+
+
+def test_a_model_whose_module_is_absent_raises_a_clear_error(monkeypatch):
+    monkeypatch.setitem(models._REGISTRY, "ghost", ("fl.models.ghost", "Ghost", models._shape, {}))
+    with pytest.raises(ImportError, match="model='ghost' needs fl.models.ghost.Ghost"):
+        build_model("ghost", (1, 8, 8), 10)
+
+
+def test_too_small_input_for_the_cnn_is_refused():
+    with pytest.raises(ValueError, match="input_shape=\\(1, 3, 3\\).*allowed"):
+        build_model("cnn", (1, 3, 3), 10)

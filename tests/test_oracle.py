@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from fl.data.dataset import load_digits
+from fl.oracle import TrainingOracle
+from incentives.protocols import AccuracyOracle, TrainingOutcome
+
+TRAIN, TEST = load_digits()
+N = 8
+
+
+def make_oracle(**options):
+    settings = dict(endowments=np.full(N, 80), alpha=1.0, rounds=10, seed=0, curve_steps=200)
+    return TrainingOracle(TRAIN, TEST, **{**settings, **options})
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return make_oracle()
+
+
+def test_satisfies_the_accuracy_oracle_protocol(oracle):
+    assert isinstance(oracle, AccuracyOracle)
+    assert isinstance(oracle.train(np.full(N, 10.0), None), TrainingOutcome)
+
+
+def test_endowments_are_disjoint_sized_and_apart_from_validation(oracle):
+    assert [len(p) for p in oracle.endowment_indices] == [80] * N
+    joined = np.concatenate(oracle.endowment_indices)
+    assert len(np.unique(joined)) == len(joined)
+    assert np.isin(joined, oracle.pool).all()
+    assert len(oracle.validation) + len(oracle.pool) == len(TRAIN)
+
+
+def test_learning_curve_increases_with_size(oracle):
+    sizes, accuracies = oracle.learning_curve([0, 10, 50, 200, 800], repeats=2)
+    assert sizes.tolist() == [0, 0, 10, 10, 50, 50, 200, 200, 800, 800]
+    means = accuracies.reshape(5, 2).mean(axis=1)
+    assert np.all(np.diff(means) > 0)
+    assert means[0] < 0.3 and means[-1] > 0.85
+
+
+def test_free_riders_receive_the_global_model(oracle):
+    contributions = np.array([80, 80, 0, 40, 0, 80, 60, 0], dtype=float)
+    result = oracle.train(contributions, None)
+    np.testing.assert_array_equal(result.delivered_accuracy, result.global_accuracy)
+    np.testing.assert_array_equal(result.lam, np.ones(N))
+    assert result.total_samples == 340 and result.contributions.tolist() == contributions.astype(int).tolist()
+    assert result.global_accuracy.min() > 0.75
+    assert all(m.clients == 5 and m.samples == 340 for m in result.rounds)
+
+
+def test_delivery_targets_are_met_on_validation(oracle):
+    targets = np.array([0.4, 0.6, 0.7, np.nan, 0.5, 0.99, 0.8, 0.3])
+    result = oracle.train(np.full(N, 80.0), targets)
+    shaped = targets < result.global_accuracy - 0.05
+    assert shaped.sum() >= 5
+    assert np.all(np.abs(result.validation_accuracy[shaped] - targets[shaped]) <= 0.02)
+    assert np.all(result.lam[shaped] < 1.0)
+    assert result.lam[3] == 1.0 and result.lam[5] == 1.0  # NaN and unreachable targets: the global model
+    assert result.delivered_accuracy[3] == result.global_accuracy[3]
+
+
+def test_nobody_contributing_gives_the_initial_model(oracle):
+    result = oracle.train(np.zeros(N), None)
+    assert result.total_samples == 0 and all(m.clients == 0 for m in result.rounds)
+    assert result.global_accuracy.mean() < 0.3
+
+
+def test_same_seed_same_numbers():
+    a, b = make_oracle(), make_oracle()
+    contributions = np.array([80, 20, 0, 50, 80, 10, 0, 70], dtype=float)
+    np.testing.assert_array_equal(a.train(contributions, None).global_accuracy, b.train(contributions, None).global_accuracy)
+    np.testing.assert_array_equal(a.learning_curve([30], 2)[1], b.learning_curve([30], 2)[1])
+
+
+def test_local_accuracy_is_measured_when_asked():
+    result = make_oracle(measure_local=True, rounds=5).train(np.array([80, 20, 0, 80, 80, 80, 80, 80.0]), None)
+    assert result.local_accuracy.shape == (N,)
+    assert result.local_accuracy.mean() < result.global_accuracy.mean()
+    assert result.local_accuracy[1] < result.local_accuracy[0]
+
+
+def test_contributions_beyond_the_endowment_are_refused(oracle):
+    with pytest.raises(ValueError, match="contributions\\[2\\]=90.0: allowed is at most the endowment 80"):
+        oracle.train(np.array([0, 0, 90, 0, 0, 0, 0, 0.0]), None)
+    with pytest.raises(ValueError, match="endowments.*allowed"):
+        make_oracle(endowments=np.full(N, 200))

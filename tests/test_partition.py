@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from fl.data import partition
+from fl.data.dataset import load_digits
+
+LABELS = load_digits()[0].labels()  # 1437 digits, 10 classes
+
+
+def balanced_labels(per_class=100, classes=10):
+    return np.repeat(np.arange(classes), per_class)
+
+
+def assert_disjoint(parts, n, covers):
+    joined = np.concatenate(parts)
+    assert all(p.dtype == np.int64 for p in parts)
+    assert len(np.unique(joined)) == len(joined)
+    assert joined.min() >= 0 and joined.max() < n
+    if covers:
+        assert len(joined) == n
+
+
+SPLITS = {
+    "iid": lambda seed: partition.iid(LABELS, 10, seed),
+    "dirichlet": lambda seed: partition.dirichlet(LABELS, 10, 0.5, seed, min_size=5),
+    "shards": lambda seed: partition.shards(LABELS, 10, 2, seed),
+    "quantity_lognormal": lambda seed: partition.quantity_skew(LABELS, 10, seed, sigma=1.0),
+    "quantity_dirichlet": lambda seed: partition.quantity_skew(LABELS, 10, seed, distribution="dirichlet", alpha=1.0),
+}
+
+
+@pytest.mark.parametrize("name", SPLITS)
+def test_partitions_cover_the_pool_disjointly_and_reproducibly(name):
+    parts = SPLITS[name](0)
+    assert len(parts) == 10
+    assert_disjoint(parts, len(LABELS), covers=True)
+    again, other = SPLITS[name](0), SPLITS[name](1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_iid_sizes_differ_by_at_most_one():
+    sizes = [len(p) for p in partition.iid(LABELS, 7, 0)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_label_histograms_counts_each_class():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    hist = partition.label_histograms(labels, [np.array([0, 2, 3]), np.array([1, 4, 5])], num_classes=4)
+    np.testing.assert_array_equal(hist, [[1, 1, 1, 0], [1, 0, 2, 0]])
+
+
+def test_dirichlet_skew_is_stronger_for_small_alpha():
+    def mean_top_class_share(alpha):
+        parts = partition.dirichlet(LABELS, 10, alpha, seed=0)
+        hist = partition.label_histograms(LABELS, parts, 10)
+        return np.mean(hist.max(axis=1) / hist.sum(axis=1))
+
+    strong, weak = mean_top_class_share(0.1), mean_top_class_share(100.0)
+    assert strong > 0.5 > 0.2 > weak
+
+
+def test_dirichlet_min_size_is_met_or_refused():
+    parts = partition.dirichlet(LABELS, 20, 0.3, seed=3, min_size=20)
+    assert min(len(p) for p in parts) >= 20
+    with pytest.raises(ValueError, match="min_size=1000"):
+        partition.dirichlet(LABELS, 10, 0.5, seed=0, min_size=1000)
+
+
+def test_shards_give_each_client_at_most_its_number_of_classes():
+    labels = balanced_labels()
+    parts = partition.shards(labels, 50, 2, seed=0)
+    assert_disjoint(parts, len(labels), covers=True)
+    classes = (partition.label_histograms(labels, parts, 10) > 0).sum(axis=1)
+    assert classes.max() <= 2 and classes.min() >= 1
+
+
+def test_quantity_skew_sizes_spread_with_sigma_and_respect_min_size():
+    def spread(sigma):
+        sizes = np.array([len(p) for p in partition.quantity_skew(LABELS, 20, 0, sigma=sigma, min_size=10)])
+        assert sizes.min() >= 10 and sizes.sum() == len(LABELS)
+        return sizes.std()
+
+    assert spread(2.0) > spread(0.1)
+
+
+def test_by_counts_gives_exact_counts_and_label_mix():
+    dist = np.zeros((3, 10))
+    dist[0, :2] = 0.5
+    dist[1, 5] = 1.0
+    dist[2] = 0.1
+    parts = partition.by_counts(LABELS, [40, 30, 50], dist, seed=0)
+    assert [len(p) for p in parts] == [40, 30, 50]
+    assert_disjoint(parts, len(LABELS), covers=False)
+    hist = partition.label_histograms(LABELS, parts, 10)
+    np.testing.assert_array_equal(hist[0, :2], [20, 20])
+    assert hist[1, 5] == 30
+    np.testing.assert_array_equal(hist[2], np.full(10, 5))
+    assert parts.notes == []
+
+
+def test_by_counts_fills_from_other_classes_and_says_so():
+    labels = balanced_labels(per_class=10, classes=3)
+    dist = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    parts = partition.by_counts(labels, [8, 8], dist, seed=0)
+    assert [len(p) for p in parts] == [8, 8]
+    assert_disjoint(parts, len(labels), covers=False)
+    hist = partition.label_histograms(labels, parts, 3)
+    np.testing.assert_array_equal(hist[:, 0], [5, 5])  # class 0 shared in proportion to demand
+    assert len(parts.notes) == 2 and "class 0: 3" in parts.notes[0]
+
+
+def test_by_counts_without_distributions_follows_the_pool():
+    parts = partition.by_counts(LABELS, [500], seed=0)
+    share = partition.label_histograms(LABELS, parts, 10)[0] / 500
+    np.testing.assert_allclose(share, np.bincount(LABELS) / len(LABELS), atol=0.01)
+
+
+def test_holdout_is_stratified_and_complementary():
+    kept, held = partition.holdout(LABELS, 0.2, seed=0)
+    assert len(held) == round(0.2 * len(LABELS))
+    assert_disjoint([kept, held], len(LABELS), covers=True)
+    np.testing.assert_allclose(np.bincount(LABELS[held]) / len(held), np.bincount(LABELS) / len(LABELS), atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "call, key",
+    [
+        (lambda: partition.iid(LABELS, 0, 0), "num_clients=0"),
+        (lambda: partition.dirichlet(LABELS, 5, -1.0, 0), "alpha=-1.0"),
+        (lambda: partition.shards(LABELS, 10, 1000, 0), "shards_per_client=1000"),
+        (lambda: partition.quantity_skew(LABELS, 5, 0, distribution="zipf"), "distribution='zipf'"),
+        (lambda: partition.by_counts(LABELS, [2000], seed=0), "counts=\\[2000\\]"),
+        (lambda: partition.by_counts(LABELS, [10], np.ones((1, 10)), seed=0), "label_distributions"),
+        (lambda: partition.holdout(LABELS, 1.5, 0), "fraction=1.5"),
+    ],
+)
+def test_bad_arguments_name_key_value_and_what_is_allowed(call, key):
+    with pytest.raises(ValueError, match=f"{key}.*allowed"):
+        call()

@@ -1,0 +1,198 @@
+import numpy as np
+import pytest
+
+from incentives.population import DEFAULTS, FIELDS, Population
+
+
+def small(**overrides):
+    fields = dict(cost=[1e-4, 2e-4, 3e-4], endowment=[100.0, 200.0, 300.0])
+    fields.update(overrides)
+    return Population.from_lists(**fields)
+
+
+def test_from_lists_broadcasts_scalars_and_fills_defaults():
+    pop = Population.from_lists(cost=[1.0, 2.0, 0.5], endowment=100)
+    assert pop.n_agents == 3
+    np.testing.assert_array_equal(pop.endowment, [100.0, 100.0, 100.0])
+    for key, default in DEFAULTS.items():
+        np.testing.assert_array_equal(getattr(pop, key), np.full(3, default))
+    assert pop.label_distribution is None and pop.names is None
+
+
+def test_from_lists_all_scalars_needs_n_agents():
+    pop = Population.from_lists(n_agents=4, cost=1e-4, endowment=1e6)
+    assert pop.n_agents == 4
+    with pytest.raises(ValueError, match="allowed is a list with one value per agent"):
+        Population.from_lists(cost=1e-4, endowment=1e6)
+
+
+def test_arrays_are_read_only_floats():
+    pop = small()
+    assert pop.cost.dtype == float
+    with pytest.raises(ValueError):
+        pop.cost[0] = 5.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(cost=[1e-4, -0.5, 1e-4]), r"cost\[1\]=-0.5: allowed is a number >= 0"),
+        (dict(cost=[1e-4, float("nan"), 1e-4]), r"cost\[1\]=nan: allowed is a number >= 0"),
+        (dict(endowment=[100.0, 0.0, 1.0]), r"endowment\[1\]=0.0: allowed is a number > 0"),
+        (dict(value=[1.0, 1.0, 0.0]), r"value\[2\]=0.0: allowed is a number > 0"),
+        (dict(capacity=[1.0, 0.0, 1.0]), r"capacity\[1\]=0.0: allowed is a number in \(0, 1\]"),
+        (dict(capacity=[1.0, 1.5, 1.0]), r"capacity\[1\]=1.5: allowed is a number in \(0, 1\]"),
+        (dict(comm_cost=[0.0, -1.0, 0.0]), r"comm_cost\[1\]=-1.0: allowed is a number >= 0"),
+        (dict(outside_option=[0.0, float("inf"), 0.0]), r"outside_option\[1\]=inf: allowed is a finite number"),
+        (dict(endowment=[1.0, 2.0]), r"len\(endowment\)=2: allowed is len\(cost\)=3"),
+        (dict(cost=[[1.0, 2.0, 3.0]]), r"cost has shape \(1, 3\): allowed is a 1-D array"),
+        (dict(names=["a", "a", "b"]), r"allowed is distinct names"),
+        (dict(names=["a", "b"]), r"allowed is N=3 non-empty strings"),
+        (dict(label_distribution=[[0.5, 0.5], [1.0, 0.0], [0.2, 0.2]]), r"label_distribution\[2\] sums to 0.4"),
+        (dict(label_distribution=[[0.5, 0.5], [1.0, 0.0]]), r"label_distribution has shape \(2, 2\)"),
+        (dict(label_distribution=[[1.5, -0.5], [1.0, 0.0], [0.5, 0.5]]), r"allowed is non-negative numbers"),
+        (dict(wealth=[1.0, 2.0, 3.0]), r"wealth=\[1.0, 2.0, 3.0\]: allowed is one of the fields"),
+    ],
+)
+def test_validation_errors_name_key_value_and_rule(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        small(**overrides)
+
+
+def test_empty_population_is_an_error():
+    with pytest.raises(ValueError, match=r"len\(cost\)=0: allowed is N >= 1 agents"):
+        Population(cost=[], endowment=[])
+
+
+def test_missing_required_field():
+    with pytest.raises(ValueError, match="endowment is missing"):
+        Population.from_lists(cost=[1.0])
+
+
+def test_subset_by_mask_and_by_index():
+    pop = small(names=["a", "b", "c"], label_distribution=[[1, 0], [0, 1], [0.5, 0.5]])
+    sub = pop.subset([True, False, True])
+    assert sub.names == ("a", "c")
+    np.testing.assert_array_equal(sub.cost, [1e-4, 3e-4])
+    np.testing.assert_array_equal(sub.label_distribution, [[1, 0], [0.5, 0.5]])
+    np.testing.assert_array_equal(pop.subset([2]).endowment, [300.0])
+    with pytest.raises(ValueError, match=r"mask has shape \(2,\)"):
+        pop.subset([True, False])
+
+
+def test_check_contributions():
+    pop = small()
+    np.testing.assert_array_equal(pop.check_contributions([0, 200, 300]), [0.0, 200.0, 300.0])
+    with pytest.raises(ValueError, match=r"contributions\[1\]=201.0: allowed is 0 <= m <= endowment\[1\]=200.0"):
+        pop.check_contributions([0, 201, 0])
+    with pytest.raises(ValueError, match=r"contributions has shape \(2,\)"):
+        pop.check_contributions([0, 1])
+
+
+def test_csv_round_trip_is_exact(tmp_path):
+    pop = Population.sample(
+        7,
+        {
+            "cost": {"dist": "lognormal", "mean": -9.0, "sigma": 0.7},
+            "endowment": {"dist": "uniform", "low": 100, "high": 5000},
+            "capacity": {"dist": "types", "values": [0.25, 0.5, 1.0], "probs": [0.2, 0.3, 0.5]},
+            "comm_cost": 1e-3,
+            "label_distribution": {"dist": "dirichlet", "alpha": 0.3, "n_classes": 4},
+        },
+        seed=3,
+    )
+    pop = Population(**{k: getattr(pop, k) for k in FIELDS}, label_distribution=pop.label_distribution,
+                     names=[f"hospital-{i}" for i in range(7)])
+    path = tmp_path / "agents.csv"
+    pop.to_csv(path)
+    back = Population.from_csv(path)
+    for key in FIELDS:
+        np.testing.assert_array_equal(getattr(back, key), getattr(pop, key))
+    np.testing.assert_array_equal(back.label_distribution, pop.label_distribution)
+    assert back.names == pop.names
+
+
+def test_csv_optional_columns_take_defaults(tmp_path):
+    path = tmp_path / "agents.csv"
+    path.write_text("cost,endowment\n0.0001,100\n0.0002,50\n")
+    pop = Population.from_csv(path)
+    np.testing.assert_array_equal(pop.endowment, [100.0, 50.0])
+    np.testing.assert_array_equal(pop.value, [1.0, 1.0])
+
+
+def test_csv_errors(tmp_path):
+    path = tmp_path / "agents.csv"
+    path.write_text("cost,endowment,budget\n0.1,100,3\n")
+    with pytest.raises(ValueError, match=r"column 'budget' .*: allowed is one of"):
+        Population.from_csv(path)
+    path.write_text("cost\n0.1\n")
+    with pytest.raises(ValueError, match=r"column 'endowment' is missing"):
+        Population.from_csv(path)
+    path.write_text("cost,endowment\n0.1,lots\n")
+    with pytest.raises(ValueError, match=r"endowment\[0\]='lots': allowed is a number"):
+        Population.from_csv(path)
+    path.write_text("cost,endowment\n")
+    with pytest.raises(ValueError, match=r"len\(cost\)=0"):
+        Population.from_csv(path)
+
+
+SPEC = {
+    "cost": {"dist": "lognormal", "mean": -9.0, "sigma": 0.5},
+    "endowment": {"dist": "types", "values": [100, 1000], "probs": [0.5, 0.5]},
+    "value": {"dist": "uniform", "low": 0.5, "high": 2.0},
+}
+
+
+def test_sample_is_reproducible_by_seed_and_order_independent():
+    a = Population.sample(50, SPEC, seed=7)
+    b = Population.sample(50, dict(reversed(list(SPEC.items()))), seed=7)
+    c = Population.sample(50, SPEC, seed=8)
+    for key in FIELDS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert not np.array_equal(a.cost, c.cost)
+    # one field's stream does not depend on which other fields are sampled
+    d = Population.sample(50, {"cost": SPEC["cost"], "endowment": 10.0}, seed=7)
+    np.testing.assert_array_equal(a.cost, d.cost)
+
+
+def test_sample_distributions():
+    pop = Population.sample(2000, {**SPEC, "capacity": {"dist": "constant", "value": 0.5}}, seed=0)
+    assert set(np.unique(pop.endowment)) == {100.0, 1000.0}
+    assert 0.5 <= pop.value.min() and pop.value.max() <= 2.0
+    assert abs(np.log(pop.cost).mean() + 9.0) < 0.05
+    np.testing.assert_array_equal(pop.capacity, 0.5)
+
+
+@pytest.mark.parametrize(
+    "field_spec, message",
+    [
+        ({"dist": "types", "values": [1, 2], "probs": [0.5, 0.6]}, r"cost.probs=\[0.5, 0.6\]: allowed is non-negative numbers summing to 1"),
+        ({"dist": "types", "values": [1, 2], "probs": [1.0]}, r"allowed is one probability per value"),
+        ({"dist": "gamma", "shape": 2}, r"cost.dist='gamma': allowed is one of constant, uniform, lognormal, types"),
+        ({"dist": "uniform", "low": 2, "high": 1}, r"cost.high=1.0: allowed is a number >= low=2.0"),
+        ({"dist": "lognormal", "mean": 0}, r"cost.sigma is missing"),
+        ({"low": 1}, r"allowed is a number or a dict with a 'dist' key"),
+    ],
+)
+def test_sample_spec_errors(field_spec, message):
+    with pytest.raises(ValueError, match=message):
+        Population.sample(5, {"cost": field_spec, "endowment": 10.0}, seed=0)
+
+
+def test_sample_takes_per_agent_lists_as_given():
+    pop = Population.sample(3, {"cost": [1e-4, 2e-4, 3e-4], "endowment": SPEC["endowment"]}, seed=0)
+    np.testing.assert_array_equal(pop.cost, [1e-4, 2e-4, 3e-4])
+    with pytest.raises(ValueError, match=r"cost=\[0.1, 0.2\]: allowed is a list of n=3 numbers"):
+        Population.sample(3, {"cost": [0.1, 0.2], "endowment": 1.0}, seed=0)
+
+
+def test_sample_rejects_bad_n_and_unknown_field():
+    with pytest.raises(ValueError, match="n=0: allowed is an integer >= 1"):
+        Population.sample(0, SPEC, seed=0)
+    with pytest.raises(ValueError, match="colour"):
+        Population.sample(3, {**SPEC, "colour": 1.0}, seed=0)
+
+
+def test_sampled_values_are_validated():
+    with pytest.raises(ValueError, match=r"cost\[\d+\]=-?[0-9.e-]+: allowed is a number >= 0"):
+        Population.sample(10, {"cost": {"dist": "uniform", "low": -1, "high": 1}, "endowment": 1.0}, seed=0)

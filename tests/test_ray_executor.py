@@ -1,0 +1,91 @@
+"""The Ray executor gives the serial executor's numbers, on a local 2-CPU Ray.
+
+Selected with ``pytest -m ray``; skipped when Ray is not installed.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from fl.algorithms import FedAvg, FedProx, child_seed  # noqa: E402
+from fl.data import partition  # noqa: E402
+from fl.data.dataset import load_digits  # noqa: E402
+from fl.executors import SerialExecutor  # noqa: E402
+from fl.executors.ray_executor import RayExecutor  # noqa: E402
+from fl.models import build_model, get_params  # noqa: E402
+from fl.server import run_federated  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+TRAIN, TEST = load_digits()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOLERANCE = 1e-6  # actors use 1 torch thread, the test process more: float summation order may differ
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private 2-CPU Ray whose workers import this checkout's ``fl``."""
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": ROOT}},
+    )
+    yield
+    ray.shutdown()
+
+
+def max_difference(a, b):
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(batch_size=10, lr=0.05, clients_per_round=4), FedProx(mu=0.1, batch_size=10, lr=0.05, clients_per_round=4)])
+def test_federated_run_matches_serial(local_ray, strategy):
+    parts = [TRAIN.subset(p) for p in partition.dirichlet(TRAIN.labels(), 8, alpha=0.5, seed=3, min_size=5)]
+    serial = run_federated("mlp", parts, strategy, rounds=4, seed=7, test=TEST, progress=False)
+    with RayExecutor(num_actors=2) as executor:
+        distributed = run_federated("mlp", parts, strategy, rounds=4, seed=7, test=TEST, progress=False, executor=executor)
+        # the dataset went into the object store once, and to each actor once
+        assert len(executor._dataset_refs) == 1
+        assert all(sum(kind == "data" for kind, _ in known) <= 1 for known in executor._known)
+    assert max_difference(serial.params, distributed.params) < TOLERANCE
+    for s, d in zip(serial.history, distributed.history):
+        assert (s.clients, s.samples) == (d.clients, d.samples)
+        assert s.train_loss == pytest.approx(d.train_loss, abs=TOLERANCE)
+        assert s.test_accuracy == pytest.approx(d.test_accuracy, abs=1e-3)
+
+
+def test_results_come_back_in_task_order_whatever_the_actor(local_ray):
+    """Uneven clients, tasks in a scrambled order, steps= and epochs= mixed: every
+    result is the serial executor's for the same task, at the same position."""
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    params = get_params(model)
+    sizes = [5, 40, 13, 120, 1, 77]
+    offsets = np.cumsum([0, *sizes])
+    subsets = {c: TRAIN.subset(np.arange(offsets[c], offsets[c + 1])) for c in range(len(sizes))}
+    tasks = FedAvg(epochs=2, batch_size=8, lr=0.1).configure_round(0, subsets, child_seed(11, 1, 0))
+    tasks = [tasks[i] for i in (3, 0, 5, 1, 4, 2)]
+    tasks[2] = FedAvg(steps=9, batch_size=8, lr=0.1).configure_round(0, {5: subsets[5]}, child_seed(11, 1, 0))[0]
+    expected = SerialExecutor().run(model, FedAvg(), params, tasks)
+    with RayExecutor(num_actors=3) as executor:
+        got = executor.run(model, FedAvg(), params, tasks)
+        again = executor.run(model, FedAvg(), params, tasks)  # cached data and model, new round payload
+    assert [r.client_id for r in got] == [t.client_id for t in tasks]
+    for e, g, a in zip(expected, got, again):
+        assert (e.client_id, e.num_samples, e.steps) == (g.client_id, g.num_samples, g.steps)
+        assert g.train_loss == pytest.approx(e.train_loss, abs=TOLERANCE)
+        assert max_difference(e.params, g.params) < TOLERANCE
+        assert all(torch.equal(g.params[k], a.params[k]) for k in g.params)
+
+
+def test_no_tasks_and_bad_settings(local_ray):
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    assert RayExecutor(num_actors=1).run(model, FedAvg(), get_params(model), []) == []
+    task = FedAvg().configure_round(0, {0: TRAIN.subset(np.arange(10))}, child_seed(0, 1, 0))
+    for options in ({"num_actors": 0}, {"num_cpus": -1}, {"address": 5}):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            RayExecutor(**options).run(model, FedAvg(), get_params(model), task)

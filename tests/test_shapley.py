@@ -1,0 +1,268 @@
+"""Shapley estimators on games whose values are known, and the Shapley-rewards mechanism."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from incentives.accuracy import PowerLaw
+from incentives.equilibrium import verify_equilibrium
+from incentives.population import Population
+from incentives.protocols import Mechanism
+from mechanisms.shapley import (
+    ShapleyRewards,
+    exact_shapley,
+    fedsv,
+    gtg_shapley,
+    leave_one_out,
+    monte_carlo_shapley,
+    shapley_from_table,
+    split_budget,
+)
+from mechanisms.standard import StandardFL
+
+ESTIMATORS = {
+    "exact": exact_shapley,
+    "monte_carlo": lambda u, n: monte_carlo_shapley(u, n, n_permutations=50, seed=1),
+    "gtg": lambda u, n: gtg_shapley(u, n, seed=1),
+    "tmc": lambda u, n: gtg_shapley(u, n, guided=False, seed=1),
+    "loo": leave_one_out,
+}
+
+
+def additive(values):
+    return lambda coalition: float(sum(values[j] for j in coalition))
+
+
+def concave(weights):
+    """U(S) = sqrt(sum_{j in S} w_j): players with equal weights are symmetric, w_j = 0 is null."""
+    return lambda coalition: math.sqrt(sum(weights[j] for j in coalition))
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_additive_game_gives_each_player_its_own_value(name):
+    own = [0.1, 0.3, 0.0, 0.25, 0.05, 0.2]
+    estimate = ESTIMATORS[name](additive(own), len(own))
+    np.testing.assert_allclose(estimate.values, own, atol=1e-12)
+
+
+def test_glove_game_matches_the_textbook_values():
+    # one left glove (player 0), two right gloves: phi = (2/3, 1/6, 1/6)
+    glove = lambda s: float(0 in s and (1 in s or 2 in s))
+    np.testing.assert_allclose(exact_shapley(glove, 3).values, [2 / 3, 1 / 6, 1 / 6], atol=1e-12)
+    np.testing.assert_allclose(leave_one_out(glove, 3).values, [1.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_table_formula_matches_the_permutation_definition():
+    rng = np.random.default_rng(0)
+    n = 4
+    table = rng.normal(size=2**n)
+    by_formula = shapley_from_table(table)
+    by_orderings = np.zeros(n)
+    for order in itertools.permutations(range(n)):
+        mask = 0
+        for player in order:
+            by_orderings[player] += table[mask | (1 << player)] - table[mask]
+            mask |= 1 << player
+    np.testing.assert_allclose(by_formula, by_orderings / math.factorial(n), atol=1e-12)
+
+
+def test_symmetric_players_get_equal_values_and_null_players_zero():
+    weights = [2.0, 2.0, 1.0, 3.0, 5.0, 0.0]
+    game = concave(weights)
+    exact = exact_shapley(game, 6).values
+    assert exact[0] == pytest.approx(exact[1], abs=1e-12)
+    assert exact[5] == 0.0
+    mc = monte_carlo_shapley(game, 6, n_permutations=4000, seed=0).values
+    gtg = gtg_shapley(game, 6, tolerance=0.002, min_permutations=600, max_permutations=4000, seed=0).values
+    for values in (mc, gtg):
+        assert values[0] == pytest.approx(values[1], abs=0.03)
+        assert values[5] == 0.0
+        np.testing.assert_allclose(values, exact, atol=0.03)
+
+
+@pytest.mark.parametrize("name", ["exact", "monte_carlo", "gtg", "tmc"])
+def test_efficiency_values_sum_to_the_gain(name):
+    game = concave([2.0, 2.0, 1.0, 3.0, 5.0, 0.5])
+    gain = game(range(6)) - game(())
+    total = ESTIMATORS[name](game, 6).values.sum()
+    tol = 1e-3 if name in ("gtg", "tmc") else 1e-12  # within-round truncation at eps=1e-3
+    assert total == pytest.approx(gain, abs=tol)
+
+
+def test_leave_one_out_is_not_efficient_on_duplicates():
+    # two interchangeable clients: either alone gives everything, so each has LOO value 0
+    duplicate = lambda s: float(bool(set(s) & {0, 1}))
+    assert leave_one_out(duplicate, 2).values.sum() == 0.0
+    np.testing.assert_allclose(exact_shapley(duplicate, 2).values, [0.5, 0.5])
+
+
+def test_costs_are_distinct_coalitions_evaluated():
+    game = concave([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert exact_shapley(game, 5).n_evaluations == 32
+    assert leave_one_out(game, 5).n_evaluations == 6
+    mc = monte_carlo_shapley(game, 5, n_permutations=3, seed=0)
+    assert mc.n_permutations == 3 and mc.n_evaluations <= 3 * 5 + 1
+
+
+def test_monte_carlo_error_shrinks_with_permutations():
+    game = concave([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    exact = exact_shapley(game, 8).values
+    errors = [
+        np.mean([np.abs(monte_carlo_shapley(game, 8, k, seed=s).values - exact).mean() for s in range(5)])
+        for k in (5, 500)
+    ]
+    assert errors[1] < errors[0] / 3
+
+
+def test_gtg_between_round_truncation_skips_a_round_that_adds_nothing():
+    flat = lambda s: 0.5 + 1e-4 * len(s)
+    estimate = gtg_shapley(flat, 6, round_eps=1e-3)
+    assert estimate.n_evaluations == 2 and estimate.n_permutations == 0
+    np.testing.assert_array_equal(estimate.values, np.zeros(6))
+
+
+def test_gtg_guided_sampling_puts_every_player_first_once_per_cycle():
+    heads = {True: set(), False: set()}
+    for guided in (True, False):
+        gtg_shapley(lambda s, g=guided: _record_singleton(s, heads[g]), 8, guided=guided,
+                    min_permutations=8, max_permutations=8, seed=0)
+    assert heads[True] == {(p,) for p in range(8)}
+    assert heads[False] != {(p,) for p in range(8)}
+
+
+def _record_singleton(coalition, seen):
+    if len(coalition) == 1:
+        seen.add(coalition)
+    return math.sqrt(len(coalition) + 1.0)
+
+
+def test_gtg_within_round_truncation_saves_evaluations():
+    # saturating game: any 3 players reach the full utility, the rest add nothing
+    saturating = lambda s: float(min(len(s), 3))
+    options = dict(min_permutations=40, max_permutations=40, seed=0)
+    truncated = gtg_shapley(saturating, 10, eps=1e-3, **options)
+    full = gtg_shapley(saturating, 10, eps=0.0, **options)
+    assert truncated.n_evaluations < full.n_evaluations
+    np.testing.assert_allclose(truncated.values, full.values)  # nothing after saturation to credit
+
+
+class _Round:
+    def __init__(self, clients, own):
+        self.clients = tuple(clients)
+        self._own = own
+
+    def utility(self, coalition):
+        assert coalition == tuple(sorted(coalition)) and set(coalition) <= set(self.clients)
+        return 1.0 + sum(self._own[c] for c in coalition)
+
+
+@pytest.mark.parametrize("estimator", [exact_shapley, gtg_shapley, leave_one_out])
+def test_fedsv_sums_per_round_values_over_selected_clients(estimator):
+    own = {0: 0.1, 1: 0.2, 2: 0.05, 3: 0.3, 4: 0.15}
+    rounds = [_Round([0, 2, 4], own), _Round([1, 2, 3], own), _Round([], own), _Round([3], own)]
+    estimate = fedsv(rounds, 6, estimator=estimator)
+    expected = np.zeros(6)
+    for game in rounds:
+        for c in game.clients:
+            expected[c] += own[c]
+    np.testing.assert_allclose(estimate.values, expected, atol=1e-12)
+    assert estimate.values[5] == 0.0  # never selected
+
+
+def test_fedsv_is_efficient_per_round():
+    weights = {0: 1.0, 1: 4.0, 2: 2.0, 3: 3.0}
+
+    class Concave(_Round):
+        def utility(self, coalition):
+            return math.sqrt(sum(weights[c] for c in coalition))
+
+    rounds = [Concave([1, 3], weights), Concave([0, 1, 2, 3], weights)]
+    per_round = [fedsv([game], 4).values for game in rounds]
+    for game, values in zip(rounds, per_round):
+        assert values.sum() == pytest.approx(game.utility(game.clients) - game.utility(()), abs=1e-12)
+        assert set(np.flatnonzero(values)) <= set(game.clients)
+    np.testing.assert_allclose(fedsv(rounds, 4).values, sum(per_round), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: exact_shapley(additive([1.0]), 0), "n_players=0: allowed is an integer >= 1"),
+        (lambda: exact_shapley(additive([1.0] * 21), 21), "n_players=21: allowed is at most 20"),
+        (lambda: monte_carlo_shapley(additive([1.0]), 1, n_permutations=0), "n_permutations=0: allowed is"),
+        (lambda: gtg_shapley(additive([1.0]), 1, eps=-1.0), "eps=-1.0: allowed is a finite number >= 0"),
+        (lambda: fedsv([_Round([0, 7], {0: 1.0, 7: 1.0})], 3), r"rounds\[0\].clients=\(0, 7\): allowed is"),
+    ],
+)
+def test_bad_arguments_name_the_key_and_what_is_allowed(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ----------------------------------------------------------------- the mechanism
+
+POPULATION = Population(cost=np.array([1e-4, 2e-4, 3e-4, 4e-4]), endowment=np.full(4, 5000.0))
+MODEL = PowerLaw(a_opt=0.95, k=2.0, alpha=0.5)
+
+
+def test_split_budget_is_proportional_to_positive_values():
+    np.testing.assert_allclose(split_budget([1.0, 3.0, -2.0, 0.0], 8.0), [2.0, 6.0, 0.0, 0.0])
+    np.testing.assert_array_equal(split_budget([0.0, -1.0], 5.0), [0.0, 0.0])
+    with pytest.raises(ValueError, match="budget=-1.0: allowed is a finite number >= 0"):
+        split_budget([1.0], -1.0)
+
+
+def test_allocation_gives_everyone_a_of_m_and_splits_the_budget_by_shapley_value():
+    mechanism = ShapleyRewards(budget=0.3)
+    assert isinstance(mechanism, Mechanism)
+    m = np.array([400.0, 100.0, 0.0, 50.0])
+    allocation = mechanism.allocate(m, POPULATION, MODEL)
+    np.testing.assert_allclose(allocation.accuracy, MODEL(550.0))
+    phi = exact_shapley(lambda s: MODEL(m[list(s)].sum()), 4).values
+    assert phi.sum() == pytest.approx(MODEL(550.0))
+    np.testing.assert_allclose(allocation.transfer, 0.3 * phi / phi.sum())
+    assert allocation.transfer[2] == 0.0 and allocation.transfer.sum() == pytest.approx(0.3)
+    nobody = mechanism.allocate(np.zeros(4), POPULATION, MODEL)
+    np.testing.assert_array_equal(nobody.transfer, np.zeros(4))
+
+
+@pytest.mark.parametrize("estimator, tol", [("monte_carlo", 0.03), ("gtg", 0.03), ("loo", None)])
+def test_mechanism_estimators_agree_with_their_definitions(estimator, tol):
+    m = np.array([400.0, 100.0, 30.0, 50.0])
+    exact = ShapleyRewards(1.0).values(m, MODEL)
+    estimate = ShapleyRewards(1.0, estimator=estimator, n_permutations=400).values(m, MODEL)
+    assert exact.n_evaluations == 16
+    if tol is None:  # leave-one-out: a(M) - a(M - m_i)
+        np.testing.assert_allclose(estimate.values, MODEL(m.sum()) - MODEL(m.sum() - m))
+    else:
+        np.testing.assert_allclose(estimate.values, exact.values, atol=tol)
+
+
+def test_zero_budget_is_standard_fl_free_riding():
+    outcome = ShapleyRewards(budget=0.0).solve(POPULATION, MODEL)
+    standard = StandardFL().solve(POPULATION, MODEL)
+    np.testing.assert_allclose(outcome.contributions, standard.contributions, rtol=1e-4, atol=1e-6)
+    assert np.sum(outcome.contributions > 1e-6) == 1  # the others free-ride
+    np.testing.assert_array_equal(outcome.transfer, np.zeros(4))
+
+
+def test_a_budget_buys_more_data_at_a_verified_equilibrium():
+    totals = []
+    for budget in (0.0, 0.05, 0.2):
+        mechanism = ShapleyRewards(budget=budget)
+        outcome = mechanism.solve(POPULATION, MODEL)
+        assert outcome.info["converged"]
+        assert verify_equilibrium(mechanism, outcome.contributions, POPULATION, MODEL, tol=1e-9).ok
+        assert outcome.info["values"].sum() == pytest.approx(MODEL(outcome.total))  # efficiency
+        assert outcome.transfer.sum() == pytest.approx(budget)
+        totals.append(outcome.total)
+    assert totals[0] < totals[1] < totals[2]
+
+
+def test_mechanism_arguments_are_checked_at_use():
+    with pytest.raises(ValueError, match="estimator='banzhaf': allowed is one of exact, monte_carlo, gtg, loo"):
+        ShapleyRewards(1.0, estimator="banzhaf").allocate(np.ones(4), POPULATION, MODEL)
+    with pytest.raises(ValueError, match="budget=-0.5: allowed is a finite number >= 0"):
+        ShapleyRewards(-0.5).allocate(np.ones(4), POPULATION, MODEL)

@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+
+from incentives.accuracy import PowerLaw
+from incentives.population import Population
+from incentives.protocols import Mechanism
+from mechanisms.contract import AccuracyValue, LogValue
+from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward
+
+
+def max_deviation_gain(cost, reward, x, capacity=None, points=2001):
+    """Largest gain any follower gets by deviating alone to a grid point of [0, cap]."""
+    cost = np.asarray(cost, float)
+    cap = np.full(len(cost), np.inf) if capacity is None else np.asarray(capacity, float)
+    X = x.sum()
+
+    def u(i, xi):
+        total = X - x[i] + xi
+        return np.where(total > 0, reward * xi / np.where(total > 0, total, 1.0), 0.0) - cost[i] * xi
+
+    worst = -np.inf
+    for i in range(len(cost)):
+        top = cap[i] if np.isfinite(cap[i]) else 4 * max(X, 1.0)
+        grid = np.unique(np.concatenate([np.linspace(0, top, points), x[i] * (1 + np.linspace(-1e-3, 1e-3, 21))]))
+        grid = grid[(grid >= 0) & (grid <= top)]
+        worst = max(worst, float(np.max(u(i, grid)) - u(i, x[i])))
+    return worst
+
+
+# ----------------------------------------------------------------- the worked example
+def test_followers_worked_example():
+    eq = follower_equilibrium([1.0, 2.0, 3.0], 7.0)
+    np.testing.assert_allclose(eq.contributions, [14 / 9, 7 / 9, 0.0], rtol=1e-12, atol=1e-15)
+    assert eq.total == pytest.approx(7 / 3)
+    np.testing.assert_array_equal(eq.active, [True, True, False])
+    assert eq.payments.sum() == pytest.approx(7.0)
+    assert max_deviation_gain([1, 2, 3], 7.0, eq.contributions) <= 1e-12
+
+
+def test_leader_chooses_seven():
+    sol = leader_reward([1.0, 2.0, 3.0], LogValue(10.0))
+    assert sol.method == "closed_form"
+    assert sol.reward == pytest.approx(7.0, rel=1e-12)
+    assert sol.profit == pytest.approx(10 * np.log(1 + 7 / 3) - 7)
+    numeric = leader_reward([1.0, 2.0, 3.0], lambda X: 10 * np.log1p(X), budget=50.0)
+    assert numeric.method == "numeric" and numeric.reward == pytest.approx(7.0, abs=1e-6)
+
+
+def test_budget_caps_the_reward():
+    sol = leader_reward([1.0, 2.0, 3.0], LogValue(10.0), budget=4.0)
+    assert sol.reward == 4.0 and sol.total == pytest.approx(4 / 3)
+
+
+def test_active_set_is_the_prefix_rule():
+    cost = np.array([1.0, 1.5, 2.0, 4.0, 9.0])
+    eq = follower_equilibrium(cost, 10.0)
+    n = eq.active.sum()
+    C = cost[:n].sum()
+    assert np.all(cost[:n] < C / (n - 1)) and cost[n] >= (C + cost[n]) / n
+    np.testing.assert_allclose(eq.contributions[:n], 10 * (n - 1) / C * (1 - (n - 1) * cost[:n] / C))
+
+
+# ----------------------------------------------------------------- no profitable deviation
+@pytest.mark.parametrize("seed", range(5))
+def test_no_follower_gains_by_deviating_alone(seed):
+    rng = np.random.default_rng(seed)
+    N = 8
+    cost = rng.uniform(0.5, 3.0, N)
+    cap = rng.uniform(0.05, 2.0, N) if seed % 2 else None
+    R = float(rng.uniform(1.0, 20.0))
+    eq = follower_equilibrium(cost, R, cap)
+    assert max_deviation_gain(cost, R, eq.contributions, cap) <= 1e-9 * R
+    if cap is not None:
+        assert np.all(eq.contributions <= cap + 1e-12)
+        np.testing.assert_allclose(eq.contributions[eq.capped], cap[eq.capped])
+
+
+def test_caps_match_best_response_iteration():
+    rng = np.random.default_rng(7)
+    cost, cap, R = rng.uniform(0.5, 2.0, 6), rng.uniform(0.1, 1.0, 6), 8.0
+    x = np.full(6, 0.01)
+    for _ in range(5000):  # Gauss-Seidel best responses x_i = clip(sqrt(R X_-i / c_i) - X_-i, 0, n_i)
+        for i in range(6):
+            others = x.sum() - x[i]
+            x[i] = np.clip(np.sqrt(R * others / cost[i]) - others, 0.0, cap[i])
+    eq = follower_equilibrium(cost, R, cap)
+    assert eq.capped.any()
+    np.testing.assert_allclose(eq.contributions, x, atol=1e-9)
+
+
+def test_leader_with_binding_caps_beats_a_dense_grid():
+    cost, cap = [1.0, 2.0, 3.0], [1.0, 10.0, 10.0]
+    sol = leader_reward(cost, LogValue(10.0), capacity=cap)
+    assert sol.method == "numeric" and sol.equilibrium.capped[0]
+    grid = np.linspace(0.0, 15.0, 1501)
+    best = max(10 * np.log1p(follower_equilibrium(cost, R, cap).total) - R for R in grid)
+    assert sol.profit >= best - 1e-8  # the optimum R = 4.5 sits at a kink (agent 3 enters)
+
+
+def test_a_lone_follower_is_rejected():
+    with pytest.raises(ValueError, match=r"^cost=\[1.0\]: allowed is at least two agents"):
+        follower_equilibrium([1.0], 1.0)
+    with pytest.raises(ValueError, match=r"^reward=-1.0: allowed is a finite number >= 0$"):
+        follower_equilibrium([1.0, 2.0], -1.0)
+
+
+# ----------------------------------------------------------------- the mechanism
+def test_stackelberg_mechanism_on_a_population():
+    pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=[10.0, 10.0, 10.0])
+    model = PowerLaw(0.9, 0.5, 0.5)
+    mech = StackelbergPricing(LogValue(10.0))
+    assert isinstance(mech, Mechanism)
+    out = mech.solve(pop, model)
+    np.testing.assert_allclose(out.contributions, [14 / 9, 7 / 9, 0.0])
+    assert out.info["reward"] == pytest.approx(7.0)
+    assert out.transfer.sum() == pytest.approx(7.0)
+    np.testing.assert_allclose(out.accuracy, model(7 / 3))
+    assert out.delivery_target is None and np.all(out.participates)
+    alloc = mech.allocate(out.contributions, pop, model)
+    np.testing.assert_allclose(alloc.transfer, out.transfer)
+    np.testing.assert_allclose(alloc.accuracy, out.accuracy)
+
+
+def test_stackelberg_with_accuracy_value_and_endowments():
+    model = PowerLaw(0.95, 1.0, 0.5)
+    pop = Population.from_lists(cost=[0.001, 0.002, 0.004, 0.008], endowment=[100.0, 300.0, 300.0, 300.0])
+    out = StackelbergPricing("accuracy", value_weight=5.0).solve(pop, model)
+    assert np.all(out.contributions <= pop.endowment + 1e-9)
+    sol = leader_reward(pop.cost, AccuracyValue(model, 5.0), capacity=pop.endowment)
+    assert out.info["reward"] == pytest.approx(sol.reward)
+    assert out.info["server_profit"] >= 5.0 * model(0.0) - 1e-12  # never worse than paying nothing

@@ -1,0 +1,161 @@
+import numpy as np
+import pytest
+
+from incentives.accuracy import GeneralisationBound, PowerLaw, local_optimum
+from incentives.equilibrium import nash_equilibrium, verify_equilibrium
+from incentives.population import Population
+from incentives.protocols import Mechanism
+from incentives.utility import local_utility, utility
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.standard import StandardFL
+
+TOY = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
+COST = 1e-4
+
+
+def identical(n, endowment=1e9):
+    return Population.from_lists(n_agents=n, cost=COST, endowment=endowment)
+
+
+def realised_utility(pop, outcome):
+    return utility(pop, outcome.accuracy, outcome.contributions, outcome.transfer, outcome.participates)
+
+
+# ----------------------------------------------------------------- the worked example
+def test_local_optimum_of_worked_example():
+    m_o = local_optimum(COST, 1.0, TOY)
+    assert m_o == pytest.approx(292.40, abs=5e-3)
+    assert TOY(m_o) == pytest.approx(0.94152, abs=5e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 10])
+def test_standard_fl_total_is_one_agents_optimum_for_any_n(n):
+    pop = identical(n)
+    outcome = StandardFL().solve(pop, TOY)
+    assert outcome.total == pytest.approx(292.40, abs=5e-3)
+    np.testing.assert_allclose(outcome.accuracy, TOY(outcome.total))
+    assert outcome.delivery_target is None and np.all(outcome.participates)
+    assert outcome.info["free_riders"] == n - 1
+    np.testing.assert_array_equal(outcome.transfer, 0.0)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, pop, TOY).ok
+
+
+@pytest.mark.parametrize("n, each, total, accuracy", [(2, 584.80, 1169.61, None), (10, 762.70, 7627.0, 0.98855)])
+def test_accuracy_shaping_worked_example(n, each, total, accuracy):
+    pop = identical(n)
+    outcome = AccuracyShaping().solve(pop, TOY)
+    np.testing.assert_allclose(outcome.contributions, each, atol=5e-3)
+    assert outcome.total == pytest.approx(total, abs=1e-2)
+    if accuracy is not None:
+        assert outcome.info["global_accuracy"] == pytest.approx(accuracy, abs=5e-6)
+    # everyone is shaped up to the global model, and gets exactly its local-only utility
+    np.testing.assert_allclose(outcome.accuracy, TOY(outcome.total), rtol=1e-12)
+    np.testing.assert_allclose(outcome.delivery_target, outcome.accuracy)
+    np.testing.assert_allclose(realised_utility(pop, outcome), local_utility(pop, TOY), atol=1e-12)
+
+
+def test_two_agents_shaping_doubles_the_local_optimum():
+    # with a = 1 - m^(-1/2), c = 1e-4: m = m^o + (a(2m) - a(m^o)) / c holds at m = 2 m^o exactly
+    outcome = AccuracyShaping().solve(identical(2), TOY)
+    np.testing.assert_allclose(outcome.contributions, 2 * local_optimum(COST, 1.0, TOY), rtol=1e-12)
+
+
+# ----------------------------------------------------------------- closed forms vs iteration
+HETEROGENEOUS = Population.from_lists(
+    cost=[1e-4, 1.5e-4, 3e-4, 5e-4], endowment=[1e9, 800.0, 1e9, 1e9], value=[1.0, 2.0, 1.0, 0.5]
+)
+
+
+@pytest.mark.parametrize("mechanism", [StandardFL(), AccuracyShaping(), AccuracyShaping(epsilon=2e-5)])
+def test_closed_forms_are_equilibria_and_match_best_response_iteration(mechanism):
+    outcome = mechanism.solve(HETEROGENEOUS, TOY)
+    assert verify_equilibrium(mechanism, outcome.contributions, HETEROGENEOUS, TOY).ok
+    iterated = nash_equilibrium(mechanism, HETEROGENEOUS, TOY)
+    assert iterated.converged
+    np.testing.assert_allclose(iterated.contributions, outcome.contributions, rtol=1e-5, atol=1e-2)
+
+
+def test_shaping_with_the_generalisation_bound_is_an_equilibrium():
+    model = GeneralisationBound(0.95, 2.0)
+    pop = Population.from_lists(cost=[1e-5, 2e-5, 4e-5], endowment=1e8)
+    outcome = AccuracyShaping().solve(pop, model)
+    assert verify_equilibrium(AccuracyShaping(), outcome.contributions, pop, model).ok
+    assert outcome.total > StandardFL().solve(pop, model).total
+    np.testing.assert_allclose(realised_utility(pop, outcome), local_utility(pop, model), atol=1e-12)
+
+
+# ----------------------------------------------------------------- heterogeneity and caps
+def test_standard_fl_only_the_cheapest_contribute():
+    pop = Population.from_lists(cost=[3e-4, 1e-4, 2e-4, 1e-4], endowment=1e9)
+    outcome = StandardFL().solve(pop, TOY)
+    assert np.all(outcome.contributions[[0, 2]] == 0.0)
+    assert outcome.total == pytest.approx(local_optimum(1e-4, 1.0, TOY))
+    assert outcome.contributions[1] + outcome.contributions[3] == pytest.approx(outcome.total)
+
+
+def test_standard_fl_capped_cheapest_agent_is_topped_up_by_the_next():
+    pop = Population.from_lists(cost=[1e-4, 2e-4], endowment=[100.0, 1e9])
+    outcome = StandardFL().solve(pop, TOY)
+    np.testing.assert_allclose(outcome.contributions, [100.0, local_optimum(2e-4, 1.0, TOY) - 100.0])
+    assert verify_equilibrium(StandardFL(), outcome.contributions, pop, TOY).ok
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shaping_collects_at_least_as_much_as_standard_fl(seed):
+    pop = Population.sample(
+        8,
+        {
+            "cost": {"dist": "lognormal", "mean": -9.0, "sigma": 0.8},
+            "endowment": {"dist": "uniform", "low": 100, "high": 3000},
+            "value": {"dist": "uniform", "low": 0.5, "high": 2.0},
+        },
+        seed=seed,
+    )
+    shaped = AccuracyShaping().solve(pop, TOY)
+    standard = StandardFL().solve(pop, TOY)
+    assert shaped.total >= standard.total - 1e-9
+    assert np.all(shaped.contributions <= pop.endowment) and np.all(standard.contributions <= pop.endowment)
+    assert np.all(realised_utility(pop, shaped) >= local_utility(pop, TOY) - 1e-12)  # individually rational
+    assert verify_equilibrium(AccuracyShaping(), shaped.contributions, pop, TOY).ok
+
+
+def test_shaping_when_everyone_is_capped():
+    pop = identical(10, endowment=300.0)
+    outcome = AccuracyShaping().solve(pop, TOY)
+    np.testing.assert_array_equal(outcome.contributions, 300.0)
+    assert np.all(outcome.accuracy <= TOY(3000.0))
+    assert verify_equilibrium(AccuracyShaping(), outcome.contributions, pop, TOY).ok
+
+
+def test_positive_epsilon_trades_data_for_strict_incentives():
+    pop = identical(10)
+    strict = AccuracyShaping(epsilon=1e-5).solve(pop, TOY)
+    assert StandardFL().solve(pop, TOY).total < strict.total < AccuracyShaping().solve(pop, TOY).total
+    assert np.all(realised_utility(pop, strict) > local_utility(pop, TOY))
+
+
+def test_shaping_allocation_rule():
+    pop = identical(2)
+    m_o = local_optimum(COST, 1.0, TOY)
+    allocation = AccuracyShaping().allocate(np.array([100.0, m_o + 10.0]), pop, TOY)
+    assert allocation.accuracy[0] == pytest.approx(TOY(100.0))  # below m^o: no more than alone
+    assert allocation.accuracy[1] == pytest.approx(TOY(m_o) + COST * 10.0)  # on the shaping line
+    allocation = AccuracyShaping().allocate(np.array([0.0, 1e6]), pop, TOY)
+    assert allocation.accuracy[1] == pytest.approx(TOY(1e6))  # capped by the global model
+    np.testing.assert_array_equal(allocation.transfer, 0.0)
+
+
+# ----------------------------------------------------------------- protocol and errors
+@pytest.mark.parametrize("mechanism", [StandardFL(), AccuracyShaping()])
+def test_mechanisms_satisfy_the_protocol_and_validate_contributions(mechanism):
+    assert isinstance(mechanism, Mechanism)
+    assert mechanism.solve(identical(2), TOY).mechanism == mechanism.name
+    with pytest.raises(ValueError, match=r"contributions\[0\]=-1.0"):
+        mechanism.allocate(np.array([-1.0, 0.0]), identical(2), TOY)
+
+
+def test_negative_epsilon_is_rejected_at_use():
+    mechanism = AccuracyShaping(epsilon=-1.0)  # the constructor only stores it
+    with pytest.raises(ValueError, match=r"epsilon=-1.0: allowed is a number >= 0"):
+        mechanism.solve(identical(2), TOY)
+

@@ -1,0 +1,180 @@
+"""Data values of federated clients from real training on the embedded digits.
+
+Coalition utilities come from models reconstructed out of each round's client updates
+(fl.valuation) and are valued by the estimators of mechanisms.shapley. The comparison of
+the estimators against exact Shapley prints its figures:
+
+    pytest tests/test_valuation.py -k against_exact -s
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from fl import evaluation
+from fl.algorithms.fedavg import FedAvg
+from fl.data.dataset import ArrayDataset, load_digits
+from fl.data.partition import dirichlet, iid
+from fl.server import run_federated
+from fl.valuation import RoundValuation, train_with_valuation
+from mechanisms.shapley import exact_shapley, fedsv, gtg_shapley, leave_one_out, monte_carlo_shapley, split_budget
+
+RUN = dict(seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """(train pool, validation split of 300 samples taken from the training set)."""
+    train, _ = load_digits()
+    order = np.random.default_rng(0).permutation(len(train))
+    validation = ArrayDataset("digits-validation", train.x[order[:300]], train.y[order[:300]], 10)
+    return train, order[300:], validation
+
+
+@pytest.fixture(scope="module")
+def skewed_run(digits):
+    """8 clients with Dirichlet(0.5) label skew, 2 rounds of FedAvg, accuracy as utility."""
+    train, pool, validation = digits
+    parts = dirichlet(train.labels()[pool], 8, alpha=0.5, seed=0)
+    subsets = [train.subset(pool[p]) for p in parts]
+    strategy = FedAvg(epochs=1, batch_size=32, lr=0.1)
+    options = dict(model_options={"hidden": (32,)}, **RUN)
+    return train_with_valuation("mlp", subsets, strategy, 2, validation, **options), subsets, strategy, options
+
+
+@pytest.fixture(scope="module")
+def noisy_run(digits):
+    """6 IID clients of 120 samples; client 2's labels are randomly permuted and client 5
+    holds a copy of client 4's data. 3 rounds, logistic regression, -loss as utility."""
+    train, pool, validation = digits
+    parts = [pool[p][:120] for p in iid(train.labels()[pool], 5, seed=0)]
+    shuffled = torch.from_numpy(np.random.default_rng(1).permutation(120))
+    noisy = ArrayDataset("digits-noisy", train.x[parts[2]], train.y[parts[2]][shuffled], 10)
+    subsets = [train.subset(p) for p in parts] + [train.subset(parts[4])]
+    subsets[2] = noisy.subset(np.arange(120))
+    strategy = FedAvg(epochs=1, batch_size=16, lr=0.1)
+    return train_with_valuation("mlp", subsets, strategy, 3, validation, metric="neg_loss",
+                                model_options={"hidden": ()}, **RUN)
+
+
+def test_recording_leaves_training_unchanged(skewed_run):
+    run, subsets, strategy, options = skewed_run
+    plain = run_federated("mlp", subsets, strategy, 2, **options)
+    for name, value in plain.params.items():
+        torch.testing.assert_close(run.result.params[name], value, rtol=0, atol=0)
+
+
+def test_all_clients_reconstruct_the_fedavg_aggregate_and_none_the_start(skewed_run):
+    run = skewed_run[0]
+    starts = [game.global_params for game in run.rounds[1:]] + [run.result.params]
+    for game, following in zip(run.rounds, starts):
+        assert game.clients == tuple(range(8))
+        assert game.params(()) is game.global_params
+        for name, value in following.items():
+            torch.testing.assert_close(game.params(game.clients)[name], value, rtol=1e-5, atol=1e-6)
+    last = run.rounds[-1]
+    assert last.utility(last.clients) == pytest.approx(
+        evaluation.accuracy(run.result.model, run.result.params, last.validation), abs=1e-9
+    )
+
+
+def test_a_coalition_model_is_the_weighted_mean_of_its_members(digits):
+    _, _, validation = digits
+    model = torch.nn.Linear(64, 10)
+    start = {"weight": torch.zeros(10, 64), "bias": torch.zeros(10)}
+    clients = {3: {"weight": torch.ones(10, 64), "bias": torch.ones(10)},
+               7: {"weight": 4 * torch.ones(10, 64), "bias": 4 * torch.ones(10)}}
+    game = RoundValuation(model, start, clients, {3: 100, 7: 50}, validation)
+    torch.testing.assert_close(game.params([7, 3])["bias"], torch.full((10,), 2.0))  # (100*1 + 50*4) / 150
+    torch.testing.assert_close(game.params([7])["bias"], torch.full((10,), 4.0))
+
+
+def test_utilities_are_cached_per_coalition(skewed_run):
+    game = skewed_run[0].rounds[0]
+    fresh = RoundValuation(game.model, game.global_params, {}, {}, game.validation)
+    assert fresh.clients == () and fresh.n_evaluations == 0
+    first = game.utility([5, 1])
+    count = game.n_evaluations
+    assert game.utility((1, 5)) == first and game.utility({5, 1}) == first
+    assert game.n_evaluations == count
+    with pytest.raises(ValueError, match=r"coalition=\(1, 9\): allowed is a subset of this round's clients"):
+        game.utility([1, 9])
+
+
+def test_bad_arguments_are_refused(skewed_run, digits):
+    _, subsets, strategy, _ = skewed_run
+    with pytest.raises(ValueError, match="metric='f1': allowed is one of accuracy, neg_loss"):
+        train_with_valuation("mlp", subsets, strategy, 1, digits[2], metric="f1", **RUN)
+    game = skewed_run[0].rounds[0]
+    with pytest.raises(ValueError, match=r"num_samples\[0\]=0: allowed is a number > 0"):
+        RoundValuation(game.model, game.global_params, {0: game.global_params}, {0: 0}, game.validation)
+
+
+def test_estimators_against_exact_shapley_on_real_rounds(skewed_run):
+    """Error (mean absolute, per client) and cost (models evaluated) of each estimator
+    against exact Shapley, per round of real training with 8 clients."""
+    run = skewed_run[0]
+    n = 8
+    estimators = {
+        "monte_carlo(K=20)": lambda u: monte_carlo_shapley(u, n, n_permutations=20, seed=0),
+        "monte_carlo(K=100)": lambda u: monte_carlo_shapley(u, n, n_permutations=100, seed=0),
+        "gtg": lambda u: gtg_shapley(u, n, seed=0),
+        "gtg(unguided)": lambda u: gtg_shapley(u, n, guided=False, seed=0),
+        "leave_one_out": lambda u: leave_one_out(u, n),
+    }
+    print(f"\n{'round':>5} {'estimator':<20} {'MAE':>8} {'max err':>8} {'evals':>6} {'perms':>6}  sum - gain")
+    for t, game in enumerate(run.rounds):
+        exact = exact_shapley(game.utility, n)
+        gain = game.gain
+        scale = np.abs(exact.values).mean()
+        assert exact.n_evaluations == 2**n
+        assert exact.values.sum() == pytest.approx(gain, abs=1e-12)
+        print(f"{t:>5} {'exact':<20} {0.0:>8.4f} {0.0:>8.4f} {exact.n_evaluations:>6} {0:>6}  {0.0:+.4f}"
+              f"   (mean |phi| = {scale:.4f}, gain = {gain:.4f})")
+        for name, estimator in estimators.items():
+            estimate = estimator(game.utility)
+            error = np.abs(estimate.values - exact.values)
+            surplus = estimate.values.sum() - gain
+            print(f"{t:>5} {name:<20} {error.mean():>8.4f} {error.max():>8.4f} "
+                  f"{estimate.n_evaluations:>6} {estimate.n_permutations:>6}  {surplus:+.4f}")
+            if name.startswith("monte_carlo"):
+                assert surplus == pytest.approx(0.0, abs=1e-12)  # efficient on every permutation
+                assert estimate.n_evaluations <= estimate.n_permutations * n + 1
+                assert error.mean() < scale
+            elif name.startswith("gtg"):
+                assert abs(surplus) < 1e-3  # within the within-round truncation eps
+                assert error.mean() < scale
+            else:
+                assert estimate.n_evaluations == n + 1
+
+
+def test_a_client_with_permuted_labels_gets_the_lowest_value(noisy_run):
+    values = fedsv(noisy_run.rounds, 6).values
+    assert int(np.argmin(values)) == 2 and values[2] < 0
+    gtg_values = fedsv(noisy_run.rounds, 6, estimator=gtg_shapley).values
+    assert int(np.argmin(gtg_values)) == 2
+    assert split_budget(values, 1.0)[2] == 0.0
+
+
+def test_a_client_holding_a_copy_gets_a_near_equal_value(noisy_run):
+    values = fedsv(noisy_run.rounds, 6).values
+    assert values[5] == pytest.approx(values[4], rel=0.15)
+    clean = np.delete(values, 2)
+    assert abs(values[5] - values[4]) < clean.max() - clean.min()
+
+
+def test_fedsv_with_partial_participation_is_efficient_per_round(digits):
+    train, pool, validation = digits
+    subsets = [train.subset(pool[p][:100]) for p in iid(train.labels()[pool], 6, seed=1)]
+    run = train_with_valuation("mlp", subsets, FedAvg(batch_size=20, clients_per_round=3), 3, validation,
+                               model_options={"hidden": ()}, **RUN)
+    total = np.zeros(6)
+    for game in run.rounds:
+        assert len(game.clients) == 3
+        values = fedsv([game], 6).values
+        outside = np.setdiff1d(np.arange(6), game.clients)
+        np.testing.assert_array_equal(values[outside], 0.0)
+        assert values.sum() == pytest.approx(game.gain, abs=1e-12)
+        total += values
+    np.testing.assert_allclose(fedsv(run.rounds, 6).values, total, atol=1e-12)
+    assert split_budget(total, 10.0).sum() == pytest.approx(10.0)
