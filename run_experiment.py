@@ -24,7 +24,10 @@ from analysis.config import ConfigError
 from analysis.report import make_run_folder, write_run
 from incentives.loop import ClosedLoop
 from incentives.population import Population
+from mechanisms.contract import ContractMechanism, LogValue
 from mechanisms.shaping import AccuracyShaping
+from mechanisms.shapley import ShapleyRewards
+from mechanisms.stackelberg import StackelbergPricing
 from mechanisms.standard import StandardFL
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
@@ -59,9 +62,32 @@ def build_population(section: dict, data: dict, num_classes: int, seed: int) -> 
 
 
 def build_mechanisms(section: dict) -> list:
+    """The mechanisms named in ``mechanisms.compare``, with their configured parameters.
+
+    Value functions: "log" is V(q) = scale * ln(1 + q); "accuracy" is V(q) = scale * a(q)
+    under the loop's fitted accuracy model (utility units, as the agents' values).
+    """
+    def value(kind: str, scale: float):
+        return LogValue(scale) if kind == "log" else "accuracy"
+
+    def contract(reward: str, name: str, price: float) -> ContractMechanism:
+        return ContractMechanism(
+            value(section["contract_value"], section["contract_value_scale"]),
+            reward=reward, information=section["contract_information"], reward_price=price,
+            form=section["contract_form"], value_weight=section["contract_value_scale"], name=name)
+
     factories = {
         "standard": lambda: StandardFL(),
         "shaping": lambda: AccuracyShaping(epsilon=section["shaping_epsilon"]),
+        "shapley": lambda: ShapleyRewards(budget=section["shapley_budget"],
+                                          estimator=section["shapley_estimator"]),
+        "contract": lambda: contract("money", "contract", 1.0),
+        "contract_accuracy": lambda: contract("accuracy", "contract_accuracy",
+                                              section["contract_accuracy_price"]),
+        "stackelberg": lambda: StackelbergPricing(
+            value(section["stackelberg_value"], section["stackelberg_value_scale"]),
+            budget=section["stackelberg_budget"] or None,
+            value_weight=section["stackelberg_value_scale"]),
     }
     return [factories[name]() for name in section["compare"]]
 
@@ -160,7 +186,7 @@ def run(config: dict) -> Path:
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
-    summaries = write_run(folder, config, result, population, timings, training["device"],
+    summaries = write_run(folder, config, result, mechanisms, population, timings, training["device"],
                           {"partition_notes": list(oracle.partition_notes)})
     timings["total"] = time.perf_counter() - start
     if show:

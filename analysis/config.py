@@ -90,7 +90,7 @@ def _distribution(value: Any) -> str | None:
 
 
 DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
-MECHANISMS = ("standard", "shaping")
+MECHANISMS = ("standard", "shaping", "shapley", "contract", "contract_accuracy", "stackelberg")
 ACCURACY_FAMILIES = ("power_law", "generalisation_bound")
 PARTITIONS = ("iid", "dirichlet")
 TRAIT = (int, float, list, dict)
@@ -148,6 +148,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "mechanisms": {
         "compare": Key(list, ["standard", "shaping"], _check_mechanism_list),
         "shaping_epsilon": Key((int, float), 0.0, _non_negative),
+        "shapley_budget": Key((int, float), 0.1, _non_negative),
+        "shapley_estimator": Key(str, "exact", _one_of("exact", "monte_carlo", "gtg", "loo")),
+        "contract_value": Key(str, "log", _one_of("log", "accuracy")),
+        "contract_value_scale": Key((int, float), 0.2, _positive),
+        "contract_information": Key(str, "incomplete", _one_of("incomplete", "complete")),
+        "contract_form": Key(str, "reduced", _one_of("reduced", "all_pairs")),
+        "contract_accuracy_price": Key((int, float), 0.1, _non_negative),
+        "stackelberg_value": Key(str, "log", _one_of("log", "accuracy")),
+        "stackelberg_value_scale": Key((int, float), 1.0, _positive),
+        "stackelberg_budget": Key((int, float), 0.0, _non_negative),
     },
     "loop": {
         "tolerance": Key((int, float), 0.02, _positive),

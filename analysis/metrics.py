@@ -7,11 +7,15 @@ For one mechanism's record (its last loop iteration):
   m_i^o = argmax_m v_i a(m) - c_i m (fewer by more than half a sample);
 - welfare W = sum_i u_i, predicted (under the fitted a(m)) and realised (from the
   delivered accuracies of real training);
-- price of anarchy PoA = W(social optimum) / W(equilibrium), both under the fitted a(m)
-  (>= 1; 1 means the equilibrium is efficient; infinite when W(equilibrium) <= 0);
-- individual-rationality violations: agents whose realised utility falls below their
-  outside option or local-only utility by more than ``ir_tolerance``;
-- promise gap: delivered minus promised accuracy, mean absolute and worst.
+- price of anarchy PoA = S(social optimum) / S(equilibrium), both under the fitted a(m),
+  where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the surplus the model creates, money
+  transfers excluded (they only move utility between the server and the agents); >= 1,
+  1 when the equilibrium is efficient, infinite when S(equilibrium) <= 0 (e.g. a money
+  contract, where the server keeps the model);
+- promise gap: delivered minus promised accuracy, mean absolute and worst;
+- from the audit (``mechanisms.audit``): agents violating individual rationality on the
+  realised utilities, agents with a profitable deviation in contribution or report,
+  money paid, budget balance, the server's profit and the agents' information rents.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from incentives.accuracy import AccuracyModel, local_optimum
 from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord
 from incentives.population import Population
+from mechanisms.audit import Audit
 
 
 def free_riding_rate(contributions: np.ndarray, local_optimum_m: np.ndarray) -> float:
@@ -35,14 +40,15 @@ def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> floa
 
 
 def summarise(record: IterationRecord, population: Population, model: AccuracyModel,
-              ir_tolerance: float = 1e-3) -> dict[str, float]:
-    """The headline metrics of one mechanism's record (see the module docstring)."""
+              audit: Audit) -> dict[str, float]:
+    """The headline metrics of one mechanism's record and its audit (see the module docstring)."""
     outcome, training = record.outcome, record.training
     m_local = local_optimum(population.cost, population.value, model, population.endowment)
     optimum = social_optimum(population, model)
     predicted_welfare = float(record.predicted_utility.sum())
     promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
-    shortfall = record.local_utility - record.realised_utility
+    violations = audit.violations()
+    nan = float("nan")
     return {
         "total_data": float(record.trained_contributions.sum()),
         "total_data_solved": outcome.total,
@@ -51,13 +57,19 @@ def summarise(record: IterationRecord, population: Population, model: AccuracyMo
         "welfare_predicted": predicted_welfare,
         "welfare_realised": float(record.realised_utility.sum()),
         "welfare_social_optimum": float(optimum.welfare),
-        "price_of_anarchy": price_of_anarchy(float(optimum.welfare), predicted_welfare),
-        "ir_violations": int(np.count_nonzero(shortfall > ir_tolerance)),
+        "price_of_anarchy": price_of_anarchy(
+            float(optimum.welfare), predicted_welfare - float(np.sum(outcome.transfer))),
+        "ir_violations": violations["ir"],
+        "deviation_violations": violations["deviation"],
+        "misreport_violations": violations["misreport"],
+        "budget_balanced": audit.budget_balanced,
+        "paid": audit.paid,
+        "server_profit": nan if audit.server_profit is None else audit.server_profit,
+        "information_rent": nan if audit.information_rent is None else float(audit.information_rent.sum()),
         "mean_promised_accuracy": float(np.mean(outcome.accuracy)),
         "mean_delivered_accuracy": float(np.mean(training.delivered_accuracy)),
         "mean_global_accuracy": float(np.mean(training.global_accuracy)),
         "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))),
         "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]),
-        "transfers": float(np.sum(outcome.transfer)),
         "max_equilibrium_gain": float(np.max(record.equilibrium_gain)),
     }

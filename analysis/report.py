@@ -8,6 +8,7 @@ Layout (see DESIGN.md)::
         metrics.csv        long format: iteration, mechanism, agent, quantity, value
         summary.csv        headline metrics, one row per mechanism
         agents.csv         per-agent table of the last iteration of each mechanism
+        audit.csv          per-agent audit: IR shortfall, deviation and misreport gains, rents
         learning_curve.csv every measured (size, accuracy) point and the final fit
         figures/*.png
         report.html
@@ -34,6 +35,8 @@ from analysis.metrics import summarise
 from incentives.accuracy import local_optimum
 from incentives.loop import LoopResult
 from incentives.population import Population
+from incentives.protocols import Mechanism
+from mechanisms.audit import Audit, audit
 
 HEADLINE = [
     ("total_data", "total data (samples)", "{:.0f}"),
@@ -45,7 +48,13 @@ HEADLINE = [
     ("welfare_predicted", "welfare, predicted", "{:.4f}"),
     ("welfare_realised", "welfare, realised", "{:.4f}"),
     ("price_of_anarchy", "price of anarchy", "{:.3f}"),
+    ("paid", "money paid to agents", "{:.4f}"),
+    ("server_profit", "server profit", "{:.4f}"),
+    ("information_rent", "information rents", "{:.4f}"),
+    ("budget_balanced", "budget balanced", "{}"),
     ("ir_violations", "IR violations (realised)", "{:d}"),
+    ("deviation_violations", "profitable deviations", "{:d}"),
+    ("misreport_violations", "profitable misreports", "{:d}"),
 ]
 
 
@@ -125,6 +134,7 @@ def agent_rows(result: LoopResult, population: Population) -> list[dict]:
                 "global_accuracy": training.global_accuracy[i],
                 "delivered_accuracy": training.delivered_accuracy[i],
                 "transfer": outcome.transfer[i],
+                "realised_transfer": record.realised_transfer[i],
                 "predicted_utility": record.predicted_utility[i],
                 "realised_utility": record.realised_utility[i],
                 "local_utility": record.local_utility[i],
@@ -151,7 +161,10 @@ def _headline_table(summaries: dict[str, dict[str, float]]) -> str:
         row = {"metric": label}
         for name in names:
             value = summaries[name][key]
-            row[name] = fmt.format(int(value) if fmt == "{:d}" else value)
+            if isinstance(value, float) and np.isnan(value):
+                row[name] = "-"
+            else:
+                row[name] = fmt.format(int(value) if fmt == "{:d}" else value)
         rows.append(row)
     return _table(rows)
 
@@ -188,16 +201,28 @@ FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
     return path
 
 
-def write_run(folder: Path, config: dict, result: LoopResult, population: Population,
-              timings: dict[str, float], device: str,
+def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population) -> dict[str, Audit]:
+    """Each mechanism's last outcome audited against its last training, under the last fit."""
+    fit, final = result.fits[-1], result.final()
+    return {m.name: audit(m, final[m.name].outcome, population, fit,
+                          final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
+                          final[m.name].trained_contributions)
+            for m in mechanisms}
+
+
+def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[Mechanism],
+              population: Population, timings: dict[str, float], device: str,
               notes: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """Write every file of the run folder; return the headline metrics per mechanism."""
     fit = result.fits[-1]
-    summaries = {name: summarise(record, population, fit) for name, record in result.final().items()}
+    audits = audit_final(result, mechanisms, population)
+    summaries = {name: summarise(record, population, fit, audits[name])
+                 for name, record in result.final().items()}
     (folder / "config.toml").write_text(config_module.dumps(config))
     _write_csv(folder / "metrics.csv", list(result.long_rows()))
     _write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
     _write_csv(folder / "agents.csv", agent_rows(result, population))
+    _write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
     _write_csv(folder / "learning_curve.csv",
                [{"size": s, "accuracy": a, "fitted": float(fit(s))}
                 for s, a in zip(fit.sizes, fit.accuracies)])

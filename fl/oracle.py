@@ -27,10 +27,11 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.strategy import child_seed
 from fl.data import partition
-from fl.data.dataset import ArrayDataset
+from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import deliver
 from fl.models import Params, build_model, get_params
 from fl.server import FederatedResult, RoundMetrics, resolve_device, run_federated
+from fl.valuation import RoundValuation, train_with_valuation
 
 # spawn keys of the oracle's independent random streams
 _DISTRIBUTIONS, _VALIDATION, _ENDOWMENTS, _INIT, _TRAIN, _CURVE, _LOCAL = range(7)
@@ -50,7 +51,8 @@ class TrainingResult:
     contributions: samples each agent actually contributed, round(m_i).
     total_samples: sum of contributions. rounds: per-round training metrics
     (``test_accuracy`` there is on the test set as it is, not reweighted).
-    seconds: wall time of the call.
+    seconds: wall time of the call. round_games: with ``record_rounds``, one
+    ``fl.valuation.RoundValuation`` per round (client ids are agent indices), else None.
     """
 
     global_accuracy: np.ndarray
@@ -63,6 +65,7 @@ class TrainingResult:
     total_samples: int
     rounds: list[RoundMetrics]
     seconds: float
+    round_games: list[RoundValuation] | None = None
 
 
 class TrainingOracle:
@@ -165,12 +168,17 @@ class TrainingOracle:
             accuracies.append(self._accuracy(params, uniform))
         return np.repeat(sizes, repeats).astype(np.int64), np.asarray(accuracies)
 
-    def train(self, contributions: np.ndarray, delivery_target: np.ndarray | None = None) -> TrainingResult:
+    def train(
+        self, contributions: np.ndarray, delivery_target: np.ndarray | None = None, record_rounds: bool = False
+    ) -> TrainingResult:
         """FedAvg for ``rounds`` rounds over the agents with round(m_i) > 0, each on
         exactly its first round(m_i) endowment samples; then each agent receives the
-        global model (``delivery_target`` None, or NaN for that agent) or a model of its
-        target accuracy (``fl.delivery.deliver`` on the validation set). Free riders
+        global model (``delivery_target`` None, or NaN for that agent), a model of its
+        target accuracy (``fl.delivery.deliver`` on the validation set), or no model at
+        all (target <= 0: accuracy 0, e.g. an agent paid in money only). Free riders
         (m_i = 0) are served like everyone else. With no contributor the global model is theta_0.
+        ``record_rounds`` also keeps each round's updates as coalition games valued by
+        accuracy on the validation set (``fl.valuation``); training is unchanged by it.
         """
         start = time.perf_counter()
         counts = self._check_contributions(contributions)
@@ -178,11 +186,23 @@ class TrainingOracle:
         if targets is not None and targets.shape != counts.shape:
             raise ValueError(f"delivery_target (shape {targets.shape}): allowed is None or shape {counts.shape}")
         contributed = {i: self.endowment_indices[i][:m] for i, m in enumerate(counts) if m > 0}
-        run = self._fit(contributed, self.strategy, self.rounds, child_seed(self.seed, _TRAIN), self.test, self.progress)
+        games = None
+        if record_rounds:
+            valued = train_with_valuation(
+                self.model, self._subsets(contributed), self.strategy, self.rounds, self.validation,
+                seed=child_seed(self.seed, _TRAIN), test=self.test, progress=self.progress,
+                device=self.device, init_params=self.init_params,
+            )
+            run, games = valued.result, valued.rounds
+        else:
+            run = self._fit(contributed, self.strategy, self.rounds, child_seed(self.seed, _TRAIN), self.test, self.progress)
         global_accuracy = self._accuracy(run.params, self.label_distributions)
         delivered, lam, validation = [], [], []
         for i, p in enumerate(self.label_distributions):
             target = None if targets is None or np.isnan(targets[i]) else float(targets[i])
+            if target is not None and target <= 0:  # no model delivered at all
+                delivered.append(0.0), lam.append(0.0), validation.append(0.0)
+                continue
             d = deliver(self.model, run.params, self.init_params, self.validation, p, target)
             delivered.append(global_accuracy[i] if d.lam == 1.0 else self._accuracy(d.params, p))
             lam.append(d.lam)
@@ -205,6 +225,7 @@ class TrainingOracle:
             total_samples=int(counts.sum()),
             rounds=run.history,
             seconds=time.perf_counter() - start,
+            round_games=games,
         )
 
     def _fit(
@@ -217,11 +238,13 @@ class TrainingOracle:
         progress: bool = False,
     ) -> FederatedResult:
         """``rounds`` of ``strategy`` from theta_0, client i training on training-set indices ``clients[i]``."""
-        subsets = {i: self.train_set.subset(idx) for i, idx in clients.items()}
         return run_federated(
-            self.model, subsets, strategy, rounds, seed=seed, test=test, progress=progress,
+            self.model, self._subsets(clients), strategy, rounds, seed=seed, test=test, progress=progress,
             device=self.device, init_params=self.init_params,
         )
+
+    def _subsets(self, clients: dict[int, np.ndarray]) -> dict[int, Subset]:
+        return {i: self.train_set.subset(idx) for i, idx in clients.items()}
 
     def _accuracy(self, params: Params, distributions: np.ndarray) -> np.ndarray | float:
         """Test accuracy of ``params`` on one label distribution (K,) or each row of (N, K)."""

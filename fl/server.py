@@ -69,6 +69,42 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> dict[int, Subset]:
+    """Client id -> data: a mapping as given, a sequence numbered 0..N-1."""
+    return dict(train_subsets) if isinstance(train_subsets, Mapping) else dict(enumerate(train_subsets))
+
+
+def initial_model(
+    model: str | nn.Module,
+    subsets: Mapping[int, Subset],
+    test: ArrayDataset | None,
+    seed: int | np.random.SeedSequence,
+    device: str,
+    model_options: dict | None,
+    init_params: Params | None,
+) -> tuple[nn.Module, Params]:
+    """The architecture on ``device`` and the starting global model: a name is built with
+    ``model_options`` (input shape and classes from the data, initialised from the run
+    ``seed``'s init stream); ``init_params`` (default: the model's own weights) are moved
+    to ``device``."""
+    target = resolve_device(device)
+    if isinstance(model, str):
+        shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
+        if shape_source is None:
+            raise ValueError(f"model={model!r}: allowed is a module when there is neither training data nor a test set")
+        model = build_model(
+            model, shape_source.feature_shape, shape_source.num_classes, child_seed(seed, _INIT_KEY), **(model_options or {})
+        )
+    model = model.to(target)
+    return model, {k: v.to(target) for k, v in (get_params(model) if init_params is None else init_params).items()}
+
+
+def round_seed(seed: int | np.random.SeedSequence, round_index: int) -> np.random.SeedSequence:
+    """The random stream of round ``round_index`` of a run with ``seed`` (what
+    ``Strategy.configure_round`` is given)."""
+    return child_seed(seed, _ROUND_KEY, round_index)
+
+
 def run_federated(
     model: str | nn.Module,
     train_subsets: Sequence[Subset] | Mapping[int, Subset],
@@ -97,18 +133,9 @@ def run_federated(
         raise ValueError(f"rounds={rounds!r}: allowed is an integer >= 0")
     if isinstance(evaluate_every, bool) or not isinstance(evaluate_every, (int, np.integer)) or evaluate_every < 1:
         raise ValueError(f"evaluate_every={evaluate_every!r}: allowed is an integer >= 1")
-    subsets = dict(train_subsets) if isinstance(train_subsets, Mapping) else dict(enumerate(train_subsets))
+    subsets = client_subsets(train_subsets)
     available = {client: data for client, data in subsets.items() if len(data) > 0}
-    target = resolve_device(device)
-    if isinstance(model, str):
-        shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
-        if shape_source is None:
-            raise ValueError(f"model={model!r}: allowed is a module when there is neither training data nor a test set")
-        model = build_model(
-            model, shape_source.feature_shape, shape_source.num_classes, child_seed(seed, _INIT_KEY), **(model_options or {})
-        )
-    model = model.to(target)
-    params = {k: v.to(target) for k, v in (get_params(model) if init_params is None else init_params).items()}
+    model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
     initial = params
     executor = executor or SerialExecutor()
     payload = sum(t.numel() * t.element_size() for t in params.values())
@@ -116,7 +143,7 @@ def run_federated(
     bar = tqdm(range(rounds), desc=type(strategy).__name__, unit="round", disable=not progress, leave=False)
     for t in bar:
         start = time.perf_counter()
-        tasks = strategy.configure_round(t, available, child_seed(seed, _ROUND_KEY, t))
+        tasks = strategy.configure_round(t, available, round_seed(seed, t))
         results = executor.run(model, strategy, params, tasks)
         params = strategy.aggregate(params, results)
         samples = sum(r.num_samples for r in results)

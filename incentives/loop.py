@@ -9,7 +9,9 @@ One iteration, for every mechanism compared:
 3. train on exactly round(m_i) samples of each agent's data and deliver each agent its
    model (the oracle);
 4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i
-   - comm_i * [participates_i], next to the predicted ones;
+   - comm_i * [participates_i], next to the predicted ones; a mechanism that pays from
+   training (:class:`~incentives.protocols.PaysFromTraining`, e.g. Shapley rewards on
+   data values of the real rounds) pays its realised transfer t_i;
 5. add the measured point (M, mean global accuracy) to the fit.
 
 The loop stops when no mechanism's contributions move by more than ``tolerance``
@@ -28,7 +30,7 @@ import numpy as np
 from incentives.accuracy import EmpiricalModel
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
-from incentives.protocols import AccuracyOracle, Mechanism, Outcome, TrainingOutcome
+from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
 from incentives.utility import local_utility, utility
 
 
@@ -40,6 +42,7 @@ class IterationRecord:
     outcome: Outcome
     trained_contributions: np.ndarray
     training: TrainingOutcome
+    realised_transfer: np.ndarray
     predicted_utility: np.ndarray
     realised_utility: np.ndarray
     local_utility: np.ndarray
@@ -79,6 +82,7 @@ class LoopResult:
                 "global_accuracy": training.global_accuracy,
                 "delivered_accuracy": training.delivered_accuracy,
                 "transfer": outcome.transfer,
+                "realised_transfer": record.realised_transfer,
                 "predicted_utility": record.predicted_utility,
                 "realised_utility": record.realised_utility,
                 "local_utility": record.local_utility,
@@ -138,14 +142,17 @@ class ClosedLoop:
                                   tol=self.equilibrium_tolerance, phi=self.phi).gains
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
         self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
-        training = self.oracle.train(trained, outcome.delivery_target)
+        pays_from_training = isinstance(mechanism, PaysFromTraining)
+        training = self.oracle.train(trained, outcome.delivery_target, record_rounds=pays_from_training)
+        transfer = mechanism.realised_transfer(outcome, training) if pays_from_training else outcome.transfer
         participates = outcome.participates
         predicted = utility(population, outcome.accuracy, outcome.contributions,
                             outcome.transfer, participates, phi=self.phi)
         realised = utility(population, training.delivered_accuracy, trained,
-                           outcome.transfer, participates, phi=self.phi)
+                           transfer, participates, phi=self.phi)
         local = np.maximum(local_utility(population, fit), population.outside_option)
-        return IterationRecord(iteration, outcome, trained, training, predicted, realised, local, gain)
+        return IterationRecord(iteration, outcome, trained, training, transfer, predicted, realised,
+                               local, gain)
 
     def run(self) -> LoopResult:
         self.progress("pilot learning curve")

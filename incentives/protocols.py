@@ -45,8 +45,9 @@ class Outcome:
     contributions: (N,) samples each agent contributes at the equilibrium.
     accuracy: (N,) accuracy each agent is promised (predicted by the accuracy model).
     transfer: (N,) money paid to each agent.
-    delivery_target: (N,) accuracy the server should deliver to each agent, or ``None``
-        where every participant receives the full global model (no shaping).
+    delivery_target: (N,) accuracy the server should deliver to each agent (NaN: the
+        global model; 0: no model at all), or ``None`` where every agent receives the
+        full global model (no shaping).
     participates: (N,) whether each agent takes part (contributes or receives a model).
     info: mechanism-specific extras (total data, reserve prices, menu, ...).
     """
@@ -92,11 +93,15 @@ class TrainingOutcome(Protocol):
         ``global_accuracy`` where no delivery target was set).
     local_accuracy: accuracy of a model trained on the agent's own contribution alone,
         or ``None`` when not measured.
+    round_games: when asked for (``record_rounds``), one coalition game per training round:
+        ``.clients`` (the agents that trained that round) and ``.utility(coalition)`` (the
+        validation accuracy of the model rebuilt from that coalition's updates); else None.
     """
 
     global_accuracy: np.ndarray
     delivered_accuracy: np.ndarray
     local_accuracy: np.ndarray | None
+    round_games: list | None
 
 
 @runtime_checkable
@@ -106,11 +111,21 @@ class AccuracyOracle(Protocol):
     ``learning_curve`` trains on growing data sizes and returns the measured
     (size, accuracy) points used to fit the accuracy model a(m).
     ``train`` trains on exactly the samples each agent contributes and delivers to each
-    agent a model of its target accuracy (``None``: the global model for everyone).
+    agent a model of its target accuracy (``None``: the global model for everyone);
+    ``record_rounds`` keeps each round's updates as coalition games (for data valuation).
     """
 
     def learning_curve(self, sizes: Sequence[int], repeats: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def train(
-        self, contributions: np.ndarray, delivery_target: np.ndarray | None
+        self, contributions: np.ndarray, delivery_target: np.ndarray | None, record_rounds: bool = False
     ) -> TrainingOutcome: ...
+
+
+@runtime_checkable
+class PaysFromTraining(Protocol):
+    """A mechanism whose payments depend on what training measured (e.g. Shapley rewards
+    paid by data values computed from the real rounds' updates). The loop asks the oracle
+    to record rounds for it, and pays ``realised_transfer`` instead of the promised one."""
+
+    def realised_transfer(self, outcome: Outcome, training: TrainingOutcome) -> np.ndarray: ...

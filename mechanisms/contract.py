@@ -109,7 +109,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cvxpy as cp
 import numpy as np
@@ -483,7 +483,10 @@ class Menu:
         return self.reward[None, :] - self.theta[:, None] * self.contribution[None, :] ** self.cost_exponent
 
     def violations(self) -> dict:
-        """Largest violation of IC (best deviation gain) and IR (shortfall), reward units."""
+        """Largest violation of IC (best deviation gain) and IR (shortfall), reward units.
+
+        A complete-information menu need not be IC (types are observed, not chosen).
+        """
         u = self.payoff_matrix()
         own = np.diag(u)
         return {"IC": float(np.max(u - own[:, None])), "IR": float(np.max(self.outside - own))}
@@ -1085,8 +1088,12 @@ class ContractMechanism:
     from a(sum of endowments), re-solve with a(M) until it settles). Agents' utility is
     taken linear in accuracy (phi(a) = a).
 
+    Under ``information="complete"`` the server sees each agent's type and assigns it its
+    type's item (if the agent can fill it and accepts it); the agents do not choose.
+
     ``allocate`` is the menu read as a reward schedule: an agent contributing m gets the
-    item with the largest q_j <= m (nothing below the smallest item).
+    item with the largest q_j <= m (nothing below the smallest item); under complete
+    information, its own item's reward if m reaches its q, else nothing.
     """
 
     def __init__(
@@ -1175,7 +1182,13 @@ class ContractMechanism:
             reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
             reward_price=self.reward_price, reward_cap=reward_cap,
             capacity=cap[served] if self.respect_endowment else None, solver=self.solver)
-        return menu
+        item_of_type = np.where(served, np.cumsum(served) - 1, -1)
+        return menu, item_of_type
+
+    def _pick(self, menu, item_of_type, type_of, theta_i, u0_i, n_i):
+        if self.information == "complete":  # the server sees types: it assigns the items
+            return _assign(menu, item_of_type[type_of], theta_i, u0_i, n_i)
+        return _choose(menu, theta_i, u0_i, n_i)
 
     def _menu(self, population, model):
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
@@ -1188,16 +1201,16 @@ class ContractMechanism:
             # Accuracy rewards cannot exceed the global model's accuracy a(M): fixed point.
             cap_acc = float(np.asarray(model(float(np.sum(n_i)))))
             for _ in range(25):
-                menu = self._solve_menu(grid, prob, u0, cap, value, cap_acc)
-                chosen = _choose(menu, theta_i, u0_i, n_i)
+                menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, cap_acc)
+                chosen = self._pick(menu, item_of_type, type_of, theta_i, u0_i, n_i)
                 M = float(np.sum(np.where(chosen >= 0, menu.contribution[chosen], 0.0)))
                 new_cap = float(np.asarray(model(M))) if M > 0 else cap_acc
                 if new_cap >= cap_acc - 1e-9 * max(1.0, abs(cap_acc)):
                     break
                 cap_acc = new_cap
         else:
-            menu = self._solve_menu(grid, prob, u0, cap, value, None)
-            chosen = _choose(menu, theta_i, u0_i, n_i)
+            menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, None)
+            chosen = self._pick(menu, item_of_type, type_of, theta_i, u0_i, n_i)
         result = (menu, chosen, theta_i, u0_i, v_i, type_of, value)
         self._memo = (population, model, result)
         return result
@@ -1234,12 +1247,16 @@ class ContractMechanism:
 
     def allocate(self, contributions: np.ndarray, population: "Population",
                  model: "AccuracyModel") -> Allocation:
-        menu = self._menu(population, model)[0]
+        menu, chosen = self._menu(population, model)[:2]
         m = np.asarray(contributions, dtype=float)
         live = menu.contribution > _ZERO
         q, R = menu.contribution[live], menu.reward[live]
         got = np.zeros_like(m)
-        if len(q):
+        if self.information == "complete":  # each agent's own item, all or nothing
+            item = np.maximum(chosen, 0)
+            enough = m >= menu.contribution[item] * (1 - 1e-12) - 1e-12
+            got = np.where((chosen >= 0) & enough, menu.reward[item], 0.0)
+        elif len(q):
             order = np.argsort(q, kind="stable")
             q, R = q[order], np.maximum.accumulate(R[order])
             idx = np.searchsorted(q, m * (1 + 1e-12) + 1e-12, side="right") - 1
@@ -1250,6 +1267,17 @@ class ContractMechanism:
 
 
 _ZERO = 1e-9
+
+
+def _assign(menu: Menu, item: np.ndarray, theta_i: np.ndarray, u0_i: np.ndarray,
+            n_i: np.ndarray) -> np.ndarray:
+    """Complete information: agent i gets item[i] if it is live, fillable and acceptable."""
+    k = np.maximum(item, 0)
+    q, R = menu.contribution[k], menu.reward[k]
+    u = R - theta_i * q ** menu.cost_exponent
+    ok = ((item >= 0) & (q > _ZERO) & (q <= n_i * (1 + 1e-9) + 1e-9)
+          & (u >= u0_i - 1e-9 * np.maximum(1.0, np.abs(u))))
+    return np.where(ok, item, -1)
 
 
 def _choose(menu: Menu, theta_i: np.ndarray, u0_i: np.ndarray, n_i: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ class AccuracyShaping:
     epsilon: float = 0.0
 
     name = "shaping"
+    uses_reported_costs = True  # m_i^o and the slope c_i / v_i come from agents' reports
 
     def _terms(self, population: Population, model: AccuracyModel):
         """(m^o, a(m^o), slope c/v + epsilon), each of shape (N,)."""

@@ -364,12 +364,19 @@ class ShapleyRewards:
         self.seed = seed
 
     def values(self, contributions, model: AccuracyModel) -> ShapleyEstimate:
-        """Shapley values phi (N,) of U(S) = a(M_S) for the contributions m (samples)."""
+        """Shapley values phi (N,) of U(S) = a(M_S) for the contributions m (samples).
+
+        On the economic model a coalition costs one evaluation of a(m), so the Shapley
+        estimators ("monte_carlo", "gtg") give way to the exact values (all 2^N coalitions
+        at once) up to ``MAX_EXACT_PLAYERS`` agents; they are used beyond that, and on real
+        training (:meth:`realised_transfer`), where every coalition is a model to evaluate.
+        Leave-one-out is a different rule, not an estimate, and is always used as such.
+        """
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator={self.estimator!r}: allowed is one of {', '.join(ESTIMATORS)}")
         m = np.asarray(contributions, dtype=float)
         n = len(m)
-        if self.estimator == "exact":
+        if self.estimator == "exact" or (self.estimator != "loo" and n <= MAX_EXACT_PLAYERS):
             _check_players(n, MAX_EXACT_PLAYERS)
             members = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # (2^N, N) coalition membership
             return ShapleyEstimate(shapley_from_table(np.asarray(model(members @ m))), 2**n)
@@ -386,6 +393,30 @@ class ShapleyRewards:
         m = population.check_contributions(contributions)
         accuracy = np.full(population.n_agents, float(model(m.sum())))
         return Allocation(accuracy, split_budget(self.values(m, model).values, self.budget))
+
+    def realised_transfer(self, outcome: Outcome, training) -> np.ndarray:
+        """The budget split by data values measured on real training: FedSV (Wang et al.
+        2020) over the recorded rounds' coalition games (``training.round_games``, models
+        rebuilt from the round's updates and scored on validation), each round's values
+        from this mechanism's estimator; t_i = B phi_i / sum_j phi_j."""
+        games = training.round_games
+        if games is None:
+            raise ValueError("training.round_games=None: allowed is the recorded rounds "
+                             "(train with record_rounds=True)")
+        estimator, options = self._round_estimator()
+        values = fedsv(games, len(outcome.contributions), estimator, **options).values
+        return split_budget(values, self.budget)
+
+    def _round_estimator(self) -> tuple[Callable[..., ShapleyEstimate], dict]:
+        """This mechanism's estimator as a per-round estimator for :func:`fedsv`."""
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={self.estimator!r}: allowed is one of {', '.join(ESTIMATORS)}")
+        return {
+            "exact": (exact_shapley, {}),
+            "monte_carlo": (monte_carlo_shapley, {"n_permutations": self.n_permutations, "seed": self.seed}),
+            "gtg": (gtg_shapley, {"eps": self.eps, "seed": self.seed}),
+            "loo": (leave_one_out, {}),
+        }[self.estimator]
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The Nash equilibrium of the contribution game under this rule (numerical)."""

@@ -26,7 +26,7 @@ def run_folder(tmp_path_factory):
 def test_run_folder_has_every_artefact(run_folder):
     names = {p.name for p in run_folder.iterdir()}
     assert {"config.toml", "manifest.json", "metrics.csv", "summary.csv", "agents.csv",
-            "learning_curve.csv", "report.html", "figures"} <= names
+            "learning_curve.csv", "audit.csv", "report.html", "figures"} <= names
     figures = {p.name for p in (run_folder / "figures").iterdir()}
     assert figures == {"contributions.png", "accuracy_vs_contribution.png",
                        "welfare_and_data.png", "convergence.png"}

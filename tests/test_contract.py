@@ -284,3 +284,18 @@ def test_contract_mechanism_paid_with_models():
     check = verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
                                tol=1e-7)
     assert check.ok, check.gains
+
+
+@pytest.mark.parametrize("information, q, R, profit", [
+    ("incomplete", [1, 7 / 3, 9], [3, 17 / 3, 37 / 3], 3 * 7.0),
+    ("complete", [7 / 3, 4, 9], [7, 8, 9], 3 * 9.053),
+])
+def test_contract_mechanism_reproduces_the_worked_example(information, q, R, profit):
+    pop = Population.from_lists(cost=COSTS, endowment=100.0)
+    mech = ContractMechanism(V10, information=information)
+    out = mech.solve(pop, MODEL)
+    np.testing.assert_allclose(out.contributions, q, atol=1e-5)
+    np.testing.assert_allclose(out.transfer, R, atol=1e-5)
+    assert out.info["server_profit"] == pytest.approx(profit, abs=3e-3)
+    assert verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
+                              tol=1e-7).ok

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import io
 import pickle
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 import fl.data as data
 from fl.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_image_tree, read_python_archive, read_python_folder
-from fl.data.download import ChecksumError, DatasetNotFoundError, DownloadError, RemoteFile, download, fetch
+from fl.data.download import ChecksumError, DatasetNotFoundError, DownloadError, download, fetch
 from fl.data.idx import read_idx
 from fl.data.mnist import MNIST_SHA256, idx_files, load_idx_dataset
 from fl.data.pickles import load_data_pickle
@@ -360,7 +359,8 @@ def test_shakespeare_roles_are_clients(shared_root):
     clients = load_shakespeare_clients(shared_root, max_samples_per_client=1000)
     assert clients.num_clients > 100 and len(clients.roles) == len(clients.train_indices) == len(clients.test_indices)
     train, test = clients.train, clients.test
-    assert train.x.dtype == torch.int64 and train.feature_shape == (SEQUENCE_LENGTH,) and train.num_classes == len(VOCABULARY) == 96
+    assert train.x.dtype == torch.int64 and train.feature_shape == (SEQUENCE_LENGTH,)
+    assert train.num_classes == len(VOCABULARY) == 96
     assert int(train.x.max()) < 96 and int(test.y.min()) >= 0
     assert np.array_equal(np.concatenate(clients.train_indices), np.arange(len(train)))  # a partition
     assert np.array_equal(np.concatenate(clients.test_indices), np.arange(len(test)))

@@ -70,8 +70,16 @@ def test_char_lstm_shapes_and_size():
     [
         (lambda: LeNet5(10, 1, 28), torch.randn(8, 1, 28, 28, generator=seeded()), torch.arange(8) % 10),
         (lambda: resnet8(10), torch.randn(8, 3, 32, 32, generator=seeded()), torch.arange(8) % 10),
-        (lambda: resnet18(10, width=0.25, static_bn=True), torch.randn(8, 3, 32, 32, generator=seeded()), torch.arange(8) % 10),
-        (lambda: CharLSTM(96, hidden=64), torch.randint(0, 96, (8, 80), generator=seeded()), torch.randint(0, 96, (8,), generator=seeded())),
+        (
+            lambda: resnet18(10, width=0.25, static_bn=True),
+            torch.randn(8, 3, 32, 32, generator=seeded()),
+            torch.arange(8) % 10,
+        ),
+        (
+            lambda: CharLSTM(96, hidden=64),
+            torch.randint(0, 96, (8, 80), generator=seeded()),
+            torch.randint(0, 96, (8,), generator=seeded()),
+        ),
     ],
     ids=["lenet5", "resnet8", "resnet18-static-bn", "char-lstm"],
 )

@@ -71,7 +71,7 @@ def test_results_come_back_in_task_order_whatever_the_actor(local_ray):
     tasks = [tasks[i] for i in (3, 0, 5, 1, 4, 2)]
     tasks[2] = FedAvg(steps=9, batch_size=8, lr=0.1).configure_round(0, {5: subsets[5]}, child_seed(11, 1, 0))[0]
     expected = SerialExecutor().run(model, FedAvg(), params, tasks)
-    with RayExecutor(num_actors=3) as executor:
+    with RayExecutor(num_actors=3, num_cpus=0.5) as executor:  # 3 actors on the fixture's 2 CPUs
         got = executor.run(model, FedAvg(), params, tasks)
         again = executor.run(model, FedAvg(), params, tasks)  # cached data and model, new round payload
     assert [r.client_id for r in got] == [t.client_id for t in tasks]
@@ -82,10 +82,17 @@ def test_results_come_back_in_task_order_whatever_the_actor(local_ray):
         assert all(torch.equal(g.params[k], a.params[k]) for k in g.params)
 
 
+def test_oversubscribing_the_cluster_warns(local_ray):
+    executor = RayExecutor(num_actors=3, num_cpus=1)
+    with pytest.warns(RuntimeWarning, match="exceed the cluster"):
+        executor._start()  # the third actor stays pending until close()
+    executor.close()
+
+
 def test_no_tasks_and_bad_settings(local_ray):
     model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
     assert RayExecutor(num_actors=1).run(model, FedAvg(), get_params(model), []) == []
     task = FedAvg().configure_round(0, {0: TRAIN.subset(np.arange(10))}, child_seed(0, 1, 0))
-    for options in ({"num_actors": 0}, {"num_cpus": -1}, {"address": 5}):
+    for options in ({"num_actors": 0}, {"num_cpus": -1}, {"address": 5}):  # refused before any actor starts
         with pytest.raises(ValueError, match=next(iter(options))):
             RayExecutor(**options).run(model, FedAvg(), get_params(model), task)

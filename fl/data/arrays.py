@@ -64,6 +64,7 @@ def standardised_pair(
         array /= std32
         arrays.append(array)
     train_f, test_f = arrays
-    train = ArrayDataset(name, torch.from_numpy(train_f), torch.from_numpy(np.asarray(train_y, dtype=np.int64)), num_classes)
-    test = ArrayDataset(name, torch.from_numpy(test_f), torch.from_numpy(np.asarray(test_y, dtype=np.int64)), num_classes)
-    return train, test
+    return tuple(
+        ArrayDataset(name, torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64)), num_classes)
+        for x, y in ((train_f, train_y), (test_f, test_y))
+    )

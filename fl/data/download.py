@@ -168,7 +168,8 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
         path = folder / name
         if path.is_file():
             if verify and remote.checksum is not None:
-                verify_checksum(path, remote.checksum, remote.algorithm, decompress=path.suffix == ".gz" and remote.decompressed)
+                gunzip = path.suffix == ".gz" and remote.decompressed
+                verify_checksum(path, remote.checksum, remote.algorithm, decompress=gunzip)
             return path
     target = folder / remote.filename
     if not download_missing or not remote.urls:
@@ -181,7 +182,9 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
     errors = []
     for url in remote.urls:
         try:
-            return download(url, target, checksum=remote.checksum, algorithm=remote.algorithm, decompress=remote.decompressed)
+            return download(
+                url, target, checksum=remote.checksum, algorithm=remote.algorithm, decompress=remote.decompressed
+            )
         except DownloadError as error:
             errors.append(str(error))
     raise DownloadError("; ".join(errors))

@@ -37,9 +37,10 @@ gap of ``seq_len`` windows (so that no test input contains a training target) th
 are test samples, as LEAF splits Shakespeare by position rather than at random. Roles
 with fewer than ``min_samples`` training samples or no test sample are dropped.
 
-Memory: every sample is materialised as 80 int64 indices (640 bytes); the whole
-corpus gives ~4 million windows (~2.7 GB), so use ``max_clients`` and
-``max_samples_per_client`` for quick runs.
+Size: the 37 plays give 1,332 roles, 667 of them with a test sample; 3.60 million
+training and 0.35 million test windows. Every sample is materialised as 80 int64
+indices (640 bytes, ~2.5 GB in all; ~16 s to build on one core), so use
+``max_clients`` and ``max_samples_per_client`` for quick runs.
 """
 
 from __future__ import annotations
@@ -283,7 +284,9 @@ def load_shakespeare_clients(
     )
     folder = data_root(root) / "shakespeare"
     if download and not folder.is_dir():
-        raise DatasetNotFoundError(f"{folder} not found; Shakespeare has no download here: place the plays there by hand")
+        raise DatasetNotFoundError(
+            f"{folder} not found; Shakespeare has no download here: place the plays there by hand"
+        )
     plans = []  # (role key, codes, train targets, test targets)
     for role in read_roles(folder):
         codes = encode(role.text)

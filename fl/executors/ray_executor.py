@@ -93,11 +93,25 @@ class _ClientWorker:
         return f"{os.uname().nodename} pid {os.getpid()} {self.device}"
 
 
+def _with_local_code(runtime_env: dict | None) -> dict:
+    """``runtime_env`` with the folder that holds this ``fl`` package put first on the
+    workers' PYTHONPATH (a private local Ray's workers then import the same code as
+    this process, from a checkout as from an install)."""
+    env = dict(runtime_env or {})
+    env_vars = dict(env.get("env_vars") or {})
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    existing = env_vars.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    env_vars["PYTHONPATH"] = os.pathsep.join([here, *([existing] if existing else [])])
+    env["env_vars"] = env_vars
+    return env
+
+
 class RayExecutor(Executor):
     """Local training as Ray tasks on ``num_actors`` long-lived actors.
 
     address: where Ray runs when it is not yet initialised in this process. ``None``
-        starts a private local Ray on this machine; ``"auto"`` joins a cluster started
+        starts a private local Ray on this machine (its workers import ``fl`` from
+        where this process does); ``"auto"`` joins a cluster started
         on this machine with ``ray start --head``; ``"ray://host:10001"`` connects to a
         remote cluster through Ray Client. When Ray is already initialised (e.g. the
         caller ran ``ray.init(...)``), that session is used and ``address`` is ignored.
@@ -158,15 +172,26 @@ class RayExecutor(Executor):
         self._check()
         actor_env = None
         if not ray.is_initialized():
-            ray.init(address=self.address, runtime_env=self.runtime_env, **(self.init_options or {}))
+            runtime_env = self.runtime_env
+            if self.address is None:
+                runtime_env = _with_local_code(runtime_env)
+            ray.init(address=self.address, runtime_env=runtime_env, **(self.init_options or {}))
             self._owns_ray = True
         else:
             actor_env = self.runtime_env
+        resources = ray.cluster_resources()
         count = self.num_actors
         if count is None:
-            resources = ray.cluster_resources()
             kind, per_actor = ("GPU", self.num_gpus) if self.num_gpus > 0 else ("CPU", self.num_cpus)
             count = max(1, int(resources.get(kind, 0) // per_actor)) if per_actor > 0 else 1
+        for kind, per_actor in (("CPU", self.num_cpus), ("GPU", self.num_gpus)):
+            if per_actor > 0 and count * per_actor > resources.get(kind, 0):
+                warnings.warn(
+                    f"RayExecutor: {count} actors x {per_actor} {kind} exceed the cluster's {resources.get(kind, 0):g} {kind}; "
+                    "the actors that do not fit wait (and training with them) until the cluster grows",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if actor_env is not None:
             options["runtime_env"] = actor_env

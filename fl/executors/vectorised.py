@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fl.executors.base import ClientResult, ClientTask, Executor
+from fl.executors.stacked import compile_layers
 from fl.models import Params
 
 
@@ -64,13 +65,19 @@ class VectorisedExecutor(Executor):
                 "(use SerialExecutor)"
             )
         schedules = [list(task.batches()) for task in tasks]
-        order = sorted(range(len(tasks)), key=lambda i: -len(schedules[i]))
+        by_dataset: dict[int, list[int]] = {}
+        for i, task in enumerate(tasks):
+            by_dataset.setdefault(id(task.data.dataset), []).append(i)
         results: list[ClientResult | None] = [None] * len(tasks)
-        for start in range(0, len(order), self.chunk_size):
-            chunk = order[start : start + self.chunk_size]
-            trained = _train_chunk(model, strategy, global_params, [tasks[i] for i in chunk], [schedules[i] for i in chunk])
-            for i, result in zip(chunk, trained):
-                results[i] = result
+        for members in by_dataset.values():
+            members.sort(key=lambda i: -len(schedules[i]))
+            for start in range(0, len(members), self.chunk_size):
+                chunk = members[start : start + self.chunk_size]
+                trained = _train_chunk(
+                    model, strategy, global_params, [tasks[i] for i in chunk], [schedules[i] for i in chunk]
+                )
+                for i, result in zip(chunk, trained):
+                    results[i] = result
         return results
 
 
@@ -80,27 +87,22 @@ def _train_chunk(
     """Train the C clients of ``tasks`` together (see the module docstring)."""
     device = next(iter(global_params.values())).device
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    fixed = {name: value for name, value in global_params.items() if name not in trainable}
-    x, y, positions = _gather(tasks, device)
-    index, weight, lr = _schedule(schedules, positions, [task.lr for task in tasks], device)
+    dataset = tasks[0].data.dataset
+    rows, weight, lr = _schedule(schedules, [task.data.indices for task in tasks], [task.lr for task in tasks], device)
     steps = torch.tensor([len(s) for s in schedules], device=device)
     stacked = {name: global_params[name].expand(len(tasks), *global_params[name].shape).clone() for name in trainable}
     state = _stack_states([task.state for task in tasks])
-
-    def objective(params, x_c, y_c, weight_c, state_c):
-        ce = F.cross_entropy(functional_call(model, {**fixed, **params}, (x_c,)), y_c, reduction="none")
-        loss = torch.sum(weight_c * ce)
-        return strategy.local_objective(loss, params, global_params, state_c), loss
-
-    step = vmap(grad(objective, has_aux=True))
+    layers = compile_layers(model, stacked) if len(trainable) == len(global_params) else None
+    if layers is None:
+        step = _functional_step(model, strategy, global_params, stacked, state)
+    else:
+        step = _layer_step(layers, strategy, global_params, stacked, state, _reads_params(strategy, global_params, tasks[0].state))
+    losses = torch.zeros(len(tasks), device=device)
     was_training = model.training
     model.train()
-    losses = torch.zeros(len(tasks), device=device)
     try:
-        for s in range(index.shape[0]):
-            grads, loss = step(stacked, x[index[s]], y[index[s]], weight[s], state)
-            for name, w in stacked.items():
-                w.addcmul_(grads[name], lr[s].view(-1, *[1] * (w.dim() - 1)), value=-1.0)
+        for s in range(rows.shape[0]):
+            loss = step(dataset.x[rows[s]].to(device), dataset.y[rows[s]].to(device), weight[s], lr[s])
             losses += torch.where(s < steps, loss, 0.0)
     finally:
         model.train(was_training)
@@ -117,48 +119,94 @@ def _train_chunk(
     ]
 
 
-def _gather(tasks: list[ClientTask], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
-    """The samples the tasks use, gathered once: x of shape (n, *feature_shape) and y (n,)
-    on ``device``, and for each task the rows of x holding its ``data[0..len-1]``.
+def _functional_step(model: nn.Module, strategy, global_params: Params, stacked: Params, state: dict):
+    """Any model: one SGD step of every client as ``vmap(grad(objective))`` over the stacked
+    parameters (convolutions become grouped convolutions, linear layers batched matmuls).
+    The step maps a batch x (C, B, ...), y (C, B), weights a (C, B) and step sizes lr
+    (C,) to the clients' losses (C,), updating ``stacked`` in place."""
+    fixed = {name: value for name, value in global_params.items() if name not in stacked}
 
-    Tasks viewing the same dataset share its rows (n is at most the union of their
-    indices), so overlapping draws from one pool cost no more than the pool."""
-    by_dataset: dict[int, list[int]] = {}
-    for i, task in enumerate(tasks):
-        by_dataset.setdefault(id(task.data.dataset), []).append(i)
-    xs, ys, positions, offset = [], [], [None] * len(tasks), 0
-    for members in by_dataset.values():
-        dataset = tasks[members[0]].data.dataset
-        used, inverse = np.unique(np.concatenate([tasks[i].data.indices for i in members]), return_inverse=True)
-        rows = torch.from_numpy(used)
-        xs.append(dataset.x[rows])
-        ys.append(dataset.y[rows])
-        bounds = np.cumsum([0] + [len(tasks[i].data) for i in members])
-        for i, lo, hi in zip(members, bounds[:-1], bounds[1:]):
-            positions[i] = offset + inverse[lo:hi]
-        offset += len(used)
-    return torch.cat(xs).to(device), torch.cat(ys).to(device), positions
+    def objective(params, x_c, y_c, a_c, state_c):
+        ce = F.cross_entropy(functional_call(model, {**fixed, **params}, (x_c,)), y_c, reduction="none")
+        loss = torch.sum(a_c * ce)
+        return strategy.local_objective(loss, params, global_params, state_c), loss
+
+    gradient = vmap(grad(objective, has_aux=True))
+
+    def step(x, y, a, lr):
+        grads, loss = gradient(stacked, x, y, a, state)
+        for name, w in stacked.items():
+            w.addcmul_(grads[name], lr.view(-1, *[1] * (w.dim() - 1)), value=-1.0)
+        return loss
+
+    return step
+
+
+def _layer_step(layers: list, strategy, global_params: Params, stacked: Params, state: dict, reads_params: bool):
+    """A chain of supported layers (``fl.executors.stacked``): forward and backward by
+    hand, each layer updating its parameters as the gradient passes. The objective
+    J_c = local_objective(l_c, W_c) enters by the chain rule,
+
+        dJ_c/dW_c = (dJ_c/dl_c) * dl_c/dW_c + (partial J_c / partial W_c),
+
+    both factors from ``vmap(grad(local_objective))`` at the step's loss and the
+    parameters before the step (the partial term only if the objective reads them).
+    dl_c/dz for the logits z is a_c,b (softmax(z_c,b) - onehot(y_c,b)). Same step
+    signature as :func:`_functional_step`."""
+
+    def objective(loss, params, state_c):
+        return strategy.local_objective(loss, params, global_params, state_c)
+
+    derivative = vmap(grad(objective, argnums=(0, 1) if reads_params else 0))
+    first = next(i for i, layer in enumerate(layers) if layer.params)  # backward stops at its input
+
+    def step(x, y, a, lr):
+        h = x
+        for layer in layers:
+            h = layer.forward(h)
+        log_p = torch.log_softmax(h, dim=-1)
+        loss = -torch.sum(a * log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1), dim=1)
+        dloss, dparams = derivative(loss, stacked, state) if reads_params else (derivative(loss, stacked, state), {})
+        g = log_p.exp_().scatter_add_(-1, y.unsqueeze(-1), torch.full_like(log_p[..., :1], -1.0))
+        g.mul_((a * dloss.unsqueeze(1)).unsqueeze(-1))
+        for i in reversed(range(first, len(layers))):
+            g = layers[i].backward(g, lr, need_input_grad=i > first)
+        for name, d in dparams.items():
+            stacked[name].addcmul_(d, lr.view(-1, *[1] * (d.dim() - 1)), value=-1.0)
+        return loss
+
+    return step
+
+
+def _reads_params(strategy, global_params: Params, state: dict) -> bool:
+    """Whether the strategy's objective depends on the parameters (FedProx's proximal
+    term) or on the loss alone (FedAvg), judged by autograd on the global model."""
+    params = {name: value.detach().requires_grad_() for name, value in global_params.items()}
+    loss = torch.zeros((), device=next(iter(params.values())).device, requires_grad=True)
+    objective = strategy.local_objective(loss, params, global_params, state)
+    return any(g is not None for g in torch.autograd.grad(objective, list(params.values()), allow_unused=True))
 
 
 def _schedule(
-    schedules: list[list[np.ndarray]], positions: list[np.ndarray], lrs: list[float], device: torch.device
+    schedules: list[list[np.ndarray]], indices: list[np.ndarray], lrs: list[float], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The chunk's steps as padded arrays, S = the most steps of any client, B = the
-    largest batch: index (S, C, B) rows of the gathered x; weight (S, C, B), 1/n_{s,c}
-    on real samples and 0 on padding (padding repeats row 0 of the client); lr (S, C),
-    the client's step size while it has steps left and 0 after."""
+    largest batch: rows (S, C, B), on the CPU, the dataset rows of each batch (padding
+    repeats the client's first sample); on ``device``, weight (S, C, B), 1/n_{s,c} on
+    the n_{s,c} real samples and 0 on padding, and lr (S, C), the client's step size
+    while it has steps left and 0 after."""
     num_steps = max((len(s) for s in schedules), default=0)
     width = max((len(b) for s in schedules for b in s), default=0)
-    index = np.zeros((num_steps, len(schedules), width), dtype=np.int64)
+    rows = np.zeros((num_steps, len(schedules), width), dtype=np.int64)
     weight = np.zeros((num_steps, len(schedules), width), dtype=np.float32)
     lr = np.zeros((num_steps, len(schedules)), dtype=np.float32)
-    for c, (batches, rows) in enumerate(zip(schedules, positions)):
-        index[:, c, :] = rows[0]
+    for c, (batches, own) in enumerate(zip(schedules, indices)):
+        rows[:, c, :] = own[0]
         for s, batch in enumerate(batches):
-            index[s, c, : len(batch)] = rows[batch]
+            rows[s, c, : len(batch)] = own[batch]
             weight[s, c, : len(batch)] = np.float32(1.0) / np.float32(len(batch))
         lr[: len(batches), c] = lrs[c]
-    return tuple(torch.from_numpy(a).to(device) for a in (index, weight, lr))
+    return torch.from_numpy(rows), torch.from_numpy(weight).to(device), torch.from_numpy(lr).to(device)
 
 
 def _stack_states(states: list[dict]) -> dict:

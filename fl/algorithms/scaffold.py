@@ -1,0 +1,102 @@
+"""SCAFFOLD: stochastic controlled averaging (Karimireddy et al., 2020, "SCAFFOLD:
+Stochastic controlled averaging for federated learning", ICML, Algorithm 1).
+
+Control variates estimate each client's drift: c_i for client i, c for the server
+(all zero at first). Client i, starting from the global model x, takes K local steps
+
+    y <- y - lr (g_i(y) - c_i + c),
+
+which is SGD on its loss plus the linear term <c - c_i, y>, whose gradient is c - c_i
+(``local_objective``). From its result y_i it gets, by option II,
+
+    c_i+ = c_i - c + (x - y_i) / (K lr),
+
+and the server steps, with S the round's clients and N the number of clients,
+
+    x <- x + eta_g sum_{i in S} (n_i / n) (y_i - x),      c <- c + (1 / N) sum_{i in S} (c_i+ - c_i).
+
+The model update is weighted by sample counts (FedAvg's convention; the paper averages
+uniformly); c's keeps c = (1/N) sum_i c_i. K is the number of steps the client took,
+so a straggler's partial work gives its own correct c_i+.
+
+The control variates are kept here, on the server, keyed by client id (a deployed
+client would keep its own c_i); each task carries ``state = {"correction": c - c_i}``
+from the first aggregation on. With buffered asynchronous aggregation the c of the
+formula is the one sent with the client's task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from fl.algorithms.fedavg import FedAvg
+from fl.data.dataset import Subset
+from fl.executors.base import ClientResult, ClientTask
+from fl.models import Params
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD with global step size ``server_lr`` (eta_g > 0); ``fedavg_options`` as for
+    :class:`FedAvg` (local SGD steps of size ``lr``). Control variates live in the
+    instance: use a fresh one per training run."""
+
+    def __init__(self, server_lr: float = 1.0, **fedavg_options):
+        if isinstance(server_lr, bool) or not isinstance(server_lr, (int, float)) or not server_lr > 0:
+            raise ValueError(f"server_lr={server_lr!r}: allowed is a number > 0")
+        super().__init__(**fedavg_options)
+        self.server_lr = float(server_lr)
+        self.control: Params = {}  # c; empty while zero
+        self.client_controls: dict[int, Params] = {}  # c_i; absent while zero
+        self.clients: set[int] = set()  # every client seen available: N = len(clients)
+        self._sent: dict[int, Params] = {}  # the c each client was last sent
+
+    def configure_round(
+        self, round_index: int, available_clients: Mapping[int, Subset], seed: np.random.SeedSequence
+    ) -> list[ClientTask]:
+        """FedAvg's tasks, each with ``state = {"correction": c - c_i}`` once c is known."""
+        self.clients |= set(available_clients)
+        tasks = super().configure_round(round_index, available_clients, seed)
+        if not self.control:
+            return tasks
+        for task in tasks:
+            self._sent[task.client_id] = self.control
+        return [replace(task, state={"correction": self._correction(task.client_id)}) for task in tasks]
+
+    def local_objective(
+        self, loss: torch.Tensor, params: Params, global_params: Params, client_state: dict
+    ) -> torch.Tensor:
+        """loss + <c - c_i, y>, summed over the trainable parameters."""
+        correction = client_state.get("correction")
+        if not correction:
+            return loss
+        return loss + sum(torch.sum(correction[name] * w) for name, w in params.items())
+
+    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        """The server step of the module docstring on the floating-point entries (integer
+        buffers keep the server's value); with no results nothing changes."""
+        if not results:
+            return global_params
+        floating = [name for name, w in global_params.items() if w.is_floating_point()]
+        zero = {name: torch.zeros_like(global_params[name]) for name in floating}
+        change = dict(zero)
+        for result in results:
+            c_i = self.client_controls.get(result.client_id, zero)
+            c = self._sent.get(result.client_id, zero)
+            scale = 1.0 / (result.steps * self.lr)
+            updated = {name: c_i[name] - c[name] + scale * (global_params[name] - result.params[name]) for name in floating}
+            change = {name: change[name] + updated[name] - c_i[name] for name in floating}
+            self.client_controls[result.client_id] = updated
+        control = self.control or zero
+        self.control = {name: control[name] + change[name] / len(self.clients) for name in floating}
+        mean = super().aggregate(global_params, results)
+        return {
+            name: w + self.server_lr * (mean[name] - w) if name in zero else w for name, w in global_params.items()
+        }
+
+    def _correction(self, client: int) -> Params:
+        c_i = self.client_controls.get(client)
+        return {name: c - c_i[name] for name, c in self.control.items()} if c_i else dict(self.control)

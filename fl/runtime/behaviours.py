@@ -1,0 +1,108 @@
+"""Client behaviours, each a handler wrapped around a client's TRAIN handler.
+
+- :class:`Deadline`: every order must be answered within a time limit; a straggler
+  (a client too slow for its work, given its speed and bandwidth) does partial work,
+  the local steps that fit, and sends that, as in FedProx (Li et al., 2020, "Federated
+  optimization in heterogeneous networks", where stragglers' updates are gamma-inexact
+  solutions); or, with ``partial_work=False``, it gives up, as the FedAvg baseline of
+  that paper drops stragglers.
+- :class:`Dropout`: a client that is sent an order may drop out and never answer
+  (device unavailability, Bonawitz et al., 2019, "Towards federated learning at scale").
+
+Slow clients themselves need no behaviour: they are clients whose
+:class:`~fl.runtime.profiles.ClientProfile` has a low speed or bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from fl.algorithms.strategy import child_seed
+from fl.executors.base import ClientTask
+from fl.runtime.events import Handler
+from fl.runtime.messages import Kind, Message, TrainOrder, params_nbytes
+from fl.runtime.profiles import ClientProfile
+from fl.runtime.simulation import DROPOUT_STREAM, Simulation
+
+
+class Deadline:
+    """Orders must be answered within ``seconds`` of being sent: the server counts an
+    order unanswered by then as answered without a result (its TIMEOUT), and a client
+    that receives an order at time s with deadline d runs the most local steps k, up to
+    the task's, with
+
+        s + k * B / speed + (model bytes) / upload  <=  d.
+
+    k smaller than the task's: with ``partial_work`` the client trains k >= 1 steps and
+    reports; otherwise (or when k = 0) it does not train and sends nothing."""
+
+    def __init__(self, seconds: float, partial_work: bool = True):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+            raise ValueError(f"seconds={seconds!r}: allowed is a finite number > 0")
+        self.seconds, self.partial_work = float(seconds), bool(partial_work)
+
+    def install(self, simulation: Simulation) -> None:
+        simulation.server.deadline = self.seconds
+        for client in simulation.clients.values():
+            client.on(Kind.TRAIN, self._train_by_deadline(client.profile, client.handlers[Kind.TRAIN]))
+
+    def _train_by_deadline(self, profile: ClientProfile, train: Handler) -> Handler:
+        def train_by_deadline(message: Message) -> None:
+            order: TrainOrder = message.payload
+            planned = planned_steps(order.task)
+            steps = steps_by(order.deadline, message.timestamp, profile, order.task.batch_size, params_nbytes(order.params), planned)
+            if steps == planned:
+                train(message)
+            elif self.partial_work and steps > 0:
+                train(replace(message, payload=replace(order, task=replace(order.task, steps=steps))))
+
+        return train_by_deadline
+
+
+class Dropout:
+    """A client sent an order for round t drops out of it with probability
+    ``probability``, independently for each (round, client) pair (streams of the run's
+    seed): it neither trains nor answers. The server learns of it only when the order's
+    deadline passes, so a :class:`Deadline` is needed too."""
+
+    def __init__(self, probability: float):
+        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
+            raise ValueError(f"probability={probability!r}: allowed is a number in [0, 1]")
+        self.probability = float(probability)
+
+    def install(self, simulation: Simulation) -> None:
+        for client in simulation.clients.values():
+            client.on(Kind.TRAIN, self._train_unless_dropped(simulation.seed, client.handlers[Kind.TRAIN]))
+
+    def _train_unless_dropped(self, seed, train: Handler) -> Handler:
+        def train_unless_dropped(message: Message) -> None:
+            task: ClientTask = message.payload.task
+            if np.random.default_rng(child_seed(seed, DROPOUT_STREAM, task.round_index, task.client_id)).random() >= self.probability:
+                train(message)
+
+        return train_unless_dropped
+
+
+def planned_steps(task: ClientTask) -> int:
+    """The local steps ``task`` asks for: ``steps``, else epochs * ceil(n / B)."""
+    return task.steps if task.steps is not None else task.epochs * -(-len(task.data) // task.batch_size)
+
+
+def steps_by(deadline: float, start: float, profile: ClientProfile, batch_size: int, nbytes: int, planned: int) -> int:
+    """The most steps k <= ``planned`` after which a client starting at ``start`` has its
+    update delivered by ``deadline``, computed with the very float operations that time
+    the delivery (so an update planned to arrive on time does)."""
+
+    def on_time(k: int) -> bool:
+        return start + profile.compute_seconds(k, batch_size) + profile.upload_seconds(nbytes) <= deadline
+
+    if on_time(planned):
+        return planned
+    budget = deadline - start - profile.upload_seconds(nbytes)
+    k = min(planned, max(0, math.floor(budget * profile.speed / batch_size) + 1))
+    while k > 0 and not on_time(k):
+        k -= 1
+    return k

@@ -1,0 +1,118 @@
+"""FedBuff: buffered asynchronous aggregation (Nguyen et al., 2022, "Federated learning
+with buffered asynchronous aggregation", AISTATS).
+
+The server keeps ``concurrency`` clients training at all times. A client trains from
+the model version it was sent, x^{(tau_i)}; when its result y_i arrives while the server
+is at version t, its update enters the buffer scaled by its staleness t - tau_i,
+
+    Delta_i = s(t - tau_i) (y_i - x^{(tau_i)}),   s(tau) = (1 + tau)^(-a)   (a = 1/2 in the paper),
+
+and a new client is sent the current model in its place. Once ``buffer_size`` (K)
+updates are buffered, the server takes one step with the strategy's own rule, given the
+buffered updates as models rebased on the current one,
+
+    x^{(t+1)} = strategy.aggregate(x^{(t)}, [x^{(t)} + Delta_i for the K buffered i]),
+
+so FedAvg's rule gives x^{(t)} + sum_i (n_i / n) Delta_i, and a server optimiser (FedAvgM,
+FedAdam, ...) sees the pseudo-gradient it expects. Each server step is one round of the
+history. Clients to send are sampled with ``strategy.configure_round(t, idle clients,
+seed)``: as many of its tasks as there are free slots, picked at random. A Deadline
+frees the slot of a client that does not answer in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fl.algorithms.strategy import child_seed
+from fl.executors.base import ClientResult
+from fl.models import Params
+from fl.runtime.messages import Kind, Message, Update
+from fl.runtime.simulation import DISPATCH_STREAM, PICK_STREAM, Simulation
+
+
+class FedBuff:
+    """Asynchronous server steps every ``buffer_size`` updates, with ``concurrency``
+    clients in training and staleness weights (1 + tau)^(-``staleness_exponent``)."""
+
+    def __init__(self, buffer_size: int = 10, concurrency: int = 100, staleness_exponent: float = 0.5):
+        for key, value in (("buffer_size", buffer_size), ("concurrency", concurrency)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+        if isinstance(staleness_exponent, bool) or not isinstance(staleness_exponent, (int, float)) or staleness_exponent < 0:
+            raise ValueError(f"staleness_exponent={staleness_exponent!r}: allowed is a number >= 0")
+        self.buffer_size, self.concurrency = int(buffer_size), int(concurrency)
+        self.staleness_exponent = float(staleness_exponent)
+
+    def install(self, simulation: Simulation) -> None:
+        """Replace the server's START, UPDATE and TIMEOUT handlers with buffered ones."""
+        buffered = _BufferedAggregation(self, simulation)
+        server = simulation.server
+        server.on(Kind.START, buffered.start)
+        server.on(Kind.UPDATE, buffered.receive)
+        server.on(Kind.TIMEOUT, buffered.time_out)
+
+
+class _BufferedAggregation:
+    """The handlers' state: orders in flight and the buffer."""
+
+    def __init__(self, config: FedBuff, simulation: Simulation):
+        self.config, self.simulation, self.server = config, simulation, simulation.server
+        self.in_flight: dict[int, tuple[int, int, Params]] = {}  # dispatch -> (client, version, model sent)
+        self.buffer: list[tuple[ClientResult, Params]] = []  # (result, its staleness-weighted Delta_i)
+        self.samplings = 0
+
+    def start(self, message: Message) -> None:
+        if self.server.rounds == 0:
+            self.server.finish()
+        else:
+            self.refill()
+
+    def receive(self, message: Message) -> None:
+        update: Update = message.payload
+        if self.server.done or update.dispatch not in self.in_flight:
+            return
+        _, version, sent = self.in_flight.pop(update.dispatch)
+        weight = (1 + self.server.round_index - version) ** -self.config.staleness_exponent
+        delta = {name: weight * (y - sent[name]) for name, y in update.result.params.items() if y.is_floating_point()}
+        self.buffer.append((update.result, delta))
+        if len(self.buffer) == self.config.buffer_size:
+            self.step()
+        if not self.server.done:
+            self.refill()
+
+    def time_out(self, message: Message) -> None:
+        if not self.server.done and self.in_flight.pop(message.payload, None) is not None:
+            self.refill()
+
+    def step(self) -> None:
+        current = self.server.params
+        results = [
+            replace(result, params={name: current[name] + delta[name] if name in delta else value for name, value in current.items()})
+            for result, delta in self.buffer
+        ]
+        self.buffer = []
+        self.server.close_round(results)
+        if self.server.round_index == self.server.rounds:
+            self.server.finish()
+
+    def refill(self) -> None:
+        """Send the current model to idle clients until ``concurrency`` are in training."""
+        free = self.config.concurrency - len(self.in_flight)
+        busy = {client for client, _, _ in self.in_flight.values()}
+        idle = {client: data for client, data in self.server.available.items() if client not in busy}
+        if free <= 0 or not idle:
+            return
+        seed = self.simulation.seed
+        tasks = self.simulation.strategy.configure_round(
+            self.server.round_index, idle, child_seed(seed, DISPATCH_STREAM, self.samplings)
+        )
+        if len(tasks) > free:
+            picked = np.random.default_rng(child_seed(seed, PICK_STREAM, self.samplings)).choice(len(tasks), free, replace=False)
+            tasks = [tasks[i] for i in sorted(picked)]
+        self.samplings += 1
+        for task in tasks:
+            number = self.server.dispatch(task, self.server.params)
+            self.in_flight[number] = (task.client_id, self.server.round_index, self.server.params)

@@ -1,0 +1,209 @@
+"""The simulated server, synchronous by default.
+
+Shared duties, used by every server behaviour: keep the clients that JOINed, send
+TRAIN orders (``dispatch``), aggregate and record a round (``close_round``), collect
+clients' METRICS, and FINISH.
+
+Synchronous rounds (FedAvg's, McMahan et al. 2017) are three handlers:
+
+- START: round t begins: ``strategy.configure_round(t, joined clients, round seed)``
+  gives the tasks, and each client is sent its order;
+- UPDATE: a result of the round is kept; the round closes when every order is answered;
+- TIMEOUT: an order whose deadline passed counts as answered without a result (set by
+  the :class:`~fl.runtime.behaviours.Deadline` behaviour).
+
+Closing aggregates the round's results in task order, whatever order they arrived in,
+so with the same seed and executor the global models are those of
+``fl.server.run_federated``. Then START comes again, at the same instant.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from fl.data.dataset import ArrayDataset, Subset
+from fl.executors.base import ClientResult, ClientTask
+from fl.models import Params
+from fl.runtime.events import Node
+from fl.runtime.messages import SERVER, Join, Kind, Message, TrainOrder, params_nbytes
+from fl.server import round_seed
+
+if TYPE_CHECKING:
+    from fl.runtime.simulation import Simulation
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round (for FedBuff: one server step).
+
+    clients: orders sent during the round. updates: results aggregated. samples: their
+    sum of n_k. train_loss: sample-weighted mean of their mean mini-batch loss (nats;
+    NaN with no result). test_loss, test_accuracy: the new global model on the test set
+    (None when not evaluated). client_accuracy: client id -> accuracy of the new global
+    model on that client's own test set (clients given one, on evaluated rounds).
+    bytes_down, bytes_up: model bytes delivered for training, server -> clients (TRAIN)
+    and clients -> server (UPDATE), since the previous round closed (evaluation traffic
+    is not counted). time: simulated seconds when the round closed.
+    seconds: wall-clock seconds the round took to simulate.
+    """
+
+    round_index: int
+    clients: int
+    updates: int
+    samples: int
+    train_loss: float
+    test_loss: float | None
+    test_accuracy: float | None
+    bytes_down: int
+    bytes_up: int
+    time: float
+    seconds: float
+    client_accuracy: dict[int, float] = field(default_factory=dict)
+
+
+class Server(Node):
+    """Runs ``rounds`` rounds from ``params``; evaluates on ``test`` every
+    ``evaluate_every`` rounds and after the last. ``deadline``: seconds a client has to
+    answer an order (None: no limit)."""
+
+    def __init__(
+        self,
+        simulation: "Simulation",
+        params: Params,
+        rounds: int,
+        test: ArrayDataset | None,
+        evaluate_every: int,
+        progress: bool,
+    ):
+        super().__init__(SERVER)
+        self.simulation, self.params, self.rounds = simulation, params, rounds
+        self.test, self.evaluate_every = test, evaluate_every
+        self.deadline: float | None = None
+        self.available: dict[int, Subset] = {}
+        self.evaluators: list[int] = []
+        self.round_index = 0
+        self.history: list[RoundRecord] = []
+        self.client_accuracy: dict[int, dict[int, float]] = {}
+        self.done = False
+        self._orders = 0  # orders sent so far; an order's dispatch number is its rank
+        self._window = (time.perf_counter(), 0, 0, 0)  # wall clock, bytes down, bytes up, orders at the last close
+        self._awaiting_metrics = 0
+        self._finishing = False
+        self._bar = tqdm(total=rounds, desc=type(simulation.strategy).__name__, unit="round", disable=not progress, leave=False)
+        self._waiting: dict[int, int] = {}  # the open round's unanswered orders: dispatch -> task position
+        self._received: dict[int, ClientResult] = {}  # task position -> result
+        self.on(Kind.JOIN, self.join)
+        self.on(Kind.START, self.start_round)
+        self.on(Kind.UPDATE, self.receive)
+        self.on(Kind.TIMEOUT, self.time_out)
+        self.on(Kind.METRICS, self.collect_metrics)
+
+    # -- shared duties
+
+    def join(self, message: Message) -> None:
+        joined: Join = message.payload
+        self.available[message.sender] = joined.data
+        if joined.evaluates:
+            self.evaluators.append(message.sender)
+
+    def dispatch(self, task: ClientTask, params: Params) -> int:
+        """Send ``task`` to its client, to train from ``params``; with a deadline, a
+        TIMEOUT for the order comes back to the server when it passes. Returns the
+        order's dispatch number."""
+        number, self._orders = self._orders, self._orders + 1
+        deadline = math.inf if self.deadline is None else self.simulation.now + self.deadline
+        order = TrainOrder(number, task, params, deadline)
+        self.simulation.send(Kind.TRAIN, SERVER, task.client_id, order, nbytes=params_nbytes(params))
+        if self.deadline is not None:
+            self.simulation.send(Kind.TIMEOUT, SERVER, SERVER, number, after=self.deadline)
+        return number
+
+    def close_round(self, results: list[ClientResult]) -> None:
+        """w <- strategy.aggregate(w, results); evaluate when due (on the server's test
+        set, and by EVALUATE on the clients' own); record the round; next round."""
+        strategy, model, t = self.simulation.strategy, self.simulation.model, self.round_index
+        self.params = strategy.aggregate(self.params, results)
+        samples = sum(r.num_samples for r in results)
+        metrics = {}
+        if (t + 1) % self.evaluate_every == 0 or t == self.rounds - 1:
+            if self.test is not None:
+                metrics = strategy.evaluate(model, self.params, self.test)
+                self._bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
+            for client in self.evaluators:
+                self.simulation.send(Kind.EVALUATE, SERVER, client, (t, self.params), nbytes=params_nbytes(self.params))
+            self._awaiting_metrics += len(self.evaluators)
+        wall, down, up, orders = self._window
+        delivered = self.simulation.delivered_bytes
+        now = (time.perf_counter(), delivered[Kind.TRAIN], delivered[Kind.UPDATE], self._orders)
+        self.history.append(
+            RoundRecord(
+                round_index=t,
+                clients=now[3] - orders,
+                updates=len(results),
+                samples=samples,
+                train_loss=sum(r.num_samples * r.train_loss for r in results) / samples if samples else math.nan,
+                test_loss=metrics.get("loss"),
+                test_accuracy=metrics.get("accuracy"),
+                bytes_down=now[1] - down,
+                bytes_up=now[2] - up,
+                time=self.simulation.now,
+                seconds=now[0] - wall,
+            )
+        )
+        self._window = now
+        self._bar.update(1)
+        self.round_index += 1
+
+    def collect_metrics(self, message: Message) -> None:
+        round_index, metrics = message.payload
+        self.client_accuracy.setdefault(round_index, {})[message.sender] = metrics["accuracy"]
+        self._awaiting_metrics -= 1
+        if self._finishing and not self._awaiting_metrics:
+            self.finish()
+
+    def finish(self) -> None:
+        """FINISH to every client once the last metrics are in."""
+        self._finishing = True
+        if self._awaiting_metrics:
+            return
+        for client in self.available:
+            self.simulation.send(Kind.FINISH, SERVER, client)
+        self.done = True
+        self._bar.close()
+
+    def records(self) -> list[RoundRecord]:
+        """The history, with the clients' accuracies filled in."""
+        return [replace(r, client_accuracy=self.client_accuracy.get(r.round_index, {})) for r in self.history]
+
+    # -- synchronous rounds
+
+    def start_round(self, message: Message) -> None:
+        if self.round_index == self.rounds:
+            self.finish()
+            return
+        seed = round_seed(self.simulation.seed, self.round_index)
+        tasks = self.simulation.strategy.configure_round(self.round_index, self.available, seed)
+        self._waiting = {self.dispatch(task, self.params): position for position, task in enumerate(tasks)}
+        self._received = {}
+        if not tasks:
+            self._close_synchronous_round()
+
+    def receive(self, message: Message) -> None:
+        position = self._waiting.pop(message.payload.dispatch, None)
+        if position is not None:
+            self._received[position] = message.payload.result
+            if not self._waiting:
+                self._close_synchronous_round()
+
+    def time_out(self, message: Message) -> None:
+        if self._waiting.pop(message.payload, None) is not None and not self._waiting:
+            self._close_synchronous_round()
+
+    def _close_synchronous_round(self) -> None:
+        self.close_round([self._received[position] for position in sorted(self._received)])
+        self.simulation.send(Kind.START, SERVER, SERVER)

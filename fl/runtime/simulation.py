@@ -1,0 +1,183 @@
+"""The simulation kernel and ``simulate``, the event-driven counterpart of ``run_federated``.
+
+A :class:`Simulation` owns the clock, the event queue, the network and the compute:
+
+- ``send`` puts a message on the queue, delivered after ``after`` seconds (e.g. the
+  sender's computation) plus its transfer, nbytes / bandwidth of the client's link
+  (download for server -> client, upload for client -> server; timers take none);
+- ``train`` asks for a client's local training; all requests made at one simulated
+  instant are run together, one executor call per starting model, before the clock
+  moves on (so a vectorised or Ray executor sees every client that starts at once);
+- ``run`` delivers messages in order (see :mod:`fl.runtime.events`) to the receiving
+  node's handler, until none is left, and counts the bytes delivered of each kind.
+
+Randomness: one ``seed``, as in ``run_federated`` (model init and round streams are
+the same); behaviours draw from their own children of it (the ``*_STREAM`` keys).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from fl.algorithms.strategy import Strategy
+from fl.data.dataset import ArrayDataset, Subset
+from fl.executors.base import ClientResult, ClientTask, Executor
+from fl.executors.serial import SerialExecutor
+from fl.models import Params
+from fl.runtime.client import Client
+from fl.runtime.events import EventQueue, Node
+from fl.runtime.messages import SERVER, Kind, Message
+from fl.runtime.profiles import ClientProfile
+from fl.runtime.server import RoundRecord, Server
+from fl.server import client_subsets, initial_model
+
+# spawn keys of the run seed's streams; 0 and 1 are fl.server's model init and rounds
+DROPOUT_STREAM, DISPATCH_STREAM, PICK_STREAM = 2, 3, 4
+
+
+class Simulation:
+    """Clock, queue, network and compute of one run; ``server`` and ``clients`` are its nodes."""
+
+    def __init__(self, model: nn.Module, strategy: Strategy, executor: Executor, seed: int | np.random.SeedSequence):
+        self.model, self.strategy, self.executor, self.seed = model, strategy, executor, seed
+        self.now = 0.0
+        self.delivered_bytes: Counter[Kind] = Counter()
+        self.queue = EventQueue()
+        self.server: Server | None = None
+        self.clients: dict[int, Client] = {}
+        self._requests: list[tuple[ClientTask, Params, Callable[[ClientResult], None]]] = []
+
+    def send(self, kind: Kind, sender: int, receiver: int, payload=None, nbytes: int = 0, after: float = 0.0) -> None:
+        if sender == receiver:
+            transfer = 0.0
+        elif sender == SERVER:
+            transfer = self.clients[receiver].profile.download_seconds(nbytes)
+        else:
+            transfer = self.clients[sender].profile.upload_seconds(nbytes)
+        self.queue.push(Message(kind, sender, receiver, self.now + after + transfer, payload, nbytes))
+
+    def train(self, task: ClientTask, params: Params, done: Callable[[ClientResult], None]) -> None:
+        """Train ``task`` from ``params`` now; ``done(result)`` is called with its result."""
+        self._requests.append((task, params, done))
+
+    def run(self) -> None:
+        while True:
+            if self._requests and self.queue.next_time() > self.now:
+                self._compute()
+            elif len(self.queue):
+                message = self.queue.pop()
+                self.now = message.timestamp
+                self.delivered_bytes[message.kind] += message.nbytes
+                self._node(message.receiver).handle(message)
+            else:
+                return
+
+    def _node(self, node_id: int) -> Node:
+        return self.server if node_id == SERVER else self.clients[node_id]
+
+    def _compute(self) -> None:
+        requests, self._requests = self._requests, []
+        by_model: dict[int, list] = {}
+        for request in requests:
+            by_model.setdefault(id(request[1]), []).append(request)
+        for group in by_model.values():
+            results = self.executor.run(self.model, self.strategy, group[0][1], [task for task, _, _ in group])
+            for (_, _, done), result in zip(group, results):
+                done(result)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """params: the final global model; initial_params: the one training started from;
+    model: the architecture; history: one :class:`~fl.runtime.server.RoundRecord` per
+    round (per server step with FedBuff); clients: the client nodes, by id."""
+
+    model: nn.Module
+    params: Params
+    initial_params: Params
+    history: list[RoundRecord]
+    clients: dict[int, Client]
+
+
+def simulate(
+    model: str | nn.Module,
+    train_subsets: Sequence[Subset] | Mapping[int, Subset],
+    strategy: Strategy,
+    rounds: int,
+    *,
+    behaviours: Sequence = (),
+    profiles: ClientProfile | Sequence[ClientProfile] | Mapping[int, ClientProfile] | None = None,
+    executor: Executor | None = None,
+    seed: int | np.random.SeedSequence = 0,
+    test: ArrayDataset | None = None,
+    client_tests: Mapping[int, ArrayDataset | Subset] | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    model_options: dict | None = None,
+    init_params: Params | None = None,
+    evaluate_every: int = 1,
+) -> SimulationResult:
+    """Train ``rounds`` rounds of ``strategy`` as messages on a simulated clock.
+
+    model, train_subsets, strategy, rounds, executor, seed, test, progress, device,
+    model_options, init_params, evaluate_every: as in ``fl.server.run_federated``; with
+    no behaviours the global models and metrics are that function's.
+    behaviours: objects with ``install(simulation)``, applied in order before the run
+        (e.g. :class:`~fl.runtime.behaviours.Deadline`, :class:`~fl.runtime.behaviours.Dropout`,
+        :class:`~fl.runtime.fedbuff.FedBuff`).
+    profiles: each client's speed and bandwidths: one for all, a sequence by client id,
+        or a mapping id -> profile covering every client with data (default: speed 1
+        sample per second, instant transfers).
+    client_tests: client id -> that client's own test set, on which it evaluates the
+        global model whenever the server evaluates (``RoundRecord.client_accuracy``).
+    """
+    for key, value, least in (("rounds", rounds, 0), ("evaluate_every", evaluate_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{key}={value!r}: allowed is an integer >= {least}")
+    subsets = client_subsets(train_subsets)
+    model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
+    simulation = Simulation(model, strategy, executor or SerialExecutor(), seed)
+    simulation.server = Server(simulation, params, int(rounds), test, int(evaluate_every), progress)
+    members = [client for client, data in subsets.items() if len(data) > 0]
+    rates = _profiles(profiles, members)
+    tests = _client_tests(client_tests, subsets)
+    simulation.clients = {c: Client(c, subsets[c], rates[c], simulation, tests.get(c)) for c in members}
+    for behaviour in behaviours:
+        behaviour.install(simulation)
+    for client in simulation.clients.values():
+        client.join()
+    simulation.send(Kind.START, SERVER, SERVER)
+    simulation.run()
+    server = simulation.server
+    if not server.done:
+        raise RuntimeError(
+            f"the simulation ran out of events in round {server.round_index}: the server waits for clients "
+            "that will never answer (clients that drop out need a Deadline)"
+        )
+    return SimulationResult(model, server.params, params, server.records(), simulation.clients)
+
+
+def _profiles(profiles, members: list[int]) -> dict[int, ClientProfile]:
+    if profiles is None or isinstance(profiles, ClientProfile):
+        return {client: profiles or ClientProfile() for client in members}
+    given = dict(profiles) if isinstance(profiles, Mapping) else dict(enumerate(profiles))
+    missing = [client for client in members if not isinstance(given.get(client), ClientProfile)]
+    if missing:
+        raise ValueError(f"profiles (no ClientProfile for clients {missing[:5]}): allowed is one for every client with data")
+    return {client: given[client] for client in members}
+
+
+def _client_tests(client_tests, subsets: Mapping[int, Subset]) -> dict[int, ArrayDataset]:
+    tests = dict(client_tests or {})
+    unknown = sorted(set(tests) - set(subsets))
+    if unknown:
+        raise ValueError(f"client_tests (keys {unknown[:5]}): allowed is keys that are client ids")
+    return {
+        client: ArrayDataset(t.dataset.name, *t.tensors(), t.dataset.num_classes) if isinstance(t, Subset) else t
+        for client, t in tests.items()
+    }

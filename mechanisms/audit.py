@@ -1,0 +1,180 @@
+"""Audits of a solved mechanism against what real training delivered.
+
+For one mechanism, its equilibrium outcome and the realised numbers of one training run
+(delivered accuracies and paid transfers):
+
+- individual rationality (IR), on the realised utilities of the agents taking part:
+  shortfall_i = r_i - u_i^real, where r_i = max(outside option, local-only utility
+  v_i a(m_i^o) - c_i m_i^o) and u_i^real = v_i phi(delivered_i) + t_i^real - c_i m_i - comm_i;
+  a violation where shortfall_i > tol. A mechanism that promises only the outside option
+  (a contract with ``include_local=False``) is held to that alone;
+- deviation in contribution: the largest gain agent i gets by changing m_i alone
+  (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i]) under the
+  accuracy model refitted to the realised measurements; for a contract this is also
+  the gain from picking another item of the menu (its ``allocate`` reads the menu as a
+  reward schedule);
+- misreporting (incentive compatibility), for mechanisms whose rule uses the agents'
+  reported costs (``uses_reported_costs``, e.g. accuracy shaping's m_i^o and slope
+  c_i / v_i): agent i reports each cost c' of the population instead of c_i, the
+  mechanism is re-solved, and i's true utility is compared with the truthful one.
+  A misreport's accuracy is never trained, so it is taken as the promised accuracy
+  under the report plus agent i's realised promise gap (delivered_i - promised_i) from
+  the truthful run: the realised error carries over to the deviation;
+- budget balance: money paid sum_i t_i^real against the mechanism's budget (Shapley's
+  B, Stackelberg's announced reward R), or, for a mechanism without a budget, the
+  server's profit >= 0 (contracts) or no money at all (standard FL, shaping);
+- server profit and agents' information rents where the mechanism reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from incentives.accuracy import AccuracyModel
+from incentives.equilibrium import verify_equilibrium
+from incentives.population import Population
+from incentives.protocols import Mechanism, Outcome
+from incentives.utility import local_utility, utility
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Per-agent findings (arrays of shape (N,), utility units) and budget figures.
+
+    ir_shortfall: r_i - u_i^real (> tol: IR violated on the realised numbers).
+    deviation_gain: best gain from changing one's contribution alone.
+    misreport_gain: best gain from reporting another cost (0 where reports are not used).
+    best_report: the cost report achieving misreport_gain (NaN: truthful is best).
+    paid: total money paid to agents. budget: the most the mechanism may pay (None: none
+    set). server_profit: the server's value of the data less its payments (None: not
+    modelled). information_rent: (N,) utility above the reservation left to each agent by
+    the server's not knowing its type (None: not a screening mechanism).
+    """
+
+    mechanism: str
+    ir_shortfall: np.ndarray
+    deviation_gain: np.ndarray
+    misreport_gain: np.ndarray
+    best_report: np.ndarray
+    paid: float
+    budget: float | None
+    server_profit: float | None
+    information_rent: np.ndarray | None
+    tol: float
+
+    @property
+    def budget_balanced(self) -> bool:
+        """Weak budget balance: paid <= budget; without a budget, profit >= 0 or no money."""
+        if self.budget is not None:
+            return self.paid <= self.budget + self.tol
+        if self.server_profit is not None:
+            return self.server_profit >= -self.tol
+        return abs(self.paid) <= self.tol
+
+    def violations(self) -> dict[str, int]:
+        """Counts of agents violating IR, no-deviation and IC by more than ``tol``."""
+        return {
+            "ir": int(np.count_nonzero(self.ir_shortfall > self.tol)),
+            "deviation": int(np.count_nonzero(self.deviation_gain > self.tol)),
+            "misreport": int(np.count_nonzero(self.misreport_gain > self.tol)),
+        }
+
+    def rows(self) -> list[dict]:
+        """One row per agent, for the run folder."""
+        rent = self.information_rent
+        return [{"mechanism": self.mechanism, "agent": i,
+                 "ir_shortfall": float(self.ir_shortfall[i]),
+                 "deviation_gain": float(self.deviation_gain[i]),
+                 "misreport_gain": float(self.misreport_gain[i]),
+                 "best_report": float(self.best_report[i]),
+                 "information_rent": np.nan if rent is None else float(rent[i])}
+                for i in range(len(self.ir_shortfall))]
+
+
+def _budget(outcome: Outcome) -> float | None:
+    for key in ("budget", "reward"):
+        if key in outcome.info:
+            return float(outcome.info[key])
+    return None
+
+
+def misreport_gains(
+    mechanism: Mechanism,
+    outcome: Outcome,
+    population: Population,
+    model: AccuracyModel,
+    promise_gap: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, best report) per agent from reporting another cost of the population.
+
+    Agent i's true utility under report c' is v_i (a_i' + gap_i) + t_i' - c_i m_i' - comm_i,
+    with (a', t', m') the mechanism re-solved with c_i replaced by c' and gap_i the
+    realised promise gap; the gain is measured against the truthful utility computed the
+    same way. Zero gains when the mechanism does not use reported costs.
+    """
+    n = population.n_agents
+    gains, best = np.zeros(n), np.full(n, np.nan)
+    if not getattr(mechanism, "uses_reported_costs", False):
+        return gains, best
+
+    def true_utility(i: int, result: Outcome) -> float:
+        accuracy = result.accuracy[i] + (promise_gap[i] if result.accuracy[i] > 0 else 0.0)
+        return float(population.value[i] * accuracy + result.transfer[i]
+                     - population.cost[i] * result.contributions[i]
+                     - population.comm_cost[i] * result.participates[i])
+
+    reports = np.unique(population.cost)
+    for i in range(n):
+        truthful = true_utility(i, outcome)
+        for report in reports[reports != population.cost[i]]:
+            cost = population.cost.copy()
+            cost[i] = report
+            gain = true_utility(i, mechanism.solve(replace(population, cost=cost), model)) - truthful
+            if gain > gains[i]:
+                gains[i], best[i] = gain, report
+    return gains, best
+
+
+def audit(
+    mechanism: Mechanism,
+    outcome: Outcome,
+    population: Population,
+    model: AccuracyModel,
+    delivered_accuracy: np.ndarray,
+    paid_transfer: np.ndarray,
+    trained_contributions: np.ndarray,
+    tol: float = 1e-3,
+) -> Audit:
+    """Audit ``mechanism``'s ``outcome`` against one training run's realised numbers.
+
+    model: the accuracy model refitted to the realised measurements. delivered_accuracy,
+    paid_transfer, trained_contributions: (N,) what training delivered, what was paid,
+    and the samples actually trained on. tol: utility units below which nothing counts.
+    """
+    delivered = np.asarray(delivered_accuracy, dtype=float)
+    paid = np.asarray(paid_transfer, dtype=float)
+    realised = utility(population, delivered, trained_contributions, paid, outcome.participates)
+    reservation = population.outside_option
+    if getattr(mechanism, "include_local", True):
+        reservation = np.maximum(local_utility(population, model), reservation)
+    shortfall = np.where(outcome.participates, reservation - realised, 0.0)
+    deviation = verify_equilibrium(mechanism, outcome.contributions, population, model,
+                                   participates=outcome.participates).gains
+    gap = delivered - np.asarray(outcome.accuracy, dtype=float)
+    misreport, best = misreport_gains(mechanism, outcome, population, model, gap)
+    rent = outcome.info.get("information_rent")
+    profit = outcome.info.get("server_profit")
+    return Audit(
+        mechanism=outcome.mechanism,
+        ir_shortfall=shortfall,
+        deviation_gain=np.maximum(deviation, 0.0),
+        misreport_gain=misreport,
+        best_report=best,
+        paid=float(paid.sum()),
+        budget=_budget(outcome),
+        server_profit=None if profit is None else float(profit),
+        information_rent=None if rent is None else np.asarray(rent, dtype=float),
+        tol=tol,
+    )

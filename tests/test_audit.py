@@ -1,0 +1,92 @@
+"""Audits: IR on realised accuracies, deviation and misreport gains, budget balance."""
+
+import numpy as np
+import pytest
+
+from incentives.accuracy import PowerLaw
+from incentives.population import Population
+from mechanisms.audit import audit
+from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.shapley import ShapleyRewards
+from mechanisms.standard import StandardFL
+
+MODEL = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
+
+
+def test_shaping_delivered_as_promised_is_individually_rational_and_stable():
+    population = Population.from_lists(cost=[1e-4] * 10, endowment=1e6)
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                   outcome.contributions)
+    np.testing.assert_allclose(result.ir_shortfall, 0.0, atol=1e-12)  # utility = local-only
+    assert result.violations() == {"ir": 0, "deviation": 0, "misreport": 0}
+    assert result.budget_balanced and result.paid == 0.0
+
+
+def test_an_accuracy_shortfall_in_training_is_an_ir_violation_of_its_size():
+    population = Population.from_lists(cost=[1e-4] * 3, endowment=1e6, value=[1.0, 2.0, 1.0])
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    delivered = outcome.accuracy - np.array([0.0, 0.01, 0.0005])
+    result = audit(mechanism, outcome, population, MODEL, delivered, outcome.transfer,
+                   outcome.contributions)
+    np.testing.assert_allclose(result.ir_shortfall, [0.0, 0.02, 0.0005], atol=1e-12)
+    assert result.violations()["ir"] == 1  # 0.0005 is within tol = 1e-3
+
+
+def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
+    """The rule takes m_i^o and the slope c_i / v_i from the agent's cost: reporting a higher
+    cost lowers the data asked before shaping starts and steepens the slope, so the global
+    accuracy is reached with fewer samples. Hand check for agent 0 below."""
+    population = Population.from_lists(cost=[1e-4, 8e-4], endowment=1e6)
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                   outcome.contributions)
+    lying = mechanism.solve(Population.from_lists(cost=[8e-4, 8e-4], endowment=1e6), MODEL)
+    true_cost = 1e-4
+    expected = (lying.accuracy[0] - true_cost * lying.contributions[0]) - (
+        outcome.accuracy[0] - true_cost * outcome.contributions[0])
+    assert expected > 0.01
+    assert result.misreport_gain[0] == pytest.approx(expected, rel=1e-9)
+    assert result.best_report[0] == 8e-4
+    assert result.misreport_gain[1] == 0.0 and np.isnan(result.best_report[1])
+
+
+def test_mechanisms_acting_on_contributions_have_no_misreport_audit():
+    population = Population.from_lists(cost=[1e-4, 3e-4, 5e-4], endowment=1e6)
+    mechanism = StandardFL()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                   outcome.contributions)
+    np.testing.assert_array_equal(result.misreport_gain, 0.0)
+    assert result.violations()["deviation"] == 0
+
+
+def test_budget_balance_against_the_shapley_budget():
+    population = Population.from_lists(cost=[1e-3, 2e-3, 3e-3], endowment=500)
+    model = PowerLaw(0.95, 3.0, 0.6)
+    mechanism = ShapleyRewards(budget=0.5)
+    outcome = mechanism.solve(population, model)
+    within = audit(mechanism, outcome, population, model, outcome.accuracy, outcome.transfer,
+                   outcome.contributions)
+    assert within.budget == 0.5 and within.paid == pytest.approx(0.5)
+    assert within.budget_balanced
+    over = audit(mechanism, outcome, population, model, outcome.accuracy, outcome.transfer * 1.5,
+                 outcome.contributions)
+    assert not over.budget_balanced
+
+
+def test_contract_reports_rents_and_profit_and_spares_agents_who_stay_out():
+    population = Population.from_lists(cost=[3.0, 2.0, 1.0], endowment=100)
+    mechanism = ContractMechanism(LogValue(10.0))
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                   outcome.contributions)
+    np.testing.assert_allclose(outcome.contributions, [1.0, 7 / 3, 9.0], rtol=1e-6)
+    # rents of the textbook case: 0 for the highest cost, then 1*(q_1)=1 and 1+7/3
+    np.testing.assert_allclose(result.information_rent, [0.0, 1.0, 10 / 3], atol=1e-6)
+    assert result.server_profit > 0 and result.budget_balanced
+    assert result.violations() == {"ir": 0, "deviation": 0, "misreport": 0}

@@ -1,0 +1,36 @@
+"""Headline metrics on hand-computed cases."""
+
+import math
+
+import numpy as np
+
+from analysis.metrics import free_riding_rate, price_of_anarchy
+from incentives.accuracy import PowerLaw, local_optimum
+from incentives.equilibrium import social_optimum
+from incentives.population import Population
+from mechanisms.standard import StandardFL
+
+
+def test_free_riding_counts_agents_below_their_local_optimum_by_half_a_sample():
+    m_local = np.array([100.0, 100.0, 100.0, 50.0])
+    assert free_riding_rate([0.0, 99.4, 99.6, 80.0], m_local) == 0.5
+
+
+def test_price_of_anarchy_is_a_ratio_and_infinite_without_surplus():
+    assert price_of_anarchy(10.0, 8.0) == 1.25
+    assert math.isinf(price_of_anarchy(10.0, 0.0))
+
+
+def test_standard_fl_price_of_anarchy_grows_with_the_number_of_free_riders():
+    """With N identical agents, standard FL collects m^o whatever N, while the planner
+    collects the root of N a'(M) = c: the inefficiency grows with N."""
+    model = PowerLaw(1.0, 1.0, 0.5)
+    ratios = []
+    for n in (2, 10):
+        agents = Population.from_lists(cost=[1e-4] * n, endowment=1e7)
+        outcome = StandardFL().solve(agents, model)
+        surplus = n * model(outcome.total) - 1e-4 * outcome.total
+        ratios.append(price_of_anarchy(social_optimum(agents, model).welfare, surplus))
+    m_o = local_optimum(np.array([1e-4]), np.array([1.0]), model)[0]
+    assert abs(StandardFL().solve(Population.from_lists(cost=[1e-4] * 10, endowment=1e7), model).total - m_o) < 1e-6
+    assert 1.0 < ratios[0] < ratios[1]

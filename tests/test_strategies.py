@@ -1,0 +1,162 @@
+"""Server optimisers and SCAFFOLD: one step of each rule on tiny tensors, against
+numbers worked out by hand in the comments, then a short real run on digits."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fl.algorithms import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Scaffold, child_seed
+from fl.data import partition
+from fl.data.dataset import load_digits
+from fl.executors import ClientResult, SerialExecutor
+from fl.models import build_model, get_params
+from fl.server import run_federated
+
+TRAIN, TEST = load_digits()
+
+
+def results(*models, samples=None, steps=1):
+    """ClientResults of clients 0, 1, ... holding the given {"w": [...]} models."""
+    samples = samples or [1] * len(models)
+    return [
+        ClientResult(i, {"w": torch.tensor(m, dtype=torch.float64), "count": torch.tensor(3)}, n, 0.0, steps)
+        for i, (m, n) in enumerate(zip(models, samples))
+    ]
+
+
+def start(*w):
+    return {"w": torch.tensor(w, dtype=torch.float64), "count": torch.tensor(7)}
+
+
+def test_fedavgm_two_momentum_steps():
+    strategy = FedAvgM(momentum=0.9, server_lr=1.0)
+    # round 1: mean (1*1 + 3*3)/4 = 2.5, Delta = 0 - 2.5 = -2.5, v = -2.5, w = 0 + 2.5 = 2.5
+    w = strategy.aggregate(start(0.0), results([1.0], [3.0], samples=[1, 3]))
+    assert w["w"].item() == pytest.approx(2.5) and w["count"].item() == 7
+    # round 2: mean 3, Delta = 2.5 - 3 = -0.5, v = 0.9 * -2.5 - 0.5 = -2.75, w = 2.5 + 2.75 = 5.25
+    w = strategy.aggregate(w, results([3.0]))
+    assert w["w"].item() == pytest.approx(5.25)
+    assert strategy.aggregate(w, []) is w
+
+
+def test_fedavgm_without_momentum_is_fedavg():
+    old = start(1.0, -2.0)
+    new = FedAvgM(momentum=0.0, server_lr=1.0).aggregate(old, results([2.0, 0.0], [6.0, 4.0], samples=[3, 1]))
+    torch.testing.assert_close(new["w"], FedAvg().aggregate(old, results([2.0, 0.0], [6.0, 4.0], samples=[3, 1]))["w"])
+
+
+def test_fedadam_one_step():
+    strategy = FedAdam(server_lr=1.0, beta1=0.5, beta2=0.5, tau=1.0)
+    # Delta = [1, 7]; m = 0.5 * Delta = [0.5, 3.5]; v = 0.5 * tau^2 + 0.5 * Delta^2 = [1, 25]
+    # w = 0 + m / (sqrt(v) + tau) = [0.5 / 2, 3.5 / 6]
+    w = strategy.aggregate(start(0.0, 0.0), results([1.0, 7.0]))
+    torch.testing.assert_close(w["w"], torch.tensor([0.25, 7 / 12], dtype=torch.float64))
+    assert w["count"].item() == 7
+
+
+def test_fedadam_second_step_uses_both_moments():
+    strategy = FedAdam(server_lr=1.0, beta1=0.5, beta2=0.5, tau=1.0)
+    w = strategy.aggregate(start(0.0), results([7.0]))  # m = 3.5, v = 25, w = 3.5 / 6
+    # Delta = 7 - 7/12 = 77/12; m = 1.75 + 0.5 * 77/12 = 119/24; v = 12.5 + 0.5 * (77/12)^2
+    w = strategy.aggregate(w, results([7.0]))
+    v = 12.5 + 0.5 * (77 / 12) ** 2
+    assert w["w"].item() == pytest.approx(7 / 12 + (119 / 24) / (math.sqrt(v) + 1.0))
+
+
+def test_fedyogi_moves_v_additively_both_ways():
+    strategy = FedYogi(server_lr=1.0, beta1=0.5, beta2=0.5, tau=1.0)
+    # step 1: Delta = 4 > tau; v = 1 - 0.5 * 16 * sign(1 - 16) = 9; m = 2; w = 2 / (3 + 1) = 0.5
+    w = strategy.aggregate(start(0.0), results([4.0]))
+    assert w["w"].item() == pytest.approx(0.5)
+    # step 2: Delta = 1.5 - 0.5 = 1; v = 9 - 0.5 * 1 * sign(9 - 1) = 8.5; m = 1 + 0.5 = 1.5
+    w = strategy.aggregate(w, results([1.5]))
+    assert w["w"].item() == pytest.approx(0.5 + 1.5 / (math.sqrt(8.5) + 1.0))
+
+
+def test_fedadagrad_accumulates_squares():
+    strategy = FedAdagrad(server_lr=1.0, beta1=0.0, tau=1.0)
+    # v = 1 + 9 = 10 after Delta = 3; w = 3 / (sqrt(10) + 1); then Delta = -2: v = 14
+    w = strategy.aggregate(start(0.0), results([3.0]))
+    first = 3 / (math.sqrt(10) + 1)
+    assert w["w"].item() == pytest.approx(first)
+    w = strategy.aggregate(w, results([first - 2.0]))
+    assert w["w"].item() == pytest.approx(first - 2 / (math.sqrt(14) + 1))
+
+
+def test_scaffold_control_variates_option_two():
+    strategy = Scaffold(lr=0.25, clients_per_round=2)
+    available = {i: TRAIN.subset(np.arange(4 * i, 4 * i + 4)) for i in range(4)}
+    strategy.configure_round(0, available, child_seed(0, 1, 0))
+    assert all(not task.state for task in strategy.configure_round(0, available, child_seed(0, 1, 0)))
+    # clients 0 and 1 start from x = 1 and end at y = 0 after K = 2 steps of lr 0.25:
+    # c_i+ = 0 - 0 + (1 - 0) / (2 * 0.25) = 2; c = 0 + (1/N)(2 + 2) = 1 with N = 4
+    new = strategy.aggregate(start(1.0), results([0.0], [0.0], steps=2))
+    assert new["w"].item() == 0.0 and new["count"].item() == 7
+    assert strategy.control["w"].item() == 1.0
+    assert strategy.client_controls[0]["w"].item() == 2.0
+    corrections = {t.client_id: t.state["correction"]["w"].item() for t in strategy.configure_round(1, available, child_seed(0, 1, 1))}
+    tasks = Scaffold(lr=0.25).configure_round(1, available, child_seed(0, 1, 1))  # everyone, for the ids
+    assert len(tasks) == 4
+    for client, correction in corrections.items():
+        assert correction == (1.0 - 2.0 if client in (0, 1) else 1.0)  # c - c_i
+
+
+def test_scaffold_correction_adds_c_minus_c_i_to_the_gradient():
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    loss = torch.sum(w**2)  # gradient 2w = [1, -2]
+    correction = torch.tensor([0.25, 3.0])
+    objective = Scaffold().local_objective(loss, {"w": w}, {}, {"correction": {"w": correction}})
+    (gradient,) = torch.autograd.grad(objective, [w])
+    torch.testing.assert_close(gradient, torch.tensor([1.25, 1.0]))
+    assert Scaffold().local_objective(loss, {"w": w}, {}, {}) is loss
+
+
+def test_scaffold_local_step_is_sgd_on_grad_plus_c_minus_c_i():
+    """One real local step through the executor: y = x - lr (g + c - c_i)."""
+    data = TRAIN.subset(np.arange(8))
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0, hidden=())
+    x = get_params(model)
+    strategy = Scaffold(lr=0.5, batch_size=8, steps=1)
+    strategy.clients = {0}
+    strategy.control = {name: torch.full_like(t, 0.1) for name, t in x.items()}
+    [task] = strategy.configure_round(0, {0: data}, child_seed(0, 1, 0))
+    [plain] = SerialExecutor().run(model, FedAvg(lr=0.5, batch_size=8, steps=1), x, [task])
+    [corrected] = SerialExecutor().run(model, strategy, x, [task])
+    for name in x:
+        torch.testing.assert_close(corrected.params[name], plain.params[name] - 0.5 * 0.1)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        FedAvgM(momentum=0.5, batch_size=16, lr=0.05),
+        FedAdam(server_lr=0.01, batch_size=16, lr=0.05),
+        FedYogi(server_lr=0.01, batch_size=16, lr=0.05),
+        FedAdagrad(server_lr=0.1, batch_size=16, lr=0.05),
+        Scaffold(batch_size=16, lr=0.05),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_each_strategy_learns_non_iid_digits(strategy):
+    parts = partition.dirichlet(TRAIN.labels(), 10, 0.3, seed=0, min_size=20)
+    subsets = [TRAIN.subset(p) for p in parts]
+    result = run_federated("mlp", subsets, strategy, 10, seed=0, test=TEST, progress=False)
+    assert result.history[-1].test_accuracy > 0.8
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (lambda: FedAvgM(momentum=1.0), "momentum=1.0"),
+        (lambda: FedAvgM(server_lr=0), "server_lr=0"),
+        (lambda: FedAdam(beta2=1.5), "beta2=1.5"),
+        (lambda: FedYogi(tau=0.0), "tau=0.0"),
+        (lambda: FedAdagrad(beta1=-0.1), "beta1=-0.1"),
+        (lambda: Scaffold(server_lr=-1.0), "server_lr=-1.0"),
+    ],
+)
+def test_bad_settings_are_refused(make, key):
+    with pytest.raises(ValueError, match=f"{key}: allowed"):
+        make()
