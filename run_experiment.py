@@ -12,6 +12,7 @@ names it and exits with status 2. The run folder's layout is described in
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 from dataclasses import replace
@@ -31,6 +32,7 @@ from mechanisms.stackelberg import StackelbergPricing
 from mechanisms.standard import StandardFL
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
+CHECKPOINT = "checkpoint.pkl"
 TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
 STREAMS = ("population", "training")
 
@@ -131,8 +133,28 @@ def build_oracle(config: dict, train, test, population: Population,
     )
 
 
-def run(config: dict) -> Path:
-    """Run the experiment described by a validated config; return its run folder."""
+def save_checkpoint(folder: Path, result) -> None:
+    """Write the loop's state after an iteration (atomically: a crash never leaves half a file)."""
+    partial = folder / "checkpoint.pkl.partial"
+    with partial.open("wb") as handle:
+        pickle.dump(result, handle)
+    partial.replace(folder / CHECKPOINT)
+
+
+def load_checkpoint(folder: Path):
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
+                          "folder that finished at least one loop iteration")
+    with path.open("rb") as handle:
+        return pickle.load(handle)
+
+
+def run(config: dict, resume_folder: Path | None = None) -> Path:
+    """Run the experiment described by a validated config; return its run folder.
+
+    With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
+    and finished iterations are kept) and the run folder is rewritten in place."""
     from fl.data import load_dataset
 
     check_fl_names(config)
@@ -164,6 +186,12 @@ def run(config: dict) -> Path:
     timings["setup"] = time.perf_counter() - start
     show = config["experiment"]["progress"]
     mechanisms = build_mechanisms(config["mechanisms"])
+    if resume_folder is None:
+        folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
+        resumed = None
+    else:
+        folder, resumed = resume_folder, load_checkpoint(resume_folder)
+    (folder / "config.toml").write_text(config_module.dumps(config))
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
     from tqdm import tqdm
 
@@ -181,14 +209,15 @@ def run(config: dict) -> Path:
             max_iterations=config["loop"]["max_iterations"],
             progress=progress,
         )
+        if resumed is not None:
+            bar.update(1 + resumed.n_iterations * len(mechanisms))
         loop_start = time.perf_counter()
-        result = loop.run()
+        result = loop.run(resume=resumed, on_iteration=lambda r: save_checkpoint(folder, r))
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
-    folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
+    timings["total_before_report"] = time.perf_counter() - start
     summaries = write_run(folder, config, result, mechanisms, population, timings, training["device"],
                           {"partition_notes": list(oracle.partition_notes)})
-    timings["total"] = time.perf_counter() - start
     if show:
         for name, summary in summaries.items():
             print(f"{name:>10}: total data {summary['total_data']:.0f} samples, free-riding "
@@ -206,6 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--resume", metavar="RUN_FOLDER", type=Path,
+                        help="continue an interrupted run from its checkpoint, with its "
+                             "config.toml (--set still applies, e.g. loop.max_iterations)")
     return parser.parse_args(argv)
 
 
@@ -213,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         overrides = args.overrides + (["experiment.progress=false"] if args.quiet else [])
-        config = config_module.load(args.config, overrides)
-        run(config)
+        if args.resume is not None:
+            if not (args.resume / "config.toml").is_file():
+                raise ConfigError(f"--resume {str(args.resume)!r}: no config.toml there; "
+                                  "allowed is a run folder")
+            config = config_module.load(args.resume / "config.toml", overrides)
+        else:
+            config = config_module.load(args.config, overrides)
+        run(config, args.resume)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,7 +14,10 @@ incentivises 30-55% more clients than standard federated training. Per seed:
 4. FedAvg and IncFL train from the same initial model, with the same clients, local
    epochs, batch size, step size and ``--rounds`` rounds (the same budget);
 5. reported: the incentivised share mean_k 1{f_k(w) < rho_k} on test data for each,
-   their ratio, and the global models' test accuracy.
+   their ratio, and the global models' test accuracy;
+6. with ``--equilibrium``: the share of clients still in when, starting from everyone,
+   clients with f_k(w) >= rho_k leave and the same algorithm retrains on those who stay
+   until nobody leaves (``incentives.participation.participation_equilibrium``).
 
 Run from the repository root::
 
@@ -30,13 +33,17 @@ import time
 import numpy as np
 import torch
 
-from fl.algorithms import FedAvg
+from fl.algorithms import FedAvg, child_seed
 from fl.algorithms.incfl import IncFL, distribution_losses, incentivised_fraction, train_local_models
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.data.mnist import load_mnist
 from fl.models import build_model, get_params
+from fl.evaluation import evaluate
 from fl.server import run_federated
+from incentives.participation import participation_equilibrium
+
+_LOCAL = 2  # the local models' stream, apart from run_federated's (0: init, 1: rounds)
 
 
 def federation(train: ArrayDataset, pool: int | None, clients: int, alpha: float, seed: int):
@@ -52,12 +59,13 @@ def federation(train: ArrayDataset, pool: int | None, clients: int, alpha: float
     return [train.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation
 
 
-def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int) -> dict[str, tuple[float, float]]:
-    """{"FedAvg" | "IncFL": (incentivised share on test data, test accuracy)}."""
+def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int) -> dict[str, list[float]]:
+    """{"FedAvg" | "IncFL": [incentivised share on test data, test accuracy(, share that
+    stays at the participation equilibrium)]}."""
     subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed)
     model = build_model(args.model, train.feature_shape, train.num_classes, seed)
     init = get_params(model)
-    local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, seed)
+    local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, child_seed(seed, _LOCAL))
     rho_val = np.array([distribution_losses(model, w, validation, p[k : k + 1])[0] for k, w in enumerate(local)])
     rho_test = np.array([distribution_losses(model, w, test, p[k : k + 1])[0] for k, w in enumerate(local)])
     training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
@@ -67,12 +75,20 @@ def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, 
     }
     out = {}
     for name, strategy in strategies.items():
-        result = run_federated(
-            model, subsets, strategy, args.rounds, seed=seed, test=test, init_params=init,
-            progress=False, evaluate_every=args.rounds,
-        )
-        share = incentivised_fraction(distribution_losses(model, result.params, test, p), rho_test)
-        out[name] = (share, result.history[-1].test_accuracy)
+
+        def trained_on(members: np.ndarray, strategy=strategy):
+            """The test losses f_k(w), all k, of the model trained on the clients in ``members``."""
+            result = run_federated(
+                model, {k: subsets[k] for k in np.flatnonzero(members)}, strategy, args.rounds,
+                seed=seed, init_params=init, progress=False,
+            )
+            return distribution_losses(model, result.params, test, p), result
+
+        losses, result = trained_on(np.ones(len(subsets), dtype=bool))
+        out[name] = [incentivised_fraction(losses, rho_test), evaluate(model, result.params, test)["accuracy"]]
+        if args.equilibrium:
+            stays = participation_equilibrium(lambda m: trained_on(m)[0], rho_test, higher_is_better=False)
+            out[name].append(float(stays.participates.mean()))
     return out
 
 
@@ -90,23 +106,32 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     train, test = load_digits() if args.dataset == "digits" else load_mnist(root=args.data_root)
     print(f"{args.dataset}: {args.clients} clients, Dirichlet({args.alpha}), {args.rounds} rounds, {args.model}")
-    print(f"{'seed':>4} {'FedAvg share':>12} {'IncFL share':>11} {'ratio':>6} {'FedAvg acc':>10} {'IncFL acc':>9} {'s':>5}")
+    columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
+    header = " ".join(f"{name + ' ' + c:>12}" for name in ("FedAvg", "IncFL") for c in columns)
+    print(f"{'seed':>4} {header} {'ratio':>6} {'s':>5}")
     rows = []
     for seed in args.seeds:
         start = time.perf_counter()
         out = one_seed(train, test, args, seed)
-        (fa, fa_acc), (inc, inc_acc) = out["FedAvg"], out["IncFL"]
-        rows.append((fa, inc, fa_acc, inc_acc))
-        ratio = inc / fa if fa else float("inf")
-        print(f"{seed:>4} {fa:>12.3f} {inc:>11.3f} {ratio:>6.2f} {fa_acc:>10.3f} {inc_acc:>9.3f} {time.perf_counter() - start:>5.0f}")
-    fa, inc, fa_acc, inc_acc = np.mean(rows, axis=0)
-    print(f"mean {fa:>12.3f} {inc:>11.3f} {inc / fa if fa else float('inf'):>6.2f} {fa_acc:>10.3f} {inc_acc:>9.3f}")
-    print("paper (Cho et al. 2022): IncFL/FedAvg share ratio 1.30-1.55")
+        rows.append(out["FedAvg"] + out["IncFL"])
+        print(f"{seed:>4} {_cells(rows[-1])} {_ratio(rows[-1], len(columns)):>6.2f} {time.perf_counter() - start:>5.0f}")
+    mean = list(np.mean(rows, axis=0))
+    print(f"mean {_cells(mean)} {_ratio(mean, len(columns)):>6.2f}")
+    print("ratio: IncFL share / FedAvg share; the paper (Cho et al. 2022) reports 1.30-1.55")
+
+
+def _cells(values: list[float]) -> str:
+    return " ".join(f"{v:>12.3f}" for v in values)
+
+
+def _ratio(row: list[float], width: int) -> float:
+    return row[width] / row[0] if row[0] else float("inf")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ One iteration, for every mechanism compared:
    data values of the real rounds) pays its realised transfer t_i;
 5. add the measured point (M, mean global accuracy) to the fit.
 
+After each iteration the caller may checkpoint the :class:`LoopResult` (it holds every
+measurement), and ``run(resume=...)`` continues from it.
+
 The loop stops when no mechanism's contributions move by more than ``tolerance``
 (relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
 ``max_iterations``. The pilot learning curve measured before the first iteration seeds
@@ -22,7 +25,7 @@ the fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -66,6 +69,15 @@ class LoopResult:
     @property
     def n_iterations(self) -> int:
         return len(self.fits)
+
+    def measured_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (size, accuracy) measured so far: the pilot curve, then one point per
+        training with data, (M, mean over agents of the global model's accuracy)."""
+        trained = [r for r in self.records if r.trained_contributions.sum() > 0]
+        sizes = [float(r.trained_contributions.sum()) for r in trained]
+        accuracies = [float(np.mean(r.training.global_accuracy)) for r in trained]
+        return (np.concatenate([self.pilot_sizes, sizes]),
+                np.concatenate([self.pilot_accuracies, accuracies]))
 
     def final(self) -> dict[str, IterationRecord]:
         """The last iteration's record of each mechanism."""
@@ -145,6 +157,8 @@ class ClosedLoop:
         pays_from_training = isinstance(mechanism, PaysFromTraining)
         training = self.oracle.train(trained, outcome.delivery_target, record_rounds=pays_from_training)
         transfer = mechanism.realised_transfer(outcome, training) if pays_from_training else outcome.transfer
+        if getattr(training, "round_games", None) is not None and is_dataclass(training):
+            training = replace(training, round_games=None)  # valued: free the rounds' models
         participates = outcome.participates
         predicted = utility(population, outcome.accuracy, outcome.contributions,
                             outcome.transfer, participates, phi=self.phi)
@@ -154,13 +168,22 @@ class ClosedLoop:
         return IterationRecord(iteration, outcome, trained, training, transfer, predicted, realised,
                                local, gain)
 
-    def run(self) -> LoopResult:
-        self.progress("pilot learning curve")
-        sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)
-        sizes, accuracies = np.asarray(sizes, float), np.asarray(accuracies, float)
-        result = LoopResult(sizes, accuracies)
-        previous: dict[str, np.ndarray] = {}
-        for iteration in range(self.max_iterations):
+    def run(self, resume: LoopResult | None = None,
+            on_iteration: Callable[[LoopResult], None] | None = None) -> LoopResult:
+        """Run the loop; ``resume`` continues a checkpointed result (its pilot curve and
+        every measurement kept), ``on_iteration`` is called after each iteration (e.g. to
+        write a checkpoint), so that an interrupted run loses no finished iteration."""
+        if resume is None:
+            self.progress("pilot learning curve")
+            sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)
+            result = LoopResult(np.asarray(sizes, float), np.asarray(accuracies, float))
+        else:
+            result = resume
+        sizes, accuracies = result.measured_points()
+        previous = {r.mechanism: r.outcome.contributions for r in result.records}
+        for iteration in range(result.n_iterations, self.max_iterations):
+            if result.converged:
+                break
             fit = EmpiricalModel.fit(sizes, accuracies, family=self.family)
             result.fits.append(fit)
             changes = []
@@ -171,11 +194,8 @@ class ClosedLoop:
                 changes.append(_relative_change(m, previous[mechanism.name])
                                if mechanism.name in previous else np.inf)
                 previous[mechanism.name] = m
-                measured_total = float(record.trained_contributions.sum())
-                if measured_total > 0:
-                    sizes = np.append(sizes, measured_total)
-                    accuracies = np.append(accuracies, float(np.mean(record.training.global_accuracy)))
-            if max(changes) < self.tolerance:
-                result.converged = True
-                break
+            sizes, accuracies = result.measured_points()
+            result.converged = max(changes) < self.tolerance
+            if on_iteration is not None:
+                on_iteration(result)
         return result

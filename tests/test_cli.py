@@ -72,3 +72,25 @@ def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path
     assert fragment in err
     assert err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    assert (folder / "checkpoint.pkl").is_file()
+    first = (folder / "learning_curve.csv").read_text()
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # rewritten in place
+    with (folder / "metrics.csv").open() as handle:
+        iterations = {row["iteration"] for row in csv.DictReader(handle)}
+    assert iterations == {"0", "1"}
+    resumed = (folder / "learning_curve.csv").read_text()
+    assert resumed.startswith(first.splitlines()[0]) and len(resumed.splitlines()) > len(first.splitlines())
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert run_experiment.main(["--quiet", "--resume", str(tmp_path)]) == 2
+    assert "no config.toml there" in capsys.readouterr().err

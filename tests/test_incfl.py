@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl.algorithms import FedAvg
+from fl.algorithms import FedAvg, child_seed
 from fl.algorithms.incfl import (
     IncFL,
     distribution_losses,
@@ -204,10 +204,10 @@ def federation(seed, clients):
     return [TRAIN.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation
 
 
-def local_losses(model, init, subsets, p, data, seed):
-    """rho_k on ``data`` for each client's local-only model (20 epochs)."""
-    local = train_local_models(model, init, subsets, epochs=20, batch_size=16, lr=0.1, seed=seed)
-    return np.array([distribution_losses(model, w, data, p[k : k + 1])[0] for k, w in enumerate(local)])
+def local_losses(model, init, subsets, p, datasets, seed):
+    """rho_k on each of ``datasets`` for each client's local-only model (20 epochs)."""
+    local = train_local_models(model, init, subsets, epochs=20, batch_size=16, lr=0.1, seed=child_seed(seed, 2))
+    return [np.array([distribution_losses(model, w, d, p[k : k + 1])[0] for k, w in enumerate(local)]) for d in datasets]
 
 
 def test_incfl_and_fedavg_shares_on_a_dirichlet_split_of_digits(capsys):
@@ -216,8 +216,7 @@ def test_incfl_and_fedavg_shares_on_a_dirichlet_split_of_digits(capsys):
         subsets, p, validation = federation(seed, clients=50)
         model = build_model("mlp", TRAIN.feature_shape, 10, seed)
         init = get_params(model)
-        rho_val = local_losses(model, init, subsets, p, validation, seed)
-        rho_test = local_losses(model, init, subsets, p, TEST, seed)
+        rho_val, rho_test = local_losses(model, init, subsets, p, [validation, TEST], seed)
         strategies = {
             "FedAvg": FedAvg(batch_size=16, lr=0.1),
             "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), batch_size=16, lr=0.1),
@@ -241,7 +240,7 @@ def test_participation_equilibrium_closed_with_real_training():
     subsets, p, _ = federation(0, clients=12)
     model = build_model("mlp", TRAIN.feature_shape, 10, 0)
     init = get_params(model)
-    rho = local_losses(model, init, subsets, p, TEST, 0)
+    (rho,) = local_losses(model, init, subsets, p, [TEST], 0)
 
     def received_for(mask):
         members = {k: subsets[k] for k in np.flatnonzero(mask)}

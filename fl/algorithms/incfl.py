@@ -2,7 +2,7 @@
 
 Cho, Jhunjhunwala, Li, Smith & Joshi (2022), "To Federate or Not To Federate:
 Incentivizing Client Participation in Federated Learning", arXiv:2205.14840 (later
-versions are titled "Maximizing Global Model Appeal in Federated Learning", MaxFL).
+versions: "Maximizing Global Model Appeal in Federated Learning", MaxFL, TMLR 2024).
 
 Client k, with loss f_k, can train a model alone, w_hat_k, and is *incentivised* to use
 the global model w when it does better on its own data than that local model:
@@ -10,7 +10,7 @@ the global model w when it does better on its own data than that local model:
     f_k(w) < rho_k,   rho_k = f_k(w_hat_k).
 
 The server would like to maximise the number of incentivised clients,
-sum_k 1{f_k(w) < rho_k}. The step function is not differentiable; the paper replaces
+sum_k 1{f_k(w) < rho_k}. The step function has no useful gradient, so the paper replaces
 the indicator of *not* being incentivised by the sigmoid s(x) = 1 / (1 + e^{-x}) and
 minimises
 
@@ -20,22 +20,22 @@ whose gradient is a re-weighted sum of the clients' gradients,
 
     grad F(w) = sum_k q_k(w) grad f_k(w),   q_k(w) = s(x_k) (1 - s(x_k)),   x_k = f_k(w) - rho_k.
 
-q_k is the slope of the sigmoid at the client's *incentive gap* x_k: largest (1/4) at
-x_k = 0, where the client sits on the threshold, symmetric, and decaying like e^{-|x_k|}
-for clients that are already well incentivised (x_k << 0) or out of reach (x_k >> 0).
-There is no further hyperparameter: the gap is measured in the loss's own units (nats
-for cross-entropy), and rho_k is fixed once, before federated training.
+q_k is the slope of the sigmoid at the client's *incentive gap* x_k (the paper's Fig. 2
+plots it against the gap): largest (1/4) at x_k = 0, where the client sits on the
+threshold, symmetric, and decaying like e^{-|x_k|} for clients already well incentivised
+(x_k << 0) or out of reach (x_k >> 0). There is no further hyperparameter: the gap is in
+the loss's own units (nats for cross-entropy), and rho_k is fixed before training.
 
 IncFL is FedAvg with these weights in place of n_k / n: each round the server computes
 q_k at the round's starting model w^t for every client k that trained, and sets
 
-    w^{t+1} = sum_k (q_k / sum_j q_j) w_k^{t+1},
+    w^{t+1} = sum_k (q_k / sum_j q_j) w_k^{t+1} = w^t + sum_k (q_k / sum_j q_j) (w_k^{t+1} - w^t):
 
-a convex combination of the clients' models, as FedAvg's is (the paper's update
-direction sum_k q_k (w_k^{t+1} - w^t), with the step normalised so the weights sum to
-one; clients count once each, whatever their sample size, because the objective counts
-clients). The normalisation is computed in log space, so no gap is large enough to
-make every weight underflow.
+the paper's update direction sum_k q_k (w_k^{t+1} - w^t), with its length normalised so
+that the weights sum to one, as FedAvg's do (the normalisation is this module's choice of
+server step). Clients count once each, whatever their sample size, because the objective
+counts clients. The normalisation is computed in log space, so no gap, however large,
+makes every weight underflow.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def train_local_models(
     """w_hat_k for each client k: ``epochs`` passes of mini-batch SGD (``batch_size``,
     ``lr``) from ``init_params`` on ``subsets[k]`` alone, exactly the local training a
     FedAvg client does in one round of that many epochs. Client k's batch order comes
-    from ``child_seed(seed, k)``."""
+    from ``child_seed(seed, k)``, so give it a seed no other purpose draws from."""
     if any(len(s) == 0 for s in subsets):
         empty = [k for k, s in enumerate(subsets) if len(s) == 0]
         raise ValueError(f"subsets (empty for clients {empty}): allowed is clients with at least one sample each")

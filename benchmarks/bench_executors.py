@@ -1,0 +1,249 @@
+"""Executors' speed and memory: ``python benchmarks/bench_executors.py [--quick] [--data-root DIR]``.
+
+Prints one line per ratio, all measured in this run on MNIST (from ``--data-root``,
+default ``../shared/data``), B=10, E=1 (``--quick``: fewer samples per client):
+
+1. the serial executor against a hand-written PyTorch loop doing the identical work
+   (same model, same batches, torch.optim.SGD): overhead, target <= 10%;
+2. the vectorised executor against the serial one on one FedAvg round of the MLP
+   784-200-200-10 with 10 and 100 clients per round: speedup, target >= 3x, with the
+   largest difference of any client's parameters and of the aggregated model; and
+   the CNN of McMahan et al.: the vectorised executor's samples per second as a
+   percentage of one large-batch training of the same CNN on the same samples
+   (batch = all the round's clients' batches together), target >= 90%;
+3. peak memory of ``run_federated`` with 10 clients per round over 100 and over 1000
+   clients (each in a fresh process): bounded by the clients trained at once.
+
+Timings are the best of ``--repeat`` runs, the contenders interleaved, so that a
+shared machine's noise hits them alike; the header gives threads and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fl.algorithms import FedAvg, child_seed  # noqa: E402
+from fl.data import DatasetNotFoundError, load_mnist, partition  # noqa: E402
+from fl.data.dataset import ArrayDataset  # noqa: E402
+from fl.executors import ClientTask, SerialExecutor  # noqa: E402
+from fl.executors.vectorised import VectorisedExecutor  # noqa: E402
+from fl.models import build_model, get_params  # noqa: E402
+from fl.server import run_federated  # noqa: E402
+
+BATCH, LR = 10, 0.05
+
+
+def best_of(cases: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Fastest wall time (s) of each case over ``repeat`` interleaved rounds."""
+    best = {name: float("inf") for name in cases}
+    for _ in range(repeat):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def load(data_root: Path) -> ArrayDataset:
+    try:
+        return load_mnist(data_root)[0]
+    except DatasetNotFoundError as error:
+        sys.exit(f"bench_executors: MNIST not found under {data_root}/mnist ({error}); pass --data-root DIR")
+
+
+def round_tasks(train: ArrayDataset, clients: int, per_client: int, seed: int = 0) -> list[ClientTask]:
+    """One FedAvg round (E=1, B=10) of ``clients`` IID clients holding ``per_client`` samples each."""
+    pool = np.random.default_rng(seed).permutation(len(train))[: clients * per_client]
+    parts = partition.iid(train.labels()[pool], clients, seed)
+    subsets = {i: train.subset(pool[p]) for i, p in enumerate(parts)}
+    strategy = FedAvg(epochs=1, batch_size=BATCH, lr=LR, clients_per_round=clients)
+    return strategy.configure_round(0, subsets, child_seed(seed, 1, 0))
+
+
+def hand_written(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -> list[dict]:
+    """What one would write without the library: load, SGD over the task's batches, copy out."""
+    out = []
+    for task in tasks:
+        model.load_state_dict(params)
+        optimiser = torch.optim.SGD(model.parameters(), lr=task.lr)
+        x, y = task.data.tensors()
+        for batch in task.batches():
+            index = torch.from_numpy(batch)
+            optimiser.zero_grad()
+            F.cross_entropy(model(x[index]), y[index]).backward()
+            optimiser.step()
+        out.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+    return out
+
+
+def max_diff(a: list[dict], b: list[dict]) -> float:
+    return max((x[name] - y[name]).abs().max().item() for x, y in zip(a, b) for name in x)
+
+
+def large_batch(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -> Callable[[], None]:
+    """One model trained with plain SGD on the round's samples in batches of B * clients."""
+    x = torch.cat([t.data.tensors()[0] for t in tasks])
+    y = torch.cat([t.data.tensors()[1] for t in tasks])
+    size = BATCH * len(tasks)
+    weights = list(model.parameters())
+
+    def run():
+        model.load_state_dict(params)
+        for start in range(0, len(y) - size + 1, size):
+            loss = F.cross_entropy(model(x[start : start + size]), y[start : start + size])
+            with torch.no_grad():
+                for w, g in zip(weights, torch.autograd.grad(loss, weights)):
+                    w.add_(g, alpha=-LR)
+
+    return run
+
+
+def section_overhead(train: ArrayDataset, per_client: int, repeat: int) -> None:
+    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+    params = get_params(model)
+    tasks = round_tasks(train, 10, per_client)
+    reference = hand_written(model, params, tasks)
+    serial = [r.params for r in SerialExecutor().run(model, FedAvg(), params, tasks)]
+    t = best_of(
+        {
+            "hand": lambda: hand_written(model, params, tasks),
+            "serial": lambda: SerialExecutor().run(model, FedAvg(), params, tasks),
+        },
+        repeat,
+    )
+    print(
+        f"(1) serial executor overhead vs hand-written loop (MLP, 10 clients x {per_client} samples): "
+        f"{100 * (t['serial'] / t['hand'] - 1):+.1f}%  (target <= 10%; {t['serial']:.3f}s vs {t['hand']:.3f}s, "
+        f"max |param diff| {max_diff(serial, reference):.1e})"
+    )
+
+
+def section_mlp(train: ArrayDataset, per_client: int, repeat: int) -> None:
+    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+    params = get_params(model)
+    strategy = FedAvg()
+    for clients in (10, 100):
+        tasks = round_tasks(train, clients, per_client)
+        serial = SerialExecutor().run(model, strategy, params, tasks)
+        vector = VectorisedExecutor().run(model, strategy, params, tasks)
+        t = best_of(
+            {
+                "serial": lambda: SerialExecutor().run(model, strategy, params, tasks),
+                "vectorised": lambda: VectorisedExecutor().run(model, strategy, params, tasks),
+            },
+            repeat,
+        )
+        aggregated = max_diff([strategy.aggregate(params, serial)], [strategy.aggregate(params, vector)])
+        print(
+            f"(2) MLP 784-200-200-10, {clients} clients/round x {per_client} samples: vectorised speedup "
+            f"{t['serial'] / t['vectorised']:.2f}x  (target >= 3x; {t['serial']:.2f}s vs {t['vectorised']:.2f}s; "
+            f"max |param diff| clients {max_diff([r.params for r in serial], [r.params for r in vector]):.1e}, "
+            f"aggregated {aggregated:.1e})"
+        )
+
+
+def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    params = get_params(model)
+    tasks = round_tasks(train, 10, per_client)
+    samples = sum(len(b) for task in tasks for b in task.batches())
+    serial = SerialExecutor().run(model, FedAvg(), params, tasks)
+    vector = VectorisedExecutor().run(model, FedAvg(), params, tasks)
+    t = best_of(
+        {
+            "large": large_batch(model, params, tasks),
+            "vectorised": lambda: VectorisedExecutor().run(model, FedAvg(), params, tasks),
+            "serial": lambda: SerialExecutor().run(model, FedAvg(), params, tasks),
+        },
+        repeat,
+    )
+    rate = {name: samples / seconds for name, seconds in t.items()}
+    print(
+        f"(2) CNN (McMahan), 10 clients/round x {per_client} samples: vectorised {rate['vectorised']:.0f} samples/s = "
+        f"{100 * rate['vectorised'] / rate['large']:.0f}% of one large-batch (B={BATCH * len(tasks)}) training's "
+        f"{rate['large']:.0f}  (target >= 90%; serial {rate['serial']:.0f} samples/s = "
+        f"{100 * rate['serial'] / rate['large']:.0f}%; max |param diff| vs serial "
+        f"{max_diff([r.params for r in serial], [r.params for r in vector]):.1e})"
+    )
+
+
+def memory_child(data_root: Path, clients: int, rounds: int) -> None:
+    """Peak memory of ``rounds`` FedAvg rounds (10 clients each) over ``clients`` clients of
+    50 samples; printed as "<peak RSS increase, MiB> <peak traced Python allocations, MiB>"."""
+    train = load(data_root)
+    pool = np.random.default_rng(0).permutation(len(train))[: clients * 50]
+    subsets = [train.subset(pool[p]) for p in partition.iid(train.labels()[pool], clients, 0)]
+    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
+    before = _status_kib("VmRSS")
+    tracemalloc.start()
+    run_federated(
+        model, subsets, FedAvg(batch_size=BATCH, lr=LR, clients_per_round=10), rounds,
+        executor=VectorisedExecutor(), progress=False,
+    )
+    traced = tracemalloc.get_traced_memory()[1]
+    print((_status_kib("VmHWM") - before) / 1024, traced / 2**20)
+
+
+def _status_kib(key: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def section_memory(data_root: Path, rounds: int) -> None:
+    if not Path("/proc/self/clear_refs").exists():
+        print("(3) peak memory: not measured (needs Linux /proc/self/clear_refs)")
+        return
+    peaks = {}
+    for clients in (100, 1000):
+        command = [sys.executable, __file__, "--memory-child", str(clients), "--rounds", str(rounds), "--data-root", str(data_root)]
+        rss, traced = map(float, subprocess.run(command, check=True, capture_output=True, text=True).stdout.split())
+        peaks[clients] = (rss, traced)
+    (r100, t100), (r1000, t1000) = peaks[100], peaks[1000]
+    print(
+        f"(3) peak memory of {rounds} rounds x 10 clients (vectorised, MLP, 50 samples/client): 100 clients "
+        f"+{r100:.1f} MiB RSS ({t100:.2f} MiB traced), 1000 clients +{r1000:.1f} MiB RSS ({t1000:.2f} MiB traced): "
+        f"ratio {r1000 / max(r100, 1e-9):.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples per client (a smoke run)")
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, quick 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the memory experiment")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.data_root, args.memory_child, args.rounds)
+        return
+    repeat = args.repeat or (2 if args.quick else 3)
+    per_client = 100 if args.quick else 600
+    train = load(args.data_root)
+    print(
+        f"bench_executors: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}, best of {repeat}"
+    )
+    section_overhead(train, per_client, repeat)
+    section_mlp(train, per_client, repeat)
+    section_cnn(train, per_client // 2 if args.quick else per_client, repeat)
+    section_memory(args.data_root, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

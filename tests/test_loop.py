@@ -1,0 +1,68 @@
+"""The closed loop on real training (embedded digits, tiny settings)."""
+
+import numpy as np
+import pytest
+
+from fl.data.dataset import load_digits
+from fl.oracle import TrainingOracle
+from incentives.loop import ClosedLoop
+from incentives.population import Population
+from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.shapley import ShapleyRewards
+from mechanisms.standard import StandardFL
+
+
+@pytest.fixture(scope="module")
+def world():
+    train, test = load_digits()
+    population = Population.sample(
+        5, {"cost": {"dist": "lognormal", "mean": -6.0, "sigma": 0.5}, "endowment": 150,
+            "label_distribution": {"dist": "dirichlet", "alpha": 1.0, "n_classes": 10}}, seed=1)
+    oracle = TrainingOracle(train, test, population.endowment.astype(int),
+                            label_distributions=population.label_distribution,
+                            rounds=4, lr=0.05, curve_steps=100, seed=3)
+    return population, oracle
+
+
+def run(world, mechanisms, **options):
+    population, oracle = world
+    settings = dict(pilot_sizes=[20, 60, 200, 600], pilot_repeats=1, max_iterations=2)
+    return ClosedLoop(population, mechanisms, oracle, **{**settings, **options}).run()
+
+
+def test_every_measurement_joins_the_fit_and_records_are_complete(world):
+    result = run(world, [StandardFL(), AccuracyShaping()])
+    assert result.n_iterations == 2 and len(result.records) == 4
+    assert len(result.fits[1].sizes) == len(result.pilot_sizes) + 2  # one point per training
+    final = result.final()
+    assert final["shaping"].trained_contributions.sum() > final["standard"].trained_contributions.sum()
+    quantities = {row["quantity"] for row in result.long_rows()}
+    assert {"promised_accuracy", "delivered_accuracy", "realised_utility", "realised_transfer"} <= quantities
+    assert sum(1 for _ in result.long_rows()) == 4 * 5 * len(quantities)
+
+
+def test_loop_stops_once_contributions_settle(world):
+    result = run(world, [StandardFL()], tolerance=10.0, max_iterations=5)
+    assert result.converged and result.n_iterations == 2  # the first change is only known then
+
+
+def test_shapley_is_paid_from_data_values_of_the_real_rounds(world):
+    population, _ = world
+    result = run(world, [ShapleyRewards(budget=0.5, estimator="exact")], max_iterations=1)
+    record = result.final()["shapley"]
+    assert record.training.round_games is None  # valued, then freed
+    contributors = record.trained_contributions > 0
+    assert record.realised_transfer.sum() == pytest.approx(0.5)
+    assert np.all(record.realised_transfer[~contributors] == 0.0)
+    assert not np.allclose(record.realised_transfer, record.outcome.transfer)  # measured, not predicted
+    expected = (population.value * record.training.delivered_accuracy + record.realised_transfer
+                - population.cost * record.trained_contributions - population.comm_cost)
+    np.testing.assert_allclose(record.realised_utility, expected)
+
+
+def test_a_money_contract_delivers_no_model(world):
+    result = run(world, [ContractMechanism(LogValue(0.2))], max_iterations=1)
+    record = result.final()["contract"]
+    assert record.trained_contributions.sum() > 0
+    np.testing.assert_array_equal(record.training.delivered_accuracy, 0.0)

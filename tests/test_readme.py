@@ -1,0 +1,25 @@
+"""The README's Python example runs and prints what the README says it prints."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_python_example_runs_and_matches_its_comments():
+    example = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(example, "README.md", "exec"), namespace)
+    assert abs(namespace["free_riding"].total - 292.40) < 0.01
+    assert abs(namespace["shaped"].total - 7627.0) < 0.1
+    assert abs(namespace["shaped"].accuracy[0] - 0.98855) < 1e-5
+
+
+def test_quick_start_commands_are_the_ones_ci_runs():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    test_command = re.search(r"```bash\n.*\n(.*)\n```", text).group(1)
+    assert test_command in ci
