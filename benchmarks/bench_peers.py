@@ -111,7 +111,10 @@ def cohorts(rounds: int, seed: int) -> list[list[int]]:
     strategy = FedAvg(clients_per_round=PER_ROUND)
     available = {c: range(1) for c in range(NUM_CLIENTS)}  # sampling reads only the ids
     # child_seed(seed, 1, t) is run_federated's stream of round t
-    return [[task.client_id for task in strategy.configure_round(t, available, child_seed(seed, 1, t))] for t in range(rounds)]
+    return [
+        [task.client_id for task in strategy.configure_round(t, available, child_seed(seed, 1, t))]
+        for t in range(rounds)
+    ]
 
 
 def local_sgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, generator: torch.Generator) -> float:
@@ -272,7 +275,8 @@ def flower_train(msg, context):
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(seed * 1_000_003 + int(config["server-round"]) * 1009 + pid)
     loss = local_sgd(model, x, y, float(config["lr"]), generator)
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(y), "train_loss": loss})})
+    metrics = MetricRecord({"num-examples": len(y), "train_loss": loss})
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -316,7 +320,10 @@ def run_flower(root, init, rounds, lr, seed, actor_cpus) -> Outcome:
     clock.begin()
     run_simulation(
         server_app=server_app, client_app=client_app, num_supernodes=NUM_CLIENTS,
-        backend_config={"client_resources": {"num_cpus": actor_cpus, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count()}},
+        backend_config={
+            "client_resources": {"num_cpus": actor_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count()},
+        },
     )
     total = time.perf_counter() - clock.start
     if "params" not in final or len(clock.ends) != rounds:
@@ -422,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"MNIST IID, {NUM_CLIENTS} clients x {len(parts[0])} samples, {PER_ROUND}/round, MLP 784-200-200-10, "
         f"E={EPOCHS} B={BATCH} SGD lr={args.lr}, {args.rounds} rounds; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), actors of {args.actor_cpus} CPU(s), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"{torch.get_num_threads()} thread(s), actors of {args.actor_cpus} CPU(s), "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
 
     outcomes: dict[str, Outcome] = {}
@@ -449,14 +457,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from fl.executors import SerialExecutor
 
-    attempt("fedecon serial", [], lambda: run_fedecon("fedecon serial", SerialExecutor(), train, parts, init, args.rounds, args.lr, args.seed))
+    def fedecon(name, executor):
+        return run_fedecon(name, executor, train, parts, init, args.rounds, args.lr, args.seed)
+
+    attempt("fedecon serial", [], lambda: fedecon("fedecon serial", SerialExecutor()))
 
     def vectorised():
         try:
             from fl.executors.vectorised import VectorisedExecutor
         except ImportError as error:
             raise RuntimeError(f"fl.executors.vectorised.VectorisedExecutor is not available ({error})") from error
-        return run_fedecon("fedecon vectorised", VectorisedExecutor(), train, parts, init, args.rounds, args.lr, args.seed)
+        return fedecon("fedecon vectorised", VectorisedExecutor())
 
     attempt("fedecon vectorised", [], vectorised)
 
@@ -469,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.actor_cpus, init_options={"include_dashboard": False, "num_cpus": os.cpu_count()}
         )
         try:
-            return run_fedecon("fedecon ray", executor, train, parts, init, args.rounds, args.lr, args.seed)
+            return fedecon("fedecon ray", executor)
         finally:
             executor.close()
             if ray.is_initialized():
@@ -477,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
 
     attempt("fedecon ray", ["ray"], ray_executor)
     attempt("hand-written", [], lambda: run_handwritten(train, parts, init, args.rounds, args.lr, args.seed))
-    attempt("flower", ["flwr", "ray"], lambda: run_flower(args.root, init, args.rounds, args.lr, args.seed, args.actor_cpus))
+    attempt(
+        "flower", ["flwr", "ray"], lambda: run_flower(args.root, init, args.rounds, args.lr, args.seed, args.actor_cpus)
+    )
     attempt("pfl", ["pfl"], lambda: run_pfl(train, parts, init, args.rounds, args.lr, args.seed))
 
     print("\nratios: steady rounds/s (wall) and 1 / cpu s per round (CPU work, steadier on a busy machine):")
@@ -492,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if numerator in outcomes and denominator in outcomes:
             a, b = outcomes[numerator], outcomes[denominator]
-            print(f"  {numerator} / {denominator}: {a.rate / b.rate:.2f} wall, {b.cpu_per_round / a.cpu_per_round:.2f} cpu")
+            wall, cpu = a.rate / b.rate, b.cpu_per_round / a.cpu_per_round
+            print(f"  {numerator} / {denominator}: {wall:.2f} wall, {cpu:.2f} cpu")
         else:
             absent = [n for n in (numerator, denominator) if n not in outcomes]
             print(f"  {numerator} / {denominator}: n/a ({', '.join(absent)} did not run)")

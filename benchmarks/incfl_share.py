@@ -3,7 +3,8 @@
 The check of Cho et al. (2022), "To Federate or Not To Federate", who report that IncFL
 incentivises 30-55% more clients than standard federated training. Per seed:
 
-1. a pool of ``--pool`` training samples (all of them by default); a stratified fifth
+1. a random pool of ``--pool`` training samples (MNIST: 10,000, so that each of the
+   100 clients holds about 80 and its local model stays weak-ish); a stratified fifth
    of it is held out as validation data, the rest is split among ``--clients`` clients
    by Dirichlet(``--alpha``) label skew; p_k is client k's label distribution;
 2. client k's loss under a model w is f_k(w) = sum_c p_kc l_c(w), with l_c the mean
@@ -46,11 +47,11 @@ from incentives.participation import participation_equilibrium
 _LOCAL = 2  # the local models' stream, apart from run_federated's (0: init, 1: rounds)
 
 
-def federation(train: ArrayDataset, pool: int | None, clients: int, alpha: float, seed: int):
-    """(client subsets, (N, K) label distributions, validation set) for one seed."""
+def federation(train: ArrayDataset, pool: int, clients: int, alpha: float, seed: int):
+    """(client subsets, (N, K) label distributions, validation set) for one seed, from
+    ``pool`` training samples drawn at random (all of them when ``pool`` is the size)."""
     labels = train.labels()
-    rng = np.random.default_rng(seed)
-    indices = np.arange(len(labels)) if pool is None else rng.choice(len(labels), pool, replace=False)
+    indices = np.random.default_rng(seed).permutation(len(labels))[:pool]
     kept, held = partition.holdout(labels[indices], 0.2, seed)
     kept, held = indices[kept], indices[held]
     parts = partition.dirichlet(labels[kept], clients, alpha, seed, min_size=5)
@@ -65,9 +66,10 @@ def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, 
     subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed)
     model = build_model(args.model, train.feature_shape, train.num_classes, seed)
     init = get_params(model)
-    local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, child_seed(seed, _LOCAL))
-    rho_val = np.array([distribution_losses(model, w, validation, p[k : k + 1])[0] for k, w in enumerate(local)])
-    rho_test = np.array([distribution_losses(model, w, test, p[k : k + 1])[0] for k, w in enumerate(local)])
+    local_seed = child_seed(seed, _LOCAL)
+    local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
+    rho_val = np.array([distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local)])
+    rho_test = np.array([distribution_losses(model, w, test, p[[k]])[0] for k, w in enumerate(local)])
     training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     strategies = {
         "FedAvg": FedAvg(**training),
@@ -96,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     parser.add_argument("--data-root", default="../shared/data", help="folder holding mnist/ (MNIST only)")
-    parser.add_argument("--pool", type=int, default=None, help="training samples used (default: all)")
+    parser.add_argument("--pool", type=int, default=None, help="training samples used (default: MNIST 10000, digits all)")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--model", default="mlp")
@@ -111,7 +113,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     train, test = load_digits() if args.dataset == "digits" else load_mnist(root=args.data_root)
-    print(f"{args.dataset}: {args.clients} clients, Dirichlet({args.alpha}), {args.rounds} rounds, {args.model}")
+    args.pool = args.pool or (10_000 if args.dataset == "mnist" else len(train))
+    if not 0 < args.pool <= len(train):
+        parser.error(f"--pool={args.pool}: allowed is 1 to {len(train)}")
+    print(
+        f"{args.dataset}: {args.pool} samples, {args.clients} clients, Dirichlet({args.alpha}), "
+        f"{args.rounds} rounds of {args.epochs} epoch(s), local models {args.local_epochs} epochs, {args.model}"
+    )
     columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
     header = " ".join(f"{name + ' ' + c:>12}" for name in ("FedAvg", "IncFL") for c in columns)
     print(f"{'seed':>4} {header} {'ratio':>6} {'s':>5}")
@@ -120,7 +128,8 @@ def main() -> None:
         start = time.perf_counter()
         out = one_seed(train, test, args, seed)
         rows.append(out["FedAvg"] + out["IncFL"])
-        print(f"{seed:>4} {_cells(rows[-1])} {_ratio(rows[-1], len(columns)):>6.2f} {time.perf_counter() - start:>5.0f}")
+        seconds = time.perf_counter() - start
+        print(f"{seed:>4} {_cells(rows[-1])} {_ratio(rows[-1], len(columns)):>6.2f} {seconds:>5.0f}")
     mean = list(np.mean(rows, axis=0))
     print(f"mean {_cells(mean)} {_ratio(mean, len(columns)):>6.2f}")
     print("ratio: IncFL share / FedAvg share; the paper (Cho et al. 2022) reports 1.30-1.55")

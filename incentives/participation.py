@@ -9,7 +9,10 @@ receive a model of quality b_i^rec by taking part, paying c_i per contributed sa
 
 and it takes part iff g_i > 0 (an indifferent agent stays out). With v_i = 1 and no
 costs, in loss terms, the participants are exactly the clients that Cho et al. (2022),
-"To Federate or Not To Federate", call incentivised: f_i(w) < f_i(w_hat_i).
+"To Federate or Not To Federate", call incentivised: f_i(w) < f_i(w_hat_i). For the
+agents of a :class:`~incentives.population.Population`, pass ``value=pop.value``,
+``cost=pop.cost`` and ``comm_cost=pop.comm_cost``; its ``outside_option`` plays no part
+here, since the local model is the outside option.
 
 A model trained on fewer agents may no longer beat the local models of those who stayed,
 so one round of decisions is not the end: :func:`participation_equilibrium` lets the
@@ -67,7 +70,9 @@ def participation_gain(
     return v * improvement - c * m - comm
 
 
-def participates(received, local, value=1.0, cost=0.0, contributions=0.0, comm_cost=0.0, higher_is_better=True) -> np.ndarray:
+def participates(
+    received, local, value=1.0, cost=0.0, contributions=0.0, comm_cost=0.0, higher_is_better: bool = True
+) -> np.ndarray:
     """(N,) bool: g_i > 0 (see :func:`participation_gain`, which takes the same arguments)."""
     return participation_gain(received, local, value, cost, contributions, comm_cost, higher_is_better) > 0
 

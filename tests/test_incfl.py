@@ -135,20 +135,23 @@ def test_local_models_learn_their_own_data_and_do_not_depend_on_other_clients():
     for name in init:
         assert torch.equal(both[0][name], again[0][name]) and torch.equal(both[0][name], alone[0][name])
     own = ArrayDataset("own", *subsets[0].tensors(), 10)
-    assert per_class_loss(model, both[0], own)[own.labels()].mean() < per_class_loss(model, init, own)[own.labels()].mean()
+    own_loss = lambda params: per_class_loss(model, params, own)[own.labels()].mean()
+    assert own_loss(both[0]) < own_loss(init)
     with pytest.raises(ValueError, match=r"subsets \(empty for clients \[1\]\): allowed is"):
         train_local_models(model, init, [subsets[0], TRAIN.subset(np.arange(0))], 1, 16, 0.1, 0)
 
 
 # ------------------------------------------------------------------ participation
 def test_participation_gain_in_accuracy_and_in_loss_terms():
-    gain = participation_gain([0.9, 0.8, 0.7], [0.7, 0.8, 0.6], value=[2.0, 1.0, 1.0], cost=0.01, contributions=[5, 0, 10], comm_cost=0.02)
+    received, local, m = [0.9, 0.8, 0.7], [0.7, 0.8, 0.6], [5, 0, 10]
+    gain = participation_gain(received, local, value=[2.0, 1.0, 1.0], cost=0.01, contributions=m, comm_cost=0.02)
     np.testing.assert_allclose(gain, [2 * 0.2 - 0.05 - 0.02, 0.0 - 0.02, 0.1 - 0.1 - 0.02])
-    assert participates([0.9, 0.8, 0.7], [0.7, 0.8, 0.6], cost=0.01, contributions=[5, 0, 10]).tolist() == [True, False, False]
+    assert participates(received, local, cost=0.01, contributions=m).tolist() == [True, False, False]
     # in loss terms, with no costs, the participants are IncFL's incentivised clients
     global_losses, local_losses = np.array([0.3, 0.5, 0.9]), np.array([0.4, 0.5, 0.2])
     chosen = participates(global_losses, local_losses, higher_is_better=False)
-    assert chosen.mean() == incentivised_fraction(global_losses, local_losses) and chosen.tolist() == [True, False, False]
+    assert chosen.tolist() == [True, False, False]
+    assert chosen.mean() == incentivised_fraction(global_losses, local_losses)
 
 
 @pytest.mark.parametrize(
@@ -186,9 +189,8 @@ def test_iterated_exit_retrains_on_those_who_stay_until_nobody_leaves():
 
 def test_iterated_exit_can_unravel_to_nobody():
     # a cost makes agent 1 leave at 0.8; agent 0 alone gets 0.7, no better than its own model
-    result = participation_equilibrium(
-        lambda mask: np.full(3, 0.6 + 0.1 * mask.sum()), local=[0.7, 0.75, 0.95], cost=[0.0, 0.1, 0.0], contributions=1.0
-    )
+    received_for = lambda mask: np.full(3, 0.6 + 0.1 * mask.sum())
+    result = participation_equilibrium(received_for, [0.7, 0.75, 0.95], cost=[0.0, 0.1, 0.0], contributions=1.0)
     assert not result.participates.any() and len(result.history) == 3
     assert np.all(np.isnan(result.received)) and np.all(np.isnan(result.gain))
 
@@ -207,7 +209,7 @@ def federation(seed, clients):
 def local_losses(model, init, subsets, p, datasets, seed):
     """rho_k on each of ``datasets`` for each client's local-only model (20 epochs)."""
     local = train_local_models(model, init, subsets, epochs=20, batch_size=16, lr=0.1, seed=child_seed(seed, 2))
-    return [np.array([distribution_losses(model, w, d, p[k : k + 1])[0] for k, w in enumerate(local)]) for d in datasets]
+    return [np.array([distribution_losses(model, w, d, p[[k]])[0] for k, w in enumerate(local)]) for d in datasets]
 
 
 def test_incfl_and_fedavg_shares_on_a_dirichlet_split_of_digits(capsys):
@@ -244,7 +246,8 @@ def test_participation_equilibrium_closed_with_real_training():
 
     def received_for(mask):
         members = {k: subsets[k] for k in np.flatnonzero(mask)}
-        result = run_federated(model, members, FedAvg(batch_size=16, lr=0.1), 40, seed=0, init_params=init, progress=False)
+        strategy = FedAvg(batch_size=16, lr=0.1)
+        result = run_federated(model, members, strategy, 40, seed=0, init_params=init, progress=False)
         return distribution_losses(model, result.params, TEST, p)
 
     # in loss terms: agent k stays while f_k(w) + 0.02 < rho_k for the model w trained on those who stay

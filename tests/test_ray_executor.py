@@ -43,12 +43,18 @@ def max_difference(a, b):
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
-@pytest.mark.parametrize("strategy", [FedAvg(batch_size=10, lr=0.05, clients_per_round=4), FedProx(mu=0.1, batch_size=10, lr=0.05, clients_per_round=4)])
+@pytest.mark.parametrize(
+    "strategy",
+    [FedAvg(batch_size=10, lr=0.05, clients_per_round=4), FedProx(mu=0.1, batch_size=10, lr=0.05, clients_per_round=4)],
+    ids=["fedavg", "fedprox"],
+)
 def test_federated_run_matches_serial(local_ray, strategy):
     parts = [TRAIN.subset(p) for p in partition.dirichlet(TRAIN.labels(), 8, alpha=0.5, seed=3, min_size=5)]
     serial = run_federated("mlp", parts, strategy, rounds=4, seed=7, test=TEST, progress=False)
     with RayExecutor(num_actors=2) as executor:
-        distributed = run_federated("mlp", parts, strategy, rounds=4, seed=7, test=TEST, progress=False, executor=executor)
+        distributed = run_federated(
+            "mlp", parts, strategy, rounds=4, seed=7, test=TEST, progress=False, executor=executor
+        )
         # the dataset went into the object store once, and to each actor once
         assert len(executor._dataset_refs) == 1
         assert all(sum(kind == "data" for kind, _ in known) <= 1 for known in executor._known)

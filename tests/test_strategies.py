@@ -86,21 +86,18 @@ def test_fedadagrad_accumulates_squares():
 
 
 def test_scaffold_control_variates_option_two():
-    strategy = Scaffold(lr=0.25, clients_per_round=2)
+    strategy = Scaffold(lr=0.25)
     available = {i: TRAIN.subset(np.arange(4 * i, 4 * i + 4)) for i in range(4)}
-    strategy.configure_round(0, available, child_seed(0, 1, 0))
-    assert all(not task.state for task in strategy.configure_round(0, available, child_seed(0, 1, 0)))
+    assert all(not task.state for task in strategy.configure_round(0, available, child_seed(0, 1, 0)))  # c = c_i = 0
     # clients 0 and 1 start from x = 1 and end at y = 0 after K = 2 steps of lr 0.25:
-    # c_i+ = 0 - 0 + (1 - 0) / (2 * 0.25) = 2; c = 0 + (1/N)(2 + 2) = 1 with N = 4
+    # c_i+ = 0 - 0 + (1 - 0) / (2 * 0.25) = 2, and c = 0 + (1/N)(2 + 2) = 1 with N = 4
     new = strategy.aggregate(start(1.0), results([0.0], [0.0], steps=2))
     assert new["w"].item() == 0.0 and new["count"].item() == 7
     assert strategy.control["w"].item() == 1.0
-    assert strategy.client_controls[0]["w"].item() == 2.0
-    corrections = {t.client_id: t.state["correction"]["w"].item() for t in strategy.configure_round(1, available, child_seed(0, 1, 1))}
-    tasks = Scaffold(lr=0.25).configure_round(1, available, child_seed(0, 1, 1))  # everyone, for the ids
-    assert len(tasks) == 4
-    for client, correction in corrections.items():
-        assert correction == (1.0 - 2.0 if client in (0, 1) else 1.0)  # c - c_i
+    assert [strategy.client_controls[i]["w"].item() for i in (0, 1)] == [2.0, 2.0]
+    tasks = strategy.configure_round(1, available, child_seed(0, 1, 1))
+    # each task carries c - c_i: 1 - 2 for clients 0 and 1, 1 - 0 for the others
+    assert [t.state["correction"]["w"].item() for t in tasks] == [-1.0, -1.0, 1.0, 1.0]
 
 
 def test_scaffold_correction_adds_c_minus_c_i_to_the_gradient():

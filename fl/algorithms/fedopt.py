@@ -82,7 +82,9 @@ class FedAdagrad(FedOpt):
 class FedAdam(FedOpt):
     """v <- beta2 v + (1 - beta2) Delta^2, beta2 in [0, 1)."""
 
-    def __init__(self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **fedavg_options):
+    def __init__(
+        self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **fedavg_options
+    ):
         _check_fraction("beta2", beta2)
         super().__init__(server_lr=server_lr, beta1=beta1, tau=tau, **fedavg_options)
         self.beta2 = float(beta2)

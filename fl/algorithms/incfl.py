@@ -102,11 +102,14 @@ class IncFL(FedAvg):
         losses = np.asarray(self.global_losses(global_params), dtype=np.float64)
         if losses.shape != self.local_losses.shape:
             raise ValueError(
-                f"global_losses returned shape {losses.shape}: allowed is {self.local_losses.shape}, one loss per client"
+                f"global_losses returned shape {losses.shape}: "
+                f"allowed is {self.local_losses.shape}, one loss per client"
             )
         weights = incentive_weights(losses[ids], self.local_losses[ids])
         return {
-            name: sum(float(w) * r.params[name] for w, r in zip(weights, results)) if value.is_floating_point() else value
+            name: sum(float(w) * r.params[name] for w, r in zip(weights, results))
+            if value.is_floating_point()
+            else value
             for name, value in global_params.items()
         }
 

@@ -87,7 +87,8 @@ class Scaffold(FedAvg):
             c_i = self.client_controls.get(result.client_id, zero)
             c = self._sent.get(result.client_id, zero)
             scale = 1.0 / (result.steps * self.lr)
-            updated = {name: c_i[name] - c[name] + scale * (global_params[name] - result.params[name]) for name in floating}
+            drift = {name: scale * (global_params[name] - result.params[name]) for name in floating}
+            updated = {name: c_i[name] - c[name] + drift[name] for name in floating}
             change = {name: change[name] + updated[name] - c_i[name] for name in floating}
             self.client_controls[result.client_id] = updated
         control = self.control or zero

@@ -158,15 +158,16 @@ class RayExecutor(Executor):
     def _check(self) -> None:
         if ray is None:
             raise ImportError('RayExecutor needs Ray: pip install "ray>=2.9" (or "fedecon[ray]")')
-        if self.num_actors is not None and (
-            isinstance(self.num_actors, bool) or not isinstance(self.num_actors, (int, np.integer)) or self.num_actors < 1
-        ):
+        count = self.num_actors
+        if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
             raise ValueError(f"num_actors={self.num_actors!r}: allowed is None or an integer >= 1")
         for key, value in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{key}={value!r}: allowed is a number >= 0")
         if self.address is not None and not isinstance(self.address, str):
-            raise ValueError(f"address={self.address!r}: allowed is None, 'auto' or an address such as 'ray://host:10001'")
+            raise ValueError(
+                f"address={self.address!r}: allowed is None, 'auto' or an address such as 'ray://host:10001'"
+            )
 
     def _start(self) -> None:
         self._check()
@@ -187,8 +188,9 @@ class RayExecutor(Executor):
         for kind, per_actor in (("CPU", self.num_cpus), ("GPU", self.num_gpus)):
             if per_actor > 0 and count * per_actor > resources.get(kind, 0):
                 warnings.warn(
-                    f"RayExecutor: {count} actors x {per_actor} {kind} exceed the cluster's {resources.get(kind, 0):g} {kind}; "
-                    "the actors that do not fit wait (and training with them) until the cluster grows",
+                    f"RayExecutor: {count} actors x {per_actor} {kind} exceed the cluster's "
+                    f"{resources.get(kind, 0):g} {kind}; the actors that do not fit wait, and training with "
+                    "them, until the cluster grows",
                     RuntimeWarning,
                     stacklevel=3,
                 )

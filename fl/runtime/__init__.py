@@ -21,10 +21,11 @@ from fl.runtime.fedbuff import FedBuff
 from fl.runtime.messages import SERVER, Kind, Message
 from fl.runtime.profiles import ClientProfile
 from fl.runtime.server import RoundRecord, Server
-from fl.runtime.simulation import Simulation, SimulationResult, simulate
+from fl.runtime.simulation import Behaviour, Simulation, SimulationResult, simulate
 
 __all__ = [
     "SERVER",
+    "Behaviour",
     "Client",
     "ClientProfile",
     "Deadline",

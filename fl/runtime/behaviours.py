@@ -53,7 +53,8 @@ class Deadline:
         def train_by_deadline(message: Message) -> None:
             order: TrainOrder = message.payload
             planned = planned_steps(order.task)
-            steps = steps_by(order.deadline, message.timestamp, profile, order.task.batch_size, params_nbytes(order.params), planned)
+            nbytes, batch_size = params_nbytes(order.params), order.task.batch_size
+            steps = steps_by(order.deadline, message.timestamp, profile, batch_size, nbytes, planned)
             if steps == planned:
                 train(message)
             elif self.partial_work and steps > 0:
@@ -80,7 +81,8 @@ class Dropout:
     def _train_unless_dropped(self, seed, train: Handler) -> Handler:
         def train_unless_dropped(message: Message) -> None:
             task: ClientTask = message.payload.task
-            if np.random.default_rng(child_seed(seed, DROPOUT_STREAM, task.round_index, task.client_id)).random() >= self.probability:
+            stream = child_seed(seed, DROPOUT_STREAM, task.round_index, task.client_id)
+            if np.random.default_rng(stream).random() >= self.probability:
                 train(message)
 
         return train_unless_dropped

@@ -17,7 +17,8 @@ so FedAvg's rule gives x^{(t)} + sum_i (n_i / n) Delta_i, and a server optimiser
 FedAdam, ...) sees the pseudo-gradient it expects. Each server step is one round of the
 history. Clients to send are sampled with ``strategy.configure_round(t, idle clients,
 seed)``: as many of its tasks as there are free slots, picked at random. A Deadline
-frees the slot of a client that does not answer in time.
+frees the slot of a client that does not answer in time; a step needs K answers, so a
+run in which no client can ever answer in time does not end.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class FedBuff:
         for key, value in (("buffer_size", buffer_size), ("concurrency", concurrency)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
-        if isinstance(staleness_exponent, bool) or not isinstance(staleness_exponent, (int, float)) or staleness_exponent < 0:
+        exponent = staleness_exponent
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or exponent < 0:
             raise ValueError(f"staleness_exponent={staleness_exponent!r}: allowed is a number >= 0")
         self.buffer_size, self.concurrency = int(buffer_size), int(concurrency)
         self.staleness_exponent = float(staleness_exponent)
@@ -90,7 +92,7 @@ class _BufferedAggregation:
     def step(self) -> None:
         current = self.server.params
         results = [
-            replace(result, params={name: current[name] + delta[name] if name in delta else value for name, value in current.items()})
+            replace(result, params={name: w + delta[name] if name in delta else w for name, w in current.items()})
             for result, delta in self.buffer
         ]
         self.buffer = []
@@ -110,7 +112,8 @@ class _BufferedAggregation:
             self.server.round_index, idle, child_seed(seed, DISPATCH_STREAM, self.samplings)
         )
         if len(tasks) > free:
-            picked = np.random.default_rng(child_seed(seed, PICK_STREAM, self.samplings)).choice(len(tasks), free, replace=False)
+            rng = np.random.default_rng(child_seed(seed, PICK_STREAM, self.samplings))
+            picked = rng.choice(len(tasks), free, replace=False)
             tasks = [tasks[i] for i in sorted(picked)]
         self.samplings += 1
         for task in tasks:

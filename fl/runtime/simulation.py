@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 from torch import nn
@@ -91,6 +91,13 @@ class Simulation:
                 done(result)
 
 
+class Behaviour(Protocol):
+    """A change of the nodes' conduct, made by registering handlers on
+    ``simulation.server`` and ``simulation.clients`` before the run starts."""
+
+    def install(self, simulation: Simulation) -> None: ...
+
+
 @dataclass(frozen=True)
 class SimulationResult:
     """params: the final global model; initial_params: the one training started from;
@@ -110,7 +117,7 @@ def simulate(
     strategy: Strategy,
     rounds: int,
     *,
-    behaviours: Sequence = (),
+    behaviours: Sequence[Behaviour] = (),
     profiles: ClientProfile | Sequence[ClientProfile] | Mapping[int, ClientProfile] | None = None,
     executor: Executor | None = None,
     seed: int | np.random.SeedSequence = 0,
@@ -127,7 +134,7 @@ def simulate(
     model, train_subsets, strategy, rounds, executor, seed, test, progress, device,
     model_options, init_params, evaluate_every: as in ``fl.server.run_federated``; with
     no behaviours the global models and metrics are that function's.
-    behaviours: objects with ``install(simulation)``, applied in order before the run
+    behaviours: :class:`Behaviour` objects, installed in order before the run
         (e.g. :class:`~fl.runtime.behaviours.Deadline`, :class:`~fl.runtime.behaviours.Dropout`,
         :class:`~fl.runtime.fedbuff.FedBuff`).
     profiles: each client's speed and bandwidths: one for all, a sequence by client id,
@@ -168,7 +175,9 @@ def _profiles(profiles, members: list[int]) -> dict[int, ClientProfile]:
     given = dict(profiles) if isinstance(profiles, Mapping) else dict(enumerate(profiles))
     missing = [client for client in members if not isinstance(given.get(client), ClientProfile)]
     if missing:
-        raise ValueError(f"profiles (no ClientProfile for clients {missing[:5]}): allowed is one for every client with data")
+        raise ValueError(
+            f"profiles (no ClientProfile for clients {missing[:5]}): allowed is one for every client with data"
+        )
     return {client: given[client] for client in members}
 
 
