@@ -161,7 +161,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "loop": {
         "tolerance": Key((int, float), 0.02, _positive),
-        "max_iterations": Key(int, 3, _positive),
+        "max_iterations": Key(int, 6, _positive),
     },
 }
 

@@ -3,6 +3,8 @@
 import contextlib
 import io
 import re
+
+import pytest
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -16,6 +18,19 @@ def test_python_example_runs_and_matches_its_comments():
     assert abs(namespace["free_riding"].total - 292.40) < 0.01
     assert abs(namespace["shaped"].total - 7627.0) < 0.1
     assert abs(namespace["shaped"].accuracy[0] - 0.98855) < 1e-5
+
+
+def test_fl_example_runs(monkeypatch):
+    """The federated-training example, shortened to one round (its API calls are what is checked)."""
+    data = README.parents[1] / "shared" / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"no MNIST copy under {data}")
+    monkeypatch.chdir(README.parent)
+    example = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    example = example.replace("rounds=50", "rounds=1").replace('"cnn"', '"mlp"')
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert len(namespace["result"].history) == 1 and len(namespace["timed"].history) == 1
 
 
 def test_quick_start_commands_are_the_ones_ci_runs():

@@ -87,12 +87,17 @@ class FedAvg(Strategy):
         if not results:
             return global_params
         total = sum(r.num_samples for r in results)
-        weights = [r.num_samples / total for r in results]
-        return {
-            name: sum(w * r.params[name] for w, r in zip(weights, results)) if value.is_floating_point() else value
-            for name, value in global_params.items()
-        }
+        return weighted_average(global_params, results, [r.num_samples / total for r in results])
 
     def evaluate(self, model: nn.Module, params: Params, dataset: ArrayDataset) -> dict[str, float]:
         """Mean cross-entropy ``loss`` (nats) and top-1 ``accuracy`` on ``dataset``."""
         return evaluation.evaluate(model, params, dataset)
+
+
+def weighted_average(global_params: Params, results: list[ClientResult], weights) -> Params:
+    """sum_k weights_k w_k over the results' floating-point entries (the weights should
+    sum to 1); integer buffers (e.g. BatchNorm's batch counter) keep the server's value."""
+    return {
+        name: sum(float(a) * r.params[name] for a, r in zip(weights, results)) if value.is_floating_point() else value
+        for name, value in global_params.items()
+    }

@@ -46,7 +46,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from fl.algorithms.fedavg import FedAvg
+from fl.algorithms.fedavg import FedAvg, weighted_average
 from fl.algorithms.strategy import child_seed
 from fl.data.dataset import ArrayDataset, Subset
 from fl.evaluation import logits
@@ -105,13 +105,7 @@ class IncFL(FedAvg):
                 f"global_losses returned shape {losses.shape}: "
                 f"allowed is {self.local_losses.shape}, one loss per client"
             )
-        weights = incentive_weights(losses[ids], self.local_losses[ids])
-        return {
-            name: sum(float(w) * r.params[name] for w, r in zip(weights, results))
-            if value.is_floating_point()
-            else value
-            for name, value in global_params.items()
-        }
+        return weighted_average(global_params, results, incentive_weights(losses[ids], self.local_losses[ids]))
 
 
 def per_class_loss(model: nn.Module, params: Params, dataset: ArrayDataset) -> np.ndarray:
