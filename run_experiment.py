@@ -112,8 +112,17 @@ def check_fl_names(config: dict) -> None:
             raise ConfigError("training.device='cuda': no CUDA device is present; allowed is 'cpu'")
 
 
+def build_executor(name: str):
+    """The executor that trains the clients of every training in the loop."""
+    from fl.executors import SerialExecutor
+    from fl.executors.ray_executor import RayExecutor
+    from fl.executors.vectorised import VectorisedExecutor
+
+    return {"serial": SerialExecutor, "vectorised": VectorisedExecutor, "ray": RayExecutor}[name]()
+
+
 def build_oracle(config: dict, train, test, population: Population,
-                 seed: np.random.SeedSequence):
+                 seed: np.random.SeedSequence, executor):
     """Real FedAvg training on the agents' endowments, as the loop's accuracy oracle."""
     from fl.oracle import TrainingOracle
 
@@ -129,7 +138,7 @@ def build_oracle(config: dict, train, test, population: Population,
         clients_per_round=training["clients_per_round"] or None,
         validation_fraction=data["validation_fraction"],
         seed=int(seed.generate_state(1)[0]),
-        device=training["device"], progress=False,
+        device=training["device"], progress=False, executor=executor,
     )
 
 
@@ -179,10 +188,21 @@ def run(config: dict, resume_folder: Path | None = None) -> Path:
     except (ValueError, OSError) as error:
         raise ConfigError(f"population: {error}") from None
     training = config["training"]
+    executor = build_executor(training["executor"])
     try:
-        oracle = build_oracle(config, train, test, population, seeds["training"])
+        oracle = build_oracle(config, train, test, population, seeds["training"], executor)
     except ValueError as error:
         raise ConfigError(f"training: {error}") from None
+    try:
+        return _run_loop(config, population, oracle, resume_folder, timings, start)
+    finally:
+        getattr(executor, "close", lambda: None)()
+
+
+def _run_loop(config: dict, population: Population, oracle, resume_folder: Path | None,
+              timings: dict[str, float], start: float) -> Path:
+    """The loop, its checkpoints and the run folder (``run``'s second half)."""
+    training = config["training"]
     timings["setup"] = time.perf_counter() - start
     show = config["experiment"]["progress"]
     mechanisms = build_mechanisms(config["mechanisms"])

@@ -139,6 +139,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "clients_per_round": Key(int, 0, _non_negative),
         "device": Key(str, "cpu", _one_of("cpu", "cuda")),
         "threads": Key(int, 1, _non_negative),
+        "executor": Key(str, "serial", _one_of("serial", "vectorised", "ray")),
     },
     "accuracy": {
         "family": Key(str, "power_law", _one_of(*ACCURACY_FAMILIES)),

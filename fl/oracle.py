@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from fl import evaluation
 from fl.algorithms import FedAvg
@@ -29,6 +28,8 @@ from fl.algorithms.strategy import child_seed
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import deliver
+from fl.executors import Executor, SerialExecutor
+from fl.executors.vectorised import VectorisedExecutor
 from fl.models import Params, build_model, get_params
 from fl.server import FederatedResult, RoundMetrics, resolve_device, run_federated
 from fl.valuation import RoundValuation, train_with_valuation
@@ -79,6 +80,7 @@ class TrainingOracle:
     (None clients per round: all contributors every round).
     curve_steps: SGD steps of each learning-curve run. validation_fraction: share of
     the training pool held out for delivery. measure_local: also train each agent alone.
+    executor: runs the clients of every ``train`` (``fl.executors``; None: serial).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class TrainingOracle:
         measure_local: bool = False,
         progress: bool = False,
         device: str = "cpu",
+        executor: Executor | None = None,
     ):
         if label_distributions is not None and alpha is not None:
             raise ValueError(f"alpha={alpha!r}: allowed is None when label_distributions is given")
@@ -110,6 +113,7 @@ class TrainingOracle:
         self.rounds, self.curve_steps = rounds, curve_steps
         self.measure_local, self.progress = measure_local, progress
         self.device = resolve_device(device)
+        self.executor = executor
         self.strategy = FedAvg(
             epochs=local_epochs, batch_size=batch_size, lr=lr, clients_per_round=clients_per_round
         )
@@ -149,7 +153,9 @@ class TrainingOracle:
 
         Every run takes exactly ``curve_steps`` SGD steps (batch size and lr as in
         ``train``) from theta_0 whatever m, so the curve measures data, not compute;
-        m = 0 gives theta_0. Accuracy is on the test set reweighted to uniform classes.
+        m = 0 gives theta_0. All runs train at once, as the clients of one batch of the
+        vectorised executor (the serial one for models it does not support, those with
+        buffers). Accuracy is on the test set reweighted to uniform classes.
         Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
         """
         sizes = np.asarray(sizes)
@@ -160,12 +166,16 @@ class TrainingOracle:
         strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
         uniform = np.full(self.train_set.num_classes, 1.0 / self.train_set.num_classes)
         points = [(int(m), r) for m in sizes for r in range(repeats)]
-        accuracies = []
-        for m, r in tqdm(points, desc="learning curve", disable=not self.progress, leave=False):
-            stream = child_seed(self.seed, _CURVE, m, r)
-            chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
-            params = self._fit({0: chosen}, strategy, 1, stream).params
-            accuracies.append(self._accuracy(params, uniform))
+        tasks = []
+        for m, r in points:
+            if m > 0:
+                stream = child_seed(self.seed, _CURVE, m, r)
+                chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
+                tasks += strategy.configure_round(0, self._subsets({0: chosen}), stream)
+        executor = SerialExecutor() if any(True for _ in self.model.buffers()) else VectorisedExecutor()
+        trained = iter(executor.run(self.model, strategy, self.init_params, tasks))
+        params = [next(trained).params if m > 0 else self.init_params for m, _ in points]
+        accuracies = [self._accuracy(p, uniform) for p in params]
         return np.repeat(sizes, repeats).astype(np.int64), np.asarray(accuracies)
 
     def train(
@@ -191,7 +201,7 @@ class TrainingOracle:
             valued = train_with_valuation(
                 self.model, self._subsets(contributed), self.strategy, self.rounds, self.validation,
                 seed=child_seed(self.seed, _TRAIN), test=self.test, progress=self.progress,
-                device=self.device, init_params=self.init_params,
+                device=self.device, init_params=self.init_params, executor=self.executor,
             )
             run, games = valued.result, valued.rounds
         else:
@@ -240,7 +250,7 @@ class TrainingOracle:
         """``rounds`` of ``strategy`` from theta_0, client i training on training-set indices ``clients[i]``."""
         return run_federated(
             self.model, self._subsets(clients), strategy, rounds, seed=seed, test=test, progress=progress,
-            device=self.device, init_params=self.init_params,
+            device=self.device, init_params=self.init_params, executor=self.executor,
         )
 
     def _subsets(self, clients: dict[int, np.ndarray]) -> dict[int, Subset]:

@@ -94,3 +94,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert run_experiment.main(["--quiet", "--resume", str(tmp_path)]) == 2
     assert "no config.toml there" in capsys.readouterr().err
+
+
+def test_vectorised_executor_reproduces_the_serial_run(run_folder, tmp_path):
+    assert run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST),
+                                "--set=training.executor='vectorised'",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+
+    def table(path):
+        with (path / "agents.csv").open() as handle:
+            return [(r["mechanism"], r["trained_contribution"], float(r["delivered_accuracy"]))
+                    for r in csv.DictReader(handle)]
+
+    serial, vectorised = table(run_folder), table(folder)
+    assert [row[:2] for row in serial] == [row[:2] for row in vectorised]
+    assert max(abs(a[2] - b[2]) for a, b in zip(serial, vectorised)) < 0.01
