@@ -11,11 +11,18 @@ default ``../shared/data``), B=10, E=1 (``--quick``: fewer samples per client):
    the CNN of McMahan et al.: the vectorised executor's samples per second as a
    percentage of one large-batch training of the same CNN on the same samples
    (batch = all the round's clients' batches together), target >= 90%;
-3. peak memory of ``run_federated`` with 10 clients per round over 100 and over 1000
-   clients (each in a fresh process): bounded by the clients trained at once.
+3. peak memory of ``run_federated`` (CNN) with 10 clients per round over 100 and over
+   1000 clients (each in fresh processes): bounded by the clients trained at once.
 
 Timings are the best of ``--repeat`` runs, the contenders interleaved, so that a
-shared machine's noise hits them alike; the header gives threads and load.
+shared machine's noise hits them alike; the header gives threads and load. On a
+loaded machine run with ``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``): with
+OpenMP's default busy-waiting, a worker thread descheduled by another process makes
+every parallel op wait a time slice (measured up to 80x slower per op on a 2-core
+machine with three other busy processes); on an idle machine the default is faster.
+Parameter differences are given next to the serial executor's own at 1 and 2
+threads: float rounding flips an occasional ReLU or max-pool tie, after which a
+client's trajectory moves by far more than 1e-5, in either executor alike.
 """
 
 from __future__ import annotations
@@ -94,6 +101,16 @@ def max_diff(a: list[dict], b: list[dict]) -> float:
     return max((x[name] - y[name]).abs().max().item() for x, y in zip(a, b) for name in x)
 
 
+def serial_noise(model: torch.nn.Module, strategy, params: dict, tasks: list[ClientTask]) -> float:
+    """Largest parameter difference between the serial executor at 1 and at 2 threads."""
+    threads, runs = torch.get_num_threads(), []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        runs.append([r.params for r in SerialExecutor().run(model, strategy, params, tasks)])
+    torch.set_num_threads(threads)
+    return max_diff(*runs)
+
+
 def large_batch(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -> Callable[[], None]:
     """One model trained with plain SGD on the round's samples in batches of B * clients."""
     x = torch.cat([t.data.tensors()[0] for t in tasks])
@@ -152,7 +169,8 @@ def section_mlp(train: ArrayDataset, per_client: int, repeat: int) -> None:
             f"(2) MLP 784-200-200-10, {clients} clients/round x {per_client} samples: vectorised speedup "
             f"{t['serial'] / t['vectorised']:.2f}x  (target >= 3x; {t['serial']:.2f}s vs {t['vectorised']:.2f}s; "
             f"max |param diff| clients {max_diff([r.params for r in serial], [r.params for r in vector]):.1e}, "
-            f"aggregated {aggregated:.1e})"
+            f"aggregated {aggregated:.1e}; serial itself at 1 vs 2 threads "
+            f"{serial_noise(model, strategy, params, tasks):.1e})"
         )
 
 
@@ -177,24 +195,25 @@ def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
         f"{100 * rate['vectorised'] / rate['large']:.0f}% of one large-batch (B={BATCH * len(tasks)}) training's "
         f"{rate['large']:.0f}  (target >= 90%; serial {rate['serial']:.0f} samples/s = "
         f"{100 * rate['serial'] / rate['large']:.0f}%; max |param diff| vs serial "
-        f"{max_diff([r.params for r in serial], [r.params for r in vector]):.1e})"
+        f"{max_diff([r.params for r in serial], [r.params for r in vector]):.1e}, serial itself at 1 vs 2 threads "
+        f"{serial_noise(model, FedAvg(), params, tasks):.1e})"
     )
 
 
 def memory_child(data_root: Path, clients: int, rounds: int) -> None:
     """Peak memory of ``rounds`` FedAvg rounds (10 clients each) over ``clients`` clients of
-    50 samples; printed as "<peak RSS increase, MiB> <peak traced Python allocations, MiB>"."""
+    50 samples, after one warm-up round; printed as "<peak RSS increase over the RSS
+    before, MiB> <peak traced Python and numpy allocations, MiB>"."""
     train = load(data_root)
     pool = np.random.default_rng(0).permutation(len(train))[: clients * 50]
     subsets = [train.subset(pool[p]) for p in partition.iid(train.labels()[pool], clients, 0)]
-    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    strategy = FedAvg(batch_size=BATCH, lr=LR, clients_per_round=10)
+    run_federated(model, subsets, strategy, 1, executor=VectorisedExecutor(), progress=False)  # lazy imports, pools
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
     before = _status_kib("VmRSS")
     tracemalloc.start()
-    run_federated(
-        model, subsets, FedAvg(batch_size=BATCH, lr=LR, clients_per_round=10), rounds,
-        executor=VectorisedExecutor(), progress=False,
-    )
+    run_federated(model, subsets, strategy, rounds, executor=VectorisedExecutor(), progress=False)
     traced = tracemalloc.get_traced_memory()[1]
     print((_status_kib("VmHWM") - before) / 1024, traced / 2**20)
 
@@ -210,14 +229,19 @@ def section_memory(data_root: Path, rounds: int) -> None:
         return
     peaks = {}
     for clients in (100, 1000):
-        command = [sys.executable, __file__, "--memory-child", str(clients), "--rounds", str(rounds), "--data-root", str(data_root)]
-        rss, traced = map(float, subprocess.run(command, check=True, capture_output=True, text=True).stdout.split())
-        peaks[clients] = (rss, traced)
+        command = [
+            sys.executable, __file__, "--memory-child", str(clients), "--rounds", str(rounds),
+            "--data-root", str(data_root), "--threads", str(torch.get_num_threads()),
+        ]
+        runs = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.split() for _ in range(3)]
+        peaks[clients] = np.median(np.asarray(runs, dtype=float), axis=0)  # (RSS, traced), median of 3 processes
     (r100, t100), (r1000, t1000) = peaks[100], peaks[1000]
+    model_mib = sum(p.numel() * 4 for p in build_model("cnn", (1, 28, 28), 10).parameters()) / 2**20
     print(
-        f"(3) peak memory of {rounds} rounds x 10 clients (vectorised, MLP, 50 samples/client): 100 clients "
-        f"+{r100:.1f} MiB RSS ({t100:.2f} MiB traced), 1000 clients +{r1000:.1f} MiB RSS ({t1000:.2f} MiB traced): "
-        f"ratio {r1000 / max(r100, 1e-9):.2f}"
+        f"(3) peak memory of {rounds} rounds x 10 clients (vectorised, CNN, 50 samples/client, median of 3 processes): "
+        f"100 clients +{r100:.0f} MiB RSS ({t100:.2f} MiB traced), 1000 clients +{r1000:.0f} MiB RSS "
+        f"({t1000:.2f} MiB traced): ratio {r1000 / max(r100, 1e-9):.2f}  (one model is {model_mib:.1f} MiB: the "
+        f"round's 10 results {10 * model_mib:.0f} MiB; a copy per client would be {1000 * model_mib:.0f} MiB)"
     )
 
 
@@ -227,8 +251,11 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, quick 2)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the memory experiment")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args.data_root, args.memory_child, args.rounds)
         return
@@ -237,7 +264,7 @@ def main() -> None:
     train = load(args.data_root)
     print(
         f"bench_executors: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}, best of {repeat}"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}, best of {repeat}"
     )
     section_overhead(train, per_client, repeat)
     section_mlp(train, per_client, repeat)

@@ -1,22 +1,21 @@
-"""Forward and backward passes of C clients' copies of one layer at once, by hand.
+"""Forward and backward passes of C clients' copies of one layer at once, written out.
 
-Each client c has its own parameters, stacked along a leading axis (a Linear weight of
-shape (out, in) becomes W of shape (C, out, in)), and its own mini-batch of B samples.
-Activations are client-major, (C, B, *features), except from the first convolution to
-the next Flatten, where they stay folded as (B, C * channels, H, W): client c's channels are the c-th
-block, so one grouped convolution with groups=C applies each client's filters to its
-own samples only. A layer's ``backward`` takes dJ_c/d(output), returns dJ_c/d(input)
-and, in the same pass, applies SGD to its parameters in place,
+Client c has its own parameters, stacked along a leading axis (a Linear weight of shape
+(out, in) becomes W of shape (C, out, in)), and its own mini-batch of B samples;
+activations are client-major, (C, B, *features). A layer's ``backward`` takes
+g_c = dJ_c/d(output_c), returns dJ_c/d(input_c) and, in the same pass, applies SGD to
+the layer's parameters in place with each client's step size lr_c (shape (C,)):
 
-    w_c <- w_c - lr_c * dJ_c/dw_c,
+    Linear  z_c = h_c W_c^T + b_c:   dh_c = g_c W_c (before the update),
+                                     W_c <- W_c - (lr_c g_c)^T h_c,   b_c <- b_c - lr_c sum_b g_c,b
 
-which spares materialising the (C, *w.shape) gradient of the large weights (a Linear's
-is folded into one batched matmul, W_c <- W_c - (lr_c g_c)^T h_c). Padding samples
-carry zero gradient, and lr_c = 0 leaves client c's parameters exactly as they are.
+so a linear layer's (C, out, in) gradient is never materialised (the update is one
+batched matmul accumulating into W). Padding samples have g = 0, and lr_c = 0 leaves
+client c's parameters exactly as they are.
 
 ``compile_layers`` turns a model whose forward is a chain of Linear, Conv2d, ReLU,
-MaxPool2d and Flatten modules (as ``torch.fx`` traces it) into these layers, or returns
-None for any other model.
+MaxPool2d and Flatten modules (as ``torch.fx`` traces it) into these layers, and
+returns None for any other model.
 """
 
 from __future__ import annotations
@@ -55,9 +54,10 @@ class Linear:
 
 class Conv2d:
     """Client c's convolution of its samples h_c (B, in, H, W) with its filters W_c
-    (C, out, in, k, k) and bias b_c, one client at a time: on a CPU a batch of B samples
-    stays in cache, and this measured faster than one grouped convolution (groups=C)
-    over all clients, or than one convolution of all C * B samples with shared filters."""
+    (C, out, in, k, k) and bias b_c, one client at a time. On a CPU this measured as fast
+    as one grouped convolution (the C clients' channels side by side, groups=C) for a
+    few clients and faster for many (0.81 against 0.66 of a large-batch step at C=32:
+    grouped convolutions with one input channel per group are slow)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, module: nn.Conv2d):
         self.weight, self.bias, self.params = weight, bias, True
