@@ -99,12 +99,16 @@ def check_fl_names(config: dict) -> None:
     from fl.data import DATASET_NAMES
     from fl.models import MODEL_NAMES
 
-    if config["data"]["dataset"] not in DATASET_NAMES:
+    # the loop's agents hold labelled samples with a label distribution each: the
+    # next-character corpus and its model are for fl on its own, not for the loop
+    datasets = [name for name in DATASET_NAMES if name != "shakespeare"]
+    models = [name for name in MODEL_NAMES if name != "char_lstm"]
+    if config["data"]["dataset"] not in datasets:
         raise ConfigError(f"data.dataset={config['data']['dataset']!r}: allowed is one of "
-                          + ", ".join(map(repr, DATASET_NAMES)))
-    if config["model"]["name"] not in MODEL_NAMES:
+                          + ", ".join(map(repr, datasets)))
+    if config["model"]["name"] not in models:
         raise ConfigError(f"model.name={config['model']['name']!r}: allowed is one of "
-                          + ", ".join(map(repr, MODEL_NAMES)))
+                          + ", ".join(map(repr, models)))
     if config["training"]["device"] == "cuda":
         import torch
 

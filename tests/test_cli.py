@@ -62,6 +62,7 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("training.rounds=0", "training.rounds=0: allowed is a number > 0"),
     ("data.dataset='cifar100'", "data.dataset='cifar100': allowed is one of"),
     ("model.name='transformer'", "model.name='transformer': allowed is one of"),
+    ("data.dataset='shakespeare'", "data.dataset='shakespeare': allowed is one of 'digits'"),
     ("population.cost=[0.1, 0.2]", "population.cost=[0.1, 0.2]: allowed is a list of population.n_agents=10"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
@@ -110,3 +111,13 @@ def test_vectorised_executor_reproduces_the_serial_run(run_folder, tmp_path):
     serial, vectorised = table(run_folder), table(folder)
     assert [row[:2] for row in serial] == [row[:2] for row in vectorised]
     assert max(abs(a[2] - b[2]) for a, b in zip(serial, vectorised)) < 0.01
+
+
+def test_missing_dataset_files_exit_2_naming_the_path(capsys, tmp_path):
+    status = run_experiment.main(["--quiet", "--set=data.dataset='mnist'",
+                                  f"--set=data.root='{tmp_path / 'empty'}'",
+                                  f"--set=experiment.output_dir='{tmp_path / 'runs'}'"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: data.dataset='mnist':") and str(tmp_path / "empty") in err
+    assert err.count("\n") == 1
