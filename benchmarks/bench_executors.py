@@ -264,7 +264,8 @@ def main() -> None:
     train = load(args.data_root)
     print(
         f"bench_executors: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}, best of {repeat}"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}, "
+        f"best of {repeat}"
     )
     section_overhead(train, per_client, repeat)
     section_mlp(train, per_client, repeat)

@@ -8,6 +8,10 @@ the layer's parameters in place with each client's step size lr_c (shape (C,)):
 
     Linear  z_c = h_c W_c^T + b_c:   dh_c = g_c W_c (before the update),
                                      W_c <- W_c - (lr_c g_c)^T h_c,   b_c <- b_c - lr_c sum_b g_c,b
+    Conv2d  z_c = W_c * h_c + b_c:   (dh_c, dW_c, db_c) = convolution_backward(g_c, h_c, W_c),
+                                     W_c <- W_c - lr_c dW_c,   b_c <- b_c - lr_c db_c
+    ReLU, MaxPool2d, Flatten:        dh by their standard backward (mask, routing to the
+                                     argmax, reshape); no parameters
 
 so a linear layer's (C, out, in) gradient is never materialised (the update is one
 batched matmul accumulating into W). Padding samples have g = 0, and lr_c = 0 leaves
@@ -66,9 +70,10 @@ class Conv2d:
     def forward(self, h: Tensor) -> Tensor:
         self.h = h
         bias = [None] * len(h) if self.bias is None else self.bias
-        return torch.stack(
-            [F.conv2d(h_c, w_c, b_c, self.stride, self.padding, self.dilation) for h_c, w_c, b_c in zip(h, self.weight, bias)]
-        )
+        return torch.stack([
+            F.conv2d(h_c, w_c, b_c, self.stride, self.padding, self.dilation)
+            for h_c, w_c, b_c in zip(h, self.weight, bias)
+        ])
 
     def backward(self, g: Tensor, lr: Tensor, need_input_grad: bool) -> Tensor | None:
         bias_sizes = None if self.bias is None else [self.bias.shape[1]]

@@ -95,8 +95,8 @@ class VectorisedExecutor(Executor):
             members.sort(key=lambda i: -len(schedules[i]))
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
-                trained = _train_chunk(model, strategy, global_params, [tasks[i] for i in chunk], [schedules[i] for i in chunk])
-                for i, result in zip(chunk, trained):
+                chunk_tasks, chunk_schedules = [tasks[i] for i in chunk], [schedules[i] for i in chunk]
+                for i, result in zip(chunk, _train_chunk(model, strategy, global_params, chunk_tasks, chunk_schedules)):
                     results[i] = result
         return results
 
@@ -116,7 +116,8 @@ def _train_chunk(
     if layers is None:
         step = _functional_step(model, strategy, global_params, stacked, state)
     else:
-        step = _layer_step(layers, strategy, global_params, stacked, state, *_probe(strategy, global_params, tasks[0].state))
+        is_loss, reads_params = _probe(strategy, global_params, tasks[0].state)
+        step = _layer_step(layers, strategy, global_params, stacked, state, is_loss, reads_params)
     losses = torch.zeros(rows.shape[:2], device=device)
     was_training = model.training
     model.train()
@@ -126,7 +127,8 @@ def _train_chunk(
     finally:
         model.train(was_training)
     taken = torch.arange(rows.shape[0], device=device).unsqueeze(1) < steps
-    mean_loss = (torch.where(taken, losses, 0.0).sum(0) / steps.clamp(min=1)).masked_fill(steps == 0, float("nan")).tolist()
+    mean_loss = torch.where(taken, losses, 0.0).sum(0) / steps.clamp(min=1)
+    mean_loss = mean_loss.masked_fill(steps == 0, float("nan")).tolist()
     return [
         ClientResult(
             client_id=task.client_id,
@@ -234,6 +236,7 @@ def _stack_states(states: list[dict]) -> dict:
     """The tasks' states stacked leaf by leaf along a new leading client axis."""
     flat = [tree_flatten(state) for state in states]
     spec = flat[0][1]
-    if any(other != spec for _, other in flat) or not all(isinstance(x, torch.Tensor) for leaves, _ in flat for x in leaves):
+    tensors = all(isinstance(leaf, torch.Tensor) for leaves, _ in flat for leaf in leaves)
+    if any(other != spec for _, other in flat) or not tensors:
         raise ValueError("task state: allowed is the same structure of tensors for every task of a round")
     return tree_unflatten([torch.stack(leaves) for leaves in zip(*(leaves for leaves, _ in flat))], spec)

@@ -1,0 +1,191 @@
+"""The vectorised executor gives the serial executor's numbers (to 1e-5), whatever the
+model path (written-out layers or vmap), strategy, chunking, batch raggedness or device."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fl.algorithms import FedAvg, FedProx, child_seed
+from fl.data.dataset import load_digits
+from fl.executors import ClientTask, SerialExecutor
+from fl.executors.stacked import compile_layers
+from fl.executors.vectorised import VectorisedExecutor
+from fl.models import build_model, get_params
+from fl.server import run_federated
+
+TRAIN, _ = load_digits()
+SIZES = (5, 23, 40, 64, 100)  # ragged last batches, 1 to 7 steps per epoch at B=16
+LRS = (0.05, 0.1, 0.2, 0.1, 0.3)
+
+
+def clients(sizes=SIZES) -> list:
+    order = np.random.default_rng(0).permutation(len(TRAIN))
+    bounds = np.cumsum((0, *sizes))
+    return [TRAIN.subset(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def tasks_for(data, epochs=2, steps=None, states=None) -> list[ClientTask]:
+    return [
+        ClientTask(c, 0, d, epochs, 16, LRS[c % len(LRS)], child_seed(1, c), steps=None if steps is None else steps[c],
+                   state={} if states is None else states[c])
+        for c, d in enumerate(data)
+    ]
+
+
+def assert_same_results(expected, actual, atol=1e-5):
+    assert [r.client_id for r in actual] == [r.client_id for r in expected]
+    for e, a in zip(expected, actual):
+        assert (a.num_samples, a.steps) == (e.num_samples, e.steps)
+        assert a.params.keys() == e.params.keys()
+        for name in e.params:
+            torch.testing.assert_close(a.params[name], e.params[name], atol=atol, rtol=0)
+        np.testing.assert_allclose(a.train_loss, e.train_loss, atol=atol, rtol=1e-5)
+
+
+class Tanh(nn.Module):
+    """Not a chain of supported layers (tanh), so it takes the vmap path."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x.flatten(1))))
+
+
+class Squared(FedAvg):
+    """J = l^2 / 2: dJ/dl = l is not 1."""
+
+    def local_objective(self, loss, params, global_params, client_state):
+        return 0.5 * loss**2
+
+
+class SquaredWithState(FedAvg):
+    """J = l^2 / 2 + <v, last bias>, v the client's state: the objective reads the parameters."""
+
+    def local_objective(self, loss, params, global_params, client_state):
+        return 0.5 * loss**2 + torch.sum(client_state["v"] * params[[n for n in params if n.endswith("bias")][-1]])
+
+
+def model_named(name):
+    if name == "tanh":
+        return Tanh()
+    if name == "plain":  # no biases, overlapping padded max-pooling: still the written-out path
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+            nn.Flatten(), nn.Linear(64, 10, bias=False),
+        )
+    return build_model(name, TRAIN.feature_shape, 10, seed=0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "plain", "tanh"])
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(mu=0.5)], ids=["fedavg", "fedprox"])
+def test_same_numbers_as_serial_for_clients_of_different_sizes_and_lrs(name, strategy):
+    model = model_named(name)
+    params, tasks = get_params(model), tasks_for(clients())
+    assert (compile_layers(model, params) is None) == (name == "tanh")
+    expected = SerialExecutor().run(model, strategy, params, tasks)
+    assert_same_results(expected, VectorisedExecutor(chunk_size=3).run(model, strategy, params, tasks))
+
+
+@pytest.mark.parametrize("name", ["mlp", "tanh"])
+@pytest.mark.parametrize("strategy", [Squared(), SquaredWithState()], ids=["squared", "with-state"])
+def test_objective_nonlinear_in_the_loss_and_per_client_state(name, strategy):
+    model = model_named(name)
+    params = get_params(model)
+    states = [{"v": torch.full((10,), 0.1 * c)} for c in range(len(SIZES))]
+    tasks = tasks_for(clients(), states=states if isinstance(strategy, SquaredWithState) else None)
+    expected = SerialExecutor().run(model, strategy, params, tasks)
+    assert_same_results(expected, VectorisedExecutor().run(model, strategy, params, tasks))
+
+
+def test_exact_step_counts_mask_clients_that_finish_early():
+    model = model_named("mlp")
+    params, tasks = get_params(model), tasks_for(clients(), steps=[1, 9, 4, 0, 2])
+    expected = SerialExecutor().run(model, FedAvg(), params, tasks)
+    actual = VectorisedExecutor().run(model, FedAvg(), params, tasks)
+    assert [r.steps for r in actual] == [1, 9, 4, 0, 2]
+    assert np.isnan(actual[3].train_loss)
+    assert all(torch.equal(actual[3].params[k], params[k]) for k in params)  # no steps: the global model
+    assert_same_results(expected, actual)
+
+
+def test_chunking_changes_nothing_and_results_come_in_task_order():
+    model = model_named("cnn")
+    params, tasks = get_params(model), tasks_for(clients())[::-1]
+    reference = VectorisedExecutor(chunk_size=1).run(model, FedAvg(), params, tasks)
+    for executor in (VectorisedExecutor(chunk_size=2), VectorisedExecutor(), VectorisedExecutor(max_chunk_bytes=1)):
+        assert_same_results(reference, executor.run(model, FedAvg(), params, tasks), atol=1e-6)
+
+
+def test_frozen_parameters_stay_the_servers():
+    model = model_named("mlp")
+    model.net[1].weight.requires_grad_(False)
+    params, tasks = get_params(model), tasks_for(clients())
+    expected = SerialExecutor().run(model, FedAvg(), params, tasks)
+    actual = VectorisedExecutor().run(model, FedAvg(), params, tasks)
+    assert_same_results(expected, actual)
+    assert all(r.params["net.1.weight"] is params["net.1.weight"] for r in actual)
+
+
+def test_federated_run_matches_serial():
+    data = clients()
+    runs = [
+        run_federated("cnn", data, FedProx(mu=0.1, batch_size=16, lr=0.1, clients_per_round=3), 3, executor=executor,
+                      seed=4, progress=False)
+        for executor in (SerialExecutor(), VectorisedExecutor())
+    ]
+    for name, value in runs[0].params.items():
+        torch.testing.assert_close(runs[1].params[name], value, atol=1e-5, rtol=0)
+    losses = [[h.train_loss for h in run.history] for run in runs]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_no_tasks_bad_settings_and_unsupported_models_are_refused():
+    model = model_named("mlp")
+    params = get_params(model)
+    assert VectorisedExecutor().run(model, FedAvg(), params, []) == []
+    for options in ({"chunk_size": 0}, {"chunk_size": 2.5}, {"max_chunk_bytes": 0}, {"chunk_size": True}):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            VectorisedExecutor(**options)
+    batch_norm = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+    with pytest.raises(ValueError, match="buffers"):
+        VectorisedExecutor().run(batch_norm, FedAvg(), get_params(batch_norm), tasks_for(clients()))
+    states = [{"v": torch.zeros(10)}, {}, {}, {}, {}]
+    with pytest.raises(ValueError, match="state"):
+        VectorisedExecutor().run(model, FedAvg(), params, tasks_for(clients(), states=states))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mlp", "cnn", "tanh"])
+def test_cuda_gives_the_cpu_numbers(name):
+    model = model_named(name)
+    params, tasks = get_params(model), tasks_for(clients())
+    expected = VectorisedExecutor().run(model, FedProx(mu=0.5), params, tasks)
+    cuda_params = {k: v.cuda() for k, v in params.items()}
+    actual = VectorisedExecutor().run(model.cuda(), FedProx(mu=0.5), cuda_params, tasks)
+    assert all(v.is_cuda for r in actual for v in r.params.values())
+    for e, a in zip(expected, actual):
+        for k in e.params:
+            torch.testing.assert_close(a.params[k].cpu(), e.params[k], atol=1e-4, rtol=0)
+
+
+def test_the_pilot_learning_curve_trains_as_one_vectorised_batch(monkeypatch):
+    from fl.oracle import TrainingOracle
+
+    calls, original = [], VectorisedExecutor.run
+
+    def checked_run(self, model, strategy, params, tasks):
+        results = original(self, model, strategy, params, tasks)
+        calls.append(len(tasks))
+        assert_same_results(SerialExecutor().run(model, strategy, params, tasks), results)
+        return results
+
+    monkeypatch.setattr(VectorisedExecutor, "run", checked_run)
+    oracle = TrainingOracle(TRAIN, TRAIN, endowments=np.full(4, 50), curve_steps=20, seed=0)
+    sizes, accuracies = oracle.learning_curve([0, 10, 300], repeats=2)
+    assert calls == [4]  # the four runs with data, in one call
+    assert sizes.tolist() == [0, 0, 10, 10, 300, 300] and accuracies[0] == accuracies[1]
