@@ -118,9 +118,7 @@ def check_fl_names(config: dict) -> None:
 
 def build_executor(name: str):
     """The executor that trains the clients of every training in the loop."""
-    from fl.executors import SerialExecutor
-    from fl.executors.ray_executor import RayExecutor
-    from fl.executors.vectorised import VectorisedExecutor
+    from fl.executors import RayExecutor, SerialExecutor, VectorisedExecutor
 
     return {"serial": SerialExecutor, "vectorised": VectorisedExecutor, "ray": RayExecutor}[name]()
 
