@@ -38,7 +38,7 @@ def contributions(result: LoopResult, population: Population, path: Path) -> Pat
     m_local = local_optimum(population.cost, population.value, result.fits[-1], population.endowment)
     agents = np.arange(population.n_agents)
     width = 0.8 / max(1, len(final))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9 + 0.4 * len(final), 4))
     for k, (name, record) in enumerate(final.items()):
         ax.bar(agents + (k - (len(final) - 1) / 2) * width, record.trained_contributions,
                width, label=name, color=COLOURS[k % len(COLOURS)])
@@ -46,13 +46,13 @@ def contributions(result: LoopResult, population: Population, path: Path) -> Pat
     ax.set_xlabel("agent (sorted as in the population)")
     ax.set_ylabel("samples contributed")
     ax.set_xticks(agents)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Contribution per agent")
     return _save(fig, path)
 
 
 def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for k, (name, record) in enumerate(result.final().items()):
         colour = COLOURS[k % len(COLOURS)]
         m = record.trained_contributions
@@ -62,7 +62,7 @@ def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
                    label=f"{name}: delivered (trained)")
     ax.set_xlabel("samples contributed $m_i$")
     ax.set_ylabel("accuracy received")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Accuracy received against contribution")
     return _save(fig, path)
 
@@ -70,18 +70,18 @@ def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
 def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path:
     names = list(summaries)
     x = np.arange(len(names))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     left.bar(x, [summaries[n]["total_data"] for n in names], color=COLOURS[: len(names)])
-    left.set_xticks(x, names)
+    left.set_xticks(x, names, rotation=30, ha="right")
     left.set_ylabel("total samples contributed")
     left.set_title("Total data")
     right.bar(x - 0.2, [summaries[n]["welfare_predicted"] for n in names], 0.4, label="predicted")
     right.bar(x + 0.2, [summaries[n]["welfare_realised"] for n in names], 0.4, label="realised")
     right.axhline(next(iter(summaries.values()))["welfare_social_optimum"], color="black",
-                  linestyle="--", label="social optimum")
-    right.set_xticks(x, names)
-    right.set_ylabel("welfare (sum of utilities)")
-    right.set_title("Welfare")
+                  linestyle="--", label="social optimum (no transfers)")
+    right.set_xticks(x, names, rotation=30, ha="right")
+    right.set_ylabel("sum of agents' utilities")
+    right.set_title("Agents' welfare (transfers included)")
     right.legend(fontsize=8)
     return _save(fig, path)
 
