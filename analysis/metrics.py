@@ -71,5 +71,5 @@ def summarise(record: IterationRecord, population: Population, model: AccuracyMo
         "mean_global_accuracy": float(np.mean(training.global_accuracy)),
         "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))),
         "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]),
-        "max_equilibrium_gain": float(np.max(record.equilibrium_gain)),
+        "max_equilibrium_gain": float(np.max(audit.deviation_gain)),
     }

@@ -207,16 +207,9 @@ class TrainingOracle:
         else:
             run = self._fit(contributed, self.strategy, self.rounds, child_seed(self.seed, _TRAIN), self.test, self.progress)
         global_accuracy = self._accuracy(run.params, self.label_distributions)
-        delivered, lam, validation = [], [], []
-        for i, p in enumerate(self.label_distributions):
-            target = None if targets is None or np.isnan(targets[i]) else float(targets[i])
-            if target is not None and target <= 0:  # no model delivered at all
-                delivered.append(0.0), lam.append(0.0), validation.append(0.0)
-                continue
-            d = deliver(self.model, run.params, self.init_params, self.validation, p, target)
-            delivered.append(global_accuracy[i] if d.lam == 1.0 else self._accuracy(d.params, p))
-            lam.append(d.lam)
-            validation.append(d.validation_accuracy)
+        served = [self._serve(run.params, global_accuracy[i], p, None if targets is None else targets[i])
+                  for i, p in enumerate(self.label_distributions)]
+        delivered, lam, validation = (list(column) for column in zip(*served))
         local = None
         if self.measure_local:
             local = np.empty(len(counts))
@@ -252,6 +245,18 @@ class TrainingOracle:
             self.model, self._subsets(clients), strategy, rounds, seed=seed, test=test, progress=progress,
             device=self.device, init_params=self.init_params, executor=self.executor,
         )
+
+    def _serve(self, global_params: Params, global_accuracy: float, distribution: np.ndarray,
+               target: float | None) -> tuple[float, float, float]:
+        """(test accuracy, lam, validation accuracy) of what one agent receives: the global
+        model (target None or NaN), no model at all (target <= 0), or a model of the target
+        accuracy on its distribution (``fl.delivery.deliver``)."""
+        if target is not None and not np.isnan(target) and target <= 0:
+            return 0.0, 0.0, 0.0
+        goal = None if target is None or np.isnan(target) else float(target)
+        d = deliver(self.model, global_params, self.init_params, self.validation, distribution, goal)
+        accuracy = global_accuracy if d.lam == 1.0 else self._accuracy(d.params, distribution)
+        return accuracy, d.lam, d.validation_accuracy
 
     def _subsets(self, clients: dict[int, np.ndarray]) -> dict[int, Subset]:
         return {i: self.train_set.subset(idx) for i, idx in clients.items()}

@@ -69,6 +69,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def check_schedule(rounds: int, evaluate_every: int) -> None:
+    """ValueError unless ``rounds`` is an integer >= 0 and ``evaluate_every`` one >= 1."""
+    for key, value, least in (("rounds", rounds, 0), ("evaluate_every", evaluate_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{key}={value!r}: allowed is an integer >= {least}")
+
+
 def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> dict[int, Subset]:
     """Client id -> data: a mapping as given, a sequence numbered 0..N-1."""
     return dict(train_subsets) if isinstance(train_subsets, Mapping) else dict(enumerate(train_subsets))
@@ -129,10 +136,7 @@ def run_federated(
     executor: default :class:`~fl.executors.serial.SerialExecutor`.
     test: evaluated with ``strategy.evaluate`` every ``evaluate_every`` rounds and after the last.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
-        raise ValueError(f"rounds={rounds!r}: allowed is an integer >= 0")
-    if isinstance(evaluate_every, bool) or not isinstance(evaluate_every, (int, np.integer)) or evaluate_every < 1:
-        raise ValueError(f"evaluate_every={evaluate_every!r}: allowed is an integer >= 1")
+    check_schedule(rounds, evaluate_every)
     subsets = client_subsets(train_subsets)
     available = {client: data for client, data in subsets.items() if len(data) > 0}
     model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)

@@ -4,8 +4,8 @@ One iteration, for every mechanism compared:
 
 1. fit the accuracy model a(m) to every (data size, accuracy) point measured so far;
 2. solve the mechanism under a(m): equilibrium contributions m_i, promised accuracies,
-   transfers and delivery targets, and certify the equilibrium (no agent gains more than
-   ``equilibrium_tolerance`` by deviating on a grid);
+   transfers and delivery targets (the final outcomes are certified afterwards by
+   ``mechanisms.audit``, which checks deviations on a grid);
 3. train on exactly round(m_i) samples of each agent's data and deliver each agent its
    model (the oracle);
 4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i
@@ -31,7 +31,6 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from incentives.accuracy import EmpiricalModel
-from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
 from incentives.utility import local_utility, utility
@@ -49,7 +48,6 @@ class IterationRecord:
     predicted_utility: np.ndarray
     realised_utility: np.ndarray
     local_utility: np.ndarray
-    equilibrium_gain: np.ndarray
 
     @property
     def mechanism(self) -> str:
@@ -98,7 +96,6 @@ class LoopResult:
                 "predicted_utility": record.predicted_utility,
                 "realised_utility": record.realised_utility,
                 "local_utility": record.local_utility,
-                "equilibrium_gain": record.equilibrium_gain,
             }
             for quantity, values in per_agent.items():
                 for agent, value in enumerate(values):
@@ -130,7 +127,6 @@ class ClosedLoop:
         pilot_repeats: int = 2,
         tolerance: float = 0.02,
         max_iterations: int = 3,
-        equilibrium_tolerance: float = 1e-6,
         phi: Callable[[np.ndarray], np.ndarray] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -142,16 +138,12 @@ class ClosedLoop:
         self.pilot_repeats = pilot_repeats
         self.tolerance = tolerance
         self.max_iterations = max_iterations
-        self.equilibrium_tolerance = equilibrium_tolerance
         self.phi = phi
         self.progress = progress or (lambda message: None)
 
     def _settle(self, iteration: int, mechanism: Mechanism, fit: EmpiricalModel) -> IterationRecord:
         population = self.population
         outcome = mechanism.solve(population, fit)
-        gain = verify_equilibrium(mechanism, outcome.contributions, population, fit,
-                                  participates=outcome.participates,
-                                  tol=self.equilibrium_tolerance, phi=self.phi).gains
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
         self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
         pays_from_training = isinstance(mechanism, PaysFromTraining)
@@ -165,8 +157,7 @@ class ClosedLoop:
         realised = utility(population, training.delivered_accuracy, trained,
                            transfer, participates, phi=self.phi)
         local = np.maximum(local_utility(population, fit), population.outside_option)
-        return IterationRecord(iteration, outcome, trained, training, transfer, predicted, realised,
-                               local, gain)
+        return IterationRecord(iteration, outcome, trained, training, transfer, predicted, realised, local)
 
     def run(self, resume: LoopResult | None = None,
             on_iteration: Callable[[LoopResult], None] | None = None) -> LoopResult:

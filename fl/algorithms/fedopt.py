@@ -24,52 +24,35 @@ from abc import abstractmethod
 
 import torch
 
-from fl.algorithms.fedavg import FedAvg
-from fl.executors.base import ClientResult
-from fl.models import Params
+from fl.algorithms.server_optimiser import ServerOptimiser, check_fraction, check_positive
 
 
-def _check_fraction(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")
-
-
-class FedOpt(FedAvg):
+class FedOpt(ServerOptimiser):
     """The shared step of Algorithm 2; subclasses define the second moment's update.
     server_lr: eta > 0. beta1: first-moment decay in [0, 1). tau: adaptivity > 0.
     ``fedavg_options`` as for :class:`FedAvg`. The moments live in the instance: use a
     fresh one per training run."""
 
     def __init__(self, server_lr: float = 0.01, beta1: float = 0.9, tau: float = 1e-3, **fedavg_options):
-        for key, value in (("server_lr", server_lr), ("tau", tau)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{key}={value!r}: allowed is a number > 0")
-        _check_fraction("beta1", beta1)
+        check_positive("server_lr", server_lr)
+        check_positive("tau", tau)
+        check_fraction("beta1", beta1)
         super().__init__(**fedavg_options)
         self.server_lr, self.beta1, self.tau = float(server_lr), float(beta1), float(tau)
-        self.first_moment: Params = {}
-        self.second_moment: Params = {}
+        self.first_moment: dict[str, torch.Tensor] = {}
+        self.second_moment: dict[str, torch.Tensor] = {}
 
     @abstractmethod
     def update_second_moment(self, v: torch.Tensor, delta_squared: torch.Tensor) -> torch.Tensor:
         """The new v from the old one and Delta^2."""
 
-    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
-        """One adaptive step on the floating-point entries (integer buffers keep the
-        server's value); with no results the model and moments are unchanged."""
-        if not results:
-            return global_params
-        mean = super().aggregate(global_params, results)
-        new = dict(global_params)
-        for name, w in global_params.items():
-            if w.is_floating_point():
-                delta = mean[name] - w
-                m = self.first_moment.get(name, torch.zeros_like(w))
-                v = self.second_moment.get(name, torch.full_like(w, self.tau**2))
-                m = self.first_moment[name] = self.beta1 * m + (1 - self.beta1) * delta
-                v = self.second_moment[name] = self.update_second_moment(v, delta * delta)
-                new[name] = w + self.server_lr * m / (torch.sqrt(v) + self.tau)
-        return new
+    def step(self, name: str, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """m and v updated with Delta = delta, then w + eta m / (sqrt(v) + tau)."""
+        m = self.first_moment.get(name, torch.zeros_like(w))
+        v = self.second_moment.get(name, torch.full_like(w, self.tau**2))
+        m = self.first_moment[name] = self.beta1 * m + (1 - self.beta1) * delta
+        v = self.second_moment[name] = self.update_second_moment(v, delta * delta)
+        return w + self.server_lr * m / (torch.sqrt(v) + self.tau)
 
 
 class FedAdagrad(FedOpt):
@@ -85,7 +68,7 @@ class FedAdam(FedOpt):
     def __init__(
         self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **fedavg_options
     ):
-        _check_fraction("beta2", beta2)
+        check_fraction("beta2", beta2)
         super().__init__(server_lr=server_lr, beta1=beta1, tau=tau, **fedavg_options)
         self.beta2 = float(beta2)
 

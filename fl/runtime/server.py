@@ -31,38 +31,23 @@ from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
 from fl.runtime.events import Node
 from fl.runtime.messages import SERVER, Join, Kind, Message, TrainOrder, params_nbytes
-from fl.server import round_seed
+from fl.server import RoundMetrics, round_seed
 
 if TYPE_CHECKING:
     from fl.runtime.simulation import Simulation
 
 
 @dataclass(frozen=True)
-class RoundRecord:
-    """One round (for FedBuff: one server step).
+class RoundRecord(RoundMetrics):
+    """One round (for FedBuff: one server step): :class:`fl.server.RoundMetrics`, where
+    ``clients`` counts the orders sent during the round and the bytes are those delivered
+    for training since the previous round closed (evaluation traffic is not counted),
+    plus: updates: results aggregated. time: simulated seconds when the round closed.
+    client_accuracy: client id -> accuracy of the new global model on that client's own
+    test set (clients given one, on evaluated rounds)."""
 
-    clients: orders sent during the round. updates: results aggregated. samples: their
-    sum of n_k. train_loss: sample-weighted mean of their mean mini-batch loss (nats;
-    NaN with no result). test_loss, test_accuracy: the new global model on the test set
-    (None when not evaluated). client_accuracy: client id -> accuracy of the new global
-    model on that client's own test set (clients given one, on evaluated rounds).
-    bytes_down, bytes_up: model bytes delivered for training, server -> clients (TRAIN)
-    and clients -> server (UPDATE), since the previous round closed (evaluation traffic
-    is not counted). time: simulated seconds when the round closed.
-    seconds: wall-clock seconds the round took to simulate.
-    """
-
-    round_index: int
-    clients: int
     updates: int
-    samples: int
-    train_loss: float
-    test_loss: float | None
-    test_accuracy: float | None
-    bytes_down: int
-    bytes_up: int
     time: float
-    seconds: float
     client_accuracy: dict[int, float] = field(default_factory=dict)
 
 

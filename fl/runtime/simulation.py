@@ -34,7 +34,7 @@ from fl.runtime.events import EventQueue, Node
 from fl.runtime.messages import SERVER, Kind, Message
 from fl.runtime.profiles import ClientProfile
 from fl.runtime.server import RoundRecord, Server
-from fl.server import client_subsets, initial_model
+from fl.server import check_schedule, client_subsets, initial_model
 
 # spawn keys of the run seed's streams; 0 and 1 are fl.server's model init and rounds
 DROPOUT_STREAM, DISPATCH_STREAM, PICK_STREAM = 2, 3, 4
@@ -143,9 +143,7 @@ def simulate(
     client_tests: client id -> that client's own test set, on which it evaluates the
         global model whenever the server evaluates (``RoundRecord.client_accuracy``).
     """
-    for key, value, least in (("rounds", rounds, 0), ("evaluate_every", evaluate_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{key}={value!r}: allowed is an integer >= {least}")
+    check_schedule(rounds, evaluate_every)
     subsets = client_subsets(train_subsets)
     model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
     simulation = Simulation(model, strategy, executor or SerialExecutor(), seed)

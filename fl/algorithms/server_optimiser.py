@@ -1,0 +1,47 @@
+"""The shape shared by FedAvg variants whose server takes an optimiser step.
+
+The round's sample-weighted client mean defines a pseudo-gradient per floating-point
+entry (Reddi et al., 2021, "Adaptive federated optimization"),
+
+    Delta = sum_k (n_k / n) w_k - w,
+
+and the server replaces w by ``step(name, w, Delta)``; integer buffers keep the
+server's value, and a round without results changes neither the model nor the
+optimiser's state. FedAvg is ``step = w + Delta``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from fl.algorithms.fedavg import FedAvg
+from fl.executors.base import ClientResult
+from fl.models import Params
+
+
+def check_positive(key: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key}={value!r}: allowed is a number > 0")
+
+
+def check_fraction(key: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")
+
+
+class ServerOptimiser(FedAvg):
+    """FedAvg whose server steps along the pseudo-gradient (see the module docstring).
+    The optimiser's state lives in the instance: use a fresh one per training run."""
+
+    @abstractmethod
+    def step(self, name: str, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The new value of entry ``name`` from its value ``w`` and pseudo-gradient ``delta``."""
+
+    def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        if not results:
+            return global_params
+        mean = super().aggregate(global_params, results)
+        return {name: self.step(name, w, mean[name] - w) if w.is_floating_point() else w
+                for name, w in global_params.items()}
