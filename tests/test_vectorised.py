@@ -4,12 +4,13 @@ model path (written-out layers or vmap), strategy, chunking, batch raggedness or
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fl.algorithms import FedAvg, FedProx, child_seed
 from fl.data.dataset import load_digits
 from fl.executors import ClientTask, SerialExecutor
-from fl.executors.stacked import compile_layers
+from fl.executors.stacked import MaxPool2d, ReLU, _pool_before_relu, compile_layers
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import build_model, get_params
 from fl.server import run_federated
@@ -99,6 +100,28 @@ def test_objective_nonlinear_in_the_loss_and_per_client_state(name, strategy):
     tasks = tasks_for(clients(), states=states if isinstance(strategy, SquaredWithState) else None)
     expected = SerialExecutor().run(model, strategy, params, tasks)
     assert_same_results(expected, VectorisedExecutor().run(model, strategy, params, tasks))
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2)])
+def test_pooling_routes_ties_as_pytorch_does_and_commutes_with_relu(kernel, stride):
+    """ReLU then max pooling, written out (pooled first, as compile_layers orders them),
+    gives nn's values and input gradients bit for bit on inputs full of exact ties,
+    zero and positive, for tiled and overlapping windows."""
+    h = torch.randint(-2, 3, (3, 4, 2, 7, 7), generator=torch.Generator().manual_seed(0)).float()  # (C, B, ch, H, W)
+    layers = _pool_before_relu([ReLU(), MaxPool2d(nn.MaxPool2d(kernel, stride))])
+    assert [type(layer) for layer in layers] == [MaxPool2d, ReLU]
+    out = h
+    for layer in layers:
+        out = layer.forward(out)
+    x = h.flatten(0, 1).requires_grad_()
+    expected = F.max_pool2d(torch.relu(x), kernel, stride)
+    g = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
+    expected.backward(g)
+    dh = g.view(out.shape)
+    for layer in reversed(layers):
+        dh = layer.backward(dh, torch.zeros(3), need_input_grad=True)
+    assert torch.equal(out.flatten(0, 1), expected.detach())
+    assert torch.equal(dh.flatten(0, 1), x.grad)
 
 
 def test_exact_step_counts_mask_clients_that_finish_early():

@@ -18,8 +18,9 @@ batched matmul accumulating into W). Padding samples have g = 0, and lr_c = 0 le
 client c's parameters exactly as they are.
 
 ``compile_layers`` turns a model whose forward is a chain of Linear, Conv2d, ReLU,
-MaxPool2d and Flatten modules (as ``torch.fx`` traces it) into these layers, and
-returns None for any other model.
+MaxPool2d and Flatten modules (as ``torch.fx`` traces it) into these layers, with each
+ReLU that precedes a max pooling moved after it (the same values and gradients, on
+smaller activations), and returns None for any other model.
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ class Conv2d:
             )
             for g_c, h_c, w_c in zip(g, self.h, self.weight)
         ]
-        self.weight.sub_(torch.stack([dw for _, dw, _ in grads]).mul_(lr.view(-1, 1, 1, 1, 1)))
-        if self.bias is not None:
-            self.bias.sub_(torch.stack([db for _, _, db in grads]).mul_(lr.view(-1, 1)))
+        for c, (_, dw, db) in enumerate(grads):
+            self.weight[c].sub_(dw.mul_(lr[c]))
+            if self.bias is not None:
+                self.bias[c].sub_(db.mul_(lr[c]))
         self.h = None
         return torch.stack([dh for dh, _, _ in grads]) if need_input_grad else None
 
@@ -106,7 +108,14 @@ class ReLU:
 
 
 class MaxPool2d:
-    """2-d max pooling of every client's samples, (C, B, ch, H, W) -> (C, B, ch, H', W')."""
+    """2-d max pooling of every client's samples, (C, B, ch, H, W) -> (C, B, ch, H', W').
+
+    The forward pass pools a channels-last copy of the input: on a CPU PyTorch's
+    channels-last kernel, with the copies in and out, measured 4-5x faster than its
+    channels-first one (which took 15 of the CNN's 68 ms per large-batch step). The
+    argmax indices (h * W + w within each channel's plane) do not depend on the memory
+    layout, so the backward pass routes the gradient with the channels-first kernel,
+    bit for bit as ``nn.MaxPool2d`` does."""
 
     params = False
 
@@ -117,10 +126,12 @@ class MaxPool2d:
 
     def forward(self, h: Tensor) -> Tensor:
         self.shape, self.h = h.shape, h.flatten(0, 1)
-        out, self.indices = F.max_pool2d(
-            self.h, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        out, indices = F.max_pool2d(
+            self.h.contiguous(memory_format=torch.channels_last),
+            self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True,
         )
-        return out.view(*self.shape[:2], *out.shape[1:])
+        self.indices = indices.contiguous()
+        return out.contiguous().view(*self.shape[:2], *out.shape[1:])
 
     def backward(self, g: Tensor, lr: Tensor, need_input_grad: bool) -> Tensor:
         dh = aten.max_pool2d_with_indices_backward(
@@ -177,4 +188,16 @@ def compile_layers(model: nn.Module, stacked: dict[str, Tensor]) -> list | None:
             return None
         previous = node
     has_params = any(layer.params for layer in layers)
-    return layers if nodes[-1].args == (previous,) and has_params else None
+    return _pool_before_relu(layers) if nodes[-1].args == (previous,) and has_params else None
+
+
+def _pool_before_relu(layers: list) -> list:
+    """Each ReLU followed by a MaxPool2d swapped with it: max(relu(z)) = relu(max(z)) over
+    every window, and the gradients agree too (where a window's maximum is positive both
+    route it to the same first argmax, where it is not both give zero), so the ReLU and
+    its backward run on the pooled, k_h * k_w times smaller activations."""
+    layers = list(layers)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], ReLU) and isinstance(layers[i + 1], MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return layers
