@@ -23,7 +23,7 @@ incentivises 30-55% more clients than standard federated training. Per seed:
 Run from the repository root::
 
     python benchmarks/incfl_share.py                      # MNIST, 100 clients, seeds 0-4
-    python benchmarks/incfl_share.py --dataset digits --clients 50
+    python benchmarks/incfl_share.py --dataset digits --clients 50 [--gap-scale 2]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, 
     training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     strategies = {
         "FedAvg": FedAvg(**training),
-        "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), **training),
+        "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), args.gap_scale, **training),
     }
     out = {}
     for name, strategy in strategies.items():
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=20, help="epochs of each local-only model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--gap-scale", type=float, default=1.0, help="IncFL's factor on the gap in the sigmoid")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
     args = parser.parse_args()
@@ -118,7 +119,8 @@ def main() -> None:
         parser.error(f"--pool={args.pool}: allowed is 1 to {len(train)}")
     print(
         f"{args.dataset}: {args.pool} samples, {args.clients} clients, Dirichlet({args.alpha}), "
-        f"{args.rounds} rounds of {args.epochs} epoch(s), local models {args.local_epochs} epochs, {args.model}"
+        f"{args.rounds} rounds of {args.epochs} epoch(s), local models {args.local_epochs} epochs, {args.model}, "
+        f"IncFL gap scale {args.gap_scale}"
     )
     columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
     header = " ".join(f"{name + ' ' + c:>12}" for name in ("FedAvg", "IncFL") for c in columns)

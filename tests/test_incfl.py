@@ -36,6 +36,18 @@ def test_weights_match_a_hand_computed_case():
     np.testing.assert_allclose(weights, [0.4, 0.3, 0.3], rtol=1e-12)
 
 
+def test_gap_scale_multiplies_the_gap_inside_the_sigmoid():
+    # with gap_scale 2, gaps 0, ln(3)/2, -ln(3)/2 are the hand-computed case above
+    local = np.zeros(3)
+    weights = incentive_weights([0.0, math.log(3) / 2, -math.log(3) / 2], local, gap_scale=2.0)
+    np.testing.assert_allclose(weights, [0.4, 0.3, 0.3], rtol=1e-12)
+    for bad in (0.0, -1.0, float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="gap_scale"):
+            incentive_weights(local, local, gap_scale=bad)
+        with pytest.raises(ValueError, match="gap_scale"):
+            IncFL(local, lambda w: local, gap_scale=bad)
+
+
 def test_weights_peak_at_the_threshold_and_are_symmetric_in_the_gap():
     gaps = np.array([-3.0, -1.0, -0.2, 0.0, 0.2, 1.0, 3.0])
     weights = incentive_weights(gaps, np.zeros_like(gaps))

@@ -41,7 +41,7 @@ Provenance: the paper's method section and official code were not available to u
 objective and weights above are reconstructed from its abstract (which says only that the
 aggregation weights are adjusted during training) and agree with the public third-party ports we could read
 (sigmoid surrogate, q_k = s(1 - s) at the global model's loss, step normalised by
-sum_j q_j), one of which scales the gap by 2 inside the sigmoid. On Dirichlet(0.3)
+sum_j q_j), one of which scales the gap by 2 inside the sigmoid (``gap_scale``). On Dirichlet(0.3)
 splits of digits and MNIST this rule (gap scaled by 0.2 to 5 on digits, 0.2 or 1 on
 MNIST; also with the sigmoid itself as weight) incentivises *fewer* clients than FedAvg (``benchmarks/incfl_share.py``), not the 30-55% more the paper
 reports, so treat it as unverified against the paper.
@@ -72,11 +72,14 @@ def incentivised_fraction(global_losses, local_losses) -> float:
     return float(np.mean(gap < 0))
 
 
-def incentive_weights(global_losses, local_losses) -> np.ndarray:
+def incentive_weights(global_losses, local_losses, gap_scale: float = 1.0) -> np.ndarray:
     """IncFL's aggregation weights q_k / sum_j q_j, shape (N,), summing to one, with
-    q_k = s(x_k) (1 - s(x_k)) and x_k = global_losses[k] - local_losses[k] (see the
-    module docstring). Computed as a softmax of log q_k = -|x| - 2 log(1 + e^{-|x|})."""
-    gap = np.abs(_incentive_gap(global_losses, local_losses))
+    q_k = s(x_k) (1 - s(x_k)) and x_k = gap_scale * (global_losses[k] - local_losses[k])
+    (see the module docstring; ``gap_scale`` > 0 sharpens or flattens the sigmoid, per
+    nat of loss). Computed as a softmax of log q_k = -|x| - 2 log(1 + e^{-|x|})."""
+    if isinstance(gap_scale, bool) or not isinstance(gap_scale, (int, float)) or not 0 < gap_scale < float("inf"):
+        raise ValueError(f"gap_scale={gap_scale!r}: allowed is a finite number > 0")
+    gap = gap_scale * np.abs(_incentive_gap(global_losses, local_losses))
     log_q = -gap - 2.0 * np.log1p(np.exp(-gap))
     weights = np.exp(log_q - log_q.max())
     return weights / weights.sum()
@@ -90,17 +93,22 @@ class IncFL(FedAvg):
     global_losses: maps parameters w to the (N,) losses f_k(w) on the same data and in
         the same units, e.g. ``lambda w: distribution_losses(model, w, val, P)``. It is
         called once per round, on the round's starting model.
+    gap_scale: the factor on the gap inside the sigmoid (1: the module docstring's rule;
+        one public port uses 2).
     fedavg_options: client sampling and local training, as :class:`FedAvg` takes them.
     """
 
-    def __init__(self, local_losses, global_losses: Callable[[Params], np.ndarray], **fedavg_options):
+    def __init__(
+        self, local_losses, global_losses: Callable[[Params], np.ndarray], gap_scale: float = 1.0, **fedavg_options
+    ):
         local = np.asarray(local_losses, dtype=np.float64)
         if local.ndim != 1 or local.size == 0 or not np.all(np.isfinite(local)):
             raise ValueError(f"local_losses={local_losses!r}: allowed is a non-empty 1-D array of finite numbers")
         if not callable(global_losses):
             raise ValueError(f"global_losses={global_losses!r}: allowed is a callable params -> (N,) losses")
+        incentive_weights([0.0], [0.0], gap_scale)  # checks gap_scale
         super().__init__(**fedavg_options)
-        self.local_losses, self.global_losses = local, global_losses
+        self.local_losses, self.global_losses, self.gap_scale = local, global_losses, gap_scale
 
     def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
         """sum_k (q_k / sum_j q_j) w_k over the round's results, q_k taken at
@@ -114,7 +122,7 @@ class IncFL(FedAvg):
                 f"global_losses returned shape {losses.shape}: "
                 f"allowed is {self.local_losses.shape}, one loss per client"
             )
-        return weighted_average(global_params, results, incentive_weights(losses[ids], self.local_losses[ids]))
+        return weighted_average(global_params, results, incentive_weights(losses[ids], self.local_losses[ids], self.gap_scale))
 
 
 def per_class_loss(model: nn.Module, params: Params, dataset: ArrayDataset) -> np.ndarray:
