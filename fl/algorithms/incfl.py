@@ -37,14 +37,15 @@ server step). Clients count once each, whatever their sample size, because the o
 counts clients. The normalisation is computed in log space, so no gap, however large,
 makes every weight underflow.
 
-Provenance: the paper's method section and official code were not available to us; the
-objective and weights above are reconstructed from its abstract (which says only that the
-aggregation weights are adjusted during training) and agree with the public third-party ports we could read
-(sigmoid surrogate, q_k = s(1 - s) at the global model's loss, step normalised by
-sum_j q_j), one of which scales the gap by 2 inside the sigmoid (``gap_scale``). On Dirichlet(0.3)
-splits of digits and MNIST this rule (gap scaled by 0.2 to 5 on digits, 0.2 or 1 on
-MNIST; also with the sigmoid itself as weight) incentivises *fewer* clients than FedAvg (``benchmarks/incfl_share.py``), not the 30-55% more the paper
-reports, so treat it as unverified against the paper.
+Provenance: the paper's method section and official code were not available to us.
+The objective and weights above are reconstructed from its abstract (which says only
+that the aggregation weights are adjusted during training) and agree with the public
+third-party ports we could read (sigmoid surrogate, q_k = s(1 - s) at the global
+model's loss, step normalised by sum_j q_j); one of them scales the gap by 2 inside the
+sigmoid (``gap_scale``). On Dirichlet(0.3) splits of digits and MNIST this rule (gap
+scaled by 0.2 to 5 on digits, 0.2 or 1 on MNIST; also with the sigmoid itself as the
+weight) incentivises *fewer* clients than FedAvg (``benchmarks/incfl_share.py``), not
+the 30-55% more the paper reports: treat it as unverified against the paper.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class IncFL(FedAvg):
                 f"global_losses returned shape {losses.shape}: "
                 f"allowed is {self.local_losses.shape}, one loss per client"
             )
-        return weighted_average(global_params, results, incentive_weights(losses[ids], self.local_losses[ids], self.gap_scale))
+        weights = incentive_weights(losses[ids], self.local_losses[ids], self.gap_scale)
+        return weighted_average(global_params, results, weights)
 
 
 def per_class_loss(model: nn.Module, params: Params, dataset: ArrayDataset) -> np.ndarray:
