@@ -31,7 +31,9 @@ from fl.delivery import deliver
 from fl.executors import Executor, SerialExecutor
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import Params, build_model, get_params
-from fl.server import FederatedResult, RoundMetrics, resolve_device, run_federated
+from fl.runtime.launch import resolve_device
+from fl.runtime.server import RoundRecord
+from fl.server import FederatedResult, run_federated
 from fl.valuation import RoundValuation, train_with_valuation
 
 # spawn keys of the oracle's independent random streams
@@ -64,7 +66,7 @@ class TrainingResult:
     validation_accuracy: np.ndarray
     contributions: np.ndarray
     total_samples: int
-    rounds: list[RoundMetrics]
+    rounds: list[RoundRecord]
     seconds: float
     round_games: list[RoundValuation] | None = None
 

@@ -1,4 +1,4 @@
-"""The event-driven runtime: equality with run_federated, the clock, behaviours."""
+"""The event-driven runtime: run_federated as its synchronous case, the clock, behaviours."""
 
 import numpy as np
 import pytest
@@ -51,11 +51,16 @@ def model_bytes(data):
 
 
 @pytest.mark.parametrize("strategy", [FedAvg, Scaffold])
-def test_synchronous_rounds_give_run_federateds_numbers(strategy):
-    """Clients of different speeds and bandwidths answer out of order and start at
-    different instants (several executor calls), yet every number is run_federated's."""
+def test_client_speeds_change_the_clock_but_not_the_numbers(strategy):
+    """run_federated (no behaviours, default profiles) trains each round's clients in one
+    executor call. Clients of different speeds and bandwidths answer out of order and
+    start at different instants (several executor calls), yet every number is the same."""
     profiles = [ClientProfile(speed=5.0 + 7 * i, upload=1e5 * (8 - i), download=2e5 * (1 + i % 3)) for i in range(8)]
-    reference = run_federated("mlp", SUBSETS, strategy(clients_per_round=3, lr=0.1), 4, seed=3, test=TEST, **QUIET)
+    together = RecordingExecutor()
+    reference = run_federated(
+        "mlp", SUBSETS, strategy(clients_per_round=3, lr=0.1), 4, seed=3, test=TEST, executor=together, **QUIET
+    )
+    assert [len(tasks) for _, tasks, _ in together.calls] == [3, 3, 3, 3]
     executor = RecordingExecutor()
     options = dict(seed=3, test=TEST, profiles=profiles, executor=executor, **QUIET)
     result = simulate("mlp", SUBSETS, strategy(clients_per_round=3, lr=0.1), 4, **options)

@@ -11,7 +11,7 @@ handlers installed on the nodes, not branches of a loop.
                       profiles=[ClientProfile(speed=s) for s in speeds],
                       behaviours=[Deadline(seconds=60.0)])
 
-With no behaviours, ``simulate`` gives the global models of ``fl.server.run_federated``.
+``fl.server.run_federated`` is ``simulate`` with no behaviours and default profiles.
 """
 
 from fl.runtime.behaviours import Deadline, Dropout

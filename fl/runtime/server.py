@@ -13,8 +13,8 @@ Synchronous rounds (FedAvg's, McMahan et al. 2017) are three handlers:
   the :class:`~fl.runtime.behaviours.Deadline` behaviour).
 
 Closing aggregates the round's results in task order, whatever order they arrived in,
-so with the same seed and executor the global models are those of
-``fl.server.run_federated``. Then START comes again, at the same instant.
+so with the same seed and executor the global models do not depend on the clients'
+speeds or bandwidths. Then START comes again, at the same instant.
 """
 
 from __future__ import annotations
@@ -30,22 +30,36 @@ from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
 from fl.runtime.events import Node
+from fl.runtime.launch import round_seed
 from fl.runtime.messages import SERVER, Join, Kind, Message, TrainOrder, params_nbytes
-from fl.server import RoundMetrics, round_seed
 
 if TYPE_CHECKING:
     from fl.runtime.simulation import Simulation
 
 
 @dataclass(frozen=True)
-class RoundRecord(RoundMetrics):
-    """One round (for FedBuff: one server step): :class:`fl.server.RoundMetrics`, where
-    ``clients`` counts the orders sent during the round and the bytes are those delivered
-    for training since the previous round closed (evaluation traffic is not counted),
-    plus: updates: results aggregated. time: simulated seconds when the round closed.
-    client_accuracy: client id -> accuracy of the new global model on that client's own
-    test set (clients given one, on evaluated rounds)."""
+class RoundRecord:
+    """One round (for FedBuff: one server step).
 
+    clients: orders sent during the round; updates: results aggregated; samples: their
+    samples. train_loss: sample-weighted mean of the clients' mean mini-batch loss (nats;
+    NaN when no client trained). test_loss, test_accuracy: the new global model on the
+    test set (None when not evaluated). bytes_down / bytes_up: model payloads delivered
+    for training server -> clients and clients -> server since the previous round closed
+    (evaluation traffic is not counted). seconds: wall-clock seconds of the round.
+    time: simulated seconds when the round closed. client_accuracy: client id ->
+    accuracy of the new global model on that client's own test set (clients given one,
+    on evaluated rounds)."""
+
+    round_index: int
+    clients: int
+    samples: int
+    train_loss: float
+    test_loss: float | None
+    test_accuracy: float | None
+    bytes_down: int
+    bytes_up: int
+    seconds: float
     updates: int
     time: float
     client_accuracy: dict[int, float] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""The simulation kernel and ``simulate``, the event-driven counterpart of ``run_federated``.
+"""The simulation kernel and ``simulate``, the one round loop (``fl.server.run_federated`` calls it).
 
 A :class:`Simulation` owns the clock, the event queue, the network and the compute:
 
@@ -11,8 +11,8 @@ A :class:`Simulation` owns the clock, the event queue, the network and the compu
 - ``run`` delivers messages in order (see :mod:`fl.runtime.events`) to the receiving
   node's handler, until none is left, and counts the bytes delivered of each kind.
 
-Randomness: one ``seed``, as in ``run_federated`` (model init and round streams are
-the same); behaviours draw from their own children of it (the ``*_STREAM`` keys).
+Randomness: one ``seed``, model init and round streams as in :mod:`fl.runtime.launch`;
+behaviours draw from their own children of it (the ``*_STREAM`` keys).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from fl.executors.serial import SerialExecutor
 from fl.models import Params
 from fl.runtime.client import Client
 from fl.runtime.events import EventQueue, Node
+from fl.runtime.launch import check_schedule, client_subsets, initial_model
 from fl.runtime.messages import SERVER, Kind, Message
 from fl.runtime.profiles import ClientProfile
 from fl.runtime.server import RoundRecord, Server
-from fl.server import check_schedule, client_subsets, initial_model
 
-# spawn keys of the run seed's streams; 0 and 1 are fl.server's model init and rounds
+# spawn keys of the run seed's streams; 0 and 1 are fl.runtime.launch's model init and rounds
 DROPOUT_STREAM, DISPATCH_STREAM, PICK_STREAM = 2, 3, 4
 
 
@@ -132,8 +132,8 @@ def simulate(
     """Train ``rounds`` rounds of ``strategy`` as messages on a simulated clock.
 
     model, train_subsets, strategy, rounds, executor, seed, test, progress, device,
-    model_options, init_params, evaluate_every: as in ``fl.server.run_federated``; with
-    no behaviours the global models and metrics are that function's.
+    model_options, init_params, evaluate_every: as in ``fl.server.run_federated`` (which
+    is this function with no behaviours and default profiles).
     behaviours: :class:`Behaviour` objects, installed in order before the run
         (e.g. :class:`~fl.runtime.behaviours.Deadline`, :class:`~fl.runtime.behaviours.Dropout`,
         :class:`~fl.runtime.fedbuff.FedBuff`).

@@ -1,0 +1,79 @@
+"""What every run starts from, shared by ``fl.runtime.simulate`` and ``fl.server.run_federated``:
+the checked schedule, the clients' data by id, the architecture and initial global model
+on their device, and the random stream of each round.
+
+Randomness: one ``seed``; the model's initialisation and each round's stream are
+independent children of ``numpy.random.SeedSequence(seed)``, and each client's batch
+order is a child of its round's stream keyed by the client id, so the numbers depend
+neither on the order in which clients run nor on the executor.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl.algorithms.strategy import child_seed
+from fl.data.dataset import ArrayDataset, Subset
+from fl.models import Params, build_model, get_params
+
+_INIT_KEY, _ROUND_KEY = 0, 1  # spawn keys of the purposes drawn from the run's seed
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device`` for "cpu" or "cuda[:i]"; ValueError when CUDA is asked for and absent."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r}: allowed is 'cpu' or 'cuda'") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: allowed is 'cpu' or 'cuda'")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: allowed is 'cpu' here (no CUDA device is available)")
+    return resolved
+
+
+def check_schedule(rounds: int, evaluate_every: int) -> None:
+    """ValueError unless ``rounds`` is an integer >= 0 and ``evaluate_every`` one >= 1."""
+    for key, value, least in (("rounds", rounds, 0), ("evaluate_every", evaluate_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{key}={value!r}: allowed is an integer >= {least}")
+
+
+def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> dict[int, Subset]:
+    """Client id -> data: a mapping as given, a sequence numbered 0..N-1."""
+    return dict(train_subsets) if isinstance(train_subsets, Mapping) else dict(enumerate(train_subsets))
+
+
+def initial_model(
+    model: str | nn.Module,
+    subsets: Mapping[int, Subset],
+    test: ArrayDataset | None,
+    seed: int | np.random.SeedSequence,
+    device: str,
+    model_options: dict | None,
+    init_params: Params | None,
+) -> tuple[nn.Module, Params]:
+    """The architecture on ``device`` and the starting global model: a name is built with
+    ``model_options`` (input shape and classes from the data, initialised from the run
+    ``seed``'s init stream); ``init_params`` (default: the model's own weights) are moved
+    to ``device``."""
+    target = resolve_device(device)
+    if isinstance(model, str):
+        shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
+        if shape_source is None:
+            raise ValueError(f"model={model!r}: allowed is a module when there is neither training data nor a test set")
+        model = build_model(
+            model, shape_source.feature_shape, shape_source.num_classes, child_seed(seed, _INIT_KEY), **(model_options or {})
+        )
+    model = model.to(target)
+    return model, {k: v.to(target) for k, v in (get_params(model) if init_params is None else init_params).items()}
+
+
+def round_seed(seed: int | np.random.SeedSequence, round_index: int) -> np.random.SeedSequence:
+    """The random stream of round ``round_index`` of a run with ``seed`` (what
+    ``Strategy.configure_round`` is given)."""
+    return child_seed(seed, _ROUND_KEY, round_index)
