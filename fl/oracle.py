@@ -207,7 +207,8 @@ class TrainingOracle:
             )
             run, games = valued.result, valued.rounds
         else:
-            run = self._fit(contributed, self.strategy, self.rounds, child_seed(self.seed, _TRAIN), self.test, self.progress)
+            seed = child_seed(self.seed, _TRAIN)
+            run = self._fit(contributed, self.strategy, self.rounds, seed, self.test, self.progress)
         global_accuracy = self._accuracy(run.params, self.label_distributions)
         served = [self._serve(run.params, global_accuracy[i], p, None if targets is None else targets[i])
                   for i, p in enumerate(self.label_distributions)]

@@ -66,9 +66,8 @@ def initial_model(
         shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
         if shape_source is None:
             raise ValueError(f"model={model!r}: allowed is a module when there is neither training data nor a test set")
-        model = build_model(
-            model, shape_source.feature_shape, shape_source.num_classes, child_seed(seed, _INIT_KEY), **(model_options or {})
-        )
+        shape, classes = shape_source.feature_shape, shape_source.num_classes
+        model = build_model(model, shape, classes, child_seed(seed, _INIT_KEY), **(model_options or {}))
     model = model.to(target)
     return model, {k: v.to(target) for k, v in (get_params(model) if init_params is None else init_params).items()}
 
