@@ -10,7 +10,9 @@ default ``../shared/data``), B=10, E=1 (``--quick``: fewer samples per client):
    largest difference of any client's parameters and of the aggregated model; and
    the CNN of McMahan et al.: the vectorised executor's samples per second as a
    percentage of one large-batch training of the same CNN on the same samples
-   (batch = all the round's clients' batches together), target >= 90%;
+   (batch = all the round's clients' batches together), target >= 90%; with more
+   than one thread, also with ``workers`` = threads (chunks trained concurrently,
+   one thread each);
 3. peak memory of ``run_federated`` (CNN) with 10 clients per round over 100 and over
    1000 clients (each in fresh processes): bounded by the clients trained at once.
 
@@ -179,25 +181,26 @@ def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
     params = get_params(model)
     tasks = round_tasks(train, 10, per_client)
     samples = sum(len(b) for task in tasks for b in task.batches())
+    workers = torch.get_num_threads()
+    executors = {"vectorised": VectorisedExecutor()}
+    if workers > 1:
+        executors[f"vectorised, {workers} workers"] = VectorisedExecutor(workers=workers)
     serial = SerialExecutor().run(model, FedAvg(), params, tasks)
-    vector = VectorisedExecutor().run(model, FedAvg(), params, tasks)
-    t = best_of(
-        {
-            "large": large_batch(model, params, tasks),
-            "vectorised": lambda: VectorisedExecutor().run(model, FedAvg(), params, tasks),
-            "serial": lambda: SerialExecutor().run(model, FedAvg(), params, tasks),
-        },
-        repeat,
-    )
-    rate = {name: samples / seconds for name, seconds in t.items()}
-    print(
-        f"(2) CNN (McMahan), 10 clients/round x {per_client} samples: vectorised {rate['vectorised']:.0f} samples/s = "
-        f"{100 * rate['vectorised'] / rate['large']:.0f}% of one large-batch (B={BATCH * len(tasks)}) training's "
-        f"{rate['large']:.0f}  (target >= 90%; serial {rate['serial']:.0f} samples/s = "
-        f"{100 * rate['serial'] / rate['large']:.0f}%; max |param diff| vs serial "
-        f"{max_diff([r.params for r in serial], [r.params for r in vector]):.1e}, serial itself at 1 vs 2 threads "
-        f"{serial_noise(model, FedAvg(), params, tasks):.1e})"
-    )
+    results = {name: executor.run(model, FedAvg(), params, tasks) for name, executor in executors.items()}
+    cases = {"large": large_batch(model, params, tasks)}
+    cases.update({name: (lambda e=executor: e.run(model, FedAvg(), params, tasks)) for name, executor in executors.items()})
+    cases["serial"] = lambda: SerialExecutor().run(model, FedAvg(), params, tasks)
+    rate = {name: samples / seconds for name, seconds in best_of(cases, repeat).items()}
+    noise = serial_noise(model, FedAvg(), params, tasks)
+    for name in executors:
+        print(
+            f"(2) CNN (McMahan), 10 clients/round x {per_client} samples: {name} {rate[name]:.0f} samples/s = "
+            f"{100 * rate[name] / rate['large']:.0f}% of one large-batch (B={BATCH * len(tasks)}) training's "
+            f"{rate['large']:.0f}  (target >= 90%; serial {rate['serial']:.0f} samples/s = "
+            f"{100 * rate['serial'] / rate['large']:.0f}%; max |param diff| vs serial "
+            f"{max_diff([r.params for r in serial], [r.params for r in results[name]]):.1e}, serial itself at 1 vs 2 "
+            f"threads {noise:.1e})"
+        )
 
 
 def memory_child(data_root: Path, clients: int, rounds: int) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from fl.algorithms import FedAvg, FedProx, child_seed
 from fl.data.dataset import load_digits
 from fl.executors import ClientTask, SerialExecutor
-from fl.executors.stacked import MaxPool2d, ReLU, _pool_before_relu, compile_layers
+from fl.executors.stacked import MaxPool2d, ReLU, _pool_before_relu, layer_chain
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import build_model, get_params
 from fl.server import run_federated
@@ -86,7 +86,7 @@ def model_named(name):
 def test_same_numbers_as_serial_for_clients_of_different_sizes_and_lrs(name, strategy):
     model = model_named(name)
     params, tasks = get_params(model), tasks_for(clients())
-    assert (compile_layers(model, params) is None) == (name == "tanh")
+    assert (layer_chain(model) is None) == (name == "tanh")
     expected = SerialExecutor().run(model, strategy, params, tasks)
     assert_same_results(expected, VectorisedExecutor(chunk_size=3).run(model, strategy, params, tasks))
 
@@ -143,6 +143,28 @@ def test_chunking_changes_nothing_and_results_come_in_task_order():
         assert_same_results(reference, executor.run(model, FedAvg(), params, tasks), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cnn", "mlp", "tanh"])
+def test_workers_train_chunks_concurrently_with_the_same_numbers(name):
+    """Two threads, one torch thread each, over chunks of one client (the written-out
+    layers; the vmap path runs its chunks one after another); torch's thread count is
+    restored afterwards, and a worker's error reaches the caller."""
+    model = model_named(name)
+    params, tasks = get_params(model), tasks_for(clients())
+    expected = SerialExecutor().run(model, FedProx(mu=0.5), params, tasks)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        actual = VectorisedExecutor(chunk_size=1, workers=2).run(model, FedProx(mu=0.5), params, tasks)
+        assert torch.get_num_threads() == 2
+        assert_same_results(expected, actual)
+        broken = tasks_for(clients(), states=[{}, {}, {}, {"v": "not a tensor"}, {}])  # refused in its chunk
+        with pytest.raises(ValueError, match="task state"):
+            VectorisedExecutor(chunk_size=1, workers=2).run(model, FedAvg(), params, broken)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_frozen_parameters_stay_the_servers():
     model = model_named("mlp")
     model.net[1].weight.requires_grad_(False)
@@ -170,7 +192,8 @@ def test_no_tasks_bad_settings_and_unsupported_models_are_refused():
     model = model_named("mlp")
     params = get_params(model)
     assert VectorisedExecutor().run(model, FedAvg(), params, []) == []
-    for options in ({"chunk_size": 0}, {"chunk_size": 2.5}, {"max_chunk_bytes": 0}, {"chunk_size": True}):
+    for options in ({"chunk_size": 0}, {"chunk_size": 2.5}, {"max_chunk_bytes": 0}, {"chunk_size": True},
+                    {"workers": 0}, {"workers": None}):
         with pytest.raises(ValueError, match=next(iter(options))):
             VectorisedExecutor(**options)
     batch_norm = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))

@@ -17,10 +17,10 @@ so a linear layer's (C, out, in) gradient is never materialised (the update is o
 batched matmul accumulating into W). Padding samples have g = 0, and lr_c = 0 leaves
 client c's parameters exactly as they are.
 
-``compile_layers`` turns a model whose forward is a chain of Linear, Conv2d, ReLU,
-MaxPool2d and Flatten modules (as ``torch.fx`` traces it) into these layers, with each
-ReLU that precedes a max pooling moved after it (the same values and gradients, on
-smaller activations), and returns None for any other model.
+``layer_chain`` reads a model whose forward is a chain of Linear, Conv2d, ReLU,
+MaxPool2d and Flatten modules (as ``torch.fx`` traces it), None for any other model;
+``compile_layers`` turns the chain into these layers, with each ReLU that precedes a
+max pooling moved after it (the same values and gradients, on smaller activations).
 """
 
 from __future__ import annotations
@@ -154,11 +154,12 @@ class Flatten:
         return g.view(self.shape)
 
 
-def compile_layers(model: nn.Module, stacked: dict[str, Tensor]) -> list | None:
-    """The model as a list of stacked layers over the (C, ...) parameters ``stacked``
-    (every parameter of the model, by name), or None when its traced forward is not a
-    chain of supported modules: Linear; Conv2d with groups=1 and numeric zero padding;
-    ReLU; MaxPool2d; Flatten of all but the batch axis."""
+def layer_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The model's forward as its (name, module) steps, or None when its traced forward is
+    not a chain of supported modules with parameters somewhere: Linear; Conv2d with
+    groups=1 and numeric zero padding; ReLU; MaxPool2d; Flatten of all but the batch
+    axis. (``torch.fx`` patches ``nn.Module`` globally while it traces: trace before
+    training starts on other threads.)"""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # not traceable: data-dependent control flow, unsupported Python, ...
@@ -166,29 +167,42 @@ def compile_layers(model: nn.Module, stacked: dict[str, Tensor]) -> list | None:
     nodes = list(graph.nodes)
     if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
         return None
-    layers, previous = [], nodes[0]
+    chain, previous = [], nodes[0]
     for node in nodes[1:-1]:
         if node.op != "call_module" or node.args != (previous,) or node.kwargs:
             return None
         module = model.get_submodule(node.target)
-        weight, bias = stacked.get(f"{node.target}.weight"), stacked.get(f"{node.target}.bias")
+        supported = (
+            type(module) in (nn.Linear, nn.ReLU, nn.MaxPool2d)
+            or (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str))
+            or (type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1)
+        )
+        if not supported:
+            return None
+        chain.append((node.target, module))
+        previous = node
+    has_params = any(type(module) in (nn.Linear, nn.Conv2d) for _, module in chain)
+    return chain if nodes[-1].args == (previous,) and has_params else None
+
+
+def compile_layers(chain: list[tuple[str, nn.Module]], stacked: dict[str, Tensor]) -> list:
+    """The stacked layers of a ``layer_chain``, over the (C, ...) parameters ``stacked``
+    (every parameter of the model, by name)."""
+    layers = []
+    for name, module in chain:
+        weight, bias = stacked.get(f"{name}.weight"), stacked.get(f"{name}.bias")
         if type(module) is nn.Linear:
             layers.append(Linear(weight, bias))
-        elif type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(
-            module.padding, str
-        ):
+        elif type(module) is nn.Conv2d:
             layers.append(Conv2d(weight, bias, module))
         elif type(module) is nn.ReLU:
             layers.append(ReLU())
         elif type(module) is nn.MaxPool2d:
             layers.append(MaxPool2d(module))
-        elif type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
-            layers.append(Flatten())
         else:
-            return None
-        previous = node
-    has_params = any(layer.params for layer in layers)
-    return _pool_before_relu(layers) if nodes[-1].args == (previous,) and has_params else None
+            layers.append(Flatten())
+    return _pool_before_relu(layers)
 
 
 def _pool_before_relu(layers: list) -> list:

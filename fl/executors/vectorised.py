@@ -27,15 +27,23 @@ Two ways to compute dJ_c/dW_c, chosen per model:
   a linear layer a batched matmul).
 
 Clients are trained in chunks of at most ``chunk_size``, longest schedules first (so
-few clients idle while others finish). Beyond the results (one parameter set per
-client, as from any executor) memory is bounded by one chunk: its stacked parameters
-and one step's batches and activations; clients' data stay index views of their
-dataset, gathered one batch at a time. Everything runs on the device of
+few clients idle while others finish), as many chunks as that takes rounded up to a
+multiple of ``workers``, their sizes differing by at most one. Beyond the results (one parameter set per
+client, as from any executor) memory is bounded by one chunk per worker: its stacked
+parameters and one step's batches and activations; clients' data stay index views of
+their dataset, gathered one batch at a time. Everything runs on the device of
 ``global_params`` (CPU or CUDA, the same code).
+
+With ``workers`` > 1 (CPU, layers path), that many threads train chunks at once, the
+torch threads split among them (one each on a 2-core machine): parallelism across
+clients instead of inside each small per-client operation. A convolution on one
+client's mini-batch of 10 gains little from a second thread; two clients on one
+thread each gain almost twice (``benchmarks/bench_executors.py``).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -46,7 +54,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fl.executors.base import ClientResult, ClientTask, Executor
-from fl.executors.stacked import compile_layers
+from fl.executors.stacked import compile_layers, layer_chain
 from fl.models import Params
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,6 +71,12 @@ class VectorisedExecutor(Executor):
     stacked weights stay in cache from step to step (larger chunks measured slower
     there: the small per-client matmuls are memory-bound); 1 GiB on CUDA.
 
+    workers: threads training chunks concurrently (default 1). Used on a CPU for models
+    on the layers path; others train their chunks one after another (``functional_call``
+    swaps the shared module's parameters, so two threads cannot share it). While they
+    run, torch's thread count is ``torch.get_num_threads() // workers`` (at least 1),
+    process-wide (torch has one setting), and restored afterwards.
+
     Supports models whose state is parameters only (no buffers such as BatchNorm's
     running statistics) and whose forward is deterministic (no dropout). A task's
     ``state`` must be empty or a (possibly nested) dict of tensors of the same structure
@@ -70,19 +84,25 @@ class VectorisedExecutor(Executor):
     parameters (no copy per client); frozen parameters are ``global_params``' own tensors.
     """
 
-    def __init__(self, chunk_size: int | None = None, max_chunk_bytes: int | None = None):
-        for key, value in (("chunk_size", chunk_size), ("max_chunk_bytes", max_chunk_bytes)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{key}={value!r}: allowed is None or an integer >= 1")
-        self.chunk_size, self.max_chunk_bytes = chunk_size, max_chunk_bytes
+    def __init__(self, chunk_size: int | None = None, max_chunk_bytes: int | None = None, workers: int = 1):
+        for key, value, optional in (
+            ("chunk_size", chunk_size, True), ("max_chunk_bytes", max_chunk_bytes, True), ("workers", workers, False)
+        ):
+            if (value is not None or not optional) and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+            ):
+                raise ValueError(f"{key}={value!r}: allowed is {'None or ' if optional else ''}an integer >= 1")
+        self.chunk_size, self.max_chunk_bytes, self.workers = chunk_size, max_chunk_bytes, int(workers)
 
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
         buffers = [name for name, _ in model.named_buffers()]
         if buffers:
             raise ValueError(f"model with buffers {buffers}: allowed is a model without buffers (use SerialExecutor)")
+        if not tasks:
+            return []
+        device = next(iter(global_params.values())).device
         size = self.chunk_size
-        if size is None and tasks:
-            device = next(iter(global_params.values())).device
+        if size is None:
             budget = self.max_chunk_bytes or (2**30 if device.type == "cuda" else 16 * 2**20)
             per_client = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             size = max(1, min(64, budget // max(per_client, 1)))
@@ -90,21 +110,60 @@ class VectorisedExecutor(Executor):
         by_dataset: dict[int, list[int]] = {}
         for i, task in enumerate(tasks):
             by_dataset.setdefault(id(task.data.dataset), []).append(i)
-        results: list[ClientResult | None] = [None] * len(tasks)
+        chunks = []
         for members in by_dataset.values():
             members.sort(key=lambda i: -len(schedules[i]))
-            for start in range(0, len(members), size):
-                chunk = members[start : start + size]
-                chunk_tasks, chunk_schedules = [tasks[i] for i in chunk], [schedules[i] for i in chunk]
-                for i, result in zip(chunk, _train_chunk(model, strategy, global_params, chunk_tasks, chunk_schedules)):
-                    results[i] = result
+            count = -(-len(members) // size)
+            count = -(-count // self.workers) * self.workers  # whole waves of workers
+            chunks += [chunk.tolist() for chunk in np.array_split(members, min(count, len(members)))]
+        trainable = sum(p.requires_grad for p in model.parameters())
+        chain = layer_chain(model) if trainable == len(global_params) else None
+        probe = _probe(strategy, global_params, tasks[0].state) if chain is not None else None
+
+        def train(chunk: list[int]) -> list[ClientResult]:
+            chunk_tasks, chunk_schedules = [tasks[i] for i in chunk], [schedules[i] for i in chunk]
+            return _train_chunk(model, strategy, global_params, chunk_tasks, chunk_schedules, chain, probe)
+
+        was_training = model.training
+        model.train()
+        try:
+            if self.workers > 1 and len(chunks) > 1 and chain is not None and device.type == "cpu":
+                trained = _concurrently(train, chunks, self.workers)
+            else:
+                trained = [train(chunk) for chunk in chunks]
+        finally:
+            model.train(was_training)
+        results: list[ClientResult | None] = [None] * len(tasks)
+        for chunk, chunk_results in zip(chunks, trained):
+            for i, result in zip(chunk, chunk_results):
+                results[i] = result
         return results
 
 
+def _concurrently(function: Callable, items: list, workers: int) -> list:
+    """[function(item) for item in items], computed by ``workers`` threads with torch's
+    threads split among them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(function, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train_chunk(
-    model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask], schedules: list[list[np.ndarray]]
+    model: nn.Module,
+    strategy,
+    global_params: Params,
+    tasks: list[ClientTask],
+    schedules: list[list[np.ndarray]],
+    chain: list | None,
+    probe: tuple[bool, bool] | None,
 ) -> list[ClientResult]:
-    """Train the C clients of ``tasks`` (all on one dataset) together."""
+    """Train the C clients of ``tasks`` (all on one dataset) together: through the
+    stacked layers of ``chain`` (a ``layer_chain`` of the model, with ``probe``, the
+    strategy's :func:`_probe`), or functionally when ``chain`` is None."""
     device = next(iter(global_params.values())).device
     dataset = tasks[0].data.dataset
     rows, weight, lr = _schedule(schedules, [task.data.indices for task in tasks], [task.lr for task in tasks], device)
@@ -112,20 +171,13 @@ def _train_chunk(
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     stacked = {name: global_params[name].expand(len(tasks), *global_params[name].shape).clone() for name in trainable}
     state = _stack_states([task.state for task in tasks])
-    layers = compile_layers(model, stacked) if len(trainable) == len(global_params) else None
-    if layers is None:
+    if chain is None:
         step = _functional_step(model, strategy, global_params, stacked, state)
     else:
-        is_loss, reads_params = _probe(strategy, global_params, tasks[0].state)
-        step = _layer_step(layers, strategy, global_params, stacked, state, is_loss, reads_params)
+        step = _layer_step(compile_layers(chain, stacked), strategy, global_params, stacked, state, *probe)
     losses = torch.zeros(rows.shape[:2], device=device)
-    was_training = model.training
-    model.train()
-    try:
-        for s in range(rows.shape[0]):
-            losses[s] = step(dataset.x[rows[s]].to(device), dataset.y[rows[s]].to(device), weight[s], lr[s])
-    finally:
-        model.train(was_training)
+    for s in range(rows.shape[0]):
+        losses[s] = step(dataset.x[rows[s]].to(device), dataset.y[rows[s]].to(device), weight[s], lr[s])
     taken = torch.arange(rows.shape[0], device=device).unsqueeze(1) < steps
     mean_loss = torch.where(taken, losses, 0.0).sum(0) / steps.clamp(min=1)
     mean_loss = mean_loss.masked_fill(steps == 0, float("nan")).tolist()
