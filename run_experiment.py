@@ -116,11 +116,17 @@ def check_fl_names(config: dict) -> None:
             raise ConfigError("training.device='cuda': no CUDA device is present; allowed is 'cpu'")
 
 
-def build_executor(name: str):
-    """The executor that trains the clients of every training in the loop."""
+def build_executor(name: str, workers: int):
+    """The executor that trains the clients of every training in the loop; ``workers``
+    threads train chunks of clients concurrently (the vectorised executor only)."""
     from fl.executors import RayExecutor, SerialExecutor, VectorisedExecutor
 
-    return {"serial": SerialExecutor, "vectorised": VectorisedExecutor, "ray": RayExecutor}[name]()
+    if name == "vectorised":
+        return VectorisedExecutor(workers=workers)
+    if workers != 1:
+        raise ConfigError(f"training.workers={workers!r}: allowed is 1 unless training.executor='vectorised' "
+                          f"(it is {name!r})")
+    return {"serial": SerialExecutor, "ray": RayExecutor}[name]()
 
 
 def build_oracle(config: dict, train, test, population: Population,
@@ -190,7 +196,7 @@ def run(config: dict, resume_folder: Path | None = None) -> Path:
     except (ValueError, OSError) as error:
         raise ConfigError(f"population: {error}") from None
     training = config["training"]
-    executor = build_executor(training["executor"])
+    executor = build_executor(training["executor"], training["workers"])
     try:
         oracle = build_oracle(config, train, test, population, seeds["training"], executor)
     except ValueError as error:

@@ -140,6 +140,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": Key(str, "cpu", _one_of("cpu", "cuda")),
         "threads": Key(int, 1, _non_negative),
         "executor": Key(str, "serial", _one_of("serial", "vectorised", "ray")),
+        "workers": Key(int, 1, _positive),
     },
     "accuracy": {
         "family": Key(str, "power_law", _one_of(*ACCURACY_FAMILIES)),

@@ -99,7 +99,7 @@ def test_resume_needs_a_run_folder(tmp_path, capsys):
 
 def test_vectorised_executor_reproduces_the_serial_run(run_folder, tmp_path):
     assert run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST),
-                                "--set=training.executor='vectorised'",
+                                "--set=training.executor='vectorised'", "--set=training.workers=2",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
 
@@ -111,6 +111,14 @@ def test_vectorised_executor_reproduces_the_serial_run(run_folder, tmp_path):
     serial, vectorised = table(run_folder), table(folder)
     assert [row[:2] for row in serial] == [row[:2] for row in vectorised]
     assert max(abs(a[2] - b[2]) for a, b in zip(serial, vectorised)) < 0.01
+
+
+def test_workers_need_the_vectorised_executor(capsys, tmp_path):
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=training.workers=2",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("error: training.workers=2: allowed is 1 unless training.executor='vectorised'")
 
 
 def test_missing_dataset_files_exit_2_naming_the_path(capsys, tmp_path):
