@@ -188,7 +188,8 @@ def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
     serial = SerialExecutor().run(model, FedAvg(), params, tasks)
     results = {name: executor.run(model, FedAvg(), params, tasks) for name, executor in executors.items()}
     cases = {"large": large_batch(model, params, tasks)}
-    cases.update({name: (lambda e=executor: e.run(model, FedAvg(), params, tasks)) for name, executor in executors.items()})
+    for name, executor in executors.items():
+        cases[name] = lambda e=executor: e.run(model, FedAvg(), params, tasks)
     cases["serial"] = lambda: SerialExecutor().run(model, FedAvg(), params, tasks)
     rate = {name: samples / seconds for name, seconds in best_of(cases, repeat).items()}
     noise = serial_noise(model, FedAvg(), params, tasks)

@@ -27,12 +27,12 @@ Two ways to compute dJ_c/dW_c, chosen per model:
   a linear layer a batched matmul).
 
 Clients are trained in chunks of at most ``chunk_size``, longest schedules first (so
-few clients idle while others finish), as many chunks as that takes rounded up to a
-multiple of ``workers``, their sizes differing by at most one. Beyond the results (one parameter set per
-client, as from any executor) memory is bounded by one chunk per worker: its stacked
-parameters and one step's batches and activations; clients' data stay index views of
-their dataset, gathered one batch at a time. Everything runs on the device of
-``global_params`` (CPU or CUDA, the same code).
+few clients idle while others finish): as many chunks as that takes, rounded up to a
+multiple of ``workers``, their sizes differing by at most one. Beyond the results (one
+parameter set per client, as from any executor) memory is bounded by one chunk per
+worker: its stacked parameters and one step's batches and activations; clients' data
+stay index views of their dataset, gathered one batch at a time. Everything runs on
+the device of ``global_params`` (CPU or CUDA, the same code).
 
 With ``workers`` > 1 (CPU, layers path), that many threads train chunks at once, the
 torch threads split among them (one each on a 2-core machine): parallelism across
