@@ -18,7 +18,9 @@ incentivises 30-55% more clients than standard federated training. Per seed:
    their ratio, and the global models' test accuracy;
 6. with ``--equilibrium``: the share of clients still in when, starting from everyone,
    clients with f_k(w) >= rho_k leave and the same algorithm retrains on those who stay
-   until nobody leaves (``incentives.participation.participation_equilibrium``).
+   until nobody leaves (``incentives.participation.participation_equilibrium``);
+7. per seed, IncFL's weights at its final model: the spread of the validation gaps
+   f_k(w) - rho_k and the largest weight over the smallest.
 
 Run from the repository root::
 
@@ -35,7 +37,13 @@ import numpy as np
 import torch
 
 from fl.algorithms import FedAvg, child_seed
-from fl.algorithms.incfl import IncFL, distribution_losses, incentivised_fraction, train_local_models
+from fl.algorithms.incfl import (
+    IncFL,
+    distribution_losses,
+    incentive_weights,
+    incentivised_fraction,
+    train_local_models,
+)
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.data.mnist import load_mnist
@@ -60,9 +68,13 @@ def federation(train: ArrayDataset, pool: int, clients: int, alpha: float, seed:
     return [train.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation
 
 
-def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int) -> dict[str, list[float]]:
+def one_seed(
+    train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int
+) -> tuple[dict[str, list[float]], tuple[float, float, float]]:
     """{"FedAvg" | "IncFL": [incentivised share on test data, test accuracy(, share that
-    stays at the participation equilibrium)]}."""
+    stays at the participation equilibrium)]}, and IncFL's weights at its final model:
+    (5th and 95th percentile of the validation gaps f_k(w) - rho_k in nats, largest
+    weight / smallest)."""
     subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed)
     model = build_model(args.model, train.feature_shape, train.num_classes, seed)
     init = get_params(model)
@@ -88,10 +100,14 @@ def one_seed(train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, 
 
         losses, result = trained_on(np.ones(len(subsets), dtype=bool))
         out[name] = [incentivised_fraction(losses, rho_test), evaluate(model, result.params, test)["accuracy"]]
+        if name == "IncFL":
+            gaps = distribution_losses(model, result.params, validation, p)
+            weights = incentive_weights(gaps, rho_val, args.gap_scale)
+            spread = (*np.quantile(gaps - rho_val, [0.05, 0.95]), weights.max() / weights.min())
         if args.equilibrium:
             stays = participation_equilibrium(lambda m: trained_on(m)[0], rho_test, higher_is_better=False)
             out[name].append(float(stays.participates.mean()))
-    return out
+    return out, spread
 
 
 def main() -> None:
@@ -128,10 +144,12 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         start = time.perf_counter()
-        out = one_seed(train, test, args, seed)
+        out, (low, high, ratio) = one_seed(train, test, args, seed)
         rows.append(out["FedAvg"] + out["IncFL"])
         seconds = time.perf_counter() - start
         print(f"{seed:>4} {_cells(rows[-1])} {_ratio(rows[-1], len(columns)):>6.2f} {seconds:>5.0f}")
+        print(f"     IncFL's final model: gaps {low:+.2f} to {high:+.2f} nats (5-95%), "
+              f"largest weight {ratio:.2f}x smallest")
     mean = list(np.mean(rows, axis=0))
     print(f"mean {_cells(mean)} {_ratio(mean, len(columns)):>6.2f}")
     print("ratio: IncFL share / FedAvg share; the paper (Cho et al. 2022) reports 1.30-1.55")

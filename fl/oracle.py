@@ -33,7 +33,8 @@ from fl.executors.vectorised import VectorisedExecutor
 from fl.models import Params, build_model, get_params
 from fl.runtime.launch import resolve_device
 from fl.runtime.server import RoundRecord
-from fl.server import FederatedResult, run_federated
+from fl.runtime.simulation import SimulationResult
+from fl.server import run_federated
 from fl.valuation import RoundValuation, train_with_valuation
 
 # spawn keys of the oracle's independent random streams
@@ -242,7 +243,7 @@ class TrainingOracle:
         seed: np.random.SeedSequence,
         test: ArrayDataset | None = None,
         progress: bool = False,
-    ) -> FederatedResult:
+    ) -> SimulationResult:
         """``rounds`` of ``strategy`` from theta_0, client i training on training-set indices ``clients[i]``."""
         return run_federated(
             self.model, self._subsets(clients), strategy, rounds, seed=seed, test=test, progress=progress,

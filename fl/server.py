@@ -12,7 +12,6 @@ Seeds are those of :mod:`fl.runtime.launch`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,20 +21,7 @@ from fl.algorithms.strategy import Strategy
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import Executor
 from fl.models import Params
-from fl.runtime.server import RoundRecord
-from fl.runtime.simulation import simulate
-
-
-@dataclass(frozen=True)
-class FederatedResult:
-    """params: the final global model; initial_params: the one training started from;
-    model: the architecture (run it on params with ``torch.func.functional_call`` or
-    ``fl.evaluation``); history: one :class:`~fl.runtime.server.RoundRecord` per round."""
-
-    model: nn.Module
-    params: Params
-    initial_params: Params
-    history: list[RoundRecord]
+from fl.runtime.simulation import SimulationResult, simulate
 
 
 def run_federated(
@@ -51,19 +37,10 @@ def run_federated(
     model_options: dict | None = None,
     init_params: Params | None = None,
     evaluate_every: int = 1,
-) -> FederatedResult:
-    """Train ``rounds`` rounds of ``strategy`` over the clients' data.
-
-    model: a name of ``fl.models.MODEL_NAMES`` (built with ``model_options``, input shape
-        and classes taken from the data, initialised from ``seed``) or a module.
-    train_subsets: client data, a sequence (client ids 0..N-1) or a mapping id -> Subset;
-        clients with no samples never train.
-    init_params: the starting global model (default: the model's own initial weights).
-    executor: default :class:`~fl.executors.serial.SerialExecutor`.
-    test: evaluated with ``strategy.evaluate`` every ``evaluate_every`` rounds and after the last.
-    """
-    run = simulate(
+) -> SimulationResult:
+    """Train ``rounds`` rounds of ``strategy`` over the clients' data: ``simulate`` with no
+    behaviours and default profiles; the arguments are ``simulate``'s."""
+    return simulate(
         model, train_subsets, strategy, rounds, executor=executor, seed=seed, test=test, progress=progress,
         device=device, model_options=model_options, init_params=init_params, evaluate_every=evaluate_every,
     )
-    return FederatedResult(model=run.model, params=run.params, initial_params=run.initial_params, history=run.history)

@@ -30,7 +30,8 @@ from fl import evaluation
 from fl.algorithms.strategy import Strategy
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Params
-from fl.server import FederatedResult, run_federated
+from fl.runtime.simulation import SimulationResult
+from fl.server import run_federated
 
 METRICS = ("accuracy", "neg_loss")
 
@@ -169,7 +170,7 @@ class ValuationRun:
     the clients selected in round t). Per-client values over the run come from a
     Shapley estimator over ``rounds``, e.g. ``mechanisms.shapley.fedsv(run.rounds, N)``."""
 
-    result: FederatedResult
+    result: SimulationResult
     rounds: list[RoundValuation]
 
 

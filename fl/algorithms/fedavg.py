@@ -18,6 +18,7 @@ from torch import nn
 
 from fl import evaluation
 from fl.algorithms.strategy import Strategy, child_seed
+from fl.checks import check_integer
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
@@ -37,12 +38,10 @@ class FedAvg(Strategy):
         clients_per_round: int | None = None,
         steps: int | None = None,
     ):
-        for key, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
-        for key, value in (("clients_per_round", clients_per_round), ("steps", steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{key}={value!r}: allowed is None or an integer >= 1")
+        check_integer("epochs", epochs)
+        check_integer("batch_size", batch_size)
+        check_integer("clients_per_round", clients_per_round, optional=True)
+        check_integer("steps", steps, optional=True)
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"lr={lr!r}: allowed is a number > 0")
         if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):

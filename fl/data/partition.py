@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fl.checks import check_integer
+
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
 
@@ -40,7 +42,7 @@ def label_histograms(labels: np.ndarray, parts: Sequence[np.ndarray], num_classe
 def iid(labels: np.ndarray, num_clients: int, seed: int) -> Partition:
     """Uniform random split of all samples into ``num_clients`` parts whose sizes differ by at most one."""
     labels = _check_labels(labels)
-    _check_positive_int("num_clients", num_clients)
+    check_integer("num_clients", num_clients)
     rng = np.random.default_rng(seed)
     return Partition(np.array_split(rng.permutation(len(labels)), num_clients))
 
@@ -54,7 +56,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     (ValueError after 1000 tries: raise ``alpha`` or lower ``min_size``).
     """
     labels = _check_labels(labels)
-    _check_positive_int("num_clients", num_clients)
+    check_integer("num_clients", num_clients)
     _check_positive_float("alpha", alpha)
     _check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(seed)
@@ -80,8 +82,8 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
     (nearly) equal size and give each client ``shards_per_client`` random shards, so a
     client sees at most about ``shards_per_client`` classes."""
     labels = _check_labels(labels)
-    _check_positive_int("num_clients", num_clients)
-    _check_positive_int("shards_per_client", shards_per_client)
+    check_integer("num_clients", num_clients)
+    check_integer("shards_per_client", shards_per_client)
     num_shards = num_clients * shards_per_client
     if num_shards > len(labels):
         raise ValueError(
@@ -110,7 +112,7 @@ def quantity_skew(
     (``distribution="dirichlet"``) or w_i ~ LogNormal(0, sigma^2) i.i.d.
     (``distribution="lognormal"``). Samples are assigned uniformly at random; all are used."""
     labels = _check_labels(labels)
-    _check_positive_int("num_clients", num_clients)
+    check_integer("num_clients", num_clients)
     _check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(seed)
     if distribution == "lognormal":
@@ -215,19 +217,13 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
-def _check_positive_int(key: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
-
-
 def _check_positive_float(key: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0 or not np.isfinite(value):
         raise ValueError(f"{key}={value!r}: allowed is a finite number > 0")
 
 
 def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(f"min_size={min_size!r}: allowed is an integer >= 0")
+    check_integer("min_size", min_size, least=0)
     if min_size * num_clients > num_samples:
         raise ValueError(
             f"min_size={min_size!r}: allowed is at most {num_samples // num_clients} "

@@ -49,14 +49,18 @@ class ClientTask:
     steps: int | None = None
     state: dict = field(default_factory=dict)
 
+    @property
+    def num_steps(self) -> int:
+        """The local SGD steps asked for: ``steps``, else epochs * ceil(n / B)."""
+        return self.steps if self.steps is not None else self.epochs * -(-len(self.data) // self.batch_size)
+
     def batches(self) -> Iterator[np.ndarray]:
         """Positions into ``data`` of each local mini-batch, in training order: each pass
         over the data is a fresh permutation cut into batches of ``batch_size``."""
         rng = np.random.default_rng(self.seed)
         n = len(self.data)
         per_pass = -(-n // self.batch_size)
-        total = self.steps if self.steps is not None else self.epochs * per_pass
-        for step in range(total):
+        for step in range(self.num_steps):
             if step % per_pass == 0:
                 order = np.array_split(rng.permutation(n), range(self.batch_size, n, self.batch_size))
             yield order[step % per_pass]

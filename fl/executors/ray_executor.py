@@ -260,9 +260,7 @@ class RayExecutor(Executor):
 
         # Deal tasks to actors: largest first, each to the least-loaded actor.
         def work(task: ClientTask) -> int:
-            per_pass = -(-len(task.data) // task.batch_size)
-            steps = task.steps if task.steps is not None else task.epochs * per_pass
-            return steps * min(task.batch_size, len(task.data))
+            return task.num_steps * min(task.batch_size, len(task.data))
 
         loads = [0] * len(self._actors)
         shares: list[list[int]] = [[] for _ in self._actors]

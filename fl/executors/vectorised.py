@@ -54,6 +54,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fl.executors.base import ClientResult, ClientTask, Executor
+from fl.checks import check_integer
 from fl.executors.stacked import compile_layers, layer_chain
 from fl.models import Params
 
@@ -85,13 +86,9 @@ class VectorisedExecutor(Executor):
     """
 
     def __init__(self, chunk_size: int | None = None, max_chunk_bytes: int | None = None, workers: int = 1):
-        for key, value, optional in (
-            ("chunk_size", chunk_size, True), ("max_chunk_bytes", max_chunk_bytes, True), ("workers", workers, False)
-        ):
-            if (value is not None or not optional) and (
-                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-            ):
-                raise ValueError(f"{key}={value!r}: allowed is {'None or ' if optional else ''}an integer >= 1")
+        check_integer("chunk_size", chunk_size, optional=True)
+        check_integer("max_chunk_bytes", max_chunk_bytes, optional=True)
+        check_integer("workers", workers)
         self.chunk_size, self.max_chunk_bytes, self.workers = chunk_size, max_chunk_bytes, int(workers)
 
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
@@ -101,28 +98,25 @@ class VectorisedExecutor(Executor):
         if not tasks:
             return []
         device = next(iter(global_params.values())).device
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         size = self.chunk_size
         if size is None:
             budget = self.max_chunk_bytes or (2**30 if device.type == "cuda" else 16 * 2**20)
-            per_client = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+            per_client = sum(global_params[name].numel() * global_params[name].element_size() for name in trainable)
             size = max(1, min(64, budget // max(per_client, 1)))
         schedules = [list(task.batches()) for task in tasks]
-        by_dataset: dict[int, list[int]] = {}
-        for i, task in enumerate(tasks):
-            by_dataset.setdefault(id(task.data.dataset), []).append(i)
-        chunks = []
-        for members in by_dataset.values():
-            members.sort(key=lambda i: -len(schedules[i]))
-            count = -(-len(members) // size)
-            count = -(-count // self.workers) * self.workers  # whole waves of workers
-            chunks += [chunk.tolist() for chunk in np.array_split(members, min(count, len(members)))]
-        trainable = sum(p.requires_grad for p in model.parameters())
-        chain = layer_chain(model) if trainable == len(global_params) else None
+        chunks = _chunks(tasks, schedules, size, self.workers)
+        chain = layer_chain(model) if len(trainable) == len(global_params) else None
         probe = _probe(strategy, global_params, tasks[0].state) if chain is not None else None
+
+        def make_step(stacked: Params, state: dict) -> Step:
+            if chain is None:
+                return _functional_step(model, strategy, global_params, stacked, state)
+            return _layer_step(compile_layers(chain, stacked), strategy, global_params, stacked, state, *probe)
 
         def train(chunk: list[int]) -> list[ClientResult]:
             chunk_tasks, chunk_schedules = [tasks[i] for i in chunk], [schedules[i] for i in chunk]
-            return _train_chunk(model, strategy, global_params, chunk_tasks, chunk_schedules, chain, probe)
+            return _train_chunk(global_params, trainable, chunk_tasks, chunk_schedules, make_step)
 
         was_training = model.training
         model.train()
@@ -140,6 +134,22 @@ class VectorisedExecutor(Executor):
         return results
 
 
+def _chunks(tasks: list[ClientTask], schedules: list[list[np.ndarray]], size: int, workers: int) -> list[list[int]]:
+    """Task positions grouped into chunks of one dataset each, longest schedules first:
+    per dataset, ceil(m / size) chunks rounded up to a multiple of ``workers`` (at most
+    m), of sizes differing by at most one."""
+    by_dataset: dict[int, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_dataset.setdefault(id(task.data.dataset), []).append(i)
+    chunks = []
+    for members in by_dataset.values():
+        members.sort(key=lambda i: -len(schedules[i]))
+        count = -(-len(members) // size)
+        count = -(-count // workers) * workers  # whole waves of workers
+        chunks += [chunk.tolist() for chunk in np.array_split(members, min(count, len(members)))]
+    return chunks
+
+
 def _concurrently(function: Callable, items: list, workers: int) -> list:
     """[function(item) for item in items], computed by ``workers`` threads with torch's
     threads split among them."""
@@ -153,28 +163,20 @@ def _concurrently(function: Callable, items: list, workers: int) -> list:
 
 
 def _train_chunk(
-    model: nn.Module,
-    strategy,
     global_params: Params,
+    trainable: list[str],
     tasks: list[ClientTask],
     schedules: list[list[np.ndarray]],
-    chain: list | None,
-    probe: tuple[bool, bool] | None,
+    make_step: Callable[[Params, dict], Step],
 ) -> list[ClientResult]:
-    """Train the C clients of ``tasks`` (all on one dataset) together: through the
-    stacked layers of ``chain`` (a ``layer_chain`` of the model, with ``probe``, the
-    strategy's :func:`_probe`), or functionally when ``chain`` is None."""
+    """Train the C clients of ``tasks`` (all on one dataset) together: their ``trainable``
+    parameters stacked, one ``make_step(stacked, states)`` step per batch."""
     device = next(iter(global_params.values())).device
     dataset = tasks[0].data.dataset
     rows, weight, lr = _schedule(schedules, [task.data.indices for task in tasks], [task.lr for task in tasks], device)
     steps = torch.tensor([len(s) for s in schedules], device=device)
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     stacked = {name: global_params[name].expand(len(tasks), *global_params[name].shape).clone() for name in trainable}
-    state = _stack_states([task.state for task in tasks])
-    if chain is None:
-        step = _functional_step(model, strategy, global_params, stacked, state)
-    else:
-        step = _layer_step(compile_layers(chain, stacked), strategy, global_params, stacked, state, *probe)
+    step = make_step(stacked, _stack_states([task.state for task in tasks]))
     losses = torch.zeros(rows.shape[:2], device=device)
     for s in range(rows.shape[0]):
         losses[s] = step(dataset.x[rows[s]].to(device), dataset.y[rows[s]].to(device), weight[s], lr[s])

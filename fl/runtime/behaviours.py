@@ -52,7 +52,7 @@ class Deadline:
     def _train_by_deadline(self, profile: ClientProfile, train: Handler) -> Handler:
         def train_by_deadline(message: Message) -> None:
             order: TrainOrder = message.payload
-            planned = planned_steps(order.task)
+            planned = order.task.num_steps
             nbytes, batch_size = params_nbytes(order.params), order.task.batch_size
             steps = steps_by(order.deadline, message.timestamp, profile, batch_size, nbytes, planned)
             if steps == planned:
@@ -86,11 +86,6 @@ class Dropout:
                 train(message)
 
         return train_unless_dropped
-
-
-def planned_steps(task: ClientTask) -> int:
-    """The local steps ``task`` asks for: ``steps``, else epochs * ceil(n / B)."""
-    return task.steps if task.steps is not None else task.epochs * -(-len(task.data) // task.batch_size)
 
 
 def steps_by(deadline: float, start: float, profile: ClientProfile, batch_size: int, nbytes: int, planned: int) -> int:

@@ -28,6 +28,7 @@ from dataclasses import replace
 import numpy as np
 
 from fl.algorithms.strategy import child_seed
+from fl.checks import check_integer
 from fl.executors.base import ClientResult
 from fl.models import Params
 from fl.runtime.messages import Kind, Message, Update
@@ -39,9 +40,8 @@ class FedBuff:
     clients in training and staleness weights (1 + tau)^(-``staleness_exponent``)."""
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 100, staleness_exponent: float = 0.5):
-        for key, value in (("buffer_size", buffer_size), ("concurrency", concurrency)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+        check_integer("buffer_size", buffer_size)
+        check_integer("concurrency", concurrency)
         exponent = staleness_exponent
         if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or exponent < 0:
             raise ValueError(f"staleness_exponent={staleness_exponent!r}: allowed is a number >= 0")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fl.algorithms.strategy import child_seed
+from fl.checks import check_integer
 from fl.data.dataset import ArrayDataset, Subset
 from fl.models import Params, build_model, get_params
 
@@ -38,9 +39,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def check_schedule(rounds: int, evaluate_every: int) -> None:
     """ValueError unless ``rounds`` is an integer >= 0 and ``evaluate_every`` one >= 1."""
-    for key, value, least in (("rounds", rounds, 0), ("evaluate_every", evaluate_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{key}={value!r}: allowed is an integer >= {least}")
+    check_integer("rounds", rounds, least=0)
+    check_integer("evaluate_every", evaluate_every)
 
 
 def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> dict[int, Subset]:

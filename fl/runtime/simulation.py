@@ -101,7 +101,8 @@ class Behaviour(Protocol):
 @dataclass(frozen=True)
 class SimulationResult:
     """params: the final global model; initial_params: the one training started from;
-    model: the architecture; history: one :class:`~fl.runtime.server.RoundRecord` per
+    model: the architecture (run it on params with ``torch.func.functional_call`` or
+    ``fl.evaluation``); history: one :class:`~fl.runtime.server.RoundRecord` per
     round (per server step with FedBuff); clients: the client nodes, by id."""
 
     model: nn.Module
@@ -131,9 +132,13 @@ def simulate(
 ) -> SimulationResult:
     """Train ``rounds`` rounds of ``strategy`` as messages on a simulated clock.
 
-    model, train_subsets, strategy, rounds, executor, seed, test, progress, device,
-    model_options, init_params, evaluate_every: as in ``fl.server.run_federated`` (which
-    is this function with no behaviours and default profiles).
+    model: a name of ``fl.models.MODEL_NAMES`` (built with ``model_options``, input shape
+        and classes taken from the data, initialised from ``seed``) or a module.
+    train_subsets: client data, a sequence (client ids 0..N-1) or a mapping id -> Subset;
+        clients with no samples never train.
+    init_params: the starting global model (default: the model's own initial weights).
+    executor: default :class:`~fl.executors.serial.SerialExecutor`.
+    test: evaluated with ``strategy.evaluate`` every ``evaluate_every`` rounds and after the last.
     behaviours: :class:`Behaviour` objects, installed in order before the run
         (e.g. :class:`~fl.runtime.behaviours.Deadline`, :class:`~fl.runtime.behaviours.Dropout`,
         :class:`~fl.runtime.fedbuff.FedBuff`).
