@@ -26,6 +26,8 @@ Run from the repository root::
 
     python benchmarks/incfl_share.py                      # MNIST, 100 clients, seeds 0-4
     python benchmarks/incfl_share.py --dataset digits --clients 50 [--gap-scale 2]
+    python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 150 --hidden  # logistic regression
+    python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 100 --fraction 0.2
 """
 
 from __future__ import annotations
@@ -76,13 +78,14 @@ def one_seed(
     (5th and 95th percentile of the validation gaps f_k(w) - rho_k in nats, largest
     weight / smallest)."""
     subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed)
-    model = build_model(args.model, train.feature_shape, train.num_classes, seed)
+    options = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
+    model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options)
     init = get_params(model)
     local_seed = child_seed(seed, _LOCAL)
     local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
     rho_val = np.array([distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local)])
     rho_test = np.array([distribution_losses(model, w, test, p[[k]])[0] for k, w in enumerate(local)])
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "fraction": args.fraction}
     strategies = {
         "FedAvg": FedAvg(**training),
         "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), args.gap_scale, **training),
@@ -118,8 +121,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--model", default="mlp")
+    parser.add_argument("--hidden", type=int, nargs="*", default=None,
+                        help="the MLP's hidden widths (default 64; none: logistic regression)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of clients sampled per round")
     parser.add_argument("--local-epochs", type=int, default=20, help="epochs of each local-only model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -127,6 +133,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
     args = parser.parse_args()
+    if args.hidden is not None and args.model != "mlp":
+        parser.error(f"--hidden with --model={args.model}: allowed only with --model=mlp")
+    if not 0 < args.fraction <= 1:
+        parser.error(f"--fraction={args.fraction}: allowed is a number in (0, 1]")
     torch.set_num_threads(1)
 
     train, test = load_digits() if args.dataset == "digits" else load_mnist(root=args.data_root)
@@ -135,7 +145,9 @@ def main() -> None:
         parser.error(f"--pool={args.pool}: allowed is 1 to {len(train)}")
     print(
         f"{args.dataset}: {args.pool} samples, {args.clients} clients, Dirichlet({args.alpha}), "
-        f"{args.rounds} rounds of {args.epochs} epoch(s), local models {args.local_epochs} epochs, {args.model}, "
+        f"{args.rounds} rounds of {args.epochs} epoch(s), {args.fraction:.0%} of the clients per round, "
+        f"local models {args.local_epochs} epochs, {args.model}"
+        f"{'' if args.hidden is None else ' hidden ' + str(tuple(args.hidden))}, "
         f"IncFL gap scale {args.gap_scale}"
     )
     columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
