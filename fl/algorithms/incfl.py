@@ -48,11 +48,12 @@ weight) incentivises *fewer* clients than FedAvg (``benchmarks/incfl_share.py``)
 the 30-55% more the paper reports. Trained longer it does no better: with 150 rounds
 (also with local models of 200 epochs, logistic regression, or hidden widths 4 or 8),
 or 100 rounds at 20% of clients per round, its share is 0.96-0.99x FedAvg's on digits,
-and equal to it on MNIST at 100 rounds (the benchmark's options). Treat it as unverified against the paper. In the default
-run, late in training the gaps lie within about -0.2 to 0.5 nats, where s(1 - s) is
-nearly flat (at the final model on digits, 50 clients, seeds 0-2, the largest weight
-is 1.08-1.12x the smallest, as the benchmark prints), so the rule acts as FedAvg with
-equal weights per client instead of per sample.
+and equal to it on MNIST at 100 rounds (the benchmark's options). Treat it as
+unverified against the paper. In the default run, late in training the gaps lie
+within about -0.2 to 0.5 nats, where s(1 - s) is nearly flat (at the final model on
+digits, 50 clients, seeds 0-2, the largest weight is 1.08-1.12x the smallest, as the
+benchmark prints), so the rule acts as FedAvg with equal weights per client instead
+of per sample.
 """
 
 from __future__ import annotations
