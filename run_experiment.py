@@ -152,7 +152,7 @@ def build_oracle(config: dict, train, test, population: Population,
 
 def save_checkpoint(folder: Path, result) -> None:
     """Write the loop's state after an iteration (atomically: a crash never leaves half a file)."""
-    partial = folder / "checkpoint.pkl.partial"
+    partial = folder / f"{CHECKPOINT}.partial"
     with partial.open("wb") as handle:
         pickle.dump(result, handle)
     partial.replace(folder / CHECKPOINT)

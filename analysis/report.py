@@ -36,6 +36,7 @@ from incentives.accuracy import local_optimum
 from incentives.loop import LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
+from incentives.utility import Phi
 from mechanisms.audit import Audit, audit
 
 HEADLINE = [
@@ -201,12 +202,14 @@ FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
     return path
 
 
-def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population) -> dict[str, Audit]:
-    """Each mechanism's last outcome audited against its last training, under the last fit."""
+def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,
+                phi: Phi | None = None) -> dict[str, Audit]:
+    """Each mechanism's last outcome audited against its last training, under the last
+    fit, with the agents' value of accuracy ``phi`` (the loop's; linear by default)."""
     fit, final = result.fits[-1], result.final()
     return {m.name: audit(m, final[m.name].outcome, population, fit,
                           final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
-                          final[m.name].trained_contributions)
+                          final[m.name].trained_contributions, phi=phi)
             for m in mechanisms}
 
 

@@ -71,12 +71,12 @@ def federation(train: ArrayDataset, pool: int, clients: int, alpha: float, seed:
 
 
 def one_seed(
-    train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int
+    train: ArrayDataset, test: ArrayDataset, args: argparse.Namespace, seed: int, fedavg: FedAvg, training: dict
 ) -> tuple[dict[str, list[float]], tuple[float, float, float]]:
     """{"FedAvg" | "IncFL": [incentivised share on test data, test accuracy(, share that
     stays at the participation equilibrium)]}, and IncFL's weights at its final model:
     (5th and 95th percentile of the validation gaps f_k(w) - rho_k in nats, largest
-    weight / smallest)."""
+    weight / smallest). ``fedavg`` is built from ``training``, the options IncFL shares."""
     subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed)
     options = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
     model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options)
@@ -85,9 +85,8 @@ def one_seed(
     local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
     rho_val = np.array([distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local)])
     rho_test = np.array([distribution_losses(model, w, test, p[[k]])[0] for k, w in enumerate(local)])
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "fraction": args.fraction}
     strategies = {
-        "FedAvg": FedAvg(**training),
+        "FedAvg": fedavg,
         "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), args.gap_scale, **training),
     }
     out = {}
@@ -122,7 +121,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--hidden", type=int, nargs="*", default=None,
-                        help="the MLP's hidden widths (default 64; none: logistic regression)")
+                        help="the MLP's hidden widths (default: the model's own; none: logistic regression)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of clients sampled per round")
@@ -135,8 +134,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.hidden is not None and args.model != "mlp":
         parser.error(f"--hidden with --model={args.model}: allowed only with --model=mlp")
-    if not 0 < args.fraction <= 1:
-        parser.error(f"--fraction={args.fraction}: allowed is a number in (0, 1]")
+    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "fraction": args.fraction}
+    try:
+        fedavg = FedAvg(**training)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
 
     train, test = load_digits() if args.dataset == "digits" else load_mnist(root=args.data_root)
@@ -156,7 +158,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         start = time.perf_counter()
-        out, (low, high, ratio) = one_seed(train, test, args, seed)
+        out, (low, high, ratio) = one_seed(train, test, args, seed, fedavg, training)
         rows.append(out["FedAvg"] + out["IncFL"])
         seconds = time.perf_counter() - start
         print(f"{seed:>4} {_cells(rows[-1])} {_ratio(rows[-1], len(columns)):>6.2f} {seconds:>5.0f}")

@@ -14,3 +14,15 @@ def check_integer(key: str, value, least: int = 1, optional: bool = False) -> No
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
         allowed = f"{'None or ' if optional else ''}an integer >= {least}"
         raise ValueError(f"{key}={value!r}: allowed is {allowed}")
+
+
+def check_positive(key: str, value) -> None:
+    """ValueError unless ``value`` is a finite number > 0 (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+        raise ValueError(f"{key}={value!r}: allowed is a finite number > 0")
+
+
+def check_fraction(key: str, value) -> None:
+    """ValueError unless ``value`` is a number in [0, 1) (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
+        raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")

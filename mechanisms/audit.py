@@ -36,7 +36,7 @@ from incentives.accuracy import AccuracyModel
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism, Outcome
-from incentives.utility import local_utility, utility
+from incentives.utility import Phi, local_utility, utility
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,16 @@ def misreport_gains(
     population: Population,
     model: AccuracyModel,
     promise_gap: np.ndarray,
+    phi: Phi | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(gain, best report) per agent from reporting another cost of the population.
 
-    Agent i's true utility under report c' is v_i (a_i' + gap_i) + t_i' - c_i m_i' - comm_i,
-    with (a', t', m') the mechanism re-solved with c_i replaced by c' and gap_i the
-    realised promise gap; the gain is measured against the truthful utility computed the
-    same way. Zero gains when the mechanism does not use reported costs.
+    Agent i's true utility under report c' is :func:`incentives.utility.utility` at
+    accuracy a_i' + gap_i (v_i phi(a_i' + gap_i) + t_i' - c_i m_i' - comm_i when it takes
+    part), with (a', t', m') the mechanism re-solved with c_i replaced by c' and gap_i the
+    realised promise gap (none where a_i' = 0); the gain is measured against the truthful
+    utility computed the same way. Zero gains when the mechanism does not use reported
+    costs.
     """
     n = population.n_agents
     gains, best = np.zeros(n), np.full(n, np.nan)
@@ -120,10 +123,8 @@ def misreport_gains(
         return gains, best
 
     def true_utility(i: int, result: Outcome) -> float:
-        accuracy = result.accuracy[i] + (promise_gap[i] if result.accuracy[i] > 0 else 0.0)
-        return float(population.value[i] * accuracy + result.transfer[i]
-                     - population.cost[i] * result.contributions[i]
-                     - population.comm_cost[i] * result.participates[i])
+        accuracy = result.accuracy + np.where(result.accuracy > 0, promise_gap, 0.0)
+        return float(utility(population, accuracy, result.contributions, result.transfer, result.participates, phi)[i])
 
     reports = np.unique(population.cost)
     for i in range(n):
@@ -146,24 +147,26 @@ def audit(
     paid_transfer: np.ndarray,
     trained_contributions: np.ndarray,
     tol: float = 1e-3,
+    phi: Phi | None = None,
 ) -> Audit:
     """Audit ``mechanism``'s ``outcome`` against one training run's realised numbers.
 
     model: the accuracy model refitted to the realised measurements. delivered_accuracy,
     paid_transfer, trained_contributions: (N,) what training delivered, what was paid,
     and the samples actually trained on. tol: utility units below which nothing counts.
+    phi: the agents' value of accuracy (linear by default), as the loop's.
     """
     delivered = np.asarray(delivered_accuracy, dtype=float)
     paid = np.asarray(paid_transfer, dtype=float)
-    realised = utility(population, delivered, trained_contributions, paid, outcome.participates)
+    realised = utility(population, delivered, trained_contributions, paid, outcome.participates, phi)
     reservation = population.outside_option
     if getattr(mechanism, "include_local", True):
         reservation = np.maximum(local_utility(population, model), reservation)
     shortfall = np.where(outcome.participates, reservation - realised, 0.0)
     deviation = verify_equilibrium(mechanism, outcome.contributions, population, model,
-                                   participates=outcome.participates).gains
+                                   phi=phi, participates=outcome.participates).gains
     gap = delivered - np.asarray(outcome.accuracy, dtype=float)
-    misreport, best = misreport_gains(mechanism, outcome, population, model, gap)
+    misreport, best = misreport_gains(mechanism, outcome, population, model, gap, phi)
     rent = outcome.info.get("information_rent")
     profit = outcome.info.get("server_profit")
     return Audit(

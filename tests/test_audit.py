@@ -53,6 +53,14 @@ def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
     assert result.misreport_gain[0] == pytest.approx(expected, rel=1e-9)
     assert result.best_report[0] == 8e-4
     assert result.misreport_gain[1] == 0.0 and np.isnan(result.best_report[1])
+    # agents valuing accuracy at phi(a) = 2a lose by the same lie (its lower accuracy
+    # weighs double), so the audit finds no gain
+    doubled = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                    outcome.contributions, phi=lambda a: 2 * a)
+    loss = (2 * lying.accuracy[0] - true_cost * lying.contributions[0]) - (
+        2 * outcome.accuracy[0] - true_cost * outcome.contributions[0])
+    assert loss < -0.004
+    assert doubled.misreport_gain[0] == 0.0 and np.isnan(doubled.best_report[0])
 
 
 def test_mechanisms_acting_on_contributions_have_no_misreport_audit():

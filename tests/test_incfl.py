@@ -109,7 +109,7 @@ def test_strategy_rejects_bad_settings():
         IncFL([], lambda w: np.zeros(0))
     with pytest.raises(ValueError, match=r"global_losses=3: allowed is a callable"):
         IncFL([1.0], 3)
-    with pytest.raises(ValueError, match=r"lr=0: allowed is a number > 0"):
+    with pytest.raises(ValueError, match=r"lr=0: allowed is a finite number > 0"):
         IncFL([1.0], lambda w: np.ones(1), lr=0)
     strategy = IncFL([1.0, 1.0], lambda w: np.ones(3))
     result = ClientResult(0, {"w": torch.ones(1)}, 1, 0.0, 1)

@@ -194,6 +194,16 @@ def test_fedbuff_learns_digits():
     assert result.history[-1].test_accuracy > 0.7
 
 
+def test_fedbuff_takes_no_step_past_its_rounds_while_clients_report_metrics():
+    """With client test sets the server waits for their metrics after the last round;
+    updates that arrive meanwhile are not aggregated."""
+    data = [TRAIN.subset(np.arange(50 * i, 50 * i + 50)) for i in range(4)]  # 4 updates arrive at once
+    buffered = FedBuff(buffer_size=1, concurrency=4)
+    result = simulate("mlp", data, FedAvg(), 3, client_tests={0: TEST}, behaviours=[buffered], **QUIET)
+    assert [r.round_index for r in result.history] == [0, 1, 2]
+    assert set(result.history[-1].client_accuracy) == {0}
+
+
 def test_fedbuff_gives_up_on_clients_that_miss_the_deadline():
     data = {i: TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(3)}
     profiles = {0: ClientProfile(speed=100), 1: ClientProfile(speed=100), 2: ClientProfile(speed=1)}  # 2 needs 20 s

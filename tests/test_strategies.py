@@ -98,6 +98,9 @@ def test_scaffold_control_variates_option_two():
     tasks = strategy.configure_round(1, available, child_seed(0, 1, 1))
     # each task carries c - c_i: 1 - 2 for clients 0 and 1, 1 - 0 for the others
     assert [t.state["correction"]["w"].item() for t in tasks] == [-1.0, -1.0, 1.0, 1.0]
+    # a client that took no step (y = x) measured no drift: c_0 and c stay
+    assert strategy.aggregate(start(0.0), results([0.0], steps=0))["w"].item() == 0.0
+    assert strategy.client_controls[0]["w"].item() == 2.0 and strategy.control["w"].item() == 1.0
 
 
 def test_scaffold_correction_adds_c_minus_c_i_to_the_gradient():

@@ -11,6 +11,7 @@ from fl.algorithms import FedAvg, FedProx, child_seed
 from fl.data.dataset import load_digits
 from fl.executors import ClientTask, SerialExecutor
 from fl.executors.stacked import MaxPool2d, ReLU, _pool_before_relu, layer_chain
+from fl.executors import vectorised
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import build_model, get_params
 from fl.server import run_federated
@@ -163,6 +164,22 @@ def test_workers_train_chunks_concurrently_with_the_same_numbers(name):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name, sizes", [("mlp", [1, 1, 1, 2]), ("tanh", [5])])
+def test_chunks_come_in_whole_waves_only_where_workers_run(name, sizes, monkeypatch):
+    """5 clients, chunks of up to 8, 4 workers: on the layers path one wave of 4 chunks;
+    on the vmap path, whose chunks run one after another, a single chunk."""
+    trained, train_chunk = [], vectorised._train_chunk
+
+    def recording(global_params, trainable, tasks, *rest):
+        trained.append(len(tasks))
+        return train_chunk(global_params, trainable, tasks, *rest)
+
+    monkeypatch.setattr(vectorised, "_train_chunk", recording)
+    model = model_named(name)
+    VectorisedExecutor(chunk_size=8, workers=4).run(model, FedAvg(), get_params(model), tasks_for(clients()))
+    assert sorted(trained) == sizes
 
 
 def test_frozen_parameters_stay_the_servers():

@@ -18,7 +18,7 @@ from torch import nn
 
 from fl import evaluation
 from fl.algorithms.strategy import Strategy, child_seed
-from fl.checks import check_integer
+from fl.checks import check_integer, check_positive
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
@@ -42,8 +42,7 @@ class FedAvg(Strategy):
         check_integer("batch_size", batch_size)
         check_integer("clients_per_round", clients_per_round, optional=True)
         check_integer("steps", steps, optional=True)
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr={lr!r}: allowed is a number > 0")
+        check_positive("lr", lr)
         if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
             raise ValueError(f"fraction={fraction!r}: allowed is a number in (0, 1]")
         if clients_per_round is not None and fraction != 1.0:

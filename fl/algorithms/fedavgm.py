@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from fl.algorithms.server_optimiser import ServerOptimiser, check_fraction, check_positive
+from fl.algorithms.server_optimiser import ServerOptimiser
+from fl.checks import check_fraction, check_positive
 
 
 class FedAvgM(ServerOptimiser):

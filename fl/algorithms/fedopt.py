@@ -24,7 +24,8 @@ from abc import abstractmethod
 
 import torch
 
-from fl.algorithms.server_optimiser import ServerOptimiser, check_fraction, check_positive
+from fl.algorithms.server_optimiser import ServerOptimiser
+from fl.checks import check_fraction, check_positive
 
 
 class FedOpt(ServerOptimiser):

@@ -17,7 +17,8 @@ and the server steps, with S the round's clients and N the number of clients,
 
 The model update is weighted by sample counts (FedAvg's convention; the paper averages
 uniformly); c's keeps c = (1/N) sum_i c_i. K is the number of steps the client took,
-so a straggler's partial work gives its own correct c_i+.
+so a straggler's partial work gives its own correct c_i+; a client that took no step
+keeps its c_i.
 
 The control variates are kept here, on the server, keyed by client id (a deployed
 client would keep its own c_i); each task carries ``state = {"correction": c - c_i}``
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from fl.algorithms.fedavg import FedAvg
+from fl.checks import check_positive
 from fl.data.dataset import Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
@@ -45,8 +47,7 @@ class Scaffold(FedAvg):
     instance: use a fresh one per training run."""
 
     def __init__(self, server_lr: float = 1.0, **fedavg_options):
-        if isinstance(server_lr, bool) or not isinstance(server_lr, (int, float)) or not server_lr > 0:
-            raise ValueError(f"server_lr={server_lr!r}: allowed is a number > 0")
+        check_positive("server_lr", server_lr)
         super().__init__(**fedavg_options)
         self.server_lr = float(server_lr)
         self.control: Params = {}  # c; empty while zero
@@ -84,6 +85,8 @@ class Scaffold(FedAvg):
         zero = {name: torch.zeros_like(global_params[name]) for name in floating}
         change = dict(zero)
         for result in results:
+            if result.steps == 0:  # no local step, no drift measured: c_i stays
+                continue
             c_i = self.client_controls.get(result.client_id, zero)
             c = self._sent.get(result.client_id, zero)
             scale = 1.0 / (result.steps * self.lr)

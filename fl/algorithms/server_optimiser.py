@@ -21,16 +21,6 @@ from fl.executors.base import ClientResult
 from fl.models import Params
 
 
-def check_positive(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{key}={value!r}: allowed is a number > 0")
-
-
-def check_fraction(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")
-
-
 class ServerOptimiser(FedAvg):
     """FedAvg whose server steps along the pseudo-gradient (see the module docstring).
     The optimiser's state lives in the instance: use a fresh one per training run."""

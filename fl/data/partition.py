@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.checks import check_integer
+from fl.checks import check_integer, check_positive
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
@@ -57,7 +57,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     """
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
-    _check_positive_float("alpha", alpha)
+    check_positive("alpha", alpha)
     _check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
@@ -116,10 +116,10 @@ def quantity_skew(
     _check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(seed)
     if distribution == "lognormal":
-        _check_positive_float("sigma", sigma)
+        check_positive("sigma", sigma)
         weights = rng.lognormal(0.0, sigma, num_clients)
     elif distribution == "dirichlet":
-        _check_positive_float("alpha", alpha)
+        check_positive("alpha", alpha)
         weights = rng.dirichlet(np.full(num_clients, alpha))
     else:
         raise ValueError(f"distribution={distribution!r}: allowed is 'lognormal' or 'dirichlet'")
@@ -215,11 +215,6 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
             f"labels (shape {labels.shape}, dtype {labels.dtype}): allowed is a non-empty 1-D array of non-negative integers"
         )
     return labels.astype(np.int64, copy=False)
-
-
-def _check_positive_float(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0 or not np.isfinite(value):
-        raise ValueError(f"{key}={value!r}: allowed is a finite number > 0")
 
 
 def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:

@@ -1,8 +1,9 @@
 """Executors run clients' local training for the server (see ``fl.executors.base``).
 
-All of them give the same numbers for the same seed: the serial executor is the
-reference, the vectorised one trains many clients of one architecture at once, and the
-Ray one runs clients on long-lived actors (Ray is imported only when it runs).
+All of them give the same numbers for the same seed (the vectorised one up to float
+rounding: it sums in another order): the serial executor is the reference, the
+vectorised one trains many clients of one architecture at once, and the Ray one runs
+clients on long-lived actors (Ray is imported only when it runs).
 """
 
 from fl.executors.base import ClientResult, ClientTask, Executor

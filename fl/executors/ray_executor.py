@@ -33,10 +33,10 @@ import os
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from fl.checks import check_integer
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Executor
 from fl.executors.serial import SerialExecutor
@@ -158,9 +158,7 @@ class RayExecutor(Executor):
     def _check(self) -> None:
         if ray is None:
             raise ImportError('RayExecutor needs Ray: pip install "ray>=2.9" (or "fedecon[ray]")')
-        count = self.num_actors
-        if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
-            raise ValueError(f"num_actors={self.num_actors!r}: allowed is None or an integer >= 1")
+        check_integer("num_actors", self.num_actors, optional=True)
         for key, value in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{key}={value!r}: allowed is a number >= 0")

@@ -27,12 +27,13 @@ Two ways to compute dJ_c/dW_c, chosen per model:
   a linear layer a batched matmul).
 
 Clients are trained in chunks of at most ``chunk_size``, longest schedules first (so
-few clients idle while others finish): as many chunks as that takes, rounded up to a
-multiple of ``workers``, their sizes differing by at most one. Beyond the results (one
-parameter set per client, as from any executor) memory is bounded by one chunk per
-worker: its stacked parameters and one step's batches and activations; clients' data
-stay index views of their dataset, gathered one batch at a time. Everything runs on
-the device of ``global_params`` (CPU or CUDA, the same code).
+few clients idle while others finish): as many chunks as that takes (when chunks run
+concurrently, rounded up to a multiple of ``workers``), their sizes differing by at
+most one. Beyond the results (one parameter set per client, as from any executor)
+memory is bounded by one chunk per worker: its stacked parameters and one step's
+batches and activations; clients' data stay index views of their dataset, gathered
+one batch at a time. Everything runs on the device of ``global_params`` (CPU or CUDA,
+the same code).
 
 With ``workers`` > 1 (CPU, layers path), that many threads train chunks at once, the
 torch threads split among them (one each on a 2-core machine): parallelism across
@@ -74,7 +75,8 @@ class VectorisedExecutor(Executor):
 
     workers: threads training chunks concurrently (default 1). Used on a CPU for models
     on the layers path; others train their chunks one after another (``functional_call``
-    swaps the shared module's parameters, so two threads cannot share it). While they
+    swaps the shared module's parameters, so two threads cannot share it), and their
+    chunks are not multiplied for workers that do not run. While they
     run, torch's thread count is ``torch.get_num_threads() // workers`` (at least 1),
     process-wide (torch has one setting), and restored afterwards.
 
@@ -104,10 +106,11 @@ class VectorisedExecutor(Executor):
             budget = self.max_chunk_bytes or (2**30 if device.type == "cuda" else 16 * 2**20)
             per_client = sum(global_params[name].numel() * global_params[name].element_size() for name in trainable)
             size = max(1, min(64, budget // max(per_client, 1)))
-        schedules = [list(task.batches()) for task in tasks]
-        chunks = _chunks(tasks, schedules, size, self.workers)
         chain = layer_chain(model) if len(trainable) == len(global_params) else None
         probe = _probe(strategy, global_params, tasks[0].state) if chain is not None else None
+        workers = self.workers if chain is not None and device.type == "cpu" else 1  # threads run layers on CPU only
+        schedules = [list(task.batches()) for task in tasks]
+        chunks = _chunks(tasks, schedules, size, workers)
 
         def make_step(stacked: Params, state: dict) -> Step:
             if chain is None:
@@ -121,8 +124,8 @@ class VectorisedExecutor(Executor):
         was_training = model.training
         model.train()
         try:
-            if self.workers > 1 and len(chunks) > 1 and chain is not None and device.type == "cpu":
-                trained = _concurrently(train, chunks, self.workers)
+            if workers > 1 and len(chunks) > 1:
+                trained = _concurrently(train, chunks, workers)
             else:
                 trained = [train(chunk) for chunk in chunks]
         finally:

@@ -66,6 +66,12 @@ class _BufferedAggregation:
         self.buffer: list[tuple[ClientResult, Params]] = []  # (result, its staleness-weighted Delta_i)
         self.samplings = 0
 
+    @property
+    def over(self) -> bool:
+        """All rounds are taken: no more steps or orders (the server may still await the
+        clients' metrics before it is done)."""
+        return self.server.round_index >= self.server.rounds
+
     def start(self, message: Message) -> None:
         if self.server.rounds == 0:
             self.server.finish()
@@ -74,7 +80,7 @@ class _BufferedAggregation:
 
     def receive(self, message: Message) -> None:
         update: Update = message.payload
-        if self.server.done or update.dispatch not in self.in_flight:
+        if self.over or update.dispatch not in self.in_flight:
             return
         _, version, sent = self.in_flight.pop(update.dispatch)
         weight = (1 + self.server.round_index - version) ** -self.config.staleness_exponent
@@ -82,11 +88,11 @@ class _BufferedAggregation:
         self.buffer.append((update.result, delta))
         if len(self.buffer) == self.config.buffer_size:
             self.step()
-        if not self.server.done:
+        if not self.over:
             self.refill()
 
     def time_out(self, message: Message) -> None:
-        if not self.server.done and self.in_flight.pop(message.payload, None) is not None:
+        if not self.over and self.in_flight.pop(message.payload, None) is not None:
             self.refill()
 
     def step(self) -> None:
@@ -97,7 +103,7 @@ class _BufferedAggregation:
         ]
         self.buffer = []
         self.server.close_round(results)
-        if self.server.round_index == self.server.rounds:
+        if self.over:
             self.server.finish()
 
     def refill(self) -> None:
