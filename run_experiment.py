@@ -225,6 +225,9 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
     except (ValueError, OSError) as error:
         raise ConfigError(f"population: {error}") from None
     training = config["training"]
+    if training["clients_per_round"] > population.n_agents:
+        raise ConfigError(f"training.clients_per_round={training['clients_per_round']!r}: allowed is 0 (every "
+                          f"participant, every round) to {population.n_agents}, the number of agents")
     executor = build_executor(training["executor"], training["workers"])
     try:
         try:

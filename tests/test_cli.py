@@ -66,6 +66,7 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("population.cost=[0.1, 0.2]", "population.cost=[0.1, 0.2]: allowed is a list of population.n_agents=10"),
     ("population.csv='no-such-agents.csv'", "population.csv='no-such-agents.csv': No such file or directory"),
     ("accuracy.pilot_sizes=[20, 5000]", "accuracy.pilot_sizes=[20, 5000]: allowed is sizes of at most 1222"),
+    ("training.clients_per_round=11", "clients_per_round=11: allowed is 0 (every participant, every round) to 10,"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
     status = run_experiment.main(["--quiet", f"--set={override}",
