@@ -114,7 +114,11 @@ class ClosedLoop:
     :class:`~incentives.protocols.Mechanism`); oracle: real training (satisfies
     :class:`~incentives.protocols.AccuracyOracle`); family: the parametric form of a(m)
     fitted to measurements; pilot_sizes / pilot_repeats: the pilot learning curve;
-    phi: the agents' value of accuracy (linear by default).
+    phi: the agents' value of accuracy (linear by default). The mechanisms are solved
+    under linear phi, as their papers state them; phi is the agents' true valuation, by
+    which their predicted and realised utilities, local-only reservations and hence the
+    audit judge the outcome (so a mechanism designed for linear values shows the IR
+    violations a concave phi causes).
     """
 
     def __init__(
