@@ -47,28 +47,15 @@ from fl.algorithms.incfl import (
     incentivised_fraction,
     train_local_models,
 )
-from fl.data import load_dataset, partition
+from fl.data import load_dataset
 from fl.data.dataset import ArrayDataset
+from fl.data.federation import dirichlet_federation
 from fl.models import build_model, get_params
 from fl.evaluation import evaluate
 from fl.server import run_federated
 from incentives.participation import participation_equilibrium
 
 _LOCAL = 2  # the local models' stream: the runs' dropout stream (fl.runtime.launch), which no run here draws
-
-
-def federation(train: ArrayDataset, pool: int, clients: int, alpha: float, seed: int, min_size: int = 5):
-    """(client subsets, (N, K) label distributions, validation set) for one seed, from
-    ``pool`` training samples drawn at random (all of them when ``pool`` is the size),
-    every client holding at least ``min_size`` samples."""
-    labels = train.labels()
-    indices = np.random.default_rng(seed).permutation(len(labels))[:pool]
-    kept, held = partition.holdout(labels[indices], 0.2, seed)
-    kept, held = indices[kept], indices[held]
-    parts = partition.dirichlet(labels[kept], clients, alpha, seed, min_size=min_size)
-    counts = partition.label_histograms(labels[kept], parts, train.num_classes)
-    validation = ArrayDataset(f"{train.name}-validation", train.x[held], train.y[held], train.num_classes)
-    return [train.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation
 
 
 def one_seed(
@@ -78,7 +65,8 @@ def one_seed(
     stays at the participation equilibrium)]}, and IncFL's weights at its final model:
     (5th and 95th percentile of the validation gaps f_k(w) - rho_k in nats, largest
     weight / smallest). ``fedavg`` is built from ``training``, the options IncFL shares."""
-    subsets, p, validation = federation(train, args.pool, args.clients, args.alpha, seed, args.min_size)
+    federation = dirichlet_federation(train, args.clients, args.alpha, seed, args.pool, min_size=args.min_size)
+    subsets, p, validation = federation.clients, federation.label_distributions, federation.validation
     options = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
     model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options)
     init = get_params(model)

@@ -18,8 +18,8 @@ from fl.algorithms.incfl import (
     per_class_loss,
     train_local_models,
 )
-from fl.data import partition
 from fl.data.dataset import ArrayDataset, load_digits
+from fl.data.federation import dirichlet_federation
 from fl.executors import ClientResult
 from fl.models import build_model, get_params
 from fl.server import run_federated
@@ -210,12 +210,8 @@ def test_iterated_exit_can_unravel_to_nobody():
 # ------------------------------------------------------------------ real training on digits
 def federation(seed, clients):
     """Dirichlet(0.3) split of four fifths of the digits pool; the rest is validation data."""
-    labels = TRAIN.labels()
-    kept, held = partition.holdout(labels, 0.2, seed)
-    parts = partition.dirichlet(labels[kept], clients, 0.3, seed, min_size=5)
-    counts = partition.label_histograms(labels[kept], parts, 10)
-    validation = ArrayDataset("validation", TRAIN.x[held], TRAIN.y[held], 10)
-    return [TRAIN.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation
+    split = dirichlet_federation(TRAIN, clients, 0.3, seed)
+    return split.clients, split.label_distributions, split.validation
 
 
 def local_losses(model, init, subsets, p, datasets, seed):

@@ -4,7 +4,7 @@ import pytest
 from fl.data import partition
 from fl.data.dataset import load_digits
 
-LABELS = load_digits()[0].labels()  # 1437 digits, 10 classes
+LABELS = load_digits()[0].labels()  # 1438 digits, 10 classes
 
 
 def balanced_labels(per_class=100, classes=10):
@@ -138,3 +138,21 @@ def test_holdout_is_stratified_and_complementary():
 def test_bad_arguments_name_key_value_and_what_is_allowed(call, key):
     with pytest.raises(ValueError, match=f"{key}.*allowed"):
         call()
+
+
+def test_dirichlet_federation_holds_out_validation_and_gives_each_clients_label_mix():
+    from fl.data.federation import dirichlet_federation
+
+    train = load_digits()[0]
+    federation = dirichlet_federation(train, clients=20, alpha=0.3, seed=4, pool=1000, min_size=5)
+    positions = [np.asarray(c.indices) for c in federation.clients]
+    assert_disjoint(positions, len(train), covers=False)
+    assert len(federation.validation) == 200 and sum(len(p) for p in positions) == 800
+    assert min(len(p) for p in positions) >= 5
+    for k, p in enumerate(positions):  # row k is client k's label shares
+        shares = np.bincount(LABELS[p], minlength=10) / len(p)
+        np.testing.assert_allclose(federation.label_distributions[k], shares)
+    validation_pool = {tuple(x) for x in federation.validation.x.flatten(1).tolist()}
+    assert not any(tuple(x) in validation_pool for p in positions for x in train.x[p].flatten(1).tolist())
+    with pytest.raises(ValueError, match="pool=5000: allowed is 1 to 1438"):
+        dirichlet_federation(train, clients=20, alpha=0.3, seed=4, pool=5000)

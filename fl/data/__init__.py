@@ -8,7 +8,7 @@ Shakespeare int64 character indices). Files live under a data root: ``root``, el
 ======================  =========================  ==============  =================
 name                    inputs (per sample)        train / test    loader
 ======================  =========================  ==============  =================
-``digits`` (default)    (1, 8, 8)                  1437 / 360      :func:`load_digits`
+``digits`` (default)    (1, 8, 8)                  1438 / 359      :func:`load_digits`
 ``mnist``               (1, 28, 28)                60000 / 10000   :func:`load_mnist`
 ``fashion_mnist``       (1, 28, 28)                60000 / 10000   :func:`load_fashion_mnist`
 ``usps``                (1, 16, 16)                7291 / 2007     :func:`load_usps`

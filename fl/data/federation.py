@@ -1,0 +1,54 @@
+"""A label-skewed federation with a server-side validation set, in one call.
+
+What experiments on incentivised participation (IncFL, its benchmark and tests) start
+from: a pool of training samples, a stratified validation set held out of it for the
+server, the rest split among clients by Dirichlet label skew, and each client's label
+distribution p_k (the weights that turn per-class losses into client k's loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl.checks import check_integer
+from fl.data import partition
+from fl.data.dataset import ArrayDataset, Subset
+
+
+@dataclass(frozen=True)
+class Federation:
+    """clients: one :class:`Subset` per client; label_distributions: (N, K), row k the
+    share of each class in client k's data (rows sum to 1); validation: the held-out set."""
+
+    clients: list[Subset]
+    label_distributions: np.ndarray
+    validation: ArrayDataset
+
+
+def dirichlet_federation(
+    train: ArrayDataset,
+    clients: int,
+    alpha: float,
+    seed: int,
+    pool: int | None = None,
+    validation_fraction: float = 0.2,
+    min_size: int = 5,
+) -> Federation:
+    """``pool`` samples of ``train`` drawn at random (all of them when None), a stratified
+    ``validation_fraction`` of them held out (:func:`partition.holdout`), the rest split
+    among ``clients`` clients by Dirichlet(``alpha``) label skew, each holding at least
+    ``min_size`` samples (:func:`partition.dirichlet`; ValueError when no draw can)."""
+    labels = train.labels()
+    pool = len(labels) if pool is None else pool
+    check_integer("pool", pool)
+    if pool > len(labels):
+        raise ValueError(f"pool={pool!r}: allowed is 1 to {len(labels)}, the training set's size")
+    indices = np.random.default_rng(seed).permutation(len(labels))[:pool]
+    kept, held = partition.holdout(labels[indices], validation_fraction, seed)
+    kept, held = indices[kept], indices[held]
+    parts = partition.dirichlet(labels[kept], clients, alpha, seed, min_size=min_size)
+    counts = partition.label_histograms(labels[kept], parts, train.num_classes)
+    validation = ArrayDataset(f"{train.name}-validation", train.x[held], train.y[held], train.num_classes)
+    return Federation([train.subset(kept[p]) for p in parts], counts / counts.sum(axis=1, keepdims=True), validation)
