@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -259,6 +260,8 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
     from tqdm import tqdm
 
+    from fl.executors import TrainingDiverged
+
     with tqdm(total=steps, disable=not show, desc="closed loop", unit="step") as bar:
         def progress(message: str) -> None:
             bar.set_postfix_str(message)
@@ -276,7 +279,16 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
         if resumed is not None:
             bar.update(1 + resumed.n_iterations * len(mechanisms))
         loop_start = time.perf_counter()
-        result = loop.run(resume=resumed, on_iteration=lambda r: save_checkpoint(folder, r))
+        finished = [0 if resumed is None else resumed.n_iterations]  # loop iterations checkpointed
+
+        def checkpoint(result) -> None:
+            save_checkpoint(folder, result)
+            finished[0] = result.n_iterations
+
+        try:
+            result = loop.run(resume=resumed, on_iteration=checkpoint)
+        except TrainingDiverged as error:
+            raise diverged(error, folder, finished[0], created=resume_folder is None) from None
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     timings["total_before_report"] = time.perf_counter() - start
@@ -291,6 +303,19 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
                   f"{summary['mean_promised_accuracy']:.3f}), welfare {summary['welfare_realised']:.4f}")
         print(f"report: {folder / 'report.html'}")
     return folder
+
+
+def diverged(error: Exception, folder: Path, finished: int, created: bool) -> ConfigError:
+    """The error for training that diverged after ``finished`` checkpointed loop iterations.
+    With none, a run folder this invocation created holds nothing measured and is removed;
+    otherwise it is kept and the message says how to write the report of what finished.
+    ``error`` reads "lr=...: ...", and every training of the loop steps by training.lr."""
+    if finished == 0:
+        if created:
+            shutil.rmtree(folder)
+        return ConfigError(f"training.{error}")
+    return ConfigError(f"training.{error}; the {finished} finished loop iteration(s) are kept: "
+                       f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

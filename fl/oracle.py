@@ -30,7 +30,7 @@ from fl.checks import check_integer
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import deliver
-from fl.executors import Executor, SerialExecutor
+from fl.executors import Executor, SerialExecutor, check_finite_losses
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import Params, build_model, get_params
 from fl.runtime.launch import resolve_device
@@ -179,7 +179,7 @@ class TrainingOracle:
                 chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
                 tasks += strategy.configure_round(0, self._subsets({0: chosen}), stream)
         executor = SerialExecutor() if any(True for _ in self.model.buffers()) else VectorisedExecutor()
-        trained = iter(executor.run(self.model, strategy, self.init_params, tasks))
+        trained = iter(check_finite_losses(tasks, executor.run(self.model, strategy, self.init_params, tasks)))
         params = [next(trained).params if m > 0 else self.init_params for m, _ in points]
         accuracies = [self._accuracy(p, uniform) for p in params]
         return np.repeat(sizes, repeats).astype(np.int64), np.asarray(accuracies)

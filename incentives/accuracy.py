@@ -100,12 +100,14 @@ class _Parametric(AccuracyModel):
     def __call__(self, m):
         m = np.asarray(m, dtype=float)
         m0 = self.zero_crossing
-        return _out(np.where(m >= m0, np.maximum(self.formula(np.maximum(m, m0)), 0.0), 0.0))
+        with np.errstate(divide="ignore"):  # m = m0 = 0 (k underflowed): a(0) = max(-inf, 0) = 0
+            return _out(np.where(m >= m0, np.maximum(self.formula(np.maximum(m, m0)), 0.0), 0.0))
 
     def derivative(self, m):
         m = np.asarray(m, dtype=float)
         m0 = self.zero_crossing
-        return _out(np.where(m >= m0, self.formula_derivative(np.maximum(m, m0)), 0.0))
+        with np.errstate(divide="ignore"):  # m = m0 = 0: the power law's a'(0+) = inf
+            return _out(np.where(m >= m0, self.formula_derivative(np.maximum(m, m0)), 0.0))
 
     @property
     def a_max(self) -> float:

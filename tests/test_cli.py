@@ -67,6 +67,7 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("population.csv='no-such-agents.csv'", "population.csv='no-such-agents.csv': No such file or directory"),
     ("accuracy.pilot_sizes=[20, 5000]", "accuracy.pilot_sizes=[20, 5000]: allowed is sizes of at most 1222"),
     ("training.clients_per_round=11", "clients_per_round=11: allowed is 0 (every participant, every round) to 10,"),
+    ("training.lr=1e9", "training.lr=1000000000.0: local training of client 0 diverged in round 0 (mean mini-batch"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
     status = run_experiment.main(["--quiet", f"--set={override}",
@@ -93,6 +94,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert iterations == {"0", "1"}
     resumed = measured_points(folder)  # the first run's measurements kept, new ones added
     assert first < resumed
+
+
+def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_to_report_them(tmp_path):
+    from fl.executors import TrainingDiverged
+
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    (folder / "report.html").unlink()
+    error = run_experiment.diverged(TrainingDiverged("lr=0.05: local training ... diverged"), folder, 1, created=True)
+    advice = f"--resume {str(folder)!r} --set loop.max_iterations=1 writes their report"
+    kept = "the 1 finished loop iteration(s) are kept"
+    assert str(error) == f"training.lr=0.05: local training ... diverged; {kept}: {advice}"
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=1"]) == 0
+    assert (folder / "report.html").is_file()
 
 
 def test_resume_refuses_a_change_of_experiment(tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from fl.algorithms import FedAvg, FedProx, child_seed
 from fl.data import partition
 from fl.data.dataset import load_digits
-from fl.executors import ClientResult, ClientTask, SerialExecutor
+from fl.executors import ClientResult, ClientTask, SerialExecutor, TrainingDiverged
 from fl.models import build_model, get_params
 from fl.server import run_federated
 
@@ -146,3 +146,10 @@ def test_cuda_asked_for_and_absent_is_a_clear_error():
 def test_bad_strategy_settings_are_refused(options, key):
     with pytest.raises(ValueError, match=f"{key}.*allowed"):
         FedAvg(**options)
+
+
+def test_training_that_diverges_stops_naming_the_step_size_client_and_round():
+    subsets = [TRAIN.subset(np.arange(k * 40, (k + 1) * 40)) for k in range(3)]
+    with pytest.raises(TrainingDiverged, match=r"lr=1000000000.0: local training of client \d diverged in round \d "
+                                               r"\(mean mini-batch loss nan\); allowed is a step size"):
+        run_federated("mlp", subsets, FedAvg(batch_size=10, lr=1e9), 3, seed=0, progress=False)

@@ -71,7 +71,7 @@ from fl.algorithms.strategy import child_seed
 from fl.checks import check_positive
 from fl.data.dataset import ArrayDataset, Subset
 from fl.evaluation import logits
-from fl.executors.base import ClientResult
+from fl.executors.base import ClientResult, check_finite_losses
 from fl.executors.serial import SerialExecutor
 from fl.models import Params
 
@@ -181,7 +181,7 @@ def train_local_models(
         raise ValueError(f"subsets (empty for clients {empty}): allowed is clients with at least one sample each")
     strategy = FedAvg(epochs=epochs, batch_size=batch_size, lr=lr)
     tasks = strategy.configure_round(0, dict(enumerate(subsets)), child_seed(seed))
-    return [r.params for r in SerialExecutor().run(model, strategy, init_params, tasks)]
+    return [r.params for r in check_finite_losses(tasks, SerialExecutor().run(model, strategy, init_params, tasks))]
 
 
 def _incentive_gap(global_losses, local_losses) -> np.ndarray:

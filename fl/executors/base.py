@@ -14,6 +14,7 @@ clients.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
@@ -77,6 +78,24 @@ class ClientResult:
     num_samples: int
     train_loss: float
     steps: int
+
+
+class TrainingDiverged(ValueError):
+    """Local SGD gave a non-finite loss: the step size is too large for the model and data."""
+
+
+def check_finite_losses(tasks: list[ClientTask], results: list[ClientResult]) -> list[ClientResult]:
+    """``results`` unchanged; :class:`TrainingDiverged` naming the step size, client and
+    round where a client that took steps reports a NaN or infinite mean loss (its model
+    is then non-finite too, and so would every model averaged with it be)."""
+    for task, result in zip(tasks, results):
+        if result.steps > 0 and not math.isfinite(result.train_loss):
+            raise TrainingDiverged(
+                f"lr={task.lr!r}: local training of client {task.client_id} diverged in round "
+                f"{task.round_index} (mean mini-batch loss {result.train_loss}); allowed is a step "
+                "size small enough for finite losses"
+            )
+    return results
 
 
 class Executor(ABC):

@@ -26,7 +26,7 @@ from torch import nn
 
 from fl.algorithms.strategy import Strategy
 from fl.data.dataset import ArrayDataset, Subset
-from fl.executors.base import ClientResult, ClientTask, Executor
+from fl.executors.base import ClientResult, ClientTask, Executor, check_finite_losses
 from fl.executors.serial import SerialExecutor
 from fl.models import Params
 from fl.runtime.client import Client
@@ -83,7 +83,8 @@ class Simulation:
         for request in requests:
             by_model.setdefault(id(request[1]), []).append(request)
         for group in by_model.values():
-            results = self.executor.run(self.model, self.strategy, group[0][1], [task for task, _, _ in group])
+            tasks = [task for task, _, _ in group]
+            results = check_finite_losses(tasks, self.executor.run(self.model, self.strategy, group[0][1], tasks))
             for (_, _, done), result in zip(group, results):
                 done(result)
 
