@@ -115,6 +115,7 @@ import cvxpy as cp
 import numpy as np
 
 from incentives.protocols import Allocation, Outcome
+from mechanisms.checks import bad, check_number
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel
@@ -130,13 +131,6 @@ __all__ = [
 _DIAGNOSE_MAX_TYPES = 40
 _BIG = 1e7  # box used to locate unbounded directions when diagnosing
 _HUGE = 1e12  # a solution this large is read as an unbounded direction
-
-
-def _bad(key: str, value, allowed: str) -> ValueError:
-    text = repr(value)
-    if len(text) > 120:
-        text = text[:117] + "..."
-    return ValueError(f"{key}={text}: allowed is {allowed}")
 
 
 # ----------------------------------------------------------------------------------
@@ -186,7 +180,7 @@ class ValueFunction:
         """
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
-            raise _bad("price", price, "positive numbers (a zero price of reward or cost "
+            raise bad("price", price, "positive numbers (a zero price of reward or cost "
                        "makes the maximiser unbounded)")
 
         def slope(q):
@@ -227,7 +221,7 @@ class LogValue(ValueFunction):
 
     def __post_init__(self):
         if not (np.isfinite(self.scale) and self.scale >= 0):
-            raise _bad("scale", self.scale, "a finite number >= 0")
+            raise bad("scale", self.scale, "a finite number >= 0")
 
     @property
     def key(self) -> tuple:
@@ -251,7 +245,7 @@ class LogValue(ValueFunction):
             return super().argmax(price, exponent)
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
-            raise _bad("price", price, "positive numbers")
+            raise bad("price", price, "positive numbers")
         return np.maximum(0.0, self.scale / price - 1.0)
 
 
@@ -273,9 +267,9 @@ class PowerLawValue(ValueFunction):
         for key in ("weight", "k", "alpha"):
             v = getattr(self, key)
             if not (np.isfinite(v) and v > 0):
-                raise _bad(key, v, "a finite number > 0")
+                raise bad(key, v, "a finite number > 0")
         if not np.isfinite(self.a_opt):
-            raise _bad("a_opt", self.a_opt, "a finite number")
+            raise bad("a_opt", self.a_opt, "a finite number")
 
     @property
     def key(self) -> tuple:
@@ -314,7 +308,7 @@ class AccuracyValue(ValueFunction):
 
     def __init__(self, model, weight: float = 1.0):
         if not (np.isfinite(weight) and weight > 0):
-            raise _bad("weight", weight, "a finite number > 0")
+            raise bad("weight", weight, "a finite number > 0")
         self.model = model
         self.weight = float(weight)
         params = dict(getattr(model, "params", {}) or {})
@@ -352,7 +346,7 @@ class AccuracyValue(ValueFunction):
             return super().argmax(price, exponent)
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
-            raise _bad("price", price, "positive numbers")
+            raise bad("price", price, "positive numbers")
         q = np.asarray(self.model.marginal_inverse(price / self.weight), dtype=float) * np.ones_like(price)
         gain = self(q) - price * q - self(np.zeros_like(q))
         return np.where(gain > 0, q, 0.0)
@@ -368,7 +362,7 @@ class AccuracyValue(ValueFunction):
 
     def _require(self) -> PowerLawValue:
         if self._power_law is None:
-            raise _bad("model", self.model, "a power-law accuracy model (a_opt - k m**(-alpha)) "
+            raise bad("model", self.model, "a power-law accuracy model (a_opt - k m**(-alpha)) "
                        "when a contract needs V as a cvxpy expression")
         return self._power_law
 
@@ -636,15 +630,28 @@ def _as_array(key: str, value, K: int, *, positive=False, nonneg=False) -> np.nd
     if arr.ndim == 0:
         arr = np.full(K, float(arr))
     if arr.shape != (K,) or not np.all(np.isfinite(arr)):
-        raise _bad(key, value, f"a finite number or {K} finite numbers (one per type)")
+        raise bad(key, value, f"a finite number or {K} finite numbers (one per type)")
     if positive and np.any(arr <= 0):
-        raise _bad(key, value, "numbers > 0")
+        raise bad(key, value, "numbers > 0")
     if nonneg and np.any(arr < 0):
-        raise _bad(key, value, "numbers >= 0")
+        raise bad(key, value, "numbers >= 0")
     return arr
 
 
 _FORMS = ("reduced", "all_pairs", "closed_form")
+
+
+def _check_settings(information: str, form: str, reward: str, reward_price: float, solver: str) -> None:
+    """ValueError naming the first setting of a screening problem outside what is allowed."""
+    if information not in ("incomplete", "complete"):
+        raise bad("information", information, "'incomplete' or 'complete'")
+    if form not in _FORMS:
+        raise bad("form", form, "'reduced', 'all_pairs' or 'closed_form'")
+    if reward not in ("money", "accuracy"):
+        raise bad("reward", reward, "'money' or 'accuracy'")
+    check_number("reward_price", reward_price)
+    if solver not in cp.installed_solvers():
+        raise bad("solver", solver, f"one of {cp.installed_solvers()}")
 
 
 def solve_screening(
@@ -685,42 +692,33 @@ def solve_screening(
     cost_arr = np.atleast_1d(np.asarray(cost, dtype=float))
     if cost_arr.ndim != 1 or len(cost_arr) == 0 or not np.all(np.isfinite(cost_arr)) \
             or np.any(cost_arr < 0):
-        raise _bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
+        raise bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
     K = len(cost_arr)
     p = _as_array("probability", probability, K, positive=True)
     if abs(p.sum() - 1.0) > 1e-9:
-        raise _bad("probability", probability, "numbers > 0 summing to 1")
+        raise bad("probability", probability, "numbers > 0 summing to 1")
     if not isinstance(value, ValueFunction):
-        raise _bad("value", value, "a ValueFunction (LogValue, PowerLawValue, AccuracyValue)")
-    if information not in ("incomplete", "complete"):
-        raise _bad("information", information, "'incomplete' or 'complete'")
-    if form not in _FORMS:
-        raise _bad("form", form, "'reduced', 'all_pairs' or 'closed_form'")
-    if reward not in ("money", "accuracy"):
-        raise _bad("reward", reward, "'money' or 'accuracy'")
+        raise bad("value", value, "a ValueFunction (LogValue, PowerLawValue, AccuracyValue)")
+    _check_settings(information, form, reward, reward_price, solver)
     if not (np.isfinite(cost_exponent) and cost_exponent >= 1):
-        raise _bad("cost_exponent", cost_exponent, "a finite number >= 1")
+        raise bad("cost_exponent", cost_exponent, "a finite number >= 1")
     beta = float(cost_exponent)
-    if not (np.isfinite(reward_price) and reward_price >= 0):
-        raise _bad("reward_price", reward_price, "a finite number >= 0")
     u0_money = _as_array("outside", outside, K)
     rho = np.ones(K) if quality is None else _as_array("quality", quality, K, positive=True)
     if reward == "accuracy":
         if accuracy_value is None:
-            raise _bad("accuracy_value", accuracy_value, "numbers > 0 (utility per unit "
+            raise bad("accuracy_value", accuracy_value, "numbers > 0 (utility per unit "
                        "accuracy) when reward='accuracy'")
         v = _as_array("accuracy_value", accuracy_value, K, positive=True)
         if reward_cap is None:
             reward_cap = 1.0
     else:
         if accuracy_value is not None:
-            raise _bad("accuracy_value", accuracy_value, "None when reward='money'")
+            raise bad("accuracy_value", accuracy_value, "None when reward='money'")
         v = np.ones(K)
     if reward_cap is not None and not np.isfinite(reward_cap):
-        raise _bad("reward_cap", reward_cap, "None or a finite number")
+        raise bad("reward_cap", reward_cap, "None or a finite number")
     cap = None if capacity is None else _as_array("capacity", capacity, K, nonneg=True)
-    if solver not in cp.installed_solvers():
-        raise _bad("solver", solver, f"one of {cp.installed_solvers()}")
 
     theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
     u0_all = u0_money / v                       # reward units
@@ -739,11 +737,11 @@ def solve_screening(
     # With q = 0 allowed, pooling every type at (0, max u0) satisfies IC, IR and the
     # capacities, so the menu is infeasible exactly when an outside utility exceeds the cap.
     if reward_cap is not None and np.any(u0 > reward_cap):
-        bad = order[np.flatnonzero(u0 > reward_cap)]
+        uncovered = order[np.flatnonzero(u0 > reward_cap)]
         raise ContractError(
-            f"infeasible menu: the IR constraints of types {bad.tolist()} (outside utility "
-            f"{u0_all[bad].tolist()} in reward units) exceed reward_cap={reward_cap!r}; "
-            "no reward within the cap compensates them", family="IR", types=bad.tolist())
+            f"infeasible menu: the IR constraints of types {uncovered.tolist()} (outside utility "
+            f"{u0_all[uncovered].tolist()} in reward units) exceed reward_cap={reward_cap!r}; "
+            "no reward within the cap compensates them", family="IR", types=uncovered.tolist())
 
     start = time.perf_counter()
     compiled = False
@@ -796,7 +794,7 @@ def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
 
 def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, common):
     if kappa <= 0:
-        raise _bad("reward_price", kappa, "a number > 0 with form='closed_form'")
+        raise bad("reward_price", kappa, "a number > 0 with form='closed_form'")
     if information == "complete":
         q = value.argmax(kappa * th, beta)
         y = q ** beta
@@ -806,10 +804,10 @@ def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, 
             y = np.minimum(y, np.maximum(0.0, (reward_cap - u0) / th))
         return y, th * y + u0, "optimal", "complete"
     if not common:
-        raise _bad("outside", u0, "one common outside utility with form='closed_form' and "
+        raise bad("outside", u0, "one common outside utility with form='closed_form' and "
                    "information='incomplete' (use form='reduced' for per-type ones)")
     if capy is not None or reward_cap is not None:
-        raise _bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
+        raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
                    "reward_cap constrains an incomplete-information menu")
     phi = iron(virtual_costs(th, pp), pp)
     y = value.argmax(kappa * phi, beta) ** beta
@@ -1038,18 +1036,18 @@ def reduce_multidimensional_types(
     zeta = np.atleast_1d(np.asarray(compute_cost, dtype=float))
     K = len(zeta)
     if zeta.ndim != 1 or K == 0 or not np.all(np.isfinite(zeta)) or np.any(zeta <= 0):
-        raise _bad("compute_cost", compute_cost, "a non-empty 1-D array of finite numbers > 0")
+        raise bad("compute_cost", compute_cost, "a non-empty 1-D array of finite numbers > 0")
     tau = _as_array("comm_delay", comm_delay, K, nonneg=True)
     n = _as_array("data_size", data_size, K, positive=True)
     if not (np.isfinite(round_deadline) and round_deadline > 0):
-        raise _bad("round_deadline", round_deadline, "a finite number of seconds > 0")
+        raise bad("round_deadline", round_deadline, "a finite number of seconds > 0")
     if np.any(tau >= round_deadline):
-        raise _bad("comm_delay", comm_delay, f"delays below round_deadline={round_deadline!r} "
+        raise bad("comm_delay", comm_delay, f"delays below round_deadline={round_deadline!r} "
                    "(a type that cannot upload in time cannot take part)")
     for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
                      ("cycles_per_sample", cycles_per_sample)):
         if not (np.isfinite(val) and val > 0):
-            raise _bad(key, val, "a finite number > 0")
+            raise bad(key, val, "a finite number > 0")
     theta = rounds * zeta * (local_epochs * cycles_per_sample) ** 3 / (round_deadline - tau) ** 2
     return ReducedTypes(cost=theta, cost_exponent=3.0, capacity=n,
                         order=np.argsort(theta, kind="stable"))
@@ -1123,6 +1121,10 @@ class ContractMechanism:
         self.solver = solver
         self.name = name
         self._memo: tuple | None = None
+        _check_settings(information, form, reward, reward_price, solver)
+        if not (isinstance(value, ValueFunction) or value == "accuracy"):
+            raise bad("value", value, "a ValueFunction or 'accuracy'")
+        check_number("value_weight", value_weight, strict=True)
 
     # -- pieces -------------------------------------------------------------------
     def _value(self, model) -> ValueFunction:
@@ -1130,7 +1132,7 @@ class ContractMechanism:
             return self.value
         if self.value == "accuracy":
             return AccuracyValue(model, self.value_weight)
-        raise _bad("value", self.value, "a ValueFunction or 'accuracy'")
+        raise bad("value", self.value, "a ValueFunction or 'accuracy'")
 
     def _agents(self, population, model):
         """Per agent: theta_i and reservation utility u0_i (reward units), v_i."""
@@ -1145,7 +1147,7 @@ class ContractMechanism:
         reserve = reserve + np.asarray(population.comm_cost, dtype=float) * np.ones(N)
         if self.reward == "accuracy":
             if np.any(v <= 0):
-                raise _bad("population.value", v, "values > 0 for accuracy rewards")
+                raise bad("population.value", v, "values > 0 for accuracy rewards")
             return c / v, reserve / v, v
         return c, reserve, np.ones(N)
 
@@ -1158,7 +1160,7 @@ class ContractMechanism:
             grid = np.asarray(self.type_grid[0], dtype=float)
             prob = np.asarray(self.type_grid[1], dtype=float)
             if grid.ndim != 1 or prob.shape != grid.shape or np.any(np.diff(grid) <= 0):
-                raise _bad("type_grid", self.type_grid, "(costs, probabilities): two arrays "
+                raise bad("type_grid", self.type_grid, "(costs, probabilities): two arrays "
                            "of equal length, costs strictly increasing")
             type_of = np.minimum(np.searchsorted(grid, theta_i, side="left"), len(grid) - 1)
         K = len(grid)

@@ -26,7 +26,6 @@ rational, and no surplus left to the agents). Linear phi.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from incentives.accuracy import AccuracyModel, local_optimum
 from incentives.equilibrium import settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
+from mechanisms.checks import check_number
 
 _SCAN_POINTS = 256
 
@@ -49,10 +49,11 @@ class AccuracyShaping:
     name = "shaping"
     uses_reported_costs = True  # m_i^o and the slope c_i / v_i come from agents' reports
 
+    def __post_init__(self) -> None:
+        check_number("epsilon", self.epsilon)
+
     def _terms(self, population: Population, model: AccuracyModel):
         """(m^o, a(m^o), slope c/v + epsilon), each of shape (N,)."""
-        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
-            raise ValueError(f"epsilon={self.epsilon!r}: allowed is a number >= 0")
         optimum = local_optimum(population.cost, population.value, model, population.endowment)
         optimum = np.asarray(optimum, dtype=float).reshape(population.n_agents)
         slope = population.cost / population.value + self.epsilon

@@ -48,6 +48,7 @@ from incentives.accuracy import AccuracyModel
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
+from mechanisms.checks import check_integer, check_number
 
 Utility = Callable[[tuple[int, ...]], float]
 MAX_EXACT_PLAYERS = 20  # exact_shapley evaluates 2^N coalitions
@@ -90,16 +91,6 @@ def _check_players(n_players: int, limit: int | None = None) -> None:
             f"n_players={n_players!r}: allowed is at most {limit} for exact Shapley "
             f"(2^N coalitions); use monte_carlo_shapley or gtg_shapley"
         )
-
-
-def _check_positive_int(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
-
-
-def _check_nonnegative(key: str, value) -> None:
-    if not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value >= 0):
-        raise ValueError(f"{key}={value!r}: allowed is a finite number >= 0")
 
 
 def shapley_from_table(table: np.ndarray) -> np.ndarray:
@@ -156,7 +147,7 @@ def monte_carlo_shapley(utility: Utility, n_players: int, n_permutations: int = 
     marginals along one ordering telescope to U(N) - U(empty)); cost at most K * N + 1.
     """
     _check_players(n_players)
-    _check_positive_int("n_permutations", n_permutations)
+    check_integer("n_permutations", n_permutations)
     rng = np.random.default_rng(seed)
     u = _Memo(utility)
     v_empty = u(())
@@ -213,14 +204,14 @@ def gtg_shapley(
     utility within ``eps`` of U(N)); with ``eps=0`` it holds exactly.
     """
     _check_players(n_players)
-    _check_nonnegative("eps", eps)
-    _check_nonnegative("round_eps", round_eps)
-    _check_nonnegative("tolerance", tolerance)
-    _check_positive_int("window", window)
+    check_number("eps", eps)
+    check_number("round_eps", round_eps)
+    check_number("tolerance", tolerance)
+    check_integer("window", window)
     min_permutations = max(30, n_players) if min_permutations is None else min_permutations
     max_permutations = 50 * n_players if max_permutations is None else max_permutations
-    _check_positive_int("min_permutations", min_permutations)
-    _check_positive_int("max_permutations", max_permutations)
+    check_integer("min_permutations", min_permutations)
+    check_integer("max_permutations", max_permutations)
     u = _Memo(utility)
     v_empty, v_full = u(()), u(range(n_players))
     if abs(v_full - v_empty) <= round_eps:
@@ -311,7 +302,7 @@ def split_budget(values, budget: float) -> np.ndarray:
     whose updates hurt the model) get nothing, and nobody is charged; when no value is
     positive nothing is paid. values: (N,); returns (N,) in the budget's units.
     """
-    _check_nonnegative("budget", budget)
+    check_number("budget", budget)
     positive = np.maximum(np.asarray(values, dtype=float), 0.0)
     if not np.all(np.isfinite(positive)):
         raise ValueError(f"values={np.asarray(values)!r}: allowed is finite numbers")
@@ -362,6 +353,10 @@ class ShapleyRewards:
         self.n_permutations = n_permutations
         self.eps = eps
         self.seed = seed
+        check_number("budget", budget)
+        self._estimator()
+        check_integer("n_permutations", n_permutations)
+        check_number("eps", eps)
 
     def values(self, contributions, model: AccuracyModel) -> ShapleyEstimate:
         """Shapley values phi (N,) of U(S) = a(M_S) for the contributions m (samples).
@@ -385,7 +380,7 @@ class ShapleyRewards:
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         """accuracy_i = a(M) for every agent; transfer_i = B phi_i / sum_j phi_j."""
-        _check_nonnegative("budget", self.budget)
+        check_number("budget", self.budget)
         m = population.check_contributions(contributions)
         accuracy = np.full(population.n_agents, float(model(m.sum())))
         return Allocation(accuracy, split_budget(self.values(m, model).values, self.budget))

@@ -67,6 +67,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.protocols import Allocation, Outcome
+from mechanisms.checks import bad, check_number
 from mechanisms.contract import AccuracyValue, LogValue, ValueFunction
 
 if TYPE_CHECKING:  # annotations only
@@ -75,13 +76,6 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["FollowerEquilibrium", "LeaderSolution", "follower_equilibrium", "leader_reward",
            "StackelbergPricing"]
-
-
-def _bad(key: str, value, allowed: str) -> ValueError:
-    text = repr(value)
-    if len(text) > 120:
-        text = text[:117] + "..."
-    return ValueError(f"{key}={text}: allowed is {allowed}")
 
 
 @dataclass(frozen=True)
@@ -115,15 +109,15 @@ class FollowerEquilibrium:
 def _check_costs(cost, capacity):
     c = np.atleast_1d(np.asarray(cost, dtype=float))
     if c.ndim != 1 or len(c) == 0 or not np.all(np.isfinite(c)) or np.any(c < 0):
-        raise _bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
+        raise bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
     if capacity is None:
         cap = np.full(len(c), np.inf)
     else:
         cap = np.asarray(capacity, dtype=float) * np.ones(len(c))
         if cap.shape != c.shape or np.any(np.isnan(cap)) or np.any(cap < 0):
-            raise _bad("capacity", capacity, f"None or {len(c)} numbers >= 0 (inf allowed)")
+            raise bad("capacity", capacity, f"None or {len(c)} numbers >= 0 (inf allowed)")
     if np.any((c == 0) & ~np.isfinite(cap)):
-        raise _bad("cost", cost, "costs > 0 for agents without a finite capacity (a free "
+        raise bad("cost", cost, "costs > 0 for agents without a finite capacity (a free "
                    "agent would contribute without limit)")
     return c, cap
 
@@ -139,7 +133,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, max_iter: int = 
     """
     c, cap = _check_costs(cost, capacity)
     if not (np.isfinite(reward) and reward >= 0):
-        raise _bad("reward", reward, "a finite number >= 0")
+        raise bad("reward", reward, "a finite number >= 0")
     N = len(c)
     R = float(reward)
     x = np.zeros(N)
@@ -167,7 +161,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, max_iter: int = 
         n_active = int(np.argmin(valid)) if not valid.all() else len(valid)
         if n_active == 0 or (Z == 0 and n_active < 2):
             if Z == 0:
-                raise _bad("cost", cost, "at least two agents able to contribute (a lone "
+                raise bad("cost", cost, "at least two agents able to contribute (a lone "
                            "follower has no best response)")
             X = Z
         else:
@@ -252,7 +246,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     """
     c, cap = _check_costs(cost, capacity)
     if budget is not None and not (np.isfinite(budget) and budget >= 0):
-        raise _bad("budget", budget, "None or a finite number >= 0")
+        raise bad("budget", budget, "None or a finite number >= 0")
     V = value
 
     def profit(R: float) -> tuple[float, FollowerEquilibrium]:
@@ -277,7 +271,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     else:
         total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
         if not np.all(np.isfinite(cap)):
-            raise _bad("budget", budget, "a finite budget when some agent has no capacity "
+            raise bad("budget", budget, "a finite budget when some agent has no capacity "
                        "and the value is not a ValueFunction")
         R_max = float(np.asarray(V(total_cap)) - np.asarray(V(0.0)))
     if R_max <= 0:
@@ -317,13 +311,18 @@ class StackelbergPricing:
         self.respect_endowment = respect_endowment
         self.name = name
         self._memo = None
+        check_number("reward", reward, optional=True)
+        check_number("budget", budget, optional=True)
+        if not (isinstance(value, ValueFunction) or value == "accuracy"):
+            raise bad("value", value, "a ValueFunction or 'accuracy'")
+        check_number("value_weight", value_weight, strict=True)
 
     def _value(self, model):
         if isinstance(self.value, ValueFunction):
             return self.value
         if self.value == "accuracy":
             return AccuracyValue(model, self.value_weight)
-        raise _bad("value", self.value, "a ValueFunction or 'accuracy'")
+        raise bad("value", self.value, "a ValueFunction or 'accuracy'")
 
     def _solve(self, population, model):
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
@@ -332,7 +331,7 @@ class StackelbergPricing:
         value = self._value(model)
         if self.reward is not None:
             if not (np.isfinite(self.reward) and self.reward >= 0):
-                raise _bad("reward", self.reward, "None or a finite number >= 0")
+                raise bad("reward", self.reward, "None or a finite number >= 0")
             eq = follower_equilibrium(population.cost, float(self.reward), cap)
             sol = LeaderSolution(float(self.reward), eq.total,
                                  float(np.asarray(value(eq.total))) - float(self.reward),

@@ -154,8 +154,8 @@ def test_mechanisms_satisfy_the_protocol_and_validate_contributions(mechanism):
         mechanism.allocate(np.array([-1.0, 0.0]), identical(2), TOY)
 
 
-def test_negative_epsilon_is_rejected_at_use():
-    mechanism = AccuracyShaping(epsilon=-1.0)  # the constructor only stores it
-    with pytest.raises(ValueError, match=r"epsilon=-1.0: allowed is a number >= 0"):
-        mechanism.solve(identical(2), TOY)
+@pytest.mark.parametrize("epsilon", [-1.0, float("nan"), "0.1", True])
+def test_bad_epsilon_is_rejected_when_the_mechanism_is_built(epsilon):
+    with pytest.raises(ValueError, match=rf"^epsilon={epsilon!r}: allowed is a finite number >= 0$"):
+        AccuracyShaping(epsilon=epsilon)
 
