@@ -28,9 +28,9 @@ class FedAvgM(ServerOptimiser):
 
     def __init__(self, momentum: float = 0.9, server_lr: float = 1.0, **fedavg_options):
         check_fraction("momentum", momentum)
-        check_positive("server_lr", server_lr)
+        server_lr = check_positive("server_lr", server_lr)
         super().__init__(**fedavg_options)
-        self.momentum, self.server_lr = float(momentum), float(server_lr)
+        self.momentum, self.server_lr = float(momentum), server_lr
         self.velocity: dict[str, torch.Tensor] = {}
 
     def step(self, name: str, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

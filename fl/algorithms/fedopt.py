@@ -35,11 +35,10 @@ class FedOpt(ServerOptimiser):
     fresh one per training run."""
 
     def __init__(self, server_lr: float = 0.01, beta1: float = 0.9, tau: float = 1e-3, **fedavg_options):
-        check_positive("server_lr", server_lr)
-        check_positive("tau", tau)
+        server_lr, tau = check_positive("server_lr", server_lr), check_positive("tau", tau)
         check_fraction("beta1", beta1)
         super().__init__(**fedavg_options)
-        self.server_lr, self.beta1, self.tau = float(server_lr), float(beta1), float(tau)
+        self.server_lr, self.beta1, self.tau = server_lr, float(beta1), tau
         self.first_moment: dict[str, torch.Tensor] = {}
         self.second_moment: dict[str, torch.Tensor] = {}
 

@@ -42,8 +42,7 @@ class Deadline:
     reports; otherwise (or when k = 0) it does not train and sends nothing."""
 
     def __init__(self, seconds: float, partial_work: bool = True):
-        check_positive("seconds", seconds)
-        self.seconds, self.partial_work = float(seconds), bool(partial_work)
+        self.seconds, self.partial_work = check_positive("seconds", seconds), bool(partial_work)
 
     def install(self, simulation: Simulation) -> None:
         simulation.server.deadline = self.seconds
