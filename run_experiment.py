@@ -23,7 +23,7 @@ import numpy as np
 
 from analysis import config as config_module
 from analysis.config import ConfigError
-from analysis.report import make_run_folder, write_run
+from analysis.report import make_run_folder, run_warnings, write_run
 from incentives.loop import ClosedLoop
 from incentives.population import Population
 from mechanisms.contract import ContractMechanism, LogValue
@@ -294,6 +294,8 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
     timings["total_before_report"] = time.perf_counter() - start
     summaries = write_run(folder, config, result, mechanisms, population, timings, training["device"],
                           {"partition_notes": list(oracle.partition_notes)})
+    for warning in run_warnings(result, config):
+        print(f"warning: {warning}", file=sys.stderr)
     if show:
         width = max(map(len, summaries))
         for name, summary in summaries.items():

@@ -175,7 +175,28 @@ def _headline_table(summaries: dict[str, dict[str, float]]) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}"""
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+.warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}"""
+
+
+def run_warnings(result: LoopResult, config: dict) -> list[str]:
+    """What makes a run's numbers suspect, in words (empty when nothing does).
+
+    A pilot learning curve whose mean accuracy at its largest size is no higher than at
+    its smallest says that training did not learn from more data at these settings; the
+    fitted a(m) is then flat, and every mechanism prices data at nothing."""
+    sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
+    if len(sizes) == 0:
+        return []
+    small, large = sizes.min(), sizes.max()
+    at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
+    if large == small or at_large > at_small:
+        return []
+    training = config["training"]
+    return [f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
+            f"{at_large:.3f} at {large:.0f}), so the fitted a(m) is flat and every mechanism values data at "
+            f"nothing; training does not learn at these settings (training.lr={training['lr']!r}, "
+            f"training.batch_size={training['batch_size']!r}, model.name={config['model']['name']!r})"]
 
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
@@ -194,6 +215,7 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
 mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
 real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
 FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
+{''.join(f'<p class="warning">Warning: {html.escape(w)}</p>' for w in run_warnings(result, config))}
 <h2>Headline</h2>{_headline_table(summaries)}
 <p>Accuracy model: {html.escape(fit.family)} fitted to {len(fit.sizes)} measured points
 ({params}; RMSE {fit.rmse:.4f}).</p>
@@ -239,5 +261,6 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     write_report(folder, config, result, population, summaries, figures, agents)
     write_manifest(folder, config, timings, device,
                    {"loop": {"iterations": result.n_iterations, "converged": result.converged},
+                    "warnings": run_warnings(result, config),
                     **(notes or {})})
     return summaries

@@ -40,6 +40,7 @@ def test_resolved_config_and_manifest(run_folder):
     assert manifest["seed"] == 0 and manifest["device"] == "cpu"
     assert manifest["versions"]["torch"] != "not installed"
     assert manifest["timings_s"]["loop"] > 0
+    assert manifest["warnings"] == []  # training learned: the pilot curve rises
 
 
 def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
@@ -148,6 +149,20 @@ def measured_points(folder) -> set[tuple[str, str]]:
     column changes with every refit)."""
     with (folder / "learning_curve.csv").open() as handle:
         return {(row["size"], row["accuracy"]) for row in csv.DictReader(handle)}
+
+
+def test_a_pilot_curve_that_does_not_rise_is_flagged_in_the_report_manifest_and_stderr(tmp_path, capsys):
+    """With a step size far too large the network's units die at once: accuracy stays at
+    chance for every pilot size, and the run says so instead of pricing data at nothing quietly."""
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=training.lr=10",
+                                  "--set=loop.max_iterations=1", f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 0
+    (folder,) = tmp_path.iterdir()
+    (warning,) = json.loads((folder / "manifest.json").read_text())["warnings"]
+    assert warning.startswith("the pilot learning curve does not rise (mean accuracy ")
+    assert "training.lr=10" in warning
+    assert capsys.readouterr().err == f"warning: {warning}\n"
+    assert 'class="warning">Warning: the pilot learning curve does not rise' in (folder / "report.html").read_text()
 
 
 def test_resume_needs_a_run_folder(tmp_path, capsys):
