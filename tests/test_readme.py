@@ -26,11 +26,22 @@ def test_fl_example_runs(monkeypatch):
     if not (data / "mnist").is_dir():
         pytest.skip(f"no MNIST copy under {data}")
     monkeypatch.chdir(README.parent)
-    example = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    (example,) = [e for e in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "FedProx" in e]
     example = example.replace("rounds=50", "rounds=1").replace('"cnn"', '"mlp"')
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
     assert len(namespace["result"].history) == 1 and len(namespace["timed"].history) == 1
+
+
+def test_closed_loop_example_runs_and_its_audit_shows_what_the_text_says(monkeypatch):
+    monkeypatch.chdir(README.parent)
+    (example,) = [e for e in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "ClosedLoop(" in e]
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(example, "README.md", "exec"), namespace)
+    final, audits = namespace["result"].final(), namespace["audits"]
+    assert final["shaping"].trained_contributions.sum() > final["standard"].trained_contributions.sum()
+    assert audits["shaping"].violations()["ir"] > 0  # sqrt-valuing agents fall below their local utility
 
 
 def test_quick_start_commands_are_the_ones_ci_runs():
