@@ -115,6 +115,7 @@ class TrainingOracle:
     ):
         if label_distributions is not None and alpha is not None:
             raise ValueError(f"alpha={alpha!r}: allowed is None when label_distributions is given")
+        check_integer("rounds", rounds)
         check_integer("curve_steps", curve_steps)
         self.train_set, self.test, self.seed = train, test, seed
         self.rounds, self.curve_steps = rounds, curve_steps

@@ -88,6 +88,8 @@ def test_contributions_beyond_the_endowment_are_refused(oracle):
         oracle.train(np.array([0, 0, 90, 0, 0, 0, 0, 0.0]), None)
     with pytest.raises(ValueError, match="endowments.*allowed"):
         make_oracle(endowments=np.full(N, 200))
+    with pytest.raises(ValueError, match="^rounds=0: allowed is an integer >= 1$"):
+        make_oracle(rounds=0)
 
 
 def test_incfl_aggregation_trains_the_local_models_and_reweights_the_clients(oracle):
