@@ -14,7 +14,9 @@ incentivises 30-55% more clients than standard federated training. Per seed:
    from the common initial model); rho_k = f_k(w_hat_k);
 4. FedAvg and IncFL train from the same initial model, with the same clients, local
    epochs, batch size, step size and ``--rounds`` rounds (the same budget);
-5. reported: the incentivised share mean_k 1{f_k(w) < rho_k} on test data for each,
+5. reported: the incentivised share mean_k 1{f_k(w) < rho_k} on test data for each
+   (``--criterion accuracy``: mean_k 1{acc_k(w) > acc_k(w_hat_k)}, acc_k the accuracy on
+   the test set reweighted to p_k; IncFL's weights still use the validation losses),
    their ratio, and the global models' test accuracy;
 6. with ``--equilibrium``: the share of clients still in when, starting from everyone,
    clients with f_k(w) >= rho_k leave and the same algorithm retrains on those who stay
@@ -26,7 +28,7 @@ Run from the repository root::
 
     python benchmarks/incfl_share.py                      # MNIST, 100 clients, seeds 0-4
     python benchmarks/incfl_share.py --dataset fashion_mnist --seeds 0 1 2 [--rounds 100]
-    python benchmarks/incfl_share.py --dataset digits --clients 50 [--gap-scale 2]
+    python benchmarks/incfl_share.py --dataset digits --clients 50 [--gap-scale 2] [--criterion accuracy]
     python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 150 --hidden  # logistic regression
     python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 100 --fraction 0.2
 """
@@ -51,7 +53,7 @@ from fl.data import load_dataset
 from fl.data.dataset import ArrayDataset
 from fl.data.federation import dirichlet_federation
 from fl.models import build_model, get_params
-from fl.evaluation import evaluate
+from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy
 from fl.server import run_federated
 from incentives.participation import participation_equilibrium
 
@@ -73,32 +75,42 @@ def one_seed(
     local_seed = child_seed(seed, _LOCAL)
     local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
     rho_val = np.array([distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local)])
-    rho_test = np.array([distribution_losses(model, w, test, p[[k]])[0] for k, w in enumerate(local)])
+    own_test = np.array([test_scores(model, w, test, p[[k]], args.criterion)[0] for k, w in enumerate(local)])
     strategies = {
         "FedAvg": fedavg,
         "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), args.gap_scale, **training),
     }
+    sign = 1.0 if args.criterion == "loss" else -1.0  # incentivised: a lower loss, or a higher accuracy
     out = {}
     for name, strategy in strategies.items():
 
         def trained_on(members: np.ndarray, strategy=strategy):
-            """The test losses f_k(w), all k, of the model trained on the clients in ``members``."""
+            """The test scores (``--criterion``), all k, of the model trained on the clients in ``members``."""
             result = run_federated(
                 model, {k: subsets[k] for k in np.flatnonzero(members)}, strategy, args.rounds,
                 seed=seed, init_params=init, progress=False,
             )
-            return distribution_losses(model, result.params, test, p), result
+            return test_scores(model, result.params, test, p, args.criterion), result
 
-        losses, result = trained_on(np.ones(len(subsets), dtype=bool))
-        out[name] = [incentivised_fraction(losses, rho_test), evaluate(model, result.params, test)["accuracy"]]
+        scores, result = trained_on(np.ones(len(subsets), dtype=bool))
+        share = incentivised_fraction(sign * scores, sign * own_test)
+        out[name] = [share, evaluate(model, result.params, test)["accuracy"]]
         if name == "IncFL":
             gaps = distribution_losses(model, result.params, validation, p)
             weights = incentive_weights(gaps, rho_val, args.gap_scale)
             spread = (*np.quantile(gaps - rho_val, [0.05, 0.95]), weights.max() / weights.min())
         if args.equilibrium:
-            stays = participation_equilibrium(lambda m: trained_on(m)[0], rho_test, higher_is_better=False)
+            stays = participation_equilibrium(lambda m: trained_on(m)[0], own_test, higher_is_better=sign < 0)
             out[name].append(float(stays.participates.mean()))
     return out, spread
+
+
+def test_scores(model, params, test: ArrayDataset, p: np.ndarray, criterion: str) -> np.ndarray:
+    """(len(p),) each client's score of ``params`` on the test set reweighted to its label
+    distribution: the loss f_k (nats) or the accuracy sum_c p_kc acc_c (fraction)."""
+    if criterion == "loss":
+        return distribution_losses(model, params, test, p)
+    return accuracy_on_distribution(per_class_accuracy(model, params, test), p)
 
 
 def main() -> None:
@@ -121,6 +133,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--gap-scale", type=float, default=1.0, help="IncFL's factor on the gap in the sigmoid")
+    parser.add_argument("--criterion", choices=("loss", "accuracy"), default="loss",
+                        help="incentivised: the global model's test loss below the local model's, "
+                             "or its accuracy above")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
     args = parser.parse_args()
@@ -142,7 +157,7 @@ def main() -> None:
         f"{args.rounds} rounds of {args.epochs} epoch(s), {args.fraction:.0%} of the clients per round, "
         f"local models {args.local_epochs} epochs, {args.model}"
         f"{'' if args.hidden is None else ' hidden ' + str(tuple(args.hidden))}, "
-        f"IncFL gap scale {args.gap_scale}"
+        f"IncFL gap scale {args.gap_scale}, incentivised by {args.criterion}"
     )
     columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
     header = " ".join(f"{name + ' ' + c:>12}" for name in ("FedAvg", "IncFL") for c in columns)
@@ -169,7 +184,10 @@ def _cells(values: list[float]) -> str:
 
 
 def _ratio(row: list[float], width: int) -> float:
-    return row[width] / row[0] if row[0] else float("inf")
+    """IncFL's share over FedAvg's (inf when only FedAvg's is 0, nan when both are)."""
+    if row[0]:
+        return row[width] / row[0]
+    return float("inf") if row[width] else float("nan")
 
 
 if __name__ == "__main__":
