@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from incentives.accuracy import local_optimum  # noqa: E402
@@ -85,7 +86,9 @@ def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path
     right.set_xticks(x, names, rotation=30, ha="right")
     right.set_ylabel("sum of agents' utilities")
     right.set_title("Agents' welfare (transfers included)")
-    right.legend(fontsize=8)
+    bottom, top = right.get_ylim()
+    right.set_ylim(bottom, top + 0.3 * (top - bottom))  # head room: the legend clears the bars
+    right.legend(fontsize=8, loc="upper left", ncol=2)
     return _save(fig, path)
 
 
@@ -97,9 +100,10 @@ def convergence(result: LoopResult, path: Path) -> Path:
         left.plot([r.iteration for r in records], [r.trained_contributions.sum() for r in records],
                   marker="o", label=name, color=COLOURS[k % len(COLOURS)])
     left.set_xlabel("loop iteration")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("total samples contributed")
     left.set_title("Loop convergence")
-    left.legend()
+    left.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: the lines stay clear
     fit = result.fits[-1]
     sizes = np.concatenate([result.pilot_sizes, [r.trained_contributions.sum() for r in result.records]])
     accuracy = np.concatenate([result.pilot_accuracies,
