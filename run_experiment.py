@@ -279,16 +279,17 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
         if resumed is not None:
             bar.update(1 + resumed.n_iterations * len(mechanisms))
         loop_start = time.perf_counter()
-        finished = [0 if resumed is None else resumed.n_iterations]  # loop iterations checkpointed
+        finished = 0 if resumed is None else resumed.n_iterations  # loop iterations checkpointed
 
         def checkpoint(result) -> None:
+            nonlocal finished
             save_checkpoint(folder, result)
-            finished[0] = result.n_iterations
+            finished = result.n_iterations
 
         try:
             result = loop.run(resume=resumed, on_iteration=checkpoint)
         except TrainingDiverged as error:
-            raise diverged(error, folder, finished[0], created=resume_folder is None) from None
+            raise diverged(error, folder, finished, created=resume_folder is None) from None
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     timings["total_before_report"] = time.perf_counter() - start
