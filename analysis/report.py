@@ -184,7 +184,8 @@ def run_warnings(result: LoopResult, config: dict) -> list[str]:
 
     A pilot learning curve whose mean accuracy at its largest size is no higher than at
     its smallest says that training did not learn from more data at these settings; the
-    fitted a(m) is then flat, and every mechanism prices data at nothing."""
+    a(m) fitted to it (flat for the power law, the bound's own shape for
+    ``generalisation_bound``) then says nothing about the value of the data."""
     sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
     if len(sizes) == 0:
         return []
@@ -194,9 +195,10 @@ def run_warnings(result: LoopResult, config: dict) -> list[str]:
         return []
     training = config["training"]
     return [f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
-            f"{at_large:.3f} at {large:.0f}), so the fitted a(m) is flat and every mechanism values data at "
-            f"nothing; training does not learn at these settings (training.lr={training['lr']!r}, "
-            f"training.batch_size={training['batch_size']!r}, model.name={config['model']['name']!r})"]
+            f"{at_large:.3f} at {large:.0f}): training does not learn at these settings (training.lr="
+            f"{training['lr']!r}, training.batch_size={training['batch_size']!r}, model.name="
+            f"{config['model']['name']!r}), so the a(m) fitted to it, and every mechanism solved under it, "
+            "say nothing about the value of this data"]
 
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
