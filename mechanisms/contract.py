@@ -1058,13 +1058,31 @@ def reduce_multidimensional_types(
 # ----------------------------------------------------------------------------------
 
 
+def _check_type_grid(type_grid) -> tuple[np.ndarray, np.ndarray]:
+    """(costs, probabilities) of a given type grid as arrays; ValueError unless they are two
+    1-D arrays of equal length, costs finite, >= 0 and strictly increasing, probabilities
+    > 0 summing to 1."""
+    allowed = ("(costs, probabilities): two 1-D arrays of equal length, costs finite, >= 0 and "
+               "strictly increasing, probabilities > 0 summing to 1")
+    try:
+        grid, prob = (np.asarray(part, dtype=float) for part in type_grid)
+    except (TypeError, ValueError):
+        raise bad("type_grid", type_grid, allowed) from None
+    if (grid.ndim != 1 or len(grid) == 0 or prob.shape != grid.shape or not np.all(np.isfinite(grid))
+            or np.any(grid < 0) or np.any(np.diff(grid) <= 0) or not np.all(prob > 0)
+            or abs(prob.sum() - 1.0) > 1e-9):
+        raise bad("type_grid", type_grid, allowed)
+    return grid, prob
+
+
 class ContractMechanism:
     """Screening contracts on a :class:`~incentives.population.Population`.
 
     Types: the distinct values of theta_i (reward units per sample; theta_i = c_i for
     money, c_i / v_i for accuracy rewards), each with probability = its share of agents;
     or a given ``type_grid`` (costs in reward units, probabilities), each agent being
-    assigned to the cheapest grid type whose cost is >= its own. A type's outside
+    assigned to the cheapest grid type whose cost is >= its own (the costliest type when
+    no grid cost reaches its own: it then takes an item only if its utility allows). A type's outside
     utility is the largest among its agents of outside_option_i + comm_cost_i (the
     communication cost is paid only by participants, so it raises the reservation
     utility), converted to reward units; with ``include_local`` the agent's local-only
@@ -1125,14 +1143,12 @@ class ContractMechanism:
         if not (isinstance(value, ValueFunction) or value == "accuracy"):
             raise bad("value", value, "a ValueFunction or 'accuracy'")
         check_number("value_weight", value_weight, strict=True)
+        if type_grid is not None:
+            _check_type_grid(type_grid)
 
     # -- pieces -------------------------------------------------------------------
     def _value(self, model) -> ValueFunction:
-        if isinstance(self.value, ValueFunction):
-            return self.value
-        if self.value == "accuracy":
-            return AccuracyValue(model, self.value_weight)
-        raise bad("value", self.value, "a ValueFunction or 'accuracy'")
+        return self.value if isinstance(self.value, ValueFunction) else AccuracyValue(model, self.value_weight)
 
     def _agents(self, population, model):
         """Per agent: theta_i and reservation utility u0_i (reward units), v_i."""
@@ -1157,11 +1173,7 @@ class ContractMechanism:
             grid, type_of = np.unique(theta_i, return_inverse=True)
             prob = np.bincount(type_of, minlength=len(grid)) / len(theta_i)
         else:
-            grid = np.asarray(self.type_grid[0], dtype=float)
-            prob = np.asarray(self.type_grid[1], dtype=float)
-            if grid.ndim != 1 or prob.shape != grid.shape or np.any(np.diff(grid) <= 0):
-                raise bad("type_grid", self.type_grid, "(costs, probabilities): two arrays "
-                           "of equal length, costs strictly increasing")
+            grid, prob = _check_type_grid(self.type_grid)
             type_of = np.minimum(np.searchsorted(grid, theta_i, side="left"), len(grid) - 1)
         K = len(grid)
         u0 = np.full(K, np.max(u0_i))

@@ -318,11 +318,7 @@ class StackelbergPricing:
         check_number("value_weight", value_weight, strict=True)
 
     def _value(self, model):
-        if isinstance(self.value, ValueFunction):
-            return self.value
-        if self.value == "accuracy":
-            return AccuracyValue(model, self.value_weight)
-        raise bad("value", self.value, "a ValueFunction or 'accuracy'")
+        return self.value if isinstance(self.value, ValueFunction) else AccuracyValue(model, self.value_weight)
 
     def _solve(self, population, model):
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
@@ -330,8 +326,6 @@ class StackelbergPricing:
         cap = np.asarray(population.endowment, float) if self.respect_endowment else None
         value = self._value(model)
         if self.reward is not None:
-            if not (np.isfinite(self.reward) and self.reward >= 0):
-                raise bad("reward", self.reward, "None or a finite number >= 0")
             eq = follower_equilibrium(population.cost, float(self.reward), cap)
             sol = LeaderSolution(float(self.reward), eq.total,
                                  float(np.asarray(value(eq.total))) - float(self.reward),

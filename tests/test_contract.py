@@ -299,3 +299,42 @@ def test_contract_mechanism_reproduces_the_worked_example(information, q, R, pro
     assert out.info["server_profit"] == pytest.approx(profit, abs=3e-3)
     assert verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
                               tol=1e-7).ok
+
+
+def test_a_given_type_grid_assigns_each_agent_the_cheapest_type_at_least_as_costly():
+    """Agents of cost 2.5, 1.5 and 0.5 on the grid (1, 2, 3): the menu is the worked
+    example's, q = (9, 7/3, 1) for costs (1, 2, 3), and each agent, choosing by its true
+    cost, takes the item of its grid type; an agent costlier than the grid (4) stays out."""
+    pop = Population.from_lists(cost=[2.5, 1.5, 0.5, 4.0], endowment=100.0)
+    mech = ContractMechanism(V10, type_grid=([1.0, 2.0, 3.0], EQUAL))
+    out = mech.solve(pop, MODEL)
+    np.testing.assert_array_equal(out.info["type_of_agent"], [2, 1, 0, 2])
+    np.testing.assert_allclose(out.info["menu_object"].contribution, [9, 7 / 3, 1], atol=1e-5)
+    np.testing.assert_allclose(out.contributions, [1, 7 / 3, 9, 0], atol=1e-5)
+    np.testing.assert_allclose(out.transfer, [3, 17 / 3, 37 / 3, 0], atol=1e-5)
+    np.testing.assert_array_equal(out.participates, [True, True, True, False])
+
+
+@pytest.mark.parametrize("grid", [
+    ([1.0, 1.0, 3.0], EQUAL), ([1.0, 2.0], EQUAL), ([1.0, 2.0, 3.0], [0.5, 0.5, 0.5]),
+    ([-1.0, 2.0, 3.0], EQUAL), ([1.0, 2.0, 3.0], [0.5, 0.5, 0.0]), (None, None), 3.0,
+])
+def test_a_bad_type_grid_is_refused_when_built(grid):
+    with pytest.raises(ValueError, match=r"^type_grid=.*: allowed is \(costs, probabilities\): two 1-D arrays"):
+        ContractMechanism(V10, type_grid=grid)
+
+
+def test_local_only_utility_raises_the_reservation_with_include_local():
+    """With include_local the IR of the costliest type binds at its local-only utility
+    v a(m^o) - c m^o (money rewards deliver no model, so training alone is the outside option)."""
+    from incentives.utility import local_utility
+
+    pop = Population.from_lists(cost=[0.03, 0.01], endowment=500.0)
+    plain = ContractMechanism(LogValue(10.0)).solve(pop, MODEL)
+    local = ContractMechanism(LogValue(10.0), include_local=True).solve(pop, MODEL)
+    reservation = local_utility(pop, MODEL)
+    assert reservation[0] > 0
+    utility = local.transfer - pop.cost * local.contributions
+    assert utility[0] == pytest.approx(reservation[0], abs=1e-6)  # binding IR of the costliest type
+    assert np.all(utility >= reservation - 1e-6)
+    assert (plain.transfer - pop.cost * plain.contributions)[0] == pytest.approx(0.0, abs=1e-6)
