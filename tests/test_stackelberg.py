@@ -121,6 +121,17 @@ def test_stackelberg_mechanism_on_a_population():
     np.testing.assert_allclose(alloc.accuracy, out.accuracy)
 
 
+def test_a_fixed_reward_is_shared_as_the_followers_play_it():
+    """reward=R skips the leader's choice: R = 4 on c = (1, 2, 3) prices out the third
+    follower (X = 4/3, x = (8/9, 4/9, 0)), and the server's profit is V(X) - R."""
+    pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=10.0)
+    out = StackelbergPricing(LogValue(10.0), reward=4.0).solve(pop, PowerLaw(0.9, 0.5, 0.5))
+    np.testing.assert_allclose(out.contributions, [8 / 9, 4 / 9, 0.0])
+    np.testing.assert_allclose(out.transfer, 4.0 * out.contributions / (4 / 3))
+    assert out.info["reward"] == 4.0 and out.info["method"] == "given"
+    assert out.info["server_profit"] == pytest.approx(10 * np.log1p(4 / 3) - 4.0)
+
+
 def test_stackelberg_with_accuracy_value_and_endowments():
     model = PowerLaw(0.95, 1.0, 0.5)
     pop = Population.from_lists(cost=[0.001, 0.002, 0.004, 0.008], endowment=[100.0, 300.0, 300.0, 300.0])
