@@ -5,6 +5,7 @@ import csv
 import json
 import tomllib
 
+import numpy as np
 import pytest
 
 import run_experiment
@@ -69,6 +70,8 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("accuracy.pilot_sizes=[20, 5000]", "accuracy.pilot_sizes=[20, 5000]: allowed is sizes of at most 1222"),
     ("training.clients_per_round=11", "clients_per_round=11: allowed is 0 (every participant, every round) to 10,"),
     ("training.lr=1e9", "training.lr=1000000000.0: local training of client 0 diverged in round 0 (mean mini-batch"),
+    ("population.endowment=0", "population: endowment[0]=0.0: allowed is a number > 0"),
+    ("data.validation_fraction=0.99", "training: endowments (total 1200): allowed is a total of at most 14, the"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
     status = run_experiment.main(["--quiet", f"--set={override}",
@@ -202,6 +205,14 @@ def test_missing_dataset_files_exit_2_naming_the_path(capsys, tmp_path):
     assert status == 2
     assert err.startswith("error: data.dataset='mnist':") and str(tmp_path / "empty") in err
     assert err.count("\n") == 1
+
+
+def test_an_iid_partition_gives_every_agent_the_uniform_label_distribution():
+    section = {**run_experiment.config_module.defaults()["population"], "n_agents": 3}
+    population = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 10, seed=0)
+    np.testing.assert_array_equal(population.label_distribution, np.full((3, 10), 0.1))
+    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 1.0}, 10, seed=0)
+    assert not np.allclose(skewed.label_distribution, 0.1)
 
 
 def test_every_configurable_mechanism_is_built_under_its_name():
