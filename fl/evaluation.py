@@ -11,11 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from fl.data.dataset import ArrayDataset
 
 _BATCH = 2048  # samples per forward pass (memory, not results)
+_PAIRS = 4 * _BATCH  # (model, sample) pairs per forward pass of evaluate_many (memory, not results)
 
 
 @torch.no_grad()
@@ -35,6 +36,39 @@ def evaluate(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDa
     out = logits(model, params, dataset)
     y = dataset.y.to(out.device)
     return {"loss": F.cross_entropy(out, y).item(), "accuracy": (out.argmax(1) == y).double().mean().item()}
+
+
+def batchable(model: nn.Module) -> bool:
+    """True when :func:`evaluate_many` can run ``model``: no buffers (running statistics
+    are not batched) and no recurrent layers (``vmap`` has no batching rule for them)."""
+    return not any(True for _ in model.buffers()) and not any(isinstance(m, nn.RNNBase) for m in model.modules())
+
+
+@torch.no_grad()
+def evaluate_many(model: nn.Module, stacked: dict[str, torch.Tensor], dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """``evaluate`` for B models at once: ``stacked`` holds each entry of the parameters
+    with a leading dimension B (model b's entry at [b]). Returns ``loss`` and
+    ``accuracy``, each of shape (B,). The models run as one ``vmap`` of
+    ``functional_call`` over the dataset in batches of _PAIRS // B samples; for
+    :func:`batchable` models only."""
+    if not batchable(model):
+        raise ValueError(f"model={type(model).__name__}: allowed is a model without buffers or recurrent "
+                         "layers (evaluate each model with evaluate())")
+    device = next(iter(stacked.values())).device
+    count = len(next(iter(stacked.values())))
+    was_training = model.training
+    model.eval()
+    run = vmap(lambda params, x: functional_call(model, params, (x,)), in_dims=(0, None))
+    loss, correct = torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
+    try:
+        for x, y in zip(dataset.x.split(max(1, _PAIRS // count)), dataset.y.split(max(1, _PAIRS // count))):
+            out = run(stacked, x.to(device))  # (B, batch, classes)
+            y = y.to(device)
+            loss += F.cross_entropy(out.flatten(0, 1), y.repeat(count), reduction="none").view(count, -1).sum(1).cpu()
+            correct += (out.argmax(2) == y).sum(1).cpu()
+    finally:
+        model.train(was_training)
+    return {"loss": (loss / len(dataset)).numpy(), "accuracy": (correct / len(dataset)).numpy()}
 
 
 def accuracy(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> float:

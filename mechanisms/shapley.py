@@ -248,11 +248,24 @@ class RoundGame(Protocol):
     """One federated round as a cooperative game (``fl.valuation.RoundValuation`` fits):
     ``clients``, the ids of the clients selected that round, and ``utility``, U_t over
     coalitions of those ids (called with a sorted tuple of ids; U_t(()) is the utility
-    of the round's starting global model)."""
+    of the round's starting global model). A game that also offers ``utilities(coalitions)``,
+    caching what it computes, gets every coalition that exact Shapley or leave-one-out
+    will ask for in one call first (its models can then be evaluated together)."""
 
     clients: tuple[int, ...]
 
     def utility(self, coalition: tuple[int, ...]) -> float: ...
+
+
+def _every_coalition(clients: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return [tuple(c for j, c in enumerate(clients) if (mask >> j) & 1) for mask in range(2 ** len(clients))]
+
+
+def _leave_one_out_coalitions(clients: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return [clients, *(tuple(c for c in clients if c != left) for left in clients)]
+
+
+_PREFETCHED = {exact_shapley: _every_coalition, leave_one_out: _leave_one_out_coalitions}
 
 
 def fedsv(
@@ -284,6 +297,8 @@ def fedsv(
             raise ValueError(
                 f"rounds[{t}].clients={clients!r}: allowed is distinct client ids in [0, {n_clients})"
             )
+        if estimator in _PREFETCHED and hasattr(game, "utilities") and len(clients) <= MAX_EXACT_PLAYERS:
+            game.utilities(_PREFETCHED[estimator](clients))  # every coalition it will ask for, at once
         estimate = estimator(
             lambda local, game=game, clients=clients: game.utility(tuple(sorted(clients[j] for j in local))),
             len(clients),

@@ -101,6 +101,63 @@ def test_utilities_are_cached_per_coalition(skewed_run):
         game.utility([1, 9])
 
 
+def batch_norm_mlp() -> torch.nn.Module:
+    """A model with buffers (BatchNorm's running statistics): evaluated one coalition at a time."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "neg_loss"])
+@pytest.mark.parametrize("model", ["mlp", "batch_norm"])
+def test_coalition_models_evaluated_together_give_the_one_by_one_utilities(digits, metric, model):
+    train, pool, validation = digits
+    subsets = [train.subset(pool[p]) for p in dirichlet(train.labels()[pool], 6, alpha=0.5, seed=1)]
+
+    def game():  # a fresh game (empty cache) from the same deterministic run
+        net = batch_norm_mlp() if model == "batch_norm" else "mlp"
+        return train_with_valuation(net, subsets, FedAvg(batch_size=32, lr=0.1), 2, validation, metric=metric,
+                                    **RUN).rounds[1]
+
+    one_by_one, together = game(), game()
+    coalitions = [tuple(c for c in range(6) if (mask >> c) & 1) for mask in range(64)]
+    expected = [one_by_one.utility(c) for c in coalitions]
+    np.testing.assert_allclose(together.utilities(coalitions[::-1])[::-1], expected, rtol=0, atol=1e-6)
+    assert together.n_evaluations == 64 and together.utilities([(5, 0), ()]).tolist() == [
+        together.utility((0, 5)), together.utility(())]  # cached: no new evaluation
+    assert together.n_evaluations == 64
+
+
+def test_many_models_are_evaluated_at_once_as_one_by_one(digits):
+    from fl.models import build_model, get_params
+
+    validation = digits[2]
+    model = build_model("small_cnn", validation.feature_shape, 10, 0)
+    params = [get_params(build_model("small_cnn", validation.feature_shape, 10, seed)) for seed in range(3)]
+    many = evaluation.evaluate_many(model, {k: torch.stack([p[k] for p in params]) for k in params[0]}, validation)
+    one = [evaluation.evaluate(model, p, validation) for p in params]
+    np.testing.assert_allclose(many["loss"], [o["loss"] for o in one], rtol=1e-5)
+    np.testing.assert_array_equal(many["accuracy"], [o["accuracy"] for o in one])
+    lstm = build_model("char_lstm", (80,), 80, 0)
+    assert not evaluation.batchable(lstm) and not evaluation.batchable(batch_norm_mlp())
+    with pytest.raises(ValueError, match="model=Sequential: allowed is a model without buffers or recurrent layers"):
+        evaluation.evaluate_many(batch_norm_mlp(), {}, validation)
+
+
+def test_fedsv_gets_every_coalition_of_exact_shapley_in_one_call(skewed_run):
+    """With a game that evaluates coalitions together, exact Shapley and leave-one-out
+    give the values of a game that only answers one coalition at a time."""
+    class OneAtATime:
+        def __init__(self, game):
+            self.clients, self.utility = game.clients, game.utility
+
+    games = skewed_run[0].rounds
+    for estimator in (exact_shapley, leave_one_out):
+        together = fedsv(games, 8, estimator)
+        np.testing.assert_allclose(together.values, fedsv([OneAtATime(g) for g in games], 8, estimator).values)
+        assert together.n_evaluations == (2 * 256 if estimator is exact_shapley else 2 * 9)
+
+
 def test_bad_arguments_are_refused(skewed_run, digits):
     _, subsets, strategy, _ = skewed_run
     with pytest.raises(ValueError, match="metric='f1': allowed is one of accuracy, neg_loss"):
