@@ -160,7 +160,8 @@ class RoundValuation:
                 members = torch.zeros(len(chunk), len(self.clients), dtype=torch.float64)
                 for b, key in enumerate(chunk):
                     members[b, [column[c] for c in key]] = 1.0
-                share = members * n / (members @ n).clamp(min=1.0)[:, None]  # rows of A; 0 for S empty
+                total = members @ n
+                share = members * n / torch.where(total > 0, total, 1.0)[:, None]  # rows of A; 0 for S empty
                 stacked = {}
                 for name, value in self.global_params.items():
                     if name in updates:

@@ -395,7 +395,6 @@ class ShapleyRewards:
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         """accuracy_i = a(M) for every agent; transfer_i = B phi_i / sum_j phi_j."""
-        check_number("budget", self.budget)
         m = population.check_contributions(contributions)
         accuracy = np.full(population.n_agents, float(model(m.sum())))
         return Allocation(accuracy, split_budget(self.values(m, model).values, self.budget))

@@ -87,6 +87,15 @@ def test_a_coalition_model_is_the_weighted_mean_of_its_members(digits):
     game = RoundValuation(model, start, clients, {3: 100, 7: 50}, validation)
     torch.testing.assert_close(game.params([7, 3])["bias"], torch.full((10,), 2.0))  # (100*1 + 50*4) / 150
     torch.testing.assert_close(game.params([7])["bias"], torch.full((10,), 4.0))
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    generator = torch.Generator().manual_seed(0)
+    start = {"1.weight": torch.zeros(10, 64), "1.bias": torch.zeros(10)}
+    clients = {c: {k: torch.randn(v.shape, generator=generator) for k, v in start.items()} for c in (3, 7)}
+    weights = {3: 0.5, 7: 0.25}  # fractional weights: a lone member still gets all the weight
+    together = RoundValuation(flat, start, clients, weights, validation, metric="neg_loss")
+    one_by_one = RoundValuation(flat, start, clients, weights, validation, metric="neg_loss")
+    coalitions = [(), (3,), (7,), (3, 7)]
+    np.testing.assert_allclose(together.utilities(coalitions), [one_by_one.utility(c) for c in coalitions], rtol=1e-6)
 
 
 def test_utilities_are_cached_per_coalition(skewed_run):
