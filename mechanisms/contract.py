@@ -181,7 +181,7 @@ class ValueFunction:
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
             raise bad("price", price, "positive numbers (a zero price of reward or cost "
-                       "makes the maximiser unbounded)")
+                      "makes the maximiser unbounded)")
 
         def slope(q):
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -363,7 +363,7 @@ class AccuracyValue(ValueFunction):
     def _require(self) -> PowerLawValue:
         if self._power_law is None:
             raise bad("model", self.model, "a power-law accuracy model (a_opt - k m**(-alpha)) "
-                       "when a contract needs V as a cvxpy expression")
+                      "when a contract needs V as a cvxpy expression")
         return self._power_law
 
 
@@ -708,7 +708,7 @@ def solve_screening(
     if reward == "accuracy":
         if accuracy_value is None:
             raise bad("accuracy_value", accuracy_value, "numbers > 0 (utility per unit "
-                       "accuracy) when reward='accuracy'")
+                      "accuracy) when reward='accuracy'")
         v = _as_array("accuracy_value", accuracy_value, K, positive=True)
         if reward_cap is None:
             reward_cap = 1.0
@@ -805,10 +805,10 @@ def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, 
         return y, th * y + u0, "optimal", "complete"
     if not common:
         raise bad("outside", u0, "one common outside utility with form='closed_form' and "
-                   "information='incomplete' (use form='reduced' for per-type ones)")
+                  "information='incomplete' (use form='reduced' for per-type ones)")
     if capy is not None or reward_cap is not None:
         raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
-                   "reward_cap constrains an incomplete-information menu")
+                  "reward_cap constrains an incomplete-information menu")
     phi = iron(virtual_costs(th, pp), pp)
     y = value.argmax(kappa * phi, beta) ** beta
     return y, _rents(th, y, u0[0]), "optimal", "closed_form"
@@ -1043,7 +1043,7 @@ def reduce_multidimensional_types(
         raise bad("round_deadline", round_deadline, "a finite number of seconds > 0")
     if np.any(tau >= round_deadline):
         raise bad("comm_delay", comm_delay, f"delays below round_deadline={round_deadline!r} "
-                   "(a type that cannot upload in time cannot take part)")
+                  "(a type that cannot upload in time cannot take part)")
     for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
                      ("cycles_per_sample", cycles_per_sample)):
         if not (np.isfinite(val) and val > 0):

@@ -118,7 +118,7 @@ def _check_costs(cost, capacity):
             raise bad("capacity", capacity, f"None or {len(c)} numbers >= 0 (inf allowed)")
     if np.any((c == 0) & ~np.isfinite(cap)):
         raise bad("cost", cost, "costs > 0 for agents without a finite capacity (a free "
-                   "agent would contribute without limit)")
+                  "agent would contribute without limit)")
     return c, cap
 
 
@@ -162,7 +162,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, max_iter: int = 
         if n_active == 0 or (Z == 0 and n_active < 2):
             if Z == 0:
                 raise bad("cost", cost, "at least two agents able to contribute (a lone "
-                           "follower has no best response)")
+                          "follower has no best response)")
             X = Z
         else:
             X = float(X_m[n_active - 1])
@@ -272,7 +272,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
         total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
         if not np.all(np.isfinite(cap)):
             raise bad("budget", budget, "a finite budget when some agent has no capacity "
-                       "and the value is not a ValueFunction")
+                      "and the value is not a ValueFunction")
         R_max = float(np.asarray(V(total_cap)) - np.asarray(V(0.0)))
     if R_max <= 0:
         eq = follower_equilibrium(c, 0.0, cap)
