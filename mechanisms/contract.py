@@ -220,8 +220,7 @@ class LogValue(ValueFunction):
     scale: float = 1.0
 
     def __post_init__(self):
-        if not (np.isfinite(self.scale) and self.scale >= 0):
-            raise bad("scale", self.scale, "a finite number >= 0")
+        check_number("scale", self.scale)
 
     @property
     def key(self) -> tuple:
@@ -265,9 +264,7 @@ class PowerLawValue(ValueFunction):
 
     def __post_init__(self):
         for key in ("weight", "k", "alpha"):
-            v = getattr(self, key)
-            if not (np.isfinite(v) and v > 0):
-                raise bad(key, v, "a finite number > 0")
+            check_number(key, getattr(self, key), strict=True)
         if not np.isfinite(self.a_opt):
             raise bad("a_opt", self.a_opt, "a finite number")
 
@@ -307,8 +304,7 @@ class AccuracyValue(ValueFunction):
     """
 
     def __init__(self, model, weight: float = 1.0):
-        if not (np.isfinite(weight) and weight > 0):
-            raise bad("weight", weight, "a finite number > 0")
+        check_number("weight", weight, strict=True)
         self.model = model
         self.weight = float(weight)
         params = dict(getattr(model, "params", {}) or {})
