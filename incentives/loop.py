@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from incentives.accuracy import EmpiricalModel
+from incentives.accuracy import FAMILIES, EmpiricalModel
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
 from incentives.utility import local_utility, utility
@@ -144,6 +144,26 @@ class ClosedLoop:
         self.max_iterations = max_iterations
         self.phi = phi
         self.progress = progress or (lambda message: None)
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """ValueError naming the first setting outside what is allowed, before any training."""
+        names = [m.name for m in self.mechanisms]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
+                             "once (records are kept by name)")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
+        for key in ("pilot_repeats", "max_iterations"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
+        tolerance = self.tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)) \
+                or not 0 < tolerance < np.inf:
+            raise ValueError(f"tolerance={tolerance!r}: allowed is a finite number > 0")
+        if self.phi is not None and not callable(self.phi):
+            raise ValueError(f"phi={self.phi!r}: allowed is None (linear) or a function of accuracy arrays")
 
     def _settle(self, iteration: int, mechanism: Mechanism, fit: EmpiricalModel,
                 local: np.ndarray) -> IterationRecord:

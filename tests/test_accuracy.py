@@ -63,6 +63,7 @@ def test_power_law_closed_forms():
         (lambda: PowerLaw(1.5, 1.0, 0.5), r"a_opt=1.5: allowed is a number in \(0, 1\]"),
         (lambda: PowerLaw(1.0, 0.0, 0.5), r"k=0.0: allowed is a number > 0"),
         (lambda: PowerLaw(1.0, 1.0, -1.0), r"alpha=-1.0: allowed is a number > 0"),
+        (lambda: PowerLaw("1", 1.0, 0.5), r"a_opt='1': allowed is a number in \(0, 1\]"),
         (lambda: GeneralisationBound(0.0, 1.0), r"a_opt=0.0"),
         (lambda: TOY.inverse(1.0), r"a=1.0: allowed is 0 <= a < a_opt=1.0"),
         (lambda: BOUND.inverse([0.5, -0.1]), r"a=-0.1: allowed is 0 <= a < a_opt=0.95"),

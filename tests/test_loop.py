@@ -110,3 +110,18 @@ def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world)
     summary = summarise(record, population, result.fits[-1], audits["incfl"])
     delivered = record.training.delivered_accuracy
     assert summary["realised_incentivised_share"] == np.mean(delivered[inside] > local[inside])
+
+
+@pytest.mark.parametrize("mechanisms, options, message", [
+    ([], {}, r"mechanisms \(names \[\]\): allowed is at least one mechanism"),
+    ([StandardFL(), StandardFL()], {}, r"\(names \[.standard., .standard.\]\): allowed is .* each name once"),
+    ([StandardFL()], {"family": "exp"}, "family='exp': allowed is one of power_law, generalisation_bound"),
+    ([StandardFL()], {"max_iterations": 0}, "max_iterations=0: allowed is an integer >= 1"),
+    ([StandardFL()], {"pilot_repeats": 1.5}, "pilot_repeats=1.5: allowed is an integer >= 1"),
+    ([StandardFL()], {"tolerance": -0.1}, r"tolerance=-0.1: allowed is a finite number > 0"),
+    ([StandardFL()], {"phi": "sqrt"}, "phi='sqrt': allowed is None"),
+])
+def test_bad_settings_are_refused_before_any_training(world, mechanisms, options, message):
+    population, oracle = world
+    with pytest.raises(ValueError, match=message):
+        ClosedLoop(population, mechanisms, oracle, **options)
