@@ -151,7 +151,7 @@ class ClosedLoop:
         names = [m.name for m in self.mechanisms]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
-                             "once (records are kept by name)")
+                             "once (records are kept by name: e.g. ContractMechanism(..., name='contract_2'))")
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
         for key in ("pilot_repeats", "max_iterations"):
