@@ -211,22 +211,7 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{section}.{name}: unknown key; allowed is one of "
                                   + ", ".join(SCHEMA[section]))
             config[section][name] = _validate_value(section, name, value)
-    _check_combinations(config)
     return config
-
-
-def _check_combinations(config: dict[str, dict[str, Any]]) -> None:
-    """ConfigError for a key set away from its default where another key makes it unused
-    (it would be ignored silently)."""
-    unused = [
-        ("model", "hidden", config["model"]["name"] != "mlp", f"model.name='mlp' (it is {config['model']['name']!r})"),
-        ("data", "alpha", config["data"]["partition"] != "dirichlet",
-         f"data.partition='dirichlet' (it is {config['data']['partition']!r})"),
-    ]
-    for section, name, ignored, needs in unused:
-        value = config[section][name]
-        if ignored and value != SCHEMA[section][name].default:
-            raise ConfigError(f"{section}.{name}={value!r}: allowed only with {needs}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

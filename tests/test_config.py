@@ -42,17 +42,6 @@ def test_bad_values_name_key_value_and_allowed(override, fragment):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["model.hidden=[128]", "model.name='cnn'"], "model.hidden=[128]: allowed only with model.name='mlp' (it is"),
-    (["data.alpha=0.1", "data.partition='iid'"], "data.alpha=0.1: allowed only with data.partition='dirichlet' (it is"),
-])
-def test_a_key_another_key_makes_unused_is_refused(overrides, fragment):
-    with pytest.raises(ConfigError) as error:
-        config_module.load(None, overrides)
-    assert str(error.value).startswith(fragment)
-    config_module.load(None, [overrides[1]])  # left at its default, the unused key is fine
-
-
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config_module.load(tmp_path / "absent.toml")
