@@ -48,7 +48,8 @@ def build_population(section: dict, data: dict, num_classes: int, seed: int) -> 
     """Agents from a CSV file, or sampled trait by trait from the config's distributions.
 
     A trait given as a list sets one value per agent; the agents' label distributions
-    are uniform (``data.partition = "iid"``) or Dirichlet(``data.alpha``) label skew.
+    are uniform (``data.partition = "iid"``) or Dirichlet(``data.alpha``) label skew,
+    unless the CSV gives them (columns label_0 ... label_{K-1}).
     """
     if section["csv"]:
         try:
@@ -56,6 +57,8 @@ def build_population(section: dict, data: dict, num_classes: int, seed: int) -> 
         except OSError as error:
             raise ConfigError(f"population.csv={section['csv']!r}: {error.strerror or error}; "
                               "allowed is a readable CSV file of agents") from None
+        if population.label_distribution is None and data["partition"] == "dirichlet":
+            population = population.with_label_skew(data["alpha"], num_classes, seed)
     else:
         n = section["n_agents"]
         for trait in TRAITS:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Mapping
 
@@ -220,7 +220,7 @@ class Population:
             raise ValueError(
                 f"{key}={spec[key]!r}: allowed is one of the fields {', '.join(FIELDS)}, label_distribution"
             )
-        streams = np.random.SeedSequence(seed).spawn(len(FIELDS) + 1)
+        streams = _streams(seed)
         fields = {}
         for index, key in enumerate(FIELDS):
             if key in spec:
@@ -230,6 +230,14 @@ class Population:
             rng = np.random.default_rng(streams[_LABEL_STREAM])
             label_distribution = _draw_dirichlet(spec["label_distribution"], n, rng)
         return cls.from_lists(n_agents=n, label_distribution=label_distribution, **fields)
+
+    def with_label_skew(self, alpha: float, n_classes: int, seed: int) -> "Population":
+        """These agents with label distributions drawn i.i.d. from Dirichlet(alpha * 1_K),
+        from the stream :meth:`sample` draws them from (so a CSV population and a sampled
+        one of the same size and seed get the same label skew)."""
+        spec = {"dist": "dirichlet", "alpha": alpha, "n_classes": n_classes}
+        rng = np.random.default_rng(_streams(seed)[_LABEL_STREAM])
+        return replace(self, label_distribution=_draw_dirichlet(spec, self.n_agents, rng))
 
     def check_contributions(self, contributions) -> np.ndarray:
         """contributions as a float array of shape (N,), each 0 <= m_i <= n_i (samples).
@@ -334,6 +342,11 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
             raise ValueError(f"{field}.probs={spec['probs']!r}: allowed is non-negative numbers summing to 1")
         return values[rng.choice(values.size, size=n, p=probs / probs.sum())]
     raise ValueError(f"{field}.dist={dist!r}: allowed is one of constant, uniform, lognormal, types")
+
+
+def _streams(seed: int) -> list[np.random.SeedSequence]:
+    """One independent stream per field of :data:`FIELDS`, then the label distributions'."""
+    return np.random.SeedSequence(seed).spawn(len(FIELDS) + 1)
 
 
 def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -215,6 +215,25 @@ def test_an_iid_partition_gives_every_agent_the_uniform_label_distribution():
     assert not np.allclose(skewed.label_distribution, 0.1)
 
 
+def test_agents_from_a_csv_without_label_columns_get_the_configured_partition(tmp_path):
+    """data.partition applies to CSV agents unless the CSV gives label_0 ... label_{K-1}."""
+    from incentives.population import Population
+
+    plain, labelled = tmp_path / "plain.csv", tmp_path / "labelled.csv"
+    plain.write_text("cost,endowment\n0.001,100\n0.002,100\n0.003,100\n")
+    labelled.write_text("cost,endowment,label_0,label_1\n0.001,100,0.25,0.75\n0.002,100,1,0\n0.003,100,0.5,0.5\n")
+    section = {**run_experiment.config_module.defaults()["population"], "csv": str(plain)}
+    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5)
+    sampled = Population.sample(3, {"cost": 0.001, "endowment": 100, "label_distribution": {
+        "dist": "dirichlet", "alpha": 0.3, "n_classes": 2}}, seed=5)
+    np.testing.assert_array_equal(skewed.label_distribution, sampled.label_distribution)  # the same stream
+    uniform = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 2, seed=5)
+    np.testing.assert_array_equal(uniform.label_distribution, np.full((3, 2), 0.5))
+    given = run_experiment.build_population({**section, "csv": str(labelled)}, {"partition": "dirichlet", "alpha": 0.3},
+                                            2, seed=5)
+    np.testing.assert_array_equal(given.label_distribution, [[0.25, 0.75], [1, 0], [0.5, 0.5]])
+
+
 def test_every_configurable_mechanism_is_built_under_its_name():
     from analysis import config as config_module
     from analysis.config import MECHANISMS
