@@ -153,3 +153,11 @@ def test_training_that_diverges_stops_naming_the_step_size_client_and_round():
     with pytest.raises(TrainingDiverged, match=r"lr=1000000000.0: local training of client \d diverged in round \d "
                                                r"\(mean mini-batch loss nan\); allowed is a step size"):
         run_federated("mlp", subsets, FedAvg(batch_size=10, lr=1e9), 3, seed=0, progress=False)
+
+
+def test_a_server_step_that_diverges_training_is_named_too():
+    from fl.algorithms import FedAvgM
+
+    subsets = [TRAIN.subset(np.arange(k * 40, (k + 1) * 40)) for k in range(3)]
+    with pytest.raises(TrainingDiverged, match=r"allowed is step sizes \(lr and the server's server_lr=1000000000.0\)"):
+        run_federated("mlp", subsets, FedAvgM(server_lr=1e9, batch_size=10, lr=0.05), 5, seed=0, progress=False)

@@ -84,16 +84,20 @@ class TrainingDiverged(ValueError):
     """Local SGD gave a non-finite loss: the step size is too large for the model and data."""
 
 
-def check_finite_losses(tasks: list[ClientTask], results: list[ClientResult]) -> list[ClientResult]:
+def check_finite_losses(
+    tasks: list[ClientTask], results: list[ClientResult], server_lr: float | None = None
+) -> list[ClientResult]:
     """``results`` unchanged; :class:`TrainingDiverged` naming the step size, client and
     round where a client that took steps reports a NaN or infinite mean loss (its model
-    is then non-finite too, and so would every model averaged with it be)."""
+    is then non-finite too, and so would every model averaged with it be). ``server_lr``:
+    the server optimiser's step, named too (a server step too large diverges the same way)."""
     for task, result in zip(tasks, results):
         if result.steps > 0 and not math.isfinite(result.train_loss):
+            steps = "a step size" if server_lr is None else f"step sizes (lr and the server's server_lr={server_lr!r})"
             raise TrainingDiverged(
                 f"lr={task.lr!r}: local training of client {task.client_id} diverged in round "
-                f"{task.round_index} (mean mini-batch loss {result.train_loss}); allowed is a step "
-                "size small enough for finite losses"
+                f"{task.round_index} (mean mini-batch loss {result.train_loss}); allowed is {steps} "
+                "small enough for finite losses"
             )
     return results
 

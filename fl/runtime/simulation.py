@@ -84,7 +84,8 @@ class Simulation:
             by_model.setdefault(id(request[1]), []).append(request)
         for group in by_model.values():
             tasks = [task for task, _, _ in group]
-            results = check_finite_losses(tasks, self.executor.run(self.model, self.strategy, group[0][1], tasks))
+            results = self.executor.run(self.model, self.strategy, group[0][1], tasks)
+            check_finite_losses(tasks, results, getattr(self.strategy, "server_lr", None))
             for (_, _, done), result in zip(group, results):
                 done(result)
 
