@@ -293,6 +293,8 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
             result = loop.run(resume=resumed, on_iteration=checkpoint)
         except TrainingDiverged as error:
             raise diverged(error, folder, finished, created=resume_folder is None) from None
+        except KeyboardInterrupt:
+            raise interrupted(folder, finished, created=resume_folder is None) from None
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     timings["total_before_report"] = time.perf_counter() - start
@@ -311,17 +313,33 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
     return folder
 
 
-def diverged(error: Exception, folder: Path, finished: int, created: bool) -> ConfigError:
-    """The error for training that diverged after ``finished`` checkpointed loop iterations.
-    With none, a run folder this invocation created holds nothing measured and is removed;
-    otherwise it is kept and the message says how to write the report of what finished.
-    ``error`` reads "lr=...: ...", and every training of the loop steps by training.lr."""
+class Interrupted(Exception):
+    """The run was stopped by the user (Ctrl-C); the message says what was kept."""
+
+
+def stopped(reason: str, folder: Path, finished: int, created: bool, advice: str) -> str:
+    """``reason``, and what became of the run folder after ``finished`` checkpointed loop
+    iterations: with none, a folder this invocation created holds nothing measured and is
+    removed; otherwise it is kept, and ``advice`` (a --resume command) says what to do."""
     if finished == 0:
         if created:
             shutil.rmtree(folder)
-        return ConfigError(f"training.{error}")
-    return ConfigError(f"training.{error}; the {finished} finished loop iteration(s) are kept: "
-                       f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report")
+        return reason
+    return f"{reason}; the {finished} finished loop iteration(s) are kept: {advice}"
+
+
+def diverged(error: Exception, folder: Path, finished: int, created: bool) -> ConfigError:
+    """The error for training that diverged after ``finished`` checkpointed loop iterations
+    (the report of what finished can be written). ``error`` reads "lr=...: ...", and every
+    training of the loop steps by training.lr."""
+    advice = f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report"
+    return ConfigError(stopped(f"training.{error}", folder, finished, created, advice))
+
+
+def interrupted(folder: Path, finished: int, created: bool) -> Interrupted:
+    """The message for a run stopped by the user after ``finished`` checkpointed iterations."""
+    return Interrupted(stopped("interrupted", folder, finished, created,
+                               f"--resume {str(folder)!r} continues the run"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -353,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130  # the shell's status for a run stopped by SIGINT
     return 0
 
 

@@ -116,6 +116,37 @@ def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_
     assert (folder / "report.html").is_file()
 
 
+def test_ctrl_c_keeps_the_finished_iterations_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second iteration's training: exit 130, the first iteration kept
+    and resumable; during the pilot curve: nothing measured, no folder left behind."""
+    from fl.oracle import TrainingOracle
+
+    train, calls = TrainingOracle.train, []
+
+    def interrupted_at_the_third_training(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # two mechanisms: the first training of iteration 1
+            raise KeyboardInterrupt
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingOracle, "train", interrupted_at_the_third_training)
+    settings = [f"--set={o}" for o in FAST] + ["--set=loop.tolerance=1e-9"]
+    assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'"]) == 130
+    (folder,) = tmp_path.iterdir()
+    assert capsys.readouterr().err == (f"\ninterrupted; the 1 finished loop iteration(s) are kept: "
+                                       f"--resume {str(folder)!r} continues the run\n")
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file() and len(calls) == 5  # iteration 1 trained after the resume
+
+    def interrupted_pilot(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingOracle, "learning_curve", interrupted_pilot)
+    fresh = tmp_path / "fresh"
+    assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{fresh}'"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n" and not any(fresh.iterdir())
+
+
 def test_resume_refuses_a_change_of_experiment(tmp_path, capsys):
     """Only keys that do not change what is measured may change on --resume; the refused
     resume leaves the run folder as it was."""
