@@ -182,19 +182,26 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 def run_warnings(result: LoopResult, config: dict) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does).
 
-    A pilot learning curve whose mean accuracy at its largest size is no higher than at
-    its smallest says that training did not learn from more data at these settings; the
-    a(m) fitted to it (flat for the power law, the bound's own shape for
+    A loop that stopped at its iteration limit reports contributions that were still
+    moving. A pilot learning curve whose mean accuracy at its largest size is no higher
+    than at its smallest says that training did not learn from more data at these
+    settings; the a(m) fitted to it (flat for the power law, the bound's own shape for
     ``generalisation_bound``) then says nothing about the value of the data."""
+    warnings = []
+    if result.n_iterations and not result.converged:
+        loop = config["loop"]
+        warnings.append(f"the loop stopped at loop.max_iterations={loop['max_iterations']!r} before the "
+                        f"contributions settled (loop.tolerance={loop['tolerance']!r}): the numbers are those "
+                        "of its last iteration; --resume the run with a larger loop.max_iterations to go on")
     sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
     if len(sizes) == 0:
-        return []
+        return warnings
     small, large = sizes.min(), sizes.max()
     at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
     if large == small or at_large > at_small:
-        return []
+        return warnings
     training = config["training"]
-    return [f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
+    return warnings + [f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
             f"{at_large:.3f} at {large:.0f}): training does not learn at these settings (training.lr="
             f"{training['lr']!r}, training.batch_size={training['batch_size']!r}, model.name="
             f"{config['model']['name']!r}), so the a(m) fitted to it, and every mechanism solved under it, "

@@ -41,7 +41,10 @@ def test_resolved_config_and_manifest(run_folder):
     assert manifest["seed"] == 0 and manifest["device"] == "cpu"
     assert manifest["versions"]["torch"] != "not installed"
     assert manifest["timings_s"]["loop"] > 0
-    assert manifest["warnings"] == []  # training learned: the pilot curve rises
+    # training learned (the pilot curve rises); two iterations are too few to settle
+    converged = manifest["loop"]["converged"]
+    assert [w.split(" (")[0] for w in manifest["warnings"]] == (
+        [] if converged else ["the loop stopped at loop.max_iterations=2 before the contributions settled"])
 
 
 def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
@@ -137,6 +140,7 @@ def test_ctrl_c_keeps_the_finished_iterations_and_says_how_to_continue(tmp_path,
                                        f"--resume {str(folder)!r} continues the run\n")
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
     assert (folder / "report.html").is_file() and len(calls) == 5  # iteration 1 trained after the resume
+    capsys.readouterr()
 
     def interrupted_pilot(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -192,11 +196,23 @@ def test_a_pilot_curve_that_does_not_rise_is_flagged_in_the_report_manifest_and_
                                   "--set=loop.max_iterations=1", f"--set=experiment.output_dir='{tmp_path}'"])
     assert status == 0
     (folder,) = tmp_path.iterdir()
-    (warning,) = json.loads((folder / "manifest.json").read_text())["warnings"]
-    assert warning.startswith("the pilot learning curve does not rise (mean accuracy ")
+    warnings = json.loads((folder / "manifest.json").read_text())["warnings"]
+    (warning,) = [w for w in warnings if w.startswith("the pilot learning curve does not rise (mean accuracy ")]
     assert "training.lr=10" in warning
-    assert capsys.readouterr().err == f"warning: {warning}\n"
+    assert capsys.readouterr().err == "".join(f"warning: {w}\n" for w in warnings)
     assert 'class="warning">Warning: the pilot learning curve does not rise' in (folder / "report.html").read_text()
+
+
+def test_a_loop_stopped_before_its_contributions_settle_says_so(tmp_path, capsys):
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=loop.max_iterations=1",
+                                  "--set=loop.tolerance=1e-9", f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 0
+    (folder,) = tmp_path.iterdir()
+    (warning,) = json.loads((folder / "manifest.json").read_text())["warnings"]
+    assert warning.startswith("the loop stopped at loop.max_iterations=1 before the contributions settled "
+                              "(loop.tolerance=1e-09)")
+    assert capsys.readouterr().err == f"warning: {warning}\n"
+    assert "stopped at the iteration limit (1) before converging" in (folder / "report.html").read_text()
 
 
 def test_resume_needs_a_run_folder(tmp_path, capsys):
