@@ -40,6 +40,26 @@ def test_learning_curve_increases_with_size(oracle):
     assert means[0] < 0.3 and means[-1] > 0.85
 
 
+def test_the_learning_curve_trains_on_the_configured_executor_with_the_same_numbers(oracle):
+    from fl.executors import VectorisedExecutor
+
+    class Counting(VectorisedExecutor):
+        """The vectorised executor on two worker threads, counting the clients it trains."""
+
+        trained = 0
+
+        def run(self, model, strategy, global_params, tasks):
+            Counting.trained += len(tasks)
+            return super().run(model, strategy, global_params, tasks)
+
+    sizes = [0, 10, 50]
+    with_workers = make_oracle(executor=Counting(workers=2)).learning_curve(sizes, repeats=2)
+    assert Counting.trained == 4  # every run with data, on the configured executor
+    default = oracle.learning_curve(sizes, repeats=2)  # serial configured: the vectorised default
+    np.testing.assert_array_equal(with_workers[0], default[0])
+    np.testing.assert_allclose(with_workers[1], default[1], atol=1e-9)
+
+
 def test_free_riders_receive_the_global_model(oracle):
     contributions = np.array([80, 80, 0, 40, 0, 80, 60, 0], dtype=float)
     result = oracle.train(contributions, None)
