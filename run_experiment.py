@@ -23,7 +23,7 @@ import numpy as np
 
 from analysis import config as config_module
 from analysis.config import ConfigError
-from analysis.report import make_run_folder, run_warnings, write_run
+from analysis.report import make_run_folder, write_run
 from incentives.loop import ClosedLoop
 from incentives.population import Population
 from mechanisms.contract import ContractMechanism, LogValue
@@ -132,16 +132,17 @@ def check_fl_names(config: dict) -> None:
 
 
 def build_executor(name: str, workers: int):
-    """The executor that trains the clients of every training in the loop; ``workers``
+    """The executor that trains the clients of every training in the loop, None for
+    "serial" (the oracle's default: serial training, the pilot curve batched); ``workers``
     threads train chunks of clients concurrently (the vectorised executor only)."""
-    from fl.executors import RayExecutor, SerialExecutor, VectorisedExecutor
+    from fl.executors import RayExecutor, VectorisedExecutor
 
     if name == "vectorised":
         return VectorisedExecutor(workers=workers)
     if workers != 1:
         raise ConfigError(f"training.workers={workers!r}: allowed is 1 unless training.executor='vectorised' "
                           f"(it is {name!r})")
-    return {"serial": SerialExecutor, "ray": RayExecutor}[name]()
+    return RayExecutor() if name == "ray" else None
 
 
 def build_oracle(config: dict, train, test, population: Population,
@@ -298,9 +299,9 @@ def _run_loop(config: dict, population: Population, oracle, resume_folder: Path 
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     timings["total_before_report"] = time.perf_counter() - start
-    summaries = write_run(folder, config, result, mechanisms, population, timings, training["device"],
-                          {"partition_notes": list(oracle.partition_notes)})
-    for warning in run_warnings(result, config):
+    summaries, warnings = write_run(folder, config, result, mechanisms, population, timings, training["device"],
+                                    {"partition_notes": list(oracle.partition_notes)})
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if show:
         width = max(map(len, summaries))

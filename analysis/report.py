@@ -180,37 +180,45 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 
 
 def run_warnings(result: LoopResult, config: dict) -> list[str]:
-    """What makes a run's numbers suspect, in words (empty when nothing does).
+    """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
+    stopped at its iteration limit, and a pilot curve that does not rise."""
+    return [w for w in (_unsettled(result, config["loop"]), _flat_pilot(result, config)) if w]
 
-    A loop that stopped at its iteration limit reports contributions that were still
-    moving. A pilot learning curve whose mean accuracy at its largest size is no higher
-    than at its smallest says that training did not learn from more data at these
-    settings; the a(m) fitted to it (flat for the power law, the bound's own shape for
-    ``generalisation_bound``) then says nothing about the value of the data."""
-    warnings = []
-    if result.n_iterations and not result.converged:
-        loop = config["loop"]
-        warnings.append(f"the loop stopped at loop.max_iterations={loop['max_iterations']!r} before the "
-                        f"contributions settled (loop.tolerance={loop['tolerance']!r}): the numbers are those "
-                        "of its last iteration; --resume the run with a larger loop.max_iterations to go on")
+
+def _unsettled(result: LoopResult, loop: dict) -> str | None:
+    """A loop stopped at its iteration limit reports contributions that were still moving."""
+    if not result.n_iterations or result.converged:
+        return None
+    return (f"the loop stopped at loop.max_iterations={loop['max_iterations']!r} before the contributions "
+            f"settled (loop.tolerance={loop['tolerance']!r}): the numbers are those of its last iteration; "
+            "--resume the run with a larger loop.max_iterations to go on")
+
+
+def _flat_pilot(result: LoopResult, config: dict) -> str | None:
+    """A pilot curve whose mean accuracy at its largest size is no higher than at its
+    smallest: training did not learn from more data at these settings, and the a(m)
+    fitted to it (flat for the power law, the bound's own shape for
+    ``generalisation_bound``) says nothing about the value of the data."""
     sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
-    if len(sizes) == 0:
-        return warnings
+    if len(sizes) == 0 or sizes.min() == sizes.max():
+        return None
     small, large = sizes.min(), sizes.max()
     at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
-    if large == small or at_large > at_small:
-        return warnings
+    if at_large > at_small:
+        return None
     training = config["training"]
-    return warnings + [f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
-            f"{at_large:.3f} at {large:.0f}): training does not learn at these settings (training.lr="
-            f"{training['lr']!r}, training.batch_size={training['batch_size']!r}, model.name="
-            f"{config['model']['name']!r}), so the a(m) fitted to it, and every mechanism solved under it, "
-            "say nothing about the value of this data"]
+    return (f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
+            f"{at_large:.3f} at {large:.0f}): training does not learn at these settings "
+            f"(training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
+            f"model.name={config['model']['name']!r}), so the a(m) fitted to it, and every mechanism "
+            "solved under it, say nothing about the value of this data")
 
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
-                 summaries: dict[str, dict[str, float]], figures: list[Path], agents: list[dict]) -> Path:
-    """report.html: the headline table, the fit, the figures and the per-agent ``agents`` rows."""
+                 summaries: dict[str, dict[str, float]], figures: list[Path], agents: list[dict],
+                 warnings: list[str]) -> Path:
+    """report.html: the ``warnings``, the headline table, the fit, the figures and the
+    per-agent ``agents`` rows."""
     fit = result.fits[-1]
     name = html.escape(config["experiment"]["name"])
     figure_html = "".join(f'<img src="figures/{f.name}" alt="{f.stem}">' for f in figures)
@@ -224,7 +232,7 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
 mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
 real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
 FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
-{''.join(f'<p class="warning">Warning: {html.escape(w)}</p>' for w in run_warnings(result, config))}
+{''.join(f'<p class="warning">Warning: {html.escape(w)}</p>' for w in warnings)}
 <h2>Headline</h2>{_headline_table(summaries)}
 <p>Accuracy model: {html.escape(fit.family)} fitted to {len(fit.sizes)} measured points
 ({params}; RMSE {fit.rmse:.4f}).</p>
@@ -249,11 +257,14 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
 
 def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[Mechanism],
               population: Population, timings: dict[str, float], device: str,
-              notes: dict[str, Any] | None = None, phi: Phi | None = None) -> dict[str, dict[str, float]]:
-    """Write every file of the run folder; return the headline metrics per mechanism.
+              notes: dict[str, Any] | None = None,
+              phi: Phi | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Write every file of the run folder; return the headline metrics per mechanism and
+    the run's warnings (:func:`run_warnings`, also in the report and the manifest).
     ``phi``: the agents' value of accuracy the loop ran with (linear by default), for the
     audits, local optima and the social optimum."""
     fit = result.fits[-1]
+    warnings = run_warnings(result, config)
     audits = audit_final(result, mechanisms, population, phi)
     summaries = {name: summarise(record, population, fit, audits[name], phi)
                  for name, record in result.final().items()}
@@ -267,9 +278,8 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
                [{"size": s, "accuracy": a, "fitted": float(fit(s))}
                 for s, a in zip(fit.sizes, fit.accuracies)])
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
-    write_report(folder, config, result, population, summaries, figures, agents)
+    write_report(folder, config, result, population, summaries, figures, agents, warnings)
     write_manifest(folder, config, timings, device,
                    {"loop": {"iterations": result.n_iterations, "converged": result.converged},
-                    "warnings": run_warnings(result, config),
-                    **(notes or {})})
-    return summaries
+                    "warnings": warnings, **(notes or {})})
+    return summaries, warnings

@@ -75,7 +75,7 @@ def one_seed(
     local_seed = child_seed(seed, _LOCAL)
     local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
     rho_val = np.array([distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local)])
-    own_test = np.array([test_scores(model, w, test, p[[k]], args.criterion)[0] for k, w in enumerate(local)])
+    own_test = np.array([client_scores(model, w, test, p[[k]], args.criterion)[0] for k, w in enumerate(local)])
     strategies = {
         "FedAvg": fedavg,
         "IncFL": IncFL(rho_val, lambda w: distribution_losses(model, w, validation, p), args.gap_scale, **training),
@@ -90,7 +90,7 @@ def one_seed(
                 model, {k: subsets[k] for k in np.flatnonzero(members)}, strategy, args.rounds,
                 seed=seed, init_params=init, progress=False,
             )
-            return test_scores(model, result.params, test, p, args.criterion), result
+            return client_scores(model, result.params, test, p, args.criterion), result
 
         scores, result = trained_on(np.ones(len(subsets), dtype=bool))
         share = incentivised_fraction(sign * scores, sign * own_test)
@@ -105,7 +105,7 @@ def one_seed(
     return out, spread
 
 
-def test_scores(model, params, test: ArrayDataset, p: np.ndarray, criterion: str) -> np.ndarray:
+def client_scores(model, params, test: ArrayDataset, p: np.ndarray, criterion: str) -> np.ndarray:
     """(len(p),) each client's score of ``params`` on the test set reweighted to its label
     distribution: the loss f_k (nats) or the accuracy sum_c p_kc acc_c (fraction)."""
     if criterion == "loss":

@@ -88,8 +88,9 @@ class TrainingOracle:
     (None clients per round: all contributors every round).
     curve_steps: SGD steps of each learning-curve run. validation_fraction: share of
     the training pool held out for delivery. measure_local: also train each agent alone.
-    executor: runs the clients of every ``train`` (``fl.executors``; None: serial), and
-    the learning curve's runs unless it is the serial one (see :meth:`learning_curve`).
+    executor: runs the clients of every ``train`` and the learning curve's runs
+    (``fl.executors``; None: serial training, and the curve as one vectorised batch, see
+    :meth:`learning_curve`).
     """
 
     def __init__(
@@ -163,10 +164,9 @@ class TrainingOracle:
         Every run takes exactly ``curve_steps`` SGD steps (batch size and lr as in
         ``train``) from theta_0 whatever m, so the curve measures data, not compute;
         m = 0 gives theta_0. All runs train at once, as the clients of one batch of the
-        configured executor (a Ray cluster, the vectorised executor's worker threads), or,
-        when it is None or serial, of the vectorised executor (the serial one for models
-        it does not support, those with buffers). Accuracy is on the test set reweighted
-        to uniform classes.
+        oracle's executor, or with none, of the vectorised executor (the serial one for
+        models it does not support, those with buffers). Accuracy is on the test set
+        reweighted to uniform classes.
         Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
         """
         sizes = np.asarray(sizes)
@@ -183,7 +183,7 @@ class TrainingOracle:
                 chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
                 tasks += strategy.configure_round(0, self._subsets({0: chosen}), stream)
         executor = self.executor
-        if executor is None or isinstance(executor, SerialExecutor):  # the runs are independent: batch them
+        if executor is None:  # the runs are independent: one batch
             executor = SerialExecutor() if any(True for _ in self.model.buffers()) else VectorisedExecutor()
         trained = iter(check_finite_losses(tasks, executor.run(self.model, strategy, self.init_params, tasks)))
         params = [next(trained).params if m > 0 else self.init_params for m, _ in points]

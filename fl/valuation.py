@@ -34,14 +34,14 @@ from fl.runtime.simulation import SimulationResult
 from fl.server import run_federated
 
 METRICS = ("accuracy", "neg_loss")
-_COALITIONS = 256  # coalition models evaluated together by RoundValuation.utilities (memory, not results)
+COALITIONS_PER_PASS = 256  # coalition models evaluated together by RoundValuation.utilities (memory, not results)
 
 
-def _evaluated_together(model: nn.Module) -> bool:
+def evaluated_together(model: nn.Module) -> bool:
     """Whether coalition models of ``model`` are evaluated together: when
     ``evaluation.evaluate_many`` can run it and it has no convolutions. ``vmap`` turns a
     convolution over B models into a grouped one, which on CPU ran slower than B single
-    passes (``benchmarks/bench_valuation.py``: 0.84x for small_cnn, against 1.81x for the
+    passes (``benchmarks/bench_valuation.py``: 0.65x for small_cnn, against 2.04x for the
     MLP; GPUs not measured)."""
     convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     return evaluation.batchable(model) and not any(isinstance(m, convolutions) for m in model.modules())
@@ -136,43 +136,50 @@ class RoundValuation:
         key = self._key(coalition)
         if key not in self._cache:
             scores = evaluation.evaluate(self.model, self.params(key), self.validation)
-            self._cache[key] = scores["accuracy"] if self.metric == "accuracy" else -scores["loss"]
+            self._cache[key] = self._metric(scores)
         return self._cache[key]
 
     def utilities(self, coalitions: Iterable[Iterable[int]]) -> np.ndarray:
         """U_t(S) for many coalitions at once, shape (len(coalitions),), the same numbers
-        as :meth:`utility` (and cached alike). The uncached models are built together,
-        w_S = w_t + A Delta with A[S, i] = n_i / sum_{j in S} n_j for i in S, and
-        evaluated :data:`_COALITIONS` at a time with ``evaluation.evaluate_many`` when
-        that pays, see :func:`_evaluated_together`; one by one otherwise."""
+        as :meth:`utility` (and cached alike). The uncached models are evaluated
+        :data:`COALITIONS_PER_PASS` at a time with ``evaluation.evaluate_many`` when that pays
+        (:func:`evaluated_together`), one by one otherwise."""
         keys = [self._key(c) for c in coalitions]
         missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
-        if missing and not _evaluated_together(self.model):
+        if self.clients and evaluated_together(self.model):
+            for start in range(0, len(missing), COALITIONS_PER_PASS):
+                chunk = missing[start:start + COALITIONS_PER_PASS]
+                scores = evaluation.evaluate_many(self.model, self.stacked_params(chunk), self.validation)
+                self._cache.update(zip(chunk, self._metric(scores).tolist()))
+        else:
             for key in missing:
                 self.utility(key)
-        elif missing:
-            column = {c: j for j, c in enumerate(self.clients)}
-            n = torch.tensor([self._weights[c] for c in self.clients], dtype=torch.float64)
-            updates = {name: torch.stack([self._updates[c][name] for c in self.clients])
-                       for name in self._updates[self.clients[0]]}
-            for start in range(0, len(missing), _COALITIONS):
-                chunk = missing[start:start + _COALITIONS]
-                members = torch.zeros(len(chunk), len(self.clients), dtype=torch.float64)
-                for b, key in enumerate(chunk):
-                    members[b, [column[c] for c in key]] = 1.0
-                total = members @ n
-                share = members * n / torch.where(total > 0, total, 1.0)[:, None]  # rows of A; 0 for S empty
-                stacked = {}
-                for name, value in self.global_params.items():
-                    if name in updates:
-                        weights = share.to(value.dtype).to(value.device)
-                        stacked[name] = value + torch.tensordot(weights, updates[name], dims=1)
-                    else:
-                        stacked[name] = value.expand(len(chunk), *value.shape)
-                scores = evaluation.evaluate_many(self.model, stacked, self.validation)
-                values = scores["accuracy"] if self.metric == "accuracy" else -scores["loss"]
-                self._cache.update(zip(chunk, values.tolist()))
         return np.array([self._cache[k] for k in keys])
+
+    def stacked_params(self, coalitions: Iterable[Iterable[int]]) -> Params:
+        """:meth:`params` of every coalition, stacked along a leading dimension (what
+        ``evaluation.evaluate_many`` takes) and built together: w_S = w_t + A Delta, with
+        A[S, i] = n_i / sum_{j in S} n_j for i in S (a row of zeros for S empty) and Delta
+        the clients' updates."""
+        keys = [self._key(c) for c in coalitions]
+        members = torch.zeros(len(keys), len(self.clients), dtype=torch.float64)
+        for row, key in enumerate(keys):
+            members[row, [self.clients.index(c) for c in key]] = 1.0
+        n = torch.tensor([self._weights[c] for c in self.clients], dtype=torch.float64)
+        total = members @ n
+        share = members * n / torch.where(total > 0, total, 1.0)[:, None]
+        stacked = {}
+        for name, value in self.global_params.items():
+            if value.is_floating_point():
+                updates = torch.stack([self._updates[c][name] for c in self.clients])
+                stacked[name] = value + torch.tensordot(share.to(value), updates, dims=1)
+            else:
+                stacked[name] = value.expand(len(keys), *value.shape)
+        return stacked
+
+    def _metric(self, scores: dict):
+        """U from ``evaluation``'s scores: the accuracy, or minus the loss."""
+        return scores["accuracy"] if self.metric == "accuracy" else -scores["loss"]
 
     @property
     def n_evaluations(self) -> int:

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
+from incentives.checks import finite_number
 from incentives.search import maximise
 
 _EPS = np.finfo(float).eps
@@ -132,14 +133,11 @@ def _reject(key: str, values: np.ndarray, bad: np.ndarray, allowed: str) -> None
 
 
 def _check_params(a_opt: float, k: float, alpha: float | None = None) -> None:
-    def number(x) -> bool:  # a finite real number (bools are not numbers here)
-        return not isinstance(x, bool) and isinstance(x, (int, float, np.number)) and math.isfinite(x)
-
-    if not (number(a_opt) and 0 < a_opt <= 1):
+    if not (finite_number(a_opt) and 0 < a_opt <= 1):
         raise ValueError(f"a_opt={a_opt!r}: allowed is a number in (0, 1]")
-    if not (number(k) and k > 0):
+    if not (finite_number(k) and k > 0):
         raise ValueError(f"k={k!r}: allowed is a number > 0")
-    if alpha is not None and not (number(alpha) and alpha > 0):
+    if alpha is not None and not (finite_number(alpha) and alpha > 0):
         raise ValueError(f"alpha={alpha!r}: allowed is a number > 0")
 
 

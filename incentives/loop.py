@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from incentives.accuracy import FAMILIES, EmpiricalModel
+from incentives.checks import check_integer, check_number
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
 from incentives.utility import local_utility, utility
@@ -154,14 +155,9 @@ class ClosedLoop:
                              "once (records are kept by name: e.g. ContractMechanism(..., name='contract_2'))")
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
-        for key in ("pilot_repeats", "max_iterations"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key}={value!r}: allowed is an integer >= 1")
-        tolerance = self.tolerance
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)) \
-                or not 0 < tolerance < np.inf:
-            raise ValueError(f"tolerance={tolerance!r}: allowed is a finite number > 0")
+        check_integer("pilot_repeats", self.pilot_repeats)
+        check_integer("max_iterations", self.max_iterations)
+        check_number("tolerance", self.tolerance, strict=True)
         if self.phi is not None and not callable(self.phi):
             raise ValueError(f"phi={self.phi!r}: allowed is None (linear) or a function of accuracy arrays")
 

@@ -114,8 +114,8 @@ from typing import TYPE_CHECKING, Sequence
 import cvxpy as cp
 import numpy as np
 
+from incentives.checks import bad, check_number
 from incentives.protocols import Allocation, Outcome
-from mechanisms.checks import bad, check_number
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel

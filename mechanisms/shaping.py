@@ -32,10 +32,10 @@ import numpy as np
 from scipy.optimize import brentq
 
 from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.checks import check_number
 from incentives.equilibrium import settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from mechanisms.checks import check_number
 
 _SCAN_POINTS = 256
 

@@ -45,10 +45,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
+from incentives.checks import check_integer, check_number
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from mechanisms.checks import check_integer, check_number
 
 Utility = Callable[[tuple[int, ...]], float]
 MAX_EXACT_PLAYERS = 20  # exact_shapley evaluates 2^N coalitions

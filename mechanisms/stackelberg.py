@@ -66,8 +66,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from incentives.checks import bad, check_number
 from incentives.protocols import Allocation, Outcome
-from mechanisms.checks import bad, check_number
 from mechanisms.contract import AccuracyValue, LogValue, ValueFunction
 
 if TYPE_CHECKING:  # annotations only

@@ -55,7 +55,7 @@ def test_the_learning_curve_trains_on_the_configured_executor_with_the_same_numb
     sizes = [0, 10, 50]
     with_workers = make_oracle(executor=Counting(workers=2)).learning_curve(sizes, repeats=2)
     assert Counting.trained == 4  # every run with data, on the configured executor
-    default = oracle.learning_curve(sizes, repeats=2)  # serial configured: the vectorised default
+    default = oracle.learning_curve(sizes, repeats=2)  # no executor: the vectorised default
     np.testing.assert_array_equal(with_workers[0], default[0])
     np.testing.assert_allclose(with_workers[1], default[1], atol=1e-9)
 

@@ -153,18 +153,29 @@ def test_many_models_are_evaluated_at_once_as_one_by_one(digits):
         evaluation.evaluate_many(batch_norm_mlp(), {}, validation)
 
 
-def test_fedsv_gets_every_coalition_of_exact_shapley_in_one_call(skewed_run):
-    """With a game that evaluates coalitions together, exact Shapley and leave-one-out
-    give the values of a game that only answers one coalition at a time."""
-    class OneAtATime:
-        def __init__(self, game):
-            self.clients, self.utility = game.clients, game.utility
+class AdditiveRound:
+    """A round game with U(S) = sum of its members' worths, recording what ``utilities`` is asked."""
 
-    games = skewed_run[0].rounds
-    for estimator in (exact_shapley, leave_one_out):
-        together = fedsv(games, 8, estimator)
-        np.testing.assert_allclose(together.values, fedsv([OneAtATime(g) for g in games], 8, estimator).values)
-        assert together.n_evaluations == (2 * 256 if estimator is exact_shapley else 2 * 9)
+    def __init__(self, worth: dict[int, float], batched: bool):
+        self.clients, self.worth, self.asked = tuple(worth), worth, []
+        if batched:
+            self.utilities = lambda coalitions: self.asked.append(list(coalitions))
+
+    def utility(self, coalition):
+        return sum(self.worth[c] for c in coalition)
+
+
+def test_fedsv_hands_a_batched_game_every_coalition_exact_shapley_and_leave_one_out_ask_for():
+    worth = {0: 0.5, 2: 0.25, 3: -0.125}
+    every = [(), (0,), (2,), (0, 2), (3,), (0, 3), (2, 3), (0, 2, 3)]
+    leave_one_out_asks = [(0, 2, 3), (2, 3), (0, 3), (0, 2)]
+    for estimator, handed in ((exact_shapley, [every]), (leave_one_out, [leave_one_out_asks]),
+                              (monte_carlo_shapley, [])):  # permutation sampling asks as it goes
+        batched, plain = AdditiveRound(worth, batched=True), AdditiveRound(worth, batched=False)
+        values = fedsv([batched], 4, estimator).values
+        np.testing.assert_allclose(values, [0.5, 0.0, 0.25, -0.125])  # additive: each its own worth
+        np.testing.assert_allclose(values, fedsv([plain], 4, estimator).values)
+        assert batched.asked == handed
 
 
 def test_bad_arguments_are_refused(skewed_run, digits):

@@ -1,5 +1,5 @@
-"""Argument checks shared by the mechanisms: one clear error that names the key, the value
-and what is allowed (long values shortened to 120 characters)."""
+"""Argument checks shared by ``incentives`` and ``mechanisms``: one clear error that names
+the key, the value and what is allowed (long values shortened to 120 characters)."""
 
 from __future__ import annotations
 
