@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from analysis import config as config_module
-from analysis.config import ConfigError
+from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
 from incentives.loop import ClosedLoop
-from incentives.population import Population
-from mechanisms.contract import ContractMechanism, LogValue
+from incentives.population import Population, sample_traits
+from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards
@@ -36,6 +36,7 @@ from mechanisms.standard import StandardFL
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
 CHECKPOINT = "checkpoint.pkl"
 TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
+MULTIDIMENSIONAL_TRAITS = ("compute_cost", "comm_delay")
 STREAMS = ("population", "training")
 # Keys --resume may change: they bound or pace the loop, say where the data files are,
 # or choose where and how training runs, but not what is measured (the data files are
@@ -44,12 +45,15 @@ RESUMABLE = ("loop.max_iterations", "loop.tolerance", "experiment.progress", "da
              "training.device", "training.threads", "training.executor", "training.workers")
 
 
-def build_population(section: dict, data: dict, num_classes: int, seed: int) -> Population:
+def build_population(section: dict, data: dict, num_classes: int, seed: int, training: dict) -> Population:
     """Agents from a CSV file, or sampled trait by trait from the config's distributions.
 
     A trait given as a list sets one value per agent; the agents' label distributions
     are uniform (``data.partition = "iid"``) or Dirichlet(``data.alpha``) label skew,
-    unless the CSV gives them (columns label_0 ... label_{K-1}).
+    unless the CSV gives them (columns label_0 ... label_{K-1}). Data costs are
+    c_i m**cost_exponent; with ``private_information = "multidimensional"`` they come
+    from each agent's computation-cost coefficient, communication delay and data size
+    (:func:`multidimensional_costs`).
     """
     if section["csv"]:
         try:
@@ -59,9 +63,15 @@ def build_population(section: dict, data: dict, num_classes: int, seed: int) -> 
                               "allowed is a readable CSV file of agents") from None
         if population.label_distribution is None and data["partition"] == "dirichlet":
             population = population.with_label_skew(data["alpha"], num_classes, seed)
+        if section["cost_exponent"] != 1 and section["cost_exponent"] != population.cost_exponent:
+            if not population.linear_costs:
+                raise ConfigError(f"population.cost_exponent={section['cost_exponent']!r}: the CSV "
+                                  f"{section['csv']!r} gives {population.cost_exponent!r}; allowed is one of the two")
+            population = replace(population, cost_exponent=float(section["cost_exponent"]))
     else:
         n = section["n_agents"]
-        for trait in TRAITS:
+        traits = TRAITS + (MULTIDIMENSIONAL_TRAITS if section["private_information"] == "multidimensional" else ())
+        for trait in traits:
             values = section[trait]
             if isinstance(values, list) and len(values) != n:
                 raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
@@ -70,11 +80,41 @@ def build_population(section: dict, data: dict, num_classes: int, seed: int) -> 
         if data["partition"] == "dirichlet":
             spec["label_distribution"] = {"dist": "dirichlet", "alpha": data["alpha"],
                                           "n_classes": num_classes}
-        population = Population.sample(n, spec, seed=seed)
+        population = Population.sample(n, spec, seed=seed, cost_exponent=section["cost_exponent"])
+        if section["private_information"] == "multidimensional":
+            population = multidimensional_costs(population, section, training, seed)
     if population.label_distribution is None:
         uniform = np.full((population.n_agents, num_classes), 1.0 / num_classes)
         population = replace(population, label_distribution=uniform)
     return population
+
+
+def multidimensional_costs(population: Population, section: dict, training: dict, seed: int) -> Population:
+    """The population with data costs theta_i m**3 derived from multi-dimensional private
+    information (:func:`mechanisms.contract.reduce_multidimensional_types`, after Ding,
+    Fang & Huang 2021): each agent's computation-cost coefficient (``compute_cost``) and
+    communication delay (``comm_delay``, seconds, drawn from their own random streams),
+    its data size (its endowment), the round deadline and cycles per sample of the
+    config, and the training's rounds and local epochs."""
+    drawn = sample_traits(population.n_agents, {t: section[t] for t in MULTIDIMENSIONAL_TRAITS},
+                          MULTIDIMENSIONAL_TRAITS, seed)
+    deadline = section["round_deadline"]
+    late = np.flatnonzero(drawn["comm_delay"] >= deadline)
+    if late.size:
+        raise ConfigError(f"population.comm_delay={section['comm_delay']!r}: agent {late[0]} draws "
+                          f"{drawn['comm_delay'][late[0]]:.4g} s; allowed is delays below "
+                          f"population.round_deadline={deadline!r}")
+    small = np.flatnonzero(~(drawn["compute_cost"] > 0))
+    if small.size:
+        raise ConfigError(f"population.compute_cost={section['compute_cost']!r}: agent {small[0]} draws "
+                          f"{drawn['compute_cost'][small[0]]!r}; allowed is coefficients > 0")
+    if np.any(drawn["comm_delay"] < 0):
+        raise ConfigError(f"population.comm_delay={section['comm_delay']!r}: allowed is delays >= 0 seconds")
+    types = reduce_multidimensional_types(
+        drawn["compute_cost"], drawn["comm_delay"], population.endowment, round_deadline=deadline,
+        rounds=training["rounds"], local_epochs=training["local_epochs"],
+        cycles_per_sample=section["cycles_per_sample"])
+    return replace(population, cost=types.cost, cost_exponent=types.cost_exponent)
 
 
 def build_mechanisms(section: dict) -> list:
@@ -107,6 +147,21 @@ def build_mechanisms(section: dict) -> list:
         "incfl": IncFLParticipation,
     }
     return [factories[name]() for name in section["compare"]]
+
+
+def check_costs_suit_mechanisms(config: dict, population: Population) -> None:
+    """ConfigError when a compared mechanism's closed form assumes linear data costs and
+    the population's are convex (before any training)."""
+    for mechanism in build_mechanisms(config["mechanisms"]):
+        if getattr(mechanism, "linear_costs_only", False) and not population.linear_costs:
+            source = ("population.private_information='multidimensional' gives cost_exponent 3"
+                      if config["population"]["private_information"] == "multidimensional"
+                      else f"population.cost_exponent is {population.cost_exponent!r}")
+            every = build_mechanisms({**config["mechanisms"], "compare": list(MECHANISMS)})
+            suited = [m.name for m in every if not getattr(m, "linear_costs_only", False)]
+            raise ConfigError(f"mechanisms.compare={config['mechanisms']['compare']!r}: {mechanism.name!r} "
+                              f"assumes linear data costs and {source}; allowed with convex costs is "
+                              + ", ".join(map(repr, suited)))
 
 
 def check_fl_names(config: dict) -> None:
@@ -224,11 +279,12 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
         raise ConfigError(f"data.dataset={data['dataset']!r}: {error}") from None
     try:
         population = build_population(config["population"], data, train.num_classes,
-                                      int(seeds["population"].generate_state(1)[0]))
+                                      int(seeds["population"].generate_state(1)[0]), config["training"])
     except ConfigError:
         raise
     except (ValueError, OSError) as error:
         raise ConfigError(f"population: {error}") from None
+    check_costs_suit_mechanisms(config, population)
     training = config["training"]
     if training["clients_per_round"] > population.n_agents:
         raise ConfigError(f"training.clients_per_round={training['clients_per_round']!r}: allowed is 0 (every "

@@ -8,7 +8,9 @@ exit status 2.
 Sections
 --------
 experiment  name, seed, output directory, progress
-population  agents (their number, or a CSV file) and the distributions of their traits
+population  agents (their number, or a CSV file), the distributions of their traits, and
+            their data costs: linear, convex (cost_exponent), or derived from
+            multi-dimensional private information (Ding, Fang & Huang 2021)
 data        dataset, data root, label skew of the agents' data
 model       network architecture
 training    FedAvg settings used for every training in the loop
@@ -64,6 +66,10 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _at_least_one(value: Any) -> str | None:
+    return None if math.isfinite(value) and value >= 1 else "allowed is a finite number >= 1"
+
+
 def _fraction(value: Any) -> str | None:
     return None if 0 < value < 1 else "allowed is a number in (0, 1)"
 
@@ -93,6 +99,10 @@ DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
 MECHANISMS = ("standard", "shaping", "shapley", "contract", "contract_accuracy", "stackelberg", "incfl")
 ACCURACY_FAMILIES = ("power_law", "generalisation_bound")
 PARTITIONS = ("iid", "dirichlet")
+PRIVATE_INFORMATION = ("cost", "multidimensional")
+#: population keys that only the multi-dimensional types use, and those they replace
+MULTIDIMENSIONAL_KEYS = ("compute_cost", "comm_delay", "round_deadline", "cycles_per_sample")
+REPLACED_BY_MULTIDIMENSIONAL = ("cost", "cost_exponent", "csv")
 TRAIT = (int, float, list, dict)
 
 
@@ -118,6 +128,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "capacity": Key(TRAIT, 1.0, _distribution),
         "comm_cost": Key(TRAIT, 0.0, _distribution),
         "outside_option": Key(TRAIT, 0.0, _distribution),
+        "cost_exponent": Key((int, float), 1.0, _at_least_one),
+        "private_information": Key(str, "cost", _one_of(*PRIVATE_INFORMATION)),
+        "compute_cost": Key(TRAIT, {"dist": "lognormal", "mean": -15.0, "sigma": 0.5}, _distribution),
+        "comm_delay": Key(TRAIT, {"dist": "uniform", "low": 0.0, "high": 5.0}, _distribution),
+        "round_deadline": Key((int, float), 10.0, _positive),
+        "cycles_per_sample": Key((int, float), 1.0, _positive),
     },
     "data": {
         "dataset": Key(str, "digits"),
@@ -211,7 +227,29 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{section}.{name}: unknown key; allowed is one of "
                                   + ", ".join(SCHEMA[section]))
             config[section][name] = _validate_value(section, name, value)
+    _check_private_information(raw.get("population", {}), config["population"])
     return config
+
+
+def _check_private_information(given: dict[str, Any], population: dict[str, Any]) -> None:
+    """ConfigError for a population key, set to other than its default, that the chosen
+    private information does not use: multi-dimensional types derive the costs (so cost,
+    cost_exponent and csv are not theirs to set), and their own keys mean nothing to
+    agents with one private cost. (A run folder's config.toml lists every key, unused
+    ones at their defaults.)"""
+    kind = population["private_information"]
+    unused = REPLACED_BY_MULTIDIMENSIONAL if kind == "multidimensional" else MULTIDIMENSIONAL_KEYS
+    for name in unused:
+        if name in given and given[name] != SCHEMA["population"][name].default:
+            why = ("the cost per sample**3 is derived from compute_cost, comm_delay, endowment, round_deadline, "
+                   "cycles_per_sample, training.rounds and training.local_epochs"
+                   if kind == "multidimensional" else
+                   "it describes multi-dimensional types")
+            raise ConfigError(f"population.{name}={given[name]!r}: not used with population.private_information="
+                              f"{kind!r} ({why}); allowed is to leave it out"
+                              + (" (configs/multidimensional.toml is a config without it)"
+                                 if kind == "multidimensional" else
+                                 " or to set population.private_information='multidimensional'"))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

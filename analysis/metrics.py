@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.accuracy import AccuracyModel
 from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord
 from incentives.population import Population
-from incentives.utility import Phi
+from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit
 
 
@@ -47,7 +47,7 @@ def summarise(record: IterationRecord, population: Population, model: AccuracyMo
     """The headline metrics of one mechanism's record and its audit (see the module
     docstring), with the agents' value of accuracy ``phi`` (the loop's; linear by default)."""
     outcome, training = record.outcome, record.training
-    m_local = local_optimum(population.cost, population.value, model, population.endowment, phi)
+    m_local = local_contribution(population, model, phi)
     optimum = social_optimum(population, model, phi)
     predicted_welfare = float(record.predicted_utility.sum())
     promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)

@@ -20,10 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from incentives.accuracy import local_optimum  # noqa: E402
 from incentives.loop import LoopResult  # noqa: E402
 from incentives.population import Population  # noqa: E402
-from incentives.utility import Phi  # noqa: E402
+from incentives.utility import Phi, local_contribution  # noqa: E402
 
 COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -39,7 +38,7 @@ def contributions(result: LoopResult, population: Population, path: Path, phi: P
     """Bars: each mechanism's trained contribution per agent; marks: m_i^o under the last
     fit and the agents' value of accuracy ``phi``."""
     final = result.final()
-    m_local = local_optimum(population.cost, population.value, result.fits[-1], population.endowment, phi)
+    m_local = local_contribution(population, result.fits[-1], phi)
     agents = np.arange(population.n_agents)
     width = 0.8 / max(1, len(final))
     fig, ax = plt.subplots(figsize=(9 + 0.4 * len(final), 4))

@@ -32,11 +32,10 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
-from incentives.accuracy import local_optimum
 from incentives.loop import LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
-from incentives.utility import Phi
+from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit, audit
 
 HEADLINE = [
@@ -118,12 +117,14 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 def agent_rows(result: LoopResult, population: Population, phi: Phi | None = None) -> list[dict]:
     """Per-agent table of each mechanism's last iteration; ``local_optimum`` is m_i^o
-    under the last fit and the agents' value of accuracy ``phi`` (the loop's)."""
+    under the last fit and the agents' value of accuracy ``phi`` (the loop's);
+    ``data_cost`` is c_i m_i**beta at the trained contribution (utility units)."""
     fit = result.fits[-1]
-    m_local = local_optimum(population.cost, population.value, fit, population.endowment, phi)
+    m_local = local_contribution(population, fit, phi)
     rows = []
     for name, record in result.final().items():
         outcome, training = record.outcome, record.training
+        spent = population.data_cost(record.trained_contributions)
         for i in range(population.n_agents):
             rows.append({
                 "mechanism": name, "agent": i,
@@ -131,6 +132,7 @@ def agent_rows(result: LoopResult, population: Population, phi: Phi | None = Non
                 "endowment": population.endowment[i], "local_optimum": m_local[i],
                 "contribution": outcome.contributions[i],
                 "trained_contribution": int(record.trained_contributions[i]),
+                "data_cost": spent[i],
                 "promised_accuracy": outcome.accuracy[i],
                 "delivery_target": (np.nan if outcome.delivery_target is None
                                     else outcome.delivery_target[i]),
@@ -225,10 +227,15 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
     status = (f"converged after {result.n_iterations} iteration(s)" if result.converged
               else f"stopped at the iteration limit ({result.n_iterations}) before converging")
     params = ", ".join(f"{k} = {v:.4g}" for k, v in fit.params.items())
+    costs = ("linear data costs c_i m_i" if population.linear_costs else
+             f"convex data costs c_i m_i<sup>{population.cost_exponent:g}</sup>"
+             + (" derived from each agent's computation cost, communication delay and data size "
+                "(multi-dimensional types, Ding, Fang &amp; Huang 2021)"
+                if config.get("population", {}).get("private_information") == "multidimensional" else ""))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title>
 <style>{STYLE}</style></head><body>
 <h1>{name}</h1>
-<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b>;
+<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b> with {costs};
 mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
 real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
 FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>

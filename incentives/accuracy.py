@@ -396,17 +396,20 @@ def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray) -> GeneralisationBound
     return GeneralisationBound(float(p[0]), float(p[1]))
 
 
-def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callable | None = None):
-    """m_i^o = argmax_{0 <= m <= n_i} v_i phi(a(m)) - c_i m: what agent i collects training alone.
+def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callable | None = None,
+                  cost_exponent: float = 1.0):
+    """m_i^o = argmax_{0 <= m <= n_i} v_i phi(a(m)) - c_i m**beta: what agent i collects
+    training alone (beta = ``cost_exponent``, see :class:`~incentives.population.Population`).
 
-    Linear phi (``phi`` None): on [zero_crossing, inf) the objective is concave, so the
-    candidate is the root of ``v a'(m) = c`` (``model.marginal_inverse(c / v)``; for the
-    power law ``(v k alpha / c)**(1/(alpha+1))``), capped at the endowment n_i. The
-    candidate is kept only if it beats m = 0 (utility 0, since a(0) = 0); otherwise
-    m^o = 0. c = 0 makes data free: m^o = n_i, or inf when no endowment is given.
+    Linear phi (``phi`` None) and linear costs (beta = 1): on [zero_crossing, inf) the
+    objective is concave, so the candidate is the root of ``v a'(m) = c``
+    (``model.marginal_inverse(c / v)``; for the power law ``(v k alpha / c)**(1/(alpha+1))``),
+    capped at the endowment n_i. The candidate is kept only if it beats m = 0 (utility 0,
+    since a(0) = 0); otherwise m^o = 0. c = 0 makes data free: m^o = n_i, or inf when no
+    endowment is given.
 
-    Any other ``phi`` (a vectorised, increasing map of accuracies to benefit) has no
-    closed form: each agent's objective is maximised numerically on [0, n_i]
+    Any other ``phi`` (a vectorised, increasing map of accuracies to benefit) or beta > 1
+    has no closed form: each agent's objective is maximised numerically on [0, n_i]
     (:func:`incentives.search.maximise`), so the endowments are then required; again
     m^o = 0 unless the optimum beats m = 0.
 
@@ -414,8 +417,8 @@ def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callab
     """
     cost = np.asarray(cost, dtype=float)
     value = np.asarray(value, dtype=float)
-    if phi is not None:
-        return _numerical_local_optimum(cost, value, model, endowment, phi)
+    if phi is not None or cost_exponent != 1:
+        return _numerical_local_optimum(cost, value, model, endowment, phi or (lambda a: a), cost_exponent)
     with np.errstate(divide="ignore"):
         m = np.asarray(model.marginal_inverse(cost / value), dtype=float)
     if endowment is not None:
@@ -426,16 +429,17 @@ def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callab
     return _out(np.where(gain > 0, m, 0.0))
 
 
-def _numerical_local_optimum(cost: np.ndarray, value: np.ndarray, model: AccuracyModel, endowment, phi: Callable):
-    """:func:`local_optimum` for a non-linear phi, by :func:`incentives.search.maximise`."""
+def _numerical_local_optimum(cost: np.ndarray, value: np.ndarray, model: AccuracyModel, endowment,
+                             phi: Callable, cost_exponent: float):
+    """:func:`local_optimum` for a non-linear phi or convex costs, by :func:`incentives.search.maximise`."""
     if endowment is None or not np.all(np.isfinite(endowment)):
-        raise ValueError(f"endowment={endowment!r}: allowed with a non-linear phi is finite samples per "
-                         "agent, the upper ends of the numerical search")
+        raise ValueError(f"endowment={endowment!r}: allowed with a non-linear phi or cost_exponent > 1 is "
+                         "finite samples per agent, the upper ends of the numerical search")
     scalar = np.ndim(cost) == np.ndim(value) == np.ndim(endowment) == 0
     cost, value, endowment = (x.reshape(-1) for x in np.broadcast_arrays(cost, value, np.asarray(endowment, float)))
 
     def gain(m: np.ndarray) -> np.ndarray:
-        return value[:, None] * np.asarray(phi(model(m)), dtype=float) - cost[:, None] * m
+        return value[:, None] * np.asarray(phi(model(m)), dtype=float) - cost[:, None] * m ** cost_exponent
 
     m, best = maximise(gain, endowment)
     alone = gain(np.zeros((len(m), 1)))[:, 0]

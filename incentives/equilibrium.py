@@ -102,13 +102,13 @@ def _utility_of(
 ) -> Callable[[float], float]:
     """m -> u_i when agent i takes part with m samples and the others keep theirs."""
     profile = np.array(contributions, dtype=float)
-    v, c, comm = population.value[i], population.cost[i], population.comm_cost[i]
+    v, c, comm, beta = population.value[i], population.cost[i], population.comm_cost[i], population.cost_exponent
 
     def u(m: float) -> float:
         profile[i] = m
         allocation = mechanism.allocate(profile, population, model)
         a = allocation.accuracy[i]
-        return float(v * (a if phi is None else phi(a)) + allocation.transfer[i] - c * m - comm)
+        return float(v * (a if phi is None else phi(a)) + allocation.transfer[i] - c * m**beta - comm)
 
     return u
 
@@ -137,7 +137,7 @@ def best_response(
     Robust to kinks and plateaus: u_i is evaluated on a grid (linear plus log-spaced, plus
     points around the current m_i), refined by bounded scalar minimisation of -u_i over the
     two cells around the best grid point, then moved right to the end of the set where
-    u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i), the size
+    u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i**beta), the size
     of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
     At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|).
     """
@@ -156,7 +156,8 @@ def best_response(
         if -result.fun > best_u:
             best_m, best_u = float(result.x), float(-result.fun)
 
-    scale = max(1.0, abs(best_u), float(population.value[i]), float(population.cost[i]) * best_m)
+    scale = max(1.0, abs(best_u), float(population.value[i]),
+                float(population.cost[i]) * best_m ** population.cost_exponent)
     threshold = best_u - tie_tol * scale
     start = float(np.max(grid[values >= threshold], initial=best_m))
     above = grid[grid > start]
@@ -289,22 +290,44 @@ def settle_participation(
 def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None = None) -> SocialOptimum:
     """The planner's problem when every agent receives the global model a(M):
 
-        max_{0 <= m_i <= n_i}  W(m) = sum_i v_i phi(a(M)) - sum_i c_i m_i - sum_i comm_i,   M = sum_i m_i.
+        max_{0 <= m_i <= n_i}  W(m) = sum_i v_i phi(a(M)) - sum_i C_i(m_i) - sum_i comm_i,   M = sum_i m_i,
 
-    For a fixed M the cheapest way to collect it fills agents in increasing order of c_i,
-    so the cost C(M) is piecewise linear and convex, with slope c_(j) on the j-th
-    segment [N_{j-1}, N_j] of cumulative endowments.
+    with C_i(m) = c_i m**beta (the population's cost exponent).
 
-    Linear phi (``phi`` None), V = sum_i v_i: a is concave on [zero_crossing, inf), so
-    W(M) = V a(M) - C(M) is concave there and its maximiser satisfies
-    V a'(M) in [c_(j), c_(j+1)]: with M_j = a'^{-1}(c_(j) / V), it is max(M_j, N_{j-1}) for
-    the first j with M_j <= N_j (N_total if none). Below zero_crossing a = 0, so W is at most
-    0 = W(0) there: the answer is the better of that point and M = 0.
+    Linear costs (beta = 1): for a fixed M the cheapest way to collect it fills agents in
+    increasing order of c_i, so the cost C(M) is piecewise linear and convex, with slope
+    c_(j) on the j-th segment [N_{j-1}, N_j] of cumulative endowments.
 
-    Any other ``phi``: W(M) = V phi(a(M)) - C(M) is maximised numerically over
-    [0, N_total] (:func:`incentives.search.maximise`), the kinks N_j are tried as well,
-    and the answer is again compared with M = 0.
+    - Linear phi (``phi`` None), V = sum_i v_i: a is concave on [zero_crossing, inf), so
+      W(M) = V a(M) - C(M) is concave there and its maximiser satisfies
+      V a'(M) in [c_(j), c_(j+1)]: with M_j = a'^{-1}(c_(j) / V), it is max(M_j, N_{j-1})
+      for the first j with M_j <= N_j (N_total if none). Below zero_crossing a = 0, so W
+      is at most 0 = W(0) there: the answer is the better of that point and M = 0.
+    - Any other ``phi``: W(M) = V phi(a(M)) - C(M) is maximised numerically over
+      [0, N_total] (:func:`incentives.search.maximise`), the kinks N_j are tried as well,
+      and the answer is again compared with M = 0.
+
+    Convex costs (beta > 1): the cheapest way to collect M equalises marginal costs,
+    m_i(lam) = min(n_i, (lam / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0), with M(lam)
+    increasing in the marginal cost lam; W is maximised over lam in [0, lam_max],
+    lam_max = max_i beta c_i n_i**(beta-1) (every agent at its cap), on a log-spaced grid
+    refined by bounded scalar search, and compared with M = 0.
     """
+    if population.linear_costs:
+        m = _cheapest_first(population, model, phi)
+    else:
+        m = _equal_marginal_costs(population, model, phi)
+
+    def welfare(m: np.ndarray) -> float:
+        return float(np.sum(utility(population, np.full(population.n_agents, model(m.sum())), m, phi=phi)))
+
+    if welfare(m) < welfare(np.zeros(population.n_agents)):
+        m = np.zeros(population.n_agents)
+    return SocialOptimum(m, float(m.sum()), float(model(m.sum())), welfare(m))
+
+
+def _cheapest_first(population: Population, model: AccuracyModel, phi: Phi | None) -> np.ndarray:
+    """The planner's contributions under linear costs (see :func:`social_optimum`)."""
     order = np.argsort(population.cost, kind="stable")
     costs = population.cost[order]
     endowment = population.endowment[order]
@@ -328,16 +351,35 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
         best, _ = maximise(surplus, [cumulative[-1]])
         candidates = np.append(knots, best)  # the kinks of C(M) exactly, where the search only nears them
         total = float(candidates[np.argmax(surplus(candidates[None, :])[0])])
+    m = np.zeros(population.n_agents)
+    m[order] = np.clip(total - (cumulative - endowment), 0.0, endowment)
+    return m
 
-    def fill(target: float) -> np.ndarray:
-        m = np.zeros(population.n_agents)
-        m[order] = np.clip(target - (cumulative - endowment), 0.0, endowment)
-        return m
 
-    def welfare(m: np.ndarray) -> float:
-        return float(np.sum(utility(population, np.full(population.n_agents, model(m.sum())), m, phi=phi)))
+def _equal_marginal_costs(population: Population, model: AccuracyModel, phi: Phi | None) -> np.ndarray:
+    """The planner's contributions under convex costs (see :func:`social_optimum`)."""
+    beta, c, n = population.cost_exponent, population.cost, population.endowment
+    values_total = float(population.value.sum())
+    benefit = (lambda a: a) if phi is None else phi
 
-    m = fill(total)
-    if welfare(m) < welfare(np.zeros(population.n_agents)):
-        m = np.zeros(population.n_agents)
-    return SocialOptimum(m, float(m.sum()), float(model(m.sum())), welfare(m))
+    def fill(lam: float) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.where(c > 0, np.minimum(n, (lam / (beta * np.where(c > 0, c, 1.0))) ** (1.0 / (beta - 1.0))), n)
+
+    def loss(lam: float) -> float:
+        m = fill(lam)
+        return -(values_total * float(np.asarray(benefit(model(m.sum())))) - float(np.sum(c * m**beta)))
+
+    lam_max = float(np.max(beta * c * n ** (beta - 1.0), initial=0.0))
+    if lam_max == 0.0:  # data is free for everyone
+        return n.copy()
+    grid = np.concatenate([[0.0], lam_max * np.geomspace(1e-15, 1.0, 512)])
+    losses = np.array([loss(lam) for lam in grid])
+    j = int(np.argmin(losses))
+    best = float(grid[j])
+    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
+    if hi > lo:
+        refined = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * hi})
+        if refined.fun < losses[j]:
+            best = float(refined.x)
+    return fill(best)

@@ -8,7 +8,7 @@ One iteration, for every mechanism compared:
    ``mechanisms.audit``, which checks deviations on a grid);
 3. train on exactly round(m_i) samples of each agent's data and deliver each agent its
    model (the oracle);
-4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i
+4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i**beta
    - comm_i * [participates_i], next to the predicted ones; a mechanism that pays from
    training (:class:`~incentives.protocols.PaysFromTraining`, e.g. Shapley rewards on
    data values of the real rounds) pays its realised transfer t_i;
@@ -153,6 +153,9 @@ class ClosedLoop:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
                              "once (records are kept by name: e.g. ContractMechanism(..., name='contract_2'))")
+        for mechanism in self.mechanisms:
+            if getattr(mechanism, "linear_costs_only", False):
+                self.population.require_linear_costs(mechanism.name)
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
         check_integer("pilot_repeats", self.pilot_repeats)

@@ -16,6 +16,13 @@ field               meaning                                     allowed         
 
 Optional: ``label_distribution`` of shape (N, K), rows of non-negative numbers summing
 to 1 (the label skew of each agent's data), and ``names`` (N distinct strings).
+
+Data costs: contributing m samples costs agent i C_i(m) = c_i * m**beta utility units,
+with one ``cost_exponent`` beta >= 1 for the whole population (default 1: linear costs,
+c_i per sample). beta > 1 models convex costs, such as the energy of computing faster
+to meet a round deadline (beta = 3 for the multi-dimensional types of Ding, Fang &
+Huang 2021, :func:`mechanisms.contract.reduce_multidimensional_types`); c_i is then in
+utility units per sample**beta.
 """
 
 from __future__ import annotations
@@ -101,8 +108,15 @@ class Population:
     outside_option: np.ndarray | float = DEFAULTS["outside_option"]
     label_distribution: np.ndarray | None = None
     names: tuple[str, ...] | None = None
+    cost_exponent: float = 1.0
 
     def __post_init__(self) -> None:
+        beta = self.cost_exponent
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)) or not (
+                math.isfinite(beta) and beta >= 1):
+            raise ValueError(f"cost_exponent={beta!r}: allowed is a finite number >= 1 "
+                             "(data cost c_i * m**cost_exponent)")
+        object.__setattr__(self, "cost_exponent", float(beta))
         raw = {key: getattr(self, key) for key in FIELDS}
         lengths = {key: np.size(v) for key, v in raw.items() if np.ndim(v) > 0}
         if not lengths:
@@ -134,6 +148,26 @@ class Population:
         """N, the number of agents."""
         return len(self.cost)
 
+    @property
+    def linear_costs(self) -> bool:
+        """Whether data costs are linear (cost_exponent 1)."""
+        return self.cost_exponent == 1.0
+
+    def data_cost(self, contributions) -> np.ndarray:
+        """C_i(m_i) = c_i * m_i**cost_exponent, utility units; contributions of shape (N,),
+        or (N, G) for G candidate contributions per agent."""
+        m = np.asarray(contributions, dtype=float)
+        cost = self.cost.reshape((-1,) + (1,) * (m.ndim - 1)) if m.ndim > 1 else self.cost
+        return cost * (m if self.linear_costs else m ** self.cost_exponent)
+
+    def require_linear_costs(self, mechanism: str) -> None:
+        """ValueError unless data costs are linear: for mechanisms whose closed forms assume them."""
+        if not self.linear_costs:
+            raise ValueError(
+                f"population.cost_exponent={self.cost_exponent!r}: mechanism {mechanism!r} assumes "
+                "linear data costs, allowed is 1 (with convex costs use 'standard', 'shapley', "
+                "'contract', 'contract_accuracy' or 'incfl')")
+
     # ----------------------------------------------------------------- constructors
     @classmethod
     def from_lists(
@@ -142,6 +176,7 @@ class Population:
         n_agents: int | None = None,
         label_distribution=None,
         names=None,
+        cost_exponent: float = 1.0,
         **fields,
     ) -> "Population":
         """Build from per-agent lists; scalars are broadcast to all N agents.
@@ -157,20 +192,22 @@ class Population:
         for key in _REQUIRED:
             if key not in fields:
                 raise ValueError(f"{key} is missing: allowed is a number or a list of numbers")
+        extra = {"label_distribution": label_distribution, "names": names, "cost_exponent": cost_exponent}
         if n_agents is None:
-            return cls(**fields, label_distribution=label_distribution, names=names)
+            return cls(**fields, **extra)
         if not (isinstance(n_agents, (int, np.integer)) and n_agents >= 1):
             raise ValueError(f"n_agents={n_agents!r}: allowed is an integer >= 1")
         fields = {k: np.full(n_agents, v, dtype=float) if np.ndim(v) == 0 else v for k, v in fields.items()}
-        return cls(**fields, label_distribution=label_distribution, names=names)
+        return cls(**fields, **extra)
 
     @classmethod
     def from_csv(cls, path: str | PathLike) -> "Population":
         """Read one agent per row; the header names the columns.
 
         Columns: the numeric fields (``cost`` and ``endowment`` required, the others
-        optional with their defaults), optionally ``name``, and optionally
-        ``label_0, ..., label_{K-1}`` for the label distribution. Any other column is an error.
+        optional with their defaults), optionally ``name``, optionally ``cost_exponent``
+        (the same number on every row), and optionally ``label_0, ..., label_{K-1}`` for
+        the label distribution. Any other column is an error.
         """
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -178,10 +215,10 @@ class Population:
             rows = list(reader)
         labels = sorted((c for c in header if c.startswith("label_")), key=_label_index)
         for col in header:
-            if col not in FIELDS and col != "name" and col not in labels:
+            if col not in FIELDS and col not in ("name", "cost_exponent") and col not in labels:
                 raise ValueError(
                     f"column {col!r} in {str(path)!r}: allowed is one of "
-                    f"{', '.join(FIELDS)}, name, label_0..label_K-1"
+                    f"{', '.join(FIELDS)}, name, cost_exponent, label_0..label_K-1"
                 )
         for key in _REQUIRED:
             if key not in header:
@@ -193,10 +230,16 @@ class Population:
             [[_parse(row[c], c, r) for c in labels] for r, row in enumerate(rows)] if labels else None
         )
         names = [row["name"] for row in rows] if "name" in header else None
-        return cls.from_lists(label_distribution=label_distribution, names=names, **fields)
+        exponents = {_parse(row["cost_exponent"], "cost_exponent", r)
+                     for r, row in enumerate(rows)} if "cost_exponent" in header else {1.0}
+        if len(exponents) > 1:
+            raise ValueError(f"column 'cost_exponent' in {str(path)!r} holds {sorted(exponents)!r}: "
+                             "allowed is one number on every row (one exponent per population)")
+        return cls.from_lists(label_distribution=label_distribution, names=names,
+                              cost_exponent=exponents.pop() if exponents else 1.0, **fields)
 
     @classmethod
-    def sample(cls, n: int, spec: Mapping[str, object], seed: int) -> "Population":
+    def sample(cls, n: int, spec: Mapping[str, object], seed: int, cost_exponent: float = 1.0) -> "Population":
         """Draw N agents, each field independently from its distribution in ``spec``.
 
         ``spec`` maps a field to a number (constant), a list (one value per agent, used
@@ -229,7 +272,8 @@ class Population:
         if "label_distribution" in spec:
             rng = np.random.default_rng(streams[_LABEL_STREAM])
             label_distribution = _draw_dirichlet(spec["label_distribution"], n, rng)
-        return cls.from_lists(n_agents=n, label_distribution=label_distribution, **fields)
+        return cls.from_lists(n_agents=n, label_distribution=label_distribution,
+                              cost_exponent=cost_exponent, **fields)
 
     def with_label_skew(self, alpha: float, n_classes: int, seed: int) -> "Population":
         """These agents with label distributions drawn i.i.d. from Dirichlet(alpha * 1_K),
@@ -269,11 +313,12 @@ class Population:
         fields = {key: getattr(self, key)[index] for key in FIELDS}
         labels = None if self.label_distribution is None else self.label_distribution[index]
         names = None if self.names is None else tuple(np.asarray(self.names, dtype=object)[index])
-        return Population(**fields, label_distribution=labels, names=names)
+        return Population(**fields, label_distribution=labels, names=names, cost_exponent=self.cost_exponent)
 
     def to_csv(self, path: str | PathLike) -> None:
         """Write one agent per row in the format :meth:`from_csv` reads (floats round-trip exactly)."""
         header = (["name"] if self.names is not None else []) + list(FIELDS)
+        header += [] if self.linear_costs else ["cost_exponent"]
         n_labels = 0 if self.label_distribution is None else self.label_distribution.shape[1]
         header += [f"label_{k}" for k in range(n_labels)]
         with open(path, "w", newline="") as f:
@@ -282,6 +327,7 @@ class Population:
             for i in range(self.n_agents):
                 row = [self.names[i]] if self.names is not None else []
                 row += [repr(float(getattr(self, key)[i])) for key in FIELDS]
+                row += [] if self.linear_costs else [repr(self.cost_exponent)]
                 if n_labels:
                     row += [repr(float(x)) for x in self.label_distribution[i]]
                 writer.writerow(row)
@@ -342,6 +388,21 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
             raise ValueError(f"{field}.probs={spec['probs']!r}: allowed is non-negative numbers summing to 1")
         return values[rng.choice(values.size, size=n, p=probs / probs.sum())]
     raise ValueError(f"{field}.dist={dist!r}: allowed is one of constant, uniform, lognormal, types")
+
+
+def sample_traits(n: int, spec: Mapping[str, object], names: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
+    """Draw per-agent traits that are not :class:`Population` fields (for example the
+    computation-cost coefficients and communication delays of multi-dimensional types),
+    each from its distribution in ``spec`` (the forms :meth:`Population.sample` takes).
+
+    Trait ``names[j]`` draws from child len(FIELDS) + 1 + j of
+    ``numpy.random.SeedSequence(seed)``: after the streams of :meth:`Population.sample`,
+    so the population's fields and these traits are independent, and a trait's values do
+    not depend on which other traits are drawn. Returns name -> (n,) array.
+    """
+    children = np.random.SeedSequence(seed).spawn(len(FIELDS) + 1 + len(names))
+    return {name: _draw(name, spec[name], n, np.random.default_rng(children[len(FIELDS) + 1 + j]))
+            for j, name in enumerate(names) if name in spec}
 
 
 def _streams(seed: int) -> list[np.random.SeedSequence]:

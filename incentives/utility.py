@@ -2,8 +2,9 @@
 
 Agent i taking part, contributing m_i samples and receiving accuracy a_i and transfer t_i:
 
-    u_i = v_i * phi(a_i) + t_i - c_i * m_i - comm_cost_i
+    u_i = v_i * phi(a_i) + t_i - c_i * m_i**beta - comm_cost_i
 
+(beta: the population's ``cost_exponent``, 1 unless costs are convex)
 and u_i = outside_option_i when it does not take part. phi maps accuracy to the
 agent's benefit (identity by default; any increasing callable, e.g. a concave one for
 risk-averse agents as in RealFM). The closed-form mechanisms assume linear phi; the
@@ -39,20 +40,31 @@ def utility(
     accuracy = np.asarray(accuracy, dtype=float)
     contributions = np.asarray(contributions, dtype=float)
     transfer = np.zeros(population.n_agents) if transfer is None else np.asarray(transfer, dtype=float)
-    inside = _benefit(population, accuracy, phi) + transfer - population.cost * contributions - population.comm_cost
+    inside = _benefit(population, accuracy, phi) + transfer - population.data_cost(contributions) - population.comm_cost
     if participates is None:
         return inside
     return np.where(np.asarray(participates, dtype=bool), inside, population.outside_option)
 
 
 def local_utility(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
-    """(N,) utility of training alone: v_i phi(a(m_i^o)) - c_i m_i^o, with m_i^o from
-    :func:`incentives.accuracy.local_optimum` under the same ``phi`` (linear by default),
-    capped at the endowment; no communication cost. This is the individual-rationality
+    """(N,) utility of training alone: v_i phi(a(m_i^o)) - c_i (m_i^o)**beta, with m_i^o
+    from :func:`local_contribution`; no communication cost. This is the individual-rationality
     baseline of accuracy shaping, and of the audits.
     """
-    m = np.asarray(local_optimum(population.cost, population.value, model, population.endowment, phi))
-    return _benefit(population, np.asarray(model(m), dtype=float), phi) - population.cost * m
+    m = local_contribution(population, model, phi)
+    return _benefit(population, np.asarray(model(m), dtype=float), phi) - population.data_cost(m)
+
+
+def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None,
+                       capped: bool = True) -> np.ndarray:
+    """(N,) m_i^o, the samples each agent collects training alone
+    (:func:`incentives.accuracy.local_optimum` under ``phi``, linear by default, and the
+    population's cost exponent), capped at the endowment unless ``capped`` is False
+    (allowed only for linear phi and costs: the numerical search needs the cap).
+    """
+    endowment = population.endowment if capped else None
+    return np.asarray(local_optimum(population.cost, population.value, model, endowment, phi,
+                                    population.cost_exponent), dtype=float).reshape(population.n_agents)
 
 
 def _benefit(population: Population, accuracy: np.ndarray, phi: Phi | None) -> np.ndarray:

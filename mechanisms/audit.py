@@ -111,7 +111,7 @@ def misreport_gains(
     """(gain, best report) per agent from reporting another cost of the population.
 
     Agent i's true utility under report c' is :func:`incentives.utility.utility` at
-    accuracy a_i' + gap_i (v_i phi(a_i' + gap_i) + t_i' - c_i m_i' - comm_i when it takes
+    accuracy a_i' + gap_i (v_i phi(a_i' + gap_i) + t_i' - c_i m_i'**beta - comm_i when it takes
     part), with (a', t', m') the mechanism re-solved with c_i replaced by c' and gap_i the
     realised promise gap (none where a_i' = 0); the gain is measured against the truthful
     utility computed the same way. Zero gains when the mechanism does not use reported

@@ -1074,15 +1074,17 @@ def _check_type_grid(type_grid) -> tuple[np.ndarray, np.ndarray]:
 class ContractMechanism:
     """Screening contracts on a :class:`~incentives.population.Population`.
 
-    Types: the distinct values of theta_i (reward units per sample; theta_i = c_i for
-    money, c_i / v_i for accuracy rewards), each with probability = its share of agents;
+    Types: the distinct values of theta_i (reward units per sample**beta, beta the
+    population's cost exponent; theta_i = c_i for money, c_i / v_i for accuracy rewards),
+    each with probability = its share of agents (a population built from multi-dimensional
+    types by :func:`reduce_multidimensional_types` has theta_k as its costs and beta = 3);
     or a given ``type_grid`` (costs in reward units, probabilities), each agent being
     assigned to the cheapest grid type whose cost is >= its own (the costliest type when
     no grid cost reaches its own: it then takes an item only if its utility allows). A type's outside
     utility is the largest among its agents of outside_option_i + comm_cost_i (the
     communication cost is paid only by participants, so it raises the reservation
     utility), converted to reward units; with ``include_local`` the agent's local-only
-    utility v_i a(m_local) - c_i m_local counts too. With ``respect_endowment`` a type's
+    utility v_i a(m_local) - c_i m_local**beta counts too. With ``respect_endowment`` a type's
     capacity is the smallest endowment among its agents.
 
     The menu is solved (``form``, ``information``) with the server's ``value`` (a
@@ -1153,9 +1155,8 @@ class ContractMechanism:
         v = np.asarray(population.value, dtype=float) * np.ones(N)
         reserve = np.asarray(population.outside_option, dtype=float) * np.ones(N)
         if self.include_local:
-            from incentives.accuracy import local_optimum
-            m_local = np.asarray(local_optimum(c, v, model, population.endowment), float)
-            reserve = np.maximum(reserve, v * np.asarray(model(m_local), float) - c * m_local)
+            from incentives.utility import local_utility
+            reserve = np.maximum(reserve, local_utility(population, model))
         reserve = reserve + np.asarray(population.comm_cost, dtype=float) * np.ones(N)
         if self.reward == "accuracy":
             if np.any(v <= 0):
@@ -1179,7 +1180,7 @@ class ContractMechanism:
             u0[k], cap[k] = np.max(u0_i[members]), np.min(n_i[members])
         return grid, prob, type_of, u0, cap
 
-    def _solve_menu(self, grid, prob, u0, cap, value, reward_cap):
+    def _solve_menu(self, grid, prob, u0, cap, value, reward_cap, cost_exponent):
         """Solve on the types that some reward within the cap can compensate."""
         served = np.ones(len(grid), bool) if reward_cap is None else u0 < reward_cap
         if not served.any():
@@ -1191,7 +1192,8 @@ class ContractMechanism:
             information=self.information, form=self.form, outside=u0[served],
             reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
             reward_price=self.reward_price, reward_cap=reward_cap,
-            capacity=cap[served] if self.respect_endowment else None, solver=self.solver)
+            capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
+            solver=self.solver)
         item_of_type = np.where(served, np.cumsum(served) - 1, -1)
         return menu, item_of_type
 
@@ -1208,11 +1210,12 @@ class ContractMechanism:
         n_i = np.asarray(population.endowment, dtype=float) * np.ones(len(theta_i))
         grid, prob, type_of, u0, cap = self._types(theta_i, u0_i, n_i)
         value = self._value(model)
+        beta = population.cost_exponent
         if self.reward == "accuracy":
             # Accuracy rewards cannot exceed the global model's accuracy a(M): fixed point.
             cap_acc = float(np.asarray(model(float(np.sum(n_i)))))
             for _ in range(25):
-                menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, cap_acc)
+                menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, cap_acc, beta)
                 chosen = self._pick(menu, item_of_type, type_of, theta_i, u0_i, n_i)
                 M = float(np.sum(np.where(chosen >= 0, menu.contribution[chosen], 0.0)))
                 new_cap = float(np.asarray(model(M))) if M > 0 else cap_acc
@@ -1220,7 +1223,7 @@ class ContractMechanism:
                     break
                 cap_acc = new_cap
         else:
-            menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, None)
+            menu, item_of_type = self._solve_menu(grid, prob, u0, cap, value, None, beta)
             chosen = self._pick(menu, item_of_type, type_of, theta_i, u0_i, n_i)
         result = (menu, chosen, theta_i, u0_i, v_i, type_of, value)
         self._memo = (population, model, result)

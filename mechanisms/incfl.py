@@ -7,8 +7,8 @@ aggregates with IncFL's weights (``fl.algorithms.incfl``) to raise the share of 
 it serves better.
 
 In the economic model agent i holds the data it would collect to train alone, m_i^o
-(:func:`~incentives.accuracy.local_optimum`), and its local model has accuracy a(m_i^o).
-Taking part, it contributes those samples and receives the global model trained on the
+(:func:`~incentives.utility.local_contribution`, under the population's data costs), and
+its local model has accuracy a(m_i^o). Taking part, it contributes those samples and receives the global model trained on the
 participants' data. It collects the data either way, so the data's cost cancels and
 agent i takes part iff (:func:`~incentives.participation.participation_gain`)
 
@@ -43,10 +43,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.accuracy import AccuracyModel
 from incentives.participation import participation_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
+from incentives.utility import local_contribution
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,7 @@ class IncFLParticipation:
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""
-        held = np.asarray(local_optimum(population.cost, population.value, model, population.endowment),
-                          dtype=float).reshape(-1)
+        held = local_contribution(population, model)
         local = np.asarray(model(held), dtype=float)
         settled = participation_equilibrium(
             lambda members: np.full(population.n_agents, model(held[members].sum())), local,

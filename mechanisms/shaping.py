@@ -48,12 +48,14 @@ class AccuracyShaping:
 
     name = "shaping"
     uses_reported_costs = True  # m_i^o and the slope c_i / v_i come from agents' reports
+    linear_costs_only = True  # the slope c_i / v_i is the marginal cost of linear costs
 
     def __post_init__(self) -> None:
         check_number("epsilon", self.epsilon)
 
     def _terms(self, population: Population, model: AccuracyModel):
         """(m^o, a(m^o), slope c/v + epsilon), each of shape (N,)."""
+        population.require_linear_costs(self.name)
         optimum = local_optimum(population.cost, population.value, model, population.endowment)
         optimum = np.asarray(optimum, dtype=float).reshape(population.n_agents)
         slope = population.cost / population.value + self.epsilon

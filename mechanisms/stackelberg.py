@@ -289,7 +289,8 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
 
 
 class StackelbergPricing:
-    """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`.
+    """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`
+    with linear data costs (the follower equilibrium's closed form assumes them).
 
     The server announces the total reward R (``reward``; by default the leader's optimum
     of :func:`leader_reward` for ``value``: a ValueFunction, or "accuracy" for
@@ -300,6 +301,8 @@ class StackelbergPricing:
     info: reward, total, price per sample, the server's profit V(X) - R, active and capped
     agents. ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M.
     """
+
+    linear_costs_only = True
 
     def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
                  budget: float | None = None, value_weight: float = 1.0,
@@ -321,6 +324,7 @@ class StackelbergPricing:
         return self.value if isinstance(self.value, ValueFunction) else AccuracyValue(model, self.value_weight)
 
     def _solve(self, population, model):
+        population.require_linear_costs(self.name)
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
             return self._memo[2]
         cap = np.asarray(population.endowment, float) if self.respect_endowment else None

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 
 from incentives.accuracy import AccuracyModel, local_optimum
-from incentives.equilibrium import settle_participation
+from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
 
@@ -46,6 +47,15 @@ class StandardFL:
         c_i / v_i) for any N; the others free-ride on a(M). Linear phi; the profile is
         exact whenever a(M_{-i}) > 0 for every contributor (check with
         :func:`~incentives.equilibrium.verify_equilibrium`).
+
+        Convex costs c_i m**beta (beta > 1): the marginal cost of the first sample is 0, so
+        nobody free-rides entirely. On the concave part of a, agent i's first-order
+        condition v_i a'(M) = beta c_i m_i**(beta-1) gives
+        m_i(M) = min(n_i, (v_i a'(M) / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0),
+        and the equilibrium total is the root of M = sum_i m_i(M) on
+        [zero_crossing, sum_i n_i] (the right side decreases in M: one root, by
+        bisection). Where no root lies above the zero crossing, the profile comes from
+        best-response iteration (:func:`~incentives.equilibrium.nash_equilibrium`).
         """
         participation = settle_participation(
             lambda pop: _nash_contributions(pop, model), self, population, model
@@ -67,7 +77,9 @@ class StandardFL:
 
 
 def _nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
-    """The greedy equilibrium profile described in :meth:`StandardFL.solve`."""
+    """The equilibrium profile described in :meth:`StandardFL.solve`."""
+    if not population.linear_costs:
+        return _convex_cost_contributions(population, model)
     optimum = np.asarray(local_optimum(population.cost, population.value, model), dtype=float).reshape(-1)
     m = np.zeros(population.n_agents)
     total = 0.0
@@ -77,3 +89,20 @@ def _nash_contributions(population: Population, model: AccuracyModel) -> np.ndar
         m[i] = min(population.endowment[i], optimum[i] - total)
         total += m[i]
     return m
+
+
+def _convex_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
+    """The convex-cost equilibrium profile described in :meth:`StandardFL.solve`."""
+    beta, c, v, n = population.cost_exponent, population.cost, population.value, population.endowment
+
+    def respond(total: float) -> np.ndarray:
+        with np.errstate(divide="ignore", over="ignore"):
+            slope = v * float(np.asarray(model.derivative(total)))
+            return np.where(c > 0, np.minimum(n, (slope / (beta * np.where(c > 0, c, 1.0))) ** (1.0 / (beta - 1.0))), n)
+
+    low, high = float(model.zero_crossing), float(n.sum())
+    if low >= high or respond(low).sum() <= low:
+        return nash_equilibrium(StandardFL(), population, model).contributions
+    root = brentq(lambda total: respond(total).sum() - total, low, high, xtol=1e-12 * high) \
+        if respond(high).sum() < high else high
+    return respond(root)

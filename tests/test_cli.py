@@ -10,6 +10,7 @@ import pytest
 
 import run_experiment
 
+TRAINING = run_experiment.config_module.defaults()["training"]
 FAST = ["population.n_agents=4", "training.rounds=4", "accuracy.pilot_sizes=[20, 60, 200]",
         "accuracy.pilot_repeats=1", "loop.max_iterations=2", "experiment.name='cli'"]
 
@@ -256,9 +257,11 @@ def test_missing_dataset_files_exit_2_naming_the_path(capsys, tmp_path):
 
 def test_an_iid_partition_gives_every_agent_the_uniform_label_distribution():
     section = {**run_experiment.config_module.defaults()["population"], "n_agents": 3}
-    population = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 10, seed=0)
+    population = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 10, seed=0,
+                                                 training=TRAINING)
     np.testing.assert_array_equal(population.label_distribution, np.full((3, 10), 0.1))
-    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 1.0}, 10, seed=0)
+    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 1.0}, 10, seed=0,
+                                              training=TRAINING)
     assert not np.allclose(skewed.label_distribution, 0.1)
 
 
@@ -270,14 +273,15 @@ def test_agents_from_a_csv_without_label_columns_get_the_configured_partition(tm
     plain.write_text("cost,endowment\n0.001,100\n0.002,100\n0.003,100\n")
     labelled.write_text("cost,endowment,label_0,label_1\n0.001,100,0.25,0.75\n0.002,100,1,0\n0.003,100,0.5,0.5\n")
     section = {**run_experiment.config_module.defaults()["population"], "csv": str(plain)}
-    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5)
+    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5,
+                                              training=TRAINING)
     sampled = Population.sample(3, {"cost": 0.001, "endowment": 100, "label_distribution": {
         "dist": "dirichlet", "alpha": 0.3, "n_classes": 2}}, seed=5)
     np.testing.assert_array_equal(skewed.label_distribution, sampled.label_distribution)  # the same stream
-    uniform = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 2, seed=5)
+    uniform = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 2, seed=5, training=TRAINING)
     np.testing.assert_array_equal(uniform.label_distribution, np.full((3, 2), 0.5))
     given = run_experiment.build_population({**section, "csv": str(labelled)}, {"partition": "dirichlet", "alpha": 0.3},
-                                            2, seed=5)
+                                            2, seed=5, training=TRAINING)
     np.testing.assert_array_equal(given.label_distribution, [[0.25, 0.75], [1, 0], [0.5, 0.5]])
 
 

@@ -1,0 +1,227 @@
+"""Convex data costs c_i m**beta, and the multi-dimensional types that give beta = 3.
+
+The hand-computed cases use the power law a(m) = a_opt - k m**(-alpha) above its zero
+crossing, where a'(m) = k alpha m**(-alpha-1); with beta = 3 and no endowment binding,
+every first-order condition below has a closed form.
+"""
+
+import csv
+
+import numpy as np
+import pytest
+
+import run_experiment
+from analysis import config as config_module
+from analysis.config import ConfigError
+from incentives.accuracy import PowerLaw, local_optimum
+from incentives.equilibrium import social_optimum, verify_equilibrium
+from incentives.loop import ClosedLoop
+from incentives.population import Population, sample_traits
+from incentives.utility import utility
+from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types, solve_screening
+from mechanisms.incfl import IncFLParticipation
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.stackelberg import StackelbergPricing
+from mechanisms.standard import StandardFL
+
+MODEL = PowerLaw(a_opt=0.95, k=3.0, alpha=0.5)
+COSTS = np.array([1e-7, 2e-7, 5e-7, 1e-6])
+POPULATION = Population(cost=COSTS, endowment=np.full(4, 1000.0), cost_exponent=3)
+K, ALPHA = MODEL.k, MODEL.alpha
+
+
+@pytest.mark.parametrize("beta", [0.5, float("nan"), True, "3"])
+def test_a_cost_exponent_below_one_or_not_a_number_is_refused(beta):
+    with pytest.raises(ValueError, match=r"cost_exponent=.*allowed is a finite number >= 1"):
+        Population(cost=[1.0], endowment=[10.0], cost_exponent=beta)
+
+
+def test_data_cost_and_utility_follow_the_exponent():
+    m = np.array([10.0, 20.0, 0.0, 5.0])
+    np.testing.assert_allclose(POPULATION.data_cost(m), COSTS * m**3)
+    u = utility(POPULATION, np.full(4, 0.5), m, transfer=np.ones(4))
+    np.testing.assert_allclose(u, 0.5 + 1.0 - COSTS * m**3)
+    grid = np.array([[1.0, 2.0]] * 4)  # (N, G) candidates per agent
+    np.testing.assert_allclose(POPULATION.data_cost(grid), COSTS[:, None] * grid**3)
+
+
+def test_the_exponent_survives_subsets_and_csv(tmp_path):
+    assert POPULATION.subset([0, 2]).cost_exponent == 3.0
+    path = tmp_path / "agents.csv"
+    POPULATION.to_csv(path)
+    back = Population.from_csv(path)
+    assert back.cost_exponent == 3.0
+    np.testing.assert_array_equal(back.cost, COSTS)
+    path.write_text("cost,endowment,cost_exponent\n0.1,10,2\n0.2,10,3\n")
+    with pytest.raises(ValueError, match=r"column 'cost_exponent' .* holds \[2.0, 3.0\]: allowed is one number"):
+        Population.from_csv(path)
+
+
+def test_local_optimum_solves_v_a_prime_equal_to_the_marginal_cost():
+    """k alpha m**(-alpha-1) = 3 c m**2  =>  m = (k alpha / (3 c))**(1 / (alpha + 3))."""
+    m = local_optimum(COSTS, np.ones(4), MODEL, np.full(4, 1000.0), cost_exponent=3)
+    np.testing.assert_allclose(m, (K * ALPHA / (3 * COSTS)) ** (1 / (ALPHA + 3)), rtol=1e-5)
+
+
+def test_standard_fl_equilibrium_and_the_social_optimum_in_closed_form():
+    """Agent i: v a'(M) = 3 c_i m_i**2, so m_i = sqrt(a'(M) / (3 c_i)) and, with S = sum_i c_i**-1/2,
+    M**(alpha+3) = v k alpha S**2 / 3. The planner has V = N v in place of v."""
+    s = np.sum(COSTS**-0.5)
+    total = (K * ALPHA * s**2 / 3) ** (1 / (ALPHA + 3))
+    outcome = StandardFL().solve(POPULATION, MODEL)
+    assert outcome.contributions.sum() == pytest.approx(total, rel=1e-9)
+    np.testing.assert_allclose(outcome.contributions, np.sqrt(K * ALPHA * total ** (-ALPHA - 1) / (3 * COSTS)),
+                               rtol=1e-9)
+    assert (outcome.contributions > 0).all()  # the first sample costs nothing at the margin: nobody free-rides fully
+    assert verify_equilibrium(StandardFL(), outcome.contributions, POPULATION, MODEL, tol=1e-9).ok
+    optimum = social_optimum(POPULATION, MODEL)
+    planner_total = (4 * K * ALPHA * s**2 / 3) ** (1 / (ALPHA + 3))
+    assert optimum.total == pytest.approx(planner_total, rel=1e-6)
+    assert optimum.total / total == pytest.approx(4 ** (1 / (ALPHA + 3)), rel=1e-6)
+
+
+def test_the_social_optimum_respects_endowments_under_convex_costs():
+    capped = Population(cost=COSTS, endowment=np.array([5.0, 1000, 1000, 1000]), cost_exponent=3)
+    optimum = social_optimum(capped, MODEL)
+    assert optimum.contributions[0] == pytest.approx(5.0)
+    free = optimum.contributions[1:]  # the others equalise marginal costs 3 c_i m_i**2
+    marginal = 3 * COSTS[1:] * free**2
+    np.testing.assert_allclose(marginal, marginal[0], rtol=1e-5)
+    assert marginal[0] == pytest.approx(4 * K * ALPHA * optimum.total ** (-ALPHA - 1), rel=1e-5)
+
+
+def test_contracts_are_solved_and_chosen_with_the_populations_exponent():
+    mechanism = ContractMechanism(LogValue(0.2))
+    outcome = mechanism.solve(POPULATION, MODEL)
+    menu = outcome.info["menu_object"]
+    assert menu.cost_exponent == 3.0
+    reference = solve_screening(COSTS, np.full(4, 0.25), LogValue(0.2), cost_exponent=3,
+                                capacity=np.full(4, 1000.0))
+    np.testing.assert_allclose(np.sort(menu.contribution), np.sort(reference.contribution), rtol=1e-5)
+    chosen = outcome.contributions
+    assert np.all(np.diff(chosen) < 0)  # costlier types contribute less
+    utilities = menu.reward[None, :] - COSTS[:, None] * menu.contribution[None, :] ** 3
+    np.testing.assert_allclose(outcome.transfer - COSTS * chosen**3, utilities.max(axis=1), atol=1e-7)  # IC
+
+
+def test_incfl_agents_hold_their_convex_cost_local_optimum():
+    outcome = IncFLParticipation().solve(POPULATION, MODEL)
+    np.testing.assert_allclose(outcome.contributions, (K * ALPHA / (3 * COSTS)) ** (1 / (ALPHA + 3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mechanism", [AccuracyShaping(), StackelbergPricing()], ids=lambda m: m.name)
+def test_mechanisms_built_on_linear_costs_refuse_convex_ones(mechanism):
+    message = rf"population.cost_exponent=3.0: mechanism '{mechanism.name}' assumes linear data costs"
+    with pytest.raises(ValueError, match=message):
+        mechanism.solve(POPULATION, MODEL)
+    with pytest.raises(ValueError, match=message):  # before any training
+        ClosedLoop(POPULATION, [StandardFL(), mechanism], oracle=None)
+
+
+def test_sampled_traits_are_reproducible_and_apart_from_the_population_streams():
+    spec = {"compute_cost": {"dist": "uniform", "low": 1.0, "high": 2.0}, "comm_delay": 0.5}
+    names = ("compute_cost", "comm_delay")
+    first = sample_traits(5, spec, names, seed=3)
+    np.testing.assert_array_equal(first["compute_cost"], sample_traits(5, spec, names, seed=3)["compute_cost"])
+    alone = sample_traits(5, {"compute_cost": spec["compute_cost"]}, names, seed=3)
+    np.testing.assert_array_equal(first["compute_cost"], alone["compute_cost"])
+    drawn = Population.sample(5, {"cost": spec["compute_cost"], "endowment": 1.0}, seed=3).cost
+    assert not np.allclose(drawn, first["compute_cost"])
+    np.testing.assert_array_equal(first["comm_delay"], np.full(5, 0.5))
+
+
+def _section(**population):
+    config = config_module.load(None, [f"population.{k}={v}" for k, v in population.items()])
+    return config
+
+
+def test_the_config_builds_multidimensional_costs_by_hand():
+    """theta_i = G zeta_i (E nu)**3 / (T - tau_i)**2 with G = 20 rounds, E = 2, nu = 1.5, T = 10."""
+    config = _section(n_agents=3, private_information="'multidimensional'", compute_cost=2e-7,
+                      comm_delay="[0.0, 2.0, 6.0]", round_deadline=10, cycles_per_sample=1.5,
+                      endowment="[50, 60, 70]")
+    training = {**config["training"], "rounds": 20, "local_epochs": 2}
+    population = run_experiment.build_population(config["population"], config["data"], 10, seed=0,
+                                                 training=training)
+    tau = np.array([0.0, 2.0, 6.0])
+    np.testing.assert_allclose(population.cost, 20 * 2e-7 * 3.0**3 / (10 - tau) ** 2)
+    assert population.cost_exponent == 3.0
+    np.testing.assert_array_equal(population.endowment, [50, 60, 70])
+    reduced = reduce_multidimensional_types(np.full(3, 2e-7), tau, [50, 60, 70], round_deadline=10,
+                                            rounds=20, local_epochs=2, cycles_per_sample=1.5)
+    np.testing.assert_allclose(population.cost, reduced.cost)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["population.private_information='multidimensional'", "population.cost=0.1"],
+     "population.cost=0.1: not used with population.private_information='multidimensional'"),
+    (["population.private_information='multidimensional'", "population.cost_exponent=2"],
+     "allowed is to leave it out (configs/multidimensional.toml is a config without it)"),
+    (["population.private_information='multidimensional'", "population.csv='agents.csv'"],
+     "population.csv='agents.csv': not used with"),
+    (["population.comm_delay=1.0"],
+     "population.comm_delay=1.0: not used with population.private_information='cost' (it describes "
+     "multi-dimensional types); allowed is to leave it out or to set"),
+    (["population.cost_exponent=0.5"], "population.cost_exponent=0.5: allowed is a finite number >= 1"),
+    (["population.private_information='vector'"], "population.private_information='vector': allowed is one of"),
+])
+def test_config_keys_the_private_information_does_not_use_are_refused(overrides, fragment):
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, overrides)
+    assert fragment in str(error.value)
+
+
+def test_a_delay_past_the_deadline_is_a_config_error():
+    config = _section(n_agents=2, private_information="'multidimensional'", comm_delay="[1.0, 12.0]")
+    with pytest.raises(ConfigError, match=r"population.comm_delay=\[1.0, 12.0\]: agent 1 draws 12 s; allowed is "
+                                          r"delays below population.round_deadline=10.0"):
+        run_experiment.build_population(config["population"], config["data"], 10, seed=0,
+                                        training=config["training"])
+
+
+CONFIG = str(run_experiment.DEFAULT_CONFIG.parent / "multidimensional.toml")
+FAST = ["population.n_agents=4", "training.rounds=4", "accuracy.pilot_sizes=[20, 60, 200]",
+        "accuracy.pilot_repeats=1", "loop.max_iterations=1"]
+
+
+def test_the_cli_refuses_a_linear_cost_mechanism_on_multidimensional_types(tmp_path, capsys):
+    status = run_experiment.main([CONFIG, "--quiet", *(f"--set={o}" for o in FAST),
+                                  f"--set=experiment.output_dir='{tmp_path}'",
+                                  "--set=mechanisms.compare=['standard', 'shaping']"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert ("'shaping' assumes linear data costs and population.private_information='multidimensional' gives "
+            "cost_exponent 3; allowed with convex costs is 'standard', 'shapley', 'contract'") in err
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_the_cli_runs_contracts_on_multidimensional_types(tmp_path):
+    status = run_experiment.main([CONFIG, "--quiet", *(f"--set={o}" for o in FAST),
+                                  f"--set=experiment.output_dir='{tmp_path}'",
+                                  "--set=mechanisms.compare=['standard', 'contract']"])
+    assert status == 0
+    (folder,) = tmp_path.iterdir()
+    with (folder / "agents.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["mechanism"] for row in rows} == {"standard", "contract"}
+    for row in rows:
+        assert float(row["data_cost"]) == pytest.approx(float(row["cost"]) * int(row["trained_contribution"]) ** 3)
+    assert "convex data costs c_i m_i<sup>3</sup> derived from each agent" in (folder / "report.html").read_text()
+    saved = config_module.load(folder / "config.toml")  # every key is written; --resume reads it back
+    assert saved["population"]["private_information"] == "multidimensional"
+
+
+def test_a_configured_exponent_reaches_sampled_and_csv_agents(tmp_path):
+    config = _section(n_agents=3, cost_exponent=2)
+    population = run_experiment.build_population(config["population"], config["data"], 10, seed=0,
+                                                 training=config["training"])
+    assert population.cost_exponent == 2.0
+    agents = tmp_path / "agents.csv"
+    agents.write_text("cost,endowment\n0.1,10\n0.2,10\n")
+    from_csv = run_experiment.build_population({**config["population"], "csv": str(agents)}, config["data"], 10,
+                                               seed=0, training=config["training"])
+    assert from_csv.cost_exponent == 2.0
+    agents.write_text("cost,endowment,cost_exponent\n0.1,10,3\n0.2,10,3\n")
+    with pytest.raises(ConfigError, match=r"population.cost_exponent=2: the CSV .* gives 3.0; allowed is one of"):
+        run_experiment.build_population({**config["population"], "csv": str(agents)}, config["data"], 10,
+                                        seed=0, training=config["training"])
