@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from incentives.accuracy import PowerLaw  # noqa: E402
+from incentives.equilibrium import social_optimum  # noqa: E402
 from incentives.population import Population  # noqa: E402
 from mechanisms.contract import LogValue, clear_program_cache, solve_screening  # noqa: E402
 from mechanisms.shaping import AccuracyShaping  # noqa: E402
@@ -36,6 +37,8 @@ ENDOWMENTS = rng.uniform(0.5, 3.0, N_AGENTS)     # samples
 VALUE = LogValue(10.0)
 AGENTS = Population.from_lists(cost=rng.lognormal(-9.0, 0.5, N_AGENTS), endowment=2000.0)
 ACCURACY = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
+CONVEX = Population.from_lists(cost=rng.lognormal(-20.0, 0.5, N_AGENTS), endowment=2000.0,
+                               cost_exponent=3)  # data cost c_i m**3
 
 
 def types(K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +67,10 @@ CASES: list[tuple[str, Callable[[], object]]] = [
     (f"stackelberg followers N={N_AGENTS} (endowment caps)",
      lambda: follower_equilibrium(COSTS, 1e5, ENDOWMENTS)),
     (f"stackelberg leader R* N={N_AGENTS} (closed form)", lambda: leader_reward(COSTS, VALUE)),
+    (f"standard FL equilibrium N={N_AGENTS}, costs c m^3 (1-D root)",
+     lambda: StandardFL().solve(CONVEX, ACCURACY)),
+    (f"social optimum N={N_AGENTS}, costs c m^3 (equal marginal costs)",
+     lambda: social_optimum(CONVEX, ACCURACY)),
 ]
 for K in (10, 100, 1000):
     CASES.append((f"contract K={K} closed form (virtual costs + ironing)", contract(K, "closed_form")))
@@ -73,7 +80,7 @@ for K in (10, 50, 100, 200):
     CASES.append((f"contract K={K} all pairs (cvxpy, K(K-1) IC)", contract(K, "all_pairs")))
 
 TARGETS = {  # seconds, for the "vs target" column
-    **{name: 1.0 for name, _ in CASES[:5]},
+    **{name: 1.0 for name, _ in CASES[:7]},
     "contract K=1000 reduced (cvxpy, O(K) constraints)": 3.0,
 }
 
