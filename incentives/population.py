@@ -165,8 +165,8 @@ class Population:
         if not self.linear_costs:
             raise ValueError(
                 f"population.cost_exponent={self.cost_exponent!r}: mechanism {mechanism!r} assumes "
-                "linear data costs, allowed is 1 (with convex costs use 'standard', 'shapley', "
-                "'contract', 'contract_accuracy' or 'incfl')")
+                "linear data costs, allowed is 1 (with convex costs, use a mechanism solved by "
+                "best responses or screening, such as standard FL, Shapley rewards, contracts or IncFL)")
 
     # ----------------------------------------------------------------- constructors
     @classmethod
