@@ -166,7 +166,8 @@ class Population:
             raise ValueError(
                 f"population.cost_exponent={self.cost_exponent!r}: mechanism {mechanism!r} assumes "
                 "linear data costs, allowed is 1 (with convex costs, use a mechanism solved by "
-                "best responses or screening, such as standard FL, Shapley rewards, contracts or IncFL)")
+                "best responses, screening or a 1-D root, such as standard FL, Shapley rewards, "
+                "contracts, Stackelberg pricing or IncFL)")
 
     # ----------------------------------------------------------------- constructors
     @classmethod

@@ -49,8 +49,20 @@ concave in R, so R = min(R*, budget). When caps bind at R*, X(R) is no longer li
 R is found by a grid over [0, R_max] refined with bounded Brent search, R_max being the
 budget or V(sum of endowments) - V(0) (no larger reward can pay for itself).
 
+Convex costs. With u_i = R x_i / X - c_i x_i**beta (beta > 1; energy costs of computing,
+as in Zhan et al. 2020), the marginal cost of the first sample is 0, so every agent with
+something to contribute is active. With shares r_i = x_i / X the first-order conditions
+R (X - x_i) / X**2 = beta c_i x_i**(beta-1) become
+
+    R (1 - r_i) = beta c_i X**beta r_i**(beta-1),        sum_i r_i = 1,               (4)
+
+each r_i (capped at n_i / X) falls as X grows, so the total is the unique root of
+sum_i r_i(X) = 1 (Brent on log X, each r_i by bisection). Uncapped, scaling R by s
+scales X by s**(1/beta); the leader's R is found numerically. E.g. N symmetric agents,
+beta = 2: r = 1/N gives x = sqrt(R (N - 1) / (2 c N**2)).
+
 Accuracy value. In :class:`StackelbergPricing` every agent receives the global model
-a(X) (no shaping), and an agent's realised utility is v_i a(X) + R x_i / X - c_i x_i
+a(X) (no shaping), and an agent's realised utility is v_i a(X) + R x_i / X - c_i x_i**beta
 - comm_i. The follower game is the classic reward-only game (1): followers ignore the
 small effect v_i a'(X) of their own data on the model they receive, and communication
 costs and outside options (they are counted in realised utilities, not in the follower
@@ -64,7 +76,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq, minimize_scalar
 
 from incentives.checks import bad, check_number
 from incentives.protocols import Allocation, Outcome
@@ -122,24 +134,34 @@ def _check_costs(cost, capacity):
     return c, cap
 
 
-def follower_equilibrium(cost, reward: float, capacity=None, *, max_iter: int = 1000
-                         ) -> FollowerEquilibrium:
+def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: float = 1.0,
+                         max_iter: int = 1000) -> FollowerEquilibrium:
     """Nash equilibrium (2)-(3) of the proportional-share game (1) for the total reward R.
 
     cost: (N,) c_i >= 0, utility per sample; reward: R >= 0, utility units; capacity:
     (N,) endowments n_i (samples; None or inf for no cap). Vectorised: O(N log N).
     Raises ValueError when fewer than two agents can contribute and none is capped (a
     lone follower has no best response: any x > 0 earns all of R).
+    ``cost_exponent`` beta > 1: convex costs c_i x**beta, solved by
+    :func:`_convex_follower_equilibrium` (the module docstring's game (4)).
     """
     c, cap = _check_costs(cost, capacity)
     if not (np.isfinite(reward) and reward >= 0):
         raise bad("reward", reward, "a finite number >= 0")
+    check_number("cost_exponent", cost_exponent, strict=True)
+    if cost_exponent < 1:
+        raise bad("cost_exponent", cost_exponent, "a finite number >= 1")
     N = len(c)
     R = float(reward)
     x = np.zeros(N)
     out = cap <= 0                      # agents with nothing to contribute
     if R == 0 or out.all():
         return FollowerEquilibrium(x, 0.0, np.zeros(N, bool), np.zeros(N, bool), R, 0)
+    if cost_exponent != 1:
+        if np.count_nonzero(~out) < 2:
+            raise bad("cost", cost, "at least two agents able to contribute (a lone follower has "
+                      "no best response)")
+        return _convex_follower_equilibrium(c, cap, R, float(cost_exponent))
     order = np.argsort(c, kind="stable")
     cs, ns, gone = c[order], cap[order], out[order]
     capped = _capped_at_root(cs, ns, gone, R) if np.isfinite(cap).any() else np.zeros(N, bool)
@@ -222,6 +244,47 @@ def _capped_at_root(c: np.ndarray, n: np.ndarray, gone: np.ndarray, R: float) ->
     return capped
 
 
+def _convex_follower_equilibrium(c: np.ndarray, cap: np.ndarray, R: float, beta: float) -> FollowerEquilibrium:
+    """The followers' equilibrium of game (4), convex costs c_i x**beta (beta > 1).
+
+    With shares r_i = x_i / X, agent i's first-order condition
+    R (X - x_i) / X**2 = beta c_i x_i**(beta-1) reads
+    phi_i(r) = R (1 - r) - beta c_i X**beta r**(beta-1) = 0, decreasing in r: one root
+    in [0, 1], found by vectorised bisection, then capped at n_i / X. Every share falls
+    as X grows, so sum_i r_i(X) = 1 has one root, found by Brent's method on log X.
+    """
+    live = cap > 0
+
+    def shares(X: float) -> np.ndarray:
+        top = np.where(live, np.minimum(1.0, cap / X), 0.0)
+        lo, hi = np.zeros_like(c), top.copy()
+        scale = beta * c * X**beta
+        for _ in range(_SHARE_BISECTIONS):
+            mid = 0.5 * (lo + hi)
+            above = R * (1.0 - mid) - scale * mid ** (beta - 1.0) > 0
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        at_top = R * (1.0 - top) - scale * top ** (beta - 1.0) >= 0
+        return np.where(at_top, top, 0.5 * (lo + hi))
+
+    def excess(log_X: float) -> float:
+        return float(shares(np.exp(log_X)).sum()) - 1.0
+
+    low, high = 0.0, 0.0
+    while excess(low) <= 0:   # small X: every live agent's share nears 1, and two or more live
+        low -= 5.0
+    while excess(high) > 0 and np.exp(high) < float(np.sum(cap[live])):
+        high += 5.0
+    if excess(high) > 0:      # even at every endowment the shares sum above 1: all capped
+        X = float(np.sum(cap[live]))
+    else:
+        X = float(np.exp(brentq(excess, low, high, xtol=1e-13)))
+    x = shares(X) * X
+    return FollowerEquilibrium(x, float(x.sum()), x > 0, live & (x >= cap * (1 - 1e-9)), R, 1)
+
+
+_SHARE_BISECTIONS = 60
+
+
 @dataclass(frozen=True)
 class LeaderSolution:
     """The leader's optimal reward and the followers' equilibrium under it.
@@ -238,11 +301,12 @@ class LeaderSolution:
 
 
 def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, budget=None,
-                  capacity=None, grid: int = 64) -> LeaderSolution:
+                  capacity=None, cost_exponent: float = 1.0, grid: int = 64) -> LeaderSolution:
     """The leader's R maximising V(X(R)) - R (s.t. R <= budget), see the module docstring.
 
     value: a :class:`~mechanisms.contract.ValueFunction` (its ``argmax`` gives the closed
-    form) or any callable V(X) (numeric search only); budget: None or R_max >= 0.
+    form) or any callable V(X) (numeric search only); budget: None or R_max >= 0;
+    cost_exponent: beta of the followers' costs c_i x**beta (beta > 1: numeric search).
     """
     c, cap = _check_costs(cost, capacity)
     if budget is not None and not (np.isfinite(budget) and budget >= 0):
@@ -250,12 +314,13 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     V = value
 
     def profit(R: float) -> tuple[float, FollowerEquilibrium]:
-        eq = follower_equilibrium(c, R, cap)
+        eq = follower_equilibrium(c, R, cap, cost_exponent=cost_exponent)
         return float(np.asarray(V(eq.total))) - R, eq
 
     # Uncapped: X = k R on the fixed active set.
     can = cap > 0
-    closed = isinstance(value, ValueFunction) and np.all(c[can] > 0) and can.sum() >= 2
+    closed = (isinstance(value, ValueFunction) and np.all(c[can] > 0) and can.sum() >= 2
+              and cost_exponent == 1)
     k = follower_equilibrium(c, 1.0, np.where(can, np.inf, 0.0)).total if closed else 0.0
     if closed and k > 0:
         X_star = float(value.argmax(1.0 / k)[0])
@@ -272,10 +337,10 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
         total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
         if not np.all(np.isfinite(cap)):
             raise bad("budget", budget, "a finite budget when some agent has no capacity "
-                      "and the value is not a ValueFunction")
+                      "and the value is not a ValueFunction or the costs are convex")
         R_max = float(np.asarray(V(total_cap)) - np.asarray(V(0.0)))
     if R_max <= 0:
-        eq = follower_equilibrium(c, 0.0, cap)
+        eq = follower_equilibrium(c, 0.0, cap, cost_exponent=cost_exponent)
         return LeaderSolution(0.0, 0.0, profit(0.0)[0], "numeric", eq)
     Rs = np.linspace(0.0, R_max, grid)
     values = np.array([profit(R)[0] for R in Rs])
@@ -290,7 +355,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
 
 class StackelbergPricing:
     """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`
-    with linear data costs (the follower equilibrium's closed form assumes them).
+    (linear costs: games (1)-(3); convex costs c_i x**beta: game (4)).
 
     The server announces the total reward R (``reward``; by default the leader's optimum
     of :func:`leader_reward` for ``value``: a ValueFunction, or "accuracy" for
@@ -301,8 +366,6 @@ class StackelbergPricing:
     info: reward, total, price per sample, the server's profit V(X) - R, active and capped
     agents. ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M.
     """
-
-    linear_costs_only = True
 
     def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
                  budget: float | None = None, value_weight: float = 1.0,
@@ -324,18 +387,19 @@ class StackelbergPricing:
         return self.value if isinstance(self.value, ValueFunction) else AccuracyValue(model, self.value_weight)
 
     def _solve(self, population, model):
-        population.require_linear_costs(self.name)
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
             return self._memo[2]
         cap = np.asarray(population.endowment, float) if self.respect_endowment else None
         value = self._value(model)
         if self.reward is not None:
-            eq = follower_equilibrium(population.cost, float(self.reward), cap)
+            eq = follower_equilibrium(population.cost, float(self.reward), cap,
+                                      cost_exponent=population.cost_exponent)
             sol = LeaderSolution(float(self.reward), eq.total,
                                  float(np.asarray(value(eq.total))) - float(self.reward),
                                  "given", eq)
         else:
-            sol = leader_reward(population.cost, value, budget=self.budget, capacity=cap)
+            sol = leader_reward(population.cost, value, budget=self.budget, capacity=cap,
+                                cost_exponent=population.cost_exponent)
         self._memo = (population, model, sol)
         return sol
 

@@ -21,7 +21,7 @@ from incentives.utility import utility
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types, solve_screening
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
-from mechanisms.stackelberg import StackelbergPricing
+from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward
 from mechanisms.standard import StandardFL
 
 MODEL = PowerLaw(a_opt=0.95, k=3.0, alpha=0.5)
@@ -109,13 +109,46 @@ def test_incfl_agents_hold_their_convex_cost_local_optimum():
     np.testing.assert_allclose(outcome.contributions, (K * ALPHA / (3 * COSTS)) ** (1 / (ALPHA + 3)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("mechanism", [AccuracyShaping(), StackelbergPricing()], ids=lambda m: m.name)
-def test_mechanisms_built_on_linear_costs_refuse_convex_ones(mechanism):
-    message = rf"population.cost_exponent=3.0: mechanism '{mechanism.name}' assumes linear data costs"
+def test_accuracy_shaping_refuses_convex_costs():
+    """Its slope c_i / v_i is the marginal cost of linear costs only."""
+    message = r"population.cost_exponent=3.0: mechanism 'shaping' assumes linear data costs"
     with pytest.raises(ValueError, match=message):
-        mechanism.solve(POPULATION, MODEL)
+        AccuracyShaping().solve(POPULATION, MODEL)
     with pytest.raises(ValueError, match=message):  # before any training
-        ClosedLoop(POPULATION, [StandardFL(), mechanism], oracle=None)
+        ClosedLoop(POPULATION, [StandardFL(), AccuracyShaping()], oracle=None)
+
+
+def test_stackelberg_followers_with_convex_costs_by_hand():
+    """N symmetric followers, c x**2: R (X - x) / X**2 = 2 c x at X = N x gives
+    x = sqrt(R (N - 1) / (2 c N**2)); R = 3, c = 0.5, N = 4: x = 0.75."""
+    eq = follower_equilibrium(np.full(4, 0.5), 3.0, cost_exponent=2)
+    np.testing.assert_allclose(eq.contributions, 0.75, rtol=1e-10)
+    costs = np.array([0.1, 0.3, 1.0, 2.0])
+    eq = follower_equilibrium(costs, 5.0, cost_exponent=3)
+    x, X = eq.contributions, eq.total
+    np.testing.assert_allclose(5.0 * (X - x) / X**2, 3 * costs * x**2, rtol=1e-9)  # every first-order condition
+    assert eq.active.all()  # the first sample costs nothing at the margin
+    scaled = follower_equilibrium(costs, 5.0 * 8, cost_exponent=3)  # R * s -> X * s**(1/beta)
+    assert scaled.total == pytest.approx(2 * X, rel=1e-9)
+    capped = follower_equilibrium(costs, 5.0, [0.3, 10, 10, 10], cost_exponent=3)
+    y, Y = capped.contributions, capped.total
+    assert y[0] == pytest.approx(0.3) and capped.capped.tolist() == [True, False, False, False]
+    np.testing.assert_allclose(5.0 * (Y - y[1:]) / Y**2, 3 * costs[1:] * y[1:] ** 2, rtol=1e-9)
+    assert 5.0 * (Y - 0.3) / Y**2 > 3 * costs[0] * 0.3**2  # the capped agent would add more
+
+
+def test_the_stackelberg_leader_with_convex_costs_beats_a_fine_grid():
+    costs, caps, value = np.array([0.1, 0.3, 1.0, 2.0]), np.full(4, 100.0), LogValue(10.0)
+    solution = leader_reward(costs, value, capacity=caps, cost_exponent=3)
+
+    def profit(R):
+        return 10 * np.log1p(follower_equilibrium(costs, R, caps, cost_exponent=3).total) - R
+
+    grid = np.linspace(0.01, 20.0, 400)
+    assert solution.profit >= max(profit(R) for R in grid) - 1e-9
+    assert solution.profit == pytest.approx(profit(solution.reward), rel=1e-12)
+    outcome = StackelbergPricing(value).solve(POPULATION, MODEL)
+    assert verify_equilibrium(StackelbergPricing(value), outcome.contributions, POPULATION, MODEL, tol=1e-3).ok
 
 
 def test_sampled_traits_are_reproducible_and_apart_from_the_population_streams():
