@@ -98,22 +98,13 @@ def multidimensional_costs(population: Population, section: dict, training: dict
     config, and the training's rounds and local epochs."""
     drawn = sample_traits(population.n_agents, {t: section[t] for t in MULTIDIMENSIONAL_TRAITS},
                           MULTIDIMENSIONAL_TRAITS, seed)
-    deadline = section["round_deadline"]
-    late = np.flatnonzero(drawn["comm_delay"] >= deadline)
-    if late.size:
-        raise ConfigError(f"population.comm_delay={section['comm_delay']!r}: agent {late[0]} draws "
-                          f"{drawn['comm_delay'][late[0]]:.4g} s; allowed is delays below "
-                          f"population.round_deadline={deadline!r}")
-    small = np.flatnonzero(~(drawn["compute_cost"] > 0))
-    if small.size:
-        raise ConfigError(f"population.compute_cost={section['compute_cost']!r}: agent {small[0]} draws "
-                          f"{drawn['compute_cost'][small[0]]!r}; allowed is coefficients > 0")
-    if np.any(drawn["comm_delay"] < 0):
-        raise ConfigError(f"population.comm_delay={section['comm_delay']!r}: allowed is delays >= 0 seconds")
-    types = reduce_multidimensional_types(
-        drawn["compute_cost"], drawn["comm_delay"], population.endowment, round_deadline=deadline,
-        rounds=training["rounds"], local_epochs=training["local_epochs"],
-        cycles_per_sample=section["cycles_per_sample"])
+    try:  # the config checked the scalars; the reduction checks each agent's draws
+        types = reduce_multidimensional_types(
+            drawn["compute_cost"], drawn["comm_delay"], population.endowment,
+            round_deadline=section["round_deadline"], rounds=training["rounds"],
+            local_epochs=training["local_epochs"], cycles_per_sample=section["cycles_per_sample"])
+    except ValueError as error:  # "comm_delay[i]=...": agent i's draw
+        raise ConfigError(f"population.{error}") from None
     return replace(population, cost=types.cost, cost_exponent=types.cost_exponent)
 
 
@@ -149,10 +140,10 @@ def build_mechanisms(section: dict) -> list:
     return [factories[name]() for name in section["compare"]]
 
 
-def check_costs_suit_mechanisms(config: dict, population: Population) -> None:
-    """ConfigError when a compared mechanism's closed form assumes linear data costs and
-    the population's are convex (before any training)."""
-    for mechanism in build_mechanisms(config["mechanisms"]):
+def check_costs_suit_mechanisms(config: dict, population: Population, mechanisms: list) -> None:
+    """ConfigError when one of ``mechanisms`` (those compared) has a closed form that
+    assumes linear data costs and the population's are convex (before any training)."""
+    for mechanism in mechanisms:
         if getattr(mechanism, "linear_costs_only", False) and not population.linear_costs:
             source = ("population.private_information='multidimensional' gives cost_exponent 3"
                       if config["population"]["private_information"] == "multidimensional"
@@ -284,7 +275,8 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
         raise
     except (ValueError, OSError) as error:
         raise ConfigError(f"population: {error}") from None
-    check_costs_suit_mechanisms(config, population)
+    mechanisms = build_mechanisms(config["mechanisms"])
+    check_costs_suit_mechanisms(config, population, mechanisms)
     training = config["training"]
     if training["clients_per_round"] > population.n_agents:
         raise ConfigError(f"training.clients_per_round={training['clients_per_round']!r}: allowed is 0 (every "
@@ -299,18 +291,17 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
         if max(pilot_sizes) > len(oracle.pool):
             raise ConfigError(f"accuracy.pilot_sizes={pilot_sizes!r}: allowed is sizes of at most "
                               f"{len(oracle.pool)}, the training pool less the data.validation_fraction held out")
-        return _run_loop(config, population, oracle, resume_folder, timings, start, quiet)
+        return _run_loop(config, population, mechanisms, oracle, resume_folder, timings, start, quiet)
     finally:
         getattr(executor, "close", lambda: None)()
 
 
-def _run_loop(config: dict, population: Population, oracle, resume_folder: Path | None,
+def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
               timings: dict[str, float], start: float, quiet: bool) -> Path:
     """The loop, its checkpoints and the run folder (``run``'s second half)."""
     training = config["training"]
     timings["setup"] = time.perf_counter() - start
     show = config["experiment"]["progress"] and not quiet
-    mechanisms = build_mechanisms(config["mechanisms"])
     if resume_folder is None:
         folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
         resumed = None

@@ -308,7 +308,8 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
       and the answer is again compared with M = 0.
 
     Convex costs (beta > 1): the cheapest way to collect M equalises marginal costs,
-    m_i(lam) = min(n_i, (lam / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0), with M(lam)
+    m_i(lam) = min(n_i, (lam / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0;
+    :meth:`~incentives.population.Population.marginal_cost_inverse`), with M(lam)
     increasing in the marginal cost lam; W is maximised over lam in [0, lam_max],
     lam_max = max_i beta c_i n_i**(beta-1) (every agent at its cap), on a log-spaced grid
     refined by bounded scalar search, and compared with M = 0.
@@ -361,14 +362,11 @@ def _equal_marginal_costs(population: Population, model: AccuracyModel, phi: Phi
     beta, c, n = population.cost_exponent, population.cost, population.endowment
     values_total = float(population.value.sum())
     benefit = (lambda a: a) if phi is None else phi
-
-    def fill(lam: float) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.where(c > 0, np.minimum(n, (lam / (beta * np.where(c > 0, c, 1.0))) ** (1.0 / (beta - 1.0))), n)
+    fill = population.marginal_cost_inverse
 
     def loss(lam: float) -> float:
         m = fill(lam)
-        return -(values_total * float(np.asarray(benefit(model(m.sum())))) - float(np.sum(c * m**beta)))
+        return -(values_total * float(np.asarray(benefit(model(m.sum())))) - float(population.data_cost(m).sum()))
 
     lam_max = float(np.max(beta * c * n ** (beta - 1.0), initial=0.0))
     if lam_max == 0.0:  # data is free for everyone

@@ -35,6 +35,8 @@ from typing import Mapping
 
 import numpy as np
 
+from incentives.checks import check_number
+
 #: Per-agent numeric fields, in the fixed order that keys the random streams of
 #: :meth:`Population.sample` (never reorder: it would change every sampled population).
 FIELDS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
@@ -111,12 +113,8 @@ class Population:
     cost_exponent: float = 1.0
 
     def __post_init__(self) -> None:
-        beta = self.cost_exponent
-        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)) or not (
-                math.isfinite(beta) and beta >= 1):
-            raise ValueError(f"cost_exponent={beta!r}: allowed is a finite number >= 1 "
-                             "(data cost c_i * m**cost_exponent)")
-        object.__setattr__(self, "cost_exponent", float(beta))
+        check_number("cost_exponent", self.cost_exponent, least=1)
+        object.__setattr__(self, "cost_exponent", float(self.cost_exponent))
         raw = {key: getattr(self, key) for key in FIELDS}
         lengths = {key: np.size(v) for key, v in raw.items() if np.ndim(v) > 0}
         if not lengths:
@@ -159,6 +157,15 @@ class Population:
         m = np.asarray(contributions, dtype=float)
         cost = self.cost.reshape((-1,) + (1,) * (m.ndim - 1)) if m.ndim > 1 else self.cost
         return cost * (m if self.linear_costs else m ** self.cost_exponent)
+
+    def marginal_cost_inverse(self, slope) -> np.ndarray:
+        """(N,) the contributions at which each agent's marginal data cost
+        beta c_i m**(beta-1) equals ``slope`` (utility units per sample; a number or (N,)),
+        capped at the endowment n_i; n_i where c_i = 0. Convex costs (beta > 1) only."""
+        c, n, beta = self.cost, self.endowment, self.cost_exponent
+        with np.errstate(divide="ignore", over="ignore"):
+            m = (np.asarray(slope, dtype=float) / (beta * np.where(c > 0, c, 1.0))) ** (1.0 / (beta - 1.0))
+        return np.where(c > 0, np.minimum(n, m), n)
 
     def require_linear_costs(self, mechanism: str) -> None:
         """ValueError unless data costs are linear: for mechanisms whose closed forms assume them."""

@@ -55,15 +55,11 @@ def local_utility(population: Population, model: AccuracyModel, phi: Phi | None 
     return _benefit(population, np.asarray(model(m), dtype=float), phi) - population.data_cost(m)
 
 
-def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None,
-                       capped: bool = True) -> np.ndarray:
-    """(N,) m_i^o, the samples each agent collects training alone
-    (:func:`incentives.accuracy.local_optimum` under ``phi``, linear by default, and the
-    population's cost exponent), capped at the endowment unless ``capped`` is False
-    (allowed only for linear phi and costs: the numerical search needs the cap).
-    """
-    endowment = population.endowment if capped else None
-    return np.asarray(local_optimum(population.cost, population.value, model, endowment, phi,
+def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
+    """(N,) m_i^o, the samples each agent collects training alone, capped at its
+    endowment (:func:`incentives.accuracy.local_optimum` under ``phi``, linear by
+    default, and the population's cost exponent)."""
+    return np.asarray(local_optimum(population.cost, population.value, model, population.endowment, phi,
                                     population.cost_exponent), dtype=float).reshape(population.n_agents)
 
 

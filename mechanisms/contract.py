@@ -627,10 +627,10 @@ def _as_array(key: str, value, K: int, *, positive=False, nonneg=False) -> np.nd
         arr = np.full(K, float(arr))
     if arr.shape != (K,) or not np.all(np.isfinite(arr)):
         raise bad(key, value, f"a finite number or {K} finite numbers (one per type)")
-    if positive and np.any(arr <= 0):
-        raise bad(key, value, "numbers > 0")
-    if nonneg and np.any(arr < 0):
-        raise bad(key, value, "numbers >= 0")
+    for wanted, failing, allowed in ((positive, arr <= 0, "a number > 0"), (nonneg, arr < 0, "a number >= 0")):
+        if wanted and failing.any():
+            k = int(np.flatnonzero(failing)[0])
+            raise bad(f"{key}[{k}]", float(arr[k]), allowed)
     return arr
 
 
@@ -1029,17 +1029,18 @@ def reduce_multidimensional_types(
     small-data type could not fill (conservative: the menu stays IC if types could
     acquire data).
     """
-    zeta = np.atleast_1d(np.asarray(compute_cost, dtype=float))
-    K = len(zeta)
-    if zeta.ndim != 1 or K == 0 or not np.all(np.isfinite(zeta)) or np.any(zeta <= 0):
+    K = np.size(compute_cost)
+    if np.ndim(compute_cost) != 1 or K == 0:
         raise bad("compute_cost", compute_cost, "a non-empty 1-D array of finite numbers > 0")
+    zeta = _as_array("compute_cost", compute_cost, K, positive=True)
     tau = _as_array("comm_delay", comm_delay, K, nonneg=True)
     n = _as_array("data_size", data_size, K, positive=True)
     if not (np.isfinite(round_deadline) and round_deadline > 0):
         raise bad("round_deadline", round_deadline, "a finite number of seconds > 0")
-    if np.any(tau >= round_deadline):
-        raise bad("comm_delay", comm_delay, f"delays below round_deadline={round_deadline!r} "
-                  "(a type that cannot upload in time cannot take part)")
+    late = np.flatnonzero(tau >= round_deadline)
+    if late.size:
+        raise bad(f"comm_delay[{late[0]}]", float(tau[late[0]]), f"a delay below round_deadline="
+                  f"{round_deadline!r} seconds (a type that cannot upload in time cannot take part)")
     for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
                      ("cycles_per_sample", cycles_per_sample)):
         if not (np.isfinite(val) and val > 0):

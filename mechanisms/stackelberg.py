@@ -148,9 +148,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     c, cap = _check_costs(cost, capacity)
     if not (np.isfinite(reward) and reward >= 0):
         raise bad("reward", reward, "a finite number >= 0")
-    check_number("cost_exponent", cost_exponent, strict=True)
-    if cost_exponent < 1:
-        raise bad("cost_exponent", cost_exponent, "a finite number >= 1")
+    check_number("cost_exponent", cost_exponent, least=1)
     N = len(c)
     R = float(reward)
     x = np.zeros(N)

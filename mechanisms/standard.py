@@ -51,11 +51,11 @@ class StandardFL:
         Convex costs c_i m**beta (beta > 1): the marginal cost of the first sample is 0, so
         nobody free-rides entirely. On the concave part of a, agent i's first-order
         condition v_i a'(M) = beta c_i m_i**(beta-1) gives
-        m_i(M) = min(n_i, (v_i a'(M) / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0),
-        and the equilibrium total is the root of M = sum_i m_i(M) on
-        [zero_crossing, sum_i n_i] (the right side decreases in M: one root, by
-        bisection). Where no root lies above the zero crossing, the profile comes from
-        best-response iteration (:func:`~incentives.equilibrium.nash_equilibrium`).
+        m_i(M) = min(n_i, (v_i a'(M) / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0;
+        :meth:`~incentives.population.Population.marginal_cost_inverse`), and the
+        equilibrium total is the root of M = sum_i m_i(M) on [zero_crossing, sum_i n_i]
+        (the right side decreases in M: one root, by Brent's method). Where no root lies
+        above the zero crossing, the profile comes from best-response iteration (:func:`~incentives.equilibrium.nash_equilibrium`).
         """
         participation = settle_participation(
             lambda pop: _nash_contributions(pop, model), self, population, model
@@ -93,14 +93,11 @@ def _nash_contributions(population: Population, model: AccuracyModel) -> np.ndar
 
 def _convex_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
     """The convex-cost equilibrium profile described in :meth:`StandardFL.solve`."""
-    beta, c, v, n = population.cost_exponent, population.cost, population.value, population.endowment
 
     def respond(total: float) -> np.ndarray:
-        with np.errstate(divide="ignore", over="ignore"):
-            slope = v * float(np.asarray(model.derivative(total)))
-            return np.where(c > 0, np.minimum(n, (slope / (beta * np.where(c > 0, c, 1.0))) ** (1.0 / (beta - 1.0))), n)
+        return population.marginal_cost_inverse(population.value * float(np.asarray(model.derivative(total))))
 
-    low, high = float(model.zero_crossing), float(n.sum())
+    low, high = float(model.zero_crossing), float(population.endowment.sum())
     if low >= high or respond(low).sum() <= low:
         return nash_equilibrium(StandardFL(), population, model).contributions
     root = brentq(lambda total: respond(total).sum() - total, low, high, xtol=1e-12 * high) \

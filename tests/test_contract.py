@@ -176,8 +176,10 @@ def test_multidimensional_equal_criteria_get_equal_items():
 
 
 def test_multidimensional_rejects_late_uploads():
-    with pytest.raises(ValueError, match=r"^comm_delay=.*: allowed is delays below round_deadline"):
+    with pytest.raises(ValueError, match=r"^comm_delay\[0\]=2.0: allowed is a delay below round_deadline=1.0 seconds"):
         reduce_multidimensional_types([1.0], [2.0], [5.0], round_deadline=1.0)
+    with pytest.raises(ValueError, match=r"^compute_cost\[1\]=-2.0: allowed is a number > 0$"):
+        reduce_multidimensional_types([1.0, -2.0], [0.0, 0.0], [5.0, 5.0], round_deadline=1.0)
 
 
 # ----------------------------------------------------------------- compiled-program cache
