@@ -10,7 +10,8 @@ In the economic model agent i holds the data it would collect to train alone, m_
 (:func:`~incentives.utility.local_contribution`, under the population's data costs), and
 its local model has accuracy a(m_i^o). Taking part, it contributes those samples and
 receives the global model trained on the participants' data. It collects the data
-either way, so the data's cost cancels and agent i takes part iff (:func:`~incentives.participation.participation_gain`)
+either way, so the data's cost cancels and agent i takes part iff
+(:func:`~incentives.participation.participation_gain`)
 
     g_i = v_i (a(M_S) - a(m_i^o)) - comm_i > 0,      M_S = sum_{j in S} m_j^o.
 
