@@ -55,7 +55,8 @@ class StandardFL:
         :meth:`~incentives.population.Population.marginal_cost_inverse`), and the
         equilibrium total is the root of M = sum_i m_i(M) on [zero_crossing, sum_i n_i]
         (the right side decreases in M: one root, by Brent's method). Where no root lies
-        above the zero crossing, the profile comes from best-response iteration (:func:`~incentives.equilibrium.nash_equilibrium`).
+        above the zero crossing, the profile comes from best-response iteration
+        (:func:`~incentives.equilibrium.nash_equilibrium`).
         """
         participation = settle_participation(
             lambda pop: _nash_contributions(pop, model), self, population, model
