@@ -289,8 +289,8 @@ class EmpiricalModel(AccuracyModel):
         """
         if family not in FAMILIES:
             raise ValueError(f"family={family!r}: allowed is one of {', '.join(FAMILIES)}")
-        sizes = np.asarray(sizes, dtype=float)
-        accuracies = np.asarray(accuracies, dtype=float)
+        sizes = np.array(sizes, dtype=float)  # copies: the caller's arrays stay writeable
+        accuracies = np.array(accuracies, dtype=float)
         if sizes.ndim != 1 or sizes.shape != accuracies.shape:
             raise ValueError(
                 f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: "

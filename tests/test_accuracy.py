@@ -127,6 +127,16 @@ def test_fit_reports_residuals_on_noisy_points():
     assert fitted.params["a_opt"] == pytest.approx(0.9, abs=0.02)
 
 
+def test_fit_keeps_its_own_read_only_copy_of_the_points():
+    """The fitted points are frozen, but the caller's arrays stay writeable and unshared."""
+    sizes, measured = np.array([50.0, 100, 200, 400]), np.array([0.5, 0.6, 0.68, 0.74])
+    fitted = EmpiricalModel.fit(sizes, measured)
+    assert sizes.flags.writeable and measured.flags.writeable
+    assert not fitted.sizes.flags.writeable and not fitted.accuracies.flags.writeable
+    sizes[0] = measured[0] = 1.0
+    assert fitted.sizes[0] == 50.0 and fitted.accuracies[0] == 0.5
+
+
 @pytest.mark.parametrize(
     "sizes, accuracies, family, message",
     [
