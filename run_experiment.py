@@ -24,7 +24,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
-from incentives.loop import ClosedLoop
+from incentives.loop import ClosedLoop, LoopResult
 from incentives.population import Population, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
@@ -227,7 +227,12 @@ def load_checkpoint(folder: Path):
         raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
                           "folder that finished at least one loop iteration")
     with path.open("rb") as handle:
-        return pickle.load(handle)
+        result = pickle.load(handle)
+    if not isinstance(result, LoopResult) or not hasattr(result, "fit"):
+        raise ConfigError(f"--resume {str(folder)!r}: its {CHECKPOINT} was written by an earlier version of "
+                          "the loop (one refitted a(m), no per-mechanism calibration); allowed is a checkpoint "
+                          "of this version: run the experiment again")
+    return result
 
 
 def check_resumable(saved: dict, config: dict, folder: Path) -> None:

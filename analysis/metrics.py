@@ -3,12 +3,15 @@
 For one mechanism's record (its last loop iteration):
 
 - total data M = sum_i m_i (samples actually trained on, and as solved);
+- the data efficiency gamma of the mechanism's accuracy model a(gamma m) (the pilot fit
+  a(m) calibrated to its trainings, ``incentives.loop``; 1 before its first);
 - free-riding rate: share of agents contributing less than their own local optimum
-  m_i^o = argmax_m v_i phi(a(m)) - c_i m (fewer by more than half a sample);
-- welfare W = sum_i u_i, predicted (under the fitted a(m)) and realised (from the
-  delivered accuracies of real training);
-- price of anarchy PoA = S(social optimum) / S(equilibrium), both under the fitted a(m),
-  where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the surplus the model creates, money
+  m_i^o = argmax_m v_i phi(a(gamma m)) - c_i m (fewer by more than half a sample);
+- welfare W = sum_i u_i, predicted (under a(gamma m)) and realised (from the delivered
+  accuracies of real training);
+- price of anarchy PoA = S(social optimum) / S(equilibrium), the optimum under the pilot
+  fit a(m) (one benchmark for every mechanism: what the data are worth pooled), the
+  equilibrium as predicted, where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the surplus the model creates, money
   transfers excluded (they only move utility between the server and the agents); >= 1,
   1 when the equilibrium is efficient, infinite when S(equilibrium) <= 0 (e.g. a money
   contract, where the server keeps the model);
@@ -42,13 +45,14 @@ def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> floa
     return float(optimal_welfare / equilibrium_welfare) if equilibrium_welfare > 0 else float("inf")
 
 
-def summarise(record: IterationRecord, population: Population, model: AccuracyModel,
+def summarise(record: IterationRecord, population: Population, pilot: AccuracyModel,
               audit: Audit, phi: Phi | None = None) -> dict[str, float]:
     """The headline metrics of one mechanism's record and its audit (see the module
-    docstring), with the agents' value of accuracy ``phi`` (the loop's; linear by default)."""
+    docstring), with the agents' value of accuracy ``phi`` (the loop's; linear by default);
+    ``pilot``: the loop's pilot fit, under which the social optimum is taken."""
     outcome, training = record.outcome, record.training
-    m_local = local_contribution(population, model, phi)
-    optimum = social_optimum(population, model, phi)
+    m_local = local_contribution(population, record.accuracy_model, phi)
+    optimum = social_optimum(population, pilot, phi)
     predicted_welfare = float(record.predicted_utility.sum())
     promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
     violations = audit.violations()
@@ -57,6 +61,7 @@ def summarise(record: IterationRecord, population: Population, model: AccuracyMo
         "total_data": float(record.trained_contributions.sum()),
         "total_data_solved": outcome.total,
         "participants": int(np.count_nonzero(record.trained_contributions)),
+        "data_efficiency": record.accuracy_model.efficiency,
         "free_riding_rate": free_riding_rate(record.trained_contributions, m_local),
         "welfare_predicted": predicted_welfare,
         "welfare_realised": float(record.realised_utility.sum()),

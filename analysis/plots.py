@@ -35,17 +35,18 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def contributions(result: LoopResult, population: Population, path: Path, phi: Phi | None = None) -> Path:
-    """Bars: each mechanism's trained contribution per agent; marks: m_i^o under the last
-    fit and the agents' value of accuracy ``phi``."""
+    """Bars: each mechanism's trained contribution per agent; marks on each bar: m_i^o
+    under that mechanism's accuracy model and the agents' value of accuracy ``phi``."""
     final = result.final()
-    m_local = local_contribution(population, result.fits[-1], phi)
     agents = np.arange(population.n_agents)
     width = 0.8 / max(1, len(final))
     fig, ax = plt.subplots(figsize=(9 + 0.4 * len(final), 4))
     for k, (name, record) in enumerate(final.items()):
-        ax.bar(agents + (k - (len(final) - 1) / 2) * width, record.trained_contributions,
-               width, label=name, color=COLOURS[k % len(COLOURS)])
-    ax.scatter(agents, m_local, marker="_", s=300, color="black", label="local optimum $m_i^o$", zorder=3)
+        at = agents + (k - (len(final) - 1) / 2) * width
+        ax.bar(at, record.trained_contributions, width, label=name, color=COLOURS[k % len(COLOURS)])
+        m_local = local_contribution(population, record.accuracy_model, phi)
+        ax.scatter(at, m_local, marker="_", s=300 * width, color="black", zorder=3,
+                   label="local optimum $m_i^o$" if k == 0 else None)
     ax.set_xlabel("agent (sorted as in the population)")
     ax.set_ylabel("samples contributed")
     ax.set_xticks(agents)
@@ -103,15 +104,17 @@ def convergence(result: LoopResult, path: Path) -> Path:
     left.set_ylabel("total samples contributed")
     left.set_title("Loop convergence")
     left.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: the lines stay clear
-    fit = result.fits[-1]
     sizes = np.concatenate([result.pilot_sizes, [r.trained_contributions.sum() for r in result.records]])
-    accuracy = np.concatenate([result.pilot_accuracies,
-                               [np.mean(r.training.global_accuracy) for r in result.records]])
     grid = np.geomspace(max(1.0, sizes[sizes > 0].min() * 0.8), sizes.max() * 1.2, 200)
-    right.scatter(result.pilot_sizes, result.pilot_accuracies, s=14, label="pilot (trained)")
-    right.scatter(sizes[len(result.pilot_sizes):], accuracy[len(result.pilot_sizes):], marker="x",
-                  color="black", label="loop measurements")
-    right.plot(grid, fit(grid), color="red", label="fitted a(m)")
+    right.scatter(result.pilot_sizes, result.pilot_accuracies, s=14, color="grey", label="pilot (trained)")
+    right.plot(grid, result.fit(grid), color="black", label="fitted a(m)")
+    for k, name in enumerate(names):  # each mechanism's trainings and a(gamma m) calibrated to them
+        measured, accuracy = result.measurements(name)
+        if measured.size:
+            model, colour = result.calibrated(name), COLOURS[k % len(COLOURS)]
+            right.scatter(measured, accuracy, marker="x", color=colour)
+            right.plot(grid, model(grid), color=colour, linestyle="--",
+                       label=f"{name}: $\\gamma$ = {model.efficiency:.2g}")
     right.set_xscale("log")
     right.set_xlabel("samples m")
     right.set_ylabel("test accuracy")

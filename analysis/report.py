@@ -9,7 +9,8 @@ Layout (see DESIGN.md)::
         summary.csv        headline metrics, one row per mechanism
         agents.csv         per-agent table of the last iteration of each mechanism
         audit.csv          per-agent audit: IR shortfall, deviation and misreport gains, rents
-        learning_curve.csv every measured (size, accuracy) point and the final fit
+        learning_curve.csv every measured (size, accuracy) point, by source (the pilot or a
+                           mechanism), with the model fitted or calibrated to it
         figures/*.png
         report.html
 """
@@ -32,6 +33,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
+from incentives.accuracy import EffectiveData
 from incentives.loop import LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
@@ -117,13 +119,12 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 def agent_rows(result: LoopResult, population: Population, phi: Phi | None = None) -> list[dict]:
     """Per-agent table of each mechanism's last iteration; ``local_optimum`` is m_i^o
-    under the last fit and the agents' value of accuracy ``phi`` (the loop's);
-    ``data_cost`` is c_i m_i**beta at the trained contribution (utility units)."""
-    fit = result.fits[-1]
-    m_local = local_contribution(population, fit, phi)
+    under the mechanism's accuracy model and the agents' value of accuracy ``phi`` (the
+    loop's); ``data_cost`` is c_i m_i**beta at the trained contribution (utility units)."""
     rows = []
     for name, record in result.final().items():
         outcome, training = record.outcome, record.training
+        m_local = local_contribution(population, record.accuracy_model, phi)
         spent = population.data_cost(record.trained_contributions)
         for i in range(population.n_agents):
             rows.append({
@@ -145,6 +146,27 @@ def agent_rows(result: LoopResult, population: Population, phi: Phi | None = Non
                 "local_utility": record.local_utility[i],
             })
     return rows
+
+
+def _efficiencies(result: LoopResult) -> str:
+    """'name &gamma; = 0.41 (from 3 trainings)' for each mechanism's last accuracy model."""
+    parts = []
+    for name, record in result.final().items():
+        model = record.accuracy_model
+        trainings = len(model.sizes) if isinstance(model, EffectiveData) else 0
+        parts.append(f"{html.escape(name)} &gamma; = {model.efficiency:.3g} (from {trainings} training(s))")
+    return ", ".join(parts)
+
+
+def learning_curve_rows(result: LoopResult) -> list[dict]:
+    """Every measured point: the pilot curve's, with the pilot fit a(m) at it, then each
+    mechanism's trainings (M, mean global accuracy), with a(gamma m) calibrated to all of
+    them (``efficiency`` = gamma; 1 for the pilot)."""
+    models = [("pilot", result.fit, result.pilot_sizes, result.pilot_accuracies)]
+    models += [(name, result.calibrated(name), *result.measurements(name)) for name in result.final()]
+    return [{"source": source, "size": float(size), "accuracy": float(accuracy), "fitted": float(model(size)),
+             "efficiency": model.efficiency}
+            for source, model, sizes, accuracies in models for size, accuracy in zip(sizes, accuracies)]
 
 
 def _table(rows: list[dict], digits: int = 4) -> str:
@@ -221,7 +243,7 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
                  warnings: list[str]) -> Path:
     """report.html: the ``warnings``, the headline table, the fit, the figures and the
     per-agent ``agents`` rows."""
-    fit = result.fits[-1]
+    fit = result.fit
     name = html.escape(config["experiment"]["name"])
     figure_html = "".join(f'<img src="figures/{f.name}" alt="{f.stem}">' for f in figures)
     status = (f"converged after {result.n_iterations} iteration(s)" if result.converged
@@ -241,8 +263,10 @@ real federated training ({html.escape(config['model']['name'])}, {config['traini
 FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
 {''.join(f'<p class="warning">Warning: {html.escape(w)}</p>' for w in warnings)}
 <h2>Headline</h2>{_headline_table(summaries)}
-<p>Accuracy model: {html.escape(fit.family)} fitted to {len(fit.sizes)} measured points
-({params}; RMSE {fit.rmse:.4f}).</p>
+<p>Accuracy model: {html.escape(fit.family)} fitted to the {len(fit.sizes)} points of the pilot
+learning curve ({params}; RMSE {fit.rmse:.4f}). Each mechanism was solved under a(&gamma; m), the
+pilot curve with the data efficiency &gamma; calibrated to its own earlier trainings (1 before its
+first): {_efficiencies(result)}.</p>
 <h2>Figures</h2>{figure_html}
 <h2>Per agent (last iteration)</h2>{_table(agents)}
 </body></html>"""
@@ -253,10 +277,11 @@ FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
 
 def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,
                 phi: Phi | None = None) -> dict[str, Audit]:
-    """Each mechanism's last outcome audited against its last training, under the last
-    fit, with the agents' value of accuracy ``phi`` (the loop's; linear by default)."""
-    fit, final = result.fits[-1], result.final()
-    return {m.name: audit(m, final[m.name].outcome, population, fit,
+    """Each mechanism's last outcome audited against its last training, under the accuracy
+    model it was solved with, with the agents' value of accuracy ``phi`` (the loop's;
+    linear by default)."""
+    final = result.final()
+    return {m.name: audit(m, final[m.name].outcome, population, final[m.name].accuracy_model,
                           final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
                           final[m.name].trained_contributions, phi=phi)
             for m in mechanisms}
@@ -270,10 +295,9 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     the run's warnings (:func:`run_warnings`, also in the report and the manifest).
     ``phi``: the agents' value of accuracy the loop ran with (linear by default), for the
     audits, local optima and the social optimum."""
-    fit = result.fits[-1]
     warnings = run_warnings(result, config)
     audits = audit_final(result, mechanisms, population, phi)
-    summaries = {name: summarise(record, population, fit, audits[name], phi)
+    summaries = {name: summarise(record, population, result.fit, audits[name], phi)
                  for name, record in result.final().items()}
     agents = agent_rows(result, population, phi)
     (folder / "config.toml").write_text(config_module.dumps(config))
@@ -281,9 +305,7 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     _write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
     _write_csv(folder / "agents.csv", agents)
     _write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
-    _write_csv(folder / "learning_curve.csv",
-               [{"size": s, "accuracy": a, "fitted": float(fit(s))}
-                for s, a in zip(fit.sizes, fit.accuracies)])
+    _write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
     write_report(folder, config, result, population, summaries, figures, agents, warnings)
     write_manifest(folder, config, timings, device,

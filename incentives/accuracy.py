@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
@@ -47,7 +47,20 @@ def _out(x: np.ndarray):
 
 
 class AccuracyModel(ABC):
-    """Interface of every accuracy model (see the module docstring for the conventions)."""
+    """Interface of every accuracy model (see the module docstring for the conventions).
+
+    efficiency: gamma, the samples of the pilot's data each sample is worth
+    (:class:`EffectiveData`); 1 for a model of the pilot's data itself.
+    """
+
+    efficiency: float = 1.0
+
+    @property
+    def alone(self) -> "AccuracyModel":
+        """The accuracy an agent reaches training alone on its own m samples: the model
+        itself, but for a federation's curve calibrated to its training (:class:`EffectiveData`),
+        whose efficiency describes federated training and not an agent's own."""
+        return self
 
     @abstractmethod
     def __call__(self, m):
@@ -289,25 +302,8 @@ class EmpiricalModel(AccuracyModel):
         """
         if family not in FAMILIES:
             raise ValueError(f"family={family!r}: allowed is one of {', '.join(FAMILIES)}")
-        sizes = np.array(sizes, dtype=float)  # copies: the caller's arrays stay writeable
-        accuracies = np.array(accuracies, dtype=float)
-        if sizes.ndim != 1 or sizes.shape != accuracies.shape:
-            raise ValueError(
-                f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: "
-                "allowed is two 1-D arrays of one length"
-            )
         n_params = 3 if family == "power_law" else 2
-        if sizes.size < n_params:
-            raise ValueError(
-                f"len(sizes)={sizes.size}: allowed is at least {n_params} points for family={family!r}"
-            )
-        for name, arr, ok, allowed in (
-            ("sizes", sizes, sizes > 0, "finite numbers > 0"),
-            ("accuracies", accuracies, (accuracies >= 0) & (accuracies <= 1), "finite fractions in [0, 1]"),
-        ):
-            bad = np.flatnonzero(~(np.isfinite(arr) & ok))
-            if bad.size:
-                raise ValueError(f"{name}[{bad[0]}]={float(arr[bad[0]])!r}: allowed is {allowed}")
+        sizes, accuracies = _measured_points(sizes, accuracies, n_params, f" for family={family!r}")
         with warnings.catch_warnings():  # no covariance with as many points as parameters: not needed
             warnings.simplefilter("ignore", OptimizeWarning)
             fitted = _fit_power_law(sizes, accuracies) if family == "power_law" else _fit_bound(sizes, accuracies)
@@ -352,6 +348,121 @@ class EmpiricalModel(AccuracyModel):
     @property
     def zero_crossing(self) -> float:
         return self.model.zero_crossing
+
+
+def _measured_points(sizes, accuracies, least: int, purpose: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, accuracies) as float arrays, checked: 1-D, one length, at least ``least``
+    points (``purpose`` says what for), sizes > 0, accuracies fractions in [0, 1]."""
+    sizes = np.array(sizes, dtype=float)  # copies: the caller's arrays stay writeable
+    accuracies = np.array(accuracies, dtype=float)
+    if sizes.ndim != 1 or sizes.shape != accuracies.shape:
+        raise ValueError(
+            f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: allowed is two 1-D arrays of one length"
+        )
+    if sizes.size < least:
+        raise ValueError(f"len(sizes)={sizes.size}: allowed is at least {least} points{purpose}")
+    for name, arr, ok, allowed in (
+        ("sizes", sizes, sizes > 0, "finite numbers > 0"),
+        ("accuracies", accuracies, (accuracies >= 0) & (accuracies <= 1), "finite fractions in [0, 1]"),
+    ):
+        bad = np.flatnonzero(~(np.isfinite(arr) & ok))
+        if bad.size:
+            raise ValueError(f"{name}[{bad[0]}]={float(arr[bad[0]])!r}: allowed is {allowed}")
+    return sizes, accuracies
+
+
+_EFFICIENCY_RANGE = (1e-3, 1e3)  # gamma: a sample of the training measured is worth 1/1000 to 1000 pilot samples
+
+
+@dataclass(frozen=True, eq=False)
+class EffectiveData(AccuracyModel):
+    """a(m) = base(gamma m): the curve ``base`` with each sample worth ``efficiency`` =
+    gamma samples of the data ``base`` was measured on.
+
+    The closed loop's calibration of a mechanism's accuracy: the pilot curve is measured
+    on IID samples of the pool, while federated training on the agents' label-skewed
+    contributions, at the composition a mechanism induces, reaches a different accuracy
+    with the same total M (lower with one skewed contributor: gamma < 1).
+    :meth:`calibrate` fits gamma to the accuracies a mechanism's own trainings measured.
+    It describes the federation only: an agent training alone is on the base curve
+    (:attr:`alone`), which is what local optima and local-only utilities use.
+
+    Derived quantities, all exact: a'(m) = gamma base'(gamma m); a^-1(a) = base^-1(a) / gamma;
+    (a')^-1(s) = (base')^-1(s / gamma) / gamma; zero crossing base's / gamma; a_max base's.
+    For a power-law base a_opt - k m^-alpha, a(m) = a_opt - (k gamma^-alpha) m^-alpha is a
+    power law again, and :attr:`params` gives that power law's a_opt, k and alpha (so a
+    contract can state it to cvxpy); for any other base, the base's parameters, applied at
+    gamma m. Both with ``efficiency`` = gamma.
+
+    sizes, accuracies: (P,) the points gamma was fitted to (samples, fractions); empty
+    when it was given.
+    """
+
+    base: AccuracyModel
+    efficiency: float
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    accuracies: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        low, high = _EFFICIENCY_RANGE
+        if not (isinstance(self.efficiency, (int, float)) and low <= self.efficiency <= high):
+            raise ValueError(f"efficiency={self.efficiency!r}: allowed is a number in [{low:g}, {high:g}]")
+
+    @classmethod
+    def calibrate(cls, base: AccuracyModel, sizes, accuracies) -> "EffectiveData":
+        """gamma in [1e-3, 1e3] minimising sum_j (base(gamma M_j) - a_j)^2 over the
+        measured points (M_j samples, a_j accuracy), searched on log gamma
+        (:func:`incentives.search.maximise`: a grid, then golden-section refinement)."""
+        sizes, accuracies = _measured_points(sizes, accuracies, least=1)
+        low, high = np.log(_EFFICIENCY_RANGE)
+
+        def fit(x: np.ndarray) -> np.ndarray:  # x = log gamma - log 1e-3, shape (1, G)
+            predicted = np.asarray(base(np.exp(low + x)[..., None] * sizes))
+            return -np.sum((predicted - accuracies) ** 2, axis=-1)
+
+        x, _ = maximise(fit, [high - low])
+        gamma = float(np.clip(np.exp(low + x[0]), *_EFFICIENCY_RANGE))
+        sizes.setflags(write=False)
+        accuracies.setflags(write=False)
+        return cls(base, gamma, sizes, accuracies)
+
+    @property
+    def alone(self) -> AccuracyModel:
+        """The base curve's own: gamma was measured on federated training, not on an agent's."""
+        return self.base.alone
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """(P,) measured minus calibrated accuracy at each calibration point."""
+        return self.accuracies - np.asarray(self(self.sizes))
+
+    def __call__(self, m):
+        return self.base(self.efficiency * np.asarray(m, dtype=float))
+
+    def derivative(self, m):
+        return _out(self.efficiency * np.asarray(self.base.derivative(self.efficiency * np.asarray(m, dtype=float))))
+
+    def inverse(self, a):
+        return _out(np.asarray(self.base.inverse(a)) / self.efficiency)
+
+    def marginal_inverse(self, slope):
+        slope = np.asarray(slope, dtype=float)
+        return _out(np.asarray(self.base.marginal_inverse(slope / self.efficiency)) / self.efficiency)
+
+    @property
+    def params(self) -> dict:
+        params = dict(self.base.params)
+        if {"a_opt", "k", "alpha"} <= set(params):
+            params["k"] = params["k"] * self.efficiency ** -params["alpha"]
+        return {**params, "efficiency": self.efficiency}
+
+    @property
+    def a_max(self) -> float:
+        return self.base.a_max
+
+    @property
+    def zero_crossing(self) -> float:
+        return self.base.zero_crossing / self.efficiency
 
 
 def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray) -> PowerLaw:

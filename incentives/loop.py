@@ -1,26 +1,34 @@
 """The closed loop: a mechanism's promises checked, and corrected, by real training.
 
-One iteration, for every mechanism compared:
+Before the first iteration a pilot learning curve (IID samples of the pool, one model)
+is measured and the accuracy model a(m) fitted to it. One iteration, for every
+mechanism compared:
 
-1. fit the accuracy model a(m) to every (data size, accuracy) point measured so far;
-2. solve the mechanism under a(m): equilibrium contributions m_i, promised accuracies,
+1. calibrate a(m) to the mechanism's own trainings so far: a_mech(m) = a(gamma m), with
+   the data efficiency gamma fitted to the points (M, mean global accuracy) its earlier
+   iterations measured (:class:`~incentives.accuracy.EffectiveData`; gamma = 1 before
+   its first training). Federated training on label-skewed contributions, at the
+   composition the mechanism induces (one free-riding equilibrium's single contributor,
+   or everyone under shaping), delivers another accuracy than the IID pilot with the
+   same M; each mechanism is solved under the accuracy its own training delivers;
+2. solve the mechanism under a_mech: equilibrium contributions m_i, promised accuracies,
    transfers and delivery targets (the final outcomes are certified afterwards by
    ``mechanisms.audit``, which checks deviations on a grid);
 3. train on exactly round(m_i) samples of each agent's data and deliver each agent its
    model (the oracle);
 4. realised utilities u_i = v_i * phi(delivered accuracy_i) + t_i - c_i * m_i**beta
-   - comm_i * [participates_i], next to the predicted ones; a mechanism that pays from
-   training (:class:`~incentives.protocols.PaysFromTraining`, e.g. Shapley rewards on
-   data values of the real rounds) pays its realised transfer t_i;
-5. add the measured point (M, mean global accuracy) to the fit.
+   - comm_i * [participates_i], next to the predicted ones and the local-only ones
+   under a_mech; a mechanism that pays from training
+   (:class:`~incentives.protocols.PaysFromTraining`, e.g. Shapley rewards on data values
+   of the real rounds) pays its realised transfer t_i;
+5. the measured point (M, mean global accuracy) joins the mechanism's calibration.
 
 After each iteration the caller may checkpoint the :class:`LoopResult` (it holds every
 measurement), and ``run(resume=...)`` continues from it.
 
 The loop stops when no mechanism's contributions move by more than ``tolerance``
 (relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
-``max_iterations``. The pilot learning curve measured before the first iteration seeds
-the fit.
+``max_iterations``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from incentives.accuracy import FAMILIES, EmpiricalModel
+from incentives.accuracy import FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel
 from incentives.checks import check_integer, check_number
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
@@ -39,10 +47,12 @@ from incentives.utility import local_utility, utility
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """One mechanism in one loop iteration: what was promised and what training gave."""
+    """One mechanism in one loop iteration: the accuracy model it was solved under (the
+    pilot fit calibrated to its earlier trainings), what it promised and what training gave."""
 
     iteration: int
     outcome: Outcome
+    accuracy_model: AccuracyModel
     trained_contributions: np.ndarray
     training: TrainingOutcome
     realised_transfer: np.ndarray
@@ -57,26 +67,32 @@ class IterationRecord:
 
 @dataclass
 class LoopResult:
-    """Everything the loop measured, in order."""
+    """Everything the loop measured, in order: the pilot curve and its fit a(m), then
+    one record per mechanism and iteration."""
 
     pilot_sizes: np.ndarray
     pilot_accuracies: np.ndarray
-    fits: list[EmpiricalModel] = field(default_factory=list)
+    fit: EmpiricalModel
     records: list[IterationRecord] = field(default_factory=list)
     converged: bool = False
 
     @property
     def n_iterations(self) -> int:
-        return len(self.fits)
+        return self.records[-1].iteration + 1 if self.records else 0
 
-    def measured_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every (size, accuracy) measured so far: the pilot curve, then one point per
-        training with data, (M, mean over agents of the global model's accuracy)."""
-        trained = [r for r in self.records if r.trained_contributions.sum() > 0]
-        sizes = [float(r.trained_contributions.sum()) for r in trained]
-        accuracies = [float(np.mean(r.training.global_accuracy)) for r in trained]
-        return (np.concatenate([self.pilot_sizes, sizes]),
-                np.concatenate([self.pilot_accuracies, accuracies]))
+    def measurements(self, mechanism: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, accuracies), one point per training of ``mechanism`` with data so far:
+        (M, mean over agents of the global model's accuracy)."""
+        trained = [r for r in self.records if r.mechanism == mechanism and r.trained_contributions.sum() > 0]
+        return (np.array([float(r.trained_contributions.sum()) for r in trained]),
+                np.array([float(np.mean(r.training.global_accuracy)) for r in trained]))
+
+    def calibrated(self, mechanism: str) -> AccuracyModel:
+        """The pilot fit with its data efficiency calibrated to ``mechanism``'s
+        :meth:`measurements` (:meth:`EffectiveData.calibrate`); the pilot fit itself
+        before the mechanism's first training with data."""
+        sizes, accuracies = self.measurements(mechanism)
+        return EffectiveData.calibrate(self.fit, sizes, accuracies) if sizes.size else self.fit
 
     def final(self) -> dict[str, IterationRecord]:
         """The last iteration's record of each mechanism."""
@@ -109,12 +125,12 @@ def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
 
 
 class ClosedLoop:
-    """Solve mechanisms under a fitted a(m), train, measure, refit; repeat until settled.
+    """Solve mechanisms under a fitted a(m), train, measure, calibrate; repeat until settled.
 
     population: the agents; mechanisms: the rules compared (each satisfies
     :class:`~incentives.protocols.Mechanism`); oracle: real training (satisfies
     :class:`~incentives.protocols.AccuracyOracle`); family: the parametric form of a(m)
-    fitted to measurements; pilot_sizes / pilot_repeats: the pilot learning curve;
+    fitted to the pilot curve; pilot_sizes / pilot_repeats: the pilot learning curve;
     phi: the agents' value of accuracy (linear by default). The mechanisms are solved
     under linear phi, as their papers state them; phi is the agents' true valuation, by
     which their predicted and realised utilities, local-only reservations and hence the
@@ -164,12 +180,10 @@ class ClosedLoop:
         if self.phi is not None and not callable(self.phi):
             raise ValueError(f"phi={self.phi!r}: allowed is None (linear) or a function of accuracy arrays")
 
-    def _settle(self, iteration: int, mechanism: Mechanism, fit: EmpiricalModel,
-                local: np.ndarray) -> IterationRecord:
-        """Solve, train and score one mechanism; ``local``: the agents' (N,) reservation
-        utilities under ``fit``, the same for every mechanism of the iteration."""
+    def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel) -> IterationRecord:
+        """Solve, train and score one mechanism under its accuracy model ``model``."""
         population = self.population
-        outcome = mechanism.solve(population, fit)
+        outcome = mechanism.solve(population, model)
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
         self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
         pays_from_training = isinstance(mechanism, PaysFromTraining)
@@ -183,7 +197,8 @@ class ClosedLoop:
                             outcome.transfer, participates, phi=self.phi)
         realised = utility(population, training.delivered_accuracy, trained,
                            transfer, participates, phi=self.phi)
-        return IterationRecord(iteration, outcome, trained, training, transfer, predicted, realised, local)
+        local = np.maximum(local_utility(population, model, self.phi), population.outside_option)
+        return IterationRecord(iteration, outcome, model, trained, training, transfer, predicted, realised, local)
 
     def run(self, resume: LoopResult | None = None,
             on_iteration: Callable[[LoopResult], None] | None = None) -> LoopResult:
@@ -193,26 +208,22 @@ class ClosedLoop:
         if resume is None:
             self.progress("pilot learning curve")
             sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)
-            result = LoopResult(np.asarray(sizes, float), np.asarray(accuracies, float))
+            sizes, accuracies = np.asarray(sizes, float), np.asarray(accuracies, float)
+            result = LoopResult(sizes, accuracies, EmpiricalModel.fit(sizes, accuracies, family=self.family))
         else:
             result = resume
-        sizes, accuracies = result.measured_points()
         previous = {r.mechanism: r.outcome.contributions for r in result.records}
         for iteration in range(result.n_iterations, self.max_iterations):
             if result.converged:
                 break
-            fit = EmpiricalModel.fit(sizes, accuracies, family=self.family)
-            result.fits.append(fit)
-            local = np.maximum(local_utility(self.population, fit, self.phi), self.population.outside_option)
             changes = []
             for mechanism in self.mechanisms:
-                record = self._settle(iteration, mechanism, fit, local)
+                record = self._settle(iteration, mechanism, result.calibrated(mechanism.name))
                 result.records.append(record)
                 m = record.outcome.contributions
                 changes.append(_relative_change(m, previous[mechanism.name])
                                if mechanism.name in previous else np.inf)
                 previous[mechanism.name] = m
-            sizes, accuracies = result.measured_points()
             result.converged = max(changes) < self.tolerance
             if on_iteration is not None:
                 on_iteration(result)

@@ -48,18 +48,19 @@ def utility(
 
 def local_utility(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
     """(N,) utility of training alone: v_i phi(a(m_i^o)) - c_i (m_i^o)**beta, with m_i^o
-    from :func:`local_contribution`; no communication cost. This is the individual-rationality
-    baseline of accuracy shaping, and of the audits.
+    from :func:`local_contribution` and a = ``model.alone`` (the curve of an agent's own
+    training); no communication cost. This is the individual-rationality baseline of
+    accuracy shaping, and of the audits.
     """
     m = local_contribution(population, model, phi)
-    return _benefit(population, np.asarray(model(m), dtype=float), phi) - population.data_cost(m)
+    return _benefit(population, np.asarray(model.alone(m), dtype=float), phi) - population.data_cost(m)
 
 
 def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
     """(N,) m_i^o, the samples each agent collects training alone, capped at its
-    endowment (:func:`incentives.accuracy.local_optimum` under ``phi``, linear by
-    default, and the population's cost exponent)."""
-    return np.asarray(local_optimum(population.cost, population.value, model, population.endowment, phi,
+    endowment (:func:`incentives.accuracy.local_optimum` on ``model.alone`` under ``phi``,
+    linear by default, and the population's cost exponent)."""
+    return np.asarray(local_optimum(population.cost, population.value, model.alone, population.endowment, phi,
                                     population.cost_exponent), dtype=float).reshape(population.n_agents)
 
 

@@ -10,7 +10,7 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
   (a contract with ``include_local=False``) is held to that alone;
 - deviation in contribution: the largest gain agent i gets by changing m_i alone
   (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i]) under the
-  accuracy model refitted to the realised measurements; for a contract this is also
+  accuracy model calibrated to the realised measurements; for a contract this is also
   the gain from picking another item of the menu (its ``allocate`` reads the menu as a
   reward schedule);
 - misreporting (incentive compatibility), for mechanisms whose rule uses the agents'
@@ -151,7 +151,9 @@ def audit(
 ) -> Audit:
     """Audit ``mechanism``'s ``outcome`` against one training run's realised numbers.
 
-    model: the accuracy model refitted to the realised measurements. delivered_accuracy,
+    model: the accuracy model calibrated to the realised measurements (in the loop, the
+    pilot fit calibrated to the mechanism's trainings; local-only utilities use its
+    ``alone`` curve). delivered_accuracy,
     paid_transfer, trained_contributions: (N,) what training delivered, what was paid,
     and the samples actually trained on. tol: utility units below which nothing counts.
     phi: the agents' value of accuracy (linear by default), as the loop's.

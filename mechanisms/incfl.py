@@ -67,7 +67,7 @@ class IncFLParticipation:
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""
         held = local_contribution(population, model)
-        local = np.asarray(model(held), dtype=float)
+        local = np.asarray(model.alone(held), dtype=float)
         settled = participation_equilibrium(
             lambda members: np.full(population.n_agents, model(held[members].sum())), local,
             value=population.value, comm_cost=population.comm_cost,

@@ -8,7 +8,9 @@ The server gives agent i not the global model but a model of accuracy
     gamma_i(m_i) = (c_i / v_i + epsilon) (m_i - m_i^o),
 
 where m_i^o is what agent i would collect training alone
-(:func:`~incentives.accuracy.local_optimum`, capped at n_i) and M = sum_j m_j. Below its
+(:func:`~incentives.utility.local_contribution`, capped at n_i) and M = sum_j m_j; a(m_i^o)
+and a(m_i) below it are on the curve of an agent's own training (``model.alone``), a(M)
+on the federation's (they differ once the loop calibrates a(M) to training). Below its
 local optimum an agent gets no more than it could reach alone; above it, every extra
 sample earns c_i / v_i + epsilon accuracy, which pays for the sample (exactly, with
 epsilon = 0), up to the accuracy of the global model. No money changes hands.
@@ -31,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.accuracy import AccuracyModel
 from incentives.checks import check_number
 from incentives.equilibrium import settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
+from incentives.utility import local_contribution
 
 _SCAN_POINTS = 256
 
@@ -56,16 +59,15 @@ class AccuracyShaping:
     def _terms(self, population: Population, model: AccuracyModel):
         """(m^o, a(m^o), slope c/v + epsilon), each of shape (N,)."""
         population.require_linear_costs(self.name)
-        optimum = local_optimum(population.cost, population.value, model, population.endowment)
-        optimum = np.asarray(optimum, dtype=float).reshape(population.n_agents)
+        optimum = local_contribution(population, model)
         slope = population.cost / population.value + self.epsilon
-        return optimum, np.asarray(model(optimum)).reshape(population.n_agents), slope
+        return optimum, np.asarray(model.alone(optimum)).reshape(population.n_agents), slope
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         m = population.check_contributions(contributions)
         optimum, local_accuracy, slope = self._terms(population, model)
         shaped = np.minimum(model(m.sum()), local_accuracy + slope * (m - optimum))
-        accuracy = np.where(m >= optimum, shaped, model(m))
+        accuracy = np.where(m >= optimum, shaped, model.alone(m))
         return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents))
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from incentives.accuracy import EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
+from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
 
 TOY = PowerLaw(a_opt=1.0, k=1.0, alpha=0.5)  # a(m) = 1 - 1/sqrt(m)
 BOUND = GeneralisationBound(a_opt=0.95, k=2.0)
@@ -181,3 +181,46 @@ def test_local_optimum_under_a_non_linear_phi():
 def test_a_non_linear_phi_needs_finite_endowments():
     with pytest.raises(ValueError, match="endowment=None: allowed with a non-linear phi or cost_exponent > 1 is finite"):
         local_optimum(1e-4, 1.0, TOY, phi=np.sqrt)
+
+
+def test_effective_data_is_the_base_curve_at_gamma_m():
+    """a(m) = base(gamma m): for a power law a_opt - k m^-alpha this is the power law with
+    k gamma^-alpha (here 2 * 0.25^-0.5 = 4), by hand; an agent alone stays on the base."""
+    base = PowerLaw(0.9, 2.0, 0.5)
+    effective, same = EffectiveData(base, 0.25), PowerLaw(0.9, 4.0, 0.5)
+    m = np.array([10.0, 64.0, 1000.0])
+    np.testing.assert_allclose(effective(m), same(m), rtol=1e-14)
+    np.testing.assert_allclose(effective(m), base(0.25 * m), rtol=1e-14)
+    np.testing.assert_allclose(effective.derivative(m), same.derivative(m), rtol=1e-14)
+    assert effective.inverse(0.5) == pytest.approx(same.inverse(0.5), rel=1e-12)  # (4 / 0.4)^2 = 100
+    assert effective.inverse(0.5) == pytest.approx(100.0, rel=1e-12)
+    assert effective.marginal_inverse(1e-3) == pytest.approx(same.marginal_inverse(1e-3), rel=1e-12)
+    assert effective.zero_crossing == pytest.approx(same.zero_crossing, rel=1e-12)
+    assert effective.params == pytest.approx({"a_opt": 0.9, "k": 4.0, "alpha": 0.5, "efficiency": 0.25})
+    assert effective.a_max == 0.9 and effective.efficiency == 0.25 and base.efficiency == 1.0
+    assert effective.alone is base and base.alone is base
+
+
+def test_calibration_finds_the_efficiency_the_trainings_measured():
+    """One point, by hand: a(m) = 1 - m^-1/2 and a measured 0.9 at M = 400 give
+    gamma M = (1 / 0.1)^2 = 100, gamma = 0.25; points drawn from base(0.3 M) give 0.3."""
+    base = PowerLaw(1.0, 1.0, 0.5)
+    one = EffectiveData.calibrate(base, [400.0], [0.9])
+    assert one.efficiency == pytest.approx(0.25, rel=1e-6)
+    np.testing.assert_allclose(one.residuals, 0.0, atol=1e-8)
+    sizes = np.array([100.0, 300.0, 900.0])
+    several = EffectiveData.calibrate(base, sizes, base(0.3 * sizes))
+    assert several.efficiency == pytest.approx(0.3, rel=1e-6)
+    np.testing.assert_array_equal(several.sizes, sizes)
+    assert sizes.flags.writeable and not several.sizes.flags.writeable
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: EffectiveData(PowerLaw(0.9, 2.0, 0.5), 0.0), r"efficiency=0.0: allowed is a number in \[0.001, 1000\]"),
+    (lambda: EffectiveData.calibrate(PowerLaw(0.9, 2.0, 0.5), [], []), r"len\(sizes\)=0: allowed is at least 1 points"),
+    (lambda: EffectiveData.calibrate(PowerLaw(0.9, 2.0, 0.5), [100.0], [1.5]),
+     r"accuracies\[0\]=1.5: allowed is finite fractions in \[0, 1\]"),
+])
+def test_effective_data_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

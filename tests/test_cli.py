@@ -3,6 +3,8 @@ and exit status 2 with one line for a user mistake."""
 
 import csv
 import json
+import pickle
+import shutil
 import tomllib
 
 import numpy as np
@@ -219,6 +221,21 @@ def test_a_loop_stopped_before_its_contributions_settle_says_so(tmp_path, capsys
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert run_experiment.main(["--quiet", "--resume", str(tmp_path)]) == 2
     assert "no config.toml there" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_of_the_loop_before_calibration(run_folder, tmp_path, capsys):
+    """A checkpoint pickled before each mechanism's a(m) was calibrated (it has no pilot
+    fit) is refused with one line, not resumed into an AttributeError."""
+    folder = tmp_path / run_folder.name
+    shutil.copytree(run_folder, folder)
+    with (folder / "checkpoint.pkl").open("rb") as handle:
+        result = pickle.load(handle)
+    del result.fit
+    with (folder / "checkpoint.pkl").open("wb") as handle:
+        pickle.dump(result, handle)
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pkl was written by an earlier version" in err and err.count("\n") == 1
 
 
 def test_vectorised_executor_reproduces_the_serial_run(run_folder, tmp_path):

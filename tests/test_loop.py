@@ -37,11 +37,22 @@ def run(world, mechanisms, **options):
     return ClosedLoop(population, mechanisms, oracle, **{**settings, **options}).run()
 
 
-def test_every_measurement_joins_the_fit_and_records_are_complete(world):
+def test_each_mechanism_is_solved_under_the_pilot_fit_calibrated_to_its_own_trainings(world):
     result = run(world, [StandardFL(), AccuracyShaping()])
     assert result.n_iterations == 2 and len(result.records) == 4
-    assert len(result.fits[1].sizes) == len(result.pilot_sizes) + 2  # one point per training
-    final = result.final()
+    assert len(result.fit.sizes) == len(result.pilot_sizes)  # the pilot alone
+    first, final = result.records[:2], result.final()
+    assert all(r.accuracy_model is result.fit for r in first)  # nothing measured yet: gamma = 1
+    for name, record in final.items():
+        sizes, accuracies = result.measurements(name)  # one point per iteration
+        (own,) = [r for r in first if r.mechanism == name]
+        assert sizes[0] == own.trained_contributions.sum() and accuracies[0] == np.mean(own.training.global_accuracy)
+        model = record.accuracy_model  # calibrated to the first point only: a(gamma M) = measured
+        assert model.base is result.fit and model.alone is result.fit
+        assert model(sizes[0]) == pytest.approx(accuracies[0], abs=1e-6)
+        np.testing.assert_allclose(record.local_utility, np.maximum(
+            local_utility(world[0], result.fit), world[0].outside_option))  # training alone: the pilot
+    assert final["standard"].accuracy_model.efficiency != final["shaping"].accuracy_model.efficiency
     assert final["shaping"].trained_contributions.sum() > final["standard"].trained_contributions.sum()
     quantities = {row["quantity"] for row in result.long_rows()}
     assert {"promised_accuracy", "delivered_accuracy", "realised_utility", "realised_transfer"} <= quantities
@@ -79,7 +90,7 @@ def test_the_agents_phi_reaches_every_utility_and_baseline(world):
     free-riding baseline m_i^o and the social optimum are all taken under phi."""
     population, _ = world
     result = run(world, [StandardFL()], phi=np.sqrt, max_iterations=1)
-    record, fit = result.records[0], result.fits[-1]
+    record, fit = result.records[0], result.fit
     training = record.training
     np.testing.assert_allclose(
         record.realised_utility,
@@ -107,7 +118,7 @@ def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world)
     assert inside.any()
     np.testing.assert_array_equal(record.trained_contributions[~inside], 0)
     audits = audit_final(result, [IncFLParticipation()], population)
-    summary = summarise(record, population, result.fits[-1], audits["incfl"])
+    summary = summarise(record, population, result.fit, audits["incfl"])
     delivered = record.training.delivered_accuracy
     assert summary["realised_incentivised_share"] == np.mean(delivered[inside] > local[inside])
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from incentives.accuracy import GeneralisationBound, PowerLaw, local_optimum
+from incentives.accuracy import EffectiveData, GeneralisationBound, PowerLaw, local_optimum
 from incentives.equilibrium import nash_equilibrium, verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism
@@ -58,6 +58,26 @@ def test_two_agents_shaping_doubles_the_local_optimum():
     # with a = 1 - m^(-1/2), c = 1e-4: m = m^o + (a(2m) - a(m^o)) / c holds at m = 2 m^o exactly
     outcome = AccuracyShaping().solve(identical(2), TOY)
     np.testing.assert_allclose(outcome.contributions, 2 * local_optimum(COST, 1.0, TOY), rtol=1e-12)
+
+
+def test_a_calibrated_federation_curve_leaves_training_alone_on_the_base_curve():
+    """Under a(gamma m) (the loop's calibration), standard FL's total solves
+    gamma a'(gamma M) = c: with gamma = 1/4, gamma M = (gamma / (2c))^(2/3) = 1250^(2/3),
+    M = 464.16 by hand. Shaping (gamma = 3/4) starts every agent's line at its local
+    optimum on the base curve (292.40, accuracy 0.94152), caps it at a(gamma M), and
+    leaves each its local-only utility."""
+    standard = StandardFL().solve(identical(3), EffectiveData(TOY, 0.25))
+    assert standard.total == pytest.approx(1250 ** (2 / 3) / 0.25, rel=1e-9)
+    assert standard.total == pytest.approx(464.16, abs=5e-3)
+    pop, calibrated = identical(2), EffectiveData(TOY, 0.75)
+    shaped = AccuracyShaping().solve(pop, calibrated)
+    np.testing.assert_allclose(shaped.info["local_optimum"], 292.40, atol=5e-3)
+    np.testing.assert_allclose(shaped.info["local_accuracy"], 0.94152, atol=5e-6)
+    cap = calibrated(shaped.total)
+    np.testing.assert_allclose(shaped.contributions, 292.40 + (cap - TOY(292.40)) / COST, rtol=1e-9)
+    np.testing.assert_allclose(shaped.accuracy, cap, rtol=1e-12)
+    np.testing.assert_allclose(realised_utility(pop, shaped), local_utility(pop, TOY), atol=1e-12)
+    np.testing.assert_allclose(local_utility(pop, calibrated), local_utility(pop, TOY))
 
 
 # ----------------------------------------------------------------- closed forms vs iteration
