@@ -11,10 +11,10 @@ For one mechanism's record (its last loop iteration):
   accuracies of real training);
 - price of anarchy PoA = S(social optimum) / S(equilibrium), the optimum under the pilot
   fit a(m) (one benchmark for every mechanism: what the data are worth pooled), the
-  equilibrium as predicted, where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the surplus the model creates, money
-  transfers excluded (they only move utility between the server and the agents); >= 1,
-  1 when the equilibrium is efficient, infinite when S(equilibrium) <= 0 (e.g. a money
-  contract, where the server keeps the model);
+  equilibrium as predicted, where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the
+  surplus the model creates, money transfers excluded (they only move utility between
+  the server and the agents); >= 1, 1 when the equilibrium is efficient, infinite when
+  S(equilibrium) <= 0 (e.g. a money contract, where the server keeps the model);
 - promise gap: delivered minus promised accuracy, mean absolute and worst;
 - realised incentivised share: where training measured local-only models (IncFL's
   aggregation does), the share of participants whose delivered model beats theirs;

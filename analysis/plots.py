@@ -108,10 +108,10 @@ def convergence(result: LoopResult, path: Path) -> Path:
     grid = np.geomspace(max(1.0, sizes[sizes > 0].min() * 0.8), sizes.max() * 1.2, 200)
     right.scatter(result.pilot_sizes, result.pilot_accuracies, s=14, color="grey", label="pilot (trained)")
     right.plot(grid, result.fit(grid), color="black", label="fitted a(m)")
-    for k, name in enumerate(names):  # each mechanism's trainings and a(gamma m) calibrated to them
+    for k, (name, record) in enumerate(result.final().items()):  # trainings, and the last a(gamma m)
         measured, accuracy = result.measurements(name)
         if measured.size:
-            model, colour = result.calibrated(name), COLOURS[k % len(COLOURS)]
+            model, colour = record.accuracy_model, COLOURS[k % len(COLOURS)]
             right.scatter(measured, accuracy, marker="x", color=colour)
             right.plot(grid, model(grid), color=colour, linestyle="--",
                        label=f"{name}: $\\gamma$ = {model.efficiency:.2g}")

@@ -33,7 +33,6 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
-from incentives.accuracy import EffectiveData
 from incentives.loop import LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
@@ -148,22 +147,12 @@ def agent_rows(result: LoopResult, population: Population, phi: Phi | None = Non
     return rows
 
 
-def _efficiencies(result: LoopResult) -> str:
-    """'name &gamma; = 0.41 (from 3 trainings)' for each mechanism's last accuracy model."""
-    parts = []
-    for name, record in result.final().items():
-        model = record.accuracy_model
-        trainings = len(model.sizes) if isinstance(model, EffectiveData) else 0
-        parts.append(f"{html.escape(name)} &gamma; = {model.efficiency:.3g} (from {trainings} training(s))")
-    return ", ".join(parts)
-
-
 def learning_curve_rows(result: LoopResult) -> list[dict]:
     """Every measured point: the pilot curve's, with the pilot fit a(m) at it, then each
-    mechanism's trainings (M, mean global accuracy), with a(gamma m) calibrated to all of
-    them (``efficiency`` = gamma; 1 for the pilot)."""
+    mechanism's trainings (M, mean global accuracy), with a(gamma m) at it, the model its
+    last iteration was solved under (``efficiency`` = gamma; 1 for the pilot)."""
     models = [("pilot", result.fit, result.pilot_sizes, result.pilot_accuracies)]
-    models += [(name, result.calibrated(name), *result.measurements(name)) for name in result.final()]
+    models += [(name, record.accuracy_model, *result.measurements(name)) for name, record in result.final().items()]
     return [{"source": source, "size": float(size), "accuracy": float(accuracy), "fitted": float(model(size)),
              "efficiency": model.efficiency}
             for source, model, sizes, accuracies in models for size, accuracy in zip(sizes, accuracies)]
@@ -266,7 +255,8 @@ FedAvg) on exactly the data the agents contribute. The closed loop {status}.</p>
 <p>Accuracy model: {html.escape(fit.family)} fitted to the {len(fit.sizes)} points of the pilot
 learning curve ({params}; RMSE {fit.rmse:.4f}). Each mechanism was solved under a(&gamma; m), the
 pilot curve with the data efficiency &gamma; calibrated to its own earlier trainings (1 before its
-first): {_efficiencies(result)}.</p>
+first); in the last iteration {", ".join(f"{html.escape(n)} &gamma; = {r.accuracy_model.efficiency:.3g}"
+                                        for n, r in result.final().items())}.</p>
 <h2>Figures</h2>{figure_html}
 <h2>Per agent (last iteration)</h2>{_table(agents)}
 </body></html>"""

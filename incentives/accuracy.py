@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
-from incentives.checks import finite_number
+from incentives.checks import bad, finite_number
 from incentives.search import maximise
 
 _EPS = np.finfo(float).eps
@@ -393,20 +393,15 @@ class EffectiveData(AccuracyModel):
     power law again, and :attr:`params` gives that power law's a_opt, k and alpha (so a
     contract can state it to cvxpy); for any other base, the base's parameters, applied at
     gamma m. Both with ``efficiency`` = gamma.
-
-    sizes, accuracies: (P,) the points gamma was fitted to (samples, fractions); empty
-    when it was given.
     """
 
     base: AccuracyModel
     efficiency: float
-    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    accuracies: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         low, high = _EFFICIENCY_RANGE
-        if not (isinstance(self.efficiency, (int, float)) and low <= self.efficiency <= high):
-            raise ValueError(f"efficiency={self.efficiency!r}: allowed is a number in [{low:g}, {high:g}]")
+        if not (finite_number(self.efficiency) and low <= self.efficiency <= high):
+            raise bad("efficiency", self.efficiency, f"a number in [{low:g}, {high:g}]")
 
     @classmethod
     def calibrate(cls, base: AccuracyModel, sizes, accuracies) -> "EffectiveData":
@@ -421,20 +416,12 @@ class EffectiveData(AccuracyModel):
             return -np.sum((predicted - accuracies) ** 2, axis=-1)
 
         x, _ = maximise(fit, [high - low])
-        gamma = float(np.clip(np.exp(low + x[0]), *_EFFICIENCY_RANGE))
-        sizes.setflags(write=False)
-        accuracies.setflags(write=False)
-        return cls(base, gamma, sizes, accuracies)
+        return cls(base, float(np.clip(np.exp(low + x[0]), *_EFFICIENCY_RANGE)))
 
     @property
     def alone(self) -> AccuracyModel:
         """The base curve's own: gamma was measured on federated training, not on an agent's."""
         return self.base.alone
-
-    @property
-    def residuals(self) -> np.ndarray:
-        """(P,) measured minus calibrated accuracy at each calibration point."""
-        return self.accuracies - np.asarray(self(self.sizes))
 
     def __call__(self, m):
         return self.base(self.efficiency * np.asarray(m, dtype=float))

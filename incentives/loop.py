@@ -180,8 +180,11 @@ class ClosedLoop:
         if self.phi is not None and not callable(self.phi):
             raise ValueError(f"phi={self.phi!r}: allowed is None (linear) or a function of accuracy arrays")
 
-    def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel) -> IterationRecord:
-        """Solve, train and score one mechanism under its accuracy model ``model``."""
+    def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel,
+                local: np.ndarray) -> IterationRecord:
+        """Solve, train and score one mechanism under its accuracy model ``model``;
+        ``local``: the agents' (N,) reservation utilities training alone, on the pilot
+        curve (``model.alone``), the same for every mechanism and iteration."""
         population = self.population
         outcome = mechanism.solve(population, model)
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
@@ -197,7 +200,6 @@ class ClosedLoop:
                             outcome.transfer, participates, phi=self.phi)
         realised = utility(population, training.delivered_accuracy, trained,
                            transfer, participates, phi=self.phi)
-        local = np.maximum(local_utility(population, model, self.phi), population.outside_option)
         return IterationRecord(iteration, outcome, model, trained, training, transfer, predicted, realised, local)
 
     def run(self, resume: LoopResult | None = None,
@@ -213,12 +215,13 @@ class ClosedLoop:
         else:
             result = resume
         previous = {r.mechanism: r.outcome.contributions for r in result.records}
+        local = np.maximum(local_utility(self.population, result.fit, self.phi), self.population.outside_option)
         for iteration in range(result.n_iterations, self.max_iterations):
             if result.converged:
                 break
             changes = []
             for mechanism in self.mechanisms:
-                record = self._settle(iteration, mechanism, result.calibrated(mechanism.name))
+                record = self._settle(iteration, mechanism, result.calibrated(mechanism.name), local)
                 result.records.append(record)
                 m = record.outcome.contributions
                 changes.append(_relative_change(m, previous[mechanism.name])
