@@ -8,7 +8,8 @@ Layout (see DESIGN.md)::
         metrics.csv        long format: iteration, mechanism, agent, quantity, value
         summary.csv        headline metrics, one row per mechanism
         agents.csv         per-agent table of the last iteration of each mechanism
-        audit.csv          per-agent audit: IR shortfall, deviation and misreport gains, rents
+        audit.csv          per-agent audit: IR shortfall, deviation and misreport gains with the
+                           contribution and the report achieving them, rents
         learning_curve.csv every measured (size, accuracy) point, by source (the pilot or a
                            mechanism), with the model fitted or calibrated to it
         figures/*.png
@@ -230,9 +231,9 @@ def _flat_pilot(result: LoopResult, config: dict) -> str | None:
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
                  summaries: dict[str, dict[str, float]], figures: list[Path], agents: list[dict],
-                 warnings: list[str]) -> Path:
-    """report.html: the ``warnings``, the headline table, the fit, the figures and the
-    per-agent ``agents`` rows."""
+                 warnings: list[str], audits: dict[str, Audit]) -> Path:
+    """report.html: the ``warnings``, the headline table, the fit, what the ``audits``
+    found, the figures and the per-agent ``agents`` rows."""
     fit = result.fit
     name = html.escape(config["experiment"]["name"])
     figure_html = "".join(f'<img src="figures/{f.name}" alt="{f.stem}">' for f in figures)
@@ -259,7 +260,7 @@ learning curve ({params}; RMSE {fit.rmse:.4f}). Each mechanism was solved under 
 pilot curve with the data efficiency &gamma; calibrated to its own earlier trainings (1 before its
 first); in the last iteration {", ".join(f"{html.escape(n)} &gamma; = {r.accuracy_model.efficiency:.3g}"
                                         for n, r in result.final().items())}.</p>
-{_equilibrium_notes(result)}{_valuation_notes(result)}
+{_equilibrium_notes(result)}{_valuation_notes(result)}{_audit_notes(audits, result, population)}
 <h2>Figures</h2>{figure_html}
 <h2>Per agent (last iteration)</h2>{_table(agents)}
 </body></html>"""
@@ -316,6 +317,49 @@ def _valuation_notes(result: LoopResult) -> str:
     return "".join(notes)
 
 
+def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Population) -> str:
+    """The audits' findings in words: per mechanism with a violation, how many agents
+    violate IR, gain by deviating in contribution or by misreporting their cost, and the
+    largest case of each (agent, size in utility units, and what it would do instead)."""
+    final = result.final()
+    notes = []
+    for name, found in audits.items():
+        findings = []
+        short = np.flatnonzero(found.ir_shortfall > found.tol)
+        if short.size:
+            i = short[np.argmax(found.ir_shortfall[short])]
+            findings.append(f"{_agents(short.size)} realised less than their reservation utility (the largest "
+                            f"shortfall, {found.ir_shortfall[i]:.3g}, is agent {i}'s)")
+        gain = np.flatnonzero(found.deviation_gain > found.tol)
+        if gain.size:
+            m = np.asarray(final[name].outcome.contributions, dtype=float)
+            target = found.best_deviation
+            i = gain[np.argmax(found.deviation_gain[gain])]
+            move = ("by leaving" if np.isnan(target[i])
+                    else f"by contributing {target[i]:.4g} samples instead of {m[i]:.4g}")
+            less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
+            findings.append(f"{_agents(gain.size)} would gain by changing their contribution alone "
+                            f"({less} of them by contributing less or leaving; the largest gain, "
+                            f"{found.deviation_gain[i]:.3g}, is agent {i}'s, {move})")
+        lie = np.flatnonzero(found.misreport_gain > found.tol)
+        if lie.size:
+            i = lie[np.argmax(found.misreport_gain[lie])]
+            findings.append(f"{_agents(lie.size)} would gain by reporting another data cost (the largest gain, "
+                            f"{found.misreport_gain[i]:.3g}, is agent {i}'s, reporting {found.best_report[i]:.3g} "
+                            f"instead of {population.cost[i]:.3g})")
+        if findings:
+            notes.append(f"<p>Audit of {html.escape(name)}: {'; '.join(findings)}.</p>")
+    if not notes:
+        return ""
+    return ("<p>Audits, in utility units (audit.csv lists every agent): individual rationality is checked on "
+            "the realised accuracies; a deviation in contribution is scored under the calibrated accuracy model, "
+            "a misreport under it plus the agent's realised promise gap.</p>" + "".join(notes))
+
+
+def _agents(count: int) -> str:
+    return f"{count} agent{'s' if count != 1 else ''}"
+
+
 def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,
                 phi: Phi | None = None) -> dict[str, Audit]:
     """Each mechanism's last outcome audited against its last training, under the accuracy
@@ -348,7 +392,7 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     _write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
     _write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
-    write_report(folder, config, result, population, summaries, figures, agents, warnings)
+    write_report(folder, config, result, population, summaries, figures, agents, warnings, audits)
     write_manifest(folder, config, timings, device,
                    {"loop": {"iterations": result.n_iterations, "converged": result.converged},
                     "warnings": warnings, **(notes or {})})

@@ -31,6 +31,7 @@ from incentives.search import maximise
 from incentives.utility import Phi, utility
 
 _BISECTION_STEPS = 60
+RESOLUTION = 1e-9  # the smallest contribution searched, as a share of the endowment
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,9 @@ def _utilities(mechanism: Mechanism, i: int, contributions, population: Populati
 
 
 def _grid(endowment: float, current: float, size: int) -> np.ndarray:
-    """Sorted points of [0, n]: linear, log-spaced (down to n * 1e-9) and around the current m."""
+    """Sorted points of [0, n]: linear, log-spaced (down to n * RESOLUTION) and around the current m."""
     linear = np.linspace(0.0, endowment, max(size // 3, 2))
-    logarithmic = np.geomspace(endowment * 1e-9, endowment, max(size - size // 3, 2))
+    logarithmic = np.geomspace(endowment * RESOLUTION, endowment, max(size - size // 3, 2))
     near = current * (1.0 + np.array([-1e-3, -1e-6, 0.0, 1e-6, 1e-3]))
     return np.unique(np.clip(np.concatenate([linear, logarithmic, near]), 0.0, endowment))
 
@@ -159,7 +160,10 @@ def best_response(
     two cells around the best grid point, then moved right to the end of the set where
     u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i**beta), the size
     of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
-    At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|).
+    At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|);
+    at a maximum at m_i = 0, where u_i falls with slope s, by tie_tol scale / s, so a set
+    of ties that starts at 0 and ends below the resolution n_i * RESOLUTION is taken as 0
+    (a free rider contributes nothing, not 1e-10 samples).
     """
     n_i = float(population.endowment[i])
     u = _utility_of(mechanism, i, contributions, population, model, phi)
@@ -187,6 +191,8 @@ def best_response(
             mid = 0.5 * (left + right)
             left, right = (mid, right) if u(mid) >= threshold else (left, mid)
         start = left
+    if start < n_i * RESOLUTION and u(0.0) >= threshold:
+        start = 0.0
     if start != best_m:
         best_m, best_u = start, u(start)
 

@@ -45,6 +45,8 @@ class Audit:
 
     ir_shortfall: r_i - u_i^real (> tol: IR violated on the realised numbers).
     deviation_gain: best gain from changing one's contribution alone.
+    best_deviation: the contribution (samples) achieving deviation_gain (NaN: leaving for
+    the outside option, or no gain above ``tol``).
     misreport_gain: best gain from reporting another cost (0 where reports are not used).
     best_report: the cost report achieving misreport_gain (NaN: truthful is best).
     paid: total money paid to agents. budget: the most the mechanism may pay (None: none
@@ -56,6 +58,7 @@ class Audit:
     mechanism: str
     ir_shortfall: np.ndarray
     deviation_gain: np.ndarray
+    best_deviation: np.ndarray
     misreport_gain: np.ndarray
     best_report: np.ndarray
     paid: float
@@ -87,6 +90,7 @@ class Audit:
         return [{"mechanism": self.mechanism, "agent": i,
                  "ir_shortfall": float(self.ir_shortfall[i]),
                  "deviation_gain": float(self.deviation_gain[i]),
+                 "best_deviation": float(self.best_deviation[i]),
                  "misreport_gain": float(self.misreport_gain[i]),
                  "best_report": float(self.best_report[i]),
                  "information_rent": np.nan if rent is None else float(rent[i])}
@@ -166,7 +170,8 @@ def audit(
         reservation = np.maximum(local_utility(population, model, phi), reservation)
     shortfall = np.where(outcome.participates, reservation - realised, 0.0)
     deviation = verify_equilibrium(mechanism, outcome.contributions, population, model,
-                                   phi=phi, participates=outcome.participates).gains
+                                   phi=phi, participates=outcome.participates)
+    deviation_gain = np.maximum(deviation.gains, 0.0)
     gap = delivered - np.asarray(outcome.accuracy, dtype=float)
     misreport, best = misreport_gains(mechanism, outcome, population, model, gap, phi)
     rent = outcome.info.get("information_rent")
@@ -174,7 +179,8 @@ def audit(
     return Audit(
         mechanism=outcome.mechanism,
         ir_shortfall=shortfall,
-        deviation_gain=np.maximum(deviation, 0.0),
+        deviation_gain=deviation_gain,
+        best_deviation=np.where(deviation_gain > tol, deviation.deviations, np.nan),
         misreport_gain=misreport,
         best_report=best,
         paid=float(paid.sum()),

@@ -3,15 +3,19 @@
 import numpy as np
 import pytest
 
+from analysis.report import _audit_notes
 from incentives.accuracy import PowerLaw
+from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
 from mechanisms.audit import audit
 from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards
 from mechanisms.standard import StandardFL
 
 MODEL = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
+NO_RECORDS = LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [])  # for findings that need no outcome
 
 
 def test_shaping_delivered_as_promised_is_individually_rational_and_stable():
@@ -53,6 +57,9 @@ def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
     assert result.misreport_gain[0] == pytest.approx(expected, rel=1e-9)
     assert result.best_report[0] == 8e-4
     assert result.misreport_gain[1] == 0.0 and np.isnan(result.best_report[1])
+    assert (f"Audit of shaping: 1 agent would gain by reporting another data cost (the largest gain, "
+            f"{expected:.3g}, is agent 0's, reporting 0.0008 instead of 0.0001)." in
+            _audit_notes({"shaping": result}, NO_RECORDS, population))
     # agents valuing accuracy at phi(a) = 2a lose by the same lie (its lower accuracy
     # weighs double), so the audit finds no gain
     doubled = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
@@ -117,3 +124,36 @@ def test_individual_rationality_is_judged_with_the_agents_phi():
     assert expected == pytest.approx(0.00695, abs=1e-5)
     assert doubled.ir_shortfall[0] == pytest.approx(expected, rel=1e-6)
     assert doubled.violations()["ir"] == 1
+
+
+def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
+    """IncFL gives a(M) to every agent with m_i > 0 and prices nothing, so agent i's
+    utility a(M_-i + m') - c_i m' falls in m' once M_-i + m' passes its local optimum
+    m_i^o, which M_-i already does here: the best deviation is the grid's smallest
+    positive point, n_i 1e-9, and its gain is
+    a(M_-i + n_i 1e-9) - c_i n_i 1e-9 - (a(M) - c_i m_i^o). The report says so in words."""
+    population = Population.from_lists(cost=[1e-3, 1.2e-3, 1.5e-3], endowment=1000)
+    mechanism = IncFLParticipation()
+    outcome = mechanism.solve(population, MODEL)
+    m = outcome.contributions
+    np.testing.assert_allclose(m, (0.5 / population.cost) ** (2 / 3))  # m^o = (alpha k / c)^(1 / (1 + alpha))
+    assert np.all(m.sum() - m > m)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer, m)
+    sliver = 1000 * 1e-9
+    expected = MODEL(m.sum() - m + sliver) - population.cost * sliver - (MODEL(m.sum()) - population.cost * m)
+    np.testing.assert_allclose(result.deviation_gain, expected, rtol=1e-9)
+    np.testing.assert_allclose(result.best_deviation, sliver)
+    assert result.violations() == {"ir": 0, "deviation": 3, "misreport": 0}
+    utilities = np.zeros(3)
+    record = IterationRecord(0, outcome, MODEL, m, None, outcome.transfer, utilities, utilities, utilities)
+    note = _audit_notes({"incfl": result}, LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [record]),
+                        population)
+    largest = int(np.argmax(expected))
+    assert (f"Audit of incfl: 3 agents would gain by changing their contribution alone (3 of them by "
+            f"contributing less or leaving; the largest gain, {expected[largest]:.3g}, is agent {largest}'s, "
+            f"by contributing 1e-06 samples instead of {m[largest]:.4g})." in note)
+    standard = StandardFL().solve(population, MODEL)
+    quiet = audit(StandardFL(), standard, population, MODEL, standard.accuracy, standard.transfer,
+                  standard.contributions)
+    assert quiet.violations()["deviation"] == 0 and np.all(np.isnan(quiet.best_deviation))  # nothing to name
+    assert _audit_notes({"standard": quiet}, NO_RECORDS, population) == ""

@@ -12,6 +12,7 @@ from incentives.equilibrium import (
 )
 from incentives.population import Population
 from mechanisms.shaping import AccuracyShaping
+from mechanisms.shapley import ShapleyRewards
 from mechanisms.standard import StandardFL
 
 TOY = PowerLaw(1.0, 1.0, 0.5)
@@ -41,6 +42,17 @@ def test_best_response_breaks_ties_toward_contributing():
     pop = identical(2)
     response = best_response(AccuracyShaping(), 0, np.array([0.0, 2 * M_O]), pop, TOY)
     assert response.contribution == pytest.approx(2 * M_O, rel=1e-7)
+
+
+def test_a_free_riders_best_response_is_exactly_zero():
+    """u_i falls from m_i = 0 on, with slope s: the ties within tie_tol * scale end at
+    tie_tol * scale / s (about 1e-10 samples), below the resolution n_i * 1e-9, so the
+    response is 0, not dust (as it was under Shapley rewards: 5.3e-12 samples)."""
+    others = np.array([0.0, 400.0, 0.0])  # past m^o = 292.40: standard FL's free rider
+    assert best_response(StandardFL(), 0, others, identical(3, endowment=500.0), TOY).contribution == 0.0
+    dear = Population.from_lists(cost=[1e-3, 1e-3, 2e-2], endowment=200)
+    contributions = ShapleyRewards(0.1).solve(dear, TOY).contributions
+    assert contributions[2] == 0.0 and np.all(contributions[:2] > 30)
 
 
 def test_best_response_can_leave_for_the_outside_option():
