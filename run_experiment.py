@@ -293,8 +293,12 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
     try:
         train, test = load_dataset(data["dataset"], root=data["root"] or None,
                                    download=data["download"])
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"data.dataset={data['dataset']!r}: {error}") from None
+    except (ValueError, OSError) as error:  # in the config's words: download=True is data.download = true
+        message = str(error)
+        if "pass download=True" in message:
+            message = message.replace("pass download=True", "set data.download = true") + (
+                "; data.root names the folder to look in")
+        raise ConfigError(f"data.dataset={data['dataset']!r}: {message}") from None
     try:
         population = build_population(config["population"], data, train.num_classes,
                                       int(seeds["population"].generate_state(1)[0]), config["training"])

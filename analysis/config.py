@@ -259,6 +259,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse one ``--set section.key=value`` override; the value is read as TOML.
 
     A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string.
+    ``key`` may name an entry of a table-valued key, ``population.cost.sigma=1.0`` (see
+    :func:`load`).
     """
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: allowed is section.key=value, "
@@ -288,8 +290,26 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section}={raw[section]!r}: allowed is a table")
-        raw[section][name] = value
+        key, _, entry = name.partition(".")
+        if entry:
+            raw[section][key] = _with_entry(section, key, raw[section].get(key), entry, value, text)
+        else:
+            raw[section][name] = value
     return validate(raw)
+
+
+def _with_entry(section: str, key: str, table: Any, entry: str, value: Any, text: str) -> dict[str, Any]:
+    """``table`` (the config's, else the default) with ``entry`` set to ``value``: the
+    override ``section.key.entry=value``, e.g. population.cost.sigma=1.0 on a
+    distribution table. Refused where the key's value is not a table; an unknown key is
+    left to :func:`validate` to name."""
+    known = SCHEMA.get(section, {}).get(key)
+    if table is None:
+        table = {} if known is None else known.default
+    if not isinstance(table, dict):
+        raise ConfigError(f"--set {text!r}: {section}.{key}={table!r} is not a table; allowed is "
+                          f"{section}.{key}=value, its whole value")
+    return {**table, entry: value}
 
 
 def _toml_value(value: Any) -> str:

@@ -355,6 +355,20 @@ def _parse(text: str | None, key: str, row: int) -> float:
         raise ValueError(f"{key}[{row}]={text!r}: allowed is a number") from None
 
 
+DISTRIBUTION_KEYS = {
+    "constant": ("value",), "uniform": ("low", "high"), "lognormal": ("mean", "sigma"), "types": ("values", "probs"),
+}  # the parameters of each distribution a field may be drawn from, besides "dist"
+
+
+def _check_keys(spec: Mapping, field: str, allowed: tuple[str, ...]) -> None:
+    """ValueError naming the first key of ``spec`` besides "dist" that is not ``allowed``
+    (a misspelt parameter would otherwise be ignored)."""
+    unknown = [key for key in spec if key != "dist" and key not in allowed]
+    if unknown:
+        raise ValueError(f"{field}.{unknown[0]}={spec[unknown[0]]!r}: unknown key for dist={spec['dist']!r}; "
+                         f"allowed is {', '.join(allowed)}")
+
+
 def _need(spec: Mapping, key: str, field: str):
     if key not in spec:
         raise ValueError(f"{field}.{key} is missing: allowed is a number for dist={spec['dist']!r}")
@@ -372,6 +386,8 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
     if not isinstance(spec, Mapping) or "dist" not in spec:
         raise ValueError(f"{field}={spec!r}: allowed is a number or a dict with a 'dist' key")
     dist = spec["dist"]
+    if dist in DISTRIBUTION_KEYS:
+        _check_keys(spec, field, DISTRIBUTION_KEYS[dist])
     if dist == "constant":
         return np.full(n, float(_need(spec, "value", field)))
     if dist == "uniform":
@@ -424,6 +440,7 @@ def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(
             f"label_distribution={spec!r}: allowed is {{'dist': 'dirichlet', 'alpha': a, 'n_classes': K}}"
         )
+    _check_keys(spec, "label_distribution", ("alpha", "n_classes"))
     alpha = float(_need(spec, "alpha", "label_distribution"))
     n_classes = _need(spec, "n_classes", "label_distribution")
     if not alpha > 0:

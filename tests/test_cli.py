@@ -80,6 +80,7 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("training.lr=1e9", "training.lr=1000000000.0: local training of client 0 diverged in round 0 (mean mini-batch"),
     ("population.endowment=0", "population: endowment[0]=0.0: allowed is a number > 0"),
     ("data.validation_fraction=0.99", "training: endowments (total 1200): allowed is a total of at most 14, the"),
+    ("population.cost.sgima=1", "population: cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
     status = run_experiment.main(["--quiet", f"--set={override}",
@@ -89,6 +90,15 @@ def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path
     assert fragment in err
     assert err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_missing_dataset_is_named_in_the_configs_words(capsys, tmp_path):
+    status = run_experiment.main(["--quiet", "--set=data.dataset='mnist'", f"--set=data.root='{tmp_path}'",
+                                  f"--set=experiment.output_dir='{tmp_path / 'runs'}'"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert f"(data root {tmp_path}); place the file there, or set data.download = true to fetch it from" in err
+    assert err.rstrip().endswith("; data.root names the folder to look in") and "download=True" not in err
 
 
 def test_exact_shapley_on_rounds_too_large_for_it_is_refused_before_training(capsys, tmp_path):

@@ -23,6 +23,16 @@ def test_override_parses_toml_values_and_bare_strings():
     assert resolved["training"]["lr"] == 0.1
 
 
+def test_override_sets_one_entry_of_a_table():
+    """population.cost.sigma=1.0 changes the sigma of the cost distribution, keeping its
+    other entries, whether the table comes from the config or from the defaults."""
+    default = config_module.defaults()["population"]["cost"]
+    resolved = config_module.load(None, ["population.cost.sigma=1.0"])
+    assert resolved["population"]["cost"] == {**default, "sigma": 1.0}
+    resolved = config_module.load(ROOT / "configs" / "default.toml", ["population.cost.mean=-7"])
+    assert resolved["population"]["cost"] == {"dist": "lognormal", "mean": -7, "sigma": 0.5}
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("training.rounds=-1", "training.rounds=-1: allowed is a number > 0"),
     ("training.roundz=3", "training.roundz: unknown key; allowed is one of rounds"),
@@ -35,6 +45,8 @@ def test_override_parses_toml_values_and_bare_strings():
     ("rounds=3", "allowed is section.key=value"),
     ("mechanisms.shapley_permutations=0", "mechanisms.shapley_permutations=0: allowed is a number > 0"),
     ("mechanisms.shapley_eps=-0.1", "mechanisms.shapley_eps=-0.1: allowed is a number >= 0"),
+    ("training.lr.low=1", "--set 'training.lr.low=1': training.lr=0.05 is not a table; allowed is training.lr=value"),
+    ("population.costs.sigma=1", "population.costs: unknown key; allowed is one of n_agents"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as error:

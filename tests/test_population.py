@@ -175,6 +175,8 @@ def test_sample_distributions():
         ({"dist": "uniform", "low": 2, "high": 1}, r"cost.high=1.0: allowed is a number >= low=2.0"),
         ({"dist": "lognormal", "mean": 0}, r"cost.sigma is missing"),
         ({"low": 1}, r"allowed is a number or a dict with a 'dist' key"),
+        ({"dist": "lognormal", "mean": 0, "sigma": 1, "sgima": 2},
+         r"cost.sgima=2: unknown key for dist='lognormal'; allowed is mean, sigma"),
     ],
 )
 def test_sample_spec_errors(field_spec, message):
