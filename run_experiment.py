@@ -3,6 +3,7 @@
     python run_experiment.py                         # configs/default.toml
     python run_experiment.py CONFIG --set training.rounds=10 --set experiment.seed=3
     python run_experiment.py --quiet                 # no progress bar
+    python run_experiment.py CONFIG --seeds 0 1 2    # a run per seed, and their spread
 
 The config is validated before anything runs; a bad key or value prints one line that
 names it and exits with status 2. The run folder's layout is described in
@@ -12,6 +13,7 @@ names it and exits with status 2. The run folder's layout is described in
 from __future__ import annotations
 
 import argparse
+import csv
 import pickle
 import shutil
 import sys
@@ -24,6 +26,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
+from analysis.seeds import aggregate_runs
 from incentives.loop import ClosedLoop, LoopResult
 from incentives.population import Population, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
@@ -436,7 +439,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue an interrupted run from its checkpoint, with its "
                              "config.toml (--set may change only keys that do not change what is "
                              "measured, e.g. loop.max_iterations)")
+    parser.add_argument("--seeds", metavar="SEED", type=int, nargs="+",
+                        help="run the config once per experiment.seed, then write the spread of every "
+                             "headline metric over them (analysis/seeds.py)")
     return parser.parse_args(argv)
+
+
+def run_seeds(path: str, overrides: list[str], seeds: list[int], quiet: bool) -> Path:
+    """One run folder per seed of ``seeds`` (the config at ``path`` with ``overrides`` and
+    experiment.seed set), then their seeds folder (:func:`analysis.seeds.aggregate_runs`);
+    return that. Every seed's config is validated before the first runs."""
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: allowed is each seed once")
+    if any(config_module.parse_override(text)[:2] == ("experiment", "seed") for text in overrides):
+        raise ConfigError("--seeds with --set experiment.seed: allowed is one of them")
+    configs = [config_module.load(path, [*overrides, f"experiment.seed={seed}"]) for seed in seeds]
+    folders: list[Path] = []
+    for seed, config in zip(seeds, configs):
+        try:
+            folders.append(run(config, quiet=quiet))
+        except Interrupted as stop:
+            finished = ", ".join(str(f) for f in folders) or "none"
+            raise Interrupted(f"{stop} (seed {seed}); the seeds finished before it: {finished}") from None
+    out = aggregate_runs(folders)
+    if not quiet:
+        with (out / "summary.csv").open() as handle:
+            spread = {(r["mechanism"], r["metric"]): r for r in csv.DictReader(handle)}
+        names = list(dict.fromkeys(name for name, _ in spread))
+        width = max(map(len, names))
+        for name in names:
+            data, welfare = spread[name, "total_data"], spread[name, "welfare_realised"]
+            print(f"{name:>{width}} over {len(seeds)} seeds: total data {float(data['mean']):.0f} +/- "
+                  f"{float(data['std']):.0f} samples, welfare {float(welfare['mean']):.4f} +/- "
+                  f"{float(welfare['std']):.4f}")
+        print(f"seeds report: {out / 'report.html'}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,8 +483,14 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.resume / "config.toml").is_file():
                 raise ConfigError(f"--resume {str(args.resume)!r}: no config.toml there; "
                                   "allowed is a run folder")
+            if args.seeds:
+                raise ConfigError("--seeds with --resume: allowed is one of them (resume each seed's run "
+                                  "folder, then aggregate them with analysis.seeds.aggregate_runs)")
             config = config_module.load(args.resume / "config.toml", args.overrides)
             check_resumable(config_module.load(args.resume / "config.toml"), config, args.resume)
+        elif args.seeds:
+            run_seeds(args.config, args.overrides, args.seeds, args.quiet)
+            return 0
         else:
             config = config_module.load(args.config, args.overrides)
         run(config, args.resume, quiet=args.quiet)

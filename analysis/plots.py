@@ -132,6 +132,25 @@ def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path
     return _save(fig, path)
 
 
+def seed_spread(values: dict[tuple[str, str], np.ndarray], mechanisms: list[str], path: Path) -> Path:
+    """Total data and realised welfare of each mechanism over seeds: one dot per seed
+    (``values[mechanism, metric]``, (S,) arrays), the mean as a bar."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    x = np.arange(len(mechanisms))
+    for axis, (metric, label, title) in zip(axes, (("total_data", "total samples contributed", "Total data"),
+                                                   ("welfare_realised", "sum of agents' utilities",
+                                                    "Realised welfare"))):
+        for k, name in enumerate(mechanisms):
+            seeds = values[name, metric]
+            axis.bar(k, np.mean(seeds), 0.6, color=COLOURS[k % len(COLOURS)], alpha=0.35)
+            jitter = np.linspace(-0.15, 0.15, seeds.size) if seeds.size > 1 else np.zeros(1)
+            axis.scatter(k + jitter, seeds, s=16, color=COLOURS[k % len(COLOURS)], zorder=3)
+        axis.set_xticks(x, mechanisms, rotation=30, ha="right")
+        axis.set_ylabel(label)
+        axis.set_title(f"{title} (a dot per seed, the mean as a bar)")
+    return _save(fig, path)
+
+
 def convergence(result: LoopResult, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(result.final())

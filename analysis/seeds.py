@@ -1,0 +1,166 @@
+"""One experiment over several seeds: the spread of every headline metric.
+
+A run measures one draw of the population and one training per mechanism, so a gap
+between two mechanisms means little until it is set against how much each metric moves
+from seed to seed. :func:`aggregate_runs` reads the run folders of one config run with
+different ``experiment.seed`` values and writes
+
+    <output_dir>/<name>-seeds-<timestamp>/
+        seeds.csv     every seed's summary, long: seed, mechanism, metric, value
+        figures/seed_spread.png  total data and realised welfare, a dot per seed
+        summary.csv   per mechanism and metric: n (seeds with a value), mean, std
+                      (sample, ddof = 1; NaN for one seed), min, max
+        report.html   the headline metrics as mean +/- std, the paired difference in
+                      realised welfare of each mechanism against the first (the same
+                      seed is the same population and pilot, so the difference is taken
+                      seed by seed: its mean +/- std and in how many seeds it is
+                      positive), and a link to each seed's report
+
+A boolean metric (``budget_balanced``) counts as 1 or 0, so its mean is the share of
+seeds where it holds. ``python run_experiment.py CONFIG --seeds 0 1 2`` runs the seeds
+and aggregates them.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+
+from analysis import config as config_module
+from analysis import plots
+from analysis.report import HEADLINE, STYLE, _table, _write_csv, make_run_folder
+
+#: keys in which the seeds' configs may differ: the seed, and where and how a run executes
+#: (the executors give the same numbers, DESIGN.md), not what it measures
+IGNORED = ("experiment.seed", "experiment.progress", "experiment.output_dir", "data.root", "data.download",
+           "training.device", "training.threads", "training.executor", "training.workers")
+
+
+def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = None) -> Path:
+    """Write the seeds folder of the run ``folders`` (see the module docstring) under
+    ``output_dir`` (default: the runs' own ``experiment.output_dir``); return it.
+
+    ValueError, naming the folder and the key, unless the folders hold finished runs
+    (a summary.csv each) of one config that differ only in ``experiment.seed`` (and the
+    keys of :data:`IGNORED`), each seed once, with the same mechanisms."""
+    folders = [Path(f) for f in folders]
+    if len(folders) < 1:
+        raise ValueError("folders=[]: allowed is at least one run folder")
+    configs = [_config(folder) for folder in folders]
+    _check_one_experiment(folders, configs)
+    summaries = [_summary(folder) for folder in folders]
+    mechanisms = list(summaries[0])
+    for folder, summary in zip(folders[1:], summaries[1:]):
+        if list(summary) != mechanisms:
+            raise ValueError(f"{folder}: mechanisms {list(summary)}: allowed is those of {folders[0]}, {mechanisms}")
+    seeds = [config["experiment"]["seed"] for config in configs]
+    first = configs[0]["experiment"]
+    out = make_run_folder(first["output_dir"] if output_dir is None else output_dir, f"{first['name']}-seeds")
+    metrics = [key for key in summaries[0][mechanisms[0]]]
+    values = {(name, key): np.array([summary[name][key] for summary in summaries])
+              for name in mechanisms for key in metrics}
+    _write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
+                                   for seed, summary in zip(seeds, summaries)
+                                   for name in mechanisms for key in metrics])
+    _write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **_spread(values[name, key])}
+                                     for name in mechanisms for key in metrics])
+    plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
+    _write_report(out, first["name"], seeds, folders, mechanisms, values)
+    return out
+
+
+def _config(folder: Path) -> dict:
+    if not (folder / "config.toml").is_file():
+        raise ValueError(f"{folder}: no config.toml there; allowed is a run folder")
+    try:
+        return config_module.load(folder / "config.toml")
+    except config_module.ConfigError as error:
+        raise ValueError(f"{folder}: {error}") from None
+
+
+def _check_one_experiment(folders: list[Path], configs: list[dict]) -> None:
+    """ValueError at the first key in which a run's config differs from the first run's
+    (other than those of :data:`IGNORED`), or at a seed given twice."""
+    reference = configs[0]
+    for folder, config in zip(folders[1:], configs[1:]):
+        for section, table in reference.items():
+            for key, value in table.items():
+                if f"{section}.{key}" not in IGNORED and config[section][key] != value:
+                    raise ValueError(f"{folder}: {section}.{key}={config[section][key]!r} differs from "
+                                     f"{value!r} in {folders[0]}; allowed is runs of one config that differ "
+                                     "only in experiment.seed")
+    seeds = [config["experiment"]["seed"] for config in configs]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(f"experiment.seed={repeated[0]!r} in {seeds.count(repeated[0])} of the folders: "
+                         "allowed is each seed once")
+
+
+def _summary(folder: Path) -> dict[str, dict[str, float]]:
+    """{mechanism: {metric: value}} from a run's summary.csv (True/False as 1/0)."""
+    path = folder / "summary.csv"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no summary.csv there; allowed is a finished run folder")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {row.pop("mechanism"): {key: _number(text) for key, text in row.items()} for row in rows}
+
+
+def _number(text: str) -> float:
+    """A summary.csv cell as a number: True and False as 1 and 0, an empty cell as NaN."""
+    if text in ("True", "False"):
+        return float(text == "True")
+    return float(text) if text else float("nan")
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+    """n, mean, std (ddof = 1) and the range over the seeds where the value is a number;
+    the std is NaN for one seed or with an infinite value (a price of anarchy of inf)."""
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        return {"n": 0, "mean": np.nan, "std": np.nan, "min": np.nan, "max": np.nan}
+    std = float(np.std(present, ddof=1)) if present.size > 1 and np.all(np.isfinite(present)) else np.nan
+    return {"n": int(present.size), "mean": float(present.mean()), "std": std,
+            "min": float(present.min()), "max": float(present.max())}
+
+
+def _cell(values: np.ndarray, fmt: str) -> str:
+    """mean +/- std in the headline's format ("-" without a value, k/n for a yes/no)."""
+    spread = _spread(values)
+    if spread["n"] == 0:
+        return "-"
+    if fmt == "{}":
+        return f"{int(np.sum(values == 1.0))}/{values.size}"
+    number = "{:.1f}" if fmt == "{:d}" else fmt
+    mean = number.format(spread["mean"])
+    return mean if np.isnan(spread["std"]) else f"{mean} ± {number.format(spread['std'])}"
+
+
+def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], mechanisms: list[str],
+                  values: dict[tuple[str, str], np.ndarray]) -> None:
+    rows = [{"metric": label, **{m: _cell(values[m, key], fmt) for m in mechanisms}}
+            for key, label, fmt in HEADLINE]
+    reference = mechanisms[0]
+    paired = []
+    for other in mechanisms[1:]:
+        difference = values[other, "welfare_realised"] - values[reference, "welfare_realised"]
+        spread = _spread(difference)
+        paired.append({"mechanism": other, "mean difference": spread["mean"], "std": spread["std"],
+                       f"higher than {reference} in": f"{int(np.sum(difference > 0))} of {len(seeds)} seeds"})
+    links = "".join(f'<li>seed {seed}: <a href="{html.escape(os.path.relpath(folder / "report.html", out))}">'
+                    f"{html.escape(folder.name)}</a></li>" for seed, folder in zip(seeds, folders))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(name)}: seeds</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(name)}: {len(seeds)} seed(s)</h1>
+<p>Each seed draws the population and trains anew; cells are the mean &plusmn; the standard deviation over
+the seeds (sample, ddof = 1), a yes/no the number of seeds where it holds.</p>
+<h2>Headline</h2>{_table(rows)}
+<img src="figures/seed_spread.png" alt="seed_spread">
+{f"<h2>Realised welfare minus {html.escape(reference)}'s, seed by seed</h2>{_table(paired)}" if paired else ""}
+<h2>Seeds</h2><ul>{links}</ul>
+</body></html>"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,86 @@
+"""Several seeds of one experiment: a run folder each, and the spread of every metric."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import run_experiment
+from analysis.seeds import aggregate_runs
+
+FAST = ["population.n_agents=4", "training.rounds=3", "accuracy.pilot_sizes=[20, 60, 200]",
+        "accuracy.pilot_repeats=1", "loop.max_iterations=1", "experiment.name='seeds'"]
+
+
+def cli(*arguments: str) -> int:
+    return run_experiment.main(["--quiet", *arguments])
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    status = cli(*(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{out}'", "--seeds", "0", "1", "2")
+    assert status == 0
+    runs = sorted(p for p in out.iterdir() if "-seeds-" not in p.name)
+    (seeds,) = [p for p in out.iterdir() if "-seeds-" in p.name]
+    return runs, seeds
+
+
+def read(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_each_seed_runs_in_its_own_folder_and_the_spread_is_computed_from_them(three_seeds):
+    runs, seeds = three_seeds
+    assert len(runs) == 3
+    assert {p.name for p in seeds.iterdir()} == {"summary.csv", "seeds.csv", "report.html", "figures"}
+    assert (seeds / "figures" / "seed_spread.png").stat().st_size > 5000
+    welfare = np.array([[float(r["welfare_realised"]) for r in read(run / "summary.csv")] for run in runs])
+    assert welfare.shape == (3, 2)  # seeds x (standard, shaping)
+    assert len(np.unique(welfare[:, 0])) == 3  # the seeds differ
+    spread = {(r["mechanism"], r["metric"]): r for r in read(seeds / "summary.csv")}
+    for k, name in enumerate(("standard", "shaping")):
+        row = spread[name, "welfare_realised"]
+        assert int(row["n"]) == 3
+        assert float(row["mean"]) == pytest.approx(welfare[:, k].mean(), rel=1e-12)
+        assert float(row["std"]) == pytest.approx(welfare[:, k].std(ddof=1), rel=1e-12)
+        assert (float(row["min"]), float(row["max"])) == (welfare[:, k].min(), welfare[:, k].max())
+    assert float(spread["standard", "budget_balanced"]["mean"]) == 1.0  # True counts as 1
+    assert int(spread["standard", "server_profit"]["n"]) == 0  # not modelled: no value in any seed
+    long = read(seeds / "seeds.csv")
+    assert {int(r["seed"]) for r in long} == {0, 1, 2}
+    report = (seeds / "report.html").read_text()
+    difference = welfare[:, 1] - welfare[:, 0]
+    assert f"{difference.mean():.4g}" in report and f"{np.sum(difference > 0)} of 3 seeds" in report
+    assert f'href="../{runs[0].name}/report.html"' in report and "3/3" in report
+
+
+def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
+    runs, _ = three_seeds
+    other = tmp_path / "other"
+    assert cli(*(f"--set={o}" for o in FAST), "--set=training.rounds=2", f"--set=experiment.output_dir='{other}'") == 0
+    (odd,) = other.iterdir()
+    with pytest.raises(ValueError, match=rf"{odd}: training.rounds=2 differs from 3 in {runs[0]}; allowed is runs "
+                                         "of one config that differ only in experiment.seed"):
+        aggregate_runs([runs[0], odd], tmp_path)
+    with pytest.raises(ValueError, match=r"experiment.seed=0 in 2 of the folders: allowed is each seed once"):
+        aggregate_runs([runs[0], runs[0]], tmp_path)
+    with pytest.raises(ValueError, match=rf"{tmp_path}: no config.toml there; allowed is a run folder"):
+        aggregate_runs([tmp_path])
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (["--seeds", "0", "0"], "--seeds 0 0: allowed is each seed once"),
+    (["--seeds", "0", "1", "--set=experiment.seed=3"], "--seeds with --set experiment.seed: allowed is one of them"),
+    (["--seeds", "0", "-1"], "experiment.seed=-1: allowed is a number >= 0"),
+    (["--seeds", "0", "--resume", "runs/x"], "--seeds with --resume: allowed is one of them"),
+])
+def test_seed_mistakes_exit_2_with_one_line(arguments, fragment, capsys, tmp_path):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "config.toml").write_text("")
+    arguments = [a.replace("runs/x", str(tmp_path / "runs" / "x")) for a in arguments]
+    assert cli(*arguments, f"--set=experiment.output_dir='{tmp_path / 'out'}'") == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
