@@ -458,9 +458,9 @@ def run_seeds(path: str, overrides: list[str], seeds: list[int], quiet: bool) ->
     for seed, config in zip(seeds, configs):
         try:
             folders.append(run(config, quiet=quiet))
-        except Interrupted as stop:
+        except (Interrupted, ConfigError) as stop:
             finished = ", ".join(str(f) for f in folders) or "none"
-            raise Interrupted(f"{stop} (seed {seed}); the seeds finished before it: {finished}") from None
+            raise type(stop)(f"{stop} (seed {seed}); the seeds finished before it: {finished}") from None
     out = aggregate_runs(folders)
     if not quiet:
         with (out / "summary.csv").open() as handle:

@@ -110,7 +110,7 @@ def write_manifest(folder: Path, config: dict, timings: dict[str, float], device
     return path
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
+def write_csv(path: Path, rows: list[dict]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -160,7 +160,7 @@ def learning_curve_rows(result: LoopResult) -> list[dict]:
             for source, model, sizes, accuracies in models for size, accuracy in zip(sizes, accuracies)]
 
 
-def _table(rows: list[dict], digits: int = 4) -> str:
+def html_table(rows: list[dict], digits: int = 4) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
             return f"{value:.{digits}g}"
@@ -184,7 +184,7 @@ def _headline_table(summaries: dict[str, dict[str, float]]) -> str:
             else:
                 row[name] = fmt.format(int(value) if fmt == "{:d}" else value)
         rows.append(row)
-    return _table(rows)
+    return html_table(rows)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -262,7 +262,7 @@ first); in the last iteration {", ".join(f"{html.escape(n)} &gamma; = {r.accurac
                                         for n, r in result.final().items())}.</p>
 {_equilibrium_notes(result)}{_valuation_notes(result)}{_audit_notes(audits, result, population)}
 <h2>Figures</h2>{figure_html}
-<h2>Per agent (last iteration)</h2>{_table(agents)}
+<h2>Per agent (last iteration)</h2>{html_table(agents)}
 </body></html>"""
     path = folder / "report.html"
     path.write_text(page)
@@ -386,11 +386,11 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
                  for name, record in result.final().items()}
     agents = agent_rows(result, population, phi)
     (folder / "config.toml").write_text(config_module.dumps(config))
-    _write_csv(folder / "metrics.csv", list(result.long_rows()))
-    _write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
-    _write_csv(folder / "agents.csv", agents)
-    _write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
-    _write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
+    write_csv(folder / "metrics.csv", list(result.long_rows()))
+    write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
+    write_csv(folder / "agents.csv", agents)
+    write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
+    write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
     write_report(folder, config, result, population, summaries, figures, agents, warnings, audits)
     write_manifest(folder, config, timings, device,

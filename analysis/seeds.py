@@ -32,7 +32,7 @@ import numpy as np
 
 from analysis import config as config_module
 from analysis import plots
-from analysis.report import HEADLINE, STYLE, _table, _write_csv, make_run_folder
+from analysis.report import HEADLINE, STYLE, html_table, make_run_folder, write_csv
 
 #: keys in which the seeds' configs may differ: the seed, and where and how a run executes
 #: (the executors give the same numbers, DESIGN.md), not what it measures
@@ -48,7 +48,7 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     (a summary.csv each) of one config that differ only in ``experiment.seed`` (and the
     keys of :data:`IGNORED`), each seed once, with the same mechanisms."""
     folders = [Path(f) for f in folders]
-    if len(folders) < 1:
+    if not folders:
         raise ValueError("folders=[]: allowed is at least one run folder")
     configs = [_config(folder) for folder in folders]
     _check_one_experiment(folders, configs)
@@ -60,13 +60,13 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     seeds = [config["experiment"]["seed"] for config in configs]
     first = configs[0]["experiment"]
     out = make_run_folder(first["output_dir"] if output_dir is None else output_dir, f"{first['name']}-seeds")
-    metrics = [key for key in summaries[0][mechanisms[0]]]
+    metrics = list(summaries[0][mechanisms[0]])
     values = {(name, key): np.array([summary[name][key] for summary in summaries])
               for name in mechanisms for key in metrics}
-    _write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
+    write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
                                    for seed, summary in zip(seeds, summaries)
                                    for name in mechanisms for key in metrics])
-    _write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **_spread(values[name, key])}
+    write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **_spread(values[name, key])}
                                      for name in mechanisms for key in metrics])
     plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
     _write_report(out, first["name"], seeds, folders, mechanisms, values)
@@ -158,9 +158,9 @@ def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], m
 <h1>{html.escape(name)}: {len(seeds)} seed(s)</h1>
 <p>Each seed draws the population and trains anew; cells are the mean &plusmn; the standard deviation over
 the seeds (sample, ddof = 1), a yes/no the number of seeds where it holds.</p>
-<h2>Headline</h2>{_table(rows)}
+<h2>Headline</h2>{html_table(rows)}
 <img src="figures/seed_spread.png" alt="seed_spread">
-{f"<h2>Realised welfare minus {html.escape(reference)}'s, seed by seed</h2>{_table(paired)}" if paired else ""}
+{f"<h2>Realised welfare minus {html.escape(reference)}'s, seed by seed</h2>{html_table(paired)}" if paired else ""}
 <h2>Seeds</h2><ul>{links}</ul>
 </body></html>"""
     (out / "report.html").write_text(page)
