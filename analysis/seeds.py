@@ -64,10 +64,10 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     values = {(name, key): np.array([summary[name][key] for summary in summaries])
               for name in mechanisms for key in metrics}
     write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
-                                   for seed, summary in zip(seeds, summaries)
-                                   for name in mechanisms for key in metrics])
+                                  for seed, summary in zip(seeds, summaries)
+                                  for name in mechanisms for key in metrics])
     write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **_spread(values[name, key])}
-                                     for name in mechanisms for key in metrics])
+                                    for name in mechanisms for key in metrics])
     plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
     _write_report(out, first["name"], seeds, folders, mechanisms, values)
     return out
