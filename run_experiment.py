@@ -13,7 +13,6 @@ names it and exits with status 2. The run folder's layout is described in
 from __future__ import annotations
 
 import argparse
-import csv
 import pickle
 import shutil
 import sys
@@ -45,8 +44,7 @@ STREAMS = ("population", "training")
 # Keys --resume may change: they bound or pace the loop, say where the data files are,
 # or choose where and how training runs, but not what is measured (the data files are
 # checksummed). Any other change would mix two experiments in one run.
-RESUMABLE = ("loop.max_iterations", "loop.tolerance", "experiment.progress", "data.root", "data.download",
-             "training.device", "training.threads", "training.executor", "training.workers")
+RESUMABLE = ("loop.max_iterations", "loop.tolerance", *config_module.EXECUTION_KEYS)
 
 
 def build_population(section: dict, data: dict, num_classes: int, seed: int, training: dict) -> Population:
@@ -461,17 +459,14 @@ def run_seeds(path: str, overrides: list[str], seeds: list[int], quiet: bool) ->
         except (Interrupted, ConfigError) as stop:
             finished = ", ".join(str(f) for f in folders) or "none"
             raise type(stop)(f"{stop} (seed {seed}); the seeds finished before it: {finished}") from None
-    out = aggregate_runs(folders)
+    out, spread = aggregate_runs(folders)
     if not quiet:
-        with (out / "summary.csv").open() as handle:
-            spread = {(r["mechanism"], r["metric"]): r for r in csv.DictReader(handle)}
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))
         for name in names:
             data, welfare = spread[name, "total_data"], spread[name, "welfare_realised"]
-            print(f"{name:>{width}} over {len(seeds)} seeds: total data {float(data['mean']):.0f} +/- "
-                  f"{float(data['std']):.0f} samples, welfare {float(welfare['mean']):.4f} +/- "
-                  f"{float(welfare['std']):.4f}")
+            print(f"{name:>{width}} over {len(seeds)} seeds: total data {data['mean']:.0f} +/- {data['std']:.0f} "
+                  f"samples, welfare {welfare['mean']:.4f} +/- {welfare['std']:.4f}")
         print(f"seeds report: {out / 'report.html'}")
     return out
 

@@ -101,6 +101,11 @@ ACCURACY_FAMILIES = ("power_law", "generalisation_bound")
 PARTITIONS = ("iid", "dirichlet")
 PRIVATE_INFORMATION = ("cost", "multidimensional")
 #: population keys that only the multi-dimensional types use, and those they replace
+#: keys that change where and how a run executes, not what it measures (the executors and
+#: devices give the same numbers, DESIGN.md): a resume may change them, and runs of several
+#: seeds may differ in them
+EXECUTION_KEYS = ("experiment.progress", "data.root", "data.download", "training.device", "training.threads",
+                  "training.executor", "training.workers")
 MULTIDIMENSIONAL_KEYS = ("compute_cost", "comm_delay", "round_deadline", "cycles_per_sample")
 REPLACED_BY_MULTIDIMENSIONAL = ("cost", "cost_exponent", "csv")
 TRAIT = (int, float, list, dict)

@@ -80,10 +80,10 @@ def contribution_map(result: LoopResult, population: Population, local: np.ndarr
 
 
 def _contribution_map(result: LoopResult, population: Population, local: np.ndarray, path: Path) -> Path:
-    names, _, samples, free_riders = contribution_map(result, population, local)
+    names, _, samples, riding = contribution_map(result, population, local)
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(names)))
     image = ax.imshow(samples, aspect="auto", cmap="viridis", interpolation="nearest")
-    rows, columns = np.nonzero(free_riders)
+    rows, columns = np.nonzero(riding)
     ax.scatter(columns, rows, s=6, color="white", edgecolors="black", linewidths=0.3,
                label="free rider: below its local optimum $m_i^o$")
     ax.set_yticks(np.arange(len(names)), names)

@@ -34,15 +34,16 @@ from analysis import config as config_module
 from analysis import plots
 from analysis.report import HEADLINE, STYLE, html_table, make_run_folder, write_csv
 
-#: keys in which the seeds' configs may differ: the seed, and where and how a run executes
-#: (the executors give the same numbers, DESIGN.md), not what it measures
-IGNORED = ("experiment.seed", "experiment.progress", "experiment.output_dir", "data.root", "data.download",
-           "training.device", "training.threads", "training.executor", "training.workers")
+#: keys in which the seeds' configs may differ: the seed, where the run folder went, and
+#: where and how the run executed (``analysis.config.EXECUTION_KEYS``)
+IGNORED = ("experiment.seed", "experiment.output_dir", *config_module.EXECUTION_KEYS)
 
 
-def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = None) -> Path:
+def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = None
+                   ) -> tuple[Path, dict[tuple[str, str], dict[str, float]]]:
     """Write the seeds folder of the run ``folders`` (see the module docstring) under
-    ``output_dir`` (default: the runs' own ``experiment.output_dir``); return it.
+    ``output_dir`` (default: the runs' own ``experiment.output_dir``); return it and its
+    summary.csv's numbers, {(mechanism, metric): {"n", "mean", "std", "min", "max"}}.
 
     ValueError, naming the folder and the key, unless the folders hold finished runs
     (a summary.csv each) of one config that differ only in ``experiment.seed`` (and the
@@ -66,11 +67,11 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
                                   for seed, summary in zip(seeds, summaries)
                                   for name in mechanisms for key in metrics])
-    write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **_spread(values[name, key])}
-                                    for name in mechanisms for key in metrics])
+    spread = {(name, key): _spread(values[name, key]) for name in mechanisms for key in metrics}
+    write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **row} for (name, key), row in spread.items()])
     plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
     _write_report(out, first["name"], seeds, folders, mechanisms, values)
-    return out
+    return out, spread
 
 
 def _config(folder: Path) -> dict:

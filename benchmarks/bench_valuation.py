@@ -65,6 +65,7 @@ def main() -> None:
     torch.set_num_threads(1)
     train, _ = load_digits()
     split = dirichlet_federation(train, args.clients, 1.0, seed=0)
+
     def valued_run():
         return train_with_valuation(args.model, split.clients, FedAvg(batch_size=16, lr=0.05), args.rounds,
                                     split.validation, seed=0, progress=False)

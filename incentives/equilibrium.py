@@ -191,7 +191,7 @@ def best_response(
             mid = 0.5 * (left + right)
             left, right = (mid, right) if u(mid) >= threshold else (left, mid)
         start = left
-    if start < n_i * RESOLUTION and u(0.0) >= threshold:
+    if start < n_i * RESOLUTION and values[0] >= threshold:  # values[0] = u(0): the grid starts at 0
         start = 0.0
     if start != best_m:
         best_m, best_u = start, u(start)

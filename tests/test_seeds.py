@@ -57,7 +57,13 @@ def test_each_seed_runs_in_its_own_folder_and_the_spread_is_computed_from_them(t
 
 
 def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
-    runs, _ = three_seeds
+    runs, seeds = three_seeds
+    again, spread = aggregate_runs(runs, tmp_path)  # the same runs aggregated from Python: the same numbers
+    assert again.parent == tmp_path and again != seeds
+    written = {(r["mechanism"], r["metric"]): r for r in read(seeds / "summary.csv")}
+    assert spread.keys() == written.keys()
+    for key in (("standard", "welfare_realised"), ("shaping", "total_data")):
+        assert {k: float(v) for k, v in written[key].items() if k not in ("mechanism", "metric")} == spread[key]
     other = tmp_path / "other"
     assert cli(*(f"--set={o}" for o in FAST), "--set=training.rounds=2", f"--set=experiment.output_dir='{other}'") == 0
     (odd,) = other.iterdir()
