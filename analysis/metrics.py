@@ -19,6 +19,8 @@ For one mechanism's record (its last loop iteration):
 - models delivered: how many agents receive a model at all (none under a money
   contract, where the server keeps it; only the participants under IncFL);
 - promise gap: delivered minus promised accuracy, mean absolute and worst;
+- transfer gap: paid minus promised transfer, mean absolute (0 unless the mechanism pays
+  from what training measured, e.g. Shapley rewards paid by data values on the rounds);
 - realised incentivised share: where training measured local-only models (IncFL's
   aggregation does), the share of participants whose delivered model beats theirs;
 - from the audit (``mechanisms.audit``): agents violating individual rationality on the
@@ -94,6 +96,7 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
         "misreport_violations": violations["misreport"],
         "budget_balanced": audit.budget_balanced,
         "paid": audit.paid,
+        "transfer_gap_mean_abs": float(np.mean(np.abs(record.realised_transfer - outcome.transfer))),
         "server_profit": nan if audit.server_profit is None else audit.server_profit,
         "information_rent": nan if audit.information_rent is None else float(audit.information_rent.sum()),
         "mean_promised_accuracy": float(np.mean(outcome.accuracy)),

@@ -34,7 +34,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
-from incentives.loop import LoopResult
+from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
@@ -53,6 +53,7 @@ HEADLINE = [
     ("welfare_realised", "welfare, realised", "{:.4f}"),
     ("price_of_anarchy", "price of anarchy", "{:.3f}"),
     ("paid", "money paid to agents", "{:.4f}"),
+    ("transfer_gap_mean_abs", "mean |paid - promised transfer|", "{:.4f}"),
     ("server_profit", "server profit", "{:.4f}"),
     ("information_rent", "information rents", "{:.4f}"),
     ("budget_balanced", "budget balanced", "{}"),
@@ -313,8 +314,30 @@ def _valuation_notes(result: LoopResult) -> str:
                      f"value. The promised transfers value the accuracy model's game a(M<sub>S</sub>) "
                      f"{MODEL_VALUES[info['model_values']]}; the paid ones are FedSV over the training rounds, "
                      f"each round valued by {rounds} on coalition models rebuilt from the round's updates and "
-                     "scored on the validation split.</p>")
+                     f"scored on the validation split. {_paid_against_promised(record)}</p>")
     return "".join(notes)
+
+
+def _paid_against_promised(record: IterationRecord) -> str:
+    """How a mechanism's paid transfers (from values measured on the training rounds)
+    differ from its promised ones (from the accuracy model): the mean absolute
+    difference, the largest, and the contributing agents paid nothing although promised
+    a transfer (under a budget split by data value: their measured value was not
+    positive)."""
+    promised, paid = np.asarray(record.outcome.transfer, float), np.asarray(record.realised_transfer, float)
+    gap = paid - promised
+    i = int(np.argmax(np.abs(gap)))
+    if abs(gap[i]) <= 1e-12:
+        return "Paid as promised."
+    text = (f"Paid against promised: {np.mean(np.abs(gap)):.3g} apart per agent on average; the largest "
+            f"difference is agent {i}'s, paid {paid[i]:.3g} against {promised[i]:.3g} promised.")
+    unpaid = np.flatnonzero((record.trained_contributions > 0) & (promised > 0) & (paid <= 0))
+    if unpaid.size:
+        listed = ", ".join(f"agent {j} ({record.trained_contributions[j]:.0f} samples, {promised[j]:.3g} promised)"
+                           for j in unpaid)
+        text += (f" {_agents(unpaid.size)} contributing data {'was' if unpaid.size == 1 else 'were'} paid nothing, "
+                 f"since the value measured on the rounds was not positive: {listed}.")
+    return text
 
 
 def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Population) -> str:

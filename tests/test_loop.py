@@ -76,6 +76,10 @@ def test_shapley_is_paid_from_data_values_of_the_real_rounds(world):
     expected = (population.value * record.training.delivered_accuracy + record.realised_transfer
                 - population.cost * record.trained_contributions - population.comm_cost)
     np.testing.assert_allclose(record.realised_utility, expected)
+    audits = audit_final(result, [ShapleyRewards(budget=0.5, estimator="exact")], population)
+    summary = summarise(record, population, result.fit, audits["shapley"])
+    gap = np.abs(record.realised_transfer - record.outcome.transfer)
+    assert summary["transfer_gap_mean_abs"] == pytest.approx(gap.mean()) and gap.mean() > 0
 
 
 def test_a_money_contract_delivers_no_model(world):

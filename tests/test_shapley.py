@@ -451,7 +451,14 @@ def test_when_nobody_reaches_a_useful_model_alone_the_better_equilibrium_is_take
     valuation = _valuation_notes(LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [record]))
     assert ("shapley: a budget of 0.3 split in proportion to data value" in valuation
             and "a(M<sub>S</sub>) exactly, over all 2<sup>N</sup> coalitions" in valuation
-            and "each round valued by exact Shapley" in valuation)
+            and "each round valued by exact Shapley" in valuation and "Paid as promised." in valuation)
+    # paid from the rounds: 0.3, 0, 0 against 0.1 each promised, |gaps| 0.2, 0.1, 0.1
+    paid = replace(record, realised_transfer=np.array([0.3, 0.0, 0.0]))
+    valuation = _valuation_notes(LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [paid]))
+    assert ("Paid against promised: 0.133 apart per agent on average; the largest difference is agent 0's, "
+            "paid 0.3 against 0.1 promised. 2 agents contributing data were paid nothing, since the value "
+            "measured on the rounds was not positive: agent 1 (4 samples, 0.1 promised), "
+            "agent 2 (4 samples, 0.1 promised).") in valuation
     # totals less than a sample apart are one equilibrium reached within the solver's tolerance
     info = {**outcome.info, "equilibrium_totals": (587.3164, 587.3)}
     close = replace(record, outcome=replace(outcome, info=info))
