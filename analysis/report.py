@@ -64,13 +64,19 @@ HEADLINE = [
 
 
 def make_run_folder(output_dir: str | Path, name: str) -> Path:
-    """Create ``<output_dir>/<name>-<timestamp>`` (suffixing a counter if it exists)."""
+    """Create ``<output_dir>/<name>-<timestamp>`` (suffixing a counter if it exists; the
+    creation is the test, so runs started at once in several processes get a folder each)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(output_dir) / f"{name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     folder, counter = base, 1
-    while folder.exists():
-        folder, counter = Path(f"{base}-{counter}"), counter + 1
-    (folder / "figures").mkdir(parents=True)
+    while True:
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            folder, counter = Path(f"{base}-{counter}"), counter + 1
+    (folder / "figures").mkdir()
     return folder
 
 

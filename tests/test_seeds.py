@@ -1,11 +1,18 @@
 """Several seeds of one experiment: a run folder each, and the spread of every metric."""
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import run_experiment
+from analysis import config as config_module
 from analysis.seeds import aggregate_runs
 
 FAST = ["population.n_agents=4", "training.rounds=3", "accuracy.pilot_sizes=[20, 60, 200]",
@@ -76,6 +83,49 @@ def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
         aggregate_runs([tmp_path])
 
 
+def by_seed(folders) -> dict[int, list[dict]]:
+    """{experiment.seed: the run's summary.csv rows} of run folders."""
+    return {config_module.load(f / "config.toml")["experiment"]["seed"]: read(f / "summary.csv")
+            for f in folders}
+
+
+def test_seeds_run_in_processes_give_the_runs_of_one_process(three_seeds, tmp_path):
+    runs, _ = three_seeds
+    out = tmp_path / "jobs"
+    assert cli(*(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{out}'",
+               "--seeds", "1", "0", "--jobs", "2") == 0
+    parallel = [p for p in out.iterdir() if "-seeds-" not in p.name]
+    assert len(parallel) == 2 and len([p for p in out.iterdir() if "-seeds-" in p.name]) == 1
+    sequential = by_seed(runs)
+    assert by_seed(parallel) == {0: sequential[0], 1: sequential[1]}
+
+
+def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_path):
+    """A real SIGINT to the command's process group, as a terminal's Ctrl-C sends it, once
+    both seeds have checkpointed their first iteration: exit 130, each seed's folder kept
+    with how to resume it."""
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "training.rounds"))]
+    command = [sys.executable, "run_experiment.py", "--quiet", *settings, "--set=training.rounds=300",
+               "--set=loop.max_iterations=3", "--set=loop.tolerance=1e-9",
+               f"--set=experiment.output_dir='{tmp_path}'", "--seeds", "0", "1", "--jobs", "2"]
+    root = Path(run_experiment.__file__).resolve().parent
+    process = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("*/checkpoint.pkl"))) < 2 and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoints within 300 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 130, err
+    folders = sorted(tmp_path.iterdir())
+    assert len(folders) == 2 and all((f / "checkpoint.pkl").is_file() for f in folders)
+    seeds = {config_module.load(f / "config.toml")["experiment"]["seed"]: f for f in folders}
+    assert err == ("\ninterrupted; "
+                   + "".join(f"seed {s}: interrupted; the 1 finished loop iteration(s) are kept: "
+                             f"--resume {str(seeds[s])!r} continues the run; " for s in (0, 1))
+                   + "the seeds finished: none\n")
+
+
 @pytest.mark.parametrize("arguments, fragment", [
     (["--seeds", "0", "0"], "--seeds 0 0: allowed is each seed once"),
     (["--seeds", "0", "1", "--set=experiment.seed=3"], "--seeds with --set experiment.seed: allowed is one of them"),
@@ -83,6 +133,10 @@ def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
     (["--seeds", "0", "--resume", "runs/x"], "--seeds with --resume: allowed is one of them"),
     (["--seeds", "0", "1", "--set=training.lr=1e9"],
      "training.lr=1000000000.0: local training of client 0 diverged"),
+    (["--seeds", "0", "1", "--jobs", "2", "--set=training.lr=1e9"],
+     "training.lr=1000000000.0: local training of client 0 diverged"),
+    (["--seeds", "0", "--jobs", "0"], "--jobs 0: allowed is an integer >= 1"),
+    (["--jobs", "2"], "--jobs 2 without --seeds: allowed only with --seeds"),
 ])
 def test_seed_mistakes_exit_2_with_one_line(arguments, fragment, capsys, tmp_path):
     """Refused before any run, or, for training that diverges, stopped at the seed it
