@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -36,13 +37,12 @@ from incentives.population import Population, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
-from mechanisms.shapley import ShapleyRewards
+from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
 from mechanisms.stackelberg import StackelbergPricing
 from mechanisms.standard import StandardFL
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
 CHECKPOINT = "checkpoint.pkl"
-EXACT_ROUNDS_QUICK = 12  # clients a round up to which exact FedSV (2^N coalition models a round) is quick
 TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
 MULTIDIMENSIONAL_TRAITS = ("compute_cost", "comm_delay")
 STREAMS = ("population", "training")
@@ -164,23 +164,20 @@ def check_costs_suit_mechanisms(config: dict, population: Population, mechanisms
 
 
 def check_exact_shapley_fits(config: dict, population: Population, mechanisms: list) -> str | None:
-    """ConfigError, before any training, when Shapley rewards would value real rounds of
-    more than 20 clients exactly (``ShapleyRewards.check_rounds``: 2^N coalition models a
-    round); a warning (returned) beyond ``EXACT_ROUNDS_QUICK`` clients, where the
-    coalition models of one training run into the millions."""
-    per_round = config["training"]["clients_per_round"] or population.n_agents
+    """ConfigError, before any training, when Shapley rewards cannot value the real rounds
+    as configured (``ShapleyRewards.check_rounds``: exact Shapley over more than 20 clients
+    a round); the warning it gives when they can but slowly, in the config's words."""
     shapley = [m for m in mechanisms if isinstance(m, ShapleyRewards)]
-    if not shapley or shapley[0].estimator != "exact" or per_round <= EXACT_ROUNDS_QUICK:
+    if not shapley:
         return None
-    try:
-        shapley[0].check_rounds(per_round)
-    except ValueError as error:
-        raise ConfigError(f"mechanisms.shapley_{error} (training.clients_per_round)") from None
-    rounds = config["training"]["rounds"]
-    return (f"mechanisms.shapley_estimator='exact' with up to {per_round} clients a round values "
-            f"2^{per_round} = {2**per_round:,} coalition models a round, {rounds * 2**per_round:,} per training "
-            f"(training.rounds={rounds}; the 10-client digits MLP evaluates about 6,000 a second): "
-            "'gtg', 'monte_carlo' and 'stratified' sample them")
+    per_round = config["training"]["clients_per_round"] or population.n_agents
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SlowValuationWarning)
+        try:
+            shapley[0].check_rounds(per_round, config["training"]["rounds"])
+        except ValueError as error:
+            raise ConfigError(f"mechanisms.shapley_{error} (training.clients_per_round)") from None
+    return f"mechanisms.shapley_{caught[0].message} (training.rounds)" if caught else None
 
 
 def check_fl_names(config: dict) -> None:
@@ -358,15 +355,17 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             bar.set_postfix_str(message)
             bar.update(1)
 
-        loop = ClosedLoop(
-            population, mechanisms, oracle,
-            family=config["accuracy"]["family"],
-            pilot_sizes=[int(s) for s in config["accuracy"]["pilot_sizes"]],
-            pilot_repeats=config["accuracy"]["pilot_repeats"],
-            tolerance=config["loop"]["tolerance"],
-            max_iterations=config["loop"]["max_iterations"],
-            progress=progress,
-        )
+        with warnings.catch_warnings():  # the slow valuation has been warned of, in the config's words
+            warnings.simplefilter("ignore", SlowValuationWarning)
+            loop = ClosedLoop(
+                population, mechanisms, oracle,
+                family=config["accuracy"]["family"],
+                pilot_sizes=[int(s) for s in config["accuracy"]["pilot_sizes"]],
+                pilot_repeats=config["accuracy"]["pilot_repeats"],
+                tolerance=config["loop"]["tolerance"],
+                max_iterations=config["loop"]["max_iterations"],
+                progress=progress,
+            )
         if resumed is not None:
             bar.update(1 + resumed.n_iterations * len(mechanisms))
         loop_start = time.perf_counter()
@@ -386,9 +385,9 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
         bar.update(bar.total - bar.n)
     timings["loop"] = time.perf_counter() - loop_start
     timings["total_before_report"] = time.perf_counter() - start
-    summaries, warnings = write_run(folder, config, result, mechanisms, population, timings, training["device"],
-                                    {"partition_notes": list(oracle.partition_notes)})
-    for warning in warnings:
+    summaries, suspect = write_run(folder, config, result, mechanisms, population, timings, training["device"],
+                                   {"partition_notes": list(oracle.partition_notes)})
+    for warning in suspect:
         print(f"warning: {warning}", file=sys.stderr)
     if show:
         width = max(map(len, summaries))

@@ -174,7 +174,7 @@ class ClosedLoop:
             if getattr(mechanism, "linear_costs_only", False):
                 self.population.require_linear_costs(mechanism.name)
             if per_round is not None and hasattr(mechanism, "check_rounds"):
-                mechanism.check_rounds(per_round)
+                mechanism.check_rounds(per_round, getattr(self.oracle, "rounds", None))
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
         check_integer("pilot_repeats", self.pilot_repeats)

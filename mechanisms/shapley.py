@@ -53,6 +53,7 @@ import bisect
 import functools
 import itertools
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -68,6 +69,7 @@ from incentives.protocols import Allocation, Outcome
 Utility = Callable[[tuple[int, ...]], float]
 Batch = Callable[[list[tuple[int, ...]]], Sequence[float]]
 MAX_EXACT_PLAYERS = 20  # exact_shapley evaluates 2^N coalitions
+QUICK_EXACT_PLAYERS = 12  # exact FedSV of rounds of more clients evaluates millions of coalition models
 ORDERS_PER_PASS = 2**16  # player positions of the orderings valued together (memory, not results)
 STRATA_PAIRS_UP_TO = 20  # size_strata_shapley averages pairs exactly up to this many players
 STRATA_NODES = 8  # size_strata_shapley's Gauss-Hermite points per coalition size
@@ -672,6 +674,10 @@ def split_budget(values, budget: float) -> np.ndarray:
 ESTIMATORS = ("exact", "monte_carlo", "gtg", "stratified", "loo")
 
 
+class SlowValuationWarning(UserWarning):
+    """Valuing the training rounds as configured will take long (:meth:`ShapleyRewards.check_rounds`)."""
+
+
 class ShapleyRewards:
     """A budget B split by Shapley value, on top of standard FL (everyone gets a(M)).
 
@@ -824,14 +830,24 @@ class ShapleyRewards:
         values = fedsv(games, len(outcome.contributions), estimator, **options).values
         return split_budget(values, self.budget)
 
-    def check_rounds(self, clients_per_round: int) -> None:
-        """ValueError, before any training, when this estimator cannot value rounds of up
-        to ``clients_per_round`` clients: exact Shapley takes at most
-        ``MAX_EXACT_PLAYERS`` (2^N coalition models a round)."""
-        if self._estimator()[0] is exact_shapley and clients_per_round > MAX_EXACT_PLAYERS:
+    def check_rounds(self, clients_per_round: int, rounds: int | None = None) -> None:
+        """Before any training: ValueError when this estimator cannot value rounds of up
+        to ``clients_per_round`` clients (exact Shapley takes at most ``MAX_EXACT_PLAYERS``,
+        2^N coalition models a round), and a :class:`SlowValuationWarning` when it can but
+        slowly (exact beyond ``QUICK_EXACT_PLAYERS``: millions of coalition models over
+        ``rounds`` rounds)."""
+        if self._estimator()[0] is not exact_shapley or clients_per_round <= QUICK_EXACT_PLAYERS:
+            return
+        if clients_per_round > MAX_EXACT_PLAYERS:
             raise ValueError(f"estimator='exact' with up to {clients_per_round} clients a round: allowed is 'exact' "
                              f"for at most {MAX_EXACT_PLAYERS} clients a round (2^N coalition models each); set "
                              "'monte_carlo', 'gtg', 'stratified' or 'loo', or fewer clients a round")
+        models = 2**clients_per_round
+        total = "" if rounds is None else f", {rounds * models:,} per training of {rounds} round{'s' * (rounds != 1)}"
+        warnings.warn(f"estimator='exact' with up to {clients_per_round} clients a round values 2^{clients_per_round}"
+                      f" = {models:,} coalition models a round{total} (the 10-client digits MLP evaluates about "
+                      "6,000 a second): 'gtg', 'monte_carlo' and 'stratified' sample them",
+                      SlowValuationWarning, stacklevel=2)
 
     def _estimator(self) -> tuple[Callable[..., ShapleyEstimate], dict]:
         """This mechanism's estimator and its options, as :func:`fedsv` takes them per

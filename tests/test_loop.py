@@ -1,5 +1,7 @@
 """The closed loop on real training (embedded digits, tiny settings)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from incentives.utility import local_utility
 from mechanisms.contract import ContractMechanism, LogValue
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
-from mechanisms.shapley import ShapleyRewards
+from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
 from mechanisms.standard import StandardFL
 
 
@@ -122,7 +124,14 @@ def test_valuation_that_cannot_value_the_rounds_is_refused_before_any_training()
         ClosedLoop(agents, [ShapleyRewards(1.0)], oracle)
     ClosedLoop(agents, [ShapleyRewards(1.0, estimator="gtg")], oracle)  # sampled: any round size
     few = TrainingOracle(train, test, np.full(21, 10), rounds=2, clients_per_round=20, seed=0)
-    ClosedLoop(agents, [ShapleyRewards(1.0)], few)
+    with pytest.warns(SlowValuationWarning, match=r"estimator='exact' with up to 20 clients a round values "
+                                                  r"2\^20 = 1,048,576 coalition models a round, 2,097,152 per "
+                                                  r"training of 2 rounds"):
+        ClosedLoop(agents, [ShapleyRewards(1.0)], few)
+    quick = TrainingOracle(train, test, np.full(21, 10), rounds=2, clients_per_round=12, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # up to 12 clients a round: no warning
+        ClosedLoop(agents, [ShapleyRewards(1.0)], quick)
 
 
 def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world):
