@@ -541,7 +541,7 @@ def _run_seed(config: dict, blas_threads: int) -> Path:
     """One seed's run in a worker, its BLAS and OpenMP pools (numpy's, scipy's) held to
     ``blas_threads`` threads, the machine's cores shared among the workers: left at a
     pool per core, they oversubscribe the cores (5 seeds of compare_mechanisms in 2
-    workers on 2 cores: 99 s, against 64 s so held). Ctrl-C stops it as it stops a run
+    workers on 2 cores: 99 s, against 61 s so held). Ctrl-C stops it as it stops a run
     in the foreground."""
     from threadpoolctl import threadpool_limits
 
