@@ -14,6 +14,8 @@ names it and exits with status 2. The run folder's layout is described in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import multiprocessing
 import os
 import pickle
@@ -542,15 +544,19 @@ def _run_seed(config: dict, blas_threads: int) -> Path:
     ``blas_threads`` threads, the machine's cores shared among the workers: left at a
     pool per core, they oversubscribe the cores (5 seeds of compare_mechanisms in 2
     workers on 2 cores: 99 s, against 61 s so held). Ctrl-C stops it as it stops a run
-    in the foreground."""
+    in the foreground. What the run writes to stderr (its warnings) is printed when it
+    ends, each line headed by its seed, so that the workers' lines do not mix."""
     from threadpoolctl import threadpool_limits
 
+    said = io.StringIO()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with threadpool_limits(limits=blas_threads):
+        with threadpool_limits(limits=blas_threads), contextlib.redirect_stderr(said):
             return run(config, quiet=True)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for line in said.getvalue().splitlines():
+            print(f"seed {config['experiment']['seed']}: {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,11 +89,14 @@ def by_seed(folders) -> dict[int, list[dict]]:
             for f in folders}
 
 
-def test_seeds_run_in_processes_give_the_runs_of_one_process(three_seeds, tmp_path):
+def test_seeds_run_in_processes_give_the_runs_of_one_process(three_seeds, tmp_path, capfd):
     runs, _ = three_seeds
     out = tmp_path / "jobs"
     assert cli(*(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{out}'",
                "--seeds", "1", "0", "--jobs", "2") == 0
+    err = capfd.readouterr().err  # each worker's warnings, headed by its seed
+    for seed in (0, 1):
+        assert f"seed {seed}: warning: the loop stopped at loop.max_iterations=1" in err
     parallel = [p for p in out.iterdir() if "-seeds-" not in p.name]
     assert len(parallel) == 2 and len([p for p in out.iterdir() if "-seeds-" in p.name]) == 1
     sequential = by_seed(runs)
