@@ -492,40 +492,32 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     fails (training diverged) or a Ctrl-C stops the seeds not yet started; the running
     ones finish, or on Ctrl-C stop at their last checkpoint. Then one ConfigError or
     Interrupted names what stopped, the seeds finished and how to resume the interrupted."""
-    folders: dict[int, Path] = {}
-    stops: dict[int, Exception] = {}
-    cut_short = False
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupts,
                                mp_context=multiprocessing.get_context("spawn"))
     pending = {pool.submit(_run_seed, config, blas_threads): seed for seed, config in configs.items()}
+    cut_short = False
     try:
         for future in as_completed(pending):
-            seed = pending[future]
             if future.cancelled():
-                continue
-            try:
-                folders[seed] = future.result()
-            except (Interrupted, ConfigError) as stop:
-                stops[seed] = stop
-                pool.shutdown(wait=False, cancel_futures=True)
-                continue
-            if not quiet:
-                print(f"seed {seed}: {folders[seed]}", flush=True)
-    except KeyboardInterrupt:  # the running workers got the signal too, and stop at their last checkpoint
-        cut_short = True
-        pool.shutdown(wait=True, cancel_futures=True)
-        for future, seed in pending.items():
-            if future.cancelled() or seed in folders or seed in stops:
                 continue
             error = future.exception()
             if error is None:
-                folders[seed] = future.result()
-            elif isinstance(error, (Interrupted, ConfigError)):
-                stops[seed] = error
+                if not quiet:
+                    print(f"seed {pending[future]}: {future.result()}", flush=True)
+            elif isinstance(error, (Interrupted, ConfigError)):  # stop the seeds not yet started
+                pool.shutdown(wait=False, cancel_futures=True)
+            else:
+                raise error  # a defect, not a user's mistake: its traceback
+    except KeyboardInterrupt:  # the running workers got the signal too, and stop at their last checkpoint
+        cut_short = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    settled = {seed: future for future, seed in pending.items() if future.done() and not future.cancelled()}
+    folders = {seed: future.result() for seed, future in settled.items() if future.exception() is None}
+    stops = {seed: future.exception() for seed, future in settled.items()
+             if isinstance(future.exception(), (Interrupted, ConfigError))}
     if stops or cut_short:
         finished = ", ".join(f"{folders[seed]} (seed {seed})" for seed in sorted(folders)) or "none"
         said = "".join(f"seed {seed}: {stops[seed]}; " for seed in sorted(stops))

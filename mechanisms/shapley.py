@@ -345,7 +345,7 @@ def stratified_shapley(
     _check_players(n_players)
     check_integer("samples_per_stratum", samples_per_stratum)
     rng = np.random.default_rng(seed)
-    u = _Coalitions(utility, batch)
+    u = _evaluations(utility, n_players, batch)
     strata = []  # (player, coalitions S of one size drawn from the others, each a sorted tuple)
     for i in range(n_players):
         others = [j for j in range(n_players) if j != i]

@@ -261,8 +261,10 @@ def test_sum_game_errors_name_the_argument():
         SumGame([1.0, float("nan")], MODEL)
     with pytest.raises(ValueError, match="f=3: allowed is a callable"):
         SumGame([1.0], 3)
-    with pytest.raises(ValueError, match="n_players=3 for a SumGame of 2 weights: allowed is one player per weight"):
-        monte_carlo_shapley(SumGame([1.0, 2.0], MODEL), 3)
+    for estimator in (monte_carlo_shapley, stratified_shapley, gtg_shapley, leave_one_out):  # one entry point
+        with pytest.raises(ValueError, match="n_players=3 for a SumGame of 2 weights: allowed is one player per "
+                                             "weight"):
+            estimator(SumGame([1.0, 2.0], MODEL), 3)
     with pytest.raises(ValueError, match="with a SumGame: allowed is None"):
         monte_carlo_shapley(SumGame([1.0, 2.0], MODEL), 2, batch=lambda coalitions: [0.0] * len(coalitions))
 

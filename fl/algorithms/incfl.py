@@ -58,11 +58,10 @@ Fashion-MNIST, 100 clients). On digits the share is bounded by how far training 
 gone, not by a conflict between clients: FedAvg's share rises from 0.37 at 30 rounds
 to 0.69 at 50, 0.91 at 100 and 0.97 at 300 (seeds 0-2), where IncFL's is 0.98 (1.01x);
 at 50 and 100 rounds IncFL's is 0.92x and 0.97x FedAvg's. Treat it as unverified
-against the paper. In the default
-run, late in training the gaps lie within about -0.2 to 0.5 nats, where s(1 - s) is
-nearly flat (at the final model on digits, 50 clients, seeds 0-2, the largest weight is
-1.08-1.12x the smallest, as the benchmark prints), so the rule acts as FedAvg with
-equal weights per client instead of per sample.
+against the paper. In the default run, late in training the gaps lie within about -0.2
+to 0.5 nats, where s(1 - s) is nearly flat (at the final model on digits, 50 clients,
+seeds 0-2, the largest weight is 1.08-1.12x the smallest, as the benchmark prints), so
+the rule acts as FedAvg with equal weights per client instead of per sample.
 """
 
 from __future__ import annotations
