@@ -9,7 +9,7 @@ programs for each K where both run, Shapley values of a sum game valued coalitio
 coalition / all prefixes at once, and each case against its target where it has one. Last,
 the Shapley estimators' error on the economic model against exact values (counted per
 coalition size and total): the size strata the mechanism uses beyond 12 agents, and Monte
-Carlo; and a 14-agent Shapley-rewards equilibrium solved with exact values, with the size
+Carlo, on contributions uniform in 0-30 and on heavy-tailed ones; and a 14-agent Shapley-rewards equilibrium solved with exact values, with the size
 strata (the mechanism's rule, B phi_i / (a(M) - a(0))) and with the size strata divided by
 their own sum.
 """
@@ -108,7 +108,7 @@ CASES: list[tuple[str, Callable[[], object]]] = [
      lambda: gtg_shapley(SHAPLEY_GAME, SHAPLEY_AGENTS, round_eps=0.0)),
     (f"shapley values N={SHAPLEY_AGENTS} gtg (one coalition at a time)",
      lambda: gtg_shapley(one_coalition_at_a_time, SHAPLEY_AGENTS, round_eps=0.0)),
-    (f"shapley values N={SHAPLEY_AGENTS} size strata (exact sizes 0-1, normal beyond)",
+    (f"shapley values N={SHAPLEY_AGENTS} size strata (sizes 0-2 and the 3 heaviest exact)",
      lambda: size_strata_shapley(SHAPLEY_GAME)),
     ("shapley rewards equilibrium N=25 (size strata, best responses)",
      lambda: ShapleyRewards(1.0).solve(SHAPLEY_POPULATION, ACCURACY)),
@@ -162,10 +162,12 @@ def main() -> None:
         alone = results[f"{prefix} (one coalition at a time)"][1]
         together = results[f"{prefix} (sum game, prefixes at once)"][1]
         print(f"  {estimator:<17} {alone / together:8.1f}x")
-    print("error against the exact values (largest |error| / largest value), Shapley values of a(M_S) on "
-          "integer contributions 0-30, a = the digits pilot fit")
-    for n_players in (16, 40, 60):
-        print(f"  N={n_players:<3d}" + "".join(f"  {name} {error:6.2%}" for name, error in strata_errors(n_players)))
+    print("error against the exact values (largest |error| / largest value), Shapley values of a(M_S), a = the "
+          "digits pilot fit, on whole contributions uniform in 0-30 and rounded lognormal(2.5, 1.2) (a few giants)")
+    for spread in ("uniform", "lognormal"):
+        for n_players in (16, 40, 60):
+            print(f"  {spread:<9} N={n_players:<3d}"
+                  + "".join(f"  {name} {error:6.2%}" for name, error in strata_errors(n_players, spread)))
     print(f"shapley rewards equilibrium N={FIDELITY_AGENTS} (a = 1 - m^-1/2, B = 1): exact values against size strata")
     for label, mechanism in (("exact (2^N coalitions)", ExactModelValues(1.0)), ("size strata", ShapleyRewards(1.0)),
                              ("size strata / their sum", SharesOfTheirSum(1.0))):
@@ -197,10 +199,15 @@ class SharesOfTheirSum(ShapleyRewards):
         return accuracy, self.budget * values / np.maximum(values.sum(axis=1, keepdims=True), 1e-300)
 
 
-def strata_errors(n_players: int) -> list[tuple[str, float]]:
-    """(estimator, largest error / largest exact value) on one random game of n_players."""
+def strata_errors(n_players: int, spread: str) -> list[tuple[str, float]]:
+    """(estimator, largest error / largest exact value) on one random game of n_players
+    whose contributions are "uniform" in 0-30 or rounded "lognormal"(2.5, 1.2)."""
     pilot = PowerLaw(0.92, 10.38, 1.134)
-    w = np.random.default_rng(3).integers(0, 31, n_players).astype(float)
+    rng = np.random.default_rng(3)
+    if spread == "uniform":
+        w = rng.integers(0, 31, n_players).astype(float)
+    else:
+        w = np.round(rng.lognormal(2.5, 1.2, n_players))
     game = SumGame(w, pilot)
     exact = counted_shapley(game).values
     estimates = {"size strata": size_strata_shapley(game).values,

@@ -71,9 +71,10 @@ Batch = Callable[[list[tuple[int, ...]]], Sequence[float]]
 MAX_EXACT_PLAYERS = 20  # exact_shapley evaluates 2^N coalitions
 QUICK_EXACT_PLAYERS = 12  # exact FedSV of rounds of more clients evaluates millions of coalition models
 ORDERS_PER_PASS = 2**16  # player positions of the orderings valued together (memory, not results)
-STRATA_PAIRS_UP_TO = 20  # size_strata_shapley averages pairs exactly up to this many players
+STRATA_PAIRS_UP_TO = 100  # size_strata_shapley averages pairs exactly up to this many players
 STRATA_NODES = 8  # size_strata_shapley's Gauss-Hermite points per coalition size
-STRATA_BATCH_SIZE = 2**21  # quadrature points per call of _strata_values: games * agents valued * players * nodes
+STRATA_HEAVY = 3  # size_strata_shapley's heaviest others, whose membership it enumerates (2^3 subsets)
+STRATA_BATCH_SIZE = 2**21  # quadrature points per call of _strata_values: games * agents valued * players * nodes * 2^heavy
 MAX_MODEL_EXACT = 12  # ShapleyRewards values the model over all 2^N coalitions up to this many agents
 MAX_COUNTED_CELLS = 2**24  # counted_shapley's table of coalitions per size and total: 128 MiB
 
@@ -515,32 +516,42 @@ def size_strata_shapley(game: SumGame, nodes: int = STRATA_NODES, exact_sizes: i
 
     Sizes up to ``exact_sizes`` (1 or 2; default 2 up to ``STRATA_PAIRS_UP_TO`` players,
     1 beyond) are averaged exactly: f(w_i) - f(0); over the others j, f(w_j + w_i) - f(w_j);
-    over their pairs. Beyond, W_S is the total of a simple random sample of k of the
-    n = N - 1 others' weights, drawn without replacement, approximately normal (the
-    central limit theorem for such samples, Hajek 1960) with
+    over their pairs. Beyond, S is a simple random sample of k of the n = N - 1 others,
+    and the expectation is conditioned on which of the h = ``STRATA_HEAVY`` heaviest
+    others it holds: each subset T of them is its heavy part with chance
+    C(n - h, k - |T|) / C(n, k), and the light part is a sample of l = k - |T| of the
+    n_L = n - h light ones, whose total is approximately normal (Hajek 1960) with
 
-        mean k mu_i,   variance k s_i^2 (n - k) / (n - 1),
+        mean l mu,   variance l s^2 (n_L - l) / (n_L - 1),
 
-    mu_i and s_i^2 the mean and the (population) variance of the others' weights; the
-    expectation is taken by Gauss-Hermite quadrature with ``nodes`` points, W_S clipped
-    to [0, sum_{j != i} w_j]. The values are each player's own estimate and are not
-    forced to sum to f(W_N) - f(0): they do so within the approximation's error (up to
-    1.5% in the cases below), and scaling them to it would tie every player's value to
+    mu, s^2 and mu_3 the light weights' mean, variance and third central moment. The
+    expectation over it is Gauss-Hermite quadrature with ``nodes`` points, each weight
+    times the one-term Edgeworth correction 1 + gamma He_3(z) / 6, gamma the sample
+    total's skewness l (n_L - l)(n_L - 2 l) mu_3 / ((n_L - 1)(n_L - 2)) over its standard
+    deviation cubed; totals clipped to [W_T, W_T + the light total]. The values are each
+    player's own estimate and are not forced to sum to f(W_N) - f(0): they do so within
+    the approximation's error, and scaling them to it would tie every player's value to
     everyone else's errors (see :class:`ShapleyRewards`).
 
-    Exact on additive games (f linear: every marginal is w_i times the slope); null players
-    (w_i = 0) get 0 and equal weights equal values. Deterministic and continuous in the
-    weights, unlike sampled orderings. The normal approximation is worst for small
-    coalitions of few players, where a steep f makes the marginals largest, hence the
-    exact pairs at small N. On a(m) = 0.92 - 10.38 m^-1.134 (the digits pilot fit),
-    against the exact values, the largest error is 1.2% and 0.8% of the largest value at
-    13 and 16 players (pairs exact), 0.4% at 40 and 0.8% at 60 (sizes 0-1 exact), the
-    sums within 1.5% of f(W_N) - f(0) (whole-number weights, exact by
-    :func:`counted_shapley`; ``tests/test_shapley.py``); on the benchmark's games
-    (``benchmarks/bench_mechanisms.py``) 0.4%, 0.2% and 0.5% at 16, 40 and 60 players,
-    where Monte Carlo over 100 orderings is off by 27%, 71% and 53%. Cost: about
-    N^2 (2 nodes + 2) evaluations of f, plus N^3 / 2 with the pairs (``n_evaluations``
-    counts them), in one vectorised call.
+    Exact on additive games (f linear: every marginal is w_i times the slope) and when
+    all but h of a player's others weigh the same; null players (w_i = 0) get 0 and
+    equal weights equal values. Deterministic and continuous in the weights (the heavy
+    set is a function of the multiset of the others' weights), unlike sampled orderings.
+    Measured against exact values (:func:`counted_shapley`; 4 random games each of 13,
+    16, 20, 30, 60 and 100 players, on a(m) = 0.92 - 10.38 m^-1.134, the digits pilot
+    fit, and on 1 - m^-1/2; largest error over the largest value, then the sum's error;
+    in brackets the plain normal approximation without heavy players or skew, used before):
+
+    - whole weights uniform in 0-30: 0.33% and 0.38% (1.0%, 0.94%); with 4 null players,
+      1.7% and 1.8% (3.0%, 3.7%);
+    - rounded lognormal(2.5, 0.6) weights: 0.07% and 0.08% (13%, 13%);
+    - lognormal(2.5, 1.2), a few giants among small ones: 0.34% and 0.28% up to 20
+      players (39%, 61%), 4.2% and 5.7% at 30-100 (82%, 148%);
+    - the 14-agent Shapley-rewards equilibrium of ``benchmarks/bench_mechanisms.py``:
+      0.001% and 0.001% (12%, 5.6%).
+
+    Cost, in one vectorised call: about N^2 2^h (2 nodes) evaluations of f, plus N^3 / 2
+    with the pairs (``n_evaluations`` counts them).
     """
     if not isinstance(game, SumGame):
         raise ValueError(f"game={game!r}: allowed is a SumGame (a coalition worth f of its members' total weight)")
@@ -572,21 +583,15 @@ def _strata_values(w: np.ndarray, f: Callable[[np.ndarray], np.ndarray], nodes: 
     rows = np.arange(n_players) if rows is None else np.asarray(rows)
     n = n_players - 1
     own = w[:, rows]                                                                 # (G, R)
-    rest = w.sum(axis=1, keepdims=True) - own
     first = min(exact_sizes, n) + 1  # the first size taken by the normal approximation
-    if first <= n:  # the quadrature's totals W_S, shape (G, R, sizes, nodes)
-        mean = rest / n
-        variance = np.maximum((np.sum(w**2, axis=1, keepdims=True) - own**2) / n - mean**2, 0.0)
-        k = np.arange(first, n + 1)
-        spread = np.sqrt(variance[..., None] * k * (n - k) / (n - 1))
-        points, weights = _hermite_nodes(nodes)
-        strata = np.clip((k * mean[..., None])[..., None] + spread[..., None] * points, 0.0, rest[..., None, None])
+    if first <= n:
+        strata, weights = _stratum_totals(w, own, first, nodes)                        # (G, R, S, T, nodes) each
     else:
-        strata, weights = np.zeros((n_games, len(rows), 0, 1)), np.ones(1)
+        strata, weights = np.zeros((n_games, len(rows), 0, 1, 1)), np.ones((0, 1, 1))
     left, right = np.triu_indices(n_players, 1) if exact_sizes == 2 and n >= 2 else (np.zeros(0, int),) * 2
     doubles = w[:, left] + w[:, right]       # size 2: S = {j, l}, j < l
     parts = (np.zeros(1), own, w, own[:, :, None] + w[:, None, :], doubles[:, None, :] + own[:, :, None], doubles,
-             strata + own[..., None, None], strata)
+             strata + own[..., None, None, None], strata)
     at = np.cumsum([0] + [part.size for part in parts])
     utility = np.asarray(f(np.concatenate([part.ravel() for part in parts])), dtype=float)  # one call
     nothing, alone, single, with_single, with_double, double, with_stratum, stratum = (
@@ -599,8 +604,63 @@ def _strata_values(w: np.ndarray, f: Callable[[np.ndarray], np.ndarray], nodes: 
     if left.size:  # size 2: pairs without i
         outside = (left[None, :] != player) & (right[None, :] != player)               # (R, P)
         gain += np.where(outside, with_double - double[:, None, :], 0.0).sum(axis=2) / (n * (n - 1) / 2)
-    gain += ((with_stratum - stratum) @ weights).sum(axis=2)
+    gain += ((with_stratum - stratum) * weights).sum(axis=(-3, -2, -1))
     return gain / n_players, int(at[-1])
+
+
+def _stratum_totals(w: np.ndarray, own: np.ndarray, first: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The quadrature of :func:`size_strata_shapley` for coalitions of k = first..n of
+    the n others of each valued player (own weights (G, R) of games w (G, N)): the
+    totals W_S (G, R, sizes, 2^h, nodes), one per subset T of the h heaviest others and
+    node, and their weights (G, R, sizes, 2^h, nodes), chance of T times the node's
+    Edgeworth-corrected Gauss-Hermite weight."""
+    n = w.shape[1] - 1
+    rest = w.sum(axis=1)[:, None] - own
+    heavy = _heaviest_others(w, own, min(STRATA_HEAVY, n))                              # (G, R, h)
+    chances, members, light = _heavy_subsets(n, heavy.shape[2], first)               # (S, T), (T, h), (S, T)
+    n_light = n - heavy.shape[2]
+    light_total = rest - heavy.sum(axis=2)
+    moment = [(np.sum(w**p, axis=1)[:, None] - own**p - np.sum(heavy**p, axis=2)) / max(n_light, 1) for p in (2, 3)]
+    mean = light_total / max(n_light, 1)
+    variance = np.maximum(moment[0] - mean**2, 0.0)
+    third = moment[1] - 3 * mean * moment[0] + 2 * mean**3
+    size = light * (n_light - light)
+    spread = np.sqrt(variance[..., None, None] * size / max(n_light - 1, 1))                # (G, R, S, T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = np.where(spread > 0, third[..., None, None] * size * (n_light - 2 * light)
+                        / max((n_light - 1) * (n_light - 2), 1) / spread**3, 0.0)
+    base = (heavy @ members.T)[:, :, None, :]                                            # (G, R, 1, T)
+    points, node_weights = _hermite_nodes(nodes)
+    totals = np.clip((base + light * mean[..., None, None])[..., None] + spread[..., None] * points,
+                     base[..., None], (base + light_total[..., None, None])[..., None])
+    weights = chances[..., None] * node_weights * (1 + skew[..., None] / 6 * (points**3 - 3 * points))
+    return totals, weights
+
+
+def _heaviest_others(w: np.ndarray, own: np.ndarray, heavy: int) -> np.ndarray:
+    """(G, R, heavy): the ``heavy`` largest weights of each game (G, N) once one copy of
+    each valued player's own weight ``own`` (G, R) is set aside, in decreasing order.
+    A function of the multiset of the others' weights, so continuous in them."""
+    top = -np.sort(-w, axis=1)[:, :heavy + 1]                                           # (G, h + 1)
+    among = own >= top[:, heavy:heavy + 1]
+    drop = np.where(among, np.argmax(top[:, None, :] == own[..., None], axis=2), heavy)  # (G, R)
+    keep = np.arange(heavy + 1) != drop[..., None]
+    return np.broadcast_to(top[:, None, :], keep.shape)[keep].reshape(*own.shape, heavy)
+
+
+@functools.lru_cache(maxsize=64)
+def _heavy_subsets(n: int, heavy: int, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a coalition of k = first..n of n others, uniform among those of size k, and
+    each subset T of the ``heavy`` heaviest others (2^h of them, by bits): the chance
+    that T is exactly its heavy members, C(n - h, k - |T|) / C(n, k) (S, T); T's members
+    (T, h); and the number of its light members, k - |T| (S, T), clipped to [0, n - h]
+    where the chance is 0."""
+    members = (np.arange(2**heavy)[:, None] >> np.arange(heavy)) & 1
+    n_light = n - heavy
+    light = np.arange(first, n + 1)[:, None] - members.sum(axis=1)[None, :]
+    chances = np.array([[math.comb(n_light, int(count)) / math.comb(n, size) if 0 <= count <= n_light else 0.0
+                         for count in row] for size, row in zip(range(first, n + 1), light)])
+    return chances, members.astype(float), np.clip(light, 0, n_light).astype(float)
 
 
 class RoundGame(Protocol):
@@ -698,14 +758,14 @@ class ShapleyRewards:
     economic model (:meth:`values`) a coalition costs one evaluation of a, so the
     Shapley value is exact up to ``MAX_MODEL_EXACT`` agents (2^12 coalitions, 0.2 ms an
     allocation; 2^20 take 0.1 s, and a best-response equilibrium makes about 10^5
-    allocations) and beyond that :func:`size_strata_shapley` (exact small coalitions, a
-    normal approximation of the larger ones' totals; within about 1% of the exact
-    values), whichever estimator is set: ``allocate`` must be a smooth, deterministic
-    function of the contributions for best responses (GTG's truncation and adaptive
-    stopping would make it jump, and sampled orderings put errors of 27-71% on the
-    largest value at 16-60 agents, so that equilibrium contributions were not even
-    ordered by cost). Leave-one-out is a different rule, not an estimate, and is used as
-    such on both.
+    allocations) and beyond that :func:`size_strata_shapley` (exact small coalitions and
+    heaviest agents, a skew-corrected normal approximation of the rest; its docstring
+    gives the errors measured), whichever estimator is set: ``allocate`` must be a
+    smooth, deterministic function of the contributions for best responses (GTG's
+    truncation and adaptive stopping would make it jump, and sampled orderings put
+    errors of 27-71% on the largest value at 16-60 agents, so that equilibrium
+    contributions were not even ordered by cost). Leave-one-out is a different rule,
+    not an estimate, and is used as such on both.
 
     By efficiency sum_j phi_j = a(M) - a(0), so the rule is t_i = B phi_i / (a(M) - a(0)):
     an agent's transfer depends on its own value and the accuracy, not on how well the
@@ -713,11 +773,13 @@ class ShapleyRewards:
     instead ties each agent's incentive to the others' approximation errors: with 14
     agents (a = 1 - m^-1/2, costs 1e-4 to 1e-3, B = 1; ``benchmarks/bench_mechanisms.py``)
     the exact equilibrium has 648.35 samples, 214.64 of them from the cheapest agent;
-    the size strata divided by a(M) - a(0) give 654.70 and 211.16, divided by their own
-    sum 601.12 and 155.87. With approximate values the promised transfers sum to B
-    within the approximation's error, which is larger at an equilibrium than on the
-    benchmark's profiles of 0-30 samples (0.2-0.5%): at the 14-agent equilibrium of size
-    strata above they sum to 1.056 B, which the audit reports as a budget not balanced.
+    the plain normal approximation that the size strata used before gave 654.70 and
+    211.16 under this rule and 601.12 and 155.87 divided by their own sum, and its
+    promised transfers summed to 1.056 B. The size strata now give 648.35 and 214.64
+    under either rule, the transfers summing to B within 0.001%. The promised
+    transfers sum to B within the approximation's error, which the audit reports as a
+    budget not balanced when it is not small (up to 5.7% where a few giants contribute
+    among 30-100 agents; see :func:`size_strata_shapley`).
     The paid ones (:meth:`realised_transfer`) always split B exactly.
 
     Agent i's payoff is v_i a(M) + t_i - c_i m_i - comm_i. With B = 0 this is standard
@@ -775,7 +837,7 @@ class ShapleyRewards:
             return np.asarray(model(totals), dtype=float) - np.asarray(model(totals - m[:, rows]), dtype=float), n + 1
         if method == "exact":
             return shapley_from_table(np.asarray(model(coalition_members(n) @ m.T)))[rows].T, 2**n
-        per_call = max(1, STRATA_BATCH_SIZE // (len(rows) * n * STRATA_NODES))  # memory, not results
+        per_call = max(1, STRATA_BATCH_SIZE // (len(rows) * n * STRATA_NODES * 2**STRATA_HEAVY))  # memory, not results
         calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, _exact_sizes(n), rows)
                  for start in range(0, n_games, per_call)]
         first_games = min(per_call, n_games)  # f(0) is evaluated once per call

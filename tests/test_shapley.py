@@ -25,6 +25,7 @@ from mechanisms.shapley import (
     monte_carlo_shapley,
     shapley_from_table,
     size_strata_shapley,
+    _heaviest_others,
     split_budget,
     stratified_shapley,
 )
@@ -333,12 +334,11 @@ def test_counting_coalitions_is_the_shapley_formula():
         counted_shapley(SumGame([4e6, 5e6], np.sqrt))
 
 
-@pytest.mark.parametrize("n_players, limit", [(13, 0.015), (16, 0.01), (40, 0.005), (60, 0.01)])
+@pytest.mark.parametrize("n_players, limit", [(13, 0.01), (16, 0.01), (40, 0.005), (60, 0.005)])
 def test_size_strata_values_are_within_about_one_percent_of_the_exact_ones(n_players, limit):
-    """Measured: 1.2% and 0.8% of the largest value at 13 and 16 players (pairs averaged
-    exactly), 0.4% at 40 and 0.8% at 60 (sizes 0 and 1 only); their sums within 1.5% of
-    the efficient total. Monte Carlo over 100 orderings is off by 27% to 68% on the same
-    games."""
+    """Measured: 0.89%, 0.52%, 0.24% and 0.24% of the largest value at 13, 16, 40 and 60
+    players (pairs averaged exactly); their sums within 0.6% of the efficient total.
+    Monte Carlo over 100 orderings is off by 27% to 68% on the same games."""
     rng = np.random.default_rng(3)
     w = rng.integers(0, 31, n_players).astype(float)
     w[:4] = 0  # null players
@@ -348,15 +348,39 @@ def test_size_strata_values_are_within_about_one_percent_of_the_exact_ones(n_pla
     sampled = monte_carlo_shapley(SumGame(w, PILOT), n_players, n_permutations=100, seed=0).values
     assert error < limit < np.max(np.abs(sampled - exact)) / np.max(exact)
     np.testing.assert_array_equal(estimate.values[:4], 0.0)
-    assert estimate.values.sum() == pytest.approx(PILOT(w.sum()), rel=0.015)  # efficient up to the approximation
+    assert estimate.values.sum() == pytest.approx(PILOT(w.sum()), rel=0.006)  # efficient up to the approximation
     order = np.argsort(w, kind="stable")  # heavier players are worth more, with no sampling noise
     assert np.all(np.diff(estimate.values[order]) >= -1e-15)
-    exact_sizes = 2 if n_players <= 20 else 1
-    pairs = n_players * (n_players - 1) // 2 if exact_sizes == 2 else 0
-    assert estimate.n_evaluations == (1 + n_players * (2 + n_players) + (n_players + 1) * pairs  # f(0), f(w_j)
-                                      + 2 * 8 * n_players * (n_players - 1 - exact_sizes))
-    coarse = size_strata_shapley(SumGame(w, PILOT), exact_sizes=1).values  # the normal approximation from size 2
-    assert np.max(np.abs(coarse - exact)) / np.max(exact) < 0.015
+    pairs = n_players * (n_players - 1) // 2
+    strata = 2 * 8 * 2**3 * n_players * (n_players - 3)  # with and without i, 8 nodes, 8 subsets of the heaviest 3
+    assert estimate.n_evaluations == 1 + n_players * (2 + n_players) + (n_players + 1) * pairs + strata
+    coarse = size_strata_shapley(SumGame(w, PILOT), exact_sizes=1).values  # the approximation from size 2
+    assert np.max(np.abs(coarse - exact)) / np.max(exact) < 0.02
+
+
+def test_size_strata_condition_on_the_heaviest_players():
+    """A giant among equal small players is valued exactly (the small ones' totals have no
+    spread once the giant's membership is enumerated): the plain normal approximation
+    of all others' totals was 58% off there. On rounded lognormal(2.5, 1.2) weights (a few
+    giants), 0.34% at most over 4 games of 13-20 players (the plain approximation: 39%)."""
+    giant = SumGame([500.0] + [10.0] * 13, MODEL)
+    np.testing.assert_allclose(size_strata_shapley(giant).values, exact_shapley(giant, 14).values, rtol=1e-10)
+    w = np.round(np.random.default_rng(0).lognormal(2.5, 1.2, 20))
+    exact = counted_shapley(SumGame(w, PILOT)).values
+    estimate = size_strata_shapley(SumGame(w, PILOT)).values
+    assert np.max(np.abs(estimate - exact)) / np.max(exact) < 0.005
+    assert estimate.sum() == pytest.approx(exact.sum(), rel=0.005)
+
+
+def test_the_heaviest_others_are_a_function_of_their_weights():
+    """Which of two equal weights counts as heavy does not matter: the values are
+    continuous where the heaviest others change places."""
+    w = np.array([[9.0, 7.0, 7.0, 3.0, 2.0, 7.0]])
+    np.testing.assert_array_equal(_heaviest_others(w, w, 3)[0], [[7, 7, 7], [9, 7, 7], [9, 7, 7], [9, 7, 7],
+                                                                 [9, 7, 7], [9, 7, 7]])
+    below, above = (size_strata_shapley(SumGame([9.0, 8.0, 6.0, 6.0 + d, 2.0, 1.0, 1.0], np.sqrt), exact_sizes=1)
+                    for d in (-1e-9, 1e-9))  # players 2 and 3 swap places as the third heaviest
+    np.testing.assert_allclose(below.values, above.values, atol=1e-8)
 
 
 def test_size_strata_are_exact_on_additive_sum_games_and_symmetric():
