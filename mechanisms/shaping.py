@@ -4,7 +4,7 @@ Data Sharing in Federated Learning" (arXiv:2207.04557), Section "accuracy shapin
 The server gives agent i not the global model but a model of accuracy
 
     a_i(m) = min(a(M), a(m_i^o) + gamma_i(m_i))   if m_i >= m_i^o,
-    a_i(m) = a(m_i)                               if m_i <  m_i^o,
+    a_i(m) = min(a(M), a(m_i))                    if m_i <  m_i^o,
     gamma_i(m_i) = (c_i / v_i + epsilon) (m_i - m_i^o),
 
 where m_i^o is what agent i would collect training alone
@@ -13,17 +13,25 @@ and a(m_i) below it are on the curve of an agent's own training (``model.alone``
 on the federation's (they differ once the loop calibrates a(M) to training). Below its
 local optimum an agent gets no more than it could reach alone; above it, every extra
 sample earns c_i / v_i + epsilon accuracy, which pays for the sample (exactly, with
-epsilon = 0), up to the accuracy of the global model. No money changes hands.
+epsilon = 0), up to the accuracy of the global model. No money changes hands. On one
+curve a(M) >= a(m_i), and the min below m_i^o is the paper's rule; on a calibrated
+federation's curve a(M) can fall below a(m_i^o), and the server, whose models are all
+degraded copies of the global one, cannot deliver more than a(M) on either branch (the
+rule stays continuous at m_i^o).
 
 Equilibrium. Agent i's utility is flat (epsilon = 0) or increasing (epsilon > 0) along
 the shaping line and decreases once the line passes a(M), so it contributes up to where
 they meet (ties go to contributing, the epsilon -> 0 limit of the paper):
 
-    m_i(M) = clip(m_i^o + (a(M) - a(m_i^o)) / (c_i / v_i + epsilon), m_i^o, n_i),
+    m_i(M) = clip(m_i^o + (a(M) - a(m_i^o)) / (c_i / v_i + epsilon), m_i^o, n_i)   if a(M) >= a(m_i^o),
+    m_i(M) = a^-1(a(M)) on its own curve, the least data reaching a(M)              otherwise,
 
-and the total solves the fixed point M = sum_i m_i(M), a 1-D root found with brentq.
-With epsilon = 0 every agent's utility equals its local-only utility (individually
-rational, and no surplus left to the agents). Linear phi.
+(below m_i^o its own curve rises faster than its cost, c_i / v_i), and the total solves
+the fixed point M = sum_i m_i(M), a 1-D root found with brentq. With epsilon = 0 an
+agent with a(M) >= a(m_i^o) gets exactly its local-only utility (individually rational,
+and no surplus left to it); one with a(M) < a(m_i^o) gets less than training alone,
+v_i a(M) - c_i a^-1(a(M)), which the audit reports as an individual-rationality
+shortfall: such a federation is not worth joining for it. Linear phi.
 """
 
 from __future__ import annotations
@@ -35,12 +43,13 @@ from scipy.optimize import brentq
 
 from incentives.accuracy import AccuracyModel
 from incentives.checks import check_number
-from incentives.equilibrium import settle_participation
+from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from incentives.utility import local_contribution
+from incentives.utility import local_contribution, utility
 
 _SCAN_POINTS = 256
+_GAIN_TOL = 1e-9  # relative utility gain below which the fixed point counts as an equilibrium
 
 
 @dataclass(frozen=True)
@@ -65,25 +74,23 @@ class AccuracyShaping:
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         m = population.check_contributions(contributions)
-        optimum, local_accuracy, slope = self._terms(population, model)
-        shaped = np.minimum(model(m.sum()), local_accuracy + slope * (m - optimum))
-        accuracy = np.where(m >= optimum, shaped, model.alone(m))
+        accuracy = np.minimum(model(m.sum()), self._own_accuracy(m, population, model))
         return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents))
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The equilibrium in closed form up to the 1-D root M = sum_i m_i(M).
 
-        g(M) = sum_i m_i(M) - M is >= 0 at M_0 = sum_i m_i^o (each m_i(M) >= m_i^o) and
-        < 0 at sum_i n_i unless every agent is capped (then M = sum_i n_i). When a(M_0) > 0,
-        a is concave on [M_0, inf), hence so is g, and the root there is unique. (If training
-        alone pays for nobody, every m_i^o = 0 and M = 0 may be a second equilibrium.) The
-        solver scans g on log-spaced points, brackets its largest sign change, and solves it
-        with brentq to machine precision: the largest equilibrium total.
+        g(M) = sum_i m_i(M) - M is >= 0 at M = 0 and < 0 at sum_i n_i unless every agent
+        is capped (then M = sum_i n_i). m_i(M) >= m_i^o once a(M) >= a(m_i^o) for all i, and
+        then g is concave where a is (a(M) > 0), so it has at most one root there; M = 0
+        may be another equilibrium (nobody's data is worth anything). The solver scans g
+        on log-spaced points, brackets its largest sign change, and solves it with brentq
+        to machine precision: the largest equilibrium total. Where some agent would gain by
+        deviating from it (:meth:`deviation_gains`; a calibrated curve steeper than its
+        c_i / v_i), the profile is found by best-response iteration from it instead.
         The delivery target is the shaped accuracy a_i(m) (0 for agents who stay out).
         """
-        participation = settle_participation(
-            lambda pop: self._contributions(pop, model), self, population, model
-        )
+        participation = settle_participation(lambda pop: self._equilibrium(pop, model), self, population, model)
         m = participation.contributions
         optimum, local_accuracy, slope = self._terms(population, model)
         info = {
@@ -104,18 +111,68 @@ class AccuracyShaping:
             info=info,
         )
 
+    def _equilibrium(self, population: Population, model: AccuracyModel) -> np.ndarray:
+        """The fixed point of :meth:`_contributions` where it is an equilibrium, else the
+        best-response iteration's profile from it (``incentives.equilibrium``)."""
+        m = self._contributions(population, model)
+        current = self._deviation_utility(m.sum() - m, m, population, model)
+        if np.all(self.deviation_gains(m, population, model) <= _GAIN_TOL * np.maximum(1.0, np.abs(current))):
+            return m
+        return nash_equilibrium(self, population, model, start=m).contributions
+
+    def deviation_gains(self, contributions, population: Population, model: AccuracyModel) -> np.ndarray:
+        """(N,) each agent's largest utility gain from changing its own contribution alone.
+
+        Agent i's utility v_i min(a(M_-i + x), own_i(x)) - c_i x (own_i: its curve alone
+        below m_i^o, the shaping line above) is the smaller of two increasing functions
+        less a linear cost. Where own_i is the smaller, its maximum is at m_i^o or where
+        the two meet (the line is flat or rising); where a is, at a meeting point or where
+        v_i a'(M_-i + x) = c_i: x = (a')^-1(c_i / v_i) - M_-i. The points compared with
+        x = m_i are 0, n_i, m_i^o and that last one, the one the fixed point misses: with a
+        calibrated a(M) = base(gamma M), gamma < 1, the global curve can be steeper than
+        c_i / v_i at the fixed point (or the fixed point is M = 0, below a's zero
+        crossing). Meeting points other than m_i are not compared: on the alone part,
+        base(gamma (M_-i + x)) = base(x) has one root.
+        """
+        m = population.check_contributions(contributions)
+        others = m.sum() - m
+        optimum = self._terms(population, model)[0]
+        with np.errstate(divide="ignore"):
+            steep = np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float) - others
+        points = np.stack([np.zeros_like(m), population.endowment, optimum, np.where(np.isfinite(steep), steep, 0.0)])
+        best = np.max([self._deviation_utility(others, x, population, model)
+                       for x in np.clip(points, 0.0, population.endowment)], axis=0)
+        return np.maximum(best - self._deviation_utility(others, m, population, model), 0.0)
+
+    def _deviation_utility(self, others: np.ndarray, x: np.ndarray, population: Population,
+                           model: AccuracyModel) -> np.ndarray:
+        """(N,) agent i's utility when it contributes x_i and the others M_-i = ``others_i``."""
+        accuracy = np.minimum(np.asarray(model(others + x), dtype=float), self._own_accuracy(x, population, model))
+        return utility(population, accuracy, x)
+
+    def _own_accuracy(self, m: np.ndarray, population: Population, model: AccuracyModel) -> np.ndarray:
+        """(N,) own_i(m_i): a(m_i) on the agent's own curve below m_i^o, the shaping line above."""
+        optimum, local_accuracy, slope = self._terms(population, model)
+        return np.where(m >= optimum, local_accuracy + slope * (m - optimum), model.alone(m))
+
     def _contributions(self, population: Population, model: AccuracyModel) -> np.ndarray:
         optimum, local_accuracy, slope = self._terms(population, model)
         endowment = population.endowment
 
         def demand(total: float) -> np.ndarray:  # m_i(M); slope 0 (free data, epsilon 0): all n_i
-            step = np.divide(model(total) - local_accuracy, slope, out=np.zeros_like(slope), where=slope > 0)
-            return np.where(slope > 0, np.clip(optimum + step, optimum, endowment), endowment)
+            accuracy = float(model(total))
+            step = np.divide(accuracy - local_accuracy, slope, out=np.zeros_like(slope), where=slope > 0)
+            along = np.where(slope > 0, np.clip(optimum + step, optimum, endowment), endowment)
+            short = accuracy < local_accuracy  # the global model falls short of training alone
+            if not short.any():
+                return along
+            reach = float(np.asarray(model.alone.inverse(accuracy))) if accuracy > 0 else 0.0
+            return np.where(short, np.minimum(reach, optimum), along)
 
         def excess(total: float) -> float:
             return float(demand(total).sum() - total)
 
-        low, high = float(optimum.sum()), float(endowment.sum())
+        low, high = 0.0, float(endowment.sum())
         if excess(high) >= 0:
             return demand(high)
         scan = low + np.geomspace((high - low) * 1e-12, high - low, _SCAN_POINTS)

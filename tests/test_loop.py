@@ -10,7 +10,7 @@ from fl.oracle import TrainingOracle
 from analysis.metrics import summarise
 from analysis.report import audit_final
 from incentives.accuracy import local_optimum
-from incentives.equilibrium import social_optimum
+from incentives.equilibrium import social_optimum, verify_equilibrium
 from incentives.loop import ClosedLoop
 from incentives.population import Population
 from incentives.utility import local_utility
@@ -55,7 +55,9 @@ def test_each_mechanism_is_solved_under_the_pilot_fit_calibrated_to_its_own_trai
         np.testing.assert_allclose(record.local_utility, np.maximum(
             local_utility(world[0], result.fit), world[0].outside_option))  # training alone: the pilot
     assert final["standard"].accuracy_model.efficiency != final["shaping"].accuracy_model.efficiency
-    assert final["shaping"].trained_contributions.sum() > final["standard"].trained_contributions.sum()
+    shaping = final["shaping"]  # calibrated far below the pilot: the federation promises no more than a(M)
+    assert np.all(shaping.outcome.accuracy <= shaping.accuracy_model(shaping.outcome.contributions.sum()) + 1e-12)
+    assert verify_equilibrium(AccuracyShaping(), shaping.outcome.contributions, world[0], shaping.accuracy_model).ok
     quantities = {row["quantity"] for row in result.long_rows()}
     assert {"promised_accuracy", "delivered_accuracy", "realised_utility", "realised_transfer"} <= quantities
     assert sum(1 for _ in result.long_rows()) == 4 * 5 * len(quantities)

@@ -80,6 +80,30 @@ def test_a_calibrated_federation_curve_leaves_training_alone_on_the_base_curve()
     np.testing.assert_allclose(local_utility(pop, calibrated), local_utility(pop, TOY))
 
 
+def test_shaping_never_promises_more_than_a_federation_weaker_than_training_alone():
+    """Three agents, a(M) = base(0.3 M): the federation is worth less than training alone
+    (the old rule still gave the alone curve below m^o and a(M) above it: agent 0 gained
+    0.0568 by contributing a little less than its m^o = 149). Now a_i = min(a(M), own_i),
+    and by hand: agents 1 and 2 stop where their own curve meets a(M), m_i = 0.3 M;
+    agent 0 is on the global curve, 0.3 base'(0.3 M) = c_0, so 0.3 M = (k alpha 0.3 /
+    c_0)^(1 / (1 + alpha)) = 900^0.625 = 70.21 and m_0 = M - 2 (0.3 M) = 93.61."""
+    base, gamma = PowerLaw(0.9, 5.0, 0.6), 0.3
+    pop = Population.from_lists(cost=[1e-3, 2e-3, 3e-3], endowment=[500.0, 500.0, 500.0])
+    model = EffectiveData(base, gamma)
+    shaped = AccuracyShaping().solve(pop, model)
+    effective = (5.0 * 0.6 * gamma / 1e-3) ** (1 / 1.6)
+    np.testing.assert_allclose(shaped.contributions, [effective / gamma - 2 * effective, effective, effective],
+                               rtol=1e-5)
+    assert np.round(shaped.contributions, 2).tolist() == [93.61, 70.21, 70.21]
+    assert np.all(shaped.accuracy <= model(shaped.total) + 1e-12)  # no promise above the global model
+    assert verify_equilibrium(AccuracyShaping(), shaped.contributions, pop, model).ok
+    assert np.all(AccuracyShaping().deviation_gains(shaped.contributions, pop, model) <= 1e-12)
+    allocation = AccuracyShaping().allocate(np.array([140.0, 0.0, 0.0]), pop, model)
+    assert allocation.accuracy[0] == pytest.approx(model(140.0))  # below m^o: alone, capped by a(M)
+    far_weaker = AccuracyShaping().solve(pop, EffectiveData(base, 0.1))  # nobody gains by federating
+    np.testing.assert_array_equal(far_weaker.contributions, 0.0)
+
+
 # ----------------------------------------------------------------- closed forms vs iteration
 HETEROGENEOUS = Population.from_lists(
     cost=[1e-4, 1.5e-4, 3e-4, 5e-4], endowment=[1e9, 800.0, 1e9, 1e9], value=[1.0, 2.0, 1.0, 0.5]
