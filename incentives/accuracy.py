@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
-from incentives.checks import bad, finite_number
+from incentives.checks import as_floats, bad, check_entries, check_number, common_length, finite_number
 from incentives.search import maximise
 
 _EPS = np.finfo(float).eps
@@ -513,30 +513,47 @@ def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callab
     (:func:`incentives.search.maximise`), so the endowments are then required; again
     m^o = 0 unless the optimum beats m = 0.
 
-    cost, value, endowment: arrays of shape (N,) (or scalars); returns (N,) samples.
+    cost, value, endowment: arrays of shape (N,) (or scalars): c_i >= 0, v_i > 0 and
+    n_i > 0, finite (endowment None: no cap); cost_exponent: beta >= 1; returns (N,) samples.
+    Bad arguments raise ValueError naming the argument, the value and what is allowed.
     """
-    cost = np.asarray(cost, dtype=float)
-    value = np.asarray(value, dtype=float)
+    cost, value, endowment = _agent_arrays(cost, value, endowment)
+    check_number("cost_exponent", cost_exponent, least=1)
+    if phi is not None and not callable(phi):
+        raise bad("phi", phi, "None or a callable mapping accuracies to benefit")
     if phi is not None or cost_exponent != 1:
         return _numerical_local_optimum(cost, value, model, endowment, phi or (lambda a: a), cost_exponent)
     with np.errstate(divide="ignore"):
         m = np.asarray(model.marginal_inverse(cost / value), dtype=float)
     if endowment is not None:
-        m = np.minimum(m, np.asarray(endowment, dtype=float))
+        m = np.minimum(m, endowment)
     finite = np.isfinite(m)
     m_finite = np.where(finite, m, 0.0)
     gain = np.where(finite, value * np.asarray(model(m_finite)) - cost * m_finite, np.inf)
     return _out(np.where(gain > 0, m, 0.0))
 
 
+def _agent_arrays(cost, value, endowment) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(cost, value, endowment) of :func:`local_optimum` as float arrays, checked: each a
+    number or an (N,) array of one N; c_i >= 0, v_i > 0, n_i > 0 (or endowment None), finite."""
+    # argument -> (its value, whether it must be > 0 rather than >= 0)
+    given = {"cost": (cost, False), "value": (value, True), "endowment": (endowment, True)}
+    arrays = {key: as_floats(key, x, "a number or a list of numbers (one per agent)")
+              for key, (x, _) in given.items() if key != "endowment" or x is not None}
+    common_length(arrays)
+    for key, arr in arrays.items():
+        check_entries(key, arr, 0.0, strict=given[key][1])
+    return arrays["cost"], arrays["value"], arrays.get("endowment")
+
+
 def _numerical_local_optimum(cost: np.ndarray, value: np.ndarray, model: AccuracyModel, endowment,
                              phi: Callable, cost_exponent: float):
     """:func:`local_optimum` for a non-linear phi or convex costs, by :func:`incentives.search.maximise`."""
-    if endowment is None or not np.all(np.isfinite(endowment)):
+    if endowment is None:
         raise ValueError(f"endowment={endowment!r}: allowed with a non-linear phi or cost_exponent > 1 is "
                          "finite samples per agent, the upper ends of the numerical search")
     scalar = np.ndim(cost) == np.ndim(value) == np.ndim(endowment) == 0
-    cost, value, endowment = (x.reshape(-1) for x in np.broadcast_arrays(cost, value, np.asarray(endowment, float)))
+    cost, value, endowment = (x.reshape(-1) for x in np.broadcast_arrays(cost, value, endowment))
 
     def gain(m: np.ndarray) -> np.ndarray:
         return value[:, None] * np.asarray(phi(model(m)), dtype=float) - cost[:, None] * m ** cost_exponent

@@ -33,3 +33,68 @@ def check_integer(key: str, value, least: int = 1) -> None:
     """ValueError unless ``value`` is an integer >= ``least`` (bools are not integers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
         raise bad(key, value, f"an integer >= {least}")
+
+
+def as_floats(key: str, value, allowed: str = "numbers in a rectangular array (rows of one length)") -> np.ndarray:
+    """``value`` as a new float array; ValueError naming ``key`` for strings, None or ragged rows."""
+    try:
+        return np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        raise bad(key, value, allowed) from None
+
+
+def range_text(least: float = -np.inf, most: float = np.inf, strict: bool = False) -> str:
+    """What a finite number in [least, most] ((least, most] with ``strict``) is, in words."""
+    if np.isinf(least) and np.isinf(most):
+        return "a finite number"
+    if np.isinf(most):
+        return f"a number {'>' if strict else '>='} {least:g}"
+    if np.isinf(least):
+        return f"a number <= {most:g}"
+    return f"a number in {'(' if strict else '['}{least:g}, {most:g}]"
+
+
+def check_entries(key: str, arr: np.ndarray, least: float = -np.inf, most: float = np.inf,
+                  strict: bool = False) -> None:
+    """ValueError naming the first entry ``key[i]`` of the 0-d or 1-D ``arr`` that is not a
+    finite number in [least, most] ((least, most] with ``strict``)."""
+    flat = arr.reshape(-1)
+    above = flat > least if strict else flat >= least
+    wrong = np.flatnonzero(~(np.isfinite(flat) & above & (flat <= most)))
+    if wrong.size:
+        i = int(wrong[0])
+        name = key if arr.ndim == 0 else f"{key}[{i}]"
+        raise ValueError(f"{name}={float(flat[i])!r}: allowed is {range_text(least, most, strict)}")
+
+
+def per_agent(key: str, value, n: int) -> np.ndarray:
+    """``value`` as a float array of shape (n,), one number per agent (no broadcasting)."""
+    arr = as_floats(key, value)
+    if arr.shape != (n,):
+        raise ValueError(f"{key} has shape {arr.shape}: allowed is ({n},), one per agent")
+    return arr
+
+
+def check_per_agent(key: str, value, n: int, least: float = -np.inf, most: float = np.inf,
+                    strict: bool = False) -> np.ndarray:
+    """``value`` as a float array of shape (n,) of finite numbers in [least, most]
+    ((least, most] with ``strict``); ValueError naming ``key``, the value and the rule."""
+    arr = per_agent(key, value, n)
+    check_entries(key, arr, least, most, strict)
+    return arr
+
+
+def common_length(arrays: dict[str, np.ndarray]) -> int | None:
+    """N, the length shared by the 1-D arrays among ``arrays`` (0-d ones stand for every
+    agent); None when all are 0-d. ValueError naming the first array of two or more
+    dimensions, or of a length other than the first 1-D array's."""
+    first = None
+    for key, arr in arrays.items():
+        if arr.ndim > 1:
+            raise ValueError(f"{key} has shape {arr.shape}: allowed is a 1-D array (one value per agent)")
+        if arr.ndim == 1 and first is None:
+            first = key
+        elif arr.ndim == 1 and len(arr) != len(arrays[first]):
+            raise ValueError(f"len({key})={len(arr)}: allowed is len({first})={len(arrays[first])} "
+                             "(one value per agent)")
+    return None if first is None else len(arrays[first])

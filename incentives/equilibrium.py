@@ -25,6 +25,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.accuracy import AccuracyModel
+from incentives.checks import check_integer, check_number, per_agent
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.search import maximise
@@ -244,6 +245,19 @@ def nash_equilibrium(
     return Equilibrium(m, participates, utilities, converged, iteration, float(change))
 
 
+def _check_participates(participates, n: int) -> np.ndarray:
+    """``participates`` as a boolean array of shape (n,) (None: everyone takes part); entries
+    must be True/False (or 1/0)."""
+    if participates is None:
+        return np.ones(n, dtype=bool)
+    flags = per_agent("participates", participates, n)
+    wrong = np.flatnonzero((flags != 0) & (flags != 1))
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(f"participates[{i}]={float(flags[i])!r}: allowed is True or False")
+    return flags.astype(bool)
+
+
 def verify_equilibrium(
     mechanism: Mechanism,
     contributions,
@@ -261,11 +275,14 @@ def verify_equilibrium(
     the current m_i), and leaving for the outside option (or joining, for an agent
     outside). gain_i = best deviation utility - current utility; ok iff
     gain_i <= tol * max(1, |u_i|) for all i.
+
+    contributions: (N,) with 0 <= m_i <= n_i; participates: None or (N,) booleans;
+    tol: a finite number >= 0; grid_size: an integer >= 2 (ValueError naming the argument otherwise).
     """
-    m = np.asarray(contributions, dtype=float)
-    if participates is None:
-        participates = np.ones(population.n_agents, dtype=bool)
-    participates = np.asarray(participates, dtype=bool)
+    m = population.check_contributions(contributions)
+    participates = _check_participates(participates, population.n_agents)
+    check_number("tol", tol)
+    check_integer("grid_size", grid_size, least=2)
     allocation = mechanism.allocate(m, population, model)
     current = utility(population, allocation.accuracy, m, allocation.transfer, participates, phi)
     gains = np.empty(population.n_agents)

@@ -31,11 +31,12 @@ import csv
 import math
 from dataclasses import dataclass, replace
 from os import PathLike
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from incentives.checks import check_number
+from incentives.checks import (as_floats, bad, check_entries, check_integer, check_number, common_length,
+                               finite_number, per_agent)
 
 #: Per-agent numeric fields, in the fixed order that keys the random streams of
 #: :meth:`Population.sample` (never reorder: it would change every sampled population).
@@ -47,49 +48,55 @@ _REQUIRED = ("cost", "endowment")
 _LABEL_STREAM = len(FIELDS)
 _ROW_SUM_TOL = 1e-6
 
-_RULES = {  # field -> (vectorised predicate on finite values, what is allowed)
-    "cost": (lambda x: x >= 0, "a number >= 0"),
-    "endowment": (lambda x: x > 0, "a number > 0"),
-    "value": (lambda x: x > 0, "a number > 0"),
-    "capacity": (lambda x: (x > 0) & (x <= 1), "a number in (0, 1]"),
-    "comm_cost": (lambda x: x >= 0, "a number >= 0"),
-    "outside_option": (lambda x: np.ones(x.shape, dtype=bool), "a finite number"),
+_RULES = {  # field -> (least, most, strict): finite numbers in [least, most], (least, most] if strict
+    "cost": (0.0, np.inf, False),
+    "endowment": (0.0, np.inf, True),
+    "value": (0.0, np.inf, True),
+    "capacity": (0.0, 1.0, True),
+    "comm_cost": (0.0, np.inf, False),
+    "outside_option": (-np.inf, np.inf, False),
 }
+_A_LIST = "a list of numbers"
 
 
-def _check_field(key: str, raw) -> np.ndarray:
-    """One per-agent field as a read-only float array of shape (N,), validated."""
-    try:
-        arr = np.array(raw, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={raw!r}: allowed is a list of numbers") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{key} has shape {arr.shape}: allowed is a 1-D array (one value per agent)")
-    ok, allowed = _RULES[key]
-    finite = np.isfinite(arr)
-    bad = np.flatnonzero(~finite | ~ok(np.where(finite, arr, 0.0)))
-    if bad.size:
-        raise ValueError(f"{key}[{bad[0]}]={float(arr[bad[0]])!r}: allowed is {allowed}")
+def _check_field(key: str, arr: np.ndarray, n: int) -> np.ndarray:
+    """One per-agent field (a float array of shape (n,) or () to broadcast) as a read-only
+    float array of shape (n,), validated."""
+    arr = np.full(n, arr) if arr.ndim == 0 else arr.copy()
+    check_entries(key, arr, *_RULES[key])
     arr.setflags(write=False)
     return arr
 
 
 def _check_labels(raw, n: int) -> np.ndarray:
-    arr = np.array(raw, dtype=float)
+    """The label distribution as a read-only (n, K) array of rows of non-negative numbers summing to 1."""
+    arr = as_floats("label_distribution", raw, f"(N, K) numbers with N={n}, every row of one length K")
     if arr.ndim != 2 or arr.shape[0] != n:
         raise ValueError(f"label_distribution has shape {arr.shape}: allowed is (N, K) with N={n}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         i = int(np.argwhere(~np.isfinite(arr) | (arr < 0))[0, 0])
         raise ValueError(f"label_distribution[{i}]={arr[i].tolist()!r}: allowed is non-negative numbers")
     sums = arr.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
-    if bad.size:
-        i = int(bad[0])
+    off = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
+    if off.size:
+        i = int(off[0])
         raise ValueError(
             f"label_distribution[{i}] sums to {float(sums[i])!r}: allowed is rows summing to 1"
         )
     arr.setflags(write=False)
     return arr
+
+
+def _check_names(raw, n: int) -> tuple[str, ...]:
+    """The agents' names as a tuple of n distinct non-empty strings."""
+    if isinstance(raw, str) or not isinstance(raw, Iterable):
+        raise bad("names", raw, f"a list of N={n} non-empty strings")
+    names = tuple(raw)
+    if len(names) != n or not all(isinstance(s, str) and s for s in names):
+        raise ValueError(f"names={names!r}: allowed is N={n} non-empty strings")
+    if len(set(names)) != n:
+        raise ValueError(f"names={names!r}: allowed is distinct names")
+    return names
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,31 +122,21 @@ class Population:
     def __post_init__(self) -> None:
         check_number("cost_exponent", self.cost_exponent, least=1)
         object.__setattr__(self, "cost_exponent", float(self.cost_exponent))
-        raw = {key: getattr(self, key) for key in FIELDS}
-        lengths = {key: np.size(v) for key, v in raw.items() if np.ndim(v) > 0}
-        if not lengths:
+        raw = {key: as_floats(key, getattr(self, key), _A_LIST) for key in FIELDS}
+        n = common_length(raw)
+        if n is None:
             raise ValueError(
-                f"cost={raw['cost']!r}: allowed is a list with one value per agent "
+                f"cost={self.cost!r}: allowed is a list with one value per agent "
                 "(use Population.from_lists(n_agents=...) to broadcast scalars)"
             )
-        first, n = next(iter(lengths.items()))
         if n == 0:
-            raise ValueError(f"len({first})=0: allowed is N >= 1 agents")
-        for key, length in lengths.items():
-            if length != n:
-                raise ValueError(f"len({key})={length}: allowed is len({first})={n} (one value per agent)")
-        for key, v in raw.items():
-            per_agent = np.broadcast_to(v, (n,)) if np.ndim(v) == 0 else v
-            object.__setattr__(self, key, _check_field(key, per_agent))
+            raise ValueError(f"len({next(k for k, v in raw.items() if v.ndim)})=0: allowed is N >= 1 agents")
+        for key, arr in raw.items():
+            object.__setattr__(self, key, _check_field(key, arr, n))
         if self.label_distribution is not None:
             object.__setattr__(self, "label_distribution", _check_labels(self.label_distribution, n))
         if self.names is not None:
-            names = tuple(self.names)
-            if len(names) != n or not all(isinstance(s, str) and s for s in names):
-                raise ValueError(f"names={names!r}: allowed is N={n} non-empty strings")
-            if len(set(names)) != n:
-                raise ValueError(f"names={names!r}: allowed is distinct names")
-            object.__setattr__(self, "names", names)
+            object.__setattr__(self, "names", _check_names(self.names, n))
 
     @property
     def n_agents(self) -> int:
@@ -203,9 +200,9 @@ class Population:
         extra = {"label_distribution": label_distribution, "names": names, "cost_exponent": cost_exponent}
         if n_agents is None:
             return cls(**fields, **extra)
-        if not (isinstance(n_agents, (int, np.integer)) and n_agents >= 1):
-            raise ValueError(f"n_agents={n_agents!r}: allowed is an integer >= 1")
-        fields = {k: np.full(n_agents, v, dtype=float) if np.ndim(v) == 0 else v for k, v in fields.items()}
+        check_integer("n_agents", n_agents)
+        fields = {k: as_floats(k, v, _A_LIST) for k, v in fields.items()}
+        fields = {k: np.full(n_agents, v) if v.ndim == 0 else v for k, v in fields.items()}
         return cls(**fields, **extra)
 
     @classmethod
@@ -263,8 +260,7 @@ class Population:
         :data:`FIELDS`, so a field's values do not depend on the order of ``spec`` or on
         which other fields are sampled.
         """
-        if not (isinstance(n, (int, np.integer)) and n >= 1):
-            raise ValueError(f"n={n!r}: allowed is an integer >= 1")
+        check_integer("n", n)
         unknown = sorted(set(spec) - set(FIELDS) - {"label_distribution"})
         if unknown:
             key = unknown[0]
@@ -291,21 +287,17 @@ class Population:
         rng = np.random.default_rng(_streams(seed)[_LABEL_STREAM])
         return replace(self, label_distribution=_draw_dirichlet(spec, self.n_agents, rng))
 
-    def check_contributions(self, contributions) -> np.ndarray:
+    def check_contributions(self, contributions, key: str = "contributions") -> np.ndarray:
         """contributions as a float array of shape (N,), each 0 <= m_i <= n_i (samples).
 
-        A relative slack of 1e-9 above n_i absorbs rounding; ValueError otherwise.
+        A relative slack of 1e-9 above n_i absorbs rounding; ValueError naming ``key`` otherwise.
         """
-        m = np.asarray(contributions, dtype=float)
-        if m.shape != (self.n_agents,):
+        m = per_agent(key, contributions, self.n_agents)
+        wrong = ~((m >= 0) & (m <= self.endowment * (1 + 1e-9)))
+        if np.any(wrong):
+            i = int(np.flatnonzero(wrong)[0])
             raise ValueError(
-                f"contributions has shape {m.shape}: allowed is ({self.n_agents},), one per agent"
-            )
-        bad = ~((m >= 0) & (m <= self.endowment * (1 + 1e-9)))
-        if np.any(bad):
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"contributions[{i}]={float(m[i])!r}: "
+                f"{key}[{i}]={float(m[i])!r}: "
                 f"allowed is 0 <= m <= endowment[{i}]={float(self.endowment[i])!r}"
             )
         return m
@@ -375,34 +367,42 @@ def _need(spec: Mapping, key: str, field: str):
     return spec[key]
 
 
+def _number(spec: Mapping, key: str, field: str) -> float:
+    """The parameter ``spec[key]`` of a distribution, checked to be a finite number."""
+    value = _need(spec, key, field)
+    if not finite_number(value):
+        raise bad(f"{field}.{key}", value, f"a finite number for dist={spec['dist']!r}")
+    return float(value)
+
+
 def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
     """n draws of one field from its spec (see :meth:`Population.sample`)."""
     if isinstance(spec, (list, tuple, np.ndarray)):
         if len(spec) != n:
             raise ValueError(f"{field}={list(spec)!r}: allowed is a list of n={n} numbers (one per agent)")
-        return np.asarray(spec, dtype=float)
-    if np.ndim(spec) == 0 and not isinstance(spec, Mapping):
-        return np.full(n, float(spec))
+        return as_floats(field, spec, _A_LIST)
+    if not isinstance(spec, Mapping) and np.ndim(spec) == 0:
+        return np.full(n, as_floats(field, spec, "a number, a list of numbers or a dict with a 'dist' key"))
     if not isinstance(spec, Mapping) or "dist" not in spec:
         raise ValueError(f"{field}={spec!r}: allowed is a number or a dict with a 'dist' key")
     dist = spec["dist"]
     if dist in DISTRIBUTION_KEYS:
         _check_keys(spec, field, DISTRIBUTION_KEYS[dist])
     if dist == "constant":
-        return np.full(n, float(_need(spec, "value", field)))
+        return np.full(n, _number(spec, "value", field))
     if dist == "uniform":
-        low, high = float(_need(spec, "low", field)), float(_need(spec, "high", field))
+        low, high = _number(spec, "low", field), _number(spec, "high", field)
         if not low <= high:
             raise ValueError(f"{field}.high={high!r}: allowed is a number >= low={low!r}")
         return rng.uniform(low, high, size=n)
     if dist == "lognormal":
-        mean, sigma = float(_need(spec, "mean", field)), float(_need(spec, "sigma", field))
+        mean, sigma = _number(spec, "mean", field), _number(spec, "sigma", field)
         if not sigma >= 0:
             raise ValueError(f"{field}.sigma={sigma!r}: allowed is a number >= 0")
         return rng.lognormal(mean, sigma, size=n)
     if dist == "types":
-        values = np.asarray(_need(spec, "values", field), dtype=float)
-        probs = np.asarray(_need(spec, "probs", field), dtype=float)
+        values = as_floats(f"{field}.values", _need(spec, "values", field), _A_LIST)
+        probs = as_floats(f"{field}.probs", _need(spec, "probs", field), _A_LIST)
         if values.ndim != 1 or values.size == 0 or probs.shape != values.shape:
             raise ValueError(
                 f"{field}.probs={spec['probs']!r}: allowed is one probability per value "
@@ -441,7 +441,7 @@ def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
             f"label_distribution={spec!r}: allowed is {{'dist': 'dirichlet', 'alpha': a, 'n_classes': K}}"
         )
     _check_keys(spec, "label_distribution", ("alpha", "n_classes"))
-    alpha = float(_need(spec, "alpha", "label_distribution"))
+    alpha = _number(spec, "alpha", "label_distribution")
     n_classes = _need(spec, "n_classes", "label_distribution")
     if not alpha > 0:
         raise ValueError(f"label_distribution.alpha={alpha!r}: allowed is a number > 0")

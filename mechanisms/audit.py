@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
+from incentives.checks import check_number, check_per_agent, per_agent
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism, Outcome
@@ -104,6 +105,20 @@ def _budget(outcome: Outcome) -> float | None:
     return None
 
 
+def _check_realised(outcome: Outcome, population: Population, delivered_accuracy, paid_transfer,
+                    trained_contributions, tol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(delivered, paid, trained) as float arrays of shape (N,), checked: the outcome is one of
+    ``population``'s N agents, accuracies are fractions in [0, 1], transfers finite, the
+    trained samples within the endowments, and ``tol`` a finite number >= 0."""
+    n = population.n_agents
+    for name in ("contributions", "accuracy", "transfer", "participates"):
+        per_agent(f"outcome.{name}", getattr(outcome, name), n)
+    check_number("tol", tol)
+    return (check_per_agent("delivered_accuracy", delivered_accuracy, n, 0.0, 1.0),
+            check_per_agent("paid_transfer", paid_transfer, n),
+            population.check_contributions(trained_contributions, "trained_contributions"))
+
+
 def misreport_gains(
     mechanism: Mechanism,
     outcome: Outcome,
@@ -161,10 +176,12 @@ def audit(
     training delivered, what was paid, and the samples actually trained on. tol: utility
     units below which nothing counts.
     phi: the agents' value of accuracy (linear by default), as the loop's.
+    Raises ValueError naming the argument when an array is not one finite number per
+    agent in its range (accuracies in [0, 1], 0 <= trained_i <= n_i) or tol < 0.
     """
-    delivered = np.asarray(delivered_accuracy, dtype=float)
-    paid = np.asarray(paid_transfer, dtype=float)
-    realised = utility(population, delivered, trained_contributions, paid, outcome.participates, phi)
+    delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,
+                                               trained_contributions, tol)
+    realised = utility(population, delivered, trained, paid, outcome.participates, phi)
     reservation = population.outside_option
     if getattr(mechanism, "include_local", True):
         reservation = np.maximum(local_utility(population, model, phi), reservation)

@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from incentives.checks import bad, check_number
+from incentives.checks import bad, check_integer, check_number
 from incentives.protocols import Allocation, Outcome
 from mechanisms.contract import LogValue, ValueFunction, check_server_value, server_value
 
@@ -308,16 +308,27 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
 
     value: a :class:`~mechanisms.contract.ValueFunction` (its ``argmax`` gives the closed
     form) or any callable V(X) (numeric search only); budget: None or R_max >= 0;
-    cost_exponent: beta of the followers' costs c_i x**beta (beta > 1: numeric search).
+    cost_exponent: beta of the followers' costs c_i x**beta (beta > 1: numeric search);
+    grid: rewards R in [0, R_max] tried before the bounded refinement, an integer >= 2 (its
+    two ends at least: one point would try R = 0 alone). Bad arguments, and a value V
+    that is not finite where it is evaluated, raise ValueError naming them.
     """
     c, cap = _check_costs(cost, capacity)
-    if budget is not None and not (np.isfinite(budget) and budget >= 0):
-        raise bad("budget", budget, "None or a finite number >= 0")
-    V = value
+    check_number("budget", budget, optional=True)
+    check_integer("grid", grid, least=2)
+    check_number("cost_exponent", cost_exponent, least=1)
+    if not callable(value):
+        raise bad("value", value, "a ValueFunction or a callable V(X) of the total samples X")
+
+    def V(X: float) -> float:
+        worth = float(np.asarray(value(X)))
+        if not np.isfinite(worth):
+            raise bad("value", value, f"a value finite at every total X >= 0 (V({X:g}) = {worth!r})")
+        return worth
 
     def profit(R: float) -> tuple[float, FollowerEquilibrium]:
         eq = follower_equilibrium(c, R, cap, cost_exponent=cost_exponent)
-        return float(np.asarray(V(eq.total))) - R, eq
+        return V(eq.total) - R, eq
 
     # Uncapped: X = k R on the fixed active set.
     can = cap > 0
@@ -340,7 +351,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
         if not np.all(np.isfinite(cap)):
             raise bad("budget", budget, "a finite budget when some agent has no capacity "
                       "and the value is not a ValueFunction or the costs are convex")
-        R_max = float(np.asarray(V(total_cap)) - np.asarray(V(0.0)))
+        R_max = V(total_cap) - V(0.0)
     if R_max <= 0:
         eq = follower_equilibrium(c, 0.0, cap, cost_exponent=cost_exponent)
         return LeaderSolution(0.0, 0.0, profit(0.0)[0], "numeric", eq)

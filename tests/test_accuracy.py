@@ -225,3 +225,27 @@ def test_calibration_finds_the_efficiency_the_trainings_measured():
 def test_effective_data_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "args, options, message",
+    [
+        (([1e-4, 2e-4], [1.0, 1.0, 1.0]), {}, r"^len\(value\)=3: allowed is len\(cost\)=2 \(one value per agent\)$"),
+        (([1e-4, 2e-4], 1.0), {"endowment": [1e6] * 3}, r"^len\(endowment\)=3: allowed is len\(cost\)=2"),
+        (([[1e-4, 2e-4]], 1.0), {}, r"^cost has shape \(1, 2\): allowed is a 1-D array"),
+        (("abc", 1.0), {}, r"^cost='abc': allowed is a number or a list of numbers"),
+        (([-1e-4, 2e-4], 1.0), {}, r"^cost\[0\]=-0.0001: allowed is a number >= 0$"),
+        ((1e-4, [1.0, 0.0]), {}, r"^value\[1\]=0.0: allowed is a number > 0$"),
+        ((1e-4, np.nan), {}, r"^value=nan: allowed is a number > 0$"),
+        ((1e-4, 1.0), {"endowment": [-5.0, 1e6]}, r"^endowment\[0\]=-5.0: allowed is a number > 0$"),
+        ((1e-4, 1.0), {"endowment": [np.nan, 1e6]}, r"^endowment\[0\]=nan: allowed is a number > 0$"),
+        ((1e-4, 1.0), {"endowment": 1e6, "cost_exponent": 0.5},
+         r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
+        ((1e-4, 1.0), {"endowment": 1e6, "phi": 2.0}, r"^phi=2.0: allowed is None or a callable"),
+    ],
+)
+def test_local_optimum_argument_errors(args, options, message):
+    """Before: lengths that differ raised numpy's broadcast error, a negative or NaN
+    endowment came back as m^o = -5 or NaN, value 0 as m^o = 0, and cost_exponent = 0.5 ran."""
+    with pytest.raises(ValueError, match=message):
+        local_optimum(*args, TOY, **options)

@@ -157,3 +157,38 @@ def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
                   standard.contributions)
     assert quiet.violations()["deviation"] == 0 and np.all(np.isnan(quiet.best_deviation))  # nothing to name
     assert _audit_notes({"standard": quiet}, NO_RECORDS, population) == ""
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"delivered_accuracy": [0.9]}, r"^delivered_accuracy has shape \(1,\): allowed is \(3,\), one per agent$"),
+        ({"delivered_accuracy": [np.nan, 0.9, 0.9]}, r"^delivered_accuracy\[0\]=nan: allowed is a number in \[0, 1\]$"),
+        ({"delivered_accuracy": [0.9, 1.5, 0.9]}, r"^delivered_accuracy\[1\]=1.5: allowed is a number in \[0, 1\]$"),
+        ({"paid_transfer": [5.0]}, r"^paid_transfer has shape \(1,\): allowed is \(3,\), one per agent$"),
+        ({"paid_transfer": [0.0, 0.0, np.inf]}, r"^paid_transfer\[2\]=inf: allowed is a finite number$"),
+        ({"trained_contributions": [5.0, 5.0]}, r"^trained_contributions has shape \(2,\): allowed is \(3,\)"),
+        ({"trained_contributions": [-5.0, 1.0, 1.0]},
+         r"^trained_contributions\[0\]=-5.0: allowed is 0 <= m <= endowment\[0\]=1000000.0$"),
+        ({"tol": -1.0}, r"^tol=-1.0: allowed is a finite number >= 0$"),
+        ({"tol": np.nan}, r"^tol=nan: allowed is a finite number >= 0$"),
+    ],
+)
+def test_bad_realised_numbers_are_one_error_naming_the_argument(change, message):
+    """Before: a length-1 delivered_accuracy was broadcast to every agent, NaN or inf gave
+    NaN or -inf shortfalls, and a negative tol counted every agent as a violation."""
+    population = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    args = {"delivered_accuracy": outcome.accuracy, "paid_transfer": outcome.transfer,
+            "trained_contributions": outcome.contributions, **change}
+    with pytest.raises(ValueError, match=message):
+        audit(mechanism, outcome, population, MODEL, **args)
+
+
+def test_an_outcome_of_another_population_is_refused():
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(Population.from_lists(cost=[1e-4] * 3, endowment=1e6), MODEL)
+    four = Population.from_lists(cost=[1e-4] * 4, endowment=1e6)
+    with pytest.raises(ValueError, match=r"^outcome.contributions has shape \(3,\): allowed is \(4,\), one per agent$"):
+        audit(mechanism, outcome, four, MODEL, [0.9] * 4, [0.0] * 4, [1.0] * 4)

@@ -183,3 +183,24 @@ def test_social_optimum_under_a_non_linear_phi():
     assert rooted.welfare == pytest.approx(3.5 * np.sqrt(TOY(rooted.total)) - pop.cost @ rooted.contributions)
     assert rooted.contributions[[0, 2]].tolist() == [0.0, 0.0] and 0 < rooted.total < 500.0
     assert 3.5 * TOY.derivative(rooted.total) / (2 * np.sqrt(TOY(rooted.total))) == pytest.approx(1e-4, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "contributions, options, message",
+    [
+        ([1.0, 1.0], {}, r"^contributions has shape \(2,\): allowed is \(3,\), one per agent$"),
+        ([np.nan, 1.0, 1.0], {}, r"^contributions\[0\]=nan: allowed is 0 <= m <= endowment\[0\]=1000000000.0$"),
+        ([1.0] * 3, {"participates": [True, False]}, r"^participates has shape \(2,\): allowed is \(3,\)"),
+        ([1.0] * 3, {"participates": [False]}, r"^participates has shape \(1,\): allowed is \(3,\)"),
+        ([1.0] * 3, {"participates": [1, 0.5, 1]}, r"^participates\[1\]=0.5: allowed is True or False$"),
+        ([1.0] * 3, {"tol": -1.0}, r"^tol=-1.0: allowed is a finite number >= 0$"),
+        ([1.0] * 3, {"tol": np.nan}, r"^tol=nan: allowed is a finite number >= 0$"),
+        ([1.0] * 3, {"grid_size": 1}, r"^grid_size=1: allowed is an integer >= 2$"),
+        ([1.0] * 3, {"grid_size": 2.5}, r"^grid_size=2.5: allowed is an integer >= 2$"),
+    ],
+)
+def test_verify_equilibrium_argument_errors(contributions, options, message):
+    """Before: a short participates raised a numpy broadcast error or IndexError, 0.5 was
+    read as True, and tol < 0, tol = NaN or grid_size <= 1 gave numbers without complaint."""
+    with pytest.raises(ValueError, match=message):
+        verify_equilibrium(StandardFL(), contributions, identical(3), TOY, **options)

@@ -201,3 +201,49 @@ def test_sample_rejects_bad_n_and_unknown_field():
 def test_sampled_values_are_validated():
     with pytest.raises(ValueError, match=r"cost\[\d+\]=-?[0-9.e-]+: allowed is a number >= 0"):
         Population.sample(10, {"cost": {"dist": "uniform", "low": -1, "high": 1}, "endowment": 1.0}, seed=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(label_distribution=[[0.5, 0.5], [1.0], [0.5, 0.5]]),
+         r"^label_distribution=\[\[0.5, 0.5\], \[1.0\], \[0.5, 0.5\]\]: allowed is \(N, K\) numbers with N=3, "
+         r"every row of one length K$"),
+        (dict(label_distribution=[["a", "b"], [1.0, 0.0], [0.5, 0.5]]), r"^label_distribution=\[\['a', 'b'\]"),
+        (dict(label_distribution=[[0.5, 0.4], [1.0, 0.0], [0.5, 0.5]]),
+         r"^label_distribution\[0\] sums to 0.9: allowed is rows summing to 1$"),
+        (dict(label_distribution=[[1.0, 0.0], [1.5, -0.5], [0.5, 0.5]]),
+         r"^label_distribution\[1\]=\[1.5, -0.5\]: allowed is non-negative numbers$"),
+        (dict(cost=[[1.0], [1.0, 2.0], [1.0]]),
+         r"^cost=\[\[1.0\], \[1.0, 2.0\], \[1.0\]\]: allowed is a list of numbers$"),
+        (dict(value=[1.0, 2.0]), r"^len\(value\)=2: allowed is len\(cost\)=3 \(one value per agent\)$"),
+        (dict(capacity=[1.0] * 4), r"^len\(capacity\)=4: allowed is len\(cost\)=3 \(one value per agent\)$"),
+        (dict(endowment="many"), r"^endowment='many': allowed is a list of numbers$"),
+        (dict(names="abc"), r"^names='abc': allowed is a list of N=3 non-empty strings$"),
+        (dict(names=5), r"^names=5: allowed is a list of N=3 non-empty strings$"),
+    ],
+)
+def test_ragged_and_mismatched_traits_are_one_error(overrides, message):
+    """Before: ragged rows (labels or a field) raised numpy's "inhomogeneous shape" error,
+    names="abc" became three agents named a, b, c and names=5 raised a TypeError."""
+    with pytest.raises(ValueError, match=message):
+        small(**overrides)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: Population.from_lists(cost=1.0, endowment=10.0, n_agents=True),
+         r"^n_agents=True: allowed is an integer >= 1$"),
+        (lambda: Population.sample(True, {"cost": 1.0, "endowment": 1.0}, seed=0),
+         r"^n=True: allowed is an integer >= 1$"),
+        (lambda: Population.sample(3, {"cost": [1.0, "a", 2.0], "endowment": 1.0}, seed=0),
+         r"^cost=\[1.0, 'a', 2.0\]: allowed is a list of numbers$"),
+        (lambda: Population.sample(3, {"cost": {"dist": "uniform", "low": "a", "high": 1}, "endowment": 1.0}, seed=0),
+         r"^cost.low='a': allowed is a finite number for dist='uniform'$"),
+    ],
+)
+def test_bad_sizes_and_spec_values_are_one_error(call, message):
+    """Before: n=True raised numpy's TypeError and a non-number in a spec "could not convert string to float"."""
+    with pytest.raises(ValueError, match=message):
+        call()

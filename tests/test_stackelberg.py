@@ -159,3 +159,32 @@ def test_stackelberg_with_accuracy_value_and_endowments():
     sol = leader_reward(pop.cost, AccuracyValue(model, 5.0), capacity=pop.endowment)
     assert out.info["reward"] == pytest.approx(sol.reward)
     assert out.info["server_profit"] >= 5.0 * model(0.0) - 1e-12  # never worse than paying nothing
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"grid": 1}, r"^grid=1: allowed is an integer >= 2$"),
+        ({"grid": 0}, r"^grid=0: allowed is an integer >= 2$"),
+        ({"grid": 2.5}, r"^grid=2.5: allowed is an integer >= 2$"),
+        ({"budget": -1.0}, r"^budget=-1.0: allowed is None or a finite number >= 0$"),
+        ({"budget": np.nan}, r"^budget=nan: allowed is None or a finite number >= 0$"),
+        ({"budget": "5"}, r"^budget='5': allowed is None or a finite number >= 0$"),
+        ({"cost_exponent": 0.5}, r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
+        ({"value": 5.0}, r"^value=5.0: allowed is a ValueFunction or a callable V\(X\)"),
+        ({"value": lambda X: np.nan * X}, r"^value=<function .*: allowed is a value finite at every total .*= nan\)$"),
+    ],
+)
+def test_leader_reward_argument_errors(options, message):
+    """Before: grid=1 tried R = 0 alone and returned R = 0, grid=0 raised numpy's argmax
+    error, a string budget a TypeError, and a V giving NaN returned R = 0 with profit NaN."""
+    args = {"value": LogValue(10.0), "budget": 5.0, "capacity": [1.0, 1.0], **options}
+    with pytest.raises(ValueError, match=message):
+        leader_reward([1.0, 2.0], **args)
+
+
+def test_the_smallest_grid_still_finds_the_leaders_optimum():
+    """grid=2 tries both ends of [0, budget] and refines between them: R* = 4.5 (agent 0 capped)."""
+    coarse = leader_reward([1.0, 2.0], LogValue(10.0), budget=5.0, capacity=[1.0, 1.0], grid=2)
+    fine = leader_reward([1.0, 2.0], LogValue(10.0), budget=5.0, capacity=[1.0, 1.0])
+    assert coarse.reward == pytest.approx(fine.reward, rel=1e-6) and fine.reward == pytest.approx(4.5, rel=1e-6)
