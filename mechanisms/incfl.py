@@ -15,6 +15,11 @@ either way, so the data's cost cancels and agent i takes part iff
 
     g_i = v_i (a(M_S) - a(m_i^o)) - comm_i > 0,      M_S = sum_{j in S} m_j^o.
 
+An agent whose ``outside_option`` r_i beats training alone, r_i > v_i a(m_i^o) - c_i
+(m_i^o)^beta, compares the federation with r_i instead: it joins iff
+v_i a(M_S) - c_i (m_i^o)^beta - comm_i > r_i, i.e. a(m_i^o) above is replaced by the
+accuracy that would match r_i, (r_i + c_i (m_i^o)^beta) / v_i.
+
 A model trained on fewer agents may no longer beat the local models of those who stay,
 so exits are iterated until nobody leaves
 (:func:`~incentives.participation.participation_equilibrium`). An agent with
@@ -48,7 +53,7 @@ from incentives.accuracy import AccuracyModel
 from incentives.participation import participation_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from incentives.utility import local_contribution
+from incentives.utility import local_contribution, local_utility
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,10 @@ class IncFLParticipation:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""
         held = local_contribution(population, model)
         local = np.asarray(model.alone(held), dtype=float)
+        reservation = np.maximum(local_utility(population, model), population.outside_option)
         settled = participation_equilibrium(
-            lambda members: np.full(population.n_agents, model(held[members].sum())), local,
+            lambda members: np.full(population.n_agents, model(held[members].sum())),
+            (reservation + population.data_cost(held)) / population.value,
             value=population.value, comm_cost=population.comm_cost,
         )
         inside = settled.participates & (held > 0)

@@ -45,3 +45,20 @@ def test_the_rule_serves_contributors_only_and_prices_nothing():
     np.testing.assert_allclose(allocation.accuracy, [TOY(400.0), 0.0, TOY(400.0)])
     assert allocation.transfer.tolist() == [0.0] * 3
     assert IncFLParticipation().aggregation == "incfl"
+
+
+def test_an_outside_option_above_training_alone_is_what_joining_must_beat():
+    """Local utility at m^o: 0.94152 - 1e-4 * 292.40 = 0.91228. Agent 3's outside option
+    0.95 needs a(M_S) > 0.95 + 0.02924 = 0.97924; all in, a(1169.6) = 0.97076: it leaves
+    (it used to join, its outside option ignored). The three others keep a(877.2) =
+    0.96624, worth 0.93700 to each, above their options 0 (below training alone) and
+    0.91228 (training alone: the same decision as without an option)."""
+    local_utility = TOY(M_O) - 1e-4 * M_O
+    assert local_utility == pytest.approx(0.91228, abs=5e-6)
+    population = Population.from_lists(cost=[1e-4] * 4, endowment=1e6,
+                                       outside_option=[0.0, local_utility, 0.5, 0.95])
+    outcome = IncFLParticipation().solve(population, TOY)
+    assert outcome.participates.tolist() == [True, True, True, False]
+    assert outcome.accuracy[0] == pytest.approx(TOY(3 * M_O)) == pytest.approx(0.96624, abs=5e-6)
+    assert outcome.info["trainings"] == 2
+    np.testing.assert_allclose(outcome.info["local_accuracy"], TOY(M_O))
