@@ -2,7 +2,7 @@
 
     python run_experiment.py                         # configs/default.toml
     python run_experiment.py CONFIG --set training.rounds=10 --set experiment.seed=3
-    python run_experiment.py --quiet                 # no progress bar
+    python run_experiment.py --quiet                 # no progress bar or summary
     python run_experiment.py CONFIG --seeds 0 1 2    # a run per seed, and their spread
     python run_experiment.py CONFIG --seeds 0 1 2 3 --jobs 4   # the seeds in 4 processes at once
 
@@ -33,7 +33,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
-from analysis.seeds import aggregate_runs
+from analysis.seeds import aggregate_runs, read_warnings
 from incentives.loop import ClosedLoop, LoopResult
 from incentives.population import Population, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
@@ -55,51 +55,79 @@ RESUMABLE = ("loop.max_iterations", "loop.tolerance", *config_module.EXECUTION_K
 
 
 def build_population(section: dict, data: dict, num_classes: int, seed: int, training: dict) -> Population:
-    """Agents from a CSV file, or sampled trait by trait from the config's distributions.
+    """Agents from a CSV file, or sampled trait by trait from the config's distributions
+    (:func:`build_agents`), with their label distributions (:func:`with_label_distributions`)."""
+    return with_label_distributions(build_agents(section, seed, training), section, data, num_classes, seed)
 
-    A trait given as a list sets one value per agent; the agents' label distributions
-    are uniform (``data.partition = "iid"``) or Dirichlet(``data.alpha``) label skew,
-    unless the CSV gives them (columns label_0 ... label_{K-1}). Data costs are
-    c_i m**cost_exponent; with ``private_information = "multidimensional"`` they come
-    from each agent's computation-cost coefficient, communication delay and data size
+
+def build_agents(section: dict, seed: int, training: dict) -> Population:
+    """The agents' economic traits, from a CSV file or sampled trait by trait from the
+    config's distributions; label distributions only where the CSV gives them (columns
+    label_0 ... label_{K-1}). Needs no dataset, so its mistakes are found before any loads.
+
+    A trait given as a list sets one value per agent. Data costs are c_i m**cost_exponent;
+    with ``private_information = "multidimensional"`` they come from each agent's
+    computation-cost coefficient, communication delay and data size
     (:func:`multidimensional_costs`). Endowments are whole samples: a fractional one
     (a lognormal draw, a CSV cell) is rounded down, as training can use only whole
     samples, so that contributions, free-riding and training all count the same data.
+    A bad value is a ConfigError naming its key (``population.cost.sigma=-1.0: ...``).
     """
     if section["csv"]:
-        try:
-            population = Population.from_csv(section["csv"])
-        except OSError as error:
-            raise ConfigError(f"population.csv={section['csv']!r}: {error.strerror or error}; "
-                              "allowed is a readable CSV file of agents") from None
-        population = whole_endowments(population, f"population.csv={section['csv']!r}")
-        if population.label_distribution is None and data["partition"] == "dirichlet":
-            population = population.with_label_skew(data["alpha"], num_classes, seed)
-        if section["cost_exponent"] != 1 and section["cost_exponent"] != population.cost_exponent:
-            if not population.linear_costs:
-                raise ConfigError(f"population.cost_exponent={section['cost_exponent']!r}: the CSV "
-                                  f"{section['csv']!r} gives {population.cost_exponent!r}; allowed is one of the two")
-            population = replace(population, cost_exponent=float(section["cost_exponent"]))
-    else:
-        n = section["n_agents"]
-        traits = TRAITS + (MULTIDIMENSIONAL_TRAITS if section["private_information"] == "multidimensional" else ())
-        for trait in traits:
-            values = section[trait]
-            if isinstance(values, list) and len(values) != n:
-                raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
-                                  f"population.n_agents={n} numbers")
-        spec = {trait: section[trait] for trait in TRAITS}
-        if data["partition"] == "dirichlet":
-            spec["label_distribution"] = {"dist": "dirichlet", "alpha": data["alpha"],
-                                          "n_classes": num_classes}
-        population = whole_endowments(Population.sample(n, spec, seed=seed, cost_exponent=section["cost_exponent"]),
-                                      "population.endowment")
-        if section["private_information"] == "multidimensional":
-            population = multidimensional_costs(population, section, training, seed)
-    if population.label_distribution is None:
-        uniform = np.full((population.n_agents, num_classes), 1.0 / num_classes)
-        population = replace(population, label_distribution=uniform)
+        return agents_from_csv(section)
+    n = section["n_agents"]
+    traits = TRAITS + (MULTIDIMENSIONAL_TRAITS if section["private_information"] == "multidimensional" else ())
+    for trait in traits:
+        values = section[trait]
+        if isinstance(values, list) and len(values) != n:
+            raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
+                              f"population.n_agents={n} numbers")
+    try:  # "cost.sigma=-1.0: ...", "endowment[0]=0.0: ...": a trait's entry
+        sampled = Population.sample(n, {trait: section[trait] for trait in TRAITS}, seed=seed,
+                                    cost_exponent=section["cost_exponent"])
+    except ValueError as error:
+        raise ConfigError(f"population.{error}") from None
+    population = whole_endowments(sampled, "population.endowment")
+    if section["private_information"] == "multidimensional":
+        population = multidimensional_costs(population, section, training, seed)
     return population
+
+
+def agents_from_csv(section: dict) -> Population:
+    """The agents of the CSV file ``population.csv`` (whole endowments, the config's
+    ``cost_exponent`` where the CSV's costs are linear); ConfigError naming the file."""
+    where = f"population.csv={section['csv']!r}"
+    try:
+        population = Population.from_csv(section["csv"])
+    except OSError as error:
+        raise ConfigError(f"{where}: {error.strerror or error}; allowed is a readable CSV file of agents") from None
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    population = whole_endowments(population, where)
+    if section["cost_exponent"] != 1 and section["cost_exponent"] != population.cost_exponent:
+        if not population.linear_costs:
+            raise ConfigError(f"population.cost_exponent={section['cost_exponent']!r}: the CSV "
+                              f"{section['csv']!r} gives {population.cost_exponent!r}; allowed is one of the two")
+        population = replace(population, cost_exponent=float(section["cost_exponent"]))
+    return population
+
+
+def with_label_distributions(population: Population, section: dict, data: dict, num_classes: int,
+                             seed: int) -> Population:
+    """The agents with a label distribution each: the CSV's (ConfigError unless it has one
+    column per class of the dataset), else Dirichlet(``data.alpha``) label skew drawn from
+    the stream :meth:`Population.sample` draws them from (``data.partition = "dirichlet"``),
+    or uniform (``"iid"``)."""
+    given = population.label_distribution
+    if given is not None:
+        if given.shape[1] != num_classes:
+            raise ConfigError(f"population.csv={section['csv']!r}: {given.shape[1]} label columns; allowed is "
+                              f"{num_classes} (label_0 ... label_{num_classes - 1}), one per class of "
+                              f"data.dataset={data['dataset']!r}")
+        return population
+    if data["partition"] == "dirichlet":
+        return population.with_label_skew(data["alpha"], num_classes, seed)
+    return replace(population, label_distribution=np.full((population.n_agents, num_classes), 1.0 / num_classes))
 
 
 def whole_endowments(population: Population, where: str) -> Population:
@@ -255,17 +283,18 @@ def build_oracle(config: dict, train, test, population: Population,
     )
 
 
-def save_checkpoint(folder: Path, config: dict, result) -> None:
-    """Write the loop's state after an iteration with the config it was measured with
-    (atomically: a crash never leaves half a file)."""
+def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float]) -> None:
+    """Write the loop's state after an iteration with the config it was measured with and
+    the seconds spent so far (:func:`elapsed`), atomically: a crash never leaves half a file."""
     partial = folder / f"{CHECKPOINT}.partial"
     with partial.open("wb") as handle:
-        pickle.dump({"config": config, "result": result}, handle)
+        pickle.dump({"config": config, "result": result, "timings": timings}, handle)
     partial.replace(folder / CHECKPOINT)
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, LoopResult]:
-    """(the config the checkpointed iterations were measured with, the loop's state)."""
+def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float]]:
+    """(the config the checkpointed iterations were measured with, the loop's state, the
+    seconds they took: none in a checkpoint written before timings were kept)."""
     path = folder / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
@@ -281,7 +310,17 @@ def load_checkpoint(folder: Path) -> tuple[dict, LoopResult]:
         raise ConfigError(f"--resume {str(folder)!r}: its {CHECKPOINT} was written by an earlier version of "
                           "the program (without the config it measured, or one refitted a(m)); allowed is a "
                           "checkpoint of this version: run the experiment again")
-    return saved["config"], result
+    return saved["config"], result, dict(saved.get("timings", {}))
+
+
+def elapsed(earlier: dict[str, float], start: float, loop_start: float) -> dict[str, float]:
+    """The run's timings in seconds: setup (from ``start`` to ``loop_start``), loop (since
+    ``loop_start``) and their sum before the report, spent by this invocation, plus those
+    of the invocations before a resume (``earlier``, from the checkpoint), so that every
+    checkpointed iteration keeps its time."""
+    now = time.perf_counter()
+    spent = {"setup": loop_start - start, "loop": now - loop_start, "total_before_report": now - start}
+    return {key: earlier.get(key, 0.0) + seconds for key, seconds in spent.items()}
 
 
 def check_resumable(saved: dict, config: dict, folder: Path) -> None:
@@ -299,54 +338,82 @@ def check_resumable(saved: dict, config: dict, folder: Path) -> None:
                 )
 
 
-def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) -> Path:
-    """Run the experiment described by a validated config; return its run folder.
-
-    With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
-    and finished iterations are kept) and the run folder is rewritten in place. ``quiet``
-    silences the progress bar and summary of this invocation only: unlike
-    ``experiment.progress`` it is not written to the run's config.toml, so a resumed run
-    shows its progress unless asked again."""
-    from fl.data import load_dataset
-
-    resumed = None
-    if resume_folder is not None:
-        measured, resumed = load_checkpoint(resume_folder)
-        check_resumable(measured, config, resume_folder)
-    check_fl_names(config)
-    if config["training"]["threads"]:
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for the run (``training.threads``; 0 keeps torch's default);
+    ConfigError for more than this machine's cores, which only oversubscribe them (and
+    beyond some thousands exhaust the process's memory maps before anything runs)."""
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ConfigError(f"training.threads={threads!r}: allowed is 0 (torch's default) to {cores}, "
+                          "the CPU cores of this machine")
+    if threads:
         import torch
 
-        torch.set_num_threads(config["training"]["threads"])
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    seeds = dict(zip(STREAMS, np.random.SeedSequence(config["experiment"]["seed"]).spawn(len(STREAMS))))
-    data = config["data"]
+        torch.set_num_threads(threads)
+
+
+def load_training_data(data: dict):
+    """(train, test) of ``data.dataset``; ConfigError in the config's words when it cannot be read."""
+    from fl.data import load_dataset
+
     try:
-        train, test = load_dataset(data["dataset"], root=data["root"] or None,
-                                   download=data["download"])
+        return load_dataset(data["dataset"], root=data["root"] or None, download=data["download"])
     except (ValueError, OSError) as error:  # in the config's words: download=True is data.download = true
         message = str(error)
         if "pass download=True" in message:
             message = message.replace("pass download=True", "set data.download = true") + (
                 "; data.root names the folder to look in")
         raise ConfigError(f"data.dataset={data['dataset']!r}: {message}") from None
-    try:
-        population = build_population(config["population"], data, train.num_classes,
-                                      int(seeds["population"].generate_state(1)[0]), config["training"])
-    except ConfigError:
-        raise
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"population: {error}") from None
+
+
+def check_endowments_fit(config: dict, population: Population, n_train: int) -> None:
+    """ConfigError, before any training, when the agents' endowments together exceed the
+    training pool: the ``n_train`` training samples less the validation split of
+    ``data.validation_fraction``, round(fraction * n_train) samples as
+    :func:`fl.data.partition.holdout` holds it out."""
+    fraction = config["data"]["validation_fraction"]
+    pool = n_train - round(fraction * n_train)
+    total = float(population.endowment.sum())
+    if total > pool:
+        section = config["population"]
+        key = (f"population.csv={section['csv']!r}" if section["csv"] else
+               f"population.endowment={section['endowment']!r} with population.n_agents={section['n_agents']}")
+        raise ConfigError(f"{key}: the agents' endowments total {total:.12g} samples; allowed is a total of at most "
+                          f"{pool}, the {n_train} training samples of data.dataset={config['data']['dataset']!r} "
+                          f"less the data.validation_fraction={fraction!r} held out")
+
+
+def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) -> Path:
+    """Run the experiment described by a validated config; return its run folder.
+
+    With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
+    and finished iterations are kept, their timings added to) and the run folder is
+    rewritten in place. ``quiet`` silences the progress bar and summary of this
+    invocation only: it is not written to the run's config.toml, so a resumed run shows
+    them unless asked again; ``experiment.progress = false`` hides the progress bar only."""
+    resumed, earlier = None, {}
+    if resume_folder is not None:
+        measured, resumed, earlier = load_checkpoint(resume_folder)
+        check_resumable(measured, config, resume_folder)
+    check_fl_names(config)
+    set_torch_threads(config["training"]["threads"])
+    start = time.perf_counter()
+    seeds = dict(zip(STREAMS, np.random.SeedSequence(config["experiment"]["seed"]).spawn(len(STREAMS))))
+    population_seed = int(seeds["population"].generate_state(1)[0])
+    agents = build_agents(config["population"], population_seed, config["training"])
     mechanisms = build_mechanisms(config["mechanisms"])
-    check_costs_suit_mechanisms(config, population, mechanisms)
+    check_costs_suit_mechanisms(config, agents, mechanisms)
     training = config["training"]
-    if training["clients_per_round"] > population.n_agents:
+    if training["clients_per_round"] > agents.n_agents:
         raise ConfigError(f"training.clients_per_round={training['clients_per_round']!r}: allowed is 0 (every "
-                          f"participant, every round) to {population.n_agents}, the number of agents")
-    slow_valuation = check_exact_shapley_fits(config, population, mechanisms)
+                          f"participant, every round) to {agents.n_agents}, the number of agents")
+    slow_valuation = check_exact_shapley_fits(config, agents, mechanisms)
     if slow_valuation:
         print(f"warning: {slow_valuation}", file=sys.stderr)
+    train, test = load_training_data(config["data"])
+    population = with_label_distributions(agents, config["population"], config["data"], train.num_classes,
+                                          population_seed)
+    check_endowments_fit(config, population, len(train))
     executor = build_executor(training["executor"], training["workers"])
     try:
         try:
@@ -357,17 +424,15 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False) ->
         if max(pilot_sizes) > len(oracle.pool):
             raise ConfigError(f"accuracy.pilot_sizes={pilot_sizes!r}: allowed is sizes of at most "
                               f"{len(oracle.pool)}, the training pool less the data.validation_fraction held out")
-        return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, timings, start, quiet)
+        return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, earlier, start, quiet)
     finally:
         getattr(executor, "close", lambda: None)()
 
 
 def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
-              resumed: LoopResult | None, timings: dict[str, float], start: float, quiet: bool) -> Path:
-    """The loop, its checkpoints and the run folder (``run``'s second half)."""
-    training = config["training"]
-    timings["setup"] = time.perf_counter() - start
-    show = config["experiment"]["progress"] and not quiet
+              resumed: LoopResult | None, earlier: dict[str, float], start: float, quiet: bool) -> Path:
+    """The loop, its checkpoints and the run folder (``run``'s second half); ``earlier``:
+    the timings of the invocations before a resume."""
     if resume_folder is None:
         folder = make_run_folder(config["experiment"]["output_dir"], config["experiment"]["name"])
     else:
@@ -378,7 +443,9 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
 
     from fl.executors import TrainingDiverged
 
-    with tqdm(total=steps, disable=not show, desc="closed loop", unit="step") as bar:
+    created = resume_folder is None
+    with tqdm(total=steps, disable=quiet or not config["experiment"]["progress"], desc="closed loop",
+              unit="step") as bar:
         def progress(message: str) -> None:
             bar.set_postfix_str(message)
             bar.update(1)
@@ -401,32 +468,40 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
 
         def checkpoint(result) -> None:
             nonlocal finished
-            save_checkpoint(folder, config, result)
+            save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start))
             finished = result.n_iterations
 
         try:
             result = loop.run(resume=resumed, on_iteration=checkpoint)
         except TrainingDiverged as error:
-            raise diverged(error, folder, finished, created=resume_folder is None) from None
+            raise diverged(error, folder, finished, created) from None
         except KeyboardInterrupt:
-            raise interrupted(folder, finished, created=resume_folder is None) from None
+            raise interrupted(folder, finished, created) from None
         bar.update(bar.total - bar.n)
-    timings["loop"] = time.perf_counter() - loop_start
-    timings["total_before_report"] = time.perf_counter() - start
-    summaries, suspect = write_run(folder, config, result, mechanisms, population, timings, training["device"],
-                                   {"partition_notes": list(oracle.partition_notes)})
+    try:
+        summaries, suspect = write_run(folder, config, result, mechanisms, population,
+                                       elapsed(earlier, start, loop_start), config["training"]["device"],
+                                       {"partition_notes": list(oracle.partition_notes)})
+    except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
+        raise Interrupted(stopped("interrupted while writing the report", folder, result.n_iterations, created,
+                                  f"--resume {str(folder)!r} writes their report")) from None
     for warning in suspect:
         print(f"warning: {warning}", file=sys.stderr)
-    if show:
-        width = max(map(len, summaries))
-        for name, summary in summaries.items():
-            accuracy = (f"delivered accuracy {summary['mean_delivered_accuracy']:.3f} (promised "
-                        f"{summary['mean_promised_accuracy']:.3f})" if summary["models_delivered"]
-                        else "no model delivered")
-            print(f"{name:>{width}}: total data {summary['total_data']:.0f} samples, free-riding "
-                  f"{summary['free_riding_rate']:.0%}, {accuracy}, welfare {summary['welfare_realised']:.4f}")
-        print(f"report: {folder / 'report.html'}")
+    if not quiet:  # experiment.progress hides the progress bar only
+        print_summary(summaries, folder)
     return folder
+
+
+def print_summary(summaries: dict[str, dict], folder: Path) -> None:
+    """The headline of each mechanism (``summaries``: write_run's) and where the report is."""
+    width = max(map(len, summaries))
+    for name, summary in summaries.items():
+        accuracy = (f"delivered accuracy {summary['mean_delivered_accuracy']:.3f} (promised "
+                    f"{summary['mean_promised_accuracy']:.3f})" if summary["models_delivered"]
+                    else "no model delivered")
+        print(f"{name:>{width}}: total data {summary['total_data']:.0f} samples, free-riding "
+              f"{summary['free_riding_rate']:.0%}, {accuracy}, welfare {summary['welfare_realised']:.4f}")
+    print(f"report: {folder / 'report.html'}")
 
 
 class Interrupted(Exception):
@@ -508,6 +583,9 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
             data, welfare = spread[name, "total_data"], spread[name, "welfare_realised"]
             print(f"{name:>{width}} over {len(seeds)} seeds: total data {data['mean']:.0f} +/- {data['std']:.0f} "
                   f"samples, welfare {welfare['mean']:.4f} +/- {welfare['std']:.4f}")
+        for seed, folder in zip(seeds, folders):  # each seed's warnings, as the seeds report lists them
+            for warning in read_warnings(folder):
+                print(f"seed {seed}: warning: {warning}")
         print(f"seeds report: {out / 'report.html'}")
     return out
 

@@ -68,6 +68,13 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _folder_name(value: str) -> str | None:
+    """A name that keeps the run folder <output_dir>/<name>-<timestamp> inside the output directory."""
+    if value and not any(part in value for part in ("/", "\\", "..", "\0")):
+        return None
+    return "allowed is a non-empty name without '/', '\\' or '..' (the run folder goes inside experiment.output_dir)"
+
+
 def _at_least_one(value: Any) -> str | None:
     return None if math.isfinite(value) and value >= 1 else "allowed is a finite number >= 1"
 
@@ -121,7 +128,7 @@ def _check_mechanism_list(value: list) -> str | None:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
-        "name": Key(str, "experiment"),
+        "name": Key(str, "experiment", _folder_name),
         "seed": Key(int, 0, _non_negative),
         "output_dir": Key(str, "runs"),
         "progress": Key(bool, True),

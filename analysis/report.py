@@ -117,9 +117,10 @@ def write_manifest(folder: Path, config: dict, timings: dict[str, float], device
     return path
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    """``rows`` as a CSV file; ``fieldnames`` (default: the first row's keys) lets it be empty."""
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path

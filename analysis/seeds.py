@@ -7,14 +7,16 @@ different ``experiment.seed`` values and writes
 
     <output_dir>/<name>-seeds-<timestamp>/
         seeds.csv     every seed's summary, long: seed, mechanism, metric, value
+        warnings.csv  every seed's warnings (a loop stopped before converging, a pilot
+                      curve that does not rise ...), from its manifest: seed, run, warning
         figures/seed_spread.png  total data and realised welfare, a dot per seed
         summary.csv   per mechanism and metric: n (seeds with a value), mean, std
                       (sample, ddof = 1; NaN for one seed), min, max
-        report.html   the headline metrics as mean +/- std, the paired difference in
-                      realised welfare of each mechanism against the first (the same
-                      seed is the same population and pilot, so the difference is taken
-                      seed by seed: its mean +/- std and in how many seeds it is
-                      positive), and a link to each seed's report
+        report.html   the seeds' warnings, the headline metrics as mean +/- std, the
+                      paired difference in realised welfare of each mechanism against
+                      the first (the same seed is the same population and pilot, so the
+                      difference is taken seed by seed: its mean +/- std and in how many
+                      seeds it is positive), and a link to each seed's report
 
 A boolean metric (``budget_balanced``) counts as 1 or 0, so its mean is the share of
 seeds where it holds. ``python run_experiment.py CONFIG --seeds 0 1 2`` runs the seeds
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import os
 from pathlib import Path
 
@@ -45,15 +48,17 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     ``output_dir`` (default: the runs' own ``experiment.output_dir``); return it and its
     summary.csv's numbers, {(mechanism, metric): {"n", "mean", "std", "min", "max"}}.
 
-    ValueError, naming the folder and the key, unless the folders hold finished runs
-    (a summary.csv each) of one config that differ only in ``experiment.seed`` (and the
-    keys of :data:`IGNORED`), each seed once, with the same mechanisms."""
+    ValueError, naming the folder and the key, unless the folders hold finished runs (a
+    summary.csv and manifest.json each) of one config that differ only in
+    ``experiment.seed`` (and the keys of :data:`IGNORED`), each seed once, with the same
+    mechanisms."""
     folders = [Path(f) for f in folders]
     if not folders:
         raise ValueError("folders=[]: allowed is at least one run folder")
     configs = [_config(folder) for folder in folders]
     _check_one_experiment(folders, configs)
     summaries = [_summary(folder) for folder in folders]
+    warnings = [read_warnings(folder) for folder in folders]
     mechanisms = list(summaries[0])
     for folder, summary in zip(folders[1:], summaries[1:]):
         if list(summary) != mechanisms:
@@ -69,8 +74,11 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
                                   for name in mechanisms for key in metrics])
     spread = {(name, key): _spread(values[name, key]) for name in mechanisms for key in metrics}
     write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **row} for (name, key), row in spread.items()])
+    write_csv(out / "warnings.csv", [{"seed": seed, "run": folder.name, "warning": warning}
+                                     for seed, folder, said in zip(seeds, folders, warnings) for warning in said],
+              fieldnames=["seed", "run", "warning"])
     plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
-    _write_report(out, first["name"], seeds, folders, mechanisms, values)
+    _write_report(out, first["name"], seeds, folders, mechanisms, values, warnings)
     return out, spread
 
 
@@ -111,6 +119,15 @@ def _summary(folder: Path) -> dict[str, dict[str, float]]:
     return {row.pop("mechanism"): {key: _number(text) for key, text in row.items()} for row in rows}
 
 
+def read_warnings(folder: str | Path) -> list[str]:
+    """The warnings of a finished run (its manifest.json's, written last: ValueError
+    naming the folder when there is none)."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no manifest.json there; allowed is a finished run folder")
+    return list(json.loads(path.read_text()).get("warnings", []))
+
+
 def _number(text: str) -> float:
     """A summary.csv cell as a number: True and False as 1 and 0, an empty cell as NaN."""
     if text in ("True", "False"):
@@ -142,7 +159,7 @@ def _cell(values: np.ndarray, fmt: str) -> str:
 
 
 def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], mechanisms: list[str],
-                  values: dict[tuple[str, str], np.ndarray]) -> None:
+                  values: dict[tuple[str, str], np.ndarray], warnings: list[list[str]]) -> None:
     rows = [{"metric": label, **{m: _cell(values[m, key], fmt) for m in mechanisms}}
             for key, label, fmt in HEADLINE]
     reference = mechanisms[0]
@@ -154,9 +171,12 @@ def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], m
                        f"higher than {reference} in": f"{int(np.sum(difference > 0))} of {len(seeds)} seeds"})
     links = "".join(f'<li>seed {seed}: <a href="{html.escape(os.path.relpath(folder / "report.html", out))}">'
                     f"{html.escape(folder.name)}</a></li>" for seed, folder in zip(seeds, folders))
+    said = "".join(f'<p class="warning">Warning: seed {seed}: {html.escape(warning)}</p>'
+                   for seed, seed_warnings in zip(seeds, warnings) for warning in seed_warnings)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(name)}: seeds</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(name)}: {len(seeds)} seed(s)</h1>
+{said}
 <p>Each seed draws the population and trains anew; cells are the mean &plusmn; the standard deviation over
 the seeds (sample, ddof = 1), a yes/no the number of seeds where it holds.</p>
 <h2>Headline</h2>{html_table(rows)}

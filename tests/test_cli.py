@@ -15,7 +15,7 @@ from incentives.population import Population
 from mechanisms.shapley import ShapleyRewards
 
 TRAINING = run_experiment.config_module.defaults()["training"]
-FAST = ["population.n_agents=4", "training.rounds=4", "accuracy.pilot_sizes=[20, 60, 200]",
+FAST = ["population.n_agents=4", "training.rounds=10", "accuracy.pilot_sizes=[20, 60, 200]",
         "accuracy.pilot_repeats=1", "loop.max_iterations=2", "experiment.name='cli'"]
 
 
@@ -41,7 +41,7 @@ def test_run_folder_has_every_artefact(run_folder):
 
 def test_resolved_config_and_manifest(run_folder):
     config = tomllib.loads((run_folder / "config.toml").read_text())
-    assert config["population"]["n_agents"] == 4 and config["training"]["rounds"] == 4
+    assert config["population"]["n_agents"] == 4 and config["training"]["rounds"] == 10
     manifest = json.loads((run_folder / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["device"] == "cpu"
     assert manifest["versions"]["torch"] != "not installed"
@@ -74,15 +74,23 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
     ("model.name='transformer'", "model.name='transformer': allowed is one of"),
     ("data.dataset='shakespeare'", "data.dataset='shakespeare': allowed is one of 'digits'"),
     ("population.cost=[0.1, 0.2]", "population.cost=[0.1, 0.2]: allowed is a list of population.n_agents=10"),
-    ("population.csv='no-such-agents.csv'", "population.csv='no-such-agents.csv': No such file or directory"),
     ("accuracy.pilot_sizes=[20, 40, 5000]", "accuracy.pilot_sizes=[20, 40, 5000]: allowed is sizes of at most 1222"),
     ("training.clients_per_round=11", "clients_per_round=11: allowed is 0 (every participant, every round) to 10,"),
     ("training.lr=1e9", "training.lr=1000000000.0: local training of client 0 diverged in round 0 (mean mini-batch"),
-    ("population.endowment=0", "population: endowment[0]=0.0: allowed is a number > 0"),
+    ("population.endowment=0", "population.endowment[0]=0.0: allowed is a number > 0"),
     ("population.endowment=0.5",
      "population.endowment: agent 0's endowment is 0.5 samples; allowed is at least 1 whole"),
-    ("data.validation_fraction=0.99", "training: endowments (total 1200): allowed is a total of at most 14, the"),
-    ("population.cost.sgima=1", "population: cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),
+    ("data.validation_fraction=0.99", "population.endowment=120 with population.n_agents=10: the agents' endowments "
+     "total 1200 samples; allowed is a total of at most 14, the 1438 training samples of data.dataset='digits' less "
+     "the data.validation_fraction=0.99 held out"),
+    ("population.endowment=1e300", "population.endowment=1e+300 with population.n_agents=10: the agents' endowments "
+     "total 1e+301 samples; allowed is a total of at most 1222"),
+    ("population.cost.sgima=1", "population.cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),
+    ("population.cost={dist='uniform', low=1, high=0}", "population.cost.high=0.0: allowed is a number >= low=1.0"),
+    ("population.capacity=2", "population.capacity[0]=2.0: allowed is a number in (0, 1]"),
+    ("training.threads=100000", "training.threads=100000: allowed is 0 (torch's default) to"),
+    ("experiment.name='../x'", "experiment.name='../x': allowed is a non-empty name without '/'"),
+    ("experiment.name='a/b'", "experiment.name='a/b': allowed is a non-empty name without '/'"),
 ])
 def test_user_mistakes_exit_2_with_one_line(override, fragment, capsys, tmp_path):
     status = run_experiment.main(["--quiet", f"--set={override}",
@@ -200,10 +208,10 @@ def test_resume_refuses_a_change_of_experiment(tmp_path, capsys):
     assert "allowed on --resume is a change of loop.max_iterations" in err and err.count("\n") == 1
     assert (folder / "config.toml").read_text() == saved
     # the measured config is kept in the checkpoint: an edit of config.toml is refused too
-    (folder / "config.toml").write_text(saved.replace("rounds = 4\n", "rounds = 8\n", 1))
+    (folder / "config.toml").write_text(saved.replace("rounds = 10\n", "rounds = 8\n", 1))
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: training.rounds=8: the run in") and "measured with training.rounds=4" in err
+    assert err.startswith("error: training.rounds=8: the run in") and "measured with training.rounds=10" in err
     (folder / "config.toml").write_text(saved)
     assert run_experiment.main(["--quiet", "--resume", str(folder), "configs/default.toml"]) == 2
     assert "configs/default.toml with --resume: allowed is --resume alone" in capsys.readouterr().err
@@ -377,7 +385,8 @@ def test_fractional_endowments_are_whole_samples_everywhere(tmp_path):
     contributing its whole endowment is trained on exactly that and is no free rider (with
     60.7 samples each, training on 60 used to count every agent as free-riding)."""
     assert run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=population.endowment=60.7",
-                                "--set=population.cost=1e-7", f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+                                "--set=population.cost=1e-7", "--set=mechanisms.compare=['standard']",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     with (folder / "agents.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -385,3 +394,84 @@ def test_fractional_endowments_are_whole_samples_everywhere(tmp_path):
     assert all(float(row["contribution"]) == float(row["trained_contribution"]) == 60.0 for row in rows)
     with (folder / "summary.csv").open() as handle:
         assert {float(row["free_riding_rate"]) for row in csv.DictReader(handle)} == {0.0}
+
+
+def test_population_mistakes_are_named_by_their_key_before_any_data_loads(capsys, tmp_path):
+    """The agents are drawn before the dataset is read: a bad trait is named as the key it
+    is, not behind the missing data set (or as "population: capacity[0]=...")."""
+    status = run_experiment.main(["--quiet", "--set=population.capacity=2", "--set=data.dataset='mnist'",
+                                  f"--set=data.root='{tmp_path / 'empty'}'",
+                                  f"--set=experiment.output_dir='{tmp_path / 'runs'}'"])
+    assert status == 2
+    assert capsys.readouterr().err == "error: population.capacity[0]=2.0: allowed is a number in (0, 1]\n"
+
+
+def test_a_population_csvs_mistakes_are_named_by_population_csv(capsys, tmp_path):
+    """A missing file, or label columns other than one per class of the dataset: one line
+    naming population.csv, before any run folder exists."""
+    config = tmp_path / "agents.toml"
+    out = f"--set=experiment.output_dir='{tmp_path / 'runs'}'"
+    config.write_text('[population]\ncsv = "no-such-agents.csv"\n')
+    assert run_experiment.main(["--quiet", str(config), out]) == 2
+    err = capsys.readouterr().err
+    assert "population.csv='no-such-agents.csv': No such file or directory" in err and err.count("\n") == 1
+    (tmp_path / "labels.csv").write_text("cost,endowment,label_0,label_1\n0.001,100,0.5,0.5\n0.002,100,1,0\n")
+    config.write_text(f'[population]\ncsv = "{tmp_path / "labels.csv"}"\n')
+    assert run_experiment.main(["--quiet", str(config), out]) == 2
+    assert capsys.readouterr().err == (f"error: population.csv='{tmp_path / 'labels.csv'}': 2 label columns; "
+                                       "allowed is 10 (label_0 ... label_9), one per class of data.dataset='digits'\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_progress_false_hides_the_progress_bar_but_not_the_summary(tmp_path, capsys):
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main([*settings, "--set=loop.max_iterations=1", "--set=experiment.progress=false",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    captured = capsys.readouterr()
+    assert "standard: total data" in captured.out and captured.out.endswith(f"report: {folder / 'report.html'}\n")
+    assert "closed loop" not in captured.err  # no progress bar
+
+
+def test_a_resumed_run_keeps_the_time_of_the_iterations_before_it(tmp_path):
+    """The manifest's loop time after a resume counts the first invocation's loop (pilot and
+    iteration 0) and the resumed iteration's trainings."""
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    first = json.loads((folder / "manifest.json").read_text())["timings_s"]
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 0
+    resumed = json.loads((folder / "manifest.json").read_text())["timings_s"]
+    with (folder / "checkpoint.pkl").open("rb") as handle:
+        records = pickle.load(handle)["result"].records
+    trained = sum(r.training.seconds for r in records if r.iteration == 1)
+    assert resumed["loop"] >= first["loop"] + trained - 0.002  # the manifest rounds to milliseconds
+    assert resumed["total_before_report"] >= first["total_before_report"] + trained - 0.002
+
+
+def test_ctrl_c_while_the_report_is_written_says_how_to_write_it(tmp_path, capsys, monkeypatch):
+    """A real SIGINT while report.html is written: exit 130 and the --resume command that
+    writes the report (every iteration is checkpointed), no traceback."""
+    import os
+    import signal
+
+    from analysis import report
+
+    write_report = report.write_report
+
+    def interrupted_report(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, delivered to this process
+        return write_report(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_report", interrupted_report)
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 130
+    (folder,) = tmp_path.iterdir()
+    assert capsys.readouterr().err == ("\ninterrupted while writing the report; the 1 finished loop iteration(s) are "
+                                       f"kept: --resume {str(folder)!r} writes their report\n")
+    assert not (folder / "report.html").exists()
+    monkeypatch.undo()
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file() and (folder / "manifest.json").is_file()

@@ -54,6 +54,12 @@ def test_override_sets_one_entry_of_a_table():
     ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a non-empty list of whole numbers >= 1"),
     ("training.lr.low=1", "--set 'training.lr.low=1': training.lr=0.05 is not a table; allowed is training.lr=value"),
     ("population.costs.sigma=1", "population.costs: unknown key; allowed is one of n_agents"),
+    ("experiment.name='../x'", "experiment.name='../x': allowed is a non-empty name without '/', '\\' or '..' "
+     "(the run folder goes inside experiment.output_dir)"),
+    ("experiment.name='a/b'", "experiment.name='a/b': allowed is a non-empty name without '/'"),
+    ('experiment.name="a\\\\b"', "experiment.name='a\\\\b': allowed is a non-empty name without '/'"),
+    ("experiment.name=''", "experiment.name='': allowed is a non-empty name"),
+    ("experiment.name='..'", "experiment.name='..': allowed is a non-empty name"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as error:
@@ -77,3 +83,4 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(config_module.dumps(resolved))
     assert config_module.load(path) == resolved
+

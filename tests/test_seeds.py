@@ -1,6 +1,8 @@
 """Several seeds of one experiment: a run folder each, and the spread of every metric."""
 
 import csv
+import html
+import json
 import os
 import signal
 import subprocess
@@ -41,7 +43,7 @@ def read(path):
 def test_each_seed_runs_in_its_own_folder_and_the_spread_is_computed_from_them(three_seeds):
     runs, seeds = three_seeds
     assert len(runs) == 3
-    assert {p.name for p in seeds.iterdir()} == {"summary.csv", "seeds.csv", "report.html", "figures"}
+    assert {p.name for p in seeds.iterdir()} == {"summary.csv", "seeds.csv", "warnings.csv", "report.html", "figures"}
     assert (seeds / "figures" / "seed_spread.png").stat().st_size > 5000
     welfare = np.array([[float(r["welfare_realised"]) for r in read(run / "summary.csv")] for run in runs])
     assert welfare.shape == (3, 2)  # seeds x (standard, shaping)
@@ -61,6 +63,29 @@ def test_each_seed_runs_in_its_own_folder_and_the_spread_is_computed_from_them(t
     difference = welfare[:, 1] - welfare[:, 0]
     assert f"{difference.mean():.4g}" in report and f"{np.sum(difference > 0)} of 3 seeds" in report
     assert f'href="../{runs[0].name}/report.html"' in report and "3/3" in report
+
+
+def test_each_seeds_warnings_are_carried_into_the_seeds_folder(three_seeds):
+    """One loop iteration never settles: every seed warns so, and the seeds folder lists the
+    warnings seed by seed (warnings.csv and the report)."""
+    runs, seeds = three_seeds
+    folders = {config_module.load(run / "config.toml")["experiment"]["seed"]: run for run in runs}
+    said = {seed: json.loads((run / "manifest.json").read_text())["warnings"] for seed, run in folders.items()}
+    assert all(w[0].startswith("the loop stopped at loop.max_iterations=1") for w in said.values())
+    assert [(int(r["seed"]), r["run"], r["warning"]) for r in read(seeds / "warnings.csv")] == [
+        (seed, folders[seed].name, warning) for seed in (0, 1, 2) for warning in said[seed]]
+    report = (seeds / "report.html").read_text()
+    for seed in said:
+        assert f'<p class="warning">Warning: seed {seed}: {html.escape(said[seed][0])}</p>' in report
+
+
+def test_the_seeds_summary_prints_each_seeds_warnings(tmp_path, capsys):
+    assert run_experiment.main([*(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{tmp_path}'",
+                                "--seeds", "0"]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if "-seeds-" not in p.name]
+    (warning,) = json.loads((run / "manifest.json").read_text())["warnings"]
+    out = capsys.readouterr().out
+    assert f"seed 0: warning: {warning}\nseeds report: " in out
 
 
 def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
