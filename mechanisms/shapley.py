@@ -936,9 +936,16 @@ class ShapleyRewards:
         its endowment, and of the profiles reached the converged one with the higher
         welfare (sum of the agents' utilities) is taken: the designer announces it, and no
         agent gains by leaving it alone. ``info["equilibrium_totals"]`` gives the total
-        data reached from each end."""
+        data reached from each end. Where neither converged (the leave-one-out rule's best
+        responses can cycle), the last profile is returned with a warning and
+        ``info["converged"]`` False."""
         found = [nash_equilibrium(self, population, model, start=start) for start in (None, population.endowment)]
         equilibrium = max(found, key=lambda e: (e.converged, float(e.utilities.sum())))
+        if not equilibrium.converged:
+            warnings.warn(f"shapley (estimator={self.estimator!r}, budget={self.budget!r}): best responses did not "
+                          f"settle in {equilibrium.iterations} sweeps from either start (nobody, everyone "
+                          "contributing); the profile returned is the last one reached, not an equilibrium "
+                          "(verify_equilibrium gives each agent's gain from deviating)", stacklevel=2)
         m = equilibrium.contributions
         estimate = self.values(m, model)
         accuracy, transfer = self._transfers(m[None, :], estimate.values[None, :], model)

@@ -489,6 +489,18 @@ def test_when_nobody_reaches_a_useful_model_alone_the_better_equilibrium_is_take
     info = {**outcome.info, "equilibrium_totals": (587.3164, 587.3)}
     close = replace(record, outcome=replace(outcome, info=info))
     assert _equilibrium_notes(LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [close])) == ""
+    cycling = replace(record, outcome=replace(outcome, info={**outcome.info, "converged": False, "iterations": 200}))
+    assert "shapley: best responses did not settle in 200 sweeps" in _equilibrium_notes(
+        LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [cycling]))
+
+
+def test_leave_one_out_best_responses_that_cycle_are_returned_with_a_warning():
+    """Three agents under the leave-one-out rule with B = 1 (a = 1 - m^-1/2, costs 1e-4 to
+    1e-3): best responses from both starts still move after 200 sweeps."""
+    population = Population.from_lists(cost=np.linspace(1e-4, 1e-3, 3), endowment=1e4)
+    with pytest.warns(UserWarning, match=r"^shapley \(estimator='loo', budget=1.0\): best responses did not settle"):
+        outcome = ShapleyRewards(1.0, estimator="loo").solve(population, MODEL)
+    assert outcome.info["converged"] is False and outcome.info["iterations"] == 200
 
 
 def test_mechanism_arguments_are_checked_at_use():
