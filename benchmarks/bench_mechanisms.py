@@ -9,9 +9,10 @@ programs for each K where both run, Shapley values of a sum game valued coalitio
 coalition / all prefixes at once, and each case against its target where it has one. Last,
 the Shapley estimators' error on the economic model against exact values (counted per
 coalition size and total): the size strata the mechanism uses beyond 12 agents, and Monte
-Carlo, on contributions uniform in 0-30 and on heavy-tailed ones; and a 14-agent Shapley-rewards equilibrium solved with exact values, with the size
-strata (the mechanism's rule, B phi_i / (a(M) - a(0))) and with the size strata divided by
-their own sum.
+Carlo, on contributions uniform in 0-30 and on heavy-tailed ones; and a 14-agent
+Shapley-rewards equilibrium solved with exact values, with the size strata (the
+mechanism's rule, B phi_i / (a(M) - a(0))) and with the size strata divided by their own
+sum.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ ORDERS_PER_PASS = 2**16  # player positions of the orderings valued together (me
 STRATA_PAIRS_UP_TO = 100  # size_strata_shapley averages pairs exactly up to this many players
 STRATA_NODES = 8  # size_strata_shapley's Gauss-Hermite points per coalition size
 STRATA_HEAVY = 3  # size_strata_shapley's heaviest others, whose membership it enumerates (2^3 subsets)
-STRATA_BATCH_SIZE = 2**21  # quadrature points per call of _strata_values: games * agents valued * players * nodes * 2^heavy
+STRATA_BATCH_SIZE = 2**21  # quadrature points per call of _strata_values: games * agents * players * nodes * 2^heavy
 MAX_MODEL_EXACT = 12  # ShapleyRewards values the model over all 2^N coalitions up to this many agents
 MAX_COUNTED_CELLS = 2**24  # counted_shapley's table of coalitions per size and total: 128 MiB
 
