@@ -1182,8 +1182,10 @@ class ContractMechanism:
     delivery_target 0: the server keeps the model, as in Kang et al.); accuracy ->
     Outcome.delivery_target = accuracy = R (the model delivered), transfer 0, with the
     cap R <= a(M) where M is the total contributed data, found by a fixed point (start
-    from a(sum of endowments), re-solve with a(M) until it settles). Agents' utility is
-    taken linear in accuracy (phi(a) = a).
+    from a(sum of endowments), re-solve with a(M) until it settles). Where the data a
+    menu attracts trains a model of accuracy 0 (M below a's zero crossing), there is
+    nothing to pay with: no agent is served, and each keeps its outside option. Agents'
+    utility is taken linear in accuracy (phi(a) = a).
 
     Under ``information="complete"`` the server sees each agent's type and assigns it its
     type's item (if the agent can fill it and accepts it); the agents do not choose.
@@ -1296,6 +1298,9 @@ class ContractMechanism:
                 chosen = self._pick(menu, item_of_type, type_of, theta_i, u0_i, n_i)
                 M = float(np.sum(np.where(chosen >= 0, menu.contribution[chosen], 0.0)))
                 new_cap = float(np.asarray(model(M))) if M > 0 else cap_acc
+                if new_cap <= 0:  # the data the menu attracts trains no model: nothing to pay with
+                    chosen = np.full(len(theta_i), -1)
+                    break
                 if new_cap >= cap_acc - 1e-9 * max(1.0, abs(cap_acc)):
                     break
                 cap_acc = new_cap

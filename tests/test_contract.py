@@ -166,6 +166,22 @@ def test_accuracy_reward_cap_binds_and_forms_agree():
     assert_ic_ir(a)
 
 
+def test_an_accuracy_contract_whose_data_trains_no_model_serves_nobody():
+    """Six agents of 2 samples each at 0.05-0.25 a sample under the digits pilot fit (0
+    below 7.9 samples): the menu solved under the cap a(12) attracts less data than the
+    zero crossing, so a(M) = 0 and there is nothing to pay with. Before, the next solve
+    under reward_cap 0 raised "every type's outside utility exceeds reward_cap=0.0",
+    although every outside utility was 0."""
+    pilot = PowerLaw(0.92, 10.38, 1.134)
+    population = Population.from_lists(cost=np.linspace(0.05, 0.25, 6), endowment=2)
+    for form in ("reduced", "all_pairs"):
+        mechanism = ContractMechanism("accuracy", reward="accuracy", value_weight=100.0, form=form)
+        outcome = mechanism.solve(population, pilot)
+        assert not outcome.participates.any()
+        np.testing.assert_array_equal(outcome.contributions, 0.0)
+        np.testing.assert_array_equal(outcome.accuracy, 0.0)
+
+
 def test_quality_scales_the_cost_per_effective_sample():
     menu = solve_screening([2.0, 2.0], [0.5, 0.5], V10, quality=[1.0, 2.0], form="closed_form")
     np.testing.assert_allclose(menu.theta, [2.0, 1.0])
