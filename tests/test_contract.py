@@ -182,6 +182,15 @@ def test_an_accuracy_contract_whose_data_trains_no_model_serves_nobody():
         np.testing.assert_array_equal(outcome.accuracy, 0.0)
 
 
+def test_programs_of_more_types_than_memory_allows_are_refused_before_compiling():
+    """10^5 distinct agent costs used to exhaust memory inside cvxpy (its program grows as K^2)."""
+    many = np.linspace(1.0, 2.0, contract.MAX_PROGRAM_TYPES + 1)
+    probability = np.full(len(many), 1.0 / len(many))
+    with pytest.raises(ValueError, match=r"^cost='<3001 types>': allowed is at most 3000 types for form='reduced'"):
+        solve_screening(many, probability, V10)
+    assert solve_screening(many, probability, V10, form="closed_form", information="complete").status == "optimal"
+
+
 def test_quality_scales_the_cost_per_effective_sample():
     menu = solve_screening([2.0, 2.0], [0.5, 0.5], V10, quality=[1.0, 2.0], form="closed_form")
     np.testing.assert_allclose(menu.theta, [2.0, 1.0])
