@@ -36,6 +36,7 @@ shortfall: such a federation is not worth joining for it. Linear phi.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +119,11 @@ class AccuracyShaping:
         current = self._deviation_utility(m.sum() - m, m, population, model)
         if np.all(self.deviation_gains(m, population, model) <= _GAIN_TOL * np.maximum(1.0, np.abs(current))):
             return m
-        return nash_equilibrium(self, population, model, start=m).contributions
+        equilibrium = nash_equilibrium(self, population, model, start=m)
+        if not equilibrium.converged:
+            warnings.warn(f"shaping: best responses from the fixed point did not settle in {equilibrium.iterations} "
+                          "sweeps; the profile returned is the last one reached, not an equilibrium", stacklevel=3)
+        return equilibrium.contributions
 
     def deviation_gains(self, contributions, population: Population, model: AccuracyModel) -> np.ndarray:
         """(N,) each agent's largest utility gain from changing its own contribution alone.
