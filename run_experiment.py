@@ -369,10 +369,12 @@ def load_training_data(data: dict):
 def check_endowments_fit(config: dict, population: Population, n_train: int) -> None:
     """ConfigError, before any training, when the agents' endowments together exceed the
     training pool: the ``n_train`` training samples less the validation split of
-    ``data.validation_fraction``, round(fraction * n_train) samples as
-    :func:`fl.data.partition.holdout` holds it out."""
+    ``data.validation_fraction`` (:func:`fl.data.partition.holdout_size`). The oracle
+    refuses the same in its own words; here it is said in the config's."""
+    from fl.data.partition import holdout_size
+
     fraction = config["data"]["validation_fraction"]
-    pool = n_train - round(fraction * n_train)
+    pool = n_train - holdout_size(n_train, fraction)
     total = float(population.endowment.sum())
     if total > pool:
         section = config["population"]

@@ -302,9 +302,9 @@ def _equilibrium_notes(result: LoopResult) -> str:
 MODEL_VALUES = {
     "exact": "exactly, over all 2<sup>N</sup> coalitions",
     "size_strata": ("by coalition size (coalitions of up to two agents, and each agent's three heaviest others, "
-                    "exactly; the other agents' totals by a skew-corrected normal approximation; within 0.4% of "
-                    "the exact values on most games measured, 1.7% with many agents holding nothing, up to 4% "
-                    "where a few giants contribute among 30 or more agents)"),
+                    "exactly; the other agents' totals by a skew-corrected normal approximation; on the benchmark's "
+                    "games within 0.4% of the exact values, 1.3% with several agents holding nothing, 4.2% where "
+                    "a few giants contribute among 30 or more agents)"),
     "loo": "by leave-one-out, a(M) - a(M - m<sub>i</sub>)",
 }
 

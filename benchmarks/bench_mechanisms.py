@@ -17,6 +17,7 @@ sum.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -169,6 +170,10 @@ def main() -> None:
         for n_players in (16, 40, 60):
             print(f"  {spread:<9} N={n_players:<3d}"
                   + "".join(f"  {name} {error:6.2%}" for name, error in strata_errors(n_players, spread)))
+    print(f"size strata against the exact values, worst over {len(SWEEP_SEEDS)} games at each of {SWEEP_PLAYERS} "
+          "players, a = the pilot fit and 1 - m^-1/2 (largest |error| / largest value; |sum / exact sum - 1|)")
+    for (weights, players), (error, total) in strata_sweep().items():
+        print(f"  {weights:<38} {players:<13} {error:6.2%}  sum {total:6.2%}")
     print(f"shapley rewards equilibrium N={FIDELITY_AGENTS} (a = 1 - m^-1/2, B = 1): exact values against size strata")
     for label, mechanism in (("exact (2^N coalitions)", ExactModelValues(1.0)), ("size strata", ShapleyRewards(1.0)),
                              ("size strata / their sum", SharesOfTheirSum(1.0))):
@@ -198,6 +203,34 @@ class SharesOfTheirSum(ShapleyRewards):
     def _transfers(self, m, values, model):
         accuracy, _ = super()._transfers(m, values, model)
         return accuracy, self.budget * values / np.maximum(values.sum(axis=1, keepdims=True), 1e-300)
+
+
+SWEEP_SEEDS = range(4)
+SWEEP_PLAYERS = (13, 16, 20, 30, 60, 100)
+SWEEP_WEIGHTS = {  # contributions of a sweep game: name -> (rng, n) -> whole samples
+    "uniform 0-30": lambda rng, n: rng.integers(0, 31, n).astype(float),
+    "uniform 0-30, 4 holding nothing": lambda rng, n: np.concatenate([np.zeros(4), rng.integers(0, 31, n - 4)]),
+    "lognormal(2.5, 0.6)": lambda rng, n: np.round(rng.lognormal(2.5, 0.6, n)),
+    "lognormal(2.5, 1.2), a few giants": lambda rng, n: np.round(rng.lognormal(2.5, 1.2, n)),
+}
+
+
+def strata_sweep() -> dict[tuple[str, str], tuple[float, float]]:
+    """{(weights, players): (largest error / largest exact value, |sum / exact sum - 1|)}
+    of :func:`size_strata_shapley` against :func:`counted_shapley`, the worst over the
+    sweep's games, up to 20 players and beyond."""
+    curves = (PowerLaw(0.92, 10.38, 1.134), PowerLaw(1.0, 1.0, 0.5))
+    worst: dict[tuple[str, str], tuple[float, float]] = {}
+    for weights, draw in SWEEP_WEIGHTS.items():
+        for n_players in SWEEP_PLAYERS:
+            for seed, curve in itertools.product(SWEEP_SEEDS, curves):
+                game = SumGame(draw(np.random.default_rng(seed), n_players), curve)
+                exact, estimate = counted_shapley(game).values, size_strata_shapley(game).values
+                key = (weights, "13-20 players" if n_players <= 20 else "30-100 players")
+                error = float(np.max(np.abs(estimate - exact)) / np.max(exact))
+                total = abs(float(estimate.sum() / exact.sum()) - 1.0)
+                worst[key] = tuple(np.maximum(worst.get(key, (0.0, 0.0)), (error, total)))
+    return worst
 
 
 def strata_errors(n_players: int, spread: str) -> list[tuple[str, float]]:

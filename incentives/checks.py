@@ -67,19 +67,23 @@ def check_entries(key: str, arr: np.ndarray, least: float = -np.inf, most: float
         raise ValueError(f"{name}={float(flat[i])!r}: allowed is {range_text(least, most, strict)}")
 
 
-def per_agent(key: str, value, n: int) -> np.ndarray:
-    """``value`` as a float array of shape (n,), one number per agent (no broadcasting)."""
+def per_agent(key: str, value, n: int, broadcast: bool = False) -> np.ndarray:
+    """``value`` as a float array of shape (n,), one number per agent; with ``broadcast``
+    a single number stands for every agent."""
     arr = as_floats(key, value)
+    if broadcast and arr.ndim == 0:
+        return np.full(n, float(arr))
     if arr.shape != (n,):
-        raise ValueError(f"{key} has shape {arr.shape}: allowed is ({n},), one per agent")
+        raise ValueError(f"{key} has shape {arr.shape}: allowed is {'a number or ' * broadcast}({n},), one per agent")
     return arr
 
 
 def check_per_agent(key: str, value, n: int, least: float = -np.inf, most: float = np.inf,
-                    strict: bool = False) -> np.ndarray:
-    """``value`` as a float array of shape (n,) of finite numbers in [least, most]
-    ((least, most] with ``strict``); ValueError naming ``key``, the value and the rule."""
-    arr = per_agent(key, value, n)
+                    strict: bool = False, broadcast: bool = False) -> np.ndarray:
+    """``value`` as a float array of shape (n,) (a single number for all with ``broadcast``)
+    of finite numbers in [least, most] ((least, most] with ``strict``); ValueError naming
+    ``key``, the value and the rule."""
+    arr = per_agent(key, value, n, broadcast)
     check_entries(key, arr, least, most, strict)
     return arr
 

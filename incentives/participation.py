@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from incentives.checks import check_per_agent
+
 
 @dataclass(frozen=True)
 class ParticipationEquilibrium:
@@ -62,10 +64,9 @@ def participation_gain(
     local = _finite_vector("local", local)
     n = local.shape[0]
     received = _finite_vector("received", received, n)
-    v = _per_agent("value", value, n, lambda x: x > 0, "a finite number > 0")
-    c = _per_agent("cost", cost, n, lambda x: x >= 0, "a finite number >= 0")
-    m = _per_agent("contributions", contributions, n, lambda x: x >= 0, "a finite number >= 0")
-    comm = _per_agent("comm_cost", comm_cost, n, lambda x: x >= 0, "a finite number >= 0")
+    v = check_per_agent("value", value, n, 0.0, strict=True, broadcast=True)
+    c, m, comm = (check_per_agent(key, raw, n, 0.0, broadcast=True)
+                  for key, raw in (("cost", cost), ("contributions", contributions), ("comm_cost", comm_cost)))
     improvement = received - local if higher_is_better else local - received
     return v * improvement - c * m - comm
 
@@ -122,16 +123,4 @@ def _finite_vector(key: str, raw, n: int | None = None) -> np.ndarray:
     shape = "(N,)" if n is None else f"({n},)"
     if arr.ndim != 1 or arr.size == 0 or (n is not None and arr.shape[0] != n) or not np.all(np.isfinite(arr)):
         raise ValueError(f"{key}={raw!r}: allowed is finite numbers of shape {shape}")
-    return arr
-
-
-def _per_agent(key: str, raw, n: int, ok: Callable[[np.ndarray], np.ndarray], allowed: str) -> np.ndarray:
-    arr = np.asarray(raw, dtype=np.float64)
-    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != n):
-        raise ValueError(f"{key} has shape {arr.shape}: allowed is a number or shape ({n},), one value per agent")
-    arr = np.broadcast_to(arr, (n,))
-    bad = ~(np.isfinite(arr) & ok(arr))
-    if np.any(bad):
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{key}[{i}]={float(arr[i])!r}: allowed is {allowed}")
     return arr

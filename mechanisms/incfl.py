@@ -53,7 +53,7 @@ from incentives.accuracy import AccuracyModel
 from incentives.participation import participation_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from incentives.utility import local_contribution, local_utility
+from incentives.utility import local_contribution
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ class IncFLParticipation:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""
         held = local_contribution(population, model)
         local = np.asarray(model.alone(held), dtype=float)
-        reservation = np.maximum(local_utility(population, model), population.outside_option)
+        held_cost = population.data_cost(held)  # paid either way; joining must beat max(local utility, option)
         settled = participation_equilibrium(
             lambda members: np.full(population.n_agents, model(held[members].sum())),
-            (reservation + population.data_cost(held)) / population.value,
+            np.maximum(local, (population.outside_option + held_cost) / population.value),
             value=population.value, comm_cost=population.comm_cost,
         )
         inside = settled.participates & (held > 0)

@@ -50,7 +50,7 @@ from incentives.protocols import Allocation, Outcome
 from incentives.utility import local_contribution, utility
 
 _SCAN_POINTS = 256
-_GAIN_TOL = 1e-9  # relative utility gain below which the fixed point counts as an equilibrium
+_GAIN_TOL = 1e-9  # utility gain (accuracy units at v = 1) below which the fixed point counts as an equilibrium
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class AccuracyShaping:
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         m = population.check_contributions(contributions)
-        accuracy = np.minimum(model(m.sum()), self._own_accuracy(m, population, model))
+        accuracy = np.minimum(model(m.sum()), _own_accuracy(m, *self._terms(population, model), model))
         return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents))
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
@@ -116,8 +116,7 @@ class AccuracyShaping:
         """The fixed point of :meth:`_contributions` where it is an equilibrium, else the
         best-response iteration's profile from it (``incentives.equilibrium``)."""
         m = self._contributions(population, model)
-        current = self._deviation_utility(m.sum() - m, m, population, model)
-        if np.all(self.deviation_gains(m, population, model) <= _GAIN_TOL * np.maximum(1.0, np.abs(current))):
+        if np.all(self.deviation_gains(m, population, model) <= _GAIN_TOL):
             return m
         equilibrium = nash_equilibrium(self, population, model, start=m)
         if not equilibrium.converged:
@@ -141,24 +140,17 @@ class AccuracyShaping:
         """
         m = population.check_contributions(contributions)
         others = m.sum() - m
-        optimum = self._terms(population, model)[0]
+        terms = self._terms(population, model)
+
+        def utility_at(x: np.ndarray) -> np.ndarray:  # agent i contributing x_i, the others M_-i
+            return utility(population, np.minimum(np.asarray(model(others + x), dtype=float),
+                                                  _own_accuracy(x, *terms, model)), x)
+
         with np.errstate(divide="ignore"):
             steep = np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float) - others
-        points = np.stack([np.zeros_like(m), population.endowment, optimum, np.where(np.isfinite(steep), steep, 0.0)])
-        best = np.max([self._deviation_utility(others, x, population, model)
-                       for x in np.clip(points, 0.0, population.endowment)], axis=0)
-        return np.maximum(best - self._deviation_utility(others, m, population, model), 0.0)
-
-    def _deviation_utility(self, others: np.ndarray, x: np.ndarray, population: Population,
-                           model: AccuracyModel) -> np.ndarray:
-        """(N,) agent i's utility when it contributes x_i and the others M_-i = ``others_i``."""
-        accuracy = np.minimum(np.asarray(model(others + x), dtype=float), self._own_accuracy(x, population, model))
-        return utility(population, accuracy, x)
-
-    def _own_accuracy(self, m: np.ndarray, population: Population, model: AccuracyModel) -> np.ndarray:
-        """(N,) own_i(m_i): a(m_i) on the agent's own curve below m_i^o, the shaping line above."""
-        optimum, local_accuracy, slope = self._terms(population, model)
-        return np.where(m >= optimum, local_accuracy + slope * (m - optimum), model.alone(m))
+        points = np.stack([np.zeros_like(m), population.endowment, terms[0], np.where(np.isfinite(steep), steep, 0.0)])
+        best = np.max([utility_at(x) for x in np.clip(points, 0.0, population.endowment)], axis=0)
+        return np.maximum(best - utility_at(m), 0.0)
 
     def _contributions(self, population: Population, model: AccuracyModel) -> np.ndarray:
         optimum, local_accuracy, slope = self._terms(population, model)
@@ -186,3 +178,10 @@ class AccuracyShaping:
         j = int(np.flatnonzero(signs)[-1])
         root = brentq(excess, scan[j], scan[j + 1], xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
         return demand(root)
+
+
+def _own_accuracy(m: np.ndarray, optimum: np.ndarray, local_accuracy: np.ndarray, slope: np.ndarray,
+                  model: AccuracyModel) -> np.ndarray:
+    """(N,) own_i(m_i): a(m_i) on the agent's own curve below m_i^o, the shaping line
+    a(m_i^o) + slope_i (m_i - m_i^o) above (``AccuracyShaping._terms``)."""
+    return np.where(m >= optimum, local_accuracy + slope * (m - optimum), model.alone(m))

@@ -169,9 +169,10 @@ def test_participation_gain_in_accuracy_and_in_loss_terms():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"value": 0.0}, r"value\[0\]=0\.0: allowed is a finite number > 0"),
-        ({"cost": [0.1, -1.0]}, r"cost\[1\]=-1\.0: allowed is a finite number >= 0"),
-        ({"contributions": [1.0, 2.0, 3.0]}, r"contributions has shape \(3,\): allowed is a number or shape \(2,\)"),
+        ({"value": 0.0}, r"value\[0\]=0\.0: allowed is a number > 0"),
+        ({"cost": [0.1, -1.0]}, r"cost\[1\]=-1\.0: allowed is a number >= 0"),
+        ({"contributions": [1.0, 2.0, 3.0]},
+         r"contributions has shape \(3,\): allowed is a number or \(2,\), one per agent"),
         ({"received": [0.5]}, r"received=\[0\.5\]: allowed is finite numbers of shape \(2,\)"),
     ],
 )

@@ -191,10 +191,15 @@ def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     members = [rng.permutation(np.flatnonzero(labels == k)) for k in classes]
-    sizes = _largest_remainder(int(round(fraction * len(labels))), np.array([len(m) for m in members]))
+    sizes = _largest_remainder(holdout_size(len(labels), fraction), np.array([len(m) for m in members]))
     held = np.concatenate([m[:s] for m, s in zip(members, sizes)])
     kept = np.concatenate([m[s:] for m, s in zip(members, sizes)])
     return rng.permutation(kept), rng.permutation(held)
+
+
+def holdout_size(n: int, fraction: float) -> int:
+    """The samples :func:`holdout` holds out of ``n``: round(fraction * n)."""
+    return int(round(fraction * n))
 
 
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
