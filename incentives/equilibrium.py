@@ -103,7 +103,8 @@ def _utility_of(
     mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel, phi: Phi | None
 ) -> Callable[[float], float]:
     """m -> u_i when agent i takes part with m samples and the others keep theirs (by
-    ``allocate_to`` where the mechanism has it: agent i's share alone)."""
+    ``allocate_to`` where the mechanism has it: agent i's share alone); its outside
+    option where the rule leaves it out at m (``Allocation.takes_part``)."""
     if getattr(mechanism, "allocate_to", None) is not None:
         return lambda m: float(_utilities(mechanism, i, contributions, population, model, phi, np.array([m]))[0])
     profile = np.array(contributions, dtype=float)
@@ -112,6 +113,8 @@ def _utility_of(
     def u(m: float) -> float:
         profile[i] = m
         allocation = mechanism.allocate(profile, population, model)
+        if allocation.takes_part is not None and not allocation.takes_part[i]:
+            return float(population.outside_option[i])
         a = allocation.accuracy[i]
         return float(v * (a if phi is None else phi(a)) + allocation.transfer[i] - c * m**beta - comm)
 
@@ -132,7 +135,8 @@ def _utilities(mechanism: Mechanism, i: int, contributions, population: Populati
     share = allocate_to(i, profiles, population, model)
     a = np.asarray(share.accuracy, dtype=float)
     v, c, comm, beta = population.value[i], population.cost[i], population.comm_cost[i], population.cost_exponent
-    return v * (a if phi is None else np.asarray(phi(a), dtype=float)) + share.transfer - c * points**beta - comm
+    inside = v * (a if phi is None else np.asarray(phi(a), dtype=float)) + share.transfer - c * points**beta - comm
+    return inside if share.takes_part is None else np.where(share.takes_part, inside, population.outside_option[i])
 
 
 def _grid(endowment: float, current: float, size: int) -> np.ndarray:
@@ -240,9 +244,14 @@ def nash_equilibrium(
         if change <= tol * max(1.0, m.sum()):
             break
     allocation = mechanism.allocate(m, population, model)
-    utilities = utility(population, allocation.accuracy, m, allocation.transfer, participates, phi)
+    utilities = utility(population, allocation.accuracy, m, allocation.transfer, _inside(participates, allocation), phi)
     converged = bool(change <= tol * max(1.0, m.sum()))
     return Equilibrium(m, participates, utilities, converged, iteration, float(change))
+
+
+def _inside(participates: np.ndarray, allocation: Allocation) -> np.ndarray:
+    """The agents that take part and that the rule counts in (``Allocation.takes_part``)."""
+    return participates if allocation.takes_part is None else participates & allocation.takes_part
 
 
 def _check_participates(participates, n: int) -> np.ndarray:
@@ -284,7 +293,7 @@ def verify_equilibrium(
     check_number("tol", tol)
     check_integer("grid_size", grid_size, least=2)
     allocation = mechanism.allocate(m, population, model)
-    current = utility(population, allocation.accuracy, m, allocation.transfer, participates, phi)
+    current = utility(population, allocation.accuracy, m, allocation.transfer, _inside(participates, allocation), phi)
     gains = np.empty(population.n_agents)
     deviations = np.empty(population.n_agents)
     for i in range(population.n_agents):

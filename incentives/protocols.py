@@ -32,10 +32,14 @@ class Allocation:
 
     accuracy: (N,) accuracy each agent receives (the accuracy of the model delivered).
     transfer: (N,) money paid to each agent (negative when the agent pays).
+    takes_part: (N,) whether the rule counts each agent in at its contribution, or None
+        (everyone is). An agent it leaves out (a contract's agent whose contribution fills
+        no item: it has signed nothing) gets its outside option, whatever it contributed.
     """
 
     accuracy: np.ndarray
     transfer: np.ndarray
+    takes_part: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,11 @@ The server's problem (incomplete information, every pair of types), eq. (2):
 
 V is concave and nondecreasing (a :class:`ValueFunction`), kappa >= 0 the server's cost
 of one unit of reward (``reward_price``: 1 for money). u0_k is the outside utility: zero,
-a number, or per type (e.g. the agent's local-only utility).
+a number, or per type (e.g. the agent's local-only utility). A negative u0_k (staying out
+costs the agent) lets a money reward be negative, a fee; an accuracy reward cannot be, so
+accuracy menus add the floor R_k >= 0 (family "reward_floor") wherever some u0_k < 0, and
+then are solved by the per-type ("adjacent") reduced form, the lowest IR no longer
+necessarily binding.
 
 The program is convex after the change of variable y_k = q_k**beta (the cost in units
 of theta): IC and IR are linear in (y, R), and V(y**(1/beta)) is concave.
@@ -100,7 +104,7 @@ Failures
 --------
 An infeasible or unbounded menu raises :class:`ContractError` (a ``ValueError``) naming
 the constraint family that fails (IR, IC, monotonicity, capacity, reward_cap,
-nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types involved: it
+reward_floor, nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types involved: it
 re-solves without each family, then drops types one at a time while the problem stays
 infeasible (a deletion filter), leaving a minimal conflicting set.
 
@@ -561,6 +565,7 @@ class _Program:
     params: dict
     families: dict  # family name -> list of (constraint, rows -> types) for diagnosis
     variant: str
+    floor: bool  # whether the rewards are held >= 0
 
 
 _CACHE: dict[tuple, _Program] = {}
@@ -612,16 +617,21 @@ def _adjacent_ic(U: cp.Variable, y: cp.Variable, theta: cp.Parameter, params: di
 
 
 def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity: bool,
-           has_cap: bool, drop: dict | None = None, pairs: np.ndarray | None = None) -> _Program:
+           has_cap: bool, floor: bool = False, drop: dict | None = None,
+           pairs: np.ndarray | None = None) -> _Program:
     """The server's program for K types sorted by increasing theta.
 
     variant: "complete" (first best), "virtual" (reduced form (4) with a common outside
     utility), "adjacent" (reduced form with per-type outside utilities) or "all_pairs"
-    (program (2)). ``drop`` maps a constraint family to the types whose rows are left out
-    (used only to diagnose failures); ``pairs`` ((P, 2) rows (k, j), "adjacent" only)
-    adds those IC_kj constraints (constraint generation, :func:`_generate_pairs`).
-    Neither kind of program is cached.
+    (program (2)). ``floor``: every reward R_k >= 0 (an accuracy delivered cannot be
+    negative; not with "virtual", whose rents (3) assume the lowest IR binds). ``drop``
+    maps a constraint family to the types whose rows are left out (used only to diagnose
+    failures); ``pairs`` ((P, 2) rows (k, j), "adjacent" only) adds those IC_kj
+    constraints (constraint generation, :func:`_generate_pairs`). Neither kind of
+    program is cached.
     """
+    if floor and variant == "virtual":  # pragma: no cover - a programming error
+        raise RuntimeError("the virtual program has no reward floor")
     drop = drop or {}
     y = cp.Variable(K, name="y")                # y_k = (q_k / s_k)**beta, s_k the unit (_units)
     x = y if beta == 1.0 else cp.power(y, 1.0 / beta)  # q_k / s_k
@@ -655,7 +665,13 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     t = cp.Variable(K, name="t")
     constraints.append(t <= value.base_expr(x, inverse_unit))
     gain = cp.sum(cp.multiply(W, t))
-    if variant == "complete":
+    if variant == "complete" and floor:  # IR binds unless the floor does: R_k = max(theta_k y_k + u0_k, 0)
+        R = cp.Variable(K, name="R")
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
+        objective = gain - params["P"] @ R
+        add("IR", R - cp.multiply(theta, y) - u0, types)
+        reward = R
+    elif variant == "complete":
         params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k
         objective = gain - params["G"] @ y
         reward = cp.multiply(theta, y) + u0                          # binding IR
@@ -703,10 +719,12 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     if has_cap:
         params["rcap"] = cp.Parameter(name="rcap")
         add("reward_cap", params["rcap"] - reward, types)
+    if floor:
+        add("reward_floor", reward, types)
     problem = cp.Problem(cp.Maximize(objective), constraints)
     if not drop and not problem.is_dpp():  # pragma: no cover - a programming error
         raise RuntimeError(f"screening program {variant!r} is not DPP")
-    return _Program(problem, y, R, params, families, variant)
+    return _Program(problem, y, R, params, families, variant, floor)
 
 
 # ----------------------------------------------------------------------------------
@@ -819,6 +837,8 @@ def solve_screening(
     capy = None if cap is None else cap[order] ** beta
     kappa = float(reward_price)
     common = bool(np.all(u0 == u0[0]))
+    # An accuracy delivered is >= 0; money may be a fee (R < 0) when outside utilities are negative.
+    floor = reward == "accuracy" and bool(np.any(u0 < 0))
 
     if kappa == 0 and reward_cap is None and cap is None:
         raise ContractError(
@@ -838,6 +858,9 @@ def solve_screening(
     start = time.perf_counter()
     compiled, how = False, None
     if form == "closed_form":
+        if floor:
+            raise bad("form", form, "'reduced' or 'all_pairs' for accuracy rewards with a negative outside "
+                      f"utility ({float(np.min(u0_all)):.6g}): the floor R_k >= 0 has no closed form")
         y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy,
                                               reward_cap, information, common)
     else:
@@ -846,9 +869,9 @@ def solve_screening(
         elif form == "all_pairs":
             variant = "all_pairs"
         else:
-            variant = "virtual" if common else "adjacent"
+            variant = "virtual" if common and not floor else "adjacent"
         y, Rs, status, how, compiled = _solve_program(
-            K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
+            K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
     seconds = time.perf_counter() - start
 
     y = np.maximum(y, 0.0)
@@ -948,7 +971,7 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     P["W"].value = pp * value.scale * value.unit_factor(unit)
     P["theta"].value = th * per_unit
     P["u0"].value = u0
-    if prog.variant in ("complete", "adjacent"):
+    if prog.variant == "adjacent" or (prog.variant == "complete" and not prog.floor):
         P["G"].value = kappa * pp * th * per_unit
     elif prog.variant == "virtual":
         P["G"].value = kappa * pp * virtual_costs(th, pp) * per_unit
@@ -1020,7 +1043,7 @@ def _run(problem: cp.Problem, solver: str) -> str:
     return problem.status
 
 
-def _solve_program(K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
+def _solve_program(K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
                    order):
     """(y, R, status, how, compiled): the program of ``variant`` (cached and re-solved
     with new numbers), or program (2) by :func:`_generate_pairs` beyond
@@ -1028,22 +1051,22 @@ def _solve_program(K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap,
     "optimal"; ``how`` says which for "all_pairs" (None for the other variants)."""
     numbers = (th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
     if variant == "all_pairs" and K > _ALL_PAIRS_AT_ONCE:
-        return (*_generate_pairs(K, *numbers), False)
-    prog, compiled = _cached_program(K, variant, value, beta, capy, reward_cap)
+        return (*_generate_pairs(K, floor, *numbers), False)
+    prog, compiled = _cached_program(K, variant, floor, value, beta, capy, reward_cap)
     y, R, status = _solve_once(prog, K, *numbers)
     if variant == "all_pairs" and status != cp.OPTIMAL:
-        return (*_generate_pairs(K, *numbers), compiled)
+        return (*_generate_pairs(K, floor, *numbers), compiled)
     return y, R, status, "one program" if variant == "all_pairs" else None, compiled
 
 
-def _cached_program(K, variant, value, beta, capy, reward_cap) -> tuple[_Program, bool]:
+def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_Program, bool]:
     """The compiled program for these shapes, and whether it was compiled just now."""
-    key = (K, variant, value.key, beta, capy is not None, reward_cap is not None)
+    key = (K, variant, floor, value.key, beta, capy is not None, reward_cap is not None)
     prog = _CACHE.get(key)
     compiled = prog is None
     if compiled:
         _CACHE_STATS["misses"] += 1
-        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None)
+        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor)
         _CACHE[key] = prog
     else:
         _CACHE_STATS["hits"] += 1
@@ -1062,19 +1085,19 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
         status = cp.UNBOUNDED
     if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE, cp.UNBOUNDED,
                   cp.UNBOUNDED_INACCURATE) or prog.y.value is None:
-        raise _diagnose(status, K, prog.variant, th, pp, u0, kappa, value, beta, capy,
+        raise _diagnose(status, K, prog.variant, prog.floor, th, pp, u0, kappa, value, beta, capy,
                         reward_cap, solver, order)
     y = np.maximum(np.asarray(prog.y.value, dtype=float), 0.0) * per_unit
     if prog.variant == "virtual":
         R = _rents(th, y, u0[0])
-    elif prog.variant == "complete":
+    elif prog.variant == "complete" and not prog.floor:
         R = th * y + u0
     else:
         R = np.asarray(prog.R.value, dtype=float)
     return y, R, status
 
 
-def _generate_pairs(K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
+def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
     """Program (2) by constraint generation: (y, R, status, how). Solve the "adjacent"
     program (every IR, adjacent IC both ways), check all K(K-1) IC_kj on its solution,
     add the violated pairs to the program and re-solve, until none is violated by more
@@ -1089,9 +1112,9 @@ def _generate_pairs(K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
     pairs = np.empty((0, 2), dtype=int)
     for rounds in range(1, _GENERATION_ROUNDS + 1):
         if len(pairs):
-            prog = _build(K, "adjacent", value, beta, capy is not None, reward_cap is not None, pairs=pairs)
+            prog = _build(K, "adjacent", value, beta, capy is not None, reward_cap is not None, floor, pairs=pairs)
         else:
-            prog = _cached_program(K, "adjacent", value, beta, capy, reward_cap)[0]
+            prog = _cached_program(K, "adjacent", floor, value, beta, capy, reward_cap)[0]
         y, R, status = _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
         violated = _violated_pairs(th, y, R)
         if len(violated) == 0:
@@ -1114,11 +1137,11 @@ def _payoffs(theta: np.ndarray, y: np.ndarray, R: np.ndarray) -> np.ndarray:
     return R[None, :] - theta[:, None] * y[None, :]
 
 
-def _diagnose(status, K, variant, th, pp, u0, kappa, value, beta, capy, reward_cap,
+def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap,
               solver, order) -> ContractError:
     """Name the constraint family (and types) behind an infeasible or unbounded menu."""
     def solve_with(drop=None, box=False):
-        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None,
+        prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor,
                       drop=drop)
         _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
         problem = prog.problem
@@ -1143,10 +1166,10 @@ def _diagnose(status, K, variant, th, pp, u0, kappa, value, beta, capy, reward_c
             f"{'set' if capy is not None else 'None'}); give them positive costs, bound "
             "them with capacity or reward_cap, or make reward_price positive",
             family="objective", types=types)
-    present = _build(K, variant, value, beta, capy is not None, reward_cap is not None).families
+    present = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor).families
     # Design constraints first; nonnegativity (a physical fact) is named only as a last resort.
     families = [f for f in ("IR", "reward_cap", "capacity", "IC", "monotonicity",
-                            "nonnegativity") if f in present]
+                            "reward_floor", "nonnegativity") if f in present]
     culprits = []
     for fam in families:
         st, _ = solve_with(drop={fam: set(range(K))})
@@ -1319,8 +1342,10 @@ class ContractMechanism:
     type's item (if the agent can fill it and accepts it); the agents do not choose.
 
     ``allocate`` is the menu read as a reward schedule: an agent contributing m gets the
-    item with the largest q_j <= m (nothing below the smallest item); under complete
-    information, its own item's reward if m reaches its q, else nothing.
+    item with the largest q_j <= m; under complete information, its own item's reward if
+    m reaches its q. An agent whose m fills no item has signed nothing: it does not take
+    part (``Allocation.takes_part``) and keeps its outside option, which with a negative
+    outside utility is not the same as taking part for nothing.
     """
 
     def __init__(
@@ -1488,19 +1513,21 @@ class ContractMechanism:
         menu, chosen = self._menu(population, model)[:2]
         live = menu.contribution > _ZERO
         q, R = menu.contribution[live], menu.reward[live]
-        got = np.zeros_like(m)
+        got, signed = np.zeros_like(m), np.zeros(len(m), dtype=bool)
         if self.information == "complete":  # each agent's own item, all or nothing
             item = np.maximum(chosen, 0)
             enough = m >= menu.contribution[item] * (1 - 1e-12) - 1e-12
-            got = np.where((chosen >= 0) & enough, menu.reward[item], 0.0)
+            signed = (chosen >= 0) & enough
+            got = np.where(signed, menu.reward[item], 0.0)
         elif len(q):
             order = np.argsort(q, kind="stable")
             q, R = q[order], np.maximum.accumulate(R[order])
             idx = np.searchsorted(q, m * (1 + 1e-12) + 1e-12, side="right") - 1
-            got = np.where(idx >= 0, R[np.maximum(idx, 0)], 0.0)
+            signed = idx >= 0
+            got = np.where(signed, R[np.maximum(idx, 0)], 0.0)
         if self.reward == "money":
-            return Allocation(accuracy=np.zeros_like(m), transfer=got)
-        return Allocation(accuracy=got, transfer=np.zeros_like(m))
+            return Allocation(accuracy=np.zeros_like(m), transfer=got, takes_part=signed)
+        return Allocation(accuracy=got, transfer=np.zeros_like(m), takes_part=signed)
 
 
 _ZERO = 1e-9

@@ -265,6 +265,58 @@ def test_an_accuracy_contract_no_type_would_accept_is_withdrawn_not_an_error(inf
                 LoopResult(np.array([20.0]), np.array([0.5]), pilot, [record]))
 
 
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+def test_a_negative_outside_utility_cannot_make_an_accuracy_reward_negative(form):
+    """A delivered accuracy is >= 0 (the floor R_k >= 0); money may be a fee. V(q) =
+    ln(1 + q), kappa = 1, v = 1, u0 = -2, theta = (1, 2) equally likely.
+
+    Complete information: type k is paid R_k = max(theta_k q_k - 2, 0), so its first
+    2 / theta_k samples come free and beyond them V'(q) = 1 / (1 + q) < theta_k: q = (2,
+    1), R = (0, 0), profit (ln 3 + ln 2) / 2. The program without the floor (the old
+    one) paid type 2 its first best q = 0 with R = -2: a negative accuracy. Paid in
+    money, that is the textbook fee: q = 0, R = -2 (theta = 2).
+
+    Incomplete information: with R = 0 the two IC constraints read y_1 <= y_2 and y_2 <=
+    y_1, and type 2's IR caps both at 1; separating type 1 costs R_1 = y_1 - 1 for a
+    marginal value 1 / (1 + y_1) < 1, raising type 2 costs 2 a sample: q = (1, 1), R =
+    (0, 0), profit ln 2."""
+    accuracy = dict(reward="accuracy", accuracy_value=1.0, outside=-2.0, form=form)
+    complete = solve_screening([1.0, 2.0], [0.5, 0.5], LogValue(1.0), information="complete", **accuracy)
+    np.testing.assert_allclose(complete.contribution, [2.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(complete.reward, [0.0, 0.0], atol=1e-7)
+    assert complete.server_profit == pytest.approx(np.log(6.0) / 2, abs=1e-6)
+    incomplete = solve_screening([1.0, 2.0], [0.5, 0.5], LogValue(1.0), **accuracy)
+    np.testing.assert_allclose(incomplete.contribution, [1.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(incomplete.reward, [0.0, 0.0], atol=1e-6)
+    assert incomplete.server_profit == pytest.approx(np.log(2.0), abs=1e-6)
+    assert_ic_ir(incomplete)
+    fee = solve_screening([2.0], [1.0], LogValue(1.0), outside=-2.0, information="complete", form=form)
+    np.testing.assert_allclose([fee.contribution[0], fee.reward[0]], [0.0, -2.0], atol=1e-7)
+    with pytest.raises(ValueError, match=r"^form='closed_form': allowed is 'reduced' or 'all_pairs' for "
+                                         r"accuracy rewards with a negative outside utility \(-2\)"):
+        solve_screening([1.0, 2.0], [0.5, 0.5], LogValue(1.0), **{**accuracy, "form": "closed_form"})
+
+
+@pytest.mark.parametrize("reward", ["money", "accuracy"])
+def test_with_negative_outside_options_an_agent_that_signs_nothing_keeps_its_outside_option(reward):
+    """Outside options of -1: staying out costs an agent 1. Agents then sign items worth
+    less than 0 to them (a fee, or data for no model), and one that fills no item has
+    signed nothing and is out, at -1. The rule used to count such an agent in with
+    nothing, at utility 0, so the audit found a deviation gain of up to 1 for every agent
+    (contributing nothing); the accuracy menu promised accuracies of -0.8."""
+    pilot = PowerLaw(0.92, 10.38, 1.134)
+    population = Population.from_lists(cost=[1e-3, 2e-3], endowment=100.0, outside_option=-1.0)
+    mechanism = ContractMechanism(LogValue(0.2), reward=reward, reward_price=1.0 if reward == "money" else 0.1)
+    outcome = mechanism.solve(population, pilot)
+    assert outcome.participates.all()
+    assert np.all(outcome.accuracy >= 0.0)
+    shut_out = mechanism.allocate(np.zeros(2), population, pilot)
+    assert not shut_out.takes_part.any()
+    check = verify_equilibrium(mechanism, outcome.contributions, population, pilot,
+                               participates=outcome.participates, tol=1e-7)
+    assert check.ok, check.gains
+
+
 def test_programs_of_more_types_than_memory_allows_are_refused_before_compiling():
     """10^5 distinct agent costs used to exhaust memory inside cvxpy (its program grows as K^2)."""
     many = np.linspace(1.0, 2.0, contract.MAX_PROGRAM_TYPES + 1)
@@ -360,7 +412,7 @@ def test_infeasible_menu_names_the_constraint_and_types(form):
 
 def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
     th, p = np.array([1.0, 2.0, 3.0]), np.ones(3) / 3
-    err = contract._diagnose("infeasible", 3, "all_pairs", th, p, np.array([0.0, 0.0, 7.0]), 1.0,
+    err = contract._diagnose("infeasible", 3, "all_pairs", False, th, p, np.array([0.0, 0.0, 7.0]), 1.0,
                              V10, 1.0, None, 5.0, "CLARABEL", np.arange(3))
     assert err.family == "IR" and err.types == [2]
     assert "the IR constraints of types [2]" in str(err) and "reward_cap" in str(err)
