@@ -26,7 +26,8 @@ so exits are iterated until nobody leaves
 m_i^o = 0 has no data to bring and stays out.
 
 The rule (``allocate``): every contributing agent (m_i > 0) receives a(M), no money
-changes hands, and an agent contributing nothing receives no model. It does not price
+changes hands, and an agent contributing nothing receives no model: it does not take
+part and keeps its outside option. It does not price
 contributions, so the audit will find that any participant gains by contributing less
 (a(M) barely moves, its cost falls). The loop scores an agent who stays out at its
 ``outside_option``, as it does for every mechanism, not at the utility of the local
@@ -64,10 +65,11 @@ class IncFLParticipation:
     aggregation = "incfl"
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
-        """a_i = a(M) for every agent with m_i > 0, 0 for the others; no transfers."""
+        """a_i = a(M) for every agent with m_i > 0; the others do not take part (no
+        model: their outside option); no transfers."""
         m = population.check_contributions(contributions)
         accuracy = np.where(m > 0, model(m.sum()), 0.0)
-        return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents))
+        return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents), takes_part=m > 0)
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""

@@ -44,6 +44,7 @@ def test_the_rule_serves_contributors_only_and_prices_nothing():
     allocation = IncFLParticipation().allocate([100.0, 0.0, 300.0], population, TOY)
     np.testing.assert_allclose(allocation.accuracy, [TOY(400.0), 0.0, TOY(400.0)])
     assert allocation.transfer.tolist() == [0.0] * 3
+    assert allocation.takes_part.tolist() == [True, False, True]  # no model: out, at its outside option
     assert IncFLParticipation().aggregation == "incfl"
 
 
