@@ -32,6 +32,7 @@ from incentives.search import maximise
 from incentives.utility import Phi, utility
 
 _BISECTION_STEPS = 60
+_XTOL = 1e-10  # a best response's precision, samples per sample of max(1, m_i)
 RESOLUTION = 1e-9  # the smallest contribution searched, as a share of the endowment
 
 
@@ -165,6 +166,7 @@ def best_response(
     two cells around the best grid point, then moved right to the end of the set where
     u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i**beta), the size
     of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
+    The scalar search and the bisection both stop at 1e-10 * max(1, m_i) samples.
     At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|);
     at a maximum at m_i = 0, where u_i falls with slope s, by tie_tol scale / s, so a set
     of ties that starts at 0 and ends below the resolution n_i * RESOLUTION is taken as 0
@@ -180,7 +182,7 @@ def best_response(
     lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
     if hi > lo:
         result = minimize_scalar(
-            lambda m: -u(m), bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * max(1.0, hi)}
+            lambda m: -u(m), bounds=(lo, hi), method="bounded", options={"xatol": _XTOL * max(1.0, hi)}
         )
         if -result.fun > best_u:
             best_m, best_u = float(result.x), float(-result.fun)
@@ -193,6 +195,8 @@ def best_response(
     if above.size:  # u(start) >= threshold > u(above[0]): bisect for the plateau's right end
         left, right = start, float(above[0])
         for _ in range(_BISECTION_STEPS):
+            if right - left <= _XTOL * max(1.0, right):
+                break
             mid = 0.5 * (left + right)
             left, right = (mid, right) if u(mid) >= threshold else (left, mid)
         start = left

@@ -576,19 +576,24 @@ def _exact_sizes(n_players: int) -> int:
 
 
 def _strata_values(w: np.ndarray, f: Callable[[np.ndarray], np.ndarray], nodes: int, exact_sizes: int,
-                   rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                   rows: np.ndarray | None = None, own: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """:func:`size_strata_shapley` of G games at once: w (G, N) weights, checked by the
     caller; the values of the players ``rows`` (default all) in each, (G, R), and the
-    number of evaluations of f. A player's value needs only its own row: O(N nodes)."""
-    n_games, n_players = w.shape
+    number of evaluations of f. A player's value needs only its own row: O(N nodes).
+
+    ``own`` (G', R): the valued players' weights in G' games whose others' weights are
+    those of the single game w (1, N); the coalitions of others, their totals and worths
+    are then computed once for all G' (a best response's grid of one agent's weights)."""
+    n_players = w.shape[1]
     rows = np.arange(n_players) if rows is None else np.asarray(rows)
     n = n_players - 1
-    own = w[:, rows]                                                                 # (G, R)
+    base = w[:, rows]                                                                # (G, R): removed from w
+    own = base if own is None else own
     first = min(exact_sizes, n) + 1  # the first size taken by the normal approximation
     if first <= n:
-        strata, weights = _stratum_totals(w, own, first, nodes)                        # (G, R, S, T, nodes) each
+        strata, weights = _stratum_totals(w, base, first, nodes)                       # (G, R, S, T, nodes) each
     else:
-        strata, weights = np.zeros((n_games, len(rows), 0, 1, 1)), np.ones((0, 1, 1))
+        strata, weights = np.zeros((w.shape[0], len(rows), 0, 1, 1)), np.ones((0, 1, 1))
     left, right = np.triu_indices(n_players, 1) if exact_sizes == 2 and n >= 2 else (np.zeros(0, int),) * 2
     doubles = w[:, left] + w[:, right]       # size 2: S = {j, l}, j < l
     parts = (np.zeros(1), own, w, own[:, :, None] + w[:, None, :], doubles[:, None, :] + own[:, :, None], doubles,
@@ -839,8 +844,14 @@ class ShapleyRewards:
             return shapley_from_table(np.asarray(model(coalition_members(n) @ m.T)))[rows].T, 2**n
         pairs = n * (n - 1) // 2 if _exact_sizes(n) == 2 else 0  # a valued agent's pair totals, beside its strata
         per_call = max(1, STRATA_BATCH_SIZE // (len(rows) * (n * STRATA_NODES * 2**STRATA_HEAVY + pairs)))  # memory
-        calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, _exact_sizes(n), rows)
-                 for start in range(0, n_games, per_call)]
+        others = np.ones(n, dtype=bool)
+        others[rows] = False
+        if len(rows) == 1 and np.all(m[:, others] == m[:1, others]):  # one agent's grid: the others' coalitions once
+            calls = [_strata_values(m[:1], model, STRATA_NODES, _exact_sizes(n), rows, own=m[start:start + per_call, rows])
+                     for start in range(0, n_games, per_call)]
+        else:
+            calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, _exact_sizes(n), rows)
+                     for start in range(0, n_games, per_call)]
         first_games = min(per_call, n_games)  # f(0) is evaluated once per call
         return np.concatenate([values for values, _ in calls]), 1 + (calls[0][1] - 1) // first_games
 
