@@ -36,7 +36,7 @@ from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from incentives.loop import ClosedLoop, LoopResult
-from incentives.population import Population, sample_traits
+from incentives.population import CSV_ENCODING, Population, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
@@ -123,7 +123,7 @@ def agents_from_csv(section: dict, seed: int) -> Population:
 
 def csv_header(section: dict) -> list[str]:
     """The column names of ``population.csv`` (OSError when it cannot be read)."""
-    with open(section["csv"], newline="") as handle:
+    with open(section["csv"], newline="", encoding=CSV_ENCODING) as handle:
         return next(csv.reader(handle), [])
 
 

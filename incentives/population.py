@@ -44,6 +44,7 @@ FIELDS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option
 #: Defaults of the optional numeric fields.
 DEFAULTS = {"value": 1.0, "capacity": 1.0, "comm_cost": 0.0, "outside_option": 0.0}
 _REQUIRED = ("cost", "endowment")
+CSV_ENCODING = "utf-8-sig"  # UTF-8, skipping the byte-order mark spreadsheets put first
 #: Stream index of the label distribution in :meth:`Population.sample`.
 _LABEL_STREAM = len(FIELDS)
 _ROW_SUM_TOL = 1e-6
@@ -210,7 +211,7 @@ class Population:
                  seed: int = 0) -> "Population":
         """Read one agent per row; the header names the columns.
 
-        Columns: the numeric fields (``cost`` and ``endowment`` required, the others
+        UTF-8, with or without the byte-order mark spreadsheets write. Columns: the numeric fields (``cost`` and ``endowment`` required, the others
         optional with their defaults), optionally ``name``, optionally ``cost_exponent``
         (the same number on every row), and optionally ``label_0, ..., label_{K-1}`` for
         the label distribution. Any other column is an error.
@@ -221,10 +222,19 @@ class Population:
         from with ``seed`` (so a required field may come from it); a column the file has
         is read, whatever ``missing`` says of its field.
         """
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = list(reader)
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise ValueError(f"column {twice[0]!r} in {str(path)!r} appears {header.count(twice[0])} times: "
+                             "allowed is each column once")
+        for r, row in enumerate(rows):
+            fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, []))
+            if fields != len(header):
+                raise ValueError(f"row {r + 1} of {str(path)!r} (after the header) has {fields} field{'s' * (fields != 1)}: "
+                                 f"allowed is {len(header)}, one per column of the header")
         labels = sorted((c for c in header if c.startswith("label_")), key=_label_index)
         for col in header:
             if col not in FIELDS and col not in ("name", "cost_exponent") and col not in labels:

@@ -165,6 +165,24 @@ def test_csv_errors(tmp_path):
     path.write_text("cost,endowment\n")
     with pytest.raises(ValueError, match=r"len\(cost\)=0"):
         Population.from_csv(path)
+    path.write_text("cost,endowment,cost\n0.1,100,0.2\n")  # read before as one cost column, the last
+    with pytest.raises(ValueError, match=r"column 'cost' .* appears 2 times: allowed is each column once"):
+        Population.from_csv(path)
+    path.write_text("cost,endowment\n0.1,100\n0.2\n")
+    with pytest.raises(ValueError, match=r"row 2 of .* \(after the header\) has 1 field: allowed is 2"):
+        Population.from_csv(path)
+    path.write_text("cost,endowment\n0.1,100,7\n")
+    with pytest.raises(ValueError, match=r"row 1 of .* has 3 fields: allowed is 2"):
+        Population.from_csv(path)
+
+
+def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_as_plain_utf8(tmp_path):
+    """Spreadsheets' "CSV UTF-8" starts with the byte-order mark EF BB BF; it was read as
+    part of the first column's name, so 'cost' was refused as an unknown column."""
+    path = tmp_path / "agents.csv"
+    path.write_bytes(b"\xef\xbb\xbfcost,endowment\n0.0001,100\n0.0002,50\n")
+    pop = Population.from_csv(path)
+    np.testing.assert_array_equal(pop.cost, [1e-4, 2e-4])
 
 
 SPEC = {
