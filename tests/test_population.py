@@ -151,28 +151,20 @@ def test_csv_columns_it_lacks_are_drawn_from_missing_as_sample_draws_them(tmp_pa
         Population.from_csv(path, missing={**missing, "budget": 3})
 
 
-def test_csv_errors(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("cost,endowment,budget\n0.1,100,3\n", r"column 'budget' .*: allowed is one of"),
+    ("cost\n0.1\n", r"column 'endowment' is missing"),
+    ("cost,endowment\n0.1,lots\n", r"endowment\[0\]='lots': allowed is a number"),
+    ("cost,endowment\n", r"len\(cost\)=0"),
+    # read before as one cost column, the last
+    ("cost,endowment,cost\n0.1,100,0.2\n", r"column 'cost' .* appears 2 times: allowed is each column once"),
+    ("cost,endowment\n0.1,100\n0.2\n", r"row 2 of .* \(after the header\) has 1 field: allowed is 2"),
+    ("cost,endowment\n0.1,100,7\n", r"row 1 of .* has 3 fields: allowed is 2"),
+])
+def test_csv_errors(tmp_path, text, message):
     path = tmp_path / "agents.csv"
-    path.write_text("cost,endowment,budget\n0.1,100,3\n")
-    with pytest.raises(ValueError, match=r"column 'budget' .*: allowed is one of"):
-        Population.from_csv(path)
-    path.write_text("cost\n0.1\n")
-    with pytest.raises(ValueError, match=r"column 'endowment' is missing"):
-        Population.from_csv(path)
-    path.write_text("cost,endowment\n0.1,lots\n")
-    with pytest.raises(ValueError, match=r"endowment\[0\]='lots': allowed is a number"):
-        Population.from_csv(path)
-    path.write_text("cost,endowment\n")
-    with pytest.raises(ValueError, match=r"len\(cost\)=0"):
-        Population.from_csv(path)
-    path.write_text("cost,endowment,cost\n0.1,100,0.2\n")  # read before as one cost column, the last
-    with pytest.raises(ValueError, match=r"column 'cost' .* appears 2 times: allowed is each column once"):
-        Population.from_csv(path)
-    path.write_text("cost,endowment\n0.1,100\n0.2\n")
-    with pytest.raises(ValueError, match=r"row 2 of .* \(after the header\) has 1 field: allowed is 2"):
-        Population.from_csv(path)
-    path.write_text("cost,endowment\n0.1,100,7\n")
-    with pytest.raises(ValueError, match=r"row 1 of .* has 3 fields: allowed is 2"):
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
         Population.from_csv(path)
 
 
