@@ -211,10 +211,12 @@ class Population:
                  seed: int = 0) -> "Population":
         """Read one agent per row; the header names the columns.
 
-        UTF-8, with or without the byte-order mark spreadsheets write. Columns: the numeric fields (``cost`` and ``endowment`` required, the others
-        optional with their defaults), optionally ``name``, optionally ``cost_exponent``
-        (the same number on every row), and optionally ``label_0, ..., label_{K-1}`` for
-        the label distribution. Any other column is an error.
+        UTF-8, with or without the byte-order mark spreadsheets write. Columns: the
+        numeric fields (``cost`` and ``endowment`` required, the others optional with
+        their defaults), optionally ``name``, optionally ``cost_exponent`` (the same
+        number on every row), and optionally ``label_0, ..., label_{K-1}`` for the label
+        distribution. Any other column, a column named twice, or a row with more or fewer
+        fields than the header is an error.
 
         ``missing`` maps fields to specs as :meth:`sample` takes them (a number, a list of
         one value per row, a distribution): a field the file has no column for is drawn
@@ -233,8 +235,8 @@ class Population:
         for r, row in enumerate(rows):
             fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, []))
             if fields != len(header):
-                raise ValueError(f"row {r + 1} of {str(path)!r} (after the header) has {fields} field{'s' * (fields != 1)}: "
-                                 f"allowed is {len(header)}, one per column of the header")
+                raise ValueError(f"row {r + 1} of {str(path)!r} (after the header) has {fields} "
+                                 f"field{'s' * (fields != 1)}: allowed is {len(header)}, one per column of the header")
         labels = sorted((c for c in header if c.startswith("label_")), key=_label_index)
         for col in header:
             if col not in FIELDS and col not in ("name", "cost_exponent") and col not in labels:

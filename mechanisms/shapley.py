@@ -832,7 +832,8 @@ class ShapleyRewards:
     def values_many(self, profiles, model: AccuracyModel, rows=None) -> tuple[np.ndarray, int]:
         """:meth:`values` of G contribution profiles (G, N) at once: the (G, R) values of
         the agents ``rows`` (default all) in vectorised calls, and the number of values
-        of a computed per profile."""
+        of a computed per profile (shared among the profiles where they differ in one
+        valued agent's contribution alone: the others' coalitions are valued once)."""
         m = np.asarray(profiles, dtype=float)
         n_games, n = m.shape
         rows = np.arange(n) if rows is None else np.asarray(rows)
@@ -847,8 +848,8 @@ class ShapleyRewards:
         others = np.ones(n, dtype=bool)
         others[rows] = False
         if len(rows) == 1 and np.all(m[:, others] == m[:1, others]):  # one agent's grid: the others' coalitions once
-            calls = [_strata_values(m[:1], model, STRATA_NODES, _exact_sizes(n), rows, own=m[start:start + per_call, rows])
-                     for start in range(0, n_games, per_call)]
+            calls = [_strata_values(m[:1], model, STRATA_NODES, _exact_sizes(n), rows,
+                                    own=m[start:start + per_call, rows]) for start in range(0, n_games, per_call)]
         else:
             calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, _exact_sizes(n), rows)
                      for start in range(0, n_games, per_call)]

@@ -405,18 +405,22 @@ def test_the_model_is_valued_exactly_up_to_twelve_agents_by_size_strata_beyond_a
 
 @pytest.mark.parametrize("n_agents, estimator", [(5, "exact"), (15, "exact"), (25, "exact"), (15, "loo")])
 def test_one_agents_share_under_many_profiles_is_what_allocate_gives_it(n_agents, estimator):
-    """allocate_to values only agent i (size strata beyond 12 agents: its own row), and
-    the equilibrium solvers use it for a best response's grid: the same numbers."""
+    """allocate_to values only agent i (size strata beyond 12 agents: its own row, and
+    for a grid of i's contributions alone the others' coalitions once), and the
+    equilibrium solvers use it for a best response's grid: the same numbers."""
     rng = np.random.default_rng(n_agents)
     population = Population(cost=np.full(n_agents, 1e-4), endowment=np.full(n_agents, 500.0))
     profiles = rng.uniform(0.0, 500.0, (4, n_agents))
     profiles[0, 3] = 0.0
     mechanism = ShapleyRewards(0.7, estimator=estimator)
     for i in (0, 3, n_agents - 1):
-        share = mechanism.allocate_to(i, profiles, population, MODEL)
-        one_by_one = [mechanism.allocate(profile, population, MODEL) for profile in profiles]
-        np.testing.assert_allclose(share.transfer, [a.transfer[i] for a in one_by_one], rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(share.accuracy, [a.accuracy[i] for a in one_by_one], rtol=1e-12)
+        grid = np.repeat(profiles[1:2], 5, axis=0)
+        grid[:, i] = np.linspace(0.0, 500.0, 5)
+        for many in (profiles, grid):
+            share = mechanism.allocate_to(i, many, population, MODEL)
+            one_by_one = [mechanism.allocate(profile, population, MODEL) for profile in many]
+            np.testing.assert_allclose(share.transfer, [a.transfer[i] for a in one_by_one], rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(share.accuracy, [a.accuracy[i] for a in one_by_one], rtol=1e-12)
 
     class PointByPoint:  # the same rule without allocate_to: best responses evaluate it point by point
         name, allocate = mechanism.name, mechanism.allocate
