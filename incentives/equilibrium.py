@@ -100,44 +100,32 @@ class SocialOptimum:
     welfare: float
 
 
-def _utility_of(
-    mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel, phi: Phi | None
-) -> Callable[[float], float]:
-    """m -> u_i when agent i takes part with m samples and the others keep theirs (by
-    ``allocate_to`` where the mechanism has it: agent i's share alone); its outside
-    option where the rule leaves it out at m (``Allocation.takes_part``)."""
-    if getattr(mechanism, "allocate_to", None) is not None:
-        return lambda m: float(_utilities(mechanism, i, contributions, population, model, phi, np.array([m]))[0])
-    profile = np.array(contributions, dtype=float)
-    v, c, comm, beta = population.value[i], population.cost[i], population.comm_cost[i], population.cost_exponent
-
-    def u(m: float) -> float:
-        profile[i] = m
-        allocation = mechanism.allocate(profile, population, model)
-        if allocation.takes_part is not None and not allocation.takes_part[i]:
-            return float(population.outside_option[i])
-        a = allocation.accuracy[i]
-        return float(v * (a if phi is None else phi(a)) + allocation.transfer[i] - c * m**beta - comm)
-
-    return u
-
-
 def _utilities(mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel,
                phi: Phi | None, points: np.ndarray) -> np.ndarray:
-    """u_i at each of ``points``, the others keeping theirs: one call of the mechanism's
-    ``allocate_to`` (agent i's share under G profiles) where it has one, else
-    :func:`_utility_of` point by point; the same numbers either way."""
-    allocate_to = getattr(mechanism, "allocate_to", None)
-    if allocate_to is None:
-        u = _utility_of(mechanism, i, contributions, population, model, phi)
-        return np.array([u(m) for m in points])
-    profiles = np.repeat(np.asarray(contributions, dtype=float)[None, :], len(points), axis=0)
-    profiles[:, i] = points
-    share = allocate_to(i, profiles, population, model)
+    """u_i at each of ``points``, the others keeping theirs, from what the rule gives agent i
+    there (:func:`_agent_allocation`); its outside option where the rule leaves it out
+    (``Allocation.takes_part``)."""
+    share = _agent_allocation(mechanism, i, contributions, population, model, points)
     a = np.asarray(share.accuracy, dtype=float)
     v, c, comm, beta = population.value[i], population.cost[i], population.comm_cost[i], population.cost_exponent
     inside = v * (a if phi is None else np.asarray(phi(a), dtype=float)) + share.transfer - c * points**beta - comm
     return inside if share.takes_part is None else np.where(share.takes_part, inside, population.outside_option[i])
+
+
+def _agent_allocation(mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel,
+            points: np.ndarray) -> Allocation:
+    """Agent i's accuracy, transfer and taking part at each of ``points``, (P,) arrays,
+    the others keeping theirs: one call of the mechanism's ``allocate_to`` where it has
+    one, else ``allocate`` point by point; the same numbers either way."""
+    profiles = np.repeat(np.asarray(contributions, dtype=float)[None, :], len(points), axis=0)
+    profiles[:, i] = points
+    allocate_to = getattr(mechanism, "allocate_to", None)
+    if allocate_to is not None:
+        return allocate_to(i, profiles, population, model)
+    rows = [mechanism.allocate(profile, population, model) for profile in profiles]
+    takes_part = None if rows[0].takes_part is None else np.array([row.takes_part[i] for row in rows])
+    return Allocation(np.array([row.accuracy[i] for row in rows]), np.array([row.transfer[i] for row in rows]),
+                      takes_part)
 
 
 def _grid(endowment: float, current: float, size: int) -> np.ndarray:
@@ -173,7 +161,9 @@ def best_response(
     (a free rider contributes nothing, not 1e-10 samples).
     """
     n_i = float(population.endowment[i])
-    u = _utility_of(mechanism, i, contributions, population, model, phi)
+    def u(m: float) -> float:
+        return float(_utilities(mechanism, i, contributions, population, model, phi, np.array([m]))[0])
+
     grid = _grid(n_i, float(np.clip(contributions[i], 0.0, n_i)), grid_size)
     values = _utilities(mechanism, i, contributions, population, model, phi, grid)
     j = int(np.argmax(values))

@@ -225,18 +225,17 @@ class Population:
         is read, whatever ``missing`` says of its field.
         """
         with open(path, newline="", encoding=CSV_ENCODING) as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+            header, *lines = [line for line in csv.reader(f) if line] or [[]]  # blank lines skipped
         twice = sorted({c for c in header if header.count(c) > 1})
         if twice:
             raise ValueError(f"column {twice[0]!r} in {str(path)!r} appears {header.count(twice[0])} times: "
                              "allowed is each column once")
-        for r, row in enumerate(rows):
-            fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, []))
-            if fields != len(header):
-                raise ValueError(f"row {r + 1} of {str(path)!r} (after the header) has {fields} "
-                                 f"field{'s' * (fields != 1)}: allowed is {len(header)}, one per column of the header")
+        for r, line in enumerate(lines):
+            if len(line) != len(header):
+                raise ValueError(f"row {r + 1} of {str(path)!r} (after the header) has {len(line)} "
+                                 f"field{'s' * (len(line) != 1)}: allowed is {len(header)}, one per column "
+                                 "of the header")
+        rows = [dict(zip(header, line)) for line in lines]
         labels = sorted((c for c in header if c.startswith("label_")), key=_label_index)
         for col in header:
             if col not in FIELDS and col not in ("name", "cost_exponent") and col not in labels:

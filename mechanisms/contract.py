@@ -104,9 +104,9 @@ Failures
 --------
 An infeasible or unbounded menu raises :class:`ContractError` (a ``ValueError``) naming
 the constraint family that fails (IR, IC, monotonicity, capacity, reward_cap,
-reward_floor, nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types involved: it
-re-solves without each family, then drops types one at a time while the problem stays
-infeasible (a deletion filter), leaving a minimal conflicting set.
+reward_floor, nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types
+involved: it re-solves without each family, then drops types one at a time while the
+problem stays infeasible (a deletion filter), leaving a minimal conflicting set.
 
 Compiled programs are cached per (number of types, variant) with cvxpy Parameters
 (costs, probabilities, outside utilities, caps, value scale, units) so that re-solving
@@ -624,14 +624,14 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     variant: "complete" (first best), "virtual" (reduced form (4) with a common outside
     utility), "adjacent" (reduced form with per-type outside utilities) or "all_pairs"
     (program (2)). ``floor``: every reward R_k >= 0 (an accuracy delivered cannot be
-    negative; not with "virtual", whose rents (3) assume the lowest IR binds). ``drop``
+    negative; the caller solves such menus as "adjacent" rather than "virtual", whose
+    rents (3) assume the lowest IR binds, and under complete information keeps R free,
+    as in program (2) without its IC). ``drop``
     maps a constraint family to the types whose rows are left out (used only to diagnose
     failures); ``pairs`` ((P, 2) rows (k, j), "adjacent" only) adds those IC_kj
     constraints (constraint generation, :func:`_generate_pairs`). Neither kind of
     program is cached.
     """
-    if floor and variant == "virtual":  # pragma: no cover - a programming error
-        raise RuntimeError("the virtual program has no reward floor")
     drop = drop or {}
     y = cp.Variable(K, name="y")                # y_k = (q_k / s_k)**beta, s_k the unit (_units)
     x = y if beta == 1.0 else cp.power(y, 1.0 / beta)  # q_k / s_k
@@ -665,13 +665,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     t = cp.Variable(K, name="t")
     constraints.append(t <= value.base_expr(x, inverse_unit))
     gain = cp.sum(cp.multiply(W, t))
-    if variant == "complete" and floor:  # IR binds unless the floor does: R_k = max(theta_k y_k + u0_k, 0)
-        R = cp.Variable(K, name="R")
-        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
-        objective = gain - params["P"] @ R
-        add("IR", R - cp.multiply(theta, y) - u0, types)
-        reward = R
-    elif variant == "complete":
+    if variant == "complete" and not floor:
         params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k
         objective = gain - params["G"] @ y
         reward = cp.multiply(theta, y) + u0                          # binding IR
@@ -685,13 +679,13 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
             add("monotonicity", cost_units[:-1] - cost_units[1:], types[1:])
         paid = cp.multiply(params["step"], y)
         reward = cp.multiply(theta, y) + u0 + cp.sum(paid) - cp.cumsum(paid)   # eq. (3)
-    elif variant == "all_pairs":
+    elif variant in ("all_pairs", "complete"):  # complete with the floor: R_k = max(theta_k y_k + u0_k, 0)
         R = cp.Variable(K, name="R")
         params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
         objective = gain - params["P"] @ R
         own = R - cp.multiply(theta, y)                              # U_k = R_k - theta_k y_k
         add("IR", own - u0, types)
-        if K > 1:
+        if variant == "all_pairs" and K > 1:
             # IC_kj for every ordered pair: U_k >= R_j - theta_k y_j. The matrix of
             # deviation payoffs is 1 R^T - theta y^T (an outer product with the parameter
             # on the left keeps the compiled program small).
@@ -971,12 +965,12 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     P["W"].value = pp * value.scale * value.unit_factor(unit)
     P["theta"].value = th * per_unit
     P["u0"].value = u0
-    if prog.variant == "adjacent" or (prog.variant == "complete" and not prog.floor):
-        P["G"].value = kappa * pp * th * per_unit
-    elif prog.variant == "virtual":
+    if prog.variant == "virtual":
         P["G"].value = kappa * pp * virtual_costs(th, pp) * per_unit
         P["step"].value = np.concatenate(([0.0], np.diff(th))) * per_unit
         P["per_unit"].value = per_unit
+    elif "G" in P:  # "adjacent", and "complete" without the floor
+        P["G"].value = kappa * pp * th * per_unit
     if "P" in P:
         P["P"].value = kappa * pp
     if "ordered" in P:
@@ -1090,7 +1084,7 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
     y = np.maximum(np.asarray(prog.y.value, dtype=float), 0.0) * per_unit
     if prog.variant == "virtual":
         R = _rents(th, y, u0[0])
-    elif prog.variant == "complete" and not prog.floor:
+    elif prog.R is None:  # "complete" without the floor: IR binds
         R = th * y + u0
     else:
         R = np.asarray(prog.R.value, dtype=float)
