@@ -28,3 +28,13 @@ def check_fraction(key: str, value) -> None:
     """ValueError unless ``value`` is a number in [0, 1) (bools are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
         raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")
+
+
+def check_seed(seed):
+    """``seed`` unchanged; ValueError unless it is an integer >= 0 (bools are not
+    integers here) or a ``numpy.random.SeedSequence``, what numpy seeds a stream from."""
+    if not isinstance(seed, np.random.SeedSequence) and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"seed={seed!r}: allowed is an integer >= 0 or a numpy.random.SeedSequence")
+    return seed

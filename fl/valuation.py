@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fl import evaluation
+from fl.algorithms.fedavg import FedAvg
 from fl.algorithms.strategy import Strategy
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Params
@@ -240,12 +241,18 @@ def train_with_valuation(
     and client updates to value coalitions of that round's clients on ``validation``.
     ``run_options`` are passed to ``run_federated`` (seed, test, executor, ...).
 
-    The strategy must aggregate FedAvg-style (w_{t+1} = w_S for S all selected
-    clients) for the per-round utilities to describe the models actually trained.
-    Memory: every round's client models are kept until the run is dropped.
+    The strategy must aggregate as FedAvg does (w_{t+1} = w_S for S all selected
+    clients) for the per-round utilities to describe the models actually trained: one
+    that replaces ``FedAvg.aggregate`` (a server optimiser, SCAFFOLD, IncFL's weights)
+    is refused. Memory: every round's client models are kept until the run is dropped.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: allowed is one of {', '.join(METRICS)}")
+    if getattr(type(strategy), "aggregate", None) is not FedAvg.aggregate:
+        raise ValueError(
+            f"strategy={type(strategy).__name__}: allowed is a strategy that aggregates as FedAvg does "
+            "(FedAvg, FedProx), since the coalition models are FedAvg averages of the round's updates"
+        )
     recording = _Recording(strategy)
     result = run_federated(model, train_subsets, recording, rounds, **run_options)
     valuations = [

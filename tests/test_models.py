@@ -63,3 +63,19 @@ def test_a_model_whose_module_is_absent_raises_a_clear_error(monkeypatch):
 def test_too_small_input_for_the_cnn_is_refused():
     with pytest.raises(ValueError, match="input_shape=\\(1, 3, 3\\).*allowed"):
         build_model("cnn", (1, 3, 3), 10)
+
+
+@pytest.mark.parametrize(
+    "name, shape, options, message",
+    [
+        ("mlp", (1, 8, 8), {"hiden": (32,)}, r"model='mlp' options \['hiden'\]: allowed are hidden"),
+        ("lenet5", (1, 28, 28), {"width": 2.0}, r"model='lenet5' options \['width'\]: allowed is none"),
+        ("resnet8", (3, 32, 32), {"depth": 8}, r"options \['depth'\]: allowed are width, static_bn"),
+        ("char_lstm", (1, 8, 8), {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
+        ("mlp", (1, 8, 8), {"seed": -2}, r"seed=-2: allowed is an integer >= 0"),
+    ],
+)
+def test_options_the_model_does_not_take_and_data_it_cannot_read_are_refused(name, shape, options, message):
+    seed = options.pop("seed", 0)
+    with pytest.raises(ValueError, match=message):
+        build_model(name, shape, 10, seed, **options)

@@ -133,6 +133,9 @@ def test_holdout_is_stratified_and_complementary():
         (lambda: partition.by_counts(LABELS, [2000], seed=0), "counts=\\[2000\\]"),
         (lambda: partition.by_counts(LABELS, [10], np.ones((1, 10)), seed=0), "label_distributions"),
         (lambda: partition.holdout(LABELS, 1.5, 0), "fraction=1.5"),
+        (lambda: partition.iid(LABELS, 5, -1), "seed=-1"),
+        (lambda: partition.dirichlet(LABELS, 5, 1.0, 0.5), "seed=0.5"),
+        (lambda: partition.holdout(LABELS, 0.2, "0"), "seed='0'"),
     ],
 )
 def test_bad_arguments_name_key_value_and_what_is_allowed(call, key):

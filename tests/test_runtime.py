@@ -16,6 +16,8 @@ from fl.server import run_federated
 TRAIN, TEST = load_digits()
 SUBSETS = [TRAIN.subset(p) for p in partition.dirichlet(TRAIN.labels(), 8, 0.5, seed=1, min_size=20)]
 QUIET = {"progress": False}
+OTHER_SHAPE = ArrayDataset("flat digits", TEST.x.flatten(1), TEST.y, 10)  # the same data, other shape
+FEWER_CLASSES = ArrayDataset("digits 0-4", TEST.x[TEST.y < 5], TEST.y[TEST.y < 5], 5)
 
 
 class RecordingExecutor(SerialExecutor):
@@ -151,9 +153,26 @@ def test_dropout_is_seeded_and_closes_rounds_at_the_deadline():
     assert [r.bytes_up for r in everyone.history] == [0, 0, 0]
 
 
-def test_dropout_without_deadline_is_reported():
-    with pytest.raises(RuntimeError, match="need a Deadline"):
-        simulate("mlp", SUBSETS, FedAvg(), 2, behaviours=[Dropout(1.0)], **QUIET)
+def test_dropout_without_deadline_is_refused_before_training():
+    executor = RecordingExecutor()
+    with pytest.raises(ValueError, match=r"behaviours \(Dropout\(0.3\) without a Deadline\): allowed is"):
+        simulate("mlp", SUBSETS, FedAvg(), 2, behaviours=[Dropout(0.3)], executor=executor, **QUIET)
+    assert executor.calls == []
+    for behaviours in ([Dropout(0.3), Deadline(1000.0)], [Dropout(0.0)]):  # either order; no dropout, no deadline
+        simulate("mlp", SUBSETS, FedAvg(), 1, behaviours=behaviours, **QUIET)
+
+
+class SilentClients:
+    """A behaviour of the user's own: clients that never answer, with no deadline."""
+
+    def install(self, simulation):
+        for client in simulation.clients.values():
+            client.on(Kind.TRAIN, lambda message: None)
+
+
+def test_a_server_left_waiting_for_answers_that_never_come_is_reported():
+    with pytest.raises(RuntimeError, match="ran out of events in round 0: the server waits for clients"):
+        simulate("mlp", SUBSETS, FedAvg(), 2, behaviours=[SilentClients()], **QUIET)
 
 
 def test_clients_evaluate_the_global_model_on_their_own_test_sets():
@@ -214,6 +233,17 @@ def test_fedbuff_gives_up_on_clients_that_miss_the_deadline():
     assert {r.client_id for _, results in strategy.aggregations for r in results} == {0, 1}
 
 
+@pytest.mark.parametrize("behaviours", [[Deadline(5.0)], [Deadline(1000.0), Dropout(1.0)]])
+def test_fedbuff_stops_when_no_client_can_answer_instead_of_sending_orders_forever(behaviours):
+    """Every step of 16 samples takes 16 s at the default speed of 1 sample a second:
+    past a 5 s deadline nobody answers (nor does anybody who drops out); FedBuff used to
+    time out and resend forever."""
+    data = {i: TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(3)}
+    fedbuff = FedBuff(buffer_size=2, concurrency=2)
+    with pytest.raises(ValueError, match=r"Deadline\(\d+.0\): every one of the 3 clients missed it .* server step 0"):
+        simulate("mlp", data, FedAvg(batch_size=16), 2, behaviours=[fedbuff, *behaviours], **QUIET)
+
+
 def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
     from fl.executors.vectorised import VectorisedExecutor
 
@@ -237,6 +267,13 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
         (lambda: simulate("mlp", SUBSETS, FedAvg(), -1, **QUIET), "rounds=-1"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=[ClientProfile()], **QUIET), "profiles"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests={99: TEST}, **QUIET), "client_tests"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, seed=-1, **QUIET), "seed=-1"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, seed=1.5, **QUIET), "seed=1.5"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, test=OTHER_SHAPE, **QUIET), r"test \(features of shape \(64,\)"),
+        (lambda: simulate("mlp", [*SUBSETS, OTHER_SHAPE.subset(np.arange(5))], FedAvg(), 1, **QUIET),
+         r"train_subsets\[8\] \(features of shape \(64,\), 10 classes\)"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests={0: FEWER_CLASSES}, **QUIET),
+         r"client_tests\[0\] \(features of shape \(1, 8, 8\), 5 classes\)"),
     ],
 )
 def test_bad_settings_are_refused(call, key):

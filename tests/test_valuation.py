@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fl import evaluation
+from fl.algorithms import FedAdam, Scaffold
 from fl.algorithms.fedavg import FedAvg
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.data.partition import dirichlet, iid
@@ -219,6 +220,9 @@ def test_bad_arguments_are_refused(skewed_run, digits):
     _, subsets, strategy, _ = skewed_run
     with pytest.raises(ValueError, match="metric='f1': allowed is one of accuracy, neg_loss"):
         train_with_valuation("mlp", subsets, strategy, 1, digits[2], metric="f1", **RUN)
+    for other in (FedAdam(batch_size=32, lr=0.1), Scaffold(batch_size=32, lr=0.1)):  # aggregate otherwise
+        with pytest.raises(ValueError, match=f"strategy={type(other).__name__}: allowed is a strategy that aggregates"):
+            train_with_valuation("mlp", subsets, other, 1, digits[2], **RUN)
     game = skewed_run[0].rounds[0]
     with pytest.raises(ValueError, match=r"num_samples\[0\]=0: allowed is a number > 0"):
         RoundValuation(game.model, game.global_params, {0: game.global_params}, {0: 0}, game.validation)

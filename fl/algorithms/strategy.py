@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl.checks import check_seed
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
@@ -61,5 +62,5 @@ def child_seed(parent: int | np.random.SeedSequence, *keys: int) -> np.random.Se
     """The independent stream of ``parent`` named by ``keys`` (e.g. (round,), then
     (round, client)): the same keys always give the same stream, whatever else is drawn."""
     if not isinstance(parent, np.random.SeedSequence):
-        parent = np.random.SeedSequence(parent)
+        parent = np.random.SeedSequence(check_seed(parent))
     return np.random.SeedSequence(parent.entropy, spawn_key=(*parent.spawn_key, *keys))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fl.checks import check_seed
+
 
 @dataclass(frozen=True)
 class ArrayDataset:
@@ -73,7 +75,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[ArrayDataset
     bunch = sklearn_digits()
     images = bunch.images.astype(np.float32) / 16.0
     labels = bunch.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     test_idx = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl.checks import check_integer
+from fl.checks import check_integer, check_seed
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 
@@ -45,7 +45,7 @@ def dirichlet_federation(
     check_integer("pool", pool)
     if pool > len(labels):
         raise ValueError(f"pool={pool!r}: allowed is 1 to {len(labels)}, the training set's size")
-    indices = np.random.default_rng(seed).permutation(len(labels))[:pool]
+    indices = np.random.default_rng(check_seed(seed)).permutation(len(labels))[:pool]
     kept, held = partition.holdout(labels[indices], validation_fraction, seed)
     kept, held = indices[kept], indices[held]
     parts = partition.dirichlet(labels[kept], clients, alpha, seed, min_size=min_size)

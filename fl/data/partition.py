@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.checks import check_integer, check_positive
+from fl.checks import check_integer, check_positive, check_seed
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
@@ -43,7 +43,7 @@ def iid(labels: np.ndarray, num_clients: int, seed: int) -> Partition:
     """Uniform random split of all samples into ``num_clients`` parts whose sizes differ by at most one."""
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     return Partition(np.array_split(rng.permutation(len(labels)), num_clients))
 
 
@@ -59,7 +59,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     check_integer("num_clients", num_clients)
     check_positive("alpha", alpha)
     _check_min_size(min_size, num_clients, len(labels))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
     for _ in range(_MAX_TRIES):
         chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
@@ -90,7 +90,7 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
             f"shards_per_client={shards_per_client!r}: allowed is at most "
             f"{len(labels) // num_clients} ({len(labels)} samples for {num_clients} clients)"
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     order = np.lexsort((rng.random(len(labels)), labels))
     pieces = np.array_split(order, num_shards)
     owners = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
@@ -114,7 +114,7 @@ def quantity_skew(
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
     _check_min_size(min_size, num_clients, len(labels))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if distribution == "lognormal":
         check_positive("sigma", sigma)
         weights = rng.lognormal(0.0, sigma, num_clients)
@@ -162,7 +162,7 @@ def by_counts(
     for k in np.flatnonzero(demand.sum(axis=0) > supply):
         granted[:, k] = _largest_remainder(int(supply[k]), demand[:, k])
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     pools = [rng.permutation(np.flatnonzero(labels == k)) for k in range(demand.shape[1])]
     taken = np.zeros(demand.shape[1], dtype=np.int64)
     parts: list[list[np.ndarray]] = []
@@ -188,7 +188,7 @@ def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
     labels = _check_labels(labels)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction={fraction!r}: allowed is a number in (0, 1)")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     classes = np.unique(labels)
     members = [rng.permutation(np.flatnonzero(labels == k)) for k in classes]
     sizes = _largest_remainder(holdout_size(len(labels), fraction), np.array([len(m) for m in members]))

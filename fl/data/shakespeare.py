@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fl.checks import check_seed
 from fl.data.dataset import ArrayDataset
 from fl.data.download import DatasetNotFoundError, data_root
 
@@ -299,7 +300,7 @@ def load_shakespeare_clients(
         if n_train >= min_samples and len(test_targets) >= 1:
             plans.append((role.key, codes, train_targets, test_targets))
     if max_clients is not None and max_clients < len(plans):
-        keep = np.sort(np.random.default_rng(seed).choice(len(plans), size=max_clients, replace=False))
+        keep = np.sort(np.random.default_rng(check_seed(seed)).choice(len(plans), size=max_clients, replace=False))
         plans = [plans[i] for i in keep]
     parts = {"train": ([], [], []), "test": ([], [], [])}
     for _, codes, train_targets, test_targets in plans:

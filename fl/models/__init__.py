@@ -19,11 +19,14 @@ char_lstm    fl.models.lstm.CharLSTM       vocab_size = num_classes          emb
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from fl.checks import check_seed
 
 Params = dict[str, torch.Tensor]
 """A model's state (parameters and buffers) by ``state_dict`` name; the currency of ``fl``."""
@@ -47,6 +50,8 @@ def _square_image(input_shape: tuple, num_classes: int) -> dict:
 
 
 def _vocabulary(input_shape: tuple, num_classes: int) -> dict:
+    if len(input_shape) != 1:
+        raise ValueError(f"input_shape={input_shape!r}: allowed is (sequence_length,), character codes, for this model")
     return {"vocab_size": num_classes}
 
 
@@ -87,9 +92,16 @@ def build_model(
     factory = getattr(module, attribute, None)
     if factory is None:
         raise ImportError(f"model={name!r} needs {module_name}.{attribute}, which {module_name} does not define")
-    arguments = {**adapter(tuple(input_shape), num_classes), **defaults, **options}
+    from_data = adapter(tuple(input_shape), num_classes)
+    allowed = [key for key in inspect.signature(factory).parameters if key not in from_data]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        allowed_text = f"allowed are {', '.join(allowed)}" if allowed else "allowed is none: the model takes no options"
+        raise ValueError(f"model={name!r} options {unknown}: {allowed_text}")
+    arguments = {**from_data, **defaults, **options}
     if seed is None:
         return factory(**arguments)
+    check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed.generate_state(1)[0] if isinstance(seed, np.random.SeedSequence) else seed))
         return factory(**arguments)

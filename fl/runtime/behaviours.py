@@ -67,7 +67,8 @@ class Dropout:
     """A client sent an order for round t drops out of it with probability
     ``probability``, independently for each (round, client) pair (streams of the run's
     seed): it neither trains nor answers. The server learns of it only when the order's
-    deadline passes, so a :class:`Deadline` is needed too."""
+    deadline passes, so a :class:`Deadline` is needed too (with a probability > 0 the
+    run is refused without one, before it starts)."""
 
     def __init__(self, probability: float):
         if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
@@ -77,6 +78,15 @@ class Dropout:
     def install(self, simulation: Simulation) -> None:
         for client in simulation.clients.values():
             client.on(Kind.TRAIN, self._train_unless_dropped(simulation.seed, client.handlers[Kind.TRAIN]))
+
+        def check_deadline() -> None:
+            if self.probability > 0 and simulation.server.deadline is None:
+                raise ValueError(
+                    f"behaviours (Dropout({self.probability}) without a Deadline): allowed is Dropout together "
+                    "with a Deadline, which closes the orders of clients that dropped out"
+                )
+
+        simulation.checks.append(check_deadline)
 
     def _train_unless_dropped(self, seed, train: Handler) -> Handler:
         def train_unless_dropped(message: Message) -> None:

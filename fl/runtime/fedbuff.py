@@ -17,8 +17,11 @@ so FedAvg's rule gives x^{(t)} + sum_i (n_i / n) Delta_i, and a server optimiser
 FedAdam, ...) sees the pseudo-gradient it expects. Each server step is one round of the
 history. Clients to send are sampled with ``strategy.configure_round(t, idle clients,
 seed)``: as many of its tasks as there are free slots, picked at random. A Deadline
-frees the slot of a client that does not answer in time; a step needs K answers, so a
-run in which no client can ever answer in time does not end.
+frees the slot of a client that does not answer in time. A client that missed the
+deadline of an order of the current version misses every order of it (its work, speed
+and dropout draw are those of the version), so once every client has missed one, no
+step can come: the run stops with a ValueError naming the deadline rather than
+sending orders forever.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class _BufferedAggregation:
         self.in_flight: dict[int, tuple[int, int, Params]] = {}  # dispatch -> (client, version, model sent)
         self.buffer: list[tuple[ClientResult, Params]] = []  # (result, its staleness-weighted Delta_i)
         self.samplings = 0
+        self.missed: set[int] = set()  # clients that missed the deadline of an order of the current version
 
     @property
     def over(self) -> bool:
@@ -93,8 +97,18 @@ class _BufferedAggregation:
             self.refill()
 
     def time_out(self, message: Message) -> None:
-        if not self.over and self.in_flight.pop(message.payload, None) is not None:
-            self.refill()
+        if self.over or message.payload not in self.in_flight:
+            return
+        client, version, _ = self.in_flight.pop(message.payload)
+        if version == self.server.round_index:
+            self.missed.add(client)
+        if self.missed >= set(self.server.available):
+            raise ValueError(
+                f"Deadline({self.server.deadline}): every one of the {len(self.missed)} clients missed it on the "
+                f"model of server step {self.server.round_index} (too little time for its local work at its speed, "
+                "or it dropped out), so no update can come; allowed is a deadline that some client meets"
+            )
+        self.refill()
 
     def step(self) -> None:
         current = self.server.params
@@ -102,7 +116,7 @@ class _BufferedAggregation:
             replace(result, params={name: w + delta[name] if name in delta else w for name, w in current.items()})
             for result, delta in self.buffer
         ]
-        self.buffer = []
+        self.buffer, self.missed = [], set()
         self.server.close_round(results)
         if self.over:
             self.server.finish()

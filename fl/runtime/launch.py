@@ -51,6 +51,25 @@ def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> di
     return dict(train_subsets) if isinstance(train_subsets, Mapping) else dict(enumerate(train_subsets))
 
 
+def check_same_data(
+    subsets: Mapping[int, Subset], test: ArrayDataset | None, client_tests: Mapping[int, ArrayDataset]
+) -> None:
+    """ValueError unless the clients' data, ``test`` and the clients' own test sets all
+    have the feature shape and number of classes of the first of them."""
+    named = [(f"train_subsets[{client}]", data.dataset) for client, data in subsets.items()]
+    named += [("test", test)] if test is not None else []
+    named += [(f"client_tests[{client}]", data) for client, data in client_tests.items()]
+    if not named:
+        return
+    first_key, first = named[0]
+    for key, data in named[1:]:
+        if (data.feature_shape, data.num_classes) != (first.feature_shape, first.num_classes):
+            raise ValueError(
+                f"{key} (features of shape {data.feature_shape}, {data.num_classes} classes): allowed is the "
+                f"shape and classes of {first_key}, {first.feature_shape} and {first.num_classes}"
+            )
+
+
 def initial_model(
     model: str | nn.Module,
     subsets: Mapping[int, Subset],

@@ -31,7 +31,7 @@ from fl.executors.serial import SerialExecutor
 from fl.models import Params
 from fl.runtime.client import Client
 from fl.runtime.events import EventQueue, Node
-from fl.runtime.launch import check_schedule, client_subsets, initial_model
+from fl.runtime.launch import check_same_data, check_schedule, client_subsets, initial_model
 from fl.runtime.messages import SERVER, Kind, Message
 from fl.runtime.profiles import ClientProfile
 from fl.runtime.server import RoundRecord, Server
@@ -48,6 +48,7 @@ class Simulation:
         self.server: Server | None = None
         self.clients: dict[int, Client] = {}
         self._requests: list[tuple[ClientTask, Params, Callable[[ClientResult], None]]] = []
+        self.checks: list[Callable[[], None]] = []  # run once every behaviour is installed; raise ValueError
 
     def send(self, kind: Kind, sender: int, receiver: int, payload=None, nbytes: int = 0, after: float = 0.0) -> None:
         if sender == receiver:
@@ -92,7 +93,9 @@ class Simulation:
 
 class Behaviour(Protocol):
     """A change of the nodes' conduct, made by registering handlers on
-    ``simulation.server`` and ``simulation.clients`` before the run starts."""
+    ``simulation.server`` and ``simulation.clients`` before the run starts. A behaviour
+    that needs another may append a check to ``simulation.checks``: each is called once
+    every behaviour is installed, before the run, and raises ValueError to refuse it."""
 
     def install(self, simulation: Simulation) -> None: ...
 
@@ -149,15 +152,18 @@ def simulate(
     """
     check_schedule(rounds, evaluate_every)
     subsets = client_subsets(train_subsets)
+    tests = _client_tests(client_tests, subsets)
+    check_same_data(subsets, test, tests)
     model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
     simulation = Simulation(model, strategy, executor or SerialExecutor(), seed)
     simulation.server = Server(simulation, params, int(rounds), test, int(evaluate_every), progress)
     members = [client for client, data in subsets.items() if len(data) > 0]
     rates = _profiles(profiles, members)
-    tests = _client_tests(client_tests, subsets)
     simulation.clients = {c: Client(c, subsets[c], rates[c], simulation, tests.get(c)) for c in members}
     for behaviour in behaviours:
         behaviour.install(simulation)
+    for check in simulation.checks:
+        check()
     for client in simulation.clients.values():
         client.join()
     simulation.send(Kind.START, SERVER, SERVER)
@@ -166,7 +172,7 @@ def simulate(
     if not server.done:
         raise RuntimeError(
             f"the simulation ran out of events in round {server.round_index}: the server waits for clients "
-            "that will never answer (clients that drop out need a Deadline)"
+            "that will never answer (a behaviour drops orders, and no Deadline closes them)"
         )
     return SimulationResult(model, server.params, params, server.records(), simulation.clients)
 
