@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from incentives.accuracy import FAMILIES
+from incentives.accuracy import FAMILIES, check_pilot_sizes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -251,10 +251,10 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _check_pilot_sizes(accuracy: dict[str, Any]) -> None:
     """ConfigError when the pilot has fewer different sizes than its curve has parameters."""
-    sizes, family = accuracy["pilot_sizes"], accuracy["family"]
-    if len(set(sizes)) < FAMILIES[family].n_params:
-        raise ConfigError(f"accuracy.pilot_sizes={sizes!r}: allowed is at least {FAMILIES[family].n_params} "
-                          f"different sizes for accuracy.family={family!r}, one per parameter of its curve")
+    try:
+        check_pilot_sizes(accuracy["pilot_sizes"], accuracy["family"], key="accuracy.pilot_sizes")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_private_information(given: dict[str, Any], population: dict[str, Any]) -> None:

@@ -411,6 +411,10 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
     model it was solved with, with the agents' value of accuracy ``phi`` (the loop's;
     linear by default)."""
     final = result.final()
+    missing = [m.name for m in mechanisms if m.name not in final]
+    if missing:
+        raise ValueError(f"mechanisms ({', '.join(map(repr, missing))} not in the loop result): allowed is "
+                         f"mechanisms the loop ran, {', '.join(map(repr, final))}")
     return {m.name: audit(m, final[m.name].outcome, population, final[m.name].accuracy_model,
                           final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
                           final[m.name].trained_contributions, phi=phi)

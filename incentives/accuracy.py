@@ -352,17 +352,29 @@ class EmpiricalModel(AccuracyModel):
         return self.model.zero_crossing
 
 
+def check_pilot_sizes(sizes, family: str, key: str = "pilot_sizes") -> None:
+    """ValueError (naming ``key``) unless ``sizes`` are whole numbers >= 1 with at least
+    as many different ones as ``family``'s curve has parameters: a pilot learning curve
+    the fit can determine."""
+    least = FAMILIES[family].n_params
+    whole = all(isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1 for m in sizes)
+    if not whole or len(set(sizes)) < least:
+        raise ValueError(f"{key}={list(sizes)!r}: allowed is whole numbers >= 1, at least {least} different ones "
+                         f"for family={family!r}, one per parameter of its curve")
+
+
 def _measured_points(sizes, accuracies, least: int, purpose: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(sizes, accuracies) as float arrays, checked: 1-D, one length, at least ``least``
-    points (``purpose`` says what for), sizes > 0, accuracies fractions in [0, 1]."""
+    different sizes (``purpose`` says what for), sizes > 0, accuracies fractions in [0, 1]."""
     sizes = np.array(sizes, dtype=float)  # copies: the caller's arrays stay writeable
     accuracies = np.array(accuracies, dtype=float)
     if sizes.ndim != 1 or sizes.shape != accuracies.shape:
         raise ValueError(
             f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: allowed is two 1-D arrays of one length"
         )
-    if sizes.size < least:
-        raise ValueError(f"len(sizes)={sizes.size}: allowed is at least {least} points{purpose}")
+    if np.unique(sizes).size < least:
+        plural = "s" if least > 1 else ""
+        raise ValueError(f"sizes={sizes.tolist()!r}: allowed is at least {least} different size{plural}{purpose}")
     for name, arr, ok, allowed in (
         ("sizes", sizes, sizes > 0, "finite numbers > 0"),
         ("accuracies", accuracies, (accuracies >= 0) & (accuracies <= 1), "finite fractions in [0, 1]"),
@@ -519,9 +531,30 @@ def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callab
     """
     cost, value, endowment = _agent_arrays(cost, value, endowment)
     check_number("cost_exponent", cost_exponent, least=1)
-    if phi is not None and not callable(phi):
-        raise bad("phi", phi, "None or a callable mapping accuracies to benefit")
+    check_phi(phi)
     return checked_local_optimum(cost, value, model, endowment, phi, cost_exponent)
+
+
+def check_phi(phi) -> None:
+    """ValueError unless ``phi`` is None (linear) or a function that maps an array of
+    accuracies element-wise to finite benefits, non-decreasing in accuracy: checked on
+    101 accuracies from 0 to 1 (an agent given no model has accuracy 0, so phi(0) must be
+    finite too: ln a is refused, ln(1 + a) is not)."""
+    if phi is None:
+        return
+    allowed = ("allowed is None (linear), or a function mapping arrays of accuracies in [0, 1] element-wise "
+               "to finite, non-decreasing benefits")
+    if not callable(phi):
+        raise ValueError(f"phi={phi!r}: {allowed}")
+    accuracies = np.linspace(0.0, 1.0, 101)
+    with np.errstate(all="ignore"):
+        benefits = np.asarray(phi(accuracies), dtype=float)
+    if benefits.shape != accuracies.shape:
+        raise ValueError(f"phi={phi!r} (gave shape {benefits.shape} for 101 accuracies): {allowed}")
+    problem = ~np.isfinite(benefits) | np.r_[False, np.diff(benefits) < 0]
+    if problem.any():
+        k = int(np.argmax(problem))
+        raise ValueError(f"phi={phi!r} (phi({accuracies[k]:.2f})={benefits[k]:.4g}): {allowed}")
 
 
 def checked_local_optimum(cost: np.ndarray, value: np.ndarray, model: AccuracyModel, endowment: np.ndarray | None,

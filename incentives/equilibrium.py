@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from incentives.accuracy import AccuracyModel
+from incentives.accuracy import AccuracyModel, check_phi
 from incentives.checks import check_integer, check_number, per_agent
 from incentives.population import Population
 from incentives.protocols import Allocation, Mechanism
@@ -218,6 +218,7 @@ def nash_equilibrium(
     in which no contribution moves by more than ``tol * max(1, M)`` samples, or after
     ``max_iter`` sweeps (``converged`` is then False). damping in [0, 1).
     """
+    check_phi(phi)
     if not 0 <= damping < 1:
         raise ValueError(f"damping={damping!r}: allowed is a number in [0, 1)")
     if max_iter < 1:
@@ -286,6 +287,7 @@ def verify_equilibrium(
     participates = _check_participates(participates, population.n_agents)
     check_number("tol", tol)
     check_integer("grid_size", grid_size, least=2)
+    check_phi(phi)
     allocation = mechanism.allocate(m, population, model)
     current = utility(population, allocation.accuracy, m, allocation.transfer, _inside(participates, allocation), phi)
     gains = np.empty(population.n_agents)
@@ -360,6 +362,7 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     lam_max = max_i beta c_i n_i**(beta-1) (every agent at its cap), on a log-spaced grid
     refined by bounded scalar search, and compared with M = 0.
     """
+    check_phi(phi)
     if population.linear_costs:
         m = _cheapest_first(population, model, phi)
     else:

@@ -39,7 +39,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from incentives.accuracy import FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel
+from incentives.accuracy import (FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel, check_phi,
+                                 check_pilot_sizes)
 from incentives.checks import check_integer, check_number
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
@@ -166,10 +167,16 @@ class ClosedLoop:
 
     def _check_settings(self) -> None:
         """ValueError naming the first setting outside what is allowed, before any training."""
+        for k, mechanism in enumerate(self.mechanisms):
+            if isinstance(mechanism, type) or not isinstance(getattr(mechanism, "name", None), str) \
+                    or not callable(getattr(mechanism, "solve", None)):
+                raise ValueError(f"mechanisms[{k}]={mechanism!r}: allowed is a mechanism object with a name and "
+                                 "a solve method, e.g. StandardFL()")
         names = [m.name for m in self.mechanisms]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
                              "once (records are kept by name: e.g. ContractMechanism(..., name='contract_2'))")
+        self._check_oracle_holds_the_population()
         per_round = getattr(self.oracle, "max_clients_per_round", None)
         for mechanism in self.mechanisms:
             if getattr(mechanism, "linear_costs_only", False):
@@ -178,11 +185,27 @@ class ClosedLoop:
                 mechanism.check_rounds(per_round, getattr(self.oracle, "rounds", None))
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
+        check_pilot_sizes(self.pilot_sizes, self.family)
         check_integer("pilot_repeats", self.pilot_repeats)
         check_integer("max_iterations", self.max_iterations)
         check_number("tolerance", self.tolerance, strict=True)
-        if self.phi is not None and not callable(self.phi):
-            raise ValueError(f"phi={self.phi!r}: allowed is None (linear) or a function of accuracy arrays")
+        check_phi(self.phi)
+
+    def _check_oracle_holds_the_population(self) -> None:
+        """ValueError unless an oracle that tells its ``endowments`` holds one per agent,
+        each at least the agent's endowment (the most the agent can contribute)."""
+        held = getattr(self.oracle, "endowments", None)
+        if held is None:
+            return
+        held, population = np.asarray(held), self.population
+        if held.shape != (population.n_agents,):
+            raise ValueError(f"population ({population.n_agents} agents): allowed is one agent per endowment "
+                             f"of the oracle, {held.size}")
+        short = np.flatnonzero(np.floor(population.endowment) > held)
+        if short.size:
+            i = int(short[0])
+            raise ValueError(f"population.endowment[{i}]={float(population.endowment[i])!r}: allowed is at most the "
+                             f"{int(held[i])} samples the oracle holds for agent {i}")
 
     def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel,
                 local: np.ndarray) -> IterationRecord:

@@ -469,14 +469,20 @@ def sample_traits(n: int, spec: Mapping[str, object], names: tuple[str, ...], se
     so the population's fields and these traits are independent, and a trait's values do
     not depend on which other traits are drawn. Returns name -> (n,) array.
     """
-    children = np.random.SeedSequence(seed).spawn(len(FIELDS) + 1 + len(names))
+    children = _root(seed).spawn(len(FIELDS) + 1 + len(names))
     return {name: _draw(name, spec[name], n, np.random.default_rng(children[len(FIELDS) + 1 + j]))
             for j, name in enumerate(names) if name in spec}
 
 
+def _root(seed: int) -> np.random.SeedSequence:
+    """``numpy.random.SeedSequence(seed)``; ValueError unless ``seed`` is an integer >= 0."""
+    check_integer("seed", seed, least=0)
+    return np.random.SeedSequence(seed)
+
+
 def _streams(seed: int) -> list[np.random.SeedSequence]:
     """One independent stream per field of :data:`FIELDS`, then the label distributions'."""
-    return np.random.SeedSequence(seed).spawn(len(FIELDS) + 1)
+    return _root(seed).spawn(len(FIELDS) + 1)
 
 
 def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -147,6 +147,9 @@ class AccuracyOracle(Protocol):
     An oracle may tell ``max_clients_per_round``, the most clients a round can have: the
     loop hands it, before any training, to each mechanism's ``check_rounds`` where there
     is one (a :class:`PaysFromTraining` mechanism whose valuation of rounds has limits).
+    It may also tell ``endowments``, the (N,) samples it holds for each agent: the loop
+    then checks, before any training, that the population has N agents none of whom
+    holds more.
     """
 
     def learning_curve(self, sizes: Sequence[int], repeats: int) -> tuple[np.ndarray, np.ndarray]: ...

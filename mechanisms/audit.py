@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel
+from incentives.accuracy import AccuracyModel, check_phi
 from incentives.checks import check_number, check_per_agent, per_agent
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
@@ -195,6 +195,7 @@ def audit(
     Raises ValueError naming the argument when an array is not one finite number per
     agent in its range (accuracies in [0, 1], 0 <= trained_i <= n_i) or tol < 0.
     """
+    check_phi(phi)
     delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,
                                                trained_contributions, tol)
     realised = utility(population, delivered, trained, paid, outcome.participates, phi)

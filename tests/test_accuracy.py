@@ -140,8 +140,9 @@ def test_fit_keeps_its_own_read_only_copy_of_the_points():
 @pytest.mark.parametrize(
     "sizes, accuracies, family, message",
     [
-        ([100, 200], [0.5, 0.6], "power_law", r"len\(sizes\)=2: allowed is at least 3 points"),
-        ([100], [0.5], "generalisation_bound", r"len\(sizes\)=1: allowed is at least 2 points"),
+        ([100, 200], [0.5, 0.6], "power_law", r"sizes=\[100.0, 200.0\]: allowed is at least 3 different sizes"),
+        ([100], [0.5], "generalisation_bound", r"sizes=\[100.0\]: allowed is at least 2 different sizes"),
+        ([100, 100, 200, 200], [0.5, 0.52, 0.6, 0.61], "power_law", r"allowed is at least 3 different sizes"),
         ([100, np.nan, 300], [0.5, 0.6, 0.7], "power_law", r"sizes\[1\]=nan: allowed is finite numbers > 0"),
         ([100, 200, 300], [0.5, np.inf, 0.7], "power_law", r"accuracies\[1\]=inf"),
         (
@@ -218,7 +219,8 @@ def test_calibration_finds_the_efficiency_the_trainings_measured():
 @pytest.mark.parametrize("call, message", [
     (lambda: EffectiveData(PowerLaw(0.9, 2.0, 0.5), 0.0), r"efficiency=0.0: allowed is a number in \[0.001, 1000\]"),
     (lambda: EffectiveData(PowerLaw(0.9, 2.0, 0.5), True), r"efficiency=True: allowed is a number in"),
-    (lambda: EffectiveData.calibrate(PowerLaw(0.9, 2.0, 0.5), [], []), r"len\(sizes\)=0: allowed is at least 1 points"),
+    (lambda: EffectiveData.calibrate(PowerLaw(0.9, 2.0, 0.5), [], []),
+     r"sizes=\[\]: allowed is at least 1 different size$"),
     (lambda: EffectiveData.calibrate(PowerLaw(0.9, 2.0, 0.5), [100.0], [1.5]),
      r"accuracies\[0\]=1.5: allowed is finite fractions in \[0, 1\]"),
 ])
@@ -241,7 +243,11 @@ def test_effective_data_errors(call, message):
         ((1e-4, 1.0), {"endowment": [np.nan, 1e6]}, r"^endowment\[0\]=nan: allowed is a number > 0$"),
         ((1e-4, 1.0), {"endowment": 1e6, "cost_exponent": 0.5},
          r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
-        ((1e-4, 1.0), {"endowment": 1e6, "phi": 2.0}, r"^phi=2.0: allowed is None or a callable"),
+        ((1e-4, 1.0), {"endowment": 1e6, "phi": 2.0}, r"^phi=2.0: allowed is None \(linear\), or a function"),
+        ((1e-4, 1.0), {"endowment": 1e6, "phi": np.log}, r"^phi=<ufunc 'log'> \(phi\(0.00\)=-inf\): allowed is"),
+        ((1e-4, 1.0), {"endowment": 1e6, "phi": lambda a: (a - 0.5) ** 2},
+         r"\(phi\(0.01\)=0.2401\): allowed is .* non-decreasing"),
+        ((1e-4, 1.0), {"endowment": 1e6, "phi": lambda a: 1.0}, r"\(gave shape \(\) for 101 accuracies\): allowed"),
     ],
 )
 def test_local_optimum_argument_errors(args, options, message):

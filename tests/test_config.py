@@ -48,8 +48,8 @@ def test_override_sets_one_entry_of_a_table():
     ("mechanisms.shaping_epsilon=inf", "mechanisms.shaping_epsilon=inf: allowed is a finite number >= 0"),
     ("loop.tolerance=inf", "loop.tolerance=inf: allowed is a finite number > 0"),
     ("training.lr=inf", "training.lr=inf: allowed is a finite number > 0"),
-    ("accuracy.pilot_sizes=[40, 40, 80]", "accuracy.pilot_sizes=[40, 40, 80]: allowed is at least 3 different sizes "
-     "for accuracy.family='power_law', one per parameter of its curve"),
+    ("accuracy.pilot_sizes=[40, 40, 80]", "accuracy.pilot_sizes=[40, 40, 80]: allowed is whole numbers >= 1, "
+     "at least 3 different ones for family='power_law', one per parameter of its curve"),
     ("accuracy.pilot_sizes=[0.5, 20, 40]", "accuracy.pilot_sizes=[0.5, 20, 40]: allowed is a non-empty list of whole"),
     ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a non-empty list of whole numbers >= 1"),
     ("training.lr.low=1", "--set 'training.lr.low=1': training.lr=0.05 is not a table; allowed is training.lr=value"),

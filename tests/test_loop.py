@@ -181,8 +181,34 @@ def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world)
     ([StandardFL()], {"pilot_repeats": 1.5}, "pilot_repeats=1.5: allowed is an integer >= 1"),
     ([StandardFL()], {"tolerance": -0.1}, r"tolerance=-0.1: allowed is a finite number > 0"),
     ([StandardFL()], {"phi": "sqrt"}, "phi='sqrt': allowed is None"),
+    ([StandardFL()], {"phi": np.log}, r"phi=<ufunc 'log'> \(phi\(0.00\)=-inf\): allowed is None"),
+    ([StandardFL()], {"pilot_sizes": [40, 40, 80, 80]}, r"pilot_sizes=\[40, 40, 80, 80\]: allowed is whole numbers"
+                                                        r" >= 1, at least 3 different ones for family='power_law'"),
+    ([StandardFL()], {"pilot_sizes": [0, 20, 40, 80]}, r"pilot_sizes=\[0, 20, 40, 80\]: allowed is whole numbers"),
+    (["standard"], {}, r"mechanisms\[0\]='standard': allowed is a mechanism object with a name and a solve method"),
+    ([StandardFL(), AccuracyShaping], {}, r"mechanisms\[1\]=<class .*AccuracyShaping'>: allowed is a mechanism"),
 ])
 def test_bad_settings_are_refused_before_any_training(world, mechanisms, options, message):
     population, oracle = world
     with pytest.raises(ValueError, match=message):
         ClosedLoop(population, mechanisms, oracle, **options)
+
+
+@pytest.mark.parametrize("agents, message", [
+    (6, r"population \(6 agents\): allowed is one agent per endowment of the oracle, 5"),
+    (5, r"population.endowment\[0\]=151.0: allowed is at most the 150 samples the oracle holds for agent 0"),
+])
+def test_a_population_the_oracle_holds_no_data_for_is_refused_before_any_training(world, agents, message):
+    """Before: the pilot curve trained, then the first training refused the contributions
+    with a message about their shape or one agent's endowment."""
+    population, oracle = world
+    other = Population.from_lists(cost=np.full(agents, 1e-3), endowment=151.0)
+    with pytest.raises(ValueError, match=message):
+        ClosedLoop(other, [StandardFL()], oracle)
+
+
+def test_auditing_a_mechanism_the_loop_did_not_run_names_the_ones_it_ran(world):
+    population, _ = world
+    result = run(world, [StandardFL()], max_iterations=1)
+    with pytest.raises(ValueError, match=r"mechanisms \('shaping' not in the loop result\): allowed is .*'standard'$"):
+        audit_final(result, [AccuracyShaping()], population)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from incentives.population import DEFAULTS, FIELDS, Population
+from incentives.population import DEFAULTS, FIELDS, Population, sample_traits
 
 
 def small(**overrides):
@@ -282,6 +282,9 @@ def test_ragged_and_mismatched_traits_are_one_error(overrides, message):
          r"^cost=\[1.0, 'a', 2.0\]: allowed is a list of numbers$"),
         (lambda: Population.sample(3, {"cost": {"dist": "uniform", "low": "a", "high": 1}, "endowment": 1.0}, seed=0),
          r"^cost.low='a': allowed is a finite number for dist='uniform'$"),
+        (lambda: Population.sample(3, {"cost": 1.0, "endowment": 1.0}, seed=-1),
+         r"^seed=-1: allowed is an integer >= 0$"),
+        (lambda: sample_traits(3, {"comm_delay": 1.0}, ("comm_delay",), seed=2.5), r"^seed=2.5: allowed is an integer"),
     ],
 )
 def test_bad_sizes_and_spec_values_are_one_error(call, message):
