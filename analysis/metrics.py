@@ -12,11 +12,15 @@ For one mechanism's record (its last loop iteration):
 - welfare W = sum_i u_i, predicted (under a(gamma m)) and realised (from the delivered
   accuracies of real training);
 - price of anarchy PoA = S(social optimum) / S(equilibrium), the optimum under the pilot
-  fit a(m) (one benchmark for every mechanism: what the data are worth pooled), the
-  equilibrium as predicted, where S = sum_i v_i phi(a_i) - c_i m_i - comm_i is the
-  surplus the model creates, money transfers excluded (they only move utility between
-  the server and the agents); >= 1, 1 when the equilibrium is efficient, infinite when
-  S(equilibrium) <= 0 (e.g. a money contract, where the server keeps the model);
+  fit a(m) (one benchmark for every mechanism: what the data are worth pooled, with the
+  planner choosing who takes part, ``incentives.equilibrium.social_optimum``), the
+  equilibrium as predicted, where S = sum over participants of v_i phi(a_i) - c_i m_i^beta
+  - comm_i, plus the outside options of the agents who stay out, is the agents' welfare
+  with money transfers excluded (they only move utility between the server and the
+  agents); >= 1 (below 1 only where a mechanism's calibrated a(gamma m) credits data
+  with more accuracy than the pilot curve, gamma > 1), 1 when the equilibrium is
+  efficient, infinite when S(equilibrium) <= 0 (e.g. a money contract, where the server
+  keeps the model);
 - models delivered: how many agents receive a model at all (none under a money
   contract, where the server keeps it; only the participants under IncFL);
 - promise gap: delivered minus promised accuracy, mean absolute and worst;
@@ -34,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
-from incentives.equilibrium import social_optimum
+from incentives.equilibrium import SocialOptimum, social_optimum
 from incentives.loop import IterationRecord
 from incentives.population import Population
 from incentives.protocols import Outcome
@@ -66,14 +70,15 @@ def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> floa
 
 
 def summarise(record: IterationRecord, population: Population, pilot: AccuracyModel,
-              audit: Audit, phi: Phi | None = None) -> dict[str, float]:
+              audit: Audit, phi: Phi | None = None, optimum: SocialOptimum | None = None) -> dict[str, float]:
     """The headline metrics of one mechanism's record and its audit (see the module
     docstring), with the agents' value of accuracy ``phi`` (the loop's; linear by default);
     ``pilot``: the loop's pilot fit, under which the local optima and the social optimum
-    are taken."""
+    are taken (``optimum``: that social optimum, when the caller has it already: it is the
+    same for every mechanism)."""
     outcome, training = record.outcome, record.training
     m_local = local_contribution(population, pilot, phi)
-    optimum = social_optimum(population, pilot, phi)
+    optimum = optimum or social_optimum(population, pilot, phi)
     predicted_welfare = float(record.predicted_utility.sum())
     promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
     violations = audit.violations()

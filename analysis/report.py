@@ -34,6 +34,7 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
+from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
@@ -431,7 +432,8 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     audits, local optima and the social optimum."""
     warnings = run_warnings(result, config)
     audits = audit_final(result, mechanisms, population, phi)
-    summaries = {name: summarise(record, population, result.fit, audits[name], phi)
+    optimum = social_optimum(population, result.fit, phi)
+    summaries = {name: summarise(record, population, result.fit, audits[name], phi, optimum)
                  for name, record in result.final().items()}
     agents = agent_rows(result, population, phi)
     (folder / "config.toml").write_text(config_module.dumps(config))

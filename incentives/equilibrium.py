@@ -19,7 +19,8 @@ contributes its right end (the epsilon -> 0 limit of Karimireddy, Guo & Jordan 2
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterator
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -34,6 +35,7 @@ from incentives.utility import Phi, utility
 _BISECTION_STEPS = 60
 _XTOL = 1e-10  # a best response's precision, samples per sample of max(1, m_i)
 RESOLUTION = 1e-9  # the smallest contribution searched, as a share of the endowment
+_EXHAUSTIVE_PLANS = 1024  # the social optimum tries every participation plan when there are at most this many
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,14 @@ class Participation:
 
 @dataclass(frozen=True)
 class SocialOptimum:
-    """The planner's solution: contributions (N,), total M, accuracy a(M), welfare (sum of u_i)."""
+    """The planner's solution: contributions (N,), total M, accuracy a(M), welfare (sum of
+    u_i, an agent left out counted at its outside option), and who takes part (N,)."""
 
     contributions: np.ndarray
     total: float
     accuracy: float
     welfare: float
+    participates: np.ndarray
 
 
 def _utilities(mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel,
@@ -336,11 +340,27 @@ def settle_participation(
 
 
 def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None = None) -> SocialOptimum:
-    """The planner's problem when every agent receives the global model a(M):
+    """The planner's problem: who takes part (S), and what each contributes; everyone in S
+    receives the global model a(M), everyone else keeps its outside option r_i:
 
-        max_{0 <= m_i <= n_i}  W(m) = sum_i v_i phi(a(M)) - sum_i C_i(m_i) - sum_i comm_i,   M = sum_i m_i,
+        max_{S, 0 <= m_i <= n_i, m_i = 0 outside S}
+            W = sum_{i in S} (v_i phi(a(M)) - C_i(m_i) - comm_i) + sum_{i not in S} r_i,   M = sum_i m_i,
 
-    with C_i(m) = c_i m**beta (the population's cost exponent).
+    with C_i(m) = c_i m**beta (the population's cost exponent): the welfare the
+    equilibria's utilities add up to, so that no equilibrium beats it.
+
+    Who takes part. An agent with v_i phi(0) - comm_i >= r_i gains nothing by staying
+    out, whatever M: it is in S (the defaults r_i = comm_i = 0 put everyone there). Of
+    the other agents ("costly joiners"), S need only hold sets closed under dominance
+    (:func:`_closed_sets`: with a joiner, every joiner at least as good in cost,
+    endowment, value, communication cost and outside option), a chain of K + 1 sets
+    when the joiners differ only in cost. Every such set is solved as below when there
+    are at most 1024 of them; beyond that, from the better of all joiners in and all
+    out, one joiner at a time joins or leaves while that raises W (a local optimum, the
+    only case not solved exactly).
+
+    For a given S (:func:`_everyone_in`), with N_j the cumulative endowments of S's
+    agents in increasing order of cost:
 
     Linear costs (beta = 1): for a fixed M the cheapest way to collect it fills agents in
     increasing order of c_i, so the cost C(M) is piecewise linear and convex, with slope
@@ -363,6 +383,69 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     refined by bounded scalar search, and compared with M = 0.
     """
     check_phi(phi)
+    n = population.n_agents
+    benefit_at_zero = 0.0 if phi is None else float(np.asarray(phi(np.zeros(1)), dtype=float)[0])
+    costly = np.flatnonzero(population.value * benefit_at_zero - population.comm_cost < population.outside_option)
+    solved: dict[frozenset, tuple[float, np.ndarray, np.ndarray]] = {}
+
+    def solve(joiners: frozenset) -> tuple[float, np.ndarray, np.ndarray]:
+        """(W, m, S) with S = the agents that are not costly joiners, and ``joiners``."""
+        if joiners not in solved:
+            inside = np.ones(n, dtype=bool)
+            inside[costly] = False
+            inside[list(joiners)] = True
+            m = np.zeros(n)
+            if inside.any():
+                m[inside] = _everyone_in(population.subset(inside), model, phi)
+            accuracy = np.full(n, float(model(m.sum())))
+            solved[joiners] = (float(np.sum(utility(population, accuracy, m, participates=inside, phi=phi))), m, inside)
+        return solved[joiners]
+
+    def welfare(joiners: frozenset) -> float:
+        return solve(joiners)[0]
+
+    plans = list(islice(_closed_sets(population, costly, benefit_at_zero >= 0), _EXHAUSTIVE_PLANS + 1))
+    if len(plans) <= _EXHAUSTIVE_PLANS:
+        best = max(plans, key=welfare)
+    else:  # from the better of all in and all out, one joiner at a time joins or leaves while W rises
+        best, improved = max(frozenset(), frozenset(costly.tolist()), key=welfare), True
+        while improved:
+            improved = False
+            for i in costly.tolist():
+                if welfare(best ^ {i}) > welfare(best):
+                    best, improved = best ^ {i}, True
+    total_welfare, m, inside = solve(best)
+    return SocialOptimum(m, float(m.sum()), float(model(m.sum())), total_welfare, inside)
+
+
+def _closed_sets(population: Population, joiners: np.ndarray, benefit_nonnegative: bool) -> Iterator[frozenset]:
+    """Every set T of ``joiners`` that holds, with any agent j, each joiner i that
+    dominates j: c_i <= c_j, n_i >= n_j, comm_i <= comm_j, r_i <= r_j and v_i = v_j
+    (v_i >= v_j where phi(0) >= 0, ``benefit_nonnegative``), ties broken by index.
+    Exchanging j for i keeps M and changes W by (v_i - v_j) phi(a) - (c_i - c_j) m_j^beta
+    - (comm_i - comm_j) + (r_j - r_i) >= 0, so some optimal S is such a set."""
+    p = population
+    order = np.array(sorted(joiners.tolist(), key=lambda i: (p.cost[i], -p.endowment[i], p.comm_cost[i],
+                                                             p.outside_option[i], -p.value[i], i)), dtype=int)
+    # a dominating joiner comes before the ones it dominates: dominators[k] = those of order[k] before it
+    c, n, comm, r, v = (x[order] for x in (p.cost, p.endowment, p.comm_cost, p.outside_option, p.value))
+    value = v[:, None] >= v[None, :] if benefit_nonnegative else v[:, None] == v[None, :]
+    dominates = value & (c[:, None] <= c) & (n[:, None] >= n) & (comm[:, None] <= comm) & (r[:, None] <= r)
+    dominators = [set(order[:k][dominates[:k, k]].tolist()) for k in range(order.size)]
+    stack = [(0, frozenset())]
+    while stack:
+        k, chosen = stack.pop()
+        if k == order.size:
+            yield chosen
+        else:
+            if dominators[k] <= chosen:
+                stack.append((k + 1, chosen | {int(order[k])}))
+            stack.append((k + 1, chosen))
+
+
+def _everyone_in(population: Population, model: AccuracyModel, phi: Phi | None) -> np.ndarray:
+    """The planner's contributions (N,) when every agent of ``population`` takes part
+    (see :func:`social_optimum`): the better of the optimum below and nothing."""
     if population.linear_costs:
         m = _cheapest_first(population, model, phi)
     else:
@@ -371,9 +454,7 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     def welfare(m: np.ndarray) -> float:
         return float(np.sum(utility(population, np.full(population.n_agents, model(m.sum())), m, phi=phi)))
 
-    if welfare(m) < welfare(np.zeros(population.n_agents)):
-        m = np.zeros(population.n_agents)
-    return SocialOptimum(m, float(m.sum()), float(model(m.sum())), welfare(m))
+    return m if welfare(m) >= welfare(np.zeros(population.n_agents)) else np.zeros(population.n_agents)
 
 
 def _cheapest_first(population: Population, model: AccuracyModel, phi: Phi | None) -> np.ndarray:

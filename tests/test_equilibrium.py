@@ -11,6 +11,7 @@ from incentives.equilibrium import (
     verify_equilibrium,
 )
 from incentives.population import Population
+from incentives.utility import utility
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards
 from mechanisms.standard import StandardFL
@@ -184,6 +185,41 @@ def test_social_optimum_under_a_non_linear_phi():
     assert rooted.welfare == pytest.approx(3.5 * np.sqrt(TOY(rooted.total)) - pop.cost @ rooted.contributions)
     assert rooted.contributions[[0, 2]].tolist() == [0.0, 0.0] and 0 < rooted.total < 500.0
     assert 3.5 * TOY.derivative(rooted.total) / (2 * np.sqrt(TOY(rooted.total))) == pytest.approx(1e-4, rel=1e-5)
+
+
+@pytest.mark.parametrize("key", ["outside_option", "comm_cost"])
+def test_the_planner_leaves_out_an_agent_whose_outside_option_or_link_costs_more_than_the_model_gives(key):
+    """Agent 1 costs r = 0.99 (its outside option, or the communication cost of taking
+    part). Without it the planner collects M^o = 292.40 from agent 0, W = a(M^o) - c M^o
+    = 0.91228, plus 0.99 with agent 1 out (0 where its link is the cost); with it, V = 2
+    and M = (2 * 0.5 / c)^(2/3) = 464.16, W = 2 a(M) - c M = 1.86075, less 0.99 for the
+    link. At r = 0.9 taking agent 1 in is better. Before, agent 1 was always in."""
+    for r, inside in ((0.99, [True, False]), (0.9, [True, True])):
+        pop = Population.from_lists(cost=1e-4, endowment=1e9, **{key: [0.0, r]})
+        optimum = social_optimum(pop, TOY)
+        assert optimum.participates.tolist() == inside
+        if inside[1]:
+            total = (2 * 0.5 / 1e-4) ** (2 / 3)
+            assert optimum.total == pytest.approx(total, rel=1e-9)
+            assert optimum.welfare == pytest.approx(2 * TOY(total) - 1e-4 * total - (r if key == "comm_cost" else 0))
+        else:
+            np.testing.assert_allclose(optimum.contributions, [M_O, 0.0], rtol=1e-9)
+            assert optimum.welfare == pytest.approx(TOY(M_O) - 1e-4 * M_O + (r if key == "outside_option" else 0))
+
+
+@pytest.mark.parametrize("n", [10, 12])  # every subset of the costly joiners; beyond 10, a local search
+def test_no_equilibrium_beats_the_planner_when_staying_out_pays(n):
+    """Outside options of 1000 utility units dwarf what any model is worth: the planner
+    leaves everyone out (W = 1000 N), as the standard FL equilibrium does. Before, the
+    planner kept everyone in, W = 8.8, and the price of anarchy came out as 0.0009."""
+    pop = identical(n, outside_option=1000.0)
+    optimum = social_optimum(pop, TOY)
+    assert not optimum.participates.any() and optimum.total == 0.0
+    assert optimum.welfare == pytest.approx(1000.0 * n)
+    eq = StandardFL().solve(pop, TOY)
+    assert not eq.participates.any()
+    welfare = utility(pop, eq.accuracy, eq.contributions, eq.transfer, eq.participates).sum()
+    assert optimum.welfare == pytest.approx(welfare)
 
 
 @pytest.mark.parametrize(
