@@ -18,9 +18,10 @@ For one mechanism's record (its last loop iteration):
   - comm_i, plus the outside options of the agents who stay out, is the agents' welfare
   with money transfers excluded (they only move utility between the server and the
   agents); >= 1 (below 1 only where a mechanism's calibrated a(gamma m) credits data
-  with more accuracy than the pilot curve, gamma > 1), 1 when the equilibrium is
-  efficient, infinite when S(equilibrium) <= 0 (e.g. a money contract, where the server
-  keeps the model);
+  with more accuracy than the pilot curve, gamma > 1, or where the planner's local
+  search, beyond 1024 participation plans, stops short of the optimum), 1 when the
+  equilibrium is efficient, infinite when S(equilibrium) <= 0 (e.g. a money contract,
+  where the server keeps the model);
 - models delivered: how many agents receive a model at all (none under a money
   contract, where the server keeps it; only the participants under IncFL);
 - promise gap: delivered minus promised accuracy, mean absolute and worst;
@@ -78,7 +79,8 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
     same for every mechanism)."""
     outcome, training = record.outcome, record.training
     m_local = local_contribution(population, pilot, phi)
-    optimum = optimum or social_optimum(population, pilot, phi)
+    if optimum is None:
+        optimum = social_optimum(population, pilot, phi)
     predicted_welfare = float(record.predicted_utility.sum())
     promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
     violations = audit.violations()

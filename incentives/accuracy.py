@@ -357,7 +357,8 @@ def check_pilot_sizes(sizes, family: str, key: str = "pilot_sizes") -> None:
     as many different ones as ``family``'s curve has parameters: a pilot learning curve
     the fit can determine."""
     least = FAMILIES[family].n_params
-    whole = all(isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1 for m in sizes)
+    whole = all(isinstance(m, (int, float, np.number)) and not isinstance(m, bool) and np.isfinite(m)
+                and m >= 1 and m == int(m) for m in sizes)
     if not whole or len(set(sizes)) < least:
         raise ValueError(f"{key}={list(sizes)!r}: allowed is whole numbers >= 1, at least {least} different ones "
                          f"for family={family!r}, one per parameter of its curve")

@@ -117,7 +117,7 @@ def _utilities(mechanism: Mechanism, i: int, contributions, population: Populati
 
 
 def _agent_allocation(mechanism: Mechanism, i: int, contributions, population: Population, model: AccuracyModel,
-            points: np.ndarray) -> Allocation:
+                      points: np.ndarray) -> Allocation:
     """Agent i's accuracy, transfer and taking part at each of ``points``, (P,) arrays,
     the others keeping theirs: one call of the mechanism's ``allocate_to`` where it has
     one, else ``allocate`` point by point; the same numbers either way."""
@@ -165,6 +165,7 @@ def best_response(
     (a free rider contributes nothing, not 1e-10 samples).
     """
     n_i = float(population.endowment[i])
+
     def u(m: float) -> float:
         return float(_utilities(mechanism, i, contributions, population, model, phi, np.array([m]))[0])
 

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
+from incentives.accuracy import (EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw, check_pilot_sizes,
+                                 local_optimum)
 
 TOY = PowerLaw(a_opt=1.0, k=1.0, alpha=0.5)  # a(m) = 1 - 1/sqrt(m)
 BOUND = GeneralisationBound(a_opt=0.95, k=2.0)
@@ -159,6 +160,14 @@ def test_fit_keeps_its_own_read_only_copy_of_the_points():
 def test_fit_errors(sizes, accuracies, family, message):
     with pytest.raises(ValueError, match=message):
         EmpiricalModel.fit(sizes, accuracies, family=family)
+
+
+def test_pilot_sizes_are_whole_numbers_as_ints_or_floats_with_one_different_size_per_parameter():
+    check_pilot_sizes([20, 40.0, np.int64(80)], "power_law")  # np.geomspace(...).round() reads as sizes
+    check_pilot_sizes([20, 40], "generalisation_bound")
+    for sizes in ([20, 40.5, 80], [20, 20, 40], [0, 20, 40], [20, True, 40], [20, np.nan, 40, 80]):
+        with pytest.raises(ValueError, match=r"^pilot_sizes=.*: allowed is whole numbers >= 1, at least 3 different"):
+            check_pilot_sizes(sizes, "power_law")
 
 
 def test_local_optimum_under_a_non_linear_phi():

@@ -211,11 +211,14 @@ def test_the_planner_leaves_out_an_agent_whose_outside_option_or_link_costs_more
 def test_no_equilibrium_beats_the_planner_when_staying_out_pays(n):
     """Outside options of 1000 utility units dwarf what any model is worth: the planner
     leaves everyone out (W = 1000 N), as the standard FL equilibrium does. Before, the
-    planner kept everyone in, W = 8.8, and the price of anarchy came out as 0.0009."""
+    planner kept everyone in, with the welfare these agents have without outside options
+    (9.59 at N = 10), and the price of anarchy came out below 1."""
     pop = identical(n, outside_option=1000.0)
     optimum = social_optimum(pop, TOY)
     assert not optimum.participates.any() and optimum.total == 0.0
     assert optimum.welfare == pytest.approx(1000.0 * n)
+    total = (n * 0.5 / 1e-4) ** (2 / 3)  # everyone in: 9.59 at N = 10, 11.54 at N = 12
+    assert social_optimum(identical(n), TOY).welfare == pytest.approx(n * TOY(total) - 1e-4 * total)
     eq = StandardFL().solve(pop, TOY)
     assert not eq.participates.any()
     welfare = utility(pop, eq.accuracy, eq.contributions, eq.transfer, eq.participates).sum()

@@ -66,16 +66,15 @@ def test_too_small_input_for_the_cnn_is_refused():
 
 
 @pytest.mark.parametrize(
-    "name, shape, options, message",
+    "name, shape, seed, options, message",
     [
-        ("mlp", (1, 8, 8), {"hiden": (32,)}, r"model='mlp' options \['hiden'\]: allowed are hidden"),
-        ("lenet5", (1, 28, 28), {"width": 2.0}, r"model='lenet5' options \['width'\]: allowed is none"),
-        ("resnet8", (3, 32, 32), {"depth": 8}, r"options \['depth'\]: allowed are width, static_bn"),
-        ("char_lstm", (1, 8, 8), {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
-        ("mlp", (1, 8, 8), {"seed": -2}, r"seed=-2: allowed is an integer >= 0"),
+        ("mlp", (1, 8, 8), 0, {"hiden": (32,)}, r"model='mlp' options \['hiden'\]: allowed are hidden"),
+        ("lenet5", (1, 28, 28), 0, {"width": 2.0}, r"model='lenet5' options \['width'\]: allowed is none"),
+        ("resnet8", (3, 32, 32), 0, {"depth": 8}, r"options \['depth'\]: allowed are width, static_bn"),
+        ("char_lstm", (1, 8, 8), 0, {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
+        ("mlp", (1, 8, 8), -2, {}, r"seed=-2: allowed is an integer >= 0"),
     ],
 )
-def test_options_the_model_does_not_take_and_data_it_cannot_read_are_refused(name, shape, options, message):
-    seed = options.pop("seed", 0)
+def test_options_the_model_does_not_take_and_data_it_cannot_read_are_refused(name, shape, seed, options, message):
     with pytest.raises(ValueError, match=message):
         build_model(name, shape, 10, seed, **options)
