@@ -16,6 +16,12 @@ default ``../shared/data``), B=10, E=1 (``--quick``: fewer samples per client):
 3. peak memory of ``run_federated`` (CNN) with 10 clients per round over 100 and over
    1000 clients (each in fresh processes): bounded by the clients trained at once.
 
+``--device cuda`` runs the three on a CUDA device: the models, the batches of the
+hand-written loop and of the large-batch training live there, each timed case ends with
+``torch.cuda.synchronize()``, the parameter differences are given next to the serial
+executor's own between CPU and CUDA, and (3) measures the device memory allocated by
+PyTorch (``torch.cuda.max_memory_allocated``) instead of the resident set.
+
 Timings are the best of ``--repeat`` runs, the contenders interleaved, so that a
 shared machine's noise hits them alike; the header gives threads and load. On a
 loaded machine run with ``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``): with
@@ -57,12 +63,15 @@ BATCH, LR = 10, 0.05
 
 
 def best_of(cases: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Fastest wall time (s) of each case over ``repeat`` interleaved rounds."""
+    """Fastest wall time (s) of each case over ``repeat`` interleaved rounds, each case
+    finished on the device (CUDA kernels are asynchronous) before its clock stops."""
     best = {name: float("inf") for name in cases}
     for _ in range(repeat):
         for name, case in cases.items():
             start = time.perf_counter()
             case()
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -89,9 +98,10 @@ def hand_written(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) 
     for task in tasks:
         model.load_state_dict(params)
         optimiser = torch.optim.SGD(model.parameters(), lr=task.lr)
-        x, y = task.data.tensors()
+        device = next(iter(params.values())).device
+        x, y = (t.to(device) for t in task.data.tensors())
         for batch in task.batches():
-            index = torch.from_numpy(batch)
+            index = torch.from_numpy(batch).to(device)
             optimiser.zero_grad()
             F.cross_entropy(model(x[index]), y[index]).backward()
             optimiser.step()
@@ -103,20 +113,31 @@ def max_diff(a: list[dict], b: list[dict]) -> float:
     return max((x[name] - y[name]).abs().max().item() for x, y in zip(a, b) for name in x)
 
 
-def serial_noise(model: torch.nn.Module, strategy, params: dict, tasks: list[ClientTask]) -> float:
-    """Largest parameter difference between the serial executor at 1 and at 2 threads."""
+def serial_noise(model: torch.nn.Module, strategy, params: dict, tasks: list[ClientTask]) -> tuple[float, str]:
+    """Largest parameter difference between two runs of the serial executor that differ
+    only in float rounding, and what they were: at 1 and at 2 threads on the CPU; on the
+    CPU and on the CUDA device of ``params``."""
+    device = next(iter(params.values())).device
+    if device.type == "cuda":
+        on_cpu = {name: value.cpu() for name, value in params.items()}
+        runs = [[r.params for r in SerialExecutor().run(model.cpu(), strategy, on_cpu, tasks)]]
+        model.to(device)  # back where the caller keeps it
+        runs.append([{name: v.cpu() for name, v in r.params.items()}
+                     for r in SerialExecutor().run(model, strategy, params, tasks)])
+        return max_diff(*runs), "on CPU vs CUDA"
     threads, runs = torch.get_num_threads(), []
     for n in (1, 2):
         torch.set_num_threads(n)
         runs.append([r.params for r in SerialExecutor().run(model, strategy, params, tasks)])
     torch.set_num_threads(threads)
-    return max_diff(*runs)
+    return max_diff(*runs), "at 1 vs 2 threads"
 
 
 def large_batch(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -> Callable[[], None]:
     """One model trained with plain SGD on the round's samples in batches of B * clients."""
-    x = torch.cat([t.data.tensors()[0] for t in tasks])
-    y = torch.cat([t.data.tensors()[1] for t in tasks])
+    device = next(iter(params.values())).device
+    x = torch.cat([t.data.tensors()[0] for t in tasks]).to(device)
+    y = torch.cat([t.data.tensors()[1] for t in tasks]).to(device)
     size = BATCH * len(tasks)
     weights = list(model.parameters())
 
@@ -131,8 +152,8 @@ def large_batch(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -
     return run
 
 
-def section_overhead(train: ArrayDataset, per_client: int, repeat: int) -> None:
-    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+def section_overhead(train: ArrayDataset, per_client: int, repeat: int, device: torch.device) -> None:
+    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200)).to(device)
     params = get_params(model)
     tasks = round_tasks(train, 10, per_client)
     reference = hand_written(model, params, tasks)
@@ -151,8 +172,8 @@ def section_overhead(train: ArrayDataset, per_client: int, repeat: int) -> None:
     )
 
 
-def section_mlp(train: ArrayDataset, per_client: int, repeat: int) -> None:
-    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200))
+def section_mlp(train: ArrayDataset, per_client: int, repeat: int, device: torch.device) -> None:
+    model = build_model("mlp", (1, 28, 28), 10, seed=0, hidden=(200, 200)).to(device)
     params = get_params(model)
     strategy = FedAvg()
     for clients in (10, 100):
@@ -167,23 +188,23 @@ def section_mlp(train: ArrayDataset, per_client: int, repeat: int) -> None:
             repeat,
         )
         aggregated = max_diff([strategy.aggregate(params, serial)], [strategy.aggregate(params, vector)])
+        noise, between = serial_noise(model, strategy, params, tasks)
         print(
             f"(2) MLP 784-200-200-10, {clients} clients/round x {per_client} samples: vectorised speedup "
             f"{t['serial'] / t['vectorised']:.2f}x  (target >= 3x; {t['serial']:.2f}s vs {t['vectorised']:.2f}s; "
             f"max |param diff| clients {max_diff([r.params for r in serial], [r.params for r in vector]):.1e}, "
-            f"aggregated {aggregated:.1e}; serial itself at 1 vs 2 threads "
-            f"{serial_noise(model, strategy, params, tasks):.1e})"
+            f"aggregated {aggregated:.1e}; serial itself {between} {noise:.1e})"
         )
 
 
-def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
-    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+def section_cnn(train: ArrayDataset, per_client: int, repeat: int, device: torch.device) -> None:
+    model = build_model("cnn", (1, 28, 28), 10, seed=0).to(device)
     params = get_params(model)
     tasks = round_tasks(train, 10, per_client)
     samples = sum(len(b) for task in tasks for b in task.batches())
     workers = torch.get_num_threads()
     executors = {"vectorised": VectorisedExecutor()}
-    if workers > 1:
+    if workers > 1 and device.type == "cpu":  # workers are threads over CPU layers
         executors[f"vectorised, {workers} workers"] = VectorisedExecutor(workers=workers)
     serial = SerialExecutor().run(model, FedAvg(), params, tasks)
     results = {name: executor.run(model, FedAvg(), params, tasks) for name, executor in executors.items()}
@@ -192,34 +213,41 @@ def section_cnn(train: ArrayDataset, per_client: int, repeat: int) -> None:
         cases[name] = lambda e=executor: e.run(model, FedAvg(), params, tasks)
     cases["serial"] = lambda: SerialExecutor().run(model, FedAvg(), params, tasks)
     rate = {name: samples / seconds for name, seconds in best_of(cases, repeat).items()}
-    noise = serial_noise(model, FedAvg(), params, tasks)
+    noise, between = serial_noise(model, FedAvg(), params, tasks)
     for name in executors:
         print(
             f"(2) CNN (McMahan), 10 clients/round x {per_client} samples: {name} {rate[name]:.0f} samples/s = "
             f"{100 * rate[name] / rate['large']:.0f}% of one large-batch (B={BATCH * len(tasks)}) training's "
             f"{rate['large']:.0f}  (target >= 90%; serial {rate['serial']:.0f} samples/s = "
             f"{100 * rate['serial'] / rate['large']:.0f}%; max |param diff| vs serial "
-            f"{max_diff([r.params for r in serial], [r.params for r in results[name]]):.1e}, serial itself at 1 vs 2 "
-            f"threads {noise:.1e})"
+            f"{max_diff([r.params for r in serial], [r.params for r in results[name]]):.1e}, serial itself {between} "
+            f"{noise:.1e})"
         )
 
 
-def memory_child(data_root: Path, clients: int, rounds: int) -> None:
+def memory_child(data_root: Path, clients: int, rounds: int, device: torch.device) -> None:
     """Peak memory of ``rounds`` FedAvg rounds (10 clients each) over ``clients`` clients of
-    50 samples, after one warm-up round; printed as "<peak RSS increase over the RSS
-    before, MiB> <peak traced Python and numpy allocations, MiB>"."""
+    50 samples, after one warm-up round; printed as "<peak increase over the memory before,
+    MiB> <peak traced Python and numpy allocations, MiB>", the memory being the resident
+    set on the CPU and PyTorch's allocations on a CUDA device."""
     train = load(data_root)
     pool = np.random.default_rng(0).permutation(len(train))[: clients * 50]
     subsets = [train.subset(pool[p]) for p in partition.iid(train.labels()[pool], clients, 0)]
     model = build_model("cnn", (1, 28, 28), 10, seed=0)
     strategy = FedAvg(batch_size=BATCH, lr=LR, clients_per_round=10)
-    run_federated(model, subsets, strategy, 1, executor=VectorisedExecutor(), progress=False)  # lazy imports, pools
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
-    before = _status_kib("VmRSS")
+    options = {"executor": VectorisedExecutor(), "progress": False, "device": str(device)}
+    run_federated(model, subsets, strategy, 1, **options)  # lazy imports, pools, the device's context
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
+        before = _status_kib("VmRSS") * 1024
     tracemalloc.start()
-    run_federated(model, subsets, strategy, rounds, executor=VectorisedExecutor(), progress=False)
+    run_federated(model, subsets, strategy, rounds, **options)
     traced = tracemalloc.get_traced_memory()[1]
-    print((_status_kib("VmHWM") - before) / 1024, traced / 2**20)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    print((peak - before) / 2**20, traced / 2**20)
 
 
 def _status_kib(key: str) -> int:
@@ -227,23 +255,25 @@ def _status_kib(key: str) -> int:
     return int(line.split()[1])
 
 
-def section_memory(data_root: Path, rounds: int) -> None:
-    if not Path("/proc/self/clear_refs").exists():
+def section_memory(data_root: Path, rounds: int, device: torch.device) -> None:
+    if device.type == "cpu" and not Path("/proc/self/clear_refs").exists():
         print("(3) peak memory: not measured (needs Linux /proc/self/clear_refs)")
         return
     peaks = {}
     for clients in (100, 1000):
         command = [
             sys.executable, __file__, "--memory-child", str(clients), "--rounds", str(rounds),
-            "--data-root", str(data_root), "--threads", str(torch.get_num_threads()),
+            "--data-root", str(data_root), "--threads", str(torch.get_num_threads()), "--device", str(device),
         ]
         runs = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.split() for _ in range(3)]
         peaks[clients] = np.median(np.asarray(runs, dtype=float), axis=0)  # (RSS, traced), median of 3 processes
     (r100, t100), (r1000, t1000) = peaks[100], peaks[1000]
     model_mib = sum(p.numel() * 4 for p in build_model("cnn", (1, 28, 28), 10).parameters()) / 2**20
+    memory = "RSS" if device.type == "cpu" else "CUDA allocated"
     print(
-        f"(3) peak memory of {rounds} rounds x 10 clients (vectorised, CNN, 50 samples/client, median of 3 processes): "
-        f"100 clients +{r100:.0f} MiB RSS ({t100:.2f} MiB traced), 1000 clients +{r1000:.0f} MiB RSS "
+        f"(3) peak memory of {rounds} rounds x 10 clients (vectorised, CNN, 50 samples/client, median of 3 processes, "
+        f"{device}): 100 clients +{r100:.0f} MiB {memory} ({t100:.2f} MiB traced), 1000 clients +{r1000:.0f} MiB "
+        f"{memory} "
         f"({t1000:.2f} MiB traced): ratio {r1000 / max(r100, 1e-9):.2f}  (one model is {model_mib:.1f} MiB: the "
         f"round's 10 results {10 * model_mib:.0f} MiB; a copy per client would be {1000 * model_mib:.0f} MiB)"
     )
@@ -256,12 +286,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, quick 2)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the memory experiment")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_executors: --device cuda: no CUDA device is available; allowed is --device cpu here")
+    device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:
-        memory_child(args.data_root, args.memory_child, args.rounds)
+        memory_child(args.data_root, args.memory_child, args.rounds, device)
         return
     repeat = args.repeat or (2 if args.quick else 3)
     per_client = 100 if args.quick else 600
@@ -269,12 +303,12 @@ def main() -> None:
     print(
         f"bench_executors: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f}, "
-        f"best of {repeat}"
+        f"best of {repeat}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
-    section_overhead(train, per_client, repeat)
-    section_mlp(train, per_client, repeat)
-    section_cnn(train, per_client // 2 if args.quick else per_client, repeat)
-    section_memory(args.data_root, args.rounds)
+    section_overhead(train, per_client, repeat, device)
+    section_mlp(train, per_client, repeat, device)
+    section_cnn(train, per_client // 2 if args.quick else per_client, repeat, device)
+    section_memory(args.data_root, args.rounds, device)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ Run from the repository root::
     python benchmarks/incfl_share.py --dataset digits --clients 50 [--gap-scale 2] [--criterion accuracy]
     python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 150 --hidden  # logistic regression
     python benchmarks/incfl_share.py --dataset digits --clients 50 --rounds 100 --fraction 0.2
+    python benchmarks/incfl_share.py --model cnn --device cuda --vectorised --rounds 100  # on a GPU
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from fl.algorithms.incfl import (
 from fl.data import load_dataset
 from fl.data.dataset import ArrayDataset
 from fl.data.federation import dirichlet_federation
+from fl.executors.vectorised import VectorisedExecutor
 from fl.models import build_model, get_params
 from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy
 from fl.server import run_federated
@@ -70,7 +72,7 @@ def one_seed(
     federation = dirichlet_federation(train, args.clients, args.alpha, seed, args.pool, min_size=args.min_size)
     subsets, p, validation = federation.clients, federation.label_distributions, federation.validation
     options = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
-    model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options)
+    model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options).to(args.device)
     init = get_params(model)
     local_seed = child_seed(seed, _LOCAL)
     local = train_local_models(model, init, subsets, args.local_epochs, args.batch_size, args.lr, local_seed)
@@ -88,7 +90,8 @@ def one_seed(
             """The test scores (``--criterion``), all k, of the model trained on the clients in ``members``."""
             result = run_federated(
                 model, {k: subsets[k] for k in np.flatnonzero(members)}, strategy, args.rounds,
-                seed=seed, init_params=init, progress=False,
+                seed=seed, init_params=init, progress=False, device=args.device,
+                executor=VectorisedExecutor() if args.vectorised else None,
             )
             return client_scores(model, result.params, test, p, args.criterion), result
 
@@ -138,7 +141,12 @@ def main() -> None:
                              "or its accuracy above")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
+    parser.add_argument("--vectorised", action="store_true",
+                        help="train each round's clients with the vectorised executor (default: serial)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available; allowed is --device cpu here")
     if args.hidden is not None and args.model != "mlp":
         parser.error(f"--hidden with --model={args.model}: allowed only with --model=mlp")
     training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "fraction": args.fraction}
@@ -157,7 +165,7 @@ def main() -> None:
         f"{args.rounds} rounds of {args.epochs} epoch(s), {args.fraction:.0%} of the clients per round, "
         f"local models {args.local_epochs} epochs, {args.model}"
         f"{'' if args.hidden is None else ' hidden ' + str(tuple(args.hidden))}, "
-        f"IncFL gap scale {args.gap_scale}, incentivised by {args.criterion}"
+        f"IncFL gap scale {args.gap_scale}, incentivised by {args.criterion}, on {args.device}"
     )
     columns = ["share", "acc"] + (["stays"] if args.equilibrium else [])
     header = " ".join(f"{name + ' ' + c:>12}" for name in ("FedAvg", "IncFL") for c in columns)

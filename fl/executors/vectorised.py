@@ -173,16 +173,23 @@ def _train_chunk(
     make_step: Callable[[Params, dict], Step],
 ) -> list[ClientResult]:
     """Train the C clients of ``tasks`` (all on one dataset) together: their ``trainable``
-    parameters stacked, one ``make_step(stacked, states)`` step per batch."""
+    parameters stacked, one ``make_step(stacked, states)`` step per batch. Off the CPU the
+    chunk's samples move to the device once and each step gathers its batches there, so
+    that no step waits on a copy from the host."""
     device = next(iter(global_params.values())).device
     dataset = tasks[0].data.dataset
     rows, weight, lr = _schedule(schedules, [task.data.indices for task in tasks], [task.lr for task in tasks], device)
+    x, y = dataset.x, dataset.y
+    if device.type != "cpu":
+        needed, local = np.unique(rows.numpy(), return_inverse=True)
+        x, y = x[torch.from_numpy(needed)].to(device), y[torch.from_numpy(needed)].to(device)
+        rows = torch.from_numpy(local.reshape(rows.shape)).to(device)
     steps = torch.tensor([len(s) for s in schedules], device=device)
     stacked = {name: global_params[name].expand(len(tasks), *global_params[name].shape).clone() for name in trainable}
     step = make_step(stacked, _stack_states([task.state for task in tasks]))
     losses = torch.zeros(rows.shape[:2], device=device)
     for s in range(rows.shape[0]):
-        losses[s] = step(dataset.x[rows[s]].to(device), dataset.y[rows[s]].to(device), weight[s], lr[s])
+        losses[s] = step(x[rows[s]], y[rows[s]], weight[s], lr[s])
     taken = torch.arange(rows.shape[0], device=device).unsqueeze(1) < steps
     mean_loss = torch.where(taken, losses, 0.0).sum(0) / steps.clamp(min=1)
     mean_loss = mean_loss.masked_fill(steps == 0, float("nan")).tolist()
