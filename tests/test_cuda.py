@@ -7,6 +7,8 @@ Float rounding differs between the devices (other kernels, other summation order
 the numbers agree to a tolerance, not bit for bit: parameters to 1e-3 after a few
 rounds, accuracies to a couple of test samples."""
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,9 @@ def test_the_command_line_runs_on_cuda(tmp_path):
         status = run_experiment.main(["--quiet", *(f"--set={o}" for o in fast), f"--set=training.device='{device}'",
                                       f"--set=experiment.output_dir='{tmp_path / device}'"])
         assert status == 0
-    folders = [next((tmp_path / device).iterdir()) for device in ("cpu", "cuda")]
-    summaries = [(folder / "summary.csv").read_text() for folder in folders]
-    assert summaries[0].splitlines()[0] == summaries[1].splitlines()[0]
-    assert len(summaries[0].splitlines()) == len(summaries[1].splitlines())
+    cpu, cuda = ([*csv.DictReader((next((tmp_path / device).iterdir()) / "summary.csv").open())]
+                 for device in ("cpu", "cuda"))
+    assert [row["mechanism"] for row in cuda] == [row["mechanism"] for row in cpu]
+    for on_cpu, on_cuda in zip(cpu, cuda):  # float rounding may move a fitted curve, not the outcome
+        assert float(on_cuda["mean_global_accuracy"]) == pytest.approx(float(on_cpu["mean_global_accuracy"]), abs=0.02)
+        assert float(on_cuda["total_data"]) == pytest.approx(float(on_cpu["total_data"]), rel=0.05)
