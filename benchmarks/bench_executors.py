@@ -94,11 +94,10 @@ def round_tasks(train: ArrayDataset, clients: int, per_client: int, seed: int = 
 
 def hand_written(model: torch.nn.Module, params: dict, tasks: list[ClientTask]) -> list[dict]:
     """What one would write without the library: load, SGD over the task's batches, copy out."""
-    out = []
+    out, device = [], next(iter(params.values())).device
     for task in tasks:
         model.load_state_dict(params)
         optimiser = torch.optim.SGD(model.parameters(), lr=task.lr)
-        device = next(iter(params.values())).device
         x, y = (t.to(device) for t in task.data.tensors())
         for batch in task.batches():
             index = torch.from_numpy(batch).to(device)
