@@ -179,9 +179,9 @@ def multidimensional_costs(population: Population, section: dict, training: dict
     communication delay (``comm_delay``, seconds, drawn from their own random streams),
     its data size (its endowment), the round deadline and cycles per sample of the
     config, and the training's rounds and local epochs."""
-    drawn = sample_traits(population.n_agents, {t: section[t] for t in MULTIDIMENSIONAL_TRAITS},
-                          MULTIDIMENSIONAL_TRAITS, seed)
-    try:  # the config checked the scalars; the reduction checks each agent's draws
+    try:  # "comm_delay.high=...": a trait's distribution; the reduction checks each agent's draws
+        drawn = sample_traits(population.n_agents, {t: section[t] for t in MULTIDIMENSIONAL_TRAITS},
+                              MULTIDIMENSIONAL_TRAITS, seed)
         types = reduce_multidimensional_types(
             drawn["compute_cost"], drawn["comm_delay"], population.endowment,
             round_deadline=section["round_deadline"], rounds=training["rounds"],

@@ -211,6 +211,15 @@ def test_a_delay_past_the_deadline_is_a_config_error():
                                         training=config["training"])
 
 
+def test_a_bad_distribution_of_a_multidimensional_trait_is_a_config_error():
+    """It was a ValueError traceback: the traits were drawn outside the error handling."""
+    config = _section(n_agents=2, private_information="'multidimensional'",
+                      comm_delay='{dist="uniform", low=5.0, high=1.0}')
+    with pytest.raises(ConfigError, match=r"^population.comm_delay.high=1.0: allowed is a number >= low=5.0$"):
+        run_experiment.build_population(config["population"], config["data"], 10, seed=0,
+                                        training=config["training"])
+
+
 CONFIG = str(run_experiment.DEFAULT_CONFIG.parent / "multidimensional.toml")
 FAST = ["population.n_agents=4", "training.rounds=4", "accuracy.pilot_sizes=[20, 60, 200]",
         "accuracy.pilot_repeats=1", "loop.max_iterations=1"]
