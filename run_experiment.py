@@ -461,6 +461,8 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     ``warn`` prints on stderr the lines :func:`agents_and_mechanisms` gives before
     training and the run's warnings (those its manifest keeps) as it ends; :func:`run_seeds`
     prints the former once before the first seed and every seed's warnings after the last."""
+    from fl.executors import UnsupportedModel
+
     resumed, earlier = None, {}
     if resume_folder is not None:
         measured, resumed, earlier = load_checkpoint(resume_folder)
@@ -479,6 +481,9 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     try:
         try:
             oracle = build_oracle(config, train, test, population, stream_seeds(config)["training"], executor)
+        except UnsupportedModel as error:
+            raise ConfigError(f"training.executor={training['executor']!r} with "
+                              f"model.name={config['model']['name']!r}: {error}") from None
         except ValueError as error:
             raise ConfigError(f"training: {error}") from None
         pilot_sizes = config["accuracy"]["pilot_sizes"]

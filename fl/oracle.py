@@ -156,6 +156,8 @@ class TrainingOracle:
             model, train.feature_shape, num_classes, child_seed(seed, _INIT), **(model_options or {})
         ).to(self.device)
         self.init_params = {k: v.to(self.device) for k, v in get_params(self.model).items()}
+        if executor is not None:
+            executor.check_model(self.model)  # before any training
 
     @property
     def max_clients_per_round(self) -> int:

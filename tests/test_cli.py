@@ -130,6 +130,16 @@ def test_a_single_run_prints_the_configs_notes_before_it_loads_data(capsys, tmp_
     assert err[2].startswith("error: data.dataset='mnist'")
 
 
+def test_a_model_the_executor_cannot_train_is_one_line_naming_both_keys(capsys, tmp_path):
+    """It was a ValueError traceback after the agents were drawn and the data loaded."""
+    status = run_experiment.main(["--quiet", "--set=model.name='resnet8'", "--set=training.executor='vectorised'",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("error: training.executor='vectorised' with model.name='resnet8': the model has buffers")
+    assert not any(tmp_path.iterdir())
+
+
 def test_exact_shapley_on_rounds_too_large_for_it_is_refused_before_training(capsys, tmp_path):
     status = run_experiment.main(["--quiet", "--set=population.n_agents=21", "--set=mechanisms.compare=['shapley']",
                                   f"--set=experiment.output_dir='{tmp_path}'"])

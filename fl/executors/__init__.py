@@ -6,12 +6,14 @@ vectorised one trains many clients of one architecture at once, and the Ray one 
 clients on long-lived actors (Ray is imported only when it runs).
 """
 
-from fl.executors.base import ClientResult, ClientTask, Executor, TrainingDiverged, check_finite_losses
+from fl.executors.base import (
+    ClientResult, ClientTask, Executor, TrainingDiverged, UnsupportedModel, check_finite_losses,
+)
 from fl.executors.ray_executor import RayExecutor
 from fl.executors.serial import SerialExecutor
 from fl.executors.vectorised import VectorisedExecutor
 
 __all__ = [
     "ClientResult", "ClientTask", "Executor", "RayExecutor", "SerialExecutor", "TrainingDiverged",
-    "VectorisedExecutor", "check_finite_losses",
+    "UnsupportedModel", "VectorisedExecutor", "check_finite_losses",
 ]

@@ -80,6 +80,10 @@ class ClientResult:
     steps: int
 
 
+class UnsupportedModel(ValueError):
+    """The executor cannot train this model (:meth:`Executor.check_model`)."""
+
+
 class TrainingDiverged(ValueError):
     """Local SGD gave a non-finite loss: the step size is too large for the model and data."""
 
@@ -111,3 +115,7 @@ class Executor(ABC):
     ) -> list[ClientResult]:
         """Train each task from ``global_params`` and return the results in task order.
         ``model`` is a template whose architecture is used (its own weights are not)."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """:class:`UnsupportedModel` when this executor cannot train ``model``, so that a
+        caller can refuse it before any training; every model is supported by default."""

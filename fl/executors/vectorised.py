@@ -54,7 +54,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from fl.executors.base import ClientResult, ClientTask, Executor
+from fl.executors.base import ClientResult, ClientTask, Executor, UnsupportedModel
 from fl.checks import check_integer
 from fl.executors.stacked import compile_layers, layer_chain
 from fl.models import Params
@@ -93,10 +93,17 @@ class VectorisedExecutor(Executor):
         check_integer("workers", workers)
         self.chunk_size, self.max_chunk_bytes, self.workers = chunk_size, max_chunk_bytes, int(workers)
 
-    def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
+    def check_model(self, model: nn.Module) -> None:
         buffers = [name for name, _ in model.named_buffers()]
         if buffers:
-            raise ValueError(f"model with buffers {buffers}: allowed is a model without buffers (use SerialExecutor)")
+            more = f" and {len(buffers) - 1} more" if len(buffers) > 1 else ""
+            raise UnsupportedModel(
+                f"the model has buffers ({buffers[0]}{more}, such as batch norm's running statistics); allowed "
+                "with the vectorised executor is a model without buffers (train this one with the serial executor)"
+            )
+
+    def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
+        self.check_model(model)
         if not tasks:
             return []
         device = next(iter(global_params.values())).device
