@@ -10,9 +10,10 @@ default ``../shared/data``), B=10, E=1 (``--quick``: fewer samples per client):
    largest difference of any client's parameters and of the aggregated model; and
    the CNN of McMahan et al.: the vectorised executor's samples per second as a
    percentage of one large-batch training of the same CNN on the same samples
-   (batch = all the round's clients' batches together), target >= 90%; with more
-   than one thread, also with ``workers`` = threads (chunks trained concurrently,
-   one thread each);
+   (batch = all the round's clients' batches together), target >= 90%; also with the
+   other way of training the clients' convolutions (``grouped_convolutions``: the
+   default is grouped on CUDA, per client on a CPU); with more than one thread, also
+   with ``workers`` = threads (chunks trained concurrently, one thread each);
 3. peak memory of ``run_federated`` (CNN) with 10 clients per round over 100 and over
    1000 clients (each in fresh processes): bounded by the clients trained at once.
 
@@ -203,6 +204,9 @@ def section_cnn(train: ArrayDataset, per_client: int, repeat: int, device: torch
     samples = sum(len(b) for task in tasks for b in task.batches())
     workers = torch.get_num_threads()
     executors = {"vectorised": VectorisedExecutor()}
+    grouped = device.type == "cuda"  # the executor's default, stacked.Conv2d
+    executors[f"vectorised, {'per-client' if grouped else 'grouped'} convolutions"] = VectorisedExecutor(
+        grouped_convolutions=not grouped)
     if workers > 1 and device.type == "cpu":  # workers are threads over CPU layers
         executors[f"vectorised, {workers} workers"] = VectorisedExecutor(workers=workers)
     serial = SerialExecutor().run(model, FedAvg(), params, tasks)

@@ -29,7 +29,8 @@ from fl.valuation import train_with_valuation
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 TRAIN, TEST = load_digits()
-CLIENTS = [TRAIN.subset(np.arange(60 * c, 60 * c + 60 + 17 * c)) for c in range(4)]  # 60 to 111 samples
+SIZES = (60, 77, 94, 111)
+CLIENTS = [TRAIN.subset(np.arange(start, start + size)) for start, size in zip(np.cumsum((0, *SIZES)), SIZES)]
 QUIET = {"progress": False, "test": TEST, "seed": 3}
 PARAMETER_TOLERANCE = 1e-3
 ACCURACY_TOLERANCE = 2.5 / len(TEST)  # two test samples, and rounding

@@ -96,19 +96,19 @@ def test_same_numbers_as_serial_for_clients_of_different_sizes_and_lrs(name, str
 def test_grouped_convolutions_give_the_serial_numbers(name, monkeypatch):
     """The clients' convolutions as one grouped convolution (CUDA's default), run here on the CPU."""
     assert not stacked.Conv2d(torch.zeros(2, 4, 1, 3, 3), None, nn.Conv2d(1, 4, 3)).grouped  # the CPU's default
-    built = []
+    passes, grouped_backward = [], stacked.Conv2d._grouped_backward
 
-    class Grouped(stacked.Conv2d):
-        def __init__(self, weight, bias, module):
-            super().__init__(weight, bias, module, grouped=True)
-            built.append(self)
+    def counted(layer, *args):
+        passes.append(layer)
+        return grouped_backward(layer, *args)
 
-    monkeypatch.setattr(stacked, "Conv2d", Grouped)
+    monkeypatch.setattr(stacked.Conv2d, "_grouped_backward", counted)
     model = model_named(name)
     params, tasks = get_params(model), tasks_for(clients())
     expected = SerialExecutor().run(model, FedProx(mu=0.5), params, tasks)
-    assert_same_results(expected, VectorisedExecutor(chunk_size=3).run(model, FedProx(mu=0.5), params, tasks))
-    assert built and all(layer.grouped for layer in built)
+    executor = VectorisedExecutor(chunk_size=3, grouped_convolutions=True)
+    assert_same_results(expected, executor.run(model, FedProx(mu=0.5), params, tasks))
+    assert passes  # the grouped path trained them
 
 
 @pytest.mark.parametrize("name", ["mlp", "tanh"])
@@ -229,7 +229,7 @@ def test_no_tasks_bad_settings_and_unsupported_models_are_refused():
     params = get_params(model)
     assert VectorisedExecutor().run(model, FedAvg(), params, []) == []
     for options in ({"chunk_size": 0}, {"chunk_size": 2.5}, {"max_chunk_bytes": 0}, {"chunk_size": True},
-                    {"workers": 0}, {"workers": None}):
+                    {"workers": 0}, {"workers": None}, {"grouped_convolutions": "yes"}):
         with pytest.raises(ValueError, match=next(iter(options))):
             VectorisedExecutor(**options)
     batch_norm = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))

@@ -37,31 +37,31 @@ server step). Clients count once each, whatever their sample size, because the o
 counts clients. The normalisation is computed in log space, so no gap, however large,
 makes every weight underflow.
 
-Provenance: the paper's method section and official code were not available to us.
-The objective and weights above are reconstructed from its abstract (which says only
-that the aggregation weights are adjusted during training) and agree with the public
-third-party ports we could read (sigmoid surrogate, q_k = s(1 - s) at the global
-model's loss, step normalised by sum_j q_j); one of them scales the gap by 2 inside the
-sigmoid (``gap_scale``). On Dirichlet(0.3) splits of digits, MNIST and Fashion-MNIST
-this rule (gap scaled by 0.2 to 5 on digits, 0.2 or 1 on MNIST, 1 or 5 on
-Fashion-MNIST; also with the sigmoid itself as the weight) incentivises *fewer* clients
-than FedAvg (``benchmarks/incfl_share.py``), not the 30-55% more the paper reports
-(Fashion-MNIST, 100 clients, 30 rounds, seeds 0-2: 0.95x FedAvg's share, 0.91x with the
-gap scaled by 5). Trained longer it does no better: with 150 rounds (also with local
-models of 200 epochs, logistic regression, or hidden widths 4 or 8), or 100 rounds at
-20% of clients per round, its share is 0.96-0.99x FedAvg's on digits, and equal to it
-on MNIST and Fashion-MNIST at 100 rounds (the benchmark's options). Nor does it with
-stronger local models (all 60,000 Fashion-MNIST samples, about 480 per client: 0.93x,
-seeds 0-2, ``--pool 60000``), or with clients judged on accuracy instead of loss
-(``--criterion accuracy``, seeds 0-2: 0.94x on digits, 50 clients; 0.87x on
-Fashion-MNIST, 100 clients). On digits the share is bounded by how far training has
-gone, not by a conflict between clients: FedAvg's share rises from 0.37 at 30 rounds
-to 0.69 at 50, 0.91 at 100 and 0.97 at 300 (seeds 0-2), where IncFL's is 0.98 (1.01x);
-at 50 and 100 rounds IncFL's is 0.92x and 0.97x FedAvg's. With the CNN of McMahan et al.
-(100 clients, trained on an H100) it does no better: on Fashion-MNIST 0.51 against
-FedAvg's 0.56 at 30 rounds (0.91x) and 0.81 against 0.83 at 100 (0.97x), seeds 0-2; on
-MNIST both incentivise nearly everyone, 0.98 against 0.99 (30 rounds, seeds 0-1).
-Treat it as unverified against the paper. In the default run, late in training the gaps lie within about -0.2
+Provenance: the paper's method section and official code were not available to us. The
+objective and weights above are reconstructed from its abstract (which says only that
+the aggregation weights are adjusted during training) and agree with the public
+third-party ports we could read (sigmoid surrogate, q_k = s(1 - s) at the global model's
+loss, step normalised by sum_j q_j); one of them scales the gap by 2 inside the sigmoid
+(``gap_scale``). On Dirichlet(0.3) splits of digits, MNIST and Fashion-MNIST this rule
+(gap scaled by 0.2 to 5 on digits, 0.2 or 1 on MNIST, 1 or 5 on Fashion-MNIST; also with
+the sigmoid itself as the weight) incentivises *fewer* clients than FedAvg
+(``benchmarks/incfl_share.py``), not the 30-55% more the paper reports (Fashion-MNIST,
+100 clients, 30 rounds, seeds 0-2: 0.95x FedAvg's share, 0.91x with the gap scaled by
+5). Trained longer it does no better: with 150 rounds (also with local models of 200
+epochs, logistic regression, or hidden widths 4 or 8), or 100 rounds at 20% of clients
+per round, its share is 0.96-0.99x FedAvg's on digits, and equal to it on MNIST and
+Fashion-MNIST at 100 rounds (the benchmark's options). Nor does it with stronger local
+models (all 60,000 Fashion-MNIST samples, about 480 per client: 0.93x, seeds 0-2,
+``--pool 60000``), or with clients judged on accuracy instead of loss (``--criterion
+accuracy``, seeds 0-2: 0.94x on digits, 50 clients; 0.87x on Fashion-MNIST, 100
+clients). On digits the share is bounded by how far training has gone, not by a conflict
+between clients: FedAvg's share rises from 0.37 at 30 rounds to 0.69 at 50, 0.91 at 100
+and 0.97 at 300 (seeds 0-2), where IncFL's is 0.98 (1.01x); at 50 and 100 rounds IncFL's
+is 0.92x and 0.97x FedAvg's. With the CNN of McMahan et al. (100 clients, trained on an
+H100) it does no better: on Fashion-MNIST 0.51 against FedAvg's 0.56 at 30 rounds
+(0.91x) and 0.81 against 0.83 at 100 (0.97x), seeds 0-2; on MNIST both incentivise
+nearly everyone, 0.98 against 0.99 (30 rounds, seeds 0-1). Treat it as unverified
+against the paper. In the default run, late in training the gaps lie within about -0.2
 to 0.5 nats, where s(1 - s) is nearly flat (at the final model on digits, 50 clients,
 seeds 0-2, the largest weight is 1.08-1.12x the smallest, as the benchmark prints), so
 the rule acts as FedAvg with equal weights per client instead of per sample.

@@ -70,7 +70,8 @@ class Conv2d:
     McMahan et al. (B=10), the grouped convolution gave 80% of a large-batch step's
     samples per second at C=10 and 30% at C=64, against 34% and 9% for the loop;
     unfolding into batched matrix products gave 45% and 11%, with three times the memory.
-    (cuDNN still runs one kernel per group: at C=64 the convolutions take most of a step.)"""
+    (cuDNN still runs one kernel per group: at C=64 the convolutions take most of a step.)
+    ``benchmarks/bench_executors.py`` times both paths (C=10)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, module: nn.Conv2d, grouped: bool | None = None):
         self.weight, self.bias, self.params = weight, bias, True
@@ -221,16 +222,19 @@ def layer_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return chain if nodes[-1].args == (previous,) and has_params else None
 
 
-def compile_layers(chain: list[tuple[str, nn.Module]], stacked: dict[str, Tensor]) -> list:
+def compile_layers(
+    chain: list[tuple[str, nn.Module]], stacked: dict[str, Tensor], grouped_convolutions: bool | None = None
+) -> list:
     """The stacked layers of a ``layer_chain``, over the (C, ...) parameters ``stacked``
-    (every parameter of the model, by name)."""
+    (every parameter of the model, by name); ``grouped_convolutions`` as :class:`Conv2d`
+    takes it (None: on CUDA)."""
     layers = []
     for name, module in chain:
         weight, bias = stacked.get(f"{name}.weight"), stacked.get(f"{name}.bias")
         if type(module) is nn.Linear:
             layers.append(Linear(weight, bias))
         elif type(module) is nn.Conv2d:
-            layers.append(Conv2d(weight, bias, module))
+            layers.append(Conv2d(weight, bias, module, grouped_convolutions))
         elif type(module) is nn.ReLU:
             layers.append(ReLU())
         elif type(module) is nn.MaxPool2d:
