@@ -33,8 +33,8 @@ concurrently, rounded up to a multiple of ``workers``), their sizes differing by
 most one. Beyond the results (one parameter set per client, as from any executor)
 memory is bounded by one chunk per worker: its stacked parameters and one step's
 batches and activations; clients' data stay index views of their dataset, gathered
-one batch at a time (off the CPU, a chunk's samples are copied to the device once). Everything runs on the device of ``global_params`` (CPU or CUDA,
-the same code).
+one batch at a time (off the CPU, a chunk's samples are copied to the device once).
+Everything runs on the device of ``global_params`` (CPU or CUDA, the same code).
 
 With ``workers`` > 1 (CPU, layers path), that many threads train chunks at once, the
 torch threads split among them (one each on a 2-core machine): parallelism across
