@@ -84,7 +84,7 @@ def build_agents(section: dict, seed: int, training: dict) -> Population:
             raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
                               f"population.n_agents={n} numbers")
     try:  # "cost.sigma=-1.0: ...", "endowment[0]=0.0: ...": a trait's entry
-        sampled = Population.sample(n, {trait: section[trait] for trait in TRAITS}, seed=seed,
+        sampled = Population.sample(n, {trait: drawn_setting(section, trait) for trait in TRAITS}, seed=seed,
                                     cost_exponent=section["cost_exponent"])
     except ValueError as error:
         raise ConfigError(f"population.{error}") from None
@@ -92,6 +92,15 @@ def build_agents(section: dict, seed: int, training: dict) -> Population:
     if section["private_information"] == "multidimensional":
         population = multidimensional_costs(population, section, training, seed)
     return population
+
+
+def drawn_setting(section: dict, trait: str):
+    """What :meth:`Population.sample` draws ``trait`` from: its config key, except that
+    ``population.outside_option = "train_alone"`` draws 0, which the loop raises to each
+    agent's local-only utility once the pilot curve is fitted (``ClosedLoop``'s train_alone)."""
+    value = section[trait]
+    return 0.0 if trait == "outside_option" and value == config_module.TRAIN_ALONE else value
+
 
 
 def agents_from_csv(section: dict, seed: int) -> Population:
@@ -104,7 +113,7 @@ def agents_from_csv(section: dict, seed: int) -> Population:
     where = f"population.csv={section['csv']!r}"
     try:
         header = csv_header(section)
-        drawn = {trait: section[trait] for trait in TRAITS if trait not in header}
+        drawn = {trait: drawn_setting(section, trait) for trait in TRAITS if trait not in header}
         population = Population.from_csv(section["csv"], missing=drawn, seed=seed)
     except OSError as error:
         raise ConfigError(f"{where}: {error.strerror or error}; allowed is a readable CSV file of agents") from None
@@ -135,7 +144,8 @@ def csv_note(section: dict) -> str | None:
         return None
     header = csv_header(section)
     overridden = [trait for trait in TRAITS
-                  if trait in header and section[trait] != config_module.SCHEMA["population"][trait].default]
+                  if trait in header and section[trait] not in (config_module.SCHEMA["population"][trait].default,
+                                                                config_module.TRAIN_ALONE)]
     if not overridden:
         return None
     keys = ", ".join(f"population.{trait}" for trait in overridden)
@@ -528,6 +538,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                 tolerance=config["loop"]["tolerance"],
                 max_iterations=config["loop"]["max_iterations"],
                 progress=progress,
+                train_alone=config_module.trains_alone(config),
             )
         if resumed is not None:
             bar.update(1 + resumed.n_iterations * len(mechanisms))
@@ -547,7 +558,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             raise interrupted(folder, finished, created) from None
         bar.update(bar.total - bar.n)
     try:
-        summaries, suspect = write_run(folder, config, result, mechanisms, population,
+        summaries, suspect = write_run(folder, config, result, mechanisms, loop.agents_under(result.fit),
                                        elapsed(earlier, start, loop_start), config["training"]["device"],
                                        {"partition_notes": list(oracle.partition_notes)})
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report

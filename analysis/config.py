@@ -105,6 +105,24 @@ def _distribution(value: Any) -> str | None:
     return "allowed is a number, a list of numbers, or a table with key 'dist'"
 
 
+def _outside_option(value: Any) -> str | None:
+    """A trait (:func:`_distribution`), or TRAIN_ALONE: the local-only utility."""
+    if isinstance(value, str):
+        return None if value == TRAIN_ALONE else (
+            f"allowed is {TRAIN_ALONE!r} (an agent that stays out trains alone), a number, a list of numbers, "
+            "or a table with key 'dist'")
+    return _distribution(value)
+
+
+#: population.outside_option: an agent that does not take part trains alone (ClosedLoop's train_alone)
+TRAIN_ALONE = "train_alone"
+
+
+def trains_alone(config: dict) -> bool:
+    """Whether an agent that stays out trains alone: ``population.outside_option =
+    "train_alone"``. Its outside option is then its local-only utility under the pilot
+    fit, or population.csv's outside_option column where that is larger."""
+    return config["population"]["outside_option"] == TRAIN_ALONE
 DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
 MECHANISMS = ("standard", "shaping", "shapley", "contract", "contract_accuracy", "stackelberg", "incfl")
 PARTITIONS = ("iid", "dirichlet")
@@ -141,7 +159,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "value": Key(TRAIT, 1.0, _distribution),
         "capacity": Key(TRAIT, 1.0, _distribution),
         "comm_cost": Key(TRAIT, 0.0, _distribution),
-        "outside_option": Key(TRAIT, 0.0, _distribution),
+        "outside_option": Key(TRAIT + (str,), 0.0, _outside_option),
         "cost_exponent": Key((int, float), 1.0, _at_least_one),
         "private_information": Key(str, "cost", _one_of(*PRIVATE_INFORMATION)),
         "compute_cost": Key(TRAIT, {"dist": "lognormal", "mean": -15.0, "sigma": 0.5}, _distribution),

@@ -203,10 +203,12 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}"""
 
 
-def run_warnings(result: LoopResult, config: dict) -> list[str]:
+def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
-    stopped at its iteration limit, and a pilot curve that does not rise."""
-    return [w for w in (_unsettled(result, config["loop"]), _flat_pilot(result, config)) if w]
+    stopped at its iteration limit, a pilot curve that does not rise, and agents holding
+    fewer samples than the pilot measured."""
+    found = (_unsettled(result, config["loop"]), _flat_pilot(result, config), _below_pilot(result, population))
+    return [w for w in found if w]
 
 
 def _unsettled(result: LoopResult, loop: dict) -> str | None:
@@ -238,6 +240,25 @@ def _flat_pilot(result: LoopResult, config: dict) -> str | None:
             "solved under it, say nothing about the value of this data")
 
 
+def _below_pilot(result: LoopResult, population: Population) -> str | None:
+    """Agents whose endowment n_i is below the pilot's smallest size: the accuracy they
+    reach alone, a(m) for m <= n_i, is the fit extrapolated below its data, and so are
+    their local optima m_i^o and the local-only utility every mechanism is judged against
+    (a power law fitted from 20 samples up can give a(5) <= 0, hence m_i^o = 0)."""
+    sizes = result.pilot_sizes
+    if len(sizes) == 0:
+        return None
+    smallest, least = float(sizes.min()), float(population.endowment.min())
+    below = int(np.count_nonzero(population.endowment < smallest))
+    if not below:
+        return None
+    return (f"{below} of the {population.n_agents} agents hold fewer samples than the pilot learning curve's "
+            f"smallest size (accuracy.pilot_sizes starts at {smallest:g}; the least endowment is {least:g}): "
+            f"the accuracy they reach alone is the fitted a(m) extrapolated below its data "
+            f"(a({least:g}) = {float(result.fit.alone(least)):.3f}), and so are their local optima and the "
+            f"local-only utility each mechanism is judged against; add pilot sizes down to {least:g} to measure it")
+
+
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
                  summaries: dict[str, dict[str, float]], figures: list[Path], agents: list[dict],
                  warnings: list[str], audits: dict[str, Audit]) -> Path:
@@ -254,10 +275,12 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
              + (" derived from each agent's computation cost, communication delay and data size "
                 "(multi-dimensional types, Ding, Fang &amp; Huang 2021)"
                 if config.get("population", {}).get("private_information") == "multidimensional" else ""))
+    stay_out = (", and an agent that stays out trains alone (its outside option is its local-only utility)"
+                if config_module.trains_alone(config) else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title>
 <style>{STYLE}</style></head><body>
 <h1>{name}</h1>
-<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b> with {costs};
+<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b> with {costs}{stay_out};
 mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
 real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
 FedAvg{"; IncFL's with its own aggregation" if "incfl" in summaries else ""}) on exactly the data the agents
@@ -430,7 +453,7 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     the run's warnings (:func:`run_warnings`, also in the report and the manifest).
     ``phi``: the agents' value of accuracy the loop ran with (linear by default), for the
     audits, local optima and the social optimum."""
-    warnings = run_warnings(result, config)
+    warnings = run_warnings(result, config, population)
     audits = audit_final(result, mechanisms, population, phi)
     optimum = social_optimum(population, result.fit, phi)
     summaries = {name: summarise(record, population, result.fit, audits[name], phi, optimum)

@@ -137,7 +137,11 @@ class ClosedLoop:
     under linear phi, as their papers state them; phi is the agents' true valuation, by
     which their predicted and realised utilities, local-only reservations and hence the
     audit judge the outcome (so a mechanism designed for linear values shows the IR
-    violations a concave phi causes).
+    violations a concave phi causes). train_alone: an agent that does not take part trains
+    alone; each agent's outside option is raised to its local-only utility under the
+    pilot fit before any mechanism is solved (:meth:`agents_under`), so every mechanism's
+    participation, the utilities, the welfare, the social optimum and the audits count a
+    stay-out at what it earns alone, not at the population's outside option alone.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class ClosedLoop:
         max_iterations: int = 3,
         phi: Callable[[np.ndarray], np.ndarray] | None = None,
         progress: Callable[[str], None] | None = None,
+        train_alone: bool = False,
     ) -> None:
         self.population = population
         self.mechanisms = list(mechanisms)
@@ -163,7 +168,18 @@ class ClosedLoop:
         self.max_iterations = max_iterations
         self.phi = phi
         self.progress = progress or (lambda message: None)
+        self.train_alone = train_alone
         self._check_settings()
+
+    def agents_under(self, fit: AccuracyModel) -> Population:
+        """The agents as the mechanisms are solved and scored once ``fit`` (the pilot fit)
+        is known: ``population``, with outside_option_i raised to max(outside_option_i,
+        v_i phi(a(m_i^o)) - c_i (m_i^o)**beta) where ``train_alone``
+        (:func:`~incentives.utility.local_utility`, on ``fit.alone``)."""
+        if not self.train_alone:
+            return self.population
+        alone = local_utility(self.population, fit, self.phi)
+        return replace(self.population, outside_option=np.maximum(self.population.outside_option, alone))
 
     def _check_settings(self) -> None:
         """ValueError naming the first setting outside what is allowed, before any training."""
@@ -190,6 +206,8 @@ class ClosedLoop:
         check_integer("max_iterations", self.max_iterations)
         check_number("tolerance", self.tolerance, strict=True)
         check_phi(self.phi)
+        if not isinstance(self.train_alone, bool):
+            raise ValueError(f"train_alone={self.train_alone!r}: allowed is True or False")
 
     def _check_oracle_holds_the_population(self) -> None:
         """ValueError unless an oracle that tells its ``endowments`` holds one per agent,
@@ -207,12 +225,12 @@ class ClosedLoop:
             raise ValueError(f"population.endowment[{i}]={float(population.endowment[i])!r}: allowed is at most the "
                              f"{int(held[i])} samples the oracle holds for agent {i}")
 
-    def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel,
+    def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel, population: Population,
                 local: np.ndarray) -> IterationRecord:
-        """Solve, train and score one mechanism under its accuracy model ``model``;
-        ``local``: the agents' (N,) reservation utilities training alone, on the pilot
-        curve (``model.alone``), the same for every mechanism and iteration."""
-        population = self.population
+        """Solve, train and score one mechanism under its accuracy model ``model``, the
+        agents ``population`` (:meth:`agents_under`); ``local``: their (N,) reservation
+        utilities training alone, on the pilot curve (``model.alone``), the same for every
+        mechanism and iteration."""
         outcome = mechanism.solve(population, model)
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
         self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
@@ -242,13 +260,14 @@ class ClosedLoop:
         else:
             result = resume
         previous = {r.mechanism: r.outcome.contributions for r in result.records}
-        local = np.maximum(local_utility(self.population, result.fit, self.phi), self.population.outside_option)
+        population = self.agents_under(result.fit)
+        local = np.maximum(local_utility(population, result.fit, self.phi), population.outside_option)
         for iteration in range(result.n_iterations, self.max_iterations):
             if result.converged:
                 break
             changes = []
             for mechanism in self.mechanisms:
-                record = self._settle(iteration, mechanism, result.calibrated(mechanism.name), local)
+                record = self._settle(iteration, mechanism, result.calibrated(mechanism.name), population, local)
                 result.records.append(record)
                 m = record.outcome.contributions
                 changes.append(_relative_change(m, previous[mechanism.name])

@@ -30,9 +30,9 @@ changes hands, and an agent contributing nothing receives no model: it does not 
 part and keeps its outside option. It does not price
 contributions, so the audit will find that any participant gains by contributing less
 (a(M) barely moves, its cost falls). The loop scores an agent who stays out at its
-``outside_option``, as it does for every mechanism, not at the utility of the local
-model it keeps: set the outside option to that local-only utility where welfare should
-count stay-outs as training alone.
+``outside_option``, as it does for every mechanism; with ``ClosedLoop(train_alone=True)``
+(``population.outside_option = "train_alone"`` in a config) that is the utility of the
+local model it keeps, as the paper's clients keep theirs.
 
 Under the fitted a(m) the global model is the same for everyone and, trained on more
 data, beats every participant's local model, so only communication costs make agents

@@ -284,6 +284,53 @@ def test_a_pilot_curve_that_does_not_rise_is_flagged_in_the_report_manifest_and_
     assert 'class="warning">Warning: the pilot learning curve does not rise' in (folder / "report.html").read_text()
 
 
+def test_endowments_below_the_pilot_curve_are_flagged(tmp_path, capsys):
+    """Agents holding 10 samples each, a pilot measured from 20 up: what they reach alone is
+    the fit extrapolated, and the run says so (it gave local optima of 0 on 5 samples)."""
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=population.endowment=10",
+                                  "--set=loop.max_iterations=1", "--set=mechanisms.compare=['standard']",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 0
+    (folder,) = tmp_path.iterdir()
+    warnings = json.loads((folder / "manifest.json").read_text())["warnings"]
+    (warning,) = [w for w in warnings if "pilot learning curve's smallest size" in w]
+    assert warning.startswith("4 of the 4 agents hold fewer samples than the pilot learning curve's smallest size "
+                              "(accuracy.pilot_sizes starts at 20; the least endowment is 10)")
+    assert re.search(r"\(a\(10\) = \d\.\d{3}\)", warning) and warning.endswith("add pilot sizes down to 10 to "
+                                                                               "measure it")
+    assert f"warning: {warning}\n" in capsys.readouterr().err
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=population.endowment=10",
+                                  "--set=accuracy.pilot_sizes=[10, 60, 200]", "--set=loop.max_iterations=1",
+                                  "--set=mechanisms.compare=['standard']", f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 0
+    assert "smallest size" not in capsys.readouterr().err
+
+
+def test_agents_that_stay_out_can_train_alone(tmp_path):
+    """One agent under IncFL: the federation is its own data, no better than training alone,
+    so it stays out. Scored at the outside option 0, it showed a welfare of 0 and a
+    'profitable deviation' to its local optimum; with outside_option = 'train_alone' it
+    keeps its local model, and welfare, price of anarchy and audit count it so."""
+    def summary(*extra):
+        out = tmp_path / str(len(extra))
+        status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=population.n_agents=1",
+                                      "--set=loop.max_iterations=1", "--set=mechanisms.compare=['incfl']",
+                                      *extra, f"--set=experiment.output_dir='{out}'"])
+        assert status == 0
+        (folder,) = out.iterdir()
+        with (folder / "summary.csv").open() as handle, (folder / "agents.csv").open() as agents:
+            return next(csv.DictReader(handle)), next(csv.DictReader(agents)), (folder / "report.html").read_text()
+
+    given, agent, report = summary()
+    assert float(given["participants"]) == 0 and float(given["welfare_realised"]) == 0.0
+    assert float(given["deviation_violations"]) == 1 and "stays out trains alone" not in report
+    alone, agent, report = summary("--set=population.outside_option=train_alone")
+    assert float(alone["participants"]) == 0 and float(agent["local_utility"]) > 0.1
+    assert float(alone["welfare_realised"]) == pytest.approx(float(agent["local_utility"]), abs=1e-9)
+    assert float(alone["deviation_violations"]) == 0 and float(alone["price_of_anarchy"]) == pytest.approx(1.0)
+    assert "an agent that stays out trains alone (its outside option is its local-only utility)" in report
+
+
 def test_a_loop_stopped_before_its_contributions_settle_says_so(tmp_path, capsys):
     status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=loop.max_iterations=1",
                                   "--set=loop.tolerance=1e-9", f"--set=experiment.output_dir='{tmp_path}'"])

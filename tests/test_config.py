@@ -41,6 +41,8 @@ def test_override_sets_one_entry_of_a_table():
     ("mechanisms.compare=['nope']", "mechanisms.compare=['nope']: allowed is a non-empty list"),
     ("population.cost={dist='zipf'}", "population.cost={'dist': 'zipf'}: allowed is a table whose 'dist'"),
     ("accuracy.family='spline'", "accuracy.family='spline': allowed is one of 'power_law'"),
+    ("population.outside_option=alone", "population.outside_option='alone': allowed is 'train_alone' (an agent "
+     "that stays out trains alone), a number, a list of numbers, or a table with key 'dist'"),
     ("data.validation_fraction=1.5", "data.validation_fraction=1.5: allowed is a number in (0, 1)"),
     ("rounds=3", "allowed is section.key=value"),
     ("mechanisms.shapley_permutations=0", "mechanisms.shapley_permutations=0: allowed is a finite number > 0"),

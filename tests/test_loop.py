@@ -173,6 +173,31 @@ def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world)
     assert summary["realised_incentivised_share"] == np.mean(delivered[inside] > local[inside])
 
 
+def test_agents_that_stay_out_and_train_alone_are_scored_at_what_they_earn_alone(world):
+    """Agent 0's communication cost (1 utility unit) outweighs what IncFL's federation adds
+    to its local model, so it stays out. With the population's outside option (0) the loop
+    scored it at 0, as if it had no model at all; with train_alone it keeps the model it
+    trains alone, and its realised utility, the welfare and the audit say so."""
+    population, oracle = world
+    costly = replace(population, comm_cost=np.array([1.0, 0.0, 0.0, 0.0, 0.0]))
+    settings = dict(pilot_sizes=[20, 60, 200, 600], pilot_repeats=1, max_iterations=1)
+    given = ClosedLoop(costly, [IncFLParticipation()], oracle, **settings).run()
+    loop = ClosedLoop(costly, [IncFLParticipation()], oracle, train_alone=True, **settings)
+    alone = loop.run()
+    assert loop.agents_under(alone.fit) is not costly
+    np.testing.assert_allclose(loop.agents_under(alone.fit).outside_option,
+                               np.maximum(local_utility(costly, alone.fit), 0.0))
+    own_model = float(local_utility(costly, alone.fit)[0])
+    assert own_model > 0.1
+    for result, stay_out in ((given, 0.0), (alone, own_model)):
+        record = result.final()["incfl"]
+        assert not record.outcome.participates[0] and record.outcome.participates[1:].all()
+        assert record.realised_utility[0] == pytest.approx(stay_out, abs=1e-12)
+        assert record.local_utility[0] == pytest.approx(own_model, abs=1e-12)  # the IR baseline either way
+    unchanged = ClosedLoop(costly, [IncFLParticipation()], oracle, **settings)
+    assert unchanged.agents_under(alone.fit) is costly
+
+
 @pytest.mark.parametrize("mechanisms, options, message", [
     ([], {}, r"mechanisms \(names \[\]\): allowed is at least one mechanism"),
     ([StandardFL(), StandardFL()], {}, r"\(names \[.standard., .standard.\]\): allowed is .* each name once"),
@@ -181,6 +206,7 @@ def test_incfl_trains_with_its_aggregation_and_reports_the_realised_share(world)
     ([StandardFL()], {"pilot_repeats": 1.5}, "pilot_repeats=1.5: allowed is an integer >= 1"),
     ([StandardFL()], {"tolerance": -0.1}, r"tolerance=-0.1: allowed is a finite number > 0"),
     ([StandardFL()], {"phi": "sqrt"}, "phi='sqrt': allowed is None"),
+    ([StandardFL()], {"train_alone": "yes"}, "train_alone='yes': allowed is True or False"),
     ([StandardFL()], {"phi": np.log}, r"phi=<ufunc 'log'> \(phi\(0.00\)=-inf\): allowed is None"),
     ([StandardFL()], {"pilot_sizes": [40, 40, 80, 80]}, r"pilot_sizes=\[40, 40, 80, 80\]: allowed is whole numbers"
                                                         r" >= 1, at least 3 different ones for family='power_law'"),
