@@ -162,6 +162,16 @@ def test_dropout_without_deadline_is_refused_before_training():
         simulate("mlp", SUBSETS, FedAvg(), 1, behaviours=behaviours, **QUIET)
 
 
+def test_a_refused_simulation_closes_its_progress_bar():
+    """Dropout without a Deadline is refused after the server has opened its progress bar;
+    the bar used to stay open (and on screen) after the error."""
+    from tqdm.auto import tqdm
+
+    with pytest.raises(ValueError, match="without a Deadline"):
+        simulate("mlp", SUBSETS, FedAvg(), 2, behaviours=[Dropout(0.3)], progress=True)
+    assert [bar for bar in tqdm._instances if bar.desc == "FedAvg"] == []
+
+
 class SilentClients:
     """A behaviour of the user's own: clients that never answer, with no deadline."""
 

@@ -174,6 +174,10 @@ class Server(Node):
         for client in self.available:
             self.simulation.send(Kind.FINISH, SERVER, client)
         self.done = True
+        self.close_progress()
+
+    def close_progress(self) -> None:
+        """Close the progress bar (again: harmless)."""
         self._bar.close()
 
     def records(self) -> list[RoundRecord]:

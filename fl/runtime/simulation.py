@@ -156,19 +156,21 @@ def simulate(
     check_same_data(subsets, test, tests)
     model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
     simulation = Simulation(model, strategy, executor or SerialExecutor(), seed)
-    simulation.server = Server(simulation, params, int(rounds), test, int(evaluate_every), progress)
-    members = [client for client, data in subsets.items() if len(data) > 0]
-    rates = _profiles(profiles, members)
-    simulation.clients = {c: Client(c, subsets[c], rates[c], simulation, tests.get(c)) for c in members}
-    for behaviour in behaviours:
-        behaviour.install(simulation)
-    for check in simulation.checks:
-        check()
-    for client in simulation.clients.values():
-        client.join()
-    simulation.send(Kind.START, SERVER, SERVER)
-    simulation.run()
-    server = simulation.server
+    simulation.server = server = Server(simulation, params, int(rounds), test, int(evaluate_every), progress)
+    try:  # the progress bar closes however the simulation ends (a behaviour's check may refuse it)
+        members = [client for client, data in subsets.items() if len(data) > 0]
+        rates = _profiles(profiles, members)
+        simulation.clients = {c: Client(c, subsets[c], rates[c], simulation, tests.get(c)) for c in members}
+        for behaviour in behaviours:
+            behaviour.install(simulation)
+        for check in simulation.checks:
+            check()
+        for client in simulation.clients.values():
+            client.join()
+        simulation.send(Kind.START, SERVER, SERVER)
+        simulation.run()
+    finally:
+        server.close_progress()
     if not server.done:
         raise RuntimeError(
             f"the simulation ran out of events in round {server.round_index}: the server waits for clients "
