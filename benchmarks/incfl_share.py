@@ -37,27 +37,31 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fl.algorithms import FedAvg, child_seed
-from fl.algorithms.incfl import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fl.algorithms import FedAvg, child_seed  # noqa: E402
+from fl.algorithms.incfl import (  # noqa: E402
     IncFL,
     distribution_losses,
     incentive_weights,
     incentivised_fraction,
     train_local_models,
 )
-from fl.data import load_dataset
-from fl.data.dataset import ArrayDataset
-from fl.data.federation import dirichlet_federation
-from fl.executors.vectorised import VectorisedExecutor
-from fl.models import build_model, get_params
-from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy
-from fl.server import run_federated
-from incentives.participation import participation_equilibrium
+from fl.data import load_dataset  # noqa: E402
+from fl.data.dataset import ArrayDataset  # noqa: E402
+from fl.data.federation import dirichlet_federation  # noqa: E402
+from fl.executors.vectorised import VectorisedExecutor  # noqa: E402
+from fl.models import build_model, get_params  # noqa: E402
+from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy  # noqa: E402
+from fl.server import run_federated  # noqa: E402
+from incentives.participation import participation_equilibrium  # noqa: E402
 
 _LOCAL = 2  # the local models' stream: the runs' dropout stream (fl.runtime.launch), which no run here draws
 
