@@ -90,6 +90,13 @@ def _counts(value: Any) -> str | None:
     return "allowed is a non-empty list of whole numbers >= 1"
 
 
+def _widths(value: Any) -> str | None:
+    """Hidden layer widths: whole numbers >= 1, or none at all (logistic regression)."""
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        return None
+    return "allowed is a list of whole numbers >= 1 ([] for no hidden layer: logistic regression)"
+
+
 def _distribution(value: Any) -> str | None:
     """A population trait: a number, a list (one per agent) or a distribution table."""
     if isinstance(value, bool):
@@ -177,7 +184,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "name": Key(str, "mlp"),
-        "hidden": Key(list, [64], _counts),
+        "hidden": Key(list, [64], _widths),
     },
     "training": {
         "rounds": Key(int, 20, _positive),

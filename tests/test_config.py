@@ -21,6 +21,7 @@ def test_override_parses_toml_values_and_bare_strings():
     assert resolved["data"]["dataset"] == "mnist"
     assert resolved["accuracy"]["pilot_sizes"] == [10, 20, 40]
     assert resolved["training"]["lr"] == 0.1
+    assert config_module.load(None, ["model.hidden=[]"])["model"]["hidden"] == []  # logistic regression
 
 
 def test_override_sets_one_entry_of_a_table():
@@ -53,7 +54,8 @@ def test_override_sets_one_entry_of_a_table():
     ("accuracy.pilot_sizes=[40, 40, 80]", "accuracy.pilot_sizes=[40, 40, 80]: allowed is whole numbers >= 1, "
      "at least 3 different ones for family='power_law', one per parameter of its curve"),
     ("accuracy.pilot_sizes=[0.5, 20, 40]", "accuracy.pilot_sizes=[0.5, 20, 40]: allowed is a non-empty list of whole"),
-    ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a non-empty list of whole numbers >= 1"),
+    ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a list of whole numbers >= 1 ([] for no hidden "
+     "layer: logistic regression)"),
     ("training.lr.low=1", "--set 'training.lr.low=1': training.lr=0.05 is not a table; allowed is training.lr=value"),
     ("population.costs.sigma=1", "population.costs: unknown key; allowed is one of n_agents"),
     ("experiment.name='../x'", "experiment.name='../x': allowed is a non-empty name without '/', '\\' or '..' "
