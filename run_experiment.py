@@ -102,7 +102,6 @@ def drawn_setting(section: dict, trait: str):
     return 0.0 if trait == "outside_option" and value == config_module.TRAIN_ALONE else value
 
 
-
 def agents_from_csv(section: dict, seed: int) -> Population:
     """The agents of the CSV file ``population.csv``, one per row: a trait the file has a
     column for is read from it; a trait it lacks is drawn from the config's key, one value
