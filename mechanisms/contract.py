@@ -84,7 +84,10 @@ type need not be the one whose IR binds (countervailing incentives), so there
 ``form="reduced"`` keeps the rents as variables and imposes the adjacent IC constraints
 in both directions and every IR -- still O(K) constraints, and equivalent to (2) because
 with the single-crossing utilities (1) adjacent IC in both directions implies
-monotonicity and every global IC. The rents are chained by their adjacent steps and the
+monotonicity and every global IC, for distinct costs. Types of equal cost that also
+agree on outside utility and capacity are one type to any menu and are merged (their
+probabilities summed); equal costs that still differ are solved with every pair's IC,
+since adjacent IC no longer links their items. The rents are chained by their adjacent steps and the
 two IC of a pair written as a slack in contribution units (:func:`_adjacent_ic`), which
 keeps the program well conditioned at 1000 types.
 
@@ -126,7 +129,7 @@ from typing import TYPE_CHECKING, Sequence
 import cvxpy as cp
 import numpy as np
 
-from incentives.checks import bad, check_number
+from incentives.checks import as_floats, bad, check_number, finite_number
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import local_utility
 
@@ -727,7 +730,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
 
 
 def _as_array(key: str, value, K: int, *, positive=False, nonneg=False) -> np.ndarray:
-    arr = np.asarray(value, dtype=float)
+    arr = as_floats(key, value, f"a finite number or {K} finite numbers (one per type)")
     if arr.ndim == 0:
         arr = np.full(K, float(arr))
     if arr.shape != (K,) or not np.all(np.isfinite(arr)):
@@ -790,7 +793,7 @@ def solve_screening(
     Returns a :class:`Menu` in the given type order. Raises :class:`ContractError` when
     the menu is infeasible or unbounded, ValueError for invalid arguments.
     """
-    cost_arr = np.atleast_1d(np.asarray(cost, dtype=float))
+    cost_arr = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0"))
     if cost_arr.ndim != 1 or len(cost_arr) == 0 or not np.all(np.isfinite(cost_arr)) \
             or np.any(cost_arr < 0):
         raise bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
@@ -820,13 +823,13 @@ def solve_screening(
         if accuracy_value is not None:
             raise bad("accuracy_value", accuracy_value, "None when reward='money'")
         v = np.ones(K)
-    if reward_cap is not None and not np.isfinite(reward_cap):
+    if reward_cap is not None and not finite_number(reward_cap):
         raise bad("reward_cap", reward_cap, "None or a finite number")
     cap = None if capacity is None else _as_array("capacity", capacity, K, nonneg=True)
 
     theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
     u0_all = u0_money / v                       # reward units
-    order = np.argsort(theta_all, kind="stable")
+    order = np.lexsort((np.zeros(K) if cap is None else cap, u0_all, theta_all))  # by cost; equal types adjacent
     th, pp, u0 = theta_all[order], p[order], u0_all[order]
     capy = None if cap is None else cap[order] ** beta
     kappa = float(reward_price)
@@ -851,21 +854,30 @@ def solve_screening(
 
     start = time.perf_counter()
     compiled, how = False, None
+    th, pp, u0, capy, first, group = _merge_identical(th, pp, u0, capy)
     if form == "closed_form":
         if floor:
             raise bad("form", form, "'reduced' or 'all_pairs' for accuracy rewards with a negative outside "
                       f"utility ({float(np.min(u0_all)):.6g}): the floor R_k >= 0 has no closed form")
+        free = np.flatnonzero(theta_all == 0)
+        if free.size and (information == "incomplete" or cap is None):  # first best or a virtual cost of 0
+            raise ContractError(
+                f"unbounded menu: types {free.tolist()} cost nothing per sample, so the server's value grows "
+                "without bound in their contribution" + ("" if information == "incomplete" else
+                                                         "; set capacity to bound it"),
+                family="objective", types=free.tolist())
         y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy,
                                               reward_cap, information, common)
     else:
         if information == "complete":
             variant = "complete"
-        elif form == "all_pairs":
+        elif form == "all_pairs" or np.any(np.diff(th) == 0):  # equal costs left: see _merge_identical
             variant = "all_pairs"
         else:
             variant = "virtual" if common and not floor else "adjacent"
         y, Rs, status, how, compiled = _solve_program(
-            K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
+            len(th), variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order[first])
+    y, Rs = y[group], Rs[group]
     seconds = time.perf_counter() - start
 
     y = np.maximum(y, 0.0)
@@ -893,6 +905,22 @@ def solve_screening(
     return menu
 
 
+def _merge_identical(th, pp, u0, capy):
+    """Types sorted by cost merged where cost, outside utility and capacity all agree: to
+    any menu they are one type, with their probabilities summed. Returns the merged
+    (theta, p, u0, capacity or None), the first sorted type of each merged one and, per
+    sorted type, its merged type. Two types with the same cost that still differ (in
+    outside utility or capacity) are left apart, and the caller solves them with every
+    pair's IC: between equal costs adjacent IC no longer links the items, so the reduced
+    forms' adjacent chain (and their monotonicity, which would pool them) does not apply."""
+    rows = np.column_stack([th, u0] + ([] if capy is None else [capy]))
+    distinct = np.concatenate(([True], np.any(rows[1:] != rows[:-1], axis=1)))  # sorted: equal rows are adjacent
+    group = np.cumsum(distinct) - 1
+    first = np.flatnonzero(distinct)
+    merged_p = np.bincount(group, weights=pp)
+    return th[first], merged_p, u0[first], None if capy is None else capy[first], first, group
+
+
 def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
     """Reduced-form rewards from (3): R_k = theta_k y_k + u0 + sum_{l>k} (theta_l - theta_{l-1}) y_l."""
     step = np.concatenate(([0.0], np.diff(th)))
@@ -904,13 +932,15 @@ def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
 def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, common):
     if kappa <= 0:
         raise bad("reward_price", kappa, "a number > 0 with form='closed_form'")
-    if information == "complete":
-        q = value.argmax(kappa * th, beta)
-        y = q ** beta
+    if information == "complete":  # a type costing nothing contributes its capacity (the caller checked one)
+        priced = th > 0
+        y = np.array(capy, dtype=float) if capy is not None else np.zeros(len(th))
+        y[priced] = value.argmax(kappa * th[priced], beta) ** beta
         if capy is not None:
             y = np.minimum(y, capy)
-        if reward_cap is not None:
-            y = np.minimum(y, np.maximum(0.0, (reward_cap - u0) / th))
+        if reward_cap is not None:  # theta_k y_k + u0_k <= R_max; a free type's reward is u0_k whatever y_k
+            room = np.divide(reward_cap - u0, th, out=np.full(len(th), np.inf), where=priced)
+            y = np.minimum(y, np.maximum(0.0, room))
         return y, th * y + u0, "optimal", "complete"
     if not common:
         raise bad("outside", u0, "one common outside utility with form='closed_form' and "
@@ -1260,7 +1290,7 @@ def reduce_multidimensional_types(
     zeta = _as_array("compute_cost", compute_cost, K, positive=True)
     tau = _as_array("comm_delay", comm_delay, K, nonneg=True)
     n = _as_array("data_size", data_size, K, positive=True)
-    if not (np.isfinite(round_deadline) and round_deadline > 0):
+    if not (finite_number(round_deadline) and round_deadline > 0):
         raise bad("round_deadline", round_deadline, "a finite number of seconds > 0")
     late = np.flatnonzero(tau >= round_deadline)
     if late.size:
@@ -1268,7 +1298,7 @@ def reduce_multidimensional_types(
                   f"{round_deadline!r} seconds (a type that cannot upload in time cannot take part)")
     for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
                      ("cycles_per_sample", cycles_per_sample)):
-        if not (np.isfinite(val) and val > 0):
+        if not (finite_number(val) and val > 0):
             raise bad(key, val, "a finite number > 0")
     theta = rounds * zeta * (local_epochs * cycles_per_sample) ** 3 / (round_deadline - tau) ** 2
     return ReducedTypes(cost=theta, cost_exponent=3.0, capacity=n,

@@ -162,6 +162,32 @@ def test_all_pairs_beyond_fifty_types_is_solved_by_constraint_generation_to_ever
     np.testing.assert_allclose(menu.contribution, exact.contribution, rtol=0, atol=1e-6 * exact.contribution.max())
 
 
+@pytest.mark.parametrize("outside", [0.0, [0.0, 1e-9, 2e-9, 3e-9], [0.0, 0.0, 0.0, 1e-9]])
+def test_types_of_equal_cost_get_the_menu_of_every_pair(outside):
+    """c = (1, 2, 2, 3), p = 1/4: the two types of cost 2 are one type of probability 1/2,
+    so the menu is the worked example's on (1, 2, 3) with p = (1/4, 1/2, 1/4): virtual
+    costs (1, 2 + 1 * (1/4) / (1/2), 3 + 1 * 3/4 / 1/4) = (1, 2.5, 6), q = 10/phi - 1 =
+    (9, 3, 2/3). With per-type outside utilities the tied types used to go to the adjacent
+    reduced form, whose chain of adjacent IC no longer links equal costs: it returned
+    q = (9, 7/3, 4, 2/3), violating IC by 5/3, with status "optimal"."""
+    cost, p = [1.0, 2.0, 2.0, 3.0], [0.25] * 4
+    for form in ("reduced", "all_pairs"):
+        menu = solve_screening(cost, p, V10, form=form, outside=outside)
+        np.testing.assert_allclose(menu.contribution, [9.0, 3.0, 3.0, 2 / 3], atol=1e-5)
+        assert_ic_ir(menu)
+    assert menu.server_profit == pytest.approx(solve_screening(cost, p, V10, form="closed_form").server_profit,
+                                               abs=1e-6)
+
+
+def test_identical_types_are_merged_into_one_item():
+    """50 types of cost 2: one type, q = 10/2 - 1 = 4 for all (the virtual program kept them
+    apart and returned items 5e-4 away from 4 with status "optimal")."""
+    p = np.random.default_rng(50).dirichlet(np.ones(50))
+    menu = solve_screening(np.full(50, 2.0), p, V10, form="reduced")
+    np.testing.assert_allclose(menu.contribution, 4.0, rtol=1e-5)
+    assert np.ptp(menu.contribution) == 0 and np.ptp(menu.reward) == 0
+
+
 def test_violated_pairs_are_the_items_a_type_prefers_to_its_own():
     # theta = (1, 2, 3), y = (3, 2, 1), R = (3, 4, 5): U = (0, 0, 2). Type 0 gets 4 - 2 = 2
     # from item 1 and 5 - 1 = 4 from item 2; type 1 gets 5 - 2 = 3 from item 2; type 2
@@ -432,6 +458,10 @@ def test_unbounded_menu_names_the_types():
     (dict(cost=[1.0, -1.0, 2.0]), r"^cost=\[1.0, -1.0, 2.0\]: allowed is"),
     (dict(reward="accuracy"), r"^accuracy_value=None: allowed is"),
     (dict(cost_exponent=0.5), r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
+    (dict(cost="abc"), r"^cost='abc': allowed is a non-empty 1-D array of finite numbers >= 0$"),
+    (dict(outside="x"), r"^outside='x': allowed is a finite number or 3 finite numbers \(one per type\)$"),
+    (dict(reward_cap="1"), r"^reward_cap='1': allowed is None or a finite number$"),
+    (dict(reward_cap=[1, 2]), r"^reward_cap=\[1, 2\]: allowed is None or a finite number$"),
 ])
 def test_bad_arguments_name_key_value_and_what_is_allowed(kwargs, message):
     args = dict(cost=COSTS, probability=EQUAL, value=V10)
@@ -443,6 +473,21 @@ def test_bad_arguments_name_key_value_and_what_is_allowed(kwargs, message):
 def test_closed_form_refuses_what_it_cannot_solve():
     with pytest.raises(ValueError, match=r"^outside=.*: allowed is one common outside utility"):
         solve_screening(COSTS, EQUAL, V10, outside=[0, 1, 2], form="closed_form")
+
+
+def test_a_type_that_costs_nothing_in_the_closed_form():
+    """Complete information with a capacity: the free type contributes its capacity for its
+    outside utility (as the programs give); incomplete, the menu is unbounded (the message
+    used to name the value function's internal argument, price=array([0., 2.]))."""
+    for form in ("closed_form", "reduced"):
+        menu = solve_screening([0.0, 1.0], [0.5, 0.5], V10, information="complete", capacity=[5.0, 5.0], form=form)
+        np.testing.assert_allclose(menu.contribution, [5.0, 5.0], atol=1e-6)
+        np.testing.assert_allclose(menu.reward, [0.0, 5.0], atol=1e-6)
+    with pytest.raises(ContractError, match=r"^unbounded menu: types \[0\] cost nothing per sample") as err:
+        solve_screening([0.0, 1.0], [0.5, 0.5], V10, form="closed_form")
+    assert err.value.family == "objective"
+    with pytest.raises(ContractError, match=r"types \[1\] cost nothing .*; set capacity to bound it"):
+        solve_screening([1.0, 0.0], [0.5, 0.5], V10, information="complete", form="closed_form")
 
 
 # ----------------------------------------------------------------- the mechanism
