@@ -2,7 +2,8 @@
 
 For one mechanism's record (its last loop iteration):
 
-- total data M = sum_i m_i (samples actually trained on, and as solved);
+- total data M = sum_i m_i (samples actually trained on, and as solved), and the
+  contributors, the agents with m_i > 0 trained on;
 - the data efficiency gamma of the mechanism's accuracy model a(gamma m) (the pilot fit
   a(m) calibrated to its trainings, ``incentives.loop``; 1 before its first);
 - free-riding rate: share of agents that receive a model while contributing less than
@@ -20,15 +21,18 @@ For one mechanism's record (its last loop iteration):
   agents); >= 1 (below 1 only where a mechanism's calibrated a(gamma m) credits data
   with more accuracy than the pilot curve, gamma > 1, or where the planner's local
   search, beyond 1024 participation plans, stops short of the optimum), 1 when the
-  equilibrium is efficient, infinite when S(equilibrium) <= 0 (e.g. a money contract,
-  where the server keeps the model);
+  equilibrium is efficient (also where both are 0), infinite when S(equilibrium) <= 0
+  below a positive optimum (e.g. a money contract, where the server keeps the model);
 - models delivered: how many agents receive a model at all (none under a money
-  contract, where the server keeps it; only the participants under IncFL);
-- promise gap: delivered minus promised accuracy, mean absolute and worst;
+  contract, where the server keeps it; only the participants under IncFL; nobody when
+  no data was trained);
+- mean promised and delivered accuracy, and the promise gap (delivered minus promised
+  accuracy, mean absolute and worst), over the agents delivered a model (NaN: none);
 - transfer gap: paid minus promised transfer, mean absolute (0 unless the mechanism pays
   from what training measured, e.g. Shapley rewards paid by data values on the rounds);
 - realised incentivised share: where training measured local-only models (IncFL's
-  aggregation does), the share of participants whose delivered model beats theirs;
+  aggregation does), the share of the participants contributing data whose delivered
+  model beats the model trained on their contribution alone;
 - from the audit (``mechanisms.audit``): agents violating individual rationality on the
   realised utilities, agents with a profitable deviation in contribution or report,
   money paid, budget balance, the server's profit and the agents' information rents.
@@ -42,7 +46,6 @@ from incentives.accuracy import AccuracyModel
 from incentives.equilibrium import SocialOptimum, social_optimum
 from incentives.loop import IterationRecord
 from incentives.population import Population
-from incentives.protocols import Outcome
 from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit
 
@@ -60,13 +63,11 @@ def free_riding_rate(contributions, local_optimum_m, receives=True) -> float:
     return float(np.mean(free_riders(contributions, local_optimum_m, receives)))
 
 
-def models_delivered(outcome: Outcome) -> int:
-    """How many agents receive a model (:attr:`~incentives.protocols.Outcome.receives_model`)."""
-    return int(np.count_nonzero(outcome.receives_model))
-
-
 def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> float:
-    """W(opt) / W(eq); infinite when the equilibrium welfare is not positive."""
+    """W(opt) / W(eq); 1 where the two are equal (0 and 0 included: nothing is lost),
+    infinite where the equilibrium welfare is not positive and the optimum's is larger."""
+    if np.isclose(optimal_welfare, equilibrium_welfare, rtol=1e-12, atol=1e-12):
+        return 1.0
     return float(optimal_welfare / equilibrium_welfare) if equilibrium_welfare > 0 else float("inf")
 
 
@@ -82,16 +83,18 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
     if optimum is None:
         optimum = social_optimum(population, pilot, phi)
     predicted_welfare = float(record.predicted_utility.sum())
-    promise_gap = np.asarray(training.delivered_accuracy) - np.asarray(outcome.accuracy)
+    served = record.receives_model
+    promised, delivered = np.asarray(outcome.accuracy)[served], np.asarray(training.delivered_accuracy)[served]
+    promise_gap = delivered - promised
     violations = audit.violations()
     nan = float("nan")
     return {
         "total_data": float(record.trained_contributions.sum()),
         "total_data_solved": outcome.total,
-        "participants": int(np.count_nonzero(record.trained_contributions)),
-        "models_delivered": models_delivered(outcome),
+        "contributors": int(np.count_nonzero(record.trained_contributions)),
+        "models_delivered": int(np.count_nonzero(served)),
         "data_efficiency": record.accuracy_model.efficiency,
-        "free_riding_rate": free_riding_rate(record.trained_contributions, m_local, outcome.receives_model),
+        "free_riding_rate": free_riding_rate(record.trained_contributions, m_local, served),
         "welfare_predicted": predicted_welfare,
         "welfare_realised": float(record.realised_utility.sum()),
         "welfare_social_optimum": float(optimum.welfare),
@@ -105,23 +108,24 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
         "transfer_gap_mean_abs": float(np.mean(np.abs(record.realised_transfer - outcome.transfer))),
         "server_profit": nan if audit.server_profit is None else audit.server_profit,
         "information_rent": nan if audit.information_rent is None else float(audit.information_rent.sum()),
-        "mean_promised_accuracy": float(np.mean(outcome.accuracy)),
-        "mean_delivered_accuracy": float(np.mean(training.delivered_accuracy)),
+        "mean_promised_accuracy": float(np.mean(promised)) if served.any() else nan,
+        "mean_delivered_accuracy": float(np.mean(delivered)) if served.any() else nan,
         "mean_global_accuracy": float(np.mean(training.global_accuracy)),
-        "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))),
-        "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]),
+        "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))) if served.any() else nan,
+        "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]) if served.any() else nan,
         "max_equilibrium_gain": float(np.max(audit.deviation_gain)),
         "realised_incentivised_share": realised_incentivised_share(record),
     }
 
 
 def realised_incentivised_share(record: IterationRecord) -> float:
-    """The share of participants whose delivered model beats, on their own label
-    distribution, the model they train alone on their contribution (Cho et al. 2022's
-    incentivised clients, in accuracy); NaN when training measured no local models
-    or nobody takes part."""
+    """The share of participants contributing data whose delivered model beats, on their
+    own label distribution, the model they train alone on their contribution (Cho et al.
+    2022's incentivised clients, in accuracy); NaN when training measured no local
+    models or no participant contributes. (A participant contributing nothing has no
+    local model to beat: its "alone" is the untrained initial model.)"""
     local = record.training.local_accuracy
-    inside = np.asarray(record.outcome.participates, dtype=bool)
+    inside = np.asarray(record.outcome.participates, dtype=bool) & (record.trained_contributions > 0)
     if local is None or not inside.any():
         return float("nan")
     return float(np.mean(np.asarray(record.training.delivered_accuracy)[inside] > np.asarray(local)[inside]))

@@ -76,7 +76,7 @@ def contribution_map(result: LoopResult, population: Population, local: np.ndarr
     final = result.final()
     order = np.argsort(population.cost, kind="stable")
     samples = np.array([record.trained_contributions[order] for record in final.values()], dtype=float)
-    receives = np.array([record.outcome.receives_model[order] for record in final.values()])
+    receives = np.array([record.receives_model[order] for record in final.values()])
     return list(final), order, samples, free_riders(samples, np.asarray(local)[order], receives)
 
 
@@ -100,14 +100,20 @@ def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for k, (name, record) in enumerate(result.final().items()):
         colour = COLOURS[k % len(COLOURS)]
-        m = record.trained_contributions
-        ax.scatter(m, record.outcome.accuracy, facecolors="none", edgecolors=colour,
+        served = record.receives_model  # an agent delivered no model has no accuracy to show
+        if not served.any():
+            continue
+        m = record.trained_contributions[served]
+        ax.scatter(m, np.asarray(record.outcome.accuracy)[served], facecolors="none", edgecolors=colour,
                    label=f"{name}: promised")
-        ax.scatter(m, record.training.delivered_accuracy, color=colour, marker="x",
+        ax.scatter(m, np.asarray(record.training.delivered_accuracy)[served], color=colour, marker="x",
                    label=f"{name}: delivered (trained)")
     ax.set_xlabel("samples contributed $m_i$")
     ax.set_ylabel("accuracy received")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    if ax.collections:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no mechanism delivered a model", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Accuracy received against contribution")
     return _save(fig, path)
 

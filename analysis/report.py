@@ -43,13 +43,13 @@ from mechanisms.audit import Audit, audit
 
 HEADLINE = [
     ("total_data", "total data (samples)", "{:.0f}"),
-    ("participants", "contributing agents", "{:d}"),
+    ("contributors", "contributing agents", "{:d}"),
     ("models_delivered", "agents receiving a model", "{:d}"),
     ("free_riding_rate", "free-riding rate", "{:.0%}"),
-    ("mean_promised_accuracy", "mean promised accuracy", "{:.3f}"),
+    ("mean_promised_accuracy", "mean promised accuracy (of agents receiving a model)", "{:.3f}"),
     ("mean_delivered_accuracy", "mean delivered accuracy (trained)", "{:.3f}"),
     ("promise_gap_mean_abs", "mean |delivered - promised|", "{:.3f}"),
-    ("realised_incentivised_share", "participants served better than alone (trained)", "{:.0%}"),
+    ("realised_incentivised_share", "contributors served better than alone (trained)", "{:.0%}"),
     ("welfare_predicted", "welfare, predicted", "{:.4f}"),
     ("welfare_realised", "welfare, realised", "{:.4f}"),
     ("price_of_anarchy", "price of anarchy", "{:.3f}"),
@@ -172,7 +172,7 @@ def learning_curve_rows(result: LoopResult) -> list[dict]:
 def html_table(rows: list[dict], digits: int = 4) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
-            return f"{value:.{digits}g}"
+            return f"{value:.{digits}g}" if np.isfinite(value) or np.isinf(value) else "-"
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
@@ -280,7 +280,7 @@ def write_report(folder: Path, config: dict, result: LoopResult, population: Pop
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title>
 <style>{STYLE}</style></head><body>
 <h1>{name}</h1>
-<p>{population.n_agents} agents on <b>{html.escape(config['data']['dataset'])}</b> with {costs}{stay_out};
+<p>{_agents(population.n_agents)} on <b>{html.escape(config['data']['dataset'])}</b> with {costs}{stay_out};
 mechanisms compared: {html.escape(', '.join(summaries))}. Every delivered accuracy below comes from
 real federated training ({html.escape(config['model']['name'])}, {config['training']['rounds']} rounds of
 FedAvg{"; IncFL's with its own aggregation" if "incfl" in summaries else ""}) on exactly the data the agents
@@ -405,7 +405,7 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
             target = found.best_deviation
             i = gain[np.argmax(found.deviation_gain[gain])]
             move = ("by leaving" if np.isnan(target[i])
-                    else f"by contributing {target[i]:.4g} samples instead of {m[i]:.4g}")
+                    else f"by contributing {_samples(target[i])} samples instead of {_samples(m[i])}")
             less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
             findings.append(f"{_agents(gain.size)} would gain by changing their contribution alone "
                             f"({less} of them by contributing less or leaving; the largest gain, "
@@ -427,6 +427,12 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
 
 def _agents(count: int) -> str:
     return f"{count} agent{'s' if count != 1 else ''}"
+
+
+def _samples(m: float) -> str:
+    """A contribution in words: whole samples (training uses round(m)), with the fraction
+    shown only where rounding would hide it (0.4 samples is not 0)."""
+    return f"{m:.0f}" if m == 0 or abs(m) >= 0.5 else f"{m:.2g}"
 
 
 def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,

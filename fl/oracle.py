@@ -210,7 +210,8 @@ class TrainingOracle:
         global model (``delivery_target`` None, or NaN for that agent), a model of its
         target accuracy (``fl.delivery.deliver`` on the validation set), or no model at
         all (target <= 0: accuracy 0, e.g. an agent paid in money only). Free riders
-        (m_i = 0) are served like everyone else. With no contributor the global model is theta_0.
+        (m_i = 0) are served like everyone else. With no contributor nothing is trained and
+        no model is delivered (accuracy 0 for every agent; ``global_accuracy`` measures theta_0).
         ``record_rounds`` also keeps each round's updates as coalition games valued by
         accuracy on the validation set (``fl.valuation``); training is unchanged by it.
         """
@@ -236,7 +237,11 @@ class TrainingOracle:
             seed = child_seed(self.seed, _TRAIN)
             run = self._fit(contributed, strategy, self.rounds, seed, self.test, self.progress)
         global_accuracy = self._accuracy(run.params, self.label_distributions)
-        served = [self._serve(run.params, global_accuracy[i], p, None if targets is None else targets[i])
+        if counts.sum() == 0:  # no data, no model: every target 0
+            targets_or_none = np.zeros(len(counts))
+        else:
+            targets_or_none = [None] * len(counts) if targets is None else targets
+        served = [self._serve(run.params, global_accuracy[i], p, targets_or_none[i])
                   for i, p in enumerate(self.label_distributions)]
         delivered, lam, validation = (list(column) for column in zip(*served))
         local = None

@@ -66,6 +66,12 @@ class IterationRecord:
     def mechanism(self) -> str:
         return self.outcome.mechanism
 
+    @property
+    def receives_model(self) -> np.ndarray:
+        """(N,) bool: the agents delivered a model (``Outcome.receives_model``); nobody
+        when nothing was trained, as no model then exists to deliver."""
+        return np.asarray(self.outcome.receives_model, dtype=bool) & (self.trained_contributions.sum() > 0)
+
 
 @dataclass
 class LoopResult:

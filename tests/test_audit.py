@@ -171,7 +171,7 @@ def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
     largest = int(np.argmax(expected))
     assert (f"Audit of incfl: 3 agents would gain by changing their contribution alone (3 of them by "
             f"contributing less or leaving; the largest gain, {expected[largest]:.3g}, is agent {largest}'s, "
-            f"by contributing 1e-06 samples instead of {m[largest]:.4g})." in note)
+            f"by contributing 1e-06 samples instead of {m[largest]:.0f})." in note)  # whole samples, a sliver not 0
     standard = StandardFL().solve(population, MODEL)
     quiet = audit(StandardFL(), standard, population, MODEL, standard.accuracy, standard.transfer,
                   standard.contributions)

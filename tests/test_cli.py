@@ -322,10 +322,10 @@ def test_agents_that_stay_out_can_train_alone(tmp_path):
             return next(csv.DictReader(handle)), next(csv.DictReader(agents)), (folder / "report.html").read_text()
 
     given, agent, report = summary()
-    assert float(given["participants"]) == 0 and float(given["welfare_realised"]) == 0.0
+    assert float(given["contributors"]) == 0 and float(given["welfare_realised"]) == 0.0
     assert float(given["deviation_violations"]) == 1 and "stays out trains alone" not in report
     alone, agent, report = summary("--set=population.outside_option=train_alone")
-    assert float(alone["participants"]) == 0 and float(agent["local_utility"]) > 0.1
+    assert float(alone["contributors"]) == 0 and float(agent["local_utility"]) > 0.1
     assert float(alone["welfare_realised"]) == pytest.approx(float(agent["local_utility"]), abs=1e-9)
     assert float(alone["deviation_violations"]) == 0 and float(alone["price_of_anarchy"]) == pytest.approx(1.0)
     assert "an agent that stays out trains alone (its outside option is its local-only utility)" in report

@@ -81,10 +81,14 @@ def test_delivery_targets_are_met_on_validation(oracle):
     assert result.delivered_accuracy[3] == result.global_accuracy[3]
 
 
-def test_nobody_contributing_gives_the_initial_model(oracle):
-    result = oracle.train(np.zeros(N), None)
-    assert result.total_samples == 0 and all(m.clients == 0 for m in result.rounds)
-    assert result.global_accuracy.mean() < 0.3
+def test_nobody_contributing_delivers_no_model(oracle):
+    """Nothing trained, nothing to deliver: the initial model (chance accuracy, measured as
+    the global accuracy) used to be delivered to everyone and counted in their utilities."""
+    for targets in (None, np.full(N, 0.5)):
+        result = oracle.train(np.zeros(N), targets)
+        assert result.total_samples == 0 and all(m.clients == 0 for m in result.rounds)
+        assert 0 < result.global_accuracy.mean() < 0.3
+        np.testing.assert_array_equal(result.delivered_accuracy, 0.0)
 
 
 def test_same_seed_same_numbers():
