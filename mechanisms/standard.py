@@ -44,15 +44,21 @@ class StandardFL:
         """Closed-form Nash equilibrium, agents who would rather stay out removed.
 
         Agent i's best response to the others' total M_{-i} is
-        m_i = clip(m_i^o - M_{-i}, 0, n_i), where m_i^o solves v_i a'(m) = c_i
-        (:func:`~incentives.accuracy.local_optimum` without the endowment cap). Sorting agents
-        by m_i^o in decreasing order and letting each add min(n_i, m_i^o - M) while
-        m_i^o > M gives a profile where every agent best-responds: only the last
-        contributor is uncapped, it brings M up to its own m^o, and every later agent has
-        m^o <= M. Uncapped, M equals the largest m_i^o (the agent with the smallest
-        c_i / v_i) for any N; the others free-ride on a(M). Linear phi; the profile is
-        exact whenever a(M_{-i}) > 0 for every contributor (check with
-        :func:`~incentives.equilibrium.verify_equilibrium`).
+        m_i = clip(m_i^* - M_{-i}, 0, n_i), where m_i^* solves v_i a'(m) = c_i on the
+        concave part of a (``model.marginal_inverse``), or 0 where contributing does not
+        beat contributing nothing. Sorting agents by m_i^* in decreasing order and letting
+        each add min(n_i, m_i^* - M) while m_i^* > M gives a profile where every agent
+        best-responds: only the last contributor is uncapped, it brings M up to its own
+        m^*, and every later agent has m^* <= M. Uncapped, M equals the largest m_i^* (the
+        agent with the smallest c_i / v_i) for any N; the others free-ride on a(M).
+        Linear phi. The profile is an equilibrium when a(M) > 0 and every contributor's
+        utility beats that of contributing nothing, v_i a(M) - c_i m_i >= v_i a(M - m_i)
+        (a is 0 below its zero crossing, where the first-order condition says nothing),
+        and when nobody contributes where no agent gains by contributing alone; both are
+        checked (O(N)), and where they fail (e.g. the most eager agent's endowment is too
+        small to train a useful model alone, while others' data would make its samples
+        worth their cost) the equilibrium comes from best-response iteration from the
+        profile (:func:`~incentives.equilibrium.nash_equilibrium`).
 
         Convex costs c_i m**beta (beta > 1): the marginal cost of the first sample is 0, so
         nobody free-rides entirely. On the concave part of a, agent i's first-order
@@ -60,9 +66,9 @@ class StandardFL:
         m_i(M) = min(n_i, (v_i a'(M) / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0;
         :meth:`~incentives.population.Population.marginal_cost_inverse`), and the
         equilibrium total is the root of M = sum_i m_i(M) on [zero_crossing, sum_i n_i]
-        (the right side decreases in M: one root, by Brent's method). Where no root lies
-        above the zero crossing, the profile comes from best-response iteration
-        (:func:`~incentives.equilibrium.nash_equilibrium`).
+        (the right side decreases in M: one root, by Brent's method), checked as above.
+        Where no root lies above the zero crossing, or the check fails, the profile comes
+        from best-response iteration.
         """
         participation = settle_participation(lambda pop: _nash_contributions(pop, model),
                                              lambda m, pop: self.allocate(m, pop, model), population)
@@ -83,29 +89,57 @@ class StandardFL:
 
 
 def _nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
-    """The equilibrium profile described in :meth:`StandardFL.solve`."""
-    if not population.linear_costs:
-        return _convex_cost_contributions(population, model)
-    optimum = np.asarray(local_optimum(population.cost, population.value, model), dtype=float).reshape(-1)
+    """The equilibrium profile described in :meth:`StandardFL.solve`: the closed form where
+    :func:`_holds` certifies it, else best-response iteration from it."""
+    m = _linear_cost_contributions(population, model) if population.linear_costs else \
+        _convex_cost_contributions(population, model)
+    if m is not None and _holds(population, model, m):
+        return m
+    return nash_equilibrium(StandardFL(), population, model, start=m).contributions
+
+
+def _linear_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
+    """The greedy profile on the roots m_i^* of v_i a'(m) = c_i (inf where c_i = 0)."""
+    with np.errstate(divide="ignore"):
+        roots = np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float).reshape(-1)
     m = np.zeros(population.n_agents)
     total = 0.0
-    for i in np.argsort(-optimum, kind="stable"):
-        if optimum[i] <= total:
+    for i in np.argsort(-roots, kind="stable"):
+        if roots[i] <= total:
             break
-        m[i] = min(population.endowment[i], optimum[i] - total)
+        m[i] = min(population.endowment[i], roots[i] - total)
         total += m[i]
     return m
 
 
-def _convex_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
-    """The convex-cost equilibrium profile described in :meth:`StandardFL.solve`."""
+def _convex_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray | None:
+    """The convex-cost profile described in :meth:`StandardFL.solve` (None: no root above
+    the zero crossing)."""
 
     def respond(total: float) -> np.ndarray:
         return population.marginal_cost_inverse(population.value * float(np.asarray(model.derivative(total))))
 
     low, high = float(model.zero_crossing), float(population.endowment.sum())
     if low >= high or respond(low).sum() <= low:
-        return nash_equilibrium(StandardFL(), population, model).contributions
+        return None
     root = brentq(lambda total: respond(total).sum() - total, low, high, xtol=1e-12 * high) \
         if respond(high).sum() < high else high
     return respond(root)
+
+
+def _holds(population: Population, model: AccuracyModel, m: np.ndarray) -> bool:
+    """Whether a first-order profile ``m`` is an equilibrium (see :meth:`StandardFL.solve`):
+    nobody contributing, where no agent gains alone (its local optimum is 0); else a(M) > 0
+    and every contributor does at least as well as contributing nothing (to 1e-12 of the
+    larger utility). On the concave part of a the first-order conditions settle the rest."""
+    total = float(m.sum())
+    if total == 0:
+        alone = local_optimum(population.cost, population.value, model, population.endowment,
+                              cost_exponent=population.cost_exponent)
+        return bool(np.all(np.asarray(alone) == 0))
+    if not float(model(total)) > 0:
+        return False
+    value = population.value
+    contributing = value * float(model(total)) - population.data_cost(m)
+    nothing = value * np.asarray(model(total - m), dtype=float)
+    return bool(np.all(contributing >= nothing - 1e-12 * np.maximum(1.0, np.abs(nothing))))

@@ -56,6 +56,34 @@ def test_accuracy_shaping_worked_example(n, each, total, accuracy):
     np.testing.assert_allclose(realised_utility(pop, outcome), local_utility(pop, TOY), atol=1e-12)
 
 
+def test_standard_fl_an_agent_that_loses_alone_contributes_once_another_has_trained_a_model():
+    """a(m) = 1 - m^-1/2 (zero crossing 1). Agent 0 is eager but holds 1.2 samples; agent 1
+    (c = 0.3) loses training alone, so its local optimum is 0 and the closed form used to
+    leave it out. Given agent 0's 1.2 samples it tops the total up to its root of
+    a'(m) = 0.3, m* = (0.5 / 0.3)^(2/3), gaining (a(m*) - a(1.2)) - 0.3 (m* - 1.2) = 0.0077."""
+    model = PowerLaw(1.0, 1.0, 0.5)
+    agents = Population(cost=[0.01, 0.3], endowment=[1.2, 100.0])
+    assert local_optimum(agents.cost, agents.value, model)[1] == 0.0
+    root = (0.5 / 0.3) ** (2 / 3)
+    outcome = StandardFL().solve(agents, model)
+    np.testing.assert_allclose(outcome.contributions, [1.2, root - 1.2], rtol=1e-7)
+    gain = model(root) - model(1.2) - 0.3 * (root - 1.2)
+    assert gain == pytest.approx(0.0077219, abs=1e-7)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
+
+
+def test_standard_fl_convex_costs_a_contributor_better_off_contributing_nothing_is_not_left_there():
+    """Convex costs c m^2, agent 1 holding 0.01 samples: the first-order profile had agent
+    0 at 1.195 samples, where a(M) - 0.158 m^2 < a(M - m) = 0: with an outside option of
+    -1 (so nobody leaves) it was returned although agent 0 gains 0.137 by contributing nothing."""
+    model = PowerLaw(1.0, 1.0, 0.5)
+    agents = Population(cost=[0.158, 1.0], endowment=[100.0, 0.01], outside_option=[-1.0, -1.0],
+                        cost_exponent=2.0)
+    outcome = StandardFL().solve(agents, model)
+    check = verify_equilibrium(StandardFL(), outcome.contributions, agents, model, participates=outcome.participates)
+    assert check.ok and outcome.contributions.sum() < 1e-5
+
+
 def test_two_agents_shaping_doubles_the_local_optimum():
     # with a = 1 - m^(-1/2), c = 1e-4: m = m^o + (a(2m) - a(m^o)) / c holds at m = 2 m^o exactly
     outcome = AccuracyShaping().solve(identical(2), TOY)
