@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.accuracy import AccuracyModel, check_phi
-from incentives.checks import check_integer, check_number, per_agent
+from incentives.checks import check_integer, check_number, finite_number, per_agent
 from incentives.population import Population
 from incentives.protocols import Allocation, Mechanism
 from incentives.search import maximise
@@ -224,10 +224,11 @@ def nash_equilibrium(
     ``max_iter`` sweeps (``converged`` is then False). damping in [0, 1).
     """
     check_phi(phi)
-    if not 0 <= damping < 1:
+    if not (finite_number(damping) and 0 <= damping < 1):
         raise ValueError(f"damping={damping!r}: allowed is a number in [0, 1)")
-    if max_iter < 1:
-        raise ValueError(f"max_iter={max_iter!r}: allowed is an integer >= 1")
+    check_integer("max_iter", max_iter)
+    check_number("tol", tol)
+    check_integer("grid_size", grid_size, least=2)
     n = population.n_agents
     m = np.zeros(n) if start is None else np.array(start, dtype=float)
     if m.shape != (n,) or np.any(~(m >= 0)) or np.any(m > population.endowment):

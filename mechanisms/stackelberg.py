@@ -45,7 +45,9 @@ units, X samples) and maximises V(X(R)) - R, optionally with R <= budget. Withou
 caps X = k R, so the optimum solves k V'(k R) = 1: for V = a ln(1 + X),
 R* = a - 1/k (0 if a k <= 1). E.g. c = (1, 2, 3): active {1, 2}, k = 1/3, and
 V = 10 ln(1+X) gives R* = 7, X = 7/3, x = (14/9, 7/9, 0). With a budget the profit is
-concave in R, so R = min(R*, budget). When caps bind at R*, X(R) is no longer linear and
+concave in R where V is, so R = min(R*, budget); a V that is flat up to some total (an
+accuracy value below its curve's zero crossing) makes a budget short of that total buy
+nothing, and R = 0 is compared with it. When caps bind at R*, X(R) is no longer linear and
 R is found by a grid over [0, R_max] refined with bounded Brent search, R_max being the
 budget or V(sum of endowments) - V(0) (no larger reward can pay for itself).
 
@@ -80,7 +82,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from incentives.checks import bad, check_integer, check_number
+from incentives.checks import as_floats, bad, check_integer, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.protocols import Allocation, Outcome
 from incentives.search import bisect
@@ -123,7 +125,7 @@ class FollowerEquilibrium:
 
 
 def _check_costs(cost, capacity):
-    c = np.atleast_1d(np.asarray(cost, dtype=float))
+    c = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0"))
     if c.ndim != 1 or len(c) == 0 or not np.all(np.isfinite(c)) or np.any(c < 0):
         raise bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
     if capacity is None:
@@ -153,9 +155,9 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     :func:`_convex_follower_equilibrium` (the module docstring's game (4)).
     """
     c, cap = _check_costs(cost, capacity)
-    if not (np.isfinite(reward) and reward >= 0):
-        raise bad("reward", reward, "a finite number >= 0")
+    check_number("reward", reward)
     check_number("cost_exponent", cost_exponent, least=1)
+    check_integer("max_iter", max_iter)
     N = len(c)
     R = float(reward)
     x = np.zeros(N)
@@ -196,11 +198,11 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
             X = float(X_m[n_active - 1])
         xs = np.zeros(N)
         act = idx[:n_active]
-        xs[act] = X - cs[act] * X * X / R
+        xs[act] = X * (1.0 - cs[act] * (X / R))  # X - c X^2 / R, without squaring X (R of 1e160 or 1e-160)
         xs[capped] = ns[capped]
         over = free & (xs > ns)
         with np.errstate(divide="ignore", invalid="ignore"):
-            release = capped & (R * (X - ns) / (X * X) < cs)
+            release = capped & ((R / X) * ((X - ns) / X) < cs)
         if not over.any() and not release.any():
             break
         capped = (capped | over) & ~release
@@ -341,15 +343,23 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
             R_star = min(R_star, float(budget))
         eq = follower_equilibrium(c, R_star, cap)
         if not eq.capped.any():
-            return LeaderSolution(R_star, eq.total, profit(R_star)[0], "closed_form", eq)
+            best, nothing = profit(R_star)[0], profit(0.0)
+            if nothing[0] > best:  # V flat up to some X (accuracy below its zero crossing): the budget buys nothing
+                return LeaderSolution(0.0, 0.0, nothing[0], "closed_form", nothing[1])
+            return LeaderSolution(R_star, eq.total, best, "closed_form", eq)
     # Caps bind (or a plain callable): grid, then bounded Brent around the best point.
     if budget is not None:
         R_max = float(budget)
     else:
         total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
         if not np.all(np.isfinite(cap)):
-            raise bad("budget", budget, "a finite budget when some agent has no capacity "
-                      "and the value is not a ValueFunction or the costs are convex")
+            why = [reason for reason, holds in (
+                ("the value is not a ValueFunction", not isinstance(value, ValueFunction)),
+                ("the costs are convex", cost_exponent != 1),
+                ("an agent able to contribute costs nothing", bool(np.any(c[can] == 0))),
+                ("fewer than two agents can contribute", can.sum() < 2)) if holds]
+            raise bad("budget", budget, "a finite budget when some agent has no capacity and "
+                      + " and ".join(why) + " (no closed form bounds the reward)")
         R_max = V(total_cap) - V(0.0)
     if R_max <= 0:
         eq = follower_equilibrium(c, 0.0, cap, cost_exponent=cost_exponent)

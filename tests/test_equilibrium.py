@@ -91,6 +91,12 @@ def test_nash_argument_errors():
         nash_equilibrium(StandardFL(), pop, TOY, damping=1.0)
     with pytest.raises(ValueError, match="start="):
         nash_equilibrium(StandardFL(), pop, TOY, start=[-1.0, 0.0])
+    for options, message in (({"max_iter": 2.5}, r"^max_iter=2.5: allowed is an integer >= 1$"),
+                             ({"tol": "a"}, r"^tol='a': allowed is a finite number >= 0$"),
+                             ({"damping": "a"}, r"^damping='a': allowed is a number in \[0, 1\)$"),
+                             ({"grid_size": 0}, r"^grid_size=0: allowed is an integer >= 2$")):
+        with pytest.raises(ValueError, match=message):  # were TypeErrors, or a solve on a grid of nothing
+            nash_equilibrium(StandardFL(), pop, TOY, **options)
 
 
 def test_verify_equilibrium_flags_profitable_deviations():

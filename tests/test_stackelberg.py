@@ -52,6 +52,45 @@ def test_budget_caps_the_reward():
     assert sol.reward == 4.0 and sol.total == pytest.approx(4 / 3)
 
 
+def test_a_budget_that_buys_no_useful_model_is_not_spent():
+    """V = 100 a(X), a(X) = 1 - X^-1/2 (0 below X = 1), c = (1, 1): X = R / 2, so a
+    budget of 1.5 buys X = 0.75, worth nothing: paying it lost 1.5, R = 0 loses nothing.
+    Without a budget the leader's optimum stands (R* = 17.1, profit 48.7)."""
+    value = AccuracyValue(PowerLaw(a_opt=1.0, k=1.0, alpha=0.5), weight=100.0)
+    short = leader_reward([1.0, 1.0], value, budget=1.5)
+    assert short.reward == 0.0 and short.total == 0.0 and short.profit == 0.0
+    free = leader_reward([1.0, 1.0], value)
+    assert free.reward == pytest.approx(17.09976, rel=1e-6) and free.profit == pytest.approx(48.70072, rel=1e-6)
+    assert leader_reward([1.0, 1.0], value, budget=4.0).reward == 4.0  # X = 2 is worth 29.3 > 4
+
+
+@pytest.mark.parametrize("R", [1e-160, 7.0, 1e160])
+def test_followers_at_any_scale_of_reward(R):
+    """x scales with R: x = R (2/9, 1/9, 0) for c = (1, 2, 3). X^2 overflowed at 1e160
+    (contributions 0) and lost digits at 1e-160 (0.2222 became 0.22217)."""
+    eq = follower_equilibrium([1.0, 2.0, 3.0], R)
+    np.testing.assert_allclose(eq.contributions / R, [2 / 9, 1 / 9, 0.0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("abc", 1.0), r"^cost='abc': allowed is a non-empty 1-D array of finite numbers >= 0$"),
+    (([1.0, 2.0], None), r"^reward=None: allowed is a finite number >= 0$"),
+    (([1.0, 2.0], 1.0, None, 0), r"^max_iter=0: allowed is an integer >= 1$"),
+])
+def test_follower_argument_errors(args, message):
+    cost, reward, *rest = args
+    options = {"max_iter": rest[1]} if len(rest) > 1 else {}
+    with pytest.raises(ValueError, match=message):
+        follower_equilibrium(cost, reward, **options)
+
+
+def test_without_a_budget_the_error_says_what_leaves_the_reward_unbounded():
+    with pytest.raises(ValueError, match=r"^budget=None: .* and an agent able to contribute costs nothing"):
+        leader_reward([0.0, 1.0, 2.0], LogValue(10.0), capacity=[5.0, np.inf, np.inf])
+    with pytest.raises(ValueError, match=r"^budget=None: .* and fewer than two agents can contribute"):
+        leader_reward([1.0], LogValue(10.0))
+
+
 def test_active_set_is_the_prefix_rule():
     cost = np.array([1.0, 1.5, 2.0, 4.0, 9.0])
     eq = follower_equilibrium(cost, 10.0)
