@@ -38,7 +38,10 @@ The server's problem (incomplete information, every pair of types), eq. (2):
           q_k >= 0, optional capacity q_k <= n_k, optional reward cap R_k <= R_max
 
 V is concave and nondecreasing (a :class:`ValueFunction`), kappa >= 0 the server's cost
-of one unit of reward (``reward_price``: 1 for money). u0_k is the outside utility: zero,
+of one unit of reward (``reward_price``: 1 for money). Every type is served: the program
+cannot exclude a type (a type asked for q_k = 0 is still paid its outside utility), so
+with outside utilities worth more than a type's data it may return a menu of negative
+profit; :class:`ContractMechanism` then withdraws the menu. u0_k is the outside utility: zero,
 a number, or per type (e.g. the agent's local-only utility). A negative u0_k (staying out
 costs the agent) lets a money reward be negative, a fee; an accuracy reward cannot be, so
 accuracy menus add the floor R_k >= 0 (family "reward_floor") wherever some u0_k < 0, and
@@ -1360,7 +1363,11 @@ class ContractMechanism:
     nothing to pay with, and where every type's outside utility reaches the largest
     accuracy the server can deliver, nothing it can pay is accepted: either way the menu
     is withdrawn (status "withdrawn"), no agent is served, and each keeps its outside
-    option. Agents' utility is taken linear in accuracy (phi(a) = a).
+    option. The screening program serves every type (IR for all); it has no option to
+    exclude one. So a menu whose expected profit falls below what the server gets
+    offering none, V(0), is withdrawn too: outside utilities (say, the agents'
+    local-only utilities) worth more to match than the data are worth to the server.
+    Agents' utility is taken linear in accuracy (phi(a) = a).
 
     Under ``information="complete"`` the server sees each agent's type and assigns it its
     type's item (if the agent can fill it and accepts it); the agents do not choose.
@@ -1450,6 +1457,13 @@ class ContractMechanism:
             reward_price=self.reward_price, reward_cap=reward_cap,
             capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
             solver=self.solver)
+        with np.errstate(divide="ignore"):
+            nothing = float(np.asarray(value(0.0)))  # the server's expected value offering no menu
+        if menu.server_profit < nothing - 1e-9 * max(1.0, abs(nothing)):
+            reason = (f"the best menu serving every type would earn the server {menu.server_profit:.6g}, less than "
+                      f"the {nothing:.6g} of offering none (the outside utilities it must match are worth more "
+                      "than the data)")
+            return self._withdrawn(grid, prob, u0, value, cost_exponent, reason), np.full(len(grid), -1)
         item_of_type = np.where(served, np.cumsum(served) - 1, -1)
         return menu, item_of_type
 

@@ -259,8 +259,9 @@ def test_an_accuracy_contract_whose_data_trains_no_model_serves_nobody():
         np.testing.assert_array_equal(outcome.accuracy, 0.0)
         np.testing.assert_array_equal(mechanism.allocate(np.full(6, 2.0), population, pilot).accuracy, 0.0)
         assert verify_equilibrium(mechanism, outcome.contributions, population, pilot).ok
-        assert outcome.info["menu_object"].status == "withdrawn"
-        assert "train a model of accuracy 0" in outcome.info["menu_object"].extras["withdrawn"]
+        assert outcome.info["menu_object"].status == "withdrawn"  # the menu under a(12) already loses money:
+        assert "less than the 0 of offering none" in outcome.info["menu_object"].extras["withdrawn"]  # its data
+        # train a model of accuracy a(M) = 0, while its rewards are paid
 
 
 @pytest.mark.parametrize("information", ["incomplete", "complete"])
@@ -473,6 +474,20 @@ def test_bad_arguments_name_key_value_and_what_is_allowed(kwargs, message):
 def test_closed_form_refuses_what_it_cannot_solve():
     with pytest.raises(ValueError, match=r"^outside=.*: allowed is one common outside utility"):
         solve_screening(COSTS, EQUAL, V10, outside=[0, 1, 2], form="closed_form")
+
+
+def test_a_menu_that_loses_the_server_money_is_withdrawn():
+    """One type whose outside utility (100) is worth more than its data (10 ln(1 + q)):
+    serving it earns 10 ln 10 - 9 - 100 = -85.97, offering nothing earns 0. The program
+    serves every type and returns the losing menu; the mechanism withdraws it, and the
+    agent keeps its outside option."""
+    menu = solve_screening([1.0], [1.0], V10, outside=100.0)
+    assert menu.server_profit == pytest.approx(10 * np.log(10) - 9 - 100, abs=1e-6)
+    agent = Population.from_lists(cost=[1.0], endowment=100.0, outside_option=100.0)
+    outcome = ContractMechanism(V10).solve(agent, MODEL)
+    assert outcome.info["menu_object"].status == "withdrawn" and outcome.info["server_profit"] == 0.0
+    assert not outcome.participates.any() and outcome.transfer[0] == 0.0
+    assert "would earn the server -85.97" in outcome.info["menu_object"].extras["withdrawn"]
 
 
 def test_a_type_that_costs_nothing_in_the_closed_form():
