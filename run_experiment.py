@@ -48,7 +48,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
 CHECKPOINT = "checkpoint.pkl"
 TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
 MULTIDIMENSIONAL_TRAITS = ("compute_cost", "comm_delay")
-STREAMS = ("population", "training")
+STREAMS = ("population", "training", "valuation")
 # Keys --resume may change: they bound or pace the loop, say where the data files are,
 # or choose where and how training runs, but not what is measured (the data files are
 # checksummed). Any other change would mix two experiments in one run.
@@ -200,8 +200,11 @@ def multidimensional_costs(population: Population, section: dict, training: dict
     return replace(population, cost=types.cost, cost_exponent=types.cost_exponent)
 
 
-def build_mechanisms(section: dict) -> list:
-    """The mechanisms named in ``mechanisms.compare``, with their configured parameters.
+def build_mechanisms(section: dict, seed: int = 0) -> list:
+    """The mechanisms named in ``mechanisms.compare``, with their configured parameters;
+    ``seed`` draws the orderings and coalitions of the sampling Shapley estimators (the
+    experiment's valuation stream, :func:`stream_seed`), so that runs of other seeds
+    sample others.
 
     Value functions: "log" is V(q) = scale * ln(1 + q); "accuracy" is V(q) = scale * a(q)
     under the loop's fitted accuracy model (utility units, as the agents' values).
@@ -220,7 +223,8 @@ def build_mechanisms(section: dict) -> list:
         "shaping": lambda: AccuracyShaping(epsilon=section["shaping_epsilon"]),
         "shapley": lambda: ShapleyRewards(budget=section["shapley_budget"], estimator=section["shapley_estimator"],
                                           n_permutations=section["shapley_permutations"],
-                                          eps=section["shapley_eps"], strata_samples=section["shapley_strata_samples"]),
+                                          eps=section["shapley_eps"], strata_samples=section["shapley_strata_samples"],
+                                          seed=seed),
         "contract": lambda: contract("money", "contract", 1.0),
         "contract_accuracy": lambda: contract("accuracy", "contract_accuracy",
                                               section["contract_accuracy_price"]),
@@ -429,9 +433,14 @@ def stream_seeds(config: dict) -> dict[str, np.random.SeedSequence]:
     return dict(zip(STREAMS, np.random.SeedSequence(config["experiment"]["seed"]).spawn(len(STREAMS))))
 
 
+def stream_seed(config: dict, stream: str) -> int:
+    """One integer seed of ``stream`` (one of ``STREAMS``)."""
+    return int(stream_seeds(config)[stream].generate_state(1)[0])
+
+
 def population_seed(config: dict) -> int:
     """The seed that draws the agents' traits and label distributions (the population stream's)."""
-    return int(stream_seeds(config)["population"].generate_state(1)[0])
+    return stream_seed(config, "population")
 
 
 def agents_and_mechanisms(config: dict) -> tuple[Population, list, list[str]]:
@@ -443,7 +452,7 @@ def agents_and_mechanisms(config: dict) -> tuple[Population, list, list[str]]:
     warning that Shapley valuation of the rounds will be slow (:func:`check_exact_shapley_fits`)."""
     check_fl_names(config)
     agents = build_agents(config["population"], population_seed(config), config["training"])
-    mechanisms = build_mechanisms(config["mechanisms"])
+    mechanisms = build_mechanisms(config["mechanisms"], stream_seed(config, "valuation"))
     check_costs_suit_mechanisms(config, agents, mechanisms)
     per_round = config["training"]["clients_per_round"]
     if per_round > agents.n_agents:

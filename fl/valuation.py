@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fl import evaluation
+from fl.checks import check_positive
 from fl.algorithms.fedavg import FedAvg
 from fl.algorithms.strategy import Strategy
 from fl.data.dataset import ArrayDataset, Subset
@@ -79,8 +80,13 @@ class RoundValuation:
                 f"{sorted(client_params)!r}"
             )
         for client, n in num_samples.items():
-            if not n > 0:
-                raise ValueError(f"num_samples[{client!r}]={n!r}: allowed is a number > 0")
+            check_positive(f"num_samples[{client!r}]", n)
+        floating = [k for k, v in global_params.items() if v.is_floating_point()]
+        for client, params in client_params.items():
+            missing = [k for k in floating if k not in params]
+            if missing:
+                raise ValueError(f"client_params[{client!r}] (no {missing[0]!r}): allowed is every floating-point "
+                                 f"entry of global_params, {floating!r}")
         self.model, self.validation, self.metric = model, validation, metric
         self.global_params = global_params
         self.clients: tuple[int, ...] = tuple(sorted(int(c) for c in client_params))

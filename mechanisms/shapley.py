@@ -310,6 +310,7 @@ def monte_carlo_shapley(
     """
     _check_players(n_players)
     check_integer("n_permutations", n_permutations)
+    check_integer("seed", seed, least=0)
     rng = np.random.default_rng(seed)
     u = _evaluations(utility, n_players, batch)
     v_empty = u(())
@@ -345,6 +346,7 @@ def stratified_shapley(
     """
     _check_players(n_players)
     check_integer("samples_per_stratum", samples_per_stratum)
+    check_integer("seed", seed, least=0)
     rng = np.random.default_rng(seed)
     u = _evaluations(utility, n_players, batch)
     strata = []  # (player, coalitions S of one size drawn from the others, each a sorted tuple)
@@ -405,12 +407,15 @@ def gtg_shapley(
        prefix P reached, the remaining players' marginals are 0 without evaluating
        their coalitions;
     4. running mean of the marginals, phi^K_i = ((K-1)/K) phi^(K-1)_i + (1/K) marginal_i,
-       until :func:`_converged` after at least ``min_permutations`` (default max(30, N))
+       until :func:`_converged` after at least ``min_permutations`` (default max(30, N),
+       at most ``max_permutations``)
        permutations, checked at the end of each cycle, or ``max_permutations``
-       (default 50 N) are reached.
+       (default 50 N) are reached; both count whole cycles, so the permutations used
+       are rounded up to a multiple of N (``max_permutations=1`` with 10 players: 10).
 
     Efficiency holds within ``eps`` (each ordering's marginals telescope to a prefix
-    utility within ``eps`` of U(N)); with ``eps=0`` it holds exactly. The N orderings of
+    utility within ``eps`` of U(N)) once the round is valued at all; with
+    ``eps=round_eps=0`` it holds exactly. The N orderings of
     a cycle are valued together (``batch``: their prefixes of one position in one call),
     which changes neither the values nor the coalitions evaluated.
     """
@@ -419,10 +424,17 @@ def gtg_shapley(
     check_number("round_eps", round_eps)
     check_number("tolerance", tolerance)
     check_integer("window", window)
-    min_permutations = max(30, n_players) if min_permutations is None else min_permutations
     max_permutations = 50 * n_players if max_permutations is None else max_permutations
-    check_integer("min_permutations", min_permutations)
     check_integer("max_permutations", max_permutations)
+    if min_permutations is None:  # the default never exceeds a given maximum
+        min_permutations = min(max(30, n_players), max_permutations)
+    check_integer("min_permutations", min_permutations)
+    if min_permutations > max_permutations:
+        raise ValueError(f"min_permutations={min_permutations!r}: allowed is at most "
+                         f"max_permutations={max_permutations!r}")
+    check_integer("seed", seed, least=0)
+    if not isinstance(guided, bool):
+        raise ValueError(f"guided={guided!r}: allowed is True or False")
     u = _evaluations(utility, n_players, batch)
     v_empty, v_full = u(()), u(range(n_players))
     if abs(v_full - v_empty) <= round_eps:
@@ -479,11 +491,11 @@ def counted_shapley(game: SumGame) -> ShapleyEstimate:
         raise ValueError(f"weights (first not whole: {float(w[~whole][0])!r}): allowed is whole numbers >= 0")
     n_players = len(w)
     _check_players(n_players)
+    if n_players * (float(w.sum()) + 1) > MAX_COUNTED_CELLS:  # checked before the cast: huge weights overflow int64
+        raise ValueError(f"weights ({n_players} players, total {float(w.sum()):.12g}): allowed is players * "
+                         f"(total + 1) <= {MAX_COUNTED_CELLS} (the count table's size); use size_strata_shapley")
     weight = w.astype(np.int64)
     top = int(weight.sum())
-    if n_players * (top + 1) > MAX_COUNTED_CELLS:
-        raise ValueError(f"weights ({n_players} players, total {top}): allowed is players * (total + 1) <= "
-                         f"{MAX_COUNTED_CELLS} (the count table's size); use size_strata_shapley")
     order_weight = np.exp([math.lgamma(k + 1) + math.lgamma(n_players - k) - math.lgamma(n_players + 1)
                            for k in range(n_players)])
     totals = np.arange(top + 1, dtype=float)
@@ -563,7 +575,7 @@ def size_strata_shapley(game: SumGame, nodes: int = STRATA_NODES, exact_sizes: i
     if np.any(w < 0):
         raise ValueError(f"weights (smallest {float(w.min())!r}): allowed is weights >= 0, e.g. samples held")
     exact_sizes = _exact_sizes(n_players) if exact_sizes is None else exact_sizes
-    if exact_sizes not in (1, 2):
+    if isinstance(exact_sizes, bool) or exact_sizes not in (1, 2):
         raise ValueError(f"exact_sizes={exact_sizes!r}: allowed is 1 or 2 (or None: by the number of players)")
     values, evaluations = _strata_values(w[None, :], game.f, nodes, exact_sizes)
     return ShapleyEstimate(values[0], evaluations)
@@ -701,7 +713,7 @@ def fedsv(
     round: sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty). Returns (n_clients,) values
     and the evaluations and permutations summed over rounds.
     """
-    _check_players(n_clients)
+    check_integer("n_clients", n_clients)
     values = np.zeros(n_clients)
     n_evaluations = n_permutations = 0
     for t, game in enumerate(rounds):
@@ -713,9 +725,10 @@ def fedsv(
                 f"rounds[{t}].clients={clients!r}: allowed is distinct client ids in [0, {n_clients})"
             )
         ids = lambda local, clients=clients: tuple(sorted(clients[j] for j in local))  # noqa: E731
-        if hasattr(game, "utilities"):
-            options = {**options, "batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
-        estimate = estimator(lambda local, game=game, ids=ids: game.utility(ids(local)), len(clients), **options)
+        batch = ({"batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
+                 if hasattr(game, "utilities") else {})  # this round's game's, never a previous round's
+        estimate = estimator(lambda local, game=game, ids=ids: game.utility(ids(local)), len(clients),
+                             **options, **batch)
         values[list(clients)] += estimate.values
         n_evaluations += estimate.n_evaluations
         n_permutations += estimate.n_permutations
@@ -784,8 +797,9 @@ class ShapleyRewards:
     gives those of the plain normal approximation used before). The promised
     transfers sum to B within the approximation's error (up to 5.66% where a few giants
     contribute among 30-100 agents; see :func:`size_strata_shapley`); the paid ones
-    (:meth:`realised_transfer`) always split B exactly, so the audit's budget balance
-    holds, and the report's mean |paid - promised transfer| shows the difference.
+    (:meth:`realised_transfer`) split B exactly whenever some measured value is
+    positive (none positive: every update hurt, or nothing trained, and nothing is
+    paid), so the audit's budget balance holds, and the report's mean |paid - promised transfer| shows the difference.
 
     Agent i's payoff is v_i a(M) + t_i - c_i m_i - comm_i. With B = 0 this is standard
     FL, where agents free-ride on each other's data; the transfer rewards contributing
@@ -819,6 +833,7 @@ class ShapleyRewards:
         check_integer("n_permutations", n_permutations)
         check_number("eps", eps)
         check_integer("strata_samples", strata_samples)
+        check_integer("seed", seed, least=0)
 
     def values(self, contributions, model: AccuracyModel) -> ShapleyEstimate:
         """Shapley values phi (N,) of U(S) = a(M_S) for the contributions m (samples):

@@ -467,8 +467,12 @@ def test_every_configurable_mechanism_is_built_under_its_name():
     assert [m.name for m in built] == list(MECHANISMS)
     assert [getattr(m, "aggregation", "fedavg") for m in built].count("incfl") == 1
     shapley = run_experiment.build_mechanisms({**config["mechanisms"], "compare": ["shapley"],
-                                               "shapley_permutations": 7, "shapley_eps": 0.01})[0]
-    assert (shapley.estimator, shapley.n_permutations, shapley.eps) == ("gtg", 7, 0.01)
+                                               "shapley_permutations": 7, "shapley_eps": 0.01}, seed=123)[0]
+    assert (shapley.estimator, shapley.n_permutations, shapley.eps, shapley.seed) == ("gtg", 7, 0.01, 123)
+    # the sampling estimators draw from the experiment's own valuation stream (they all used seed 0)
+    seeds = {run_experiment.stream_seed({**config, "experiment": {**config["experiment"], "seed": s}}, "valuation")
+             for s in (0, 1)}
+    assert len(seeds) == 2 and run_experiment.stream_seed(config, "valuation") != run_experiment.population_seed(config)
 
 
 def test_local_models_measured_for_every_mechanism_give_each_its_realised_share(tmp_path):

@@ -206,6 +206,23 @@ def test_fedsv_sums_per_round_values_over_selected_clients(estimator):
     assert estimate.values[5] == 0.0  # never selected
 
 
+class _BatchedRound(_Round):
+    """A round that also values many coalitions at once, as fl.valuation's rounds do."""
+
+    def utilities(self, coalitions):
+        return [self.utility(c) for c in coalitions]
+
+
+def test_fedsv_values_each_round_with_its_own_game():
+    """A batched round followed by one without ``utilities``: the second used to inherit the
+    first's batch, and was valued as the first (own values 0.1, 0.2, 0.05 instead of 10x)."""
+    small = {0: 0.1, 1: 0.2, 2: 0.05}
+    large = {c: 10 * v for c, v in small.items()}
+    for rounds in ([_BatchedRound([0, 1, 2], small), _Round([0, 1, 2], large)],
+                   [_Round([0, 1, 2], large), _BatchedRound([0, 1, 2], small)]):
+        np.testing.assert_allclose(fedsv(rounds, 3).values, [1.1, 2.2, 0.55], atol=1e-12)
+
+
 def test_fedsv_is_efficient_per_round():
     weights = {0: 1.0, 1: 4.0, 2: 2.0, 3: 3.0}
 
@@ -228,6 +245,14 @@ def test_fedsv_is_efficient_per_round():
         (lambda: exact_shapley(additive([1.0] * 21), 21), "n_players=21: allowed is at most 20"),
         (lambda: monte_carlo_shapley(additive([1.0]), 1, n_permutations=0), "n_permutations=0: allowed is"),
         (lambda: gtg_shapley(additive([1.0]), 1, eps=-1.0), "eps=-1.0: allowed is a finite number >= 0"),
+        (lambda: gtg_shapley(additive([1.0]), 1, seed=-1), "seed=-1: allowed is an integer >= 0"),
+        (lambda: gtg_shapley(additive([1.0]), 1, guided="no"), "guided='no': allowed is True or False"),
+        (lambda: gtg_shapley(additive([1.0] * 3), 3, min_permutations=100, max_permutations=5),
+         "min_permutations=100: allowed is at most max_permutations=5"),
+        (lambda: monte_carlo_shapley(additive([1.0]), 1, seed=2.5), "seed=2.5: allowed is an integer >= 0"),
+        (lambda: ShapleyRewards(1.0, "monte_carlo", seed=None), "seed=None: allowed is an integer >= 0"),
+        (lambda: fedsv([], 0), "n_clients=0: allowed is an integer >= 1"),
+        (lambda: counted_shapley(SumGame([4.7e18, 4.7e18], np.sqrt)), r"weights \(2 players, total 9.4e\+18\)"),
         (lambda: fedsv([_Round([0, 7], {0: 1.0, 7: 1.0})], 3), r"rounds\[0\].clients=\(0, 7\): allowed is"),
     ],
 )

@@ -224,8 +224,12 @@ def test_bad_arguments_are_refused(skewed_run, digits):
         with pytest.raises(ValueError, match=f"strategy={type(other).__name__}: allowed is a strategy that aggregates"):
             train_with_valuation("mlp", subsets, other, 1, digits[2], **RUN)
     game = skewed_run[0].rounds[0]
-    with pytest.raises(ValueError, match=r"num_samples\[0\]=0: allowed is a number > 0"):
-        RoundValuation(game.model, game.global_params, {0: game.global_params}, {0: 0}, game.validation)
+    for count in (0, float("inf"), "5"):  # inf made every coalition model NaN
+        with pytest.raises(ValueError, match=r"num_samples\[0\]=.*: allowed is a finite number > 0"):
+            RoundValuation(game.model, game.global_params, {0: game.global_params}, {0: count}, game.validation)
+    partial = {k: v for k, v in game.global_params.items() if not k.endswith("bias")}
+    with pytest.raises(ValueError, match=r"client_params\[0\] \(no '.*bias'\): allowed is every floating-point"):
+        RoundValuation(game.model, game.global_params, {0: partial}, {0: 5}, game.validation)
 
 
 def test_estimators_against_exact_shapley_on_real_rounds(skewed_run):
