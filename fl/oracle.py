@@ -8,7 +8,7 @@ does not import ``incentives``). At construction it
    with labels drawn per agent i's label distribution p_i, in a fixed random order:
    contributing m_i samples means contributing the first round(m_i) of them;
 3. fixes one initial model theta_0 (all training starts there; it is also the weak end
-   of delivery's interpolation, so contributing nothing yields chance accuracy).
+   of delivery's interpolation).
 
 Accuracy for agent i is always measured on the shared test set reweighted to p_i,
 sum_k p_k acc_k (``fl.evaluation.accuracy_on_distribution``).
@@ -26,7 +26,7 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import IncFL, distribution_losses
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_integer
+from fl.checks import check_integer, check_positive
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import deliver
@@ -119,6 +119,12 @@ class TrainingOracle:
             raise ValueError(f"alpha={alpha!r}: allowed is None when label_distributions is given")
         check_integer("rounds", rounds)
         check_integer("curve_steps", curve_steps)
+        endowments = _whole_counts("endowments", endowments, "a 1-D array of whole numbers >= 0, one per agent")
+        if alpha is not None:
+            check_positive("alpha", alpha)
+        if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float, np.number)) \
+                or not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction={validation_fraction!r}: allowed is a number in (0, 1)")
         self.train_set, self.test, self.seed = train, test, seed
         self.rounds, self.curve_steps = rounds, curve_steps
         self.measure_local, self.progress = measure_local, progress
@@ -130,14 +136,16 @@ class TrainingOracle:
         self.endowments = np.asarray(endowments, dtype=np.int64)
         num_agents, num_classes = len(self.endowments), train.num_classes
         if alpha is not None:
-            if not (isinstance(alpha, (int, float)) and alpha > 0):
-                raise ValueError(f"alpha={alpha!r}: allowed is None or a number > 0")
             label_distributions = np.random.default_rng(child_seed(seed, _DISTRIBUTIONS)).dirichlet(
                 np.full(num_classes, float(alpha)), size=num_agents
             )
         elif label_distributions is None:
             frequencies = np.bincount(train.labels(), minlength=num_classes) / len(train)
             label_distributions = np.tile(frequencies, (num_agents, 1))
+        elif np.shape(label_distributions) != (num_agents, num_classes):
+            raise ValueError(f"label_distributions (shape {np.shape(label_distributions)}): allowed is "
+                             f"({num_agents}, {num_classes}), one distribution over the {num_classes} classes "
+                             "per agent")
         kept, held = partition.holdout(train.labels(), validation_fraction, child_seed(seed, _VALIDATION))
         self.validation = ArrayDataset(f"{train.name}-validation", train.x[held], train.y[held], num_classes)
         self.pool = kept
@@ -176,9 +184,10 @@ class TrainingOracle:
         reweighted to uniform classes.
         Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
         """
-        sizes = np.asarray(sizes)
-        if sizes.ndim != 1 or np.any(sizes < 0) or np.any(sizes > len(self.pool)) or np.any(sizes % 1):
-            raise ValueError(f"sizes={sizes.tolist()!r}: allowed is integers in [0, {len(self.pool)}] (the pool size)")
+        allowed = f"integers in [0, {len(self.pool)}] (the pool size)"
+        sizes = _whole_counts("sizes", sizes, allowed)
+        if np.any(sizes > len(self.pool)):
+            raise ValueError(f"sizes={sizes.tolist()!r}: allowed is {allowed}")
         check_integer("repeats", repeats)
         strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
         uniform = np.full(self.train_set.num_classes, 1.0 / self.train_set.num_classes)
@@ -222,6 +231,11 @@ class TrainingOracle:
         targets = None if delivery_target is None else np.asarray(delivery_target, dtype=np.float64)
         if targets is not None and targets.shape != counts.shape:
             raise ValueError(f"delivery_target (shape {targets.shape}): allowed is None or shape {counts.shape}")
+        wrong = [] if targets is None else np.flatnonzero(np.isinf(targets) | (targets > 1))
+        if len(wrong):
+            i = int(wrong[0])
+            raise ValueError(f"delivery_target[{i}]={float(targets[i])!r}: allowed is an accuracy of at most 1 "
+                             "(NaN: the global model; <= 0: no model)")
         contributed = {i: self.endowment_indices[i][:m] for i, m in enumerate(counts) if m > 0}
         alone = self._local_models(contributed) if self.measure_local or aggregation == "incfl" else None
         strategy = self.strategy if aggregation == "fedavg" else self._incfl(alone)
@@ -299,12 +313,18 @@ class TrainingOracle:
                target: float | None) -> tuple[float, float, float]:
         """(test accuracy, lam, validation accuracy) of what one agent receives: the global
         model (target None or NaN), no model at all (target <= 0), or a model of the target
-        accuracy on its distribution (``fl.delivery.deliver``)."""
+        accuracy on its distribution (``fl.delivery.deliver``, which aims on the validation
+        set). A degraded model never serves better than the global one: where the mix
+        scores above the global model on the test set (it did by up to 0.08 on digits),
+        the agent receives the global model."""
         if target is not None and not np.isnan(target) and target <= 0:
             return 0.0, 0.0, 0.0
         goal = None if target is None or np.isnan(target) else float(target)
         d = deliver(self.model, global_params, self.init_params, self.validation, distribution, goal)
         accuracy = global_accuracy if d.lam == 1.0 else self._accuracy(d.params, distribution)
+        if accuracy > global_accuracy:
+            d = deliver(self.model, global_params, self.init_params, self.validation, distribution, None)
+            accuracy = global_accuracy
         return accuracy, d.lam, d.validation_accuracy
 
     def _subsets(self, clients: dict[int, np.ndarray]) -> dict[int, Subset]:
@@ -316,7 +336,11 @@ class TrainingOracle:
         return evaluation.accuracy_on_distribution(per_class, distributions)
 
     def _check_contributions(self, contributions: np.ndarray) -> np.ndarray:
-        values = np.asarray(contributions, dtype=np.float64)
+        try:
+            values = np.asarray(contributions, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"contributions={contributions!r}: allowed is {len(self.endowments)} finite "
+                             "numbers >= 0") from None
         if values.shape != self.endowments.shape or not np.all(np.isfinite(values)) or np.any(values < 0):
             raise ValueError(
                 f"contributions (shape {values.shape}): allowed is {len(self.endowments)} finite numbers >= 0"
@@ -330,3 +354,16 @@ class TrainingOracle:
             )
         return counts
 
+
+def _whole_counts(key: str, value, allowed: str) -> np.ndarray:
+    """``value`` as a 1-D int64 array; ValueError naming ``key`` unless it holds whole
+    numbers >= 0 (strings, fractions, NaN and other shapes are refused)."""
+    try:
+        counts = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        counts = None
+    if counts is None or counts.ndim != 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0) \
+            or np.any(counts % 1):
+        shown = value.tolist() if isinstance(value, np.ndarray) else value
+        raise ValueError(f"{key}={shown!r}: allowed is {allowed}")
+    return counts.astype(np.int64)

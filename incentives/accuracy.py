@@ -422,7 +422,13 @@ class EffectiveData(AccuracyModel):
     def calibrate(cls, base: AccuracyModel, sizes, accuracies) -> "EffectiveData":
         """gamma in [1e-3, 1e3] minimising sum_j (base(gamma M_j) - a_j)^2 over the
         measured points (M_j samples, a_j accuracy), searched on log gamma
-        (:func:`incentives.search.maximise`: a grid, then golden-section refinement)."""
+        (:func:`incentives.search.maximise`: a grid, then golden-section refinement),
+        with each point's exact fit base^-1(a_j) / M_j and the zero-crossing boundaries
+        base.zero_crossing / M_j as candidates too: just above the zero crossing the
+        region that fits can be narrower than the grid's spacing (a point of accuracy
+        0.027 measured at gamma = 0.125 was calibrated to 1e-3). Of equally good values
+        the least extreme (closest to 1 in log) is taken: an accuracy of 0 fits every
+        gamma up to the boundary, which is taken."""
         sizes, accuracies = _measured_points(sizes, accuracies, least=1)
         low, high = np.log(_EFFICIENCY_RANGE)
 
@@ -431,7 +437,14 @@ class EffectiveData(AccuracyModel):
             return -np.sum((predicted - accuracies) ** 2, axis=-1)
 
         x, _ = maximise(fit, [high - low])
-        return cls(base, float(np.clip(np.exp(low + x[0]), *_EFFICIENCY_RANGE)))
+        reachable = (accuracies > 0) & (accuracies < base.a_max)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            exact = np.asarray(base.inverse(accuracies[reachable]), dtype=float) / sizes[reachable]
+        candidates = np.concatenate([[np.exp(low + x[0])], exact, base.zero_crossing / sizes])
+        candidates = np.clip(candidates[np.isfinite(candidates) & (candidates > 0)], *_EFFICIENCY_RANGE)
+        scores = fit(np.log(candidates)[None, :] - low)[0]
+        best = scores >= scores.max() - 1e-15 * max(1.0, abs(scores.max()))
+        return cls(base, float(candidates[best][np.argmin(np.abs(np.log(candidates[best])))]))
 
     @property
     def alone(self) -> AccuracyModel:
@@ -442,7 +455,10 @@ class EffectiveData(AccuracyModel):
         return self.base(self.efficiency * np.asarray(m, dtype=float))
 
     def derivative(self, m):
-        return _out(self.efficiency * np.asarray(self.base.derivative(self.efficiency * np.asarray(m, dtype=float))))
+        m = np.asarray(m, dtype=float)
+        scaled = self.efficiency * m  # at m >= the zero crossing, never rounded below the base's
+        scaled = np.where(m >= self.zero_crossing, np.maximum(scaled, self.base.zero_crossing), scaled)
+        return _out(self.efficiency * np.asarray(self.base.derivative(scaled)))
 
     def inverse(self, a):
         return _out(np.asarray(self.base.inverse(a)) / self.efficiency)

@@ -81,6 +81,19 @@ def test_delivery_targets_are_met_on_validation(oracle):
     assert result.delivered_accuracy[3] == result.global_accuracy[3]
 
 
+def test_a_degraded_model_never_serves_better_than_the_global_one():
+    """Delivery aims on the validation set; on the test set a mix of the global and initial
+    models scored above the global model itself (agent 5: 0.814 against 0.7305 for a
+    target of 0.785). It receives the global model instead."""
+    oracle = TrainingOracle(TRAIN, TEST, endowments=np.full(6, 150), alpha=0.5, rounds=4, seed=0, curve_steps=50)
+    targets = np.full(6, np.nan)
+    targets[5] = 0.785
+    result = oracle.train(np.full(6, 150.0), targets)
+    assert result.delivered_accuracy[5] == result.global_accuracy[5] and result.lam[5] == 1.0
+    sweep = oracle.train(np.full(6, 150.0), np.linspace(0.3, 0.9, 6))
+    assert np.all(sweep.delivered_accuracy <= sweep.global_accuracy)
+
+
 def test_nobody_contributing_delivers_no_model(oracle):
     """Nothing trained, nothing to deliver: the initial model (chance accuracy, measured as
     the global accuracy) used to be delivered to everyone and counted in their utilities."""
@@ -114,6 +127,31 @@ def test_contributions_beyond_the_endowment_are_refused(oracle):
         make_oracle(endowments=np.full(N, 200))
     with pytest.raises(ValueError, match="^rounds=0: allowed is an integer >= 1$"):
         make_oracle(rounds=0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"endowments": [50, 10.7, 50]}, r"^endowments=\[50, 10.7, 50\]: allowed is a 1-D array of whole numbers"),
+    ({"endowments": 50}, r"^endowments=50: allowed is a 1-D array of whole numbers >= 0, one per agent$"),
+    ({"validation_fraction": 1.5}, r"^validation_fraction=1.5: allowed is a number in \(0, 1\)$"),
+    ({"alpha": float("inf")}, r"^alpha=inf: allowed is a finite number > 0$"),
+    ({"alpha": True}, r"^alpha=True: allowed is a finite number > 0$"),
+    ({"alpha": None, "label_distributions": np.full((N, 11), 1 / 11)},
+     r"^label_distributions \(shape \(8, 11\)\): allowed is \(8, 10\), one distribution over the 10 classes"),
+])
+def test_a_bad_oracle_setting_names_itself(options, message):
+    """These used to name an internal argument (counts, fraction, target), raise TypeErrors,
+    or, for label distributions over 11 classes, fail only at the first training."""
+    with pytest.raises(ValueError, match=message):
+        make_oracle(**options)
+
+
+def test_bad_calls_name_their_argument(oracle):
+    with pytest.raises(ValueError, match=r"^contributions=\['a', 10\]: allowed is 8 finite numbers >= 0$"):
+        oracle.train(["a", 10], None)
+    with pytest.raises(ValueError, match=r"^delivery_target\[1\]=1.5: allowed is an accuracy of at most 1"):
+        oracle.train(np.full(N, 10.0), np.array([0.5, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"^sizes=\['a'\]: allowed is integers in \[0, "):
+        oracle.learning_curve(["a"])
 
 
 def test_incfl_aggregation_trains_the_local_models_and_reweights_the_clients(oracle):
