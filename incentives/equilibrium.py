@@ -132,12 +132,22 @@ def _agent_allocation(mechanism: Mechanism, i: int, contributions, population: P
                       takes_part)
 
 
-def _grid(endowment: float, current: float, size: int) -> np.ndarray:
-    """Sorted points of [0, n]: linear, log-spaced (down to n * RESOLUTION) and around the current m."""
+def _grid(endowment: float, current: float, size: int, breakpoints=()) -> np.ndarray:
+    """Sorted points of [0, n]: linear, log-spaced (down to n * RESOLUTION), around the
+    current m, and the mechanism's ``breakpoints`` (:func:`_breakpoints`)."""
     linear = np.linspace(0.0, endowment, max(size // 3, 2))
     logarithmic = np.geomspace(endowment * RESOLUTION, endowment, max(size - size // 3, 2))
     near = current * (1.0 + np.array([-1e-3, -1e-6, 0.0, 1e-6, 1e-3]))
-    return np.unique(np.clip(np.concatenate([linear, logarithmic, near]), 0.0, endowment))
+    points = np.concatenate([linear, logarithmic, near, np.asarray(breakpoints, dtype=float)])
+    return np.unique(np.clip(points, 0.0, endowment))
+
+
+def _breakpoints(mechanism: Mechanism, i: int, population: Population, model: AccuracyModel) -> np.ndarray:
+    """The contributions where the rule gives agent i a step up (``mechanism.breakpoints``,
+    e.g. a contract's items): a step function's best point lies exactly on one, which no
+    grid need contain; none for a mechanism without them."""
+    breakpoints = getattr(mechanism, "breakpoints", None)
+    return np.zeros(0) if breakpoints is None else np.asarray(breakpoints(i, population, model), dtype=float)
 
 
 def best_response(
@@ -164,12 +174,17 @@ def best_response(
     of ties that starts at 0 and ends below the resolution n_i * RESOLUTION is taken as 0
     (a free rider contributes nothing, not 1e-10 samples).
     """
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < population.n_agents:
+        raise ValueError(f"i={i!r}: allowed is an agent index 0 to {population.n_agents - 1}")
+    contributions = population.check_contributions(contributions)
+    check_phi(phi)
     n_i = float(population.endowment[i])
 
     def u(m: float) -> float:
         return float(_utilities(mechanism, i, contributions, population, model, phi, np.array([m]))[0])
 
-    grid = _grid(n_i, float(np.clip(contributions[i], 0.0, n_i)), grid_size)
+    grid = _grid(n_i, float(np.clip(contributions[i], 0.0, n_i)), grid_size,
+                 _breakpoints(mechanism, i, population, model))
     values = _utilities(mechanism, i, contributions, population, model, phi, grid)
     j = int(np.argmax(values))
     best_m, best_u = float(grid[j]), float(values[j])
@@ -299,7 +314,8 @@ def verify_equilibrium(
     gains = np.empty(population.n_agents)
     deviations = np.empty(population.n_agents)
     for i in range(population.n_agents):
-        grid = _grid(float(population.endowment[i]), float(m[i]), grid_size)
+        grid = _grid(float(population.endowment[i]), float(m[i]), grid_size,
+                     _breakpoints(mechanism, i, population, model))
         values = _utilities(mechanism, i, m, population, model, phi, grid)
         j = int(np.argmax(values))
         best, deviations[i] = values[j], grid[j]
@@ -315,8 +331,12 @@ def settle_participation(
     allocate: Callable[[np.ndarray, Population], Allocation],
     population: Population,
 ) -> Participation:
-    """Who takes part, by iterated exit: solve among those inside, let leave every agent
-    whose utility there is below its outside option, and repeat until nobody leaves.
+    """Who takes part, by iterated exit: solve among those inside, let leave the agent
+    furthest below its outside option, and repeat until nobody is below it. One agent at
+    a time: the others' utilities change once it has left (a Stackelberg reward is shared
+    among fewer), and removing everyone below at once removed agents who would then have
+    stayed (with communication costs (0, 0, 0.60, 0.61) and equal data costs, both
+    costly agents left, although agent 2 does better than staying out once agent 3 has).
 
     ``contribute(sub_population)`` returns the mechanism's contributions among the agents
     of ``sub_population``, and ``allocate(contributions, sub_population)`` what its rule
@@ -337,7 +357,8 @@ def settle_participation(
             for arr, values in zip(out, (m_sub, allocation.accuracy, allocation.transfer)):
                 arr[inside] = values
             return Participation(out[0], inside, out[1], out[2])
-        inside[np.flatnonzero(inside)[leaving]] = False
+        shortfall = np.where(leaving, sub.outside_option - u, -np.inf)
+        inside[np.flatnonzero(inside)[int(np.argmax(shortfall))]] = False
     return Participation(np.zeros(n), inside, np.zeros(n), np.zeros(n))
 
 

@@ -9,10 +9,11 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
   a violation where shortfall_i > tol. A mechanism that promises only the outside option
   (a contract with ``include_local=False``) is held to that alone;
 - deviation in contribution: the largest gain agent i gets by changing m_i alone
-  (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i]) under the
-  accuracy model calibrated to the realised measurements; for a contract this is also
+  (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i], plus the
+  mechanism's own breakpoints) under the accuracy model calibrated to the realised
+  measurements, leaving (or staying out) being worth r_i; for a contract this is also
   the gain from picking another item of the menu (its ``allocate`` reads the menu as a
-  reward schedule);
+  reward schedule, its items' contributions are the breakpoints);
 - misreporting (incentive compatibility), for mechanisms whose rule uses the agents'
   reported costs (``uses_reported_costs``, e.g. accuracy shaping's m_i^o and slope
   c_i / v_i): agent i reports each cost c' of the population instead of c_i (with more
@@ -25,7 +26,8 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
 - budget balance: money paid sum_i t_i^real against the mechanism's budget (Shapley's
   B, Stackelberg's announced reward R), or, for a mechanism without a budget, the
   server's profit >= 0 (contracts) or no money at all (standard FL, shaping);
-- server profit and agents' information rents where the mechanism reports them.
+- server profit (the promised profit less what was paid beyond the promised transfers)
+  and agents' information rents where the mechanism reports them.
 """
 
 from __future__ import annotations
@@ -203,13 +205,16 @@ def audit(
     if getattr(mechanism, "include_local", True):
         reservation = np.maximum(local_utility(population, model, phi), reservation)
     shortfall = np.where(outcome.participates, reservation - realised, 0.0)
-    deviation = verify_equilibrium(mechanism, outcome.contributions, population, model,
-                                   phi=phi, participates=outcome.participates)
+    # leaving, or staying out, is worth the reservation: an agent outside keeps what it gets alone
+    deviation = verify_equilibrium(mechanism, outcome.contributions, replace(population, outside_option=reservation),
+                                   model, phi=phi, participates=outcome.participates)
     deviation_gain = np.maximum(deviation.gains, 0.0)
     gap = delivered - np.asarray(outcome.accuracy, dtype=float)
     misreport, best = misreport_gains(mechanism, outcome, population, model, gap, phi)
     rent = outcome.info.get("information_rent")
     profit = outcome.info.get("server_profit")
+    if profit is not None:  # the promised profit, less what was paid beyond the promised transfers
+        profit = float(profit) - outcome.info.get("reward_price", 1.0) * float(paid.sum() - np.sum(outcome.transfer))
     return Audit(
         mechanism=outcome.mechanism,
         ir_shortfall=shortfall,

@@ -1534,6 +1534,7 @@ class ContractMechanism:
             "type_of_agent": type_of,
             "server_profit_expected": menu.server_profit,
             "server_profit": float(np.sum(gained - menu.reward_price * R)),
+            "reward_price": menu.reward_price,
             "information_rent": np.where(takes, utility - u0_i, 0.0) * v_i,
             "information_rent_per_type": menu.information_rent,
             "reward_kind": self.reward,
@@ -1544,6 +1545,15 @@ class ContractMechanism:
                            delivery_target=np.zeros(N), participates=takes, info=info)
         return Outcome(self.name, contributions=q, accuracy=R.copy(), transfer=np.zeros(N),
                        delivery_target=R.copy(), participates=takes, info=info)
+
+    def breakpoints(self, i: int, population: "Population", model: "AccuracyModel") -> np.ndarray:
+        """The contributions at which :meth:`allocate` pays agent i a step more: the menu's
+        items (under complete information, its own type's item), for the equilibrium
+        solvers' grids (``incentives.equilibrium``)."""
+        menu, chosen = self._menu(population, model)[:2]
+        if self.information == "complete":
+            return menu.contribution[[chosen[i]]] if chosen[i] >= 0 else np.zeros(0)
+        return menu.contribution[menu.contribution > _ZERO]
 
     def allocate(self, contributions: np.ndarray, population: "Population",
                  model: "AccuracyModel") -> Allocation:

@@ -1,5 +1,7 @@
 """Audits: IR on realised accuracies, deviation and misreport gains, budget balance."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,57 @@ def test_an_outcome_of_another_population_is_refused():
     four = Population.from_lists(cost=[1e-4] * 4, endowment=1e6)
     with pytest.raises(ValueError, match=r"^outcome.contributions has shape \(3,\): allowed is \(4,\), one per agent$"):
         audit(mechanism, outcome, four, MODEL, [0.9] * 4, [0.0] * 4, [1.0] * 4)
+
+
+def test_an_agent_that_stays_out_to_keep_its_own_model_is_not_a_deviator():
+    """IncFL, three agents, the third paying 0.05 to communicate: the federation does not
+    beat its local model net of that, so it stays out. The deviation check used to value
+    staying out at the outside option (0), not at the local-only utility the IR check
+    uses, and reported it gaining 0.909 by joining; joining is worth 0.0036 less than
+    training alone. One agent alone: no gain either (it reported 0.912)."""
+    population = Population(cost=[1e-4, 1e-4, 1e-4], endowment=1e6, comm_cost=[0.0, 0.0, 0.05])
+    mechanism = IncFLParticipation()
+    outcome = mechanism.solve(population, MODEL)
+    np.testing.assert_array_equal(outcome.participates, [True, True, False])
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
+    assert result.deviation_gain[2] == 0.0 and result.deviation_gain[0] > 0.01  # the documented sliver stays
+    alone = Population(cost=[1e-4], endowment=1e6)
+    solo = mechanism.solve(alone, MODEL)
+    assert audit(mechanism, solo, alone, MODEL, solo.accuracy, solo.transfer, solo.contributions).violations() == {
+        "ir": 0, "deviation": 0, "misreport": 0}
+
+
+def test_a_contract_deviation_onto_another_item_is_found():
+    """A contract pays a step function of m: the best deviation sits exactly on an item's
+    contribution, which no grid need contain. Agent 1 moved onto the item of 85.2 samples
+    gains 0.2077 by going back to its own (174.7 samples); the audit found 0."""
+    population = Population(cost=[0.0177, 0.0313, 0.0821, 0.0624, 0.0185, 0.049],
+                            endowment=[1593.4, 731.3, 2283.4, 606.9, 1356.3, 1695.2])
+    mechanism = ContractMechanism(LogValue(10.0))
+    outcome = mechanism.solve(population, MODEL)
+    menu = outcome.info["menu_object"]
+    q, R, c = menu.contribution, menu.reward, population.cost[1]
+    own, other = outcome.info["chosen_item"][1], int(np.argmin(np.abs(menu.contribution - 85.207)))
+    m = outcome.contributions.copy()
+    m[1] = q[other]
+    transfer = np.where(np.arange(6) == 1, R[other], outcome.transfer)
+    moved = replace(outcome, contributions=m, transfer=transfer)
+    result = audit(mechanism, moved, population, MODEL, moved.accuracy, transfer, m)
+    gain = (R[own] - c * q[own]) - (R[other] - c * q[other])
+    assert gain == pytest.approx(0.2077, abs=1e-4)
+    assert result.deviation_gain[1] == pytest.approx(gain, rel=1e-9)
+    assert result.best_deviation[1] in q  # its own item, or one it is indifferent to (adjacent IC binds)
+
+
+def test_a_contract_that_pays_more_than_it_promised_is_not_budget_balanced():
+    """The audit judged the server's profit on the promised transfers; paid ten times as
+    much (210 against 21), the server loses 168 and the audit says so."""
+    population = Population(cost=[3.0, 2.0, 1.0], endowment=100)
+    mechanism = ContractMechanism(LogValue(10.0))
+    outcome = mechanism.solve(population, MODEL)
+    honest = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
+    assert honest.server_profit == pytest.approx(outcome.info["server_profit"]) and honest.budget_balanced
+    over = audit(mechanism, outcome, population, MODEL, outcome.accuracy, 10 * outcome.transfer,
+                 outcome.contributions)
+    assert over.server_profit == pytest.approx(outcome.info["server_profit"] - 9 * outcome.transfer.sum())
+    assert over.server_profit < 0 and not over.budget_balanced

@@ -250,3 +250,31 @@ def test_verify_equilibrium_argument_errors(contributions, options, message):
     read as True, and tol < 0, tol = NaN or grid_size <= 1 gave numbers without complaint."""
     with pytest.raises(ValueError, match=message):
         verify_equilibrium(StandardFL(), contributions, identical(3), TOY, **options)
+
+
+@pytest.mark.parametrize("i, contributions, options, message", [
+    (3, [1.0, 1.0], {}, r"^i=3: allowed is an agent index 0 to 1$"),
+    (-1, [1.0, 1.0], {}, r"^i=-1: allowed is an agent index 0 to 1$"),
+    (0, [1.0, 1.0, 1.0], {}, r"^contributions has shape \(3,\): allowed is"),
+    (0, [1.0, 1.0], {"phi": "log"}, r"^phi='log': allowed is None"),
+])
+def test_best_response_argument_errors(i, contributions, options, message):
+    """Before: i = 3 raised IndexError, i = -1 answered for the last agent, phi = 'log' a
+    TypeError, and three contributions for two agents an error about internal profiles."""
+    with pytest.raises(ValueError, match=message):
+        best_response(StandardFL(), i, contributions, identical(2), TOY, **options)
+
+
+def test_iterated_exit_lets_the_worst_off_leave_first():
+    """Stackelberg pricing, equal data costs, communication costs (0, 0, 0.60, 0.61): both
+    costly agents are below their outside option among four, and both used to leave at
+    once; once agent 3 has left, agent 2 earns 0.344 > 0 among three and stays, and agent
+    3 would not join them (0.542 - 0.61 < 0)."""
+    from mechanisms.stackelberg import StackelbergPricing
+
+    agents = Population(cost=[1.0] * 4, endowment=1e6, value=1e-6, comm_cost=[0.0, 0.0, 0.60, 0.61])
+    outcome = StackelbergPricing().solve(agents, TOY)
+    np.testing.assert_array_equal(outcome.participates, [True, True, True, False])
+    check = verify_equilibrium(StackelbergPricing(), outcome.contributions, agents, TOY,
+                               participates=outcome.participates)
+    assert check.gains[3] < 0
