@@ -165,7 +165,7 @@ def best_response(
 
     Robust to kinks and plateaus: u_i is evaluated on a grid (linear plus log-spaced, plus
     points around the current m_i), refined by bounded scalar minimisation of -u_i over the
-    two cells around the best grid point, then moved right to the end of the set where
+    two cells around each of the grid's highest local maxima (:func:`_peaks`), then moved right to the end of the set where
     u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i**beta), the size
     of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
     The scalar search and the bisection both stop at 1e-10 * max(1, m_i) samples.
@@ -189,13 +189,14 @@ def best_response(
     j = int(np.argmax(values))
     best_m, best_u = float(grid[j]), float(values[j])
 
-    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-    if hi > lo:
-        result = minimize_scalar(
-            lambda m: -u(m), bounds=(lo, hi), method="bounded", options={"xatol": _XTOL * max(1.0, hi)}
-        )
-        if -result.fun > best_u:
-            best_m, best_u = float(result.x), float(-result.fun)
+    for peak in _peaks(values):  # the best cell may hold the lower of two peaks
+        lo, hi = grid[max(peak - 1, 0)], grid[min(peak + 1, len(grid) - 1)]
+        if hi > lo:
+            result = minimize_scalar(
+                lambda m: -u(m), bounds=(lo, hi), method="bounded", options={"xatol": _XTOL * max(1.0, hi)}
+            )
+            if -result.fun > best_u:
+                best_m, best_u = float(result.x), float(-result.fun)
 
     scale = max(1.0, abs(best_u), float(population.value[i]),
                 float(population.cost[i]) * best_m ** population.cost_exponent)
@@ -218,6 +219,23 @@ def best_response(
     if population.outside_option[i] > best_u:
         return Response(0.0, float(population.outside_option[i]), False)
     return Response(best_m, best_u, True)
+
+
+_PEAKS = 3  # the grid's local maxima a best response refines, the highest first
+
+
+def _peaks(values: np.ndarray) -> list[int]:
+    """Indices of the grid's highest local maxima (at most ``_PEAKS``; a plateau counts
+    once, at its right end), the overall maximum first, the others only where their
+    grid value is within 1% of the grid's range of it: where a utility has two peaks of
+    nearly equal height, the cell of the higher grid value can hold the lower one."""
+    left = np.concatenate([[-np.inf], values[:-1]])
+    right = np.concatenate([values[1:], [-np.inf]])
+    close = values >= values.max() - 0.01 * (values.max() - values.min())
+    peaks = np.flatnonzero((values >= left) & (values > right) & close)
+    top = int(np.argmax(values))
+    ranked = [int(k) for k in peaks[np.argsort(-values[peaks], kind="stable")] if k != top]
+    return [top, *ranked[:_PEAKS - 1]]
 
 
 def nash_equilibrium(

@@ -278,3 +278,24 @@ def test_iterated_exit_lets_the_worst_off_leave_first():
     check = verify_equilibrium(StackelbergPricing(), outcome.contributions, agents, TOY,
                                participates=outcome.participates)
     assert check.gains[3] < 0
+
+
+def test_a_best_response_finds_the_higher_of_two_nearly_equal_peaks():
+    """Accuracy shaping (epsilon 0.001) on a calibrated curve, phi = sqrt: agent 2's utility
+    has two peaks, and the grid's best cell held the lower one (200.75 samples, 1.1e-4
+    below the best, 92.98, on 100,001 points)."""
+    from incentives.accuracy import EffectiveData
+    from incentives.equilibrium import _utilities
+
+    model = EffectiveData(PowerLaw(0.8481282222619748, 5.3753576286742195, 0.6593619121379357), 3.0)
+    agents = Population(cost=[0.013774493726184419, 0.0005979480657797614, 0.0005782643864647215],
+                        endowment=[642.0813590178733, 422.09009978741267, 2951.41228852713],
+                        value=[0.3074172985271932, 1.2877775287873963, 0.45774061398426436],
+                        comm_cost=[0.0, 0.05, 0.0], outside_option=[-0.2, 0.0, -0.2])
+    m = np.array([529.3846154746295, 314.85742622488283, 374.2826066683131])
+    shaping = AccuracyShaping(0.001)
+    response = best_response(shaping, 2, m, agents, model, phi=np.sqrt)
+    points = np.linspace(0.0, agents.endowment[2], 100_001)
+    brute = _utilities(shaping, 2, m, agents, model, np.sqrt, points)
+    assert response.utility >= brute.max() - 1e-12
+    assert response.contribution == pytest.approx(points[np.argmax(brute)], abs=0.05)
