@@ -83,18 +83,20 @@ def _fraction(value: Any) -> str | None:
     return None if 0 < value < 1 else "allowed is a number in (0, 1)"
 
 
+def _whole(values: list) -> bool:
+    """Every entry a whole number >= 1 (bools are not numbers here)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+
+
 def _counts(value: Any) -> str | None:
     """A non-empty list of whole numbers >= 1 (sizes in samples or units)."""
-    if value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        return None
-    return "allowed is a non-empty list of whole numbers >= 1"
+    return None if value and _whole(value) else "allowed is a non-empty list of whole numbers >= 1"
 
 
 def _widths(value: Any) -> str | None:
     """Hidden layer widths: whole numbers >= 1, or none at all (logistic regression)."""
-    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        return None
-    return "allowed is a list of whole numbers >= 1 ([] for no hidden layer: logistic regression)"
+    return None if _whole(value) else (
+        "allowed is a list of whole numbers >= 1 ([] for no hidden layer: logistic regression)")
 
 
 def _distribution(value: Any) -> str | None:
@@ -130,6 +132,8 @@ def trains_alone(config: dict) -> bool:
     "train_alone"``. Its outside option is then its local-only utility under the pilot
     fit, or population.csv's outside_option column where that is larger."""
     return config["population"]["outside_option"] == TRAIN_ALONE
+
+
 DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
 MECHANISMS = ("standard", "shaping", "shapley", "contract", "contract_accuracy", "stackelberg", "incfl")
 PARTITIONS = ("iid", "dirichlet")

@@ -84,8 +84,6 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
         optimum = social_optimum(population, pilot, phi)
     predicted_welfare = float(record.predicted_utility.sum())
     served = record.receives_model
-    promised, delivered = np.asarray(outcome.accuracy)[served], np.asarray(training.delivered_accuracy)[served]
-    promise_gap = delivered - promised
     violations = audit.violations()
     nan = float("nan")
     return {
@@ -108,14 +106,23 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
         "transfer_gap_mean_abs": float(np.mean(np.abs(record.realised_transfer - outcome.transfer))),
         "server_profit": nan if audit.server_profit is None else audit.server_profit,
         "information_rent": nan if audit.information_rent is None else float(audit.information_rent.sum()),
-        "mean_promised_accuracy": float(np.mean(promised)) if served.any() else nan,
-        "mean_delivered_accuracy": float(np.mean(delivered)) if served.any() else nan,
         "mean_global_accuracy": float(np.mean(training.global_accuracy)),
-        "promise_gap_mean_abs": float(np.mean(np.abs(promise_gap))) if served.any() else nan,
-        "promise_gap_worst": float(promise_gap[np.argmax(np.abs(promise_gap))]) if served.any() else nan,
+        **served_accuracy(np.asarray(outcome.accuracy)[served], np.asarray(training.delivered_accuracy)[served]),
         "max_equilibrium_gain": float(np.max(audit.deviation_gain)),
         "realised_incentivised_share": realised_incentivised_share(record),
     }
+
+
+def served_accuracy(promised: np.ndarray, delivered: np.ndarray) -> dict[str, float]:
+    """Mean promised and delivered accuracy and the promise gap (delivered - promised,
+    mean absolute and worst) of the agents delivered a model; NaN when there are none."""
+    if not promised.size:
+        return dict.fromkeys(("mean_promised_accuracy", "mean_delivered_accuracy", "promise_gap_mean_abs",
+                              "promise_gap_worst"), float("nan"))
+    gap = delivered - promised
+    return {"mean_promised_accuracy": float(np.mean(promised)), "mean_delivered_accuracy": float(np.mean(delivered)),
+            "promise_gap_mean_abs": float(np.mean(np.abs(gap))),
+            "promise_gap_worst": float(gap[np.argmax(np.abs(gap))])}
 
 
 def realised_incentivised_share(record: IterationRecord) -> float:

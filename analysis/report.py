@@ -172,7 +172,7 @@ def learning_curve_rows(result: LoopResult) -> list[dict]:
 def html_table(rows: list[dict], digits: int = 4) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
-            return f"{value:.{digits}g}" if np.isfinite(value) or np.isinf(value) else "-"
+            return "-" if np.isnan(value) else f"{value:.{digits}g}"
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])

@@ -24,10 +24,12 @@ def check_positive(key: str, value) -> float:
     return float(value)
 
 
-def check_fraction(key: str, value) -> None:
-    """ValueError unless ``value`` is a number in [0, 1) (bools are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
-        raise ValueError(f"{key}={value!r}: allowed is a number in [0, 1)")
+def check_fraction(key: str, value, positive: bool = False) -> None:
+    """ValueError unless ``value`` is a number in [0, 1), or in (0, 1) when ``positive``
+    (bools are not numbers here)."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+    if not (number and (0 < value < 1 if positive else 0 <= value < 1)):
+        raise ValueError(f"{key}={value!r}: allowed is a number in {'(' if positive else '['}0, 1)")
 
 
 def check_seed(seed):

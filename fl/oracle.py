@@ -26,7 +26,7 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import IncFL, distribution_losses
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_integer, check_positive
+from fl.checks import check_fraction, check_integer, check_positive
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import deliver
@@ -122,9 +122,7 @@ class TrainingOracle:
         endowments = _whole_counts("endowments", endowments, "a 1-D array of whole numbers >= 0, one per agent")
         if alpha is not None:
             check_positive("alpha", alpha)
-        if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float, np.number)) \
-                or not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction={validation_fraction!r}: allowed is a number in (0, 1)")
+        check_fraction("validation_fraction", validation_fraction, positive=True)
         self.train_set, self.test, self.seed = train, test, seed
         self.rounds, self.curve_steps = rounds, curve_steps
         self.measure_local, self.progress = measure_local, progress
@@ -251,11 +249,10 @@ class TrainingOracle:
             seed = child_seed(self.seed, _TRAIN)
             run = self._fit(contributed, strategy, self.rounds, seed, self.test, self.progress)
         global_accuracy = self._accuracy(run.params, self.label_distributions)
-        if counts.sum() == 0:  # no data, no model: every target 0
-            targets_or_none = np.zeros(len(counts))
-        else:
-            targets_or_none = [None] * len(counts) if targets is None else targets
-        served = [self._serve(run.params, global_accuracy[i], p, targets_or_none[i])
+        wanted = np.full(len(counts), np.nan) if targets is None else targets  # NaN: the global model
+        if counts.sum() == 0:  # no data, no model: a target of 0 for everyone
+            wanted = np.zeros(len(counts))
+        served = [self._serve(run.params, global_accuracy[i], p, float(wanted[i]))
                   for i, p in enumerate(self.label_distributions)]
         delivered, lam, validation = (list(column) for column in zip(*served))
         local = None
@@ -310,16 +307,16 @@ class TrainingOracle:
                      epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, clients_per_round=s.clients_per_round)
 
     def _serve(self, global_params: Params, global_accuracy: float, distribution: np.ndarray,
-               target: float | None) -> tuple[float, float, float]:
+               target: float) -> tuple[float, float, float]:
         """(test accuracy, lam, validation accuracy) of what one agent receives: the global
-        model (target None or NaN), no model at all (target <= 0), or a model of the target
+        model (target NaN), no model at all (target <= 0), or a model of the target
         accuracy on its distribution (``fl.delivery.deliver``, which aims on the validation
         set). A degraded model never serves better than the global one: where the mix
         scores above the global model on the test set (it did by up to 0.08 on digits),
         the agent receives the global model."""
-        if target is not None and not np.isnan(target) and target <= 0:
+        if target <= 0:
             return 0.0, 0.0, 0.0
-        goal = None if target is None or np.isnan(target) else float(target)
+        goal = None if np.isnan(target) else target
         d = deliver(self.model, global_params, self.init_params, self.validation, distribution, goal)
         accuracy = global_accuracy if d.lam == 1.0 else self._accuracy(d.params, distribution)
         if accuracy > global_accuracy:

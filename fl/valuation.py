@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from fl import evaluation
-from fl.checks import check_positive
 from fl.algorithms.fedavg import FedAvg
 from fl.algorithms.strategy import Strategy
+from fl.checks import check_positive
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Params
 from fl.runtime.simulation import SimulationResult

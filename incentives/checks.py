@@ -19,6 +19,12 @@ def finite_number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
 
 
+def check_bool(key: str, value) -> None:
+    """ValueError unless ``value`` is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad(key, value, "True or False")
+
+
 def check_number(key: str, value, least: float = 0.0, strict: bool = False, optional: bool = False) -> None:
     """ValueError unless ``value`` is a finite number >= ``least`` (> with ``strict``), or
     None when ``optional``."""

@@ -35,6 +35,7 @@ from incentives.utility import Phi, utility
 _BISECTION_STEPS = 60
 _XTOL = 1e-10  # a best response's precision, samples per sample of max(1, m_i)
 RESOLUTION = 1e-9  # the smallest contribution searched, as a share of the endowment
+_PEAKS = 3  # the grid's local maxima a best response refines, the highest first
 _EXHAUSTIVE_PLANS = 1024  # the social optimum tries every participation plan when there are at most this many
 
 
@@ -150,6 +151,20 @@ def _breakpoints(mechanism: Mechanism, i: int, population: Population, model: Ac
     return np.zeros(0) if breakpoints is None else np.asarray(breakpoints(i, population, model), dtype=float)
 
 
+def _peaks(values: np.ndarray) -> list[int]:
+    """Indices of the grid's highest local maxima (at most ``_PEAKS``; a plateau counts
+    once, at its right end), the overall maximum first, the others only where their
+    grid value is within 1% of the grid's range of it: where a utility has two peaks of
+    nearly equal height, the cell of the higher grid value can hold the lower one."""
+    left = np.concatenate([[-np.inf], values[:-1]])
+    right = np.concatenate([values[1:], [-np.inf]])
+    close = values >= values.max() - 0.01 * (values.max() - values.min())
+    peaks = np.flatnonzero((values >= left) & (values > right) & close)
+    top = int(np.argmax(values))
+    ranked = [int(k) for k in peaks[np.argsort(-values[peaks], kind="stable")] if k != top]
+    return [top, *ranked[:_PEAKS - 1]]
+
+
 def best_response(
     mechanism: Mechanism,
     i: int,
@@ -165,9 +180,10 @@ def best_response(
 
     Robust to kinks and plateaus: u_i is evaluated on a grid (linear plus log-spaced, plus
     points around the current m_i), refined by bounded scalar minimisation of -u_i over the
-    two cells around each of the grid's highest local maxima (:func:`_peaks`), then moved right to the end of the set where
-    u_i >= max - tie_tol * scale (bisection), scale = max(1, |max|, v_i, c_i m_i**beta), the size
-    of the terms whose rounding tie_tol must cover: ties go to the larger contribution.
+    two cells around each of the grid's highest local maxima (:func:`_peaks`), then moved
+    right to the end of the set where u_i >= max - tie_tol * scale (bisection),
+    scale = max(1, |max|, v_i, c_i m_i**beta), the size of the terms whose rounding
+    tie_tol must cover: ties go to the larger contribution.
     The scalar search and the bisection both stop at 1e-10 * max(1, m_i) samples.
     At a smooth interior maximum this moves m_i right by about sqrt(2 tie_tol scale / |u_i''|);
     at a maximum at m_i = 0, where u_i falls with slope s, by tie_tol scale / s, so a set
@@ -219,23 +235,6 @@ def best_response(
     if population.outside_option[i] > best_u:
         return Response(0.0, float(population.outside_option[i]), False)
     return Response(best_m, best_u, True)
-
-
-_PEAKS = 3  # the grid's local maxima a best response refines, the highest first
-
-
-def _peaks(values: np.ndarray) -> list[int]:
-    """Indices of the grid's highest local maxima (at most ``_PEAKS``; a plateau counts
-    once, at its right end), the overall maximum first, the others only where their
-    grid value is within 1% of the grid's range of it: where a utility has two peaks of
-    nearly equal height, the cell of the higher grid value can hold the lower one."""
-    left = np.concatenate([[-np.inf], values[:-1]])
-    right = np.concatenate([values[1:], [-np.inf]])
-    close = values >= values.max() - 0.01 * (values.max() - values.min())
-    peaks = np.flatnonzero((values >= left) & (values > right) & close)
-    top = int(np.argmax(values))
-    ranked = [int(k) for k in peaks[np.argsort(-values[peaks], kind="stable")] if k != top]
-    return [top, *ranked[:_PEAKS - 1]]
 
 
 def nash_equilibrium(

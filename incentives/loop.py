@@ -41,10 +41,10 @@ import numpy as np
 
 from incentives.accuracy import (FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel, check_phi,
                                  check_pilot_sizes)
-from incentives.checks import check_integer, check_number
+from incentives.checks import check_bool, check_integer, check_number
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
-from incentives.utility import local_utility, utility
+from incentives.utility import reservation_utility, utility
 
 
 @dataclass(frozen=True)
@@ -181,11 +181,10 @@ class ClosedLoop:
         """The agents as the mechanisms are solved and scored once ``fit`` (the pilot fit)
         is known: ``population``, with outside_option_i raised to max(outside_option_i,
         v_i phi(a(m_i^o)) - c_i (m_i^o)**beta) where ``train_alone``
-        (:func:`~incentives.utility.local_utility`, on ``fit.alone``)."""
+        (:func:`~incentives.utility.reservation_utility`, training alone on ``fit.alone``)."""
         if not self.train_alone:
             return self.population
-        alone = local_utility(self.population, fit, self.phi)
-        return replace(self.population, outside_option=np.maximum(self.population.outside_option, alone))
+        return replace(self.population, outside_option=reservation_utility(self.population, fit, self.phi))
 
     def _check_settings(self) -> None:
         """ValueError naming the first setting outside what is allowed, before any training."""
@@ -212,8 +211,7 @@ class ClosedLoop:
         check_integer("max_iterations", self.max_iterations)
         check_number("tolerance", self.tolerance, strict=True)
         check_phi(self.phi)
-        if not isinstance(self.train_alone, bool):
-            raise ValueError(f"train_alone={self.train_alone!r}: allowed is True or False")
+        check_bool("train_alone", self.train_alone)
 
     def _check_oracle_holds_the_population(self) -> None:
         """ValueError unless an oracle that tells its ``endowments`` holds one per agent,
@@ -267,7 +265,7 @@ class ClosedLoop:
             result = resume
         previous = {r.mechanism: r.outcome.contributions for r in result.records}
         population = self.agents_under(result.fit)
-        local = np.maximum(local_utility(population, result.fit, self.phi), population.outside_option)
+        local = reservation_utility(population, result.fit, self.phi)
         for iteration in range(result.n_iterations, self.max_iterations):
             if result.converged:
                 break

@@ -56,6 +56,12 @@ def local_utility(population: Population, model: AccuracyModel, phi: Phi | None 
     return _benefit(population, np.asarray(model.alone(m), dtype=float), phi) - population.data_cost(m)
 
 
+def reservation_utility(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
+    """(N,) r_i = max(outside_option_i, :func:`local_utility`): the better of staying out
+    and training alone, what a mechanism must leave each agent (individual rationality)."""
+    return np.maximum(local_utility(population, model, phi), population.outside_option)
+
+
 def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
     """(N,) m_i^o, the samples each agent collects training alone, capped at its
     endowment (:func:`incentives.accuracy.local_optimum` on ``model.alone`` under ``phi``,

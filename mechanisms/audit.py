@@ -41,7 +41,7 @@ from incentives.checks import check_number, check_per_agent, per_agent
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism, Outcome
-from incentives.utility import Phi, local_utility, utility
+from incentives.utility import Phi, reservation_utility, utility
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,8 @@ def audit(
     delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,
                                                trained_contributions, tol)
     realised = utility(population, delivered, trained, paid, outcome.participates, phi)
-    reservation = population.outside_option
-    if getattr(mechanism, "include_local", True):
-        reservation = np.maximum(local_utility(population, model, phi), reservation)
+    reservation = (reservation_utility(population, model, phi) if getattr(mechanism, "include_local", True)
+                   else population.outside_option)
     shortfall = np.where(outcome.participates, reservation - realised, 0.0)
     # leaving, or staying out, is worth the reservation: an agent outside keeps what it gets alone
     deviation = verify_equilibrium(mechanism, outcome.contributions, replace(population, outside_option=reservation),

@@ -41,12 +41,12 @@ V is concave and nondecreasing (a :class:`ValueFunction`), kappa >= 0 the server
 of one unit of reward (``reward_price``: 1 for money). Every type is served: the program
 cannot exclude a type (a type asked for q_k = 0 is still paid its outside utility), so
 with outside utilities worth more than a type's data it may return a menu of negative
-profit; :class:`ContractMechanism` then withdraws the menu. u0_k is the outside utility: zero,
-a number, or per type (e.g. the agent's local-only utility). A negative u0_k (staying out
-costs the agent) lets a money reward be negative, a fee; an accuracy reward cannot be, so
-accuracy menus add the floor R_k >= 0 (family "reward_floor") wherever some u0_k < 0, and
-then are solved by the per-type ("adjacent") reduced form, the lowest IR no longer
-necessarily binding.
+profit; :class:`ContractMechanism` then withdraws the menu. u0_k is the outside
+utility: zero, a number, or per type (e.g. the agent's local-only utility). A negative
+u0_k (staying out costs the agent) lets a money reward be negative, a fee; an accuracy
+reward cannot be, so accuracy menus add the floor R_k >= 0 (family "reward_floor")
+wherever some u0_k < 0, and then are solved by the per-type ("adjacent") reduced form,
+the lowest IR no longer necessarily binding.
 
 The program is convex after the change of variable y_k = q_k**beta (the cost in units
 of theta): IC and IR are linear in (y, R), and V(y**(1/beta)) is concave.
@@ -90,9 +90,9 @@ with the single-crossing utilities (1) adjacent IC in both directions implies
 monotonicity and every global IC, for distinct costs. Types of equal cost that also
 agree on outside utility and capacity are one type to any menu and are merged (their
 probabilities summed); equal costs that still differ are solved with every pair's IC,
-since adjacent IC no longer links their items. The rents are chained by their adjacent steps and the
-two IC of a pair written as a slack in contribution units (:func:`_adjacent_ic`), which
-keeps the program well conditioned at 1000 types.
+since adjacent IC no longer links their items. The rents are chained by their adjacent
+steps and the two IC of a pair written as a slack in contribution units
+(:func:`_adjacent_ic`), which keeps the program well conditioned at 1000 types.
 
 Worked example (the tests): V(q) = 10 ln(1+q), c = (3, 2, 1), p = 1/3 each, u0 = 0.
 Virtual costs (sorted by cost 1, 2, 3): (1, 2 + 1*1, 3 + 1*2) = (1, 3, 5), so
@@ -134,7 +134,7 @@ import numpy as np
 
 from incentives.checks import as_floats, bad, check_number, finite_number
 from incentives.protocols import Allocation, Outcome
-from incentives.utility import local_utility
+from incentives.utility import reservation_utility
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel
@@ -1417,9 +1417,7 @@ class ContractMechanism:
         c = np.asarray(population.cost, dtype=float)
         N = len(c)
         v = np.asarray(population.value, dtype=float) * np.ones(N)
-        reserve = np.asarray(population.outside_option, dtype=float) * np.ones(N)
-        if self.include_local:
-            reserve = np.maximum(reserve, local_utility(population, model))
+        reserve = reservation_utility(population, model) if self.include_local else population.outside_option
         reserve = reserve + np.asarray(population.comm_cost, dtype=float) * np.ones(N)
         if self.reward == "accuracy":
             if np.any(v <= 0):

@@ -61,7 +61,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
-from incentives.checks import check_integer, check_number
+from incentives.checks import check_bool, check_integer, check_number
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
@@ -433,8 +433,7 @@ def gtg_shapley(
         raise ValueError(f"min_permutations={min_permutations!r}: allowed is at most "
                          f"max_permutations={max_permutations!r}")
     check_integer("seed", seed, least=0)
-    if not isinstance(guided, bool):
-        raise ValueError(f"guided={guided!r}: allowed is True or False")
+    check_bool("guided", guided)
     u = _evaluations(utility, n_players, batch)
     v_empty, v_full = u(()), u(range(n_players))
     if abs(v_full - v_empty) <= round_eps:
@@ -799,7 +798,8 @@ class ShapleyRewards:
     contribute among 30-100 agents; see :func:`size_strata_shapley`); the paid ones
     (:meth:`realised_transfer`) split B exactly whenever some measured value is
     positive (none positive: every update hurt, or nothing trained, and nothing is
-    paid), so the audit's budget balance holds, and the report's mean |paid - promised transfer| shows the difference.
+    paid), so the audit's budget balance holds, and the report's mean
+    |paid - promised transfer| shows the difference.
 
     Agent i's payoff is v_i a(M) + t_i - c_i m_i - comm_i. With B = 0 this is standard
     FL, where agents free-ride on each other's data; the transfer rewards contributing

@@ -251,7 +251,7 @@ def test_a_contract_deviation_onto_another_item_is_found():
     moved = replace(outcome, contributions=m, transfer=transfer)
     result = audit(mechanism, moved, population, MODEL, moved.accuracy, transfer, m)
     gain = (R[own] - c * q[own]) - (R[other] - c * q[other])
-    assert gain == pytest.approx(0.2077, abs=1e-4)
+    assert gain > 100 * result.tol  # a violation, not rounding (0.21 here)
     assert result.deviation_gain[1] == pytest.approx(gain, rel=1e-9)
     assert result.best_deviation[1] in q  # its own item, or one it is indifferent to (adjacent IC binds)
 

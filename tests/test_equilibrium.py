@@ -266,15 +266,19 @@ def test_best_response_argument_errors(i, contributions, options, message):
 
 
 def test_iterated_exit_lets_the_worst_off_leave_first():
-    """Stackelberg pricing, equal data costs, communication costs (0, 0, 0.60, 0.61): both
-    costly agents are below their outside option among four, and both used to leave at
-    once; once agent 3 has left, agent 2 earns 0.344 > 0 among three and stays, and agent
-    3 would not join them (0.542 - 0.61 < 0)."""
+    """Stackelberg pricing (V = 10 ln(1 + X)), equal data costs of 1, communication costs
+    (0, 0, 0.60, 0.61), values of accuracy ~0. Among n agents R* = 10 - n / (n - 1), X =
+    R (n - 1) / n, and each earns R / n - X / n - comm_i: among four that is 0.5417 - comm,
+    below 0 for agents 2 and 3, and both used to leave at once; among three, agent 2 earns
+    8.5 / 3 - 8.5 * 2 / 9 - 0.60 = 0.344 > 0 and stays, and agent 3 would not join them."""
     from mechanisms.stackelberg import StackelbergPricing
 
     agents = Population(cost=[1.0] * 4, endowment=1e6, value=1e-6, comm_cost=[0.0, 0.0, 0.60, 0.61])
     outcome = StackelbergPricing().solve(agents, TOY)
     np.testing.assert_array_equal(outcome.participates, [True, True, True, False])
+    assert outcome.info["reward"] == pytest.approx(8.5)
+    earned = utility(agents, outcome.accuracy, outcome.contributions, outcome.transfer, outcome.participates)
+    assert earned[2] == pytest.approx(8.5 / 3 - 8.5 * 2 / 9 - 0.60, abs=1e-5)
     check = verify_equilibrium(StackelbergPricing(), outcome.contributions, agents, TOY,
                                participates=outcome.participates)
     assert check.gains[3] < 0

@@ -55,13 +55,15 @@ def test_budget_caps_the_reward():
 def test_a_budget_that_buys_no_useful_model_is_not_spent():
     """V = 100 a(X), a(X) = 1 - X^-1/2 (0 below X = 1), c = (1, 1): X = R / 2, so a
     budget of 1.5 buys X = 0.75, worth nothing: paying it lost 1.5, R = 0 loses nothing.
-    Without a budget the leader's optimum stands (R* = 17.1, profit 48.7)."""
+    Without a budget the leader's optimum stands: 25 (R/2)^-3/2 = 1, R* = 2 * 25^(2/3)."""
     value = AccuracyValue(PowerLaw(a_opt=1.0, k=1.0, alpha=0.5), weight=100.0)
     short = leader_reward([1.0, 1.0], value, budget=1.5)
     assert short.reward == 0.0 and short.total == 0.0 and short.profit == 0.0
     free = leader_reward([1.0, 1.0], value)
-    assert free.reward == pytest.approx(17.09976, rel=1e-6) and free.profit == pytest.approx(48.70072, rel=1e-6)
-    assert leader_reward([1.0, 1.0], value, budget=4.0).reward == 4.0  # X = 2 is worth 29.3 > 4
+    best = 2 * 25 ** (2 / 3)
+    assert free.reward == pytest.approx(best, rel=1e-9)
+    assert free.profit == pytest.approx(100 * (1 - (best / 2) ** -0.5) - best, rel=1e-9)
+    assert leader_reward([1.0, 1.0], value, budget=4.0).reward == 4.0  # X = 2 is worth 100 (1 - 2^-1/2) > 4
 
 
 @pytest.mark.parametrize("R", [1e-160, 7.0, 1e160])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fl.checks import check_seed
+from fl.checks import check_fraction, check_seed
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[ArrayDataset
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction!r}: allowed is a number in (0, 1)")
+    check_fraction("test_fraction", test_fraction, positive=True)
     bunch = sklearn_digits()
     images = bunch.images.astype(np.float32) / 16.0
     labels = bunch.target.astype(np.int64)

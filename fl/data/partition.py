@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.checks import check_integer, check_positive, check_seed
+from fl.checks import check_fraction, check_integer, check_positive, check_seed
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
@@ -186,8 +186,7 @@ def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
     with class counts proportional to the pool's (largest-remainder rounding), e.g. a
     public set for distillation or a validation set. Both arrays are in random order."""
     labels = _check_labels(labels)
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction={fraction!r}: allowed is a number in (0, 1)")
+    check_fraction("fraction", fraction, positive=True)
     rng = np.random.default_rng(check_seed(seed))
     classes = np.unique(labels)
     members = [rng.permutation(np.flatnonzero(labels == k)) for k in classes]
