@@ -20,9 +20,10 @@ to 1 (the label skew of each agent's data), and ``names`` (N distinct strings).
 Data costs: contributing m samples costs agent i C_i(m) = c_i * m**beta utility units,
 with one ``cost_exponent`` beta >= 1 for the whole population (default 1: linear costs,
 c_i per sample). beta > 1 models convex costs, such as the energy of computing faster
-to meet a round deadline (beta = 3 for the multi-dimensional types of Ding, Fang &
-Huang 2021, :func:`mechanisms.contract.reduce_multidimensional_types`); c_i is then in
-utility units per sample**beta.
+to meet a round deadline (beta = 3 for the multi-dimensional types reduced to one
+criterion after the idea of Ding, Fang & Huang 2021, by the CPU-frequency energy model:
+:func:`mechanisms.contract.reduce_multidimensional_types`); c_i is then in utility
+units per sample**beta.
 """
 
 from __future__ import annotations

@@ -68,12 +68,13 @@ def maximise(objective: Callable[[np.ndarray], np.ndarray], upper) -> tuple[np.n
 
 
 def bisect(function: Callable[[np.ndarray], np.ndarray], low, high, steps: int = 60) -> np.ndarray:
-    """(R,) for each row r a point of [low_r, high_r] where the continuous ``function``
-    changes sign, NaN where it does not (``function`` has the same strict sign, or no
-    sign, at both ends). ``function`` maps an (R,) array of points, one per row, to the
-    (R,) values there. Each of ``steps`` halvings keeps the half whose ends differ in
-    sign, so the point is within (high_r - low_r) 2**-steps of a sign change (of the one
-    root, where the function is monotone); an end where it is 0 is returned as it is."""
+    """For each entry r of ``low`` and ``high`` (arrays of one shape, or broadcast to
+    one) a point of [low_r, high_r] where the continuous ``function`` changes sign, NaN
+    where it does not (``function`` has the same strict sign, or no sign, at both ends).
+    ``function`` maps an array of points of that shape, one per entry, to the values
+    there. Each of ``steps`` halvings keeps the half whose ends differ in sign, so the
+    point is within (high_r - low_r) 2**-steps of a sign change (of the one root, where
+    the function is monotone); an end where it is 0 is returned as it is."""
     start, end = (np.array(end, dtype=float) for end in np.broadcast_arrays(low, high))
     at_low, at_high = np.asarray(function(start), dtype=float), np.asarray(function(end), dtype=float)
     rising = at_low < 0

@@ -11,7 +11,8 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
 - deviation in contribution: the largest gain agent i gets by changing m_i alone
   (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i], plus the
   mechanism's own breakpoints) under the accuracy model calibrated to the realised
-  measurements, leaving (or staying out) being worth r_i; for a contract this is also
+  measurements, leaving (or staying out) being worth r_i (the outside option alone for
+  a contract held to it); for a contract this is also
   the gain from picking another item of the menu (its ``allocate`` reads the menu as a
   reward schedule, its items' contributions are the breakpoints);
 - misreporting (incentive compatibility), for mechanisms whose rule uses the agents'
@@ -250,7 +251,8 @@ def audit(
     reservation = (reservation_utility(population, model, phi) if getattr(mechanism, "include_local", True)
                    else population.outside_option)
     shortfall = np.where(outcome.participates, reservation - realised, 0.0)
-    # leaving, or staying out, is worth the reservation: an agent outside keeps what it gets alone
+    # leaving, or staying out, is worth the reservation the mechanism is held to: what the agent gets
+    # alone, or for a contract that promises only the outside option (include_local=False), that option
     deviation = verify_equilibrium(mechanism, outcome.contributions, replace(population, outside_option=reservation),
                                    model, phi=phi, participates=outcome.participates)
     deviation_gain = np.maximum(deviation.gains, 0.0)

@@ -51,6 +51,7 @@ from incentives.search import bisect
 from incentives.utility import local_contribution, utility
 
 _SCAN_POINTS = 256
+_SCAN_ENTRIES = 2**16  # (total, agent) pairs of the scan evaluated at once: 512 KiB an array
 _GAIN_TOL = 1e-9  # utility gain (accuracy units at v = 1) below which the fixed point counts as an equilibrium
 
 
@@ -209,7 +210,7 @@ class AccuracyShaping:
         with np.errstate(divide="ignore"):
             steep = np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float) - others
             peak = np.clip(np.asarray(model.marginal_inverse(terms[2]), dtype=float) - others, optimum, endowment)
-        meeting = [bisect(gap, 0.0, optimum), bisect(gap, optimum, peak), bisect(gap, peak, endowment)]
+        meeting = bisect(gap, np.stack([np.zeros_like(optimum), optimum, peak]), np.stack([optimum, peak, endowment]))
         points = np.stack([m, np.zeros_like(m), endowment, optimum, np.where(np.isfinite(steep), steep, 0.0),
                            *(np.where(np.isnan(x), 0.0, x) for x in meeting)])
         points = np.clip(points, 0.0, endowment)
@@ -221,29 +222,32 @@ class AccuracyShaping:
     def _contributions(self, population: Population, model: AccuracyModel) -> np.ndarray:
         optimum, local_accuracy, slope = self._terms(population, model)
         endowment = population.endowment
+        paying = slope > 0
 
-        def demand(total: float) -> np.ndarray:  # m_i(M); slope 0 (free data, epsilon 0): all n_i
-            accuracy = float(model(total))
-            step = np.divide(accuracy - local_accuracy, slope, out=np.zeros_like(slope), where=slope > 0)
-            along = np.where(slope > 0, np.clip(optimum + step, optimum, endowment), endowment)
+        def demand(totals: np.ndarray) -> np.ndarray:  # (T, N) m_i(M) at T totals; slope 0 (free data): all n_i
+            accuracy = np.asarray(model(totals), dtype=float).reshape(-1, 1)
+            step = (accuracy - local_accuracy) / np.where(paying, slope, 1.0)
+            along = np.where(paying, np.clip(optimum + step, optimum, endowment), endowment)
             short = accuracy < local_accuracy  # the global model falls short of training alone
-            if not short.any():
-                return along
-            reach = float(np.asarray(model.alone.inverse(accuracy))) if accuracy > 0 else 0.0
+            reach = np.zeros_like(accuracy)  # the least data reaching a(M) alone, where some agent needs it
+            needed = short.any(axis=1) & (accuracy[:, 0] > 0)
+            if needed.any():
+                reach[needed] = np.asarray(model.alone.inverse(accuracy[needed]), dtype=float)
             return np.where(short, np.minimum(reach, optimum), along)
 
-        def excess(total: float) -> float:
-            return float(demand(total).sum() - total)
+        def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i m_i(M) - M, _SCAN_ENTRIES (M, i) pairs at a time
+            rows = max(1, _SCAN_ENTRIES // len(optimum))
+            return np.concatenate([demand(totals[k:k + rows]).sum(axis=1) - totals[k:k + rows]
+                                   for k in range(0, len(totals), rows)])
 
         low, high = 0.0, float(endowment.sum())
-        if excess(high) >= 0:
-            return demand(high)
-        scan = low + np.geomspace((high - low) * 1e-12, high - low, _SCAN_POINTS)
-        scan = np.concatenate([[low], scan])
-        signs = np.array([excess(x) for x in scan]) >= 0
-        j = int(np.flatnonzero(signs)[-1])
-        root = brentq(excess, scan[j], scan[j + 1], xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
-        return demand(root)
+        if excess(np.array([high]))[0] >= 0:
+            return demand(np.array([high]))[0]
+        scan = np.concatenate([[low], low + np.geomspace((high - low) * 1e-12, high - low, _SCAN_POINTS)])
+        j = int(np.flatnonzero(excess(scan) >= 0)[-1])
+        root = brentq(lambda total: float(excess(np.array([total]))[0]), scan[j], scan[j + 1],
+                      xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+        return demand(np.array([root]))[0]
 
 
 def _own_accuracy(m: np.ndarray, optimum: np.ndarray, local_accuracy: np.ndarray, slope: np.ndarray,

@@ -708,9 +708,12 @@ def fedsv(
     model reconstructed from the updates of S subset I_t; a client not selected in
     round t gets phi_i^t = 0. Each round's values come from ``estimator`` (any of this
     module's, with ``options``); with ``gtg_shapley`` this is GTG-Shapley's multi-round
-    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). Efficiency holds per
-    round: sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty). Returns (n_clients,) values
-    and the evaluations and permutations summed over rounds.
+    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A ``seed`` in ``options``
+    seeds each round with its own stream of it (:func:`_round_options`). Efficiency,
+    sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
+    Monte Carlo values and for GTG-Shapley up to its ``eps``, not for leave-one-out or
+    the stratified estimate. Returns (n_clients,) values and the evaluations and
+    permutations summed over rounds.
     """
     check_integer("n_clients", n_clients)
     values = np.zeros(n_clients)
@@ -727,11 +730,23 @@ def fedsv(
         batch = ({"batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
                  if hasattr(game, "utilities") else {})  # this round's game's, never a previous round's
         estimate = estimator(lambda local, game=game, ids=ids: game.utility(ids(local)), len(clients),
-                             **options, **batch)
+                             **_round_options(options, t), **batch)
         values[list(clients)] += estimate.values
         n_evaluations += estimate.n_evaluations
         n_permutations += estimate.n_permutations
     return ShapleyEstimate(values, n_evaluations, n_permutations)
+
+
+def _round_options(options: dict, t: int) -> dict:
+    """``options`` for round t: a ``seed`` becomes round t's own stream of it (its
+    SeedSequence child with spawn key (t,), as an integer), so that the rounds' sampled
+    orderings or coalitions are independent and their errors average out over the rounds
+    instead of repeating (the same seed would draw the same ones in every round of equal size)."""
+    if "seed" not in options:
+        return options
+    check_integer("seed", options["seed"], least=0)
+    child = np.random.SeedSequence(options["seed"], spawn_key=(t,))
+    return {**options, "seed": int(child.generate_state(1, np.uint64)[0])}
 
 
 def split_budget(values, budget: float) -> np.ndarray:
@@ -763,8 +778,8 @@ class ShapleyRewards:
     a model trained on its data, U(S) = a(M_S), M_S = sum_{j in S} m_j (U(empty) =
     a(0) = 0: no data, no useful model; the accuracy models are 0 below their zero
     crossing). Every agent taking part receives the global model, accuracy a(M), and
-    the transfer t_i = B phi_i / sum_j phi_j (:func:`split_budget`), phi the Shapley
-    values of U by ``estimator``:
+    the transfer t_i = B max(phi_i, 0) / sum_j max(phi_j, 0) (:func:`split_budget`:
+    nobody is charged), phi the Shapley values of U by ``estimator``:
 
     - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
     - "monte_carlo": ``n_permutations`` sampled orderings (seeded);
@@ -913,7 +928,7 @@ class ShapleyRewards:
         """The budget split by data values measured on real training: FedSV (Wang et al.
         2020) over the recorded rounds' coalition games (``training.round_games``, models
         rebuilt from the round's updates and scored on validation), each round's values
-        from this mechanism's estimator; t_i = B phi_i / sum_j phi_j."""
+        from this mechanism's estimator; t_i = B max(phi_i, 0) / sum_j max(phi_j, 0)."""
         games = training.round_games
         if games is None:
             raise ValueError("training.round_games=None: allowed is the recorded rounds "

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 from analysis.report import _equilibrium_notes
 from incentives.accuracy import PowerLaw
@@ -519,6 +520,28 @@ def test_a_type_whose_outside_utility_outweighs_its_data_is_left_out_not_the_who
     record = IterationRecord(0, outcome, MODEL, nothing, None, nothing, nothing, nothing, nothing)
     assert "contract: the menu leaves out the types of cost 3 (reward units per sample)" in _equilibrium_notes(
         LoopResult(np.array([20.0]), np.array([0.5]), MODEL, [record]))
+
+
+def test_a_type_asked_for_no_data_is_left_out_rather_than_paid_for_nothing():
+    """Costs (0.5, 1, 2, 10), outside utilities (5, 0, 0, 1), V = 10 ln(1 + q). Serving
+    every type asks the cost-10 type (V'(0) = 10 = its cost) for nothing and pays it its
+    outside utility 1, an item nobody takes; the others' incentive constraints against it
+    still cost rent (the cost-2 type got R = 4 for q = 1.5), and the menu earned 7.77 an
+    agent. Left out, by hand: q_0 = 19 (10 / (1 + q) = 0.5), U_2 = 0, U_1 = q_2 (the
+    adjacent downward IC), and type 0's IR and IC both bind, q_2 + q_1 / 2 = 5, with
+    10 / (1 + q_1) - 1 = (10 / (1 + q_2) - 3) / 2 (the Lagrange condition); R = U + c q."""
+    agents = Population.from_lists(cost=[0.5, 1.0, 2.0, 10.0], endowment=1000.0, outside_option=[5.0, 0.0, 0.0, 1.0])
+    outcome = ContractMechanism(V10).solve(agents, MODEL)
+    q1 = brentq(lambda q: 10 / (1 + q) - 1 - (10 / (6 - q / 2) - 3) / 2, 0.0, 10.0)
+    q = np.array([19.0, q1, 5 - q1 / 2, 0.0])
+    R = np.array([5 + 0.5 * 19, q[2] + q1, 2 * q[2], 0.0])
+    np.testing.assert_allclose(outcome.contributions, q, atol=1e-4)
+    np.testing.assert_allclose(outcome.transfer, R, atol=1e-4)
+    assert outcome.participates.tolist() == [True, True, True, False]
+    profit = float(np.sum(10 * np.log1p(q) - R)) / 4
+    assert outcome.info["server_profit_expected"] == pytest.approx(profit, abs=1e-5)
+    assert profit > 8.49  # against 7.77 paying the cost-10 type for nothing
+    assert outcome.info["menu_object"].extras["left_out"].tolist() == [10.0]
 
 
 def test_a_type_that_costs_nothing_in_the_closed_form():

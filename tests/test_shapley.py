@@ -223,6 +223,25 @@ def test_fedsv_values_each_round_with_its_own_game():
         np.testing.assert_allclose(fedsv(rounds, 3).values, [1.1, 2.2, 0.55], atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator, options", [(monte_carlo_shapley, {"n_permutations": 2}),
+                                                (stratified_shapley, {"samples_per_stratum": 1})])
+def test_fedsv_samples_each_round_from_its_own_stream(estimator, options):
+    """Two identical rounds of a non-additive game: one seed for both drew the same
+    orderings (or coalitions), so the error doubled instead of averaging out. Each round
+    now draws from its own child stream of the seed, and the result is reproducible."""
+    weights = {0: 1.0, 1: 4.0, 2: 2.0, 3: 3.0, 4: 0.5}
+
+    class Concave(_Round):
+        def utility(self, coalition):
+            return math.sqrt(sum(weights[c] for c in coalition))
+
+    game = Concave(list(weights), weights)
+    first_round = fedsv([game], 5, estimator, seed=7, **options).values
+    both_rounds = fedsv([game, game], 5, estimator, seed=7, **options).values
+    assert not np.allclose(both_rounds, 2 * first_round)
+    np.testing.assert_array_equal(both_rounds, fedsv([game, game], 5, estimator, seed=7, **options).values)
+
+
 def test_fedsv_is_efficient_per_round():
     weights = {0: 1.0, 1: 4.0, 2: 2.0, 3: 3.0}
 
