@@ -22,7 +22,10 @@ For one mechanism's record (its last loop iteration):
   with more accuracy than the pilot curve, gamma > 1, or where the planner's local
   search, beyond 1024 participation plans, stops short of the optimum), 1 when the
   equilibrium is efficient (also where both are 0), infinite when S(equilibrium) <= 0
-  below a positive optimum (e.g. a money contract, where the server keeps the model);
+  below the optimum (e.g. a money contract, where the server keeps the model; with
+  negative outside options both may be negative). The equilibrium is the one the
+  mechanism's solver selects (shaping's largest total, for one), not the worst of
+  several, as the textbook price of anarchy would take;
 - models delivered: how many agents receive a model at all (none under a money
   contract, where the server keeps it; only the participants under IncFL; nobody when
   no data was trained);

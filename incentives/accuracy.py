@@ -254,7 +254,7 @@ class GeneralisationBound(_Parametric):
         def one(x: float) -> float:
             return m0 if x == 0 else _root_above(lambda m: float(self.formula(m)) - x, m0)
 
-        return _out(np.vectorize(one)(a).astype(float))
+        return _out(np.vectorize(one, otypes=[float])(a))
 
     def marginal_inverse(self, slope):
         slope = self._check_slope(slope)
@@ -268,7 +268,7 @@ class GeneralisationBound(_Parametric):
                 return math.inf
             return _root_above(lambda m: s - float(self.formula_derivative(m)), m0)
 
-        return _out(np.vectorize(one)(slope).astype(float))
+        return _out(np.vectorize(one, otypes=[float])(slope))
 
 
 def _root_above(f, lo: float) -> float:

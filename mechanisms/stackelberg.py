@@ -63,19 +63,24 @@ sum_i r_i(X) = 1 (Brent on log X, each r_i by bisection). Uncapped, scaling R by
 scales X by s**(1/beta); the leader's R is found numerically. E.g. N symmetric agents,
 beta = 2: r = 1/N gives x = sqrt(R (N - 1) / (2 c N**2)).
 
-Accuracy value. In :class:`StackelbergPricing` every agent receives the global model
-a(X) (no shaping), and an agent's realised utility is v_i a(X) + R x_i / X - c_i x_i**beta
-- comm_i. The follower game is the classic reward-only game (1): followers ignore the
-small effect v_i a'(X) of their own data on the model they receive, and communication
-costs and outside options (they are counted in realised utilities, not in the follower
-equilibrium). A generic best-response check of the full utility therefore finds small
-positive gains, of the order v_i a'(X) x_i. Outside options and communication costs
-decide who takes part: agents below their outside option leave and the game is replayed
-among the others (:class:`StackelbergPricing`).
+The mechanism: agents who also receive the model. In :class:`StackelbergPricing` every
+agent who takes part receives the global model a(X) (no shaping), so its utility is
+v_i a(X) + R x_i / X - c_i x_i**beta - comm_i and the followers play game (5)
+(:func:`model_follower_equilibrium`): game (1) (or (4)) plus each agent's value of the
+model its own data improves. Given the total, each agent's first-order condition gains
+the term v_i a'(X), and the equilibrium total is again a root of sum_i x_i(X) = X, no
+longer linear in R: the leader's R is found numerically (V(X(R)) - R on a grid,
+refined). Followers who valued only the reward (game (1), the papers' workers) would
+contribute less and could be worse off than under standard FL: on ten agents of costs
+about 1.5e-3 with the server valuing accuracy, game (1)'s profile under the leader's R
+totalled 64.6 samples where standard FL's equilibrium has 102.7, and every agent gained
+by deviating. Agents below their outside option leave and the game is replayed among the
+others (:class:`StackelbergPricing`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -85,8 +90,9 @@ from scipy.optimize import brentq, minimize_scalar
 from incentives.checks import as_floats, bad, check_integer, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.protocols import Allocation, Outcome
-from incentives.search import bisect
+from incentives.search import bisect, maximise
 from mechanisms.contract import LogValue, ValueFunction, check_server_value, server_value
+from mechanisms.standard import nash_contributions
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel
@@ -286,6 +292,106 @@ def _convex_follower_equilibrium(c: np.ndarray, cap: np.ndarray, R: float, beta:
 
 
 _SHARE_BISECTIONS = 45  # shares in [0, 1] to 2**-45 ~ 3e-14
+_SCAN_POINTS = 256  # log-spaced totals scanned for the roots of game (5)'s sum of shares
+_SCAN_ENTRIES = 2**16  # (total, agent) pairs of that scan evaluated at once: 512 KiB an array
+_GAIN_TOL = 1e-9  # a best response better by at most this share of |u_i| (or 1e-9 utility) is no gain
+_LEADER_GRID = 64  # rewards the mechanism's leader tries before refining around the best
+_SWEEPS = 200  # Gauss-Seidel best-response sweeps where no root of game (5) is an equilibrium
+
+
+def model_follower_equilibrium(population: "Population", model: "AccuracyModel", reward: float) -> FollowerEquilibrium:
+    """The followers' equilibrium when every agent also receives the global model:
+
+        u_i(x_i, x_{-i}) = v_i a(X) + R x_i / X - c_i x_i**beta,   0 <= x_i <= n_i,     (5)
+
+    game (1) (or (4)) plus each agent's value of the model its data improves. Given the
+    total X, agent i's first-order condition on the concave part of a,
+    v_i a'(X) + R (X - x_i) / X**2 = beta c_i x_i**(beta-1), fixes its share r_i = x_i / X:
+    r_i = 1 - (c_i - v_i a'(X)) X / R for beta = 1, else the root in r of
+    R (1 - r) / X + v_i a'(X) = beta c_i X**(beta-1) r**(beta-1) (bisection; the left
+    side falls in r, the right rises), each within [0, min(1, n_i / X)]. The totals
+    where sum_i r_i(X) = 1 are bracketed by a scan of _SCAN_POINTS log-spaced totals up
+    to sum_i n_i and found by brentq. a is 0 below its zero crossing, so u_i need not be
+    concave in x_i across it: a root is an equilibrium only where no agent's exact best
+    response (:func:`incentives.search.maximise` of u_i over [0, n_i], the others fixed)
+    gains more than _GAIN_TOL, and the largest such total is returned; where no root
+    passes, Gauss-Seidel best responses from the largest settle it (with a warning if
+    they do not within _SWEEPS sweeps). R = 0 is standard FL
+    (:func:`mechanisms.standard.nash_contributions`). Linear phi: the value of accuracy
+    is v_i a, as the mechanisms are solved.
+    """
+    R = float(reward)
+    check_number("reward", R)
+    cost, value, endowment = population.cost, population.value, population.endowment
+    beta = population.cost_exponent
+    if R == 0:
+        return _follower_profile(nash_contributions(population, model), endowment, R, 1)
+
+    def shares(totals: np.ndarray) -> np.ndarray:  # (T, N) r_i(X) at T totals X
+        X = totals[:, None]
+        slope = value * np.asarray(model.derivative(totals), dtype=float).reshape(-1, 1)
+        top = np.minimum(1.0, endowment / X)
+        if beta == 1:
+            return np.clip(1.0 - (cost - slope) * (X / R), 0.0, top)
+        scale = beta * cost * X ** (beta - 1.0)
+        root = bisect(lambda r: R * (1.0 - r) / X + slope - scale * r ** (beta - 1.0), np.zeros_like(top), top,
+                      steps=_SHARE_BISECTIONS)
+        return np.where(np.isnan(root), top, root)  # still rising at the cap: the cap
+
+    def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i r_i(X) - 1, _SCAN_ENTRIES pairs at a time
+        rows = max(1, _SCAN_ENTRIES // population.n_agents)
+        return np.concatenate([shares(totals[k:k + rows]).sum(axis=1) - 1.0 for k in range(0, len(totals), rows)])
+
+    whole = float(endowment.sum())
+    low = whole * 1e-12
+    while excess(np.array([low]))[0] < 0 and low > 1e-300:  # every share below 1 / N even so: smaller totals
+        low *= 1e-6
+    scan = np.geomspace(low, whole, _SCAN_POINTS)
+    signs = excess(scan)
+    roots = [whole] if signs[-1] >= 0 else []  # every agent at its cap
+    roots += [brentq(lambda X: float(excess(np.array([X]))[0]), scan[j], scan[j + 1], xtol=1e-14 * scan[j + 1])
+              for j in np.flatnonzero((signs[:-1] >= 0) & (signs[1:] < 0))]
+    profiles = [np.minimum(shares(np.array([X]))[0] * X, endowment) for X in sorted(roots, reverse=True)]
+    for x in profiles:
+        if np.all(_best_responses(population, model, R, x)[1] <= 0):
+            return _follower_profile(x, endowment, R, 1)
+    x = profiles[0] if profiles else np.zeros(population.n_agents)
+    for sweep in range(1, _SWEEPS + 1):
+        start = x.copy()
+        for i in range(population.n_agents):
+            x[i] = _best_responses(population, model, R, x, only=i)[0][0]
+        if np.max(np.abs(x - start)) <= 1e-9 * max(1.0, float(x.sum())):
+            return _follower_profile(x, endowment, R, sweep)
+    warnings.warn(f"stackelberg: the followers' best responses to the reward {R:.6g} did not settle in {_SWEEPS} "
+                  "sweeps; the profile returned is where they stopped, not an equilibrium", stacklevel=2)
+    return _follower_profile(x, endowment, R, _SWEEPS)
+
+
+def _best_responses(population: "Population", model: "AccuracyModel", R: float, x: np.ndarray,
+                    only: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(best contributions, gains beyond _GAIN_TOL) of game (5) for every agent, or for
+    agent ``only`` alone, each against the others' total in ``x``: the maximum of u_i over
+    [0, n_i] by :func:`incentives.search.maximise`, and how much it beats u_i(x_i) less
+    _GAIN_TOL max(1, |u_i(x_i)|) (<= 0: no gain worth moving for)."""
+    agents = np.arange(population.n_agents) if only is None else np.array([only])
+    cost, value = population.cost[agents, None], population.value[agents, None]
+    others = (float(x.sum()) - x[agents])[:, None]
+    beta = population.cost_exponent
+
+    def utility_at(own: np.ndarray) -> np.ndarray:
+        total = others + own
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(total > 0, own / total, 0.0)
+        return value * np.asarray(model(total), dtype=float) + R * share - cost * own**beta
+
+    best, best_value = maximise(utility_at, population.endowment[agents])
+    current = utility_at(x[agents][:, None])[:, 0]
+    return best, best_value - current - _GAIN_TOL * np.maximum(1.0, np.abs(current))
+
+
+def _follower_profile(x: np.ndarray, endowment: np.ndarray, R: float, iterations: int) -> FollowerEquilibrium:
+    """The :class:`FollowerEquilibrium` of contributions ``x`` (capped: within 1e-9 of n_i)."""
+    return FollowerEquilibrium(x, float(x.sum()), x > 0, x >= endowment * (1 - 1e-9), R, iterations)
 
 
 @dataclass(frozen=True)
@@ -338,7 +444,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     k = follower_equilibrium(c, 1.0, np.where(can, np.inf, 0.0)).total if closed else 0.0
     if closed and k > 0:
         X_star = float(value.argmax(1.0 / k)[0])
-        R_star = X_star / k
+        R_star = R_free = X_star / k  # the uncapped optimum, before any budget
         if budget is not None:
             R_star = min(R_star, float(budget))
         eq = follower_equilibrium(c, R_star, cap)
@@ -350,6 +456,8 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     # Caps bind (or a plain callable): grid, then bounded Brent around the best point.
     if budget is not None:
         R_max = float(budget)
+    elif closed and k > 0 and not np.all(np.isfinite(cap)):
+        R_max = _break_even(V, k, R_free)
     else:
         total_cap = float(np.sum(np.where(np.isfinite(cap), cap, 0.0)))
         if not np.all(np.isfinite(cap)):
@@ -375,15 +483,32 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     return LeaderSolution(R_best, eq.total, p, "numeric", eq)
 
 
+def _break_even(V: Callable[[float], float], k: float, best: float) -> float:
+    """The largest reward worth announcing when some agent has no cap: the root R above
+    the uncapped optimum ``best`` of V(k R) - R = V(0), k R being the uncapped total.
+    Caps only lower the total (X(R) <= k R; no counterexample in 3000 random capped
+    games), so beyond that root V(X(R)) - R < V(0), the profit of announcing nothing.
+    V concave: V(k R) - R - V(0) rises to ``best`` and then falls for good (the root is
+    bracketed by doubling, then found by brentq); 0 when ``best`` is 0."""
+    nothing = V(0.0)
+    if best <= 0:
+        return 0.0
+    high = 2.0 * best
+    while V(k * high) - high >= nothing:
+        high *= 2.0
+    return float(brentq(lambda R: V(k * R) - R - nothing, best, high))
+
+
 class StackelbergPricing:
     """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`
     (linear costs: games (1)-(3); convex costs c_i x**beta: game (4)).
 
     The server announces the total reward R (``reward``; by default the leader's optimum
-    of :func:`leader_reward` for ``value``: a ValueFunction, or "accuracy" for
-    V(X) = value_weight * a(X)); agents play the reward-only follower game (1) with their
-    costs c_i (utility per sample), capped by their endowments if ``respect_endowment``.
-    An agent whose utility there, v_i a(X) + R x_i / X - c_i x_i**beta - comm_i, falls
+    against the followers' game (5), for ``value``: a ValueFunction, or "accuracy" for
+    V(X) = value_weight * a(X)); agents, who receive the global model, play game (5)
+    (:func:`model_follower_equilibrium`) with their costs c_i (utility per sample), values
+    v_i and endowments. An agent whose utility there,
+    v_i a(X) + R x_i / X - c_i x_i**beta - comm_i, falls
     below its outside option leaves, and the game is replayed among those who stay, R
     included, until nobody leaves (:func:`~incentives.equilibrium.settle_participation`;
     with the default outside options 0 and no communication costs nobody leaves). Among
@@ -397,33 +522,54 @@ class StackelbergPricing:
     """
 
     def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
-                 budget: float | None = None, value_weight: float = 1.0,
-                 respect_endowment: bool = True, name: str = "stackelberg") -> None:
+                 budget: float | None = None, value_weight: float = 1.0, name: str = "stackelberg") -> None:
         self.value = value
         self.reward = reward
         self.budget = budget
         self.value_weight = value_weight
-        self.respect_endowment = respect_endowment
         self.name = name
         self._memo = None
         check_number("reward", reward, optional=True)
         check_number("budget", budget, optional=True)
         check_server_value(value, value_weight)
+        if isinstance(value, ValueFunction):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nothing = float(np.asarray(value(0.0)))
+            if not np.isfinite(nothing):
+                raise bad("value", value, f"a value finite at the total X = 0 (here V(0) = {nothing!r}): the leader "
+                          "compares each reward with announcing none")
 
     def _leader(self, population, model) -> LeaderSolution:
         """The reward announced to ``population``'s agents, all of them taking part, and
-        their followers' equilibrium."""
-        cap = np.asarray(population.endowment, float) if self.respect_endowment else None
+        their equilibrium of game (5): ``reward`` if given, else the R in [0, R_max]
+        maximising V(X(R)) - R (R_max: the budget, or V(sum_i n_i) - V(0), beyond which
+        no reward pays for itself; a grid of _LEADER_GRID rewards, refined by bounded
+        Brent search around the best)."""
         value = server_value(self.value, self.value_weight, model)
         if population.n_agents < 2:
             return _no_contest(population.n_agents, value)
+
+        def profit(R: float) -> tuple[float, FollowerEquilibrium]:
+            eq = model_follower_equilibrium(population, model, R)
+            return float(np.asarray(value(eq.total))) - R, eq
+
         if self.reward is not None:
-            eq = follower_equilibrium(population.cost, float(self.reward), cap,
-                                      cost_exponent=population.cost_exponent)
-            return LeaderSolution(float(self.reward), eq.total,
-                                  float(np.asarray(value(eq.total))) - float(self.reward), "given", eq)
-        return leader_reward(population.cost, value, budget=self.budget, capacity=cap,
-                             cost_exponent=population.cost_exponent)
+            worth, eq = profit(float(self.reward))
+            return LeaderSolution(float(self.reward), eq.total, worth, "given", eq)
+        R_max = (float(self.budget) if self.budget is not None else
+                 float(np.asarray(value(float(population.endowment.sum())))) - float(np.asarray(value(0.0))))
+        if R_max <= 0:
+            worth, eq = profit(0.0)
+            return LeaderSolution(0.0, eq.total, worth, "numeric", eq)
+        rewards = np.linspace(0.0, R_max, _LEADER_GRID)
+        values = np.array([profit(R)[0] for R in rewards])
+        j = int(np.argmax(values))
+        lo, hi = rewards[max(j - 1, 0)], rewards[min(j + 1, len(rewards) - 1)]
+        found = minimize_scalar(lambda R: -profit(R)[0], bounds=(lo, hi), method="bounded",
+                                options={"xatol": 1e-10 * max(1.0, hi)})
+        R_best = float(found.x) if -found.fun > values[j] else float(rewards[j])
+        worth, eq = profit(R_best)
+        return LeaderSolution(R_best, eq.total, worth, "numeric", eq)
 
     def _settled(self, population, model) -> tuple[LeaderSolution, Participation]:
         """The reward announced once exits settle (the last :meth:`_leader` of

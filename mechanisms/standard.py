@@ -70,7 +70,7 @@ class StandardFL:
         Where no root lies above the zero crossing, or the check fails, the profile comes
         from best-response iteration.
         """
-        participation = settle_participation(lambda pop: _nash_contributions(pop, model),
+        participation = settle_participation(lambda pop: nash_contributions(pop, model),
                                              lambda m, pop: self.allocate(m, pop, model), population)
         m = participation.contributions
         info = {
@@ -88,7 +88,7 @@ class StandardFL:
         )
 
 
-def _nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
+def nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
     """The equilibrium profile described in :meth:`StandardFL.solve`: the closed form where
     :func:`_holds` certifies it, else best-response iteration from it."""
     m = _linear_cost_contributions(population, model) if population.linear_costs else \

@@ -238,6 +238,16 @@ def test_calibration_just_above_the_zero_crossing():
     assert nothing.efficiency == pytest.approx(base.zero_crossing / 2000.0, rel=1e-12) and nothing(2000.0) < 1e-12
 
 
+def test_calibration_of_the_generalisation_bound_when_training_beats_its_asymptote():
+    """Measured accuracies at or above a_opt leave no point to invert exactly: the bound's
+    inverse of an empty array raised numpy's "cannot call vectorize on size 0 inputs"
+    from inside the loop's calibration. Now the largest efficiency allowed is taken."""
+    base = GeneralisationBound(0.9, 2.0)
+    assert base.inverse(np.array([])).shape == (0,) and base.marginal_inverse(np.array([])).shape == (0,)
+    for measured in (0.9, 0.95):
+        assert EffectiveData.calibrate(base, [1000.0], [measured]).efficiency == pytest.approx(1e3)
+
+
 def test_the_slope_at_the_zero_crossing_is_the_base_curves():
     """gamma * (zero_crossing / gamma) can round one unit below the base's zero crossing,
     where the base's slope is 0: for 17 of the gammas 0.01 ... 9.99 it was."""

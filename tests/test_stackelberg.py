@@ -1,12 +1,15 @@
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 from incentives.accuracy import PowerLaw
+from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import utility
-from mechanisms.contract import AccuracyValue, LogValue
-from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward
+from mechanisms.contract import AccuracyValue, LogValue, PowerLawValue
+from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward, model_follower_equilibrium
+from mechanisms.standard import StandardFL
 
 
 def max_deviation_gain(cost, reward, x, capacity=None, points=2001):
@@ -93,6 +96,24 @@ def test_without_a_budget_the_error_says_what_leaves_the_reward_unbounded():
         leader_reward([1.0], LogValue(10.0))
 
 
+def test_an_uncapped_agent_next_to_a_capped_one_has_a_leader_optimum():
+    """Costs (1, 1), caps (0.5, inf), V = 10 ln(1 + X): the caps bind at the uncapped
+    optimum, and the numeric search refused for want of a bound with an empty reason
+    ("... no capacity and  (no closed form ..."). By hand: agent 0 capped, agent 1's
+    condition R 0.5 / X^2 = 1 gives X = s = sqrt(R / 2), and the leader's
+    10 / (1 + s) / (4 s) = 1 gives s = (sqrt(11) - 1) / 2, R = 2 s^2 = 2.6834."""
+    sol = leader_reward([1.0, 1.0], LogValue(10.0), capacity=[0.5, np.inf])
+    s = (np.sqrt(11.0) - 1.0) / 2.0
+    assert sol.reward == pytest.approx(2 * s**2, rel=1e-6) and sol.total == pytest.approx(s, rel=1e-6)
+    assert sol.equilibrium.capped.tolist() == [True, False]
+
+
+def test_a_value_infinite_at_no_data_is_refused_by_the_mechanism():
+    with pytest.raises(ValueError, match=r"^value=PowerLawValue\(.*\): allowed is a value finite at the total X = 0 "
+                                         r"\(here V\(0\) = -inf\)"):
+        StackelbergPricing(PowerLawValue(100.0, 0.9, 3.0, 0.6))
+
+
 def test_active_set_is_the_prefix_rule():
     cost = np.array([1.0, 1.5, 2.0, 4.0, 9.0])
     eq = follower_equilibrium(cost, 10.0)
@@ -166,46 +187,83 @@ def test_a_lone_follower_is_rejected():
 
 
 # ----------------------------------------------------------------- the mechanism
+WORTHLESS = PowerLaw(0.9, 50.0, 0.5)  # a(X) = 0 below (50 / 0.9)^2 = 3086 samples: game (5) is game (1)
+
+
 def test_stackelberg_mechanism_on_a_population():
+    """Agents receive a model worth nothing on these totals, so they play game (1): R = 7,
+    x = (14/9, 7/9, 0) (the module docstring's example)."""
     pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=[10.0, 10.0, 10.0])
-    model = PowerLaw(0.9, 0.5, 0.5)
     mech = StackelbergPricing(LogValue(10.0))
     assert isinstance(mech, Mechanism)
-    out = mech.solve(pop, model)
-    np.testing.assert_allclose(out.contributions, [14 / 9, 7 / 9, 0.0])
-    assert out.info["reward"] == pytest.approx(7.0)
-    assert out.transfer.sum() == pytest.approx(7.0)
-    np.testing.assert_allclose(out.accuracy, model(7 / 3))
+    out = mech.solve(pop, WORTHLESS)
+    np.testing.assert_allclose(out.contributions, [14 / 9, 7 / 9, 0.0], rtol=1e-7)
+    assert out.info["reward"] == pytest.approx(7.0, rel=1e-7)
+    assert out.transfer.sum() == pytest.approx(7.0, rel=1e-7)
+    np.testing.assert_array_equal(out.accuracy, 0.0)
     assert out.delivery_target is None and np.all(out.participates)
-    alloc = mech.allocate(out.contributions, pop, model)
+    alloc = mech.allocate(out.contributions, pop, WORTHLESS)
     np.testing.assert_allclose(alloc.transfer, out.transfer)
     np.testing.assert_allclose(alloc.accuracy, out.accuracy)
 
 
-def test_an_agent_below_its_outside_option_leaves_and_the_game_is_replayed_without_it():
-    """c = (1, 2, 3), V = 10 ln(1 + X), a(X) = 0.9 - 0.5 X^-1/2: with everyone in, R = 7 and
-    agent 1 gets 7 (7/9) / (7/3) - 2 (7/9) + a(7/3) = 1.350, below its outside option 2;
-    it used to be kept in regardless. It leaves, and among costs (1, 3) by hand: k = 1/4,
-    R = 10 - 1/k = 6, X = 1.5, x_i = X - c_i X^2 / R = (1.125, 0.375); both stay (0.867 for
-    agent 2 against its outside option 0)."""
+def test_followers_who_receive_the_model_play_game_5():
+    """R = 7, c = (1, 2, 3), v = 1, a(X) = 0.9 - 0.5 X^-1/2 (a'(X) = X^-3/2 / 4). By hand:
+    the two cheaper agents' conditions x_i = X - (c_i - a'(X)) X^2 / R sum to
+    R = (3 - 2 a'(X)) X, and the third stays out, a'(X) + R / X < 3. Game (1) alone gave
+    (14/9, 7/9, 0), from which every agent gained by deviating."""
     model = PowerLaw(0.9, 0.5, 0.5)
-    everyone = StackelbergPricing(LogValue(10.0)).solve(Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=10.0),
-                                                        model)
-    assert everyone.transfer[1] - 2.0 * everyone.contributions[1] + everyone.accuracy[1] == pytest.approx(
-        7 / 3 - 14 / 9 + model(7 / 3), rel=1e-12)  # 1.350 < 2
+    pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=10.0)
+    slope = lambda X: X**-1.5 / 4  # noqa: E731
+    X = brentq(lambda X: (3 - 2 * slope(X)) * X - 7.0, 1.0, 10.0)
+    expected = [X - (1 - slope(X)) * X**2 / 7, X - (2 - slope(X)) * X**2 / 7, 0.0]
+    assert slope(X) + 7 / X < 3
+    mechanism = StackelbergPricing(LogValue(10.0), reward=7.0)
+    out = mechanism.solve(pop, model)
+    np.testing.assert_allclose(out.contributions, expected, rtol=1e-9)
+    assert out.contributions.sum() > 7 / 3  # game (1)'s total
+    assert verify_equilibrium(mechanism, out.contributions, pop, model).ok
+    classic = np.array([14 / 9, 7 / 9, 0.0])
+    assert not verify_equilibrium(mechanism, classic, pop, model).ok
+
+
+def test_a_server_valuing_accuracy_pays_no_reward_that_would_cut_the_data():
+    """Ten agents of costs about 1.5e-3 and a server valuing a(X): the leader used to
+    announce R = 0.124 against game (1), whose profile totalled 64.6 samples (standard FL
+    without any reward: 102.7) and from which every agent gained by deviating; under that
+    R the agents' own game totals 126.3. Now the leader plays against game (5), and its
+    outcome is an equilibrium with at least standard FL's data."""
+    pop = Population.sample(10, {"cost": {"dist": "lognormal", "mean": -6.5, "sigma": 0.5}, "endowment": 120,
+                                 "value": 1.0}, seed=0)
+    model = PowerLaw(0.95, 2.0, 0.5)
+    mechanism = StackelbergPricing("accuracy")
+    out = mechanism.solve(pop, model)
+    assert verify_equilibrium(mechanism, out.contributions, pop, model).ok
+    assert out.contributions.sum() >= StandardFL().solve(pop, model).contributions.sum() - 1e-6
+    fixed = model_follower_equilibrium(pop, model, 0.1244)
+    assert fixed.total == pytest.approx(126.28, abs=0.01)
+    assert verify_equilibrium(StackelbergPricing("accuracy", reward=0.1244), fixed.contributions, pop, model).ok
+
+
+def test_an_agent_below_its_outside_option_leaves_and_the_game_is_replayed_without_it():
+    """c = (1, 2, 3), V = 10 ln(1 + X), a model worth nothing: with everyone in, R = 7 and
+    agent 1 gets 7 (7/9) / (7/3) - 2 (7/9) = 0.778, below its outside option 2; it used
+    to be kept in regardless. It leaves, and among costs (1, 3) by hand: k = 1/4,
+    R = 10 - 1/k = 6, X = 1.5, x_i = X - c_i X^2 / R = (1.125, 0.375); both stay (0.375 for
+    agent 2 against its outside option 0)."""
     pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=10.0, outside_option=[0.0, 2.0, 0.0])
     mechanism = StackelbergPricing(LogValue(10.0))
-    out = mechanism.solve(pop, model)
+    out = mechanism.solve(pop, WORTHLESS)
     np.testing.assert_array_equal(out.participates, [True, False, True])
-    np.testing.assert_allclose(out.contributions, [1.125, 0.0, 0.375], rtol=1e-12)
-    assert out.info["reward"] == pytest.approx(6.0, rel=1e-12)
-    np.testing.assert_allclose(out.transfer, [4.5, 0.0, 1.5], rtol=1e-12)
-    np.testing.assert_allclose(out.accuracy, [model(1.5), 0.0, model(1.5)])
+    np.testing.assert_allclose(out.contributions, [1.125, 0.0, 0.375], rtol=1e-7)
+    assert out.info["reward"] == pytest.approx(6.0, rel=1e-7)
+    np.testing.assert_allclose(out.transfer, [4.5, 0.0, 1.5], rtol=1e-7)
     np.testing.assert_array_equal(out.info["active"], [True, False, True])
     kept = utility(pop, out.accuracy, out.contributions, out.transfer, out.participates)
-    np.testing.assert_allclose(kept, [4.5 - 1.125 + model(1.5), 2.0, 1.5 - 1.125 + model(1.5)])
+    np.testing.assert_allclose(kept, [4.5 - 1.125, 2.0, 1.5 - 1.125], rtol=1e-6)
     # the rule the audit plays on shares the reward announced to those who stay (6, not 7)
-    np.testing.assert_allclose(mechanism.allocate(out.contributions, pop, model).transfer, out.transfer, rtol=1e-12)
+    np.testing.assert_allclose(mechanism.allocate(out.contributions, pop, WORTHLESS).transfer, out.transfer,
+                               rtol=1e-12)
 
 
 def test_fewer_than_two_agents_hold_no_contest():
@@ -227,8 +285,8 @@ def test_a_fixed_reward_is_shared_as_the_followers_play_it():
     """reward=R skips the leader's choice: R = 4 on c = (1, 2, 3) prices out the third
     follower (X = 4/3, x = (8/9, 4/9, 0)), and the server's profit is V(X) - R."""
     pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=10.0)
-    out = StackelbergPricing(LogValue(10.0), reward=4.0).solve(pop, PowerLaw(0.9, 0.5, 0.5))
-    np.testing.assert_allclose(out.contributions, [8 / 9, 4 / 9, 0.0])
+    out = StackelbergPricing(LogValue(10.0), reward=4.0).solve(pop, WORTHLESS)
+    np.testing.assert_allclose(out.contributions, [8 / 9, 4 / 9, 0.0], rtol=1e-9)
     np.testing.assert_allclose(out.transfer, 4.0 * out.contributions / (4 / 3))
     assert out.info["reward"] == 4.0 and out.info["method"] == "given"
     assert out.info["server_profit"] == pytest.approx(10 * np.log1p(4 / 3) - 4.0)
@@ -239,8 +297,8 @@ def test_stackelberg_with_accuracy_value_and_endowments():
     pop = Population.from_lists(cost=[0.001, 0.002, 0.004, 0.008], endowment=[100.0, 300.0, 300.0, 300.0])
     out = StackelbergPricing("accuracy", value_weight=5.0).solve(pop, model)
     assert np.all(out.contributions <= pop.endowment + 1e-9)
-    sol = leader_reward(pop.cost, AccuracyValue(model, 5.0), capacity=pop.endowment)
-    assert out.info["reward"] == pytest.approx(sol.reward)
+    scan = [5.0 * model(model_follower_equilibrium(pop, model, R).total) - R for R in np.linspace(0.0, 2.0, 201)]
+    assert out.info["server_profit"] >= max(scan) - 1e-9  # the leader's R beats a dense grid of rewards
     assert out.info["server_profit"] >= 5.0 * model(0.0) - 1e-12  # never worse than paying nothing
 
 
