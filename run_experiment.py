@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import multiprocessing
 import os
@@ -23,9 +24,10 @@ import pickle
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,7 +53,8 @@ MULTIDIMENSIONAL_TRAITS = ("compute_cost", "comm_delay")
 STREAMS = ("population", "training", "valuation")
 # Keys --resume may change: they bound or pace the loop, say where the data files are,
 # or choose where and how training runs, but not what is measured (the data files are
-# checksummed). Any other change would mix two experiments in one run.
+# checksummed, and population.csv's bytes are compared with the run's: csv_sha256).
+# Any other change would mix two experiments in one run.
 RESUMABLE = ("loop.max_iterations", "loop.tolerance", *config_module.EXECUTION_KEYS)
 
 
@@ -113,9 +116,9 @@ def agents_from_csv(section: dict, seed: int) -> Population:
     try:
         header = csv_header(section)
         drawn = {trait: drawn_setting(section, trait) for trait in TRAITS if trait not in header}
-        population = Population.from_csv(section["csv"], missing=drawn, seed=seed)
+        population = Population.from_csv(csv_path(section), missing=drawn, seed=seed)
     except OSError as error:
-        raise ConfigError(f"{where}: {error.strerror or error}; allowed is a readable CSV file of agents") from None
+        raise unreadable_csv(section, error) from None
     except ValueError as error:  # "value=[...]", "cost.sigma=...", "value[2]=...": a drawn trait is a config key's
         said = str(error)
         config_key = any(said.startswith((f"{trait}=", f"{trait}.", f"{trait}[")) for trait in drawn)
@@ -129,10 +132,33 @@ def agents_from_csv(section: dict, seed: int) -> Population:
     return population
 
 
+def csv_path(section: dict) -> Path:
+    """The file ``population.csv`` names, a leading ``~`` being the user's home folder."""
+    return Path(section["csv"]).expanduser()
+
+
+def unreadable_csv(section: dict, error: OSError) -> ConfigError:
+    """The error for a ``population.csv`` that cannot be read (``error``)."""
+    return ConfigError(f"population.csv={section['csv']!r}: {error.strerror or error}; allowed is a readable CSV "
+                       "file of agents")
+
+
 def csv_header(section: dict) -> list[str]:
     """The column names of ``population.csv`` (OSError when it cannot be read)."""
-    with open(section["csv"], newline="", encoding=CSV_ENCODING) as handle:
+    with open(csv_path(section), newline="", encoding=CSV_ENCODING) as handle:
         return next(csv.reader(handle), [])
+
+
+def csv_sha256(section: dict) -> str | None:
+    """The sha256 (hex) of the bytes of ``population.csv``, which the checkpoint and the
+    manifest keep so that a resume can tell whether the file changed; None when the agents
+    are not read from a file. ConfigError naming population.csv when it cannot be read."""
+    if not section["csv"]:
+        return None
+    try:
+        return hashlib.sha256(csv_path(section).read_bytes()).hexdigest()
+    except OSError as error:
+        raise unreadable_csv(section, error) from None
 
 
 def csv_note(section: dict) -> str | None:
@@ -339,18 +365,23 @@ def build_oracle(config: dict, train, test, population: Population,
     )
 
 
-def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float]) -> None:
-    """Write the loop's state after an iteration with the config it was measured with and
-    the seconds spent so far (:func:`elapsed`), atomically: a crash never leaves half a file."""
+def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float],
+                    population_csv_sha256: str | None = None) -> None:
+    """Write the loop's state after an iteration with the config it was measured with, the
+    sha256 of population.csv's bytes (:func:`csv_sha256`; None without the file) and the
+    seconds spent so far (:func:`elapsed`), atomically: a crash never leaves half a file."""
     partial = folder / f"{CHECKPOINT}.partial"
     with partial.open("wb") as handle:
-        pickle.dump({"config": config, "result": result, "timings": timings}, handle)
+        pickle.dump({"config": config, "result": result, "timings": timings,
+                     "population_csv_sha256": population_csv_sha256}, handle)
     partial.replace(folder / CHECKPOINT)
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float]]:
+def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], str | None]:
     """(the config the checkpointed iterations were measured with, the loop's state, the
-    seconds they took: none in a checkpoint written before timings were kept)."""
+    seconds they took: none in a checkpoint written before timings were kept, the sha256
+    of population.csv's bytes: None without the file, or in a checkpoint written before
+    it was kept)."""
     path = folder / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
@@ -366,7 +397,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float]]:
         raise ConfigError(f"--resume {str(folder)!r}: its {CHECKPOINT} was written by an earlier version of "
                           "the program (without the config it measured, or one refitted a(m)); allowed is a "
                           "checkpoint of this version: run the experiment again")
-    return saved["config"], result, dict(saved.get("timings", {}))
+    return saved["config"], result, dict(saved.get("timings", {})), saved.get("population_csv_sha256")
 
 
 def elapsed(earlier: dict[str, float], start: float, loop_start: float) -> dict[str, float]:
@@ -379,10 +410,14 @@ def elapsed(earlier: dict[str, float], start: float, loop_start: float) -> dict[
     return {key: earlier.get(key, 0.0) + seconds for key, seconds in spent.items()}
 
 
-def check_resumable(saved: dict, config: dict, folder: Path) -> None:
+def check_resumable(saved: dict, config: dict, folder: Path, saved_csv: str | None = None,
+                    csv_now: str | None = None) -> None:
     """ConfigError naming the first key, outside ``RESUMABLE``, whose value in ``config``
     differs from ``saved``, the config the run in ``folder`` was measured with (kept in
-    its checkpoint: an edit of its config.toml is a change like any other)."""
+    its checkpoint: an edit of its config.toml is a change like any other); or naming
+    population.csv when its bytes changed since the run began: ``csv_now``, their sha256
+    now, differs from ``saved_csv``, the checkpoint's (None, as in a checkpoint written
+    before it was kept, is unknown and not checked)."""
     name = config_module.first_difference(saved, config, RESUMABLE)
     if name:
         section, key = name.split(".")
@@ -391,6 +426,9 @@ def check_resumable(saved: dict, config: dict, folder: Path) -> None:
             f"{name}={saved[section][key]!r}; allowed on --resume is a change of "
             f"{', '.join(RESUMABLE)} only (start a new run for a different experiment)"
         )
+    if saved_csv is not None and csv_now != saved_csv:
+        raise ConfigError(f"population.csv={config['population']['csv']!r}: the file changed since the run in "
+                          f"{str(folder)!r} began (its sha256 differs); allowed on --resume is the same file")
 
 
 def set_torch_threads(threads: int) -> None:
@@ -421,15 +459,21 @@ def load_training_data(data: dict):
         raise ConfigError(f"data.dataset={data['dataset']!r}: {message}") from None
 
 
-def check_endowments_fit(config: dict, population: Population, n_train: int) -> None:
-    """ConfigError, before any training, when the agents' endowments together exceed the
-    training pool: the ``n_train`` training samples less the validation split of
-    ``data.validation_fraction`` (:func:`fl.data.partition.holdout_size`). The oracle
-    refuses the same in its own words; here it is said in the config's."""
+def training_pool(data: dict, n_train: int) -> int:
+    """The samples the agents' endowments and the pilot curve draw from: the ``n_train``
+    training samples less the validation split of ``data.validation_fraction``
+    (:func:`fl.data.partition.holdout_size`), as the oracle's pool holds them."""
     from fl.data.partition import holdout_size
 
+    return n_train - holdout_size(n_train, data["validation_fraction"])
+
+
+def check_endowments_fit(config: dict, population: Population, n_train: int) -> None:
+    """ConfigError, before any training, when the agents' endowments together exceed the
+    training pool of the ``n_train`` training samples (:func:`training_pool`). The oracle
+    refuses the same in its own words; here it is said in the config's."""
     fraction = config["data"]["validation_fraction"]
-    pool = n_train - holdout_size(n_train, fraction)
+    pool = training_pool(config["data"], n_train)
     total = float(population.endowment.sum())
     if total > pool:
         section = config["population"]
@@ -438,6 +482,22 @@ def check_endowments_fit(config: dict, population: Population, n_train: int) -> 
         raise ConfigError(f"{key}: the agents' endowments total {total:.12g} samples; allowed is a total of at most "
                           f"{pool}, the {n_train} training samples of data.dataset={config['data']['dataset']!r} "
                           f"less the data.validation_fraction={fraction!r} held out")
+
+
+def check_against_the_data(config: dict, agents: Population, train) -> Population:
+    """The ``agents`` (:func:`agents_and_mechanisms`) with their label distributions
+    (:func:`with_label_distributions`), checked against ``train``, the training set, before
+    any training (ConfigError): the CSV's label columns against its classes, the agents'
+    endowments against its pool (:func:`check_endowments_fit`), and the pilot curve's
+    sizes against the same pool."""
+    population = with_label_distributions(agents, config["population"], config["data"], train.num_classes,
+                                          population_seed(config))
+    check_endowments_fit(config, population, len(train))
+    pool, pilot_sizes = training_pool(config["data"], len(train)), config["accuracy"]["pilot_sizes"]
+    if max(pilot_sizes) > pool:
+        raise ConfigError(f"accuracy.pilot_sizes={pilot_sizes!r}: allowed is sizes of at most {pool}, the "
+                          "training pool less the data.validation_fraction held out")
+    return population
 
 
 def stream_seeds(config: dict) -> dict[str, np.random.SeedSequence]:
@@ -486,18 +546,21 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
 
     With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
     and finished iterations are kept, their timings added to) and the run folder is
-    rewritten in place. ``quiet`` silences the progress bar and summary of this
-    invocation only: it is not written to the run's config.toml, so a resumed run shows
-    them unless asked again; ``experiment.progress = false`` hides the progress bar only.
+    rewritten in place; refused (:func:`check_resumable`) where the config changed in a
+    key outside ``RESUMABLE`` or population.csv's bytes changed. ``quiet`` silences the
+    progress bar and summary of this invocation only: it is not written to the run's
+    config.toml, so a resumed run shows them unless asked again; ``experiment.progress =
+    false`` hides the progress bar only.
     ``warn`` prints on stderr the lines :func:`agents_and_mechanisms` gives before
     training and the run's warnings (those its manifest keeps) as it ends; :func:`run_seeds`
     prints the former once before the first seed and every seed's warnings after the last."""
     from fl.executors import UnsupportedModel
 
     resumed, earlier = None, {}
+    csv_digest = csv_sha256(config["population"])  # population.csv's bytes as the run begins (or resumes)
     if resume_folder is not None:
-        measured, resumed, earlier = load_checkpoint(resume_folder)
-        check_resumable(measured, config, resume_folder)
+        measured, resumed, earlier, measured_csv = load_checkpoint(resume_folder)
+        check_resumable(measured, config, resume_folder, measured_csv, csv_digest)
         if config["loop"]["max_iterations"] < resumed.n_iterations:
             raise ConfigError(f"loop.max_iterations={config['loop']['max_iterations']!r}: the run in "
                               f"{str(resume_folder)!r} has finished {resumed.n_iterations} iterations; allowed on "
@@ -509,9 +572,7 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
         print(line, file=sys.stderr)
     training = config["training"]
     train, test = load_training_data(config["data"])
-    population = with_label_distributions(agents, config["population"], config["data"], train.num_classes,
-                                          population_seed(config))
-    check_endowments_fit(config, population, len(train))
+    population = check_against_the_data(config, agents, train)
     executor = build_executor(training["executor"], training["workers"])
     try:
         try:
@@ -523,21 +584,18 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
             message = str(error)
             raise ConfigError(f"data.{message}" if message.startswith("validation_fraction=")
                               else f"training: {message}") from None
-        pilot_sizes = config["accuracy"]["pilot_sizes"]
-        if max(pilot_sizes) > len(oracle.pool):
-            raise ConfigError(f"accuracy.pilot_sizes={pilot_sizes!r}: allowed is sizes of at most "
-                              f"{len(oracle.pool)}, the training pool less the data.validation_fraction held out")
         return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, earlier, start, quiet,
-                         warn)
+                         warn, csv_digest)
     finally:
         getattr(executor, "close", lambda: None)()
 
 
 def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
               resumed: LoopResult | None, earlier: dict[str, float], start: float, quiet: bool,
-              warn: bool) -> Path:
+              warn: bool, csv_digest: str | None) -> Path:
     """The loop, its checkpoints and the run folder (``run``'s second half); ``earlier``:
-    the timings of the invocations before a resume."""
+    the timings of the invocations before a resume; ``csv_digest``: population.csv's
+    sha256 (:func:`csv_sha256`), kept in the checkpoints and the manifest."""
     if resume_folder is None:
         experiment = config["experiment"]
         try:
@@ -581,7 +639,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
 
         def checkpoint(result) -> None:
             nonlocal finished
-            save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start))
+            save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
             finished = result.n_iterations
 
         try:
@@ -602,7 +660,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     try:
         summaries, suspect = write_run(folder, config, result, mechanisms, loop.agents_under(result.fit),
                                        elapsed(earlier, start, loop_start), config["training"]["device"],
-                                       {"partition_notes": list(oracle.partition_notes)}, raised=said)
+                                       {"partition_notes": list(oracle.partition_notes),
+                                        "population_csv_sha256": csv_digest}, raised=said)
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
         raise Interrupted(stopped("interrupted while writing the report", folder, result.n_iterations, created,
                                   f"--resume {str(folder)!r} writes their report")) from None
@@ -693,8 +752,11 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     """One run folder per seed of ``seeds`` (the config at ``path`` with ``overrides`` and
     experiment.seed set), then their seeds folder (:func:`analysis.seeds.aggregate_runs`);
     return that. Every seed's config, agents and mechanisms are checked before the first
-    runs, and the notes and warnings they give are printed once. ``jobs`` > 1
-    runs up to that many seeds at once, each in its own process (:func:`run_in_processes`)."""
+    runs (:func:`agents_and_mechanisms`), the notes and warnings they give are printed once,
+    and, the dataset loaded once, every seed's agents are checked against it
+    (:func:`check_against_the_data`: their endowments and the pilot sizes fit the training
+    pool); a refusal names its seed. ``jobs`` > 1 runs up to that many seeds at once, each
+    in its own process (:func:`run_in_processes`)."""
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: allowed is each seed once")
     if any(config_module.parse_override(text)[:2] == ("experiment", "seed") for text in overrides):
@@ -702,14 +764,19 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: allowed is an integer >= 1")
     configs = [config_module.load(path, [*overrides, f"experiment.seed={seed}"]) for seed in seeds]
-    said = {}  # the seeds differ in their draws only: the same notes and warnings, said once
+    said, agents = {}, []  # the seeds differ in their draws only: the same notes and warnings, said once
     for seed, config in zip(seeds, configs):  # a population's draws may fail for some seeds only
-        try:
-            said.update(dict.fromkeys(agents_and_mechanisms(config)[2]))
-        except ConfigError as error:
-            raise ConfigError(f"{error} (seed {seed}); no seed has run") from None
+        with refused_before_any_seed(seed):
+            drawn, _, notes = agents_and_mechanisms(config)
+        agents.append(drawn)
+        said.update(dict.fromkeys(notes))
     for line in said:
         print(line, file=sys.stderr)
+    train, _ = load_training_data(configs[0]["data"])  # the seeds' data keys are the same
+    for seed, config, drawn in zip(seeds, configs, agents):
+        with refused_before_any_seed(seed):
+            check_against_the_data(config, drawn, train)
+    del train, agents
     if jobs > 1:
         folders = run_in_processes(dict(zip(seeds, configs)), jobs, quiet)
     else:
@@ -735,35 +802,55 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     return out
 
 
+@contextlib.contextmanager
+def refused_before_any_seed(seed: int):
+    """A ConfigError raised inside, with ``seed`` and that no seed has run said after it."""
+    try:
+        yield
+    except ConfigError as error:
+        raise ConfigError(f"{error} (seed {seed}); no seed has run") from None
+
+
 def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[Path]:
-    """Run each seed's config (``configs``: {seed: config}) in a pool of ``jobs`` spawned
-    processes, each run quiet; return the run folders in seed order. The first seed that
-    fails (training diverged) or a Ctrl-C stops the seeds not yet started; the running
-    ones finish, or on Ctrl-C stop at their last checkpoint. Then one ConfigError or
-    Interrupted names what stopped, the seeds finished and how to resume the interrupted."""
+    """Run each seed's config (``configs``: {seed: config}, in that order) in a pool of
+    ``jobs`` spawned processes, each run quiet; return the run folders in seed order. A
+    seed is handed to the pool only when a process is free for it, so the first seed that
+    fails (refused at its start, training diverged) or a Ctrl-C stops the seeds not yet
+    started; the running ones finish, or on Ctrl-C stop at their last checkpoint. Then
+    one ConfigError or Interrupted names what stopped, the seeds finished and how to
+    resume the interrupted."""
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
+    waiting = iter(configs.items())
+    running, settled = {}, {}  # {future: seed}, {seed: its future, done}
+    stopping = cut_short = False
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupts,
                                mp_context=multiprocessing.get_context("spawn"))
-    pending = {pool.submit(_run_seed, config, blas_threads): seed for seed, config in configs.items()}
-    cut_short = False
     try:
-        for future in as_completed(pending):
-            if future.cancelled():
-                continue
-            error = future.exception()
-            if error is None:
-                if not quiet:
-                    print(f"seed {pending[future]}: {future.result()}", flush=True)
-            elif isinstance(error, (Interrupted, ConfigError)):  # stop the seeds not yet started
-                pool.shutdown(wait=False, cancel_futures=True)
-            else:
-                raise error  # a defect, not a user's mistake: its traceback
+        while True:
+            while not stopping and len(running) < workers:  # at most one seed a process: none queued
+                seed, config = next(waiting, (None, None))
+                if config is None:
+                    break
+                running[pool.submit(_run_seed, config, blas_threads)] = seed
+            if not running:
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                seed = running.pop(future)
+                settled[seed] = future
+                error = future.exception()
+                if error is None:
+                    if not quiet:
+                        print(f"seed {seed}: {future.result()}", flush=True)
+                elif isinstance(error, (Interrupted, ConfigError)):  # no further seed starts
+                    stopping = True
+                else:
+                    raise error  # a defect, not a user's mistake: its traceback
     except KeyboardInterrupt:  # the running workers got the signal too, and stop at their last checkpoint
         cut_short = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    settled = {seed: future for future, seed in pending.items() if future.done() and not future.cancelled()}
+        _shut_down(pool)
+    settled.update({seed: future for future, seed in running.items() if future.done() and not future.cancelled()})
     folders = {seed: future.result() for seed, future in settled.items() if future.exception() is None}
     stops = {seed: future.exception() for seed, future in settled.items()
              if isinstance(future.exception(), (Interrupted, ConfigError))}
@@ -773,6 +860,20 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
         kind = ConfigError if any(isinstance(stop, ConfigError) for stop in stops.values()) else Interrupted
         raise kind(f"{'interrupted; ' if cut_short else ''}{said}the seeds finished: {finished}")
     return [folders[seed] for seed in configs]
+
+
+def _shut_down(pool: ProcessPoolExecutor) -> None:
+    """Wait for ``pool``'s running seeds to end, then close it. A further Ctrl-C meanwhile
+    is ignored here (it used to break the wait with a traceback and leak the pool's
+    semaphores): the workers get it too, and a running seed stops at its last checkpoint."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set a handler
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _ignore_interrupts() -> None:

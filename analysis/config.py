@@ -68,12 +68,25 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+#: what ``--seeds`` appends to experiment.name for its seeds folder (``analysis.seeds.aggregate_runs``)
+SEEDS_SUFFIX = "-seeds"
+#: the longest folder name made of experiment.name: the seeds folder, its timestamp and a
+#: counter of up to two digits (``analysis.report.make_run_folder``), in a file name of 255 bytes
+LONGEST_FOLDER = f"<name>{SEEDS_SUFFIX}-YYYYmmdd-HHMMSS-NN"
+MAX_NAME_BYTES = 255 - len(LONGEST_FOLDER.encode("utf-8")) + len("<name>")
+
+
 def _folder_name(value: str) -> str | None:
-    """A name that keeps the run folder <output_dir>/<name>-<timestamp> inside the output directory."""
-    if value and not any(part in value for part in ("/", "\\", "..")) and value.isprintable():
-        return None
-    return ("allowed is a non-empty name of printable characters without '/', '\\' or '..' (the run folder goes "
-            "inside experiment.output_dir)")
+    """A name that keeps the run folder <output_dir>/<name>-<timestamp> inside the output
+    directory, short enough in UTF-8 for the longest folder made of it (:data:`LONGEST_FOLDER`)."""
+    if not (value and not any(part in value for part in ("/", "\\", "..")) and value.isprintable()):
+        return ("allowed is a non-empty name of printable characters without '/', '\\' or '..' (the run folder "
+                "goes inside experiment.output_dir)")
+    size = len(value.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return (f"allowed is a name of at most {MAX_NAME_BYTES} bytes in UTF-8 (this one has {size}), so that the "
+                f"seeds folder {LONGEST_FOLDER} fits in a file name of 255 bytes")
+    return None
 
 
 def _at_least_one(value: Any) -> str | None:

@@ -4,7 +4,8 @@ Layout (see DESIGN.md)::
 
     runs/<name>-<timestamp>/
         config.toml        the resolved configuration (every key)
-        manifest.json      versions, seed, git commit, device, timings
+        manifest.json      versions, seed, git commit and whether tracked files differed from it,
+                           population.csv's sha256, device, timings
         metrics.csv        long format: iteration, mechanism, agent, quantity, value
         summary.csv        headline metrics, one row per mechanism
         agents.csv         per-agent table of the last iteration of each mechanism
@@ -66,9 +67,10 @@ HEADLINE = [
 
 def make_run_folder(output_dir: str | Path, name: str) -> Path:
     """Create ``<output_dir>/<name>-<timestamp>`` (suffixing a counter if it exists; the
-    creation is the test, so runs started at once in several processes get a folder each)."""
+    creation is the test, so runs started at once in several processes get a folder each);
+    a leading ``~`` of ``output_dir`` is the user's home folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(output_dir) / f"{name}-{stamp}"
+    base = Path(output_dir).expanduser() / f"{name}-{stamp}"
     base.parent.mkdir(parents=True, exist_ok=True)
     folder, counter = base, 1
     while True:
@@ -81,13 +83,27 @@ def make_run_folder(output_dir: str | Path, name: str) -> Path:
     return folder
 
 
-def _git_commit() -> str:
+def _git(*arguments: str) -> str | None:
+    """The output of ``git arguments`` in this program's repository; None where git or the
+    repository is missing, or the command fails."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", *arguments], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit() -> str:
+    """The commit checked out (``git rev-parse HEAD``), or "unknown"."""
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit checked out (edited, staged or deleted;
+    untracked files, as ``git describe --dirty``, do not count); None where git cannot tell."""
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")  # no index write
+    return None if status is None else bool(status)
 
 
 def _versions() -> dict[str, str]:
@@ -107,6 +123,7 @@ def write_manifest(folder: Path, config: dict, timings: dict[str, float], device
         "command": sys.argv,
         "seed": config["experiment"]["seed"],
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "device": device,
         "platform": platform.platform(),
         "versions": _versions(),

@@ -32,6 +32,7 @@ import html
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from scipy import special
@@ -64,7 +65,8 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     mechanisms = list(summaries[0])  # the same in every run: mechanisms.compare is one of the configs' keys
     seeds = [config["experiment"]["seed"] for config in configs]
     first = configs[0]["experiment"]
-    out = make_run_folder(first["output_dir"] if output_dir is None else output_dir, f"{first['name']}-seeds")
+    out = make_run_folder(first["output_dir"] if output_dir is None else output_dir,
+                          first["name"] + config_module.SEEDS_SUFFIX)
     metrics = list(summaries[0][mechanisms[0]])
     values = {(name, key): np.array([summary[name][key] for summary in summaries])
               for name in mechanisms for key in metrics}
@@ -168,6 +170,13 @@ def mean_and_spread(spread: dict[str, float], number: str, sign: str = "±") -> 
     return mean if np.isnan(spread["std"]) else f"{mean} {sign} {number.format(spread['std'])}"
 
 
+def _href(path: Path, start: Path) -> str:
+    """The relative URL of ``path`` from the folder ``start``: its relative path with '/'
+    between the parts and each part URL-quoted, so that a '#', '%' or '?' in a folder's
+    name is a character of the name, not a fragment, an escape or a query."""
+    return quote(Path(os.path.relpath(path, start)).as_posix())
+
+
 def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], mechanisms: list[str],
                   values: dict[tuple[str, str], np.ndarray], warnings: list[list[str]]) -> None:
     rows = [{"metric": label, **{m: _cell(values[m, key], fmt) for m in mechanisms}}
@@ -183,7 +192,7 @@ def _write_report(out: Path, name: str, seeds: list[int], folders: list[Path], m
                        "std": "-" if np.isnan(spread["std"]) else spread["std"],
                        "95% interval of the mean": interval,
                        f"higher than {reference} in": f"{int(np.sum(difference > 0))} of {len(seeds)} seeds"})
-    links = "".join(f'<li>seed {seed}: <a href="{html.escape(os.path.relpath(folder / "report.html", out))}">'
+    links = "".join(f'<li>seed {seed}: <a href="{html.escape(_href(folder / "report.html", out))}">'
                     f"{html.escape(folder.name)}</a></li>" for seed, folder in zip(seeds, folders))
     said = "".join(f'<p class="warning">Warning: seed {seed}: {html.escape(warning)}</p>'
                    for seed, seed_warnings in zip(seeds, warnings) for warning in seed_warnings)

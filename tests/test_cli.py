@@ -2,11 +2,14 @@
 and exit status 2 with one line for a user mistake."""
 
 import csv
+import hashlib
 import json
 import pickle
 import re
 import shutil
+import subprocess
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +54,12 @@ def test_resolved_config_and_manifest(run_folder):
     converged = manifest["loop"]["converged"]
     assert [w.split(" (")[0] for w in manifest["warnings"]] == (
         [] if converged else ["the loop stopped at loop.max_iterations=2 before the contributions settled"])
+    # the commit, and whether tracked files differed from it (as `git diff HEAD` tells)
+    root = Path(run_experiment.__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    edited = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode == 1
+    assert manifest["git_commit"] == head and manifest["git_dirty"] is edited
+    assert manifest["population_csv_sha256"] is None  # the agents were drawn, not read from a file
 
 
 def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
@@ -639,3 +648,54 @@ def test_warnings_the_mechanisms_raise_become_the_runs_warnings_once_each():
     with pytest.warns(RuntimeWarning, match="overflow in exp"):
         said = run_experiment.mechanism_warnings(raised)
     assert said == ["shapley (estimator='loo', budget=1.0): best responses did not settle"]
+
+
+def test_resume_refuses_a_population_csv_that_changed_since_the_run_began(tmp_path, capsys):
+    """The checkpoint compared configs only, which hold the CSV's path: a file edited between
+    the run and its resume mixed two populations in one run folder. Its sha256 is kept in
+    the checkpoint and the manifest; a checkpoint written before it was kept still resumes."""
+    agents = tmp_path / "agents.csv"
+    first = "cost,endowment\n0.001,60\n0.002,50\n0.0015,70\n"
+    agents.write_text(first)
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "population."))]
+    out = tmp_path / "runs"
+    assert run_experiment.main(["--quiet", *settings, f"--set=population.csv='{agents}'",
+                                "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{out}'"]) == 0
+    (folder,) = out.iterdir()
+    digest = hashlib.sha256(first.encode()).hexdigest()
+    assert json.loads((folder / "manifest.json").read_text())["population_csv_sha256"] == digest
+    checkpoint = (folder / "checkpoint.pkl").read_bytes()
+    agents.write_text("cost,endowment\n0.5,60\n0.9,50\n0.7,70\n")  # edited after the run
+    capsys.readouterr()
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 2
+    assert capsys.readouterr().err == (f"error: population.csv={str(agents)!r}: the file changed since the run in "
+                                       f"{str(folder)!r} began (its sha256 differs); allowed on --resume is the "
+                                       "same file\n")
+    assert (folder / "checkpoint.pkl").read_bytes() == checkpoint
+    agents.write_text(first)
+    saved = pickle.loads(checkpoint)
+    del saved["population_csv_sha256"]  # as a checkpoint of the version before the hash: unknown, not a mismatch
+    (folder / "checkpoint.pkl").write_bytes(pickle.dumps(saved))
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 0
+    with (folder / "checkpoint.pkl").open("rb") as handle:
+        assert pickle.load(handle)["population_csv_sha256"] == digest
+
+
+def test_a_home_relative_output_dir_and_population_csv_are_expanded(tmp_path, monkeypatch):
+    """experiment.output_dir = "~/runs" made a folder literally named "~" in the working
+    directory, and population.csv = "~/agents.csv" was not found."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (home / "agents.csv").write_text("cost,endowment\n0.001,60\n0.002,50\n0.0015,70\n")
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "population."))]
+    assert run_experiment.main(["--quiet", *settings, "--set=population.csv='~/agents.csv'",
+                                "--set=experiment.output_dir='~/runs'", "--set=loop.max_iterations=1"]) == 0
+    assert not any(work.iterdir())
+    (folder,) = (home / "runs").iterdir()
+    assert (folder / "report.html").is_file()
+    with (folder / "agents.csv").open() as handle:
+        assert {float(row["endowment"]) for row in csv.DictReader(handle)} == {60.0, 50.0, 70.0}

@@ -66,6 +66,10 @@ def test_override_sets_one_entry_of_a_table():
     ('experiment.name="a\\\\b"', "experiment.name='a\\\\b': allowed is a non-empty name of printable characters"),
     ("experiment.name=''", "experiment.name='': allowed is a non-empty name"),
     ("experiment.name='..'", "experiment.name='..': allowed is a non-empty name"),
+    (f"experiment.name='{'n' * 231}'", f"experiment.name='{'n' * 231}': allowed is a name of at most 230 bytes in "
+     "UTF-8 (this one has 231), so that the seeds folder <name>-seeds-YYYYmmdd-HHMMSS-NN fits in a file name of "
+     "255 bytes"),
+    (f"experiment.name='{'é' * 116}'", "allowed is a name of at most 230 bytes in UTF-8 (this one has 232)"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as error:

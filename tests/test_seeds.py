@@ -4,11 +4,14 @@ import csv
 import html
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
 
 import numpy as np
 import pytest
@@ -230,3 +233,74 @@ def test_seed_mistakes_exit_2_with_one_line(arguments, fragment, capsys, tmp_pat
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
     assert not list((tmp_path / "out").glob("*"))  # nothing measured, nothing kept
+
+
+def test_a_seed_refused_at_its_start_stops_the_seeds_not_yet_started(tmp_path):
+    """Two processes, four seeds, the first refused as it starts (its endowments exceed the
+    training pool): the seed running beside it finishes and the two not yet started never
+    run. All were submitted up front, and the pool's call queue ran seed 2 all the same."""
+    good = config_module.load(None, [*FAST, f"experiment.output_dir='{tmp_path}'"])
+    configs = {seed: {**good, "experiment": {**good["experiment"], "seed": seed}} for seed in (1, 0, 2, 3)}
+    configs[1]["population"] = {**good["population"], "endowment": 1000}
+    with pytest.raises(config_module.ConfigError) as error:
+        run_experiment.run_in_processes(configs, 2, quiet=True)
+    folders = {config_module.load(f / "config.toml")["experiment"]["seed"]: f for f in tmp_path.iterdir()}
+    assert set(folders) == {0} and (folders[0] / "report.html").is_file()
+    assert str(error.value) == ("seed 1: population.endowment=1000 with population.n_agents=4: the agents' "
+                                "endowments total 4000 samples; allowed is a total of at most 1222, the 1438 "
+                                "training samples of data.dataset='digits' less the data.validation_fraction=0.15 "
+                                f"held out; the seeds finished: {folders[0]} (seed 0)")
+
+
+def test_every_seeds_endowments_are_checked_against_the_data_before_any_seed_runs(tmp_path, capsys):
+    """Lognormal endowments whose draw for seed 1 exceeds the training pool: refused with
+    its seed before seeds 0 and 2 (listed first) train; they used to train fully first."""
+    out = tmp_path / "out"
+    endowment = "--set=population.endowment={dist='lognormal', mean=5.6, sigma=0.4}"
+    assert cli(*(f"--set={o}" for o in FAST), endowment, f"--set=experiment.output_dir='{out}'",
+               "--seeds", "0", "2", "1", "3") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: population.endowment={'dist': 'lognormal', 'mean': 5.6, 'sigma': 0.4} with "
+                          "population.n_agents=4: the agents' endowments total ")
+    assert err.endswith("less the data.validation_fraction=0.15 held out (seed 1); no seed has run\n")
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def copies(runs: list[Path], where: Path, name: str) -> list[Path]:
+    """Copies of the run folders ``runs`` under ``where``, named ``name``-0, ``name``-1 ...,
+    their configs' experiment.name set to ``name``."""
+    made = []
+    for k, run in enumerate(runs):
+        copy = where / f"{name}-{k}"
+        shutil.copytree(run, copy)
+        config = config_module.load(copy / "config.toml", [f"experiment.name={json.dumps(name)}"])
+        (copy / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
+        made.append(copy)
+    return made
+
+
+def test_the_seeds_reports_links_resolve_whatever_the_name(three_seeds, tmp_path):
+    """A name with '#', '%' or '?' broke the links to each seed's report: they were
+    HTML-escaped but not URL-quoted, so a browser read '#2 50%...' as a fragment."""
+    runs, _ = three_seeds
+    out, _ = aggregate_runs(copies(runs, tmp_path, "trial#2 50%?"), tmp_path / "seeds")
+    report = out / "report.html"
+    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"', report.read_text(encoding="utf-8"))]
+    assert len(hrefs) == 3
+    for href in hrefs:  # as a browser resolves them
+        url = urlsplit(urljoin(report.resolve().as_uri(), href))
+        assert (url.query, url.fragment) == ("", "") and Path(unquote(url.path)).is_file(), href
+
+
+def test_the_longest_name_allowed_fits_the_seeds_folder(three_seeds, tmp_path):
+    """A name of 236 bytes fit a run folder but not <name>-seeds-<timestamp>: every seed
+    trained, then an OSError. experiment.name is held to what the seeds folder fits,
+    with its counter of two digits, in a file name of 255 bytes."""
+    runs, _ = three_seeds
+    longest = "é" * (config_module.MAX_NAME_BYTES // 2) + "n" * (config_module.MAX_NAME_BYTES % 2)
+    assert len(longest.encode()) == config_module.MAX_NAME_BYTES
+    out, _ = aggregate_runs(copies(runs[:2], tmp_path, longest), tmp_path / "seeds")
+    assert len(f"{out.name}-99".encode()) == 255
+    with pytest.raises(config_module.ConfigError, match=rf"experiment.name='{longest}n': allowed is a name of at "
+                                                        rf"most {config_module.MAX_NAME_BYTES} bytes in UTF-8"):
+        config_module.load(None, [f"experiment.name='{longest}n'"])
