@@ -8,7 +8,7 @@ Layout (see DESIGN.md)::
                            population.csv's sha256, device, timings
         metrics.csv        long format: iteration, mechanism, agent, quantity, value
         summary.csv        headline metrics, one row per mechanism
-        agents.csv         per-agent table of the last iteration of each mechanism
+        agents.csv         per-agent table of the last iteration of each mechanism (with names, where given)
         audit.csv          per-agent audit: IR shortfall, deviation and misreport gains with the
                            contribution (or ``leaves``) and the report achieving them, rents
         learning_curve.csv every measured (size, accuracy) point, by source (the pilot or a
@@ -173,6 +173,19 @@ def agent_rows(result: LoopResult, population: Population, phi: Phi | None = Non
                 "local_utility": record.local_utility[i],
             })
     return rows
+
+
+def named(rows: list[dict], population: Population) -> list[dict]:
+    """``rows`` of a per-agent table (an ``agent`` index each) with the agent's name after
+    the index, where the population has names (a CSV's ``name`` column); else as they are."""
+    if population.names is None:
+        return rows
+    out = []
+    for row in rows:
+        items = list(row.items())
+        after = list(row).index("agent") + 1
+        out.append(dict(items[:after] + [("name", population.names[row["agent"]])] + items[after:]))
+    return out
 
 
 def learning_curve_rows(result: LoopResult) -> list[dict]:
@@ -490,12 +503,12 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     optimum = social_optimum(population, result.fit, phi)
     summaries = {name: summarise(record, population, result.fit, audits[name], phi, optimum)
                  for name, record in result.final().items()}
-    agents = agent_rows(result, population, phi)
+    agents = named(agent_rows(result, population, phi), population)
     (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
     write_csv(folder / "metrics.csv", list(result.long_rows()))
     write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
     write_csv(folder / "agents.csv", agents)
-    write_csv(folder / "audit.csv", [row for a in audits.values() for row in a.rows()])
+    write_csv(folder / "audit.csv", named([row for a in audits.values() for row in a.rows()], population))
     write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
     write_report(folder, config, result, population, summaries, figures, agents, warnings, audits)

@@ -699,3 +699,21 @@ def test_a_home_relative_output_dir_and_population_csv_are_expanded(tmp_path, mo
     assert (folder / "report.html").is_file()
     with (folder / "agents.csv").open() as handle:
         assert {float(row["endowment"]) for row in csv.DictReader(handle)} == {60.0, 50.0, 70.0}
+
+
+def test_the_agents_names_of_a_csv_reach_the_per_agent_tables(tmp_path):
+    """A CSV's ``name`` column named nobody in the run folder: agents.csv, audit.csv and the
+    report's per-agent table listed indices only. Now each row carries its agent's name."""
+    agents = tmp_path / "agents.csv"
+    agents.write_text("name,cost,endowment\nHôpital,0.001,60\nclinic 2,0.002,50\nlab,0.0015,70\n", encoding="utf-8")
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "population."))]
+    out = tmp_path / "runs"
+    assert run_experiment.main(["--quiet", *settings, f"--set=population.csv='{agents}'",
+                                "--set=loop.max_iterations=1", f"--set=experiment.output_dir='{out}'"]) == 0
+    (folder,) = out.iterdir()
+    for table in ("agents.csv", "audit.csv"):
+        with (folder / table).open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            assert reader.fieldnames[:3] == ["mechanism", "agent", "name"]
+            assert {(row["agent"], row["name"]) for row in reader} == {("0", "Hôpital"), ("1", "clinic 2"), ("2", "lab")}
+    assert "<td>Hôpital</td>" in (folder / "report.html").read_text(encoding="utf-8")
