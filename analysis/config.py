@@ -89,6 +89,15 @@ def _folder_name(value: str) -> str | None:
     return None
 
 
+def _home_path(value: str) -> str | None:
+    """A path whose leading ``~`` (or ``~user``), if any, names a home folder this machine knows."""
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        return "allowed is a path whose leading '~' names a known user's home folder"
+    return None
+
+
 def _at_least_one(value: Any) -> str | None:
     return None if math.isfinite(value) and value >= 1 else "allowed is a finite number >= 1"
 
@@ -173,12 +182,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
         "name": Key(str, "experiment", _folder_name),
         "seed": Key(int, 0, _non_negative),
-        "output_dir": Key(str, "runs"),
+        "output_dir": Key(str, "runs", _home_path),
         "progress": Key(bool, True),
     },
     "population": {
         "n_agents": Key(int, 10, _positive),
-        "csv": Key(str, ""),
+        "csv": Key(str, "", _home_path),
         "cost": Key(TRAIT, {"dist": "lognormal", "mean": -6.0, "sigma": 0.6}, _distribution),
         "endowment": Key(TRAIT, 120, _distribution),
         "value": Key(TRAIT, 1.0, _distribution),
@@ -194,7 +203,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "data": {
         "dataset": Key(str, "digits"),
-        "root": Key(str, ""),
+        "root": Key(str, "", _home_path),
         "download": Key(bool, False),
         "partition": Key(str, "dirichlet", _one_of(*PARTITIONS)),
         "alpha": Key((int, float), 1.0, _positive),

@@ -22,7 +22,7 @@ For one mechanism's record (its last loop iteration):
   with more accuracy than the pilot curve, gamma > 1, or where the planner's local
   search, beyond 1024 participation plans, stops short of the optimum), 1 when the
   equilibrium is efficient (also where both are 0), infinite when S(equilibrium) <= 0
-  below the optimum (e.g. a money contract, where the server keeps the model; with
+  and the two differ (e.g. a money contract, where the server keeps the model; with
   negative outside options both may be negative). The equilibrium is the one the
   mechanism's solver selects (shaping's largest total, for one), not the worst of
   several, as the textbook price of anarchy would take;
@@ -68,7 +68,9 @@ def free_riding_rate(contributions, local_optimum_m, receives=True) -> float:
 
 def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> float:
     """W(opt) / W(eq); 1 where the two are equal (0 and 0 included: nothing is lost),
-    infinite where the equilibrium welfare is not positive and the optimum's is larger."""
+    infinite wherever the equilibrium welfare is not positive and differs from the
+    optimum's (also where it is the higher, which needs negative outside options and a
+    planner's search stopped short)."""
     if np.isclose(optimal_welfare, equilibrium_welfare, rtol=1e-12, atol=1e-12):
         return 1.0
     return float(optimal_welfare / equilibrium_welfare) if equilibrium_welfare > 0 else float("inf")

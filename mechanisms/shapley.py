@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import inspect
 import itertools
 import math
 import warnings
@@ -708,8 +709,9 @@ def fedsv(
     model reconstructed from the updates of S subset I_t; a client not selected in
     round t gets phi_i^t = 0. Each round's values come from ``estimator`` (any of this
     module's, with ``options``); with ``gtg_shapley`` this is GTG-Shapley's multi-round
-    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A ``seed`` in ``options``
-    seeds each round with its own stream of it (:func:`_round_options`). Efficiency,
+    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A seeded estimator's
+    ``seed`` (in ``options``, or its default) seeds each round with its own stream of it
+    (:func:`_round_options`). Efficiency,
     sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
     Monte Carlo values and for GTG-Shapley up to its ``eps``, not for leave-one-out or
     the stratified estimate. Returns (n_clients,) values and the evaluations and
@@ -730,22 +732,25 @@ def fedsv(
         batch = ({"batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
                  if hasattr(game, "utilities") else {})  # this round's game's, never a previous round's
         estimate = estimator(lambda local, game=game, ids=ids: game.utility(ids(local)), len(clients),
-                             **_round_options(options, t), **batch)
+                             **_round_options(estimator, options, t), **batch)
         values[list(clients)] += estimate.values
         n_evaluations += estimate.n_evaluations
         n_permutations += estimate.n_permutations
     return ShapleyEstimate(values, n_evaluations, n_permutations)
 
 
-def _round_options(options: dict, t: int) -> dict:
-    """``options`` for round t: a ``seed`` becomes round t's own stream of it (its
-    SeedSequence child with spawn key (t,), as an integer), so that the rounds' sampled
-    orderings or coalitions are independent and their errors average out over the rounds
-    instead of repeating (the same seed would draw the same ones in every round of equal size)."""
-    if "seed" not in options:
+def _round_options(estimator: Callable[..., ShapleyEstimate], options: dict, t: int) -> dict:
+    """``options`` for round t: the ``seed`` of a seeded estimator (given, or its default)
+    becomes round t's own stream of it (its SeedSequence child with spawn key (t,), as an
+    integer), so that the rounds' sampled orderings or coalitions are independent and
+    their errors average out over the rounds instead of repeating (the same seed would
+    draw the same ones in every round of equal size)."""
+    parameter = inspect.signature(estimator).parameters.get("seed")
+    if parameter is None:
         return options
-    check_integer("seed", options["seed"], least=0)
-    child = np.random.SeedSequence(options["seed"], spawn_key=(t,))
+    seed = options.get("seed", parameter.default)
+    check_integer("seed", seed, least=0)
+    child = np.random.SeedSequence(seed, spawn_key=(t,))
     return {**options, "seed": int(child.generate_state(1, np.uint64)[0])}
 
 

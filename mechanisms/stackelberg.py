@@ -49,7 +49,9 @@ concave in R where V is, so R = min(R*, budget); a V that is flat up to some tot
 accuracy value below its curve's zero crossing) makes a budget short of that total buy
 nothing, and R = 0 is compared with it. When caps bind at R*, X(R) is no longer linear and
 R is found by a grid over [0, R_max] refined with bounded Brent search, R_max being the
-budget or V(sum of endowments) - V(0) (no larger reward can pay for itself).
+budget, or V(sum of endowments) - V(0) (no larger reward can pay for itself), or, where
+some agent has no cap, the reward above R* at which the uncapped line breaks even,
+V(k R) - R = V(0) (caps only lower the total).
 
 Convex costs. With u_i = R x_i / X - c_i x_i**beta (beta > 1; energy costs of computing,
 as in Zhan et al. 2020), the marginal cost of the first sample is 0, so every agent with
@@ -99,7 +101,7 @@ if TYPE_CHECKING:  # annotations only
     from incentives.population import Population
 
 __all__ = ["FollowerEquilibrium", "LeaderSolution", "follower_equilibrium", "leader_reward",
-           "StackelbergPricing"]
+           "model_follower_equilibrium", "StackelbergPricing"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ class FollowerEquilibrium:
 
     contributions: (N,) x_i, samples; total: X; active: (N,) contributes (x_i > 0);
     capped: (N,) contributes its whole endowment; reward: R; price: R / X, the reward
-    per sample (utility units; inf when X = 0); iterations: capping passes.
+    per sample (utility units; inf when X = 0); iterations: capping passes (game (5): best-
+    response sweeps, 1 where a root of its first-order conditions is the equilibrium).
     """
 
     contributions: np.ndarray
@@ -311,12 +314,15 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     R (1 - r) / X + v_i a'(X) = beta c_i X**(beta-1) r**(beta-1) (bisection; the left
     side falls in r, the right rises), each within [0, min(1, n_i / X)]. The totals
     where sum_i r_i(X) = 1 are bracketed by a scan of _SCAN_POINTS log-spaced totals up
-    to sum_i n_i and found by brentq. a is 0 below its zero crossing, so u_i need not be
+    to sum_i n_i and found by bisection (:func:`_last_nonnegative`: with one agent
+    contributing the sum is 1 on a stretch of totals, and the equilibrium is its right
+    end). a is 0 below its zero crossing, so u_i need not be
     concave in x_i across it: a root is an equilibrium only where no agent's exact best
     response (:func:`incentives.search.maximise` of u_i over [0, n_i], the others fixed)
     gains more than _GAIN_TOL, and the largest such total is returned; where no root
-    passes, Gauss-Seidel best responses from the largest settle it (with a warning if
-    they do not within _SWEEPS sweeps). R = 0 is standard FL
+    passes, Gauss-Seidel best responses from the largest run until a sweep ends where no
+    agent gains by the same test (with a warning if none does within _SWEEPS sweeps).
+    R = 0 is standard FL
     (:func:`mechanisms.standard.nash_contributions`). Linear phi: the value of accuracy
     is v_i a, as the mechanisms are solved.
     """
@@ -349,22 +355,35 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     scan = np.geomspace(low, whole, _SCAN_POINTS)
     signs = excess(scan)
     roots = [whole] if signs[-1] >= 0 else []  # every agent at its cap
-    roots += [brentq(lambda X: float(excess(np.array([X]))[0]), scan[j], scan[j + 1], xtol=1e-14 * scan[j + 1])
-              for j in np.flatnonzero((signs[:-1] >= 0) & (signs[1:] < 0))]
+    roots += [_last_nonnegative(excess, scan[j], scan[j + 1]) for j in np.flatnonzero((signs[:-1] >= 0) &
+                                                                                       (signs[1:] < 0))]
     profiles = [np.minimum(shares(np.array([X]))[0] * X, endowment) for X in sorted(roots, reverse=True)]
     for x in profiles:
         if np.all(_best_responses(population, model, R, x)[1] <= 0):
             return _follower_profile(x, endowment, R, 1)
     x = profiles[0] if profiles else np.zeros(population.n_agents)
     for sweep in range(1, _SWEEPS + 1):
-        start = x.copy()
         for i in range(population.n_agents):
             x[i] = _best_responses(population, model, R, x, only=i)[0][0]
-        if np.max(np.abs(x - start)) <= 1e-9 * max(1.0, float(x.sum())):
+        if np.all(_best_responses(population, model, R, x)[1] <= 0):  # the roots' test: no agent gains
             return _follower_profile(x, endowment, R, sweep)
     warnings.warn(f"stackelberg: the followers' best responses to the reward {R:.6g} did not settle in {_SWEEPS} "
                   "sweeps; the profile returned is where they stopped, not an equilibrium", stacklevel=2)
     return _follower_profile(x, endowment, R, _SWEEPS)
+
+
+def _last_nonnegative(excess: Callable[[np.ndarray], np.ndarray], low: float, high: float) -> float:
+    """The end of the region where ``excess`` >= 0 in [low, high] (excess(low) >= 0 >
+    excess(high)), by 100 halvings of log X. Where a single agent contributes, its share
+    is clipped to 1 and the excess is exactly 0 on a stretch of totals whose right end,
+    v_i a'(X) = c_i, is the equilibrium (brentq would return any point of the stretch);
+    where the excess falls through 0, the end is its root."""
+    for _ in range(100):
+        middle = float(np.sqrt(low * high))
+        if not low < middle < high:
+            break
+        low, high = (middle, high) if excess(np.array([middle]))[0] >= 0 else (low, middle)
+    return low
 
 
 def _best_responses(population: "Population", model: "AccuracyModel", R: float, x: np.ndarray,
@@ -501,7 +520,8 @@ def _break_even(V: Callable[[float], float], k: float, best: float) -> float:
 
 class StackelbergPricing:
     """The Stackelberg pricing mechanism on a :class:`~incentives.population.Population`
-    (linear costs: games (1)-(3); convex costs c_i x**beta: game (4)).
+    whose agents also receive the global model: game (5) (on game (1)-(3) for linear costs,
+    (4) for convex costs c_i x**beta).
 
     The server announces the total reward R (``reward``; by default the leader's optimum
     against the followers' game (5), for ``value``: a ValueFunction, or "accuracy" for
@@ -512,8 +532,9 @@ class StackelbergPricing:
     below its outside option leaves, and the game is replayed among those who stay, R
     included, until nobody leaves (:func:`~incentives.equilibrium.settle_participation`;
     with the default outside options 0 and no communication costs nobody leaves). Among
-    fewer than two agents there is no contest (a lone follower has no best response): the
-    server announces R = 0 and the agent contributes nothing.
+    fewer than two agents there is no contest (a lone agent would take all of any R for
+    any sample): the server announces R = 0, and the agent contributes what the model
+    alone is worth to it (standard FL).
     Outcome: contributions x_i; transfer R x_i / X; every agent who stays receives the
     global model (accuracy a(X), delivery_target None, as in standard FL); info: reward,
     total, price per sample, the server's profit V(X) - R, active and capped agents.
@@ -547,7 +568,7 @@ class StackelbergPricing:
         Brent search around the best)."""
         value = server_value(self.value, self.value_weight, model)
         if population.n_agents < 2:
-            return _no_contest(population.n_agents, value)
+            return _no_contest(population, model, value)
 
         def profit(R: float) -> tuple[float, FollowerEquilibrium]:
             eq = model_follower_equilibrium(population, model, R)
@@ -588,7 +609,7 @@ class StackelbergPricing:
         if participation.participates.any():
             settled = (announced[-1], participation)
         else:
-            settled = (_no_contest(0, server_value(self.value, self.value_weight, model)), participation)
+            settled = (_nobody(server_value(self.value, self.value_weight, model)), participation)
         self._memo = (population, model, settled)
         return settled
 
@@ -618,7 +639,17 @@ def _shares(contributions, reward: float, population: "Population", model: "Accu
     return Allocation(accuracy=np.full(len(m), float(np.asarray(model(M)))), transfer=transfer)
 
 
-def _no_contest(n_agents: int, value: Callable) -> LeaderSolution:
-    """Among fewer than two agents: R = 0, nothing contributed, profit V(0)."""
-    nobody = FollowerEquilibrium(np.zeros(n_agents), 0.0, np.zeros(n_agents, bool), np.zeros(n_agents, bool), 0.0, 0)
+def _no_contest(population: "Population", model: "AccuracyModel", value: Callable) -> LeaderSolution:
+    """Among fewer than two agents: R = 0 (a lone agent would take all of any R for any
+    sample), and the agent, who still receives the model, contributes what it would for
+    the model alone (game (5) at R = 0, standard FL); profit V(X)."""
+    if population.n_agents == 0:
+        return _nobody(value)
+    eq = model_follower_equilibrium(population, model, 0.0)
+    return LeaderSolution(0.0, eq.total, float(np.asarray(value(eq.total))), "no contest", eq)
+
+
+def _nobody(value: Callable) -> LeaderSolution:
+    """Where every agent has left: R = 0, nothing contributed, profit V(0)."""
+    nobody = FollowerEquilibrium(np.zeros(0), 0.0, np.zeros(0, bool), np.zeros(0, bool), 0.0, 0)
     return LeaderSolution(0.0, 0.0, float(np.asarray(value(0.0))), "no contest", nobody)

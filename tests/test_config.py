@@ -70,6 +70,10 @@ def test_override_sets_one_entry_of_a_table():
      "UTF-8 (this one has 231), so that the seeds folder <name>-seeds-YYYYmmdd-HHMMSS-NN fits in a file name of "
      "255 bytes"),
     (f"experiment.name='{'é' * 116}'", "allowed is a name of at most 230 bytes in UTF-8 (this one has 232)"),
+    ("experiment.output_dir='~nosuchuser_fedecon/runs'", "experiment.output_dir='~nosuchuser_fedecon/runs': "
+     "allowed is a path whose leading '~' names a known user's home folder"),
+    ("population.csv='~nosuchuser_fedecon/agents.csv'", "population.csv='~nosuchuser_fedecon/agents.csv': allowed is"),
+    ("data.root='~nosuchuser_fedecon'", "data.root='~nosuchuser_fedecon': allowed is a path whose leading '~'"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as error:

@@ -240,6 +240,9 @@ def test_fedsv_samples_each_round_from_its_own_stream(estimator, options):
     both_rounds = fedsv([game, game], 5, estimator, seed=7, **options).values
     assert not np.allclose(both_rounds, 2 * first_round)
     np.testing.assert_array_equal(both_rounds, fedsv([game, game], 5, estimator, seed=7, **options).values)
+    unseeded = fedsv([game, game], 5, estimator, **options).values  # the estimator's default seed, 0, likewise
+    np.testing.assert_array_equal(unseeded, fedsv([game, game], 5, estimator, seed=0, **options).values)
+    assert not np.allclose(unseeded, 2 * fedsv([game], 5, estimator, **options).values)
 
 
 def test_fedsv_is_efficient_per_round():

@@ -281,6 +281,35 @@ def test_fewer_than_two_agents_hold_no_contest():
     assert out.info["method"] == "no contest" and out.info["server_profit"] == 0.0
 
 
+def test_a_lone_agent_still_contributes_what_the_model_is_worth_to_it():
+    """One agent (or one left): no contest, R = 0, but the agent still receives the model,
+    so it plays standard FL and contributes m with a'(m) = c: m^-1.5 = 1e-3 gives
+    m = 100 (it used to contribute nothing, and the audit found it gaining 0.65)."""
+    model = PowerLaw(0.95, 2.0, 0.5)
+    alone = Population.from_lists(cost=[1e-3], endowment=500.0)
+    mechanism = StackelbergPricing("accuracy")
+    out = mechanism.solve(alone, model)
+    assert out.info["method"] == "no contest" and out.info["reward"] == 0.0
+    np.testing.assert_allclose(out.contributions, [100.0], rtol=1e-9)
+    assert out.info["server_profit"] == pytest.approx(model(100.0))
+    assert verify_equilibrium(mechanism, out.contributions, alone, model).ok
+    left = Population.from_lists(cost=[1e-3, 1e-3], endowment=500.0, outside_option=[0.0, 5.0])
+    out = mechanism.solve(left, model)
+    np.testing.assert_array_equal(out.participates, [True, False])
+    np.testing.assert_allclose(out.contributions, [100.0, 0.0], rtol=1e-9)
+
+
+def test_one_agent_contributing_is_found_at_the_end_of_the_stretch_where_the_shares_sum_to_one():
+    """Costs (1e-4, 0.1, 0.1), a(X) = 0.9 - 2 X^-1/2, R = 0.1: only the cheapest agent
+    contributes, its share is 1 over a stretch of totals, and the equilibrium is that
+    stretch's end, a'(x) = x^-1.5 = 1e-4: x = 1e4^(2/3) = 464.16. brentq returned a point inside
+    it (426.6), and the fallback's sweeps then cycled to their limit with a warning."""
+    pop = Population.from_lists(cost=[1e-4, 0.1, 0.1], endowment=1e4)
+    eq = model_follower_equilibrium(pop, PowerLaw(0.9, 2.0, 0.5), 0.1)
+    np.testing.assert_allclose(eq.contributions, [1e4 ** (2 / 3), 0.0, 0.0], rtol=1e-9)
+    assert eq.iterations == 1
+
+
 def test_a_fixed_reward_is_shared_as_the_followers_play_it():
     """reward=R skips the leader's choice: R = 4 on c = (1, 2, 3) prices out the third
     follower (X = 4/3, x = (8/9, 4/9, 0)), and the server's profit is V(X) - R."""
