@@ -314,9 +314,9 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     R (1 - r) / X + v_i a'(X) = beta c_i X**(beta-1) r**(beta-1) (bisection; the left
     side falls in r, the right rises), each within [0, min(1, n_i / X)]. The totals
     where sum_i r_i(X) = 1 are bracketed by a scan of _SCAN_POINTS log-spaced totals up
-    to sum_i n_i and found by bisection (:func:`_last_nonnegative`: with one agent
+    to sum_i n_i and found by brentq (:func:`_last_nonnegative`: with one agent
     contributing the sum is 1 on a stretch of totals, and the equilibrium is its right
-    end). a is 0 below its zero crossing, so u_i need not be
+    end, found by bisection). a is 0 below its zero crossing, so u_i need not be
     concave in x_i across it: a root is an equilibrium only where no agent's exact best
     response (:func:`incentives.search.maximise` of u_i over [0, n_i], the others fixed)
     gains more than _GAIN_TOL, and the largest such total is returned; where no root
@@ -374,15 +374,20 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
 
 def _last_nonnegative(excess: Callable[[np.ndarray], np.ndarray], low: float, high: float) -> float:
     """The end of the region where ``excess`` >= 0 in [low, high] (excess(low) >= 0 >
-    excess(high)), by 100 halvings of log X. Where a single agent contributes, its share
-    is clipped to 1 and the excess is exactly 0 on a stretch of totals whose right end,
-    v_i a'(X) = c_i, is the equilibrium (brentq would return any point of the stretch);
-    where the excess falls through 0, the end is its root."""
+    excess(high)): where the excess falls through 0, its root (brentq); where a single
+    agent contributes, its share is clipped to 1 and the excess is exactly 0 on a stretch
+    of totals whose right end, v_i a'(X) = c_i, is the equilibrium, while brentq returns
+    any point of the stretch: there, halvings of log X from that point find the end."""
+    at = lambda X: float(excess(np.array([X]))[0])  # noqa: E731
+    root = brentq(at, low, high, xtol=1e-14 * high)
+    if at(root * (1 + 1e-12)) < 0:
+        return root
+    low = root
     for _ in range(100):
         middle = float(np.sqrt(low * high))
         if not low < middle < high:
             break
-        low, high = (middle, high) if excess(np.array([middle]))[0] >= 0 else (low, middle)
+        low, high = (middle, high) if at(middle) >= 0 else (low, middle)
     return low
 
 
