@@ -267,16 +267,13 @@ def _convex_follower_equilibrium(c: np.ndarray, cap: np.ndarray, R: float, beta:
     With shares r_i = x_i / X, agent i's first-order condition
     R (X - x_i) / X**2 = beta c_i x_i**(beta-1) reads
     phi_i(r) = R (1 - r) - beta c_i X**beta r**(beta-1) = 0, decreasing in r: one root
-    in [0, 1], found by vectorised bisection, then capped at n_i / X. Every share falls
+    in [0, 1] (:func:`_share_root`: closed form for beta = 2 and 3), capped at n_i / X. Every share falls
     as X grows, so sum_i r_i(X) = 1 has one root, found by Brent's method on log X.
     """
     live = cap > 0
 
-    def shares(X: float) -> np.ndarray:  # phi_i(0) = R > 0: no sign change below the cap means the cap
-        top = np.where(live, np.minimum(1.0, cap / X), 0.0)
-        scale = beta * c * X**beta
-        root = bisect(lambda r: R * (1.0 - r) - scale * r ** (beta - 1.0), 0.0, top, steps=_SHARE_BISECTIONS)
-        return np.where(np.isnan(root), top, root)
+    def shares(X: float) -> np.ndarray:
+        return _share_root(R, R, beta * c * X**beta, beta, np.where(live, np.minimum(1.0, cap / X), 0.0))
 
     def excess(log_X: float) -> float:
         return float(shares(np.exp(log_X)).sum()) - 1.0
@@ -292,6 +289,24 @@ def _convex_follower_equilibrium(c: np.ndarray, cap: np.ndarray, R: float, beta:
         X = float(np.exp(brentq(excess, low, high, xtol=1e-13)))
     x = shares(X) * X
     return FollowerEquilibrium(x, float(x.sum()), x > 0, live & (x >= cap * (1 - 1e-9)), R, 1)
+
+
+def _share_root(a, b, scale, beta: float, top) -> np.ndarray:
+    """The share r in [0, top] where a - b r = scale r**(beta - 1) (a, b > 0, scale >= 0;
+    the left side falls in r, the right rises: one root, or top where the left side is
+    still the larger there), elementwise: games (4) and (5)'s first-order conditions in
+    shares. In closed form for beta = 2, r = a / (b + scale), and beta = 3, the positive
+    root of scale r**2 + b r - a = 0 written as 2 a / (b + sqrt(b**2 + 4 scale a)) (no
+    cancellation as scale -> 0); else by bisection to 2**-_SHARE_BISECTIONS."""
+    if beta == 2:
+        root = a / (b + scale)
+    elif beta == 3:
+        root = 2.0 * a / (b + np.sqrt(b * b + 4.0 * scale * a))
+    else:
+        found = bisect(lambda r: a - b * r - scale * r ** (beta - 1.0), np.zeros_like(top), top,
+                       steps=_SHARE_BISECTIONS)
+        root = np.where(np.isnan(found), top, found)
+    return np.minimum(root, top)
 
 
 _SHARE_BISECTIONS = 45  # shares in [0, 1] to 2**-45 ~ 3e-14
@@ -311,8 +326,8 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     total X, agent i's first-order condition on the concave part of a,
     v_i a'(X) + R (X - x_i) / X**2 = beta c_i x_i**(beta-1), fixes its share r_i = x_i / X:
     r_i = 1 - (c_i - v_i a'(X)) X / R for beta = 1, else the root in r of
-    R (1 - r) / X + v_i a'(X) = beta c_i X**(beta-1) r**(beta-1) (bisection; the left
-    side falls in r, the right rises), each within [0, min(1, n_i / X)]. The totals
+    R (1 - r) / X + v_i a'(X) = beta c_i X**(beta-1) r**(beta-1) (:func:`_share_root`; the
+    left side falls in r, the right rises), each within [0, min(1, n_i / X)]. The totals
     where sum_i r_i(X) = 1 are bracketed by a scan of _SCAN_POINTS log-spaced totals up
     to sum_i n_i and found by brentq (:func:`_last_nonnegative`: with one agent
     contributing the sum is 1 on a stretch of totals, and the equilibrium is its right
@@ -339,10 +354,7 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
         top = np.minimum(1.0, endowment / X)
         if beta == 1:
             return np.clip(1.0 - (cost - slope) * (X / R), 0.0, top)
-        scale = beta * cost * X ** (beta - 1.0)
-        root = bisect(lambda r: R * (1.0 - r) / X + slope - scale * r ** (beta - 1.0), np.zeros_like(top), top,
-                      steps=_SHARE_BISECTIONS)
-        return np.where(np.isnan(root), top, root)  # still rising at the cap: the cap
+        return _share_root(R / X + slope, R / X, beta * cost * X ** (beta - 1.0), beta, top)
 
     def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i r_i(X) - 1, _SCAN_ENTRIES pairs at a time
         rows = max(1, _SCAN_ENTRIES // population.n_agents)

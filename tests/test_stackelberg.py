@@ -358,3 +358,20 @@ def test_the_smallest_grid_still_finds_the_leaders_optimum():
     coarse = leader_reward([1.0, 2.0], LogValue(10.0), budget=5.0, capacity=[1.0, 1.0], grid=2)
     fine = leader_reward([1.0, 2.0], LogValue(10.0), budget=5.0, capacity=[1.0, 1.0])
     assert coarse.reward == pytest.approx(fine.reward, rel=1e-6) and fine.reward == pytest.approx(4.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.5, 2.0, 3.0])
+def test_a_share_solves_its_first_order_condition(beta):
+    """a - b r = s r^(beta-1): closed forms for beta = 2 (r = a / (b + s)) and 3 (the
+    positive root of s r^2 + b r - a), bisection otherwise; capped at top. Each against
+    brentq on the condition itself."""
+    from mechanisms.stackelberg import _share_root
+
+    rng = np.random.default_rng(int(beta * 10))
+    a, b, s = rng.lognormal(0, 1, 50), rng.lognormal(0, 1, 50), np.append(rng.lognormal(0, 2, 49), 0.0)
+    top = np.where(np.arange(50) % 7 == 0, 0.05, 1.0)
+    got = _share_root(a, b, s, beta, top)
+    for k in range(50):
+        condition = lambda r: a[k] - b[k] * r - s[k] * r ** (beta - 1)  # noqa: E731
+        expected = top[k] if condition(top[k]) >= 0 else brentq(condition, 0.0, top[k], xtol=1e-15)
+        assert got[k] == pytest.approx(expected, rel=1e-12, abs=1e-13)
