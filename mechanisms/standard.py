@@ -58,7 +58,9 @@ class StandardFL:
         checked (O(N)), and where they fail (e.g. the most eager agent's endowment is too
         small to train a useful model alone, while others' data would make its samples
         worth their cost) the equilibrium comes from best-response iteration from the
-        profile (:func:`~incentives.equilibrium.nash_equilibrium`).
+        profile: exact best responses under linear costs (:func:`_linear_best_responses`),
+        else, or where they do not settle, the generic iteration
+        (:func:`~incentives.equilibrium.nash_equilibrium`).
 
         Convex costs c_i m**beta (beta > 1): the marginal cost of the first sample is 0, so
         nobody free-rides entirely. On the concave part of a, agent i's first-order
@@ -95,7 +97,45 @@ def nash_contributions(population: Population, model: AccuracyModel) -> np.ndarr
         _convex_cost_contributions(population, model)
     if m is not None and _holds(population, model, m):
         return m
+    if population.linear_costs:
+        settled = _linear_best_responses(population, model, m)
+        if settled is not None and _holds(population, model, settled):
+            return settled
     return nash_equilibrium(StandardFL(), population, model, start=m).contributions
+
+
+_SWEEPS = 200  # Gauss-Seidel sweeps of exact best responses before the generic iteration takes over
+
+
+def _linear_best_responses(population: Population, model: AccuracyModel, start: np.ndarray) -> np.ndarray | None:
+    """Gauss-Seidel sweeps of the agents' exact best responses under linear costs from
+    ``start``, until a sweep moves no contribution by more than 1e-12 max(1, M) (None if
+    none does within _SWEEPS). Agent i's utility given the others' total O,
+    v_i a(O + x) - c_i x, is -c_i x (no better than contributing nothing) while O + x is
+    below the zero crossing m0 and concave beyond it, so its best response is the better
+    of 0 and clip(m_i^* - O, max(0, m0 - O), n_i) (m_i^*: v_i a'(m) = c_i), ties going to
+    contributing: O(N) a sweep where the generic iteration evaluates a grid of profiles
+    of all N agents for each agent."""
+    cost, value, endowment = population.cost, population.value, population.endowment
+    with np.errstate(divide="ignore"):
+        roots = np.asarray(model.marginal_inverse(cost / value), dtype=float).reshape(-1)
+    crossing = float(model.zero_crossing)
+    m = np.array(start, dtype=float)
+    for _ in range(_SWEEPS):
+        total, moved = float(m.sum()), 0.0
+        for i in range(population.n_agents):
+            others = total - m[i]
+            low, best = max(0.0, crossing - others), 0.0
+            if low <= endowment[i]:
+                x = min(max(roots[i] - others, low), endowment[i])
+                if value[i] * float(model(others + x)) - cost[i] * x >= value[i] * float(model(others)):
+                    best = x
+            moved = max(moved, abs(best - m[i]))
+            total += best - m[i]
+            m[i] = best
+        if moved <= 1e-12 * max(1.0, total):
+            return m
+    return None
 
 
 def _linear_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:

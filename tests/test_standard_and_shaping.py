@@ -302,3 +302,22 @@ def test_bad_epsilon_is_rejected_when_the_mechanism_is_built(epsilon):
     with pytest.raises(ValueError, match=rf"^epsilon={epsilon!r}: allowed is a finite number >= 0$"):
         AccuracyShaping(epsilon=epsilon)
 
+
+
+def test_standard_fl_where_the_greedy_profile_fails_exact_best_responses_settle_it():
+    """300 agents of costs 0.05 U(0.5, 2), a(m) = 0.9 - 3 m^-0.6: nobody gains training
+    alone and the greedy profile stops at a useless model, so the equilibrium came from
+    the generic best-response iteration, O(N^2) a sweep (1.0 s here, 6.0 s at 1000
+    agents). Exact best responses (0 against the first-order point beyond the zero
+    crossing) give the same profile, nobody contributing, in one sweep."""
+    model = PowerLaw(0.9, 3.0, 0.6)
+    rng = np.random.default_rng(0)
+    agents = Population(cost=0.05 * rng.uniform(0.5, 2, 300), endowment=rng.uniform(5, 600, 300))
+    outcome = StandardFL().solve(agents, model)
+    np.testing.assert_array_equal(outcome.contributions, 0.0)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
+    from mechanisms.standard import _linear_best_responses, _linear_cost_contributions
+
+    greedy = _linear_cost_contributions(agents, model)
+    assert greedy.sum() > 0 and model(greedy.sum()) > 0  # a profile that is no equilibrium
+    np.testing.assert_array_equal(_linear_best_responses(agents, model, greedy), 0.0)
