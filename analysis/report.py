@@ -485,7 +485,7 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
     return {m.name: audit(m, final[m.name].outcome, population, final[m.name].accuracy_model,
                           final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
                           final[m.name].trained_contributions, phi=phi,
-                          solved_for=getattr(result, "solved_for", None))  # None in checkpoints before it
+                          solved_for=result.solved_for)
             for m in mechanisms}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _integer(value) -> bool:
+def is_integer(value) -> bool:
     """An int or numpy integer (bools are not integers here)."""
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
@@ -20,7 +20,7 @@ def check_integer(key: str, value, least: int = 1, optional: bool = False) -> No
     """ValueError unless ``value`` is an integer >= ``least``, or None when ``optional``."""
     if optional and value is None:
         return
-    if not (_integer(value) and value >= least):
+    if not (is_integer(value) and value >= least):
         allowed = f"{'None or ' if optional else ''}an integer >= {least}"
         raise ValueError(f"{key}={value!r}: allowed is {allowed}")
 
@@ -55,7 +55,7 @@ def check_widths(key: str, value, least_count: int = 0) -> tuple[int, ...]:
     """``value`` as a tuple of ints; ValueError unless it is a sequence (not a string or a
     single number) of at least ``least_count`` integers >= 1 (layer widths, a shape)."""
     if not (isinstance(value, (list, tuple)) and len(value) >= least_count
-            and all(_integer(v) and v >= 1 for v in value)):
+            and all(is_integer(v) and v >= 1 for v in value)):
         some = "a non-empty sequence" if least_count else "a sequence"
         raise ValueError(f"{key}={value!r}: allowed is {some} of integers >= 1")
     return tuple(int(v) for v in value)
@@ -64,6 +64,6 @@ def check_widths(key: str, value, least_count: int = 0) -> tuple[int, ...]:
 def check_seed(seed):
     """``seed`` unchanged; ValueError unless it is an integer >= 0 or a
     ``numpy.random.SeedSequence``, what numpy seeds a stream from."""
-    if not isinstance(seed, np.random.SeedSequence) and not (_integer(seed) and seed >= 0):
+    if not isinstance(seed, np.random.SeedSequence) and not (is_integer(seed) and seed >= 0):
         raise ValueError(f"seed={seed!r}: allowed is an integer >= 0 or a numpy.random.SeedSequence")
     return seed

@@ -86,3 +86,16 @@ def bisect(function: Callable[[np.ndarray], np.ndarray], low, high, steps: int =
         low, high = np.where(below, mid, low), np.where(below, high, mid)
     point = np.where(at_low == 0, start, np.where(at_high == 0, end, 0.5 * (low + high)))
     return np.where(found, point, np.nan)
+
+
+_BLOCK_ENTRIES = 2**16  # (point, agent) pairs evaluated at once by row_sums: 512 KiB an array
+
+
+def row_sums(function: Callable[[np.ndarray], np.ndarray], points: np.ndarray, width: int) -> np.ndarray:
+    """(T,) the row sums of ``function`` at T ``points``: ``function`` maps a block of
+    points (B,) to a (B, width) array, one column per agent, and is called on blocks of
+    at most _BLOCK_ENTRIES entries (at least one point), so that a scan of many points
+    over many agents keeps its arrays small."""
+    rows = max(1, _BLOCK_ENTRIES // max(1, width))
+    return np.concatenate([np.asarray(function(points[k:k + rows]), dtype=float).sum(axis=1)
+                           for k in range(0, len(points), rows)])

@@ -1477,29 +1477,17 @@ class ContractMechanism:
         for limit in limits:
             served = compensable & (u0 <= limit)
             while served.any():
-                menu = solve_screening(
-                    grid[served], prob[served] / prob[served].sum(), value,
-                    information=self.information, form=self.form, outside=u0[served],
-                    reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
-                    reward_price=self.reward_price, reward_cap=reward_cap,
-                    capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
-                    solver=self.solver)
-                menu.extras["item_of_type"] = np.where(served, np.cumsum(served) - 1, -1)
-                chosen = self._pick(menu, np.arange(len(grid)), grid, u0, cap)  # each as its least-endowed agent
-                item = np.maximum(chosen, 0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    gained = np.where(chosen >= 0,
-                                      value(menu.contribution[item]) - self.reward_price * menu.reward[item], nothing)
-                profit = float(prob @ gained) / float(prob.sum())
+                profit, menu = self._served_menu(served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
+                                                 nothing)
                 if best is None or profit > best[0] + 1e-9 * max(1.0, abs(best[0])):
                     best = (profit, menu)
                 # a served type asked for no data is paid its outside utility by an item nobody takes
                 # (_choose withdraws it), yet the others' incentive constraints against it cost rent: drop it
-                idle = menu.extras["item_of_type"][served]
-                idle = (menu.contribution[idle] <= _ZERO) & (menu.reward[idle] > _ZERO)
-                served[np.flatnonzero(served)[idle]] = False
+                idle = ((menu.extras["item_of_type"] >= 0) & (_per_type(menu, menu.contribution) <= _ZERO)
+                        & (_per_type(menu, menu.reward) > _ZERO))
                 if not idle.any():
                     break
+                served &= ~idle
         profit, menu = best
         if profit < nothing - 1e-9 * max(1.0, abs(nothing)):
             reason = (f"the best menu would earn the server {profit:.6g}, less than the {nothing:.6g} of offering "
@@ -1507,6 +1495,26 @@ class ContractMechanism:
             return self._withdrawn(grid, prob, u0, value, cost_exponent, reason)
         menu.extras.update(expected_profit=profit, left_out=grid[menu.extras["item_of_type"] < 0])
         return menu
+
+    def _served_menu(self, served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
+                     nothing: float) -> tuple[float, Menu]:
+        """(the server's expected profit, the menu) of the menu designed for the types
+        ``served`` (a mask over the type grid), with every type choosing as its
+        least-endowed agent would (:meth:`_pick`); a type taking no item is worth ``nothing``."""
+        menu = solve_screening(
+            grid[served], prob[served] / prob[served].sum(), value,
+            information=self.information, form=self.form, outside=u0[served],
+            reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
+            reward_price=self.reward_price, reward_cap=reward_cap,
+            capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
+            solver=self.solver)
+        menu.extras["item_of_type"] = np.where(served, np.cumsum(served) - 1, -1)
+        chosen = self._pick(menu, np.arange(len(grid)), grid, u0, cap)
+        item = np.maximum(chosen, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gained = np.where(chosen >= 0, value(menu.contribution[item]) - self.reward_price * menu.reward[item],
+                              nothing)
+        return float(prob @ gained) / float(prob.sum()), menu
 
     def _withdrawn(self, grid, prob, u0, value, cost_exponent, reason: str) -> Menu:
         """The menu the server withdraws: one item (0, 0) per type, which ``_choose``

@@ -47,11 +47,10 @@ from incentives.checks import check_number
 from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
-from incentives.search import bisect
+from incentives.search import bisect, row_sums
 from incentives.utility import local_contribution, utility
 
 _SCAN_POINTS = 256
-_SCAN_ENTRIES = 2**16  # (total, agent) pairs of the scan evaluated at once: 512 KiB an array
 _GAIN_TOL = 1e-9  # utility gain (accuracy units at v = 1) below which the fixed point counts as an equilibrium
 
 
@@ -235,10 +234,8 @@ class AccuracyShaping:
                 reach[needed] = np.asarray(model.alone.inverse(accuracy[needed]), dtype=float)
             return np.where(short, np.minimum(reach, optimum), along)
 
-        def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i m_i(M) - M, _SCAN_ENTRIES (M, i) pairs at a time
-            rows = max(1, _SCAN_ENTRIES // len(optimum))
-            return np.concatenate([demand(totals[k:k + rows]).sum(axis=1) - totals[k:k + rows]
-                                   for k in range(0, len(totals), rows)])
+        def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i m_i(M) - M
+            return row_sums(demand, totals, len(optimum)) - totals
 
         low, high = 0.0, float(endowment.sum())
         if excess(np.array([high]))[0] >= 0:

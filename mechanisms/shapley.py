@@ -711,13 +711,14 @@ def fedsv(
     module's, with ``options``); with ``gtg_shapley`` this is GTG-Shapley's multi-round
     value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A seeded estimator's
     ``seed`` (in ``options``, or its default) seeds each round with its own stream of it
-    (:func:`_round_options`). Efficiency,
+    (:func:`_round_seed`). Efficiency,
     sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
     Monte Carlo values and for GTG-Shapley up to its ``eps``, not for leave-one-out or
     the stratified estimate. Returns (n_clients,) values and the evaluations and
     permutations summed over rounds.
     """
     check_integer("n_clients", n_clients)
+    seed = _estimator_seed(estimator, options)
     values = np.zeros(n_clients)
     n_evaluations = n_permutations = 0
     for t, game in enumerate(rounds):
@@ -732,26 +733,30 @@ def fedsv(
         batch = ({"batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
                  if hasattr(game, "utilities") else {})  # this round's game's, never a previous round's
         estimate = estimator(lambda local, game=game, ids=ids: game.utility(ids(local)), len(clients),
-                             **_round_options(estimator, options, t), **batch)
+                             **(options if seed is None else {**options, "seed": _round_seed(seed, t)}), **batch)
         values[list(clients)] += estimate.values
         n_evaluations += estimate.n_evaluations
         n_permutations += estimate.n_permutations
     return ShapleyEstimate(values, n_evaluations, n_permutations)
 
 
-def _round_options(estimator: Callable[..., ShapleyEstimate], options: dict, t: int) -> dict:
-    """``options`` for round t: the ``seed`` of a seeded estimator (given, or its default)
-    becomes round t's own stream of it (its SeedSequence child with spawn key (t,), as an
-    integer), so that the rounds' sampled orderings or coalitions are independent and
-    their errors average out over the rounds instead of repeating (the same seed would
-    draw the same ones in every round of equal size)."""
+def _estimator_seed(estimator: Callable[..., ShapleyEstimate], options: dict) -> int | None:
+    """The seed a seeded estimator draws with (``options``' or its default; checked), None
+    for an estimator that takes none."""
     parameter = inspect.signature(estimator).parameters.get("seed")
     if parameter is None:
-        return options
+        return None
     seed = options.get("seed", parameter.default)
     check_integer("seed", seed, least=0)
-    child = np.random.SeedSequence(seed, spawn_key=(t,))
-    return {**options, "seed": int(child.generate_state(1, np.uint64)[0])}
+    return seed
+
+
+def _round_seed(seed: int, t: int) -> int:
+    """Round t's own stream of ``seed`` (its SeedSequence child with spawn key (t,)), as an
+    integer: the rounds' sampled orderings or coalitions are independent, and their errors
+    average out over the rounds instead of repeating (one seed would draw the same ones in
+    every round of equal size)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(t,)).generate_state(1, np.uint64)[0])
 
 
 def split_budget(values, budget: float) -> np.ndarray:

@@ -72,12 +72,10 @@ v_i a(X) + R x_i / X - c_i x_i**beta - comm_i and the followers play game (5)
 model its own data improves. Given the total, each agent's first-order condition gains
 the term v_i a'(X), and the equilibrium total is again a root of sum_i x_i(X) = X, no
 longer linear in R: the leader's R is found numerically (V(X(R)) - R on a grid,
-refined). Followers who valued only the reward (game (1), the papers' workers) would
-contribute less and could be worse off than under standard FL: on ten agents of costs
-about 1.5e-3 with the server valuing accuracy, game (1)'s profile under the leader's R
-totalled 64.6 samples where standard FL's equilibrium has 102.7, and every agent gained
-by deviating. Agents below their outside option leave and the game is replayed among the
-others (:class:`StackelbergPricing`).
+refined). Game (1)'s profile is no equilibrium for such agents (each would add data
+for the model's sake), and can hold less data than standard FL's without any reward
+(tests/test_stackelberg.py). Agents below their outside option leave and the game is
+replayed among the others (:class:`StackelbergPricing`).
 """
 
 from __future__ import annotations
@@ -92,7 +90,7 @@ from scipy.optimize import brentq, minimize_scalar
 from incentives.checks import as_floats, bad, check_integer, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.protocols import Allocation, Outcome
-from incentives.search import bisect, maximise
+from incentives.search import bisect, maximise, row_sums
 from mechanisms.contract import LogValue, ValueFunction, check_server_value, server_value
 from mechanisms.standard import nash_contributions
 
@@ -311,7 +309,6 @@ def _share_root(a, b, scale, beta: float, top) -> np.ndarray:
 
 _SHARE_BISECTIONS = 45  # shares in [0, 1] to 2**-45 ~ 3e-14
 _SCAN_POINTS = 256  # log-spaced totals scanned for the roots of game (5)'s sum of shares
-_SCAN_ENTRIES = 2**16  # (total, agent) pairs of that scan evaluated at once: 512 KiB an array
 _GAIN_TOL = 1e-9  # a best response better by at most this share of |u_i| (or 1e-9 utility) is no gain
 _LEADER_GRID = 64  # rewards the mechanism's leader tries before refining around the best
 _SWEEPS = 200  # Gauss-Seidel best-response sweeps where no root of game (5) is an equilibrium
@@ -356,9 +353,8 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
             return np.clip(1.0 - (cost - slope) * (X / R), 0.0, top)
         return _share_root(R / X + slope, R / X, beta * cost * X ** (beta - 1.0), beta, top)
 
-    def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i r_i(X) - 1, _SCAN_ENTRIES pairs at a time
-        rows = max(1, _SCAN_ENTRIES // population.n_agents)
-        return np.concatenate([shares(totals[k:k + rows]).sum(axis=1) - 1.0 for k in range(0, len(totals), rows)])
+    def excess(totals: np.ndarray) -> np.ndarray:  # (T,) sum_i r_i(X) - 1
+        return row_sums(shares, totals, population.n_agents) - 1.0
 
     whole = float(endowment.sum())
     low = whole * 1e-12

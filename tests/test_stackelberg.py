@@ -3,7 +3,7 @@ import pytest
 from scipy.optimize import brentq
 
 from incentives.accuracy import PowerLaw
-from incentives.equilibrium import verify_equilibrium
+from incentives.equilibrium import nash_equilibrium, verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import utility
@@ -228,21 +228,27 @@ def test_followers_who_receive_the_model_play_game_5():
 
 
 def test_a_server_valuing_accuracy_pays_no_reward_that_would_cut_the_data():
-    """Ten agents of costs about 1.5e-3 and a server valuing a(X): the leader used to
-    announce R = 0.124 against game (1), whose profile totalled 64.6 samples (standard FL
-    without any reward: 102.7) and from which every agent gained by deviating; under that
-    R the agents' own game totals 126.3. Now the leader plays against game (5), and its
-    outcome is an equilibrium with at least standard FL's data."""
+    """Ten agents of costs about 1.5e-3 and a server valuing a(X): against game (1) the
+    leader announced R = 0.1244, whose game (1) profile holds less data than standard FL
+    without any reward and is no equilibrium for agents who receive the model. Under that
+    R game (5)'s solution is the profile generic best-response iteration reaches, with more
+    data than game (1)'s; the leader, playing against game (5), ends at an equilibrium with
+    at least standard FL's data."""
     pop = Population.sample(10, {"cost": {"dist": "lognormal", "mean": -6.5, "sigma": 0.5}, "endowment": 120,
                                  "value": 1.0}, seed=0)
     model = PowerLaw(0.95, 2.0, 0.5)
     mechanism = StackelbergPricing("accuracy")
     out = mechanism.solve(pop, model)
+    standard = StandardFL().solve(pop, model).contributions.sum()
     assert verify_equilibrium(mechanism, out.contributions, pop, model).ok
-    assert out.contributions.sum() >= StandardFL().solve(pop, model).contributions.sum() - 1e-6
-    fixed = model_follower_equilibrium(pop, model, 0.1244)
-    assert fixed.total == pytest.approx(126.28, abs=0.01)
-    assert verify_equilibrium(StackelbergPricing("accuracy", reward=0.1244), fixed.contributions, pop, model).ok
+    assert out.contributions.sum() >= standard - 1e-6
+    fixed = StackelbergPricing("accuracy", reward=0.1244)
+    reward_only = follower_equilibrium(pop.cost, 0.1244, pop.endowment).contributions
+    assert reward_only.sum() < standard and not verify_equilibrium(fixed, reward_only, pop, model).ok
+    game5 = model_follower_equilibrium(pop, model, 0.1244)
+    iterated = nash_equilibrium(fixed, pop, model, start=reward_only)
+    assert iterated.converged and game5.total == pytest.approx(iterated.total, rel=1e-4)
+    assert game5.total > reward_only.sum() and verify_equilibrium(fixed, game5.contributions, pop, model).ok
 
 
 def test_an_agent_below_its_outside_option_leaves_and_the_game_is_replayed_without_it():

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_integer
+from fl.checks import check_integer, is_integer
 from fl.data.dataset import ArrayDataset, Subset
 from fl.models import Params, build_model, get_params
 
@@ -56,7 +56,7 @@ def client_subsets(train_subsets: Sequence[Subset] | Mapping[int, Subset]) -> di
     else:
         raise ValueError(f"train_subsets={train_subsets!r}: allowed is a sequence or a mapping id -> Subset")
     for client, data in subsets.items():
-        if isinstance(client, bool) or not isinstance(client, (int, np.integer)) or client < 0:
+        if not is_integer(client) or client < 0:
             raise ValueError(f"train_subsets key {client!r}: allowed is a client id, an integer >= 0")
         if not isinstance(data, Subset):
             raise ValueError(
