@@ -361,9 +361,9 @@ def _equilibrium_notes(result: LoopResult) -> str:
                          "any reward the server can pay): no item is designed for them, and their agents take one "
                          "only where it beats their outside option.</p>")
         if info.get("converged") is False:
-            notes.append(f"<p>{html.escape(name)}: best responses did not settle in {info.get('iterations')} sweeps "
-                         "from either start (nobody, everyone contributing); its profile is the last one reached, "
-                         "not an equilibrium (the audit's deviation gains show by how much).</p>")
+            notes.append(f"<p>{html.escape(name)}: best responses did not settle ({info.get('iterations')} sweeps); "
+                         "its profile is the last one reached, not an equilibrium (the audit's deviation gains show "
+                         "by how much).</p>")
         elif len(totals) > 1 and np.ptp(totals) >= 1.0:
             reached = " and ".join(f"{t:.0f}" for t in totals)
             notes.append(f"<p>{html.escape(name)}: best responses from nobody contributing and from everyone "

@@ -13,7 +13,9 @@ coalition size and total): the size strata the mechanism uses beyond 12 agents, 
 Carlo, on contributions uniform in 0-30 and on heavy-tailed ones; and a 14-agent
 Shapley-rewards equilibrium solved with exact values, with the size strata (the
 mechanism's rule, B phi_i / (a(M) - a(0))) and with the size strata divided by their own
-sum. One case times an audit (``mechanisms.audit``) of a 100-agent shaping equilibrium.
+sum. One case times an audit (``mechanisms.audit``) of a 100-agent shaping equilibrium;
+two time Stackelberg pricing whose agents also receive the model (the leader's search
+over rewards, each solving the followers' game (5)) for 1000 and 4000 agents.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from mechanisms.shapley import (  # noqa: E402
     size_strata_shapley,
 )
 from mechanisms.standard import StandardFL  # noqa: E402
-from mechanisms.stackelberg import follower_equilibrium, leader_reward  # noqa: E402
+from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward  # noqa: E402
 
 REPEAT = 3
 rng = np.random.default_rng(0)
@@ -61,6 +63,8 @@ CONVEX = Population.from_lists(cost=rng.lognormal(-20.0, 0.5, N_AGENTS), endowme
 
 
 PILOT = PowerLaw(0.92, 10.38, 1.134)  # a(m) fitted to the digits pilot curve
+PRICED = {n: Population.from_lists(cost=np.random.default_rng(n).lognormal(-9.0, 0.5, n), endowment=2000.0)
+          for n in (1000, 4000)}
 AUDITED = Population.from_lists(cost=np.random.default_rng(100).lognormal(-7.0, 0.5, 100), endowment=50.0)
 CALIBRATED = EffectiveData(PILOT, 0.4)  # a loop's calibration of shaping on digits (gamma about 0.4)
 
@@ -143,6 +147,8 @@ CASES: list[tuple[str, Callable[[], object]]] = [
      lambda: social_optimum(CONVEX, ACCURACY)),
     (f"stackelberg followers N={N_AGENTS}, costs c x^3 (1-D root, endowment caps)",
      lambda: follower_equilibrium(COSTS, 1e5, ENDOWMENTS, cost_exponent=3)),
+    *[(f"stackelberg pricing N={n} (agents also receive the model: game (5) at 64+ rewards)",
+       lambda n=n: StackelbergPricing(VALUE).solve(PRICED[n], ACCURACY)) for n in PRICED],
     (f"shapley values N={SHAPLEY_AGENTS} monte carlo K=100 (sum game, prefixes at once)",
      lambda: monte_carlo_shapley(SHAPLEY_GAME, SHAPLEY_AGENTS)),
     (f"shapley values N={SHAPLEY_AGENTS} monte carlo K=100 (one coalition at a time)",

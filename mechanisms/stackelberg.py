@@ -90,7 +90,7 @@ from scipy.optimize import brentq, minimize_scalar
 from incentives.checks import as_floats, bad, check_integer, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.protocols import Allocation, Outcome
-from incentives.search import bisect, maximise, row_sums
+from incentives.search import bisect, row_sums
 from mechanisms.contract import LogValue, ValueFunction, check_server_value, server_value
 from mechanisms.standard import nash_contributions
 
@@ -109,7 +109,10 @@ class FollowerEquilibrium:
     contributions: (N,) x_i, samples; total: X; active: (N,) contributes (x_i > 0);
     capped: (N,) contributes its whole endowment; reward: R; price: R / X, the reward
     per sample (utility units; inf when X = 0); iterations: capping passes (game (5): best-
-    response sweeps, 1 where a root of its first-order conditions is the equilibrium).
+    response sweeps, 1 where a root of its first-order conditions is the equilibrium);
+    settled: False where game (5) has no equilibrium the solver finds (its best responses
+    cycle, or did not stop within _SWEEPS sweeps): the contributions are then where they
+    stopped, no equilibrium (games (1) and (4) always settle).
     """
 
     contributions: np.ndarray
@@ -118,6 +121,7 @@ class FollowerEquilibrium:
     capped: np.ndarray
     reward: float
     iterations: int
+    settled: bool = True
 
     @property
     def price(self) -> float:
@@ -310,6 +314,8 @@ def _share_root(a, b, scale, beta: float, top) -> np.ndarray:
 _SHARE_BISECTIONS = 45  # shares in [0, 1] to 2**-45 ~ 3e-14
 _SCAN_POINTS = 256  # log-spaced totals scanned for the roots of game (5)'s sum of shares
 _GAIN_TOL = 1e-9  # a best response better by at most this share of |u_i| (or 1e-9 utility) is no gain
+_PEAK_BISECTIONS = 60  # a best response's peak on its piece of [0, n_i] to 2**-60 of the piece
+_SLIVER = 1e-12  # a share of n_i standing for an infinitesimal contribution, which takes all of R alone
 _LEADER_GRID = 64  # rewards the mechanism's leader tries before refining around the best
 _SWEEPS = 200  # Gauss-Seidel best-response sweeps where no root of game (5) is an equilibrium
 
@@ -330,16 +336,33 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     contributing the sum is 1 on a stretch of totals, and the equilibrium is its right
     end, found by bisection). a is 0 below its zero crossing, so u_i need not be
     concave in x_i across it: a root is an equilibrium only where no agent's exact best
-    response (:func:`incentives.search.maximise` of u_i over [0, n_i], the others fixed)
-    gains more than _GAIN_TOL, and the largest such total is returned; where no root
+    response (:func:`_best_responses`, the others fixed: u_i is concave on either side of
+    the zero crossing) gains more than _GAIN_TOL, and the largest such total is returned; where no root
     passes, Gauss-Seidel best responses from the largest run until a sweep ends where no
-    agent gains by the same test (with a warning if none does within _SWEEPS sweeps).
-    R = 0 is standard FL
-    (:func:`mechanisms.standard.nash_contributions`). Linear phi: the value of accuracy
-    is v_i a, as the mechanisms are solved.
+    agent gains by the same test. Where they return to a profile an earlier sweep ended
+    at (they cycle: some populations have no pure equilibrium at some rewards), or run
+    _SWEEPS sweeps, the profile where they stopped is returned with ``settled`` False and
+    a warning. R = 0 is standard FL (:func:`mechanisms.standard.nash_contributions`).
+    Linear phi: the value of accuracy is v_i a, as the mechanisms are solved.
     """
     R = float(reward)
     check_number("reward", R)
+    found = _game_5_equilibrium(population, model, R)
+    if not found.settled:
+        warnings.warn(_unsettled(found), stacklevel=2)
+    return found
+
+
+def _unsettled(found: FollowerEquilibrium) -> str:
+    """The warning for an unsettled game (5) under the reward ``found.reward``."""
+    how = (f"cycle after {found.iterations} sweeps" if found.iterations < _SWEEPS else
+           f"did not settle in {_SWEEPS} sweeps")
+    return (f"stackelberg: the followers' best responses to the reward {found.reward:.6g} {how} (game (5) has no "
+            "equilibrium they reach there); the profile returned is where they stopped, not an equilibrium")
+
+
+def _game_5_equilibrium(population: "Population", model: "AccuracyModel", R: float) -> FollowerEquilibrium:
+    """:func:`model_follower_equilibrium` without its warning (the leader scores many rewards)."""
     cost, value, endowment = population.cost, population.value, population.endowment
     beta = population.cost_exponent
     if R == 0:
@@ -370,14 +393,16 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
         if np.all(_best_responses(population, model, R, x)[1] <= 0):
             return _follower_profile(x, endowment, R, 1)
     x = profiles[0] if profiles else np.zeros(population.n_agents)
+    seen = set()  # the profiles sweeps ended at: best responses are deterministic, so a repeat is a cycle
     for sweep in range(1, _SWEEPS + 1):
         for i in range(population.n_agents):
             x[i] = _best_responses(population, model, R, x, only=i)[0][0]
         if np.all(_best_responses(population, model, R, x)[1] <= 0):  # the roots' test: no agent gains
             return _follower_profile(x, endowment, R, sweep)
-    warnings.warn(f"stackelberg: the followers' best responses to the reward {R:.6g} did not settle in {_SWEEPS} "
-                  "sweeps; the profile returned is where they stopped, not an equilibrium", stacklevel=2)
-    return _follower_profile(x, endowment, R, _SWEEPS)
+        if x.tobytes() in seen:
+            break
+        seen.add(x.tobytes())
+    return _follower_profile(x, endowment, R, sweep, settled=False)
 
 
 def _last_nonnegative(excess: Callable[[np.ndarray], np.ndarray], low: float, high: float) -> float:
@@ -402,28 +427,56 @@ def _last_nonnegative(excess: Callable[[np.ndarray], np.ndarray], low: float, hi
 def _best_responses(population: "Population", model: "AccuracyModel", R: float, x: np.ndarray,
                     only: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(best contributions, gains beyond _GAIN_TOL) of game (5) for every agent, or for
-    agent ``only`` alone, each against the others' total in ``x``: the maximum of u_i over
-    [0, n_i] by :func:`incentives.search.maximise`, and how much it beats u_i(x_i) less
-    _GAIN_TOL max(1, |u_i(x_i)|) (<= 0: no gain worth moving for)."""
+    agent ``only`` alone, each against the others' total O in ``x``, exactly.
+
+    u_i(y) = v_i a(O + y) + R y / (O + y) - c_i y**beta on [0, n_i] is concave on each of
+    two pieces: below s_i = min(n_i, max(0, m0 - O)) (m0: the zero crossing of a), where
+    a = 0 and only the share and the cost remain, and on [s_i, n_i], where a is concave
+    too (u_i is continuous at s_i, a(m0) = 0). On each piece the slope
+    u_i'(y) = v_i a'(O + y) + R O / (O + y)**2 - beta c_i y**(beta-1) falls, so its peak is
+    an end where the slope keeps one sign, else the slope's root (bisection,
+    :func:`incentives.search.bisect`); the better peak is the best response (ties to the
+    smaller contribution). Where O = 0 any y > 0 takes all of R, a supremum no contribution
+    attains: the sliver y = _SLIVER n_i stands for it. The gain is how much the best beats
+    u_i(x_i), less _GAIN_TOL max(1, |u_i(x_i)|) (<= 0: no gain worth moving for)."""
     agents = np.arange(population.n_agents) if only is None else np.array([only])
-    cost, value = population.cost[agents, None], population.value[agents, None]
-    others = (float(x.sum()) - x[agents])[:, None]
+    cost, value, endowment = population.cost[agents], population.value[agents], population.endowment[agents]
+    others = float(x.sum()) - x[agents]
     beta = population.cost_exponent
 
-    def utility_at(own: np.ndarray) -> np.ndarray:
+    def utility(own: np.ndarray) -> np.ndarray:
         total = others + own
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(total > 0, own / total, 0.0)
         return value * np.asarray(model(total), dtype=float) + R * share - cost * own**beta
 
-    best, best_value = maximise(utility_at, population.endowment[agents])
-    current = utility_at(x[agents][:, None])[:, 0]
-    return best, best_value - current - _GAIN_TOL * np.maximum(1.0, np.abs(current))
+    def slope(own: np.ndarray, learning: bool) -> np.ndarray:  # u_i', without a' below the crossing
+        total = others + own
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rivalry = np.where(total > 0, R * others / total**2, 0.0)
+        marginal = cost if beta == 1 else beta * cost * own ** (beta - 1.0)
+        model_term = value * np.asarray(model.derivative(total), dtype=float) if learning else 0.0
+        return model_term + rivalry - marginal
+
+    def peak(low: np.ndarray, high: np.ndarray, learning: bool) -> np.ndarray:
+        inner = bisect(lambda own: slope(own, learning), low, high, steps=_PEAK_BISECTIONS)
+        return np.where(slope(high, learning) >= 0, high, np.where(slope(low, learning) <= 0, low, inner))
+
+    split = np.minimum(endowment, np.maximum(0.0, float(model.zero_crossing) - others))
+    candidates = np.stack([np.zeros_like(split), peak(np.zeros_like(split), split, False),
+                           peak(split, endowment, True), np.where(others > 0, 0.0, _SLIVER * endowment)])
+    values = np.stack([utility(own) for own in candidates])
+    best = np.argmax(values, axis=0)    # the first of equal values: the smaller contribution, bar the sliver
+    columns = np.arange(len(agents))
+    current = utility(x[agents])
+    gain = values[best, columns] - current - _GAIN_TOL * np.maximum(1.0, np.abs(current))
+    return candidates[best, columns], gain
 
 
-def _follower_profile(x: np.ndarray, endowment: np.ndarray, R: float, iterations: int) -> FollowerEquilibrium:
+def _follower_profile(x: np.ndarray, endowment: np.ndarray, R: float, iterations: int,
+                      settled: bool = True) -> FollowerEquilibrium:
     """The :class:`FollowerEquilibrium` of contributions ``x`` (capped: within 1e-9 of n_i)."""
-    return FollowerEquilibrium(x, float(x.sum()), x > 0, x >= endowment * (1 - 1e-9), R, iterations)
+    return FollowerEquilibrium(x, float(x.sum()), x > 0, x >= endowment * (1 - 1e-9), R, iterations, settled)
 
 
 @dataclass(frozen=True)
@@ -504,15 +557,32 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
     if R_max <= 0:
         eq = follower_equilibrium(c, 0.0, cap, cost_exponent=cost_exponent)
         return LeaderSolution(0.0, 0.0, profit(0.0)[0], "numeric", eq)
-    Rs = np.linspace(0.0, R_max, grid)
-    values = np.array([profit(R)[0] for R in Rs])
+    return _best_reward(profit, R_max, grid)
+
+
+def _best_reward(profit: Callable[[float], tuple[float, FollowerEquilibrium]], R_max: float,
+                 grid: int) -> LeaderSolution:
+    """The reward R in [0, R_max] of the highest ``profit(R)`` (V(X(R)) - R and the
+    followers' profile) among those where the followers settle: ``grid`` evenly spaced
+    rewards, then bounded Brent search between the best one's neighbours, its point kept
+    where it beats the grid's. A reward whose followers do not settle (game (5) without
+    an equilibrium there) scores -inf: its profile is no outcome the leader can count on.
+    R = 0 always settles (standard FL), so some grid reward does."""
+
+    def score(R: float) -> float:
+        worth, eq = profit(R)
+        return worth if eq.settled else -np.inf
+
+    rewards = np.linspace(0.0, R_max, grid)
+    values = np.array([score(R) for R in rewards])
     j = int(np.argmax(values))
-    lo, hi = Rs[max(j - 1, 0)], Rs[min(j + 1, grid - 1)]
-    res = minimize_scalar(lambda R: -profit(R)[0], bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-10 * max(1.0, hi)})
-    R_best = float(res.x) if -res.fun > values[j] else float(Rs[j])
-    p, eq = profit(R_best)
-    return LeaderSolution(R_best, eq.total, p, "numeric", eq)
+    low, high = rewards[max(j - 1, 0)], rewards[min(j + 1, grid - 1)]
+    with np.errstate(invalid="ignore"):  # Brent's parabolic step through an unsettled reward's inf falls back to golden
+        found = minimize_scalar(lambda R: -score(R), bounds=(low, high), method="bounded",
+                                options={"xatol": 1e-10 * max(1.0, high)})
+    R_best = float(found.x) if -found.fun > values[j] else float(rewards[j])
+    worth, eq = profit(R_best)
+    return LeaderSolution(R_best, eq.total, worth, "numeric", eq)
 
 
 def _break_even(V: Callable[[float], float], k: float, best: float) -> float:
@@ -550,8 +620,10 @@ class StackelbergPricing:
     alone is worth to it (standard FL).
     Outcome: contributions x_i; transfer R x_i / X; every agent who stays receives the
     global model (accuracy a(X), delivery_target None, as in standard FL); info: reward,
-    total, price per sample, the server's profit V(X) - R, active and capped agents.
-    ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M, under the reward R
+    total, price per sample, the server's profit V(X) - R, active and capped agents,
+    converged (False: the followers' best responses under the announced reward did not
+    settle, only where ``reward`` is given: the leader's search skips such rewards) and
+    iterations (their sweeps). ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M, under the reward R
     announced once exits settle.
     """
 
@@ -578,32 +650,28 @@ class StackelbergPricing:
         their equilibrium of game (5): ``reward`` if given, else the R in [0, R_max]
         maximising V(X(R)) - R (R_max: the budget, or V(sum_i n_i) - V(0), beyond which
         no reward pays for itself; a grid of _LEADER_GRID rewards, refined by bounded
-        Brent search around the best)."""
+        Brent search around the best, among the rewards where the followers settle:
+        :func:`_best_reward`). A given ``reward`` whose followers do not settle is
+        announced with a warning."""
         value = server_value(self.value, self.value_weight, model)
         if population.n_agents < 2:
             return _no_contest(population, model, value)
 
         def profit(R: float) -> tuple[float, FollowerEquilibrium]:
-            eq = model_follower_equilibrium(population, model, R)
+            eq = _game_5_equilibrium(population, model, R)
             return float(np.asarray(value(eq.total))) - R, eq
 
         if self.reward is not None:
             worth, eq = profit(float(self.reward))
+            if not eq.settled:
+                warnings.warn(_unsettled(eq), stacklevel=2)
             return LeaderSolution(float(self.reward), eq.total, worth, "given", eq)
         R_max = (float(self.budget) if self.budget is not None else
                  float(np.asarray(value(float(population.endowment.sum())))) - float(np.asarray(value(0.0))))
         if R_max <= 0:
             worth, eq = profit(0.0)
             return LeaderSolution(0.0, eq.total, worth, "numeric", eq)
-        rewards = np.linspace(0.0, R_max, _LEADER_GRID)
-        values = np.array([profit(R)[0] for R in rewards])
-        j = int(np.argmax(values))
-        lo, hi = rewards[max(j - 1, 0)], rewards[min(j + 1, len(rewards) - 1)]
-        found = minimize_scalar(lambda R: -profit(R)[0], bounds=(lo, hi), method="bounded",
-                                options={"xatol": 1e-10 * max(1.0, hi)})
-        R_best = float(found.x) if -found.fun > values[j] else float(rewards[j])
-        worth, eq = profit(R_best)
-        return LeaderSolution(R_best, eq.total, worth, "numeric", eq)
+        return _best_reward(profit, R_max, _LEADER_GRID)
 
     def _settled(self, population, model) -> tuple[LeaderSolution, Participation]:
         """The reward announced once exits settle (the last :meth:`_leader` of
@@ -638,7 +706,7 @@ class StackelbergPricing:
         active[inside], capped[inside] = eq.active, eq.capped
         info = {"reward": sol.reward, "total": eq.total, "price": eq.price,
                 "server_profit": sol.profit, "method": sol.method,
-                "active": active, "capped": capped}
+                "active": active, "capped": capped, "converged": eq.settled, "iterations": eq.iterations}
         return Outcome(self.name, contributions=participation.contributions,
                        accuracy=participation.accuracy, transfer=participation.transfer, delivery_target=None,
                        participates=inside, info=info)

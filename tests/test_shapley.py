@@ -542,7 +542,7 @@ def test_when_nobody_reaches_a_useful_model_alone_the_better_equilibrium_is_take
     close = replace(record, outcome=replace(outcome, info=info))
     assert _equilibrium_notes(LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [close])) == ""
     cycling = replace(record, outcome=replace(outcome, info={**outcome.info, "converged": False, "iterations": 200}))
-    assert "shapley: best responses did not settle in 200 sweeps" in _equilibrium_notes(
+    assert "shapley: best responses did not settle (200 sweeps)" in _equilibrium_notes(
         LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [cycling]))
 
 

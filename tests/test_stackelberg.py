@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from scipy.optimize import brentq
@@ -315,6 +317,108 @@ def test_one_agent_contributing_is_found_at_the_end_of_the_stretch_where_the_sha
     eq = model_follower_equilibrium(pop, PowerLaw(0.9, 2.0, 0.5), 0.1)
     np.testing.assert_allclose(eq.contributions, [1e4 ** (2 / 3), 0.0, 0.0], rtol=1e-9)
     assert eq.iterations == 1
+
+
+def _game_5_utility(pop, model, reward, others, own):
+    """u_i = v_i a(O + y) + R y / (O + y) - c_i y^beta of game (5), written out for the tests."""
+    total = others + own
+    share = np.where(total > 0, own / np.where(total > 0, total, 1.0), 0.0)
+    value, cost = (per_agent.reshape((-1,) + (1,) * (np.ndim(own) - 1)) for per_agent in (pop.value, pop.cost))
+    return value * model(total) + reward * share - cost * own**pop.cost_exponent
+
+
+def test_a_best_response_of_game_5_is_the_better_peak_of_its_two_concave_pieces():
+    """By hand: a(m) = 1 - 10 m^-1/2 is 0 below m0 = 100. The second agent (c = 1/64), the
+    others holding O = 4, R = 1: on [0, 96] u = y / (4 + y) - y / 64 peaks where
+    4 / (4 + y)^2 = 1/64, y = 12, u = 0.5625; beyond the crossing its small v = 0.01 keeps
+    u below 0.01 + 96/100 - 96/64 < 0. Then, on random games of 2-12 agents, linear and
+    convex costs, the best response's utility is at least that of every point of a
+    20001-point grid of [0, n_i] (the old grid-and-golden search is the reference no more)."""
+    from mechanisms.stackelberg import _best_responses
+
+    pop = Population.from_lists(cost=[1.0, 1 / 64], endowment=1000.0, value=[1.0, 0.01])
+    best, gain = _best_responses(pop, PowerLaw(1.0, 10.0, 0.5), 1.0, np.array([4.0, 0.0]), only=1)
+    np.testing.assert_allclose(best, [12.0], rtol=1e-12)
+    np.testing.assert_allclose(gain, [0.5625 - 1e-9], rtol=1e-9)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n, beta = int(rng.integers(2, 13)), float(rng.choice([1.0, 1.5, 2.0, 3.0]))
+        crossing, alpha = float(rng.lognormal(5, 1)), float(rng.uniform(0.3, 0.8))
+        model = PowerLaw(0.9, 0.9 * crossing**alpha, alpha)
+        pop = Population(cost=rng.lognormal(-6, 2, n), endowment=rng.uniform(0.0, 3.0, n) * crossing,
+                         value=rng.lognormal(0, 1.5, n), cost_exponent=beta)
+        reward = float(rng.lognormal(-2, 2))
+        x = pop.endowment * rng.choice([0.0, 0.01, 0.3, 1.0], n) * rng.random(n)
+        best, _ = _best_responses(pop, model, reward, x)
+        others = x.sum() - x
+        grid = np.linspace(0.0, 1.0, 20001)[None, :] * pop.endowment[:, None]
+        on_grid = _game_5_utility(pop, model, reward, others[:, None], grid).max(axis=1)
+        reached = _game_5_utility(pop, model, reward, others, best)
+        assert np.all(reached >= on_grid - 1e-9 * np.maximum(1.0, np.abs(on_grid)))
+
+
+class _SharedReward:
+    """The proportional share of a fixed reward R, a(M) to all: game (5)'s rule, for verify_equilibrium."""
+
+    name = "shared reward"
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def allocate(self, contributions, population, model):
+        from mechanisms.stackelberg import _shares
+
+        return _shares(contributions, self.reward, population, model)
+
+
+# Two agents with no pure equilibrium of game (5) at R = 0.1954: from either's best response the other's
+# turns them round (the one of cost 5e-5 alone takes all of R with a sliver, then its rival joins, ...).
+CYCLING = Population(cost=[1.3282902766536858e-03, 5.0274416795013887e-05], endowment=[436.37175556677596,
+                     311.3034499422696], value=[0.13560152586249072, 0.0828516731307609])
+CYCLING_MODEL = PowerLaw(0.9, 10.431264671790505, 0.4378064784606437)
+
+
+def test_followers_whose_best_responses_cycle_stop_at_the_repeat_and_say_so():
+    """The best responses return to a profile after a few sweeps: they stop there (they
+    ran all 200 sweeps before) with settled False and a warning, and the profile is indeed
+    no equilibrium (verify_equilibrium finds an agent that gains)."""
+    reward = 0.19540534610163016
+    with pytest.warns(UserWarning, match=r"^stackelberg: the followers' best responses to the reward 0.195405 cycle "
+                      r"after \d+ sweeps"):
+        eq = model_follower_equilibrium(CYCLING, CYCLING_MODEL, reward)
+    assert not eq.settled and eq.iterations < 10
+    assert not verify_equilibrium(_SharedReward(reward), eq.contributions, CYCLING, CYCLING_MODEL).ok
+
+
+# At rewards from about 1 to 4 these two agents' best responses cycle; the leader announced such a reward
+# (a profile where an agent gained by deviating) before it skipped them.
+SKIPPED = Population(cost=[0.00132556894619735, 0.01327140992376583], endowment=[417.28734513005605,
+                     378.2401353306254], value=[2.137313957113433, 4.170861259496611])
+SKIPPED_MODEL = PowerLaw(0.9, 16.662651209769788, 0.5234683101439733)
+
+
+def test_the_leader_announces_only_rewards_whose_followers_settle():
+    """The leader's search scores a reward without an equilibrium -inf: no warning, the
+    announced profile is an equilibrium (verify_equilibrium), and it beats every
+    settled reward of a fine grid. A given reward without one is announced with one
+    warning and info["converged"] False."""
+    from mechanisms.stackelberg import _game_5_equilibrium
+
+    mechanism = StackelbergPricing(LogValue(10.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mechanism.solve(SKIPPED, SKIPPED_MODEL)
+    assert out.info["converged"] and out.info["iterations"] == 1
+    assert verify_equilibrium(mechanism, out.contributions, SKIPPED, SKIPPED_MODEL).ok
+    profits = []
+    for reward in np.linspace(0.0, 8.0, 81):
+        eq = _game_5_equilibrium(SKIPPED, SKIPPED_MODEL, reward)
+        if eq.settled:
+            profits.append(10 * np.log1p(eq.total) - reward)
+    assert len(profits) < 81 and out.info["server_profit"] >= max(profits) - 1e-9
+    with pytest.warns(UserWarning, match=r"reward 2 cycle") as said:
+        given = StackelbergPricing(LogValue(10.0), reward=2.0).solve(SKIPPED, SKIPPED_MODEL)
+    assert len(said) == 1 and given.info["converged"] is False
 
 
 def test_a_fixed_reward_is_shared_as_the_followers_play_it():
