@@ -337,9 +337,9 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     end, found by bisection). a is 0 below its zero crossing, so u_i need not be
     concave in x_i across it: a root is an equilibrium only where no agent's exact best
     response (:func:`_best_responses`, the others fixed: u_i is concave on either side of
-    the zero crossing) gains more than _GAIN_TOL, and the largest such total is returned; where no root
-    passes, Gauss-Seidel best responses from the largest run until a sweep ends where no
-    agent gains by the same test. Where they return to a profile an earlier sweep ended
+    the zero crossing) gains more than _GAIN_TOL, and the largest such total is returned;
+    where no root passes, Gauss-Seidel best responses from the largest run until a sweep
+    ends where no agent gains by the same test. Where they return to a profile an earlier sweep ended
     at (they cycle: some populations have no pure equilibrium at some rewards), or run
     _SWEEPS sweeps, the profile where they stopped is returned with ``settled`` False and
     a warning. R = 0 is standard FL (:func:`mechanisms.standard.nash_contributions`).
@@ -623,8 +623,8 @@ class StackelbergPricing:
     total, price per sample, the server's profit V(X) - R, active and capped agents,
     converged (False: the followers' best responses under the announced reward did not
     settle, only where ``reward`` is given: the leader's search skips such rewards) and
-    iterations (their sweeps). ``allocate`` is the sharing rule itself: a(M) for all, R m_i / M, under the reward R
-    announced once exits settle.
+    iterations (their sweeps). ``allocate`` is the sharing rule itself: a(M) for all,
+    R m_i / M, under the reward R announced once exits settle.
     """
 
     def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
