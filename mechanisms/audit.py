@@ -244,7 +244,7 @@ def audit(
     """
     check_phi(phi)
     mechanism = SolvedFor(mechanism, population.outside_option if solved_for is None else
-                          np.asarray(solved_for, dtype=float))
+                          check_per_agent("solved_for", solved_for, population.n_agents))
     delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,
                                                trained_contributions, tol)
     realised = utility(population, delivered, trained, paid, outcome.participates, phi)

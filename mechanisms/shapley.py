@@ -136,7 +136,7 @@ class _Coalitions:
     def __call__(self, coalition) -> float:
         key = tuple(sorted(int(p) for p in coalition))
         if key not in self._cache:
-            self._cache[key] = float(self._utility(key))
+            self._cache[key] = _finite_utility(key, float(self._utility(key)))
         return self._cache[key]
 
     def __len__(self) -> int:
@@ -150,7 +150,7 @@ class _Coalitions:
         values = np.asarray(self._batch(missing), dtype=float)
         if values.shape != (len(missing),):
             raise ValueError(f"batch returned shape {values.shape}: allowed is ({len(missing)},), one per coalition")
-        self._cache.update(zip(missing, values.tolist()))
+        self._cache.update((key, _finite_utility(key, value)) for key, value in zip(missing, values.tolist()))
 
     def marginals(self, orders: np.ndarray, v_empty: float, v_full: float | None = None,
                   eps: float | None = None) -> np.ndarray:
@@ -181,6 +181,14 @@ class _Coalitions:
         return marginal
 
 
+def _finite_utility(coalition: tuple[int, ...], value: float) -> float:
+    """``value``, the utility of ``coalition``; ValueError naming both unless it is finite
+    (a NaN would make every value NaN, and keep GTG's convergence test from passing)."""
+    if not np.isfinite(value):
+        raise ValueError(f"utility({coalition!r})={value!r}: allowed is a finite number")
+    return value
+
+
 class _SumCoalitions:
     """:class:`_Coalitions` for a :class:`SumGame`: the same numbers, but each call of
     :meth:`marginals` evaluates all prefixes of all its orderings in one call of f. The
@@ -195,7 +203,7 @@ class _SumCoalitions:
     def __call__(self, coalition) -> float:
         members = np.array(sorted({int(p) for p in coalition}), dtype=np.int64)
         self._singles.append(members)
-        return self.game(members)
+        return _finite_utility(tuple(members.tolist()), self.game(members))
 
     def __len__(self) -> int:
         """Distinct coalitions evaluated so far, from their bit masks (counted on demand)."""
@@ -213,7 +221,14 @@ class _SumCoalitions:
         """As :meth:`_Coalitions.marginals`, all prefixes at once: U of the prefixes of
         ordering k is f(cumsum(w[orders[k]]))."""
         n_orders, n_players = orders.shape
-        current = np.asarray(self.game.f(np.cumsum(self.game.weights[orders], axis=1)), dtype=float)
+        totals = np.cumsum(self.game.weights[orders], axis=1)
+        current = np.asarray(self.game.f(totals), dtype=float)
+        if current.shape != totals.shape:
+            raise ValueError(f"f returned shape {current.shape} for totals of shape {totals.shape}: allowed is one "
+                             "utility per total, elementwise")
+        if not np.all(np.isfinite(current)):
+            at = np.argwhere(~np.isfinite(current))[0]
+            _finite_utility(tuple(sorted(int(p) for p in orders[at[0], :at[1] + 1])), float(current[tuple(at)]))
         previous = np.column_stack([np.full(n_orders, float(v_empty)), current[:, :-1]])
         gain = current - previous
         if eps is None:
@@ -488,7 +503,8 @@ def counted_shapley(game: SumGame) -> ShapleyEstimate:
     w = game.weights
     whole = (w >= 0) & (w == np.round(w))
     if not whole.all():
-        raise ValueError(f"weights (first not whole: {float(w[~whole][0])!r}): allowed is whole numbers >= 0")
+        raise ValueError(f"weights (first not a whole number >= 0: {float(w[~whole][0])!r}): allowed is whole "
+                         "numbers >= 0")
     n_players = len(w)
     _check_players(n_players)
     if n_players * (float(w.sum()) + 1) > MAX_COUNTED_CELLS:  # checked before the cast: huge weights overflow int64
@@ -713,7 +729,8 @@ def fedsv(
     ``seed`` (in ``options``, or its default) seeds each round with its own stream of it
     (:func:`_round_seed`). Efficiency,
     sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
-    Monte Carlo values and for GTG-Shapley up to its ``eps``, not for leave-one-out or
+    Monte Carlo values, and for GTG-Shapley up to its ``eps`` in the rounds it values
+    (a round gaining at most its ``round_eps`` is valued 0), not for leave-one-out or
     the stratified estimate. Returns (n_clients,) values and the evaluations and
     permutations summed over rounds.
     """
@@ -722,10 +739,11 @@ def fedsv(
     values = np.zeros(n_clients)
     n_evaluations = n_permutations = 0
     for t, game in enumerate(rounds):
-        clients = tuple(int(c) for c in game.clients)
+        clients = tuple(game.clients)
         if not clients:
             continue
-        if len(set(clients)) != len(clients) or min(clients) < 0 or max(clients) >= n_clients:
+        if (not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in clients)
+                or len(set(clients)) != len(clients) or min(clients) < 0 or max(clients) >= n_clients):
             raise ValueError(
                 f"rounds[{t}].clients={clients!r}: allowed is distinct client ids in [0, {n_clients})"
             )
@@ -742,8 +760,16 @@ def fedsv(
 
 def _estimator_seed(estimator: Callable[..., ShapleyEstimate], options: dict) -> int | None:
     """The seed a seeded estimator draws with (``options``' or its default; checked), None
-    for an estimator that takes none."""
-    parameter = inspect.signature(estimator).parameters.get("seed")
+    for an estimator that takes none. ValueError naming an option ``estimator`` does not
+    take (the game, its size and ``batch`` are fedsv's to pass)."""
+    parameters = inspect.signature(estimator).parameters
+    taken = [name for name, p in list(parameters.items())[2:]
+             if name != "batch" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(taken))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(f"{unknown[0]}={options[unknown[0]]!r}: allowed are the options of "
+                         f"{getattr(estimator, '__name__', estimator)!s}: {', '.join(taken) or 'none'}")
+    parameter = parameters.get("seed")
     if parameter is None:
         return None
     seed = options.get("seed", parameter.default)
@@ -793,7 +819,8 @@ class ShapleyRewards:
 
     - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
     - "monte_carlo": ``n_permutations`` sampled orderings (seeded);
-    - "gtg": GTG-Shapley with within-round truncation at ``eps``;
+    - "gtg": GTG-Shapley with between- and within-round truncation at ``eps`` (a round
+      gaining at most ``eps`` is valued 0; ``eps`` = 0 truncates nothing);
     - "stratified": ``strata_samples`` coalitions of each size per agent (seeded);
     - "loo": leave-one-out, phi_i = a(M) - a(M - m_i).
 
@@ -974,7 +1001,7 @@ class ShapleyRewards:
         return {
             "exact": (exact_shapley, {}),
             "monte_carlo": (monte_carlo_shapley, {"n_permutations": self.n_permutations, "seed": self.seed}),
-            "gtg": (gtg_shapley, {"eps": self.eps, "seed": self.seed}),
+            "gtg": (gtg_shapley, {"eps": self.eps, "round_eps": self.eps, "seed": self.seed}),
             "stratified": (stratified_shapley, {"samples_per_stratum": self.strata_samples, "seed": self.seed}),
             "loo": (leave_one_out, {}),
         }[self.estimator]

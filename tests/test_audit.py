@@ -308,3 +308,19 @@ def test_a_rule_solved_for_other_outside_options_is_audited_as_it_was_played():
     assert np.all(result.ir_shortfall > 0.9)
     np.testing.assert_allclose(result.deviation_gain, result.ir_shortfall, rtol=1e-9)  # leaving pays the shortfall
     assert [row["leaves"] for row in result.rows()] == [True, True, True]  # contributing 0 signs nothing: leaving
+
+
+@pytest.mark.parametrize("solved_for, message", [
+    ([0.0, 0.5], r"^solved_for has shape \(2,\): allowed is \(3,\), one per agent$"),
+    ([0.0, 0.0, np.nan], r"^solved_for"),
+    ("abc", r"^solved_for"),
+])
+def test_outside_options_solved_for_that_are_not_one_per_agent_are_refused(solved_for, message):
+    """solved_for of the wrong length was ignored (the audit ran against the agents' own
+    outside options, as without it); a string raised numpy's conversion error."""
+    population = Population.from_lists(cost=[3.0, 2.0, 1.0], endowment=100.0)
+    mechanism = ContractMechanism(LogValue(10.0))
+    outcome = mechanism.solve(population, MODEL)
+    with pytest.raises(ValueError, match=message):
+        audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions,
+              solved_for=solved_for)

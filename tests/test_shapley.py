@@ -3,6 +3,7 @@
 import itertools
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -156,6 +157,29 @@ def test_gtg_between_round_truncation_skips_a_round_that_adds_nothing():
     estimate = gtg_shapley(flat, 6, round_eps=1e-3)
     assert estimate.n_evaluations == 2 and estimate.n_permutations == 0
     np.testing.assert_array_equal(estimate.values, np.zeros(6))
+
+
+class _AdditiveRound:
+    """A round's coalition game: each selected client adds its share of the round's gain."""
+
+    def __init__(self, shares, gain):
+        self.clients, self.shares, self.gain = tuple(range(len(shares))), shares, gain
+
+    def utility(self, coalition):
+        return 0.5 + self.gain * sum(self.shares[c] for c in coalition)
+
+
+def test_shapley_rewards_gtg_with_eps_0_values_every_round():
+    """ShapleyRewards(estimator="gtg", eps=0) passed eps to the within-round truncation
+    only: rounds gaining 0.0009 fell under GTG's default round_eps of 1e-3 and were valued
+    0, so client 1, who made both, was paid as if it had not. Round 1 gains 0.05 split
+    (0.7, 0.3), rounds 2 and 3 gain 0.0009 each, all client 1's: phi = (0.035, 0.0168)."""
+    rounds = [_AdditiveRound((0.7, 0.3), 0.05), _AdditiveRound((0.0, 1.0), 0.0009),
+              _AdditiveRound((0.0, 1.0), 0.0009)]
+    outcome, training = SimpleNamespace(contributions=np.zeros(2)), SimpleNamespace(round_games=rounds)
+    paid = ShapleyRewards(1.0, estimator="gtg", eps=0.0).realised_transfer(outcome, training)
+    phi = np.array([0.7 * 0.05, 0.3 * 0.05 + 2 * 0.0009])
+    np.testing.assert_allclose(paid, phi / phi.sum(), rtol=1e-9)
 
 
 def test_gtg_guided_sampling_puts_every_player_first_once_per_cycle():
@@ -375,8 +399,9 @@ def test_counting_coalitions_is_the_shapley_formula():
     counted = counted_shapley(SumGame(w, PILOT))
     np.testing.assert_allclose(counted.values, shapley_from_table(table), rtol=1e-12, atol=1e-15)
     assert counted.n_evaluations == 8 * (w.sum() + 1) * 2  # f at every total, with and without each player
-    with pytest.raises(ValueError, match=r"weights \(first not whole: 0.5\): allowed is whole numbers >= 0"):
-        counted_shapley(SumGame([1.0, 0.5], np.sqrt))
+    for weights, first in (([1.0, 0.5], "0.5"), ([1.0, -2.0], "-2.0")):
+        with pytest.raises(ValueError, match=rf"weights \(first not a whole number >= 0: {first}\): allowed is whole "):
+            counted_shapley(SumGame(weights, np.sqrt))
     with pytest.raises(ValueError, match=r"weights \(2 players, total 9000000\): allowed is players \* \(total "):
         counted_shapley(SumGame([4e6, 5e6], np.sqrt))
 
@@ -561,3 +586,28 @@ def test_mechanism_arguments_are_checked_at_use():
         ShapleyRewards(1.0, estimator="banzhaf").allocate(np.ones(4), POPULATION, MODEL)
     with pytest.raises(ValueError, match="budget=-0.5: allowed is a finite number >= 0"):
         ShapleyRewards(-0.5).allocate(np.ones(4), POPULATION, MODEL)
+
+
+@pytest.mark.parametrize("estimator", [exact_shapley, monte_carlo_shapley, gtg_shapley, stratified_shapley])
+def test_a_utility_that_is_not_finite_is_named_by_its_coalition(estimator):
+    """A NaN utility made every value NaN (GTG ran to its limit of orderings, its
+    convergence test never passing); a SumGame's f returning one number for many totals
+    raised numpy's IndexError."""
+    with pytest.raises(ValueError, match=r"^utility\(\(0,\)\)=nan: allowed is a finite number$"):
+        estimator(lambda coalition: float("nan") if coalition == (0,) else float(len(coalition)), 3)
+    with pytest.raises(ValueError, match=r"^f returned shape \(\) for totals of shape \(\d+, 2\): allowed is one "):
+        monte_carlo_shapley(SumGame([1.0, 2.0], lambda totals: 1.0), 2)
+
+
+def test_fedsv_refuses_client_ids_that_are_not_integers_and_options_its_estimator_lacks():
+    """Client 1.7 was credited to client 1; an option the estimator does not take (a seed
+    for exact Shapley, a misspelt n_permutations) raised Python's TypeError."""
+    game = _AdditiveRound((0.5, 0.5), 1.0)
+    game.clients = (0, 1.7)
+    with pytest.raises(ValueError, match=r"^rounds\[0\]\.clients=\(0, 1\.7\): allowed is distinct client ids in "):
+        fedsv([game], 3)
+    with pytest.raises(ValueError, match=r"^seed=3: allowed are the options of exact_shapley: none$"):
+        fedsv([_AdditiveRound((0.5, 0.5), 1.0)], 2, exact_shapley, seed=3)
+    with pytest.raises(ValueError, match=r"^n_perms=3: allowed are the options of monte_carlo_shapley: "
+                                         r"n_permutations, seed$"):
+        fedsv([_AdditiveRound((0.5, 0.5), 1.0)], 2, monte_carlo_shapley, n_perms=3)
