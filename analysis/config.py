@@ -242,7 +242,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "contract_value_scale": Key((int, float), 0.2, _positive),
         "contract_information": Key(str, "incomplete", _one_of("incomplete", "complete")),
         "contract_form": Key(str, "reduced", _one_of("reduced", "all_pairs")),
-        "contract_accuracy_price": Key((int, float), 0.1, _non_negative),
+        "contract_accuracy_price": Key((int, float), 0.1, _positive),  # at 0 the contract menu is not unique
         "stackelberg_value": Key(str, "log", _one_of("log", "accuracy")),
         "stackelberg_value_scale": Key((int, float), 1.0, _positive),
         "stackelberg_budget": Key((int, float), 0.0, _non_negative),

@@ -37,17 +37,18 @@ The server's problem (incomplete information, every pair of types), eq. (2):
           (IC_kj)    R_k - theta_k q_k**beta >= R_j - theta_k q_j**beta   for all k != j
           q_k >= 0, optional capacity q_k <= n_k, optional reward cap R_k <= R_max
 
-V is concave and nondecreasing (a :class:`ValueFunction`), kappa >= 0 the server's cost
-of one unit of reward (``reward_price``: 1 for money). Every type is served: the program
-cannot exclude a type (a type asked for q_k = 0 is still paid its outside utility), so
-with outside utilities worth more than a type's data it may return a menu of negative
-profit; :class:`ContractMechanism` then leaves out the types with the largest outside
-utilities, or withdraws the menu. u0_k is the outside
-utility: zero, a number, or per type (e.g. the agent's local-only utility). A negative
-u0_k (staying out costs the agent) lets a money reward be negative, a fee; an accuracy
-reward cannot be, so accuracy menus add the floor R_k >= 0 (family "reward_floor")
-wherever some u0_k < 0, and then are solved by the per-type ("adjacent") reduced form,
-the lowest IR no longer necessarily binding.
+V is concave and nondecreasing (a :class:`ValueFunction`), kappa > 0 the server's cost
+of one unit of reward (``reward_price``: 1 for money; at 0 rewards would be free, any
+reward the constraints allow optimal, and the menu would depend on the solver). Every
+type is served: the program cannot exclude a type (a type asked for q_k = 0 is still
+paid its outside utility), so with outside utilities worth more than a type's data it
+may return a menu of negative profit; :class:`ContractMechanism` then leaves out the
+types that do not pay (``ContractMechanism._solve_menu``), or withdraws the menu. u0_k
+is the outside utility: zero, a number, or per type (e.g. the agent's local-only
+utility). A negative u0_k (staying out costs the agent) lets a money reward be negative,
+a fee; an accuracy reward cannot be, so accuracy menus add the floor R_k >= 0 (family
+"reward_floor") wherever some u0_k < 0, and then are solved by the per-type ("adjacent")
+reduced form, the lowest IR no longer necessarily binding.
 
 The program is convex after the change of variable y_k = q_k**beta (the cost in units
 of theta): IC and IR are linear in (y, R), and V(y**(1/beta)) is concave.
@@ -127,13 +128,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 import cvxpy as cp
 import numpy as np
 
-from incentives.checks import as_floats, bad, check_number, finite_number
+from incentives.checks import as_floats, bad, check_bool, check_number, finite_number
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import reservation_utility
 
@@ -487,6 +488,12 @@ class Menu:
     contribution**beta (the canonical criterion that orders the types);
     server_profit: expected profit per agent, sum_k p_k (V(q_k) - kappa R_k), in
     utility units; information: "complete" or "incomplete"; form: how it was solved.
+
+    A menu from :class:`ContractMechanism` that leaves some types out is solved for the
+    types it serves: its types, ``probability`` included, are the served ones (probability
+    conditional on being served, ``extras["served_share"]`` the served types' share), while
+    its ``server_profit`` is the expected profit per agent of the whole type grid, each type
+    choosing its item or its outside option (``extras["expected_profit"]``).
     """
 
     cost: np.ndarray
@@ -547,7 +554,12 @@ class Menu:
         return {"IC": float(np.max(u - own[:, None])), "IR": float(np.max(self.outside - own))}
 
     def table(self) -> dict:
-        """The menu as plain lists (for Outcome.info and reports)."""
+        """The menu as plain lists (for Outcome.info and reports): per item, the type's cost,
+        probability, contribution, samples, reward, outside utility and information rent;
+        server_profit as in the class docstring. From :class:`ContractMechanism`, the items
+        are those of the served types, probability is conditional on being served
+        (``served_share``: the served types' share of the type grid, 1 when none is left out)
+        and server_profit is per agent of the whole grid."""
         return {
             "cost": self.cost.tolist(), "probability": self.probability.tolist(),
             "contribution": self.contribution.tolist(), "samples": self.samples.tolist(),
@@ -555,7 +567,7 @@ class Menu:
             "outside": self.outside.tolist(),
             "information_rent": self.information_rent.tolist(),
             "server_profit": self.server_profit, "information": self.information,
-            "form": self.form,
+            "form": self.form, "served_share": float(self.extras.get("served_share", 1.0)),
         }
 
 
@@ -757,7 +769,9 @@ def _check_settings(information: str, form: str, reward: str, reward_price: floa
         raise bad("form", form, "'reduced', 'all_pairs' or 'closed_form'")
     if reward not in ("money", "accuracy"):
         raise bad("reward", reward, "'money' or 'accuracy'")
-    check_number("reward_price", reward_price)
+    if not (finite_number(reward_price) and reward_price > 0):  # at 0 the optimal rewards are not unique
+        raise bad("reward_price", reward_price, "a finite number > 0 (the server's cost of one unit of reward; "
+                  "at 0 rewards cost nothing and the optimal menu is not unique)")
     if solver not in cp.installed_solvers():
         raise bad("solver", solver, f"one of {cp.installed_solvers()}")
 
@@ -789,7 +803,7 @@ def solve_screening(
     incomplete information, no capacity or reward cap); outside: u0 in utility units,
     a number or (K,); reward: "money" or "accuracy"; accuracy_value: (K,) or number v_k
     > 0, utility per unit accuracy (required for accuracy rewards); reward_price: kappa
-    >= 0, the server's utility cost of one unit of reward; reward_cap: the largest reward
+    > 0, the server's utility cost of one unit of reward; reward_cap: the largest reward
     (accuracy rewards: default 1.0); capacity: (K,) largest contribution of each type
     (quality-weighted samples); quality: (K,) rho_k > 0 (default 1); cost_exponent: beta
     >= 1; solver: a cvxpy solver name.
@@ -841,12 +855,6 @@ def solve_screening(
     # An accuracy delivered is >= 0; money may be a fee (R < 0) when outside utilities are negative.
     floor = reward == "accuracy" and bool(np.any(u0 < 0))
 
-    if kappa == 0 and reward_cap is None and cap is None:
-        raise ContractError(
-            "unbounded menu: reward_price=0.0 makes rewards free to the server and neither "
-            "reward_cap nor capacity bounds the rewards or contributions of types "
-            f"{list(range(K))}; make reward_price positive or set reward_cap or capacity",
-            family="objective", types=list(range(K)))
     # With q = 0 allowed, pooling every type at (0, max u0) satisfies IC, IR and the
     # capacities, so the menu is infeasible exactly when an outside utility exceeds the cap.
     if reward_cap is not None and np.any(u0 > reward_cap):
@@ -863,6 +871,8 @@ def solve_screening(
         if floor:
             raise bad("form", form, "'reduced' or 'all_pairs' for accuracy rewards with a negative outside "
                       f"utility ({float(np.min(u0_all)):.6g}): the floor R_k >= 0 has no closed form")
+        if information == "incomplete":  # what the closed form cannot take, before what it would find
+            _closed_form_scope(u0, common, capy, reward_cap)
         free = np.flatnonzero(theta_all == 0)
         if free.size and (information == "incomplete" or cap is None):  # first best or a virtual cost of 0
             raise ContractError(
@@ -900,12 +910,16 @@ def solve_screening(
                 extras={"variant": variant, **({"all_pairs": how} if how else {}),
                         "accuracy_value": v if reward == "accuracy" else None,
                         "reward_cap": reward_cap})
-    if status == cp.OPTIMAL_INACCURATE:
-        worst = max(menu.violations().values()) / max(1.0, float(np.max(np.abs(reward_arr))))
-        if worst > 1e-6:
-            warnings.warn(f"the {variant} screening program was solved inaccurately: IC/IR "
-                          f"violated by up to {worst:.2g} (relative to the largest reward)",
-                          RuntimeWarning)
+    if status != cp.OPTIMAL:  # "optimal_inaccurate" or "user_limit" (see _run)
+        violated = menu.violations()  # types observed under complete information: no IC to keep
+        worst = max(violated.values() if information == "incomplete" else [violated["IR"]])
+        worst /= max(1.0, float(np.max(np.abs(reward_arr))))
+        if worst > 1e-6 or status != cp.OPTIMAL_INACCURATE:
+            warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
+                          f"{'IC/IR' if information == 'incomplete' else 'IR'} violated by up to {worst:.2g} "
+                          "(relative to the largest reward)"
+                          + ("; the solver stopped at its iteration or time limit, so the menu need not be "
+                             "optimal" if status == cp.USER_LIMIT else ""), RuntimeWarning)
     return menu
 
 
@@ -933,9 +947,18 @@ def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
     return th * y + u0 + above
 
 
+def _closed_form_scope(u0, common, capy, reward_cap) -> None:
+    """ValueError unless the incomplete-information closed form applies: one common outside
+    utility, no capacity, no reward cap."""
+    if not common:
+        raise bad("outside", u0, "one common outside utility with form='closed_form' and "
+                  "information='incomplete' (use form='reduced' for per-type ones)")
+    if capy is not None or reward_cap is not None:
+        raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
+                  "reward_cap constrains an incomplete-information menu")
+
+
 def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, common):
-    if kappa <= 0:
-        raise bad("reward_price", kappa, "a number > 0 with form='closed_form'")
     if information == "complete":  # a type costing nothing contributes its capacity (the caller checked one)
         priced = th > 0
         y = np.array(capy, dtype=float) if capy is not None else np.zeros(len(th))
@@ -946,12 +969,7 @@ def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, 
             room = np.divide(reward_cap - u0, th, out=np.full(len(th), np.inf), where=priced)
             y = np.minimum(y, np.maximum(0.0, room))
         return y, th * y + u0, "optimal", "complete"
-    if not common:
-        raise bad("outside", u0, "one common outside utility with form='closed_form' and "
-                  "information='incomplete' (use form='reduced' for per-type ones)")
-    if capy is not None or reward_cap is not None:
-        raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
-                  "reward_cap constrains an incomplete-information menu")
+    _closed_form_scope(u0, common, capy, reward_cap)
     phi = iron(virtual_costs(th, pp), pp)
     y = value.argmax(kappa * phi, beta) ** beta
     return y, _rents(th, y, u0[0]), "optimal", "closed_form"
@@ -1049,31 +1067,45 @@ def _solve_quietly(problem: cp.Problem, name: str, options: dict) -> None:
         problem.solve(solver=name, warm_start=False, **options)
 
 
+# A solve that stopped with a usable point but did not converge: "optimal_inaccurate", or
+# "user_limit" (an iteration or time limit reached). The next attempt is tried after either.
+_STOPPED = (cp.OPTIMAL_INACCURATE, cp.USER_LIMIT)
+# The last resort when every attempt raised: SCS at tight tolerances (at its defaults, 1e-4,
+# a 3-type all-pairs menu overpaid every type by 1.6e-5 and was reported "optimal").
+_SCS_FALLBACK = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000}
+
+
 def _run(problem: cp.Problem, solver: str) -> str:
-    """Solve with the attempts of :func:`_attempts`; return the cvxpy status. When no
-    attempt is "optimal", the variables keep the first "optimal_inaccurate" solution:
-    the one reached with the tightest tolerances (a looser attempt that also ends
-    inaccurate was measured up to 1e-3 further from the closed form)."""
-    first_inaccurate = None  # {variable: value} of the first "optimal_inaccurate" attempt
+    """Solve with the attempts of :func:`_attempts`; return the cvxpy status. An attempt
+    that stops unconverged (``_STOPPED``) is followed by the next; when no attempt is
+    "optimal", the variables keep the first stopped solution that has values, with its
+    status: the one reached with the tightest tolerances (a looser attempt that also ends
+    inaccurate was measured up to 1e-3 further from the closed form). When every attempt
+    raises, the fallback solver (SCS at ``_SCS_FALLBACK``; Clarabel at its defaults when
+    ``solver`` is SCS) runs, and its "optimal" is reported "optimal_inaccurate": a
+    fallback's tolerances are looser than the attempts', so the all-pairs form goes on to
+    constraint generation and :func:`solve_screening` checks the menu and warns."""
+    first_stopped = None  # (status, {variable: value}) of the first stopped attempt with values
     for name, options in _attempts(solver):
         try:
             _solve_quietly(problem, name, options)
         except cp.error.SolverError:
             continue
-        if problem.status != cp.OPTIMAL_INACCURATE:
+        if problem.status not in _STOPPED:
             return problem.status
-        if first_inaccurate is None:
-            first_inaccurate = {v: v.value for v in problem.variables()}
-    if first_inaccurate is not None:
-        for variable, value in first_inaccurate.items():
+        if first_stopped is None and all(v.value is not None for v in problem.variables()):
+            first_stopped = (problem.status, {v: v.value for v in problem.variables()})
+    if first_stopped is not None:
+        status, values = first_stopped
+        for variable, value in values.items():
             variable.value = value
-        return cp.OPTIMAL_INACCURATE
-    fallback = "SCS" if solver != "SCS" else "CLARABEL"
+        return status
+    fallback, options = ("SCS", _SCS_FALLBACK) if solver != "SCS" else ("CLARABEL", {})
     try:
-        _solve_quietly(problem, fallback, {})
+        _solve_quietly(problem, fallback, options)
     except cp.error.SolverError as exc:  # pragma: no cover - every solver failed
         raise RuntimeError(f"solvers {solver} and {fallback} failed on the menu: {exc}") from exc
-    return problem.status
+    return cp.OPTIMAL_INACCURATE if problem.status == cp.OPTIMAL else problem.status
 
 
 def _solve_program(K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
@@ -1188,7 +1220,9 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
         st, prog = solve_with(box=True)
         hit = []
         if prog.y.value is not None:
-            hit = np.flatnonzero(prog.y.value > 0.5 * _BIG).tolist()
+            # units put a bounded item near one (_units); on the flat value far out the solver may stop well
+            # short of the box (all_pairs, costs (0, 1): 4e6 of 1e7), so a thousandth of it is running away
+            hit = np.flatnonzero(prog.y.value > 1e-3 * _BIG).tolist()
             if prog.R is not None:
                 hit = sorted(set(hit) | set(np.flatnonzero(np.abs(prog.R.value) > 0.5 * _BIG)))
         types = order[hit].tolist()
@@ -1197,7 +1231,7 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
             f"or rewards of types {types} (costs in reward units {th[hit].tolist()}, "
             f"reward_price={kappa!r}, reward_cap={reward_cap!r}, capacity "
             f"{'set' if capy is not None else 'None'}); give them positive costs, bound "
-            "them with capacity or reward_cap, or make reward_price positive",
+            "them with capacity or reward_cap",
             family="objective", types=types)
     present = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor).families
     # Design constraints first; nonnegativity (a physical fact) is named only as a last resort.
@@ -1373,13 +1407,15 @@ class ContractMechanism:
     accuracy the server can deliver, nothing it can pay is accepted: either way the menu
     is withdrawn (status "withdrawn"), no agent is served, and each keeps its outside
     option. The screening program serves every type it is given (IR for all), so types
-    with large outside utilities are left out where that pays: the menu is solved for
-    the types whose outside utility is at most each threshold in turn (all of them
-    first), and the one with the largest expected profit, as the types then choose, is
-    offered (with outside utilities (0, 0, 50), costs (1, 2, 3) and V = 10 ln(1 + q),
-    serving all three types loses 43 per agent, leaving out the third earns 6.36). A
-    menu whose expected profit falls below what the server gets offering none, V(0), is
-    withdrawn too. Agents' utility is taken linear in accuracy (phi(a) = a).
+    are left out where that pays: the menu is solved for the types whose outside utility
+    is at most each threshold in turn (all of them first), then without the served types
+    it loses money on (an item worth less to the server than its reward) and, for a few
+    types, without each served type in turn (:meth:`_solve_menu`), and the one with the
+    largest expected profit, as the types then choose, is offered (with outside utilities
+    (0, 0, 50), costs (1, 2, 3) and V = 10 ln(1 + q), serving all three types loses 43
+    per agent, leaving out the third earns 6.36). A menu whose expected profit falls
+    below what the server gets offering none, V(0), is withdrawn too. Agents' utility is
+    taken linear in accuracy (phi(a) = a).
 
     Under ``information="complete"`` the server sees each agent's type and assigns it its
     type's item (if the agent can fill it and accepts it); the agents do not choose.
@@ -1419,6 +1455,15 @@ class ContractMechanism:
         self.name = name
         self._memo: tuple | None = None
         _check_settings(information, form, reward, reward_price, solver)
+        check_bool("respect_endowment", respect_endowment)
+        check_bool("include_local", include_local)
+        if form == "closed_form" and information == "incomplete" and (respect_endowment or reward == "accuracy"):
+            # every menu would carry a capacity (the endowments) or a reward cap (the model's accuracy)
+            why = ("respect_endowment=True caps each type's contribution at its endowment" if respect_endowment
+                   else "accuracy rewards are capped by the accuracy of the global model")
+            raise bad("form", form, f"'reduced' or 'all_pairs' with information='incomplete' when {why}: the "
+                      "closed form takes no capacity or reward cap (it needs respect_endowment=False and "
+                      "reward='money', or information='complete')")
         check_server_value(value, value_weight)
         if type_grid is not None:
             _check_type_grid(type_grid)
@@ -1454,47 +1499,89 @@ class ContractMechanism:
         return grid, prob, type_of, u0, cap
 
     def _solve_menu(self, grid, prob, u0, cap, value, reward_cap, cost_exponent):
-        """The most profitable menu among those serving the types whose outside utility is
-        at most a threshold (each distinct outside utility in turn, or _THRESHOLDS of them
-        evenly spaced in rank where there are more; only types some reward within the cap
-        can compensate), and, for each, the menus without the served types it asks for
-        no data while paying them a reward (until none is left: such an item is withdrawn,
-        but the others' incentive constraints against it cost rent), by the server's
-        expected profit with every type
-        choosing as agents do (:func:`_choose`; a type left out keeps its outside option
-        and is worth V(0)); withdrawn when none beats offering nothing, V(0). The menu's
-        ``extras["item_of_type"]`` is each type's item (-1: left out)."""
+        """The most profitable menu among those tried, by the server's expected profit over
+        the whole type grid with every type choosing as agents do (:func:`_choose`; a type
+        left out keeps its outside option and is worth V(0)); withdrawn when none beats
+        offering nothing, V(0). Tried: for each threshold (each distinct outside utility in
+        turn, or _THRESHOLDS of them evenly spaced in rank where there are more), the menu
+        serving the types whose outside utility is at most it (only types some reward within
+        the cap can compensate); then, from each menu, menus that leave out one type more,
+        going on from the most profitable of them while it gains or while the menu has losing
+        types (:meth:`_losing`: a served type whose own item earns the server less than a type
+        that takes nothing, V(q_k) - kappa R_k < V(0), or that is asked for no data while paid
+        a reward). Up to _GREEDY_TYPES served types, each served type is left out in turn (a
+        backward elimination: a type the menu earns on may still cost the others more rent
+        than it brings, and which of two losing types sharing an item to leave out matters);
+        beyond, the losing types all at once and, where there are at most _SINGLE_DROPS, each
+        alone (a solve or a few per step, for grids of hundreds of types).
+
+        The menu returned is the one solved for the served types: its ``probability`` is
+        conditional on being served (their shares of the grid, renormalised), its
+        ``server_profit`` the expected profit per agent of the whole grid as above
+        (= ``extras["expected_profit"]``), ``extras["item_of_type"]`` each grid type's item
+        (-1: left out), ``extras["left_out"]`` the costs of the types left out and
+        ``extras["served_share"]`` the served types' share of the grid."""
         compensable = np.ones(len(grid), bool) if reward_cap is None else u0 < reward_cap
         if not compensable.any():
             reason = f"every type's outside utility reaches the largest reward, {reward_cap:.6g}"
             return self._withdrawn(grid, prob, u0, value, cost_exponent, reason)
         with np.errstate(divide="ignore"):
             nothing = float(np.asarray(value(0.0)))  # the server's value of a type that takes no item
-        best = None
+        best, tried = None, {}
+
+        def solve(served):  # (profit, menu, served), each set of served types solved once
+            nonlocal best
+            key = served.tobytes()
+            if key not in tried:
+                tried[key] = (*self._served_menu(served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
+                                                 nothing), served)
+                if best is None or tried[key][0] > best[0] + 1e-9 * max(1.0, abs(best[0])):
+                    best = tried[key][:2]
+            return tried[key]
+
         limits = np.unique(u0[compensable])[::-1]  # everyone compensable first
         if len(limits) > _THRESHOLDS:  # evenly spaced ranks, the largest (serve all) kept
             limits = limits[np.unique(np.linspace(0, len(limits) - 1, _THRESHOLDS).round().astype(int))]
         for limit in limits:
-            served = compensable & (u0 <= limit)
-            while served.any():
-                profit, menu = self._served_menu(served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
-                                                 nothing)
-                if best is None or profit > best[0] + 1e-9 * max(1.0, abs(best[0])):
-                    best = (profit, menu)
-                # a served type asked for no data is paid its outside utility by an item nobody takes
-                # (_choose withdraws it), yet the others' incentive constraints against it cost rent: drop it
-                idle = ((menu.extras["item_of_type"] >= 0) & (_per_type(menu, menu.contribution) <= _ZERO)
-                        & (_per_type(menu, menu.reward) > _ZERO))
-                if not idle.any():
+            profit, menu, served = solve(compensable & (u0 <= limit))
+            while True:
+                drop = self._losing(menu, value, nothing)
+                if served.sum() <= _GREEDY_TYPES:  # backward elimination: each served type left out in turn
+                    singles = np.flatnonzero(served)
+                else:  # only the losing ones, and only a few: beyond, all of them at once
+                    singles = np.flatnonzero(drop) if drop.sum() <= _SINGLE_DROPS else []
+                children = [served & ~drop] if drop.any() and served.sum() > _GREEDY_TYPES else []
+                children += [served & (np.arange(len(grid)) != k) for k in singles]
+                children = [child for child in children if child.any()]
+                if not children:
                     break
-                served &= ~idle
+                step = max((solve(child) for child in children), key=lambda result: result[0])
+                if not (drop.any() or step[0] > profit + 1e-9 * max(1.0, abs(profit))):
+                    break  # no losing type left and no type worth leaving out
+                profit, menu, served = step
         profit, menu = best
         if profit < nothing - 1e-9 * max(1.0, abs(nothing)):
             reason = (f"the best menu would earn the server {profit:.6g}, less than the {nothing:.6g} of offering "
                       "none (the outside utilities it must match are worth more than the data)")
             return self._withdrawn(grid, prob, u0, value, cost_exponent, reason)
-        menu.extras.update(expected_profit=profit, left_out=grid[menu.extras["item_of_type"] < 0])
-        return menu
+        item_of_type = menu.extras["item_of_type"]
+        menu.extras.update(expected_profit=profit, left_out=grid[item_of_type < 0],
+                           served_share=float(prob[item_of_type >= 0].sum() / prob.sum()))
+        return replace(menu, server_profit=profit)
+
+    def _losing(self, menu: Menu, value, nothing: float) -> np.ndarray:
+        """Mask over the type grid of the served types the menu loses money on: a type whose
+        own item earns the server less than a type that takes nothing (V(q_k) - kappa R_k <
+        V(0): its reward outweighs its data), or that is asked for no data while paid a
+        reward (an item nobody takes, as :func:`_choose` withdraws it, yet the others'
+        incentive constraints against it cost rent). Leaving such types out removes their
+        constraints, so the menu of the others can only gain."""
+        own = menu.extras["item_of_type"] >= 0
+        q_own, R_own = _per_type(menu, menu.contribution), _per_type(menu, menu.reward)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            idle = own & (q_own <= _ZERO) & (R_own > _ZERO)
+            margin = value(np.where(own, q_own, 0.0)) - self.reward_price * np.where(own, R_own, 0.0)
+            return idle | (own & (margin < nothing - 1e-9 * max(1.0, abs(nothing))))
 
     def _served_menu(self, served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
                      nothing: float) -> tuple[float, Menu]:
@@ -1526,7 +1613,7 @@ class ContractMechanism:
                     quality=np.ones(len(grid)), cost_exponent=cost_exponent, server_profit=0.0,
                     information=self.information, form=self.form, reward_kind=self.reward,
                     reward_price=self.reward_price, value=value, status="withdrawn",
-                    extras={"withdrawn": reason, "item_of_type": np.full(len(grid), -1)})
+                    extras={"withdrawn": reason, "item_of_type": np.full(len(grid), -1), "served_share": 0.0})
 
     def _pick(self, menu, type_of, theta_i, u0_i, n_i):
         """Each agent's item (-1: none), agent i being of type ``type_of[i]``."""
@@ -1631,7 +1718,11 @@ class ContractMechanism:
 
 
 _ZERO = 1e-9
-_THRESHOLDS = 16  # the most menus ContractMechanism solves to choose which types to leave out
+_THRESHOLDS = 16  # the most thresholds on outside utility ContractMechanism tries to choose whom to leave out
+# ContractMechanism._solve_menu: up to _GREEDY_TYPES served types, leaving each out in turn is tried
+# (backward elimination); beyond, the losing ones each alone where there are at most _SINGLE_DROPS
+_GREEDY_TYPES = 8
+_SINGLE_DROPS = 6
 
 
 def _per_type(menu: Menu, per_item: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ def test_override_sets_one_entry_of_a_table():
     ("mechanisms.shapley_permutations=0", "mechanisms.shapley_permutations=0: allowed is a finite number > 0"),
     ("mechanisms.shapley_eps=-0.1", "mechanisms.shapley_eps=-0.1: allowed is a finite number >= 0"),
     ("mechanisms.shaping_epsilon=inf", "mechanisms.shaping_epsilon=inf: allowed is a finite number >= 0"),
+    # at 0 accuracy rewards cost the server nothing and the contract menu is not unique
+    ("mechanisms.contract_accuracy_price=0", "mechanisms.contract_accuracy_price=0: allowed is a finite number > 0"),
     ("loop.tolerance=inf", "loop.tolerance=inf: allowed is a finite number > 0"),
     ("training.lr=inf", "training.lr=inf: allowed is a finite number > 0"),
     ("accuracy.pilot_sizes=[40, 40, 80]", "accuracy.pilot_sizes=[40, 40, 80]: allowed is whole numbers >= 1, "

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from scipy.optimize import brentq
@@ -446,12 +448,30 @@ def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
     assert "the IR constraints of types [2]" in str(err) and "reward_cap" in str(err)
 
 
-def test_unbounded_menu_names_the_types():
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+@pytest.mark.parametrize("cost, probability", [([0.0, 1.0, 2.0], EQUAL), ([0.0, 1.0], [0.5, 0.5])])
+def test_unbounded_menu_names_the_types(form, cost, probability):
+    """The type of cost 0 is the one whose contribution grows without bound, in either form
+    (the all-pairs program's solve stopped short of the diagnosis' box, at 4e6 of 1e7, and
+    named no type: "types []")."""
     with pytest.raises(ContractError, match=r"unbounded menu: .* types \[0\]") as err:
-        solve_screening([0.0, 1.0, 2.0], EQUAL, V10, form="reduced")
-    assert err.value.family == "objective"
-    with pytest.raises(ContractError, match=r"unbounded menu: reward_price=0.0 makes rewards free"):
-        solve_screening(COSTS, EQUAL, V10, reward_price=0.0)
+        solve_screening(cost, probability, V10, form=form)
+    assert err.value.family == "objective" and err.value.types == [0]
+
+
+def test_free_rewards_are_refused():
+    """At reward_price=0 rewards cost the server nothing: any reward the constraints allow is
+    optimal, and the forms returned different ones (so delivered accuracies depended on the
+    solver). The price must be positive, in solve_screening and in the mechanism."""
+    message = (r"^reward_price=0.0: allowed is a finite number > 0 \(the server's cost of one unit of reward; at 0 "
+               r"rewards cost nothing and the optimal menu is not unique\)$")
+    for form in FORMS:
+        with pytest.raises(ValueError, match=message):
+            solve_screening(COSTS, EQUAL, V10, reward_price=0.0, reward_cap=3.0, form=form)
+    with pytest.raises(ValueError, match=message):
+        ContractMechanism(LogValue(0.2), reward="accuracy", reward_price=0.0)
+    with pytest.raises(ValueError, match=r"^reward_price=-0.5: allowed is a finite number > 0"):
+        ContractMechanism(reward_price=-0.5)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -475,6 +495,86 @@ def test_bad_arguments_name_key_value_and_what_is_allowed(kwargs, message):
 def test_closed_form_refuses_what_it_cannot_solve():
     with pytest.raises(ValueError, match=r"^outside=.*: allowed is one common outside utility"):
         solve_screening(COSTS, EQUAL, V10, outside=[0, 1, 2], form="closed_form")
+    # a capacity is what the incomplete-information closed form cannot take, whatever the costs (the
+    # message used to call this menu, which the programs solve, unbounded: "types [0] cost nothing")
+    with pytest.raises(ValueError, match=r"^form='closed_form': allowed is 'reduced' or 'all_pairs' when a "
+                       r"capacity or reward_cap constrains an incomplete-information menu$"):
+        solve_screening([0.0, 1.0], [0.5, 0.5], V10, capacity=[5.0, 5.0], form="closed_form")
+
+
+@pytest.mark.parametrize("settings, reason", [
+    (dict(), "respect_endowment=True caps each type's contribution at its endowment"),
+    (dict(reward="accuracy", reward_price=0.1, respect_endowment=False),
+     "accuracy rewards are capped by the accuracy of the global model"),
+])
+def test_a_contract_mechanism_whose_closed_form_could_never_solve_is_refused_when_built(settings, reason):
+    """Under incomplete information every menu the mechanism solves carries a capacity (the
+    endowments) or a reward cap (the model's accuracy), which the closed form does not take:
+    such a mechanism used to build and then fail on every solve. Without them, or under
+    complete information, the closed form solves the worked example."""
+    with pytest.raises(ValueError, match=r"^form='closed_form': allowed is 'reduced' or 'all_pairs' with "
+                       r"information='incomplete' when " + reason):
+        ContractMechanism(V10, form="closed_form", **settings)
+    pop = Population.from_lists(cost=COSTS, endowment=100.0)
+    free = ContractMechanism(V10, form="closed_form", respect_endowment=False).solve(pop, MODEL)
+    np.testing.assert_allclose(free.contributions, [1, 7 / 3, 9], atol=1e-9)
+    complete = ContractMechanism(V10, form="closed_form", information="complete").solve(pop, MODEL)
+    np.testing.assert_allclose(complete.contributions, [7 / 3, 4, 9], atol=1e-9)
+
+
+# ----------------------------------------------------------------- solver statuses
+HAND_Q, HAND_R = np.array([1, 7 / 3, 9]), np.array([3, 17 / 3, 37 / 3])  # the worked example (costs 3, 2, 1)
+
+
+def failing_clarabel(monkeypatch, times):
+    """Make the first ``times`` Clarabel attempts raise SolverError, as on a badly
+    conditioned program."""
+    solve, left = contract._solve_quietly, [times]
+
+    def attempt(problem, name, options):
+        if name == "CLARABEL" and left[0] > 0:
+            left[0] -= 1
+            raise contract.cp.error.SolverError("simulated failure")
+        solve(problem, name, options)
+
+    monkeypatch.setattr(contract, "_solve_quietly", attempt)
+
+
+def test_the_scs_fallback_is_solved_tightly_and_not_reported_optimal(monkeypatch):
+    """When every Clarabel attempt raises, SCS solves the menu, at tight tolerances (at its
+    defaults a 3-type all-pairs menu overpaid every type by 1.6e-5) and reported
+    "optimal_inaccurate", so that the all-pairs form goes on to constraint generation,
+    whose Clarabel solve is exact here."""
+    failing_clarabel(monkeypatch, 4)  # the four attempts on the whole all-pairs program
+    menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
+    assert menu.extras["all_pairs"].startswith("constraint generation")
+    assert menu.status == "optimal"
+    np.testing.assert_allclose(menu.contribution, HAND_Q, atol=1e-7)
+    np.testing.assert_allclose(menu.reward, HAND_R, atol=1e-7)
+    failing_clarabel(monkeypatch, 10**6)  # every Clarabel attempt: the reduced form comes from SCS
+    menu = solve_screening(COSTS, EQUAL, V10, form="reduced")
+    assert menu.status == "optimal_inaccurate"
+    np.testing.assert_allclose(menu.contribution, HAND_Q, atol=1e-6)
+
+
+def test_an_attempt_stopped_at_its_iteration_limit_is_followed_by_the_next(monkeypatch):
+    """A solve that reaches its iteration limit ("user_limit", values present but not
+    converged) used to be returned at once, without a warning, 3% off the menu. It is now
+    followed by the next attempt; when every attempt stops there, the first is kept, its
+    status reported, and a warning says so."""
+    attempts = contract._attempts
+    monkeypatch.setattr(contract, "_attempts", lambda solver: [
+        (name, {**options, "max_iter": 3}) if i == 0 else (name, options)
+        for i, (name, options) in enumerate(attempts(solver))])
+    for form in ("reduced", "all_pairs"):
+        menu = solve_screening(COSTS, EQUAL, V10, form=form)
+        assert menu.status == "optimal"
+        np.testing.assert_allclose(menu.contribution, HAND_Q, atol=1e-6)
+    monkeypatch.setattr(contract, "_attempts", lambda solver: [
+        (name, {**options, "max_iter": 3}) for name, options in attempts(solver)])
+    with pytest.warns(RuntimeWarning, match=r"solver status 'user_limit'.* the solver stopped at its iteration"):
+        menu = solve_screening(COSTS, EQUAL, V10, form="reduced")
+    assert menu.status == "user_limit"
 
 
 def test_a_menu_that_loses_the_server_money_is_withdrawn():
@@ -526,9 +626,10 @@ def test_a_type_asked_for_no_data_is_left_out_rather_than_paid_for_nothing():
     """Costs (0.5, 1, 2, 10), outside utilities (5, 0, 0, 1), V = 10 ln(1 + q). Serving
     every type asks the cost-10 type (V'(0) = 10 = its cost) for nothing and pays it its
     outside utility 1, an item nobody takes; the others' incentive constraints against it
-    still cost rent (the cost-2 type got R = 4 for q = 1.5), and the menu earned less. Left out, by hand: q_0 = 19 (10 / (1 + q) = 0.5), U_2 = 0, U_1 = q_2 (the
-    adjacent downward IC), and type 0's IR and IC both bind, q_2 + q_1 / 2 = 5, with
-    10 / (1 + q_1) - 1 = (10 / (1 + q_2) - 3) / 2 (the Lagrange condition); R = U + c q."""
+    still cost rent (the cost-2 type got R = 4 for q = 1.5), and the menu earned less. Left
+    out, by hand: q_0 = 19 (10 / (1 + q) = 0.5), U_2 = 0, U_1 = q_2 (the adjacent downward IC),
+    and type 0's IR and IC both bind, q_2 + q_1 / 2 = 5, with 10 / (1 + q_1) - 1 =
+    (10 / (1 + q_2) - 3) / 2 (the Lagrange condition); R = U + c q."""
     agents = Population.from_lists(cost=[0.5, 1.0, 2.0, 10.0], endowment=1000.0, outside_option=[5.0, 0.0, 0.0, 1.0])
     outcome = ContractMechanism(V10).solve(agents, MODEL)
     q1 = brentq(lambda q: 10 / (1 + q) - 1 - (10 / (6 - q / 2) - 3) / 2, 0.0, 10.0)
@@ -543,6 +644,88 @@ def test_a_type_asked_for_no_data_is_left_out_rather_than_paid_for_nothing():
     assert every.contribution[3] < 1e-6 and every.reward[3] > 0.99  # the cost-10 type paid for nothing
     assert profit > every.server_profit + 0.25 * every.reward[3] + 0.5  # even with that item withdrawn unpaid
     assert outcome.info["menu_object"].extras["left_out"].tolist() == [10.0]
+
+
+@pytest.mark.parametrize("information", ["incomplete", "complete"])
+def test_a_served_type_that_loses_the_server_money_is_left_out(information):
+    """Type A: cost 1, outside utility 5; type B: cost 9, outside utility 1; V = 10 ln(1 + q).
+    B's outside utility is the smaller, so leaving out the largest outside utilities never
+    dropped it, yet its first-best item, q = 1/9 (10 / (1 + q) = 9) for R = 1 + 1 = 2, earns
+    the server 10 ln(10/9) - 2 < 0 = V(0). Serving A alone: q = 9 (10 / (1 + q) = 1), R = 5 +
+    9 = 14, and B, whose utility from that item is 14 - 81 < 1, stays out."""
+    agents = Population.from_lists(cost=[1.0, 9.0], endowment=100.0, outside_option=[5.0, 1.0])
+    outcome = ContractMechanism(V10, information=information).solve(agents, MODEL)
+    np.testing.assert_allclose(outcome.contributions, [9.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(outcome.transfer, [14.0, 0.0], atol=1e-5)
+    assert outcome.participates.tolist() == [True, False]
+    alone = 10 * np.log(10) - 14
+    both = alone + 10 * np.log(10 / 9) - 2
+    assert both < alone
+    assert outcome.info["server_profit"] == pytest.approx(alone, abs=1e-5)
+    assert outcome.info["server_profit_expected"] == pytest.approx(alone / 2, abs=1e-5)
+    assert outcome.info["menu_object"].extras["left_out"].tolist() == [9.0]
+
+
+def best_served_subset(cost, outside):
+    """Independent of the mechanism's search: every non-empty set of types (probability 1/K
+    each) served by its own screening menu, every type then taking its best item, ties to
+    the larger contribution, or its outside option; the largest expected profit per agent
+    (0, V(0), offering nothing)."""
+    cost, outside = np.asarray(cost, float), np.asarray(outside, float)
+    K, best = len(cost), 0.0
+    for size in range(1, K + 1):
+        for served in itertools.combinations(range(K), size):
+            served = list(served)
+            menu = solve_screening(cost[served], np.full(size, 1 / size), V10, outside=outside[served])
+            q, R = menu.contribution, menu.reward
+            utility = np.where(q > 1e-9, R[None, :] - cost[:, None] * q[None, :], -np.inf)
+            gain = np.zeros(K)
+            for k in range(K):
+                top = utility[k].max()
+                if top >= outside[k] - 1e-9 * max(1.0, abs(top)):
+                    near = np.flatnonzero(utility[k] >= top - 1e-9 * max(1.0, abs(top)))
+                    j = near[np.argmax(q[near])]
+                    gain[k] = 10 * np.log1p(q[j]) - R[j]
+            best = max(best, float(gain.mean()))
+    return best
+
+
+@pytest.mark.parametrize("cost, outside", [
+    ([1.0, 9.0], [5.0, 1.0]),
+    ([2.76, 0.84, 2.28, 3.84], [0.26, 10.5, 10.25, 0.53]),
+    ([5.93, 2.12, 4.79, 5.26], [4.69, 5.25, 4.47, 1.28]),
+    ([2.93, 0.99, 3.28, 2.63, 0.71], [1.19, 11.84, 8.33, 5.38, 7.68]),
+])
+def test_the_types_left_out_are_the_best_set_to_leave_out(cost, outside):
+    """Per-type outside utilities under incomplete information: whom to serve is found among
+    all the sets of types, by an independent enumeration. Leaving out the largest outside
+    utilities first, or every type the server loses money on at once, missed these: a type
+    of low cost and a large outside utility is worth serving, and a type the menu earns on
+    may still cost the others' rents more (the last case: serving the second type raises
+    the fifth one's rent)."""
+    agents = Population.from_lists(cost=cost, endowment=1000.0, outside_option=outside)
+    outcome = ContractMechanism(V10).solve(agents, MODEL)
+    best = best_served_subset(cost, outside)
+    assert outcome.info["server_profit_expected"] == pytest.approx(best, abs=1e-6)
+    assert outcome.info["server_profit"] == pytest.approx(best * len(cost), abs=1e-5)
+
+
+def test_a_menu_that_leaves_types_out_reports_the_profit_over_the_whole_grid():
+    """Costs (1, 2, 3), outside utilities (0, 0, 50): the menu serves the first two (by hand,
+    q = (9, 7/3), R = (34/3, 14/3), see above) and leaves out the third, worth V(0) = 0. Its
+    probabilities are conditional on being served, (1/2, 1/2), and its server_profit, like
+    its table's, is per agent of the whole grid, as extras["expected_profit"]: it used to be
+    the served types' own, (10 ln 10 - 34/3 + 10 ln(10/3) - 14/3) / 2."""
+    agents = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=100.0, outside_option=[0.0, 0.0, 50.0])
+    outcome = ContractMechanism(V10).solve(agents, MODEL)
+    menu = outcome.info["menu_object"]
+    profit = (10 * np.log(10) - 34 / 3 + 10 * np.log(10 / 3) - 14 / 3) / 3
+    np.testing.assert_allclose(menu.probability, [0.5, 0.5])
+    assert menu.server_profit == pytest.approx(profit, abs=1e-5)
+    assert outcome.info["menu"]["server_profit"] == pytest.approx(profit, abs=1e-5)
+    assert outcome.info["menu"]["served_share"] == pytest.approx(2 / 3)
+    assert menu.server_profit == menu.extras["expected_profit"] == outcome.info["server_profit_expected"]
+    assert outcome.info["server_profit"] == pytest.approx(3 * profit, abs=1e-5)
 
 
 def test_a_type_that_costs_nothing_in_the_closed_form():
