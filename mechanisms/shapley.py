@@ -121,6 +121,21 @@ class SumGame:
     def __call__(self, coalition) -> float:
         return float(self.f(float(self.weights[list(coalition)].sum())))
 
+    def worth(self, totals) -> np.ndarray:
+        """f at an array of totals, one finite utility per total; ValueError naming f and
+        the first total where it is not finite (a NaN would make every value NaN), or the
+        shape f returned where it is not the totals'."""
+        totals = np.asarray(totals, dtype=float)
+        utility = np.asarray(self.f(totals), dtype=float)
+        if utility.shape != totals.shape:
+            raise ValueError(f"f returned shape {utility.shape} for totals of shape {totals.shape}: allowed is one "
+                             "utility per total, elementwise")
+        bad = np.flatnonzero(~np.isfinite(utility))
+        if bad.size:
+            raise ValueError(f"f({float(totals.flat[bad[0]])!r})={float(utility.flat[bad[0]])!r}: allowed is a "
+                             "finite number")
+        return utility
+
 
 class _Coalitions:
     """A utility as the estimators evaluate it: memoised on sorted coalitions (``len()``
@@ -221,14 +236,7 @@ class _SumCoalitions:
         """As :meth:`_Coalitions.marginals`, all prefixes at once: U of the prefixes of
         ordering k is f(cumsum(w[orders[k]]))."""
         n_orders, n_players = orders.shape
-        totals = np.cumsum(self.game.weights[orders], axis=1)
-        current = np.asarray(self.game.f(totals), dtype=float)
-        if current.shape != totals.shape:
-            raise ValueError(f"f returned shape {current.shape} for totals of shape {totals.shape}: allowed is one "
-                             "utility per total, elementwise")
-        if not np.all(np.isfinite(current)):
-            at = np.argwhere(~np.isfinite(current))[0]
-            _finite_utility(tuple(sorted(int(p) for p in orders[at[0], :at[1] + 1])), float(current[tuple(at)]))
+        current = self.game.worth(np.cumsum(self.game.weights[orders], axis=1))
         previous = np.column_stack([np.full(n_orders, float(v_empty)), current[:, :-1]])
         gain = current - previous
         if eps is None:
@@ -523,7 +531,7 @@ def counted_shapley(game: SumGame) -> ShapleyEstimate:
             shifted = np.zeros_like(count)
             shifted[1:, weight[j]:] = count[:-1, : top + 1 - weight[j]]
             count += shifted
-        gain = np.asarray(game.f(totals + w[i]), dtype=float) - np.asarray(game.f(totals), dtype=float)
+        gain = game.worth(totals + w[i]) - game.worth(totals)
         values[i] = order_weight @ (count @ gain)
     return ShapleyEstimate(values, n_players * 2 * (top + 1))
 
@@ -593,7 +601,7 @@ def size_strata_shapley(game: SumGame, nodes: int = STRATA_NODES, exact_sizes: i
     exact_sizes = _exact_sizes(n_players) if exact_sizes is None else exact_sizes
     if isinstance(exact_sizes, bool) or exact_sizes not in (1, 2):
         raise ValueError(f"exact_sizes={exact_sizes!r}: allowed is 1 or 2 (or None: by the number of players)")
-    values, evaluations = _strata_values(w[None, :], game.f, nodes, exact_sizes)
+    values, evaluations = _strata_values(w[None, :], game.worth, nodes, exact_sizes)
     return ShapleyEstimate(values[0], evaluations)
 
 
@@ -820,7 +828,8 @@ class ShapleyRewards:
     - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
     - "monte_carlo": ``n_permutations`` sampled orderings (seeded);
     - "gtg": GTG-Shapley with between- and within-round truncation at ``eps`` (a round
-      gaining at most ``eps`` is valued 0; ``eps`` = 0 truncates nothing);
+      gaining at most ``eps`` is valued 0; ``eps`` = 0 skips only a round gaining exactly 0,
+      whose values sum to 0 but need not each be 0);
     - "stratified": ``strata_samples`` coalitions of each size per agent (seeded);
     - "loo": leave-one-out, phi_i = a(M) - a(M - m_i).
 

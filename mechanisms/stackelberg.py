@@ -315,7 +315,7 @@ _SHARE_BISECTIONS = 45  # shares in [0, 1] to 2**-45 ~ 3e-14
 _SCAN_POINTS = 256  # log-spaced totals scanned for the roots of game (5)'s sum of shares
 _GAIN_TOL = 1e-9  # a best response better by at most this share of |u_i| (or 1e-9 utility) is no gain
 _PEAK_BISECTIONS = 60  # a best response's peak on its piece of [0, n_i] to 2**-60 of the piece
-_SLIVER = 1e-12  # a share of n_i standing for an infinitesimal contribution, which takes all of R alone
+_SLIVER = 1e-12  # an infinitesimal contribution, which takes all of R alone: this share of n_i, cost <= this R
 _LEADER_GRID = 64  # rewards the mechanism's leader tries before refining around the best
 _SWEEPS = 200  # Gauss-Seidel best-response sweeps where no root of game (5) is an equilibrium
 
@@ -437,7 +437,8 @@ def _best_responses(population: "Population", model: "AccuracyModel", R: float, 
     an end where the slope keeps one sign, else the slope's root (bisection,
     :func:`incentives.search.bisect`); the better peak is the best response (ties to the
     smaller contribution). Where O = 0 any y > 0 takes all of R, a supremum no contribution
-    attains: the sliver y = _SLIVER n_i stands for it. The gain is how much the best beats
+    attains: the sliver y = min(_SLIVER n_i, (_SLIVER R / c_i)**(1/beta)), whose cost is at
+    most _SLIVER R, stands for it. The gain is how much the best beats
     u_i(x_i), less _GAIN_TOL max(1, |u_i(x_i)|) (<= 0: no gain worth moving for)."""
     agents = np.arange(population.n_agents) if only is None else np.array([only])
     cost, value, endowment = population.cost[agents], population.value[agents], population.endowment[agents]
@@ -450,21 +451,27 @@ def _best_responses(population: "Population", model: "AccuracyModel", R: float, 
             share = np.where(total > 0, own / total, 0.0)
         return value * np.asarray(model(total), dtype=float) + R * share - cost * own**beta
 
-    def slope(own: np.ndarray, learning: bool) -> np.ndarray:  # u_i', without a' below the crossing
+    crossing = float(model.zero_crossing)
+
+    def slope(own: np.ndarray, learning: bool) -> np.ndarray:  # u_i' on the lower piece (no a') or the upper
         total = others + own
         with np.errstate(divide="ignore", invalid="ignore"):
             rivalry = np.where(total > 0, R * others / total**2, 0.0)
         marginal = cost if beta == 1 else beta * cost * own ** (beta - 1.0)
-        model_term = value * np.asarray(model.derivative(total), dtype=float) if learning else 0.0
+        # the upper piece starts at the crossing, where O + (m0 - O) may round a hair below it
+        model_term = value * np.asarray(model.derivative(np.maximum(total, crossing)), dtype=float) if learning \
+            else 0.0
         return model_term + rivalry - marginal
 
     def peak(low: np.ndarray, high: np.ndarray, learning: bool) -> np.ndarray:
         inner = bisect(lambda own: slope(own, learning), low, high, steps=_PEAK_BISECTIONS)
         return np.where(slope(high, learning) >= 0, high, np.where(slope(low, learning) <= 0, low, inner))
 
-    split = np.minimum(endowment, np.maximum(0.0, float(model.zero_crossing) - others))
+    split = np.minimum(endowment, np.maximum(0.0, crossing - others))
+    with np.errstate(divide="ignore"):  # a sliver costing at most _SLIVER R (c_i = 0: any)
+        sliver = np.minimum(_SLIVER * endowment, (_SLIVER * R / cost) ** (1.0 / beta))
     candidates = np.stack([np.zeros_like(split), peak(np.zeros_like(split), split, False),
-                           peak(split, endowment, True), np.where(others > 0, 0.0, _SLIVER * endowment)])
+                           peak(split, endowment, True), np.where(others > 0, 0.0, sliver)])
     values = np.stack([utility(own) for own in candidates])
     best = np.argmax(values, axis=0)    # the first of equal values: the smaller contribution, bar the sliver
     columns = np.arange(len(agents))
@@ -651,8 +658,7 @@ class StackelbergPricing:
         maximising V(X(R)) - R (R_max: the budget, or V(sum_i n_i) - V(0), beyond which
         no reward pays for itself; a grid of _LEADER_GRID rewards, refined by bounded
         Brent search around the best, among the rewards where the followers settle:
-        :func:`_best_reward`). A given ``reward`` whose followers do not settle is
-        announced with a warning."""
+        :func:`_best_reward`)."""
         value = server_value(self.value, self.value_weight, model)
         if population.n_agents < 2:
             return _no_contest(population, model, value)
@@ -663,8 +669,6 @@ class StackelbergPricing:
 
         if self.reward is not None:
             worth, eq = profit(float(self.reward))
-            if not eq.settled:
-                warnings.warn(_unsettled(eq), stacklevel=2)
             return LeaderSolution(float(self.reward), eq.total, worth, "given", eq)
         R_max = (float(self.budget) if self.budget is not None else
                  float(np.asarray(value(float(population.endowment.sum())))) - float(np.asarray(value(0.0))))
@@ -676,7 +680,8 @@ class StackelbergPricing:
     def _settled(self, population, model) -> tuple[LeaderSolution, Participation]:
         """The reward announced once exits settle (the last :meth:`_leader` of
         ``settle_participation``; R = 0 when everyone leaves) and who takes part, memoised
-        for the last (population, model)."""
+        for the last (population, model); a warning where the followers of the announced
+        reward (a given ``reward``) do not settle."""
         if self._memo is not None and self._memo[0] is population and self._memo[1] is model:
             return self._memo[2]
         announced: list[LeaderSolution] = []  # one per replay of the game, the last for those who stay
@@ -689,6 +694,8 @@ class StackelbergPricing:
             contribute, lambda m, members: _shares(m, announced[-1].reward, members, model), population)
         if participation.participates.any():
             settled = (announced[-1], participation)
+            if not announced[-1].equilibrium.settled:  # a given reward: the leader's search skips such rewards
+                warnings.warn(_unsettled(announced[-1].equilibrium), stacklevel=3)
         else:
             settled = (_nobody(server_value(self.value, self.value_weight, model)), participation)
         self._memo = (population, model, settled)

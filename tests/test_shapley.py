@@ -599,6 +599,16 @@ def test_a_utility_that_is_not_finite_is_named_by_its_coalition(estimator):
         monte_carlo_shapley(SumGame([1.0, 2.0], lambda totals: 1.0), 2)
 
 
+@pytest.mark.parametrize("estimator", [counted_shapley, size_strata_shapley])
+def test_the_sum_game_estimators_check_f_too(estimator):
+    """counted_shapley and size_strata_shapley call f themselves: a NaN gave NaN values, a
+    scalar f numpy's matmul or IndexError."""
+    with pytest.raises(ValueError, match=r"^f\(3\.0\)=nan: allowed is a finite number$"):
+        estimator(SumGame([1.0, 2.0, 3.0], lambda totals: np.where(totals == 3.0, np.nan, totals)))
+    with pytest.raises(ValueError, match=r"^f returned shape \(\) for totals of shape \(\d+,\): allowed is one "):
+        estimator(SumGame([1.0, 2.0, 3.0], lambda totals: 1.0))
+
+
 def test_fedsv_refuses_client_ids_that_are_not_integers_and_options_its_estimator_lacks():
     """Client 1.7 was credited to client 1; an option the estimator does not take (a seed
     for exact Shapley, a misspelt n_permutations) raised Python's TypeError."""

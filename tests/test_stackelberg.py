@@ -357,6 +357,31 @@ def test_a_best_response_of_game_5_is_the_better_peak_of_its_two_concave_pieces(
         assert np.all(reached >= on_grid - 1e-9 * np.maximum(1.0, np.abs(on_grid)))
 
 
+def test_a_best_response_sees_the_model_from_the_crossing_and_takes_all_of_a_reward_with_a_sliver():
+    """Two edges of the exact best response. (1) O + (m0 - O) rounds a hair below the zero
+    crossing m0 for some O: a'(there) was 0, the upper piece's slope at its start came out
+    negative, and the peak at 51.95 samples was missed for its start 32.30 (O = 10.685...,
+    m0 = 42.984...). (2) With the others at 0 any y > 0 takes all of R: the sliver 1e-12 n_i
+    cost c n_i 1e-12 = 1e-6 > R = 1e-7, and the best response came out 0 for a gain of
+    -1e-9, while y = 1e-9 earns R - 1e-9 = 9.9e-8."""
+    from mechanisms.stackelberg import _best_responses
+
+    model, others = PowerLaw(0.9, 5.900618863435598, 0.5), 10.685045269688377
+    crossing = model.zero_crossing
+    assert others + (crossing - others) < crossing and model.derivative(others + (crossing - others)) == 0.0
+    cost = others / crossing**2 * 1.5  # the share's slope R O / m0^2 - c < 0 just below the crossing
+    pop = Population(cost=[1.0, cost], endowment=[1e6, 20 * crossing], value=[1.0, 1.0])
+    best, _ = _best_responses(pop, model, 1.0, np.array([others, 0.0]), only=1)
+    grid = np.linspace(0.0, 20 * crossing, 400001)
+    on_grid = model(others + grid) + grid / (others + grid) - cost * grid
+    assert float(model(others + best[0]) + best[0] / (others + best[0]) - cost * best[0]) >= on_grid.max() - 1e-12
+    assert best[0] > crossing - others
+    pop = Population(cost=[1.0, 1.0], endowment=[1e6, 1e6], value=[1e-3, 1e-3])
+    best, gain = _best_responses(pop, PowerLaw(0.9, 10.0, 0.5), 1e-7, np.zeros(2))
+    assert np.all(best > 0) and np.all(1.0 * best <= 1e-12 * 1e-7)
+    np.testing.assert_allclose(gain, 1e-7 - 1e-9, rtol=1e-9)  # all of R, less _GAIN_TOL max(1, |0|)
+
+
 class _SharedReward:
     """The proportional share of a fixed reward R, a(M) to all: game (5)'s rule, for verify_equilibrium."""
 
@@ -416,6 +441,14 @@ def test_the_leader_announces_only_rewards_whose_followers_settle():
         if eq.settled:
             profits.append(10 * np.log1p(eq.total) - reward)
     assert len(profits) < 81 and out.info["server_profit"] >= max(profits) - 1e-9
+    third = Population(cost=[*SKIPPED.cost, 0.0015577158811826432],
+                       endowment=[*SKIPPED.endowment, 432.9576719514444],
+                       value=[*SKIPPED.value, 0.728840651168763], outside_option=[0.0, 0.0, 1e3])
+    assert not _game_5_equilibrium(third, SKIPPED_MODEL, 0.3).settled
+    with warnings.catch_warnings():  # the third agent leaves, and the two who stay settle at R = 0.3: no warning
+        warnings.simplefilter("error")
+        stay = StackelbergPricing(LogValue(10.0), reward=0.3).solve(third, SKIPPED_MODEL)
+    assert stay.participates.tolist() == [True, True, False] and stay.info["converged"]
     with pytest.warns(UserWarning, match=r"reward 2 cycle") as said:
         given = StackelbergPricing(LogValue(10.0), reward=2.0).solve(SKIPPED, SKIPPED_MODEL)
     assert len(said) == 1 and given.info["converged"] is False
