@@ -150,7 +150,7 @@ def unreadable_csv(section: dict, error: OSError) -> ConfigError:
 def csv_header(section: dict) -> list[str]:
     """The column names of ``population.csv`` (OSError when it cannot be read, ValueError
     when it is not UTF-8 text: :func:`incentives.population.csv_rows`)."""
-    return next(iter(csv_rows(csv_path(section))), [])
+    return next(iter(csv_rows(csv_path(section), limit=1)), [])
 
 
 def csv_sha256(section: dict) -> str | None:

@@ -29,6 +29,7 @@ units per sample**beta.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from dataclasses import dataclass, replace
 from os import PathLike
@@ -392,13 +393,14 @@ def _label_index(column: str) -> int:
     return int(suffix)
 
 
-def csv_rows(path: str | PathLike) -> list[list[str]]:
+def csv_rows(path: str | PathLike, limit: int | None = None) -> list[list[str]]:
     """The rows of the CSV file ``path`` (UTF-8, with or without a byte-order mark), blank
-    lines skipped; ValueError naming the file where it is not UTF-8 text (e.g. a
+    lines skipped, the first ``limit`` only (None: all; 1: the header, read without the
+    rest of the file); ValueError naming the file where it is not UTF-8 text (e.g. a
     spreadsheet's "Unicode text", UTF-16), OSError where it cannot be read."""
     try:
         with open(path, newline="", encoding=CSV_ENCODING) as f:
-            return [line for line in csv.reader(f) if line]
+            return list(itertools.islice((line for line in csv.reader(f) if line), limit))
     except UnicodeDecodeError as error:
         raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}): allowed is "
                          "a CSV file saved as UTF-8") from None

@@ -1070,8 +1070,8 @@ def _solve_quietly(problem: cp.Problem, name: str, options: dict) -> None:
 # A solve that stopped with a usable point but did not converge: "optimal_inaccurate", or
 # "user_limit" (an iteration or time limit reached). The next attempt is tried after either.
 _STOPPED = (cp.OPTIMAL_INACCURATE, cp.USER_LIMIT)
-# The last resort when every attempt raised: SCS at tight tolerances (at its defaults, 1e-4,
-# a 3-type all-pairs menu overpaid every type by 1.6e-5 and was reported "optimal").
+# The last resort when every attempt raised: SCS at tight tolerances (at its defaults, 1e-4, a
+# menu of beta = 3 types overpaid every type and was reported "optimal").
 _SCS_FALLBACK = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000}
 
 

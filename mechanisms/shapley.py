@@ -119,7 +119,7 @@ class SumGame:
         self.f = f
 
     def __call__(self, coalition) -> float:
-        return float(self.f(float(self.weights[list(coalition)].sum())))
+        return float(self.worth(self.weights[list(coalition)].sum()))
 
     def worth(self, totals) -> np.ndarray:
         """f at an array of totals, one finite utility per total; ValueError naming f and
@@ -218,7 +218,7 @@ class _SumCoalitions:
     def __call__(self, coalition) -> float:
         members = np.array(sorted({int(p) for p in coalition}), dtype=np.int64)
         self._singles.append(members)
-        return _finite_utility(tuple(members.tolist()), self.game(members))
+        return self.game(members)
 
     def __len__(self) -> int:
         """Distinct coalitions evaluated so far, from their bit masks (counted on demand)."""
@@ -743,6 +743,7 @@ def fedsv(
     permutations summed over rounds.
     """
     check_integer("n_clients", n_clients)
+    _check_options(estimator, options)
     seed = _estimator_seed(estimator, options)
     values = np.zeros(n_clients)
     n_evaluations = n_permutations = 0
@@ -766,10 +767,9 @@ def fedsv(
     return ShapleyEstimate(values, n_evaluations, n_permutations)
 
 
-def _estimator_seed(estimator: Callable[..., ShapleyEstimate], options: dict) -> int | None:
-    """The seed a seeded estimator draws with (``options``' or its default; checked), None
-    for an estimator that takes none. ValueError naming an option ``estimator`` does not
-    take (the game, its size and ``batch`` are fedsv's to pass)."""
+def _check_options(estimator: Callable[..., ShapleyEstimate], options: dict) -> None:
+    """ValueError naming an option ``estimator`` does not take (the game, its size and
+    ``batch`` are fedsv's to pass); any option for an estimator taking ``**kwargs``."""
     parameters = inspect.signature(estimator).parameters
     taken = [name for name, p in list(parameters.items())[2:]
              if name != "batch" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -777,7 +777,12 @@ def _estimator_seed(estimator: Callable[..., ShapleyEstimate], options: dict) ->
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(f"{unknown[0]}={options[unknown[0]]!r}: allowed are the options of "
                          f"{getattr(estimator, '__name__', estimator)!s}: {', '.join(taken) or 'none'}")
-    parameter = parameters.get("seed")
+
+
+def _estimator_seed(estimator: Callable[..., ShapleyEstimate], options: dict) -> int | None:
+    """The seed a seeded estimator draws with (``options``' or its default; checked), None
+    for an estimator that takes none."""
+    parameter = inspect.signature(estimator).parameters.get("seed")
     if parameter is None:
         return None
     seed = options.get("seed", parameter.default)

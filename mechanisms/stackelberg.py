@@ -339,10 +339,10 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     response (:func:`_best_responses`, the others fixed: u_i is concave on either side of
     the zero crossing) gains more than _GAIN_TOL, and the largest such total is returned;
     where no root passes, Gauss-Seidel best responses from the largest run until a sweep
-    ends where no agent gains by the same test. Where they return to a profile an earlier sweep ended
-    at (they cycle: some populations have no pure equilibrium at some rewards), or run
-    _SWEEPS sweeps, the profile where they stopped is returned with ``settled`` False and
-    a warning. R = 0 is standard FL (:func:`mechanisms.standard.nash_contributions`).
+    ends where no agent gains by the same test. Where they return to a profile an earlier
+    sweep ended at (they cycle: some populations have no pure equilibrium at some
+    rewards), or run _SWEEPS sweeps, the profile where they stopped is returned with
+    ``settled`` False and a warning. R = 0 is standard FL (:func:`mechanisms.standard.nash_contributions`).
     Linear phi: the value of accuracy is v_i a, as the mechanisms are solved.
     """
     R = float(reward)
@@ -458,10 +458,10 @@ def _best_responses(population: "Population", model: "AccuracyModel", R: float, 
         with np.errstate(divide="ignore", invalid="ignore"):
             rivalry = np.where(total > 0, R * others / total**2, 0.0)
         marginal = cost if beta == 1 else beta * cost * own ** (beta - 1.0)
+        if not learning:
+            return rivalry - marginal
         # the upper piece starts at the crossing, where O + (m0 - O) may round a hair below it
-        model_term = value * np.asarray(model.derivative(np.maximum(total, crossing)), dtype=float) if learning \
-            else 0.0
-        return model_term + rivalry - marginal
+        return value * np.asarray(model.derivative(np.maximum(total, crossing)), dtype=float) + rivalry - marginal
 
     def peak(low: np.ndarray, high: np.ndarray, learning: bool) -> np.ndarray:
         inner = bisect(lambda own: slope(own, learning), low, high, steps=_PEAK_BISECTIONS)

@@ -320,8 +320,9 @@ def test_utility_hand_case_and_the_arrays_it_refuses():
 
 
 def test_verify_equilibrium_refines_the_grid_so_a_gain_beyond_its_tolerance_is_not_certified():
-    """At 0.9999 of its equilibrium contribution an agent gains 2.1e-8 by moving back,
-    20 times the tolerance; the grid alone saw 4e-10 and certified the profile."""
+    """At 0.9999 of its equilibrium contribution an agent gains by moving back more than 20
+    times verify_equilibrium's tolerance, 1e-9 max(1, |u|); the grid alone saw less than
+    the tolerance and certified the profile."""
     model = PowerLaw(0.9, 30.0, 0.5)
     population = Population(cost=[0.001, 0.002, 0.004], endowment=5000.0, value=10.0)
     mechanism = StandardFL()
@@ -331,6 +332,6 @@ def test_verify_equilibrium_refines_the_grid_so_a_gain_beyond_its_tolerance_is_n
     allocation = mechanism.allocate(m, population, model)
     current = utility(population, allocation.accuracy, m, allocation.transfer)[0]
     gain = best_response(mechanism, 0, m, population, model).utility - current
-    assert gain > 20 * 1e-9 * abs(current)
+    assert gain > 20 * 1e-9 * max(1.0, abs(current))
     verified = verify_equilibrium(mechanism, m, population, model)
     assert not verified.ok and verified.gains[0] == pytest.approx(gain, rel=1e-6)

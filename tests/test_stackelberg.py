@@ -312,7 +312,7 @@ def test_one_agent_contributing_is_found_at_the_end_of_the_stretch_where_the_sha
     """Costs (1e-4, 0.1, 0.1), a(X) = 0.9 - 2 X^-1/2, R = 0.1: only the cheapest agent
     contributes, its share is 1 over a stretch of totals, and the equilibrium is that
     stretch's end, a'(x) = x^-1.5 = 1e-4: x = 1e4^(2/3) = 464.16. brentq returned a point inside
-    it (426.6), and the fallback's sweeps then cycled to their limit with a warning."""
+    it, and the fallback's sweeps then cycled to their limit with a warning."""
     pop = Population.from_lists(cost=[1e-4, 0.1, 0.1], endowment=1e4)
     eq = model_follower_equilibrium(pop, PowerLaw(0.9, 2.0, 0.5), 0.1)
     np.testing.assert_allclose(eq.contributions, [1e4 ** (2 / 3), 0.0, 0.0], rtol=1e-9)
@@ -359,9 +359,9 @@ def test_a_best_response_of_game_5_is_the_better_peak_of_its_two_concave_pieces(
 
 def test_a_best_response_sees_the_model_from_the_crossing_and_takes_all_of_a_reward_with_a_sliver():
     """Two edges of the exact best response. (1) O + (m0 - O) rounds a hair below the zero
-    crossing m0 for some O: a'(there) was 0, the upper piece's slope at its start came out
-    negative, and the peak at 51.95 samples was missed for its start 32.30 (O = 10.685...,
-    m0 = 42.984...). (2) With the others at 0 any y > 0 takes all of R: the sliver 1e-12 n_i
+    crossing m0 for some O (the test checks it does here): a' there was 0, the upper
+    piece's slope at its start came out negative, and its start was taken for the peak
+    beyond it (compared here with a fine grid). (2) With the others at 0 any y > 0 takes all of R: the sliver 1e-12 n_i
     cost c n_i 1e-12 = 1e-6 > R = 1e-7, and the best response came out 0 for a gain of
     -1e-9, while y = 1e-9 earns R - 1e-9 = 9.9e-8."""
     from mechanisms.stackelberg import _best_responses
@@ -415,8 +415,8 @@ def test_followers_whose_best_responses_cycle_stop_at_the_repeat_and_say_so():
     assert not verify_equilibrium(_SharedReward(reward), eq.contributions, CYCLING, CYCLING_MODEL).ok
 
 
-# At rewards from about 1 to 4 these two agents' best responses cycle; the leader announced such a reward
-# (a profile where an agent gained by deviating) before it skipped them.
+# At some rewards these two agents' best responses cycle (the test counts such rewards on a grid); the leader
+# announced one (a profile where an agent gained by deviating) before it skipped them.
 SKIPPED = Population(cost=[0.00132556894619735, 0.01327140992376583], endowment=[417.28734513005605,
                      378.2401353306254], value=[2.137313957113433, 4.170861259496611])
 SKIPPED_MODEL = PowerLaw(0.9, 16.662651209769788, 0.5234683101439733)

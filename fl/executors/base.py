@@ -121,9 +121,10 @@ def check_finite_global(
     evaluated; the cross-entropy of finite logits is never NaN, so a finite model's logits
     overflowed). The server's step overshot (e.g. a FedAdam ``server_lr`` too large), or
     the clients' did; in a round before the last, the next round's clients would report it."""
-    turned = [(torch.isfinite(start[name]) & ~torch.isfinite(w)).any() for name, w in params.items()
-              if w.is_floating_point()]
-    if turned and bool(torch.stack(turned).any()):  # one device sync a round, not one per tensor
+    floating = [name for name, w in params.items() if w.is_floating_point()]
+    finite = [torch.isfinite(params[name]).all() for name in floating]  # one pass, one device sync a round
+    if finite and not bool(torch.stack(finite).all()) and any(  # only then: which entries were finite before
+            bool((torch.isfinite(start[name]) & ~torch.isfinite(params[name])).any()) for name in floating):
         problem = "has a non-finite entry"
     elif test_loss is not None and math.isnan(test_loss):
         problem = f"gives test loss {test_loss}"
