@@ -50,7 +50,8 @@ class DeliveryPath:
     (lam = 0), scored on ``validation``: the per-class accuracy of each point is computed
     once and kept (K numbers a point, not the model), so that serving many agents costs
     one evaluation per distinct lam instead of one per agent and step: their bisections
-    share the endpoints and the first halvings (lam = 1/2, 1/4, 3/4, ...)."""
+    share the endpoints and the first halvings (lam = 1/2, 1/4, 3/4, ...). A path scored
+    on a test set instead reads the test accuracy of the points delivered, once each."""
 
     def __init__(self, model: nn.Module, global_params: Params, weak_params: Params, validation: ArrayDataset):
         self.model, self.global_params, self.weak_params = model, global_params, weak_params

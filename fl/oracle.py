@@ -262,12 +262,13 @@ class TrainingOracle:
         else:
             seed = child_seed(self.seed, _TRAIN)
             run = self._fit(contributed, strategy, self.rounds, seed, self.test, self.progress)
-        global_accuracy = self._accuracy(run.params, self.label_distributions)
+        path = DeliveryPath(self.model, run.params, self.init_params, self.validation)
+        tested = DeliveryPath(self.model, run.params, self.init_params, self.test)  # each lam tested once
+        global_accuracy = tested.accuracy(1.0, self.label_distributions)
         wanted = np.full(len(counts), np.nan) if targets is None else targets  # NaN: the global model
         if counts.sum() == 0:  # no data, no model: a target of 0 for everyone
             wanted = np.zeros(len(counts))
-        path = DeliveryPath(self.model, run.params, self.init_params, self.validation)
-        served = [self._serve(path, global_accuracy[i], p, float(wanted[i]))
+        served = [self._serve(path, tested, global_accuracy[i], p, float(wanted[i]))
                   for i, p in enumerate(self.label_distributions)]
         delivered, lam, validation = (list(column) for column in zip(*served))
         local = None
@@ -321,18 +322,20 @@ class TrainingOracle:
         return IncFL(rho, lambda w: distribution_losses(model, w, validation, p),
                      epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, clients_per_round=s.clients_per_round)
 
-    def _serve(self, path: DeliveryPath, global_accuracy: float, distribution: np.ndarray,
+    def _serve(self, path: DeliveryPath, tested: DeliveryPath, global_accuracy: float, distribution: np.ndarray,
                target: float) -> tuple[float, float, float]:
         """(test accuracy, lam, validation accuracy) of what one agent receives on the
         ``path`` from the global model to theta_0: the global model (target NaN), no model
         at all (target <= 0), or a model of the target accuracy on its distribution
-        (``fl.delivery``, which aims on the validation set). A degraded model never serves
-        better than the global one: where the mix scores above the global model on the
-        test set (it did by up to 0.08 on digits), the agent receives the global model."""
+        (``fl.delivery``, which aims on the validation set), its test accuracy read from
+        ``tested``, the same segment scored on the test set (agents served the same lam
+        share one evaluation of it). A degraded model never serves better than the global
+        one: where the mix scores above the global model on the test set (it did by up to
+        0.08 on digits), the agent receives the global model."""
         if target <= 0:
             return 0.0, 0.0, 0.0
         d = path.deliver(distribution, None if np.isnan(target) else target)
-        accuracy = global_accuracy if d.lam == 1.0 else self._accuracy(d.params, distribution)
+        accuracy = global_accuracy if d.lam == 1.0 else tested.accuracy(d.lam, distribution)
         if accuracy > global_accuracy:
             return global_accuracy, 1.0, path.accuracy(1.0, distribution)
         return accuracy, d.lam, d.validation_accuracy

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fl.data.dataset import load_digits
+from fl.evaluation import accuracy_on_distribution
 from fl.oracle import TrainingOracle
 from incentives.protocols import AccuracyOracle, TrainingOutcome
 
@@ -102,6 +103,27 @@ def test_nobody_contributing_delivers_no_model(oracle):
         assert result.total_samples == 0 and all(m.clients == 0 for m in result.rounds)
         assert 0 < result.global_accuracy.mean() < 0.3
         np.testing.assert_array_equal(result.delivered_accuracy, 0.0)
+
+
+def test_agents_served_the_same_point_share_one_test_evaluation(oracle, monkeypatch):
+    """Targets below theta_0's accuracy deliver theta_0 to every agent: the test set scores
+    it once (and the global model once), not once per agent."""
+    import fl.delivery
+    import fl.evaluation
+
+    real, on_test = fl.evaluation.per_class_accuracy, []
+
+    def counting(model, params, dataset):
+        on_test.append(dataset is TEST)
+        return real(model, params, dataset)
+
+    monkeypatch.setattr(fl.evaluation, "per_class_accuracy", counting)
+    monkeypatch.setattr(fl.delivery, "per_class_accuracy", counting)
+    result = oracle.train(np.full(N, 80.0), np.full(N, 0.01))
+    assert result.lam.tolist() == [0.0] * N
+    assert sum(on_test) == 2
+    weak = accuracy_on_distribution(real(oracle.model, oracle.init_params, TEST), oracle.label_distributions)
+    np.testing.assert_allclose(result.delivered_accuracy, weak)
 
 
 def test_same_seed_same_numbers():
