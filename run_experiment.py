@@ -376,9 +376,10 @@ def build_oracle(config: dict, train, test, population: Population,
 
 def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float],
                     population_csv_sha256: str | None) -> None:
-    """Write the loop's state after an iteration with the config it was measured with, the
-    sha256 of population.csv's bytes (:func:`csv_sha256`; None without the file) and the
-    seconds spent so far (:func:`elapsed`), atomically: a crash never leaves half a file."""
+    """Write the loop's state (after its pilot and after each training) with the config it
+    was measured with, the sha256 of population.csv's bytes (:func:`csv_sha256`; None
+    without the file) and the seconds spent so far (:func:`elapsed`), atomically: a crash
+    never leaves half a file."""
     partial = folder / f"{CHECKPOINT}.partial"
     with partial.open("wb") as handle:
         pickle.dump({"config": config, "result": result, "timings": timings,
@@ -394,7 +395,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], s
     path = folder / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
-                          "folder that finished at least one loop iteration")
+                          "folder that measured its pilot curve")
     try:
         with path.open("rb") as handle:
             saved = pickle.load(handle)
@@ -648,26 +649,26 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                 train_alone=config_module.trains_alone(config),
             )
         if resumed is not None:
-            bar.update(1 + resumed.n_iterations * len(mechanisms))
+            bar.update(1 + resumed.n_iterations * len(mechanisms) + len(resumed.pending))
         loop_start = time.perf_counter()
-        finished = 0 if resumed is None else resumed.n_iterations  # loop iterations checkpointed
+        saved = resumed  # the loop's state as last checkpointed (None: nothing measured yet)
 
         def checkpoint(result) -> None:
-            nonlocal finished
+            nonlocal saved
             save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
-            finished = result.n_iterations
+            saved = replace(result, records=list(result.records), pending=list(result.pending))  # as written
 
         try:
             with warnings.catch_warnings(record=True) as raised:
                 warnings.simplefilter("always", UserWarning)
                 warnings.simplefilter("ignore", SlowValuationWarning)
-                result = loop.run(resume=resumed, on_iteration=checkpoint)
+                result = loop.run(resume=resumed, on_measured=checkpoint)
         except TrainingDiverged as error:
-            raise diverged(error, folder, finished, created) from None
+            raise diverged(error, folder, saved, created) from None
         except KeyboardInterrupt:
-            raise interrupted(folder, finished, created) from None
-        except Exception:  # anything else: no folder of nothing measured is left behind
-            if created and finished == 0:
+            raise interrupted(folder, saved, created) from None
+        except Exception:  # anything else: no folder without a finished iteration is left behind
+            if created and (saved is None or saved.n_iterations == 0):
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         bar.update(bar.total - bar.n)
@@ -678,7 +679,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                                        {"partition_notes": list(oracle.partition_notes),
                                         "population_csv_sha256": csv_digest}, raised=said)
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
-        raise Interrupted(stopped("interrupted while writing the report", folder, result.n_iterations, created,
+        raise Interrupted(stopped("interrupted while writing the report", folder, result, created,
                                   f"--resume {str(folder)!r} writes their report")) from None
     for warning in suspect if warn else ():
         print(f"warning: {warning}", file=sys.stderr)
@@ -718,29 +719,43 @@ class Interrupted(Exception):
     """The run was stopped by the user (Ctrl-C); the message says what was kept."""
 
 
-def stopped(reason: str, folder: Path, finished: int, created: bool, advice: str) -> str:
-    """``reason``, and what became of the run folder after ``finished`` checkpointed loop
-    iterations: with none, a folder this invocation created holds nothing measured and is
-    removed; otherwise it is kept, and ``advice`` (a --resume command) says what to do."""
-    if finished == 0:
+def stopped(reason: str, folder: Path, saved: LoopResult | None, created: bool, advice: str,
+            finished_only: bool = False) -> str:
+    """``reason``, and what became of the run folder whose checkpoint holds ``saved`` (None:
+    nothing checkpointed): with nothing (or, ``finished_only``, no finished loop
+    iteration), a folder this invocation created holds nothing of use and is removed;
+    otherwise it is kept, and ``advice`` (a --resume command) says what to do."""
+    if saved is None or (finished_only and saved.n_iterations == 0):
         if created:
             shutil.rmtree(folder)
         return reason
-    return f"{reason}; the {finished} finished loop iteration(s) are kept: {advice}"
+    return f"{reason}; {kept(saved)}: {advice}"
 
 
-def diverged(error: Exception, folder: Path, finished: int, created: bool) -> ConfigError:
-    """The error for training that diverged after ``finished`` checkpointed loop iterations
-    (the report of what finished can be written). ``error`` reads "lr=...: ...", and every
+def kept(saved: LoopResult) -> str:
+    """What a checkpoint holding ``saved`` keeps, in words: the finished loop iterations
+    (or, before the first, the pilot curve) and the trainings of an unfinished one."""
+    finished = saved.n_iterations
+    text = f"the {finished} finished loop iteration(s)" if finished else "the pilot curve"
+    if saved.pending:
+        names = ", ".join(record.mechanism for record in saved.pending)
+        text += f" and iteration {finished}'s training of {names}"
+    return f"{text} {'are' if finished or saved.pending else 'is'} kept"
+
+
+def diverged(error: Exception, folder: Path, saved: LoopResult | None, created: bool) -> ConfigError:
+    """The error for training that diverged after the checkpoint ``saved`` (the report of
+    its finished iterations can be written; with none, a resume would diverge again, as
+    training.lr cannot change on --resume). ``error`` reads "lr=...: ...", and every
     training of the loop steps by training.lr."""
+    finished = 0 if saved is None else saved.n_iterations
     advice = f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report"
-    return ConfigError(stopped(f"training.{error}", folder, finished, created, advice))
+    return ConfigError(stopped(f"training.{error}", folder, saved, created, advice, finished_only=True))
 
 
-def interrupted(folder: Path, finished: int, created: bool) -> Interrupted:
-    """The message for a run stopped by the user after ``finished`` checkpointed iterations."""
-    return Interrupted(stopped("interrupted", folder, finished, created,
-                               f"--resume {str(folder)!r} continues the run"))
+def interrupted(folder: Path, saved: LoopResult | None, created: bool) -> Interrupted:
+    """The message for a run stopped by the user after the checkpoint ``saved``."""
+    return Interrupted(stopped("interrupted", folder, saved, created, f"--resume {str(folder)!r} continues the run"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -26,8 +26,9 @@ mechanism compared:
    of the real rounds) pays its realised transfer t_i;
 5. the measured point (M, mean global accuracy) joins the mechanism's calibration.
 
-After each iteration the caller may checkpoint the :class:`LoopResult` (it holds every
-measurement), and ``run(resume=...)`` continues from it.
+Once the pilot is fitted and after each mechanism's training the caller may checkpoint
+the :class:`LoopResult` (it holds every measurement, an unfinished iteration's trainings
+included), and ``run(resume=...)`` continues from it where it stopped.
 
 The loop stops when no mechanism's contributions move by more than ``tolerance``
 (relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
@@ -86,7 +87,9 @@ class IterationRecord:
 @dataclass
 class LoopResult:
     """Everything the loop measured, in order: the pilot curve and its fit a(m), then
-    one record per mechanism and iteration."""
+    one record per mechanism and finished iteration (``records``); ``pending``: the
+    records of the iteration under way (number ``n_iterations``) of the mechanisms that
+    have trained in it, so that an interrupted iteration resumes where it stopped."""
 
     pilot_sizes: np.ndarray
     pilot_accuracies: np.ndarray
@@ -94,9 +97,15 @@ class LoopResult:
     records: list[IterationRecord] = field(default_factory=list)
     converged: bool = False
     solved_for: np.ndarray | None = None  # outside options the mechanisms were solved for, where not the agents'
+    pending: list[IterationRecord] = field(default_factory=list)
+
+    def __setstate__(self, state: dict) -> None:  # a checkpoint written before unfinished iterations were kept
+        state.setdefault("pending", [])
+        self.__dict__.update(state)
 
     @property
     def n_iterations(self) -> int:
+        """The finished iterations: every mechanism compared has its record in each."""
         return self.records[-1].iteration + 1 if self.records else 0
 
     def measurements(self, mechanism: str) -> tuple[np.ndarray, np.ndarray]:
@@ -280,18 +289,23 @@ class ClosedLoop:
                                reservation)
 
     def run(self, resume: LoopResult | None = None,
-            on_iteration: Callable[[LoopResult], None] | None = None) -> LoopResult:
+            on_measured: Callable[[LoopResult], None] | None = None) -> LoopResult:
         """Run the loop; ``resume`` continues a checkpointed result (its pilot curve and
-        every measurement kept), ``on_iteration`` is called after each iteration (e.g. to
-        write a checkpoint), so that an interrupted run loses no finished iteration."""
+        every measurement kept, an unfinished iteration's trainings included; the object
+        itself is left as it was), ``on_measured`` is called with the result once the pilot
+        is fitted and after each mechanism's training (e.g. to write a checkpoint), so that
+        an interrupted run loses no finished training."""
         names = [mechanism.name for mechanism in self.mechanisms]
         if resume is None:
             self.progress("pilot learning curve")
             sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)
             sizes, accuracies = np.asarray(sizes, float), np.asarray(accuracies, float)
             result = LoopResult(sizes, accuracies, EmpiricalModel.fit(sizes, accuracies, family=self.family))
+            if on_measured is not None:
+                on_measured(result)
         else:  # settled or not under this loop's tolerance, whatever the checkpoint's was
-            result = resume
+            result = replace(resume, records=list(resume.records),
+                             pending=[record for record in resume.pending if record.mechanism in names])
             result.converged = result.last_change(names) < self.tolerance
         population, designed = self.agents_under(result.fit), self.agents_under(result.fit, linear=True)
         same = np.array_equal(designed.outside_option, population.outside_option)
@@ -301,11 +315,15 @@ class ClosedLoop:
             if result.converged:
                 break
             for mechanism in self.mechanisms:
-                result.records.append(
-                    self._settle(iteration, mechanism, result.calibrated(mechanism.name), population, designed,
-                                 reservation)
-                )
+                if any(record.mechanism == mechanism.name for record in result.pending):
+                    continue  # trained in this iteration before an interruption
+                result.pending.append(self._settle(iteration, mechanism, result.calibrated(mechanism.name),
+                                                   population, designed, reservation))
+                if len(result.pending) < len(names) and on_measured is not None:
+                    on_measured(result)
+            result.records.extend(sorted(result.pending, key=lambda record: names.index(record.mechanism)))
+            result.pending = []
             result.converged = result.last_change(names) < self.tolerance
-            if on_iteration is not None:
-                on_iteration(result)
+            if on_measured is not None:
+                on_measured(result)
         return result

@@ -233,7 +233,8 @@ def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     (folder / "report.html").unlink()
-    error = run_experiment.diverged(TrainingDiverged("lr=0.05: local training ... diverged"), folder, 1, created=True)
+    saved = run_experiment.load_checkpoint(folder)[1]
+    error = run_experiment.diverged(TrainingDiverged("lr=0.05: local training ... diverged"), folder, saved, True)
     advice = f"--resume {str(folder)!r} --set loop.max_iterations=1 writes their report"
     kept = "the 1 finished loop iteration(s) are kept"
     assert str(error) == f"training.lr=0.05: local training ... diverged; {kept}: {advice}"
@@ -254,27 +255,36 @@ def test_an_unexpected_failure_before_any_iteration_leaves_no_empty_run_folder(t
     assert not any(tmp_path.iterdir())
 
 
-def test_ctrl_c_keeps_the_finished_iterations_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
-    """Ctrl-C during the second iteration's training: exit 130, the first iteration kept
-    and resumable; during the pilot curve: nothing measured, no folder left behind."""
+def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a training: exit 130, the pilot curve and every finished training kept
+    and resumable (the second training of iteration 0 used to take the pilot and the first
+    training with it, and the folder); during the pilot curve: nothing measured, no folder
+    left behind."""
     from fl.oracle import TrainingOracle
 
-    train, calls = TrainingOracle.train, []
+    train, calls, stop_at = TrainingOracle.train, [], []
 
-    def interrupted_at_the_third_training(self, *args, **kwargs):
+    def interrupted(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # two mechanisms: the first training of iteration 1
+        if len(calls) in stop_at:
             raise KeyboardInterrupt
         return train(self, *args, **kwargs)
 
-    monkeypatch.setattr(TrainingOracle, "train", interrupted_at_the_third_training)
+    monkeypatch.setattr(TrainingOracle, "train", interrupted)
     settings = [f"--set={o}" for o in FAST] + ["--set=loop.tolerance=1e-9"]
+    stop_at[:] = [2, 4]  # two mechanisms: iteration 0's second training, then (resumed) iteration 1's first
     assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'"]) == 130
     (folder,) = tmp_path.iterdir()
-    assert capsys.readouterr().err == (f"\ninterrupted; the 1 finished loop iteration(s) are kept: "
-                                       f"--resume {str(folder)!r} continues the run\n")
+    advice = f"--resume {str(folder)!r} continues the run"
+    assert capsys.readouterr().err == (f"\ninterrupted; the pilot curve and iteration 0's training of standard "
+                                       f"are kept: {advice}\n")
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 130
+    assert capsys.readouterr().err == f"\ninterrupted; the 1 finished loop iteration(s) are kept: {advice}\n"
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
-    assert (folder / "report.html").is_file() and len(calls) == 5  # iteration 1 trained after the resume
+    assert (folder / "report.html").is_file() and len(calls) == 6  # each training once, the stopped ones twice
+    with (folder / "metrics.csv").open() as handle:
+        assert {(row["iteration"], row["mechanism"]) for row in csv.DictReader(handle)} == {
+            (i, m) for i in ("0", "1") for m in ("standard", "shaping")}
     capsys.readouterr()
 
     def interrupted_pilot(self, *args, **kwargs):

@@ -12,7 +12,7 @@ from analysis.metrics import summarise
 from analysis.report import audit_final
 from incentives.accuracy import local_optimum
 from incentives.equilibrium import social_optimum, verify_equilibrium
-from incentives.loop import ClosedLoop, IterationRecord
+from incentives.loop import ClosedLoop, IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.utility import local_utility
 from mechanisms.contract import ContractMechanism, LogValue
@@ -71,6 +71,44 @@ def test_each_mechanism_is_solved_under_the_pilot_fit_calibrated_to_its_own_trai
     assert sum(1 for _ in result.long_rows()) == 4 * 5 * len(quantities)
 
 
+def test_a_run_interrupted_within_an_iteration_resumes_from_its_last_training(world, monkeypatch):
+    """Checkpoints come after the pilot and after each training. Interrupted at iteration
+    1's second training, the resumed run trains only that one and ends as an uninterrupted
+    run does; the object resumed from is left as it was. (Records used to be appended to
+    the caller's object as each mechanism finished: a retry of it began at iteration 2,
+    and shaping's iteration 1 was never run.)"""
+    import pickle
+
+    population, oracle = world
+    mechanisms = [StandardFL(), AccuracyShaping()]
+    whole = run(world, mechanisms)
+    train, trainings, checkpoints = oracle.train, [], []
+
+    def counted(*args, **kwargs):
+        trainings.append(1)
+        if len(trainings) == 4:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(oracle, "train", counted)
+    loop = ClosedLoop(population, mechanisms, oracle, pilot_sizes=[20, 60, 200, 600], pilot_repeats=1,
+                      max_iterations=2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(on_measured=lambda result: checkpoints.append(pickle.dumps(result)))
+    states = [pickle.loads(c) for c in checkpoints]
+    assert [(s.n_iterations, [r.mechanism for r in s.pending]) for s in states] == [
+        (0, []), (0, ["standard"]), (1, []), (1, ["standard"])]
+    saved = states[-1]
+    resumed = loop.run(resume=saved)
+    assert len(trainings) == 5  # shaping's iteration 1 alone
+    assert saved.n_iterations == 1 and len(saved.pending) == 1 and len(saved.records) == 2
+    assert [(r.iteration, r.mechanism) for r in resumed.records] == [(r.iteration, r.mechanism) for r in whole.records]
+    assert resumed.pending == [] and resumed.n_iterations == 2
+    for mine, theirs in zip(resumed.records, whole.records):
+        np.testing.assert_array_equal(mine.trained_contributions, theirs.trained_contributions)
+        np.testing.assert_allclose(mine.realised_utility, theirs.realised_utility, rtol=1e-12)
+
+
 def test_a_checkpointed_record_from_before_the_rename_of_local_utility_still_loads():
     import pickle
 
@@ -81,6 +119,16 @@ def test_a_checkpointed_record_from_before_the_rename_of_local_utility_still_loa
     loaded = pickle.loads(pickle.dumps(old))
     np.testing.assert_array_equal(loaded.reservation_utility, [0.5, 0.25])
     assert "local_utility" not in vars(loaded)
+
+
+def test_a_checkpointed_result_from_before_unfinished_iterations_were_kept_still_loads(world):
+    import pickle
+
+    result = run(world, [StandardFL()], max_iterations=1)
+    old = object.__new__(LoopResult)  # its fields as a checkpoint written before ``pending`` holds them
+    old.__dict__.update({key: value for key, value in vars(result).items() if key != "pending"})
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.pending == [] and loaded.n_iterations == 1
 
 
 def test_loop_stops_once_contributions_settle(world):

@@ -181,6 +181,12 @@ def test_seeds_run_in_processes_give_the_runs_of_one_process(three_seeds, tmp_pa
     assert by_seed(parallel) == {0: sequential[0], 1: sequential[1]}
 
 
+def finished_one(checkpoint: Path) -> bool:
+    """Whether the run whose ``checkpoint`` this is (written after its pilot and after
+    each training, atomically) has finished a loop iteration."""
+    return run_experiment.load_checkpoint(checkpoint.parent)[1].n_iterations >= 1
+
+
 def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_path):
     """A real SIGINT to the command's process group, as a terminal's Ctrl-C sends it, once
     both seeds have checkpointed their first iteration: exit 130, each seed's folder kept
@@ -192,7 +198,7 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     root = Path(run_experiment.__file__).resolve().parent
     process = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
-    while len(list(tmp_path.glob("*/checkpoint.pkl"))) < 2 and process.poll() is None:
+    while sum(finished_one(c) for c in tmp_path.glob("*/checkpoint.pkl")) < 2 and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoints within 300 s"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
@@ -201,12 +207,12 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     folders = sorted(tmp_path.iterdir())
     assert len(folders) == 2 and all((f / "checkpoint.pkl").is_file() for f in folders)
     seeds = {config_module.load(f / "config.toml")["experiment"]["seed"]: f for f in folders}
-    # one seed may finish another iteration before the other's first checkpoint: each
-    # reports what its own checkpoint holds (at least 1, fewer than max_iterations = 3)
-    finished = {s: run_experiment.load_checkpoint(seeds[s])[1].n_iterations for s in (0, 1)}
-    assert all(1 <= k < 3 for k in finished.values()), finished
+    # one seed may go on training before the other's first finished iteration: each
+    # reports what its own checkpoint holds (at least 1 iteration, fewer than max_iterations = 3)
+    saved = {s: run_experiment.load_checkpoint(seeds[s])[1] for s in (0, 1)}
+    assert all(1 <= state.n_iterations < 3 for state in saved.values())
     assert err == ("\ninterrupted; "
-                   + "".join(f"seed {s}: interrupted; the {finished[s]} finished loop iteration(s) are kept: "
+                   + "".join(f"seed {s}: interrupted; {run_experiment.kept(saved[s])}: "
                              f"--resume {str(seeds[s])!r} continues the run; " for s in (0, 1))
                    + "the seeds finished: none\n")
 
