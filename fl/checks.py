@@ -45,6 +45,31 @@ def check_fraction(key: str, value, positive: bool = False) -> None:
         raise ValueError(f"{key}={value!r}: allowed is a number in {'(' if positive else '['}0, 1)")
 
 
+def check_unit(key: str, value, optional: bool = False) -> None:
+    """ValueError unless ``value`` is a number in [0, 1] (a probability, an accuracy), or
+    None when ``optional``."""
+    if optional and value is None:
+        return
+    if not (_number(value) and 0 <= value <= 1):
+        raise ValueError(f"{key}={value!r}: allowed is {'None or ' if optional else ''}a number in [0, 1]")
+
+
+def check_indices(key: str, indices, size: int) -> np.ndarray:
+    """``indices`` as an int64 array; ValueError unless they are a 1-D sequence of integer
+    positions into something of ``size`` items, each in [0, size) (an empty one is allowed;
+    a negative position is refused, not counted from the end)."""
+    array = np.asarray(indices)
+    if array.size == 0 and array.ndim == 1:
+        return array.astype(np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{key} (shape {array.shape}, dtype {array.dtype}): allowed is a 1-D sequence of integer "
+                         f"positions in [0, {size})")
+    low, high = array.min(), array.max()
+    if low < 0 or high >= size:
+        raise ValueError(f"{key} (positions from {low} to {high}): allowed is positions in [0, {size})")
+    return array.astype(np.int64, copy=False)
+
+
 def check_bool(key: str, value) -> None:
     """ValueError unless ``value`` is True or False (a string such as 'no' is not)."""
     if not isinstance(value, (bool, np.bool_)):
@@ -67,3 +92,4 @@ def check_seed(seed):
     if not isinstance(seed, np.random.SeedSequence) and not (is_integer(seed) and seed >= 0):
         raise ValueError(f"seed={seed!r}: allowed is an integer >= 0 or a numpy.random.SeedSequence")
     return seed
+

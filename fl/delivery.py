@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl.checks import check_unit
 from fl.data.dataset import ArrayDataset
 from fl.evaluation import accuracy_on_distribution, per_class_accuracy
 from fl.models import Params
@@ -74,8 +75,7 @@ class DeliveryPath:
         """The point whose validation accuracy on ``label_distribution`` is closest to
         ``target`` (fraction in [0, 1]), found by bisection until within ``tolerance`` or
         after ``max_steps`` halvings."""
-        if target is not None and not 0.0 <= target <= 1.0:
-            raise ValueError(f"target={target!r}: allowed is None or a number in [0, 1]")
+        check_unit("target", target, optional=True)
         top = self.accuracy(1.0, label_distribution)
         if np.isnan(top):
             raise ValueError(

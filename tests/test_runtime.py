@@ -305,9 +305,9 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, seed=1.5, **QUIET), "seed=1.5"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, test=OTHER_SHAPE, **QUIET), r"test \(features of shape \(64,\)"),
         (lambda: simulate("mlp", [*SUBSETS, OTHER_SHAPE.subset(np.arange(5))], FedAvg(), 1, **QUIET),
-         r"train_subsets\[8\] \(features of shape \(64,\), 10 classes\)"),
+         r"train_subsets\[8\] \(features of shape \(64,\), torch.float32, 10 classes\)"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests={0: FEWER_CLASSES}, **QUIET),
-         r"client_tests\[0\] \(features of shape \(1, 8, 8\), 5 classes\)"),
+         r"client_tests\[0\] \(features of shape \(1, 8, 8\), torch.float32, 5 classes\)"),
     ],
 )
 def test_bad_settings_are_refused(call, key):

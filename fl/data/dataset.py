@@ -11,15 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fl.checks import check_fraction, check_seed
+from fl.checks import check_fraction, check_indices, check_integer, check_seed
 
 
 @dataclass(frozen=True)
 class ArrayDataset:
     """Features and labels held in memory.
 
-    x: float32 tensor of shape (n, *feature_shape), already normalised.
+    x: float32 tensor of shape (n, *feature_shape), already normalised, with finite
+    entries (or int64 token indices, as Shakespeare's character windows).
     y: int64 tensor of shape (n,) with labels in [0, num_classes).
+
+    ValueError at construction unless the tensors keep this contract (one pass over x
+    and y, a min and max of each).
     """
 
     name: str
@@ -28,8 +32,31 @@ class ArrayDataset:
     num_classes: int
 
     def __post_init__(self) -> None:
+        where = f"of dataset {self.name!r}"
+        for key in ("x", "y"):
+            value = getattr(self, key)
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{key} {where} (of type {type(value).__name__}): allowed is a torch.Tensor, "
+                                 "e.g. torch.from_numpy(array)")
+        check_integer("num_classes", self.num_classes)
+        if self.x.dtype not in (torch.float32, torch.int64) or self.x.dim() == 0:
+            raise ValueError(f"x {where} (shape {tuple(self.x.shape)}, {self.x.dtype}): allowed is a tensor of "
+                             "shape (n, *feature_shape), torch.float32 features or torch.int64 token indices")
+        if self.y.dtype != torch.int64 or self.y.dim() != 1:
+            raise ValueError(f"y {where} (shape {tuple(self.y.shape)}, {self.y.dtype}): allowed is a 1-D "
+                             "torch.int64 tensor of labels")
         if len(self.x) != len(self.y):
-            raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
+            raise ValueError(f"y {where} ({len(self.y)} labels): allowed is one label for each of the {len(self.x)} "
+                             "inputs in x")
+        if len(self.y) == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(self.y))
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"y {where} (labels from {low} to {high}): allowed is labels in [0, num_classes) = "
+                             f"[0, {self.num_classes})")
+        if self.x.is_floating_point() and not all(torch.isfinite(v) for v in torch.aminmax(self.x)):
+            first = int(torch.flatten(~torch.isfinite(self.x), 1).any(dim=1).nonzero()[0])  # only on error
+            raise ValueError(f"x {where} (sample {first} holds a NaN or infinite entry): allowed is finite inputs")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -42,19 +69,38 @@ class ArrayDataset:
         """Labels as a numpy int64 array (what partitioners take)."""
         return self.y.numpy()
 
-    def subset(self, indices: np.ndarray) -> "Subset":
-        return Subset(self, np.asarray(indices, dtype=np.int64))
+    def subset(self, indices) -> "Subset":
+        """The view of this dataset through ``indices`` (see :class:`Subset`)."""
+        return Subset(self, indices)
 
 
 @dataclass(frozen=True)
 class Subset:
-    """A view of ``dataset`` through ``indices`` (no copy until a batch is gathered)."""
+    """A view of ``dataset`` through ``indices`` (no copy until a batch is gathered).
+
+    indices: positions into ``dataset``, integers in [0, len(dataset)), kept as an int64
+    array; ValueError otherwise (a negative position is refused, not counted from the end).
+    """
 
     dataset: ArrayDataset
     indices: np.ndarray
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indices", check_indices("indices", self.indices, len(self.dataset)))
+
     def __len__(self) -> int:
         return len(self.indices)
+
+    def samples_in_steps(self, steps: int, batch_size: int) -> int:
+        """Samples that ``steps`` mini-batches of ``batch_size`` B over this view process,
+        each pass over its n samples cut into ceil(n / B) batches of B but the last
+        (``fl.executors.ClientTask.batches``): (steps // p) * n + (steps % p) * B with
+        p = ceil(n / B), so E epochs process E * n samples; 0 when n = 0."""
+        n = len(self.indices)
+        if n == 0:
+            return 0
+        passes, rest = divmod(steps, -(-n // batch_size))
+        return passes * n + rest * batch_size
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather the (x, y) tensors of this view."""

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 
 DATA_ROOT_ENV = "FEDECON_DATA"
 CHECKSUM_ALGORITHMS = ("sha256", "md5")
+URL_SCHEMES = ("https", "http", "file")
 
 
 class ChecksumError(ValueError):
@@ -141,14 +143,17 @@ def download(
     """Fetch ``url`` to ``destination`` atomically, checking ``checksum`` if given.
 
     The bytes go to a temporary file next to ``destination``; it is verified and then
-    renamed, so ``destination`` either does not exist or holds the checked file. Any
-    scheme urllib knows works (``https://``, ``http://``, ``file://``).
+    renamed, so ``destination`` either does not exist or holds the checked file. ``url``
+    is an ``https://``, ``http://`` or ``file://`` URL (ValueError naming it otherwise).
     Raises :class:`DownloadError` when the URL cannot be read (naming the URL and the
     folder to place the file in by hand) and :class:`ChecksumError` naming the URL and
     ``destination`` when what it served fails the check (a bad digest, or with
     ``decompress`` no readable gzip file: e.g. an HTML error page).
     """
     _check_algorithm(algorithm)
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in URL_SCHEMES:
+        raise ValueError(f"url={url!r}: allowed is an https://, http:// or file:// URL (a local file is "
+                         "file:///absolute/path)")
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")

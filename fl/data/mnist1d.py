@@ -18,10 +18,14 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
+
 from fl.data.arrays import standardised_pair
 from fl.data.dataset import ArrayDataset
 from fl.data.download import RemoteFile, damaged_file, data_root, fetch
 from fl.data.pickles import load_data_pickle
+
+SEQUENCE_LENGTH = 40
 
 MNIST1D_FILE = RemoteFile(
     "mnist1d_data.pkl",
@@ -33,13 +37,39 @@ MNIST1D_FILE = RemoteFile(
 def load_mnist1d(
     root: str | os.PathLike | None = None, download: bool = False, verify: bool = True
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """MNIST-1D: 4,000 / 1,000 sequences of shape (1, 40), 10 classes."""
+    """MNIST-1D: 4,000 / 1,000 sequences of shape (1, 40), 10 classes. A file read with
+    ``verify=False`` that does not hold such splits raises :class:`~fl.data.download.ChecksumError`
+    naming it."""
     path = fetch(data_root(root) / "mnist1d", MNIST1D_FILE, download_missing=download, verify=verify)
     try:  # only a file that was not verified can fail here
         with open(path, "rb") as stream:
             data = load_data_pickle(stream)
-        train_x, test_x = data["x"][:, None, :], data["x_test"][:, None, :]
-        train_y, test_y = data["y"], data["y_test"]
+        arrays = {key: np.asarray(data[key]) for key in ("x", "y", "x_test", "y_test")}
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, IndexError) as error:
         raise damaged_file(path, f"not the MNIST-1D pickle ({type(error).__name__}: {error})") from None
-    return standardised_pair("mnist1d", train_x, train_y, test_x, test_y, 10)
+    problem = _problem(arrays)
+    if problem is not None:
+        raise damaged_file(path, f"not the MNIST-1D pickle ({problem})")
+    train_x, test_x = arrays["x"][:, None, :], arrays["x_test"][:, None, :]
+    return standardised_pair("mnist1d", train_x, arrays["y"], test_x, arrays["y_test"], 10)
+
+
+def _problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What keeps ``x``, ``y``, ``x_test``, ``y_test`` from being MNIST-1D's splits (None:
+    nothing): inputs of shape (n, 40), finite numbers; labels n integers in [0, 10); and
+    training inputs that are not all equal (a std of 0 cannot be standardised by)."""
+    for split in ("", "_test"):
+        x, y = arrays["x" + split], arrays["y" + split]
+        if x.ndim != 2 or x.shape[1] != SEQUENCE_LENGTH or not np.issubdtype(x.dtype, np.number):
+            return f"x{split} of shape {x.shape}, {x.dtype}: expected (n, {SEQUENCE_LENGTH}) numbers"
+        if not np.isfinite(x).all():
+            return f"x{split} holds a NaN or infinite value"
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            return f"y{split} of shape {y.shape}, {y.dtype}: expected ({len(x)},) integers, a label per sequence"
+        if len(y) and not 0 <= y.min() <= y.max() < 10:
+            return f"y{split} holds labels from {y.min()} to {y.max()}: expected 0 to 9"
+    if len(arrays["x"]) == 0:
+        return "x holds no sequence: expected the training split"
+    if arrays["x"].std() == 0:
+        return "x holds one value throughout (std 0): expected varied inputs to standardise by"
+    return None

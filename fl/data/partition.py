@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.checks import check_fraction, check_integer, check_positive, check_seed
+from fl.checks import check_fraction, check_indices, check_integer, check_positive, check_seed
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
@@ -36,11 +36,13 @@ class Partition(list):
 
 
 def label_histograms(labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
-    """(N, K) int64 counts: entry (i, k) is the number of samples of class k in part i."""
+    """(N, K) int64 counts: entry (i, k) is the number of samples of class k in part i;
+    ValueError unless every part holds positions into ``labels``, in [0, len(labels))."""
     labels = _check_labels(labels)
     check_integer("num_classes", num_classes)
     if labels.max() >= num_classes:
         raise ValueError(f"num_classes={num_classes!r}: allowed is more than the largest label, {labels.max()}")
+    parts = [check_indices(f"parts[{i}]", p, len(labels)) for i, p in enumerate(parts)]
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
 
 

@@ -27,8 +27,8 @@ spaces, speeches separated by ``"\\n"``.
 
 Vocabulary (``VOCABULARY``, 96 symbols): ``"\\n"`` at index 0, then the printable
 ASCII characters 32 (space) to 126 (``~``) at indices 1 to 95. (LEAF uses a subset of
-80 of these.) The plays are pure ASCII; any other character would be replaced by a
-space.
+80 of these.) The plays are pure ASCII; a character outside the vocabulary (a tab, a
+non-ASCII letter) would become a space.
 
 Samples and split of role ``r`` with text length ``L``: the windows
 ``text[t-80:t] -> text[t]`` for every ``t`` in ``[80, L)``, ``n = L - 80`` of them, in
@@ -75,13 +75,14 @@ _CONNECTORS = {"and", "of", "de", "la", "le", "du"}
 
 
 def encode(text: str) -> np.ndarray:
-    """Vocabulary indices (int64) of ``text``; characters outside it become spaces."""
-    codes = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
-    return _ENCODE[codes]
+    """Vocabulary indices (int64) of ``text``; characters outside it (a tab, a non-ASCII
+    letter or dash) become spaces."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return _ENCODE[np.minimum(codes, len(_ENCODE) - 1)]  # code points past 255 share 255's index, a space
 
 
 def decode(indices) -> str:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode` (for text within the vocabulary)."""
     return "".join(VOCABULARY[int(i)] for i in indices)
 
 

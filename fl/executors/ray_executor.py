@@ -21,10 +21,11 @@ What travels, and when:
   ``global_params``.
 
 Tasks are dealt to actors once per round, largest first to the least-loaded actor
-(load = samples the client will pass through, steps x B), so one call per actor per
-round. ``address`` points at an existing cluster; the package ``fl`` must be importable
-by the cluster's workers (installed there, or shipped with ``runtime_env``; see
-:class:`RayExecutor`).
+(load = samples the client will pass through, ``Subset.samples_in_steps``: E x n for
+E epochs over n samples, as the runtime's simulated compute time counts them), so one
+call per actor per round. ``address`` points at an existing cluster; the package ``fl``
+must be importable by the cluster's workers (installed there, or shipped with
+``runtime_env``; see :class:`RayExecutor`).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ class RayExecutor(Executor):
 
         # Deal tasks to actors: largest first, each to the least-loaded actor.
         def work(task: ClientTask) -> int:
-            return task.num_steps * min(task.batch_size, len(task.data))
+            return task.data.samples_in_steps(task.num_steps, task.batch_size)
 
         loads = [0] * len(self._actors)
         shares: list[list[int]] = [[] for _ in self._actors]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -116,3 +116,27 @@ def get_params(model: nn.Module) -> Params:
     """The model's state (parameters and buffers) as a dict of detached copies, usable
     with ``torch.func.functional_call(model, params, (x,))``."""
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def check_params(key: str, params, model: nn.Module) -> None:
+    """ValueError unless ``params`` is a mapping with the keys of ``model``'s state
+    (parameters and buffers, as ``fl.models.get_params`` gives them), each a tensor of
+    the shape and dtype of the model's own (what the executors load into it)."""
+    state = model.state_dict()
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{key} (of type {type(params).__name__}): allowed is a mapping name -> tensor, "
+                         "e.g. fl.models.get_params(model)")
+    missing, unknown = [k for k in state if k not in params], [k for k in params if k not in state]
+    if missing or unknown:
+        found = ", ".join(f"{what} keys {keys[:3]}" for what, keys in (("missing", missing), ("unknown", unknown))
+                          if keys)
+        raise ValueError(f"{key} ({found}): allowed is the keys of the model's state, "
+                         f"{list(state)[:6]}{' ...' if len(state) > 6 else ''}")
+    for name, own in state.items():
+        given = params[name]
+        if not isinstance(given, torch.Tensor):
+            raise ValueError(f"{key}[{name!r}] (of type {type(given).__name__}): allowed is a tensor of "
+                             f"shape {tuple(own.shape)}, {own.dtype}, as the model's own")
+        if given.shape != own.shape or given.dtype != own.dtype:
+            raise ValueError(f"{key}[{name!r}] (shape {tuple(given.shape)}, {given.dtype}): allowed is shape "
+                             f"{tuple(own.shape)}, {own.dtype}, as the model's own")

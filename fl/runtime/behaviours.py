@@ -15,13 +15,12 @@ Slow clients themselves need no behaviour: they are clients whose
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
 
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_bool, check_positive
+from fl.checks import check_bool, check_positive, check_unit
 from fl.executors.base import ClientTask
 from fl.runtime.events import Handler
 from fl.runtime.messages import Kind, Message, TrainOrder, params_nbytes
@@ -36,7 +35,9 @@ class Deadline:
     that receives an order at time s with deadline d runs the most local steps k, up to
     the task's, with
 
-        s + k * B / speed + (model bytes) / upload  <=  d.
+        s + samples(k) / speed + (model bytes) / upload  <=  d,
+
+    samples(k) the samples its first k mini-batches process (``Subset.samples_in_steps``).
 
     k smaller than the task's: with ``partial_work`` the client trains k >= 1 steps and
     reports; otherwise (or when k = 0) it does not train and sends nothing."""
@@ -54,8 +55,7 @@ class Deadline:
         def train_by_deadline(message: Message) -> None:
             order: TrainOrder = message.payload
             planned = order.task.num_steps
-            nbytes, batch_size = params_nbytes(order.params), order.task.batch_size
-            steps = steps_by(order.deadline, message.timestamp, profile, batch_size, nbytes, planned)
+            steps = steps_by(order.deadline, message.timestamp, profile, order.task, params_nbytes(order.params))
             if steps == planned:
                 train(message)
             elif self.partial_work and steps > 0:
@@ -72,8 +72,7 @@ class Dropout:
     run is refused without one, before it starts)."""
 
     def __init__(self, probability: float):
-        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
-            raise ValueError(f"probability={probability!r}: allowed is a number in [0, 1]")
+        check_unit("probability", probability)
         self.probability = float(probability)
 
     def install(self, simulation: Simulation) -> None:
@@ -99,18 +98,18 @@ class Dropout:
         return train_unless_dropped
 
 
-def steps_by(deadline: float, start: float, profile: ClientProfile, batch_size: int, nbytes: int, planned: int) -> int:
-    """The most steps k <= ``planned`` after which a client starting at ``start`` has its
-    update delivered by ``deadline``, computed with the very float operations that time
-    the delivery (so an update planned to arrive on time does)."""
+def steps_by(deadline: float, start: float, profile: ClientProfile, task: ClientTask, nbytes: int) -> int:
+    """The most steps k <= ``task.num_steps`` after which a client starting at ``start``
+    has its update of ``nbytes`` delivered by ``deadline``, timed with the very float
+    operations that time the delivery (so an update planned to arrive on time does);
+    found by bisection, the arrival time growing with k."""
 
     def on_time(k: int) -> bool:
-        return start + profile.compute_seconds(k, batch_size) + profile.upload_seconds(nbytes) <= deadline
+        seconds = profile.compute_seconds(task.data.samples_in_steps(k, task.batch_size))
+        return start + seconds + profile.upload_seconds(nbytes) <= deadline
 
-    if on_time(planned):
-        return planned
-    budget = deadline - start - profile.upload_seconds(nbytes)
-    k = min(planned, max(0, math.floor(budget * profile.speed / batch_size) + 1))
-    while k > 0 and not on_time(k):
-        k -= 1
-    return k
+    low, high = 0, task.num_steps  # the answer is in [low, high]; every k > high is late
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if on_time(middle) else (low, middle - 1)
+    return low

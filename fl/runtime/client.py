@@ -4,7 +4,8 @@ Default handlers:
 
 - TRAIN: hand the order's task to the simulation's executor (clients that start at the
   same simulated time are trained in one executor call), then send the result back as
-  an UPDATE that arrives after the local computation, steps * B / speed, and the upload,
+  an UPDATE that arrives after the local computation, (samples its steps processed) / speed
+  (E * n for E epochs over n samples; see :mod:`fl.runtime.profiles`), and the upload,
   bytes / upload bandwidth.
 - EVALUATE: evaluate the received model on the client's own test set with the
   strategy's ``evaluate`` and send the metrics back.
@@ -47,13 +48,14 @@ class Client(Node):
         self.simulation.train(order.task, order.params, lambda result: self.report(order, result))
 
     def report(self, order: TrainOrder, result: ClientResult) -> None:
+        samples = order.task.data.samples_in_steps(result.steps, order.task.batch_size)
         self.simulation.send(
             Kind.UPDATE,
             self.id,
             SERVER,
             Update(order.dispatch, result),
             nbytes=params_nbytes(result.params),
-            after=self.profile.compute_seconds(result.steps, order.task.batch_size),
+            after=self.profile.compute_seconds(samples),
         )
 
     def evaluate(self, message: Message) -> None:

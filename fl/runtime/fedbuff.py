@@ -26,7 +26,10 @@ free slots, picked at random. A Deadline frees the slot of a client that does no
 in time. A client that missed the deadline of an order of
 the current version misses every order of it (its work, speed and dropout draw are those
 of the version), so once every client has missed one, no step can come: the run stops
-with a ValueError naming the deadline rather than sending orders forever.
+with a ValueError naming the deadline rather than sending orders forever. When no client
+holds data, no update can come either: as synchronous rounds with no client to train are
+empty, the ``rounds`` server steps are taken at once, each of no update, and the model
+stays the initial one.
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ class _BufferedAggregation:
         return self.server.round_index >= self.server.rounds
 
     def start(self, message: Message) -> None:
-        if self.server.rounds == 0:
+        if not self.server.available:  # no client holds data: empty steps, as synchronous rounds are empty
+            while not self.over:
+                self.server.close_round([])
+        if self.over:
             self.server.finish()
         else:
             self.refill()

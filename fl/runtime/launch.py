@@ -19,7 +19,7 @@ from torch import nn
 from fl.algorithms.strategy import child_seed
 from fl.checks import check_integer, is_integer
 from fl.data.dataset import ArrayDataset, Subset
-from fl.models import Params, build_model, get_params
+from fl.models import Params, build_model, check_params, get_params
 
 # Spawn keys of the streams drawn from a run's seed, one per purpose: the model's
 # initialisation, the rounds, and the simulation's client dropout, FedBuff's dispatch
@@ -70,7 +70,7 @@ def check_same_data(
     subsets: Mapping[int, Subset], test: ArrayDataset | None, client_tests: Mapping[int, ArrayDataset]
 ) -> None:
     """ValueError unless the clients' data, ``test`` and the clients' own test sets all
-    have the feature shape and number of classes of the first of them."""
+    have the feature shape, input dtype and number of classes of the first of them."""
     named = [(f"train_subsets[{client}]", data.dataset) for client, data in subsets.items()]
     named += [("test", test)] if test is not None else []
     named += [(f"client_tests[{client}]", data) for client, data in client_tests.items()]
@@ -78,10 +78,12 @@ def check_same_data(
         return
     first_key, first = named[0]
     for key, data in named[1:]:
-        if (data.feature_shape, data.num_classes) != (first.feature_shape, first.num_classes):
+        if (data.feature_shape, data.x.dtype, data.num_classes) != (
+                first.feature_shape, first.x.dtype, first.num_classes):
             raise ValueError(
-                f"{key} (features of shape {data.feature_shape}, {data.num_classes} classes): allowed is the "
-                f"shape and classes of {first_key}, {first.feature_shape} and {first.num_classes}"
+                f"{key} (features of shape {data.feature_shape}, {data.x.dtype}, {data.num_classes} classes): "
+                f"allowed is the shape, dtype and classes of {first_key}, {first.feature_shape}, {first.x.dtype} "
+                f"and {first.num_classes}"
             )
 
 
@@ -97,7 +99,7 @@ def initial_model(
     """The architecture on ``device`` and the starting global model: a name is built with
     ``model_options`` (input shape and classes from the data, initialised from the run
     ``seed``'s init stream); ``init_params`` (default: the model's own weights) are moved
-    to ``device``."""
+    to ``device``, once ``fl.models.check_params`` has matched them with the model's state."""
     target = resolve_device(device)
     if isinstance(model, str):
         shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
@@ -106,7 +108,10 @@ def initial_model(
         shape, classes = shape_source.feature_shape, shape_source.num_classes
         model = build_model(model, shape, classes, child_seed(seed, INIT_STREAM), **(model_options or {}))
     model = model.to(target)
-    return model, {k: v.to(target) for k, v in (get_params(model) if init_params is None else init_params).items()}
+    if init_params is None:
+        return model, get_params(model)
+    check_params("init_params", init_params, model)
+    return model, {k: v.to(target) for k, v in init_params.items()}
 
 
 def round_seed(seed: int | np.random.SeedSequence, round_index: int) -> np.random.SeedSequence:

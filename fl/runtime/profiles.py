@@ -1,7 +1,9 @@
 """How fast a client computes and communicates, in simulated seconds.
 
-Local computation of ``steps`` mini-batches of ``batch_size`` samples takes
-steps * batch_size / speed seconds (speed in samples per second); sending a payload of
+Local computation that processes s samples takes s / speed seconds (speed in samples
+per second), s counting each sample once per mini-batch it is in: E epochs over n
+samples are E * n, and k steps of batch size B over n samples are
+``Subset.samples_in_steps(k, B)``, never more than k * min(B, n); sending a payload of
 b bytes takes b / bandwidth seconds (upload: client to server; download: server to
 client). A client's speed may come from a compute capacity g_i in (0, 1] as
 speed_i = g_i * (the fastest client's speed).
@@ -31,8 +33,9 @@ class ClientProfile:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{key}={value!r}: allowed is a number > 0 or inf (bytes per second)")
 
-    def compute_seconds(self, steps: int, batch_size: int) -> float:
-        return steps * batch_size / self.speed
+    def compute_seconds(self, samples: int) -> float:
+        """Seconds to process ``samples`` samples: samples / speed."""
+        return samples / self.speed
 
     def upload_seconds(self, nbytes: int) -> float:
         return nbytes / self.upload

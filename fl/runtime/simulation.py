@@ -151,8 +151,8 @@ def simulate(
     profiles: each client's speed and bandwidths: one for all, a sequence by client id,
         or a mapping id -> profile covering every client with data (default: speed 1
         sample per second, instant transfers).
-    client_tests: client id -> that client's own test set, on which it evaluates the
-        global model whenever the server evaluates (``RoundRecord.client_accuracy``).
+    client_tests: client id -> that client's own test set (not empty), on which it evaluates
+        the global model whenever the server evaluates (``RoundRecord.client_accuracy``).
     """
     check_schedule(rounds, evaluate_every)
     _check_parts(strategy, executor, behaviours)
@@ -228,6 +228,13 @@ def _client_tests(client_tests, subsets: Mapping[int, Subset]) -> dict[int, Arra
     unknown = sorted(set(tests) - set(subsets))
     if unknown:
         raise ValueError(f"client_tests (keys {unknown[:5]}): allowed is keys that are client ids")
+    for client, t in tests.items():
+        if not isinstance(t, (ArrayDataset, Subset)):
+            raise ValueError(f"client_tests[{client}] (of type {type(t).__name__}): allowed is an ArrayDataset "
+                             "or a Subset")
+        if len(t) == 0:
+            raise ValueError(f"client_tests[{client}] (0 samples): allowed is a set with samples to evaluate on, "
+                             "or no entry for the client")
     return {
         client: ArrayDataset(t.dataset.name, *t.tensors(), t.dataset.num_classes) if isinstance(t, Subset) else t
         for client, t in tests.items()
