@@ -15,7 +15,10 @@ Shapley-rewards equilibrium solved with exact values, with the size strata (the
 mechanism's rule, B phi_i / (a(M) - a(0))) and with the size strata divided by their own
 sum. One case times an audit (``mechanisms.audit``) of a 100-agent shaping equilibrium;
 two time Stackelberg pricing whose agents also receive the model (the leader's search
-over rewards, each solving the followers' game (5)) for 1000 and 4000 agents.
+over rewards, each solving the followers' game (5)) for 1000 and 4000 agents. One times
+accuracy shaping among 3000 agents where its fixed point is no equilibrium (the root of the
+best responses, by Newton's method), and one standard FL under convex costs where nobody
+profitably passes the accuracy curve's zero crossing (no best-response iteration).
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ PRICED = {n: Population.from_lists(cost=np.random.default_rng(n).lognormal(-9.0,
           for n in (1000, 4000)}
 AUDITED = Population.from_lists(cost=np.random.default_rng(100).lognormal(-7.0, 0.5, 100), endowment=50.0)
 CALIBRATED = EffectiveData(PILOT, 0.4)  # a loop's calibration of shaping on digits (gamma about 0.4)
+SHAPING_ROOT = Population.from_lists(cost=[0.001, 0.002, 0.004] + [1000.0] * 2997,
+                                     endowment=[500.0, 2000.0, 300.0] + [100.0] * 2997)  # 3 agents, 2997 priced out
+PRICED_OUT = Population.from_lists(cost=10.0, endowment=100.0, n_agents=N_AGENTS, cost_exponent=2)
+LIMITED = PowerLaw(0.9, 2.0, 0.5)  # zero crossing 4.94 samples
 
 
 def shaping_audit() -> Audit:
@@ -163,6 +170,10 @@ CASES: list[tuple[str, Callable[[], object]]] = [
      lambda: ShapleyRewards(1.0).solve(SHAPLEY_POPULATION, ACCURACY)),
     (f"audit of accuracy shaping N={AUDITED.n_agents} (grid deviations, {MISREPORTS} cost reports an agent)",
      shaping_audit),
+    (f"accuracy shaping N={SHAPING_ROOT.n_agents}, the fixed point no equilibrium (Newton on BR(m) - m, O(N) a step)",
+     lambda: AccuracyShaping().solve(SHAPING_ROOT, EffectiveData(LIMITED, 0.3))),
+    (f"standard FL N={N_AGENTS}, costs c m^2, nobody passes the zero crossing (no iteration)",
+     lambda: StandardFL().solve(PRICED_OUT, LIMITED)),
 ]
 for K in (10, 100, 1000):
     CASES.append((f"contract K={K} closed form (virtual costs + ironing)", contract(K, "closed_form")))

@@ -20,7 +20,9 @@ strictly concave, so optimality conditions have one root there; below it a = 0 a
 ``derivative`` returns 0.
 
 Units: m in samples (float), accuracy a fraction, derivative in accuracy per sample.
-All methods are vectorised over numpy arrays and return a float for a scalar input.
+All methods are vectorised over numpy arrays and return a float for a scalar input; an
+m that is negative or NaN is a ValueError (not accuracy 0), as are an accuracy or a
+slope outside the range a method allows, and anything that is not numbers.
 """
 
 from __future__ import annotations
@@ -112,13 +114,13 @@ class _Parametric(AccuracyModel):
         """d formula / dm, valid for m >= zero_crossing."""
 
     def __call__(self, m):
-        m = np.asarray(m, dtype=float)
+        m = _check_samples(m)
         m0 = self.zero_crossing
         with np.errstate(divide="ignore"):  # m = m0 = 0 (k underflowed): a(0) = max(-inf, 0) = 0
             return _out(np.where(m >= m0, np.maximum(self.formula(np.maximum(m, m0)), 0.0), 0.0))
 
     def derivative(self, m):
-        m = np.asarray(m, dtype=float)
+        m = _check_samples(m)
         m0 = self.zero_crossing
         with np.errstate(divide="ignore"):  # m = m0 = 0: the power law's a'(0+) = inf
             return _out(np.where(m >= m0, self.formula_derivative(np.maximum(m, m0)), 0.0))
@@ -128,14 +130,28 @@ class _Parametric(AccuracyModel):
         return self.a_opt
 
     def _check_accuracy(self, a) -> np.ndarray:
-        a = np.asarray(a, dtype=float)
-        _reject("a", a, ~((a >= 0) & (a < self.a_opt)), f"0 <= a < a_opt={self.a_opt!r}")
+        allowed = f"0 <= a < a_opt={self.a_opt!r}"
+        a = as_floats("a", a, allowed)
+        _reject("a", a, ~((a >= 0) & (a < self.a_opt)), allowed)
         return a
 
-    def _check_slope(self, slope) -> np.ndarray:
-        slope = np.asarray(slope, dtype=float)
-        _reject("slope", slope, ~(slope >= 0), "a number >= 0")
-        return slope
+
+def _check_samples(m) -> np.ndarray:
+    """m as a float array of samples, checked: each >= 0 (inf included); ValueError for NaN,
+    a negative number or something that is not numbers."""
+    allowed = "samples >= 0 (a number or an array of numbers)"
+    m = as_floats("m", m, allowed)
+    ok = m >= 0  # False for NaN
+    if not (ok.all() if m.ndim else ok):  # the hot path: one comparison, _reject only for a bad m
+        _reject("m", m, ~ok, allowed)
+    return m
+
+
+def _check_slope(slope) -> np.ndarray:
+    """slope as a float array, checked: each >= 0 (accuracy per sample)."""
+    slope = as_floats("slope", slope, "a number >= 0 or an array of them")
+    _reject("slope", slope, ~(slope >= 0), "a number >= 0")
+    return slope
 
 
 def _reject(key: str, values: np.ndarray, bad: np.ndarray, allowed: str) -> None:
@@ -194,7 +210,7 @@ class PowerLaw(_Parametric):
         return _out((self.k / (self.a_opt - a)) ** (1.0 / self.alpha))
 
     def marginal_inverse(self, slope):
-        slope = self._check_slope(slope)
+        slope = _check_slope(slope)
         with np.errstate(divide="ignore"):
             root = (self.k * self.alpha / slope) ** (1.0 / (self.alpha + 1.0))
         return _out(np.maximum(root, self.zero_crossing))
@@ -257,7 +273,7 @@ class GeneralisationBound(_Parametric):
         return _out(np.vectorize(one, otypes=[float])(a))
 
     def marginal_inverse(self, slope):
-        slope = self._check_slope(slope)
+        slope = _check_slope(slope)
         m0 = self.zero_crossing
         top = float(self.formula_derivative(m0))
 
@@ -298,17 +314,24 @@ class EmpiricalModel(AccuracyModel):
     def fit(cls, sizes, accuracies, family: str = "power_law") -> "EmpiricalModel":
         """Least-squares fit (``scipy.optimize.curve_fit``) of the unclipped formula.
 
-        Bounds: 0 < a_opt <= 1, k > 0 and 0 < alpha <= 2 for the power law; for the
-        bound, 0 < k <= e^2 min(sizes) so that ln(m/k) >= -2 at every point. The power
-        law is started from several exponents and the best fit kept.
+        Bounds (:func:`_fit_bounds`): 0 < a_opt <= 1, k > 0 and 0 < alpha <= 2 for the
+        power law; for the bound, 0 < a_opt <= 1 and 0 < k <= e^2 min(sizes) so that
+        ln(m/k) >= -2 at every point. The power law is started from several exponents
+        and the best fit kept. A fitted parameter that ends on one of these bounds is not
+        determined by the points: one UserWarning names each such parameter, its value
+        and the bound. :attr:`residuals` and :attr:`rmse` are those of the model as used
+        (clipped at 0 below its zero crossing), not of the formula fitted.
         """
         if family not in FAMILIES:
             raise ValueError(f"family={family!r}: allowed is one of {', '.join(FAMILIES)}")
         n_params = FAMILIES[family].n_params
         sizes, accuracies = _measured_points(sizes, accuracies, n_params, f" for family={family!r}")
+        bounds = _fit_bounds(family, sizes)
         with warnings.catch_warnings():  # no covariance with as many points as parameters: not needed
             warnings.simplefilter("ignore", OptimizeWarning)
-            fitted = _fit_power_law(sizes, accuracies) if family == "power_law" else _fit_bound(sizes, accuracies)
+            fitter = _fit_power_law if family == PowerLaw.family else _fit_bound
+            fitted = fitter(sizes, accuracies, bounds)
+        _warn_on_bounds(fitted, bounds)
         sizes.setflags(write=False)
         accuracies.setflags(write=False)
         return cls(model=fitted, sizes=sizes, accuracies=accuracies)
@@ -319,12 +342,14 @@ class EmpiricalModel(AccuracyModel):
 
     @property
     def residuals(self) -> np.ndarray:
-        """(P,) measured minus fitted accuracy, unclipped formula, at each fitted point."""
-        return self.accuracies - self.model.formula(self.sizes)
+        """(P,) a_j - a(m_j), measured minus modelled accuracy at each fitted point, with
+        a the model as used: clipped at 0 below its zero crossing (where the unclipped
+        formula the fit minimised is negative)."""
+        return self.accuracies - np.asarray(self(self.sizes), dtype=float)
 
     @property
     def rmse(self) -> float:
-        """Root mean squared residual (accuracy units)."""
+        """Root mean squared :attr:`residuals` (accuracy units): the error of the model as used."""
         return float(np.sqrt(np.mean(self.residuals**2)))
 
     def __call__(self, m):
@@ -367,8 +392,8 @@ def check_pilot_sizes(sizes, family: str, key: str = "pilot_sizes") -> None:
 def _measured_points(sizes, accuracies, least: int, purpose: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(sizes, accuracies) as float arrays, checked: 1-D, one length, at least ``least``
     different sizes (``purpose`` says what for), sizes > 0, accuracies fractions in [0, 1]."""
-    sizes = np.array(sizes, dtype=float)  # copies: the caller's arrays stay writeable
-    accuracies = np.array(accuracies, dtype=float)
+    sizes = as_floats("sizes", sizes, "a 1-D array of numbers > 0")  # copies: the caller's arrays stay writeable
+    accuracies = as_floats("accuracies", accuracies, "a 1-D array of fractions in [0, 1]")
     if sizes.ndim != 1 or sizes.shape != accuracies.shape:
         raise ValueError(
             f"sizes has shape {sizes.shape}, accuracies {accuracies.shape}: allowed is two 1-D arrays of one length"
@@ -452,10 +477,10 @@ class EffectiveData(AccuracyModel):
         return self.base.alone
 
     def __call__(self, m):
-        return self.base(self.efficiency * np.asarray(m, dtype=float))
+        return self.base(self.efficiency * _check_samples(m))
 
     def derivative(self, m):
-        m = np.asarray(m, dtype=float)
+        m = _check_samples(m)
         scaled = self.efficiency * m  # at m >= the zero crossing, never rounded below the base's
         scaled = np.where(m >= self.zero_crossing, np.maximum(scaled, self.base.zero_crossing), scaled)
         return _out(self.efficiency * np.asarray(self.base.derivative(scaled)))
@@ -464,7 +489,7 @@ class EffectiveData(AccuracyModel):
         return _out(np.asarray(self.base.inverse(a)) / self.efficiency)
 
     def marginal_inverse(self, slope):
-        slope = np.asarray(slope, dtype=float)
+        slope = _check_slope(slope)
         return _out(np.asarray(self.base.marginal_inverse(slope / self.efficiency)) / self.efficiency)
 
     @property
@@ -483,7 +508,33 @@ class EffectiveData(AccuracyModel):
         return self.base.zero_crossing / self.efficiency
 
 
-def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray) -> PowerLaw:
+_Bounds = tuple[tuple[float, ...], tuple[float, ...]]
+_ON_BOUND = 1e-6  # a fitted parameter within 1e-6 max(1, |bound|) of a bound of the fit ends on it
+
+
+def _fit_bounds(family: str, sizes: np.ndarray) -> _Bounds:
+    """(lower, upper): curve_fit's bounds on the parameters of ``family``, in the order of
+    its ``params`` (1e-12 and 1e-6 stand for 0, which the formulas do not allow)."""
+    if family == PowerLaw.family:
+        return (1e-12, 1e-12, 1e-6), (1.0, np.inf, 2.0)
+    return (1e-12, 1e-12), (1.0, math.e**2 * float(sizes.min()))
+
+
+def _warn_on_bounds(model: _Parametric, bounds: _Bounds) -> None:
+    """One UserWarning naming each parameter of the fitted ``model`` that ended on a finite
+    bound (within _ON_BOUND max(1, |bound|): the fit's trust-region method stays a hair
+    inside, e.g. alpha = 2 - 2e-10), with its value and the bound."""
+    ends = [f"{name}={value!r} on its {side} bound {bound!r}"
+            for (name, value), *pair in zip(model.params.items(), *bounds)
+            for side, bound in zip(("lower", "upper"), pair)
+            if np.isfinite(bound) and abs(value - bound) <= _ON_BOUND * max(1.0, abs(bound))]
+    if ends:
+        warnings.warn(f"EmpiricalModel.fit(family={model.family!r}): {'; '.join(ends)} (the measured points do "
+                      "not determine a parameter that ends on a bound; beyond them the curve may be far off)",
+                      UserWarning, stacklevel=3)
+
+
+def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> PowerLaw:
     def f(m, a_opt, k, alpha):
         return a_opt - k * m ** (-alpha)
 
@@ -493,9 +544,7 @@ def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray) -> PowerLaw:
         gap = max(a0 - float(accuracies[np.argmin(sizes)]), 1e-3)
         p0 = (a0, gap * float(sizes.min()) ** alpha0, alpha0)
         try:
-            p, _ = curve_fit(
-                f, sizes, accuracies, p0=p0, bounds=([1e-12, 1e-12, 1e-6], [1.0, np.inf, 2.0]), maxfev=20000
-            )
+            p, _ = curve_fit(f, sizes, accuracies, p0=p0, bounds=bounds, maxfev=20000)
         except RuntimeError:
             continue
         sse = float(np.sum((f(sizes, *p) - accuracies) ** 2))
@@ -508,15 +557,15 @@ def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray) -> PowerLaw:
     return PowerLaw(*(float(x) for x in best[1]))
 
 
-def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray) -> GeneralisationBound:
-    k_max = math.e**2 * float(sizes.min())
+def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> GeneralisationBound:
+    k_max = bounds[1][1]
 
     def f(m, a_opt, k):
         return a_opt - (np.sqrt(2.0 * k * (2.0 + np.log(m / k))) + 4.0) / np.sqrt(m)
 
     p0 = (min(1.0, float(accuracies.max()) + 0.01), min(1.0, k_max / 2))
     try:
-        p, _ = curve_fit(f, sizes, accuracies, p0=p0, bounds=([1e-12, 1e-12], [1.0, k_max]), maxfev=20000)
+        p, _ = curve_fit(f, sizes, accuracies, p0=p0, bounds=bounds, maxfev=20000)
     except RuntimeError:
         raise ValueError(
             "sizes/accuracies: allowed is points the generalisation bound can be fitted to "

@@ -41,10 +41,23 @@ def check_integer(key: str, value, least: int = 1) -> None:
         raise bad(key, value, f"an integer >= {least}")
 
 
+def check_agent(i, n: int) -> None:
+    """ValueError unless ``i`` is an agent index, an integer 0 <= i < n (bools are not
+    integers here, and -1 is not the last agent)."""
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+        raise ValueError(f"i={i!r}: allowed is an agent index 0 to {n - 1}")
+
+
 def as_floats(key: str, value, allowed: str = "numbers in a rectangular array (rows of one length)") -> np.ndarray:
-    """``value`` as a new float array; ValueError naming ``key`` for strings, None or ragged rows."""
+    """``value`` as a new float array; ValueError naming ``key`` for strings or bytes (numeric
+    ones such as '1e-3' too), None (numpy would read it as NaN), alone or as entries, or
+    ragged rows."""
     try:
-        return np.array(value, dtype=float)
+        raw = np.asarray(value)
+        if raw.dtype.kind in "US" or (raw.dtype == object and any(x is None or isinstance(x, (str, bytes))
+                                                                 for x in raw.flat)):
+            raise TypeError
+        return np.array(raw, dtype=float)
     except (TypeError, ValueError):
         raise bad(key, value, allowed) from None
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.accuracy import AccuracyModel, check_phi
-from incentives.checks import check_integer, check_number, check_participates, finite_number
+from incentives.checks import check_agent, check_integer, check_number, check_participates, finite_number
 from incentives.population import Population
 from incentives.protocols import Allocation, Mechanism
 from incentives.search import maximise
@@ -208,8 +208,7 @@ def best_response(
     of ties that starts at 0 and ends below the resolution n_i * RESOLUTION is taken as 0
     (a free rider contributes nothing, not 1e-10 samples).
     """
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < population.n_agents:
-        raise ValueError(f"i={i!r}: allowed is an agent index 0 to {population.n_agents - 1}")
+    check_agent(i, population.n_agents)
     contributions = population.check_contributions(contributions)
     check_phi(phi)
     n_i = float(population.endowment[i])
@@ -259,7 +258,8 @@ def nash_equilibrium(
 ) -> Equilibrium:
     """Gauss-Seidel best-response iteration: m_i <- (1 - damping) BR_i(m) + damping m_i, i = 1..N.
 
-    Starts from ``start`` (default: nobody contributes) and stops after the first sweep
+    Starts from ``start`` (default: nobody contributes; else (N,) contributions, checked
+    as :meth:`Population.check_contributions` checks them) and stops after the first sweep
     in which no contribution moves by more than ``tol * max(1, M)`` samples, or after
     ``max_iter`` sweeps (``converged`` is then False). damping in [0, 1).
     """
@@ -270,9 +270,7 @@ def nash_equilibrium(
     check_number("tol", tol)
     check_integer("grid_size", grid_size, least=2)
     n = population.n_agents
-    m = np.zeros(n) if start is None else np.array(start, dtype=float)
-    if m.shape != (n,) or np.any(~(m >= 0)) or np.any(m > population.endowment):
-        raise ValueError(f"start={start!r}: allowed is (N,) contributions with 0 <= m_i <= endowment_i")
+    m = np.zeros(n) if start is None else population.check_contributions(start, "start")
     participates = np.ones(n, dtype=bool)
     change = np.inf
     for iteration in range(1, max_iter + 1):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Iterable, Mapping
@@ -234,9 +235,11 @@ class Population:
         one value per row, a distribution): a field the file has no column for is drawn
         from its spec, one value per row, from the stream :meth:`sample` draws that field
         from with ``seed`` (so a required field may come from it); a column the file has
-        is read, whatever ``missing`` says of its field. An error's index i (as in
-        ``cost[i]``) is the (i + 1)-th row after the header.
+        is read, whatever ``missing`` says of its field. Every ValueError names the file;
+        an error's index i (as in ``cost[i]``) is the (i + 1)-th row after the header.
         """
+        if missing is not None and not isinstance(missing, Mapping):
+            raise bad("missing", missing, "None or a mapping of fields to specs as Population.sample takes them")
         header, *lines = csv_rows(path) or [[]]
         twice = sorted({c for c in header if header.count(c) > 1})
         if twice:
@@ -266,21 +269,24 @@ class Population:
         for key in _REQUIRED:
             if key not in header and key not in missing:
                 raise ValueError(f"column {key!r} is missing in {str(path)!r}: allowed is a header naming it")
-        fields = {
-            key: [_parse(row[key], key, r, path) for r, row in enumerate(rows)] for key in FIELDS if key in header
-        }
-        fields.update(_draw_fields(missing, len(rows), seed))
-        label_distribution = (
-            [[_parse(row[c], c, r, path) for c in labels] for r, row in enumerate(rows)] if labels else None
-        )
-        names = [row["name"] for row in rows] if "name" in header else None
-        exponents = {_parse(row["cost_exponent"], "cost_exponent", r, path)
-                     for r, row in enumerate(rows)} if "cost_exponent" in header else {1.0}
-        if len(exponents) > 1:
-            raise ValueError(f"column 'cost_exponent' in {str(path)!r} holds {sorted(exponents)!r}: "
-                             "allowed is one number on every row (one exponent per population)")
-        return cls.from_lists(label_distribution=label_distribution, names=names,
-                              cost_exponent=exponents.pop() if exponents else 1.0, **fields)
+        try:
+            fields = {
+                key: [_parse(row[key], key, r, path) for r, row in enumerate(rows)] for key in FIELDS if key in header
+            }
+            fields.update(_draw_fields(missing, len(rows), seed))
+            label_distribution = (
+                [[_parse(row[c], c, r, path) for c in labels] for r, row in enumerate(rows)] if labels else None
+            )
+            names = [row["name"] for row in rows] if "name" in header else None
+            exponents = {_parse(row["cost_exponent"], "cost_exponent", r, path)
+                         for r, row in enumerate(rows)} if "cost_exponent" in header else {1.0}
+            if len(exponents) > 1:
+                raise ValueError(f"column 'cost_exponent' in {str(path)!r} holds {sorted(exponents)!r}: "
+                                 "allowed is one number on every row (one exponent per population)")
+            return cls.from_lists(label_distribution=label_distribution, names=names,
+                                  cost_exponent=exponents.pop() if exponents else 1.0, **fields)
+        except ValueError as error:
+            raise _naming_file(error, path) from None
 
     @classmethod
     def sample(cls, n: int, spec: Mapping[str, object], seed: int, cost_exponent: float = 1.0) -> "Population":
@@ -404,6 +410,17 @@ def csv_rows(path: str | PathLike, limit: int | None = None) -> list[list[str]]:
     except UnicodeDecodeError as error:
         raise ValueError(f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}): allowed is "
                          "a CSV file saved as UTF-8") from None
+
+
+def _naming_file(error: ValueError, path) -> ValueError:
+    """``error`` itself where its message names the CSV file ``path``, else a ValueError
+    whose message adds the file and, where it holds an index as in ``cost[i]``, the row
+    that index stands for."""
+    text = str(error)
+    if repr(str(path)) in text:
+        return error
+    rows = "; an index i is row i + 1 after the header" if re.search(r"\[\d+\]", text) else ""
+    return ValueError(f"{text} (in {str(path)!r}{rows})")
 
 
 def _parse(text: str | None, key: str, row: int, path) -> float:

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel, checked_local_optimum
-from incentives.checks import check_participates, per_agent
+from incentives.accuracy import AccuracyModel, check_phi, checked_local_optimum
+from incentives.checks import check_participates, check_per_agent, per_agent
 from incentives.population import Population
 
 Phi = Callable[[np.ndarray], np.ndarray]
@@ -35,15 +35,19 @@ def utility(
 ) -> np.ndarray:
     """(N,) utilities u_i (see the module docstring).
 
-    accuracy, contributions, transfer: arrays of shape (N,) (or numbers, the same for
-    all); participates: True/False per agent. transfer defaults to 0 and participates to
-    everyone. ValueError for another shape, or a participates entry that is not True or
+    accuracy (fractions in [0, 1]), contributions (samples, 0 <= m_i <= n_i, with the
+    rounding slack of :meth:`Population.check_contributions`), transfer (finite, utility
+    units): arrays of shape (N,) (or numbers, the same for all); participates: True/False
+    per agent; phi: as :func:`incentives.accuracy.check_phi` allows. transfer defaults to
+    0 and participates to everyone. ValueError naming the argument for another shape, an
+    entry outside its range (NaN included), or a participates entry that is not True or
     False (['no', 'no'] would count everyone in).
     """
     n = population.n_agents
-    accuracy, contributions, transfer = (
-        per_agent(key, raw, n, broadcast=True) for key, raw in
-        (("accuracy", accuracy), ("contributions", contributions), ("transfer", 0.0 if transfer is None else transfer)))
+    check_phi(phi)
+    accuracy = check_per_agent("accuracy", accuracy, n, 0.0, 1.0, broadcast=True)
+    contributions = population.check_contributions(per_agent("contributions", contributions, n, broadcast=True))
+    transfer = check_per_agent("transfer", 0.0 if transfer is None else transfer, n, broadcast=True)
     inside = _benefit(population, accuracy, phi) + transfer - population.data_cost(contributions) - population.comm_cost
     if participates is None:
         return inside
@@ -54,22 +58,32 @@ def local_utility(population: Population, model: AccuracyModel, phi: Phi | None 
     """(N,) utility of training alone: v_i phi(a(m_i^o)) - c_i (m_i^o)**beta, with m_i^o
     from :func:`local_contribution` and a = ``model.alone`` (the curve of an agent's own
     training); no communication cost. This is the individual-rationality baseline of
-    accuracy shaping, and of the audits.
+    accuracy shaping, and of the audits. ValueError for a ``phi`` that
+    :func:`incentives.accuracy.check_phi` refuses.
     """
-    m = local_contribution(population, model, phi)
+    check_phi(phi)
+    m = _local_contribution(population, model, phi)
     return _benefit(population, np.asarray(model.alone(m), dtype=float), phi) - population.data_cost(m)
 
 
 def reservation_utility(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
     """(N,) r_i = max(outside_option_i, :func:`local_utility`): the better of staying out
-    and training alone, what a mechanism must leave each agent (individual rationality)."""
+    and training alone, what a mechanism must leave each agent (individual rationality);
+    ValueError for a ``phi`` that :func:`incentives.accuracy.check_phi` refuses."""
     return np.maximum(local_utility(population, model, phi), population.outside_option)
 
 
 def local_contribution(population: Population, model: AccuracyModel, phi: Phi | None = None) -> np.ndarray:
     """(N,) m_i^o, the samples each agent collects training alone, capped at its
     endowment (:func:`incentives.accuracy.local_optimum` on ``model.alone`` under ``phi``,
-    linear by default, and the population's cost exponent)."""
+    linear by default, and the population's cost exponent); ValueError for a ``phi`` that
+    :func:`incentives.accuracy.check_phi` refuses."""
+    check_phi(phi)
+    return _local_contribution(population, model, phi)
+
+
+def _local_contribution(population: Population, model: AccuracyModel, phi: Phi | None) -> np.ndarray:
+    """:func:`local_contribution` for a ``phi`` already checked."""
     return np.asarray(checked_local_optimum(population.cost, population.value, model.alone, population.endowment,
                                             phi, population.cost_exponent), dtype=float).reshape(population.n_agents)
 

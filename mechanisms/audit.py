@@ -187,11 +187,11 @@ def misreport_gains(
     (:func:`cost_reports`).
 
     Agent i's true utility under report c' is :func:`incentives.utility.utility` at
-    accuracy a_i' + gap_i (v_i phi(a_i' + gap_i) + t_i' - c_i m_i'**beta - comm_i when it takes
-    part), with (a', t', m') the mechanism re-solved with c_i replaced by c' and gap_i the
-    realised promise gap (none where a_i' = 0); the gain is measured against the truthful
-    utility computed the same way. Zero gains when the mechanism does not use reported
-    costs.
+    accuracy a_i' + gap_i, clipped to [0, 1] (v_i phi(.) + t_i' - c_i m_i'**beta - comm_i when
+    it takes part), with (a', t', m') the mechanism re-solved with c_i replaced by c' and
+    gap_i the realised promise gap (none where a_i' = 0); the gain is measured against the
+    truthful utility computed the same way. Zero gains when the mechanism does not use
+    reported costs.
     """
     n = population.n_agents
     gains, best = np.zeros(n), np.full(n, np.nan)
@@ -199,7 +199,7 @@ def misreport_gains(
         return gains, best
 
     def true_utility(i: int, result: Outcome) -> float:
-        accuracy = result.accuracy + np.where(result.accuracy > 0, promise_gap, 0.0)
+        accuracy = np.clip(result.accuracy + np.where(result.accuracy > 0, promise_gap, 0.0), 0.0, 1.0)
         return float(utility(population, accuracy, result.contributions, result.transfer, result.participates, phi)[i])
 
     reports = cost_reports(population.cost)

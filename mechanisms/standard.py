@@ -12,12 +12,14 @@ would collect on its own, however many agents there are.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
 
 from incentives.accuracy import AccuracyModel, local_optimum
+from incentives.checks import check_agent
 from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
@@ -37,6 +39,7 @@ class StandardFL:
     def allocate_to(self, i: int, profiles, population: Population, model: AccuracyModel) -> Allocation:
         """Agent i's accuracy a(M_g) and zero transfer under each of G contribution profiles
         (G, N), as (G,) arrays (``incentives.protocols.Mechanism``)."""
+        check_agent(i, population.n_agents)
         m = population.check_profiles(profiles)
         return Allocation(accuracy=np.asarray(model(m.sum(axis=1)), dtype=float), transfer=np.zeros(len(m)))
 
@@ -55,12 +58,25 @@ class StandardFL:
         utility beats that of contributing nothing, v_i a(M) - c_i m_i >= v_i a(M - m_i)
         (a is 0 below its zero crossing, where the first-order condition says nothing),
         and when nobody contributes where no agent gains by contributing alone; both are
-        checked (O(N)), and where they fail (e.g. the most eager agent's endowment is too
-        small to train a useful model alone, while others' data would make its samples
-        worth their cost) the equilibrium comes from best-response iteration from the
-        profile: exact best responses under linear costs (:func:`_linear_best_responses`),
-        else, or where they do not settle, the generic iteration
-        (:func:`~incentives.equilibrium.nash_equilibrium`).
+        checked (O(N)).
+
+        Which equilibrium. Every equilibrium with a(M) > 0 has this total M (agents with
+        m_i^* > M at their caps, those with m_i^* < M at 0), and differs from the profile
+        only in how the agents tied with the last contributor (the same m^*, i.e. the same
+        c_i / v_i) split its share. The solver returns the profile above (one agent tops
+        up, the others free-ride) where it passes the check; else the same total with that
+        share split equally among the tied agents, each capped at its n_i
+        (:func:`_shared_top_up`), which passes wherever any split does (an agent's test
+        holds iff its share is at most a bound common to the tied agents): with costs
+        (1e-5, 0.05, 0.05) and endowments (3, 1000, 1000) the greedy (3, 4.37, 0) fails and
+        (3, 2.18, 2.18) is returned, where nobody contributing is an equilibrium too. Where
+        neither passes (e.g. the most eager agent's endowment is too small to train a
+        useful model alone, while others' data would make its samples worth their cost)
+        no equilibrium has a(M) > 0 with that total, and the equilibrium comes from
+        best-response iteration from the profile: exact best responses under linear costs
+        (:func:`_linear_best_responses`), else, or where they do not settle, the generic
+        iteration (:func:`~incentives.equilibrium.nash_equilibrium`; a warning where it
+        does not settle either).
 
         Convex costs c_i m**beta (beta > 1): the marginal cost of the first sample is 0, so
         nobody free-rides entirely. On the concave part of a, agent i's first-order
@@ -68,9 +84,11 @@ class StandardFL:
         m_i(M) = min(n_i, (v_i a'(M) / (beta c_i))**(1/(beta-1))) (n_i where c_i = 0;
         :meth:`~incentives.population.Population.marginal_cost_inverse`), and the
         equilibrium total is the root of M = sum_i m_i(M) on [zero_crossing, sum_i n_i]
-        (the right side decreases in M: one root, by Brent's method), checked as above.
-        Where no root lies above the zero crossing, or the check fails, the profile comes
-        from best-response iteration.
+        (the right side decreases in M: one root, by Brent's method), checked as above;
+        where the check fails, the profile comes from the generic iteration. Where no
+        root lies above the zero crossing m0 (sum_i m_i(m0) <= m0, or sum_i n_i <= m0),
+        no agent with a cost passes it profitably (:func:`_free_data_profile`), and the
+        equilibrium is every free agent (c_i = 0) at n_i and everyone else at 0.
         """
         participation = settle_participation(lambda pop: nash_contributions(pop, model),
                                              lambda m, pop: self.allocate(m, pop, model), population)
@@ -93,32 +111,45 @@ class StandardFL:
 def nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
     """The equilibrium profile described in :meth:`StandardFL.solve`: the closed form where
     :func:`_holds` certifies it, else best-response iteration from it."""
-    m = _linear_cost_contributions(population, model) if population.linear_costs else \
-        _convex_cost_contributions(population, model)
-    if m is not None and _holds(population, model, m):
-        return m
     if population.linear_costs:
-        settled = _linear_best_responses(population, model, m)
+        roots = _linear_roots(population, model)
+        m = _linear_cost_contributions(population, roots)
+        if _holds(population, model, m):
+            return m
+        shared = _shared_top_up(population, roots, m)
+        if shared is not None and _holds(population, model, shared):
+            return shared
+        settled = _linear_best_responses(population, model, roots, m)
         if settled is not None and _holds(population, model, settled):
             return settled
-    return nash_equilibrium(StandardFL(), population, model, start=m).contributions
+    else:
+        m = _convex_cost_contributions(population, model)
+        if m is None:
+            return _free_data_profile(population)
+        if _holds(population, model, m):
+            return m
+    iterated = nash_equilibrium(StandardFL(), population, model, start=m)
+    if not iterated.converged:
+        warnings.warn(f"standard: best-response iteration did not settle in {iterated.iterations} sweeps (last "
+                      f"move {iterated.max_change:.3g} samples); the profile returned is where it stopped, not an "
+                      "equilibrium", stacklevel=2)
+    return iterated.contributions
 
 
 _SWEEPS = 200  # Gauss-Seidel sweeps of exact best responses before the generic iteration takes over
 
 
-def _linear_best_responses(population: Population, model: AccuracyModel, start: np.ndarray) -> np.ndarray | None:
+def _linear_best_responses(population: Population, model: AccuracyModel, roots: np.ndarray,
+                           start: np.ndarray) -> np.ndarray | None:
     """Gauss-Seidel sweeps of the agents' exact best responses under linear costs from
-    ``start``, until a sweep moves no contribution by more than 1e-12 max(1, M) (None if
-    none does within _SWEEPS). Agent i's utility given the others' total O,
-    v_i a(O + x) - c_i x, is -c_i x (no better than contributing nothing) while O + x is
-    below the zero crossing m0 and concave beyond it, so its best response is the better
-    of 0 and clip(m_i^* - O, max(0, m0 - O), n_i) (m_i^*: v_i a'(m) = c_i), ties going to
-    contributing: O(N) a sweep where the generic iteration evaluates a grid of profiles
-    of all N agents for each agent."""
+    ``start`` (``roots``: :func:`_linear_roots`), until a sweep moves no contribution by
+    more than 1e-12 max(1, M) (None if none does within _SWEEPS). Agent i's utility given
+    the others' total O, v_i a(O + x) - c_i x, is -c_i x (no better than contributing
+    nothing) while O + x is below the zero crossing m0 and concave beyond it, so its best
+    response is the better of 0 and clip(m_i^* - O, max(0, m0 - O), n_i)
+    (m_i^*: v_i a'(m) = c_i), ties going to contributing: O(N) a sweep where the generic
+    iteration evaluates a grid of profiles of all N agents for each agent."""
     cost, value, endowment = population.cost, population.value, population.endowment
-    with np.errstate(divide="ignore"):
-        roots = np.asarray(model.marginal_inverse(cost / value), dtype=float).reshape(-1)
     crossing = float(model.zero_crossing)
     m = np.array(start, dtype=float)
     for _ in range(_SWEEPS):
@@ -138,10 +169,14 @@ def _linear_best_responses(population: Population, model: AccuracyModel, start: 
     return None
 
 
-def _linear_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
-    """The greedy profile on the roots m_i^* of v_i a'(m) = c_i (inf where c_i = 0)."""
+def _linear_roots(population: Population, model: AccuracyModel) -> np.ndarray:
+    """(N,) m_i^*, the roots of v_i a'(m) = c_i (inf where c_i = 0)."""
     with np.errstate(divide="ignore"):
-        roots = np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float).reshape(-1)
+        return np.asarray(model.marginal_inverse(population.cost / population.value), dtype=float).reshape(-1)
+
+
+def _linear_cost_contributions(population: Population, roots: np.ndarray) -> np.ndarray:
+    """The greedy profile on the roots m_i^* (:func:`_linear_roots`)."""
     m = np.zeros(population.n_agents)
     total = 0.0
     for i in np.argsort(-roots, kind="stable"):
@@ -150,6 +185,27 @@ def _linear_cost_contributions(population: Population, model: AccuracyModel) -> 
         m[i] = min(population.endowment[i], roots[i] - total)
         total += m[i]
     return m
+
+
+def _shared_top_up(population: Population, roots: np.ndarray, m: np.ndarray) -> np.ndarray | None:
+    """The greedy profile ``m`` with the samples of its last contributor (the smallest
+    root among contributors) and of every agent tied with it (the same root) pooled and
+    split equally, each agent capped at n_i: min(n_j, L) with sum_j min(n_j, L) = the
+    pool (water-filling). The total and everyone else's samples stay as they are; None
+    where no agent ties with the last contributor (nothing to split)."""
+    contributors = np.flatnonzero(m > 0)
+    if contributors.size == 0:
+        return None
+    tied = np.flatnonzero(roots == roots[contributors[np.argmin(roots[contributors])]])
+    if tied.size == 1:
+        return None
+    caps = np.sort(population.endowment[tied])
+    pool = float(m[tied].sum())
+    filled = np.concatenate([[0.0], np.cumsum(caps)[:-1]])  # the k smallest caps, filled
+    levels = (pool - filled) / (len(caps) - np.arange(len(caps)))  # the others' equal share then
+    shared = m.copy()
+    shared[tied] = np.minimum(population.endowment[tied], levels[np.flatnonzero(levels <= caps)[0]])
+    return shared
 
 
 def _convex_cost_contributions(population: Population, model: AccuracyModel) -> np.ndarray | None:
@@ -165,6 +221,21 @@ def _convex_cost_contributions(population: Population, model: AccuracyModel) -> 
     root = brentq(lambda total: respond(total).sum() - total, low, high, xtol=1e-12 * high) \
         if respond(high).sum() < high else high
     return respond(root)
+
+
+def _free_data_profile(population: Population) -> np.ndarray:
+    """Convex costs where :func:`_convex_cost_contributions` finds no root above the zero
+    crossing m0 (sum_i n_i <= m0, or sum_i m_i(m0) <= m0 with m_i(M) the first-order
+    contributions, n_i for free agents): every free agent (c_i = 0) at n_i, F samples in
+    all, everyone else at 0, an equilibrium. A free agent loses nothing by contributing
+    all it has. An agent with a cost gets a(F + x) = 0 while F + x <= m0, so contributing
+    x there is worth -c_i x**beta <= 0, its utility at 0. It passes m0 only at
+    x > x0 = m0 - F, so only where n_i > x0, never where sum_i n_i <= m0. Where n_i > x0
+    (so sum_i m_i(m0) <= m0), m_i(m0) <= m0 - F = x0 < n_i (the others add at least 0),
+    so v_i a'(m0) = beta c_i m_i(m0)**(beta-1) <= beta c_i x0**(beta-1): its utility,
+    concave beyond x0, has slope v_i a'(F + x) - beta c_i x**(beta-1) <= 0 there, and its
+    best there is x0, worth -c_i x0**beta <= 0. No agent gains by joining: nothing to check."""
+    return np.where(population.cost == 0, population.endowment, 0.0)
 
 
 def _holds(population: Population, model: AccuracyModel, m: np.ndarray) -> bool:

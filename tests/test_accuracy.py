@@ -122,7 +122,7 @@ def test_fit_reports_residuals_on_noisy_points():
     rng = np.random.default_rng(0)
     measured = PowerLaw(0.9, 2.0, 0.6)(sizes) + rng.normal(0.0, 0.005, sizes.size)
     fitted = EmpiricalModel.fit(sizes, measured)
-    np.testing.assert_allclose(fitted.residuals, measured - fitted.model.formula(sizes))
+    np.testing.assert_allclose(fitted.residuals, measured - fitted(sizes))
     assert fitted.rmse == pytest.approx(np.sqrt(np.mean(fitted.residuals**2)))
     assert 0.001 < fitted.rmse < 0.01
     assert fitted.params["a_opt"] == pytest.approx(0.9, abs=0.02)

@@ -84,6 +84,19 @@ def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
     assert doubled.misreport_gain[0] == 0.0 and np.isnan(doubled.best_report[0])
 
 
+def test_a_misreport_is_scored_at_an_accuracy_the_gap_cannot_push_out_of_0_1():
+    """Nothing delivered: the promise gap is -a_i, and a report promising less would be
+    scored at a' - a_i < 0. Accuracies are clipped to [0, 1], as utility() requires."""
+    population = Population.from_lists(cost=[1e-4, 8e-4], endowment=1e6)
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, np.zeros(2), outcome.transfer, outcome.contributions)
+    lying = mechanism.solve(Population.from_lists(cost=[8e-4, 8e-4], endowment=1e6), MODEL)
+    assert lying.accuracy[0] < outcome.accuracy[0]  # unclipped, the lie would be scored below 0
+    gain = -1e-4 * lying.contributions[0] + 1e-4 * outcome.contributions[0]  # accuracy 0 either way
+    assert result.misreport_gain[0] == pytest.approx(max(gain, 0.0), rel=1e-9, abs=1e-15)
+
+
 def test_beyond_sixteen_distinct_costs_an_agent_reports_sixteen_quantiles_of_them():
     """Every distinct cost as a report made the audit N(N - 1) re-solves, quadratic in N
     (benchmarks/bench_mechanisms.py times the audit at 100 agents). With more than

@@ -89,7 +89,7 @@ def test_nash_argument_errors():
     pop = identical(2)
     with pytest.raises(ValueError, match=r"damping=1.0: allowed is a number in \[0, 1\)"):
         nash_equilibrium(StandardFL(), pop, TOY, damping=1.0)
-    with pytest.raises(ValueError, match="start="):
+    with pytest.raises(ValueError, match=r"^start\[0\]=-1.0: allowed is 0 <= m <= endowment\[0\]="):
         nash_equilibrium(StandardFL(), pop, TOY, start=[-1.0, 0.0])
     for options, message in (({"max_iter": 2.5}, r"^max_iter=2.5: allowed is an integer >= 1$"),
                              ({"tol": "a"}, r"^tol='a': allowed is a finite number >= 0$"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from incentives.accuracy import EffectiveData, GeneralisationBound, PowerLaw, local_optimum
-from incentives.equilibrium import best_response, nash_equilibrium, verify_equilibrium
+from incentives.equilibrium import Equilibrium, best_response, nash_equilibrium, verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import local_utility, utility
@@ -125,7 +125,8 @@ def test_the_fallback_root_finder_reaches_an_exact_equilibrium_of_ten_agents():
                                        endowment=r.uniform(5, 600, n))
     assert n == 10 and gamma == pytest.approx(0.0866, abs=1e-4)
     model, mechanism = EffectiveData(base, gamma), AccuracyShaping()
-    assert mechanism.deviation_gains(mechanism._contributions(population, model), population, model).max() > 0.4
+    fixed_point = mechanism._contributions(population, mechanism._rule(population, model))
+    assert mechanism.deviation_gains(fixed_point, population, model).max() > 0.4
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         outcome = mechanism.solve(population, model)
@@ -322,8 +323,71 @@ def test_standard_fl_where_the_greedy_profile_fails_exact_best_responses_settle_
     outcome = StandardFL().solve(agents, model)
     np.testing.assert_array_equal(outcome.contributions, 0.0)
     assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
-    from mechanisms.standard import _linear_best_responses, _linear_cost_contributions
+    from mechanisms.standard import _linear_best_responses, _linear_cost_contributions, _linear_roots
 
-    greedy = _linear_cost_contributions(agents, model)
+    roots = _linear_roots(agents, model)
+    greedy = _linear_cost_contributions(agents, roots)
     assert greedy.sum() > 0 and model(greedy.sum()) > 0  # a profile that is no equilibrium
-    np.testing.assert_array_equal(_linear_best_responses(agents, model, greedy), 0.0)
+    np.testing.assert_array_equal(_linear_best_responses(agents, model, roots, greedy), 0.0)
+
+
+def test_standard_fl_shares_the_top_up_among_tied_agents_where_one_alone_would_rather_not():
+    """a(m) = 0.9 - 2 m^-1/2 (zero crossing 4.94), costs (1e-5, 0.05, 0.05), endowments (3,
+    1000, 1000): agent 0 brings its 3 samples, below the crossing, and the greedy profile
+    has agent 1 top the total up to m^* = 20^(2/3) = 7.37 (a'(m^*) = 0.05), worth
+    a(7.37) - 0.05 * 4.37 = -0.055 < a(3) = 0 to it; best responses from there left
+    nobody contributing. Agents 1 and 2 are tied (the same c / v): with the top-up split,
+    2.18 samples each, each gets 0.054 > a(5.18) = 0.022, an equilibrium where everyone
+    contributes, which is returned. With a third tied agent capped at 0.5 samples the
+    others share the rest (water-filling)."""
+    model = PowerLaw(0.9, 2.0, 0.5)
+    root = 20.0 ** (2 / 3)
+    agents = Population(cost=[1e-5, 0.05, 0.05], endowment=[3.0, 1000.0, 1000.0])
+    outcome = StandardFL().solve(agents, model)
+    np.testing.assert_allclose(outcome.contributions, [3.0, (root - 3) / 2, (root - 3) / 2], rtol=1e-12)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
+    np.testing.assert_array_less(0.05, realised_utility(agents, outcome))
+    capped = Population(cost=[1e-5, 0.05, 0.05, 0.05], endowment=[3.0, 1000.0, 1000.0, 0.5])
+    outcome = StandardFL().solve(capped, model)
+    np.testing.assert_allclose(outcome.contributions, [3.0, (root - 3.5) / 2, (root - 3.5) / 2, 0.5], rtol=1e-12)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, capped, model).ok
+
+
+def test_standard_fl_convex_costs_where_nobody_passes_the_zero_crossing_are_solved_without_iteration(monkeypatch):
+    """Costs c m^2 and a(m) = 0.9 - 2 m^-1/2 (zero crossing 4.94): where the first-order
+    contributions at the crossing add up to less than it, no root lies above it, and the
+    generic grid iteration (O(N^2) a sweep: 1.2 s at N = 400) found the profile. No agent
+    with a cost passes the crossing profitably (``standard._free_data_profile``), so the
+    equilibrium is the free agents at n_i and everyone else at 0, without iteration."""
+    model = PowerLaw(0.9, 2.0, 0.5)
+    monkeypatch.setattr(standard, "nash_equilibrium", _refuse_generic_iteration)
+    crowd = Population(cost=np.full(400, 10.0), endowment=np.full(400, 100.0), cost_exponent=2.0)
+    np.testing.assert_array_equal(StandardFL().solve(crowd, model).contributions, 0.0)
+    agents = Population(cost=[0.0, 0.0, 10.0, 0.5, 2.0], endowment=[1.0, 2.0, 100.0, 50.0, 3.0], cost_exponent=2.0)
+    outcome = StandardFL().solve(agents, model)
+    np.testing.assert_array_equal(outcome.contributions, [1.0, 2.0, 0.0, 0.0, 0.0])
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
+
+
+def test_standard_fl_warns_where_the_generic_iteration_does_not_settle(monkeypatch):
+    """Where the closed form fails its check (the convex-cost population above, whose
+    first-order profile leaves agent 0 better off contributing nothing), the generic
+    iteration's profile was returned as the equilibrium even where it had not settled."""
+    agents = Population(cost=[0.158, 1.0], endowment=[100.0, 0.01], outside_option=[-1.0, -1.0],
+                        cost_exponent=2.0)
+
+    def unsettled(mechanism, population, model, *, start=None, **options):
+        return Equilibrium(np.asarray(start, dtype=float), np.ones(2, dtype=bool), np.zeros(2), False, 200, 0.5)
+
+    monkeypatch.setattr(standard, "nash_equilibrium", unsettled)
+    with pytest.warns(UserWarning, match=r"^standard: best-response iteration did not settle in 200 sweeps"):
+        StandardFL().solve(agents, PowerLaw(1.0, 1.0, 0.5))
+
+
+@pytest.mark.parametrize("mechanism", [StandardFL(), AccuracyShaping()])
+@pytest.mark.parametrize("i", [2, -1, 1.0, "x", True])
+def test_allocate_to_refuses_what_is_not_an_agent_index(mechanism, i):
+    """Shaping raised numpy's IndexError for i = 2 and read i = -1 as the last agent;
+    standard FL accepted 2 and 'x'. Both now refuse as best_response does."""
+    with pytest.raises(ValueError, match=rf"^i={i!r}: allowed is an agent index 0 to 1$"):
+        mechanism.allocate_to(i, [[1.0, 2.0]], identical(2), TOY)

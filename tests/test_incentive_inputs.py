@@ -1,0 +1,221 @@
+"""Bad inputs to the economic world's public functions: each is one ValueError naming the
+argument, the value and what is allowed, never a silently wrong number (utilities,
+populations read from CSV, accuracy models and their fits, the Nash iteration's start)."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
+from incentives.checks import as_floats
+from incentives.equilibrium import nash_equilibrium
+from incentives.population import Population
+from incentives.utility import local_contribution, local_utility, reservation_utility, utility
+from mechanisms.standard import StandardFL
+
+PL = PowerLaw(0.9, 3.0, 0.5)
+TWO = Population.from_lists(cost=[1.0, 1.0], endowment=[10.0, 10.0])
+
+
+# ----------------------------------------------------------------------------- utilities
+@pytest.mark.parametrize("accuracy, message", [
+    ([np.nan, 0.5], r"^accuracy\[0\]=nan: allowed is a number in \[0, 1\]$"),  # was a utility of nan
+    ([7.0, 0.5], r"^accuracy\[0\]=7.0: allowed is a number in \[0, 1\]$"),  # was v * 7
+    (-0.1, r"^accuracy\[0\]=-0.1: allowed is a number in \[0, 1\]$"),  # a number stands for every agent
+])
+def test_utility_refuses_an_accuracy_that_is_not_a_fraction(accuracy, message):
+    with pytest.raises(ValueError, match=message):
+        utility(TWO, accuracy, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("contributions, message", [
+    ([-5.0, 1.0], r"^contributions\[0\]=-5.0: allowed is 0 <= m <= endowment\[0\]=10.0$"),  # was a cost of -5
+    ([1.0, 50.0], r"^contributions\[1\]=50.0: allowed is 0 <= m <= endowment\[1\]=10.0$"),
+    (np.nan, r"^contributions\[0\]=nan: allowed is 0 <= m <= endowment\[0\]=10.0$"),
+])
+def test_utility_refuses_contributions_outside_the_endowments(contributions, message):
+    with pytest.raises(ValueError, match=message):
+        utility(TWO, 0.5, contributions)
+
+
+def test_utility_refuses_a_transfer_that_is_not_finite():
+    with pytest.raises(ValueError, match=r"^transfer\[0\]=inf: allowed is a finite number$"):  # was a utility of inf
+        utility(TWO, 0.5, [1.0, 1.0], transfer=[np.inf, 0.0])
+
+
+def test_utility_still_broadcasts_numbers_and_absorbs_rounding_at_the_endowment():
+    np.testing.assert_allclose(utility(TWO, 0.5, 1.0, transfer=2.0), [1.5, 1.5])
+    np.testing.assert_allclose(utility(TWO, 0.5, TWO.endowment * (1 + 1e-12)), [0.5 - 10.0] * 2)
+
+
+@pytest.mark.parametrize("phi, shown", [("log", "'log'"), (lambda a: 1.0, "gave shape ()")])
+@pytest.mark.parametrize("call", [
+    lambda phi: utility(TWO, [0.5, 0.5], [1.0, 1.0], phi=phi),  # a constant phi was broadcast; 'log' a TypeError
+    lambda phi: local_utility(TWO, PL, phi),
+    lambda phi: reservation_utility(TWO, PL, phi),
+    lambda phi: local_contribution(TWO, PL, phi),
+])
+def test_utilities_check_phi(call, phi, shown):
+    with pytest.raises(ValueError, match=rf"^phi=.*{re.escape(shown)}.*allowed is None \(linear\)"):
+        call(phi)
+
+
+# ----------------------------------------------------------------------------- populations from CSV
+@pytest.mark.parametrize("text, message, indexed", [
+    ("cost,endowment\n-1,10\n", r"cost\[0\]=-1.0: allowed is a number >= 0", True),
+    ("cost,endowment\n", r"len\(cost\)=0: allowed is N >= 1 agents", False),
+    ("cost,endowment,capacity\n1,10,2\n", r"capacity\[0\]=2.0: allowed is a number in \(0, 1\]", True),
+    ("cost,endowment,label_0,label_1\n1,10,0.5,0.6\n", r"label_distribution\[0\] sums to 1.1", True),
+    ("name,cost,endowment\na,1,10\na,1,10\n", r"names\[1\]='a' repeats names\[0\]", True),
+])
+def test_from_csv_value_errors_name_the_file(tmp_path, text, message, indexed):
+    path = tmp_path / "agents.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        Population.from_csv(path)
+    assert str(error.value).count(repr(str(path))) == 1
+    assert ("an index i is row i + 1 after the header" in str(error.value)) == indexed
+
+
+def test_from_csv_names_the_file_once_where_the_message_already_does(tmp_path):
+    path = tmp_path / "agents.csv"
+    path.write_text("cost,endowment\n1,ten\n")
+    with pytest.raises(ValueError, match=r"^endowment\[0\]='ten' \(row 1 of .*\): allowed is a number$") as error:
+        Population.from_csv(path)
+    assert str(error.value).count(repr(str(path))) == 1
+
+
+def test_from_csv_names_the_file_for_a_bad_spec_in_missing(tmp_path):
+    path = tmp_path / "agents.csv"
+    path.write_text("endowment\n10\n20\n")
+    with pytest.raises(ValueError, match=r"^cost=\[1.0\]: allowed is a list of n=2 numbers .* \(in '.*agents.csv'"):
+        Population.from_csv(path, missing={"cost": [1.0]})
+
+
+@pytest.mark.parametrize("missing", [["cost"], "cost", 3])
+def test_from_csv_missing_must_be_a_mapping(tmp_path, missing):
+    path = tmp_path / "agents.csv"
+    path.write_text("endowment\n10\n")
+    with pytest.raises(ValueError, match=r"^missing=.*: allowed is None or a mapping of fields to specs"):
+        Population.from_csv(path, missing=missing)  # a list was an AttributeError
+
+
+def test_from_csv_still_reads_its_numbers_from_text(tmp_path):
+    path = tmp_path / "agents.csv"
+    path.write_text("name,cost,endowment\na,1e-3,10\nb,2e-3,20\n")
+    again = Population.from_csv(path, missing={"value": {"dist": "uniform", "low": 1, "high": 2}}, seed=3)
+    np.testing.assert_array_equal(again.cost, [1e-3, 2e-3])
+    np.testing.assert_array_equal(again.value, Population.sample(2, {
+        "cost": 1.0, "endowment": 1.0, "value": {"dist": "uniform", "low": 1, "high": 2}}, seed=3).value)
+
+
+# ----------------------------------------------------------------------------- strings are not numbers
+@pytest.mark.parametrize("value", ["1e-3", b"1", ["1", 2.0], np.array(["1", "2"]), [None, 1.0], None])
+def test_as_floats_refuses_strings_bytes_and_none(value):
+    with pytest.raises(ValueError, match=r"^key=.*: allowed is numbers"):  # '1e-3' became 0.001, None nan
+        as_floats("key", value)
+
+
+def test_as_floats_still_takes_numbers_and_makes_a_copy():
+    raw = np.array([1.0, 2.0])
+    out = as_floats("key", raw)
+    assert out is not raw and out.dtype == float
+    np.testing.assert_array_equal(as_floats("key", [1, np.float32(2.5), True]), [1.0, 2.5, 1.0])
+
+
+def test_numeric_strings_are_refused_in_populations_and_utilities():
+    with pytest.raises(ValueError, match=r"^cost='1e-3': allowed is a list of numbers$"):
+        Population.from_lists(cost="1e-3", endowment=[10.0, 20.0])
+    with pytest.raises(ValueError, match=r"^cost='1e-3': allowed is a number, a list of numbers or a dict"):
+        Population.sample(2, {"cost": "1e-3", "endowment": 10.0}, seed=0)
+    with pytest.raises(ValueError, match=r"^accuracy='0.5': allowed is numbers"):
+        utility(TWO, "0.5", [1.0, 1.0])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: EmpiricalModel.fit(["a", "b", "c"], [0.1, 0.2, 0.3]), r"^sizes=\['a', 'b', 'c'\]: allowed is"),
+    (lambda: EmpiricalModel.fit([[1, 2], [3]], [0.1, 0.2]), r"^sizes=\[\[1, 2\], \[3\]\]: allowed is"),
+    (lambda: EmpiricalModel.fit([10, 20, 40], "abc"), r"^accuracies='abc': allowed is"),
+    (lambda: EffectiveData.calibrate(PL, ["x"], [0.5]), r"^sizes=\['x'\]: allowed is"),
+    (lambda: PL.inverse("x"), r"^a='x': allowed is 0 <= a < a_opt=0.9$"),
+    (lambda: PL.marginal_inverse("x"), r"^slope='x': allowed is"),
+    (lambda: EffectiveData(PL, 0.5).marginal_inverse("x"), r"^slope='x': allowed is"),
+    (lambda: EffectiveData(PL, 0.5).marginal_inverse(-1.0), r"^slope=-1.0: allowed is"),  # was slope=-2.0
+    (lambda: PL("x"), r"^m='x': allowed is samples >= 0"),
+    (lambda: PL.derivative("x"), r"^m='x': allowed is samples >= 0"),
+])
+def test_accuracy_inputs_that_are_not_numbers_name_their_key(call, message):
+    with pytest.raises(ValueError, match=message):  # were numpy's "could not convert string to float"
+        call()
+
+
+# ----------------------------------------------------------------------------- samples m of an accuracy model
+MODELS = [PL, GeneralisationBound(0.95, 2.0), EffectiveData(PL, 0.3), EffectiveData(GeneralisationBound(0.9, 1.0), 4.0),
+          EmpiricalModel.fit([100.0, 200.0, 400.0, 800.0], PL(np.array([100.0, 200.0, 400.0, 800.0])))]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda model: type(model).__name__)
+@pytest.mark.parametrize("method", ["__call__", "derivative"])
+@pytest.mark.parametrize("m, shown", [(-5.0, "-5.0"), (np.nan, "nan"), ([10.0, -1e-300], "-1e-300")])
+def test_models_refuse_negative_or_nan_samples(model, method, m, shown):
+    with pytest.raises(ValueError, match=rf"^m={re.escape(shown)}: allowed is samples >= 0"):  # were accuracy 0
+        getattr(model, method)(m)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda model: type(model).__name__)
+def test_models_still_take_zero_samples(model):
+    assert model(0.0) == 0.0 and model.derivative(0.0) == 0.0
+    np.testing.assert_array_equal(model(np.zeros(3)), np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- the Nash iteration's start
+def test_nash_start_is_checked_as_best_response_checks_contributions():
+    pop = Population.from_lists(cost=[1e-3, 2e-3], endowment=[500.0, 500.0])
+    rounded = nash_equilibrium(StandardFL(), pop, PL, start=pop.endowment * (1 + 1e-12))  # was refused
+    assert rounded.converged
+    with pytest.raises(ValueError, match=r"^start='abc': allowed is numbers"):  # was numpy's ValueError
+        nash_equilibrium(StandardFL(), pop, PL, start="abc")
+    with pytest.raises(ValueError, match=r"^start has shape \(3,\): allowed is \(2,\), one per agent$"):
+        nash_equilibrium(StandardFL(), pop, PL, start=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"^start\[1\]=600.0: allowed is 0 <= m <= endowment\[1\]=500.0$"):
+        nash_equilibrium(StandardFL(), pop, PL, start=[1.0, 600.0])
+
+
+# ----------------------------------------------------------------------------- fitted learning curves
+DEGENERATE = ([10.0, 20.0, 40.0, 80.0], [0.1, 0.5, 0.6, 0.62])  # too steep a rise to a plateau
+
+
+def test_rmse_and_residuals_are_those_of_the_model_as_used():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fit ends on its bounds (next test)
+        fit = EmpiricalModel.fit(*DEGENERATE, family="generalisation_bound")
+    sizes, measured = np.array(DEGENERATE[0]), np.array(DEGENERATE[1])
+    assert fit.model.formula(sizes)[0] < 0 and fit(sizes[0]) == 0.0  # the first point is below the zero crossing
+    np.testing.assert_allclose(fit.residuals, measured - fit(sizes))
+    assert fit.residuals[0] == pytest.approx(0.1)  # was 0.1 - formula(10) = 0.36
+    assert fit.rmse == pytest.approx(np.sqrt(np.mean((measured - fit(sizes)) ** 2)))
+
+
+@pytest.mark.parametrize("family, ends", [
+    ("power_law", [r"alpha=1\.99999\d* on its upper bound 2\.0"]),
+    ("generalisation_bound", [r"a_opt=0\.99999\d* on its upper bound 1\.0", r"k=[\d.]+e-12 on its lower bound 1e-12"]),
+])
+def test_fit_warns_once_when_a_parameter_ends_on_a_bound(family, ends):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        EmpiricalModel.fit(*DEGENERATE, family=family)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and messages[0].startswith(f"EmpiricalModel.fit(family={family!r}): ")
+    for end in ends:
+        assert re.search(end, messages[0])
+
+
+@pytest.mark.parametrize("truth, family", [(PowerLaw(0.9, 2.0, 0.6), "power_law"),
+                                           (GeneralisationBound(0.95, 2.0), "generalisation_bound")])
+def test_a_well_determined_fit_does_not_warn(truth, family):
+    sizes = np.array([100, 200, 400, 800, 1600, 3200], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EmpiricalModel.fit(sizes, truth(sizes), family=family)
