@@ -7,7 +7,9 @@
     python run_experiment.py CONFIG --seeds 0 1 2 3 --jobs 4   # the seeds in 4 processes at once
 
 The config is validated before anything runs; a bad key or value prints one line that
-names it and exits with status 2. The run folder's layout is described in
+names it and exits with status 2. A report that cannot be written once the loop has run
+prints one line naming the error and the --resume command that writes it, and exits
+with status 1; Ctrl-C exits with status 130. The run folder's layout is described in
 ``analysis/report.py``.
 """
 
@@ -37,7 +39,7 @@ from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from incentives.loop import ClosedLoop, LoopResult
-from incentives.population import Population, csv_rows, sample_traits
+from incentives.population import FIELDS, Population, csv_rows, sample_traits
 from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
@@ -47,20 +49,14 @@ from mechanisms.standard import StandardFL
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.toml"
 CHECKPOINT = "checkpoint.pkl"
-TRAITS = ("cost", "endowment", "value", "capacity", "comm_cost", "outside_option")
 MULTIDIMENSIONAL_TRAITS = ("compute_cost", "comm_delay")
+NO_CAPACITY_COLUMN = f"{config_module.NO_CAPACITY}; allowed is 1.0 in every row (or no capacity column)"
 STREAMS = ("population", "training", "valuation")
 # Keys --resume may change: they bound or pace the loop, say where the data files are,
 # or choose where and how training runs, but not what is measured (the data files are
 # checksummed, and population.csv's bytes are compared with the run's: csv_sha256).
 # Any other change would mix two experiments in one run.
-RESUMABLE = ("loop.max_iterations", "loop.tolerance", *config_module.EXECUTION_KEYS)
-
-
-def build_population(section: dict, data: dict, num_classes: int, seed: int, training: dict) -> Population:
-    """Agents from a CSV file, or sampled trait by trait from the config's distributions
-    (:func:`build_agents`), with their label distributions (:func:`with_label_distributions`)."""
-    return with_label_distributions(build_agents(section, seed, training), section, data, num_classes, seed)
+RESUMABLE = (*config_module.LOOP_KEYS, *config_module.EXECUTION_KEYS)
 
 
 def build_agents(section: dict, seed: int, training: dict) -> Population:
@@ -79,16 +75,18 @@ def build_agents(section: dict, seed: int, training: dict) -> Population:
     if section["csv"]:
         return agents_from_csv(section, seed)
     n = section["n_agents"]
-    traits = TRAITS + (MULTIDIMENSIONAL_TRAITS if section["private_information"] == "multidimensional" else ())
+    traits = FIELDS + (MULTIDIMENSIONAL_TRAITS if section["private_information"] == "multidimensional" else ())
     for trait in traits:
         values = section[trait]
         if isinstance(values, list) and len(values) != n:
             raise ConfigError(f"population.{trait}={values!r}: allowed is a list of "
                               f"population.n_agents={n} numbers")
     try:  # "cost.sigma=-1.0: ...", "endowment[0]=0.0: ...": a trait's entry
-        sampled = Population.sample(n, {trait: drawn_setting(section, trait) for trait in TRAITS}, seed=seed,
+        sampled = Population.sample(n, {trait: drawn_setting(section, trait) for trait in FIELDS}, seed=seed,
                                     cost_exponent=section["cost_exponent"])
     except ValueError as error:
+        if not names_a_key(str(error), (*FIELDS, "cost_exponent")):
+            raise  # not the config's: a defect, with its traceback
         raise ConfigError(f"population.{error}") from None
     population = whole_endowments(sampled, "population.endowment")
     if section["private_information"] == "multidimensional":
@@ -104,13 +102,21 @@ def drawn_setting(section: dict, trait: str):
     return 0.0 if trait == "outside_option" and value == config_module.TRAIN_ALONE else value
 
 
+def names_a_key(said: str, keys: tuple[str, ...]) -> bool:
+    """Whether the error text ``said`` is about one of ``keys`` (population keys, without
+    the section): it begins with the key's value, "cost=...", an entry of its table,
+    "cost.sigma=...", or of its list, "cost[2]=..."."""
+    return said.startswith(tuple(f"{key}{mark}" for key in keys for mark in "=.["))
+
+
 def agents_from_csv(section: dict, seed: int) -> Population:
     """The agents of the CSV file ``population.csv``, one per row: a trait the file has a
     column for is read from it; a trait it lacks is drawn from the config's key, one value
     per row, as :func:`build_agents` draws it for a population of that size and ``seed``
     (:func:`csv_note` names the config keys the file overrides). Whole endowments; the
     config's ``cost_exponent`` where the CSV's costs are linear. ConfigError naming the
-    file, or the config key of a drawn trait."""
+    file, or the config key of a drawn trait; a capacity column is refused unless it holds
+    1.0 in every row (:data:`analysis.config.NO_CAPACITY`)."""
     where = f"population.csv={section['csv']!r}"
     try:
         header = csv_header(section)
@@ -118,15 +124,19 @@ def agents_from_csv(section: dict, seed: int) -> Population:
         raise unreadable_csv(section, error) from None
     except ValueError as error:  # not UTF-8 text
         raise ConfigError(f"{where}: {error}") from None
-    drawn = {trait: drawn_setting(section, trait) for trait in TRAITS if trait not in header}
+    drawn = {trait: drawn_setting(section, trait) for trait in FIELDS if trait not in header}
     try:
         population = Population.from_csv(csv_path(section), missing=drawn, seed=seed)
     except OSError as error:
         raise unreadable_csv(section, error) from None
     except ValueError as error:  # "value=[...]", "cost.sigma=...", "value[2]=...": a drawn trait is a config key's
         said = str(error)
-        config_key = any(said.startswith((f"{trait}=", f"{trait}.", f"{trait}[")) for trait in drawn)
-        raise ConfigError(f"population.{said}" if config_key else f"{where}: {said}") from None
+        if names_a_key(said, ("capacity",)) and "capacity" in header:  # capacity[i]=2.0: allowed is (0, 1]
+            said = f"{said.split(':')[0]}: {NO_CAPACITY_COLUMN}"
+        raise ConfigError(f"population.{said}" if names_a_key(said, tuple(drawn)) else f"{where}: {said}") from None
+    if np.any(population.capacity != 1.0):
+        i = int(np.flatnonzero(population.capacity != 1.0)[0])
+        raise ConfigError(f"{where}: capacity[{i}]={float(population.capacity[i])!r}: {NO_CAPACITY_COLUMN}")
     population = whole_endowments(population, where)
     if section["cost_exponent"] != 1 and section["cost_exponent"] != population.cost_exponent:
         if not population.linear_costs:
@@ -174,7 +184,7 @@ def csv_note(section: dict, rows: int) -> str | None:
         return None
     header = csv_header(section)
     defaults = config_module.SCHEMA["population"]
-    overridden = [trait for trait in TRAITS
+    overridden = [trait for trait in FIELDS
                   if trait in header and section[trait] not in (defaults[trait].default, config_module.TRAIN_ALONE)]
     counted = section["n_agents"] not in (defaults["n_agents"].default, rows)
     if not overridden and not counted:
@@ -600,10 +610,33 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
                               f"model.name={config['model']['name']!r}: {error}") from None
         except ValueError as error:  # the oracle's own checks of training (the split's: check_against_the_data)
             raise ConfigError(f"training: {error}") from None
+        except (MemoryError, RuntimeError) as error:  # the oracle builds the model: its parameters may not fit
+            if not allocation_failed(error):
+                raise
+            raise ConfigError(model_too_large(config["model"], error)) from None
         return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, earlier, start, quiet,
                          warn, csv_digest)
     finally:
         getattr(executor, "close", lambda: None)()
+
+
+def allocation_failed(error: BaseException) -> bool:
+    """Whether ``error`` says that memory could not be allocated (Python's MemoryError,
+    torch's CPU allocator's RuntimeError, CUDA's OutOfMemoryError)."""
+    import torch
+
+    return (isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+            or "can't allocate memory" in str(error))
+
+
+def model_too_large(model: dict, error: BaseException) -> str:
+    """The message for a model (the config's section ``model``) whose parameters could not
+    be allocated (``error``)."""
+    keys = f"model.name={model['name']!r}" + (f" with model.hidden={model['hidden']!r}" if model["name"] == "mlp"
+                                              else "")
+    said = " ".join(str(error).split())
+    return (f"{keys}: the model cannot be allocated ({type(error).__name__}: {said}); allowed is a model that fits "
+            "in this machine's memory" + (" (fewer or narrower hidden layers)" if model["name"] == "mlp" else ""))
 
 
 def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
@@ -681,6 +714,10 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
         raise Interrupted(stopped("interrupted while writing the report", folder, result, created,
                                   f"--resume {str(folder)!r} writes their report")) from None
+    except Exception as error:  # a figure, the audit, a full disk ...: the checkpoint holds every iteration
+        said = " ".join(str(error).split())
+        raise ReportFailed(stopped(f"writing the report failed ({type(error).__name__}: {said})", folder, result,
+                                   created, f"--resume {str(folder)!r} writes their report")) from error
     for warning in suspect if warn else ():
         print(f"warning: {warning}", file=sys.stderr)
     if not quiet:  # experiment.progress hides the progress bar only
@@ -717,6 +754,16 @@ def print_summary(summaries: dict[str, dict], folder: Path) -> None:
 
 class Interrupted(Exception):
     """The run was stopped by the user (Ctrl-C); the message says what was kept."""
+
+
+class ReportFailed(Exception):
+    """Writing a run's report failed after its loop finished; the message names the error
+    (its type and text; the exception is the cause) and how to write the report from the
+    checkpoint, which holds every iteration."""
+
+
+#: what stops a run, or the seeds of a --seeds run, with one line (:func:`main`)
+STOPS = (Interrupted, ConfigError, ReportFailed)
 
 
 def stopped(reason: str, folder: Path, saved: LoopResult | None, created: bool, advice: str,
@@ -786,7 +833,8 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     and, the dataset loaded once, every seed's agents are checked against it
     (:func:`check_against_the_data`: their endowments and the pilot sizes fit the training
     pool); a refusal names its seed. ``jobs`` > 1 runs up to that many seeds at once, each
-    in its own process (:func:`run_in_processes`)."""
+    in its own process (:func:`run_in_processes`). A failure while the seeds folder is
+    written is a ReportFailed (Ctrl-C: Interrupted) naming the seeds' run folders."""
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: allowed is each seed once")
     if any(config_module.parse_override(text)[:2] == ("experiment", "seed") for text in overrides):
@@ -814,10 +862,17 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
         for seed, config in zip(seeds, configs):
             try:
                 folders.append(run(config, quiet=quiet, warn=False))
-            except (Interrupted, ConfigError) as stop:
+            except STOPS as stop:
                 finished = ", ".join(str(f) for f in folders) or "none"
                 raise type(stop)(f"{stop} (seed {seed}); the seeds finished before it: {finished}") from None
-    out, spread = aggregate_runs(folders)
+    written = f"the seeds finished: {', '.join(map(str, folders))}: analysis.seeds.aggregate_runs of them writes it"
+    try:
+        out, spread = aggregate_runs(folders)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while writing the seeds report; {written}") from None
+    except Exception as error:  # a figure, a full disk ...: every seed's run folder is whole
+        said = " ".join(str(error).split())
+        raise ReportFailed(f"writing the seeds report failed ({type(error).__name__}: {said}); {written}") from error
     if not quiet:
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))
@@ -845,10 +900,11 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     """Run each seed's config (``configs``: {seed: config}, in that order) in a pool of
     ``jobs`` spawned processes, each run quiet; return the run folders in seed order. A
     seed is handed to the pool only when a process is free for it, so the first seed that
-    fails (refused at its start, training diverged) or a Ctrl-C stops the seeds not yet
-    started; the running ones finish, or on Ctrl-C stop at their last checkpoint. Then
-    one ConfigError or Interrupted names what stopped, the seeds finished and how to
-    resume the interrupted."""
+    fails (refused at its start, training diverged, its report failed) or a Ctrl-C stops
+    the seeds not yet started; the running ones finish, or on Ctrl-C stop at their last
+    checkpoint. Then one error names what stopped, the seeds finished and how to resume
+    the stopped ones: a ConfigError where a seed raised one, else a ReportFailed where one
+    did, else Interrupted."""
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
     waiting = iter(configs.items())
@@ -872,7 +928,7 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                 if error is None:
                     if not quiet:
                         print(f"seed {seed}: {future.result()}", flush=True)
-                elif isinstance(error, (Interrupted, ConfigError)):  # no further seed starts
+                elif isinstance(error, STOPS):  # no further seed starts
                     stopping = True
                 else:
                     raise error  # a defect, not a user's mistake: its traceback
@@ -882,12 +938,12 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
         _shut_down(pool)
     settled.update({seed: future for future, seed in running.items() if future.done() and not future.cancelled()})
     folders = {seed: future.result() for seed, future in settled.items() if future.exception() is None}
-    stops = {seed: future.exception() for seed, future in settled.items()
-             if isinstance(future.exception(), (Interrupted, ConfigError))}
+    stops = {seed: future.exception() for seed, future in settled.items() if isinstance(future.exception(), STOPS)}
     if stops or cut_short:
         finished = ", ".join(f"{folders[seed]} (seed {seed})" for seed in sorted(folders)) or "none"
         said = "".join(f"seed {seed}: {stops[seed]}; " for seed in sorted(stops))
-        kind = ConfigError if any(isinstance(stop, ConfigError) for stop in stops.values()) else Interrupted
+        kinds = [kind for kind in (ConfigError, ReportFailed) if any(isinstance(s, kind) for s in stops.values())]
+        kind = kinds[0] if kinds else Interrupted
         raise kind(f"{'interrupted; ' if cut_short else ''}{said}the seeds finished: {finished}")
     return [folders[seed] for seed in configs]
 
@@ -940,7 +996,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "allowed is a run folder")
             if args.seeds:
                 raise ConfigError("--seeds with --resume: allowed is one of them (resume each seed's run "
-                                  "folder, then aggregate them with analysis.seeds.aggregate_runs)")
+                                  "folder, all with the same --set loop.max_iterations, then aggregate them with "
+                                  "analysis.seeds.aggregate_runs)")
             if args.config is not None:
                 raise ConfigError(f"{args.config} with --resume: allowed is --resume alone (the run continues "
                                   "with its own config.toml; --set changes what may change)")
@@ -962,6 +1019,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 130  # the shell's status for a run stopped by SIGINT
+    except ReportFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

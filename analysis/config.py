@@ -50,7 +50,6 @@ class Key:
     kind: type | tuple[type, ...]
     default: Any
     check: Callable[[Any], str | None] | None = None
-    allowed_text: str = ""
 
 
 def _positive(value: Any) -> str | None:
@@ -67,6 +66,17 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
     return check
 
+
+#: the largest integer a config may hold, anywhere: 64 bits, as numpy and torch hold integers
+MAX_INTEGER = 2**63 - 1
+#: the most agents population.n_agents may ask for: every agent holds at least one training
+#: sample, and the largest training set of the datasets the loop takes (MNIST's and
+#: Fashion-MNIST's, see ``fl.data``) has 60,000
+MAX_AGENTS = 60_000
+#: the widest hidden layer model.hidden may ask for
+MAX_WIDTH = 2**20
+#: why population.capacity, and a population.csv capacity column, may hold 1.0 only
+NO_CAPACITY = "no mechanism or training of this version uses compute capacity"
 
 #: what ``--seeds`` appends to experiment.name for its seeds folder (``analysis.seeds.aggregate_runs``)
 SEEDS_SUFFIX = "-seeds"
@@ -117,9 +127,35 @@ def _counts(value: Any) -> str | None:
 
 
 def _widths(value: Any) -> str | None:
-    """Hidden layer widths: whole numbers >= 1, or none at all (logistic regression)."""
-    return None if _whole(value) else (
-        "allowed is a list of whole numbers >= 1 ([] for no hidden layer: logistic regression)")
+    """Hidden layer widths: whole numbers from 1 to :data:`MAX_WIDTH`, or none at all (logistic regression)."""
+    return None if _whole(value) and all(v <= MAX_WIDTH for v in value) else (
+        f"allowed is a list of whole numbers from 1 to 2**20 = {MAX_WIDTH} ([] for no hidden layer: "
+        "logistic regression)")
+
+
+def _agents(value: int) -> str | None:
+    """A number of agents from 1 to :data:`MAX_AGENTS`."""
+    return None if 1 <= value <= MAX_AGENTS else (
+        f"allowed is a whole number from 1 to {MAX_AGENTS} (every agent holds at least one training sample, and "
+        f"the largest training set, MNIST's, has {MAX_AGENTS})")
+
+
+def _no_capacity(value: Any) -> str | None:
+    """population.capacity, the agents' compute capacity g_i: no mechanism or training of
+    this version uses it (it is meant for submodel training, which does not exist yet), so
+    only its default 1.0 is allowed, lest a run seem to model capacities it ignores."""
+    if isinstance(value, (int, float)) and value == 1:  # (a bool is refused as of the wrong type before)
+        return None
+    return f"{NO_CAPACITY}; allowed is 1.0 (or leaving it out)"
+
+
+def _too_large(value: Any) -> bool:
+    """Whether ``value`` is, or holds in a list or table, an integer beyond 64 bits (:data:`MAX_INTEGER`)."""
+    if isinstance(value, list):
+        return any(map(_too_large, value))
+    if isinstance(value, dict):
+        return any(map(_too_large, value.values()))
+    return isinstance(value, int) and not isinstance(value, bool) and not -MAX_INTEGER - 1 <= value <= MAX_INTEGER
 
 
 def _distribution(value: Any) -> str | None:
@@ -166,10 +202,24 @@ PRIVATE_INFORMATION = ("cost", "multidimensional")
 #: seeds may differ in them
 EXECUTION_KEYS = ("experiment.progress", "data.root", "data.download", "training.device", "training.threads",
                   "training.executor", "training.workers")
+#: keys that bound the closed loop: a resume may change them (``run_experiment.RESUMABLE``), and
+#: runs of several seeds must agree in them (``analysis.seeds.aggregate_runs``)
+LOOP_KEYS = ("loop.max_iterations", "loop.tolerance")
 #: population keys that only the multi-dimensional types use, and those they replace
 MULTIDIMENSIONAL_KEYS = ("compute_cost", "comm_delay", "round_deadline", "cycles_per_sample")
 REPLACED_BY_MULTIDIMENSIONAL = ("cost", "cost_exponent", "csv")
 TRAIT = (int, float, list, dict)
+#: keys that take effect only under some values of another key: {key: (that key, those values,
+#: what the key sets)}; set to other than its default elsewhere, a key is refused, not ignored
+USED_ONLY_WITH = {
+    "model.hidden": ("model.name", ("mlp",), "the hidden sizes of the mlp"),
+    "data.alpha": ("data.partition", ("dirichlet",), "the concentration of the Dirichlet label skew"),
+    "mechanisms.shapley_permutations": ("mechanisms.shapley_estimator", ("monte_carlo",),
+                                        "the orderings Monte Carlo samples"),
+    "mechanisms.shapley_eps": ("mechanisms.shapley_estimator", ("gtg",), "GTG-Shapley's truncation"),
+    "mechanisms.shapley_strata_samples": ("mechanisms.shapley_estimator", ("stratified",),
+                                          "the coalitions of each size stratified samples"),
+}
 
 
 def _check_mechanism_list(value: list) -> str | None:
@@ -186,12 +236,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "progress": Key(bool, True),
     },
     "population": {
-        "n_agents": Key(int, 10, _positive),
+        "n_agents": Key(int, 10, _agents),
         "csv": Key(str, "", _home_path),
         "cost": Key(TRAIT, {"dist": "lognormal", "mean": -6.0, "sigma": 0.6}, _distribution),
         "endowment": Key(TRAIT, 120, _distribution),
         "value": Key(TRAIT, 1.0, _distribution),
-        "capacity": Key(TRAIT, 1.0, _distribution),
+        "capacity": Key(TRAIT, 1.0, _no_capacity),
         "comm_cost": Key(TRAIT, 0.0, _distribution),
         "outside_option": Key(TRAIT + (str,), 0.0, _outside_option),
         "cost_exponent": Key((int, float), 1.0, _at_least_one),
@@ -270,11 +320,15 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _validate_value(section: str, name: str, value: Any) -> Any:
     key = SCHEMA[section][name]
     kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value) if kinds == (float,) else value
     is_bool = isinstance(value, bool)
-    if (is_bool and bool not in kinds) or not isinstance(value, kinds):
+    a_float = float in kinds and isinstance(value, int) and not is_bool  # an integer where a number is asked for
+    if (is_bool and bool not in kinds) or not (isinstance(value, kinds) or a_float):
         raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}")
+    if _too_large(value):  # numpy and torch hold none, and float() overflows beyond about 1.8e308
+        raise ConfigError(f"{section}.{name}={value!r}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"
+                          + ("; a larger number may be written as a float, e.g. 1e30" if float in kinds else ""))
+    if a_float and kinds == (float,):
+        value = float(value)
     if key.check is not None:
         problem = key.check(value)
         if problem:
@@ -297,8 +351,22 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                   + ", ".join(SCHEMA[section]))
             config[section][name] = _validate_value(section, name, value)
     _check_private_information(raw.get("population", {}), config["population"])
+    _check_used(config)
     _check_pilot_sizes(config["accuracy"])
     return config
+
+
+def _check_used(config: dict[str, dict[str, Any]]) -> None:
+    """ConfigError for a key of :data:`USED_ONLY_WITH`, set to other than its default,
+    where the key it depends on has a value under which it takes no effect. (A run
+    folder's config.toml lists every key, unused ones at their defaults.)"""
+    for dotted, (condition, used_with, sets) in USED_ONLY_WITH.items():
+        (section, name), (on_section, on_name) = dotted.split("."), condition.split(".")
+        value, setting = config[section][name], config[on_section][on_name]
+        if setting not in used_with and value != SCHEMA[section][name].default:
+            raise ConfigError(f"{dotted}={value!r}: not used with {condition}={setting!r} (it sets {sets}); allowed "
+                              f"is to leave it out (its default is {SCHEMA[section][name].default!r}) or to set "
+                              f"{condition}=" + " or ".join(map(repr, used_with)))
 
 
 def _check_pilot_sizes(accuracy: dict[str, Any]) -> None:
@@ -357,6 +425,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {literal}")["v"]
     except tomllib.TOMLDecodeError:
         value = literal
+    except ValueError as error:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(f"--set {dotted.strip()}=<{len(literal.strip())} characters>: {str(error).split(';')[0]}; "
+                          "allowed is integers from -2**63 to 2**63 - 1 (64 bits)") from None
     return section, name, value
 
 
@@ -373,6 +444,9 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
             raise ConfigError(f"config={str(path)!r}: not valid TOML, which is UTF-8 ({error})") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config={str(path)!r}: not valid TOML ({error})") from None
+        except ValueError as error:  # an integer of more digits than Python converts (4300)
+            raise ConfigError(f"config={str(path)!r}: {str(error).split(';')[0]}; allowed is integers from -2**63 "
+                              "to 2**63 - 1 (64 bits)") from None
     for text in overrides:
         section, name, value = parse_override(text)
         raw.setdefault(section, {})

@@ -245,14 +245,14 @@ def _unsettled(result: LoopResult, loop: dict) -> str | None:
     or, after a single iteration, contributions whose settling nothing has measured."""
     if not result.n_iterations or result.converged:
         return None
+    go_on = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
+             "with the same one, for analysis.seeds.aggregate_runs to compare them)")
     if result.n_iterations == 1:
         return (f"the loop ran a single iteration (loop.max_iterations={loop['max_iterations']!r}), which cannot show "
                 f"whether the contributions settle (loop.tolerance={loop['tolerance']!r} bounds their change from "
-                "one iteration to the next): the numbers are those of that iteration; --resume the run with a "
-                "larger loop.max_iterations to go on")
+                f"one iteration to the next): the numbers are those of that iteration; {go_on}")
     return (f"the loop stopped at loop.max_iterations={loop['max_iterations']!r} before the contributions "
-            f"settled (loop.tolerance={loop['tolerance']!r}): the numbers are those of its last iteration; "
-            "--resume the run with a larger loop.max_iterations to go on")
+            f"settled (loop.tolerance={loop['tolerance']!r}): the numbers are those of its last iteration; {go_on}")
 
 
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:
@@ -503,18 +503,23 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     the run's warnings (:func:`run_warnings`, then ``raised``: what the mechanisms warned
     of while the loop ran; also in the report and the manifest). ``phi``: the agents'
     value of accuracy the loop ran with (linear by default), for the audits, local optima
-    and the social optimum."""
+    and the social optimum. The measurements, metrics.csv and learning_curve.csv, are
+    written first, so that a failure in what is computed from them (the audits, a figure)
+    leaves them in the folder; the manifest, whose presence marks a finished run
+    (``analysis.seeds.read_warnings``), is written last, and one of an earlier report of
+    the folder (before a --resume) is removed first."""
+    (folder / "manifest.json").unlink(missing_ok=True)
+    (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
+    write_csv(folder / "metrics.csv", list(result.long_rows()))
+    write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     warnings = run_warnings(result, config, population) + list(raised)
     audits = audit_final(result, mechanisms, population, phi)
     summaries = {name: summarise(record, population, result.fit, audits[name], phi)
                  for name, record in result.final().items()}
     agents = named(agent_rows(result, population, phi), population)
-    (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
-    write_csv(folder / "metrics.csv", list(result.long_rows()))
     write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
     write_csv(folder / "agents.csv", agents)
     write_csv(folder / "audit.csv", named([row for a in audits.values() for row in a.rows()], population))
-    write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     figures = plots.all_figures(result, population, summaries, folder / "figures", phi)
     write_report(folder, config, result, population, summaries, figures, agents, warnings, audits)
     write_manifest(folder, config, timings, device,

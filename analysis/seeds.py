@@ -54,7 +54,9 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
 
     ValueError, naming the folder and the key, unless the folders hold finished runs (a
     summary.csv and manifest.json each) of one config that differ only in
-    ``experiment.seed`` (and the keys of :data:`IGNORED`), each seed once."""
+    ``experiment.seed`` (and the keys of :data:`IGNORED`), each seed once; where they
+    differ in a key of the loop (``analysis.config.LOOP_KEYS``, which a --resume may
+    change), it says to resume every seed's run with the same value."""
     folders = [Path(f) for f in folders]
     if not folders:
         raise ValueError("folders=[]: allowed is at least one run folder")
@@ -100,9 +102,15 @@ def _check_one_experiment(folders: list[Path], configs: list[dict]) -> None:
         differs = config_module.first_difference(reference, config, IGNORED)
         if differs:
             section, key = differs.split(".")
+            resume = ""
+            if differs in config_module.LOOP_KEYS:  # one seed resumed with another loop.max_iterations, say
+                value = max(c[section][key] for c in configs) if differs == "loop.max_iterations" else "<value>"
+                resume = (f" (resume every seed's run with the same {differs}: python run_experiment.py --resume "
+                          f"<run folder> --set {differs}={value}; a run whose loop converged only rewrites its "
+                          "report)")
             raise ValueError(f"{folder}: {differs}={config[section][key]!r} differs from "
                              f"{reference[section][key]!r} in {folders[0]}; allowed is runs of one config "
-                             "that differ only in experiment.seed")
+                             f"that differ only in experiment.seed{resume}")
     seeds = [config["experiment"]["seed"] for config in configs]
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:

@@ -99,7 +99,8 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
      "total 1e+301 samples; allowed is a total of at most 1222"),
     ("population.cost.sgima=1", "population.cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),
     ("population.cost={dist='uniform', low=1, high=0}", "population.cost.high=0.0: allowed is a number >= low=1.0"),
-    ("population.capacity=2", "population.capacity[0]=2.0: allowed is a number in (0, 1]"),
+    ("population.capacity=2", "population.capacity=2: no mechanism or training of this version uses compute "
+     "capacity; allowed is 1.0 (or leaving it out)"),
     ("training.threads=100000", "training.threads=100000: allowed is 0 (torch's default) to"),
     ("experiment.name='../x'", "experiment.name='../x': allowed is a non-empty name of printable characters"),
     ("experiment.name='a/b'", "experiment.name='a/b': allowed is a non-empty name of printable characters without"),
@@ -476,13 +477,18 @@ def test_missing_dataset_files_exit_2_naming_the_path(capsys, tmp_path):
     assert err.count("\n") == 1
 
 
+def with_labels(section: dict, data: dict, num_classes: int, seed: int) -> Population:
+    """The agents a run trains, as it builds them: drawn before the data loads
+    (build_agents), then given label distributions (with_label_distributions)."""
+    agents = run_experiment.build_agents(section, seed, TRAINING)
+    return run_experiment.with_label_distributions(agents, section, data, num_classes, seed)
+
+
 def test_an_iid_partition_gives_every_agent_the_uniform_label_distribution():
     section = {**run_experiment.config_module.defaults()["population"], "n_agents": 3}
-    population = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 10, seed=0,
-                                                 training=TRAINING)
+    population = with_labels(section, {"partition": "iid", "alpha": 1.0}, 10, seed=0)
     np.testing.assert_array_equal(population.label_distribution, np.full((3, 10), 0.1))
-    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 1.0}, 10, seed=0,
-                                              training=TRAINING)
+    skewed = with_labels(section, {"partition": "dirichlet", "alpha": 1.0}, 10, seed=0)
     assert not np.allclose(skewed.label_distribution, 0.1)
 
 
@@ -494,15 +500,13 @@ def test_agents_from_a_csv_without_label_columns_get_the_configured_partition(tm
     plain.write_text("cost,endowment\n0.001,100\n0.002,100\n0.003,100\n")
     labelled.write_text("cost,endowment,label_0,label_1\n0.001,100,0.25,0.75\n0.002,100,1,0\n0.003,100,0.5,0.5\n")
     section = {**run_experiment.config_module.defaults()["population"], "csv": str(plain)}
-    skewed = run_experiment.build_population(section, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5,
-                                              training=TRAINING)
+    skewed = with_labels(section, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5)
     sampled = Population.sample(3, {"cost": 0.001, "endowment": 100, "label_distribution": {
         "dist": "dirichlet", "alpha": 0.3, "n_classes": 2}}, seed=5)
     np.testing.assert_array_equal(skewed.label_distribution, sampled.label_distribution)  # the same stream
-    uniform = run_experiment.build_population(section, {"partition": "iid", "alpha": 1.0}, 2, seed=5, training=TRAINING)
+    uniform = with_labels(section, {"partition": "iid", "alpha": 1.0}, 2, seed=5)
     np.testing.assert_array_equal(uniform.label_distribution, np.full((3, 2), 0.5))
-    given = run_experiment.build_population({**section, "csv": str(labelled)}, {"partition": "dirichlet", "alpha": 0.3},
-                                            2, seed=5, training=TRAINING)
+    given = with_labels({**section, "csv": str(labelled)}, {"partition": "dirichlet", "alpha": 0.3}, 2, seed=5)
     np.testing.assert_array_equal(given.label_distribution, [[0.25, 0.75], [1, 0], [0.5, 0.5]])
 
 
@@ -585,12 +589,12 @@ def test_fractional_endowments_are_whole_samples_everywhere(tmp_path):
 
 def test_population_mistakes_are_named_by_their_key_before_any_data_loads(capsys, tmp_path):
     """The agents are drawn before the dataset is read: a bad trait is named as the key it
-    is, not behind the missing data set (or as "population: capacity[0]=...")."""
-    status = run_experiment.main(["--quiet", "--set=population.capacity=2", "--set=data.dataset='mnist'",
+    is, not behind the missing data set (or as "population: endowment[0]=...")."""
+    status = run_experiment.main(["--quiet", "--set=population.endowment=0", "--set=data.dataset='mnist'",
                                   f"--set=data.root='{tmp_path / 'empty'}'",
                                   f"--set=experiment.output_dir='{tmp_path / 'runs'}'"])
     assert status == 2
-    assert capsys.readouterr().err == "error: population.capacity[0]=2.0: allowed is a number in (0, 1]\n"
+    assert capsys.readouterr().err == "error: population.endowment[0]=0.0: allowed is a number > 0\n"
 
 
 def test_a_population_csvs_mistakes_are_named_by_population_csv(capsys, tmp_path):
@@ -744,5 +748,99 @@ def test_the_agents_names_of_a_csv_reach_the_per_agent_tables(tmp_path):
         with (folder / table).open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             assert reader.fieldnames[:3] == ["mechanism", "agent", "name"]
-            assert {(row["agent"], row["name"]) for row in reader} == {("0", "Hôpital"), ("1", "clinic 2"), ("2", "lab")}
+            assert {(row["agent"], row["name"]) for row in reader} == {("0", "Hôpital"), ("1", "clinic 2"),
+                                                                       ("2", "lab")}
     assert "<td>Hôpital</td>" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_capacity_column_is_accepted_only_with_1_in_every_row(tmp_path):
+    """No mechanism or training uses compute capacity: a CSV's capacity column of 0.5 gave
+    the numbers of 1.0 silently; a column of 2.0 was refused as outside (0, 1], as if 0.5
+    would do."""
+    agents = tmp_path / "agents.csv"
+    section = {**run_experiment.config_module.defaults()["population"], "csv": str(agents)}
+    agents.write_text("cost,endowment,capacity\n0.001,100,1\n0.002,100,1.0\n")
+    assert run_experiment.build_agents(section, seed=0, training=TRAINING).n_agents == 2
+    for cell, value in (("0.5", "0.5"), ("2", "2.0")):
+        agents.write_text(f"cost,endowment,capacity\n0.001,100,1\n0.002,100,{cell}\n")
+        with pytest.raises(run_experiment.ConfigError) as error:
+            run_experiment.build_agents(section, seed=0, training=TRAINING)
+        assert str(error.value) == (f"population.csv={str(agents)!r}: capacity[1]={value}: no mechanism or training "
+                                    "of this version uses compute capacity; allowed is 1.0 in every row (or no "
+                                    "capacity column)")
+
+
+def test_only_errors_that_name_a_trait_are_said_as_population_keys(monkeypatch):
+    """Every ValueError of the draw was prefixed 'population.': 10**23 agents read
+    'population.Maximum allowed dimension exceeded'. A trait's error is named by its key;
+    any other is the program's, and keeps its traceback."""
+    section = {**run_experiment.config_module.defaults()["population"], "n_agents": 3}
+    with pytest.raises(run_experiment.ConfigError, match=r"^population.cost.sigma=-1.0: allowed is a number >= 0"):
+        run_experiment.build_agents({**section, "cost": {"dist": "lognormal", "mean": 0.0, "sigma": -1.0}}, 0,
+                                    TRAINING)
+
+    def failing(*args, **kwargs):
+        raise ValueError("Maximum allowed dimension exceeded")
+
+    monkeypatch.setattr(Population, "sample", failing)
+    with pytest.raises(ValueError) as error:
+        run_experiment.build_agents(section, 0, TRAINING)
+    assert type(error.value) is ValueError and str(error.value) == "Maximum allowed dimension exceeded"
+
+
+def test_a_model_too_large_for_memory_is_one_line_naming_model_hidden(capsys, tmp_path, monkeypatch):
+    """model.hidden=[100000000000] ended in torch's allocation traceback. The widths are
+    bounded now (2**20), and a model within them that still cannot be allocated (the
+    allocator's error, as torch raises it for 4 TiB, stands in for it here) is a
+    ConfigError naming the model keys; another error while building it keeps its traceback."""
+    import fl.oracle
+
+    said = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 4398046511104 bytes. Error code 12 (Cannot allocate memory)")
+
+    def unallocatable(*args, **kwargs):
+        raise RuntimeError(said)
+
+    monkeypatch.setattr(fl.oracle, "build_model", unallocatable)
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=model.hidden=[1048576, 1048576]",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 2 and not any(tmp_path.iterdir())
+    assert capsys.readouterr().err == (f"error: model.name='mlp' with model.hidden=[1048576, 1048576]: the model "
+                                       f"cannot be allocated (RuntimeError: {said}); allowed is a model that fits in "
+                                       "this machine's memory (fewer or narrower hidden layers)\n")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(fl.oracle, "build_model", broken)
+    with pytest.raises(RuntimeError, match="^a defect$"):
+        run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{tmp_path}'"])
+
+
+def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp_path, capsys, monkeypatch):
+    """A failure in the audits (or a figure) after the loop: a traceback, and as the audits
+    came before any CSV, a folder without metrics.csv. Now metrics.csv and
+    learning_curve.csv are written first, the error is one line with exit status 1 naming
+    it and the --resume command that writes the report, and a report left by an earlier
+    invocation loses its manifest (the mark of a finished run) until it is rewritten."""
+    from analysis import plots, report
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the audit\nbroke")
+
+    monkeypatch.setattr(report, "audit_final", failing)
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 1
+    (folder,) = tmp_path.iterdir()
+    advice = f"the 1 finished loop iteration(s) are kept: --resume {str(folder)!r} writes their report"
+    assert capsys.readouterr().err == f"error: writing the report failed (RuntimeError: the audit broke); {advice}\n"
+    assert {"metrics.csv", "learning_curve.csv", "checkpoint.pkl"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "manifest.json").exists()
+    monkeypatch.undo()
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file() and (folder / "manifest.json").is_file()
+    monkeypatch.setattr(plots, "convergence", failing)  # a figure, on a resume of the finished run
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 1
+    assert capsys.readouterr().err.endswith(f"(RuntimeError: the audit broke); {advice}\n")
+    assert not (folder / "manifest.json").exists() and (folder / "summary.csv").is_file()

@@ -58,8 +58,8 @@ def test_override_sets_one_entry_of_a_table():
     ("accuracy.pilot_sizes=[40, 40, 80]", "accuracy.pilot_sizes=[40, 40, 80]: allowed is whole numbers >= 1, "
      "at least 3 different ones for family='power_law', one per parameter of its curve"),
     ("accuracy.pilot_sizes=[0.5, 20, 40]", "accuracy.pilot_sizes=[0.5, 20, 40]: allowed is a non-empty list of whole"),
-    ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a list of whole numbers >= 1 ([] for no hidden "
-     "layer: logistic regression)"),
+    ("model.hidden=[64.5]", "model.hidden=[64.5]: allowed is a list of whole numbers from 1 to 2**20 = 1048576 ([] "
+     "for no hidden layer: logistic regression)"),
     ("training.lr.low=1", "--set 'training.lr.low=1': training.lr=0.05 is not a table; allowed is training.lr=value"),
     ("population.costs.sigma=1", "population.costs: unknown key; allowed is one of n_agents"),
     ("experiment.name='../x'", "experiment.name='../x': allowed is a non-empty name of printable characters "
@@ -118,3 +118,108 @@ def test_a_config_that_is_not_utf8_is_one_error(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid TOML, which is UTF-8 \('utf-8' codec can't decode byte 0xe9"):
         config_module.load(path)
 
+
+
+NO_CAPACITY = "no mechanism or training of this version uses compute capacity; allowed is 1.0 (or leaving it out)"
+
+
+@pytest.mark.parametrize("override", [
+    "population.capacity=0.1", "population.capacity=2", "population.capacity=[1.0, 0.5]",
+    "population.capacity=[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]", "population.capacity={dist='constant', value=1.0}",
+    "population.capacity={dist='uniform', low=0.5, high=1.0}",
+])
+def test_a_compute_capacity_is_refused_as_nothing_uses_it(override):
+    """Runs with capacity 1.0 and 0.1 gave the same CSVs: the key was validated, then read
+    by nothing. Only its default is allowed now, in any form a trait takes."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, [override])
+    key, _, value = override.partition("=")
+    assert str(error.value).startswith(f"{key}=") and str(error.value).endswith(f": {NO_CAPACITY}")
+    assert config_module.load(None, ["population.capacity=1"])["population"]["capacity"] == 1
+    assert config_module.load(None, ["population.capacity=1.0"])["population"]["capacity"] == 1.0
+
+
+BIG = "1" + "0" * 400  # a 401-digit integer: math.isfinite raised OverflowError on it
+
+
+@pytest.mark.parametrize("override, message", [
+    (f"experiment.seed={BIG}", f"experiment.seed={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
+    ("experiment.seed=9223372036854775808", "experiment.seed=9223372036854775808: allowed is integers from -2**63 "
+     "to 2**63 - 1 (64 bits)"),
+    (f"training.rounds={BIG}", f"training.rounds={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
+    (f"training.lr={BIG}", f"training.lr={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits); a larger "
+     "number may be written as a float, e.g. 1e30"),
+    (f"population.cost=[{BIG}, 1]", f"population.cost=[{BIG}, 1]: allowed is integers from -2**63 to 2**63 - 1 "
+     "(64 bits); a larger number may be written as a float, e.g. 1e30"),
+    ("population.endowment={dist='uniform', low=1, high=100000000000000000000}",  # numpy's TypeError in the draw
+     "population.endowment={'dist': 'uniform', 'low': 1, 'high': 100000000000000000000}: allowed is integers from "
+     "-2**63 to 2**63 - 1 (64 bits); a larger number may be written as a float, e.g. 1e30"),
+    ("accuracy.pilot_sizes=[20, 40, 100000000000000000000]", "accuracy.pilot_sizes=[20, 40, 100000000000000000000]: "
+     "allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
+    ("population.n_agents=100000000000000000000000", "population.n_agents=100000000000000000000000: allowed is "
+     "integers from -2**63 to 2**63 - 1 (64 bits)"),
+    ("population.n_agents=1000000000000", "population.n_agents=1000000000000: allowed is a whole number from 1 to "
+     "60000 (every agent holds at least one training sample, and the largest training set, MNIST's, has 60000)"),
+    ("population.n_agents=0", "population.n_agents=0: allowed is a whole number from 1 to 60000 (every agent holds "
+     "at least one training sample, and the largest training set, MNIST's, has 60000)"),
+    ("model.hidden=[100000000000]", "model.hidden=[100000000000]: allowed is a list of whole numbers from 1 to "
+     "2**20 = 1048576 ([] for no hidden layer: logistic regression)"),
+    ("training.rounds=1" + "0" * 5000, "--set training.rounds=<5001 characters>: Exceeds the limit (4300 digits) for "
+     "integer string conversion: value has 5001 digits; allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
+])
+def test_integers_beyond_what_the_run_can_hold_are_refused(override, message):
+    """A 401-digit seed or number of rounds was an OverflowError traceback, an integer of
+    more than 4300 digits a ValueError from tomllib, 10**23 agents 'population.Maximum
+    allowed dimension exceeded', 10**12 agents numpy's MemoryError and a hidden layer of
+    10**11 units torch's allocation error."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, [override])
+    assert str(error.value) == message
+    assert config_module.load(None, ["experiment.seed=9223372036854775807", "population.n_agents=60000",
+                                     "model.hidden=[1048576]"])["experiment"]["seed"] == 2**63 - 1
+
+
+def test_a_config_file_with_an_integer_of_too_many_digits_is_one_error(tmp_path):
+    path = tmp_path / "huge.toml"
+    path.write_text("[training]\nrounds = 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError) as error:
+        config_module.load(path)
+    assert str(error.value) == (f"config={str(path)!r}: Exceeds the limit (4300 digits) for integer string "
+                                "conversion: value has 5001 digits; allowed is integers from -2**63 to 2**63 - 1 "
+                                "(64 bits)")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name='cnn'", "model.hidden=[32]"], "model.hidden=[32]: not used with model.name='cnn' (it sets the "
+     "hidden sizes of the mlp); allowed is to leave it out (its default is [64]) or to set model.name='mlp'"),
+    (["data.partition='iid'", "data.alpha=0.3"], "data.alpha=0.3: not used with data.partition='iid' (it sets the "
+     "concentration of the Dirichlet label skew); allowed is to leave it out (its default is 1.0) or to set "
+     "data.partition='dirichlet'"),
+    (["mechanisms.shapley_permutations=7"], "mechanisms.shapley_permutations=7: not used with "
+     "mechanisms.shapley_estimator='exact' (it sets the orderings Monte Carlo samples); allowed is to leave it out "
+     "(its default is 100) or to set mechanisms.shapley_estimator='monte_carlo'"),
+    (["mechanisms.shapley_estimator='monte_carlo'", "mechanisms.shapley_eps=0.01"], "mechanisms.shapley_eps=0.01: "
+     "not used with mechanisms.shapley_estimator='monte_carlo' (it sets GTG-Shapley's truncation); allowed is to "
+     "leave it out (its default is 0.001) or to set mechanisms.shapley_estimator='gtg'"),
+    (["mechanisms.shapley_estimator='gtg'", "mechanisms.shapley_strata_samples=3"],
+     "mechanisms.shapley_strata_samples=3: not used with mechanisms.shapley_estimator='gtg' (it sets the coalitions "
+     "of each size stratified samples); allowed is to leave it out (its default is 2) or to set "
+     "mechanisms.shapley_estimator='stratified'"),
+])
+def test_a_key_set_where_it_has_no_effect_is_refused(overrides, message):
+    """model.hidden with a cnn, data.alpha with an iid partition and the estimators' options
+    with another estimator were silently ignored."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, overrides)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.hidden=[32]"], ["model.name='cnn'", "model.hidden=[64]"], ["data.alpha=0.3"],
+    ["data.partition='iid'", "data.alpha=1"], ["mechanisms.shapley_estimator='monte_carlo'",
+                                               "mechanisms.shapley_permutations=7"],
+    ["mechanisms.shapley_estimator='gtg'", "mechanisms.shapley_eps=0.01"],
+    ["mechanisms.shapley_estimator='stratified'", "mechanisms.shapley_strata_samples=3"],
+])
+def test_a_key_where_it_takes_effect_or_at_its_default_is_allowed(overrides):
+    config_module.load(None, overrides)

@@ -189,8 +189,7 @@ def test_the_config_builds_multidimensional_costs_by_hand():
                       comm_delay="[0.0, 2.0, 6.0]", round_deadline=10, cycles_per_sample=1.5,
                       endowment="[50, 60, 70]")
     training = {**config["training"], "rounds": 20, "local_epochs": 2}
-    population = run_experiment.build_population(config["population"], config["data"], 10, seed=0,
-                                                 training=training)
+    population = run_experiment.build_agents(config["population"], 0, training)
     tau = np.array([0.0, 2.0, 6.0])
     np.testing.assert_allclose(population.cost, 20 * 2e-7 * 3.0**3 / (10 - tau) ** 2)
     assert population.cost_exponent == 3.0
@@ -223,8 +222,7 @@ def test_a_delay_past_the_deadline_is_a_config_error():
     config = _section(n_agents=2, private_information="'multidimensional'", comm_delay="[1.0, 12.0]")
     with pytest.raises(ConfigError, match=r"^population.comm_delay\[1\]=12.0: allowed is a delay below "
                                           r"round_deadline=10.0 seconds"):
-        run_experiment.build_population(config["population"], config["data"], 10, seed=0,
-                                        training=config["training"])
+        run_experiment.build_agents(config["population"], 0, config["training"])
 
 
 def test_a_bad_distribution_of_a_multidimensional_trait_is_a_config_error():
@@ -232,8 +230,7 @@ def test_a_bad_distribution_of_a_multidimensional_trait_is_a_config_error():
     config = _section(n_agents=2, private_information="'multidimensional'",
                       comm_delay='{dist="uniform", low=5.0, high=1.0}')
     with pytest.raises(ConfigError, match=r"^population.comm_delay.high=1.0: allowed is a number >= low=5.0$"):
-        run_experiment.build_population(config["population"], config["data"], 10, seed=0,
-                                        training=config["training"])
+        run_experiment.build_agents(config["population"], 0, config["training"])
 
 
 CONFIG = str(run_experiment.DEFAULT_CONFIG.parent / "multidimensional.toml")
@@ -270,15 +267,12 @@ def test_the_cli_runs_contracts_on_multidimensional_types(tmp_path):
 
 def test_a_configured_exponent_reaches_sampled_and_csv_agents(tmp_path):
     config = _section(n_agents=3, cost_exponent=2)
-    population = run_experiment.build_population(config["population"], config["data"], 10, seed=0,
-                                                 training=config["training"])
+    population = run_experiment.build_agents(config["population"], 0, config["training"])
     assert population.cost_exponent == 2.0
     agents = tmp_path / "agents.csv"
     agents.write_text("cost,endowment\n0.1,10\n0.2,10\n")
-    from_csv = run_experiment.build_population({**config["population"], "csv": str(agents)}, config["data"], 10,
-                                               seed=0, training=config["training"])
+    from_csv = run_experiment.build_agents({**config["population"], "csv": str(agents)}, 0, config["training"])
     assert from_csv.cost_exponent == 2.0
     agents.write_text("cost,endowment,cost_exponent\n0.1,10,3\n0.2,10,3\n")
     with pytest.raises(ConfigError, match=r"population.cost_exponent=2: the CSV .* gives 3.0; allowed is one of"):
-        run_experiment.build_population({**config["population"], "csv": str(agents)}, config["data"], 10,
-                                        seed=0, training=config["training"])
+        run_experiment.build_agents({**config["population"], "csv": str(agents)}, 0, config["training"])

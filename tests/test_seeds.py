@@ -221,7 +221,8 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     (["--seeds", "0", "0"], "--seeds 0 0: allowed is each seed once"),
     (["--seeds", "0", "1", "--set=experiment.seed=3"], "--seeds with --set experiment.seed: allowed is one of them"),
     (["--seeds", "0", "-1"], "experiment.seed=-1: allowed is a finite number >= 0"),
-    (["--seeds", "0", "--resume", "runs/x"], "--seeds with --resume: allowed is one of them"),
+    (["--seeds", "0", "--resume", "runs/x"], "--seeds with --resume: allowed is one of them (resume each seed's run "
+     "folder, all with the same --set loop.max_iterations, then aggregate them with analysis.seeds.aggregate_runs)"),
     (["--seeds", "0", "1", "--set=training.lr=1e9"],
      "training.lr=1000000000.0: local training of client 0 diverged"),
     (["--seeds", "0", "1", "--jobs", "2", "--set=training.lr=1e9"],
@@ -310,3 +311,40 @@ def test_the_longest_name_allowed_fits_the_seeds_folder(three_seeds, tmp_path):
     with pytest.raises(config_module.ConfigError, match=rf"experiment.name='{longest}n': allowed is a name of at "
                                                         rf"most {config_module.MAX_NAME_BYTES} bytes in UTF-8"):
         config_module.load(None, [f"experiment.name='{longest}n'"])
+
+
+def test_seeds_resumed_with_different_iteration_limits_are_told_to_agree(three_seeds, tmp_path):
+    """A seed's warning says to --resume it with a larger loop.max_iterations, which
+    aggregate_runs then refused without saying what to do: its warning and the refusal
+    now both say to resume every seed's run with the same one (the largest)."""
+    runs, _ = three_seeds
+    said = json.loads((runs[0] / "manifest.json").read_text())["warnings"][0]
+    assert said.endswith("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds "
+                         "experiment with the same one, for analysis.seeds.aggregate_runs to compare them)")
+    first, resumed = copies(runs[:2], tmp_path, "seeds")
+    config = config_module.load(resumed / "config.toml", ["loop.max_iterations=3"])  # as --resume writes it
+    (resumed / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        aggregate_runs([first, resumed], tmp_path / "seeds")
+    assert str(error.value) == (f"{resumed}: loop.max_iterations=3 differs from 1 in {first}; allowed is runs of one "
+                                "config that differ only in experiment.seed (resume every seed's run with the same "
+                                "loop.max_iterations: python run_experiment.py --resume <run folder> --set "
+                                "loop.max_iterations=3; a run whose loop converged only rewrites its report)")
+
+
+def test_a_seeds_report_that_fails_names_the_seeds_run_folders(tmp_path, capsys, monkeypatch):
+    """A failure while the seeds folder was written (its figure, here) was a traceback after
+    every seed had run; now it is one line, exit status 1, naming the seeds' folders."""
+    from analysis import plots
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "seed_spread", failing)
+    assert cli(*(f"--set={o}" for o in FAST), f"--set=experiment.output_dir='{tmp_path}'", "--seeds", "0", "1") == 1
+    runs = sorted((p for p in tmp_path.iterdir() if "-seeds-" not in p.name),
+                  key=lambda p: config_module.load(p / "config.toml")["experiment"]["seed"])
+    assert len(runs) == 2 and all((run / "report.html").is_file() for run in runs)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: writing the seeds report failed (OSError: [Errno 28] No space left on device); the seeds finished: "
+        f"{runs[0]}, {runs[1]}: analysis.seeds.aggregate_runs of them writes it")
