@@ -714,7 +714,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
         raise Interrupted(stopped("interrupted while writing the report", folder, result, created,
                                   f"--resume {str(folder)!r} writes their report")) from None
-    except Exception as error:  # a figure, the audit, a full disk ...: the checkpoint holds every iteration
+    except (OSError, MemoryError) as error:  # a full disk, a file it cannot write ...: the checkpoint holds them
         said = " ".join(str(error).split())
         raise ReportFailed(stopped(f"writing the report failed ({type(error).__name__}: {said})", folder, result,
                                    created, f"--resume {str(folder)!r} writes their report")) from error
@@ -757,9 +757,10 @@ class Interrupted(Exception):
 
 
 class ReportFailed(Exception):
-    """Writing a run's report failed after its loop finished; the message names the error
-    (its type and text; the exception is the cause) and how to write the report from the
-    checkpoint, which holds every iteration."""
+    """Writing a run's report failed after its loop finished, for want of disk or memory
+    (an OSError or MemoryError; any other exception, a defect, keeps its traceback); the
+    message names the error (its type and text; the exception is the cause) and how to
+    write the report from the checkpoint, which holds every iteration."""
 
 
 #: what stops a run, or the seeds of a --seeds run, with one line (:func:`main`)
@@ -870,7 +871,7 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
         out, spread = aggregate_runs(folders)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while writing the seeds report; {written}") from None
-    except Exception as error:  # a figure, a full disk ...: every seed's run folder is whole
+    except (OSError, MemoryError) as error:  # a full disk ...: every seed's run folder is whole
         said = " ".join(str(error).split())
         raise ReportFailed(f"writing the seeds report failed ({type(error).__name__}: {said}); {written}") from error
     if not quiet:

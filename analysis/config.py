@@ -364,9 +364,11 @@ def _check_used(config: dict[str, dict[str, Any]]) -> None:
         (section, name), (on_section, on_name) = dotted.split("."), condition.split(".")
         value, setting = config[section][name], config[on_section][on_name]
         if setting not in used_with and value != SCHEMA[section][name].default:
+            default = SCHEMA[section][name].default
             raise ConfigError(f"{dotted}={value!r}: not used with {condition}={setting!r} (it sets {sets}); allowed "
-                              f"is to leave it out (its default is {SCHEMA[section][name].default!r}) or to set "
-                              f"{condition}=" + " or ".join(map(repr, used_with)))
+                              f"is to leave it out or at its default (over a config file that sets it: --set "
+                              f"{dotted}={_toml_value(default)}), or to set {condition}="
+                              + " or ".join(map(repr, used_with)))
 
 
 def _check_pilot_sizes(accuracy: dict[str, Any]) -> None:

@@ -63,9 +63,10 @@ class DeliveryPath:
         """theta(lam); the global model itself at lam = 1."""
         return self.global_params if lam == 1.0 else interpolate(self.global_params, self.weak_params, lam)
 
-    def accuracy(self, lam: float, label_distribution: np.ndarray) -> float:
-        """a(lam): theta(lam)'s validation accuracy on ``label_distribution`` (NaN where the
-        validation set holds no sample of a class the distribution weighs)."""
+    def accuracy(self, lam: float, label_distribution: np.ndarray) -> float | np.ndarray:
+        """a(lam): theta(lam)'s accuracy on the path's scoring set (``validation``) reweighted
+        to ``label_distribution`` (K,), or to each row of (N, K) distributions (then (N,));
+        NaN where the set holds no sample of a class the distribution weighs."""
         if lam not in self._per_class:
             self._per_class[lam] = per_class_accuracy(self.model, self.params(lam), self.validation)
         return accuracy_on_distribution(self._per_class[lam], label_distribution)

@@ -140,7 +140,8 @@ def _check_samples(m) -> np.ndarray:
     """m as a float array of samples, checked: each >= 0 (inf included); ValueError for NaN,
     a negative number or something that is not numbers."""
     allowed = "samples >= 0 (a number or an array of numbers)"
-    m = as_floats("m", m, allowed)
+    numeric = isinstance(m, np.ndarray) and m.dtype.kind in "fiu" or type(m) in (float, int, np.float64)
+    m = np.asarray(m, dtype=float) if numeric else as_floats("m", m, allowed)  # numbers: no copy, no scan
     ok = m >= 0  # False for NaN
     if not (ok.all() if m.ndim else ok):  # the hot path: one comparison, _reject only for a bad m
         _reject("m", m, ~ok, allowed)
@@ -608,19 +609,35 @@ def check_phi(phi) -> None:
     finite too: ln a is refused, ln(1 + a) is not)."""
     if phi is None:
         return
-    allowed = ("allowed is None (linear), or a function mapping arrays of accuracies in [0, 1] element-wise "
-               "to finite, non-decreasing benefits")
-    if not callable(phi):
-        raise ValueError(f"phi={phi!r}: {allowed}")
     accuracies = np.linspace(0.0, 1.0, 101)
+    benefits = benefits_of(phi, accuracies)
+    falls = np.flatnonzero(np.diff(benefits) < 0)
+    if falls.size:
+        k = int(falls[0]) + 1
+        raise ValueError(f"phi={phi!r} (phi({accuracies[k]:.2f})={benefits[k]:.4g}): {_PHI_ALLOWED}")
+
+
+_PHI_ALLOWED = ("allowed is None (linear), or a function mapping arrays of accuracies in [0, 1] element-wise "
+                "to finite, non-decreasing benefits")
+
+
+def benefits_of(phi, accuracies: np.ndarray) -> np.ndarray:
+    """phi(accuracies) as a float array of their shape (``phi`` None: the accuracies
+    themselves); ValueError unless phi is a function giving one finite benefit per
+    accuracy (what :func:`check_phi` checks first, and a utility checks at every call;
+    that phi does not decrease, :func:`check_phi` alone checks, once)."""
+    if phi is None:
+        return accuracies
+    if not callable(phi):
+        raise ValueError(f"phi={phi!r}: {_PHI_ALLOWED}")
     with np.errstate(all="ignore"):
         benefits = np.asarray(phi(accuracies), dtype=float)
     if benefits.shape != accuracies.shape:
-        raise ValueError(f"phi={phi!r} (gave shape {benefits.shape} for 101 accuracies): {allowed}")
-    problem = ~np.isfinite(benefits) | np.r_[False, np.diff(benefits) < 0]
-    if problem.any():
-        k = int(np.argmax(problem))
-        raise ValueError(f"phi={phi!r} (phi({accuracies[k]:.2f})={benefits[k]:.4g}): {allowed}")
+        raise ValueError(f"phi={phi!r} (gave shape {benefits.shape} for {accuracies.size} accuracies): {_PHI_ALLOWED}")
+    if not np.all(np.isfinite(benefits)):
+        k = int(np.flatnonzero(~np.isfinite(benefits))[0])
+        raise ValueError(f"phi={phi!r} (phi({accuracies.flat[k]:.2f})={benefits.flat[k]:.4g}): {_PHI_ALLOWED}")
+    return benefits
 
 
 def checked_local_optimum(cost: np.ndarray, value: np.ndarray, model: AccuracyModel, endowment: np.ndarray | None,

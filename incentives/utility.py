@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel, check_phi, checked_local_optimum
+from incentives.accuracy import AccuracyModel, benefits_of, check_phi, checked_local_optimum
 from incentives.checks import check_participates, check_per_agent, per_agent
 from incentives.population import Population
 
@@ -38,13 +38,14 @@ def utility(
     accuracy (fractions in [0, 1]), contributions (samples, 0 <= m_i <= n_i, with the
     rounding slack of :meth:`Population.check_contributions`), transfer (finite, utility
     units): arrays of shape (N,) (or numbers, the same for all); participates: True/False
-    per agent; phi: as :func:`incentives.accuracy.check_phi` allows. transfer defaults to
+    per agent; phi: None (linear) or a function giving one finite benefit per accuracy
+    (:func:`incentives.accuracy.benefits_of`; that it does not decrease, callers check once
+    with :func:`~incentives.accuracy.check_phi`). transfer defaults to
     0 and participates to everyone. ValueError naming the argument for another shape, an
     entry outside its range (NaN included), or a participates entry that is not True or
     False (['no', 'no'] would count everyone in).
     """
     n = population.n_agents
-    check_phi(phi)
     accuracy = check_per_agent("accuracy", accuracy, n, 0.0, 1.0, broadcast=True)
     contributions = population.check_contributions(per_agent("contributions", contributions, n, broadcast=True))
     transfer = check_per_agent("transfer", 0.0 if transfer is None else transfer, n, broadcast=True)
@@ -89,5 +90,6 @@ def _local_contribution(population: Population, model: AccuracyModel, phi: Phi |
 
 
 def _benefit(population: Population, accuracy: np.ndarray, phi: Phi | None) -> np.ndarray:
-    """(N,) v_i phi(a_i), in utility units (phi None: linear)."""
-    return population.value * (accuracy if phi is None else np.asarray(phi(accuracy), dtype=float))
+    """(N,) v_i phi(a_i), in utility units (phi None: linear); ValueError where phi gives
+    no finite benefit per accuracy (:func:`incentives.accuracy.benefits_of`)."""
+    return population.value * benefits_of(phi, accuracy)

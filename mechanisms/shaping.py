@@ -57,7 +57,7 @@ from incentives.search import bisect, row_sums
 from incentives.utility import local_contribution, utility
 
 _SCAN_POINTS = 256
-_GAIN_TOL = 1e-9  # a deviation better by at most this share of |u_i| (or 1e-9 utility) is no gain
+_GAIN_TOL = 1e-9  # a deviation better by at most this share of max(v_i, |u_i|) is no gain
 _NEWTON_STEPS = 100  # Newton steps on BR(m) - m from one start
 _HALVINGS = 10  # halvings of a Newton step that does not lower |F| before it is taken whole
 
@@ -141,8 +141,8 @@ class AccuracyShaping:
         points of :meth:`deviation_gains`) by Newton's method (:func:`_newton_root`),
         sought from the fixed point and, failing that, from where best-response iteration
         from it stops (``incentives.equilibrium``). A profile counts as an equilibrium
-        where no agent gains more than _GAIN_TOL max(1, |u_i|) by deviating
-        (:func:`_no_gain`, the rule of ``incentives.equilibrium.verify_equilibrium``). The
+        where no agent gains more than _GAIN_TOL max(v_i, |u_i|) by deviating
+        (:func:`_no_gain`: in the utility's own units, as v_i is). The
         iteration alone stops within its tolerance on the moves, not at the equilibrium;
         it is returned, with a warning, only if no root is found."""
         m = self._contributions(population, rule)
@@ -301,11 +301,12 @@ def _best_deviations(m: np.ndarray, population: Population, rule: _Rule,
 
 
 def _no_gain(m: np.ndarray, population: Population, rule: _Rule) -> bool:
-    """Whether no agent gains more than _GAIN_TOL max(1, |u_i|) by deviating from ``m``
+    """Whether no agent gains more than _GAIN_TOL max(v_i, |u_i|) by deviating from ``m``
     (:func:`_best_deviations`): a tolerance in the utility's own units, so that the same
-    game in other units (v and c scaled together) gets the same answer."""
+    game in other units (v and c scaled together, up or down) gets the same answer; at
+    v_i = 1 it is 1e-9 accuracy, or 1e-9 of |u_i| where that is larger."""
     _, best, current = _best_deviations(m, population, rule)
-    return bool(np.all(best - current <= _GAIN_TOL * np.maximum(1.0, np.abs(current))))
+    return bool(np.all(best - current <= _GAIN_TOL * np.maximum(population.value, np.abs(current))))
 
 
 def _newton_root(respond, start: np.ndarray, endowment: np.ndarray) -> np.ndarray:
@@ -345,7 +346,7 @@ def _newton_root(respond, start: np.ndarray, endowment: np.ndarray) -> np.ndarra
         else:
             y, moved = whole
         x, response = y, moved
-    return best
+    return best if best_norm <= float(np.max(np.abs(response - x))) else x
 
 
 def _newton_step(s: np.ndarray, r: np.ndarray) -> np.ndarray | None:

@@ -661,7 +661,7 @@ def _stratum_totals(w: np.ndarray, own: np.ndarray, first: int, nodes: int) -> t
     heavy = _heaviest_others(w, own, min(STRATA_HEAVY, n))                              # (G, R, h)
     chances, members, light = _heavy_subsets(n, heavy.shape[2], first)               # (S, T), (T, h), (S, T)
     n_light = n - heavy.shape[2]
-    light_total = rest - heavy.sum(axis=2)
+    light_total = np.maximum(rest - heavy.sum(axis=2), 0.0)  # >= 0: a sum of weights, whatever the rounding
     moment = [(np.sum(w**p, axis=1)[:, None] - own**p - np.sum(heavy**p, axis=2)) / max(n_light, 1) for p in (2, 3)]
     mean = light_total / max(n_light, 1)
     variance = np.maximum(moment[0] - mean**2, 0.0)

@@ -818,15 +818,16 @@ def test_a_model_too_large_for_memory_is_one_line_naming_model_hidden(capsys, tm
 
 
 def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp_path, capsys, monkeypatch):
-    """A failure in the audits (or a figure) after the loop: a traceback, and as the audits
-    came before any CSV, a folder without metrics.csv. Now metrics.csv and
+    """A full disk in the audits' files (or a figure) after the loop: a traceback, and as
+    the audits came before any CSV, a folder without metrics.csv. Now metrics.csv and
     learning_curve.csv are written first, the error is one line with exit status 1 naming
     it and the --resume command that writes the report, and a report left by an earlier
-    invocation loses its manifest (the mark of a finished run) until it is rewritten."""
+    invocation loses its manifest (the mark of a finished run) until it is rewritten. A
+    defect (any other exception) keeps its traceback, after the same CSVs."""
     from analysis import plots, report
 
     def failing(*args, **kwargs):
-        raise RuntimeError("the audit\nbroke")
+        raise OSError(28, "No space\nleft on device")
 
     monkeypatch.setattr(report, "audit_final", failing)
     settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
@@ -834,7 +835,8 @@ def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 1
     (folder,) = tmp_path.iterdir()
     advice = f"the 1 finished loop iteration(s) are kept: --resume {str(folder)!r} writes their report"
-    assert capsys.readouterr().err == f"error: writing the report failed (RuntimeError: the audit broke); {advice}\n"
+    assert capsys.readouterr().err == (f"error: writing the report failed (OSError: [Errno 28] No space left on "
+                                       f"device); {advice}\n")
     assert {"metrics.csv", "learning_curve.csv", "checkpoint.pkl"} <= {p.name for p in folder.iterdir()}
     assert not (folder / "manifest.json").exists()
     monkeypatch.undo()
@@ -842,5 +844,13 @@ def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp
     assert (folder / "report.html").is_file() and (folder / "manifest.json").is_file()
     monkeypatch.setattr(plots, "convergence", failing)  # a figure, on a resume of the finished run
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 1
-    assert capsys.readouterr().err.endswith(f"(RuntimeError: the audit broke); {advice}\n")
+    assert capsys.readouterr().err.endswith(f"(OSError: [Errno 28] No space left on device); {advice}\n")
     assert not (folder / "manifest.json").exists() and (folder / "summary.csv").is_file()
+
+    def defect(*args, **kwargs):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(plots, "convergence", defect)
+    with pytest.raises(RuntimeError, match="^a defect$"):
+        run_experiment.main(["--quiet", "--resume", str(folder)])
+    assert (folder / "metrics.csv").is_file() and (folder / "checkpoint.pkl").is_file()

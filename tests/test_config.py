@@ -191,20 +191,23 @@ def test_a_config_file_with_an_integer_of_too_many_digits_is_one_error(tmp_path)
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.name='cnn'", "model.hidden=[32]"], "model.hidden=[32]: not used with model.name='cnn' (it sets the "
-     "hidden sizes of the mlp); allowed is to leave it out (its default is [64]) or to set model.name='mlp'"),
+     "hidden sizes of the mlp); allowed is to leave it out or at its default (over a config file that sets it: "
+     "--set model.hidden=[64]), or to set model.name='mlp'"),
     (["data.partition='iid'", "data.alpha=0.3"], "data.alpha=0.3: not used with data.partition='iid' (it sets the "
-     "concentration of the Dirichlet label skew); allowed is to leave it out (its default is 1.0) or to set "
-     "data.partition='dirichlet'"),
+     "concentration of the Dirichlet label skew); allowed is to leave it out or at its default (over a config file "
+     "that sets it: --set data.alpha=1.0), or to set data.partition='dirichlet'"),
     (["mechanisms.shapley_permutations=7"], "mechanisms.shapley_permutations=7: not used with "
      "mechanisms.shapley_estimator='exact' (it sets the orderings Monte Carlo samples); allowed is to leave it out "
-     "(its default is 100) or to set mechanisms.shapley_estimator='monte_carlo'"),
+     "or at its default (over a config file that sets it: --set mechanisms.shapley_permutations=100), or to set "
+     "mechanisms.shapley_estimator='monte_carlo'"),
     (["mechanisms.shapley_estimator='monte_carlo'", "mechanisms.shapley_eps=0.01"], "mechanisms.shapley_eps=0.01: "
      "not used with mechanisms.shapley_estimator='monte_carlo' (it sets GTG-Shapley's truncation); allowed is to "
-     "leave it out (its default is 0.001) or to set mechanisms.shapley_estimator='gtg'"),
+     "leave it out or at its default (over a config file that sets it: --set mechanisms.shapley_eps=0.001), or to "
+     "set mechanisms.shapley_estimator='gtg'"),
     (["mechanisms.shapley_estimator='gtg'", "mechanisms.shapley_strata_samples=3"],
      "mechanisms.shapley_strata_samples=3: not used with mechanisms.shapley_estimator='gtg' (it sets the coalitions "
-     "of each size stratified samples); allowed is to leave it out (its default is 2) or to set "
-     "mechanisms.shapley_estimator='stratified'"),
+     "of each size stratified samples); allowed is to leave it out or at its default (over a config file that sets "
+     "it: --set mechanisms.shapley_strata_samples=2), or to set mechanisms.shapley_estimator='stratified'"),
 ])
 def test_a_key_set_where_it_has_no_effect_is_refused(overrides, message):
     """model.hidden with a cnn, data.alpha with an iid partition and the estimators' options

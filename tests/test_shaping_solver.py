@@ -20,17 +20,20 @@ def test_the_same_game_in_other_units_has_the_same_equilibrium():
     """v and c scaled together by s: the same game in other units (every c_i / v_i and so
     every decision unchanged). At s = 1e8 the fixed point's gains round to 7e-9 utility,
     which an absolute tolerance of 1e-9 rejected, and the solve returned each agent's
-    local optimum, (100, 63.0, 39.7): 54% less data. The tolerance is now 1e-9 of |u_i|."""
-    model = PowerLaw(0.9, 2.0, 0.5)
-    solved = []
-    for scale in (1.0, 1e4, 1e6, 1e8, 1e10):
-        agents = Population(cost=np.array([0.001, 0.002, 0.004]) * scale, endowment=[500.0, 2000.0, 300.0],
-                            value=np.full(3, scale))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            solved.append(AccuracyShaping().solve(agents, model).contributions)
-    np.testing.assert_allclose(solved, np.repeat(solved[:1], len(solved), axis=0), rtol=1e-12)
-    assert np.round(solved[0], 2).tolist() == [204.81, 141.39, 95.26]
+    local optimum, (100, 63.0, 39.7): 54% less data; with max(1, |u_i|), a calibrated curve's
+    (a Newton root's) gains at s = 1e-10 fell under the 1e-9 floor and the solve returned
+    nobody contributing. The tolerance is now 1e-9 of max(v_i, |u_i|)."""
+    for model, expected in ((PowerLaw(0.9, 2.0, 0.5), [204.81, 141.39, 95.26]),
+                            (EffectiveData(PowerLaw(0.9, 2.0, 0.5), 0.3), [64.88, 44.81, 39.69])):
+        solved = []
+        for scale in (1e-10, 1e-4, 1.0, 1e4, 1e6, 1e8, 1e10):
+            agents = Population(cost=np.array([0.001, 0.002, 0.004]) * scale, endowment=[500.0, 2000.0, 300.0],
+                                value=np.full(3, scale))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                solved.append(AccuracyShaping().solve(agents, model).contributions)
+        np.testing.assert_allclose(solved, np.repeat(solved[:1], len(solved), axis=0), rtol=1e-9)
+        assert np.round(solved[0], 2).tolist() == expected
 
 
 def test_a_meeting_of_the_two_curves_beyond_where_both_are_zero_is_found():

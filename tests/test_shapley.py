@@ -390,6 +390,18 @@ def test_beyond_twelve_agents_the_model_is_valued_by_size_strata():
     np.testing.assert_allclose(allocation.transfer, expected.values / MODEL(m.sum()), rtol=1e-12)
 
 
+def test_size_strata_with_many_players_holding_nothing_value_no_coalition_below_zero_samples():
+    """Four of 20 agents hold data: the light others' total, the total less the heaviest
+    three, rounded to about -5e-13, and the coalitions' totals below 0 were refused by the
+    accuracy model."""
+    m = np.zeros(20)
+    m[[1, 4, 14, 16]] = [659.38035735, 692.22267258, 892.05456054, 103.35279106]
+    population = Population(cost=np.full(20, 1e-4), endowment=np.full(20, 1000.0))
+    transfer = ShapleyRewards(1.0).allocate(m, population, MODEL).transfer
+    assert np.all(transfer[m == 0] == 0.0) and np.all(transfer[m > 0] > 0.0)
+    assert transfer.sum() == pytest.approx(1.0, rel=0.015)
+
+
 PILOT = PowerLaw(0.92, 10.38, 1.134)  # the digits pilot fit: 0 below 7.9 samples, steep above
 
 
