@@ -175,11 +175,13 @@ def csv_sha256(section: dict) -> str | None:
         raise unreadable_csv(section, error) from None
 
 
-def csv_note(section: dict, rows: int) -> str | None:
+def csv_note(section: dict, rows: int, data: dict | None = None) -> str | None:
     """The note that ``population.csv`` gives what config keys set to other than their
     defaults would (its ``rows`` the agents, where population.n_agents asks for another
-    number; its columns traits), naming those keys (which the run does not use); None
-    when it overrides none, or when the population is not read from a CSV file."""
+    number; its columns traits; its label_k columns, where ``data``, the config's data
+    section, is given, the label distributions data.partition and data.alpha draw),
+    naming those keys (which the run does not use); None when it overrides none, or when
+    the population is not read from a CSV file."""
     if not section["csv"]:
         return None
     header = csv_header(section)
@@ -187,12 +189,18 @@ def csv_note(section: dict, rows: int) -> str | None:
     overridden = [trait for trait in FIELDS
                   if trait in header and section[trait] not in (defaults[trait].default, config_module.TRAIN_ALONE)]
     counted = section["n_agents"] not in (defaults["n_agents"].default, rows)
-    if not overridden and not counted:
+    labelled = data is not None and any(column.startswith("label_") for column in header)
+    drawn = [key for key in ("partition", "alpha")
+             if labelled and data[key] != config_module.SCHEMA["data"][key].default]
+    if not overridden and not counted and not drawn:
         return None
     gives = ["the agents (one per row)"] * counted
     if overridden:
         gives.append(f"the column{'s' * (len(overridden) > 1)} {', '.join(overridden)}")
-    keys = [f"population.{trait}" for trait in overridden] + ["population.n_agents"] * counted
+    if drawn:
+        gives.append("the label distributions (columns label_0 ...)")
+    keys = ([f"population.{trait}" for trait in overridden] + ["population.n_agents"] * counted
+            + [f"data.{key}" for key in drawn])
     return (f"population.csv={section['csv']!r} gives {' and '.join(gives)}; {', '.join(keys)} "
             f"{'is' if len(keys) == 1 else 'are'} not used")
 
@@ -560,7 +568,7 @@ def agents_and_mechanisms(config: dict) -> tuple[Population, list, list[str]]:
         raise ConfigError(f"training.clients_per_round={per_round!r}: allowed is 0 (every participant, every "
                           f"round) to {agents.n_agents}, the number of agents")
     said = []
-    note = csv_note(config["population"], agents.n_agents)
+    note = csv_note(config["population"], agents.n_agents, config["data"])
     if note:
         said.append(f"note: {note}")
     slow_valuation = check_exact_shapley_fits(config, agents, mechanisms)

@@ -533,6 +533,16 @@ def test_a_csv_lacking_a_trait_takes_it_from_the_config_and_overrides_the_traits
         "population.n_agents are not used")
     assert run_experiment.csv_note({**section, "value": 1.0, "n_agents": 4}, 3) == (
         f"population.csv={str(agents)!r} gives the agents (one per row); population.n_agents is not used")
+    data = run_experiment.config_module.defaults()["data"]
+    skewed = {**data, "alpha": 0.3}
+    assert run_experiment.csv_note({**section, "value": 1.0}, 3, skewed) is None  # no label columns
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("endowment,label_0,label_1\n100,0.5,0.5\n50,1,0\n80,0,1\n")
+    assert run_experiment.csv_note({**section, "csv": str(labelled), "value": 1.0}, 3, data) is None
+    for given, key in ((skewed, "alpha"), ({**data, "partition": "iid"}, "partition")):
+        assert run_experiment.csv_note({**section, "csv": str(labelled), "value": 1.0}, 3, given) == (
+            f"population.csv={str(labelled)!r} gives the label distributions (columns label_0 ...); data.{key} is "
+            "not used")
     mistakes = (("comm_cost", [0.0, 0.1], "population.comm_cost=[0.0, 0.1]: allowed is a list of n=3"),
                 ("cost", {"dist": "lognormal", "mean": 0.0, "sigma": -1.0},
                  "population.cost.sigma=-1.0: allowed is a number >= 0"),
