@@ -247,12 +247,14 @@ class GeneralisationBound(_Parametric):
     def _s(self, m):
         return np.sqrt(2.0 * self.k * (2.0 + np.log(m / self.k)))
 
-    def formula(self, m):
-        return self.a_opt - (self._s(m) + 4.0) / np.sqrt(m)
+    def formula(self, m):  # the limits at m = inf, a_opt and 0, where the terms read inf / inf
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isinf(m), self.a_opt, self.a_opt - (self._s(m) + 4.0) / np.sqrt(m))
 
     def formula_derivative(self, m):
         s = self._s(m)
-        return m ** (-1.5) * ((s + 4.0) / 2.0 - self.k / s)
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isinf(m), 0.0, m ** (-1.5) * ((s + 4.0) / 2.0 - self.k / s))
 
     @property
     def params(self) -> dict:

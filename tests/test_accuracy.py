@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -300,3 +301,13 @@ def test_local_optimum_argument_errors(args, options, message):
     endowment came back as m^o = -5 or NaN, value 0 as m^o = 0, and cost_exponent = 0.5 ran."""
     with pytest.raises(ValueError, match=message):
         local_optimum(*args, TOY, **options)
+
+
+@pytest.mark.parametrize("model", [PowerLaw(0.9, 2.0, 0.5), GeneralisationBound(0.9, 5.0),
+                                   EffectiveData(GeneralisationBound(0.9, 5.0), 0.5)])
+def test_infinitely_many_samples_reach_a_opt_with_slope_0(model):
+    """The generalisation bound read inf / inf there: NaN accuracy and slope."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model(np.inf) == pytest.approx(0.9) and model.derivative(np.inf) == 0.0
+        np.testing.assert_allclose(model(np.array([1e12, np.inf])), [model(1e12), 0.9])
