@@ -21,7 +21,9 @@ _PAIRS = 4 * _BATCH  # (model, sample) pairs per forward pass of evaluate_many (
 
 @torch.no_grad()
 def logits(model: nn.Module, params: dict[str, torch.Tensor], dataset: ArrayDataset) -> torch.Tensor:
-    """(n, num_classes) outputs of ``model`` run with ``params`` in eval mode, on the params' device."""
+    """(n, num_classes) outputs of ``model`` run with ``params`` in eval mode, on the params'
+    device; ValueError for an empty ``dataset`` (its loss and accuracy would read NaN)."""
+    _check_samples(dataset)
     device = next(iter(params.values())).device
     was_training = model.training
     model.eval()
@@ -54,6 +56,7 @@ def evaluate_many(model: nn.Module, stacked: dict[str, torch.Tensor], dataset: A
     if not batchable(model):
         raise ValueError(f"model={type(model).__name__}: allowed is a model without buffers or recurrent "
                          "layers (evaluate each model with evaluate())")
+    _check_samples(dataset)
     device = next(iter(stacked.values())).device
     count = len(next(iter(stacked.values())))
     was_training = model.training
@@ -90,11 +93,26 @@ def accuracy_on_distribution(per_class_acc: np.ndarray, label_distribution: np.n
     """sum_k p_k acc_k for a distribution p of shape (K,) (a float) or one per row of an
     (N, K) array (an (N,) array). Rows must be non-negative and sum to one. NaN where
     p puts mass on a class whose accuracy is NaN (absent from the test set)."""
-    p = np.asarray(label_distribution, dtype=np.float64)
     acc = np.asarray(per_class_acc, dtype=np.float64)
-    if p.shape[-1] != acc.shape[0] or np.any(p < 0) or not np.allclose(p.sum(axis=-1), 1.0, atol=1e-6):
-        raise ValueError(
-            f"label_distribution (shape {p.shape}): allowed is non-negative rows of length {acc.shape[0]} summing to 1"
-        )
+    allowed = (f"allowed is a (K,) distribution or an (N, K) array of them: entries >= 0 summing to 1, "
+               f"K = {acc.shape[0]}")
+    try:
+        p = np.asarray(label_distribution, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"label_distribution={label_distribution!r}: {allowed}") from None
+    if p.ndim not in (1, 2) or p.shape[-1] != acc.shape[0]:
+        raise ValueError(f"label_distribution (shape {p.shape}): {allowed}")
+    wrong = np.flatnonzero(np.any(~(p >= 0), axis=-1) | ~np.isclose(p.sum(axis=-1), 1.0, atol=1e-6))
+    if wrong.size:
+        row = p if p.ndim == 1 else p[wrong[0]]
+        where = "" if p.ndim == 1 else f"[{int(wrong[0])}]"
+        raise ValueError(f"label_distribution{where} (least entry {float(row.min())!r}, sum {float(row.sum())!r}): "
+                         f"{allowed}")
     weighted = np.where(p > 0, p * acc, 0.0)
     return weighted.sum(axis=-1) if p.ndim > 1 else float(weighted.sum())
+
+
+def _check_samples(dataset: ArrayDataset) -> None:
+    """ValueError for a dataset without samples."""
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} (0 samples): allowed is a set with samples to evaluate on")

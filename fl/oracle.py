@@ -169,17 +169,21 @@ class TrainingOracle:
             model, train.feature_shape, num_classes, child_seed(seed, _INIT), **(model_options or {})
         ).to(self.device)
         self.init_params = {k: v.to(self.device) for k, v in get_params(self.model).items()}
+        self._alone: dict[tuple[int, int], tuple[float, float]] = {}  # (i, m_i) -> :meth:`_local_scores`' pair
         if executor is not None:
             executor.check_model(self.model)  # before any training
 
     @property
     def max_clients_per_round(self) -> int:
-        """The most clients a training round can have: ``clients_per_round``, or every agent."""
-        return int(self.strategy.clients_per_round or len(self.endowments))
+        """The most clients a training round can have: ``clients_per_round``, at most every
+        agent (a round samples no more clients than there are)."""
+        agents = len(self.endowments)
+        return int(min(self.strategy.clients_per_round or agents, agents))
 
     def learning_curve(self, sizes: Sequence[int], repeats: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Accuracy a(m) of one model trained on m IID samples of the pool, for each m in
-        ``sizes`` and ``repeats`` independent draws of the samples and batch order.
+        ``sizes`` and ``repeats`` independent draws of the samples and batch order (a
+        size given twice draws twice as many).
 
         Every run takes exactly ``curve_steps`` SGD steps (batch size and lr as in
         ``train``) from theta_0 whatever m, so the curve measures data, not compute;
@@ -196,7 +200,9 @@ class TrainingOracle:
         check_integer("repeats", repeats)
         strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
         uniform = np.full(self.train_set.num_classes, 1.0 / self.train_set.num_classes)
-        points = [(int(m), r) for m in sizes for r in range(repeats)]
+        # the k-th mention of a size (k = 0, 1, ...) draws its repeats k * repeats + r: every point independent
+        points = [(int(m), int(np.sum(sizes[:j] == m)) * repeats + r)
+                  for j, m in enumerate(sizes) for r in range(repeats)]
         tasks = []
         for m, r in points:
             if m > 0:
@@ -240,7 +246,7 @@ class TrainingOracle:
             raise ValueError(f"aggregation={aggregation!r} with record_rounds=True: allowed is 'fedavg', since the "
                              "rounds' coalition models are FedAvg averages of their updates (fl.valuation)")
         counts = self._check_contributions(contributions)
-        targets = None if delivery_target is None else np.asarray(delivery_target, dtype=np.float64)
+        targets = None if delivery_target is None else _floats("delivery_target", delivery_target)
         if targets is not None and targets.shape != counts.shape:
             raise ValueError(f"delivery_target (shape {targets.shape}): allowed is None or shape {counts.shape}")
         wrong = [] if targets is None else np.flatnonzero(np.isinf(targets) | (targets > 1))
@@ -249,8 +255,8 @@ class TrainingOracle:
             raise ValueError(f"delivery_target[{i}]={float(targets[i])!r}: allowed is an accuracy of at most 1 "
                              "(NaN: the global model; <= 0: no model)")
         contributed = {i: self.endowment_indices[i][:m] for i, m in enumerate(counts) if m > 0}
-        alone = self._local_models(contributed) if self.measure_local or aggregation == "incfl" else None
-        strategy = self.strategy if aggregation == "fedavg" else self._incfl(alone)
+        alone = self._local_scores(counts) if self.measure_local or aggregation == "incfl" else None
+        strategy = self.strategy if aggregation == "fedavg" else self._incfl(alone[0])
         games = None
         if record_rounds:
             valued = train_with_valuation(
@@ -271,13 +277,10 @@ class TrainingOracle:
         served = [self._serve(path, tested, global_accuracy[i], p, float(wanted[i]))
                   for i, p in enumerate(self.label_distributions)]
         delivered, lam, validation = (list(column) for column in zip(*served))
-        local = None
-        if alone is not None:
-            local = np.array([self._accuracy(w, p) for w, p in zip(alone, self.label_distributions)])
         return TrainingResult(
             global_accuracy=global_accuracy,
             delivered_accuracy=np.asarray(delivered),
-            local_accuracy=local,
+            local_accuracy=None if alone is None else alone[1],
             target=targets,
             lam=np.asarray(lam),
             validation_accuracy=np.asarray(validation),
@@ -303,21 +306,29 @@ class TrainingOracle:
             device=self.device, init_params=self.init_params, executor=self.executor,
         )
 
-    def _local_models(self, contributed: dict[int, np.ndarray]) -> list[Params]:
-        """Each agent's local-only model: ``rounds`` rounds of this oracle's FedAvg on its
-        contribution alone (its own stream), theta_0 for an agent contributing nothing."""
-        return [
-            self._fit({i: contributed[i]}, self.strategy, self.rounds, child_seed(self.seed, _LOCAL, i)).params
-            if i in contributed else self.init_params
-            for i in range(len(self.endowments))
-        ]
+    def _local_scores(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rho, local accuracy), each (N,): agent i's local-only model, ``rounds`` rounds of
+        this oracle's FedAvg on its first counts[i] endowment samples alone from its own
+        stream (theta_0 where counts[i] = 0), scored by rho_i, its cross-entropy on the
+        validation set reweighted to p_i (``distribution_losses``, IncFL's threshold), and
+        by its test accuracy on p_i. Both depend on (i, counts[i]) alone, and are kept per
+        pair: the loop trains each agent alone once per contribution it makes, not once
+        per mechanism and iteration."""
+        p = self.label_distributions
+        for i, m in enumerate(counts.tolist()):
+            if (i, m) not in self._alone:
+                w = (self._fit({i: self.endowment_indices[i][:m]}, self.strategy, self.rounds,
+                               child_seed(self.seed, _LOCAL, i)).params if m > 0 else self.init_params)
+                self._alone[i, m] = (distribution_losses(self.model, w, self.validation, p[[i]])[0],
+                                     self._accuracy(w, p[i]))
+        return tuple(np.array([self._alone[i, m][k] for i, m in enumerate(counts.tolist())]) for k in (0, 1))
 
-    def _incfl(self, local_models: list[Params]) -> IncFL:
+    def _incfl(self, rho: np.ndarray) -> IncFL:
         """IncFL (``fl.algorithms.incfl``) with this oracle's FedAvg settings: rho_k and
         f_k(w) are cross-entropies on the validation set reweighted to agent k's label
-        distribution p_k (``distribution_losses``), rho_k at agent k's local-only model."""
+        distribution p_k (``distribution_losses``), rho_k at agent k's local-only model
+        (:meth:`_local_scores`)."""
         model, validation, p = self.model, self.validation, self.label_distributions
-        rho = [distribution_losses(model, w, validation, p[[k]])[0] for k, w in enumerate(local_models)]
         s = self.strategy
         return IncFL(rho, lambda w: distribution_losses(model, w, validation, p),
                      epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, clients_per_round=s.clients_per_round)
@@ -380,3 +391,11 @@ def _whole_counts(key: str, value, allowed: str) -> np.ndarray:
         shown = value.tolist() if isinstance(value, np.ndarray) else value
         raise ValueError(f"{key}={shown!r}: allowed is {allowed}")
     return counts.astype(np.int64)
+
+
+def _floats(key: str, value) -> np.ndarray:
+    """``value`` as a float array; ValueError naming ``key`` for what is not numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r}: allowed is numbers, one per agent") from None

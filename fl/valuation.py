@@ -87,6 +87,11 @@ class RoundValuation:
             if missing:
                 raise ValueError(f"client_params[{client!r}] (no {missing[0]!r}): allowed is every floating-point "
                                  f"entry of global_params, {floating!r}")
+            reshaped = [k for k in floating if params[k].shape != global_params[k].shape]
+            if reshaped:
+                k = reshaped[0]
+                raise ValueError(f"client_params[{client!r}][{k!r}] (shape {tuple(params[k].shape)}): allowed is "
+                                 f"the shape of global_params[{k!r}], {tuple(global_params[k].shape)}")
         self.model, self.validation, self.metric = model, validation, metric
         self.global_params = global_params
         self.clients: tuple[int, ...] = tuple(sorted(int(c) for c in client_params))
@@ -272,6 +277,11 @@ def train_with_valuation(
         raise ValueError(
             f"strategy={type(strategy).__name__}: allowed is a strategy that aggregates as FedAvg does "
             "(FedAvg, FedProx), since the coalition models are FedAvg averages of the round's updates"
+        )
+    if getattr(strategy, "weighting", "samples") != "samples":
+        raise ValueError(
+            f"weighting={strategy.weighting!r}: allowed is 'samples', the weights n_i / n the coalition models "
+            "average the round's updates with (with others every coalition's model is one nobody trained)"
         )
     recording = _Recording(strategy)
     result = run_federated(model, train_subsets, recording, rounds, **run_options)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import train_local_models
 from fl.data import partition
@@ -299,3 +300,33 @@ def test_an_unverified_mnist1d_file_of_the_datasets_form_loads(tmp_path):
     write_mnist1d(tmp_path)
     train, test = load_mnist1d(tmp_path, verify=False)
     assert (len(train), len(test), train.feature_shape) == (6, 3, (1, 40))
+
+
+# ------------------------------------------------------------------- evaluation
+
+
+def test_an_empty_set_is_refused_rather_than_scored_nan():
+    """evaluate() returned {'loss': nan, 'accuracy': nan}, and a valuation on an empty
+    validation set NaN utilities."""
+    empty = ArrayDataset("empty", X[:0], Y[:0], 10)
+    model = build_model("mlp", (5,), 10, seed=0, hidden=(4,))
+    for score in (evaluation.evaluate, evaluation.per_class_accuracy):
+        with pytest.raises(ValueError, match=r"^dataset 'empty' \(0 samples\): allowed is a set with samples"):
+            score(model, get_params(model), empty)
+    stacked = {k: v[None] for k, v in get_params(model).items()}
+    with pytest.raises(ValueError, match=r"^dataset 'empty' \(0 samples\)"):
+        evaluation.evaluate_many(model, stacked, empty)
+
+
+@pytest.mark.parametrize("p, message", [
+    (1.0, r"^label_distribution \(shape \(\)\): allowed is a \(K,\) distribution or an \(N, K\) array"),
+    ("x", r"^label_distribution='x': allowed is"),
+    (np.full((2, 2, 3), 1 / 3), r"^label_distribution \(shape \(2, 2, 3\)\): allowed is"),
+    ([[1.0, 0.0, 0.0], [0.5, 0.5, 0.1]], r"^label_distribution\[1\] \(least entry 0.1, sum 1.1\): allowed is"),
+    ([0.5, np.nan, 0.5], r"^label_distribution \(least entry nan, sum nan\): allowed is"),
+])
+def test_a_label_distribution_that_is_none_names_itself(p, message):
+    """A number raised a raw IndexError, strings numpy's conversion error, a 3-D array was
+    taken, and a bad row was not named."""
+    with pytest.raises(ValueError, match=message):
+        evaluation.accuracy_on_distribution(np.full(3, 0.5), p)

@@ -41,6 +41,22 @@ def test_learning_curve_increases_with_size(oracle):
     assert means[0] < 0.3 and means[-1] > 0.85
 
 
+def test_a_size_given_twice_draws_independent_points(oracle):
+    """The stream was keyed by (size, repeat) alone: [10, 10] trained one run twice, and
+    the pilot fit counted that point twice."""
+    _, twice = oracle.learning_curve([10, 10], repeats=1)
+    _, repeated = oracle.learning_curve([10], repeats=2)
+    np.testing.assert_array_equal(twice, repeated)
+    assert twice[0] != twice[1]
+
+
+def test_a_round_has_at_most_every_agent(oracle):
+    """clients_per_round above the agents' number was taken as the round's size (exact
+    Shapley was refused for 25 clients a round among 4 agents)."""
+    assert make_oracle(clients_per_round=25).max_clients_per_round == N == oracle.max_clients_per_round
+    assert make_oracle(clients_per_round=3).max_clients_per_round == 3
+
+
 def test_the_learning_curve_trains_on_the_configured_executor_with_the_same_numbers(oracle):
     from fl.executors import VectorisedExecutor
 
@@ -135,11 +151,31 @@ def test_same_seed_same_numbers():
     np.testing.assert_array_equal(a.learning_curve([30], 2)[1], b.learning_curve([30], 2)[1])
 
 
-def test_local_accuracy_is_measured_when_asked():
-    result = make_oracle(measure_local=True, rounds=5).train(np.array([80, 20, 0, 80, 80, 80, 80, 80.0]), None)
+def test_local_accuracy_is_measured_when_asked(monkeypatch):
+    """Each agent's local-only model depends on its contribution alone: a later training
+    (another mechanism, iteration or aggregation) trains only the agents whose
+    contribution is new (every call used to train all N alone again)."""
+    oracle = make_oracle(measure_local=True, rounds=5)
+    fit, trained = oracle._fit, []
+
+    def counted(clients, *args, **kwargs):
+        trained.append(sorted(clients))
+        return fit(clients, *args, **kwargs)
+
+    monkeypatch.setattr(oracle, "_fit", counted)
+    contributions = np.array([80, 20, 0, 80, 80, 80, 80, 80.0])
+    result = oracle.train(contributions, None)
     assert result.local_accuracy.shape == (N,)
     assert result.local_accuracy.mean() < result.global_accuracy.mean()
     assert result.local_accuracy[1] < result.local_accuracy[0]
+    assert len(trained) == 1 + 7  # the federation, and the seven contributors alone
+    trained.clear()
+    contributions[1] = 40
+    again = oracle.train(contributions, None, aggregation="incfl")
+    assert trained == [[1], list(range(N))[:2] + list(range(3, N))]  # agent 1 alone, then the federation
+    unchanged = np.arange(N) != 1
+    np.testing.assert_array_equal(again.local_accuracy[unchanged], result.local_accuracy[unchanged])
+    assert again.local_accuracy[1] != result.local_accuracy[1]
 
 
 def test_contributions_beyond_the_endowment_are_refused(oracle):
@@ -191,6 +227,12 @@ def test_bad_calls_name_their_argument(oracle):
         oracle.train(np.full(N, 10.0), np.array([0.5, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"^sizes=\['a'\]: allowed is integers in \[0, "):
         oracle.learning_curve(["a"])
+    with pytest.raises(ValueError, match=r"^delivery_target=\['a', 'b'\]: allowed is numbers, one per agent$"):
+        oracle.train(np.full(N, 10.0), ["a", "b"])  # numpy's bare conversion error before
+    skewed = np.full((N, 10), 0.1)
+    skewed[3] = 0.2
+    with pytest.raises(ValueError, match=r"^label_distributions\[3\] \(least entry 0.2, sum 2.0\): allowed is rows"):
+        make_oracle(alpha=None, label_distributions=skewed)  # the row was not named
 
 
 def test_incfl_aggregation_trains_the_local_models_and_reweights_the_clients(oracle):

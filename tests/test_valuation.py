@@ -230,6 +230,14 @@ def test_bad_arguments_are_refused(skewed_run, digits):
     partial = {k: v for k, v in game.global_params.items() if not k.endswith("bias")}
     with pytest.raises(ValueError, match=r"client_params\[0\] \(no '.*bias'\): allowed is every floating-point"):
         RoundValuation(game.model, game.global_params, {0: partial}, {0: 5}, game.validation)
+    # an update of another shape was broadcast against the start, valuing a model nobody trained
+    narrow = {k: v[..., :1] if v.dim() == 2 else v for k, v in game.global_params.items()}
+    with pytest.raises(ValueError, match=r"client_params\[0\]\['.*weight'\] \(shape \(\d+, 1\)\): allowed is the "
+                                         r"shape of global_params"):
+        RoundValuation(game.model, game.global_params, {0: narrow}, {0: 5}, game.validation)
+    # FedAvg weighing clients equally trained models the coalitions, weighted by samples, did not rebuild
+    with pytest.raises(ValueError, match="weighting='uniform': allowed is 'samples'"):
+        train_with_valuation("mlp", subsets, FedAvg(batch_size=32, lr=0.1, weighting="uniform"), 1, digits[2], **RUN)
 
 
 def test_estimators_against_exact_shapley_on_real_rounds(skewed_run):

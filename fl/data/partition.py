@@ -263,12 +263,18 @@ def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:
 
 
 def _check_distributions(dist: np.ndarray, num_clients: int, num_classes: int) -> np.ndarray:
-    dist = np.asarray(dist, dtype=np.float64)
+    """``dist`` as a float array, checked: (num_clients, K >= num_classes), rows of
+    entries >= 0 summing to 1; ValueError naming the first bad row."""
+    shape = f"({num_clients}, K) with K >= {num_classes} (one row per client, one column per class)"
+    try:
+        dist = np.asarray(dist, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"label_distributions={dist!r}: allowed is numbers of shape {shape}") from None
     if dist.ndim != 2 or dist.shape[0] != num_clients or dist.shape[1] < num_classes:
-        raise ValueError(
-            f"label_distributions (shape {dist.shape}): allowed is shape ({num_clients}, K) "
-            f"with K >= {num_classes} (one row per client, one column per class)"
-        )
-    if np.any(dist < 0) or not np.allclose(dist.sum(axis=1), 1.0, atol=1e-6):
-        raise ValueError("label_distributions: allowed is non-negative rows that each sum to 1")
+        raise ValueError(f"label_distributions (shape {dist.shape}): allowed is shape {shape}")
+    wrong = np.flatnonzero(np.any(~(dist >= 0), axis=1) | ~np.isclose(dist.sum(axis=1), 1.0, atol=1e-6))
+    if wrong.size:
+        row = dist[wrong[0]]
+        raise ValueError(f"label_distributions[{int(wrong[0])}] (least entry {float(row.min())!r}, sum "
+                         f"{float(row.sum())!r}): allowed is rows of entries >= 0 that each sum to 1")
     return dist
