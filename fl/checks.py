@@ -93,3 +93,12 @@ def check_seed(seed):
         raise ValueError(f"seed={seed!r}: allowed is an integer >= 0 or a numpy.random.SeedSequence")
     return seed
 
+
+def check_options(owner: str, options: dict, allowed) -> None:
+    """ValueError naming the first keyword of ``options`` that ``owner`` (e.g.
+    "dataset='mnist'") does not take, and those it does (``allowed``): a misspelt option
+    would otherwise be ignored, or fail deep inside."""
+    unknown = [key for key in options if key not in allowed]
+    if unknown:
+        taken = f"allowed are {', '.join(allowed)}" if allowed else "allowed is none: it takes no options"
+        raise ValueError(f"{unknown[0]}={options[unknown[0]]!r}: not an option of {owner}; {taken}")

@@ -68,9 +68,10 @@ def test_too_small_input_for_the_cnn_is_refused():
 @pytest.mark.parametrize(
     "name, shape, seed, options, message",
     [
-        ("mlp", (1, 8, 8), 0, {"hiden": (32,)}, r"model='mlp' options \['hiden'\]: allowed are hidden"),
-        ("lenet5", (1, 28, 28), 0, {"width": 2.0}, r"model='lenet5' options \['width'\]: allowed is none"),
-        ("resnet8", (3, 32, 32), 0, {"depth": 8}, r"options \['depth'\]: allowed are width, static_bn"),
+        ("mlp", (1, 8, 8), 0, {"hiden": (32,)}, r"hiden=\(32,\): not an option of model='mlp'; allowed are hidden"),
+        ("lenet5", (1, 28, 28), 0, {"width": 2.0}, r"width=2.0: not an option of model='lenet5'; allowed is none"),
+        ("resnet8", (3, 32, 32), 0, {"depth": 8},
+         r"depth=8: not an option of model='resnet8'; allowed are width, static_bn"),
         ("char_lstm", (1, 8, 8), 0, {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
         ("mlp", (1, 8, 8), -2, {}, r"seed=-2: allowed is an integer >= 0"),
         # these built a broken model, or failed deep inside torch

@@ -28,6 +28,7 @@ import inspect
 import os
 from typing import Callable
 
+from fl.checks import check_options
 from fl.data.cifar10 import CIFAR10_CLASSES, load_cifar10
 from fl.data.dataset import ArrayDataset, Subset, load_digits
 from fl.data.download import (
@@ -77,10 +78,7 @@ def load_dataset(
     """
     if name not in _LOADERS:
         raise ValueError(f"dataset={name!r}: allowed is one of {', '.join(DATASET_NAMES)}")
-    allowed = _options(name)
-    for key, value in options.items():
-        if key not in allowed:
-            raise ValueError(f"{key}={value!r}: not an option of dataset={name!r}; allowed are {', '.join(allowed)}")
+    check_options(f"dataset={name!r}", options, _options(name))
     return _LOADERS[name](root=root, download=download, **options)
 
 

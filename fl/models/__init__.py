@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl.checks import check_integer, check_seed, check_widths
+from fl.checks import check_integer, check_options, check_seed, check_widths
 
 Params = dict[str, torch.Tensor]
 """A model's state (parameters and buffers) by ``state_dict`` name; the currency of ``fl``."""
@@ -94,11 +94,8 @@ def build_model(
         raise ImportError(f"model={name!r} needs {module_name}.{attribute}, which {module_name} does not define")
     check_integer("num_classes", num_classes)
     from_data = adapter(check_widths("input_shape", input_shape, least_count=1), num_classes)
-    allowed = [key for key in inspect.signature(factory).parameters if key not in from_data]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        allowed_text = f"allowed are {', '.join(allowed)}" if allowed else "allowed is none: the model takes no options"
-        raise ValueError(f"model={name!r} options {unknown}: {allowed_text}")
+    check_options(f"model={name!r}", options,
+                  [key for key in inspect.signature(factory).parameters if key not in from_data])
     arguments = {**from_data, **defaults, **options}
     if seed is None:
         return factory(**arguments)
