@@ -756,6 +756,9 @@ def fedsv(
             raise ValueError(
                 f"rounds[{t}].clients={clients!r}: allowed is distinct client ids in [0, {n_clients})"
             )
+        if estimator is exact_shapley and len(clients) > MAX_EXACT_PLAYERS:
+            raise ValueError(f"rounds[{t}] ({len(clients)} clients): allowed is at most {MAX_EXACT_PLAYERS} clients "
+                             "a round for estimator=exact_shapley (2^n coalitions); use a sampling estimator")
         ids = lambda local, clients=clients: tuple(sorted(clients[j] for j in local))  # noqa: E731
         batch = ({"batch": lambda many, game=game, ids=ids: game.utilities([ids(c) for c in many])}
                  if hasattr(game, "utilities") else {})  # this round's game's, never a previous round's

@@ -633,3 +633,7 @@ def test_fedsv_refuses_client_ids_that_are_not_integers_and_options_its_estimato
     with pytest.raises(ValueError, match=r"^n_perms=3: allowed are the options of monte_carlo_shapley: "
                                          r"n_permutations, seed$"):
         fedsv([_AdditiveRound((0.5, 0.5), 1.0)], 2, monte_carlo_shapley, n_perms=3)
+    # a round too large for exact Shapley is named, not 'n_players=21'
+    rounds = [_AdditiveRound((0.5, 0.5), 1.0), _AdditiveRound(np.full(21, 1 / 21), 1.0)]
+    with pytest.raises(ValueError, match=r"^rounds\[1\] \(21 clients\): allowed is at most 20 clients a round"):
+        fedsv(rounds, 21)
