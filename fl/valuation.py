@@ -211,11 +211,20 @@ class _Recording(Strategy):
         self.strategy = strategy
         self.rounds: list[tuple[Params, list[ClientResult]]] = []
 
-    def __getattr__(self, name: str):
-        """The wrapped strategy's settings (``lr``, ``server_lr``, ...), as the server reads them."""
-        if name == "strategy":  # not set yet (a copy being made)
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
+    @property
+    def lr(self) -> float | None:
+        """The wrapped strategy's client step size (None without one), which the server names
+        where training diverges."""
+        return getattr(self.strategy, "lr", None)
+
+    @property
+    def server_lr(self) -> float | None:
+        """The wrapped strategy's server step size (None without one), as :attr:`lr`."""
+        return getattr(self.strategy, "server_lr", None)
+
+    @property
+    def label(self) -> str:
+        return self.strategy.label
 
     def client_view(self) -> Strategy:
         """The wrapped strategy's: clients need neither the recorded rounds nor its server state."""

@@ -324,6 +324,9 @@ def test_the_recording_wrapper_ships_the_wrapped_strategys_client_view_and_names
     recording.rounds.append(({}, []))
     view = recording.client_view()
     assert type(view) is Scaffold and not hasattr(view, "rounds") and view.lr == 0.05
+    # the step sizes and the progress bar's name are the wrapped strategy's (the bar read '_Recording')
+    assert (recording.lr, recording.server_lr, recording.label) == (0.05, 1.0, "Scaffold")  # SCAFFOLD's eta_g
+    assert _Recording(FedAvg(lr=0.1)).server_lr is None and _Recording(FedAdam(server_lr=0.01)).server_lr == 0.01
     train, pool, validation = digits
     subsets = [train.subset(pool[k * 50:(k + 1) * 50]) for k in range(2)]
     with pytest.raises(TrainingDiverged, match=r"^lr=1e\+30: "):

@@ -61,6 +61,11 @@ class Strategy(ABC):
     def evaluate(self, model: nn.Module, params: Params, dataset: ArrayDataset) -> dict[str, float]:
         """Server-side metrics of the global model on ``dataset``."""
 
+    @property
+    def label(self) -> str:
+        """The strategy's name where a run shows it (its progress bar): its class's."""
+        return type(self).__name__
+
     def reset(self) -> None:
         """Forget what an earlier run left in the instance (a server optimiser's moments,
         SCAFFOLD's control variates). :func:`fl.runtime.simulate` calls it before the

@@ -93,8 +93,7 @@ class Server(Node):
         self._window = (time.perf_counter(), 0, 0, 0)  # wall clock, bytes down, bytes up, orders at the last close
         self._awaiting_metrics = 0
         self._finishing = False
-        name = type(simulation.strategy).__name__
-        self._bar = tqdm(total=rounds, desc=name, unit="round", disable=not progress, leave=False)
+        self._bar = tqdm(total=rounds, desc=simulation.strategy.label, unit="round", disable=not progress, leave=False)
         self._waiting: dict[int, int] = {}  # the open round's unanswered orders: dispatch -> task position
         self._received: dict[int, ClientResult] = {}  # task position -> result
         self.on(Kind.JOIN, self.join)
