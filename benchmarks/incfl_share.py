@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from fl.algorithms import FedAvg, child_seed  # noqa: E402
 from fl.algorithms.incfl import (  # noqa: E402
@@ -58,12 +59,12 @@ from fl.data import DatasetNotFoundError, load_dataset  # noqa: E402
 from fl.data.dataset import ArrayDataset  # noqa: E402
 from fl.data.federation import dirichlet_federation  # noqa: E402
 from fl.executors.vectorised import VectorisedExecutor  # noqa: E402
-from fl.models import build_model, get_params  # noqa: E402
+from fl.models import MODEL_NAMES, build_model, get_params  # noqa: E402
 from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy  # noqa: E402
 from fl.server import run_federated  # noqa: E402
 from fl.runtime.launch import DISPATCH_STREAM, DROPOUT_STREAM  # noqa: E402
 from incentives.participation import participation_equilibrium  # noqa: E402
-from arguments import integer  # noqa: E402
+from arguments import integer, positive  # noqa: E402
 
 # streams of the seed that the runs here do not draw: those of dropout and of FedBuff's dispatch
 _LOCAL, _FEDERATION = DROPOUT_STREAM, DISPATCH_STREAM
@@ -128,14 +129,15 @@ def client_scores(model, params, test: ArrayDataset, p: np.ndarray, criterion: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("mnist", "fashion_mnist", "digits"), default="mnist")
-    parser.add_argument("--data-root", default="../shared/data", help="folder holding the dataset (not digits)")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
+                        help="folder holding the dataset (not digits; default: ../shared/data beside the repository)")
     parser.add_argument(
         "--pool", type=integer(1), default=None, help="training samples used (default: 10000, digits all)"
     )
     parser.add_argument("--clients", type=integer(1), default=100)
-    parser.add_argument("--alpha", type=float, default=0.3)
-    parser.add_argument("--min-size", type=int, default=5, help="samples every client holds at least")
-    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--alpha", type=positive, default=0.3)
+    parser.add_argument("--min-size", type=integer(0), default=5, help="samples every client holds at least")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="mlp")
     parser.add_argument("--hidden", type=int, nargs="*", default=None,
                         help="the MLP's hidden widths (default: the model's own; none: logistic regression)")
     parser.add_argument("--rounds", type=integer(1), default=30)
@@ -144,11 +146,11 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=integer(1), default=20, help="epochs of each local-only model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--gap-scale", type=float, default=1.0, help="IncFL's factor on the gap in the sigmoid")
+    parser.add_argument("--gap-scale", type=positive, default=1.0, help="IncFL's factor on the gap in the sigmoid")
     parser.add_argument("--criterion", choices=("loss", "accuracy"), default="loss",
                         help="incentivised: the global model's test loss below the local model's, "
                              "or its accuracy above")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=integer(0), nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--equilibrium", action="store_true", help="also iterate exit until nobody leaves")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
     parser.add_argument("--vectorised", action="store_true",

@@ -108,3 +108,12 @@ def test_seeds_beyond_64_bits_build_and_the_cuda_generators_are_left_alone():
     finally:
         tracker.manual_seed_all_cb = queued
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_char_lstm_refuses_floating_point_features():
+    """x.long() truncated features to indices: 0.1 and 0.9 read as character 0, and
+    training went on without a word."""
+    model = build_model("char_lstm", (80,), 96, seed=0)
+    with pytest.raises(ValueError, match=r"^x \(torch.float32\): allowed is integer character indices"):
+        model(torch.full((2, 80), 0.9))
+    assert model(torch.zeros(2, 80, dtype=torch.int32)).shape == (2, 96)

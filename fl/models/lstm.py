@@ -3,7 +3,8 @@ McMahan et al. (2017) and LEAF (Caldas et al. 2018): an 8-dimensional character
 embedding, two LSTM layers of 256 units, and a linear layer from the last step's
 output to one logit per character of the vocabulary.
 
-Input: (batch, seq_len) integer character indices (any integer dtype; cast to int64),
+Input: (batch, seq_len) integer character indices (any integer dtype; cast to int64;
+floating-point features are a ValueError, not truncated to indices),
 e.g. the 80-character windows of :mod:`fl.data.shakespeare`. Output: (batch,
 vocab_size) logits for the next character. With a 96-symbol vocabulary it has
 ~0.82M parameters.
@@ -29,5 +30,8 @@ class CharLSTM(nn.Module):
         self.fc = nn.Linear(hidden, vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():  # .long() would truncate features to indices and train on without a word
+            raise ValueError(f"x ({x.dtype}): allowed is integer character indices, e.g. fl.data.shakespeare's "
+                             "windows; char_lstm takes no floating-point features")
         output, _ = self.lstm(self.embedding(x.long()))
         return self.fc(output[:, -1])

@@ -5,9 +5,11 @@ Both models use the basic block (two 3x3 convolutions with batch norm, identity
 shortcut, or a 1x1 convolution with batch norm where the shape changes) and a 3x3
 stem without max pooling, as is usual for CIFAR:
 
-- ``resnet8``: the paper's CIFAR family 6n+2 with n = 1: stem 16 channels, three
-  stages of one block with 16, 32, 64 channels (strides 1, 2, 2); ~78k parameters
-  for 10 classes (the ResNet-8 of FedDF, Lin et al. 2020).
+- ``resnet8``: the depth 6n+2 with n = 1 of the paper's CIFAR family: stem 16
+  channels, three stages of one block with 16, 32, 64 channels (strides 1, 2, 2);
+  ~78k parameters for 10 classes. Its shortcuts where the shape changes are 1x1
+  convolutions, as in the ResNet-8 of FedDF (Lin et al. 2020), not the paper's
+  parameter-free CIFAR shortcuts (its option A, which would give 75,290).
 - ``resnet18``: the ImageNet ResNet-18 layout (four stages of two blocks, 64, 128,
   256, 512 channels, strides 1, 2, 2, 2) with the CIFAR stem; ~11.2M parameters.
 
