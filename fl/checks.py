@@ -70,6 +70,26 @@ def check_indices(key: str, indices, size: int) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
+def as_floats(key: str, value, allowed: str) -> np.ndarray:
+    """``value`` as a float64 array; ValueError naming ``key`` and what is ``allowed``
+    where it holds something that is not a number."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        shown = value.tolist() if isinstance(value, np.ndarray) else value
+        raise ValueError(f"{key}={shown!r}: allowed is {allowed}") from None
+
+
+def check_distributions(key: str, p: np.ndarray) -> None:
+    """ValueError naming the first row of the (K,) or (N, K) float array ``p`` (entry
+    ``key`` or ``key[i]``) that is not a distribution: entries >= 0 summing to 1 (to 1e-6)."""
+    wrong = np.flatnonzero(np.any(~(p >= 0), axis=-1) | ~np.isclose(p.sum(axis=-1), 1.0, atol=1e-6))
+    if wrong.size:
+        row, where = (p, key) if p.ndim == 1 else (p[wrong[0]], f"{key}[{int(wrong[0])}]")
+        raise ValueError(f"{where} (least entry {float(row.min())!r}, sum {float(row.sum())!r}): allowed is "
+                         "entries >= 0 that sum to 1")
+
+
 def check_bool(key: str, value) -> None:
     """ValueError unless ``value`` is True or False (a string such as 'no' is not)."""
     if not isinstance(value, (bool, np.bool_)):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fl.checks import as_floats, check_distributions
 from fl.data.dataset import ArrayDataset
 
 _BATCH = 2048  # samples per forward pass (memory, not results)
@@ -94,20 +95,11 @@ def accuracy_on_distribution(per_class_acc: np.ndarray, label_distribution: np.n
     (N, K) array (an (N,) array). Rows must be non-negative and sum to one. NaN where
     p puts mass on a class whose accuracy is NaN (absent from the test set)."""
     acc = np.asarray(per_class_acc, dtype=np.float64)
-    allowed = (f"allowed is a (K,) distribution or an (N, K) array of them: entries >= 0 summing to 1, "
-               f"K = {acc.shape[0]}")
-    try:
-        p = np.asarray(label_distribution, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"label_distribution={label_distribution!r}: {allowed}") from None
+    allowed = f"a (K,) distribution or an (N, K) array of them, K = {acc.shape[0]}"
+    p = as_floats("label_distribution", label_distribution, allowed)
     if p.ndim not in (1, 2) or p.shape[-1] != acc.shape[0]:
-        raise ValueError(f"label_distribution (shape {p.shape}): {allowed}")
-    wrong = np.flatnonzero(np.any(~(p >= 0), axis=-1) | ~np.isclose(p.sum(axis=-1), 1.0, atol=1e-6))
-    if wrong.size:
-        row = p if p.ndim == 1 else p[wrong[0]]
-        where = "" if p.ndim == 1 else f"[{int(wrong[0])}]"
-        raise ValueError(f"label_distribution{where} (least entry {float(row.min())!r}, sum {float(row.sum())!r}): "
-                         f"{allowed}")
+        raise ValueError(f"label_distribution (shape {p.shape}): allowed is {allowed}")
+    check_distributions("label_distribution", p)
     weighted = np.where(p > 0, p * acc, 0.0)
     return weighted.sum(axis=-1) if p.ndim > 1 else float(weighted.sum())
 

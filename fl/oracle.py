@@ -26,7 +26,7 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import IncFL, distribution_losses
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_integer, check_positive
+from fl.checks import as_floats, check_integer, check_positive
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import DeliveryPath
@@ -246,7 +246,8 @@ class TrainingOracle:
             raise ValueError(f"aggregation={aggregation!r} with record_rounds=True: allowed is 'fedavg', since the "
                              "rounds' coalition models are FedAvg averages of their updates (fl.valuation)")
         counts = self._check_contributions(contributions)
-        targets = None if delivery_target is None else _floats("delivery_target", delivery_target)
+        targets = (None if delivery_target is None
+                   else as_floats("delivery_target", delivery_target, "numbers, one per agent"))
         if targets is not None and targets.shape != counts.shape:
             raise ValueError(f"delivery_target (shape {targets.shape}): allowed is None or shape {counts.shape}")
         wrong = [] if targets is None else np.flatnonzero(np.isinf(targets) | (targets > 1))
@@ -360,11 +361,7 @@ class TrainingOracle:
         return evaluation.accuracy_on_distribution(per_class, distributions)
 
     def _check_contributions(self, contributions: np.ndarray) -> np.ndarray:
-        try:
-            values = np.asarray(contributions, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"contributions={contributions!r}: allowed is {len(self.endowments)} finite "
-                             "numbers >= 0") from None
+        values = as_floats("contributions", contributions, f"{len(self.endowments)} finite numbers >= 0")
         if values.shape != self.endowments.shape or not np.all(np.isfinite(values)) or np.any(values < 0):
             raise ValueError(
                 f"contributions (shape {values.shape}): allowed is {len(self.endowments)} finite numbers >= 0"
@@ -382,20 +379,10 @@ class TrainingOracle:
 def _whole_counts(key: str, value, allowed: str) -> np.ndarray:
     """``value`` as a 1-D int64 array; ValueError naming ``key`` unless it holds one or
     more whole numbers >= 0 (strings, fractions, NaN and other shapes are refused)."""
-    try:
-        counts = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        counts = None
-    if counts is None or counts.ndim != 1 or not counts.size or not np.all(np.isfinite(counts)) \
-            or np.any(counts < 0) or np.any(counts % 1):
+    counts = as_floats(key, value, allowed)
+    if counts.ndim != 1 or not counts.size or not np.all(np.isfinite(counts)) or np.any(counts < 0) \
+            or np.any(counts % 1):
         shown = value.tolist() if isinstance(value, np.ndarray) else value
         raise ValueError(f"{key}={shown!r}: allowed is {allowed}")
     return counts.astype(np.int64)
 
-
-def _floats(key: str, value) -> np.ndarray:
-    """``value`` as a float array; ValueError naming ``key`` for what is not numbers."""
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r}: allowed is numbers, one per agent") from None

@@ -493,7 +493,7 @@ class Menu:
     types it serves: its types, ``probability`` included, are the served ones (probability
     conditional on being served, ``extras["served_share"]`` the served types' share), while
     its ``server_profit`` is the expected profit per agent of the whole type grid, each type
-    choosing its item or its outside option (``extras["expected_profit"]``).
+    choosing its item or its outside option.
     """
 
     cost: np.ndarray
@@ -880,8 +880,7 @@ def solve_screening(
                 "without bound in their contribution" + ("" if information == "incomplete" else
                                                          "; set capacity to bound it"),
                 family="objective", types=free.tolist())
-        y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy,
-                                              reward_cap, information, common)
+        y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information)
     else:
         if information == "complete":
             variant = "complete"
@@ -958,7 +957,9 @@ def _closed_form_scope(u0, common, capy, reward_cap) -> None:
                   "reward_cap constrains an incomplete-information menu")
 
 
-def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, common):
+def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information):
+    """(y, R, status, variant) in closed form: first best under complete information, else
+    the ironed virtual costs (its scope, :func:`_closed_form_scope`, checked by the caller)."""
     if information == "complete":  # a type costing nothing contributes its capacity (the caller checked one)
         priced = th > 0
         y = np.array(capy, dtype=float) if capy is not None else np.zeros(len(th))
@@ -969,7 +970,6 @@ def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information, 
             room = np.divide(reward_cap - u0, th, out=np.full(len(th), np.inf), where=priced)
             y = np.minimum(y, np.maximum(0.0, room))
         return y, th * y + u0, "optimal", "complete"
-    _closed_form_scope(u0, common, capy, reward_cap)
     phi = iron(virtual_costs(th, pp), pp)
     y = value.argmax(kappa * phi, beta) ** beta
     return y, _rents(th, y, u0[0]), "optimal", "closed_form"
@@ -1221,7 +1221,7 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
         hit = []
         if prog.y.value is not None:
             # units put a bounded item near one (_units); on the flat value far out the solver may stop well
-            # short of the box (all_pairs, costs (0, 1): 4e6 of 1e7), so a thousandth of it is running away
+            # short of the box (all_pairs, costs (0, 1): well under _BIG), so a thousandth of it is running away
             hit = np.flatnonzero(prog.y.value > 1e-3 * _BIG).tolist()
             if prog.R is not None:
                 hit = sorted(set(hit) | set(np.flatnonzero(np.abs(prog.R.value) > 0.5 * _BIG)))
@@ -1517,10 +1517,10 @@ class ContractMechanism:
 
         The menu returned is the one solved for the served types: its ``probability`` is
         conditional on being served (their shares of the grid, renormalised), its
-        ``server_profit`` the expected profit per agent of the whole grid as above
-        (= ``extras["expected_profit"]``), ``extras["item_of_type"]`` each grid type's item
-        (-1: left out), ``extras["left_out"]`` the costs of the types left out and
-        ``extras["served_share"]`` the served types' share of the grid."""
+        ``server_profit`` the expected profit per agent of the whole grid as above,
+        ``extras["item_of_type"]`` each grid type's item (-1: left out),
+        ``extras["left_out"]`` the costs of the types left out and ``extras["served_share"]``
+        the served types' share of the grid."""
         compensable = np.ones(len(grid), bool) if reward_cap is None else u0 < reward_cap
         if not compensable.any():
             reason = f"every type's outside utility reaches the largest reward, {reward_cap:.6g}"
@@ -1565,7 +1565,7 @@ class ContractMechanism:
                       "none (the outside utilities it must match are worth more than the data)")
             return self._withdrawn(grid, prob, u0, value, cost_exponent, reason)
         item_of_type = menu.extras["item_of_type"]
-        menu.extras.update(expected_profit=profit, left_out=grid[item_of_type < 0],
+        menu.extras.update(left_out=grid[item_of_type < 0],
                            served_share=float(prob[item_of_type >= 0].sum() / prob.sum()))
         return replace(menu, server_profit=profit)
 
@@ -1670,7 +1670,7 @@ class ContractMechanism:
             "menu_object": menu,
             "chosen_item": chosen,
             "type_of_agent": type_of,
-            "server_profit_expected": menu.extras.get("expected_profit", 0.0),
+            "server_profit_expected": menu.server_profit,
             "server_profit": float(np.sum(gained - menu.reward_price * R)),
             "reward_price": menu.reward_price,
             "information_rent": np.where(takes, utility - u0_i, 0.0) * v_i,

@@ -561,9 +561,6 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
             raise bad("budget", budget, "a finite budget when some agent has no capacity and "
                       + " and ".join(why) + " (no closed form bounds the reward)")
         R_max = V(total_cap) - V(0.0)
-    if R_max <= 0:
-        eq = follower_equilibrium(c, 0.0, cap, cost_exponent=cost_exponent)
-        return LeaderSolution(0.0, 0.0, profit(0.0)[0], "numeric", eq)
     return _best_reward(profit, R_max, grid)
 
 
@@ -574,7 +571,11 @@ def _best_reward(profit: Callable[[float], tuple[float, FollowerEquilibrium]], R
     rewards, then bounded Brent search between the best one's neighbours, its point kept
     where it beats the grid's. A reward whose followers do not settle (game (5) without
     an equilibrium there) scores -inf: its profile is no outcome the leader can count on.
-    R = 0 always settles (standard FL), so some grid reward does."""
+    R = 0 always settles (standard FL), so some grid reward does; where R_max <= 0 (no
+    reward is worth paying, or no budget) it is the answer."""
+    if R_max <= 0:
+        worth, eq = profit(0.0)
+        return LeaderSolution(0.0, eq.total, worth, "numeric", eq)
 
     def score(R: float) -> float:
         worth, eq = profit(R)
@@ -672,9 +673,6 @@ class StackelbergPricing:
             return LeaderSolution(float(self.reward), eq.total, worth, "given", eq)
         R_max = (float(self.budget) if self.budget is not None else
                  float(np.asarray(value(float(population.endowment.sum())))) - float(np.asarray(value(0.0))))
-        if R_max <= 0:
-            worth, eq = profit(0.0)
-            return LeaderSolution(0.0, eq.total, worth, "numeric", eq)
         return _best_reward(profit, R_max, _LEADER_GRID)
 
     def _settled(self, population, model) -> tuple[LeaderSolution, Participation]:

@@ -452,8 +452,8 @@ def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
 @pytest.mark.parametrize("cost, probability", [([0.0, 1.0, 2.0], EQUAL), ([0.0, 1.0], [0.5, 0.5])])
 def test_unbounded_menu_names_the_types(form, cost, probability):
     """The type of cost 0 is the one whose contribution grows without bound, in either form
-    (the all-pairs program's solve stopped short of the diagnosis' box, at 4e6 of 1e7, and
-    named no type: "types []")."""
+    (the all-pairs program's solve stopped well short of the diagnosis' box, and named no
+    type: "types []")."""
     with pytest.raises(ContractError, match=r"unbounded menu: .* types \[0\]") as err:
         solve_screening(cost, probability, V10, form=form)
     assert err.value.family == "objective" and err.value.types == [0]
@@ -646,13 +646,18 @@ def test_a_type_asked_for_no_data_is_left_out_rather_than_paid_for_nothing():
     assert outcome.info["menu_object"].extras["left_out"].tolist() == [10.0]
 
 
+@pytest.mark.parametrize("greedy", [True, False])
 @pytest.mark.parametrize("information", ["incomplete", "complete"])
-def test_a_served_type_that_loses_the_server_money_is_left_out(information):
+def test_a_served_type_that_loses_the_server_money_is_left_out(information, greedy, monkeypatch):
     """Type A: cost 1, outside utility 5; type B: cost 9, outside utility 1; V = 10 ln(1 + q).
     B's outside utility is the smaller, so leaving out the largest outside utilities never
     dropped it, yet its first-best item, q = 1/9 (10 / (1 + q) = 9) for R = 1 + 1 = 2, earns
     the server 10 ln(10/9) - 2 < 0 = V(0). Serving A alone: q = 9 (10 / (1 + q) = 1), R = 5 +
-    9 = 14, and B, whose utility from that item is 14 - 81 < 1, stays out."""
+    9 = 14, and B, whose utility from that item is 14 - 81 < 1, stays out. Beyond
+    _GREEDY_TYPES served types (here forced, by setting it to 0) only the losing types are
+    left out, which finds the same menu."""
+    if not greedy:
+        monkeypatch.setattr(contract, "_GREEDY_TYPES", 0)
     agents = Population.from_lists(cost=[1.0, 9.0], endowment=100.0, outside_option=[5.0, 1.0])
     outcome = ContractMechanism(V10, information=information).solve(agents, MODEL)
     np.testing.assert_allclose(outcome.contributions, [9.0, 0.0], atol=1e-5)
@@ -714,7 +719,7 @@ def test_a_menu_that_leaves_types_out_reports_the_profit_over_the_whole_grid():
     """Costs (1, 2, 3), outside utilities (0, 0, 50): the menu serves the first two (by hand,
     q = (9, 7/3), R = (34/3, 14/3), see above) and leaves out the third, worth V(0) = 0. Its
     probabilities are conditional on being served, (1/2, 1/2), and its server_profit, like
-    its table's, is per agent of the whole grid, as extras["expected_profit"]: it used to be
+    its table's and the outcome's expected profit, is per agent of the whole grid: it used to be
     the served types' own, (10 ln 10 - 34/3 + 10 ln(10/3) - 14/3) / 2."""
     agents = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=100.0, outside_option=[0.0, 0.0, 50.0])
     outcome = ContractMechanism(V10).solve(agents, MODEL)
@@ -724,7 +729,7 @@ def test_a_menu_that_leaves_types_out_reports_the_profit_over_the_whole_grid():
     assert menu.server_profit == pytest.approx(profit, abs=1e-5)
     assert outcome.info["menu"]["server_profit"] == pytest.approx(profit, abs=1e-5)
     assert outcome.info["menu"]["served_share"] == pytest.approx(2 / 3)
-    assert menu.server_profit == menu.extras["expected_profit"] == outcome.info["server_profit_expected"]
+    assert menu.server_profit == outcome.info["server_profit_expected"]
     assert outcome.info["server_profit"] == pytest.approx(3 * profit, abs=1e-5)
 
 

@@ -231,7 +231,7 @@ def test_bad_calls_name_their_argument(oracle):
         oracle.train(np.full(N, 10.0), ["a", "b"])  # numpy's bare conversion error before
     skewed = np.full((N, 10), 0.1)
     skewed[3] = 0.2
-    with pytest.raises(ValueError, match=r"^label_distributions\[3\] \(least entry 0.2, sum 2.0\): allowed is rows"):
+    with pytest.raises(ValueError, match=r"^label_distributions\[3\] \(least entry 0.2, sum 2.0\): allowed is entries"):
         make_oracle(alpha=None, label_distributions=skewed)  # the row was not named
 
 

@@ -18,13 +18,12 @@ from mechanisms.shaping import AccuracyShaping
 
 def test_the_same_game_in_other_units_has_the_same_equilibrium():
     """v and c scaled together by s: the same game in other units (every c_i / v_i and so
-    every decision unchanged). At s = 1e8 the fixed point's gains round to 7e-9 utility,
-    which an absolute tolerance of 1e-9 rejected, and the solve returned each agent's
-    local optimum, (100, 63.0, 39.7): 54% less data; with max(1, |u_i|), a calibrated curve's
-    (a Newton root's) gains at s = 1e-10 fell under the 1e-9 floor and the solve returned
-    nobody contributing. The tolerance is now 1e-9 of max(v_i, |u_i|)."""
-    for model, expected in ((PowerLaw(0.9, 2.0, 0.5), [204.81, 141.39, 95.26]),
-                            (EffectiveData(PowerLaw(0.9, 2.0, 0.5), 0.3), [64.88, 44.81, 39.69])):
+    every decision unchanged). At s = 1e8 the fixed point's rounding gains exceeded an
+    absolute tolerance of 1e-9, and the solve returned each agent's local optimum; with
+    max(1, |u_i|), a calibrated curve's (a Newton root's) real gains at s = 1e-10 fell
+    under the 1e-9 floor and the solve returned nobody contributing. The tolerance is now
+    1e-9 of max(v_i, |u_i|); at s = 1 the profile leaves no agent a gain."""
+    for model in (PowerLaw(0.9, 2.0, 0.5), EffectiveData(PowerLaw(0.9, 2.0, 0.5), 0.3)):
         solved = []
         for scale in (1e-10, 1e-4, 1.0, 1e4, 1e6, 1e8, 1e10):
             agents = Population(cost=np.array([0.001, 0.002, 0.004]) * scale, endowment=[500.0, 2000.0, 300.0],
@@ -33,7 +32,8 @@ def test_the_same_game_in_other_units_has_the_same_equilibrium():
                 warnings.simplefilter("error")
                 solved.append(AccuracyShaping().solve(agents, model).contributions)
         np.testing.assert_allclose(solved, np.repeat(solved[:1], len(solved), axis=0), rtol=1e-9)
-        assert np.round(solved[0], 2).tolist() == expected
+        unit = Population(cost=[0.001, 0.002, 0.004], endowment=[500.0, 2000.0, 300.0])
+        assert np.all(AccuracyShaping().deviation_gains(solved[2], unit, model) <= 1e-9)
 
 
 def test_a_meeting_of_the_two_curves_beyond_where_both_are_zero_is_found():
@@ -41,15 +41,14 @@ def test_a_meeting_of_the_two_curves_beyond_where_both_are_zero_is_found():
     (c = 0.0025, m^o = 84.04) holds nothing, agent 1 holds 20 samples. Below m^o agent 0
     gets min(base(x), base(0.8 (20 + x))): both are 0 at x = 0 (0.8 * 20 = 16 is below the
     crossing), and they meet at x* = 0.8 * 20 / 0.2 = 80, its best point: a gain of
-    base(80) - 80 c = 0.3393 over contributing nothing. The bisection for the meeting
-    began at x = 0, where the two curves are equal, returned that end, and the gain
-    reported was that of m^o, 0.3377. No point of a fine grid does better."""
+    base(80) - 80 c over contributing nothing. The bisection for the meeting began at
+    x = 0, where the two curves are equal, returned that end, and the gain reported was
+    that of m^o, smaller. No point of a fine grid does better."""
     base = PowerLaw(0.9, 5.0, 0.6)
     model = EffectiveData(base, 0.8)
     agents = Population(cost=[0.0025, 0.01], endowment=[500.0, 300.0])
     gain = AccuracyShaping().deviation_gains([0.0, 20.0], agents, model)[0]
     assert gain == pytest.approx(base(80.0) - 80.0 * 0.0025, rel=1e-12)
-    assert round(float(gain), 4) == 0.3393
     x = np.unique(np.concatenate([np.linspace(0.0, 500.0, 200_001), [80.0]]))
     profiles = np.column_stack([x, np.full_like(x, 20.0)])
     grid = AccuracyShaping().allocate_to(0, profiles, agents, model).accuracy - 0.0025 * x
@@ -115,8 +114,8 @@ def test_the_root_of_best_responses_among_thousands_of_agents_is_an_equilibrium_
 def test_a_solve_computes_each_agents_terms_once(monkeypatch):
     """On the generalisation bound each agent's m^o and the federation curve's point of
     slope c_i / v_i are one brentq root each (``marginal_inverse``); a solve recomputed
-    them for every allocation and every deviation check, 6 roots an agent (at N = 10^4,
-    2.8 of the solve's 2.9 s). Now 2 an agent (epsilon = 0: the line's slope is c_i / v_i)."""
+    them for every allocation and every deviation check, 6 roots an agent. Now 2 an agent
+    (epsilon = 0: the line's slope is c_i / v_i)."""
     solved = []
     original = GeneralisationBound.marginal_inverse
 

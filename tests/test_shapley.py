@@ -603,10 +603,14 @@ def test_mechanism_arguments_are_checked_at_use():
 @pytest.mark.parametrize("estimator", [exact_shapley, monte_carlo_shapley, gtg_shapley, stratified_shapley])
 def test_a_utility_that_is_not_finite_is_named_by_its_coalition(estimator):
     """A NaN utility made every value NaN (GTG ran to its limit of orderings, its
-    convergence test never passing); a SumGame's f returning one number for many totals
-    raised numpy's IndexError."""
+    convergence test never passing)."""
     with pytest.raises(ValueError, match=r"^utility\(\(0,\)\)=nan: allowed is a finite number$"):
         estimator(lambda coalition: float("nan") if coalition == (0,) else float(len(coalition)), 3)
+
+
+def test_a_sum_games_f_returning_one_number_for_many_totals_is_named():
+    """Monte Carlo evaluates a SumGame's f on every ordering's prefixes at once: an f
+    returning one number for them raised numpy's IndexError."""
     with pytest.raises(ValueError, match=r"^f returned shape \(\) for totals of shape \(\d+, 2\): allowed is one "):
         monte_carlo_shapley(SumGame([1.0, 2.0], lambda totals: 1.0), 2)
 

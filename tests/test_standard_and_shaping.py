@@ -356,7 +356,7 @@ def test_standard_fl_shares_the_top_up_among_tied_agents_where_one_alone_would_r
 def test_standard_fl_convex_costs_where_nobody_passes_the_zero_crossing_are_solved_without_iteration(monkeypatch):
     """Costs c m^2 and a(m) = 0.9 - 2 m^-1/2 (zero crossing 4.94): where the first-order
     contributions at the crossing add up to less than it, no root lies above it, and the
-    generic grid iteration (O(N^2) a sweep: 1.2 s at N = 400) found the profile. No agent
+    generic grid iteration (O(N^2) a sweep) found the profile. No agent
     with a cost passes the crossing profitably (``standard._free_data_profile``), so the
     equilibrium is the free agents at n_i and everyone else at 0, without iteration."""
     model = PowerLaw(0.9, 2.0, 0.5)

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.checks import check_fraction, check_indices, check_integer, check_positive, check_seed
+from fl.checks import (as_floats, check_distributions, check_fraction, check_indices, check_integer,
+                       check_positive, check_seed)
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
 
@@ -266,15 +267,8 @@ def _check_distributions(dist: np.ndarray, num_clients: int, num_classes: int) -
     """``dist`` as a float array, checked: (num_clients, K >= num_classes), rows of
     entries >= 0 summing to 1; ValueError naming the first bad row."""
     shape = f"({num_clients}, K) with K >= {num_classes} (one row per client, one column per class)"
-    try:
-        dist = np.asarray(dist, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"label_distributions={dist!r}: allowed is numbers of shape {shape}") from None
+    dist = as_floats("label_distributions", dist, f"numbers of shape {shape}")
     if dist.ndim != 2 or dist.shape[0] != num_clients or dist.shape[1] < num_classes:
         raise ValueError(f"label_distributions (shape {dist.shape}): allowed is shape {shape}")
-    wrong = np.flatnonzero(np.any(~(dist >= 0), axis=1) | ~np.isclose(dist.sum(axis=1), 1.0, atol=1e-6))
-    if wrong.size:
-        row = dist[wrong[0]]
-        raise ValueError(f"label_distributions[{int(wrong[0])}] (least entry {float(row.min())!r}, sum "
-                         f"{float(row.sum())!r}): allowed is rows of entries >= 0 that each sum to 1")
+    check_distributions("label_distributions", dist)
     return dist
