@@ -105,6 +105,26 @@ def test_results_come_back_in_task_order_whatever_the_actor(local_ray):
         assert all(torch.equal(g.params[k], a.params[k]) for k in g.params)
 
 
+def test_a_changed_template_is_sent_again_and_only_the_current_one_is_kept(local_ray):
+    """Templates were cached by id(model) and never sent again: a layer frozen between two
+    runs of one module still trained on the actors (it moved by 0.035). And every run's
+    template stayed in the object store and on the actors until close()."""
+    subsets = [TRAIN.subset(np.arange(40 * k, 40 * k + 40)) for k in range(3)]
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)
+    with RayExecutor(num_actors=2) as executor:
+        run_federated(model, subsets, FedAvg(lr=0.1), 1, seed=0, executor=executor, progress=False)
+        model.net[1].requires_grad_(False)
+        serial = run_federated(model, subsets, FedAvg(lr=0.1), 2, seed=0, progress=False)
+        distributed = run_federated(model, subsets, FedAvg(lr=0.1), 2, seed=0, executor=executor, progress=False)
+        for seed in range(3):  # a new module each run, as each retraining of the closed loop builds
+            run_federated("mlp", subsets, FedAvg(lr=0.1), 1, seed=seed, executor=executor, progress=False)
+        held = ray.get([actor.__ray_call__.remote(lambda worker: len(worker.models)) for actor in executor._actors])
+    assert max_difference(serial.params, distributed.params) < TOLERANCE
+    frozen = distributed.params["net.1.weight"] - distributed.initial_params["net.1.weight"]
+    assert frozen.abs().max() < TOLERANCE  # the mean of unchanged copies: float rounding only
+    assert held == [1, 1]
+
+
 def test_oversubscribing_the_cluster_warns(local_ray):
     executor = RayExecutor(num_actors=3, num_cpus=1)
     with pytest.warns(RuntimeWarning, match="exceed the cluster"):

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fl.algorithms import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Scaffold, child_seed
 from fl.data import partition
@@ -40,6 +41,9 @@ def test_fedavgm_two_momentum_steps():
     w = strategy.aggregate(w, results([3.0]))
     assert w["w"].item() == pytest.approx(5.25)
     assert strategy.aggregate(w, []) is w
+    # results without samples are no round either: no momentum step, the velocity kept
+    assert strategy.aggregate(w, results([9.0], samples=[0])) is w
+    assert strategy.velocity["w"].item() == pytest.approx(-2.75)
 
 
 def test_fedavgm_without_momentum_is_fedavg():
@@ -147,6 +151,45 @@ def test_a_strategy_trains_each_run_from_its_start(make):
     for name in fresh.params:
         assert torch.equal(first.params[name], fresh.params[name])
         assert torch.equal(second.params[name], fresh.params[name])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FedAvgM(momentum=0.9, server_lr=0.5, batch_size=16, lr=0.05),
+        lambda: FedAdam(server_lr=0.01, batch_size=16, lr=0.05),
+        lambda: FedYogi(server_lr=0.01, batch_size=16, lr=0.05),
+        lambda: FedAdagrad(server_lr=0.1, batch_size=16, lr=0.05),
+        lambda: Scaffold(server_lr=2.0, batch_size=16, lr=0.05),
+    ],
+    ids=["FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold"],
+)
+def test_server_optimisers_step_the_parameters_and_average_batch_norms_running_statistics(make):
+    """Running statistics took the optimiser's step like weights (a velocity, Adam's moments):
+    12 rounds of resnet8 on digits reached test accuracy 0.14 with FedAvgM, 0.29 with FedAdam,
+    against 0.8 with the statistics averaged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    statistics = {"2.running_mean", "2.running_var", "2.num_batches_tracked"}
+    subsets = {c: TRAIN.subset(np.arange(40 * c, 40 * c + 12 * (c + 1))) for c in range(3)}  # 12, 24, 36 samples
+    strategy, params = make(), get_params(model)
+    for round_index in range(2):  # the second: where a velocity or moments of the statistics would act
+        tasks = strategy.configure_round(round_index, subsets, child_seed(0, round_index))
+        clients = SerialExecutor().run(model, strategy, params, tasks)
+        assert all(r.buffers == statistics for r in clients)
+        new = strategy.aggregate(params, clients)
+
+        def mean(name):
+            return sum(r.num_samples * r.params[name] for r in clients) / sum(r.num_samples for r in clients)
+
+        for name in ("2.running_mean", "2.running_var"):
+            torch.testing.assert_close(new[name], mean(name))
+        assert torch.equal(new["2.num_batches_tracked"], params["2.num_batches_tracked"])
+        for name in ("1.weight", "2.weight", "4.bias"):  # parameters, batch norm's scale among them
+            assert (new[name] - mean(name)).abs().max() > 1e-4  # the optimiser's step, not the mean
+        if isinstance(strategy, Scaffold):  # control variates are kept for parameters only
+            assert set(strategy.control) == {name for name in params if name not in statistics}
+        params = new
 
 
 @pytest.mark.parametrize(

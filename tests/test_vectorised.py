@@ -305,3 +305,52 @@ def test_the_pilot_learning_curve_trains_as_one_vectorised_batch(monkeypatch):
     sizes, accuracies = oracle.learning_curve([0, 10, 300], repeats=2)
     assert calls == [4]  # the four runs with data, in one call
     assert sizes.tolist() == [0, 0, 10, 10, 300, 300] and accuracies[0] == accuracies[1]
+
+
+class RandomForward(nn.Module):
+    """Dropout as a function, not a layer: nothing for check_model to see."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(F.dropout(torch.relu(self.hidden(x.flatten(1))), 0.5, self.training))
+
+
+def test_tied_weights_and_random_forwards_are_unsupported_models_which_the_serial_executor_trains():
+    """A layer used twice failed in functional_call ("got multiple values for keys ... which are
+    tied") and F.dropout in vmap ("called random operation while in randomness error mode"),
+    neither as UnsupportedModel, which callers catch to train with the serial executor instead."""
+    torch.manual_seed(0)
+    shared = nn.Linear(64, 64)
+    tied = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(64, 10))
+    tasks = tasks_for(clients((20, 30)))
+    with pytest.raises(UnsupportedModel, match=r"ties weights \(1\.weight and 3\.weight are one parameter\).*serial"):
+        VectorisedExecutor().check_model(tied)
+    with pytest.raises(UnsupportedModel, match=r"\(RandomForward\) draws random numbers.*serial executor"):
+        VectorisedExecutor().run(RandomForward(), FedAvg(), get_params(RandomForward()), tasks)
+    for model in (tied, RandomForward()):
+        results = SerialExecutor().run(model, FedAvg(), get_params(model), tasks)
+        assert all(np.isfinite(r.train_loss) and r.steps > 0 for r in results)
+
+
+@pytest.mark.parametrize(
+    "states, message",
+    [
+        ([{"v": torch.zeros(10)}] * 2 + [{"v": torch.zeros(3)}] * 3,
+         r"client 2 \(task 2 of 5\) holds state\['v'\] = a tensor of shape \(3,\) where the first task's "
+         r"\(client 0\) holds state\['v'\] = a tensor of shape \(10,\)"),
+        ([{"v": torch.zeros(10)}] + [{}] * 4,
+         r"client 1 \(task 1 of 5\) holds no state\['v'\] where the first task's \(client 0\) holds state\['v'\] = "
+         r"a tensor of shape \(10,\)"),
+        ([{"v": 0.5}] * 5, r"client 0 \(task 0 of 5\) holds state\['v'\] = a float"),
+    ],
+    ids=["shape", "missing", "not-a-tensor"],
+)
+def test_a_task_state_of_another_structure_is_refused_naming_the_task_and_the_entry(states, message):
+    """It said "task state: allowed is the same structure of tensors for every task of a round"
+    (a shape that differs failed in torch.stack), naming neither the task nor what it holds."""
+    model = model_named("mlp")
+    with pytest.raises(ValueError, match=f"^task state of {message}; allowed is tensors of one structure and shapes"):
+        VectorisedExecutor().run(model, SquaredWithState(), get_params(model), tasks_for(clients(), states=states))

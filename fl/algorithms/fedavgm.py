@@ -6,7 +6,8 @@ mean,
 
     Delta = w - sum_k (n_k / n) w_k,
 
-the server keeps a velocity v (zero at first) and steps
+the server keeps a velocity v (zero at first) and steps each parameter (buffers such as
+batch norm's running statistics take FedAvg's mean instead, see ``fl.algorithms.server_optimiser``)
 
     v <- beta v + Delta,     w <- w - eta v.
 

@@ -8,7 +8,8 @@ paper's uniform mean, n_k / n replaced by 1/K),
     Delta = sum_k (n_k / n) w_k - w,
 
 the server keeps moments m (zero at first) and v (tau^2 at first, the paper's
-v_{-1} >= tau^2) and steps, coordinate-wise,
+v_{-1} >= tau^2) and steps each parameter, coordinate-wise (buffers such as batch norm's
+running statistics take FedAvg's mean instead, see ``fl.algorithms.server_optimiser``),
 
     m <- beta1 m + (1 - beta1) Delta
     v <- v + Delta^2                                        FedAdagrad

@@ -84,12 +84,13 @@ class Scaffold(ServerOptimiser):
         return w + self.server_lr * delta
 
     def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
-        """The control variates' update of the module docstring, then the server's
-        :meth:`step` on the floating-point entries (integer buffers keep the server's
-        value); with no results nothing changes."""
+        """The control variates' update of the module docstring, over the parameters, then
+        the server's :meth:`step` on them (buffers, ``ClientResult.buffers``, take FedAvg's
+        mean and have no control variate); with no results nothing changes."""
         if not results:
             return global_params
-        floating = [name for name, w in global_params.items() if w.is_floating_point()]
+        buffers = frozenset().union(*(result.buffers for result in results))
+        floating = [name for name, w in global_params.items() if w.is_floating_point() and name not in buffers]
         zero = {name: torch.zeros_like(global_params[name]) for name in floating}
         change = dict(zero)
         for result in results:

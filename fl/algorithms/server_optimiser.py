@@ -1,16 +1,17 @@
 """The shape shared by FedAvg variants whose server takes an optimiser step.
 
 The round's client mean (FedAvg's, sample-weighted or uniform by its ``weighting``)
-defines a pseudo-gradient per floating-point entry (Reddi et al., 2021, "Adaptive
-federated optimization"),
+defines a pseudo-gradient per parameter (Reddi et al., 2021, "Adaptive federated
+optimization": x, the model's weights),
 
     Delta = sum_k a_k w_k - w,      a_k = n_k / n, or 1/K with weighting="uniform",
 
-and the server replaces w by ``step(name, w, Delta)``; integer buffers keep the
-server's value, and a round without results changes neither the model nor the
-optimiser's state. FedAvg is ``step = w + Delta``. Floating-point buffers are entries
-too: batch norm's running statistics take the optimiser's step like the weights
-(Reddi et al. train with group norm, which has none).
+and the server replaces w by ``step(name, w, Delta)``. FedAvg is ``step = w + Delta``.
+Buffers, the entries the results name in ``ClientResult.buffers`` (batch norm's running
+statistics), are statistics of the data, not weights: floating-point ones take FedAvg's
+mean sum_k a_k w_k, integer ones keep the server's value, and no optimiser state is
+kept for them. A round without results, or whose results hold no samples, changes
+neither the model nor the optimiser's state.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class ServerOptimiser(FedAvg):
         return view
 
     def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
-        if not results:
+        if not any(result.num_samples for result in results):
             return global_params
         mean = super().aggregate(global_params, results)
-        return {name: self.step(name, w, mean[name] - w) if w.is_floating_point() else w
+        buffers = frozenset().union(*(result.buffers for result in results))
+        return {name: mean[name] if name in buffers or not w.is_floating_point() else self.step(name, w, mean[name] - w)
                 for name, w in global_params.items()}

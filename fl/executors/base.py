@@ -77,13 +77,18 @@ class ClientTask:
 class ClientResult:
     """params: the client's model after local training. num_samples: n_k, its dataset
     size (FedAvg's aggregation weight). train_loss: mean mini-batch cross-entropy over
-    its local steps (nats; before the strategy's regulariser). steps: SGD steps taken."""
+    its local steps (nats; before the strategy's regulariser). steps: SGD steps taken.
+    buffers: the names of the entries of ``params`` that are the model's buffers, not
+    its parameters (e.g. batch norm's running statistics: statistics of the data that
+    the forward pass updates, not weights that SGD steps); empty: every entry is a
+    parameter. Server optimisers step only the parameters (``fl.algorithms.server_optimiser``)."""
 
     client_id: int
     params: Params
     num_samples: int
     train_loss: float
     steps: int
+    buffers: frozenset[str] = frozenset()
 
 
 class UnsupportedModel(ValueError):

@@ -13,6 +13,9 @@ What travels, and when:
   the node's copy of a CPU dataset (Ray hands numpy arrays out of the object store
   without copying).
 - once per model template: a CPU copy of its architecture, fetched and kept by each actor.
+  The template is sent again when the module, its layers (``repr``), its state's names,
+  shapes and dtypes, or which parameters train (``requires_grad``) changed since the last
+  run; actors and the object store keep only the current one.
 - every round: the global parameters (one object, fetched once per node), the strategy's
   ``client_view()`` (what ``local_objective`` needs: its hyperparameters, not the
   server's state such as SCAFFOLD's control variates or an optimiser's moments), and
@@ -25,7 +28,8 @@ Tasks are dealt to actors once per round, largest first to the least-loaded acto
 E epochs over n samples, as the runtime's simulated compute time counts them), so one
 call per actor per round. ``address`` points at an existing cluster; the package ``fl``
 must be importable by the cluster's workers (installed there, or shipped with
-``runtime_env``; see :class:`RayExecutor`).
+``runtime_env``; see :class:`RayExecutor`). Ray is imported when an executor first
+needs it, not with this module.
 """
 
 from __future__ import annotations
@@ -45,10 +49,14 @@ from fl.executors.base import ClientResult, ClientTask, Executor
 from fl.executors.serial import SerialExecutor
 from fl.models import Params
 
-try:  # Ray is optional: ``pip install "fedecon[ray]"``.
-    import ray
-except ImportError:  # pragma: no cover - exercised only where Ray is absent
-    ray = None
+
+def _ray():
+    """The ``ray`` module, imported on first use (Ray is optional: ``pip install "fedecon[ray]"``)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('RayExecutor needs Ray: pip install "ray>=2.9" (or "fedecon[ray]")') from None
+    return ray
 
 
 class _ClientWorker:
@@ -57,14 +65,17 @@ class _ClientWorker:
 
     def __init__(self, num_threads: int):
         torch.set_num_threads(max(1, num_threads))
-        self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+        gpus = _ray().get_gpu_ids()
+        self.device = torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
         self.datasets: dict[int, ArrayDataset] = {}
         self.models: dict[int, nn.Module] = {}
         self.executor = SerialExecutor()
 
     def load(self, datasets: dict[int, Any], models: dict[int, Any]) -> None:
-        """Fetch and keep the datasets (token -> ObjectRef of a dict of arrays) and
-        model templates (token -> ObjectRef of a CPU module) this actor has not seen."""
+        """Fetch and keep the datasets (token -> ObjectRef of a dict of arrays) this actor
+        has not seen, and the model template (token -> ObjectRef of a CPU module) when a
+        new one comes, in place of the one kept before."""
+        ray = _ray()
         for token, ref in datasets.items():
             arrays = ray.get(ref)
             with warnings.catch_warnings():
@@ -74,8 +85,8 @@ class _ClientWorker:
             if self.device.type != "cpu":
                 x, y = x.to(self.device), y.to(self.device)
             self.datasets[token] = ArrayDataset(arrays["name"], x, y, arrays["num_classes"])
-        for token, ref in models.items():
-            self.models[token] = ray.get(ref).to(self.device)
+        if models:
+            self.models = {token: ray.get(ref).to(self.device) for token, ref in models.items()}
 
     def run(
         self, model_token: int, strategy, global_params: Params, tasks: list, datasets: dict, models: dict
@@ -132,7 +143,8 @@ class RayExecutor(Executor):
     The constructor only stores its arguments; Ray and the actors start on the first
     :meth:`run`. :meth:`close` (or leaving a ``with`` block) ends the actors, and Ray
     too when this executor started it. Results are in task order and equal the serial
-    executor's for the same tasks (CPU actors; on GPU actors, up to CUDA's float
+    executor's for the same tasks (CPU actors, up to float rounding where their torch
+    thread count differs from the caller's; on GPU actors, up to CUDA's float
     non-determinism).
     """
 
@@ -154,13 +166,12 @@ class RayExecutor(Executor):
         self._actors: list = []
         self._owns_ray = False
         self._dataset_refs: dict[int, tuple[ArrayDataset, int, Any]] = {}  # id(dataset) -> (dataset, token, ref)
-        self._model_refs: dict[int, tuple[nn.Module, int, Any]] = {}  # id(model) -> (model, token, ref)
+        self._model_ref: tuple[nn.Module, tuple, int, Any] | None = None  # (model, fingerprint, token, ref)
+        self._model_tokens = 0  # templates made so far: the next one's token
         self._known: list[set[tuple[str, int]]] = []  # per actor: ("data"|"model", token) already sent
 
     # -- lifecycle ---------------------------------------------------------------
     def _check(self) -> None:
-        if ray is None:
-            raise ImportError('RayExecutor needs Ray: pip install "ray>=2.9" (or "fedecon[ray]")')
         check_integer("num_actors", self.num_actors, optional=True)
         for key, value in (("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)):
             check_nonnegative(key, value)
@@ -170,6 +181,7 @@ class RayExecutor(Executor):
             )
 
     def _start(self) -> None:
+        ray = _ray()
         self._check()
         actor_env = None
         if not ray.is_initialized():
@@ -205,14 +217,16 @@ class RayExecutor(Executor):
     def close(self) -> None:
         """End the actors and release the cached objects; shut Ray down if this
         executor started it. The executor can be used again (it restarts)."""
-        if ray is not None and ray.is_initialized():
-            for actor in self._actors:
-                ray.kill(actor)
-            if self._owns_ray:
-                ray.shutdown()
+        if self._actors or self._owns_ray:  # else Ray never ran here: nothing to end, nor to import
+            ray = _ray()
+            if ray.is_initialized():
+                for actor in self._actors:
+                    ray.kill(actor)
+                if self._owns_ray:
+                    ray.shutdown()
         self._actors, self._known, self._owns_ray = [], [], False
         self._dataset_refs.clear()
-        self._model_refs.clear()
+        self._model_ref = None
 
     def __enter__(self) -> "RayExecutor":
         return self
@@ -224,7 +238,7 @@ class RayExecutor(Executor):
         """Host, process id and device of each actor (starts them if needed)."""
         if not self._actors:
             self._start()
-        return ray.get([actor.node.remote() for actor in self._actors])
+        return _ray().get([actor.node.remote() for actor in self._actors])
 
     # -- caching -----------------------------------------------------------------
     def _dataset_token(self, dataset: ArrayDataset) -> int:
@@ -236,16 +250,22 @@ class RayExecutor(Executor):
                 "y": dataset.y.detach().cpu().numpy(),
                 "num_classes": dataset.num_classes,
             }
-            entry = (dataset, len(self._dataset_refs), ray.put(arrays))
+            entry = (dataset, len(self._dataset_refs), _ray().put(arrays))
             self._dataset_refs[id(dataset)] = entry
         return entry[1]
 
     def _model_token(self, model: nn.Module) -> int:
-        entry = self._model_refs.get(id(model))
-        if entry is None:
-            entry = (model, len(self._model_refs), ray.put(copy.deepcopy(model).cpu()))
-            self._model_refs[id(model)] = entry
-        return entry[1]
+        """The token of ``model``'s template: the current one while the module, its layers'
+        ``repr``, its state's names, shapes and dtypes and its trainable parameters are
+        those it was made from (what the actors' training depends on, beside the global
+        parameters sent every round); else a new CPU copy, put in place of the current one."""
+        fingerprint = (id(model), repr(model), tuple(
+            (name, tuple(tensor.shape), tensor.dtype, tensor.requires_grad)
+            for name, tensor in model.state_dict(keep_vars=True).items()))
+        if self._model_ref is None or self._model_ref[1] != fingerprint:  # keeps model: its id is not reused
+            self._model_ref = (model, fingerprint, self._model_tokens, _ray().put(copy.deepcopy(model).cpu()))
+            self._model_tokens += 1
+        return self._model_ref[2]
 
     # -- the executor --------------------------------------------------------------
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
@@ -253,6 +273,7 @@ class RayExecutor(Executor):
             return []
         if not self._actors:
             self._start()
+        ray = _ray()
         device = next(iter(global_params.values())).device
         model_token = self._model_token(model)
         params_ref = ray.put({name: tensor.detach().cpu() for name, tensor in global_params.items()})
@@ -283,8 +304,9 @@ class RayExecutor(Executor):
                     known.add(("data", token))
                 payload.append((token, task.data.indices, dataclasses.replace(task, data=None)))
                 order.append(position)
-            if ("model", model_token) not in known:
-                new_models[model_token] = self._model_refs[id(model)][2]
+            if ("model", model_token) not in known:  # the actor replaces its template with this one
+                new_models[model_token] = self._model_ref[3]
+                known -= {entry for entry in known if entry[0] == "model"}
                 known.add(("model", model_token))
             calls.append(actor.run.remote(model_token, strategy_ref, params_ref, payload, new_data, new_models))
 

@@ -12,11 +12,14 @@ from fl.models import Params
 
 class SerialExecutor(Executor):
     """Loads the global model into ``model`` for each task and runs plain mini-batch SGD
-    with autograd, ``w <- w - lr * grad``, on the device of ``global_params``. Overhead
-    over a hand-written training loop: one parameter copy in and one out per client."""
+    with autograd, ``w <- w - lr * grad``, on the device of ``global_params`` (with
+    gradients enabled, also when called inside ``torch.no_grad()``). Overhead over a
+    hand-written training loop: one parameter copy in and one out per client."""
 
+    @torch.enable_grad()
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
         state = model.state_dict(keep_vars=True)
+        buffers = frozenset(name for name, _ in model.named_buffers(remove_duplicate=False) if name in state)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         weights = list(trainable.values())
         device = next(iter(global_params.values())).device
@@ -44,6 +47,7 @@ class SerialExecutor(Executor):
                     num_samples=len(task.data),
                     train_loss=torch.stack(losses).mean().item() if losses else float("nan"),
                     steps=len(losses),
+                    buffers=buffers,
                 )
             )
         return results

@@ -11,8 +11,12 @@ x_{s,c} is client c's mini-batch at step s (from its own ``ClientTask.batches()`
 padded to the chunk's largest batch B. The per-sample weights a are 1/n_{s,c} on the
 n_{s,c} real samples and 0 on the padding, so l_c is exactly the mean cross-entropy
 of the real batch and padding adds nothing to the gradient. A client that has taken
-all its steps while others go on gets lr_{s,c} = 0, which leaves it unchanged. So the
-numbers equal the serial executor's up to float rounding, whatever the chunking.
+all its steps while others go on gets lr_{s,c} = 0, which leaves it unchanged. So a
+step from the same parameters gives the serial executor's numbers up to float rounding,
+whatever the chunking. Over many steps and rounds the rounding can grow where the model
+is not smooth: a max pooling window (or a ReLU) whose inputs nearly tie may route the
+gradient differently in the two executors, so trained models agree closely, not to
+float rounding (see ``fl.executors``).
 
 Two ways to compute dJ_c/dW_c, chosen per model:
 
@@ -53,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_unflatten
 
 from fl.executors.base import ClientResult, ClientTask, Executor, UnsupportedModel
 from fl.checks import check_integer
@@ -86,12 +90,16 @@ class VectorisedExecutor(Executor):
     it measured faster, one at a time on a CPU (``fl.executors.stacked.Conv2d``).
 
     Supports models whose state is parameters only (no buffers such as BatchNorm's
-    running statistics), whose layers treat each sample alone (no batch norm, even
-    without running statistics: padding rows would enter its batch statistics) and
-    whose forward is deterministic (no dropout); :meth:`check_model` refuses others. A task's
-    ``state`` must be empty or a (possibly nested) dict of tensors of the same structure
-    and shapes for every task. Result tensors are views into their chunk's stacked
-    parameters (no copy per client); frozen parameters are ``global_params``' own tensors.
+    running statistics), each a tensor of its own (no tied weights), whose layers treat
+    each sample alone (no batch norm, even without running statistics: padding rows would
+    enter its batch statistics) and whose forward is deterministic (no dropout);
+    :meth:`check_model` refuses others, and :meth:`run` a forward that draws random numbers
+    without a dropout layer (e.g. ``F.dropout``), at its first step. Both with
+    :class:`UnsupportedModel`. A task's ``state`` must be empty or a (possibly nested) dict
+    of tensors of the same structure and shapes for every task. Result tensors are views
+    into their chunk's stacked parameters (no copy per client); frozen parameters are
+    ``global_params``' own tensors. Training runs with gradients enabled, also when called
+    inside ``torch.no_grad()``.
     """
 
     def __init__(self, chunk_size: int | None = None, max_chunk_bytes: int | None = None, workers: int = 1,
@@ -105,15 +113,26 @@ class VectorisedExecutor(Executor):
         self.grouped_convolutions = grouped_convolutions
 
     def check_model(self, model: nn.Module) -> None:
-        """:class:`UnsupportedModel` for buffers, for a layer whose output mixes the samples
-        of a batch (batch norm, even without running statistics: the padding would enter
-        its batch statistics), and for a random one (dropout)."""
+        """:class:`UnsupportedModel` for buffers, for tied weights (one parameter under two
+        names, e.g. a layer used twice: the clients' stacked copies would be two), for a
+        layer whose output mixes the samples of a batch (batch norm, even without running
+        statistics: the padding would enter its batch statistics), and for a random one
+        (dropout)."""
         buffers = [name for name, _ in model.named_buffers()]
         if buffers:
             more = f" and {len(buffers) - 1} more" if len(buffers) > 1 else ""
             raise UnsupportedModel(
                 f"the model has buffers ({buffers[0]}{more}, such as batch norm's running statistics); allowed "
                 "with the vectorised executor is a model without buffers (train this one with the serial executor)"
+            )
+        names: dict[int, list[str]] = {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(parameter), []).append(name)
+        tied = next((group for group in names.values() if len(group) > 1), None)
+        if tied is not None:
+            raise UnsupportedModel(
+                f"the model ties weights ({' and '.join(tied)} are one parameter); allowed with the vectorised "
+                "executor is a model whose parameters are distinct tensors (train this one with the serial executor)"
             )
         for name, module in model.named_modules():
             if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
@@ -127,6 +146,7 @@ class VectorisedExecutor(Executor):
         self.check_model(model)
         if not tasks:
             return []
+        _check_states(tasks)
         device = next(iter(global_params.values())).device
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         size = self.chunk_size
@@ -194,6 +214,7 @@ def _concurrently(function: Callable, items: list, workers: int) -> list:
         torch.set_num_threads(threads)
 
 
+@torch.enable_grad()  # a decorator: grad mode is per thread, and a chunk may train on a worker thread
 def _train_chunk(
     global_params: Params,
     trainable: list[str],
@@ -235,7 +256,9 @@ def _train_chunk(
 
 
 def _functional_step(model: nn.Module, strategy, global_params: Params, stacked: Params, state: dict) -> Step:
-    """Any model: every client's gradient as ``vmap(grad(objective))`` over ``stacked``."""
+    """Any model: every client's gradient as ``vmap(grad(objective))`` over ``stacked``;
+    :class:`UnsupportedModel` where the forward draws random numbers (vmap's clients would
+    need each their own)."""
     fixed = {name: value for name, value in global_params.items() if name not in stacked}
 
     def objective(params, x_c, y_c, a_c, state_c):
@@ -246,7 +269,15 @@ def _functional_step(model: nn.Module, strategy, global_params: Params, stacked:
     gradient = vmap(grad(objective, has_aux=True))
 
     def step(x, y, a, lr):
-        grads, loss = gradient(stacked, x, y, a, state)
+        try:
+            grads, loss = gradient(stacked, x, y, a, state)
+        except RuntimeError as error:
+            if "random operation" not in str(error):
+                raise
+            raise UnsupportedModel(
+                f"the model ({type(model).__name__}) draws random numbers in its forward (e.g. F.dropout); allowed "
+                "with the vectorised executor is a deterministic forward (train this one with the serial executor)"
+            ) from None
         for name, w in stacked.items():
             w.addcmul_(grads[name], lr.view(-1, *[1] * (w.dim() - 1)), value=-1.0)
         return loss
@@ -292,6 +323,7 @@ def _layer_step(
     return step
 
 
+@torch.enable_grad()
 def _probe(strategy, global_params: Params, state: dict) -> tuple[bool, bool]:
     """Whether the strategy's objective is the loss itself (FedAvg), and whether it
     depends on the parameters (FedProx's proximal term), asked of autograd on the
@@ -325,11 +357,44 @@ def _schedule(
     return torch.from_numpy(rows), torch.from_numpy(weight).to(device), torch.from_numpy(lr).to(device)
 
 
+def _check_states(tasks: list[ClientTask]) -> None:
+    """ValueError naming the first task whose ``state`` is not tensors of the first task's
+    structure and shapes, and the first entry where it is not."""
+
+    def layout(state: dict) -> tuple[dict[str, str], object]:
+        leaves, spec = tree_flatten_with_path(state)
+        return {keystr(path): _describe(leaf) for path, leaf in leaves}, spec
+
+    def entry(entries: dict[str, str], key: str) -> str:
+        return f"state{key} = {entries[key]}" if key in entries else f"no state{key}"
+
+    first, first_spec = layout(tasks[0].state)
+    for position, task in enumerate(tasks):
+        own, spec = layout(task.state)
+        wrong = next((key for key, what in own.items() if not what.startswith("a tensor")), None)
+        differs = next((key for key in {**first, **own} if own.get(key) != first.get(key)), None)
+        if wrong is not None:
+            problem = f"holds {entry(own, wrong)}"
+        elif differs is not None:
+            problem = (f"holds {entry(own, differs)} where the first task's (client {tasks[0].client_id}) holds "
+                       f"{entry(first, differs)}")
+        elif spec != first_spec:  # the same entries in other containers, e.g. a list for a dict
+            problem = f"has the structure {spec} where the first task's (client {tasks[0].client_id}) has {first_spec}"
+        else:
+            continue
+        raise ValueError(
+            f"task state of client {task.client_id} (task {position} of {len(tasks)}) {problem}; allowed is "
+            "tensors of one structure and shapes for every task of a round"
+        )
+
+
+def _describe(leaf) -> str:
+    """A state entry as an error message names it: a tensor with its shape, else its type."""
+    return f"a tensor of shape {tuple(leaf.shape)}" if isinstance(leaf, torch.Tensor) else f"a {type(leaf).__name__}"
+
+
 def _stack_states(states: list[dict]) -> dict:
-    """The tasks' states stacked leaf by leaf along a new leading client axis."""
+    """The tasks' states (checked by :func:`_check_states`) stacked leaf by leaf along a
+    new leading client axis."""
     flat = [tree_flatten(state) for state in states]
-    spec = flat[0][1]
-    tensors = all(isinstance(leaf, torch.Tensor) for leaves, _ in flat for leaf in leaves)
-    if any(other != spec for _, other in flat) or not tensors:
-        raise ValueError("task state: allowed is the same structure of tensors for every task of a round")
-    return tree_unflatten([torch.stack(leaves) for leaves in zip(*(leaves for leaves, _ in flat))], spec)
+    return tree_unflatten([torch.stack(leaves) for leaves in zip(*(leaves for leaves, _ in flat))], flat[0][1])
