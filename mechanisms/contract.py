@@ -114,14 +114,24 @@ An infeasible or unbounded menu raises :class:`ContractError` (a ``ValueError``)
 the constraint family that fails (IR, IC, monotonicity, capacity, reward_cap,
 reward_floor, nonnegativity) and, for up to ``_DIAGNOSE_MAX_TYPES`` types, the types
 involved: it re-solves without each family, then drops types one at a time while the
-problem stays infeasible (a deletion filter), leaving a minimal conflicting set.
+problem stays infeasible (a deletion filter), leaving a minimal conflicting set. A
+program the solver calls unbounded is re-solved in a box far beyond its units: an optimum
+there that reaches no side of the box is the program's optimum (it is convex) and is kept;
+where nothing runs away yet no optimum is found, the ContractError says the solver failed
+numerically (family None). A type of capacity 0 under a value that is -inf at 0 (a power
+law) is refused before solving (family "capacity").
 
 Compiled programs are cached per (number of types, variant) with cvxpy Parameters
 (costs, probabilities, outside utilities, caps, value scale, units) so that re-solving
 with new numbers reuses the compiled problem (each program is checked with ``is_dpp()``).
 The programs count each type's contribution in its own unit, about the size of its
-optimal item (``_units``), so that they solve as accurately at 1e-6 per sample
-(contributions of 1e7) as at 1.
+optimal item (``_units``), and rewards in a unit of the value's scale over the reward
+price (``_set_params``), so that they solve as accurately at 1e-6 per sample
+(contributions of 1e7), or at a reward price of 1e-9, as at 1. Whatever the solver's
+status, the solved menu is checked against its constraints (IC, IR, capacity, reward cap
+and floor, ``_residual``): an "optimal" that violates them counts as inaccurate and the
+next attempt is tried, and a menu left violating them warns; so does a menu that earns
+less than pooling every type at (0, max_k u0_k), a feasible menu, since it cannot be optimal.
 """
 
 from __future__ import annotations
@@ -133,6 +143,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import cvxpy as cp
 import numpy as np
+from cvxpy.constraints import ExpCone
+from cvxpy.reductions.solvers.defines import SOLVER_MAP_CONIC
 
 from incentives.checks import as_floats, bad, check_bool, check_number, finite_number
 from incentives.protocols import Allocation, Outcome
@@ -655,7 +667,8 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     y = cp.Variable(K, name="y")                # y_k = (q_k / s_k)**beta, s_k the unit (_units)
     x = y if beta == 1.0 else cp.power(y, 1.0 / beta)  # q_k / s_k
     W = cp.Parameter(K, nonneg=True, name="W")  # p_k * value.scale * value.unit_factor(s_k)
-    theta = cp.Parameter(K, nonneg=True, name="theta")  # theta_k s_k**beta
+    # rewards in units of r (_set_params): R_k / r, u0_k / r, the reward cap / r
+    theta = cp.Parameter(K, nonneg=True, name="theta")  # theta_k s_k**beta / r
     u0 = cp.Parameter(K, name="u0")
     inverse_unit = cp.Parameter(K, nonneg=True, name="inverse_unit")  # 1 / s_k
     params = {"W": W, "theta": theta, "u0": u0, "inverse_unit": inverse_unit}
@@ -685,12 +698,12 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     constraints.append(t <= value.base_expr(x, inverse_unit))
     gain = cp.sum(cp.multiply(W, t))
     if variant == "complete" and not floor:
-        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta
         objective = gain - params["G"] @ y
         reward = cp.multiply(theta, y) + u0                          # binding IR
     elif variant == "virtual":
         params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k phi_k s_k**beta
-        params["step"] = cp.Parameter(K, nonneg=True, name="step") # (theta_k - theta_{k-1}) s_k**beta
+        params["step"] = cp.Parameter(K, nonneg=True, name="step") # (theta_k - theta_{k-1}) s_k**beta / r
         params["per_unit"] = cp.Parameter(K, nonneg=True, name="per_unit")  # s_k**beta
         objective = gain - params["G"] @ y
         if K > 1:
@@ -700,7 +713,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
         reward = cp.multiply(theta, y) + u0 + cp.sum(paid) - cp.cumsum(paid)   # eq. (3)
     elif variant in ("all_pairs", "complete"):  # complete with the floor: R_k = max(theta_k y_k + u0_k, 0)
         R = cp.Variable(K, name="R")
-        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r
         objective = gain - params["P"] @ R
         own = R - cp.multiply(theta, y)                              # U_k = R_k - theta_k y_k
         add("IR", own - u0, types)
@@ -720,7 +733,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
                 families.setdefault("IC", []).append(c)
         reward = R
     else:  # "adjacent": the rents U_k are chained by adjacent steps (docstring of _adjacent_ic)
-        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r
         params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta
         U = cp.Variable(K, name="U")
         reward = U + cp.multiply(theta, y)
@@ -772,8 +785,17 @@ def _check_settings(information: str, form: str, reward: str, reward_price: floa
     if not (finite_number(reward_price) and reward_price > 0):  # at 0 the optimal rewards are not unique
         raise bad("reward_price", reward_price, "a finite number > 0 (the server's cost of one unit of reward; "
                   "at 0 rewards cost nothing and the optimal menu is not unique)")
-    if solver not in cp.installed_solvers():
-        raise bad("solver", solver, f"one of {cp.installed_solvers()}")
+    if solver not in _cone_solvers():
+        raise bad("solver", solver, f"one of {_cone_solvers()} (the installed cvxpy solvers that take the "
+                  "exponential cones of the screening programs)")
+
+
+def _cone_solvers() -> list[str]:
+    """The installed cvxpy solvers that take exponential cones (V = scale ln(1 + q) is one;
+    powers become second-order cones, which they all take): CLARABEL, SCS, ECOS, MOSEK, ...
+    Linear and quadratic solvers (OSQP, HIGHS, SCIPY) cannot solve the programs."""
+    return [name for name in cp.installed_solvers()
+            if name in SOLVER_MAP_CONIC and ExpCone in SOLVER_MAP_CONIC[name].SUPPORTED_CONSTRAINTS]
 
 
 def solve_screening(
@@ -805,11 +827,16 @@ def solve_screening(
     > 0, utility per unit accuracy (required for accuracy rewards); reward_price: kappa
     > 0, the server's utility cost of one unit of reward; reward_cap: the largest reward
     (accuracy rewards: default 1.0); capacity: (K,) largest contribution of each type
-    (quality-weighted samples); quality: (K,) rho_k > 0 (default 1); cost_exponent: beta
-    >= 1; solver: a cvxpy solver name.
+    (quality-weighted samples; a type of capacity 0 needs a value finite at 0); quality:
+    (K,) rho_k > 0 (default 1); cost_exponent: beta >= 1; solver: an installed cvxpy solver
+    that takes exponential cones (CLARABEL; SCS, at tight tolerances; ECOS, MOSEK, ...).
 
     Returns a :class:`Menu` in the given type order. Raises :class:`ContractError` when
-    the menu is infeasible or unbounded, ValueError for invalid arguments.
+    the menu is infeasible or unbounded, or the solver fails on it numerically, ValueError
+    for invalid arguments; warns (RuntimeWarning) when a solved menu violates its
+    constraints by more than ``_RESIDUAL`` of its scale (:func:`_residual`), earns less
+    than the feasible menu pooling every type at (0, max u0), or the solver stopped at its
+    iteration limit.
     """
     cost_arr = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0"))
     if cost_arr.ndim != 1 or len(cost_arr) == 0 or not np.all(np.isfinite(cost_arr)) \
@@ -844,6 +871,15 @@ def solve_screening(
     if reward_cap is not None and not finite_number(reward_cap):
         raise bad("reward_cap", reward_cap, "None or a finite number")
     cap = None if capacity is None else _as_array("capacity", capacity, K, nonneg=True)
+    if cap is not None and np.any(cap == 0):  # the programs' V, or the closed form's, at q = 0
+        with np.errstate(divide="ignore"):
+            at_zero = float(np.asarray(value(0.0) if form == "closed_form" else value.base(np.zeros(1))).ravel()[0])
+        if not np.isfinite(at_zero):
+            empty = np.flatnonzero(cap == 0).tolist()
+            raise ContractError(
+                f"infeasible menu: the capacity constraints of types {empty} (capacity 0) hold their contributions "
+                f"at 0, where the server's value is {at_zero} (a power-law value needs every type to contribute); "
+                "give them a positive capacity or leave them out", family="capacity", types=empty)
 
     theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
     u0_all = u0_money / v                       # reward units
@@ -860,8 +896,9 @@ def solve_screening(
     if reward_cap is not None and np.any(u0 > reward_cap):
         uncovered = order[np.flatnonzero(u0 > reward_cap)]
         raise ContractError(
-            f"infeasible menu: the IR constraints of types {uncovered.tolist()} (outside utility "
-            f"{u0_all[uncovered].tolist()} in reward units) exceed reward_cap={reward_cap!r}; "
+            f"infeasible menu: the IR constraints of types {uncovered.tolist()} "
+            f"({_given('outside', outside, uncovered)}; {u0_all[uncovered].tolist()} in reward units) exceed "
+            f"reward_cap={reward_cap!r}; "
             "no reward within the cap compensates them", family="IR", types=uncovered.tolist())
 
     start = time.perf_counter()
@@ -870,9 +907,10 @@ def solve_screening(
     if form == "closed_form":
         if floor:
             raise bad("form", form, "'reduced' or 'all_pairs' for accuracy rewards with a negative outside "
-                      f"utility ({float(np.min(u0_all)):.6g}): the floor R_k >= 0 has no closed form")
+                      f"utility ({_given('outside', outside, np.flatnonzero(u0_all < 0))}): the floor R_k >= 0 has "
+                      "no closed form")
         if information == "incomplete":  # what the closed form cannot take, before what it would find
-            _closed_form_scope(u0, common, capy, reward_cap)
+            _closed_form_scope(outside, common, capy, reward_cap)
         free = np.flatnonzero(theta_all == 0)
         if free.size and (information == "incomplete" or cap is None):  # first best or a virtual cost of 0
             raise ContractError(
@@ -909,16 +947,26 @@ def solve_screening(
                 extras={"variant": variant, **({"all_pairs": how} if how else {}),
                         "accuracy_value": v if reward == "accuracy" else None,
                         "reward_cap": reward_cap})
-    if status != cp.OPTIMAL:  # "optimal_inaccurate" or "user_limit" (see _run)
-        violated = menu.violations()  # types observed under complete information: no IC to keep
-        worst = max(violated.values() if information == "incomplete" else [violated["IR"]])
-        worst /= max(1.0, float(np.max(np.abs(reward_arr))))
-        if worst > 1e-6 or status != cp.OPTIMAL_INACCURATE:
+    if form != "closed_form":  # whatever the status; types observed under complete information: no IC to keep
+        worst = _residual(theta_all, contribution ** beta, reward_arr, u0_all, None if cap is None else cap ** beta,
+                          reward_cap, floor, information == "incomplete")
+        if worst > _RESIDUAL or status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
             warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
-                          f"{'IC/IR' if information == 'incomplete' else 'IR'} violated by up to {worst:.2g} "
-                          "(relative to the largest reward)"
+                          f"its {'IC, ' if information == 'incomplete' else ''}IR, capacity and reward cap or "
+                          f"floor constraints violated by up to {worst:.2g} (relative to the largest reward or "
+                          "capacity)"
                           + ("; the solver stopped at its iteration or time limit, so the menu need not be "
                              "optimal" if status == cp.USER_LIMIT else ""), RuntimeWarning)
+        # every type pooled at (0, R0), R0 its largest outside utility (>= 0 under the floor), is a feasible menu;
+        # both profits by the program's V, offset + scale * base (an AccuracyValue's unclipped power law)
+        R0 = max(float(np.max(u0_all)), 0.0) if floor else float(np.max(u0_all))
+        with np.errstate(divide="ignore"):
+            earned = value.offset + float(np.sum(p * (value.scale * value.base(contribution) - kappa * reward_arr)))
+            pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * R0
+        if earned < pooled - _RESIDUAL * max(1.0, abs(pooled), kappa * float(np.max(np.abs(reward_arr)))):
+            warnings.warn(f"the {variant} screening program was solved wrongly (solver status {status!r}): its menu "
+                          f"earns the server {earned:.6g}, less than the {pooled:.6g} of the feasible menu that "
+                          f"offers every type the item (0, {R0:.6g}), so it is not optimal", RuntimeWarning)
     return menu
 
 
@@ -946,11 +994,20 @@ def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
     return th * y + u0 + above
 
 
-def _closed_form_scope(u0, common, capy, reward_cap) -> None:
+def _given(key: str, given, types) -> str:
+    """An argument as the caller gave it, at ``types`` (for messages): "key=value" for one
+    number given for every type, else "key[k]=value_k, ..." ."""
+    if np.ndim(given) == 0:
+        return f"{key}={given!r}"
+    values = np.asarray(given).ravel()
+    return ", ".join(f"{key}[{k}]={values[k].item()!r}" for k in types)
+
+
+def _closed_form_scope(outside, common, capy, reward_cap) -> None:
     """ValueError unless the incomplete-information closed form applies: one common outside
-    utility, no capacity, no reward cap."""
+    utility (``outside``: as the caller gave it, for the message), no capacity, no reward cap."""
     if not common:
-        raise bad("outside", u0, "one common outside utility with form='closed_form' and "
+        raise bad("outside", outside, "one common outside utility with form='closed_form' and "
                   "information='incomplete' (use form='reduced' for per-type ones)")
     if capy is not None or reward_cap is not None:
         raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
@@ -986,10 +1043,18 @@ def _units(variant, th, pp, kappa, value, beta, capy) -> np.ndarray:
     (without capacities or a reward cap, its optimal contribution) and its cost theta_k
     otherwise (its first best). Separable programs ("complete", "virtual") take one unit
     per type; the others, whose IC constraints compare every type's cost with the others'
-    contributions, share the largest. A type asked for
-    nothing takes the smallest positive unit (1 when there is none). Units are rounded
-    to powers of two, so that changing units adds no rounding error and the same
-    numbers give the same program whichever way s was computed."""
+    contributions, share the largest positive item. A type asked for nothing (its price at
+    least V'(0), or no capacity) takes the geometric mean of the smallest positive item (1
+    when there is none) and the unit of the value's scale, (scale / price_k)**(1/beta), at
+    which its cost per unit and the value weigh alike. With costs (1, 2, c) and V = 10 ln(1 +
+    q), the smallest positive item made the third type's cost per unit c times the value's
+    (from c = 1e11 Clarabel called the bounded menu unbounded), the value's unit put 1/s_k =
+    c/10 into the logarithm's cone (1e-4 off the closed form at c = 1e12, and a fallback
+    menu 1e7 off at 1e14), and the mean leaves both near sqrt(c): the reduced form was
+    within 2e-5 (relative) of the closed form for c from 1e3 to 1e16 (measured once, for the
+    commit that chose it). Where no item is positive the shared unit is the largest of those
+    means. Units are rounded to powers of two, so that changing units adds no rounding error
+    and the same numbers give the same program whichever way s was computed."""
     price = kappa * (iron(virtual_costs(th, pp), pp) if variant == "virtual" else th)
     q = np.zeros(len(th))
     priced = price > 0
@@ -998,40 +1063,55 @@ def _units(variant, th, pp, kappa, value, beta, capy) -> np.ndarray:
     if capy is not None:
         q = np.where(priced, np.minimum(q, capy ** (1.0 / beta)), capy ** (1.0 / beta))
     positive = np.isfinite(q) & (q > 0)
-    if not positive.any():
-        return np.ones(len(th))
+    mean = np.full(len(th), np.min(q[positive]) if positive.any() else 1.0)  # for the types asked for nothing
+    if value.scale > 0:
+        mean[priced] = np.sqrt(mean[priced] * (value.scale / price[priced]) ** (1.0 / beta))
     if variant not in ("complete", "virtual"):
-        q = np.full(len(th), np.max(q[positive]))
+        q = np.full(len(th), np.max(q[positive]) if positive.any() else np.max(mean))
     else:
-        q = np.where(positive, q, np.min(q[positive]))
+        q = np.where(positive, q, mean)
     return np.exp2(np.round(np.log2(q)))
 
 
-def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> np.ndarray:
-    """Set the program's parameters, contributions in the units s_k of :func:`_units`;
-    return s**beta (K,), the factors from the solver's y to q**beta."""
+def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> tuple[np.ndarray, float]:
+    """Set the program's parameters, contributions in the units s_k of :func:`_units` and
+    rewards in the unit r = value.scale / kappa, at which the rewards' cost in the
+    objective, kappa p_k R_k, weighs like the value, p_k scale base(q_k), where that ratio
+    is beyond 2**±_REWARD_UNIT_RANGE (at reward_price=1e-9 rewards of 1e10 counted in
+    reward units made the all-pairs program stop "optimal" 32% off the closed form), no more
+    than a positive reward cap (accuracy rewards, below 1, in units of a value of scale 1000
+    stopped 1% short of IR), rounded to a power of two; else r = 1 (rewards in units of 8,
+    for V = 10 ln(1 + q), left Clarabel "optimal_inaccurate" on 1000 types where units of 1
+    solve: ``benchmarks/bench_mechanisms.py``); return (s**beta (K,), the factors from the
+    solver's y to q**beta, and r)."""
     P = prog.params
     unit = _units(prog.variant, th, pp, kappa, value, beta, capy)
     per_unit = unit ** beta
+    r = value.scale / kappa if value.scale > 0 else 1.0
+    if abs(np.log2(r)) <= _REWARD_UNIT_RANGE:
+        r = 1.0
+    elif reward_cap is not None and reward_cap > 0:
+        r = min(r, float(reward_cap))
+    r = float(np.exp2(np.round(np.log2(r))))
     P["inverse_unit"].value = 1.0 / unit
     P["W"].value = pp * value.scale * value.unit_factor(unit)
-    P["theta"].value = th * per_unit
-    P["u0"].value = u0
+    P["theta"].value = th * per_unit / r
+    P["u0"].value = u0 / r
     if prog.variant == "virtual":
         P["G"].value = kappa * pp * virtual_costs(th, pp) * per_unit
-        P["step"].value = np.concatenate(([0.0], np.diff(th))) * per_unit
+        P["step"].value = np.concatenate(([0.0], np.diff(th))) * per_unit / r
         P["per_unit"].value = per_unit
     elif "G" in P:  # "adjacent", and "complete" without the floor
         P["G"].value = kappa * pp * th * per_unit
     if "P" in P:
-        P["P"].value = kappa * pp
+        P["P"].value = kappa * pp * r
     if "ordered" in P:
         P["ordered"].value = (np.diff(th) > 0).astype(float)
     if "capy" in P:
         P["capy"].value = capy / per_unit
     if "rcap" in P:
-        P["rcap"].value = float(reward_cap)
-    return per_unit
+        P["rcap"].value = float(reward_cap) / r
+    return per_unit, r
 
 
 # Tight tolerances: the profit is flat at the optimum, so a duality gap of 1e-8 leaves
@@ -1047,8 +1127,12 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
 # on the least probable types, whose items the expected profit weighs little: profits agree
 # within 1e-9. Five of the six ended "optimal" at 1e-10 after two "optimal_inaccurate"
 # attempts, and a looser "optimal" is kept over them although it may be the further off.)
-# Clarabel's QDLDL factorisation is much faster here than its "auto" choice (faer).
+# Clarabel's QDLDL factorisation is much faster here than its "auto" choice (faer). SCS,
+# chosen by the user, runs at the fallback's tight tolerances (at its defaults, 1e-4, the
+# worked example's items were 5e-4 off and reported "optimal"); other solvers at their own.
 def _attempts(solver: str) -> list[tuple[str, dict]]:
+    if solver == "SCS":
+        return [("SCS", _SCS_FALLBACK)]
     if solver != "CLARABEL":
         return [(solver, {})]
     options = [{"tol_gap_abs": t, "tol_gap_rel": t, "tol_feas": t} for t in (1e-12, 1e-12, 1e-10)] + [{}]
@@ -1075,26 +1159,33 @@ _STOPPED = (cp.OPTIMAL_INACCURATE, cp.USER_LIMIT)
 _SCS_FALLBACK = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000}
 
 
-def _run(problem: cp.Problem, solver: str) -> str:
+def _run(problem: cp.Problem, solver: str, residual=None) -> str:
     """Solve with the attempts of :func:`_attempts`; return the cvxpy status. An attempt
-    that stops unconverged (``_STOPPED``) is followed by the next; when no attempt is
-    "optimal", the variables keep the first stopped solution that has values, with its
-    status: the one reached with the tightest tolerances (a looser attempt that also ends
-    inaccurate was measured up to 1e-3 further from the closed form). When every attempt
-    raises, the fallback solver (SCS at ``_SCS_FALLBACK``; Clarabel at its defaults when
-    ``solver`` is SCS) runs, and its "optimal" is reported "optimal_inaccurate": a
-    fallback's tolerances are looser than the attempts', so the all-pairs form goes on to
-    constraint generation and :func:`solve_screening` checks the menu and warns."""
+    that stops unconverged (``_STOPPED``) is followed by the next, and so is one that ends
+    "optimal" at a point whose ``residual()`` (the menu's largest constraint violation,
+    :func:`_residual`; None: not checked) exceeds ``_RESIDUAL``, which counts as
+    "optimal_inaccurate" (a type of cost 1e12 beside costs 1 and 2: "optimal", IR violated
+    by 2e-3 of the largest reward); when no attempt is "optimal", the variables keep the
+    first stopped solution that has values, with its status: the one reached with the
+    tightest tolerances (a looser attempt that also ends inaccurate was measured up to 1e-3
+    further from the closed form). When every attempt raises, the fallback solver (SCS at
+    ``_SCS_FALLBACK``; Clarabel at its defaults when ``solver`` is SCS) runs, and its
+    "optimal" is reported "optimal_inaccurate": a fallback's tolerances are looser than
+    the attempts', so the all-pairs form goes on to constraint generation and
+    :func:`solve_screening` checks the menu and warns."""
     first_stopped = None  # (status, {variable: value}) of the first stopped attempt with values
     for name, options in _attempts(solver):
         try:
             _solve_quietly(problem, name, options)
         except cp.error.SolverError:
             continue
-        if problem.status not in _STOPPED:
-            return problem.status
+        status = problem.status
+        if status == cp.OPTIMAL and residual is not None and residual() > _RESIDUAL:
+            status = cp.OPTIMAL_INACCURATE
+        if status not in _STOPPED:
+            return status
         if first_stopped is None and all(v.value is not None for v in problem.variables()):
-            first_stopped = (problem.status, {v: v.value for v in problem.variables()})
+            first_stopped = (status, {v: v.value for v in problem.variables()})
     if first_stopped is not None:
         status, values = first_stopped
         for variable, value in values.items():
@@ -1140,9 +1231,25 @@ def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_
 
 def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
     """Set ``prog``'s parameters and solve it: (y (cost units, K), R (K), status);
-    ContractError (:func:`_diagnose`) for an infeasible or unbounded menu."""
-    per_unit = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
-    status = _run(prog.problem, solver)
+    ContractError (:func:`_diagnose`) for an infeasible or unbounded menu. A solver that
+    calls the program unbounded is checked in a box far beyond the menu's units (``_BIG``):
+    an optimum there that reaches no side of the box is the optimum of the program
+    (convex: a local optimum inside the box is a global one), and is kept."""
+    per_unit, r = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+
+    # every IC is a constraint of the program, but for the "adjacent" relaxation of types of equal cost
+    every_ic = prog.variant in ("virtual", "all_pairs") or (prog.variant == "adjacent" and np.all(np.diff(th) > 0))
+
+    def residual():
+        if prog.y.value is None:
+            return np.inf
+        return _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, prog.floor, every_ic)
+
+    status = _run(prog.problem, solver, residual)
+    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
+        boxed = _run(_boxed(prog), solver, residual)
+        if boxed in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and prog.y.value is not None and not _at_box(prog):
+            status = boxed
     huge = prog.y.value is not None and (
         np.max(np.abs(prog.y.value)) > _HUGE
         or (prog.R is not None and np.max(np.abs(prog.R.value)) > _HUGE))
@@ -1152,14 +1259,65 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
                   cp.UNBOUNDED_INACCURATE) or prog.y.value is None:
         raise _diagnose(status, K, prog.variant, prog.floor, th, pp, u0, kappa, value, beta, capy,
                         reward_cap, solver, order)
+    return (*_solution(prog, th, u0, per_unit, r), status)
+
+
+def _solution(prog, th, u0, per_unit, r) -> tuple[np.ndarray, np.ndarray]:
+    """(y, R): the solved program's contributions in cost units (q**beta, K) and rewards
+    (reward units; the program's are in units of r)."""
     y = np.maximum(np.asarray(prog.y.value, dtype=float), 0.0) * per_unit
     if prog.variant == "virtual":
         R = _rents(th, y, u0[0])
     elif prog.R is None:  # "complete" without the floor: IR binds
         R = th * y + u0
     else:
-        R = np.asarray(prog.R.value, dtype=float)
-    return y, R, status
+        R = np.asarray(prog.R.value, dtype=float) * r
+    return y, R
+
+
+def _boxed(prog: _Program) -> cp.Problem:
+    """``prog``'s problem with every y_k <= _BIG and |R_k| <= _BIG (program units), to tell
+    a bounded program from an unbounded one."""
+    extra = [prog.y <= _BIG] + ([cp.abs(prog.R) <= _BIG] if prog.R is not None else [])
+    return cp.Problem(prog.problem.objective, prog.problem.constraints + extra)
+
+
+def _at_box(prog: _Program) -> list[int]:
+    """The (sorted) types whose solved contribution or reward runs to the box of
+    :func:`_boxed`: units put a bounded item near one (:func:`_units`); on the flat value
+    far out the solver may stop well short of the box (all_pairs, costs (0, 1): well under
+    _BIG), so a thousandth of it is running away."""
+    hit = set(np.flatnonzero(prog.y.value > 1e-3 * _BIG).tolist())
+    if prog.R is not None:
+        hit |= set(np.flatnonzero(np.abs(prog.R.value) > 0.5 * _BIG).tolist())
+    return sorted(hit)
+
+
+# The largest constraint violation of a solved menu, relative to its scale (:func:`_residual`),
+# that is taken as solved: beyond, an "optimal" attempt counts as inaccurate, and a menu warns.
+_RESIDUAL = 1e-6
+
+
+def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool) -> float:
+    """The largest violation of a menu's constraints, relative to its scale: IC (where
+    ``ic``: the best gain of a type from another's item), IR (U_k below u0_k), the reward cap
+    (R_k above it) and, with ``floor``, the floor (R_k below 0), all in reward units over
+    max(1, largest |R_k|); the capacity (y_k above capy_k, y = q**beta) over max(1, largest
+    capy_k). th, y, R, u0, capy: (K,) in one order of the types; capy, reward_cap: None
+    where absent. O(K**2) for IC."""
+    scale = max(1.0, float(np.max(np.abs(R))))
+    own = R - th * y
+    worst = [float(np.max(u0 - own))]
+    if ic and len(th) > 1:
+        worst.append(float(np.max(_payoffs(th, y, R) - own[:, None])))
+    if reward_cap is not None:
+        worst.append(float(np.max(R)) - reward_cap)
+    if floor:
+        worst.append(-float(np.min(R)))
+    worst = max(worst) / scale
+    if capy is not None:
+        worst = max(worst, float(np.max(y - capy)) / max(1.0, float(np.max(capy))))
+    return worst if np.isfinite(worst) else np.inf
 
 
 def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
@@ -1209,22 +1367,18 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
         prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor,
                       drop=drop)
         _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
-        problem = prog.problem
-        if box:
-            extra = [prog.y <= _BIG] + ([cp.abs(prog.R) <= _BIG] if prog.R is not None else [])
-            problem = cp.Problem(problem.objective, problem.constraints + extra)
-        st = _run(problem, solver)
+        st = _run(_boxed(prog) if box else prog.problem, solver)
         return st, prog
 
     if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
         st, prog = solve_with(box=True)
-        hit = []
-        if prog.y.value is not None:
-            # units put a bounded item near one (_units); on the flat value far out the solver may stop well
-            # short of the box (all_pairs, costs (0, 1): well under _BIG), so a thousandth of it is running away
-            hit = np.flatnonzero(prog.y.value > 1e-3 * _BIG).tolist()
-            if prog.R is not None:
-                hit = sorted(set(hit) | set(np.flatnonzero(np.abs(prog.R.value) > 0.5 * _BIG)))
+        hit = _at_box(prog) if prog.y.value is not None else []
+        if not hit:  # bounded in the box (_solve_once keeps such an optimum), or no answer at all
+            return ContractError(
+                f"the solver {solver} failed numerically on the {variant} screening program: it reported "
+                f"{status!r}, and within a box of {_BIG:g} units it reported {st!r} with no contribution or "
+                "reward running away; rescale the costs (reward units per sample: "
+                f"{float(np.min(th)):.6g} to {float(np.max(th)):.6g}) or try another solver", family=None)
         types = order[hit].tolist()
         return ContractError(
             f"unbounded menu: the server's profit grows without limit with the contributions "
@@ -1401,7 +1555,8 @@ class ContractMechanism:
     delivery_target 0: the server keeps the model, as in Kang et al.); accuracy ->
     Outcome.delivery_target = accuracy = R (the model delivered), transfer 0, with the
     cap R <= a(M) where M is the total contributed data, found by a fixed point (start
-    from a(sum of endowments), re-solve with a(M) until it settles). Where the data a
+    from a(sum of endowments), re-solve with a(M) until it settles; a RuntimeWarning when
+    it has not settled after _CAP_ROUNDS solves, the last menu then being kept). Where the data a
     menu attracts trains a model of accuracy 0 (M below a's zero crossing), there is
     nothing to pay with, and where every type's outside utility reaches the largest
     accuracy the server can deliver, nothing it can pay is accepted: either way the menu
@@ -1633,7 +1788,7 @@ class ContractMechanism:
         if self.reward == "accuracy":
             # Accuracy rewards cannot exceed the global model's accuracy a(M): fixed point.
             cap_acc = float(np.asarray(model(float(np.sum(n_i)))))
-            for _ in range(25):
+            for _ in range(_CAP_ROUNDS):
                 menu = self._solve_menu(grid, prob, u0, cap, value, cap_acc, beta)
                 chosen = self._pick(menu, type_of, theta_i, u0_i, n_i)
                 M = float(np.sum(np.where(chosen >= 0, menu.contribution[chosen], 0.0)))
@@ -1645,7 +1800,12 @@ class ContractMechanism:
                     break
                 if new_cap >= cap_acc - 1e-9 * max(1.0, abs(cap_acc)):
                     break
-                cap_acc = new_cap
+                solved_cap, cap_acc = cap_acc, new_cap
+            else:
+                warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: the "
+                              f"menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples it "
+                              f"attracts train a model of accuracy {cap_acc:.6g}, so its rewards may exceed the "
+                              "accuracy delivered", RuntimeWarning, stacklevel=3)
         else:
             menu = self._solve_menu(grid, prob, u0, cap, value, None, beta)
             chosen = self._pick(menu, type_of, theta_i, u0_i, n_i)
@@ -1718,6 +1878,8 @@ class ContractMechanism:
 
 
 _ZERO = 1e-9
+_REWARD_UNIT_RANGE = 10  # rewards keep units of 1 while value.scale / reward_price is within 2**-10 to 2**10
+_CAP_ROUNDS = 25  # the most menus ContractMechanism solves to settle the reward cap a(M) of accuracy rewards
 _THRESHOLDS = 16  # the most thresholds on outside utility ContractMechanism tries to choose whom to leave out
 # ContractMechanism._solve_menu: up to _GREEDY_TYPES served types, leaving each out in turn is tried
 # (backward elimination); beyond, the losing ones each alone where there are at most _SINGLE_DROPS

@@ -161,7 +161,8 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     cost: (N,) c_i >= 0, utility per sample; reward: R >= 0, utility units; capacity:
     (N,) endowments n_i (samples; None or inf for no cap). Vectorised: O(N log N).
     Raises ValueError when fewer than two agents can contribute and none is capped (a
-    lone follower has no best response: any x > 0 earns all of R).
+    lone follower has no best response: any x > 0 earns all of R), naming ``capacity``
+    where agents of capacity 0 leave one alone, else ``cost``.
     ``cost_exponent`` beta > 1: convex costs c_i x**beta, solved by
     :func:`_convex_follower_equilibrium` (the module docstring's game (4)).
     """
@@ -177,8 +178,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
         return FollowerEquilibrium(x, 0.0, np.zeros(N, bool), np.zeros(N, bool), R, 0)
     if cost_exponent != 1:
         if np.count_nonzero(~out) < 2:
-            raise bad("cost", cost, "at least two agents able to contribute (a lone follower has "
-                      "no best response)")
+            raise _lone_follower(cost, capacity, out)
         return _convex_follower_equilibrium(c, cap, R, float(cost_exponent))
     order = np.argsort(c, kind="stable")
     cs, ns, gone = c[order], cap[order], out[order]
@@ -202,8 +202,7 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
         n_active = int(np.argmin(valid)) if not valid.all() else len(valid)
         if n_active == 0 or (Z == 0 and n_active < 2):
             if Z == 0:
-                raise bad("cost", cost, "at least two agents able to contribute (a lone "
-                          "follower has no best response)")
+                raise _lone_follower(cost, capacity, out)
             X = Z
         else:
             X = float(X_m[n_active - 1])
@@ -223,6 +222,15 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     cap_mask = np.zeros(N, bool)
     cap_mask[order] = capped
     return FollowerEquilibrium(x, float(x.sum()), x > 0, cap_mask, R, iteration)
+
+
+def _lone_follower(cost, capacity, out: np.ndarray) -> ValueError:
+    """The error for a game where fewer than two agents contribute: it names ``capacity``
+    where agents of capacity 0 (``out``) leave the others alone, else ``cost``."""
+    allowed = "at least two agents able to contribute (a lone follower has no best response)"
+    if out.any() and np.count_nonzero(~out) < 2:
+        return bad("capacity", capacity, allowed + f"; agents {np.flatnonzero(out).tolist()} have capacity 0")
+    return bad("cost", cost, allowed)
 
 
 def _capped_at_root(c: np.ndarray, n: np.ndarray, gone: np.ndarray, R: float) -> np.ndarray:
@@ -614,11 +622,11 @@ class StackelbergPricing:
     whose agents also receive the global model: game (5) (on game (1)-(3) for linear costs,
     (4) for convex costs c_i x**beta).
 
-    The server announces the total reward R (``reward``; by default the leader's optimum
-    against the followers' game (5), for ``value``: a ValueFunction, or "accuracy" for
-    V(X) = value_weight * a(X)); agents, who receive the global model, play game (5)
-    (:func:`model_follower_equilibrium`) with their costs c_i (utility per sample), values
-    v_i and endowments. An agent whose utility there,
+    The server announces the total reward R (``reward``, at most ``budget`` when both are
+    given; by default the leader's optimum within ``budget`` against the followers' game (5),
+    for ``value``: a ValueFunction, or "accuracy" for V(X) = value_weight * a(X)); agents,
+    who receive the global model, play game (5) (:func:`model_follower_equilibrium`) with
+    their costs c_i (utility per sample), values v_i and endowments. An agent whose utility there,
     v_i a(X) + R x_i / X - c_i x_i**beta - comm_i, falls
     below its outside option leaves, and the game is replayed among those who stay, R
     included, until nobody leaves (:func:`~incentives.equilibrium.settle_participation`;
@@ -645,6 +653,9 @@ class StackelbergPricing:
         self._memo = None
         check_number("reward", reward, optional=True)
         check_number("budget", budget, optional=True)
+        if reward is not None and budget is not None and reward > budget:
+            raise bad("reward", reward, f"a reward within budget={budget!r} (or reward=None, the leader's optimum "
+                      "within the budget)")
         check_server_value(value, value_weight)
         if isinstance(value, ValueFunction):
             with np.errstate(divide="ignore", invalid="ignore"):

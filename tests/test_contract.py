@@ -1,4 +1,6 @@
 import itertools
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -102,6 +104,45 @@ def test_programs_match_the_closed_form_whatever_the_scale_of_contributions(cost
     if len(cost) == 2:
         expected = [9999999, 3333332 + 1 / 3] if information == "incomplete" else [9999999, 4999999]
         np.testing.assert_allclose(exact.contribution, expected)
+
+
+@pytest.mark.parametrize("information, forms", [("incomplete", ["reduced", "all_pairs"]), ("complete", ["reduced"])])
+@pytest.mark.parametrize("big", [1e11, 1e12])
+def test_a_type_far_costlier_than_the_others_is_solved_not_called_unbounded(big, information, forms):
+    """Costs (1, 2, big), V = 10 ln(1 + q): the costly type is asked for nothing, the others
+    for the worked example's items, q = 10 / phi - 1 = (9, 7/3) (virtual costs 1 and 3) or
+    10 / c - 1 = (9, 4). Its unit used to be a cheap type's item (4 samples, a cost of 4e11
+    per unit): Clarabel called the bounded menu unbounded, and the diagnosis raised
+    "unbounded menu ... of types []" (the all-pairs program stopped "optimal" with an IR 2e-3
+    of the largest reward short). The mechanism on such agents crashed the same way."""
+    cost, p = [1.0, 2.0, big], [1 / 3] * 3
+    exact = [9.0, 7 / 3, 0.0] if information == "incomplete" else [9.0, 4.0, 0.0]
+    closed = solve_screening(cost, p, V10, form="closed_form", information=information)
+    np.testing.assert_allclose(closed.contribution, exact, rtol=1e-12)
+    for form in forms:
+        menu = solve_screening(cost, p, V10, form=form, information=information)
+        np.testing.assert_allclose(menu.contribution, exact, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(menu.reward, closed.reward, rtol=1e-4, atol=1e-6)
+        assert menu.violations()["IR"] <= 1e-6 * np.max(menu.reward)  # types observed under complete information:
+        assert information == "complete" or menu.violations()["IC"] <= 1e-6 * np.max(menu.reward)  # no IC
+    pop = Population.from_lists(cost=[1.0, 2.0, big], endowment=100.0)
+    outcome = ContractMechanism(V10, information=information).solve(pop, MODEL)
+    np.testing.assert_allclose(outcome.contributions, exact, rtol=1e-4, atol=1e-9)
+    assert list(outcome.participates) == [True, True, False]  # an item of no data is withdrawn
+
+
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+def test_rewards_at_a_tiny_reward_price_match_the_closed_form(form):
+    """At reward_price kappa = 1e-9 rewards are worth little to the server: q = 10 / (kappa phi) - 1
+    with virtual costs (1, 3), so q = (1e10 - 1, 1e10 / 3 - 1), and the rents (3) give
+    R = (q_1 + q_2, 2 q_2). Counted in reward units (1e10), the all-pairs program stopped
+    "optimal" 32% off, the cheaper type's contribution 6.8e9; now rewards are counted in
+    units of scale / kappa."""
+    kappa = 1e-9
+    q = np.array([10 / kappa - 1, 10 / (3 * kappa) - 1])
+    menu = solve_screening([1.0, 2.0], [0.5, 0.5], V10, reward_price=kappa, form=form)
+    np.testing.assert_allclose(menu.contribution, q, rtol=1e-5)
+    np.testing.assert_allclose(menu.reward, [q[0] + q[1], 2 * q[1]], rtol=1e-5)
 
 
 def test_ironing_pools_types_when_virtual_costs_are_not_monotone():
@@ -323,7 +364,7 @@ def test_a_negative_outside_utility_cannot_make_an_accuracy_reward_negative(form
     fee = solve_screening([2.0], [1.0], LogValue(1.0), outside=-2.0, information="complete", form=form)
     np.testing.assert_allclose([fee.contribution[0], fee.reward[0]], [0.0, -2.0], atol=1e-7)
     with pytest.raises(ValueError, match=r"^form='closed_form': allowed is 'reduced' or 'all_pairs' for "
-                                         r"accuracy rewards with a negative outside utility \(-2\)"):
+                                         r"accuracy rewards with a negative outside utility \(outside=-2.0\)"):
         solve_screening([1.0, 2.0], [0.5, 0.5], LogValue(1.0), **{**accuracy, "form": "closed_form"})
 
 
@@ -446,6 +487,62 @@ def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
                              V10, 1.0, None, 5.0, "CLARABEL", np.arange(3))
     assert err.family == "IR" and err.types == [2]
     assert "the IR constraints of types [2]" in str(err) and "reward_cap" in str(err)
+
+
+def test_a_solver_that_calls_a_bounded_menu_unbounded_is_checked_in_a_box(monkeypatch):
+    """Clarabel called the bounded menu of costs (1, 2, 1e11) unbounded, and its diagnosis,
+    which found every item well inside its box, raised "unbounded menu ... of types []". Here
+    the solver's first answer on the worked example is made "unbounded": the re-solve in the
+    box reaches none of its sides, so it is the menu's optimum, and is kept. Where the box
+    finds nothing running away, the diagnosis says the solver failed numerically."""
+    run, calls = contract._run, []
+
+    def claims_unbounded(problem, solver, *residual):
+        calls.append(problem)
+        status = run(problem, solver, *residual)
+        return "unbounded" if len(calls) == 1 else status
+
+    monkeypatch.setattr(contract, "_run", claims_unbounded)
+    menu = solve_screening(COSTS, EQUAL, V10)
+    assert len(calls) == 2 and menu.status == "optimal"
+    np.testing.assert_allclose(menu.contribution, [1, 7 / 3, 9], atol=1e-6)
+    np.testing.assert_allclose(menu.reward, [3, 17 / 3, 37 / 3], atol=1e-6)
+    monkeypatch.setattr(contract, "_run", run)
+    th = np.array([1.0, 2.0, 3.0])
+    err = contract._diagnose("unbounded", 3, "virtual", False, th, np.ones(3) / 3, np.zeros(3), 1.0, V10, 1.0,
+                             None, None, "CLARABEL", np.arange(3))
+    assert err.family is None and err.types is None
+    assert str(err).startswith("the solver CLARABEL failed numerically on the virtual screening program: it "
+                               "reported 'unbounded', and within a box of 1e+07 units it reported 'optimal'")
+
+
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+def test_a_power_law_value_refuses_a_type_of_capacity_0(form):
+    """V = 10 (1 - q^-1/2) is -inf at q = 0, where a capacity of 0 holds the first type: the
+    programs returned a meaningless menu (profit -12552, contributions 6e-7 above that
+    capacity) without a warning. A logarithmic value, 0 at q = 0, asks that type for nothing,
+    and so the other too: IC both ways makes contributions fall with cost (single crossing),
+    whether or not a type could fill the other's item."""
+    with pytest.raises(ContractError, match=r"^infeasible menu: the capacity constraints of types \[0\] \(capacity "
+                       r"0\) hold their contributions at 0, where the server's value is -inf") as err:
+        solve_screening([1.0, 2.0], [0.5, 0.5], PowerLawValue(10.0, 1.0, 1.0, 0.5), capacity=[0.0, 5.0], form=form)
+    assert err.value.family == "capacity" and err.value.types == [0]
+    menu = solve_screening([1.0, 2.0], [0.5, 0.5], V10, capacity=[0.0, 5.0], form=form)
+    np.testing.assert_allclose(menu.contribution, [0.0, 0.0], atol=1e-6)
+    assert_ic_ir(menu)
+
+
+def test_messages_name_the_outside_utilities_as_given():
+    """The messages showed the outside utilities sorted by cost and divided by the accuracy
+    values (reward units); they name the caller's own now."""
+    accuracy = dict(reward="accuracy", accuracy_value=[1.0, 2.0, 4.0])
+    with pytest.raises(ValueError, match=r"^outside=\[0, 1, 2\]: allowed is one common outside utility"):
+        solve_screening(COSTS, EQUAL, V10, outside=[0, 1, 2], form="closed_form")
+    with pytest.raises(ValueError, match=r"^form='closed_form': .* negative outside utility \(outside\[2\]=-2.0\)"):
+        solve_screening(COSTS, EQUAL, V10, outside=[0.0, 0.0, -2.0], form="closed_form", **accuracy)
+    with pytest.raises(ContractError, match=r"IR constraints of types \[1\] \(outside\[1\]=6.0; \[3.0\] in reward "
+                       r"units\) exceed reward_cap=1.0"):
+        solve_screening(COSTS, EQUAL, V10, outside=[0.5, 6.0, 1.0], **accuracy)
 
 
 @pytest.mark.parametrize("form", ["reduced", "all_pairs"])
@@ -575,6 +672,86 @@ def test_an_attempt_stopped_at_its_iteration_limit_is_followed_by_the_next(monke
     with pytest.warns(RuntimeWarning, match=r"solver status 'user_limit'.* the solver stopped at its iteration"):
         menu = solve_screening(COSTS, EQUAL, V10, form="reduced")
     assert menu.status == "user_limit"
+
+
+def perturbed_rewards(monkeypatch, times):
+    """After each of the first ``times`` attempts, lower the solved rewards (the all-pairs
+    program's R, the adjacent one's rents U) by 0.1 of the program's reward unit: an
+    "optimal" point short of the IR constraints, as a solver stopping short leaves."""
+    solve, left = contract._solve_quietly, [times]
+
+    def attempt(problem, name, options):
+        solve(problem, name, options)
+        if left[0] > 0:
+            left[0] -= 1
+            for variable in problem.variables():
+                if variable.name() in ("R", "U"):
+                    variable.value = variable.value - 0.1
+
+    monkeypatch.setattr(contract, "_solve_quietly", attempt)
+
+
+def test_an_optimal_status_that_violates_the_menu_counts_as_inaccurate(monkeypatch):
+    """The status "optimal" used to be taken on trust (costs (1, 2, 1e12): "optimal", IR
+    violated by 2e-3 of the largest reward, no warning). The solved menu is now checked
+    whatever the status: a violating "optimal" is followed by the next attempt and, when
+    every attempt violates, reported "optimal_inaccurate" with a warning."""
+    perturbed_rewards(monkeypatch, 1)
+    menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
+    assert menu.status == "optimal" and menu.extras["all_pairs"] == "one program"
+    np.testing.assert_allclose(menu.reward, HAND_R, atol=1e-7)
+    perturbed_rewards(monkeypatch, 10**6)
+    with pytest.warns(RuntimeWarning, match=r"solved inaccurately \(solver status 'optimal_inaccurate'\): its IC, "
+                      r"IR, capacity and reward cap or floor constraints violated by up to (\S+) \(relative") as w:
+        menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
+    assert menu.status == "optimal_inaccurate"
+    shortfall = menu.violations()["IR"] / np.max(np.abs(menu.reward))
+    assert shortfall > 1e-3 and f"violated by up to {shortfall:.2g} " in str(w[0].message)
+
+
+def test_a_feasible_menu_worse_than_pooling_every_type_warns(monkeypatch):
+    """A solver may stop "optimal" at a feasible but wrong menu (costs (1, 2, 1e16), all-pairs:
+    contributions of 7e6 and a profit of -9e6). Every type pooled at (0, 0) is feasible and
+    earns V(0) = 0, so a menu earning less is not optimal, and says so. Here every attempt's
+    rewards are raised by 10 program units (reward units here, _REWARD_UNIT_RANGE), IC and
+    IR intact: the worked example's profit 7 falls by 10 to -3."""
+    profit = solve_screening(COSTS, EQUAL, V10, form="closed_form").server_profit - 10.0
+    solve = contract._solve_quietly
+
+    def overpays(problem, name, options):
+        solve(problem, name, options)
+        for variable in problem.variables():
+            if variable.name() == "R":
+                variable.value = variable.value + 10.0
+
+    monkeypatch.setattr(contract, "_solve_quietly", overpays)
+    with pytest.warns(RuntimeWarning, match=r"^the all_pairs screening program was solved wrongly \(solver status "
+                      rf"'optimal'\): its menu earns the server {profit:.6g}, less than the 0 of the feasible menu "
+                      r"that offers every type the item \(0, 0\), so it is not optimal$"):
+        menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
+    np.testing.assert_allclose(menu.reward, HAND_R + 10.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["OSQP", "HIGHS", "SCIPY"])
+def test_solvers_that_cannot_take_the_programs_cones_are_refused(solver):
+    """OSQP, HIGHS and SCIPY take no exponential cones: they were accepted, raised on every
+    attempt, and SCS solved the menu in their place, unannounced. Only the installed solvers
+    that take the cones are allowed, and named (CLARABEL and SCS come with cvxpy)."""
+    pattern = rf"^solver='{solver}': allowed is one of \[(.*)\] \(the installed cvxpy solvers that take the exponential"
+    for build in (lambda: solve_screening(COSTS, EQUAL, V10, solver=solver), lambda: ContractMechanism(solver=solver)):
+        with pytest.raises(ValueError, match=pattern) as err:
+            build()
+        allowed = re.match(pattern, str(err.value)).group(1)
+        assert "'CLARABEL'" in allowed and "'SCS'" in allowed and solver not in allowed
+
+
+def test_a_chosen_scs_solves_at_tight_tolerances():
+    """At SCS's default tolerances (1e-4) the worked example came back 5e-4 off its items,
+    reported "optimal"; chosen by the user, SCS runs at the fallback's tolerances (1e-9)."""
+    for form in ("reduced", "all_pairs"):
+        menu = solve_screening(COSTS, EQUAL, V10, solver="SCS", form=form)
+        np.testing.assert_allclose(menu.contribution, HAND_Q, atol=1e-6)
+        np.testing.assert_allclose(menu.reward, HAND_R, atol=1e-6)
 
 
 def test_a_menu_that_loses_the_server_money_is_withdrawn():
@@ -789,6 +966,28 @@ def test_contract_mechanism_paid_with_models():
     check = verify_equilibrium(mech, out.contributions, pop, MODEL, participates=out.participates,
                                tol=1e-7)
     assert check.ok, check.gains
+
+
+def test_an_accuracy_reward_cap_that_has_not_settled_warns(monkeypatch):
+    """Accuracy rewards are capped by a(M), M the data the menu attracts: from a(300), the
+    menu is re-solved under a(M) until the cap settles (8 solves here). Where it has not
+    settled within the limit, the last menu promises more accuracy than its data trains, and
+    that used to pass unannounced; now a warning names the cap and the accuracy."""
+    pop = Population.from_lists(cost=[3.0, 2.0, 1.0], endowment=100.0, value=100.0)
+
+    def mechanism():
+        return ContractMechanism(V10, reward="accuracy", reward_price=10.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settled = mechanism().solve(pop, MODEL)
+    assert np.max(settled.accuracy) <= MODEL(settled.total) + 1e-9
+    monkeypatch.setattr(contract, "_CAP_ROUNDS", 1)
+    with pytest.warns(RuntimeWarning, match=r"the reward cap of the accuracy contract did not settle in 1 solves") as w:
+        stale = mechanism().solve(pop, MODEL)
+    assert (f"solved under the cap a(M) = {MODEL(300.0):.6g}, but the {stale.total:.6g} samples it attracts train a "
+            f"model of accuracy {MODEL(stale.total):.6g}") in str(w[0].message)
+    assert np.max(stale.accuracy) > MODEL(stale.total) + 1e-3
 
 
 @pytest.mark.parametrize("information, q, R, profit", [

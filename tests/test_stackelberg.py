@@ -188,6 +188,15 @@ def test_a_lone_follower_is_rejected():
         follower_equilibrium([1.0, 2.0], -1.0)
 
 
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+def test_a_follower_left_alone_by_capacities_of_zero_names_the_capacity(beta):
+    """Two agents, the first with capacity 0: the second is alone. The costs are fine, so the
+    error names the capacities (it used to say "cost=[3.0, 1.0]")."""
+    with pytest.raises(ValueError, match=r"^capacity=\[0.0, 5.0\]: allowed is at least two agents able to "
+                       r"contribute \(a lone follower has no best response\); agents \[0\] have capacity 0$"):
+        follower_equilibrium([3.0, 1.0], 7.0, capacity=[0.0, 5.0], cost_exponent=beta)
+
+
 # ----------------------------------------------------------------- the mechanism
 WORTHLESS = PowerLaw(0.9, 50.0, 0.5)  # a(X) = 0 below (50 / 0.9)^2 = 3086 samples: game (5) is game (1)
 
@@ -207,6 +216,17 @@ def test_stackelberg_mechanism_on_a_population():
     alloc = mech.allocate(out.contributions, pop, WORTHLESS)
     np.testing.assert_allclose(alloc.transfer, out.transfer)
     np.testing.assert_allclose(alloc.accuracy, out.accuracy)
+
+
+def test_a_given_reward_beyond_the_budget_is_refused():
+    """StackelbergPricing(reward=10, budget=5) used to announce 10, twice its budget;
+    a reward within it is announced as given."""
+    with pytest.raises(ValueError, match=r"^reward=10.0: allowed is a reward within budget=5.0 "):
+        StackelbergPricing(LogValue(10.0), reward=10.0, budget=5.0)
+    pop = Population.from_lists(cost=[1.0, 2.0, 3.0], endowment=[10.0, 10.0, 10.0])
+    outcome = StackelbergPricing(LogValue(10.0), reward=5.0, budget=5.0).solve(pop, WORTHLESS)
+    assert outcome.info["reward"] == 5.0
+    np.testing.assert_allclose(outcome.transfer.sum(), 5.0)
 
 
 def test_followers_who_receive_the_model_play_game_5():
