@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from incentives.accuracy import FAMILIES, check_pilot_sizes
+from mechanisms.shapley import ESTIMATORS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -284,7 +285,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "compare": Key(list, ["standard", "shaping"], _check_mechanism_list),
         "shaping_epsilon": Key((int, float), 0.0, _non_negative),
         "shapley_budget": Key((int, float), 0.1, _non_negative),
-        "shapley_estimator": Key(str, "exact", _one_of("exact", "monte_carlo", "gtg", "stratified", "loo")),
+        "shapley_estimator": Key(str, "exact", _one_of(*ESTIMATORS)),
         "shapley_permutations": Key(int, 100, _positive),
         "shapley_strata_samples": Key(int, 2, _positive),
         "shapley_eps": Key((int, float), 1e-3, _non_negative),

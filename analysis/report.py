@@ -40,6 +40,7 @@ from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit, audit
+from mechanisms.shapley import ESTIMATORS, strata_exact_sizes
 
 HEADLINE = [
     ("total_data", "total data (samples)", "{:.0f}"),
@@ -372,14 +373,19 @@ def _equilibrium_notes(result: LoopResult) -> str:
     return "".join(notes)
 
 
-MODEL_VALUES = {
-    "exact": "exactly, over all 2<sup>N</sup> coalitions",
-    "size_strata": ("by coalition size (coalitions of up to two agents, and each agent's three heaviest others, "
-                    "exactly; the other agents' totals by a skew-corrected normal approximation; on the benchmark's "
-                    "games within 0.4% of the exact values, 1.3% with several agents holding nothing, 4.2% where "
-                    "a few giants contribute among 30 or more agents)"),
-    "loo": "by leave-one-out, a(M) - a(M - m<sub>i</sub>)",
-}
+def _model_values(method: str, n_agents: int) -> str:
+    """How the promised transfers valued the accuracy model's game of ``n_agents``, in words:
+    ``method`` is :meth:`mechanisms.shapley.ShapleyRewards.model_values`'s."""
+    if method == "exact":
+        return "exactly, over all 2<sup>N</sup> coalitions"
+    if method == "loo":
+        return "by leave-one-out, a(M) - a(M - m<sub>i</sub>)"
+    exact = "coalitions of up to two agents" if strata_exact_sizes(n_agents) == 2 else "single agents"
+    measured = "" if n_agents <= 100 else f"; this game has {n_agents} agents, beyond those measured"
+    return (f"by coalition size ({exact}, and each agent's three heaviest others, exactly; the other agents' totals "
+            "by a skew-corrected normal approximation; on the benchmark's games of up to 100 agents within 0.4% "
+            "of the exact values, 1.3% with several agents holding nothing, 4.2% where a few giants contribute "
+            f"among 30 or more agents{measured})")
 
 
 def _valuation_notes(result: LoopResult) -> str:
@@ -391,16 +397,11 @@ def _valuation_notes(result: LoopResult) -> str:
         info = record.outcome.info
         if "model_values" not in info:
             continue
-        rounds = {
-            "exact": "exact Shapley",
-            "monte_carlo": f"Monte Carlo over {info['n_permutations']} orderings",
-            "gtg": f"GTG-Shapley (within-round truncation at {info['eps']:g} accuracy)",
-            "stratified": f"stratified sampling by coalition size ({info['strata_samples']} coalitions a size)",
-            "loo": "leave-one-out",
-        }[info["estimator"]]
+        rounds = html.escape(ESTIMATORS[info["estimator"]].format(**info), quote=False)
+        promised = _model_values(info["model_values"], len(record.outcome.contributions))
         notes.append(f"<p>{html.escape(name)}: a budget of {info['budget']:g} split in proportion to data "
                      f"value. The promised transfers value the accuracy model's game a(M<sub>S</sub>) "
-                     f"{MODEL_VALUES[info['model_values']]}; the paid ones are FedSV over the training rounds, "
+                     f"{promised}; the paid ones are FedSV over the training rounds, "
                      f"each round valued by {rounds} on coalition models rebuilt from the round's updates and "
                      f"scored on the validation split. {_paid_against_promised(record)}</p>")
     return "".join(notes)

@@ -8,16 +8,19 @@ it serves better.
 
 In the economic model agent i holds the data it would collect to train alone, m_i^o
 (:func:`~incentives.utility.local_contribution`, under the population's data costs), and
-its local model has accuracy a(m_i^o). Taking part, it contributes those samples and
-receives the global model trained on the participants' data. It collects the data
-either way, so the data's cost cancels and agent i takes part iff
+its local model has accuracy a_alone(m_i^o), a_alone the model's curve for an agent
+training alone (``model.alone``: a(m) itself, or the base curve of a federation's curve
+calibrated to its training, a(m) = base(gamma m), :class:`~incentives.accuracy.EffectiveData`).
+Taking part, it contributes those samples and receives the global model trained on the
+participants' data, of accuracy a(M_S). It collects the data either way, so the data's
+cost cancels and agent i takes part iff
 (:func:`~incentives.participation.participation_gain`)
 
-    g_i = v_i (a(M_S) - a(m_i^o)) - comm_i > 0,      M_S = sum_{j in S} m_j^o.
+    g_i = v_i (a(M_S) - a_alone(m_i^o)) - comm_i > 0,      M_S = sum_{j in S} m_j^o.
 
-An agent whose ``outside_option`` r_i beats training alone, r_i > v_i a(m_i^o) - c_i
+An agent whose ``outside_option`` r_i beats training alone, r_i > v_i a_alone(m_i^o) - c_i
 (m_i^o)^beta, compares the federation with r_i instead: it joins iff
-v_i a(M_S) - c_i (m_i^o)^beta - comm_i > r_i, i.e. a(m_i^o) above is replaced by the
+v_i a(M_S) - c_i (m_i^o)^beta - comm_i > r_i, i.e. a_alone(m_i^o) above is replaced by the
 accuracy that would match r_i, (r_i + c_i (m_i^o)^beta) / v_i.
 
 A model trained on fewer agents may no longer beat the local models of those who stay,
@@ -34,9 +37,16 @@ contributions, so the audit will find that any participant gains by contributing
 (``population.outside_option = "train_alone"`` in a config) that is the utility of the
 local model it keeps, as the paper's clients keep theirs.
 
-Under the fitted a(m) the global model is the same for everyone and, trained on more
-data, beats every participant's local model, so only communication costs and outside
-options above training alone make agents leave. Real training is where label skew shows: the loop trains with IncFL's
+The global model is the same for everyone. Where a_alone = a (an uncalibrated fit), it is
+trained on more data than any participant's local model and, where a rises, beats it as
+soon as two agents take part, so only communication costs and outside options above
+training alone make agents leave; a lone agent gains nothing (g_i = -comm_i <= 0) and,
+indifferent at best, stays out. Under a calibrated a(m) = base(gamma m) the federation's M_S samples
+are worth gamma M_S of an agent's own: with gamma < 1 an agent without communication
+costs or a better outside option leaves once gamma M_S <= m_i^o, so those holding the
+most data leave first, and a small enough gamma empties the federation.
+
+Real training is where label skew shows: the loop trains with IncFL's
 aggregation (``aggregation = "incfl"``), which also trains every agent's local-only
 model; the share of participants whose delivered model beats their own local model
 on their own distribution is the realised incentivised share

@@ -62,7 +62,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
-from incentives.checks import check_bool, check_integer, check_number
+from incentives.checks import as_floats, bad, check_bool, check_entries, check_integer, check_number
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
@@ -598,16 +598,18 @@ def size_strata_shapley(game: SumGame, nodes: int = STRATA_NODES, exact_sizes: i
     _check_players(n_players)
     if np.any(w < 0):
         raise ValueError(f"weights (smallest {float(w.min())!r}): allowed is weights >= 0, e.g. samples held")
-    exact_sizes = _exact_sizes(n_players) if exact_sizes is None else exact_sizes
+    exact_sizes = strata_exact_sizes(n_players) if exact_sizes is None else exact_sizes
     if isinstance(exact_sizes, bool) or exact_sizes not in (1, 2):
         raise ValueError(f"exact_sizes={exact_sizes!r}: allowed is 1 or 2 (or None: by the number of players)")
     values, evaluations = _strata_values(w[None, :], game.worth, nodes, exact_sizes)
     return ShapleyEstimate(values[0], evaluations)
 
 
-def _exact_sizes(n_players: int) -> int:
-    """The coalition sizes :func:`size_strata_shapley` averages exactly by default: up to
-    pairs for at most ``STRATA_PAIRS_UP_TO`` players (O(N^3) evaluations), singles beyond."""
+def strata_exact_sizes(n_players: int) -> int:
+    """The coalition sizes :func:`size_strata_shapley` (and :class:`ShapleyRewards`'
+    valuation of the economic model beyond ``MAX_MODEL_EXACT`` agents) averages exactly by
+    default: 2, up to pairs, for at most ``STRATA_PAIRS_UP_TO`` players (O(N^3)
+    evaluations); 1, singles, beyond."""
     return 2 if n_players <= STRATA_PAIRS_UP_TO else 1
 
 
@@ -743,6 +745,9 @@ def fedsv(
     permutations summed over rounds.
     """
     check_integer("n_clients", n_clients)
+    if not callable(estimator):
+        raise bad("estimator", estimator, "an estimator function of this module, e.g. exact_shapley or gtg_shapley "
+                  "(names such as 'gtg' are ShapleyRewards')")
     _check_options(estimator, options)
     seed = _estimator_seed(estimator, options)
     values = np.zeros(n_clients)
@@ -806,17 +811,31 @@ def split_budget(values, budget: float) -> np.ndarray:
     proportion to the (positive parts of the) data values, e.g. values realised by real
     training (``fedsv`` over ``fl.valuation`` rounds). Agents of value <= 0 (a client
     whose updates hurt the model) get nothing, and nobody is charged; when no value is
-    positive nothing is paid. values: (N,); returns (N,) in the budget's units.
+    positive nothing is paid. values: (N,) finite numbers; returns (N,) in the budget's
+    units.
     """
     check_number("budget", budget)
-    positive = np.maximum(np.asarray(values, dtype=float), 0.0)
-    if not np.all(np.isfinite(positive)):
-        raise ValueError(f"values={np.asarray(values)!r}: allowed is finite numbers")
-    total = positive.sum()
-    return budget * positive / total if total > 0 else np.zeros_like(positive)
+    values = as_floats("values", values, "a 1-D array of finite numbers, one value per agent")
+    if values.ndim != 1:
+        raise ValueError(f"values has shape {values.shape}: allowed is a 1-D array, one value per agent")
+    check_entries("values", values)
+    positive = np.maximum(values, 0.0)
+    top = positive.max(initial=0.0)
+    if top == 0:
+        return np.zeros_like(positive)
+    share = positive / top  # in [0, 1]: their sum cannot overflow where the values' would
+    return budget * share / share.sum()
 
 
-ESTIMATORS = ("exact", "monte_carlo", "gtg", "stratified", "loo")
+#: ShapleyRewards' estimators: name -> how it values a training round, in words, with the
+#: mechanism's options as format fields (``str.format(**outcome.info)``; the run's report)
+ESTIMATORS = {
+    "exact": "exact Shapley",
+    "monte_carlo": "Monte Carlo over {n_permutations} orderings",
+    "gtg": "GTG-Shapley (a round gaining at most {eps:g} accuracy valued 0, within-round truncation at {eps:g})",
+    "stratified": "stratified sampling by coalition size ({strata_samples} coalitions a size)",
+    "loo": "leave-one-out",
+}
 
 
 class SlowValuationWarning(UserWarning):
@@ -829,9 +848,14 @@ class ShapleyRewards:
     Agents contribute m_i samples; the coalition S of agents is worth the accuracy of
     a model trained on its data, U(S) = a(M_S), M_S = sum_{j in S} m_j (U(empty) =
     a(0) = 0: no data, no useful model; the accuracy models are 0 below their zero
-    crossing). Every agent taking part receives the global model, accuracy a(M), and
-    the transfer t_i = B max(phi_i, 0) / sum_j max(phi_j, 0) (:func:`split_budget`:
-    nobody is charged), phi the Shapley values of U by ``estimator``:
+    crossing). Every agent taking part receives the global model, accuracy a(M), and a
+    transfer from B. The promised transfer (:meth:`allocate`, :meth:`solve`: what the
+    agents' equilibrium is computed with) is t_i = B phi_i / (a(M) - a(0)), phi the
+    Shapley values of U on the economic model (below; the leave-one-out rule, not
+    efficient, uses :func:`split_budget` of its values instead). The paid transfer
+    (:meth:`realised_transfer`, after real training) is t_i = B max(phi_i, 0) /
+    sum_j max(phi_j, 0) (:func:`split_budget`: nobody is charged), phi the values
+    measured on the training rounds by ``estimator``:
 
     - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
     - "monte_carlo": ``n_permutations`` sampled orderings (seeded);
@@ -927,15 +951,15 @@ class ShapleyRewards:
             return np.asarray(model(totals), dtype=float) - np.asarray(model(totals - m[:, rows]), dtype=float), n + 1
         if method == "exact":
             return shapley_from_table(np.asarray(model(coalition_members(n) @ m.T)))[rows].T, 2**n
-        pairs = n * (n - 1) // 2 if _exact_sizes(n) == 2 else 0  # a valued agent's pair totals, beside its strata
+        pairs = n * (n - 1) // 2 if strata_exact_sizes(n) == 2 else 0  # a valued agent's pair totals, beside its strata
         per_call = max(1, STRATA_BATCH_SIZE // (len(rows) * (n * STRATA_NODES * 2**STRATA_HEAVY + pairs)))  # memory
         others = np.ones(n, dtype=bool)
         others[rows] = False
         if len(rows) == 1 and np.all(m[:, others] == m[:1, others]):  # one agent's grid: the others' coalitions once
-            calls = [_strata_values(m[:1], model, STRATA_NODES, _exact_sizes(n), rows,
+            calls = [_strata_values(m[:1], model, STRATA_NODES, strata_exact_sizes(n), rows,
                                     own=m[start:start + per_call, rows]) for start in range(0, n_games, per_call)]
         else:
-            calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, _exact_sizes(n), rows)
+            calls = [_strata_values(m[start:start + per_call], model, STRATA_NODES, strata_exact_sizes(n), rows)
                      for start in range(0, n_games, per_call)]
         first_games = min(per_call, n_games)  # f(0) is evaluated once per call
         return np.concatenate([values for values, _ in calls]), 1 + (calls[0][1] - 1) // first_games
@@ -951,7 +975,8 @@ class ShapleyRewards:
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         """accuracy_i = a(M) for every agent; transfer_i = B phi_i / (a(M) - a(0)), which
         is B phi_i / sum_j phi_j by efficiency (see the class docstring); the
-        leave-one-out rule, not efficient, splits B as B phi_i / sum_j phi_j."""
+        leave-one-out rule, not efficient, splits B as B max(phi_i, 0) / sum_j max(phi_j, 0)
+        (:func:`split_budget`)."""
         m = population.check_contributions(contributions)[None, :]
         accuracy, transfer = self._transfers(m, self.values_many(m, model)[0], model)
         return Allocation(np.full(m.shape[1], accuracy[0]), transfer[0])
@@ -970,7 +995,10 @@ class ShapleyRewards:
     def _transfers(self, m: np.ndarray, values: np.ndarray, model: AccuracyModel) -> tuple[np.ndarray, np.ndarray]:
         """For profiles m (G, N) and values (G, R): a(M) per profile (G,) and the
         transfers (G, R): B phi / (a(M) - a(0)), 0 where a(M) = a(0); under the
-        leave-one-out rule (``values`` then every agent's) B phi / sum_j phi_j."""
+        leave-one-out rule (``values`` then every agent's) :func:`split_budget` of each
+        profile's values. ValueError for a budget that is not a finite number >= 0 (set
+        after construction: parameters are checked where they are used)."""
+        check_number("budget", self.budget)
         accuracy = np.asarray(model(m.sum(axis=1)), dtype=float)
         if self.model_values(m.shape[1]) == "loo":
             return accuracy, np.array([split_budget(row, self.budget) for row in values])
@@ -996,7 +1024,11 @@ class ShapleyRewards:
         to ``clients_per_round`` clients (exact Shapley takes at most ``MAX_EXACT_PLAYERS``,
         2^N coalition models a round), and a :class:`SlowValuationWarning` when it can but
         slowly (exact beyond ``QUICK_EXACT_PLAYERS``: millions of coalition models over
-        ``rounds`` rounds)."""
+        ``rounds`` rounds). Both are integers, ``clients_per_round`` >= 0 and ``rounds`` >= 1
+        or None (ValueError naming the argument otherwise)."""
+        check_integer("clients_per_round", clients_per_round, least=0)
+        if rounds is not None:
+            check_integer("rounds", rounds)
         if self._estimator()[0] is not exact_shapley or clients_per_round <= QUICK_EXACT_PLAYERS:
             return
         if clients_per_round > MAX_EXACT_PLAYERS:

@@ -6,6 +6,7 @@ import pytest
 
 from analysis import config as config_module
 from analysis.config import ConfigError
+from mechanisms.shapley import ESTIMATORS, ShapleyRewards
 
 ROOT = config_module.Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,17 @@ def test_bad_values_name_key_value_and_allowed(override, fragment):
     message = str(error.value)
     assert fragment in message
     assert "\n" not in message
+
+
+def test_the_shapley_estimators_are_those_the_mechanism_takes():
+    """mechanisms.shapley_estimator allows exactly mechanisms.shapley.ESTIMATORS (the
+    config repeated the list), and each of them builds the mechanism."""
+    for name in ESTIMATORS:
+        chosen = config_module.load(None, [f"mechanisms.shapley_estimator='{name}'"])["mechanisms"]
+        ShapleyRewards(chosen["shapley_budget"], chosen["shapley_estimator"])
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, ["mechanisms.shapley_estimator='banzhaf'"])
+    assert str(error.value).endswith("allowed is one of " + ", ".join(map(repr, ESTIMATORS)))
 
 
 def test_missing_and_malformed_files(tmp_path):
