@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import fl.data as data
+from fl.data.arrays import standardised_pair
 from fl.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_image_tree, read_python_archive, read_python_folder
 from fl.data.download import ChecksumError, DatasetNotFoundError, DownloadError, RemoteFile, download, fetch
 from fl.data.idx import read_idx
@@ -559,3 +560,15 @@ def test_shakespeare_roles_are_clients(shared_root):
     # 500 windows leave 50 for the test split, fewer than the 80-character gap and one window
     with pytest.raises(ValueError, match="no role .* max_samples_per_client=500.* = 1 and .* = 810 windows"):
         load_shakespeare_clients(shared_root, max_samples_per_client=500)
+
+
+@pytest.mark.parametrize("per_channel, channel", [(False, ""), (True, "channel 1 of ")])
+def test_constant_training_inputs_are_named_not_standardised_into_nans(per_channel, channel):
+    x = np.stack([np.full((2, 2), 3, np.uint8), np.zeros((2, 2), np.uint8)])[None].repeat(4, axis=0)  # (4, 2, 2, 2)
+    if not per_channel:
+        x[:] = 7
+    else:
+        x[0, 0] = 9  # channel 0 varies, channel 1 is constant
+    labels = np.arange(4)
+    with pytest.raises(ValueError, match=f"blank: {channel}the training inputs are constant"):
+        standardised_pair("blank", x, labels, x, labels, 10, per_channel=per_channel)

@@ -51,9 +51,15 @@ def standardised_pair(
     """(train, test) ArrayDatasets with float32 x standardised by the train statistics.
 
     ``train_x``/``test_x``: arrays of shape (n, *feature_shape), any numeric dtype.
-    Labels become int64.
+    Labels become int64. Training inputs with std 0 (overall, or in a channel) are refused.
     """
     mean, std = train_statistics(np.asarray(train_x), per_channel)
+    if not np.all(std > 0):
+        where = f"channel {int(np.argmin(std))} of " if per_channel else ""
+        raise ValueError(
+            f"{name}: {where}the training inputs are constant (std 0), so they cannot be standardised; "
+            "allowed is a training split whose values vary (is the file truncated or blank?)"
+        )
     shape = (1, -1) + (1,) * (np.ndim(train_x) - 2) if per_channel else ()
     mean32 = mean.astype(np.float32).reshape(shape)
     std32 = std.astype(np.float32).reshape(shape)
