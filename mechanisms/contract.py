@@ -125,8 +125,8 @@ Compiled programs are cached per (number of types, variant) with cvxpy Parameter
 (costs, probabilities, outside utilities, caps, value scale, units) so that re-solving
 with new numbers reuses the compiled problem (each program is checked with ``is_dpp()``).
 The programs count each type's contribution in its own unit, about the size of its
-optimal item (``_units``), and rewards in a unit of the value's scale over the reward
-price (``_set_params``), so that they solve as accurately at 1e-6 per sample
+optimal item (``_units``), and rewards, where far from 1, in a unit of the value's scale
+over the reward price or of the outside utilities (``_set_params``), so that they solve as accurately at 1e-6 per sample
 (contributions of 1e7), or at a reward price of 1e-9, as at 1. Whatever the solver's
 status, the solved menu is checked against its constraints (IC, IR, capacity, reward cap
 and floor, ``_residual``): an "optimal" that violates them counts as inaccurate and the
@@ -957,16 +957,19 @@ def solve_screening(
                           "capacity)"
                           + ("; the solver stopped at its iteration or time limit, so the menu need not be "
                              "optimal" if status == cp.USER_LIMIT else ""), RuntimeWarning)
-        # every type pooled at (0, R0), R0 its largest outside utility (>= 0 under the floor), is a feasible menu;
-        # both profits by the program's V, offset + scale * base (an AccuracyValue's unclipped power law)
-        R0 = max(float(np.max(u0_all)), 0.0) if floor else float(np.max(u0_all))
+        # a feasible menu of no data: every type at (0, R0_k), R0_k its own outside utility under complete
+        # information, the largest one pooled under incomplete (R0 >= 0 under the floor); both profits by the
+        # program's V, offset + scale * base (an AccuracyValue's unclipped power law)
+        R0 = u0_all if information == "complete" else np.full(K, np.max(u0_all))
+        R0 = np.maximum(R0, 0.0) if floor else R0
         with np.errstate(divide="ignore"):
             earned = value.offset + float(np.sum(p * (value.scale * value.base(contribution) - kappa * reward_arr)))
-            pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * R0
+            pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * float(p @ R0)
         if earned < pooled - _RESIDUAL * max(1.0, abs(pooled), kappa * float(np.max(np.abs(reward_arr)))):
+            pays = "each type its outside utility" if information == "complete" else f"every type {float(R0[0]):.6g}"
             warnings.warn(f"the {variant} screening program was solved wrongly (solver status {status!r}): its menu "
                           f"earns the server {earned:.6g}, less than the {pooled:.6g} of the feasible menu that "
-                          f"offers every type the item (0, {R0:.6g}), so it is not optimal", RuntimeWarning)
+                          f"asks for no data and pays {pays}, so it is not optimal", RuntimeWarning)
     return menu
 
 
@@ -1075,19 +1078,21 @@ def _units(variant, th, pp, kappa, value, beta, capy) -> np.ndarray:
 
 def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> tuple[np.ndarray, float]:
     """Set the program's parameters, contributions in the units s_k of :func:`_units` and
-    rewards in the unit r = value.scale / kappa, at which the rewards' cost in the
-    objective, kappa p_k R_k, weighs like the value, p_k scale base(q_k), where that ratio
-    is beyond 2**±_REWARD_UNIT_RANGE (at reward_price=1e-9 rewards of 1e10 counted in
-    reward units made the all-pairs program stop "optimal" 32% off the closed form), no more
-    than a positive reward cap (accuracy rewards, below 1, in units of a value of scale 1000
-    stopped 1% short of IR), rounded to a power of two; else r = 1 (rewards in units of 8,
-    for V = 10 ln(1 + q), left Clarabel "optimal_inaccurate" on 1000 types where units of 1
-    solve: ``benchmarks/bench_mechanisms.py``); return (s**beta (K,), the factors from the
-    solver's y to q**beta, and r)."""
+    rewards in the unit r = max(value.scale / kappa, max_k |u0_k|), where that is beyond
+    2**±_REWARD_UNIT_RANGE, else r = 1. At r the rewards' cost in the objective, kappa p_k
+    R_k, weighs like the value, p_k scale base(q_k) (at reward_price=1e-9 rewards of 1e10
+    counted in reward units made the all-pairs program stop "optimal" 32% off the closed
+    form), and no outside utility is far beyond it (with u0 of 10 in units of 2**-17 the
+    menus stopped "optimal" 30-90% off). r is at most a positive reward cap (accuracy
+    rewards, below 1, in units of a value of scale 1000 stopped 1% short of IR) and rounded
+    to a power of two. Units of 1 within the range keep ordinary programs as they were
+    (rewards in units of 8, for V = 10 ln(1 + q), left Clarabel "optimal_inaccurate" on 1000
+    types where units of 1 solve: ``benchmarks/bench_mechanisms.py``). Returns (s**beta (K,),
+    the factors from the solver's y to q**beta, and r)."""
     P = prog.params
     unit = _units(prog.variant, th, pp, kappa, value, beta, capy)
     per_unit = unit ** beta
-    r = value.scale / kappa if value.scale > 0 else 1.0
+    r = max(value.scale / kappa if value.scale > 0 else 1.0, float(np.max(np.abs(u0))))  # rewards are >= u0
     if abs(np.log2(r)) <= _REWARD_UNIT_RANGE:
         r = 1.0
     elif reward_cap is not None and reward_cap > 0:

@@ -651,11 +651,7 @@ class StackelbergPricing:
         self.value_weight = value_weight
         self.name = name
         self._memo = None
-        check_number("reward", reward, optional=True)
-        check_number("budget", budget, optional=True)
-        if reward is not None and budget is not None and reward > budget:
-            raise bad("reward", reward, f"a reward within budget={budget!r} (or reward=None, the leader's optimum "
-                      "within the budget)")
+        self._check_reward()
         check_server_value(value, value_weight)
         if isinstance(value, ValueFunction):
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -664,6 +660,15 @@ class StackelbergPricing:
                 raise bad("value", value, f"a value finite at the total X = 0 (here V(0) = {nothing!r}): the leader "
                           "compares each reward with announcing none")
 
+    def _check_reward(self) -> None:
+        """ValueError unless ``reward`` and ``budget`` are None or finite numbers >= 0, the
+        reward within the budget: checked when built and at use (:meth:`_leader`)."""
+        check_number("reward", self.reward, optional=True)
+        check_number("budget", self.budget, optional=True)
+        if self.reward is not None and self.budget is not None and self.reward > self.budget:
+            raise bad("reward", self.reward, f"a reward within budget={self.budget!r} (or reward=None, the "
+                      "leader's optimum within the budget)")
+
     def _leader(self, population, model) -> LeaderSolution:
         """The reward announced to ``population``'s agents, all of them taking part, and
         their equilibrium of game (5): ``reward`` if given, else the R in [0, R_max]
@@ -671,6 +676,7 @@ class StackelbergPricing:
         no reward pays for itself; a grid of _LEADER_GRID rewards, refined by bounded
         Brent search around the best, among the rewards where the followers settle:
         :func:`_best_reward`)."""
+        self._check_reward()
         value = server_value(self.value, self.value_weight, model)
         if population.n_agents < 2:
             return _no_contest(population, model, value)

@@ -727,9 +727,41 @@ def test_a_feasible_menu_worse_than_pooling_every_type_warns(monkeypatch):
     monkeypatch.setattr(contract, "_solve_quietly", overpays)
     with pytest.warns(RuntimeWarning, match=r"^the all_pairs screening program was solved wrongly \(solver status "
                       rf"'optimal'\): its menu earns the server {profit:.6g}, less than the 0 of the feasible menu "
-                      r"that offers every type the item \(0, 0\), so it is not optimal$"):
+                      r"that asks for no data and pays every type 0, so it is not optimal$"):
         menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
     np.testing.assert_allclose(menu.reward, HAND_R + 10.0, atol=1e-6)
+
+
+def test_a_complete_information_menu_worse_than_paying_each_type_its_outside_utility_warns(monkeypatch):
+    """Under complete information each type at (0, u0_k) is feasible, a tighter bound than
+    pooling every type at max u0. Costs (1, 2), outside (-5, 5): the optimum q = 10 / c - 1 =
+    (9, 4) earns 11.06; every solved contribution is made 4 times too large, which earns
+    5 ln 37 + 5 ln 17 - 34 = -1.78: above the pooled -5, below the per-type 0."""
+    solve = contract._solve_quietly
+
+    def too_much(problem, name, options):
+        solve(problem, name, options)
+        for variable in problem.variables():
+            if variable.name() == "y":
+                variable.value = 4.0 * variable.value
+
+    monkeypatch.setattr(contract, "_solve_quietly", too_much)
+    earned = 5 * np.log(37) + 5 * np.log(17) - 34
+    with pytest.warns(RuntimeWarning, match=rf"earns the server {earned:.6g}, less than the 0 of the feasible menu "
+                      r"that asks for no data and pays each type its outside utility"):
+        menu = solve_screening([1.0, 2.0], [0.5, 0.5], V10, outside=[-5.0, 5.0], information="complete")
+    np.testing.assert_allclose(menu.contribution, [36.0, 16.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["reduced", "all_pairs"])
+def test_rewards_counted_in_units_that_fit_the_outside_utilities(form):
+    """Costs (1e-7, 2e-7), V = 1e-5 ln(1 + q), outside (10, 5): the cheaper type has the
+    higher outside utility, so q_1 = (u0_1 - u0_2) / (theta_2 - theta_1) = 5e7 keeps the
+    other from its item, and q_2 = 49 is its first best (1e-5 / (1 + q) = 2e-7). Rewards
+    counted in units of scale / reward_price = 2**-17 put outside utilities of 1e6 units
+    into the program: the menus stopped "optimal" 31% (reduced) and 88% (all pairs) off."""
+    menu = solve_screening([1e-7, 2e-7], [0.5, 0.5], LogValue(1e-5), outside=[10.0, 5.0], form=form)
+    np.testing.assert_allclose(menu.contribution, [5e7, 49.0], rtol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["OSQP", "HIGHS", "SCIPY"])

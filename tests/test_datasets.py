@@ -572,3 +572,7 @@ def test_constant_training_inputs_are_named_not_standardised_into_nans(per_chann
     labels = np.arange(4)
     with pytest.raises(ValueError, match=f"blank: {channel}the training inputs are constant"):
         standardised_pair("blank", x, labels, x, labels, 10, per_channel=per_channel)
+    varied = np.arange(32, dtype=np.float32).reshape(4, 2, 2, 2)
+    varied[0, 1, 0, 0] = np.nan  # varies, but holds a NaN: not "constant"
+    with pytest.raises(ValueError, match="blank: the training inputs hold NaN or infinite values"):
+        standardised_pair("blank", varied, labels, varied, labels, 10, per_channel=per_channel)

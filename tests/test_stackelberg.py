@@ -227,6 +227,12 @@ def test_a_given_reward_beyond_the_budget_is_refused():
     outcome = StackelbergPricing(LogValue(10.0), reward=5.0, budget=5.0).solve(pop, WORTHLESS)
     assert outcome.info["reward"] == 5.0
     np.testing.assert_allclose(outcome.transfer.sum(), 5.0)
+    for reward, message in ((10.0, r"^reward=10.0: allowed is a reward within budget=5.0 "),
+                            (-3.0, r"^reward=-3.0: allowed is None or a finite number >= 0")):
+        changed = StackelbergPricing(LogValue(10.0), budget=5.0)
+        changed.reward = reward  # set after construction: checked at use too
+        with pytest.raises(ValueError, match=message):
+            changed.solve(pop, WORTHLESS)
 
 
 def test_followers_who_receive_the_model_play_game_5():

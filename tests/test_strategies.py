@@ -93,6 +93,9 @@ def test_fedadagrad_accumulates_squares():
 def test_scaffold_control_variates_option_two():
     strategy = Scaffold(lr=0.25)
     available = {i: TRAIN.subset(np.arange(4 * i, 4 * i + 4)) for i in range(4)}
+    strategy.configure_round(0, available, child_seed(0, 1, 0))
+    assert strategy.aggregate(start(1.0), results([5.0], samples=[0])) == start(1.0)  # no samples: no round
+    assert strategy.control == {}  # (c stays "zero", so tasks carry no correction)
     assert all(not task.state for task in strategy.configure_round(0, available, child_seed(0, 1, 0)))  # c = c_i = 0
     # clients 0 and 1 start from x = 1 and end at y = 0 after K = 2 steps of lr 0.25:
     # c_i+ = 0 - 0 + (1 - 0) / (2 * 0.25) = 2, and c = 0 + (1/N)(2 + 2) = 1 with N = 4

@@ -86,8 +86,9 @@ class Scaffold(ServerOptimiser):
     def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
         """The control variates' update of the module docstring, over the parameters, then
         the server's :meth:`step` on them (buffers, ``ClientResult.buffers``, take FedAvg's
-        mean and have no control variate); with no results nothing changes."""
-        if not results:
+        mean and have no control variate); with no results, or none holding samples, nothing
+        changes (as :class:`ServerOptimiser`)."""
+        if not any(result.num_samples for result in results):
             return global_params
         buffers = frozenset().union(*(result.buffers for result in results))
         floating = [name for name, w in global_params.items() if w.is_floating_point() and name not in buffers]

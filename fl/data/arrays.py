@@ -51,11 +51,14 @@ def standardised_pair(
     """(train, test) ArrayDatasets with float32 x standardised by the train statistics.
 
     ``train_x``/``test_x``: arrays of shape (n, *feature_shape), any numeric dtype.
-    Labels become int64. Training inputs with std 0 (overall, or in a channel) are refused.
+    Labels become int64. Training inputs that are not finite, or of std 0 (overall, or in a
+    channel), are refused.
     """
     mean, std = train_statistics(np.asarray(train_x), per_channel)
+    if not np.all(np.isfinite(std)):
+        raise ValueError(f"{name}: the training inputs hold NaN or infinite values; allowed is finite inputs")
     if not np.all(std > 0):
-        where = f"channel {int(np.argmin(std))} of " if per_channel else ""
+        where = f"channel {int(np.flatnonzero(std <= 0)[0])} of " if per_channel else ""
         raise ValueError(
             f"{name}: {where}the training inputs are constant (std 0), so they cannot be standardised; "
             "allowed is a training split whose values vary (is the file truncated or blank?)"

@@ -15,7 +15,8 @@ What travels, and when:
 - once per model template: a CPU copy of its architecture, fetched and kept by each actor.
   The template is sent again when the module, its layers (``repr``), its state's names,
   shapes and dtypes, or which parameters train (``requires_grad``) changed since the last
-  run; actors and the object store keep only the current one.
+  run (other attributes of a custom module are not watched: :meth:`RayExecutor._model_token`);
+  actors and the object store keep only the current one.
 - every round: the global parameters (one object, fetched once per node), the strategy's
   ``client_view()`` (what ``local_objective`` needs: its hyperparameters, not the
   server's state such as SCAFFOLD's control variates or an optimiser's moments), and
@@ -257,8 +258,9 @@ class RayExecutor(Executor):
     def _model_token(self, model: nn.Module) -> int:
         """The token of ``model``'s template: the current one while the module, its layers'
         ``repr``, its state's names, shapes and dtypes and its trainable parameters are
-        those it was made from (what the actors' training depends on, beside the global
-        parameters sent every round); else a new CPU copy, put in place of the current one."""
+        those it was made from; else a new CPU copy, put in place of the current one. Other
+        attributes a custom forward reads (a temperature, say) are not watched: after
+        changing one, :meth:`close` the executor (or use a new module) so the actors get it."""
         fingerprint = (id(model), repr(model), tuple(
             (name, tuple(tensor.shape), tensor.dtype, tensor.requires_grad)
             for name, tensor in model.state_dict(keep_vars=True).items()))
