@@ -88,10 +88,11 @@ def test_bad_values_name_key_value_and_allowed(override, fragment):
 
 def test_the_shapley_estimators_are_those_the_mechanism_takes():
     """mechanisms.shapley_estimator allows exactly mechanisms.shapley.ESTIMATORS (the
-    config repeated the list), and each of them builds the mechanism."""
+    config repeated the list), and the mechanism has an estimator for each of them (its
+    constructor only stores the name: check_rounds looks the estimator up)."""
     for name in ESTIMATORS:
         chosen = config_module.load(None, [f"mechanisms.shapley_estimator='{name}'"])["mechanisms"]
-        ShapleyRewards(chosen["shapley_budget"], chosen["shapley_estimator"])
+        ShapleyRewards(chosen["shapley_budget"], chosen["shapley_estimator"]).check_rounds(1, 1)
     with pytest.raises(ConfigError) as error:
         config_module.load(None, ["mechanisms.shapley_estimator='banzhaf'"])
     assert str(error.value).endswith("allowed is one of " + ", ".join(map(repr, ESTIMATORS)))

@@ -283,7 +283,7 @@ def write_mnist1d(root, **changes):
         ({"y_test": np.array([0, 1, 11])}, r"y of dataset 'mnist1d' \(labels from 0 to 11\)"),
         ({"x": np.zeros((6, 41))}, r"x of shape \(6, 41\), float64: expected \(n, 40\) numbers"),
         ({"y": np.arange(5)}, r"y of shape \(5,\), int64: expected \(6,\) integers, a label per sequence"),
-        ({"x": np.full((6, 40), 0.5)}, r"x holds one value throughout \(std 0\): expected varied inputs"),
+        ({"x": np.full((6, 40), 0.5)}, r"mnist1d: the training inputs are constant \(std 0\)"),
         ({"x_test": np.full((3, 40), np.nan)}, r"x of dataset 'mnist1d' \(sample 0 holds a NaN"),
     ],
 )

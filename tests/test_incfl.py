@@ -164,6 +164,10 @@ def test_per_class_and_distribution_losses_match_a_direct_computation():
     )
     with pytest.raises(ValueError, match=r"label_distributions \(shape \(2, 9\)\): allowed is \(N, 10\)"):
         distribution_losses(model, params, TEST, p[:, :9])
+    with pytest.raises(ValueError, match=r"^label_distributions\[1\] \(least entry 0.0, sum 1.25\): allowed is"):
+        distribution_losses(model, params, TEST, p + np.outer([0, 1], np.eye(10)[2]) * 0.25)  # row 1 named
+    with pytest.raises(ValueError, match=r"^label_distributions=\[\['x'\]\]: allowed is \(N, 10\) distributions"):
+        distribution_losses(model, params, TEST, [["x"]])
 
 
 def test_local_models_learn_their_own_data_and_do_not_depend_on_other_clients():

@@ -321,7 +321,8 @@ class RandomForward(nn.Module):
 def test_tied_weights_and_random_forwards_are_unsupported_models_which_the_serial_executor_trains():
     """A layer used twice failed in functional_call ("got multiple values for keys ... which are
     tied") and F.dropout in vmap ("called random operation while in randomness error mode"),
-    neither as UnsupportedModel, which callers catch to train with the serial executor instead."""
+    neither as UnsupportedModel, the error that tells the caller to train with the serial
+    executor (the oracle does so where check_model raises it, as for the tied weights)."""
     torch.manual_seed(0)
     shared = nn.Linear(64, 64)
     tied = nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(64, 10))

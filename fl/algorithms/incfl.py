@@ -83,7 +83,7 @@ from torch import nn
 
 from fl.algorithms.fedavg import FedAvg, weighted_average
 from fl.algorithms.strategy import child_seed
-from fl.checks import check_positive
+from fl.checks import as_floats, check_distributions, check_positive
 from fl.data.dataset import ArrayDataset, Subset
 from fl.evaluation import logits
 from fl.executors.base import ClientResult, ClientTask, check_finite_losses
@@ -195,12 +195,11 @@ def distribution_losses(model: nn.Module, params: Params, dataset: ArrayDataset,
     distribution p_k (row k of the (N, K) ``label_distributions``), with l_c the
     :func:`per_class_loss` on ``dataset``: the client's expected loss when its data
     differ from the pool only in their label frequencies (label skew)."""
-    p = np.asarray(label_distributions, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != dataset.num_classes or np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0):
-        raise ValueError(
-            f"label_distributions (shape {p.shape}): allowed is (N, {dataset.num_classes}), "
-            "non-negative rows summing to 1"
-        )
+    allowed = f"(N, {dataset.num_classes}) distributions, one row per client"
+    p = as_floats("label_distributions", label_distributions, allowed)
+    if p.ndim != 2 or p.shape[1] != dataset.num_classes:
+        raise ValueError(f"label_distributions (shape {p.shape}): allowed is {allowed}")
+    check_distributions("label_distributions", p)
     per_class = per_class_loss(model, params, dataset)
     return np.where(p > 0, p * per_class, 0.0).sum(axis=1)
 
