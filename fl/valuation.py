@@ -19,6 +19,7 @@ per-round values over rounds).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -29,7 +30,7 @@ from torch import nn
 from fl import evaluation
 from fl.algorithms.fedavg import FedAvg
 from fl.algorithms.strategy import Strategy
-from fl.checks import check_positive, is_integer
+from fl.checks import check_options, check_positive, is_integer
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Params
 from fl.models import check_params
@@ -39,6 +40,8 @@ from fl.server import run_federated
 
 METRICS = ("accuracy", "neg_loss")
 COALITIONS_PER_PASS = 256  # coalition models evaluated together by RoundValuation.utilities (memory, not results)
+# the keywords train_with_valuation passes on to run_federated (those after its four positional arguments)
+RUN_OPTIONS = tuple(list(inspect.signature(run_federated).parameters)[4:])
 
 
 def evaluated_together(model: nn.Module) -> bool:
@@ -129,6 +132,8 @@ class RoundValuation:
                 f"{sorted(client_params)!r}"
             )
         for client, n in num_samples.items():
+            if not is_integer(client):
+                raise ValueError(f"client_params key {client!r}: allowed is an integer client id")
             check_positive(f"num_samples[{client!r}]", n)
         check_params("global_params", global_params, model)
         floating = [k for k, v in global_params.items() if v.is_floating_point()]
@@ -349,6 +354,7 @@ def train_with_valuation(
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: allowed is one of {', '.join(METRICS)}")
+    check_options("train_with_valuation", run_options, RUN_OPTIONS)
     _check_validation(validation)
     check_same_data(client_subsets(train_subsets), validation, {}, test_key="validation")
     if getattr(type(strategy), "aggregate", None) is not FedAvg.aggregate:

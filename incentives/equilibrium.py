@@ -29,7 +29,7 @@ from scipy.optimize import minimize_scalar
 from incentives.accuracy import AccuracyModel, check_phi
 from incentives.checks import (bad, check_agent, check_integer, check_number, check_participates, finite_number,
                                range_text)
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Mechanism
 from incentives.search import maximise
 from incentives.utility import Phi, utility
@@ -221,6 +221,7 @@ def best_response(
     tie_tol: a number in [0, MOST_TIE_TOL] (1e-6: ties cover rounding, not real losses);
     ValueError naming the argument otherwise.
     """
+    check_world(population, model)
     check_agent(i, population.n_agents)
     contributions = population.check_contributions(contributions)
     check_phi(phi)
@@ -284,6 +285,7 @@ def nash_equilibrium(
     tol whatever the damping), or after ``max_iter`` sweeps (``converged`` is then False).
     damping in [0, 1); grid_size: an integer >= LEAST_GRID (see :func:`best_response`).
     """
+    check_world(population, model)
     check_phi(phi)
     if not (finite_number(damping) and 0 <= damping < 1):
         raise ValueError(f"damping={damping!r}: allowed is a number in [0, 1)")
@@ -340,6 +342,7 @@ def verify_equilibrium(
     participates: None or (N,) booleans; tol: a finite number >= 0; grid_size: an integer
     >= LEAST_GRID (see :func:`best_response`). ValueError naming the argument otherwise.
     """
+    check_world(population, model)
     m = population.check_contributions(contributions)
     participates = check_participates(participates, population.n_agents)
     outside_giving = np.flatnonzero(~participates & (m > 0))
@@ -496,6 +499,7 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     and W(M) = V phi(a(M)) - C(M) is maximised over [F, N_total] (F: the free agents'
     samples) as above, then compared with M = 0.
     """
+    check_world(population, model)
     check_phi(phi)
     n = population.n_agents
     benefit_at_zero = 0.0 if phi is None else float(np.asarray(phi(np.zeros(1)), dtype=float)[0])

@@ -38,6 +38,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from incentives.accuracy import AccuracyModel
 from incentives.checks import (as_floats, bad, check_entries, check_integer, check_number, common_length,
                                finite_number, per_agent)
 
@@ -547,3 +548,14 @@ def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
     if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 2):
         raise ValueError(f"label_distribution.n_classes={n_classes!r}: allowed is an integer >= 2")
     return rng.dirichlet(np.full(n_classes, alpha), size=n)
+
+
+def check_world(population, model) -> None:
+    """ValueError naming the argument unless ``population`` is a :class:`Population` and
+    ``model`` an :class:`~incentives.accuracy.AccuracyModel` (the order every mechanism's
+    ``solve`` and the equilibrium solvers take them in): swapped or of another type, they
+    failed on the first attribute read, with an AttributeError, or passed unread."""
+    for key, value, cls in (("population", population, Population), ("model", model, AccuracyModel)):
+        if not isinstance(value, cls):
+            raise ValueError(f"{key} (of type {type(value).__name__}): allowed is an "
+                             f"{cls.__module__}.{cls.__name__}")

@@ -148,6 +148,7 @@ from cvxpy.constraints import ExpCone
 from cvxpy.reductions.solvers.defines import SOLVER_MAP_CONIC
 
 from incentives.checks import as_floats, bad, check_bool, check_number, finite_number
+from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import reservation_utility
 
@@ -1859,6 +1860,7 @@ class ContractMechanism:
 
     # -- the Mechanism protocol -----------------------------------------------------
     def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
+        check_world(population, model)
         menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
         N = len(theta_i)
         takes = chosen >= 0

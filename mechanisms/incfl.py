@@ -62,7 +62,7 @@ import numpy as np
 
 from incentives.accuracy import AccuracyModel
 from incentives.participation import participation_equilibrium
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import local_contribution
 
@@ -83,6 +83,7 @@ class IncFLParticipation:
 
     def solve(self, population: Population, model: AccuracyModel) -> Outcome:
         """The agents who stay when exits settle, each contributing m_i^o (linear phi)."""
+        check_world(population, model)
         held = local_contribution(population, model)
         local = np.asarray(model.alone(held), dtype=float)
         held_cost = population.data_cost(held)  # paid either way; joining must beat max(local utility, option)

@@ -51,7 +51,7 @@ from scipy.optimize import brentq
 from incentives.accuracy import AccuracyModel
 from incentives.checks import check_agent, check_number
 from incentives.equilibrium import nash_equilibrium, settle_participation
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.search import bisect, row_sums
 from incentives.utility import local_contribution, utility
@@ -108,6 +108,7 @@ class AccuracyShaping:
         the solve (once more for each smaller set of agents, where some leave).
         The delivery target is the shaped accuracy a_i(m) (0 for agents who stay out).
         """
+        check_world(population, model)
         rule = self._rule(population, model)
 
         def rule_for(agents: Population) -> _Rule:  # a set of N agents is everyone

@@ -64,7 +64,7 @@ import numpy as np
 from incentives.accuracy import AccuracyModel
 from incentives.checks import as_floats, bad, check_agent, check_bool, check_entries, check_integer, check_number
 from incentives.equilibrium import nash_equilibrium
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Outcome
 
 Utility = Callable[[tuple[int, ...]], float]
@@ -1099,6 +1099,7 @@ class ShapleyRewards:
         data reached from each end. Where neither converged (the leave-one-out rule's best
         responses can cycle), the last profile is returned with a warning and
         ``info["converged"]`` False."""
+        check_world(population, model)
         found = [nash_equilibrium(self, population, model, start=start) for start in (None, population.endowment)]
         equilibrium = max(found, key=lambda e: (e.converged, float(e.utilities.sum())))
         if not equilibrium.converged:

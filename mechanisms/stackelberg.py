@@ -90,6 +90,7 @@ from scipy.optimize import brentq, minimize_scalar
 
 from incentives.checks import as_floats, bad, check_integer, check_number
 from incentives.equilibrium import Participation, settle_participation
+from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.search import bisect, row_sums
 from mechanisms.contract import LogValue, ValueFunction, check_server_value, memo_hit, server_value
@@ -734,6 +735,7 @@ class StackelbergPricing:
         return _shares(contributions, self._settled(population, model)[0].reward, population, model)
 
     def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
+        check_world(population, model)
         sol, participation = self._settled(population, model)
         inside = participation.participates
         eq = sol.equilibrium

@@ -21,7 +21,7 @@ from scipy.optimize import brentq
 from incentives.accuracy import AccuracyModel, local_optimum
 from incentives.checks import check_agent
 from incentives.equilibrium import nash_equilibrium, settle_participation
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Outcome
 
 
@@ -91,6 +91,7 @@ class StandardFL:
         profitably (:func:`_free_data_profile`), and the equilibrium is every free agent
         (c_i = 0) at n_i and everyone else at 0.
         """
+        check_world(population, model)
         participation = settle_participation(lambda pop: nash_contributions(pop, model),
                                              lambda m, pop: self.allocate(m, pop, model), population)
         m = participation.contributions

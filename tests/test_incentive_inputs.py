@@ -228,3 +228,39 @@ def test_a_well_determined_fit_does_not_warn(truth, family):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         EmpiricalModel.fit(sizes, truth(sizes), family=family)
+
+
+# ----------------------------------------------------------------------------- population and model
+def _entry_points():
+    """Every mechanism's solve and the public solvers, as calls of (population, model)."""
+    from incentives.equilibrium import best_response, social_optimum, verify_equilibrium
+    from mechanisms.contract import ContractMechanism
+    from mechanisms.incfl import IncFLParticipation
+    from mechanisms.shaping import AccuracyShaping
+    from mechanisms.shapley import ShapleyRewards
+    from mechanisms.stackelberg import StackelbergPricing
+
+    mechanisms = (StandardFL(), AccuracyShaping(), StackelbergPricing(), ContractMechanism(), ShapleyRewards(1.0),
+                  IncFLParticipation())
+    calls = {type(m).__name__: m.solve for m in mechanisms}
+    calls["nash_equilibrium"] = lambda population, model: nash_equilibrium(StandardFL(), population, model)
+    calls["best_response"] = lambda population, model: best_response(StandardFL(), 0, [1.0, 1.0], population, model)
+    calls["verify_equilibrium"] = lambda population, model: verify_equilibrium(StandardFL(), [1.0, 1.0], population,
+                                                                               model)
+    calls["social_optimum"] = social_optimum
+    return calls
+
+
+@pytest.mark.parametrize("name", list(_entry_points()))
+def test_a_population_and_model_swapped_or_of_another_type_are_named(name):
+    """Swapped arguments or a model given by name raised an AttributeError ('PowerLaw' object
+    has no attribute 'n_agents'), and a contract with its default value of data never read
+    the model at all, so solve(population, 'power_law') passed."""
+    call = _entry_points()[name]
+    for population, model, message in (
+            (PL, TWO, r"^population \(of type PowerLaw\): allowed is an incentives\.population\.Population$"),
+            (TWO, "power_law", r"^model \(of type str\): allowed is an incentives\.accuracy\.AccuracyModel$"),
+            ({"cost": [1.0]}, PL, r"^population \(of type dict\): allowed is an incentives\.population\.Population$")):
+        with pytest.raises(ValueError, match=message):
+            call(population, model)
+    call(TWO, PL)  # the right order still solves

@@ -18,6 +18,7 @@ from fl.algorithms import FedAdam, Scaffold
 from fl.algorithms.fedavg import FedAvg
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.data.partition import dirichlet, iid
+from fl.executors.base import ClientResult
 from fl.models import build_model, get_params
 from fl.server import run_federated
 from fl.valuation import RoundValuation, train_with_valuation
@@ -259,6 +260,31 @@ def test_bad_arguments_are_refused(skewed_run, digits):
     # FedAvg weighing clients equally trained models the coalitions, weighted by samples, did not rebuild
     with pytest.raises(ValueError, match="weighting='uniform': allowed is 'samples'"):
         train_with_valuation("mlp", subsets, FedAvg(batch_size=32, lr=0.1, weighting="uniform"), 1, digits[2], **RUN)
+    # a misspelt option of run_federated was Python's "unexpected keyword argument"
+    with pytest.raises(ValueError, match=r"^seeds=1: not an option of train_with_valuation; allowed are executor, "
+                                         r"seed, test, progress, device, model_options, init_params, evaluate_every$"):
+        train_with_valuation("mlp", subsets, strategy, 1, digits[2], seeds=1)
+    # the string "0" was taken for client 0
+    with pytest.raises(ValueError, match=r"^client_params key '0': allowed is an integer client id$"):
+        RoundValuation(game.model, game.global_params, {"0": game.global_params}, {"0": 5}, game.validation)
+
+
+def test_clients_that_trained_on_no_samples_are_left_out_of_the_game(skewed_run):
+    """from_results drops a result with num_samples 0 (it sent no update; RoundValuation
+    itself refuses a zero aggregation weight) and weighs the others by their counts."""
+    game = skewed_run[0].rounds[0]
+    results = [ClientResult(c, game.params([c]), n, 0.0, 1) for c, n in ((0, 40), (1, 0), (2, 60))]
+    rebuilt = RoundValuation.from_results(game.model, game.global_params, results, game.validation)
+    assert rebuilt.clients == (0, 2)
+    for coalition in ([0], [2], [0, 2]):  # the (0, 2) mean is 0.4 w_0 + 0.6 w_2 of the original round's models
+        expected = {k: v.clone() for k, v in game.global_params.items()}
+        weights = {0: 40, 2: 60}
+        total = sum(weights[c] for c in coalition)
+        for k, v in expected.items():
+            if v.is_floating_point():
+                expected[k] = v + sum(weights[c] / total * (game.params([c])[k] - v) for c in coalition)
+        for k, v in rebuilt.params(coalition).items():
+            torch.testing.assert_close(v, expected[k])
 
 
 def test_estimators_against_exact_shapley_on_real_rounds(skewed_run):
