@@ -154,6 +154,23 @@ def test_scaffold_refuses_results_of_clients_it_never_configured():
     assert strategy.control["w"].item() == pytest.approx((-1.0 / 0.1 - 2.0 / 0.1) / 2)  # (c_0+ + c_1+) / N
 
 
+def test_scaffold_keeps_c_the_mean_over_all_clients_when_one_arrives_later():
+    """A client first available in round 1 joins N with c_i = 0: c = (1/N) sum_i c_i must
+    drop from (2 + 2) / 2 = 2 to (2 + 2) / 3 = 4/3 (it stayed 2, the mean of two clients)."""
+    strategy = Scaffold(lr=0.25)
+    two = {i: TRAIN.subset(np.arange(4 * i, 4 * i + 4)) for i in range(2)}
+    strategy.configure_round(0, two, child_seed(0, 1, 0))
+    strategy.aggregate(start(1.0), results([0.0], [0.0], steps=2))  # c_0+ = c_1+ = (1 - 0) / 0.5 = 2
+    assert strategy.control["w"].item() == 2.0
+    three = {**two, 2: TRAIN.subset(np.arange(8, 12))}
+    tasks = strategy.configure_round(1, three, child_seed(0, 1, 1))
+    assert strategy.control["w"].item() == pytest.approx(4 / 3)
+    # c - c_i: 4/3 - 2 for clients 0 and 1, 4/3 - 0 for the newcomer
+    assert [t.state["correction"]["w"].item() for t in tasks] == pytest.approx([-2 / 3, -2 / 3, 4 / 3])
+    strategy.configure_round(2, two, child_seed(0, 1, 2))  # a client missing from a round stays in N
+    assert strategy.control["w"].item() == pytest.approx(4 / 3)
+
+
 def test_an_unknown_keyword_names_the_strategy_and_the_keywords_it_takes():
     """FedAdagrad(beta2=0.9) raised "FedAvg.__init__() got an unexpected keyword argument 'beta2'"."""
     message = "beta2=0.9: not an option of FedAdagrad; allowed are server_lr, beta1, tau, epochs, batch_size, lr, " \

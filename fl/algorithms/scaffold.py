@@ -16,7 +16,8 @@ and the server steps, with S the round's clients and N the number of clients,
     x <- x + eta_g sum_{i in S} (n_i / n) (y_i - x),      c <- c + (1 / N) sum_{i in S} (c_i+ - c_i).
 
 The model update is weighted by sample counts (FedAvg's convention; ``weighting="uniform"``
-gives the paper's uniform average, n_i / n replaced by 1/|S|); c's keeps c = (1/N) sum_i c_i.
+gives the paper's uniform average, n_i / n replaced by 1/|S|); c's keeps c = (1/N) sum_i c_i,
+also when a client first available in a later round raises N (``configure_round``).
 K is the number of steps the client took, so a straggler's partial work gives its own
 correct c_i+; a client that took no step keeps its c_i.
 
@@ -63,8 +64,13 @@ class Scaffold(ServerOptimiser):
     def configure_round(
         self, round_index: int, available_clients: Mapping[int, Subset], seed: np.random.SeedSequence
     ) -> list[ClientTask]:
-        """FedAvg's tasks, each with ``state = {"correction": c - c_i}`` once c is known."""
+        """FedAvg's tasks, each with ``state = {"correction": c - c_i}`` once c is known.
+        Clients seen for the first time join N with c_i = 0, so c = (1/N) sum_i c_i is
+        rescaled by N_before / N_after (the sum is unchanged)."""
+        before = len(self.clients)
         self.clients |= set(available_clients)
+        if self.control and len(self.clients) > before:
+            self.control = {name: c * (before / len(self.clients)) for name, c in self.control.items()}
         tasks = super().configure_round(round_index, available_clients, seed)
         if not self.control:
             return tasks
