@@ -1,9 +1,11 @@
 """What every executor shares: importing them does not import Ray, and they train with
 gradients on whatever the caller's grad mode; the serial executor's dropout draws from
-each task's seed, and it trains from the template's own tensors as from a copy."""
+each task's seed, and it trains from the template's own tensors as from a copy; both
+train a parameter the forward does not read, and refuse wrong tasks and global models."""
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ import torch
 
 from fl.algorithms import FedAvg, FedProx, child_seed
 from fl.data.dataset import load_digits
-from fl.executors import SerialExecutor, VectorisedExecutor
+from fl.executors import ClientTask, SerialExecutor, VectorisedExecutor
 from fl.models import build_model, get_params
 
 TRAIN, _ = load_digits()
@@ -111,3 +113,80 @@ def test_serial_training_from_the_templates_own_tensors_starts_every_client_from
     for e, a in zip(expected, actual):
         assert e.train_loss == a.train_loss
         assert all(torch.equal(e.params[name], a.params[name]) for name in copy)
+
+
+class UnusedHead(torch.nn.Module):
+    """A classifier with a second head its forward never reads (e.g. an auxiliary one)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.out, self.aux = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.out(x.flatten(1))
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(mu=0.5)], ids=["fedavg", "fedprox"])
+def test_a_parameter_the_forward_does_not_read_trains_as_in_the_vectorised_executor(strategy):
+    """With FedAvg's objective (the loss alone) the serial executor stopped at autograd's
+    "appears to not have been used in the graph"; the vectorised one trained the model.
+    The unused head's gradient is zero (FedProx's mu (w - w^t) is zero from w = w^t)."""
+    model = UnusedHead()
+    params = get_params(model)
+    subsets = {c: TRAIN.subset(np.arange(30 * c, 30 * c + 10 * (c + 1))) for c in range(3)}
+    tasks = FedAvg(batch_size=8, lr=0.1).configure_round(0, subsets, child_seed(0, 0))
+    serial = SerialExecutor().run(model, strategy, params, tasks)
+    vectorised = VectorisedExecutor().run(model, strategy, params, tasks)
+    for s, v in zip(serial, vectorised):
+        assert s.steps == v.steps > 0
+        np.testing.assert_allclose(s.train_loss, v.train_loss, rtol=1e-5)
+        for name in params:
+            torch.testing.assert_close(s.params[name], v.params[name], atol=1e-5, rtol=0)
+        assert torch.equal(s.params["aux.weight"], params["aux.weight"])
+        assert not torch.equal(s.params["out.weight"], params["out.weight"])
+
+
+def task(**fields) -> ClientTask:
+    return ClientTask(**{"client_id": 0, "round_index": 0, "data": TRAIN.subset(np.arange(20)), "epochs": 1,
+                         "batch_size": 8, "lr": 0.1, "seed": np.random.SeedSequence(0), **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"batch_size": 0}, "batch_size=0: allowed is an integer >= 1"),  # ZeroDivisionError in batches()
+        ({"batch_size": 2.5}, "batch_size=2.5: allowed is an integer >= 1"),  # TypeError
+        ({"epochs": 0}, "epochs=0: allowed is an integer >= 1"),  # silently no step
+        ({"steps": -3}, "steps=-3: allowed is None or an integer >= 0"),  # silently no step, loss nan
+        ({"lr": -0.1}, "lr=-0.1: allowed is a finite number > 0"),  # silently gradient ascent
+        ({"lr": float("nan")}, "lr=nan: allowed is a finite number > 0"),  # silently nan weights
+        ({"lr": 0}, "lr=0: allowed is a finite number > 0"),
+    ],
+)
+def test_a_client_task_a_custom_strategy_builds_wrong_is_refused(fields, message):
+    with pytest.raises(ValueError, match=rf"^{re.escape(message)}$"):
+        task(**fields)
+
+
+def test_a_client_task_takes_what_the_strategies_and_the_deadline_give_it():
+    """numpy integers and floats, and steps=0 (no step, as the tests of the schedule use)."""
+    assert task(steps=0).num_steps == 0
+    assert task(batch_size=np.int64(8), epochs=np.int32(2), lr=np.float32(0.5)).num_steps == 2 * 3  # ceil(20 / 8) = 3
+    assert dataclasses.replace(task(), steps=5).num_steps == 5
+
+
+@pytest.mark.parametrize("executor", [SerialExecutor(), VectorisedExecutor()], ids=["serial", "vectorised"])
+def test_global_params_that_are_not_the_models_are_refused_before_training(executor):
+    """The vectorised executor trained a 32-wide MLP, stacked from the parameters given,
+    with a 64-wide template, and returned it; the serial one failed with torch's "size
+    of tensor a (64) must match", or a bare KeyError for a missing entry."""
+    model = build_model("mlp", TRAIN.feature_shape, 10, seed=0)  # hidden (64,)
+    narrow = get_params(build_model("mlp", TRAIN.feature_shape, 10, seed=0, hidden=(32,)))
+    tasks = [task()]
+    with pytest.raises(ValueError, match=re.escape("global_params['net.1.weight'] (shape (32, 64), torch.float32): "
+                                                   "allowed is shape (64, 64), torch.float32, as the model's own")):
+        executor.run(model, FedAvg(), narrow, tasks)
+    missing = {name: value for name, value in get_params(model).items() if name != "net.3.bias"}
+    with pytest.raises(ValueError, match=re.escape("global_params (missing keys ['net.3.bias'])")):
+        executor.run(model, FedAvg(), missing, tasks)

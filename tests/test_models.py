@@ -1,8 +1,13 @@
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import fl.models as models
+from fl.algorithms import FedAvg
+from fl.data.dataset import load_digits
 from fl.models import MODEL_NAMES, build_model, get_params
+from fl.server import run_federated
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "small_cnn"])
@@ -17,7 +22,7 @@ def test_models_map_inputs_to_logits(name, shape):
     [
         ("lenet5", (1, 28, 28), torch.zeros(2, 1, 28, 28)),
         ("resnet8", (3, 32, 32), torch.zeros(2, 3, 32, 32)),
-        ("resnet18", (1, 8, 8), torch.zeros(2, 1, 8, 8)),
+        ("resnet18", (1, 9, 9), torch.zeros(2, 1, 9, 9)),
         ("char_lstm", (80,), torch.zeros(2, 80, dtype=torch.long)),
     ],
 )
@@ -73,6 +78,8 @@ def test_too_small_input_for_the_cnn_is_refused():
         ("resnet8", (3, 32, 32), 0, {"depth": 8},
          r"depth=8: not an option of model='resnet8'; allowed are width, static_bn"),
         ("char_lstm", (1, 8, 8), 0, {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
+        # LeNet5's own check named image_size, a key the caller never gave
+        ("lenet5", (1, 4, 4), 0, {}, r"^input_shape=\(1, 4, 4\): allowed is an image of at least 5x5 for this model$"),
         ("mlp", (1, 8, 8), -2, {}, r"seed=-2: allowed is an integer >= 0"),
         # these built a broken model, or failed deep inside torch
         ("mlp", (1, 8, 8), 0, {"hidden": 5}, r"^hidden=5: allowed is a sequence of integers >= 1$"),
@@ -117,3 +124,75 @@ def test_the_char_lstm_refuses_floating_point_features():
     with pytest.raises(ValueError, match=r"^x \(torch.float32\): allowed is integer character indices"):
         model(torch.full((2, 80), 0.9))
     assert model(torch.zeros(2, 80, dtype=torch.int32)).shape == (2, 96)
+
+
+@pytest.mark.parametrize("name, halvings", [("resnet8", 2), ("resnet18", 3)])
+def test_resnets_refuse_images_their_stride_2_stages_take_to_1x1_maps(name, halvings):
+    """resnet18 on the 8x8 digits (the default data) built, then stopped in training with
+    torch's "Expected more than 1 value per channel" at the first mini-batch of one sample
+    (n mod B = 1): three stride-2 stages take a side of 8 to ceil(8 / 2**3) = 1, and batch
+    norm cannot normalise one value per channel. A side of 2**halvings + 1 leaves 2x2 maps."""
+    side = 2**halvings
+    with pytest.raises(ValueError, match=rf"^input_shape=\(1, {side}, {side}\): allowed for model='{name}' is an "
+                                         rf"image of height or width at least {side + 1} \(its {halvings} stride-2"):
+        build_model(name, (1, side, side), 10, seed=0)
+    for shape in ((1, side + 1, side + 1), (1, 1, side + 1)):  # the least allowed: one side suffices
+        model = build_model(name, shape, 10, seed=0)
+        model.train()
+        nn.functional.cross_entropy(model(torch.ones(1, *shape)), torch.tensor([3])).backward()  # a batch of one
+
+
+def digits_clients():
+    train, test = load_digits()
+    return [train.subset(np.arange(20 * c, 20 * c + 20)) for c in range(2)], test
+
+
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        (build_model("cnn", (1, 28, 28), 10, seed=0),
+         r"^model \(CNN\) cannot read the data's inputs of shape \(1, 8, 8\), torch.float32 \(mat1 and mat2 shapes"),
+        (build_model("cnn", (3, 8, 8), 10, seed=0),
+         r"^model \(CNN\) cannot read .* expected input\[2, 1, 8, 8\] to have 3 channels"),
+        (build_model("mlp", (1, 8, 8), 5, seed=0),
+         r"^model \(MLP\) gives outputs of shape \(2, 5\) for 2 samples of the data; allowed is a module that maps "
+         r"inputs of shape \(n, 1, 8, 8\), torch.float32, to logits of shape \(n, 10\), e.g. "
+         r"fl.models.build_model\(name, \(1, 8, 8\), 10\)$"),
+    ],
+    ids=["28x28-model", "3-channel-model", "5-class-model"],
+)
+def test_a_module_built_for_other_data_is_refused_before_training(module, message):
+    """A module for 28x28 images, 3 channels or 5 classes, given with the 8x8 grey
+    10-class digits, failed inside its first training step with torch's own error
+    ("mat1 and mat2 shapes cannot be multiplied", or "Target 9 is out of bounds")."""
+    clients, test = digits_clients()
+    with pytest.raises(ValueError, match=message):
+        run_federated(module, clients, FedAvg(batch_size=10), 1, test=test, progress=False)
+
+
+class Noisy(nn.Module):
+    """A forward that draws random numbers (in eval mode too) through batch norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.norm = nn.Linear(64, 10), nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.norm(self.linear(x.flatten(1)) + torch.rand(10))
+
+
+def test_checking_a_module_against_the_data_leaves_it_and_torchs_generator_as_they_were():
+    """The check runs one forward; torch's generator, the module's mode and its batch norm
+    statistics stay as they were, so that a run's numbers are those it had without it."""
+    from fl.runtime.launch import check_reads_data
+
+    (client, _), test = digits_clients()
+    module = Noisy()
+    before = get_params(module)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    check_reads_data(module, [None, client.dataset, test], torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+    assert module.training
+    assert all(torch.equal(before[name], value) for name, value in get_params(module).items())

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl.checks import check_integer, check_positive
 from fl.data.dataset import Subset
 from fl.models import Params
 
@@ -42,6 +43,8 @@ class ClientTask:
     batch_size: B (the last batch of a pass may be smaller). lr: SGD step size. seed:
     the batch order's random stream.
     state: the strategy's per-client state (e.g. SCAFFOLD's control variate); empty for FedAvg.
+    ValueError unless epochs and batch_size are integers >= 1, steps None or an integer
+    >= 0 (0: no step), and lr a finite number > 0 (as ``FedAvg`` asks of its own).
     """
 
     client_id: int
@@ -53,6 +56,12 @@ class ClientTask:
     seed: np.random.SeedSequence
     steps: int | None = None
     state: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_integer("epochs", self.epochs)
+        check_integer("batch_size", self.batch_size)
+        check_integer("steps", self.steps, least=0, optional=True)
+        check_positive("lr", self.lr)
 
     @property
     def num_steps(self) -> int:
@@ -158,7 +167,8 @@ class Executor(ABC):
     ) -> list[ClientResult]:
         """Train each task from ``global_params`` and return the results in task order.
         ``model`` is a template whose architecture is used (its own weights are not, and
-        may be left changed)."""
+        may be left changed). ValueError, before any training, unless ``global_params``
+        has the keys, shapes and dtypes of ``model``'s state (``fl.models.check_params``)."""
 
     def check_model(self, model: nn.Module) -> None:
         """:class:`UnsupportedModel` when this executor cannot train ``model``, so that a

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fl.executors.base import ClientResult, ClientTask, Executor
-from fl.models import Params
+from fl.models import Params, check_params
 
 # The child of a task's seed that seeds torch's generators (its batch order draws from the seed itself).
 TORCH_STREAM = 0
@@ -21,7 +21,9 @@ class SerialExecutor(Executor):
     """Loads the global model into ``model`` for each task and runs plain mini-batch SGD
     with autograd, ``w <- w - lr * grad``, on the device of ``global_params`` (with
     gradients enabled, also when called inside ``torch.no_grad()``). Overhead over a
-    hand-written training loop: one parameter copy in and one out per client.
+    hand-written training loop: one parameter copy in and one out per client. A trainable
+    parameter that the objective does not read (an unused layer; with FedAvg's objective,
+    the loss itself) has gradient zero and is left as it is, as by the vectorised executor.
 
     Random numbers the model draws while it trains (dropout) come from torch's CPU
     generator, and on CUDA the device's, seeded for each task from its own stream, the
@@ -33,6 +35,7 @@ class SerialExecutor(Executor):
 
     @torch.enable_grad()
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
+        check_params("global_params", global_params, model)
         state = model.state_dict(keep_vars=True)
         if _shares_memory(global_params, state):
             global_params = {name: tensor.detach().clone() for name, tensor in global_params.items()}
@@ -53,10 +56,11 @@ class SerialExecutor(Executor):
                     index = torch.from_numpy(batch).to(device)
                     loss = F.cross_entropy(model(x[index]), y[index])
                     objective = strategy.local_objective(loss, trainable, global_params, task.state)
-                    grads = torch.autograd.grad(objective, weights)
+                    grads = torch.autograd.grad(objective, weights, allow_unused=True)
                     with torch.no_grad():
                         for weight, grad in zip(weights, grads):
-                            weight.add_(grad, alpha=-task.lr)
+                            if grad is not None:  # None: the objective does not read it, a zero gradient
+                                weight.add_(grad, alpha=-task.lr)
                     losses.append(loss.detach())
             results.append(
                 ClientResult(

@@ -62,7 +62,7 @@ from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tr
 from fl.executors.base import ClientResult, ClientTask, Executor, UnsupportedModel
 from fl.checks import check_integer
 from fl.executors.stacked import compile_layers, layer_chain
-from fl.models import Params, batch_statistics_layers
+from fl.models import Params, batch_statistics_layers, check_params
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """One SGD step of a chunk: (x (C, B, ...), y (C, B), a (C, B), lr (C,)) -> losses l (C,),
@@ -148,6 +148,7 @@ class VectorisedExecutor(Executor):
 
     def run(self, model: nn.Module, strategy, global_params: Params, tasks: list[ClientTask]) -> list[ClientResult]:
         self.check_model(model)
+        check_params("global_params", global_params, model)
         if not tasks:
             return []
         _check_states(tasks)

@@ -14,6 +14,9 @@ lenet5       fl.models.lenet.LeNet5        in_channels, image_size (square)
 resnet8      fl.models.resnet.resnet8      in_channels, num_classes          width=1.0, static_bn=False
 resnet18     fl.models.resnet.resnet18     in_channels, num_classes          width=1.0, static_bn=False
 char_lstm    fl.models.lstm.CharLSTM       vocab_size = num_classes          embed_dim=8, hidden=256, layers=2
+
+Image sizes refused by ``build_model``: lenet5 below 5x5; resnet8 and resnet18 where
+neither side exceeds 4 and 8 respectively (their last maps would be 1x1).
 """
 
 from __future__ import annotations
@@ -46,7 +49,30 @@ def _square_image(input_shape: tuple, num_classes: int) -> dict:
     arguments = _image(input_shape, num_classes)
     if input_shape[1] != input_shape[2]:
         raise ValueError(f"input_shape={input_shape!r}: allowed is a square image for this model")
+    if input_shape[1] < 5:  # LeNet5's own check, naming the key the caller gave (not image_size)
+        raise ValueError(f"input_shape={input_shape!r}: allowed is an image of at least 5x5 for this model")
     return {**arguments, "image_size": input_shape[1]}
+
+
+def _downsampled_image(name: str, halvings: int) -> Callable[[tuple, int], dict]:
+    """The adapter of model ``name``, whose ``halvings`` stride-2 stages (3x3, padding 1)
+    take a side s to ceil(s / 2**halvings): it asks for an image with a side > 2**halvings,
+    so that the last maps hold more than one value per channel. On 1x1 maps batch norm in
+    train mode cannot normalise a mini-batch of one sample (a pass's last mini-batch holds
+    n mod B samples), and training would stop there."""
+    least = 2**halvings + 1
+
+    def adapter(input_shape: tuple, num_classes: int) -> dict:
+        arguments = _image(input_shape, num_classes)
+        if max(input_shape[1:]) < least:
+            raise ValueError(
+                f"input_shape={input_shape!r}: allowed for model={name!r} is an image of height or width at least "
+                f"{least} (its {halvings} stride-2 stages leave 1x1 maps on smaller ones, where batch norm cannot "
+                "train on a mini-batch of one sample)"
+            )
+        return arguments
+
+    return adapter
 
 
 def _vocabulary(input_shape: tuple, num_classes: int) -> dict:
@@ -61,8 +87,8 @@ _REGISTRY: dict[str, tuple[str, str, Callable[[tuple, int], dict], dict]] = {
     "cnn": ("fl.models.cnn", "CNN", _shape, {}),
     "small_cnn": ("fl.models.cnn", "CNN", _shape, {"channels": (16, 32), "hidden": 64, "kernel_size": 3}),
     "lenet5": ("fl.models.lenet", "LeNet5", _square_image, {}),
-    "resnet8": ("fl.models.resnet", "resnet8", _image, {}),
-    "resnet18": ("fl.models.resnet", "resnet18", _image, {}),
+    "resnet8": ("fl.models.resnet", "resnet8", _downsampled_image("resnet8", 2), {}),
+    "resnet18": ("fl.models.resnet", "resnet18", _downsampled_image("resnet18", 3), {}),
     "char_lstm": ("fl.models.lstm", "CharLSTM", _vocabulary, {}),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)

@@ -20,8 +20,12 @@ roughly with ``width**2``: the submodels of HeteroFL (Diao, Ding & Tarokh 2021) 
 uses the current batch's statistics, in eval mode too, and no running mean or variance
 is kept or aggregated; so a sample's output depends on the batch it comes in, and
 ``fl.evaluation`` scores such a model on consecutive batches of its ``_BATCH`` samples
-(one model at a time, never together with others). Input (batch, in_channels, 32, 32)
-(any size >= 8 works); output (batch, num_classes) logits.
+(one model at a time, never together with others). Input (batch, in_channels, 32, 32);
+other sizes work where the height or width exceeds 2**s, s the stride-2 stages (2 for
+``resnet8``: a side > 4; 3 for ``resnet18``: a side > 8). On smaller images the last
+stage's maps are 1x1, and batch norm in train mode cannot normalise a mini-batch of one
+sample (one value per channel), so ``fl.models.build_model`` refuses them. Output
+(batch, num_classes) logits.
 """
 
 from __future__ import annotations

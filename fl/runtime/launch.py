@@ -102,15 +102,19 @@ def initial_model(
     ``model_options`` (input shape and classes from the data, initialised from the run
     ``seed``'s init stream); ``init_params`` (default: the model's own weights) are copied
     to ``device``, once ``fl.models.check_params`` has matched them with the model's state
-    (a copy also when they are on ``device``: they may be the module's own tensors, which training changes)."""
+    (a copy also when they are on ``device``: they may be the module's own tensors, which training changes).
+    A module is first checked against the data (:func:`check_reads_data`)."""
     target = resolve_device(device)
-    if isinstance(model, str):
+    built = isinstance(model, str)
+    if built:
         shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
         if shape_source is None:
             raise ValueError(f"model={model!r}: allowed is a module when there is neither training data nor a test set")
         shape, classes = shape_source.feature_shape, shape_source.num_classes
         model = build_model(model, shape, classes, child_seed(seed, INIT_STREAM), **(model_options or {}))
     model = model.to(target)
+    if not built:
+        check_reads_data(model, [*(s.dataset for s in subsets.values()), test], target)
     if init_params is None:
         return model, get_params(model)
     check_params("init_params", init_params, model)
@@ -121,3 +125,34 @@ def round_seed(seed: int | np.random.SeedSequence, round_index: int) -> np.rando
     """The random stream of round ``round_index`` of a run with ``seed`` (what
     ``Strategy.configure_round`` is given)."""
     return child_seed(seed, ROUND_STREAM, round_index)
+
+
+def check_reads_data(model: nn.Module, datasets: Sequence[ArrayDataset | None], device: torch.device) -> None:
+    """ValueError unless ``model`` (on ``device``) maps two samples of the first of
+    ``datasets`` that holds two or more (None: absent) to logits of shape (2, num_classes):
+    a module built for other inputs (size, channels) or classes is refused before training,
+    not inside its first step. The forward runs once, in eval mode (no dropout; batch norm
+    on its running statistics, left as they are) and without gradients; torch's generators
+    (a forward that draws numbers draws from a fork) and the module's mode are left as
+    they were."""
+    data = next((d for d in datasets if d is not None and len(d) >= 2), None)
+    if data is None:
+        return
+    name = type(model).__name__
+    inputs = ", ".join(str(size) for size in ("n", *data.feature_shape))
+    allowed = (f"allowed is a module that maps inputs of shape ({inputs}), {data.x.dtype}, to "
+               f"logits of shape (n, {data.num_classes}), e.g. fl.models.build_model(name, {data.feature_shape}, "
+               f"{data.num_classes})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            logits = model(data.x[:2].to(device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        raise ValueError(f"model ({name}) cannot read the data's inputs of shape {data.feature_shape}, "
+                         f"{data.x.dtype} ({str(error).splitlines()[0]}); {allowed}") from error
+    finally:
+        model.train(was_training)
+    if not (isinstance(logits, torch.Tensor) and tuple(logits.shape) == (2, data.num_classes)):
+        given = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else f"type {type(logits).__name__}"
+        raise ValueError(f"model ({name}) gives outputs of {given} for 2 samples of the data; {allowed}")
