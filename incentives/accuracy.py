@@ -315,7 +315,9 @@ class EmpiricalModel(AccuracyModel):
 
     @classmethod
     def fit(cls, sizes, accuracies, family: str = "power_law") -> "EmpiricalModel":
-        """Least-squares fit (``scipy.optimize.curve_fit``) of the unclipped formula.
+        """Least-squares fit (``scipy.optimize.curve_fit``) of the model as used: the
+        unclipped formula first, then, where that clips a point (below its zero crossing),
+        the model itself refined from there (:func:`_refit_clipped`).
 
         Bounds (:func:`_fit_bounds`): 0 < a_opt <= 1, k > 0 and 0 < alpha <= 2 for the
         power law; for the bound, 0 < a_opt <= 1 and 0 < k <= e^2 min(sizes) so that
@@ -333,7 +335,7 @@ class EmpiricalModel(AccuracyModel):
         with warnings.catch_warnings():  # no covariance with as many points as parameters: not needed
             warnings.simplefilter("ignore", OptimizeWarning)
             fitter = _fit_power_law if family == PowerLaw.family else _fit_bound
-            fitted = fitter(sizes, accuracies, bounds)
+            fitted = _refit_clipped(fitter(sizes, accuracies, bounds), sizes, accuracies, bounds)
         _warn_on_bounds(f"EmpiricalModel.fit(family={family!r})", fitted.params, bounds)
         sizes.setflags(write=False)
         accuracies.setflags(write=False)
@@ -543,6 +545,32 @@ def _warn_on_bounds(fitter: str, params: dict, bounds: _Bounds) -> None:
                       UserWarning, stacklevel=3)
 
 
+def _refit_clipped(fitted: _Parametric, sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> _Parametric:
+    """``fitted``, a least-squares fit of the unclipped formula, refined on the model as
+    used (0 below its zero crossing) where the two differ at some point: there a measured
+    0 is what the model predicts, yet the formula's residual (down to -inf for the power
+    law) pulled the fit down and to the right. The refinement starts from ``fitted`` and
+    is kept only where its sum of squared residuals, as :attr:`EmpiricalModel.residuals`
+    counts them, is lower. Where no point lies below the zero crossing the two sums agree
+    and ``fitted`` is returned as it is."""
+    if np.array_equal(fitted(sizes), fitted.formula(sizes)):
+        return fitted
+    family = type(fitted)
+
+    def model(m, *params):
+        return family(*params)(m)
+
+    def sse(params) -> float:
+        return float(np.sum((model(sizes, *params) - accuracies) ** 2))
+
+    start = tuple(fitted.params.values())
+    try:
+        refined, _ = curve_fit(model, sizes, accuracies, p0=start, bounds=bounds, maxfev=20000)
+    except RuntimeError:
+        return fitted
+    return family(*(float(x) for x in refined)) if sse(refined) < sse(start) else fitted
+
+
 def _fit_power_law(sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> PowerLaw:
     def f(m, a_opt, k, alpha):
         return a_opt - k * m ** (-alpha)
@@ -638,8 +666,11 @@ def benefits_of(phi, accuracies: np.ndarray) -> np.ndarray:
         return accuracies
     if not callable(phi):
         raise ValueError(f"phi={phi!r}: {_PHI_ALLOWED}")
-    with np.errstate(all="ignore"):
-        benefits = np.asarray(phi(accuracies), dtype=float)
+    try:
+        with np.errstate(all="ignore"):
+            benefits = np.asarray(phi(accuracies), dtype=float)
+    except (TypeError, ValueError) as error:  # e.g. math.sqrt, a function of one number, not of arrays
+        raise ValueError(f"phi={phi!r} (raised {type(error).__name__}: {error}): {_PHI_ALLOWED}") from None
     if benefits.shape != accuracies.shape:
         raise ValueError(f"phi={phi!r} (gave shape {benefits.shape} for {accuracies.size} accuracies): {_PHI_ALLOWED}")
     if not np.all(np.isfinite(benefits)):

@@ -48,18 +48,34 @@ def check_agent(i, n: int) -> None:
         raise ValueError(f"i={i!r}: allowed is an agent index 0 to {n - 1}")
 
 
-def as_floats(key: str, value, allowed: str = "numbers in a rectangular array (rows of one length)") -> np.ndarray:
+def as_floats(key: str, value, allowed: str = "numbers in a rectangular array (rows of one length)",
+              booleans: bool = True) -> np.ndarray:
     """``value`` as a new float array; ValueError naming ``key`` for strings or bytes (numeric
     ones such as '1e-3' too), complex numbers (numpy would drop the imaginary part), None
-    (numpy would read it as NaN), alone or as entries, or ragged rows."""
+    (numpy would read it as NaN), alone or as entries, or ragged rows; without
+    ``booleans``, for True or False too (numpy would read them as 1 and 0), alone or as
+    entries."""
     try:
         raw = np.asarray(value)
         if raw.dtype.kind in "USc" or (raw.dtype == object and any(x is None or isinstance(x, (str, bytes))
                                                                  for x in raw.flat)):
             raise TypeError
-        return np.array(raw, dtype=float)
+        floats = np.array(raw, dtype=float)
     except (TypeError, ValueError):
         raise bad(key, value, allowed) from None
+    if not booleans and _holds_booleans(value, raw):
+        raise bad(key, value, f"{allowed} (True and False are not numbers here)")
+    return floats
+
+
+def _holds_booleans(value, raw: np.ndarray) -> bool:
+    """Whether ``value`` (``raw`` as numpy reads it) is or holds True or False: a list that
+    mixes them with numbers reads as numbers, so its entries are looked at themselves."""
+    if raw.dtype.kind == "b":
+        return True
+    if isinstance(value, np.ndarray) and raw.dtype != object:
+        return False
+    return any(isinstance(x, (bool, np.bool_)) for x in np.asarray(value, dtype=object).flat)
 
 
 def range_text(least: float = -np.inf, most: float = np.inf, strict: bool = False) -> str:

@@ -203,7 +203,9 @@ def best_response(
     grid_size: int = 160,
     tie_tol: float = 1e-13,
 ) -> Response:
-    """argmax over m_i in [0, n_i] of u_i(m_i, m_{-i}), or leaving if the outside option is better.
+    """argmax over m_i in [0, n_i] of u_i(m_i, m_{-i}), or leaving if the outside option is
+    better by more than a tie: r_i > max + tie_tol * scale (an agent whose outside option
+    equals its best utility, such as r_i = its local utility, takes part).
 
     Robust to kinks and plateaus: u_i is evaluated on a grid (linear plus log-spaced, plus
     points around the current m_i), refined by bounded scalar minimisation of -u_i over the
@@ -237,12 +239,15 @@ def best_response(
     grid = _grid(n_i, float(np.clip(contributions[i], 0.0, n_i)), grid_size,
                  _breakpoints(mechanism, i, population, model))
     values = _utilities(mechanism, i, contributions, population, model, phi, grid)
-    best_m, best_u = _refined_maximum(u, grid, values)
+    peak_m, peak = _refined_maximum(u, grid, values)
 
-    scale = max(1.0, abs(best_u), float(population.value[i]),
-                float(population.cost[i]) * best_m ** population.cost_exponent)
-    threshold = best_u - tie_tol * scale
-    start = float(np.max(grid[values >= threshold], initial=best_m))
+    scale = max(1.0, abs(peak), float(population.value[i]),
+                float(population.cost[i]) * peak_m ** population.cost_exponent)
+    tie = tie_tol * scale
+    if population.outside_option[i] > peak + tie:  # staying loses more than a tie: leave
+        return Response(0.0, float(population.outside_option[i]), False)
+    threshold = peak - tie
+    start = float(np.max(grid[values >= threshold], initial=peak_m))
     above = grid[grid > start]
     if above.size:  # u(start) >= threshold > u(above[0]): bisect for the plateau's right end
         left, right = start, float(above[0])
@@ -254,12 +259,7 @@ def best_response(
         start = left
     if start < n_i * RESOLUTION and values[0] >= threshold:  # values[0] = u(0): the grid starts at 0
         start = 0.0
-    if start != best_m:
-        best_m, best_u = start, u(start)
-
-    if population.outside_option[i] > best_u:
-        return Response(0.0, float(population.outside_option[i]), False)
-    return Response(best_m, best_u, True)
+    return Response(start, peak if start == peak_m else u(start), True)
 
 
 def nash_equilibrium(
@@ -472,9 +472,11 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     (:func:`_closed_sets`: with a joiner, every joiner at least as good in cost,
     endowment, value, communication cost and outside option), a chain of K + 1 sets
     when the joiners differ only in cost. Every such set is solved as below when there
-    are at most 1024 of them; beyond that, from the better of all joiners in and all
-    out, one joiner at a time joins or leaves while that raises W (a local optimum, the
-    only case not solved exactly).
+    are at most 1024 of them (so never with K >= 1024 joiners); beyond that, from the
+    better of all joiners in and all out, one joiner at a time joins or leaves while that
+    raises W (a local optimum, the only case not solved exactly): K solves of a set a
+    pass, each O(N log N) time, with only the best set met kept, so O(N) memory (the
+    dominance of fewer than 1024 joiners, O(K^2), aside).
 
     For a given S (:func:`_everyone_in`), with N_j the cumulative endowments of S's
     agents in increasing order of cost:
@@ -504,36 +506,52 @@ def social_optimum(population: Population, model: AccuracyModel, phi: Phi | None
     n = population.n_agents
     benefit_at_zero = 0.0 if phi is None else float(np.asarray(phi(np.zeros(1)), dtype=float)[0])
     costly = np.flatnonzero(population.value * benefit_at_zero - population.comm_cost < population.outside_option)
-    solved: dict[frozenset, tuple[float, np.ndarray, np.ndarray]] = {}
 
-    def solve(joiners: frozenset) -> tuple[float, np.ndarray, np.ndarray]:
-        """(W, m, S) with S = the agents that are not costly joiners, and ``joiners``."""
-        if joiners not in solved:
-            inside = np.ones(n, dtype=bool)
-            inside[costly] = False
-            inside[list(joiners)] = True
-            m = np.zeros(n)
-            if inside.any():
-                m[inside] = _everyone_in(population.subset(inside), model, phi)
-            accuracy = np.full(n, float(model(m.sum())))
-            solved[joiners] = (float(np.sum(utility(population, accuracy, m, participates=inside, phi=phi))), m, inside)
-        return solved[joiners]
+    def solve(inside: np.ndarray) -> tuple[float, np.ndarray]:
+        """(W, m) where the agents of the (N,) mask ``inside`` take part."""
+        m = np.zeros(n)
+        if inside.any():
+            m[inside] = _everyone_in(population.subset(inside), model, phi)
+        accuracy = np.full(n, float(model(m.sum())))
+        return float(np.sum(utility(population, accuracy, m, participates=inside, phi=phi))), m
 
-    def welfare(joiners: frozenset) -> float:
-        return solve(joiners)[0]
+    def welfare(inside: np.ndarray) -> float:
+        return solve(inside)[0]
 
-    plans = list(islice(_closed_sets(population, costly, benefit_at_zero >= 0), _EXHAUSTIVE_PLANS + 1))
-    if len(plans) <= _EXHAUSTIVE_PLANS:
-        best = max(plans, key=welfare)
+    def plan(joiners) -> np.ndarray:
+        """(N,) the agents that are not costly joiners, and ``joiners``."""
+        inside = np.ones(n, dtype=bool)
+        inside[costly] = False
+        inside[list(joiners)] = True
+        return inside
+
+    plans = _few_closed_sets(population, costly, benefit_at_zero >= 0)
+    if plans is not None:
+        inside = max(map(plan, plans), key=welfare)
     else:  # from the better of all in and all out, one joiner at a time joins or leaves while W rises
-        best, improved = max(frozenset(), frozenset(costly.tolist()), key=welfare), True
+        inside = max(plan([]), plan(costly), key=welfare)
+        best_w, improved = welfare(inside), True
         while improved:
             improved = False
-            for i in costly.tolist():
-                if welfare(best ^ {i}) > welfare(best):
-                    best, improved = best ^ {i}, True
-    total_welfare, m, inside = solve(best)
+            for i in costly:
+                inside[i] = not inside[i]
+                w = welfare(inside)
+                if w > best_w:
+                    best_w, improved = w, True
+                else:
+                    inside[i] = not inside[i]
+    total_welfare, m = solve(inside)
     return SocialOptimum(m, float(m.sum()), float(model(m.sum())), total_welfare, inside)
+
+
+def _few_closed_sets(population: Population, joiners: np.ndarray, benefit_nonnegative: bool) -> list[frozenset] | None:
+    """Every set of :func:`_closed_sets`, or None where there are more than _EXHAUSTIVE_PLANS
+    of them: always so with K >= _EXHAUSTIVE_PLANS joiners, as the K + 1 leading runs of
+    the dominance order are all closed; their K x K dominance matrix is then not built."""
+    if joiners.size >= _EXHAUSTIVE_PLANS:
+        return None
+    plans = list(islice(_closed_sets(population, joiners, benefit_nonnegative), _EXHAUSTIVE_PLANS + 1))
+    return plans if len(plans) <= _EXHAUSTIVE_PLANS else None
 
 
 def _closed_sets(population: Population, joiners: np.ndarray, benefit_nonnegative: bool) -> Iterator[frozenset]:

@@ -75,7 +75,8 @@ def _check_field(key: str, arr: np.ndarray, n: int) -> np.ndarray:
 
 def _check_labels(raw, n: int) -> np.ndarray:
     """The label distribution as a read-only (n, K) array of rows of non-negative numbers summing to 1."""
-    arr = as_floats("label_distribution", raw, f"(N, K) numbers with N={n}, every row of one length K")
+    arr = as_floats("label_distribution", raw, f"(N, K) numbers with N={n}, every row of one length K",
+                    booleans=False)
     if arr.ndim != 2 or arr.shape[0] != n:
         raise ValueError(f"label_distribution has shape {arr.shape}: allowed is (N, K) with N={n}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
@@ -130,7 +131,7 @@ class Population:
     def __post_init__(self) -> None:
         check_number("cost_exponent", self.cost_exponent, least=1)
         object.__setattr__(self, "cost_exponent", float(self.cost_exponent))
-        raw = {key: as_floats(key, getattr(self, key), _A_LIST) for key in FIELDS}
+        raw = {key: as_floats(key, getattr(self, key), _A_LIST, booleans=False) for key in FIELDS}
         n = common_length(raw)
         if n is None:
             raise ValueError(
@@ -213,7 +214,7 @@ class Population:
         if n_agents is None:
             return cls(**fields, **extra)
         check_integer("n_agents", n_agents)
-        fields = {k: as_floats(k, v, _A_LIST) for k, v in fields.items()}
+        fields = {k: as_floats(k, v, _A_LIST, booleans=False) for k, v in fields.items()}
         for key, values in fields.items():
             if values.ndim == 1 and len(values) != n_agents:
                 raise ValueError(f"len({key})={len(values)}: allowed is n_agents={n_agents}, one value per agent")
@@ -307,6 +308,8 @@ class Population:
         which other fields are sampled.
         """
         check_integer("n", n)
+        if not isinstance(spec, Mapping):
+            raise bad("spec", spec, "a mapping of fields to specs: numbers, lists or distributions")
         unknown = sorted(set(spec) - set(FIELDS) - {"label_distribution"})
         if unknown:
             key = unknown[0]
@@ -364,12 +367,21 @@ class Population:
 
     # ----------------------------------------------------------------- views and output
     def subset(self, mask) -> "Population":
-        """The agents selected by a boolean mask of shape (N,) or by integer indices."""
+        """The agents selected by a boolean mask of shape (N,) or by a 1-D array of agent
+        indices, integers 0 to N - 1 (-1 is not the last agent)."""
         index = np.asarray(mask)
         if index.dtype == bool and index.shape != (self.n_agents,):
             raise ValueError(
                 f"mask has shape {index.shape}: allowed is a boolean mask of shape ({self.n_agents},)"
             )
+        if index.dtype != bool:
+            if index.dtype.kind not in "iu" or index.ndim != 1:
+                raise bad("mask", mask, f"a boolean mask of shape ({self.n_agents},) or a 1-D array of agent "
+                          f"indices (integers 0 to {self.n_agents - 1})")
+            outside = np.flatnonzero((index < 0) | (index >= self.n_agents))
+            if outside.size:
+                k = int(outside[0])
+                raise ValueError(f"mask[{k}]={int(index[k])!r}: allowed is an agent index 0 to {self.n_agents - 1}")
         fields = {key: getattr(self, key)[index] for key in FIELDS}
         labels = None if self.label_distribution is None else self.label_distribution[index]
         names = None if self.names is None else tuple(np.asarray(self.names, dtype=object)[index])
@@ -474,9 +486,10 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
     if isinstance(spec, (list, tuple)) or (isinstance(spec, np.ndarray) and spec.ndim > 0):
         if len(spec) != n:
             raise ValueError(f"{field}={list(spec)!r}: allowed is a list of n={n} numbers (one per agent)")
-        return as_floats(field, spec, _A_LIST)
+        return as_floats(field, spec, _A_LIST, booleans=False)
     if not isinstance(spec, Mapping) and np.ndim(spec) == 0:
-        return np.full(n, as_floats(field, spec, "a number, a list of numbers or a dict with a 'dist' key"))
+        return np.full(n, as_floats(field, spec, "a number, a list of numbers or a dict with a 'dist' key",
+                                    booleans=False))
     if not isinstance(spec, Mapping) or "dist" not in spec:
         raise ValueError(f"{field}={spec!r}: allowed is a number or a dict with a 'dist' key")
     dist = spec["dist"]
@@ -495,8 +508,8 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
             raise ValueError(f"{field}.sigma={sigma!r}: allowed is a number >= 0")
         return rng.lognormal(mean, sigma, size=n)
     if dist == "types":
-        values = as_floats(f"{field}.values", _need(spec, "values", field), _A_LIST)
-        probs = as_floats(f"{field}.probs", _need(spec, "probs", field), _A_LIST)
+        values = as_floats(f"{field}.values", _need(spec, "values", field), _A_LIST, booleans=False)
+        probs = as_floats(f"{field}.probs", _need(spec, "probs", field), _A_LIST, booleans=False)
         if values.ndim != 1 or values.size == 0 or probs.shape != values.shape:
             raise ValueError(
                 f"{field}.probs={spec['probs']!r}: allowed is one probability per value "

@@ -118,6 +118,24 @@ def test_fit_recovers_noiseless_parameters(truth, family):
     assert fitted.zero_crossing == pytest.approx(truth.zero_crossing, rel=1e-5)
 
 
+@pytest.mark.parametrize("truth", [BOUND, PowerLaw(0.95, 6.0, 0.6)])
+def test_fit_recovers_a_curve_whose_pilot_points_start_below_its_zero_crossing(truth):
+    """The default config's pilot sizes: below the zero crossing (BOUND: 85.8 samples, the
+    power law: (6 / 0.95)^(1 / 0.6) = 21.6) the model, and so the measurement, is 0.
+    Before, the unclipped formula was fitted there (-inf at m -> 0): BOUND came out as
+    a_opt = 0.668, k on its bound, and the power law as (0.975, 5.0, 0.544), unwarned."""
+    sizes = np.array([20, 40, 80, 160, 320, 640, 1000], dtype=float)
+    measured = truth(sizes)
+    assert measured[0] == 0.0 and sizes[0] < truth.zero_crossing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = EmpiricalModel.fit(sizes, measured, family=truth.family)
+    for key, value in truth.params.items():
+        assert fitted.params[key] == pytest.approx(value, rel=1e-5)
+    assert fitted.rmse < 1e-8  # curve_fit's tolerances
+    assert fitted(5000.0) == pytest.approx(truth(5000.0), rel=1e-7)
+
+
 def test_fit_reports_residuals_on_noisy_points():
     sizes = np.geomspace(50, 5000, 12)
     rng = np.random.default_rng(0)

@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from incentives.accuracy import PowerLaw, local_optimum
+from incentives.accuracy import GeneralisationBound, PowerLaw, local_optimum
 from incentives.equilibrium import (
+    _few_closed_sets,
     best_response,
     nash_equilibrium,
     settle_participation,
@@ -12,7 +15,7 @@ from incentives.equilibrium import (
 )
 from incentives.population import Population
 from incentives.protocols import Allocation
-from incentives.utility import utility
+from incentives.utility import local_utility, utility
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards
 from mechanisms.standard import StandardFL
@@ -61,6 +64,51 @@ def test_best_response_can_leave_for_the_outside_option():
     pop = identical(2, outside_option=[5.0, 0.0])
     response = best_response(StandardFL(), 0, np.zeros(2), pop, TOY)
     assert (response.contribution, response.utility, response.participates) == (0.0, 5.0, False)
+
+
+# a = 0.9 - 2 m^(-1/2), c = 1e-3: alone, a'(m) = m^(-3/2) = c at m = 100, a(100) = 0.7, u = 0.7 - 0.1 = 0.6
+EXACT = PowerLaw(0.9, 2.0, 0.5)
+
+
+def indifferent(n):
+    """n agents whose outside option 0.6 is exactly what each gets training alone."""
+    return Population.from_lists(n_agents=n, cost=1e-3, endowment=500.0, outside_option=0.6)
+
+
+def test_an_agent_indifferent_between_taking_part_and_its_outside_option_takes_part():
+    """Alone (the others give nothing), agent 0's best is m = 100 with u = 0.6, its outside
+    option: a tie, so it takes part. Then the others free-ride at u = a(100) = 0.7 > 0.6,
+    StandardFL's closed form. Before, the tie sent everyone out (total 0, u = 0.6 each)."""
+    response = best_response(StandardFL(), 0, np.zeros(3), indifferent(3), EXACT)
+    assert response.participates
+    assert response.contribution == pytest.approx(100.0, rel=1e-5)
+    assert response.utility == pytest.approx(0.6, abs=1e-12)
+    eq = nash_equilibrium(StandardFL(), indifferent(3), EXACT)
+    closed = StandardFL().solve(indifferent(3), EXACT)
+    assert eq.participates.all() and closed.participates.all()
+    assert eq.total == pytest.approx(100.0, rel=1e-5) and closed.contributions.sum() == pytest.approx(100.0)
+    np.testing.assert_allclose(np.sort(eq.utilities), [0.6, 0.7, 0.7], atol=1e-6)
+
+
+@pytest.mark.parametrize("model", [EXACT, GeneralisationBound(0.95, 3.0)])
+@pytest.mark.parametrize("cost", [1e-4, 1e-3])
+def test_an_agent_whose_outside_option_is_training_alone_takes_part(model, cost):
+    """r = local_utility: alone, the best response ties with the outside option (within
+    rounding of the closed form), and the agent takes part at its local optimum."""
+    pop = Population.from_lists(cost=[cost], endowment=[1e5])
+    pop = replace(pop, outside_option=local_utility(pop, model))
+    response = best_response(StandardFL(), 0, np.zeros(1), pop, model)
+    assert response.participates
+    assert response.contribution == pytest.approx(local_optimum(cost, 1.0, model), rel=1e-5)
+
+
+def test_shapley_rewards_without_a_budget_keep_indifferent_agents_in():
+    """Budget 0 pays nothing, so the game is standard FL's: one agent gives 100 (u = 0.6,
+    its outside option), the other free-rides (u = 0.7). Before, both starts of the
+    iteration sent both agents out."""
+    outcome = ShapleyRewards(budget=0.0).solve(indifferent(2), EXACT)
+    assert outcome.participates.all()
+    assert outcome.contributions.sum() == pytest.approx(100.0, rel=1e-5)
 
 
 def test_best_response_with_concave_phi():
@@ -252,6 +300,22 @@ def test_no_equilibrium_beats_the_planner_when_staying_out_pays(n):
     assert not eq.participates.any()
     welfare = utility(pop, eq.accuracy, eq.contributions, eq.transfer, eq.participates).sum()
     assert optimum.welfare == pytest.approx(welfare)
+
+
+def test_the_planner_enumerates_the_closed_sets_only_while_they_are_few():
+    """Joiners that differ only in cost form a chain of dominance: the closed sets are the
+    K + 1 runs of the cheapest ones, here {}, {1}, {1, 2}, {0, 1, 2}. So with K >= 1024
+    joiners there are more than the 1024 plans tried one by one, and the planner goes to
+    its local search at once, without the K x K dominance matrix (740 MB at N = 4000
+    before, with a cache of every plan the search met). Identical agents with outside
+    options of 1000 all stay out there too: W = 1000 N."""
+    chain = Population.from_lists(cost=[3e-4, 1e-4, 2e-4], endowment=1e9, outside_option=1.0)
+    plans = _few_closed_sets(chain, np.arange(3), True)
+    assert sorted(plans, key=len) == [frozenset(), {1}, {1, 2}, {0, 1, 2}]
+    crowd = identical(1024, outside_option=1000.0)
+    assert _few_closed_sets(crowd, np.arange(1024), True) is None
+    optimum = social_optimum(crowd, TOY)
+    assert not optimum.participates.any() and optimum.welfare == 1000.0 * 1024
 
 
 @pytest.mark.parametrize(

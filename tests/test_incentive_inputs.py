@@ -2,6 +2,7 @@
 argument, the value and what is allowed, never a silently wrong number (utilities,
 populations read from CSV, accuracy models and their fits, the Nash iteration's start)."""
 
+import math
 import re
 import warnings
 
@@ -50,7 +51,11 @@ def test_utility_still_broadcasts_numbers_and_absorbs_rounding_at_the_endowment(
     np.testing.assert_allclose(utility(TWO, 0.5, TWO.endowment * (1 + 1e-12)), [0.5 - 10.0] * 2)
 
 
-@pytest.mark.parametrize("phi, shown", [("log", "'log'"), (lambda a: 1.0, "gave shape ()")])
+@pytest.mark.parametrize("phi, shown", [
+    ("log", "'log'"),
+    (lambda a: 1.0, "gave shape ()"),
+    (math.sqrt, "raised TypeError: only 0-dimensional arrays"),  # a function of one number: was a raw TypeError
+])
 @pytest.mark.parametrize("call", [
     lambda phi: utility(TWO, [0.5, 0.5], [1.0, 1.0], phi=phi),  # a constant phi was broadcast; 'log' a TypeError
     lambda phi: local_utility(TWO, PL, phi),
@@ -132,6 +137,31 @@ def test_as_floats_still_takes_numbers_and_makes_a_copy():
     out = as_floats("key", raw)
     assert out is not raw and out.dtype == float
     np.testing.assert_array_equal(as_floats("key", [1, np.float32(2.5), True]), [1.0, 2.5, 1.0])
+
+
+BOOLEANS = r" \(True and False are not numbers here\)$"
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: Population(cost=True, endowment=[1.0, 2.0]), r"^cost=True: allowed is a list of numbers"),
+    (lambda: Population(cost=[True, False], endowment=[1.0, 2.0]), r"^cost=\[True, False\]: allowed is a list"),
+    (lambda: Population.from_lists(cost=[1e-3, 2e-3], endowment=[10, True]), r"^endowment=\[10, True\]: allowed"),
+    (lambda: Population.from_lists(n_agents=2, cost=np.bool_(True), endowment=10.0), r"^cost=.*True"),
+    (lambda: Population(cost=[1.0, 2.0], endowment=[1.0, 2.0], label_distribution=[[True, False], [False, True]]),
+     r"^label_distribution=\[\[True, False\], \[False, True\]\]: allowed"),
+    # the config's population.cost = {dist = "types", values = [true, false], probs = [0.5, 0.5]}
+    (lambda: Population.sample(4, {"cost": {"dist": "types", "values": [True, False], "probs": [0.5, 0.5]},
+                                   "endowment": 10.0}, seed=0), r"^cost.values=\[True, False\]: allowed"),
+    (lambda: Population.sample(2, {"cost": {"dist": "types", "values": [1e-3, 2e-3], "probs": [True, False]},
+                                   "endowment": 10.0}, seed=0), r"^cost.probs=\[True, False\]: allowed"),
+    (lambda: Population.sample(2, {"cost": [1e-3, False], "endowment": 10.0}, seed=0), r"^cost=\[0.001, False\]"),
+    (lambda: Population.sample(2, {"cost": True, "endowment": 10.0}, seed=0), r"^cost=True: allowed is a number"),
+])
+def test_booleans_are_not_numbers_in_populations(build, message):
+    """Before, True and False were read as 1 and 0: Population(cost=[True, False], ...)
+    had costs (1, 0), and a config's types of [true, false] drew costs of 0 and 1."""
+    with pytest.raises(ValueError, match=message + ".*" + BOOLEANS):
+        build()
 
 
 def test_numeric_strings_are_refused_in_populations_and_utilities():

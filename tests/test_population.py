@@ -86,6 +86,24 @@ def test_subset_by_mask_and_by_index():
         pop.subset([True, False])
 
 
+@pytest.mark.parametrize("mask, message", [
+    ([0.5], r"^mask=\[0.5\]: allowed is a boolean mask of shape \(3,\) or a 1-D array of agent indices "
+            r"\(integers 0 to 2\)$"),  # was IndexError: arrays used as indices must be of integer type
+    ([[0, 1]], r"^mask=\[\[0, 1\]\]: allowed is a boolean mask"),  # was a population of shape (1, 2) refused
+    ([0, 5], r"^mask\[1\]=5: allowed is an agent index 0 to 2$"),  # was IndexError: index 5 is out of bounds
+    ([-1], r"^mask\[0\]=-1: allowed is an agent index 0 to 2$"),  # was the last agent
+])
+def test_subset_refuses_what_is_not_an_agent_index(mask, message):
+    with pytest.raises(ValueError, match=message):
+        small().subset(mask)
+
+
+def test_sample_refuses_a_spec_that_is_not_a_mapping():
+    """Before: TypeError: 'NoneType' object is not iterable."""
+    with pytest.raises(ValueError, match=r"^spec=None: allowed is a mapping of fields to specs"):
+        Population.sample(3, None, seed=0)
+
+
 def test_check_contributions():
     pop = small()
     np.testing.assert_array_equal(pop.check_contributions([0, 200, 300]), [0.0, 200.0, 300.0])
