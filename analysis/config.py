@@ -58,12 +58,15 @@ class ConfigError(ValueError):
 class Key:
     """One configuration key: its expected type, default and an extra check.
 
-    check returns None when the value is fine, else the text "allowed is ...".
+    check returns None when the value is fine, else the text "allowed is ...". bounded:
+    the check states the key's whole range and takes an integer of any size, so that it,
+    not the 64-bit limit every integer has, answers an integer beyond 64 bits.
     """
 
     kind: type | tuple[type, ...]
     default: Any
     check: Callable[[Any], str | None] | None = None
+    bounded: bool = False
 
 
 def _positive(value: Any) -> str | None:
@@ -126,6 +129,12 @@ def _home_path(value: str) -> str | None:
     except RuntimeError:
         return "allowed is a path whose leading '~' names a known user's home folder"
     return None
+
+
+def _seed(value: int) -> str | None:
+    """experiment.seed: a whole number from 0 to :data:`MAX_INTEGER` (numpy's SeedSequence
+    takes no negative one, and a config holds 64 bits)."""
+    return None if 0 <= value <= MAX_INTEGER else "allowed is a whole number from 0 to 2**63 - 1"
 
 
 def _at_least_one(value: Any) -> str | None:
@@ -213,6 +222,14 @@ def trains_alone(config: dict) -> bool:
     return config["population"]["outside_option"] == TRAIN_ALONE
 
 
+#: the datasets the loop takes (``fl.data``'s but shakespeare, which is for fl on its own): the
+#: shape of one sample's inputs and the number of classes, as their loaders give them
+DATASETS = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+            "usps": ((1, 16, 16), 10), "mnist1d": ((1, 40), 10), "cifar10": ((3, 32, 32), 10)}
+#: the models of ``fl.models`` the loop takes that need images, (channels, height, width), as inputs
+#: (its other one, mlp, takes inputs of any shape)
+IMAGE_MODELS = ("cnn", "small_cnn", "lenet5", "resnet8", "resnet18")
+
 DISTRIBUTIONS = ("constant", "uniform", "lognormal", "types")
 MECHANISMS = ("standard", "shaping", "shapley", "contract", "contract_accuracy", "stackelberg", "incfl")
 PARTITIONS = ("iid", "dirichlet")
@@ -264,12 +281,12 @@ def _check_mechanism_list(value: list) -> str | None:
 SCHEMA: dict[str, dict[str, Key]] = {
     "experiment": {
         "name": Key(str, "experiment", _folder_name),
-        "seed": Key(int, 0, _non_negative),
+        "seed": Key(int, 0, _seed, bounded=True),
         "output_dir": Key(str, "runs", _home_path),
         "progress": Key(bool, True),
     },
     "population": {
-        "n_agents": Key(int, 10, _agents),
+        "n_agents": Key(int, 10, _agents, bounded=True),
         "csv": Key(str, "", _home_path),
         "cost": Key(TRAIT, {"dist": "lognormal", "mean": -6.0, "sigma": 0.6}, _distribution),
         "endowment": Key(TRAIT, 120, _distribution),
@@ -357,7 +374,7 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
     a_float = float in kinds and isinstance(value, int) and not is_bool  # an integer where a number is asked for
     if (is_bool and bool not in kinds) or not (isinstance(value, kinds) or a_float):
         raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}")
-    if _too_large(value):  # numpy and torch hold none, and float() overflows beyond about 1.8e308
+    if _too_large(value) and not key.bounded:  # numpy and torch hold none, and float() overflows beyond 1.8e308
         raise ConfigError(f"{section}.{name}={value!r}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"
                           + ("; a larger number may be written as a float, e.g. 1e30" if float in kinds else ""))
     if a_float and kinds == (float,):
@@ -384,9 +401,21 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                   + ", ".join(SCHEMA[section]))
             config[section][name] = _validate_value(section, name, value)
     _check_private_information(raw.get("population", {}), config["population"])
+    _check_model_suits_data(config)
     _check_used(config)
     _check_pilot_sizes(config["accuracy"])
     return config
+
+
+def _check_model_suits_data(config: dict[str, dict[str, Any]]) -> None:
+    """ConfigError, before any data is loaded, for a model of :data:`IMAGE_MODELS` on a
+    dataset of :data:`DATASETS` whose samples are not images, (channels, height, width);
+    a name listed in neither is left to ``run_experiment.check_fl_names`` to name."""
+    model, dataset = config["model"]["name"], config["data"]["dataset"]
+    if model in IMAGE_MODELS and dataset in DATASETS and len(DATASETS[dataset][0]) != 3:
+        raise ConfigError(f"model.name={model!r} with data.dataset={dataset!r}: the model takes images, (channels, "
+                          f"height, width), and this dataset's samples have shape {DATASETS[dataset][0]}; allowed "
+                          "for this dataset is model.name='mlp'")
 
 
 def _check_used(config: dict[str, dict[str, Any]]) -> None:
@@ -492,8 +521,12 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config={str(path)!r}: a folder; allowed is a TOML config file" + (
+                f" (this run folder's is {str(path / 'config.toml')!r}; --resume {str(path)!r} continues its run)"
+                if (path / "config.toml").is_file() else ""))
         if not path.is_file():
-            raise ConfigError(f"config={str(path)!r}: no such file")
+            raise ConfigError(f"config={str(path)!r}: no such file; allowed is a TOML config file")
         try:
             raw = tomllib.loads(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as error:

@@ -31,7 +31,10 @@ For one mechanism's record (its last loop iteration):
   contract, where the server keeps it; only the participants under IncFL; nobody when
   no data was trained);
 - mean promised and delivered accuracy, and the promise gap (delivered minus promised
-  accuracy, mean absolute and worst), over the agents delivered a model (NaN: none);
+  accuracy) over the agents delivered a model (NaN: none): its mean absolute value, and
+  the worst, min_i (delivered_i - promised_i): negative, the largest shortfall; positive,
+  every agent got more than promised, by at least that (an over-delivery to one agent
+  never hides a shortfall to another);
 - transfer gap: paid minus promised transfer, mean absolute (0 unless the mechanism pays
   from what training measured, e.g. Shapley rewards paid by data values on the rounds);
 - realised incentivised share: where training measured local-only models (IncFL's
@@ -119,15 +122,16 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
 
 
 def served_accuracy(promised: np.ndarray, delivered: np.ndarray) -> dict[str, float]:
-    """Mean promised and delivered accuracy and the promise gap (delivered - promised,
-    mean absolute and worst) of the agents delivered a model; NaN when there are none."""
+    """Mean promised and delivered accuracy and the promise gap (delivered - promised) of
+    the agents delivered a model: its mean absolute value and the worst, its minimum (the
+    largest shortfall where negative); NaN when there are none."""
     if not promised.size:
         return dict.fromkeys(("mean_promised_accuracy", "mean_delivered_accuracy", "promise_gap_mean_abs",
                               "promise_gap_worst"), float("nan"))
     gap = delivered - promised
     return {"mean_promised_accuracy": float(np.mean(promised)), "mean_delivered_accuracy": float(np.mean(delivered)),
             "promise_gap_mean_abs": float(np.mean(np.abs(gap))),
-            "promise_gap_worst": float(gap[np.argmax(np.abs(gap))])}
+            "promise_gap_worst": float(gap.min())}
 
 
 def realised_incentivised_share(record: IterationRecord) -> float:

@@ -144,10 +144,15 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None)
     return path
 
 
-def agent_rows(result: LoopResult, population: Population, phi: Phi | None = None) -> list[dict]:
+def agent_rows(result: LoopResult, population: Population, audits: dict[str, Audit],
+               phi: Phi | None = None) -> list[dict]:
     """Per-agent table of each mechanism's last iteration; ``local_optimum`` is m_i^o
     on the pilot curve (training alone) under the agents' value of accuracy ``phi`` (the
-    loop's); ``data_cost`` is c_i m_i**beta at the trained contribution (utility units)."""
+    loop's); ``data_cost`` is c_i m_i**beta at the trained contribution (utility units);
+    ``reservation_utility`` is the better of the outside option and training alone, the
+    same for every mechanism, ``audit_reservation`` the r_i its audit (``audits``) held it
+    to (:attr:`~mechanisms.audit.Audit.reservation`: the outside option alone for a
+    contract that promises only that)."""
     rows = []
     m_local = local_contribution(population, result.fit, phi)
     for name, record in result.final().items():
@@ -171,6 +176,7 @@ def agent_rows(result: LoopResult, population: Population, phi: Phi | None = Non
                 "predicted_utility": record.predicted_utility[i],
                 "realised_utility": record.realised_utility[i],
                 "reservation_utility": record.reservation_utility[i],
+                "audit_reservation": audits[name].reservation[i],
             })
     return rows
 
@@ -256,21 +262,38 @@ def _unsettled(result: LoopResult, loop: dict) -> str | None:
             f"settled (loop.tolerance={loop['tolerance']!r}): the numbers are those of its last iteration; {go_on}")
 
 
+#: the least rise, in accuracy (a fraction), that a pilot learning curve must show from its
+#: smallest size to its largest, measured and fitted, and by which it must beat chance at its largest
+LEAST_RISE = 0.02
+
+
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:
-    """A pilot curve whose mean accuracy at its largest size is no higher than at its
-    smallest: training did not learn from more data at these settings, and the a(m)
-    fitted to it (flat for the power law, the bound's own shape for
-    ``generalisation_bound``) says nothing about the value of the data."""
+    """A pilot curve that does not learn: its rise from the smallest size to the largest
+    does not exceed :data:`LEAST_RISE`, measured (mean accuracy at each size; also no more
+    than twice the spread between repeats, the largest standard deviation of the repeats
+    at one size) or fitted (a(largest) - a(smallest)), or its mean accuracy at the largest
+    size is within :data:`LEAST_RISE` of chance, 1 / the classes of data.dataset
+    (``analysis.config.DATASETS``). Training did not learn from more data at these
+    settings, and the a(m) fitted to it (flat for the power law, the bound's own shape
+    for ``generalisation_bound``) says nothing about the value of the data."""
     sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
     if len(sizes) == 0 or sizes.min() == sizes.max():
         return None
     small, large = sizes.min(), sizes.max()
     at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
-    if at_large > at_small:
+    spread = max(float(accuracies[sizes == size].std()) for size in np.unique(sizes))
+    fit_small, fit_large = float(result.fit(small)), float(result.fit(large))
+    known = config_module.DATASETS.get(config["data"]["dataset"])
+    chance = 1.0 / known[1] if known else 0.0
+    if (at_large - at_small > max(LEAST_RISE, 2 * spread) and fit_large - fit_small > LEAST_RISE
+            and at_large > chance + LEAST_RISE):
         return None
     training = config["training"]
     return (f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
-            f"{at_large:.3f} at {large:.0f}): training does not learn at these settings "
+            f"{at_large:.3f} at {large:.0f}, a standard deviation between repeats of up to {spread:.3f}; fitted "
+            f"{fit_small:.3f} to {fit_large:.3f}{f'; chance {chance:.3g}' if known else ''}; a curve that learns "
+            f"rises by more than {LEAST_RISE:g}, measured (and by twice that deviation) and fitted, to more than "
+            f"{LEAST_RISE:g} above chance): training does not learn at these settings "
             f"(training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
             f"model.name={config['model']['name']!r}), so the a(m) fitted to it, and every mechanism "
             "solved under it, say nothing about the value of this data")
@@ -298,8 +321,9 @@ def _below_pilot(result: LoopResult, population: Population) -> str | None:
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,
                  summaries: dict[str, dict[str, float]], figures: list[Path], agents: list[dict],
                  warnings: list[str], audits: dict[str, Audit]) -> Path:
-    """report.html: the ``warnings``, the headline table, the fit, what the ``audits``
-    found, the figures and the per-agent ``agents`` rows."""
+    """report.html: the ``warnings``, the headline table and the audits' baselines where
+    they are not training alone, the fit, what the ``audits`` found, the figures and the
+    per-agent ``agents`` rows."""
     fit = result.fit
     name = html.escape(config["experiment"]["name"])
     figure_html = "".join(f'<img src="figures/{f.name}" alt="{f.stem}">' for f in figures)
@@ -324,6 +348,7 @@ FedAvg{"; IncFL's with its own aggregation" if "incfl" in summaries else ""}) on
 contribute. The closed loop {status}.</p>
 {''.join(f'<p class="warning">Warning: {html.escape(w)}</p>' for w in warnings)}
 <h2>Headline</h2>{_headline_table(summaries)}
+{_baseline_notes(audits, result)}
 <p>Accuracy model: {html.escape(fit.family)} fitted to the {len(fit.sizes)} points of the pilot
 learning curve ({params}; RMSE {fit.rmse:.4f}). Each mechanism was solved under a(&gamma; m), the
 pilot curve with the data efficiency &gamma; calibrated to its own earlier trainings (1 before its
@@ -429,6 +454,28 @@ def _paid_against_promised(record: IterationRecord) -> str:
     return text
 
 
+def _baseline_notes(audits: dict[str, Audit], result: LoopResult) -> str:
+    """A paragraph per mechanism whose audit held some agent to less than training alone
+    (its :attr:`~mechanisms.audit.Audit.reservation` below the record's
+    ``reservation_utility`` by more than the audit's tolerance: a contract that promises
+    only the outside option), so that its IR count is not read as one against the same
+    baseline as the others': what it was held to, and the key that holds it to training
+    alone."""
+    final = result.final()
+    notes = []
+    for name, found in audits.items():
+        alone = np.asarray(final[name].reservation_utility, dtype=float)
+        below = found.reservation < alone - found.tol
+        if below.any():
+            notes.append(f"<p>{html.escape(name)}: its audit holds each agent to its outside option alone "
+                         "(audit_reservation in agents.csv), not to the better of that and training alone "
+                         f"(reservation_utility), which is higher for {below.sum()} of the {below.size} agents, by "
+                         f"up to {np.max(alone - found.reservation):.3g}; its IR violations and the worth of "
+                         "leaving count from the outside option. Set population.outside_option = "
+                         "\"train_alone\" to hold it to training alone.</p>")
+    return "".join(notes)
+
+
 def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Population) -> str:
     """The audits' findings in words: per mechanism with a violation, how many agents
     violate IR, gain by deviating in contribution or by misreporting their cost, and the
@@ -440,8 +487,8 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
         short = np.flatnonzero(found.ir_shortfall > found.tol)
         if short.size:
             i = short[np.argmax(found.ir_shortfall[short])]
-            findings.append(f"{_agents(short.size)} realised less than their reservation utility (the largest "
-                            f"shortfall, {found.ir_shortfall[i]:.3g}, is agent {i}'s)")
+            findings.append(f"{_agents(short.size)} realised less than their reservation utility by more than "
+                            f"{found.tol:g} (the largest shortfall, {found.ir_shortfall[i]:.3g}, is agent {i}'s)")
         gain = np.flatnonzero(found.deviation_gain > found.tol)
         if gain.size:
             m = np.asarray(final[name].outcome.contributions, dtype=float)
@@ -450,22 +497,26 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
             move = ("by leaving" if np.isnan(target[i])
                     else f"by contributing {_samples(target[i])} samples instead of {_samples(m[i])}")
             less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
-            findings.append(f"{_agents(gain.size)} would gain by changing their contribution alone "
-                            f"({less} of them by contributing less or leaving; the largest gain, "
+            findings.append(f"{_agents(gain.size)} would gain more than {found.tol:g} by changing their "
+                            f"contribution alone ({less} of them by contributing less or leaving; the largest gain, "
                             f"{found.deviation_gain[i]:.3g}, is agent {i}'s, {move})")
         lie = np.flatnonzero(found.misreport_gain > found.tol)
         if lie.size:
             i = lie[np.argmax(found.misreport_gain[lie])]
-            findings.append(f"{_agents(lie.size)} would gain by reporting another data cost (the largest gain, "
-                            f"{found.misreport_gain[i]:.3g}, is agent {i}'s, reporting {found.best_report[i]:.3g} "
-                            f"instead of {population.cost[i]:.3g})")
+            findings.append(f"{_agents(lie.size)} would gain more than {found.tol:g} by reporting another data "
+                            f"cost (the largest gain, {found.misreport_gain[i]:.3g}, is agent {i}'s, reporting "
+                            f"{found.best_report[i]:.3g} instead of {population.cost[i]:.3g})")
         if findings:
             notes.append(f"<p>Audit of {html.escape(name)}: {'; '.join(findings)}.</p>")
     if not notes:
         return ""
+    tol = ", ".join(sorted({f"{found.tol:g}" for found in audits.values()}))
     return ("<p>Audits, in utility units (audit.csv lists every agent): individual rationality is checked on "
             "the realised accuracies; a deviation in contribution is scored under the calibrated accuracy model, "
-            "a misreport under it plus the agent's realised promise gap.</p>" + "".join(notes))
+            "a misreport under it plus the agent's realised promise gap. A shortfall or gain counts only beyond "
+            f"the audit's tolerance of {tol} (summary.csv's ir_violations, deviation_violations and "
+            "misreport_violations too), so audit.csv may list smaller ones that are not counted.</p>"
+            + "".join(notes))
 
 
 def _agents(count: int) -> str:
@@ -517,7 +568,7 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     audits = audit_final(result, mechanisms, population, phi)
     summaries = {name: summarise(record, population, result.fit, audits[name], phi)
                  for name, record in result.final().items()}
-    agents = named(agent_rows(result, population, phi), population)
+    agents = named(agent_rows(result, population, audits, phi), population)
     write_csv(folder / "summary.csv", [{"mechanism": n, **s} for n, s in summaries.items()])
     write_csv(folder / "agents.csv", agents)
     write_csv(folder / "audit.csv", named([row for a in audits.values() for row in a.rows()], population))

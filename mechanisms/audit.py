@@ -49,6 +49,8 @@ from incentives.utility import Phi, reservation_utility, utility
 class Audit:
     """Per-agent findings (arrays of shape (N,), utility units) and budget figures.
 
+    reservation: r_i, the utility the mechanism is held to: max(outside option, local-only
+    utility), or the outside option alone for a contract with ``include_local=False``.
     ir_shortfall: r_i - u_i^real (> tol: IR violated on the realised numbers).
     deviation_gain: best gain from changing one's contribution alone.
     best_deviation: the contribution (samples) achieving deviation_gain (NaN: leaving for
@@ -62,6 +64,7 @@ class Audit:
     """
 
     mechanism: str
+    reservation: np.ndarray
     ir_shortfall: np.ndarray
     deviation_gain: np.ndarray
     best_deviation: np.ndarray
@@ -280,6 +283,7 @@ def audit(
         profit = float(profit) - outcome.info.get("reward_price", 1.0) * float(paid.sum() - np.sum(outcome.transfer))
     return Audit(
         mechanism=outcome.mechanism,
+        reservation=np.asarray(reservation, dtype=float),
         ir_shortfall=shortfall,
         deviation_gain=deviation_gain,
         best_deviation=np.where(deviation_gain > tol, deviation.deviations, np.nan),

@@ -103,6 +103,65 @@ def test_an_accuracy_shortfall_in_training_is_an_ir_violation_of_its_size():
     assert result.violations()["ir"] == 1  # 0.0005 is within tol = 1e-3
 
 
+def test_the_report_says_that_only_shortfalls_beyond_the_tolerance_count():
+    """Two agents short of their reservation, by 0.02 and 0.0005: the report said "1 agent
+    realised less than their reservation utility" while audit.csv listed two positive
+    shortfalls. It now says "by more than 0.001", and what the tolerance is."""
+    population = Population.from_lists(cost=[1e-4] * 3, endowment=1e6, value=[1.0, 2.0, 1.0])
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy - np.array([0.0, 0.01, 0.0005]),
+                   outcome.transfer, outcome.contributions)
+    assert np.count_nonzero(result.ir_shortfall > 0) == 2
+    note = _audit_notes({"shaping": result}, NO_RECORDS, population)
+    assert ("Audit of shaping: 1 agent realised less than their reservation utility by more than 0.001 (the "
+            "largest shortfall, 0.02, is agent 1's)" in note)
+    assert ("A shortfall or gain counts only beyond the audit's tolerance of 0.001 (summary.csv's ir_violations, "
+            "deviation_violations and misreport_violations too), so audit.csv may list smaller ones that are not "
+            "counted." in note)
+
+
+def test_the_audit_keeps_the_reservation_each_mechanism_is_held_to_and_the_report_names_a_lower_one():
+    """A contract that promises only the outside option (include_local=False, the command
+    line's) is held to it, 0 here, while shaping and a contract with include_local are held
+    to the local-only utility r_i = v a(m_i^o) - c_i m_i^o, m_i^o = (0.5 v / c_i)^(2/3), v = 10: the audit
+    keeps each r_i (the IR shortfall is r_i - u_i^real), and the report says, under its
+    headline, which mechanism is held to less than training alone and how to change it."""
+    from analysis.report import _baseline_notes
+    from incentives.utility import reservation_utility
+
+    population = Population.from_lists(cost=[3e-3, 2e-3, 1e-3], endowment=1000.0, value=10.0)
+    m = (0.5 * 10.0 / population.cost) ** (2 / 3)
+    local = 10.0 * MODEL(m) - population.cost * m
+    np.testing.assert_allclose(reservation_utility(population, MODEL), local, rtol=1e-9)
+    assert np.all(local > 5.0)
+    audits, records = {}, []
+    for name, mechanism in (("shaping", AccuracyShaping()), ("contract", ContractMechanism(LogValue(10.0))),
+                            ("contract_local", ContractMechanism(LogValue(10.0), include_local=True))):
+        outcome = replace(mechanism.solve(population, MODEL), mechanism=name)
+        audits[name] = found = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                                     outcome.contributions)
+        realised = utility(population, outcome.accuracy, outcome.contributions, outcome.transfer, outcome.participates)
+        np.testing.assert_allclose(found.ir_shortfall, np.where(outcome.participates, found.reservation - realised, 0),
+                                   atol=1e-12)
+        records.append(IterationRecord(0, outcome, MODEL, outcome.contributions, None, outcome.transfer, realised,
+                                       realised, local))
+    np.testing.assert_allclose(audits["shaping"].reservation, local, rtol=1e-9)
+    np.testing.assert_allclose(audits["contract_local"].reservation, local, rtol=1e-9)
+    np.testing.assert_array_equal(audits["contract"].reservation, [0.0, 0.0, 0.0])
+    note = _baseline_notes(audits, LoopResult(np.array([4.0]), np.array([0.0]), MODEL, records))
+    assert note == (f"<p>contract: its audit holds each agent to its outside option alone (audit_reservation in "
+                    f"agents.csv), not to the better of that and training alone (reservation_utility), which is "
+                    f"higher for 3 of the 3 agents, by up to {local.max():.3g}; its IR violations and the worth of "
+                    f"leaving count from the outside option. Set population.outside_option = \"train_alone\" to "
+                    f"hold it to training alone.</p>")
+    trains_alone = replace(population, outside_option=local)  # as the loop's agents under "train_alone"
+    contract = ContractMechanism(LogValue(10.0))
+    outcome = contract.solve(trains_alone, MODEL)
+    held = audit(contract, outcome, trains_alone, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
+    np.testing.assert_allclose(held.reservation, local, rtol=1e-12)
+
+
 def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
     """The rule takes m_i^o and the slope c_i / v_i from the agent's cost: reporting a higher
     cost lowers the data asked before shaping starts and steepens the slope, so the global
@@ -126,7 +185,7 @@ def test_shaping_rewards_overstating_the_cost_when_costs_are_reported():
     best = max(highest, key=highest.get)
     assert best == 6.4e-3 and highest[best] > 0.09
     assert result.misreport_gain[1] == pytest.approx(highest[best], rel=1e-9) and result.best_report[1] == best
-    assert (f"Audit of shaping: 2 agents would gain by reporting another data cost (the largest gain, "
+    assert (f"Audit of shaping: 2 agents would gain more than 0.001 by reporting another data cost (the largest gain, "
             f"{highest[best]:.3g}, is agent 1's, reporting 0.0064 instead of 0.0008)." in
             _audit_notes({"shaping": result}, NO_RECORDS, population))
     # agents valuing accuracy at phi(a) = 2a lose by that lie (its lower accuracy weighs
@@ -274,7 +333,7 @@ def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
     note = _audit_notes({"incfl": result}, LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [record]),
                         population)
     largest = int(np.argmax(expected))
-    assert (f"Audit of incfl: 3 agents would gain by changing their contribution alone (3 of them by "
+    assert (f"Audit of incfl: 3 agents would gain more than 0.001 by changing their contribution alone (3 of them by "
             f"contributing less or leaving; the largest gain, {expected[largest]:.3g}, is agent {largest}'s, "
             f"by contributing {result.best_deviation[largest]:.2g} samples instead of {m[largest]:.0f})." in note)
     standard = StandardFL().solve(population, MODEL)

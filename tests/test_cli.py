@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -389,6 +390,44 @@ def test_a_pilot_curve_that_does_not_rise_is_flagged_in_the_report_manifest_and_
     assert 'class="warning">Warning: the pilot learning curve does not rise' in (folder / "report.html").read_text()
 
 
+PILOT = np.repeat([20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1000.0], 2)  # the default pilot: two repeats a size
+
+
+def pilot_warning(accuracies, dataset: str = "digits") -> str | None:
+    """The flat-pilot warning of a loop whose pilot measured ``accuracies`` at :data:`PILOT`."""
+    from analysis.report import _flat_pilot
+    from incentives.accuracy import EmpiricalModel
+    from incentives.loop import LoopResult
+
+    accuracies = np.array(accuracies)
+    with warnings.catch_warnings():  # a flat curve's fit has alpha on its bound, said as a run warning of its own
+        warnings.simplefilter("ignore", UserWarning)
+        fit = EmpiricalModel.fit(PILOT, accuracies)
+    config = run_experiment.config_module.load(None, [f"data.dataset='{dataset}'"])
+    return _flat_pilot(LoopResult(PILOT, accuracies, fit), config)
+
+
+def test_a_flat_noisy_pilot_curve_whose_ends_differ_by_noise_is_flagged():
+    """training.lr=1e-4: accuracy at or below chance at every size, the mean 0.080 at 20
+    samples and 0.083 at 1000 (+0.003, within the repeats' noise; standard deviations up to
+    0.003), the fit flat from 0.080 to 0.082. Any rise of the measured means passed; a rise
+    must now exceed 0.02 and twice the largest standard deviation between repeats, measured
+    and fitted, and end 0.02 above chance (1/10 on digits)."""
+    flat = [0.078, 0.082, 0.085, 0.079, 0.083, 0.087, 0.077, 0.081, 0.080, 0.078, 0.082, 0.080, 0.081, 0.085]
+    warning = pilot_warning(flat)
+    assert warning.startswith("the pilot learning curve does not rise (mean accuracy 0.080 at 20 samples, 0.083 at "
+                              "1000, a standard deviation between repeats of up to 0.003; fitted 0.080 to 0.082; "
+                              "chance 0.1; a curve that learns rises by more than 0.02, measured (and by twice that "
+                              "deviation) and fitted, to more than 0.02 above chance): training does not learn")
+    # the default run's pilot (0.568 to 0.924 on digits) learns
+    assert pilot_warning([0.55, 0.59, 0.70, 0.74, 0.78, 0.80, 0.84, 0.86, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93]) is None
+    # a rise of 0.04 within repeats 0.03 apart in standard deviation (0.06 apart) is noise
+    noisy = [0.40, 0.46, 0.40, 0.46, 0.41, 0.47, 0.42, 0.48, 0.43, 0.49, 0.43, 0.49, 0.44, 0.50]
+    assert "a standard deviation between repeats of up to 0.030" in pilot_warning(noisy)
+    # a curve that rises, but to no more than chance + 0.02 (a = 0.11, chance 0.1), learns nothing either
+    assert "chance 0.1;" in pilot_warning(np.repeat([0.02, 0.04, 0.06, 0.08, 0.09, 0.10, 0.11], 2))
+
+
 def test_endowments_below_the_pilot_curve_are_flagged(tmp_path, capsys):
     """Agents holding 10 samples each, a pilot measured from 20 up: what they reach alone is
     the fit extrapolated, and the run says so (it gave local optima of 0 on 5 samples)."""
@@ -435,6 +474,45 @@ def test_agents_that_stay_out_can_train_alone(tmp_path):
     assert float(alone["welfare_realised"]) == pytest.approx(float(agent["reservation_utility"]), abs=1e-9)
     assert float(alone["deviation_violations"]) == 0 and float(alone["price_of_anarchy"]) == pytest.approx(1.0)
     assert "an agent that stays out trains alone (its outside option is its local-only utility)" in report
+
+
+def test_agents_csv_shows_the_reservation_each_audit_held_the_agents_to(tmp_path):
+    """The command line's contract promises only the outside option (0) and is audited
+    against it, while standard FL is audited against the local-only utility; agents.csv
+    listed the local-only reservation_utility for both, and the contract's IR count of 0
+    read as one against training alone. audit_reservation, beside it, is each audit's r_i
+    (audit.csv's ir_shortfall is r_i less the realised utility), and the report says under
+    its headline what the contract is held to and how to hold it to training alone."""
+    status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=loop.max_iterations=1",
+                                  "--set=mechanisms.compare=['standard', 'contract']",
+                                  f"--set=experiment.output_dir='{tmp_path}'"])
+    assert status == 0
+    (folder,) = tmp_path.iterdir()
+    with (folder / "agents.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        columns, agents = reader.fieldnames, list(reader)
+    assert columns[columns.index("reservation_utility") + 1] == "audit_reservation"
+    with (folder / "audit.csv").open() as handle:
+        audits = list(csv.DictReader(handle))
+    for agent, found in zip(agents, audits):
+        reservation, alone = float(agent["audit_reservation"]), float(agent["reservation_utility"])
+        assert reservation == (alone if agent["mechanism"] == "standard" else 0.0)
+        if float(found["ir_shortfall"]) != 0.0:  # a participant's: r_i - u_i^real
+            assert float(found["ir_shortfall"]) == pytest.approx(reservation - float(agent["realised_utility"]),
+                                                                 abs=1e-12)
+    assert max(float(a["reservation_utility"]) for a in agents if a["mechanism"] == "contract") > 0.1
+    report = (folder / "report.html").read_text()
+    assert "<p>contract: its audit holds each agent to its outside option alone (audit_reservation in " in report
+    assert 'Set population.outside_option = "train_alone" to hold it to training alone.</p>' in report
+    assert "<p>standard: its audit holds" not in report
+
+
+def test_a_run_folder_given_as_the_config_names_its_config_and_resume(run_folder, capsys):
+    """The folder of a run, given where a config file goes, was "no such file"."""
+    assert run_experiment.main([str(run_folder)]) == 2
+    assert capsys.readouterr().err == (f"error: config={str(run_folder)!r}: a folder; allowed is a TOML config file "
+                                       f"(this run folder's is {str(run_folder / 'config.toml')!r}; --resume "
+                                       f"{str(run_folder)!r} continues its run)\n")
 
 
 def test_a_loop_stopped_before_its_contributions_settle_says_so(tmp_path, capsys):

@@ -107,6 +107,15 @@ def test_the_shapley_estimators_are_those_the_mechanism_takes():
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config_module.load(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError) as error:  # a folder was "no such file"
+        config_module.load(tmp_path)
+    assert str(error.value) == f"config={str(tmp_path)!r}: a folder; allowed is a TOML config file"
+    (tmp_path / "config.toml").write_text("")  # a run folder: its config.toml and --resume are named
+    with pytest.raises(ConfigError) as error:
+        config_module.load(tmp_path)
+    assert str(error.value) == (f"config={str(tmp_path)!r}: a folder; allowed is a TOML config file (this run "
+                                f"folder's is {str(tmp_path / 'config.toml')!r}; --resume {str(tmp_path)!r} "
+                                "continues its run)")
     broken = tmp_path / "broken.toml"
     broken.write_text("[training\nrounds = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -162,9 +171,12 @@ BIG = "1" + "0" * 400  # a 401-digit integer: math.isfinite raised OverflowError
 
 
 @pytest.mark.parametrize("override, message", [
-    (f"experiment.seed={BIG}", f"experiment.seed={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
-    ("experiment.seed=9223372036854775808", "experiment.seed=9223372036854775808: allowed is integers from -2**63 "
-     "to 2**63 - 1 (64 bits)"),
+    (f"experiment.seed={BIG}", f"experiment.seed={BIG}: allowed is a whole number from 0 to 2**63 - 1"),
+    ("experiment.seed=9223372036854775808", "experiment.seed=9223372036854775808: allowed is a whole number from 0 "
+     "to 2**63 - 1"),
+    ("experiment.seed=-1", "experiment.seed=-1: allowed is a whole number from 0 to 2**63 - 1"),
+    ("experiment.seed=-9223372036854775809", "experiment.seed=-9223372036854775809: allowed is a whole number from 0 "
+     "to 2**63 - 1"),
     (f"training.rounds={BIG}", f"training.rounds={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
     (f"training.lr={BIG}", f"training.lr={BIG}: allowed is integers from -2**63 to 2**63 - 1 (64 bits); a larger "
      "number may be written as a float, e.g. 1e30"),
@@ -175,8 +187,9 @@ BIG = "1" + "0" * 400  # a 401-digit integer: math.isfinite raised OverflowError
      "-2**63 to 2**63 - 1 (64 bits); a larger number may be written as a float, e.g. 1e30"),
     ("accuracy.pilot_sizes=[20, 40, 100000000000000000000]", "accuracy.pilot_sizes=[20, 40, 100000000000000000000]: "
      "allowed is integers from -2**63 to 2**63 - 1 (64 bits)"),
-    ("population.n_agents=100000000000000000000000", "population.n_agents=100000000000000000000000: allowed is "
-     "integers from -2**63 to 2**63 - 1 (64 bits)"),
+    ("population.n_agents=100000000000000000000000", "population.n_agents=100000000000000000000000: allowed is a "
+     "whole number from 1 to 60000 (every agent holds at least one training sample, and the largest training set, "
+     "MNIST's, has 60000)"),
     ("population.n_agents=1000000000000", "population.n_agents=1000000000000: allowed is a whole number from 1 to "
      "60000 (every agent holds at least one training sample, and the largest training set, MNIST's, has 60000)"),
     ("population.n_agents=0", "population.n_agents=0: allowed is a whole number from 1 to 60000 (every agent holds "
@@ -312,3 +325,39 @@ def test_every_mechanism_parameter_names_the_mechanisms_that_read_it(tmp_path):
         written = tmp_path / "config.toml"
         written.write_text(config_module.dumps(narrowed))
         assert config_module.load(written) == narrowed
+
+
+@pytest.mark.parametrize("model", ["cnn", "small_cnn", "lenet5", "resnet8", "resnet18"])
+def test_an_image_model_on_a_dataset_of_flat_samples_is_refused_before_any_data_loads(model):
+    """mnist1d's samples have shape (1, 40): an image model on them was refused only once the
+    data had loaded, as "training: input_shape=(1, 40): allowed is (channels, height, width)",
+    naming neither key."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, ["data.dataset='mnist1d'", f"model.name='{model}'"])
+    assert str(error.value) == (f"model.name='{model}' with data.dataset='mnist1d': the model takes images, "
+                                "(channels, height, width), and this dataset's samples have shape (1, 40); allowed "
+                                "for this dataset is model.name='mlp'")
+    assert config_module.load(None, ["data.dataset='mnist1d'", "model.name='mlp'"])["model"]["name"] == "mlp"
+    assert config_module.load(None, ["data.dataset='usps'", f"model.name='{model}'"])["model"]["name"] == model
+
+
+def test_the_datasets_and_image_models_are_those_of_fl():
+    """analysis.config describes fl's datasets and models without loading them: the loop's
+    datasets are fl.data's but shakespeare, with the sample shape and classes their loaders
+    give (mnist1d's, the one of samples that are not images, loaded from the shared copy to
+    check); the image models are fl.models' that refuse mnist1d's samples (the loop's
+    others: mlp)."""
+    from conftest import SHARED_DATA, require_data
+    from fl.data import DATASET_NAMES, load_dataset
+    from fl.models import MODEL_NAMES, build_model
+
+    assert set(config_module.DATASETS) == set(DATASET_NAMES) - {"shakespeare"}
+    train, _ = load_dataset("mnist1d", root=require_data(SHARED_DATA / "mnist1d", "the mnist1d copy").parent)
+    assert (tuple(train.feature_shape), train.num_classes) == config_module.DATASETS["mnist1d"] == ((1, 40), 10)
+    refused = set()
+    for name in set(MODEL_NAMES) - {"char_lstm"}:
+        try:
+            build_model(name, config_module.DATASETS["mnist1d"][0], 10)
+        except ValueError:
+            refused.add(name)
+    assert refused == set(config_module.IMAGE_MODELS)

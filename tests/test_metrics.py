@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from analysis.metrics import free_riding_rate, price_of_anarchy, summarise
+from analysis.metrics import free_riding_rate, price_of_anarchy, served_accuracy, summarise
 from incentives.accuracy import PowerLaw, local_optimum
 from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord
@@ -72,7 +72,7 @@ def test_summarise_of_a_hand_built_shapley_record():
     """Three identical agents (a = 1 - m^-1/2, c = 1e-4), all taking part, trained on (300,
     200, 0) samples, paid transfers (0.3, 0.2, 0) of a budget 0.5; promised accuracies
     (0.9, 0.8, 0.85), delivered (0.7, 0.85, 0.8): gaps (-0.2, +0.05, -0.05), mean |gap| 0.1,
-    worst (signed) -0.2. Predicted utilities add up to 2.0, of which the transfers are 0.5:
+    worst (the least) -0.2. Predicted utilities add up to 2.0, of which the transfers are 0.5:
     the agents' surplus is 1.5, and the price of anarchy W_opt / 1.5 with W_opt = 3 a(M*)
     - c M*, 3 a'(M*) = c: M* = (1.5 / c)^(2/3). Local-only models (0.6, 0.9, 0.0): agent 0
     beats its own, agent 1 does not, agent 2 trained on nothing has no local model to beat
@@ -89,7 +89,8 @@ def test_summarise_of_a_hand_built_shapley_record():
     record = IterationRecord(0, outcome, model, np.array([300, 200, 0]), training, transfer,
                              np.array([0.5, 0.6, 0.9]), np.array([0.4, 0.5, 0.8]), np.zeros(3))
     zeros = np.zeros(3)
-    audit = Audit("shapley", zeros, zeros, np.full(3, np.nan), zeros, np.full(3, np.nan), 0.5, 0.5, None, None, 1e-3)
+    audit = Audit("shapley", zeros, zeros, zeros, np.full(3, np.nan), zeros, np.full(3, np.nan), 0.5, 0.5, None, None,
+                  1e-3)
     metrics = summarise(record, agents, model, audit)
     best = (1.5 / c) ** (2 / 3)
     assert metrics["price_of_anarchy"] == pytest.approx((3 * model(best) - c * best) / (2.0 - 0.5), rel=1e-9)
@@ -101,3 +102,14 @@ def test_summarise_of_a_hand_built_shapley_record():
     assert metrics["realised_incentivised_share"] == 0.5
     assert metrics["free_riding_rate"] == pytest.approx(2 / 3)
     assert metrics["transfer_gap_mean_abs"] == 0.0 and metrics["budget_balanced"]
+
+
+def test_the_worst_promise_gap_is_the_largest_shortfall_not_the_largest_over_delivery():
+    """Gaps delivered - promised of (+0.08, +0.10, -0.03): the signed gap of largest absolute
+    value, +0.10, was reported as the worst, hiding agent 2's shortfall of 0.03. The worst is
+    the least gap, -0.03; with every agent over-delivered, the least over-delivery, +0.02."""
+    promised = np.array([0.78, 0.78, 0.78])
+    short = served_accuracy(promised, np.array([0.86, 0.88, 0.75]))
+    assert short["promise_gap_worst"] == pytest.approx(-0.03)
+    assert short["promise_gap_mean_abs"] == pytest.approx(0.07)
+    assert served_accuracy(promised, np.array([0.86, 0.88, 0.80]))["promise_gap_worst"] == pytest.approx(0.02)

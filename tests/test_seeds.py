@@ -220,7 +220,7 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
 @pytest.mark.parametrize("arguments, fragment", [
     (["--seeds", "0", "0"], "--seeds 0 0: allowed is each seed once"),
     (["--seeds", "0", "1", "--set=experiment.seed=3"], "--seeds with --set experiment.seed: allowed is one of them"),
-    (["--seeds", "0", "-1"], "experiment.seed=-1: allowed is a finite number >= 0"),
+    (["--seeds", "0", "-1"], "experiment.seed=-1: allowed is a whole number from 0 to 2**63 - 1"),
     (["--seeds", "0", "--resume", "runs/x"], "--seeds with --resume: allowed is one of them (resume each seed's run "
      "folder, all with the same --set loop.max_iterations, then aggregate them with analysis.seeds.aggregate_runs)"),
     (["--seeds", "0", "1", "--set=training.lr=1e9"],
