@@ -49,6 +49,10 @@ def test_targets_above_the_global_model_or_none_get_the_global_model(trained):
     for target in (None, 1.0):
         d = deliver(result.model, result.params, result.initial_params, validation, SKEWED, target)
         assert d.lam == 1.0 and d.params is result.params
+    # a target of exactly a(1), on a segment whose weak end (the trained model here) scores higher
+    reversed_path = DeliveryPath(result.model, result.initial_params, result.params, validation)
+    d = reversed_path.deliver(SKEWED, reversed_path.accuracy(1.0, SKEWED))
+    assert d.lam == 1.0 and d.params is result.initial_params
 
 
 def test_targets_below_the_weak_model_get_the_weak_model(trained):
@@ -68,6 +72,35 @@ def test_interpolation_endpoints_and_midpoint(trained):
     assert all(torch.allclose(half[k], (g[k] + w[k]) / 2) for k in g)
 
 
+def test_delivery_serves_the_nearest_point_its_bisection_scored(trained):
+    """Bisection on [0, 1] from a(0) < target < a(1): each halving scores the midpoint and
+    keeps the half where a crosses the target, until a point is within the tolerance
+    (inclusive) or after max_steps halvings; served is the nearest point scored. Here the
+    targets lie between a(1/4) and a(3/8), below a(1/2) and a(1): the halvings score 1/2,
+    1/4, then 3/8."""
+    result, validation = trained
+    path = DeliveryPath(result.model, result.params, result.initial_params, validation)
+    a = {lam: path.accuracy(lam, SKEWED) for lam in (0.0, 0.25, 0.375, 0.5, 1.0)}
+    gap = a[0.375] - a[0.25]
+    assert a[0.0] < a[0.25] < a[0.375] and min(a[0.5], a[1.0]) > a[0.25] + 1.2 * gap
+    near_quarter, between = a[0.25] + 0.1 * gap, a[0.25] + 0.6 * gap  # between: nearer a(1/4) than a(1/2)
+
+    def served(target, **options):
+        d = path.deliver(SKEWED, target, **options)
+        return d.lam, d.validation_accuracy
+
+    # no halving: the nearer end; at lam = 1 the global model itself
+    assert served(a[0.0] + 0.01, max_steps=0) == (0.0, a[0.0])
+    assert served(a[1.0] - 0.01, max_steps=0) == (1.0, a[1.0])
+    assert path.deliver(SKEWED, a[1.0] - 0.01, max_steps=0).params is result.params
+    # 1/4, scored by the second halving, stays the nearest when 3/8 is scored after it
+    for steps in (2, 3):
+        assert served(near_quarter, tolerance=0.0, max_steps=steps) == (0.25, a[0.25])
+    # 3/8 is nearer still to the target between; 1/4, exactly the tolerance away, ends the search before it
+    assert served(between, tolerance=0.0, max_steps=3) == (0.375, a[0.375])
+    assert served(between, tolerance=between - a[0.25], max_steps=3) == (0.25, a[0.25])
+
+
 def test_bad_target_is_refused(trained):
     result, validation = trained
     with pytest.raises(ValueError, match="target=1.5.*allowed"):
@@ -83,6 +116,8 @@ def test_bad_target_is_refused(trained):
         ({"max_steps": 2.5}, r"^max_steps=2.5: allowed is an integer >= 0"),
         ({"label_distribution": np.stack([SKEWED, SKEWED])},
          r"^label_distribution \(shape \(2, 10\)\): allowed is one agent's distribution over the 10 classes"),
+        ({"label_distribution": 2 * SKEWED},
+         r"^label_distribution \(least entry 0.06, sum 2.0\d*\): allowed is entries >= 0 that sum to 1$"),
         ({"weak_params": OTHER_ARCHITECTURE}, r"^weak_params\['[\w.]+'\] \(shape \(7, 64\), torch.float32\): allowed"),
         ({"global_params": OTHER_ARCHITECTURE}, r"^global_params\['[\w.]+'\] \(shape \(7, 64\)"),
     ],

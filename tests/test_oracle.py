@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fl.data.dataset import load_digits
-from fl.evaluation import accuracy_on_distribution
+from fl.evaluation import accuracy_on_distribution, per_class_accuracy
 from fl.oracle import TrainingOracle
 from incentives.protocols import AccuracyOracle, TrainingOutcome
 
@@ -41,6 +41,19 @@ def test_learning_curve_increases_with_size(oracle):
     assert means[0] < 0.3 and means[-1] > 0.85
 
 
+def test_the_learning_curve_is_scored_on_uniform_classes(oracle):
+    """m = 0 gives theta_0, scored as the mean of its per-class test accuracies."""
+    _, [accuracy] = oracle.learning_curve([0])
+    assert accuracy == pytest.approx(np.mean(per_class_accuracy(oracle.model, oracle.init_params, TEST)))
+
+
+def test_the_learning_curve_takes_sizes_up_to_the_whole_pool(oracle):
+    pool = len(oracle.pool)
+    assert oracle.learning_curve([pool])[0].tolist() == [pool]
+    with pytest.raises(ValueError, match=rf"^sizes=\[{pool + 1}\]: allowed is integers in \[0, {pool}\]"):
+        oracle.learning_curve([pool + 1])
+
+
 def test_a_size_given_twice_draws_independent_points(oracle):
     """The stream was keyed by (size, repeat) alone: [10, 10] trained one run twice, and
     the pilot fit counted that point twice."""
@@ -48,6 +61,11 @@ def test_a_size_given_twice_draws_independent_points(oracle):
     _, repeated = oracle.learning_curve([10], repeats=2)
     np.testing.assert_array_equal(twice, repeated)
     assert twice[0] != twice[1]
+
+
+def test_without_alpha_or_distributions_every_agent_gets_the_pool_frequencies():
+    expected = np.bincount(TRAIN.labels(), minlength=10) / len(TRAIN)
+    np.testing.assert_allclose(make_oracle(alpha=None).label_distributions, np.tile(expected, (N, 1)))
 
 
 def test_a_round_has_at_most_every_agent(oracle):
@@ -87,6 +105,13 @@ def test_free_riders_receive_the_global_model(oracle):
     assert all(m.clients == 5 and m.samples == 340 for m in result.rounds)
 
 
+def test_contributions_are_rounded_to_whole_samples_and_a_target_of_one_gets_the_global_model(oracle):
+    result = oracle.train(np.full(N, 10.6), np.full(N, 1.0))
+    assert result.contributions.tolist() == [11] * N and result.total_samples == 11 * N
+    assert result.lam.tolist() == [1.0] * N
+    np.testing.assert_array_equal(result.delivered_accuracy, result.global_accuracy)
+
+
 def test_delivery_targets_are_met_on_validation(oracle):
     targets = np.array([0.4, 0.6, 0.7, np.nan, 0.5, 0.99, 0.8, 0.3])
     result = oracle.train(np.full(N, 80.0), targets)
@@ -101,12 +126,15 @@ def test_delivery_targets_are_met_on_validation(oracle):
 def test_a_degraded_model_never_serves_better_than_the_global_one():
     """Delivery aims on the validation set; on the test set a mix of the global and initial
     models scored above the global model itself (agent 5: 0.814 against 0.7305 for a
-    target of 0.785). It receives the global model instead."""
+    target of 0.785). It receives the global model instead, and reports the global model's
+    validation accuracy (not the mix's)."""
     oracle = TrainingOracle(TRAIN, TEST, endowments=np.full(6, 150), alpha=0.5, rounds=4, seed=0, curve_steps=50)
     targets = np.full(6, np.nan)
     targets[5] = 0.785
     result = oracle.train(np.full(6, 150.0), targets)
     assert result.delivered_accuracy[5] == result.global_accuracy[5] and result.lam[5] == 1.0
+    served = oracle.train(np.full(6, 150.0), None)  # the global model for everyone
+    assert result.validation_accuracy[5] == served.validation_accuracy[5]
     sweep = oracle.train(np.full(6, 150.0), np.linspace(0.3, 0.9, 6))
     assert np.all(sweep.delivered_accuracy <= sweep.global_accuracy)
 
@@ -181,6 +209,8 @@ def test_local_accuracy_is_measured_when_asked(monkeypatch):
 def test_contributions_beyond_the_endowment_are_refused(oracle):
     with pytest.raises(ValueError, match="contributions\\[2\\]=90.0: allowed is at most the endowment 80"):
         oracle.train(np.array([0, 0, 90, 0, 0, 0, 0, 0.0]), None)
+    with pytest.raises(ValueError, match="contributions\\[0\\]=80.6: allowed is at most the endowment 80"):
+        oracle.train(np.array([80.6, 0, 0, 0, 0, 0, 0, 0]), None)  # 81 samples once rounded
     with pytest.raises(ValueError, match="endowments.*allowed"):
         make_oracle(endowments=np.full(N, 200))
     with pytest.raises(ValueError, match="^rounds=0: allowed is an integer >= 1$"):

@@ -1,5 +1,6 @@
 """The event-driven runtime: run_federated as its synchronous case, the clock, behaviours."""
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from fl.algorithms import FedAvg, FedAvgM, FedProx, Scaffold
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.executors import SerialExecutor
+from fl.models import build_model, get_params
 from fl.runtime import SERVER, ClientProfile, Deadline, Dropout, EventQueue, FedBuff, Kind, Message, Node, simulate
 from fl.runtime.messages import params_nbytes
 from fl.server import run_federated
@@ -96,6 +98,53 @@ def test_round_time_is_the_slowest_download_compute_upload():
     assert [c.finished_at for c in result.clients.values()] == [8.5, 8.5]
 
 
+def test_the_clock_and_the_deadline_charge_a_short_last_batch_its_own_samples():
+    """B = 10 over 25 samples: batches of 10, 10 and 5, so one epoch processes 25 samples,
+    5 s at 5 samples a second (not 3 * 10 = 30 samples, 6 s), and fits a 5 s deadline."""
+    data = {0: TRAIN.subset(np.arange(25))}
+    result = simulate("mlp", data, FedAvg(batch_size=10), 1, profiles=ClientProfile(speed=5.0), **QUIET)
+    assert result.history[0].time == 5.0
+    executor = RecordingExecutor()
+    simulate("mlp", data, FedAvg(batch_size=10), 1, profiles=ClientProfile(speed=5.0), executor=executor,
+             behaviours=[Deadline(5.0)], **QUIET)
+    assert [r.steps for r in executor.calls[0][2]] == [3]
+
+
+def test_profiles_need_only_cover_the_clients_with_data():
+    """Client 1 holds no sample and takes no part: 20 samples at 4 a second take 5 s."""
+    data = {0: TRAIN.subset(np.arange(20)), 1: TRAIN.subset([])}
+    result = simulate("mlp", data, FedAvg(batch_size=10), 1, profiles={0: ClientProfile(speed=4.0)}, **QUIET)
+    assert result.history[0].time == 5.0 and list(result.clients) == [0]
+
+
+def test_a_rounds_train_loss_is_weighted_by_samples():
+    executor = RecordingExecutor()
+    data = {0: TRAIN.subset(np.arange(10)), 1: TRAIN.subset(np.arange(10, 100))}
+    result = simulate("mlp", data, FedAvg(batch_size=10), 1, executor=executor, **QUIET)
+    [(_, _, [r0, r1])] = executor.calls
+    assert result.history[0].train_loss == pytest.approx((10 * r0.train_loss + 90 * r1.train_loss) / 100)
+
+
+def test_a_strategy_object_used_again_gives_the_same_run():
+    """FedAvgM's momentum from the first run does not carry into the second."""
+    data = [TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(2)]
+    strategy = FedAvgM(momentum=0.9, lr=0.1, batch_size=10)
+    first, second = (simulate("mlp", data, strategy, 2, seed=1, **QUIET) for _ in range(2))
+    assert same(first.params, second.params)
+
+
+def test_a_module_given_with_init_params_keeps_its_own_weights():
+    module = build_model("mlp", TRAIN.feature_shape, 10, np.random.SeedSequence(1))
+    own = get_params(module)
+    other = get_params(build_model("mlp", TRAIN.feature_shape, 10, np.random.SeedSequence(2)))
+    result = simulate(module, [TRAIN.subset(np.arange(40))], FedAvg(), 1, init_params=other, **QUIET)
+    assert same(get_params(module), own) and same(result.initial_params, other)
+
+
+def test_a_models_size_on_the_wire_counts_each_tensors_element_size():
+    assert params_nbytes({"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(2, dtype=torch.float16)}) == 28
+
+
 def test_clients_starting_together_share_one_executor_call():
     executor = RecordingExecutor()
     profiles = [ClientProfile(speed=1.0 + i) for i in range(8)]
@@ -111,8 +160,11 @@ def test_event_queue_orders_by_time_then_kind_then_sending():
     assert queue.next_time() == 0.5
     assert [queue.pop().payload for _ in range(5)] == ["d", "b", "c", "a", "e"]
     assert queue.next_time() == float("inf")
+    node = Node(3)
     with pytest.raises(LookupError, match="no handler for JOIN"):
-        Node(3).handle(Message(Kind.JOIN, 0, 3, 0.0))
+        node.handle(Message(Kind.JOIN, 0, 3, 0.0))
+    first, second = (lambda message: None), (lambda message: None)
+    assert node.on(Kind.JOIN, first) is None and node.on(Kind.JOIN, second) is first  # the handler it replaces
 
 
 def test_a_straggler_does_the_steps_that_fit_before_the_deadline():
@@ -150,6 +202,7 @@ def test_dropout_is_seeded_and_closes_rounds_at_the_deadline():
     a, b, everyone = run(0.5), run(0.5), run(1.0)
     assert same(a.params, b.params) and [r.updates for r in a.history] == [r.updates for r in b.history]
     assert 0 < sum(r.updates for r in a.history) < 24
+    assert [r.clients for r in a.history] == [8, 8, 8]  # the orders sent, answered or not
     assert [r.updates for r in everyone.history] == [0, 0, 0] and same(everyone.params, everyone.initial_params)
     assert [r.time for r in everyone.history] == [1000.0, 2000.0, 3000.0]
     assert [r.bytes_up for r in everyone.history] == [0, 0, 0]
@@ -175,11 +228,18 @@ def test_a_refused_simulation_closes_its_progress_bar():
 
 
 class SilentClients:
-    """A behaviour of the user's own: clients that never answer, with no deadline."""
+    """A behaviour of the user's own: clients that never answer."""
 
     def install(self, simulation):
         for client in simulation.clients.values():
             client.on(Kind.TRAIN, lambda message: None)
+
+
+class Watch:
+    """A behaviour that only keeps the simulation, for a test to look at its server."""
+
+    def install(self, simulation):
+        self.simulation = simulation
 
 
 def test_a_server_left_waiting_for_answers_that_never_come_is_reported():
@@ -217,6 +277,52 @@ def test_fedbuff_weights_stale_updates_and_steps_every_k():
     assert [r.time for r in result.history] == sorted(r.time for r in result.history)
 
 
+def test_fedbuff_takes_fresh_updates_whole_and_gives_each_order_its_own_batch_order():
+    """One client, one slot, K = 1: every update is trained from the current model
+    (tau = 0, s(0) = 1), so x_{t+1} = x_t + (y_t - x_t) = y_t. Each order is configured
+    from a stream of its own: the client's batch order changes from order to order."""
+    executor = RecordingExecutor()
+    result = simulate("mlp", {0: TRAIN.subset(np.arange(40))}, FedAvg(batch_size=10), 3, executor=executor,
+                      behaviours=[FedBuff(buffer_size=1, concurrency=1)], **QUIET)
+    assert len(executor.calls) == 3
+    following = [x for x, _, _ in executor.calls[1:]] + [result.params]
+    for (_, _, [y]), x_next in zip(executor.calls, following):
+        for name in x_next:
+            torch.testing.assert_close(x_next[name], y.params[name])  # x + (y - x): y up to rounding
+    orders = {tuple(np.concatenate(list(task.batches()))) for _, [task], _ in executor.calls}
+    assert len(orders) == 3
+
+
+class SentModels:
+    """A behaviour that keeps, for each task sent, the model its order carried."""
+
+    def install(self, simulation):
+        self.models = {}
+        for client in simulation.clients.values():
+            def train(message, inner=client.handlers[Kind.TRAIN]):
+                self.models[id(message.payload.task)] = message.payload.params
+                inner(message)
+
+            client.on(Kind.TRAIN, train)
+
+
+def test_fedbuff_trains_each_client_from_the_model_its_order_carried():
+    """4 updates arrive at once with K = 1: 4 steps at one instant, each sending the
+    client that reported a new version; those clients start together, on 4 models."""
+    sent, executor = SentModels(), RecordingExecutor()
+    data = [TRAIN.subset(np.arange(50 * i, 50 * i + 50)) for i in range(4)]
+    simulate("mlp", data, FedAvg(), 8, executor=executor, behaviours=[FedBuff(buffer_size=1, concurrency=4), sent],
+             **QUIET)
+    assert [len(tasks) for _, tasks, _ in executor.calls] == [4, 1, 1, 1, 1]
+    for global_params, tasks, _ in executor.calls:
+        assert all(sent.models[id(task)] is global_params for task in tasks)
+
+
+def test_fedbuff_with_no_client_data_takes_its_steps_at_once_without_updates():
+    result = simulate("mlp", [TRAIN.subset([])], FedAvg(), 3, behaviours=[FedBuff(buffer_size=1)], **QUIET)
+    assert [r.updates for r in result.history] == [0, 0, 0] and same(result.params, result.initial_params)
+
+
 def test_fedbuff_with_uniform_weighting_takes_the_papers_step():
     """Nguyen et al. (2022), Algorithm 1: x <- x + eta_g (1/K) sum_i s(tau_i) Delta_i. Both
     clients train from x and arrive before it moves (s(0) = 1); K = 2, eta_g = 0.5. The
@@ -248,6 +354,19 @@ def test_fedbuff_takes_no_step_past_its_rounds_while_clients_report_metrics():
     result = simulate("mlp", data, FedAvg(), 3, client_tests={0: TEST}, behaviours=[buffered], **QUIET)
     assert [r.round_index for r in result.history] == [0, 1, 2]
     assert set(result.history[-1].client_accuracy) == {0}
+
+
+def test_a_run_finishes_once_every_evaluation_it_sent_has_reported():
+    """Client 0 holds a test set and takes 5 s to download a model; client 1 answers
+    FedBuff's orders in 1 s, so steps close at 1, 2 and 3 s, faster than client 0's
+    evaluations come back (at 6, 7 and 8 s). The server finishes at 8 s, not at the first."""
+    data = [TRAIN.subset(np.arange(10)), TRAIN.subset(np.arange(10, 20))]
+    profiles = [ClientProfile(speed=10.0, download=model_bytes(data) / 5), ClientProfile(speed=10.0)]
+    result = simulate("mlp", data, FedAvg(batch_size=10), 3, client_tests={0: TEST}, profiles=profiles,
+                      behaviours=[FedBuff(buffer_size=1, concurrency=2)], **QUIET)
+    assert [r.time for r in result.history] == [1.0, 2.0, 3.0]
+    assert [set(r.client_accuracy) for r in result.history] == [{0}, {0}, {0}]
+    assert [c.finished_at for c in result.clients.values()] == [8.0, 8.0]
 
 
 def test_fedbuff_gives_up_on_clients_that_miss_the_deadline():
@@ -285,6 +404,45 @@ def test_fedbuff_with_every_client_dropping_out_is_refused_before_training():
     assert executor.calls == []
 
 
+def test_fedbuff_stops_when_a_behaviour_drops_every_order():
+    """The Deadline closes every order the silent clients leave unanswered, and FedBuff
+    sent each again, forever. A client that leaves 1000 orders unanswered since it last
+    answered counts as one that will not answer: both clients get there at the 1000th
+    deadline of 5 s, and no step can come."""
+    data = [TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(2)]
+    watch, executor = Watch(), RecordingExecutor()
+    behaviours = [FedBuff(buffer_size=1, concurrency=2), Deadline(5.0), SilentClients(), watch]
+    with pytest.raises(ValueError, match=r"^behaviours \(2 of the 2 clients left 1000 orders unanswered by the "
+                                         r"deadline since they last answered, leaving fewer than buffer_size=1"):
+        simulate("mlp", data, FedAvg(), 2, executor=executor, behaviours=behaviours, **QUIET)
+    assert watch.simulation.now == 5000.0 and executor.calls == []
+
+
+class AnsweringEvery:
+    """A behaviour of the user's own: each client answers only every n-th order it is sent."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def install(self, simulation):
+        for client in simulation.clients.values():
+            def train(message, inner=client.handlers[Kind.TRAIN], sent=itertools.count(1)):
+                if next(sent) % self.n == 0:
+                    inner(message)
+
+            client.on(Kind.TRAIN, train)
+
+
+def test_fedbuff_counts_the_orders_a_client_leaves_unanswered_since_it_last_answered():
+    """Orders go out every 5 s (the deadline); the client answers its 1000th and 2000th,
+    0.2 s after each is sent, and leaves 999 unanswered before each: never 1000 since it
+    last answered, so the run goes on."""
+    behaviours = [FedBuff(buffer_size=1, concurrency=1), Deadline(5.0), AnsweringEvery(1000)]
+    result = simulate("mlp", [TRAIN.subset(np.arange(20))], FedAvg(batch_size=10), 2,
+                      profiles=ClientProfile(speed=100.0), behaviours=behaviours, **QUIET)
+    assert [r.time for r in result.history] == pytest.approx([4995.2, 9990.4])
+
+
 def test_fedbuff_goes_on_when_clients_drop_out_at_random():
     """Dropout was drawn once per (server step, client): a client that dropped out of an
     order dropped out of every re-sent order of the step, so whenever every client drew
@@ -320,11 +478,31 @@ def test_the_synchronous_runtime_stops_when_no_client_can_meet_the_deadline():
 
 
 class ShrinkingSteps(FedAvg):
-    """FedAvg asking 10 local steps in round 0 and 1 step after: a schedule of local work."""
+    """FedAvg asking 10 local steps of the clients it configures first (round 0, or
+    FedBuff's first orders) and 1 step after: a schedule of local work."""
+
+    def reset(self):
+        super().reset()
+        self.configured = 0
 
     def configure_round(self, round_index, available, seed):
         tasks = super().configure_round(round_index, available, seed)
-        return [replace(task, steps=10 if round_index == 0 else 1) for task in tasks]
+        self.configured += 1
+        return [replace(task, steps=10 if self.configured == 1 else 1) for task in tasks]
+
+
+class OneClientARound(FedAvg):
+    """FedAvg training one client a round: round t's task goes to client plan[t][0] and
+    asks plan[t][1] local steps."""
+
+    def __init__(self, plan, **options):
+        super().__init__(**options)
+        self.plan = plan
+
+    def configure_round(self, round_index, available, seed):
+        client, steps = self.plan[round_index]
+        [task] = super().configure_round(round_index, {client: available[client]}, seed)
+        return [replace(task, steps=steps)]
 
 
 def test_a_client_that_missed_the_deadline_is_counted_again_only_on_the_same_work():
@@ -335,6 +513,39 @@ def test_a_client_that_missed_the_deadline_is_counted_again_only_on_the_same_wor
     result = simulate("mlp", data, ShrinkingSteps(batch_size=10), 3,
                       behaviours=[Deadline(15.0, partial_work=False)], **QUIET)
     assert [r.updates for r in result.history] == [0, 3, 3]
+
+
+def test_a_slow_client_sampled_again_does_not_stop_a_run_that_another_client_trains():
+    """One client a round: client 1 needs 10 s for its step and misses a 5 s deadline
+    every time it is sampled, but client 0 meets it."""
+    data = {i: TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(2)}
+    profiles = {0: ClientProfile(speed=1000.0), 1: ClientProfile(speed=1.0)}
+    result = simulate("mlp", data, FedAvg(batch_size=10, clients_per_round=1), 12, profiles=profiles,
+                      behaviours=[Deadline(5.0)], **QUIET)
+    assert sorted({r.updates for r in result.history}) == [0, 1]
+
+
+def test_a_miss_before_the_last_update_does_not_count_against_the_run():
+    """10 steps of 10 samples take 100 s at 1 sample/s, 1 step 10 s, against 15 s. Client 0
+    misses round 0, client 1 trains in round 1 and misses round 2; round 3 asks client 0
+    its 10 steps again (a miss), yet client 1 meets round 4's single step. Counting client
+    0's miss from before round 1's update, the runtime would stop the run at round 3."""
+    data = [TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(2)]
+    plan = [(0, 10), (1, 1), (1, 10), (0, 10), (1, 1)]
+    result = simulate("mlp", data, OneClientARound(plan, batch_size=10), 5,
+                      behaviours=[Deadline(15.0, partial_work=False)], **QUIET)
+    assert [r.updates for r in result.history] == [0, 1, 0, 0, 1]
+
+
+def test_fedbuff_counts_a_client_sent_lighter_work_as_able_to_answer_again():
+    """The first orders ask 10 steps (100 s at 1 sample/s), later ones 1 step (10 s),
+    against 15 s: each client that misses is sent a single step and meets it. Still counted
+    among the clients that cannot meet the deadline, it would have FedBuff stop the run
+    when the third first order times out."""
+    data = [TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(3)]
+    result = simulate("mlp", data, ShrinkingSteps(batch_size=10), 2,
+                      behaviours=[FedBuff(buffer_size=1, concurrency=3), Deadline(15.0, partial_work=False)], **QUIET)
+    assert [(r.updates, r.time) for r in result.history] == [(1, 25.0), (1, 25.0)]
 
 
 def test_fedbuff_picks_its_clients_and_refuses_strategies_that_sample_fewer():
@@ -352,13 +563,6 @@ def test_fedbuff_picks_its_clients_and_refuses_strategies_that_sample_fewer():
         with pytest.raises(ValueError, match=expected):
             simulate("mlp", SUBSETS, strategy, 2, profiles=profiles, executor=executor, behaviours=[fedbuff], **QUIET)
         assert executor.calls == []
-
-
-class Watch:
-    """A behaviour that only keeps the simulation, for a test to look at its server."""
-
-    def install(self, simulation):
-        self.simulation = simulation
 
 
 def test_fedbuff_trains_no_client_after_its_last_step():
@@ -488,6 +692,9 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, behaviours=[FedBuff(), FedBuff()], **QUIET),
          r"behaviours \(FedBuff more than once\)"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), -1, **QUIET), "rounds=-1"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, evaluate_every=0, **QUIET), "evaluate_every=0"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests={0: TEST.subset([])}, **QUIET),
+         r"client_tests\[0\] \(0 samples\)"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=[ClientProfile()], **QUIET), "profiles"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=5, **QUIET), "profiles=5"),
         (lambda: simulate("mlp", [*SUBSETS, TRAIN.subset([])], FedAvg(), 1, client_tests={8: TEST}, **QUIET),

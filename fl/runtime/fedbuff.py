@@ -39,7 +39,15 @@ misses every order of the current model; once fewer than ``buffer_size`` clients
 left that may answer, no step can come, and the run stops with a ValueError naming the
 deadline rather than sending orders forever. A client that dropped out may answer its
 next order (each order's dropout is drawn anew), so it is sent orders again; with
-``Dropout(1.0)`` none ever would, and the run is refused before it starts. When no
+``Dropout(1.0)`` none ever would, and the run is refused before it starts. Orders left
+unanswered for any cause but the work (a dropout, or a behaviour of the user's own that
+dropped the order or delayed its update past the deadline) are sent again too, but a
+client that leaves ``UNANSWERED_LIMIT`` (1000) of them unanswered since it last answered
+counts, like one that cannot meet the deadline, as a client that will not answer: a
+behaviour that drops every order would otherwise have the server send orders forever
+(Dropout(p) leaves 1000 orders of a client in a row unanswered with probability p^1000,
+4e-5 for p = 0.99). Once fewer than ``buffer_size`` clients are left that may answer,
+the run stops with a ValueError naming the behaviours. When no
 client holds data, no update can come either: as synchronous rounds with no client to
 train are empty, the ``rounds`` server steps are taken at once, each of no update, and
 the model stays the initial one.
@@ -58,6 +66,10 @@ from fl.models import Params
 from fl.runtime.messages import Kind, Message, Update
 from fl.runtime.launch import DISPATCH_STREAM, PICK_STREAM
 from fl.runtime.simulation import Simulation
+
+UNANSWERED_LIMIT = 1000
+"""Orders that a client may leave unanswered since it last answered (not counting those
+whose work does not fit the deadline) before FedBuff counts it as a client that will not answer."""
 
 
 class FedBuff:
@@ -102,6 +114,7 @@ class _BufferedAggregation:
         self.in_flight: dict[int, tuple[int, int, Params]] = {}  # dispatch -> (client, version, model sent)
         self.buffer: list[tuple[ClientResult, Params]] = []  # (result, its staleness-weighted Delta_i)
         self.samplings = 0
+        self.unanswered: dict[int, int] = {}  # client -> orders it left unanswered since it last answered, work aside
 
     @property
     def over(self) -> bool:
@@ -122,7 +135,8 @@ class _BufferedAggregation:
         update: Update = message.payload
         if self.over or update.dispatch not in self.in_flight:
             return
-        _, version, sent = self.in_flight.pop(update.dispatch)
+        client, version, sent = self.in_flight.pop(update.dispatch)
+        self.unanswered.pop(client, None)
         weight = (1 + self.server.round_index - version) ** -self.config.staleness_exponent
         delta = {name: weight * (y - sent[name]) for name, y in update.result.params.items() if y.is_floating_point()}
         self.buffer.append((update.result, delta))
@@ -132,19 +146,37 @@ class _BufferedAggregation:
             self.refill()
 
     def time_out(self, message: Message) -> None:
-        if self.over or message.payload not in self.in_flight:
+        number = message.payload
+        if self.over or number not in self.in_flight:
             return
-        self.in_flight.pop(message.payload)
-        self.server.count_miss(message.payload)
-        missed, clients = len(self.server.missed), len(self.server.available)
-        if clients - missed < self.config.buffer_size:
+        client, _, _ = self.in_flight.pop(number)
+        if number not in self.server.unmeetable:  # dropped out, or dropped or delayed by a behaviour
+            self.unanswered[client] = self.unanswered.get(client, 0) + 1
+        self.server.count_miss(number)
+        self.check_answers_can_come()
+        self.refill()
+
+    def check_answers_can_come(self) -> None:
+        """ValueError once fewer than buffer_size clients may answer: the others cannot
+        meet the deadline (``Server.missed``) or have left ``UNANSWERED_LIMIT`` orders
+        unanswered since they last answered."""
+        missed, clients, k = len(self.server.missed), len(self.server.available), self.config.buffer_size
+        if clients - missed < k:
             raise ValueError(
                 f"Deadline({self.server.deadline}): {missed} of the {clients} clients cannot meet it on the model "
                 f"of server step {self.server.round_index} (their local work does not fit in it at their speed and "
-                f"bandwidth), leaving fewer than buffer_size={self.config.buffer_size} to answer, so no step can "
-                "come; allowed is a deadline that at least buffer_size clients meet"
+                f"bandwidth), leaving fewer than buffer_size={k} to answer, so no step can come; allowed is a "
+                "deadline that at least buffer_size clients meet"
             )
-        self.refill()
+        silent = {c for c, n in self.unanswered.items() if n >= UNANSWERED_LIMIT} - self.server.missed.keys()
+        if clients - missed - len(silent) < k:
+            also = f" and {missed} cannot meet the deadline" if missed else ""
+            raise ValueError(
+                f"behaviours ({len(silent)} of the {clients} clients left {UNANSWERED_LIMIT} orders unanswered by "
+                f"the deadline since they last answered{also}, leaving fewer than buffer_size={k} to answer, so no step can "
+                f"come after server step {self.server.round_index}): a behaviour drops every order, or delays its "
+                "update past the deadline; allowed is behaviours that let at least buffer_size clients answer"
+            )
 
     def step(self) -> None:
         current = self.server.params
