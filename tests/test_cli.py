@@ -356,6 +356,22 @@ def test_resume_refuses_a_change_of_experiment(tmp_path, capsys):
                                 "--set=data.root='elsewhere'"]) == 0
 
 
+def test_a_resume_under_another_seed_is_refused(tmp_path):
+    """A run measured with experiment.seed=0 resumed under seed 1 would go on with other
+    draws of the agents' data and training from the iterations checkpointed; the check
+    (run before anything loads) names the seed, while a key of execution may change."""
+    saved = run_experiment.config_module.defaults()
+    moved = run_experiment.config_module.load(None, ["experiment.seed=1"])
+    with pytest.raises(run_experiment.ConfigError) as error:
+        run_experiment.check_resumable(saved, moved, tmp_path, None, None)
+    resumable = ", ".join(run_experiment.RESUMABLE)
+    assert str(error.value) == (f"experiment.seed=1: the run in {str(tmp_path)!r} was measured with experiment.seed=0; "
+                                f"allowed on --resume is a change of {resumable} only (start a new run for a different "
+                                "experiment)")
+    quiet = run_experiment.config_module.load(None, ["experiment.progress=false"])
+    run_experiment.check_resumable(saved, quiet, tmp_path, None, None)
+
+
 def test_quiet_silences_only_its_own_invocation(tmp_path, capsys):
     """--quiet is not written to the run's config.toml: resuming without it shows the summary."""
     settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]

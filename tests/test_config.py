@@ -1,6 +1,8 @@
 """Config validation: defaults, overrides, and one clear error per bad key or value."""
 
 import json
+import re
+import tomllib
 
 import pytest
 
@@ -82,6 +84,16 @@ def test_override_sets_one_entry_of_a_table():
      "characters"),
     ("population.csv='\udce9.csv'", "population.csv='\\udce9.csv': allowed is a path of UTF-8 characters"),
     ("data.root='\udce9'", "data.root='\\udce9': allowed is a path of UTF-8 characters"),
+    # refused here rather than by the population (a ValueError after loading) or the loop
+    ("population.cost_exponent=0.5", "population.cost_exponent=0.5: allowed is a finite number >= 1"),
+    ("population.cost=nan", "population.cost=nan: allowed is a finite number"),
+    ("population.outside_option=[]", "population.outside_option=[]: allowed is a non-empty list of numbers"),
+    ("mechanisms.compare=['standard', 'standard']", "mechanisms.compare=['standard', 'standard']: allowed is a "
+     "non-empty list of distinct names"),
+    # nothing held out: no validation split for delivery's bisection (an integer is read as a number)
+    ("data.validation_fraction=0", "data.validation_fraction=0.0: allowed is a number in (0, 1)"),
+    # true is no width: it would build a hidden layer of one unit
+    ("model.hidden=[true]", "model.hidden=[True]: allowed is a list of whole numbers from 1 to 2**20"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as error:
@@ -209,6 +221,22 @@ def test_integers_beyond_what_the_run_can_hold_are_refused(override, message):
     assert str(error.value) == message
     assert config_module.load(None, ["experiment.seed=9223372036854775807", "population.n_agents=60000",
                                      "model.hidden=[1048576]"])["experiment"]["seed"] == 2**63 - 1
+
+
+def test_the_least_64_bit_integer_is_allowed():
+    """-2**63, the lower end of the range the refusals above state, is a number a config may hold."""
+    config = config_module.load(None, ["population.outside_option=-9223372036854775808"])
+    assert config["population"]["outside_option"] == -2**63
+
+
+def test_the_first_difference_of_two_configs_looks_at_every_section():
+    """experiment.seed, the first key of the first section, is a difference (a --resume,
+    ``run_experiment.check_resumable``, names it); ignored, the next one differing is named."""
+    reference = config_module.defaults()
+    other = config_module.load(None, ["experiment.seed=1", "loop.max_iterations=9"])
+    assert config_module.first_difference(reference, other) == "experiment.seed"
+    assert config_module.first_difference(reference, other, ("experiment.seed",)) == "loop.max_iterations"
+    assert config_module.first_difference(reference, other, ("experiment.seed", "loop.max_iterations")) is None
 
 
 def test_a_config_file_with_an_integer_of_too_many_digits_is_one_error(tmp_path):
@@ -361,3 +389,41 @@ def test_the_datasets_and_image_models_are_those_of_fl():
         except ValueError:
             refused.add(name)
     assert refused == set(config_module.IMAGE_MODELS)
+
+
+#: the keys whose default the README's table describes in words, not as a TOML value
+DEFAULTS_IN_WORDS = {"population.cost", "population.endowment", "population.value", "population.comm_cost",
+                     "population.compute_cost", "population.comm_delay", "population.round_deadline",
+                     "training.clients_per_round", "accuracy.pilot_sizes", "mechanisms.compare",
+                     "mechanisms.stackelberg_budget"}
+
+
+def readme_defaults() -> dict[str, str]:
+    """{"section.key": its default as the README's table of keys writes it}: a row names
+    keys (`section.key`, then `.key` of the same section) and their defaults, one each,
+    separated by commas outside brackets; a row of one default for several keys gives it to each."""
+    found = {}
+    for keys, defaults in re.findall(r"^\| (`[a-z_]+\.[^|]*) \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M):
+        names = re.findall(r"`([^`]*)`", keys)
+        section = names[0].split(".")[0]
+        names = [section + name if name.startswith(".") else name for name in names]
+        values = re.split(r", (?![^(\[]*[)\]])", defaults.strip())
+        found.update(zip(names, values if len(values) == len(names) else values * len(names)))
+    return found
+
+
+def test_the_readme_states_the_default_of_every_key():
+    """Each default the README's table writes as a value (a number, true or false, a list,
+    a name in backticks or "") is the schema's; the others it describes in words."""
+    documented = readme_defaults()
+    assert set(documented) == {f"{section}.{name}" for section, keys in config_module.SCHEMA.items() for name in keys}
+    in_words = set()
+    for dotted, text in documented.items():
+        try:
+            value = text[1:-1] if re.fullmatch(r"`[^`]*`", text) else tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            in_words.add(dotted)
+            continue
+        section, name = dotted.split(".")
+        assert value == config_module.SCHEMA[section][name].default, dotted
+    assert in_words == DEFAULTS_IN_WORDS

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from analysis.metrics import free_riding_rate, price_of_anarchy, served_accuracy, summarise
+from analysis.metrics import (free_riding_rate, price_of_anarchy, realised_incentivised_share, served_accuracy,
+                              summarise)
 from incentives.accuracy import PowerLaw, local_optimum
 from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord
@@ -113,3 +114,85 @@ def test_the_worst_promise_gap_is_the_largest_shortfall_not_the_largest_over_del
     assert short["promise_gap_worst"] == pytest.approx(-0.03)
     assert short["promise_gap_mean_abs"] == pytest.approx(0.07)
     assert served_accuracy(promised, np.array([0.86, 0.88, 0.80]))["promise_gap_worst"] == pytest.approx(0.02)
+
+
+def trained_record(trained, realised_utility, global_accuracy, delivered, local=None) -> IterationRecord:
+    """Three agents (a = 1 - m^-1/2, all taking part, promised 0.9 each, no transfers) solved
+    for (300.4, 199.6, 0.3) samples and trained on ``trained`` (the record's other fields
+    as given; predicted utilities 0.5 each)."""
+    outcome = Outcome("standard", np.array([300.4, 199.6, 0.3]), np.full(3, 0.9), np.zeros(3), None,
+                      np.ones(3, dtype=bool))
+    training = SimpleNamespace(global_accuracy=np.asarray(global_accuracy), delivered_accuracy=np.asarray(delivered),
+                               local_accuracy=local, round_games=None)
+    return IterationRecord(0, outcome, PowerLaw(1.0, 1.0, 0.5), np.asarray(trained, dtype=np.int64), training,
+                           np.zeros(3), np.full(3, 0.5), np.asarray(realised_utility), np.zeros(3))
+
+
+def hand_audit(information_rent=None, deviation_gain=(0.0, 0.0, 0.0)) -> Audit:
+    """An audit of three agents finding nothing above its tolerance 1e-3 but the given
+    deviation gains; no money, no budget, the given information rents."""
+    zeros = np.zeros(3)
+    return Audit("standard", zeros, zeros, np.asarray(deviation_gain), np.full(3, np.nan), zeros,
+                 np.full(3, np.nan), 0.0, None, None, information_rent, 1e-3)
+
+
+def test_summarise_counts_the_trained_samples_and_adds_up_over_the_agents():
+    """Solved for (300.4, 199.6, 0.3) samples, trained on (300, 200, 0) (training uses whole
+    samples): the total data is 500 (not the solved 500.3) from two contributors (not
+    three). Realised utilities (0.4, 0.5, 0.8): welfare 1.7, their sum (not the mean 0.567);
+    information rents (0.01, 0.02, 0): 0.03 in all; the global model's accuracies (0.80,
+    0.86, 0.92): mean 0.86 (not the best, 0.92); deviation gains (0, 0.004, 0.001): the
+    largest, 0.004 (not the mean, 0.00167)."""
+    agents = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    record = trained_record([300, 200, 0], [0.4, 0.5, 0.8], [0.80, 0.86, 0.92], [0.8, 0.86, 0.92])
+    audit = hand_audit(np.array([0.01, 0.02, 0.0]), [0.0, 0.004, 0.001])
+    metrics = summarise(record, agents, record.accuracy_model, audit)
+    assert metrics["total_data"] == 500.0 and metrics["total_data_solved"] == pytest.approx(500.3)
+    assert metrics["contributors"] == 2
+    assert metrics["welfare_realised"] == pytest.approx(1.7)
+    assert metrics["welfare_predicted"] == pytest.approx(1.5)
+    assert metrics["information_rent"] == pytest.approx(0.03)
+    assert metrics["mean_global_accuracy"] == pytest.approx(0.86)
+    assert metrics["max_equilibrium_gain"] == pytest.approx(0.004)
+    assert metrics["deviation_violations"] == 1  # 0.004 > 1e-3; 0.001 is not beyond the tolerance
+    assert metrics["models_delivered"] == 3
+
+
+def test_summarise_of_a_record_that_trained_nothing_delivers_no_model():
+    """Solved for (300.4, 199.6, 0.3) samples but trained on none (each agent's share
+    rounded away, say): no model exists, so none is delivered, though all three take part;
+    the promise figures are NaN (no agent received a model)."""
+    agents = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    record = trained_record([0, 0, 0], [0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1])
+    metrics = summarise(record, agents, record.accuracy_model, hand_audit())
+    assert metrics["models_delivered"] == 0 and metrics["contributors"] == 0 and metrics["free_riding_rate"] == 0.0
+    assert math.isnan(metrics["mean_promised_accuracy"]) and math.isnan(metrics["promise_gap_worst"])
+
+
+def test_free_riding_is_judged_against_the_local_optimum_under_the_agents_phi():
+    """a = 1 - m^-1/2, c = 1e-4, each agent trained on 300 samples and served. With linear
+    phi the local optimum solves a'(m) = c: m^o = (1 / (2c))^(2/3) = 292.4, and 300 is not
+    below it; with phi(a) = 2a it solves 2 a'(m) = c: m^o = c^(-2/3) = 464.2, and every
+    agent rides below it."""
+    agents = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    record = trained_record([300, 300, 300], [0.5, 0.5, 0.5], [0.9] * 3, [0.9] * 3)
+    assert summarise(record, agents, record.accuracy_model, hand_audit())["free_riding_rate"] == 0.0
+    doubled = summarise(record, agents, record.accuracy_model, hand_audit(), phi=lambda a: 2 * a)
+    assert doubled["free_riding_rate"] == 1.0
+
+
+def test_a_price_of_anarchy_between_welfares_equal_within_rounding_is_one():
+    """Welfares that differ only by rounding (1e-15 below 0, or one unit in the last place
+    of 1) are one welfare: nothing is lost (an exact comparison said inf, or 0.999...)."""
+    assert price_of_anarchy(0.0, -1e-15) == 1.0
+    assert price_of_anarchy(1.0, 1.0 + 2**-52) == 1.0
+
+
+def test_half_a_sample_short_or_a_tie_with_training_alone_counts_for_neither():
+    """m_i = m_i^o - 0.5 exactly is rounding, not free riding (fewer by *more* than half a
+    sample); a delivered model as good as the agent's own local model (0.8 and 0.8) does
+    not beat it: of the two contributors only agent 1 (0.7 against 0.6 alone) is served
+    better than alone."""
+    assert free_riding_rate([99.5, 99.49], [100.0, 100.0]) == 0.5
+    record = trained_record([300, 200, 0], [0.5] * 3, [0.8] * 3, [0.8, 0.7, 0.9], local=np.array([0.8, 0.6, 0.0]))
+    assert realised_incentivised_share(record) == 0.5

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import plots
-from incentives.accuracy import PowerLaw
+from incentives.accuracy import EffectiveData, PowerLaw
 from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.utility import local_contribution
@@ -93,3 +93,91 @@ def test_the_convergence_figure_ticks_whole_loop_iterations(tmp_path, monkeypatc
     low, high = axis.get_xlim()
     shown = [tick for tick in axis.get_xticks() if low <= tick <= high]
     assert shown == list(range(iterations))
+
+
+def captured(monkeypatch) -> list:
+    """The figures the plots draw, kept open instead of written (``plots._save`` keeps each)."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_twenty_agents_are_bars_marked_at_their_local_optimum_under_phi(tmp_path, monkeypatch):
+    """Up to 20 agents, bars (no heat map image); each agent's mark is its local optimum
+    under the agents' phi: with phi(a) = 2a on a = 1 - m^-1/2, 2 a'(m) = c gives
+    m^o = c^(-2/3) (not (2c)^(-2/3), linear phi's)."""
+    figures = captured(monkeypatch)
+    cost = np.geomspace(2e-4, 1e-3, 20)[::-1]
+    population = Population.from_lists(cost=cost, endowment=1e6)
+    plots.contributions(loop_result(population), population, tmp_path / "contributions.png", phi=lambda a: 2 * a)
+    (axis,) = figures[0].axes
+    assert not axis.images and len(axis.patches) == 40  # two mechanisms' bars
+    (marks,) = axis.collections
+    np.testing.assert_allclose(marks.get_offsets()[:, 1], cost ** (-2 / 3), rtol=1e-4)
+
+
+def test_the_heat_map_keeps_tied_costs_in_population_order_and_who_receives_with_its_agent():
+    """Costs (3, 2, 1) x 1e-4 rank agents (2, 1, 0); agent 0 stays out (no model), agent 1
+    takes part with 0 samples, agent 2 trains 300 >= its m^o = 292.4: agent 1 alone free
+    rides. Ties keep the population's order: costs (2, 2, 1, 1) x 1e-4 rank (2, 3, 0, 1)."""
+    population = Population.from_lists(cost=[3e-4, 2e-4, 1e-4], endowment=1e6)
+    outcome = StandardFL().solve(population, MODEL)
+    outcome = replace(outcome, contributions=np.array([0.0, 0.0, 300.0]), participates=np.array([False, True, True]))
+    zeros = np.zeros(3)
+    result = LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL,
+                        [IterationRecord(0, outcome, MODEL, np.array([0, 0, 300]), None, zeros, zeros, zeros, zeros)])
+    _, order, samples, riding = plots.contribution_map(result, population, local_contribution(population, MODEL))
+    np.testing.assert_array_equal(order, [2, 1, 0])
+    np.testing.assert_array_equal(samples, [[300.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(riding, [[False, True, False]])
+    tied = Population.from_lists(cost=[2e-4, 2e-4, 1e-4, 1e-4], endowment=1e6)
+    _, order, _, _ = plots.contribution_map(loop_result(tied), tied, local_contribution(tied, MODEL))
+    np.testing.assert_array_equal(order, [2, 3, 0, 1])
+
+
+def test_the_accuracy_figure_shows_what_was_promised_and_what_training_delivered(tmp_path, monkeypatch):
+    """Promised 0.9 to both agents, delivered 0.8 and 0.7: the hollow points at 0.9, the
+    crosses at 0.8 and 0.7, both at the trained contributions (100, 50)."""
+    figures = captured(monkeypatch)
+    population = Population.from_lists(cost=[1e-3, 2e-3], endowment=1e6)
+    outcome = StandardFL().solve(population, MODEL)
+    outcome = replace(outcome, accuracy=np.array([0.9, 0.9]))
+    training = SimpleNamespace(delivered_accuracy=np.array([0.8, 0.7]))
+    zeros = np.zeros(2)
+    result = LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL,
+                        [IterationRecord(0, outcome, MODEL, np.array([100, 50]), training, zeros, zeros, zeros, zeros)])
+    plots.accuracy_vs_contribution(result, tmp_path / "accuracy.png")
+    promised, delivered = figures[0].axes[0].collections
+    np.testing.assert_array_equal(promised.get_offsets(), [[100.0, 0.9], [50.0, 0.9]])
+    np.testing.assert_array_equal(delivered.get_offsets(), [[100.0, 0.8], [50.0, 0.7]])
+
+
+def test_the_welfare_bars_are_the_predicted_and_the_realised_welfare(tmp_path, monkeypatch):
+    figures = captured(monkeypatch)
+    summaries = {"a": {"total_data": 10.0, "welfare_predicted": 1.0, "welfare_realised": 0.6,
+                       "welfare_social_optimum": 2.0}}
+    plots.welfare_and_data(summaries, tmp_path / "welfare.png")
+    assert [bar.get_height() for bar in figures[0].axes[0].patches] == [10.0]
+    assert [bar.get_height() for bar in figures[0].axes[1].patches] == [1.0, 0.6]
+
+
+def test_the_convergence_figure_draws_the_trained_totals_and_each_calibrated_curve(tmp_path, monkeypatch):
+    """Solved for (60.4, 40.4) samples, trained on (60, 40): the loop's line is at 100
+    trained samples (not 100.8 solved); a mechanism calibrated to gamma = 4 is drawn as
+    a(4 m) = 1 - (4 m)^-1/2 (dashed), the pilot fit as a(m)."""
+    figures = captured(monkeypatch)
+    population = Population.from_lists(cost=[1e-3, 2e-3], endowment=1e6)
+    outcome = replace(StandardFL().solve(population, MODEL), contributions=np.array([60.4, 40.4]))
+    calibrated = EffectiveData(MODEL, 4.0)
+    training = SimpleNamespace(global_accuracy=np.full(2, 0.9))
+    zeros = np.zeros(2)
+    result = LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL,
+                        [IterationRecord(0, outcome, calibrated, np.array([60, 40]), training, zeros, zeros, zeros,
+                                         zeros)])
+    plots.convergence(result, tmp_path / "convergence.png")
+    left, right = figures[0].axes
+    assert list(left.lines[0].get_ydata()) == [100.0]
+    fitted, mechanism = right.lines
+    grid = fitted.get_xdata()
+    np.testing.assert_allclose(fitted.get_ydata(), 1 - grid ** -0.5)
+    np.testing.assert_allclose(mechanism.get_ydata(), 1 - (4 * grid) ** -0.5)

@@ -402,3 +402,36 @@ def test_seeds_whose_population_csv_changed_between_them_are_not_aggregated(tmp_
     with pytest.raises(ValueError) as error:
         aggregate_runs(folders, tmp_path / "seeds")
     assert str(error.value) == refusal(folders[2], folders[1])
+
+
+def test_a_seed_where_two_mechanisms_tie_counts_for_neither(tmp_path):
+    """Realised welfare of standard (1.0, 2.0, 3.0) and shaping (1.5, 2.0, 2.5) over three
+    seeds: shaping is higher in one seed (the first), lower in one, and tied in the second,
+    which does not count as higher: "1 of 3 seeds"; the paired differences (0.5, 0, -0.5)
+    have mean 0 and standard deviation 0.5."""
+    from analysis.report import HEADLINE
+    from analysis.seeds import _write_report
+
+    welfare = {"standard": np.array([1.0, 2.0, 3.0]), "shaping": np.array([1.5, 2.0, 2.5])}
+    values = {(name, key): welfare[name] if key == "welfare_realised" else np.ones(3)
+              for name in welfare for key, _, _ in HEADLINE}
+    folders = [tmp_path / f"run-{seed}" for seed in range(3)]
+    _write_report(tmp_path, "tie", [0, 1, 2], folders, ["standard", "shaping"], values, [[], [], []])
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert ("<tr><td>shaping</td><td>0</td><td>0.5</td><td>[-1.242, 1.242]</td><td>1 of 3 seeds</td></tr>"
+            in page)
+
+
+def test_an_empty_summary_cell_is_no_number_and_an_infinite_one_has_no_spread():
+    """A summary.csv cell left empty is NaN (no value), not 0; a price of anarchy of inf
+    among the seeds has a mean of inf and no standard deviation, computed without numpy's
+    'invalid value' warning (inf - inf)."""
+    import warnings
+
+    from analysis.seeds import _number, _spread
+
+    assert np.isnan(_number("")) and _number("True") == 1.0 and _number("0.25") == 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spread = _spread(np.array([1.5, np.inf, np.nan]))
+    assert spread["n"] == 2 and spread["mean"] == np.inf and np.isnan(spread["std"]) and np.isnan(spread["ci95"])

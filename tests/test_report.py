@@ -1,0 +1,216 @@
+"""The run folder's tables, notes and warnings on hand-built loop results (no training)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis import config as config_module
+from analysis import report
+from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
+from incentives.loop import IterationRecord, LoopResult
+from incentives.population import Population
+from incentives.protocols import Outcome
+from mechanisms.audit import Audit
+from mechanisms.standard import StandardFL
+
+MODEL = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2): a(100) = 0.9, a(400) = 0.95
+PILOT_SIZES = np.array([100.0, 400.0])
+
+
+def pilot_fit(model=MODEL, sizes=PILOT_SIZES, accuracies=None) -> EmpiricalModel:
+    """``model`` as the fit of the pilot points (``sizes``, ``accuracies``; by default on
+    the curve itself, an RMSE of 0), as ``EmpiricalModel.fit`` returns one."""
+    accuracies = model(sizes) if accuracies is None else np.asarray(accuracies, dtype=float)
+    return EmpiricalModel(model, np.asarray(sizes, dtype=float), accuracies)
+
+
+def record(solved, trained, accuracy_model=MODEL, global_accuracy=0.9, transfer=None, paid=None, info=None,
+           iteration=0, name="standard") -> IterationRecord:
+    """A record of everyone taking part, solved for ``solved`` and trained on ``trained``
+    samples, each agent's global and delivered accuracy ``global_accuracy``, promised 0.9,
+    the ``transfer`` promised and ``paid`` (default none), utilities 0.5."""
+    n = len(solved)
+    transfer = np.zeros(n) if transfer is None else np.asarray(transfer, dtype=float)
+    outcome = Outcome(name, np.asarray(solved, dtype=float), np.full(n, 0.9), transfer, None, np.ones(n, dtype=bool),
+                      info or {})
+    accuracy = np.full(n, global_accuracy)
+    training = SimpleNamespace(global_accuracy=accuracy, delivered_accuracy=accuracy, local_accuracy=None,
+                               round_games=None)
+    return IterationRecord(iteration, outcome, accuracy_model, np.asarray(trained, dtype=np.int64), training,
+                           transfer if paid is None else np.asarray(paid, dtype=float), np.full(n, 0.5),
+                           np.full(n, 0.5), np.zeros(n))
+
+
+def loop_result(*records, fit=None, converged=False) -> LoopResult:
+    """A loop result of ``records`` whose pilot is the points of ``fit`` (default :func:`pilot_fit`)."""
+    fit = pilot_fit() if fit is None else fit
+    return LoopResult(fit.sizes, fit.accuracies, fit, list(records), converged)
+
+
+def no_findings(n: int) -> Audit:
+    """An audit of ``n`` agents that finds nothing, each held to a reservation utility of 0."""
+    zeros = np.zeros(n)
+    return Audit("standard", zeros, zeros, zeros, np.full(n, np.nan), zeros, np.full(n, np.nan), 0.0, None, None,
+                 None, 1e-3)
+
+
+def test_agents_csv_gives_the_trained_contribution_and_the_cost_of_it():
+    """Solved for (120.6, 40.4) samples, agent 0 is trained on its whole endowment of 120
+    (round(120.6) = 121 is more than it holds), agent 1 on 40: the table's
+    trained_contribution is (120, 40), not the rounded solution (121, 40), and data_cost
+    c_i m_i at it is (1e-3 * 120, 2e-3 * 40) = (0.12, 0.08), not (0.1206, 0.0808)."""
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 80.0])
+    result = loop_result(record([120.6, 40.4], [120, 40]))
+    rows = report.agent_rows(result, agents, {"standard": no_findings(2)})
+    assert [row["trained_contribution"] for row in rows] == [120, 40]
+    assert [row["contribution"] for row in rows] == [120.6, 40.4]
+    assert [row["data_cost"] for row in rows] == pytest.approx([0.12, 0.08])
+
+
+def test_learning_curve_csv_gives_each_training_the_model_it_was_solved_under():
+    """The pilot points are fitted by a(m) = 1 - m^-1/2; standard's training of 100 samples
+    (accuracy 0.93) is shown with its calibrated a(gamma m), gamma = 4: a(400) = 0.95, not
+    the pilot fit's a(100) = 0.9."""
+    calibrated = EffectiveData(MODEL, 4.0)
+    rows = report.learning_curve_rows(loop_result(record([60.0, 40.0], [60, 40], calibrated, global_accuracy=0.93)))
+    assert rows == [
+        {"source": "pilot", "size": 100.0, "accuracy": pytest.approx(0.9), "fitted": pytest.approx(0.9),
+         "efficiency": 1.0},
+        {"source": "pilot", "size": 400.0, "accuracy": pytest.approx(0.95), "fitted": pytest.approx(0.95),
+         "efficiency": 1.0},
+        {"source": "standard", "size": 100.0, "accuracy": pytest.approx(0.93), "fitted": pytest.approx(0.95),
+         "efficiency": 4.0},
+    ]
+
+
+def test_a_loop_that_settled_is_not_warned_of_as_unsettled():
+    """Two iterations (0 and 1) of a loop: converged, no warning; stopped at
+    loop.max_iterations = 2, the warning that its contributions were still moving."""
+    config = config_module.load(None, ["loop.max_iterations=2"])
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 120.0])
+    records = [record([60.0, 40.0], [60, 40], iteration=t) for t in (0, 1)]
+    assert report.run_warnings(loop_result(*records, converged=True), config, agents) == []
+    (warning,) = report.run_warnings(loop_result(*records, converged=False), config, agents)
+    assert warning.startswith("the loop stopped at loop.max_iterations=2 before the contributions settled "
+                              "(loop.tolerance=0.02): the numbers are those of its last iteration;")
+
+
+def test_a_flat_pilot_is_described_by_its_mean_accuracy_at_each_end():
+    """Repeats (0.50, 0.54) at 20 samples and (0.51, 0.53) at 1000: mean 0.520 at both ends
+    (not the best of the first, 0.540, against the worst of the last, 0.510), standard
+    deviations 0.020 and 0.010; the fit is as flat."""
+    sizes = np.array([20.0, 20.0, 1000.0, 1000.0])
+    fit = pilot_fit(PowerLaw(0.52, 1e-9, 0.5), sizes, [0.50, 0.54, 0.51, 0.53])
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 120.0])
+    (warning,) = report.run_warnings(loop_result(fit=fit), config_module.defaults(), agents)
+    assert warning.startswith("the pilot learning curve does not rise (mean accuracy 0.520 at 20 samples, 0.520 at "
+                              "1000, a standard deviation between repeats of up to 0.020; fitted 0.520 to 0.520; "
+                              "chance 0.1;")
+
+
+def test_a_fit_that_misses_its_pilot_points_is_warned_of():
+    """The quick start's pilot on digits (mean accuracy 0.568 at 20 samples to 0.924 at
+    1000, two repeats a size) with generalisation_bound's fit of it, a_opt = 1, k = 2.05e-12
+    (as EmpiricalModel.fit found it): a(m) = 1 - (sqrt(2k(2 + ln(m / k))) + 4) / sqrt(m), so
+    a(20) = 0.106 against 0.543 and 0.593 measured, an RMSE of 0.275 over the 14 points,
+    above 0.05 and above 0.25 of the range 0.356 (0.089): a warning naming the family, its
+    RMSE and the other family. The quick start's power law of the same points (a_opt =
+    0.92, k = 10.38, alpha = 1.134), RMSE 0.031, passes."""
+    sizes = np.repeat([20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1000.0], 2)
+    measured = [0.5431, 0.5930, 0.8276, 0.7379, 0.7695, 0.8800, 0.8797, 0.8881, 0.9109, 0.9055, 0.9137, 0.9111,
+                0.9250, 0.9222]
+    bound = pilot_fit(GeneralisationBound(1.0, 2.054e-12), sizes, measured)
+    assert bound(20.0) == pytest.approx(0.1056, abs=1e-4) and bound.rmse == pytest.approx(0.2754, abs=1e-4)
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 120.0])
+    (warning,) = report.run_warnings(loop_result(fit=bound), config_module.defaults(), agents)
+    assert warning == (
+        "the fitted a(m) misses the pilot learning curve's points: generalisation_bound has an RMSE of 0.275 against "
+        "them, more than 0.05 and than 0.25 of the range of their mean accuracy (0.568 to 0.924; learning_curve.csv "
+        "lists each point with its fitted value), so every mechanism was solved, and every local optimum taken, "
+        "under a curve this far from what training measured; a new run with accuracy.family='power_law' fits "
+        "another family (--resume keeps this fit)")
+    power_law = pilot_fit(PowerLaw(0.92, 10.38, 1.134), sizes, measured)  # the quick start's fit
+    assert power_law.rmse == pytest.approx(0.031, abs=1e-3)
+    assert report.run_warnings(loop_result(fit=power_law), config_module.defaults(), agents) == []
+
+
+def test_the_fit_error_allowed_is_the_larger_of_005_and_a_quarter_of_the_range():
+    """Two repeats at 100 and 400 samples, at e above and below a fit through their means,
+    have an RMSE of e. Means 0.9 and 0.95 (a = 1 - m^-1/2; range 0.05, a quarter 0.0125):
+    the floor 0.05 decides, e = 0.045 passes and 0.055 is warned of. Means 0.2 and 0.8
+    (a = 1 - 80 / m; range 0.6): a quarter of it, 0.15, decides, e = 0.14 passes and 0.16
+    is warned of."""
+    def warned(model, error) -> bool:
+        sizes = np.repeat(PILOT_SIZES, 2)
+        fit = pilot_fit(model, sizes, model(sizes) + np.tile([error, -error], 2))
+        assert fit.rmse == pytest.approx(error)
+        return report._poor_fit(loop_result(fit=fit)) is not None
+
+    assert not warned(MODEL, 0.045) and warned(MODEL, 0.055)
+    steep = PowerLaw(1.0, 80.0, 1.0)
+    assert not warned(steep, 0.14) and warned(steep, 0.16)
+
+
+def test_paid_against_promised_lists_the_contributors_paid_nothing():
+    """Promised (0.2, 0.1, 0.05), paid (0.25, 0.0, 0.05) for (100, 50, 0) samples: gaps
+    (+0.05, -0.1, 0), mean 0.05, the largest agent 1's, which contributed 50 samples and
+    was paid exactly 0 against 0.1 promised. A gap of 1e-4 is a difference too (paid as
+    promised is within 1e-12)."""
+    text = report._paid_against_promised(record([100.0, 50.0, 0.0], [100, 50, 0], transfer=[0.2, 0.1, 0.05],
+                                                paid=[0.25, 0.0, 0.05]))
+    assert text == ("Paid against promised: 0.05 apart per agent on average; the largest difference is agent 1's, "
+                    "paid 0 against 0.1 promised. 1 agent contributing data was paid nothing, since the value "
+                    "measured on the rounds was not positive: agent 1 (50 samples, 0.1 promised).")
+    close = report._paid_against_promised(record([100.0], [100], transfer=[0.2], paid=[0.2001]))
+    assert close == "Paid against promised: 0.0001 apart per agent on average; the largest difference is agent 0's, " \
+                    "paid 0.2 against 0.2 promised."
+    assert report._paid_against_promised(record([100.0], [100], transfer=[0.2], paid=[0.2])) == "Paid as promised."
+
+
+def test_a_value_that_is_not_a_number_is_shown_as_a_dash():
+    """A NaN (no agent received a model, say) is "-" in the headline and in any table,
+    not "nan"; other floats keep 4 significant digits and text is escaped."""
+    assert report.html_table([{"x": float("nan"), "y": 0.123456, "z": "a<b"}]) == (
+        "<table><thead><tr><th>x</th><th>y</th><th>z</th></tr></thead><tbody>"
+        "<tr><td>-</td><td>0.1235</td><td>a&lt;b</td></tr></tbody></table>")
+    summaries = {"standard": {key: 1 if fmt == "{:d}" else True if fmt == "{}" else float("nan")
+                              for key, _, fmt in report.HEADLINE}}
+    table = report._headline_table(summaries)
+    assert "nan" not in table
+    assert "<tr><td>mean promised accuracy (of agents receiving a model)</td><td>-</td></tr>" in table
+    assert "<tr><td>contributing agents</td><td>1</td></tr>" in table
+
+
+def test_equilibria_less_than_a_sample_apart_are_one():
+    """Best responses from nobody and from everyone reaching totals 500 and 500.6 samples
+    found one equilibrium within the solver's tolerance; 500 and 501 are two."""
+    def notes(totals) -> str:
+        return report._equilibrium_notes(loop_result(record([300.0, 200.0], [300, 200],
+                                                            info={"equilibrium_totals": totals})))
+
+    assert notes((500.0, 500.6)) == ""
+    assert notes((500.0, 501.0)) == ("<p>standard: best responses from nobody contributing and from everyone "
+                                     "contributing its endowment reached different equilibria (500 and 501 samples "
+                                     "in total); the one of higher welfare was taken.</p>")
+
+
+def test_the_shapley_note_names_the_coalition_sizes_valued_exactly():
+    """By coalition size, pairs are valued exactly up to 100 agents, single agents beyond."""
+    assert report._model_values("size_strata", 30).startswith("by coalition size (coalitions of up to two agents,")
+    many = report._model_values("size_strata", 150)
+    assert many.startswith("by coalition size (single agents,") and many.endswith(
+        "; this game has 150 agents, beyond those measured)")
+
+
+def test_a_report_that_fails_leaves_no_manifest_of_the_run_before(tmp_path):
+    """The manifest marks a finished run (analysis.seeds reads only those): rewriting a
+    folder (a --resume) removes the old one first, so a report that fails half-way, here
+    at its audits (a mechanism the loop did not run), leaves the new metrics.csv without a
+    manifest that would pass it, and the stale summary.csv, for a finished run."""
+    (tmp_path / "manifest.json").write_text("{}")
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 120.0])
+    result = loop_result(record([60.0, 40.0], [60, 40], name="shaping"))
+    with pytest.raises(ValueError, match=r"^mechanisms \('standard' not in the loop result\)"):
+        report.write_run(tmp_path, config_module.defaults(), result, [StandardFL()], agents, {}, "cpu")
+    assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "manifest.json").exists()
