@@ -3,6 +3,8 @@ the key, the value and what is allowed (long values shortened to 120 characters)
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -70,12 +72,27 @@ def as_floats(key: str, value, allowed: str = "numbers in a rectangular array (r
 
 def _holds_booleans(value, raw: np.ndarray) -> bool:
     """Whether ``value`` (``raw`` as numpy reads it) is or holds True or False: a list that
-    mixes them with numbers reads as numbers, so its entries are looked at themselves."""
+    mixes them with numbers reads as numbers, so its entries are looked at themselves. A
+    list or tuple of Python floats and ints, or of rows of them, holds neither, as the set
+    of its entries' types tells in one pass (a few times faster than looking at each entry)."""
     if raw.dtype.kind == "b":
         return True
     if isinstance(value, np.ndarray) and raw.dtype != object:
         return False
+    if isinstance(value, (list, tuple)) and _entry_types(value) <= _PLAIN_NUMBERS:
+        return False
     return any(isinstance(x, (bool, np.bool_)) for x in np.asarray(value, dtype=object).flat)
+
+
+_PLAIN_NUMBERS = frozenset({float, int})  # type(True) is bool, not int
+
+
+def _entry_types(value: list | tuple) -> set[type]:
+    """The types of the entries of a list or tuple, or of its rows' entries where every entry is a row."""
+    types = set(map(type, value))
+    if types and types <= {list, tuple}:
+        types = set(map(type, itertools.chain.from_iterable(value)))
+    return types
 
 
 def range_text(least: float = -np.inf, most: float = np.inf, strict: bool = False) -> str:

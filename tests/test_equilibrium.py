@@ -284,7 +284,7 @@ def test_the_planner_leaves_out_an_agent_whose_outside_option_or_link_costs_more
             assert optimum.welfare == pytest.approx(TOY(M_O) - 1e-4 * M_O + (r if key == "outside_option" else 0))
 
 
-@pytest.mark.parametrize("n", [10, 12])  # every subset of the costly joiners; beyond 10, a local search
+@pytest.mark.parametrize("n", [10, 12])  # identical joiners: the n + 1 sets closed under dominance, each solved
 def test_no_equilibrium_beats_the_planner_when_staying_out_pays(n):
     """Outside options of 1000 utility units dwarf what any model is worth: the planner
     leaves everyone out (W = 1000 N), as the standard FL equilibrium does. Before, the

@@ -1,9 +1,10 @@
-"""IncFL's federate-or-not participation as a mechanism of the closed loop."""
+"""IncFL's federate-or-not participation: iterated exit, and IncFL as a mechanism of the closed loop."""
 
 import numpy as np
 import pytest
 
 from incentives.accuracy import EffectiveData, PowerLaw
+from incentives.participation import participation_equilibrium
 from incentives.population import Population
 from mechanisms.incfl import IncFLParticipation
 
@@ -80,3 +81,22 @@ def test_under_a_calibrated_curve_the_local_model_is_on_the_agents_own_curve(gam
     assert outcome.participates.tolist() == [joins, joins]
     np.testing.assert_allclose(outcome.info["local_accuracy"], TOY(M_O), rtol=1e-12)
     np.testing.assert_allclose(outcome.accuracy, TOY(gamma * 2 * M_O) if joins else 0.0, rtol=1e-12)
+
+
+def test_iterated_exit_reads_only_the_entries_of_the_agents_in_the_mask():
+    """Training answers NaN for the agents outside its mask (no model is trained for
+    them). Local models 0.5 each: all in, the model gives (0.6, 0.6, 0.5), agent 2 gains
+    0 and leaves; without it (0.7, 0.7, NaN): agents 0 and 1 gain 0.2 and stay."""
+    def received_for(mask):
+        return np.where(mask, [0.6, 0.6, 0.5] if mask.all() else 0.7, np.nan)
+
+    settled = participation_equilibrium(received_for, [0.5, 0.5, 0.5])
+    assert settled.participates.tolist() == [True, True, False]
+    np.testing.assert_array_equal(settled.received, [0.7, 0.7, np.nan])
+    np.testing.assert_allclose(settled.gain, [0.2, 0.2, np.nan], rtol=1e-12)
+    assert [mask.tolist() for mask in settled.history] == [[True] * 3, [True, True, False]]
+
+
+def test_participation_needs_at_least_one_agent():
+    with pytest.raises(ValueError, match=r"^local has shape \(0,\): allowed is \(N,\), one value per agent, N >= 1$"):
+        participation_equilibrium(lambda mask: mask, [])

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from fl.data.dataset import load_digits
-from fl.oracle import TrainingOracle
+from fl.oracle import TrainingOracle, TrainingResult
 from analysis.metrics import summarise
 from analysis.report import audit_final
-from incentives.accuracy import local_optimum
+from incentives.accuracy import EffectiveData, EmpiricalModel, local_optimum
 from incentives.equilibrium import social_optimum, verify_equilibrium
 from incentives.loop import ClosedLoop, IterationRecord, LoopResult
 from incentives.population import Population
+from incentives.protocols import Outcome
 from incentives.utility import local_utility
 from mechanisms.contract import ContractMechanism, LogValue
 from mechanisms.incfl import IncFLParticipation
@@ -38,6 +39,21 @@ def run(world, mechanisms, **options):
     population, oracle = world
     settings = dict(pilot_sizes=[20, 60, 200, 600], pilot_repeats=1, max_iterations=2)
     return ClosedLoop(population, mechanisms, oracle, **{**settings, **options}).run()
+
+
+PILOT = EmpiricalModel.fit([20, 60, 200, 600], [0.68, 0.77, 0.83, 0.86])  # a(m) near 0.9 - m^(-1/2)
+
+
+def measured(iteration, mechanism, contributions, global_accuracy, delivered_accuracy):
+    """The record of one training of ``mechanism`` as the loop keeps it, with its numbers
+    given by hand: 5 agents contributing ``contributions`` (samples), each receiving the
+    global model at ``global_accuracy`` and its delivered one at ``delivered_accuracy``."""
+    m = np.asarray(contributions, dtype=float)
+    trained, delivered, nothing = m.round().astype(np.int64), np.asarray(delivered_accuracy, dtype=float), np.zeros(5)
+    outcome = Outcome(mechanism, m, delivered, nothing, None, np.ones(5, dtype=bool))
+    training = TrainingResult(np.asarray(global_accuracy, dtype=float), delivered, None, None, np.ones(5), delivered,
+                              trained, int(trained.sum()), [], 0.0)
+    return IterationRecord(iteration, outcome, PILOT, trained, training, nothing, nothing, nothing, nothing)
 
 
 def test_each_mechanism_is_solved_under_the_pilot_fit_calibrated_to_its_own_trainings(world):
@@ -145,6 +161,104 @@ def test_loop_stops_once_contributions_settle(world):
     assert tighter.run(resume=result).n_iterations == 3
 
 
+def test_calibration_points_are_the_trainings_with_data_at_their_mean_global_accuracy():
+    """The contract bought nothing in iteration 0: a training on no data measures no
+    point (a(gamma 0) = 0 fits every gamma, and calibrate refuses a size of 0), so the
+    contract is still solved under the pilot fit. In iteration 1 it bought 10 + 20 = 30
+    samples and, paying in money, delivered no model (accuracy 0): its point is the
+    global model's mean accuracy (0.6 + 0.6 + 0.7 + 0.7 + 0.9) / 5 = 0.7, and the
+    calibrated curve passes through (30, 0.7)."""
+    zeros, bought = np.zeros(5), [10, 20, 0, 0, 0]
+    result = LoopResult(PILOT.sizes, PILOT.accuracies, PILOT, [
+        measured(0, "contract", zeros, np.full(5, 0.1), zeros),
+        measured(0, "standard", bought, np.full(5, 0.5), np.full(5, 0.5))])
+    sizes, accuracies = result.measurements("contract")
+    assert sizes.size == 0 and accuracies.size == 0
+    assert result.calibrated("contract") is PILOT
+    result.records += [measured(1, "contract", bought, [0.6, 0.6, 0.7, 0.7, 0.9], zeros),
+                       measured(1, "standard", bought, np.full(5, 0.5), np.full(5, 0.5))]
+    sizes, accuracies = result.measurements("contract")
+    np.testing.assert_array_equal(sizes, [30.0])
+    np.testing.assert_allclose(accuracies, [0.7], rtol=1e-15)
+    model = result.calibrated("contract")
+    assert isinstance(model, EffectiveData) and model.base is PILOT
+    assert model(30.0) == pytest.approx(0.7, abs=1e-6)
+
+
+def test_the_change_of_contributions_is_relative_to_at_least_one_sample():
+    """sum_i |m_i^t - m_i^(t-1)| / max(1, sum_i |m_i^(t-1)|): standard's 10 -> 12 samples
+    is a change of 2 / 10 = 0.2; the contract's nothing -> half a sample one of 0.5 / 1
+    (not 0.5 / 0, infinite); shaping, solved once, has no change yet (inf)."""
+    result = LoopResult(PILOT.sizes, PILOT.accuracies, PILOT, [
+        measured(0, "standard", [10, 0, 0, 0, 0], np.full(5, 0.5), np.full(5, 0.5)),
+        measured(0, "contract", np.zeros(5), np.full(5, 0.1), np.zeros(5)),
+        measured(1, "standard", [12, 0, 0, 0, 0], np.full(5, 0.5), np.full(5, 0.5)),
+        measured(1, "contract", [0.5, 0, 0, 0, 0], np.full(5, 0.1), np.zeros(5)),
+        measured(1, "shaping", [10, 0, 0, 0, 0], np.full(5, 0.5), np.full(5, 0.5))])
+    assert result.last_change(["standard"]) == 0.2
+    assert result.last_change(["contract"]) == 0.5
+    assert result.last_change(["standard", "contract"]) == 0.5
+    assert result.last_change(["shaping"]) == np.inf and result.last_change() == np.inf
+
+
+def interrupted_at_iteration_1():
+    """A checkpoint of a loop comparing shaping, a contract, standard FL and IncFL in that
+    order, stopped in iteration 1 after its third training: shaping 10 -> 11 samples
+    (a change of 0.1), standard 10 -> 12 (0.2), the contract trained, IncFL not yet."""
+    def agent_0(samples):
+        return [samples, 0, 0, 0, 0]
+
+    def at(iteration, name, samples):
+        return measured(iteration, name, agent_0(samples), np.full(5, 0.5), np.full(5, 0.5))
+
+    first = [at(0, "shaping", 10), at(0, "contract", 5), at(0, "standard", 10), at(0, "incfl", 10)]
+    return LoopResult(PILOT.sizes, PILOT.accuracies, PILOT, first, solved_for=np.ones(5),
+                      pending=[at(1, "shaping", 11), at(1, "contract", 5), at(1, "standard", 12)])
+
+
+def test_a_resumed_iteration_trained_before_the_interruption_is_completed_in_the_loops_order(world):
+    """Resumed by a loop of standard FL and shaping, in that order, iteration 1 needs no
+    training: its two trainings come from the checkpoint (the very records), in the
+    resumed loop's order, and the contract's, a mechanism this loop no longer compares,
+    is dropped. solved_for is this loop's (None: the agents' own outside options), not
+    the checkpoint's."""
+    population, oracle = world
+    saved = interrupted_at_iteration_1()
+    shaping, _, standard = saved.pending
+    loop = ClosedLoop(population, [StandardFL(), AccuracyShaping()], oracle, max_iterations=2)
+    resumed = loop.run(resume=saved)
+    assert resumed.records[:4] == saved.records and resumed.pending == []
+    assert resumed.records[4] is standard and resumed.records[5] is shaping
+    assert resumed.n_iterations == 2 and resumed.solved_for is None
+    assert len(saved.pending) == 3 and saved.solved_for is not None  # the checkpoint is left as it was
+
+
+@pytest.mark.parametrize("tolerance, converged", [(0.2, False), (0.25, True)])
+def test_contributions_have_settled_once_they_change_by_less_than_the_tolerance(world, tolerance, converged):
+    """Standard FL's change of 0.2 is the largest of the loop's mechanisms (shaping's is
+    0.1): settled under a tolerance of 0.25, not under 0.2 (less than, not equal), whether
+    the loop finishes the iteration or is resumed after it."""
+    population, oracle = world
+    loop = ClosedLoop(population, [StandardFL(), AccuracyShaping()], oracle, max_iterations=2, tolerance=tolerance)
+    finished = loop.run(resume=interrupted_at_iteration_1())
+    assert finished.last_change(["standard", "shaping"]) == 0.2
+    assert finished.converged is converged
+    assert loop.run(resume=replace(finished, converged=not converged)).converged is converged
+
+
+def test_a_fractional_endowment_is_trained_on_its_whole_samples(world):
+    """Agents holding 150.6 samples (the oracle 150 of each) at a cost of 1e-9 give all
+    they have: 150.6, which rounds to 151, one more than they hold; they train on 150."""
+    population, oracle = world
+    rich = replace(population, endowment=np.full(5, 150.6), cost=np.full(5, 1e-9))
+    result = ClosedLoop(rich, [StandardFL()], oracle, pilot_sizes=[20, 60, 200, 600], pilot_repeats=1,
+                        max_iterations=1).run()
+    record = result.final()["standard"]
+    np.testing.assert_allclose(record.outcome.contributions, 150.6)
+    np.testing.assert_array_equal(record.trained_contributions, 150)
+    assert record.training.total_samples == 750
+
+
 def test_shapley_is_paid_from_data_values_of_the_real_rounds(world):
     population, _ = world
     result = run(world, [ShapleyRewards(budget=0.5, estimator="exact")], max_iterations=1)
@@ -157,6 +271,9 @@ def test_shapley_is_paid_from_data_values_of_the_real_rounds(world):
     expected = (population.value * record.training.delivered_accuracy + record.realised_transfer
                 - population.cost * record.trained_contributions - population.comm_cost)
     np.testing.assert_allclose(record.realised_utility, expected)
+    promised = (population.value * record.outcome.accuracy + record.outcome.transfer  # predicted: what was promised
+                - population.cost * record.outcome.contributions - population.comm_cost)
+    np.testing.assert_allclose(record.predicted_utility, promised)
     audits = audit_final(result, [ShapleyRewards(budget=0.5, estimator="exact")], population)
     summary = summarise(record, population, result.fit, audits["shapley"])
     gap = np.abs(record.realised_transfer - record.outcome.transfer)
@@ -288,6 +405,8 @@ def test_mechanisms_are_solved_for_the_outside_options_their_linear_values_give(
                                np.maximum(local_utility(population, concave.fit), 0.0))
     np.testing.assert_allclose(loop.agents_under(concave.fit).outside_option,
                                np.maximum(local_utility(population, concave.fit, np.sqrt), 0.0))
+    assert linear.solved_for is None  # solved for the agents' own outside options
+    np.testing.assert_array_equal(concave.solved_for, loop.agents_under(concave.fit, linear=True).outside_option)
     inside = concave.final()["incfl"].outcome.participates
     assert inside.any() and inside.tolist() == linear.final()["incfl"].outcome.participates.tolist()
     scored = concave.final()["incfl"].realised_utility  # stay-outs at their sqrt-valued own model

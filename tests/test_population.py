@@ -356,3 +356,28 @@ def test_a_csv_saved_as_utf16_is_named_with_what_is_allowed(tmp_path):
     with pytest.raises(ValueError, match=rf"^{re.escape(repr(str(path)))} is not UTF-8 text \(invalid start byte at "
                                          r"byte 0\): allowed is a CSV file saved as UTF-8$"):
         Population.from_csv(path)
+
+
+def test_lists_of_python_numbers_are_read_as_they_are():
+    """Lists and tuples of Python ints and floats, and rows of them, skip the look for True
+    and False entry by entry (their entries' types tell there is none)."""
+    pop = Population.from_lists(cost=(1, 2.5), endowment=[10, 20.0], label_distribution=[(1, 0), [0.25, 0.75]])
+    np.testing.assert_array_equal(pop.cost, [1.0, 2.5])
+    np.testing.assert_array_equal(pop.endowment, [10.0, 20.0])
+    np.testing.assert_array_equal(pop.label_distribution, [[1.0, 0.0], [0.25, 0.75]])
+
+
+NOT_NUMBERS = r": allowed is .*\(True and False are not numbers here\)$"
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: Population.from_lists(cost=[1e-3] * 999 + [True], endowment=10.0), r"^cost=\[0.001, 0.001, .*\.\.\."),
+    (lambda: Population.from_lists(cost=(1e-3, np.bool_(False)), endowment=10.0), r"^cost=\(0.001, (np\.)?False_?\)"),
+    (lambda: Population.from_lists(cost=[1e-3, 2e-3], endowment=10.0, label_distribution=[[0.5, 0.5], [True, 0]]),
+     r"^label_distribution=\[\[0.5, 0.5\], \[True, 0\]\]"),
+    (lambda: Population.sample(2, {"cost": {"dist": "types", "values": [1e-3, 1], "probs": [0.5, False]},
+                                   "endowment": 10.0}, seed=0), r"^cost.probs=\[0.5, False\]"),
+])
+def test_a_true_or_false_among_python_numbers_is_refused(build, message):
+    with pytest.raises(ValueError, match=message + NOT_NUMBERS):
+        build()

@@ -28,6 +28,23 @@ def test_the_best_of_two_modes_wins_and_ties_go_to_the_smaller_point():
     np.testing.assert_array_equal(x, [0.0, 0.0])
 
 
+def test_a_narrow_maximum_is_found_where_the_grid_has_a_point_on_it():
+    """Spikes of height 2 beside a broad maximum of 1 at x = 1 (upper = 1). One at 65/128,
+    of half-width 0.005, lies between log-spaced points (0.4813 and 0.5220): only the
+    129-point linear grid, spacing 1/128, sees it. One at 1e-5, of half-width 1e-6, lies
+    far below the first linear point 1/128: only the log-spaced points, down to 1e-9,
+    8.5e-7 apart there, see it. Missed, the maximum would be the broad one at x = 1."""
+    peak, half_width = np.array([65 / 128, 1e-5]), np.array([0.005, 1e-6])
+
+    def spike_and_broad(x):
+        spike = 2.0 * np.maximum(0.0, 1.0 - np.abs(x - peak[:, None]) / half_width[:, None])
+        return np.maximum(spike, 10.0 * np.maximum(0.0, x - 0.9))
+
+    x, value = maximise(spike_and_broad, [1.0, 1.0])
+    np.testing.assert_allclose(x, peak, rtol=1e-9)
+    np.testing.assert_allclose(value, 2.0, rtol=1e-6)
+
+
 @pytest.mark.parametrize("upper", [[1.0, -1.0], [np.inf], [np.nan]])
 def test_intervals_must_be_finite_and_nonnegative(upper):
     with pytest.raises(ValueError, match="upper=.*allowed is finite numbers >= 0"):
