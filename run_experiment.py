@@ -40,7 +40,7 @@ from analysis.report import make_run_folder, write_run
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from incentives.loop import ClosedLoop, LoopResult
 from incentives.population import FIELDS, Population, csv_rows, sample_traits
-from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types
+from mechanisms.contract import ContractError, ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
@@ -710,6 +710,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                 result = loop.run(resume=resumed, on_measured=checkpoint)
         except TrainingDiverged as error:
             raise diverged(error, folder, saved, created) from None
+        except ContractError as error:
+            raise unsolved_contract(error, folder, saved, created) from None
         except KeyboardInterrupt:
             raise interrupted(folder, saved, created) from None
         except Exception:  # anything else: no folder without a finished iteration is left behind
@@ -808,9 +810,29 @@ def diverged(error: Exception, folder: Path, saved: LoopResult | None, created: 
     its finished iterations can be written; with none, a resume would diverge again, as
     training.lr cannot change on --resume). ``error`` reads "lr=...: ...", and every
     training of the loop steps by training.lr."""
+    return cut_short(f"training.{error}", folder, saved, created)
+
+
+def unsolved_contract(error: ContractError, folder: Path, saved: LoopResult | None, created: bool) -> ConfigError:
+    """The error for a contract whose menu cannot be solved for the agents (``error``: an
+    infeasible or unbounded menu, or the solver failing on it numerically) after the
+    checkpoint ``saved``: the contract settings and the agents' costs and values decide it,
+    and the loop stops there as for training that diverged (:func:`cut_short`)."""
+    name = error.mechanism
+    said = " ".join(str(error).split())
+    return cut_short(f"mechanisms.compare: {name!r} cannot solve its menu ({said}); allowed are contract settings "
+                     "(mechanisms.contract_value, contract_value_scale, contract_accuracy_price, contract_information, "
+                     "contract_form) and agents' costs and values under which it solves, or mechanisms.compare "
+                     f"without {name!r}", folder, saved, created)
+
+
+def cut_short(reason: str, folder: Path, saved: LoopResult | None, created: bool) -> ConfigError:
+    """The ConfigError for a loop stopped by ``reason`` after the checkpoint ``saved``: the
+    report of its finished iterations can be written (a resume at that number of
+    iterations; with none, a folder this invocation created is removed, :func:`stopped`)."""
     finished = 0 if saved is None else saved.n_iterations
     advice = f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report"
-    return ConfigError(stopped(f"training.{error}", folder, saved, created, advice, finished_only=True))
+    return ConfigError(stopped(reason, folder, saved, created, advice, finished_only=True))
 
 
 def interrupted(folder: Path, saved: LoopResult | None, created: bool) -> Interrupted:

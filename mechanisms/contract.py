@@ -95,6 +95,20 @@ probabilities summed); equal costs that still differ are solved with every pair'
 since adjacent IC no longer links their items. The rents are chained by their adjacent
 steps and the two IC of a pair written as a slack in contribution units
 (:func:`_adjacent_ic`), which keeps the program well conditioned at 1000 types.
+Under incomplete information the closed form leaves capacities and the reward cap out: it
+refuses a capacity, and a reward cap that its menu exceeds (one it respects is slack).
+
+Every form solves one problem: with an :class:`AccuracyValue` of a power-law model, V is
+its *unclipped* curve weight * (a_opt - k q**(-alpha)) (``value.concave``), which cvxpy can
+state (the clipped accuracy, 0 below its zero crossing m0, is not concave), and which is
+-inf at q = 0, so no form leaves a type out. ``server_profit`` is the menu's worth by the
+value itself, the clipped accuracy: a type asked for less than m0 brings nothing, and one
+just above may bring less than its reward. Where a served item earns the server less than a
+type taking none, V(q_k) - kappa R_k < V(0), :func:`solve_screening` warns
+(:class:`LosingTypesWarning`, naming the types); :class:`ContractMechanism`, whose search
+leaves such types out, is the way to exclude them (costs (0.01, 3), equal shares, V = 100 a
+for the digits pilot fit: serving both earns 22.83 per agent under incomplete information,
+leaving out the second 43.76).
 
 Worked example (the tests): V(q) = 10 ln(1+q), c = (3, 2, 1), p = 1/3 each, u0 = 0.
 Virtual costs (sorted by cost 1, 2, 3): (1, 2 + 1*1, 3 + 1*2) = (1, 3, 5), so
@@ -158,7 +172,7 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = [
     "ValueFunction", "LogValue", "PowerLawValue", "AccuracyValue",
-    "Menu", "ContractError", "solve_screening", "virtual_costs", "iron",
+    "Menu", "ContractError", "LosingTypesWarning", "solve_screening", "virtual_costs", "iron",
     "ReducedTypes", "reduce_multidimensional_types",
     "program_cache_info", "clear_program_cache", "ContractMechanism",
 ]
@@ -222,16 +236,30 @@ class ValueFunction:
     def derivative(self, q) -> np.ndarray:
         return self.scale * self.base_derivative(np.asarray(q, dtype=float))
 
+    @property
+    def concave(self) -> "ValueFunction":
+        """The concave V that every form of :func:`solve_screening` maximises: this value
+        (an :class:`AccuracyValue`'s unclipped power law, where it has one)."""
+        return self
+
     def argmax(self, price, exponent: float = 1.0) -> np.ndarray:
         """argmax_{q >= 0} V(q) - price * q**exponent, elementwise over ``price`` (> 0).
 
         Solves V'(q) = price * exponent * q**(exponent - 1) by bisection (the left side
-        minus the right side decreases in q); q = 0 where V'(0) <= price (exponent 1).
+        minus the right side decreases in q, V being concave from 0: :meth:`_bisect`);
+        q = 0 where V'(0) <= price (exponent 1).
         """
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
             raise bad("price", price, "positive numbers (a zero price of reward or cost "
                       "makes the maximiser unbounded)")
+        return self._bisect(price, exponent, 0.0)
+
+    def _bisect(self, price: np.ndarray, exponent: float, start: float) -> np.ndarray:
+        """The q >= ``start`` (samples) where V'(q) = price * exponent * q**(exponent - 1),
+        elementwise over ``price`` (> 0), for a V concave on [start, inf): there the left
+        side minus the right side decreases in q, so bisection finds the root; ``start``
+        where V'(start) <= price (exponent 1), or where the root is below it."""
 
         def slope(q):
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -239,8 +267,8 @@ class ValueFunction:
                     q > 0, q ** (exponent - 1.0), 0.0 if exponent > 1 else 1.0)
                 return self.derivative(q) - marginal_cost
 
-        lo = np.zeros_like(price)
-        hi = np.ones_like(price)
+        lo = np.full_like(price, start)
+        hi = np.full_like(price, max(1.0, 2.0 * start))
         for _ in range(200):
             up = slope(hi) > 0
             if not up.any():
@@ -249,7 +277,7 @@ class ValueFunction:
         else:
             raise ValueError("price: allowed is a price at which V(q) - price*q**exponent "
                              "has a finite maximiser (V grows too fast)")
-        at_zero = (slope(np.full_like(price, 1e-300)) <= 0) & (exponent == 1.0)
+        at_start = (slope(np.full_like(price, max(start, 1e-300))) <= 0) & (exponent == 1.0)
         for _ in range(200):
             mid = 0.5 * (lo + hi)
             pos = slope(mid) > 0
@@ -257,7 +285,7 @@ class ValueFunction:
             hi = np.where(pos, hi, mid)
             if np.all(hi - lo <= 1e-15 * np.maximum(1.0, hi)):
                 break
-        return np.where(at_zero, 0.0, 0.5 * (lo + hi))
+        return np.where(at_start, start, 0.5 * (lo + hi))
 
 
 @dataclass(frozen=True)
@@ -352,10 +380,13 @@ class AccuracyValue(ValueFunction):
     """V(q) = weight * a(q) for an accuracy model a (``incentives.accuracy``).
 
     Numpy evaluation calls the model itself (``__call__``, ``derivative``; clipped at 0
-    below its zero crossing); ``argmax`` uses ``model.marginal_inverse`` and keeps q = 0
-    when that is better. A cvxpy expression exists for power-law models (``family ==
-    "power_law"`` or ``params`` with a_opt, k, alpha): the *unclipped* formula
-    weight * (a_opt - k q**(-alpha)), which is concave; other models raise a ValueError
+    below its zero crossing m0). ``argmax`` maximises that clipped V(q) - price *
+    q**exponent: a is 0 on [0, m0) and concave beyond, so the maximiser is 0 or the root
+    of the first-order condition on [m0, inf) (``model.marginal_inverse`` at exponent 1,
+    bisection from m0 otherwise), whichever earns more. A cvxpy expression exists for
+    power-law models (``family == "power_law"`` or ``params`` with a_opt, k, alpha): the
+    *unclipped* formula weight * (a_opt - k q**(-alpha)), which is concave (:attr:`concave`,
+    the V every form of :func:`solve_screening` maximises); other models raise a ValueError
     when a contract needs the expression.
     """
 
@@ -393,14 +424,19 @@ class AccuracyValue(ValueFunction):
         return self.weight * np.asarray(self.model.derivative(np.asarray(q, dtype=float)),
                                         dtype=float)
 
+    @property
+    def concave(self) -> ValueFunction:
+        return self._power_law or self
+
     def argmax(self, price, exponent: float = 1.0):
-        if exponent != 1.0 or not hasattr(self.model, "marginal_inverse"):
-            return super().argmax(price, exponent)
         price = np.atleast_1d(np.asarray(price, dtype=float))
         if np.any(price <= 0):
             raise bad("price", price, "positive numbers")
-        q = np.asarray(self.model.marginal_inverse(price / self.weight), dtype=float) * np.ones_like(price)
-        gain = self(q) - price * q - self(np.zeros_like(q))
+        if exponent == 1.0 and hasattr(self.model, "marginal_inverse"):
+            q = np.asarray(self.model.marginal_inverse(price / self.weight), dtype=float) * np.ones_like(price)
+        else:  # a below its zero crossing is flat: a bisection from 0 would stop there
+            q = self._bisect(price, exponent, float(getattr(self.model, "zero_crossing", 0.0)))
+        gain = self(q) - price * q**exponent - self(np.zeros_like(q))
         return np.where(gain > 0, q, 0.0)
 
     def base(self, q):
@@ -492,13 +528,30 @@ def memo_hit(memo: tuple | None, key: tuple) -> bool:
 
 
 class ContractError(ValueError):
-    """An infeasible or unbounded menu; ``family`` and ``types`` name the culprits."""
+    """An infeasible or unbounded menu; ``family`` and ``types`` name the culprits, and
+    ``mechanism`` the :class:`ContractMechanism` (its ``name``) whose solve raised it, if one did."""
 
     def __init__(self, message: str, family: str | None = None,
                  types: Sequence[int] | None = None):
         super().__init__(message)
         self.family = family
         self.types = list(types) if types is not None else None
+        self.mechanism: str | None = None
+
+
+class LosingTypesWarning(RuntimeWarning):
+    """A menu of :func:`solve_screening` pays some types more than their data is worth to
+    the server by its value V (an :class:`AccuracyValue`'s clipped accuracy), having been
+    solved on V's concave stand-in (the unclipped power law), on which no type is worth
+    leaving out; :class:`ContractMechanism` leaves such types out."""
+
+
+def _earns_less_than_none(value: ValueFunction, q: np.ndarray, R: np.ndarray, kappa: float,
+                          nothing: float) -> np.ndarray:
+    """Mask of the items (q_k samples, R_k reward units) that earn the server less than a
+    type taking none: V(q_k) - kappa R_k < V(0) = ``nothing`` (to 1e-9 of |V(0)|, at least 1e-9)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return value(q) - kappa * R < nothing - 1e-9 * max(1.0, abs(nothing))
 
 
 @dataclass(frozen=True)
@@ -836,7 +889,7 @@ def solve_screening(
     (IC and IR) or "complete" (IR only, types observed); form: "reduced" (program (4),
     cvxpy), "all_pairs" (program (2), cvxpy, K(K-1) IC constraints) or "closed_form"
     (virtual costs (5), ironing, a scalar root per type; common outside utility and, under
-    incomplete information, no capacity or reward cap); outside: u0 in utility units,
+    incomplete information, no capacity and no reward cap its menu exceeds); outside: u0 in utility units,
     a number or (K,); reward: "money" or "accuracy"; accuracy_value: (K,) or number v_k
     > 0, utility per unit accuracy (required for accuracy rewards); reward_price: kappa
     > 0, the server's utility cost of one unit of reward; reward_cap: the largest reward
@@ -850,7 +903,9 @@ def solve_screening(
     for invalid arguments; warns (RuntimeWarning) when a solved menu violates its
     constraints by more than ``_RESIDUAL`` of its scale (:func:`_residual`), earns less
     than the feasible menu pooling every type at (0, max u0), or the solver stopped at its
-    iteration limit.
+    iteration limit, and (:class:`LosingTypesWarning`) when, solved on an AccuracyValue's
+    unclipped curve, it serves types that earn the server less than leaving them out (see
+    the module docstring's reduced form).
     """
     cost_arr = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0"))
     if cost_arr.ndim != 1 or len(cost_arr) == 0 or not np.all(np.isfinite(cost_arr)) \
@@ -871,12 +926,13 @@ def solve_screening(
     beta = float(cost_exponent)
     u0_money = _as_array("outside", outside, K)
     rho = np.ones(K) if quality is None else _as_array("quality", quality, K, positive=True)
+    default_cap = reward == "accuracy" and reward_cap is None
     if reward == "accuracy":
         if accuracy_value is None:
             raise bad("accuracy_value", accuracy_value, "numbers > 0 (utility per unit "
                       "accuracy) when reward='accuracy'")
         v = _as_array("accuracy_value", accuracy_value, K, positive=True)
-        if reward_cap is None:
+        if default_cap:
             reward_cap = 1.0
     else:
         if accuracy_value is not None:
@@ -885,9 +941,9 @@ def solve_screening(
     if reward_cap is not None and not finite_number(reward_cap):
         raise bad("reward_cap", reward_cap, "None or a finite number")
     cap = None if capacity is None else _as_array("capacity", capacity, K, nonneg=True)
-    if cap is not None and np.any(cap == 0):  # the programs' V, or the closed form's, at q = 0
+    if cap is not None and np.any(cap == 0):  # the V every form maximises, at q = 0
         with np.errstate(divide="ignore"):
-            at_zero = float(np.asarray(value(0.0) if form == "closed_form" else value.base(np.zeros(1))).ravel()[0])
+            at_zero = float(np.asarray(value.concave(0.0)).ravel()[0])
         if not np.isfinite(at_zero):
             empty = np.flatnonzero(cap == 0).tolist()
             raise ContractError(
@@ -924,7 +980,7 @@ def solve_screening(
                       f"utility ({_given('outside', outside, np.flatnonzero(u0_all < 0))}): the floor R_k >= 0 has "
                       "no closed form")
         if information == "incomplete":  # what the closed form cannot take, before what it would find
-            _closed_form_scope(outside, common, capy, reward_cap)
+            _closed_form_scope(outside, common, capy)
         free = np.flatnonzero(theta_all == 0)
         if free.size and (information == "incomplete" or cap is None):  # first best or a virtual cost of 0
             raise ContractError(
@@ -932,7 +988,9 @@ def solve_screening(
                 "without bound in their contribution" + ("" if information == "incomplete" else
                                                          "; set capacity to bound it"),
                 family="objective", types=free.tolist())
-        y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information)
+        y, Rs, status, variant = _closed_form(th, pp, u0, kappa, value.concave, beta, capy, reward_cap, information)
+        if information == "incomplete" and reward_cap is not None and np.max(Rs) > reward_cap:
+            raise _binding_cap(reward_cap, default_cap, float(np.max(Rs)))
     else:
         if information == "complete":
             variant = "complete"
@@ -961,6 +1019,8 @@ def solve_screening(
                 extras={"variant": variant, **({"all_pairs": how} if how else {}),
                         "accuracy_value": v if reward == "accuracy" else None,
                         "reward_cap": reward_cap})
+    if value.concave is not value:
+        _warn_losing(menu)
     if form != "closed_form":  # whatever the status; types observed under complete information: no IC to keep
         worst = _residual(theta_all, contribution ** beta, reward_arr, u0_all, None if cap is None else cap ** beta,
                           reward_cap, floor, information == "incomplete")
@@ -985,6 +1045,27 @@ def solve_screening(
                           f"earns the server {earned:.6g}, less than the {pooled:.6g} of the feasible menu that "
                           f"asks for no data and pays {pays}, so it is not optimal", RuntimeWarning)
     return menu
+
+
+def _warn_losing(menu: Menu) -> None:
+    """:class:`LosingTypesWarning` naming the types of ``menu``, solved on the concave
+    stand-in of its value (an :class:`AccuracyValue`'s unclipped power law), whose items earn
+    the server less by the value itself than a type taking none (:func:`_earns_less_than_none`):
+    those contributing less than the zero crossing m0, where the clipped accuracy is 0, for a
+    reward, and those paid more than their data's accuracy is worth above it."""
+    value, kappa = menu.value, menu.reward_price
+    with np.errstate(divide="ignore"):
+        nothing = float(np.asarray(value(0.0)))
+    losing = np.flatnonzero(_earns_less_than_none(value, menu.contribution, menu.reward, kappa, nothing))
+    if losing.size:
+        q, R = menu.contribution[losing], menu.reward[losing]
+        warnings.warn(
+            f"types {losing.tolist()} ({_given('cost', menu.cost, losing)}) earn the server less than leaving them "
+            f"out: their contributions {np.round(q, 6).tolist()} are worth {np.round(value(q), 6).tolist()} to it "
+            f"(the AccuracyValue's accuracy is 0 below its zero crossing, {value.model.zero_crossing:.6g} samples) "
+            f"and their rewards cost {np.round(kappa * R, 6).tolist()}; every form of solve_screening serves every "
+            "type and maximises the unclipped power law, on which no type is worth leaving out: "
+            "ContractMechanism's exclusion search leaves such types out", LosingTypesWarning, stacklevel=3)
 
 
 def _merge_identical(th, pp, u0, capy):
@@ -1020,15 +1101,27 @@ def _given(key: str, given, types) -> str:
     return ", ".join(f"{key}[{k}]={values[k].item()!r}" for k in types)
 
 
-def _closed_form_scope(outside, common, capy, reward_cap) -> None:
+def _closed_form_scope(outside, common, capy) -> None:
     """ValueError unless the incomplete-information closed form applies: one common outside
-    utility (``outside``: as the caller gave it, for the message), no capacity, no reward cap."""
+    utility (``outside``: as the caller gave it, for the message) and no capacity. A reward
+    cap is checked on the solved menu (:func:`_binding_cap`)."""
     if not common:
         raise bad("outside", outside, "one common outside utility with form='closed_form' and "
                   "information='incomplete' (use form='reduced' for per-type ones)")
-    if capy is not None or reward_cap is not None:
-        raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity or "
-                  "reward_cap constrains an incomplete-information menu")
+    if capy is not None:
+        raise bad("form", "closed_form", "'reduced' or 'all_pairs' when a capacity constrains an "
+                  "incomplete-information menu")
+
+
+def _binding_cap(reward_cap: float, default: bool, largest: float) -> ValueError:
+    """The error for an incomplete-information closed-form menu whose largest reward
+    ``largest`` exceeds ``reward_cap`` (``default``: the cap of accuracy rewards, 1.0, the
+    caller having given none). The closed form leaves the cap out, so its menu is the
+    optimum under a cap it respects (one that is slack) and no menu under one it exceeds."""
+    given = f"; {reward_cap!r} is the default cap of reward='accuracy', none being given" if default else ""
+    return bad("reward_cap", reward_cap, "a cap the closed-form menu respects, with form='closed_form' and "
+               f"information='incomplete' (its largest reward is {largest:.6g}{given}); form='reduced' or "
+               "'all_pairs' solve a binding cap")
 
 
 def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information):
@@ -1652,12 +1745,12 @@ class ContractMechanism:
         check_bool("include_local", self.include_local)
         if self.form == "closed_form" and self.information == "incomplete" and (
                 self.respect_endowment or self.reward == "accuracy"):
-            # every menu would carry a capacity (the endowments) or a reward cap (the model's accuracy)
+            # every menu would carry a capacity (the endowments) or a reward cap (the model's accuracy) it may exceed
             why = ("respect_endowment=True caps each type's contribution at its endowment" if self.respect_endowment
                    else "accuracy rewards are capped by the accuracy of the global model")
             raise bad("form", self.form, f"'reduced' or 'all_pairs' with information='incomplete' when {why}: the "
-                      "closed form takes no capacity or reward cap (it needs respect_endowment=False and "
-                      "reward='money', or information='complete')")
+                      "closed form takes no capacity, nor a reward cap its menu exceeds (it needs "
+                      "respect_endowment=False and reward='money', or information='complete')")
         check_server_value(self.value, self.value_weight)
         if self.type_grid is not None:
             _check_type_grid(self.type_grid)
@@ -1772,23 +1865,27 @@ class ContractMechanism:
         constraints, so the menu of the others can only gain."""
         own = menu.extras["item_of_type"] >= 0
         q_own, R_own = _per_type(menu, menu.contribution), _per_type(menu, menu.reward)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(invalid="ignore"):
             idle = own & (q_own <= _ZERO) & (R_own > _ZERO)
-            margin = value(np.where(own, q_own, 0.0)) - self.reward_price * np.where(own, R_own, 0.0)
-            return idle | (own & (margin < nothing - 1e-9 * max(1.0, abs(nothing))))
+        return idle | (own & _earns_less_than_none(value, np.where(own, q_own, 0.0), np.where(own, R_own, 0.0),
+                                                   self.reward_price, nothing))
 
     def _served_menu(self, served, grid, prob, u0, cap, value, reward_cap, cost_exponent,
                      nothing: float) -> tuple[float, Menu]:
         """(the server's expected profit, the menu) of the menu designed for the types
         ``served`` (a mask over the type grid), with every type choosing as its
-        least-endowed agent would (:meth:`_pick`); a type taking no item is worth ``nothing``."""
-        menu = solve_screening(
-            grid[served], prob[served] / prob[served].sum(), value,
-            information=self.information, form=self.form, outside=u0[served],
-            reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
-            reward_price=self.reward_price, reward_cap=reward_cap,
-            capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
-            solver=self.solver)
+        least-endowed agent would (:meth:`_pick`); a type taking no item is worth ``nothing``.
+        Types the menu loses money on are what the search leaves out (:meth:`_solve_menu`):
+        :class:`LosingTypesWarning` is not for it."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LosingTypesWarning)
+            menu = solve_screening(
+                grid[served], prob[served] / prob[served].sum(), value,
+                information=self.information, form=self.form, outside=u0[served],
+                reward=self.reward, accuracy_value=1.0 if self.reward == "accuracy" else None,
+                reward_price=self.reward_price, reward_cap=reward_cap,
+                capacity=cap[served] if self.respect_endowment else None, cost_exponent=cost_exponent,
+                solver=self.solver)
         menu.extras["item_of_type"] = np.where(served, np.cumsum(served) - 1, -1)
         chosen = self._pick(menu, np.arange(len(grid)), grid, u0, cap)
         item = np.maximum(chosen, 0)
@@ -1861,7 +1958,11 @@ class ContractMechanism:
     # -- the Mechanism protocol -----------------------------------------------------
     def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
         check_world(population, model)
-        menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
+        try:
+            menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
+        except ContractError as error:
+            error.mechanism = self.name
+            raise
         N = len(theta_i)
         takes = chosen >= 0
         item = np.maximum(chosen, 0)
@@ -1947,8 +2048,12 @@ def _choose(menu: Menu, theta_i: np.ndarray, u0_i: np.ndarray, n_i: np.ndarray,
 
     theta_i, u0_i: per agent, reward units; n_i: endowments. offered: (N, K) bool, the
     items each agent may take (None: the whole menu; complete information offers each
-    agent its type's item alone). Ties (within 1e-9 relative) go to the larger
-    contribution; items with no contribution are withdrawn.
+    agent its type's item alone). Ties go to the larger contribution; items with no
+    contribution are withdrawn. Ties and the reservation utility are judged within
+    ``_RESIDUAL`` * max(1, largest |R_k|) reward units, the violation of its constraints a
+    solved menu may carry (:func:`_residual`): a binding IC or IR that the solver met to
+    within 5e-9 had the type take another item, or none (all_pairs, costs (0.01, 0.02),
+    100 a(q): the second type left, halving the server's profit).
     """
     beta = menu.cost_exponent
     q, R = menu.contribution, menu.reward
@@ -1959,7 +2064,7 @@ def _choose(menu: Menu, theta_i: np.ndarray, u0_i: np.ndarray, n_i: np.ndarray,
         fits &= offered
     util = np.where(fits, util, -np.inf)
     best = util.max(axis=1, initial=-np.inf)
-    tol = 1e-9 * np.maximum(1.0, np.abs(best))
+    tol = _RESIDUAL * max(1.0, float(np.max(np.abs(R), initial=0.0)))
     near = util >= (best - tol)[:, None]
     score = np.where(near, q[None, :], -np.inf)
     chosen = np.argmax(score, axis=1)

@@ -741,9 +741,12 @@ def fedsv(
 
     where I_t is the set of clients selected in round t and U_t(S) the utility of the
     model reconstructed from the updates of S subset I_t; a client not selected in
-    round t gets phi_i^t = 0. Each round's values come from ``estimator`` (any of this
-    module's, with ``options``); with ``gtg_shapley`` this is GTG-Shapley's multi-round
-    value (Liu et al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A seeded estimator's
+    round t gets phi_i^t = 0. Each round's values come from ``estimator``, with ``options``:
+    one of this module's estimators of a utility over coalitions (exact_shapley,
+    monte_carlo_shapley, stratified_shapley, gtg_shapley, leave_one_out), or any callable
+    taking the same arguments; counted_shapley and size_strata_shapley value a SumGame only
+    and are refused. With ``gtg_shapley`` this is GTG-Shapley's multi-round value (Liu et
+    al. 2022, Algorithm 1, phi_i = sum_t phi_i^t). A seeded estimator's
     ``seed`` (in ``options``, or its default) seeds each round with its own stream of it
     (:func:`_round_seed`). Efficiency,
     sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
@@ -757,6 +760,10 @@ def fedsv(
     if not callable(estimator):
         raise bad("estimator", estimator, "an estimator function of this module, e.g. exact_shapley or gtg_shapley "
                   "(names such as 'gtg' are ShapleyRewards')")
+    if estimator in (counted_shapley, size_strata_shapley):  # a round's utility is no SumGame
+        raise ValueError(f"estimator={estimator.__name__}: allowed is an estimator of a utility over coalitions: "
+                         "exact_shapley, monte_carlo_shapley, stratified_shapley, gtg_shapley or leave_one_out "
+                         f"({estimator.__name__} values a SumGame only)")
     _check_options(estimator, options)
     seed = _estimator_seed(estimator, options)
     values = np.zeros(n_clients)

@@ -537,7 +537,11 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
         raise bad("value", value, "a ValueFunction or a callable V(X) of the total samples X")
 
     def V(X: float) -> float:
-        worth = float(np.asarray(value(X)))
+        got = value(X)
+        try:
+            worth = float(np.asarray(got))
+        except (TypeError, ValueError):  # a string, None, several numbers ...
+            raise bad("value", value, f"a callable returning one number per total X (V({X:g}) = {got!r})") from None
         if not np.isfinite(worth):
             raise bad("value", value, f"a value finite at every total X >= 0 (V({X:g}) = {worth!r})")
         return worth

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
+import run_experiment
+from analysis.config import ConfigError
 from analysis.report import _equilibrium_notes
 from incentives.accuracy import PowerLaw
 from incentives.equilibrium import verify_equilibrium
@@ -254,7 +256,16 @@ def test_power_law_value_forms_agree(information):
 
 def test_accuracy_value_of_a_power_law_model_matches_power_law_value():
     model = PowerLaw(0.9, 1.0, 0.5)
-    a = solve_screening(COSTS, EQUAL, AccuracyValue(model, 10.0), form="reduced")
+    # every type is paid more than its data is worth by the clipped model: the type of cost 3 is asked for q = 1
+    # sample, below the zero crossing (1 / 0.9)**2 = 1.23, worth nothing, and paid 3 for it
+    with pytest.warns(contract.LosingTypesWarning, match=(
+            r"^types \[0, 1, 2\] \(cost\[0\]=3\.0, cost\[1\]=2\.0, cost\[2\]=1\.0\) earn the server less than "
+            r"leaving them out: their contributions \[(1\.0|1\.0000\d*|0\.9999\d*), .*\] are worth \[0\.0, .*\] to it "
+            r"\(the AccuracyValue's accuracy is 0 below its zero crossing, 1\.23457 samples\) and their rewards cost "
+            r"\[(3\.0|3\.0000\d*|2\.9999\d*), .*; every form of solve_screening serves every type and maximises the "
+            r"unclipped power law, on which no type is worth leaving out: ContractMechanism's exclusion search "
+            r"leaves such types out$")):
+        a = solve_screening(COSTS, EQUAL, AccuracyValue(model, 10.0), form="reduced")
     b = solve_screening(COSTS, EQUAL, PowerLawValue(10.0, 0.9, 1.0, 0.5), form="reduced")
     # same menu (the program uses the unclipped formula), to the solver's accuracy (the
     # programs' units differ: the clipped model asks nothing of types 2 and 3 at their
@@ -263,6 +274,48 @@ def test_accuracy_value_of_a_power_law_model_matches_power_law_value():
     np.testing.assert_allclose(a.contribution, b.contribution, rtol=1e-5)
     np.testing.assert_allclose(a.reward, b.reward, rtol=1e-5)
     assert a.server_profit > b.server_profit
+
+
+PILOT = PowerLaw(0.92, 10.38, 1.134)  # the digits pilot fit: 0 below (10.38 / 0.92)**(1 / 1.134) = 8.47 samples
+
+
+@pytest.mark.parametrize("information", ["complete", "incomplete"])
+def test_every_form_solves_one_problem_for_an_accuracy_value_and_warns_of_types_it_loses_on(information):
+    """Costs (0.01, 3), equal shares, V = 100 a(q): every form maximises the unclipped power law
+    a_opt - k q**(-alpha), so q_k = (100 k alpha / phi_k)**(1/(1+alpha)) with phi = theta = (0.01, 3)
+    (complete) or the virtual costs (0.01, 3 + 2.99) (incomplete). The closed form used to maximise
+    the clipped accuracy and leave type 1 out (q = 0), the programs to serve it: 43.76 against 43.41
+    (complete) and 22.83 (incomplete) by the one profit. Type 1's item earns the server less than
+    its reward (100 a(16.42) = 48.56 < 49.26; 100 a(11.88) = 29.27 < 35.63), which the warning says."""
+    phi = np.array([0.01, 3.0 if information == "complete" else 5.99])
+    hand = (100.0 * 10.38 * 1.134 / phi) ** (1 / 2.134)
+    menus = []
+    for form in FORMS:
+        with pytest.warns(contract.LosingTypesWarning, match=r"^types \[1\] \(cost\[1\]=3\.0\) earn the server "
+                          r"less than leaving them out: their contributions \[(16\.42|11\.87)"):
+            menus.append(solve_screening([0.01, 3.0], [0.5, 0.5], AccuracyValue(PILOT, 100.0), form=form,
+                                         information=information))
+    np.testing.assert_allclose(menus[0].contribution, hand, rtol=1e-9)
+    for menu in menus[1:]:
+        assert_menu_close(menus[0], menu, atol=1e-4)
+    for menu in menus:  # the profit is the data's worth by the clipped accuracy, whatever the form
+        assert menu.server_profit == pytest.approx(0.5 * np.sum(100.0 * PILOT(menu.contribution) - menu.reward))
+
+
+@pytest.mark.parametrize("form", ["closed_form", "reduced"])
+def test_a_contract_mechanism_leaves_out_the_type_it_loses_on_without_a_warning(form):
+    """The types of the case above as a population: the mechanism's search leaves type 1 out (43.76
+    per agent, against 43.41 serving both), and the warning, which is for solve_screening's callers,
+    is not raised by the menus it tries."""
+    population = Population.from_lists(cost=[0.01, 3.0], endowment=1000.0)
+    mechanism = ContractMechanism("accuracy", value_weight=100.0, respect_endowment=False,
+                                  information="complete", form=form)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", contract.LosingTypesWarning)
+        outcome = mechanism.solve(population, PILOT)
+    q = (100.0 * 10.38 * 1.134 / 0.01) ** (1 / 2.134)
+    np.testing.assert_allclose(outcome.contributions, [q, 0.0], rtol=1e-5)
+    assert outcome.info["server_profit_expected"] == pytest.approx(0.5 * (100.0 * PILOT(q) - 0.01 * q), rel=1e-6)
 
 
 def test_accuracy_rewards_are_money_rewards_in_accuracy_units():
@@ -641,8 +694,37 @@ def test_closed_form_refuses_what_it_cannot_solve():
     # a capacity is what the incomplete-information closed form cannot take, whatever the costs (the
     # message used to call this menu, which the programs solve, unbounded: "types [0] cost nothing")
     with pytest.raises(ValueError, match=r"^form='closed_form': allowed is 'reduced' or 'all_pairs' when a "
-                       r"capacity or reward_cap constrains an incomplete-information menu$"):
+                       r"capacity constrains an incomplete-information menu$"):
         solve_screening([0.0, 1.0], [0.5, 0.5], V10, capacity=[5.0, 5.0], form="closed_form")
+
+
+@pytest.mark.parametrize("reward_cap", [None, 0.5])
+def test_the_closed_form_takes_a_reward_cap_its_menu_respects(reward_cap):
+    """Accuracy rewards, v = 1, kappa = 100, V = 10 ln(1 + q), costs (0.01, 0.02): virtual costs
+    (0.01, 0.03), q = 10 / (100 phi) - 1 = (9, 7/3), R = (0.01 * 9 + 0.01 * 7/3, 0.02 * 7/3) =
+    (0.11333, 0.04667), below the default cap 1 and a given 0.5. The closed form used to be refused for
+    every accuracy reward under incomplete information, naming a reward_cap nobody had given."""
+    kw = dict(reward="accuracy", accuracy_value=1.0, reward_price=100.0, reward_cap=reward_cap)
+    menu = solve_screening([0.01, 0.02], [0.5, 0.5], V10, form="closed_form", **kw)
+    np.testing.assert_allclose(menu.contribution, [9.0, 7 / 3], rtol=1e-12)
+    np.testing.assert_allclose(menu.reward, [0.09 + 0.07 / 3, 0.14 / 3], rtol=1e-12)
+    assert_menu_close(menu, solve_screening([0.01, 0.02], [0.5, 0.5], V10, form="reduced", **kw), atol=1e-5)
+
+
+@pytest.mark.parametrize("reward, reward_cap, default", [("accuracy", None, True), ("accuracy", 1.2, False),
+                                                         ("money", 1.2, False)])
+def test_a_reward_cap_that_binds_refuses_the_closed_form_naming_it(reward, reward_cap, default):
+    """At kappa = 10 the same menu is q = 10 / (10 phi) - 1 = (99, 32.33), R_1 = 0.99 + 0.01 * 32.33 = 1.31333,
+    beyond the cap: the closed form, which leaves the cap out, cannot give the optimum under it."""
+    kw = dict(accuracy_value=1.0) if reward == "accuracy" else {}
+    shown = "1.0" if default else repr(reward_cap)
+    with pytest.raises(ValueError, match=(
+            rf"^reward_cap={shown}: allowed is a cap the closed-form menu respects, with form='closed_form' and "
+            r"information='incomplete' \(its largest reward is 1\.31333"
+            + ("; 1.0 is the default cap of reward='accuracy', none being given" if default else "")
+            + r"\); form='reduced' or 'all_pairs' solve a binding cap$")):
+        solve_screening([0.01, 0.02], [0.5, 0.5], V10, form="closed_form", reward=reward, reward_price=10.0,
+                        reward_cap=reward_cap, **kw)
 
 
 @pytest.mark.parametrize("settings, reason", [
@@ -1003,6 +1085,29 @@ def test_a_type_that_costs_nothing_in_the_closed_form():
         solve_screening([1.0, 0.0], [0.5, 0.5], V10, information="complete", form="closed_form")
 
 
+def test_the_cli_says_in_one_line_which_contract_cannot_solve_its_menu(tmp_path):
+    """A ContractError raised in the loop (here a free agent under complete information with no
+    capacity: an unbounded menu) reached run_experiment.py's user as a traceback; it is a
+    ConfigError (one line, status 2) naming the mechanism, the contract's own words and the
+    settings that decide it, and a run folder holding no finished iteration is removed."""
+    population = Population.from_lists(cost=[0.0, 1.0], endowment=100.0)
+    mechanism = ContractMechanism(V10, information="complete", form="closed_form", respect_endowment=False,
+                                  name="contract_accuracy")
+    with pytest.raises(ContractError) as raised:
+        mechanism.solve(population, PowerLaw(0.95, 1.0, 0.5))
+    assert raised.value.mechanism == "contract_accuracy"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    error = run_experiment.unsolved_contract(raised.value, folder, None, created=True)
+    assert isinstance(error, ConfigError) and not folder.exists()
+    assert str(error) == (
+        "mechanisms.compare: 'contract_accuracy' cannot solve its menu (unbounded menu: types [0] cost nothing per "
+        "sample, so the server's value grows without bound in their contribution; set capacity to bound it); allowed "
+        "are contract settings (mechanisms.contract_value, contract_value_scale, contract_accuracy_price, "
+        "contract_information, contract_form) and agents' costs and values under which it solves, or "
+        "mechanisms.compare without 'contract_accuracy'")
+
+
 # ----------------------------------------------------------------- the mechanism
 MODEL = PowerLaw(0.95, 1.0, 0.5)
 
@@ -1153,3 +1258,26 @@ def test_a_setting_assigned_after_a_solve_is_checked_and_solved_with():
         setattr(mech, setting, value)
         with pytest.raises(ValueError, match=message):
             mech.solve(pop, MODEL)
+
+
+@pytest.mark.parametrize("costs", [(0.01, 0.02), (0.01, 0.015, 0.02)])
+def test_every_form_serves_the_types_of_its_menu_when_the_solver_meets_a_binding_constraint_inexactly(costs):
+    """Accuracy rewards, V = 100 a(q) for a(q) = 0.92 - 10.38 q^-1.134, incomplete
+    information: the lowest type's IR and the others' downward IC bind. The all-pairs
+    program met them to within about 5e-9 of a reward, and agents chose within 1e-9: the
+    second type of (0.01, 0.02) took no item (profit 87.5 for 171.5), the first of three
+    took the second's item. Agents now choose within the violation a solved menu may carry."""
+    population = Population.from_lists(cost=list(costs), endowment=1000.0)
+    model = PowerLaw(0.92, 10.38, 1.134)
+    outcomes = {}
+    for form in ("closed_form", "reduced", "all_pairs"):
+        mechanism = ContractMechanism("accuracy", value_weight=100.0, form=form, respect_endowment=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            outcomes[form] = mechanism.solve(population, model)
+    exact = outcomes["closed_form"]
+    q_first = (100 * 10.38 * 1.134 / 0.01) ** (1 / 2.134)  # the most efficient type's first best: V'(q) = c
+    assert exact.contributions[0] == pytest.approx(q_first, rel=1e-9) and np.all(exact.participates)
+    for form in ("reduced", "all_pairs"):
+        np.testing.assert_allclose(outcomes[form].contributions, exact.contributions, rtol=1e-4)
+        assert outcomes[form].info["server_profit"] == pytest.approx(exact.info["server_profit"], rel=1e-6)

@@ -18,7 +18,13 @@ from incentives.equilibrium import social_optimum, verify_equilibrium
 from incentives.loop import ClosedLoop
 from incentives.population import Population, sample_traits
 from incentives.utility import utility
-from mechanisms.contract import ContractMechanism, LogValue, reduce_multidimensional_types, solve_screening
+from mechanisms.contract import (
+    AccuracyValue,
+    ContractMechanism,
+    LogValue,
+    reduce_multidimensional_types,
+    solve_screening,
+)
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward
@@ -118,6 +124,49 @@ def test_contracts_are_solved_and_chosen_with_the_populations_exponent():
     assert np.all(np.diff(chosen) < 0)  # costlier types contribute less
     utilities = menu.reward[None, :] - COSTS[:, None] * menu.contribution[None, :] ** 3
     np.testing.assert_allclose(outcome.transfer - COSTS * chosen**3, utilities.max(axis=1), atol=1e-7)  # IC
+
+
+# the digits pilot fit, 0 below its zero crossing (10.38 / 0.92)**(1 / 1.134) = 8.47 samples, valued at 100 a sample
+PILOT = PowerLaw(a_opt=0.92, k=10.38, alpha=1.134)
+WKA = 100.0 * 10.38 * 1.134  # weight * k * alpha
+
+
+def test_an_accuracy_value_is_maximised_beyond_its_zero_crossing_under_convex_costs():
+    """argmax_q 100 a(q) - p q**beta: on [m0, inf) the first-order condition
+    100 k alpha q**(-alpha-1) = beta p q**(beta-1) gives q = (100 k alpha / (beta p))**(1/(alpha+beta)),
+    kept where it beats q = 0. The bisection used to start at 0, where the clipped a is flat:
+    at p = 1e-4, beta = 2 it returned 4e-16 instead of 144.58."""
+    value = AccuracyValue(PILOT, 100.0)
+    got = value.argmax([1e-4, 1e-3, 1.0], 2.0)
+    hand = (WKA / (2 * np.array([1e-4, 1e-3]))) ** (1 / 3.134)
+    np.testing.assert_allclose(got[:2], hand, rtol=1e-9)
+    assert got[0] == pytest.approx(144.58, abs=0.01)
+    assert got[2] == 0.0  # the root, 7.65 samples, lies below the zero crossing: every q earns at most 0
+    grid = np.linspace(0.0, 400.0, 400_001)  # brute force, steps of 0.001 samples
+    for price, q in zip([1e-4, 1e-3, 1.0], got):
+        assert q == pytest.approx(grid[np.argmax(value(grid) - price * grid**2)], abs=1e-3)
+    assert value.argmax(1e-6, 3.0)[0] == pytest.approx((WKA / 3e-6) ** (1 / 4.134), rel=1e-9)
+    # exponent 1 is as it was: the model's own marginal inverse, (100 k alpha / p)**(1/(alpha+1))
+    np.testing.assert_array_equal(value.argmax([0.01, 3.0]), [PILOT.marginal_inverse(1e-4), 0.0])
+    assert value.argmax(0.01)[0] == pytest.approx((WKA / 0.01) ** (1 / 2.134), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta, cost", [(2.0, [1e-4, 2e-4]), (3.0, [1e-6, 2e-6])])
+def test_contracts_valued_by_accuracy_solve_under_convex_costs(beta, cost):
+    """Two equally likely types: virtual costs (c_1, 2 c_2 - c_1) = c_1 (1, 3), so each item solves
+    100 k alpha q**(-alpha-1) = beta phi q**(beta-1). The reduced form used to fail ("the solver
+    failed numerically": its units came from an argmax of 4e-16 samples) and the closed form to
+    ask for no data, as did the mechanism."""
+    hand = (WKA / (beta * np.array([cost[0], 2 * cost[1] - cost[0]]))) ** (1 / (1.134 + beta))
+    value = AccuracyValue(PILOT, 100.0)
+    closed = solve_screening(cost, [0.5, 0.5], value, form="closed_form", cost_exponent=beta)
+    reduced = solve_screening(cost, [0.5, 0.5], value, form="reduced", cost_exponent=beta)
+    np.testing.assert_allclose(closed.contribution, hand, rtol=1e-9)
+    np.testing.assert_allclose(reduced.contribution, hand, rtol=1e-4)  # the solver's, on a flat optimum
+    assert reduced.server_profit == pytest.approx(closed.server_profit, rel=1e-8)
+    population = Population(cost=cost, endowment=[1000.0, 1000.0], cost_exponent=beta)
+    outcome = ContractMechanism("accuracy", value_weight=100.0, respect_endowment=False).solve(population, PILOT)
+    np.testing.assert_allclose(outcome.contributions, hand, rtol=1e-4)
 
 
 def test_incfl_agents_hold_their_convex_cost_local_optimum():

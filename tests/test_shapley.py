@@ -658,6 +658,18 @@ def test_fedsv_names_an_estimator_given_by_name():
         fedsv([_AdditiveRound((0.5, 0.5), 1.0)], 2, "gtg")
 
 
+@pytest.mark.parametrize("estimator", [counted_shapley, size_strata_shapley])
+def test_fedsv_refuses_the_estimators_of_a_sum_game_naming_the_allowed_ones(estimator):
+    """counted_shapley and size_strata_shapley value a SumGame, not a round's utility over
+    coalitions: fedsv raised counted_shapley's TypeError (2 positional arguments for 1) or
+    an error naming fedsv's internal lambda as the game."""
+    name = estimator.__name__
+    with pytest.raises(ValueError, match=rf"^estimator={name}: allowed is an estimator of a utility over coalitions: "
+                                         r"exact_shapley, monte_carlo_shapley, stratified_shapley, gtg_shapley or "
+                                         rf"leave_one_out \({name} values a SumGame only\)$"):
+        fedsv([_AdditiveRound((0.5, 0.5), 1.0)], 2, estimator)
+
+
 @pytest.mark.parametrize("n_agents, exact", [(13, "coalitions of up to two agents"), (100, "coalitions of up to two "
                                              "agents"), (101, "single agents")])
 def test_the_report_says_which_coalition_sizes_the_model_values_average_exactly(n_agents, exact):

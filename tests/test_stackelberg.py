@@ -527,11 +527,16 @@ def test_stackelberg_with_accuracy_value_and_endowments():
         ({"cost_exponent": 0.5}, r"^cost_exponent=0.5: allowed is a finite number >= 1$"),
         ({"value": 5.0}, r"^value=5.0: allowed is a ValueFunction or a callable V\(X\)"),
         ({"value": lambda X: np.nan * X}, r"^value=<function .*: allowed is a value finite at every total .*= nan\)$"),
+        ({"value": lambda X: "a"}, r"^value=<function .*: allowed is a callable returning one number per total X "
+                                   r"\(V\(0\) = 'a'\)$"),
+        ({"value": lambda X: [X, X]}, r"^value=<function .*: allowed is a callable returning one number per total X "
+                                      r"\(V\(0\) = \[0\.0, 0\.0\]\)$"),
     ],
 )
 def test_leader_reward_argument_errors(options, message):
     """Before: grid=1 tried R = 0 alone and returned R = 0, grid=0 raised numpy's argmax
-    error, a string budget a TypeError, and a V giving NaN returned R = 0 with profit NaN."""
+    error, a string budget a TypeError, a V giving NaN returned R = 0 with profit NaN, and
+    a V giving no number raised float's error, which does not name value."""
     args = {"value": LogValue(10.0), "budget": 5.0, "capacity": [1.0, 1.0], **options}
     with pytest.raises(ValueError, match=message):
         leader_reward([1.0, 2.0], **args)
