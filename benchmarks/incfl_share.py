@@ -82,8 +82,9 @@ def one_seed(
     try:
         federation = dirichlet_federation(train, args.clients, args.alpha, child_seed(seed, _FEDERATION), args.pool,
                                           validation_fraction=VALIDATION, min_size=args.min_size)
-    except ValueError as error:  # no Dirichlet draw gave every client --min-size samples (main checked the sizes)
-        raise ValueError(f"--alpha={args.alpha} with --min-size={args.min_size}: {error}") from error
+    except ValueError as error:  # a validation set missing a class of the pool, or no Dirichlet draw gave every
+        # client --min-size samples (main checked the sizes)
+        raise ValueError(f"--pool={args.pool}, --alpha={args.alpha} and --min-size={args.min_size}: {error}") from error
     subsets, p, validation = federation.clients, federation.label_distributions, federation.validation
     options = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
     model = build_model(args.model, train.feature_shape, train.num_classes, seed, **options).to(args.device)

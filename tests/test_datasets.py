@@ -9,11 +9,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import importlib
 import io
+import os
 import pickle
 import re
+import shutil
+import socket
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,8 @@ import torch
 import fl.data as data
 from fl.data.arrays import standardised_pair
 from fl.data.cifar10 import CIFAR10_CLASSES, load_cifar10, read_image_tree, read_python_archive, read_python_folder
-from fl.data.download import ChecksumError, DatasetNotFoundError, DownloadError, RemoteFile, download, fetch
+from fl.data.download import (STALE_PART_SECONDS, ChecksumError, DatasetNotFoundError, DownloadError, RemoteFile,
+                              download, fetch)
 from fl.data.idx import read_idx
 from fl.data.mnist import MNIST_SHA256, idx_files, load_idx_dataset
 from fl.data.partition import holdout
@@ -110,13 +116,16 @@ def test_digits_split_is_the_stratified_holdout_standardised_by_the_train_statis
 
 
 def test_download_and_verify_flags_are_true_or_false(shared_root, tmp_path):
-    """A string such as 'no' counted as true: verify='no' verified, download='no' fetched a missing file."""
-    for name in ("usps", "mnist1d", "cifar10"):
-        with pytest.raises(ValueError, match=r"^verify='no': allowed is True or False$"):
-            data.load_dataset(name, root=tmp_path, verify="no")
+    """A string such as 'no' counted as true: verify='no' verified, download='no' fetched a missing file.
+    MNIST and Fashion-MNIST took any value: verify=0 or None skipped the checksum without a word."""
+    for name in ("mnist", "fashion_mnist", "usps", "mnist1d", "cifar10"):
+        for value in ("no", 0, None):
+            with pytest.raises(ValueError, match=rf"^verify={value!r}: allowed is True or False$"):
+                data.load_dataset(name, root=tmp_path, verify=value)
     (tmp_path / "cifar10").mkdir()
     write_cifar_python_archive(tmp_path / "cifar10" / "cifar-10-python.tar.gz", per_batch=2)
-    for name, root in (("cifar10", tmp_path), ("mnist1d", shared_root), ("usps", shared_root)):
+    for name, root in (("cifar10", tmp_path), ("mnist1d", shared_root), ("usps", shared_root),
+                       ("mnist", shared_root), ("fashion_mnist", shared_root)):
         with pytest.raises(ValueError, match=r"^download='no': allowed is True or False$"):
             data.load_dataset(name, root=root, download="no", verify=False)
 
@@ -205,6 +214,44 @@ def test_download_checks_the_digest_and_writes_atomically(tmp_path):
     with pytest.raises(DownloadError, match="missing.bin") as error:
         download((tmp_path / "missing.bin").as_uri(), tmp_path / "root" / "set" / "x.bin")
     assert str(tmp_path / "root" / "set") in str(error.value)
+
+
+def test_a_download_removes_the_stale_temporary_files_a_killed_one_left(tmp_path):
+    """A download killed by a signal (a scheduler, `timeout`) skips its clean-up and left its .part file."""
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"z" * 100)
+    folder = tmp_path / "root" / "set"
+    folder.mkdir(parents=True)
+    old = time.time() - STALE_PART_SECONDS - 60
+    parts = {name: folder / name for name in (".blob.bin.k1ll3d00.part", ".blob.bin.runn1ng0.part",
+                                              ".other.bin.k1ll3d00.part")}
+    for path in parts.values():
+        path.write_bytes(b"partial")
+    for name in (".blob.bin.k1ll3d00.part", ".other.bin.k1ll3d00.part"):
+        os.utime(parts[name], (old, old))
+    download(source.as_uri(), folder / "blob.bin")
+    # the stale one of this file goes; one written lately may be a download in progress; other files' stay
+    assert sorted(p.name for p in folder.iterdir()) == [".blob.bin.runn1ng0.part", ".other.bin.k1ll3d00.part",
+                                                        "blob.bin"]
+
+
+def test_every_download_waits_download_timeout_seconds_on_a_silent_server(tmp_path, monkeypatch):
+    """A server that accepts the connection and never answers is given up after DOWNLOAD_TIMEOUT per mirror:
+    the timeout is the module's constant, which fetch() (every loader's download) uses."""
+    download_module = importlib.import_module("fl.data.download")  # fl.data.download is also the function
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes the handshake; nothing ever reads or answers
+    port = silent.getsockname()[1]
+    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.2)
+    remote = RemoteFile("blob.bin", (f"http://127.0.0.1:{port}/a", f"http://127.0.0.1:{port}/b"))
+    try:
+        with pytest.raises(DownloadError, match=r"mirror 1: could not download .*/a \(timed out\).* "
+                                                r"mirror 2: could not download .*/b \(timed out\)"):
+            fetch(tmp_path / "set", remote, download_missing=True)
+    finally:
+        silent.close()
+    assert list((tmp_path / "set").iterdir()) == []
 
 
 def test_fetch_tries_the_next_mirror_after_a_bad_file_and_names_what_each_did(tmp_path):
@@ -423,22 +470,69 @@ def test_cifar10_image_folder_and_tarball_readers_agree(shared_root, tmp_path):
     small = tmp_path / "small.tar"
     with tarfile.open(small, "w") as archive:
         archive.add(folder, arcname="cifar10-jpg")
-    from_folder, from_tar = read_image_tree(folder), read_image_tree(small)
+    from_folder, from_tar = read_image_tree(folder, limit_per_class=3), read_image_tree(small, limit_per_class=3)
     for split in ("train", "test"):
         x, y = from_folder[split]
         assert x.shape == (30, 3, 32, 32) and x.dtype == np.uint8
         assert y.tolist() == [c for c in range(10) for _ in range(3)]
         assert np.array_equal(x, from_tar[split][0]) and np.array_equal(y, from_tar[split][1])
     assert read_image_tree(small, limit_per_class=1)["test"][0].shape == (10, 3, 32, 32)
-    # the loader finds the extracted folder, standardises per channel and caches
-    train, test = load_cifar10(root, cache=tmp_path / "cache")
+    # the loader finds the extracted folder and standardises per channel
+    train, test = load_cifar10(root, limit_per_class=3)
     assert (len(train), len(test)) == (30, 30) and train.feature_shape == (3, 32, 32)
     assert torch.allclose(train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
-    assert (tmp_path / "cache" / "cifar10-jpg.decoded.npz").is_file()
-    # an image removed from the folder is seen, not hidden by the cache
-    next((folder / "test" / CIFAR10_CLASSES[0]).iterdir()).unlink()
-    train, test = load_cifar10(root, cache=tmp_path / "cache")
-    assert (len(train), len(test)) == (30, 29)
+
+
+def test_an_incomplete_cifar10_image_folder_is_refused_and_not_cached(tmp_path):
+    """A class folder renamed (train/plane) or missing (test/cat) was skipped without a word, and the
+    smaller dataset cached: read whole, a tree must hold 5,000 train and 1,000 test images a class."""
+    write_cifar_jpeg_tarball(tmp_path / "images.tar.gz", per_class=1)
+    with tarfile.open(tmp_path / "images.tar.gz") as archive:
+        archive.extractall(tmp_path / "cifar10", filter="data")
+    folder = tmp_path / "cifar10" / "cifar10-jpg"
+    (folder / "train" / "airplane").rename(folder / "train" / "plane")
+    shutil.rmtree(folder / "test" / "cat")
+    counts = [f"train/{c} holds {0 if c == 'airplane' else 1}" for c in CIFAR10_CLASSES]
+    counts += [f"test/{c} holds {0 if c == 'cat' else 1}" for c in CIFAR10_CLASSES]
+    expected = (rf"^{re.escape(str(folder))}: {', '.join(counts)} images; CIFAR-10 has 5000 of each class in "
+                r"train/<class>/ and 1000 in test/<class>/, classes airplane, automobile, .* \(limit_per_class")
+    with pytest.raises(ChecksumError, match=expected):
+        read_image_tree(folder)
+    with pytest.raises(ChecksumError, match=expected):
+        load_cifar10(tmp_path, source="jpeg", cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing cached
+    train, test = load_cifar10(tmp_path, limit_per_class=1)  # a subset asked for is not checked
+    assert torch.bincount(train.y, minlength=10).tolist() == [0] + [1] * 9
+    assert torch.bincount(test.y, minlength=10).tolist() == [1, 1, 1, 0] + [1] * 6
+
+
+def test_a_damaged_cifar10_image_is_named(tmp_path):
+    """A truncated JPEG gave a raw OSError ('Truncated File Read', 'cannot identify image file
+    <_io.BytesIO ...>') and an image of another size a ValueError, neither naming the file."""
+    from PIL import Image
+
+    tarball = tmp_path / "cifar10-jpg.tar.gz"
+    write_cifar_jpeg_tarball(tarball, per_class=1)
+    with tarfile.open(tarball) as archive:
+        archive.extractall(tmp_path, filter="data")
+    image = tmp_path / "cifar10-jpg" / "test" / "bird" / "0000.jpg"
+    complete = image.read_bytes()
+    for damaged in (complete[:300], b""):  # cut short; empty
+        image.write_bytes(damaged)
+        with pytest.raises(ChecksumError, match=rf"^{re.escape(str(image))}: not a readable image \(\w+Error: "):
+            read_image_tree(tmp_path / "cifar10-jpg", limit_per_class=1)
+    Image.new("RGB", (16, 32)).save(image, "JPEG")
+    with pytest.raises(ChecksumError, match=rf"^{re.escape(str(image))}: an image of 16x32 pixels; CIFAR-10 images "
+                                            r"are 32x32; the file is truncated"):
+        read_image_tree(tmp_path / "cifar10-jpg", limit_per_class=1)
+    # the same file cut short inside a well-formed tarball: the tarball and the member are named
+    image.write_bytes(complete[:300])
+    damaged = tmp_path / "damaged.tar"
+    with tarfile.open(damaged, "w") as archive:
+        archive.add(tmp_path / "cifar10-jpg", arcname="cifar10-jpg")
+    with pytest.raises(ChecksumError, match=rf"^{re.escape(str(damaged))}: its member cifar10-jpg/test/bird/0000.jpg "
+                                            r"is not a readable image"):
+        read_image_tree(damaged, limit_per_class=1)
 
 
 def write_cifar_python_archive(path: Path, per_batch: int, seed: int = 0) -> dict:
@@ -497,6 +591,20 @@ def test_cifar10_official_python_archive_format(tmp_path):
     assert (len(train), len(test)) == (20, 4)
     with pytest.raises(ValueError, match="source='png': allowed is one of"):
         load_cifar10(tmp_path, source="png")
+
+
+def test_the_cache_of_an_extracted_cifar10_folder_follows_its_files(tmp_path):
+    archive = tmp_path / "official.tar.gz"
+    write_cifar_python_archive(archive, per_batch=4)
+    with tarfile.open(archive) as opened:
+        opened.extractall(tmp_path / "cifar10", filter="data")
+    train, test = load_cifar10(tmp_path, source="python", cache=tmp_path / "cache")
+    assert (len(train), len(test)) == (20, 4) and (tmp_path / "cache" / "cifar-10-batches-py.decoded.npz").is_file()
+    # a batch file replaced in the folder is seen, not hidden by the cache
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}
+    (tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    train, test = load_cifar10(tmp_path, source="python", cache=tmp_path / "cache")
+    assert (len(train), len(test)) == (20, 3)
 
 
 def test_a_damaged_cifar10_python_batch_is_named(tmp_path):
@@ -631,12 +739,56 @@ def test_parse_play_finds_speakers_and_drops_directions():
     ]
 
 
+PROLOGUED = """CLERK AND CRESSIDA
+
+by Nobody
+
+PROLOGUE
+
+CLERK AND CRESSIDA
+
+In Troy, there lies the scene.
+From isles of Greece.
+
+ACT I.
+
+SCENE I. A room.
+
+CRESSIDA.
+Good morrow.
+
+EPILOGUE
+
+ROSALIND.
+It is not the fashion.
+
+EPILOGUE.
+
+[Spoken by PROSPERO]
+
+Now my charms are all o'erthrown.
+"""
+
+
+def test_prologue_and_epilogue_are_roles_and_the_plays_title_is_no_speaker():
+    """The title under Troilus and Cressida's PROLOGUE was taken for a speaker (a client named after the play),
+    and the text of a PROLOGUE/EPILOGUE heading that no speaker heading follows was dropped."""
+    assert parse_play(PROLOGUED) == [
+        ("PROLOGUE", "In Troy, there lies the scene. From isles of Greece."),
+        ("CRESSIDA", "Good morrow."),  # the title's end with a heading's period: a role named in the title
+        ("ROSALIND", "It is not the fashion."),
+        ("EPILOGUE", "Now my charms are all o'erthrown."),
+    ]
+
+
 def test_shakespeare_roles_are_clients(shared_root):
     folder = need(shared_root, "shakespeare")
     roles = read_roles(folder)
     lengths = np.array([len(role.text) for role in roles])
     assert len(roles) > 1000 and (lengths > 1000).sum() > 500  # heavy-tailed natural partition
-    assert {"hamlet/HAM", "macbeth/LADY MACBETH", "henry_v/CHORUS"} <= {role.key for role in roles}
+    keys = {role.key for role in roles}
+    assert {"hamlet/HAM", "macbeth/LADY MACBETH", "macbeth/MACBETH", "henry_v/CHORUS"} <= keys
+    assert "troilus_and_cressida/PROLOGUE" in keys and "troilus_and_cressida/TROILUS AND CRESSIDA" not in keys
 
     clients = load_shakespeare_clients(shared_root, max_samples_per_client=1000)
     assert clients.num_clients > 100 and len(clients.roles) == len(clients.train_indices) == len(clients.test_indices)

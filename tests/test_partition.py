@@ -1,9 +1,11 @@
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from fl.algorithms import child_seed
 from fl.data import partition
 from fl.data.dataset import load_digits
 
@@ -254,6 +256,54 @@ def test_dirichlet_federation_holds_out_validation_and_gives_each_clients_label_
         arguments = {"clients": 2, "alpha": 0.3, "seed": 4, "pool": 1000, "min_size": 1} | options
         with pytest.raises(ValueError, match=key):
             dirichlet_federation(train, **arguments)
+
+
+def test_dirichlet_federation_holds_out_a_validation_sample_of_every_class():
+    """A pool of 60 digits held out 6 for validation, of 6 classes: clients held the 4 others, whose per-class
+    validation loss (0 samples) made IncFL's losses NaN far from the cause."""
+    from fl.data.federation import dirichlet_federation
+
+    train = load_digits()[0]
+    pool = np.random.default_rng(child_seed(0, 0)).permutation(len(train))[:60]  # seed 0's pool
+    assert np.bincount(train.labels()[pool]).tolist() == [11, 5, 10, 6, 4, 4, 3, 7, 6, 4]
+    # 6 held out: 6 * counts / 60 = 1.1 .5 1 .6 .4 .4 .3 .7 .6 .4, floors 1 0 1 0 0 0 0 0 0 0 and the other 4
+    # samples to the largest remainders, classes 7, 3, 8, 1: none of classes 4, 5, 6, 9
+    with pytest.raises(ValueError, match=r"^pool=60 with validation_fraction=0.1: allowed is a share that holds out "
+                                         r"a sample of every class; its 6 samples miss the classes \[4, 5, 6, 9\]$"):
+        dirichlet_federation(train, clients=4, alpha=1.0, seed=0, pool=60, validation_fraction=0.1, min_size=2)
+    # 12 held out: 2.2 1 2 1.2 .8 .8 .6 1.4 1.2 .8, floors 2 1 2 1 0 0 0 1 1 0 and 4 more to classes 4, 5, 9, 6
+    federation = dirichlet_federation(train, clients=4, alpha=1.0, seed=0, pool=60, min_size=2)
+    assert torch.bincount(federation.validation.y).tolist() == [2, 1, 2, 1, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: partition.dirichlet(LABELS, 2000, 1.0, seed=0),
+     "num_clients=2000: allowed is at most 1438 (1438 samples, each client holding at least min_size=1)"),
+    (lambda: partition.quantity_skew(LABELS, 2000, 0),
+     "num_clients=2000: allowed is at most 1438 (1438 samples, each client holding at least min_size=1)"),
+    (lambda: partition.quantity_skew(LABELS, 1500, 0, min_size=5),
+     "num_clients=1500: allowed is at most 287 (1438 samples, each client holding at least min_size=5)"),
+    (lambda: partition.shards(LABELS, 2000, 1, seed=0),
+     "num_clients=2000: allowed is at most 1438, the number of samples (every client gets at least one shard"),
+    # fewer clients than samples: a smaller min_size or fewer shards each would do, and is named
+    (lambda: partition.dirichlet(LABELS, 300, 1.0, seed=0, min_size=5),
+     "min_size=5: allowed is at most 4 (1438 samples for 300 clients)"),
+    (lambda: partition.shards(LABELS, 700, 3, seed=0),
+     "shards_per_client=3: allowed is at most 2 (1438 samples for 700 clients)"),
+])
+def test_more_clients_than_samples_names_the_client_count_and_its_bound(call, message):
+    """It named min_size (or shards_per_client) with the bound 0, below the least either allows."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        call()
+
+
+def test_dirichlet_federation_names_clients_when_they_outnumber_the_samples():
+    from fl.data.federation import dirichlet_federation
+
+    train = load_digits()[0]  # 1438 samples, 288 held out for validation: 1150 left
+    with pytest.raises(ValueError, match=r"^clients=1200: allowed is at most 1150 \(1150 samples, each client "
+                                         r"holding at least min_size=1\)$"):
+        dirichlet_federation(train, clients=1200, alpha=1.0, seed=0, min_size=1)
 
 
 def test_dirichlet_federation_draws_pool_holdout_and_split_from_the_seeds_own_streams():

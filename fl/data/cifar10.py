@@ -22,6 +22,10 @@ was built without, and when it cannot be read (a damaged cache); the checksum (o
 tarball: an extracted folder has none) is verified when the cache is built. A tarball
 that is truncated or damaged, or a batch file of an extracted python folder that is
 (or a folder missing one), raises :class:`~fl.data.download.ChecksumError` naming it.
+So does an image tree read whole (no ``limit_per_class``) that does not hold 5,000 train
+and 1,000 test images of every class (a class folder missing or misnamed, an extraction
+cut short: the only check an extracted folder gets), naming each class and its count,
+and an image file that cannot be decoded, naming the file.
 
 Returned inputs: float32 of shape (n, 3, 32, 32), pixels scaled to [0, 1] and
 standardised per channel with the training split's mean and std (official data:
@@ -132,21 +136,36 @@ def read_python_folder(folder: str | os.PathLike) -> Splits:
 
 
 # ---------------------------------------------------------------- image files (JPEG/PNG)
-def _decode_image(data: bytes) -> np.ndarray:
+CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}  # images of each class in each split of the published dataset
+# What Pillow raises on image data that is cut short, damaged or no image: OSError (UnidentifiedImageError,
+# "Truncated File Read"), SyntaxError (a broken PNG), ValueError and EOFError.
+_DAMAGED_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def _decode_image(data: bytes, path: Path, member: str = "") -> np.ndarray:
+    """(3, 32, 32) uint8 RGB pixels of the image file ``data``, read from ``path`` (from its
+    ``member`` when ``path`` is an archive); :class:`~fl.data.download.ChecksumError` naming
+    them when it is no readable 32x32 image."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    where = f"its member {member} is " if member else ""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except _DAMAGED_IMAGE_ERRORS as error:
+        raise damaged_file(path, f"{where}not a readable image ({type(error).__name__}: {error})") from None
     if array.shape != (32, 32, 3):
-        raise ValueError(f"CIFAR-10 image of shape {array.shape}: allowed is 32x32 RGB")
+        height, width = array.shape[:2]
+        raise damaged_file(path, f"{where}an image of {width}x{height} pixels; CIFAR-10 images are 32x32")
     return array.transpose(2, 0, 1)
 
 
-def _image_files(paths_and_readers, limit_per_class: int | None) -> Splits:
-    """Decode (path parts, read-bytes callable) pairs laid out as <split>/<class>/<file>."""
+def _image_files(files, limit_per_class: int | None) -> Splits:
+    """Decode (path parts, read-bytes callable, path, archive member or "") tuples laid out
+    as <split>/<class>/<file>."""
     found: dict[str, list[tuple[int, str, np.ndarray]]] = {"train": [], "test": []}
     taken: dict[tuple[str, int], int] = {}
-    for parts, read in paths_and_readers:
+    for parts, read, path, member in files:
         if len(parts) < 3 or parts[-3] not in found or parts[-2] not in CIFAR10_CLASSES:
             continue
         if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
@@ -155,7 +174,7 @@ def _image_files(paths_and_readers, limit_per_class: int | None) -> Splits:
         if limit_per_class is not None and taken.get((split, label), 0) >= limit_per_class:
             continue
         taken[(split, label)] = taken.get((split, label), 0) + 1
-        found[split].append((label, parts[-1], _decode_image(read())))
+        found[split].append((label, parts[-1], _decode_image(read(), path, member)))
         if limit_per_class is not None and sum(taken.values()) == 2 * len(CIFAR10_CLASSES) * limit_per_class:
             break  # every class of both splits is full: stop reading the archive
     splits = {}
@@ -167,26 +186,49 @@ def _image_files(paths_and_readers, limit_per_class: int | None) -> Splits:
     return splits
 
 
+def _check_complete(splits: Splits, source: Path) -> None:
+    """:class:`~fl.data.download.ChecksumError` naming ``source`` and each class of a split
+    whose image count differs from the published one (:data:`CIFAR10_PER_CLASS`): a
+    class folder missing or misnamed, or an extraction cut short."""
+    wrong = [
+        f"{split}/{CIFAR10_CLASSES[label]} holds {count}"
+        for split, want in CIFAR10_PER_CLASS.items()
+        for label, count in enumerate(np.bincount(splits[split][1], minlength=len(CIFAR10_CLASSES)))
+        if count != want
+    ]
+    if wrong:
+        raise damaged_file(source, f"{', '.join(wrong)} images; CIFAR-10 has {CIFAR10_PER_CLASS['train']} of each "
+                                   f"class in train/<class>/ and {CIFAR10_PER_CLASS['test']} in test/<class>/, "
+                                   f"classes {', '.join(CIFAR10_CLASSES)} (limit_per_class reads a subset)")
+
+
 def read_image_tree(source: str | os.PathLike, limit_per_class: int | None = None) -> Splits:
     """uint8 images (n, 3, 32, 32) and labels from ``{train,test}/<class>/*.jpg``.
 
     ``source`` is a tarball (any compression tarfile reads) or a folder holding the tree
     (at its top or one level down, e.g. ``cifar10-jpg/``). Samples are ordered by class,
     then file name. ``limit_per_class`` keeps the first N files of each class and split
-    met while reading (a quick subset for tests and smoke runs).
+    met while reading (a quick subset for tests and smoke runs); without it, every class
+    must hold the published count (:data:`CIFAR10_PER_CLASS`: 5,000 train and 1,000 test
+    images), else :class:`~fl.data.download.ChecksumError` naming ``source``, each class
+    and its count. A file that is no readable 32x32 image raises one naming the file.
     """
     source = Path(source)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file())
-        return _image_files(((p.parts, p.read_bytes) for p in files), limit_per_class)
-    with _tarball(source) as archive:
+        splits = _image_files(((p.parts, p.read_bytes, p, "") for p in files), limit_per_class)
+    else:
+        with _tarball(source) as archive:
 
-        def members():
-            for member in archive:
-                if member.isfile():
-                    yield tuple(member.name.split("/")), archive.extractfile(member).read
+            def members():
+                for member in archive:
+                    if member.isfile():
+                        yield tuple(member.name.split("/")), archive.extractfile(member).read, source, member.name
 
-        return _image_files(members(), limit_per_class)
+            splits = _image_files(members(), limit_per_class)
+    if limit_per_class is None:
+        _check_complete(splits, source)
+    return splits
 
 
 # ---------------------------------------------------------------- cache and loader

@@ -5,8 +5,10 @@ Every loader keeps its files under a *data root* (``root`` argument, else the
 dataset (``<root>/mnist``, ``<root>/cifar10``, ...). A file is looked up there first;
 only when it is missing and the caller passed ``download=True`` is it fetched, with
 ``urllib``, into a temporary file that is checked and then renamed into place, so an
-interrupted download never leaves a half-written file under the real name. Mirrors are
-tried in order until one serves a file that passes the check.
+interrupted download never leaves a half-written file under the real name (the temporary
+file of a killed one is removed by the next download of that file, once it is older than
+``STALE_PART_SECONDS``). Mirrors are tried in order until one serves a file that passes
+the check; a mirror is given up after ``DOWNLOAD_TIMEOUT`` seconds without an answer.
 
 Checksums are hex digests (``sha256`` or ``md5``). ``decompress=True`` hashes the
 contents of a gzip file rather than its bytes, so an official archive and a
@@ -15,12 +17,14 @@ re-compressed copy of the same data both pass.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import http.client
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +37,13 @@ from fl.checks import check_bool
 DATA_ROOT_ENV = "FEDECON_DATA"
 CHECKSUM_ALGORITHMS = ("sha256", "md5")
 URL_SCHEMES = ("https", "http", "file")
+# Seconds a download waits on each socket operation (connecting, each read) before it gives the
+# mirror up: a bound on a silent server, not on the whole transfer, which may take longer.
+DOWNLOAD_TIMEOUT = 60.0
+# Seconds after its last write past which a download's temporary file counts as left by a process that
+# was killed: a download in progress writes to it every MiB it receives (faster than 300 bytes/s, it is
+# younger than this).
+STALE_PART_SECONDS = 3600.0
 
 
 class ChecksumError(ValueError):
@@ -141,12 +152,15 @@ def download(
     checksum: str | None = None,
     algorithm: str = "sha256",
     decompress: bool = False,
-    timeout: float = 60.0,
+    timeout: float | None = None,
 ) -> Path:
     """Fetch ``url`` to ``destination`` atomically, checking ``checksum`` if given.
 
     The bytes go to a temporary file next to ``destination``; it is verified and then
-    renamed, so ``destination`` either does not exist or holds the checked file. ``url``
+    renamed, so ``destination`` either does not exist or holds the checked file. The
+    temporary files of ``destination`` older than :data:`STALE_PART_SECONDS`, left by a
+    download that was killed, are removed first. ``timeout``: seconds to wait on each
+    socket operation (None: :data:`DOWNLOAD_TIMEOUT`). ``url``
     is an ``https://``, ``http://`` or ``file://`` URL (ValueError naming it otherwise).
     Raises :class:`DownloadError` when the URL cannot be read or the transfer breaks off
     (a dropped connection, or fewer bytes than the announced ``Content-Length``), naming
@@ -160,7 +174,10 @@ def download(
                          "file:///absolute/path)")
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
+    prefix, suffix = f".{destination.name}.", ".part"
+    _remove_stale_parts(destination.parent, prefix, suffix)
+    handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=prefix, suffix=suffix)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "fedecon-dataset-loader"})
         hint = f"without a network, fetch it elsewhere and place it as {destination.name} in {destination.parent}"
@@ -188,6 +205,18 @@ def download(
         if os.path.exists(partial):
             os.remove(partial)
     return destination
+
+
+def _remove_stale_parts(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove the files ``prefix*suffix`` in ``folder`` (a download's temporary files) last
+    written more than :data:`STALE_PART_SECONDS` ago; younger ones may be in progress."""
+    now = time.time()
+    for path in folder.glob(f"{glob.escape(prefix)}*{suffix}"):
+        try:
+            if now - path.stat().st_mtime > STALE_PART_SECONDS:
+                path.unlink()
+        except FileNotFoundError:
+            pass  # removed meanwhile by another process
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,12 @@ def dirichlet_federation(
     min_size: int = 5,
 ) -> Federation:
     """``pool`` samples of ``train`` drawn at random (all of them when None), a stratified
-    ``validation_fraction`` of them held out (:func:`partition.holdout`), the rest split
-    among ``clients`` clients by Dirichlet(``alpha``) label skew, each holding at least
-    ``min_size`` >= 1 samples (:func:`partition.dirichlet`; ValueError when no draw can).
+    ``validation_fraction`` of them held out (:func:`partition.holdout`) with a sample of
+    every class in the pool (IncFL's per-class validation losses need each; ValueError
+    naming ``pool`` and ``validation_fraction`` otherwise), the rest split among
+    ``clients`` clients by Dirichlet(``alpha``) label skew, each holding at least
+    ``min_size`` >= 1 samples (:func:`partition.dirichlet`; ValueError when no draw can,
+    naming ``clients`` when the rest has fewer samples than clients).
     The pool, the held-out set and the split draw from three streams of ``seed``: give
     it a seed no other purpose draws from (e.g. ``child_seed(seed, key)``)."""
     labels = train.labels()
@@ -54,9 +57,13 @@ def dirichlet_federation(
     if pool > len(labels):
         raise ValueError(f"pool={pool!r}: allowed is 1 to {len(labels)}, the training set's size")
     indices = np.random.default_rng(child_seed(seed, _POOL)).permutation(len(labels))[:pool]
-    kept, held = partition.holdout(labels[indices], validation_fraction, child_seed(seed, _HOLDOUT),
-                                   key="validation_fraction")
+    try:
+        kept, held = partition.holdout(labels[indices], validation_fraction, child_seed(seed, _HOLDOUT),
+                                       key="validation_fraction", every_class=True)
+    except ValueError as error:
+        raise ValueError(f"pool={pool!r} with {error}") from None
     kept, held = indices[kept], indices[held]
+    partition.check_min_size(min_size, clients, len(kept), key="clients")
     parts = partition.dirichlet(labels[kept], clients, alpha, child_seed(seed, _SPLIT), min_size=min_size)
     counts = partition.label_histograms(labels[kept], parts, train.num_classes)
     validation = ArrayDataset(f"{train.name}-validation", train.x[held], train.y[held], train.num_classes)

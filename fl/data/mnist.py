@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from fl.checks import check_bool
 from fl.data.arrays import standardised_pair
 from fl.data.dataset import ArrayDataset
 from fl.data.download import RemoteFile, data_root, fetch
@@ -57,7 +58,10 @@ def load_idx_dataset(
     download: bool = False,
     verify: bool = True,
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train, test) from four IDX files in ``<root>/<folder>``; see the module docstring."""
+    """(train, test) from four IDX files in ``<root>/<folder>``; see the module docstring.
+    ValueError unless ``download`` and ``verify`` are True or False."""
+    check_bool("download", download)
+    check_bool("verify", verify)
     directory = data_root(root) / folder
     arrays = {}
     for stem, remote in files.items():

@@ -70,7 +70,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
     check_positive("alpha", alpha)
-    _check_min_size(min_size, num_clients, len(labels))
+    check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(check_seed(seed))
     members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
     for _ in range(_MAX_TRIES):
@@ -97,6 +97,9 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
     check_integer("num_clients", num_clients)
     check_integer("shards_per_client", shards_per_client)
     num_shards = num_clients * shards_per_client
+    if num_clients > len(labels):
+        raise ValueError(f"num_clients={num_clients!r}: allowed is at most {len(labels)}, the number of samples "
+                         "(every client gets at least one shard of one sample)")
     if num_shards > len(labels):
         raise ValueError(
             f"shards_per_client={shards_per_client!r}: allowed is at most "
@@ -125,7 +128,7 @@ def quantity_skew(
     (``distribution="lognormal"``). Samples are assigned uniformly at random; all are used."""
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
-    _check_min_size(min_size, num_clients, len(labels))
+    check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(check_seed(seed))
     if distribution == "lognormal":
         check_positive("sigma", sigma)
@@ -258,13 +261,21 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
-def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:
+def check_min_size(min_size: int, num_clients: int, num_samples: int, *, key: str = "num_clients") -> None:
+    """ValueError unless ``num_samples`` samples give each of ``num_clients`` clients at least
+    ``min_size`` >= 0 (min_size * num_clients <= num_samples). It names the client count
+    (``key``: the caller's name for it) when even one sample each is too many, with its
+    bound num_samples // min_size; else ``min_size``, with its bound num_samples // num_clients."""
     check_integer("min_size", min_size, least=0)
-    if min_size * num_clients > num_samples:
-        raise ValueError(
-            f"min_size={min_size!r}: allowed is at most {num_samples // num_clients} "
-            f"({num_samples} samples for {num_clients} clients)"
-        )
+    if min_size * num_clients <= num_samples:
+        return
+    if num_clients > num_samples:
+        raise ValueError(f"{key}={num_clients!r}: allowed is at most {num_samples // min_size} ({num_samples} "
+                         f"samples, each client holding at least min_size={min_size})")
+    raise ValueError(
+        f"min_size={min_size!r}: allowed is at most {num_samples // num_clients} "
+        f"({num_samples} samples for {num_clients} clients)"
+    )
 
 
 def _check_distributions(dist: np.ndarray, num_clients: int, num_classes: int) -> np.ndarray:

@@ -19,8 +19,14 @@ headings are upper case, only upper-case headings count, which keeps one-word li
 of verse (``Adieu.``) out. A heading may carry its first words of speech
 (``ALL. Amen.``). Stage directions (``[Exit.]``, also inline and over several lines)
 are removed; act and scene headings end the current speech; songs headed ``SONG``
-are dropped. A role is the pair (play, heading as written, upper-cased), so
-``hamlet/HAM`` and ``lear/LEAR`` are distinct clients, as in LEAF.
+are dropped. The text under a ``PROLOGUE`` or ``EPILOGUE`` heading is a speech of
+that name, unless a speaker heading follows (``EPILOGUE`` / ``ROSALIND.``); a line
+repeating the play's title (its file's first line, in whole or its end, with no final
+period) is no heading (Troilus and Cressida's ``PROLOGUE`` / ``TROILUS AND CRESSIDA``).
+A role is the pair (play, heading as written, upper-cased), so ``hamlet/HAM`` and
+``lear/LEAR`` are distinct clients, as in LEAF. Not found: a few dozen headings that
+follow a line of speech with no blank line between (most in the history plays); their
+speech stays in the previous speaker's text.
 
 Text of a role: its speeches in order, the lines of a speech joined by single
 spaces, speeches separated by ``"\\n"``.
@@ -37,7 +43,7 @@ gap of ``seq_len`` windows (so that no test input contains a training target) th
 are test samples, as LEAF splits Shakespeare by position rather than at random. Roles
 with fewer than ``min_samples`` training samples or no test sample are dropped.
 
-Size: the 37 plays give 1,332 roles, 667 of them with a test sample; 3.60 million
+Size: the 37 plays give 1,336 roles, 669 of them with a test sample; 3.61 million
 training and 0.35 million test windows. Every sample is materialised as 80 int64
 indices (640 bytes, ~2.5 GB in all; ~16 s to build on one core), so use
 ``max_clients`` and ``max_samples_per_client`` for quick runs.
@@ -71,6 +77,7 @@ _STRUCTURE = re.compile(
     r"^(?:(?:ACT|Act|SCENE|Scene|PROLOGUE|Prologue|EPILOGUE|Epilogue|INDUCTION|Induction|"
     r"THE END|FINIS|SONG|Song|DUMB SHOW)\b|[IVXL]+\.?$)"
 )
+_SPOKEN = re.compile(r"^(PROLOGUE|Prologue|EPILOGUE|Epilogue)\.?$")  # a heading whose text is a speech of that name
 _CONNECTORS = {"and", "of", "de", "la", "le", "du"}
 
 
@@ -119,6 +126,13 @@ def _split_heading(line: str, upper_style: bool) -> tuple[str, str] | None:
     return None
 
 
+def _repeats_title(line: str, title: str) -> bool:
+    """Whether ``line`` repeats the play's ``title`` (its file's first line, upper case), in
+    whole or its end (``TROILUS AND CRESSIDA`` of ``THE HISTORY OF TROILUS AND CRESSIDA``),
+    without the final period of a speaker heading (``MACBETH.``, a role of ``MACBETH``)."""
+    return not line.endswith(".") and (line == title or title.endswith(" " + line))
+
+
 def _strip_directions(line: str, inside: bool) -> tuple[str, bool]:
     """``line`` without bracketed stage directions; ``inside``: a bracket is open."""
     kept = []
@@ -151,6 +165,7 @@ def parse_play(text: str) -> list[tuple[str, str]]:
     start = next((i for i, line in enumerate(lines) if _START.match(line.strip())), None)
     if start is None:
         return []
+    title = next(line.strip().upper() for line in lines if line.strip())
     lines = lines[start:]
     upper_style = _upper_style(lines)
     speeches: list[tuple[str, str]] = []
@@ -170,7 +185,10 @@ def parse_play(text: str) -> list[tuple[str, str]]:
             continue
         if _STRUCTURE.match(line):
             close()
-            speaker, words, after_break = None, [], True
+            spoken = _SPOKEN.match(line)
+            speaker, words, after_break = spoken.group(1).upper() if spoken else None, [], True
+            continue
+        if after_break and _repeats_title(line, title):
             continue
         heading = _split_heading(line, upper_style) if after_break else None
         after_break = False
