@@ -131,12 +131,9 @@ def agents_from_csv(section: dict, seed: int) -> Population:
         raise unreadable_csv(section, error) from None
     except ValueError as error:  # "value=[...]", "cost.sigma=...", "value[2]=...": a drawn trait is a config key's
         said = str(error)
-        if names_a_key(said, ("capacity",)) and "capacity" in header:  # capacity[i]=2.0: allowed is (0, 1]
+        if names_a_key(said, ("capacity",)) and "capacity" in header:  # capacity[i]=2.0: allowed is 1.0 (...)
             said = f"{said.split(':')[0]}: {NO_CAPACITY_COLUMN}"
         raise ConfigError(f"population.{said}" if names_a_key(said, tuple(drawn)) else f"{where}: {said}") from None
-    if np.any(population.capacity != 1.0):
-        i = int(np.flatnonzero(population.capacity != 1.0)[0])
-        raise ConfigError(f"{where}: capacity[{i}]={float(population.capacity[i])!r}: {NO_CAPACITY_COLUMN}")
     population = whole_endowments(population, where)
     if section["cost_exponent"] != 1 and section["cost_exponent"] != population.cost_exponent:
         if not population.linear_costs:
@@ -262,14 +259,16 @@ def build_mechanisms(section: dict, seed: int = 0) -> list:
     Value functions: "log" is V(q) = scale * ln(1 + q); "accuracy" is V(q) = scale * a(q)
     under the loop's fitted accuracy model (utility units, as the agents' values).
     """
-    def value(kind: str, scale: float):
-        return LogValue(scale) if kind == "log" else "accuracy"
+    def value(kind: str, scale: float) -> dict:
+        """The server value's arguments: a LogValue carries its scale, "accuracy" is weighted by it."""
+        return {"value": LogValue(scale), "value_weight": 1.0} if kind == "log" else \
+            {"value": "accuracy", "value_weight": scale}
 
     def contract(reward: str, name: str, price: float) -> ContractMechanism:
         return ContractMechanism(
-            value(section["contract_value"], section["contract_value_scale"]),
+            **value(section["contract_value"], section["contract_value_scale"]),
             reward=reward, information=section["contract_information"], reward_price=price,
-            form=section["contract_form"], value_weight=section["contract_value_scale"], name=name)
+            form=section["contract_form"], name=name)
 
     factories = {
         "standard": lambda: StandardFL(),
@@ -282,9 +281,8 @@ def build_mechanisms(section: dict, seed: int = 0) -> list:
         "contract_accuracy": lambda: contract("accuracy", "contract_accuracy",
                                               section["contract_accuracy_price"]),
         "stackelberg": lambda: StackelbergPricing(
-            value(section["stackelberg_value"], section["stackelberg_value_scale"]),
-            budget=section["stackelberg_budget"] or None,
-            value_weight=section["stackelberg_value_scale"]),
+            **value(section["stackelberg_value"], section["stackelberg_value_scale"]),
+            budget=section["stackelberg_budget"] or None),
         "incfl": IncFLParticipation,
     }
     return [factories[name]() for name in section["compare"]]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from incentives.accuracy import FAMILIES, check_pilot_sizes
+from incentives.population import NO_CAPACITY  # why population.capacity may hold 1.0 only
 from mechanisms.shapley import ESTIMATORS
 
 if sys.version_info >= (3, 11):
@@ -92,8 +93,6 @@ MAX_INTEGER = 2**63 - 1
 MAX_AGENTS = 60_000
 #: the widest hidden layer model.hidden may ask for
 MAX_WIDTH = 2**20
-#: why population.capacity, and a population.csv capacity column, may hold 1.0 only
-NO_CAPACITY = "no mechanism or training of this version uses compute capacity"
 
 #: what ``--seeds`` appends to experiment.name for its seeds folder (``analysis.seeds.aggregate_runs``)
 SEEDS_SUFFIX = "-seeds"

@@ -51,7 +51,7 @@ import numpy as np
 
 from incentives.accuracy import AccuracyModel
 from incentives.equilibrium import social_optimum
-from incentives.loop import IterationRecord
+from incentives.loop import LOOP_PHI, IterationRecord, loop_phi
 from incentives.population import Population
 from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit
@@ -81,13 +81,14 @@ def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> floa
 
 
 def summarise(record: IterationRecord, population: Population, pilot: AccuracyModel,
-              audit: Audit, phi: Phi | None = None) -> dict[str, float]:
+              audit: Audit, phi: Phi | None = LOOP_PHI) -> dict[str, float]:
     """The headline metrics of one mechanism's record and its audit (see the module
-    docstring), with the agents' value of accuracy ``phi`` (the loop's; linear by default);
+    docstring), with the agents' value of accuracy ``phi`` (left out: the one the record
+    was measured under, ``record.phi``; another refused, :func:`~incentives.loop.loop_phi`);
     ``pilot``: the loop's pilot fit, under which the local optima are taken (an agent
     training alone is on the pilot curve); the social optimum is taken under the record's
     accuracy model, the game its equilibrium was solved in."""
-    outcome, training = record.outcome, record.training
+    outcome, training, phi = record.outcome, record.training, loop_phi(record.phi, phi)
     m_local = local_contribution(population, pilot, phi)
     optimum = social_optimum(population, record.accuracy_model, phi)
     predicted_welfare = float(record.predicted_utility.sum())

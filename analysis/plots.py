@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.metrics import free_riders  # noqa: E402
-from incentives.loop import LoopResult  # noqa: E402
+from incentives.loop import LOOP_PHI, LoopResult, loop_phi  # noqa: E402
 from incentives.population import Population  # noqa: E402
 from incentives.utility import Phi, local_contribution  # noqa: E402
 
@@ -39,12 +39,13 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 BARS_UP_TO = 20  # agents: grouped bars up to this many, a heat map beyond (bars would be slivers)
 
 
-def contributions(result: LoopResult, population: Population, path: Path, phi: Phi | None = None) -> Path:
+def contributions(result: LoopResult, population: Population, path: Path, phi: Phi | None = LOOP_PHI) -> Path:
     """Each mechanism's trained contribution per agent against m_i^o, the agent's local
-    optimum on the pilot curve (training alone) under its value of accuracy ``phi``: bars
+    optimum on the pilot curve (training alone) under its value of accuracy ``phi`` (left
+    out: the loop's, ``result.phi``; another refused, :func:`~incentives.loop.loop_phi`): bars
     with m_i^o marked for up to :data:`BARS_UP_TO` agents, else a heat map (mechanisms by
     agents) with the free riders (receiving a model, m_i < m_i^o - 0.5) dotted."""
-    local = local_contribution(population, result.fit, phi)
+    local = local_contribution(population, result.fit, loop_phi(result.phi, phi))
     if population.n_agents <= BARS_UP_TO:
         return _contribution_bars(result, population, local, path)
     return _contribution_map(result, population, local, path)
@@ -193,7 +194,9 @@ def convergence(result: LoopResult, path: Path) -> Path:
 
 
 def all_figures(result: LoopResult, population: Population, summaries: dict, folder: Path,
-                phi: Phi | None = None) -> list[Path]:
+                phi: Phi | None = LOOP_PHI) -> list[Path]:
+    """The four figures of the run in ``folder``; ``phi``: the agents' value of accuracy
+    for the local optima (left out: the loop's, ``result.phi``)."""
     folder.mkdir(parents=True, exist_ok=True)
     return [
         contributions(result, population, folder / "contributions.png", phi),

@@ -36,7 +36,7 @@ from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
 from incentives.accuracy import FAMILIES
-from incentives.loop import IterationRecord, LoopResult
+from incentives.loop import LOOP_PHI, IterationRecord, LoopResult, loop_phi
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
@@ -146,16 +146,17 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None)
 
 
 def agent_rows(result: LoopResult, population: Population, audits: dict[str, Audit],
-               phi: Phi | None = None) -> list[dict]:
+               phi: Phi | None = LOOP_PHI) -> list[dict]:
     """Per-agent table of each mechanism's last iteration; ``local_optimum`` is m_i^o
-    on the pilot curve (training alone) under the agents' value of accuracy ``phi`` (the
-    loop's); ``data_cost`` is c_i m_i**beta at the trained contribution (utility units);
+    on the pilot curve (training alone) under the agents' value of accuracy ``phi`` (left
+    out: the loop's, ``result.phi``; another refused, :func:`~incentives.loop.loop_phi`);
+    ``data_cost`` is c_i m_i**beta at the trained contribution (utility units);
     ``reservation_utility`` is the better of the outside option and training alone, the
     same for every mechanism, ``audit_reservation`` the r_i its audit (``audits``) held it
     to (:attr:`~mechanisms.audit.Audit.reservation`: the outside option alone for a
     contract that promises only that)."""
     rows = []
-    m_local = local_contribution(population, result.fit, phi)
+    m_local = local_contribution(population, result.fit, loop_phi(result.phi, phi))
     for name, record in result.final().items():
         outcome, training = record.outcome, record.training
         spent = population.data_cost(record.trained_contributions)
@@ -240,13 +241,32 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}"""
 
 
+#: the keys ("section.key") of the run's config that :func:`run_warnings` reads
+WARNING_KEYS = ("loop.max_iterations", "loop.tolerance", "data.dataset", "training.lr", "training.batch_size",
+                "model.name")
+
+
 def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
     stopped at its iteration limit, a pilot curve that does not rise, a fitted a(m) that
-    misses the pilot's points, and agents holding fewer samples than the pilot measured."""
+    misses the pilot's points, and agents holding fewer samples than the pilot measured.
+    ``config``: the command line's, or, for a ClosedLoop run from Python, one of its
+    settings holding :data:`WARNING_KEYS` alone (ValueError naming the first missing)."""
+    _check_warning_keys(config)
     found = (_unsettled(result, config["loop"]), _flat_pilot(result, config), _poor_fit(result),
              _below_pilot(result, population))
     return [w for w in found if w]
+
+
+def _check_warning_keys(config: Any) -> None:
+    """ValueError naming the first of :data:`WARNING_KEYS` that ``config`` lacks."""
+    for name in WARNING_KEYS:
+        section, key = name.split(".")
+        if not isinstance(config, dict) or not isinstance(config.get(section), dict) or key not in config[section]:
+            raise ValueError(
+                f"config (without {name}): allowed is the run's config, with {', '.join(WARNING_KEYS)}: the command "
+                "line's, or a ClosedLoop's settings, e.g. {'loop': {'max_iterations': 3, 'tolerance': 0.02}, "
+                "'data': {'dataset': 'digits'}, 'training': {'lr': 0.1, 'batch_size': 32}, 'model': {'name': 'mlp'}}")
 
 
 def _unsettled(result: LoopResult, loop: dict) -> str | None:
@@ -566,11 +586,11 @@ def _samples(m: float) -> str:
 
 
 def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,
-                phi: Phi | None = None) -> dict[str, Audit]:
+                phi: Phi | None = LOOP_PHI) -> dict[str, Audit]:
     """Each mechanism's last outcome audited against its last training, under the accuracy
-    model it was solved with, with the agents' value of accuracy ``phi`` (the loop's;
-    linear by default), the rule the one solved for ``result.solved_for``'s outside
-    options where the loop kept them."""
+    model it was solved with, with the agents' value of accuracy ``phi`` (left out: the
+    loop's, kept on its records; another refused, :func:`~incentives.loop.loop_phi`), the
+    rule the one solved for ``result.solved_for``'s outside options where the loop kept them."""
     final = result.final()
     missing = [m.name for m in mechanisms if m.name not in final]
     if missing:
@@ -578,7 +598,7 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
                          f"mechanisms the loop ran, {', '.join(map(repr, final))}")
     return {m.name: audit(m, final[m.name].outcome, population, final[m.name].accuracy_model,
                           final[m.name].training.delivered_accuracy, final[m.name].realised_transfer,
-                          final[m.name].trained_contributions, phi=phi,
+                          final[m.name].trained_contributions, phi=loop_phi(final[m.name].phi, phi),
                           solved_for=result.solved_for)
             for m in mechanisms}
 
@@ -586,13 +606,13 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
 def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[Mechanism],
               population: Population, timings: dict[str, float], device: str,
               notes: dict[str, Any] | None = None,
-              phi: Phi | None = None, raised: Sequence[str] = ()) -> tuple[dict[str, dict[str, float]], list[str]]:
+              phi: Phi | None = LOOP_PHI, raised: Sequence[str] = ()) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Write every file of the run folder; return the headline metrics per mechanism and
     the run's warnings (:func:`run_warnings`, then ``raised``: what the mechanisms warned
     of while the loop ran; also in the report and the manifest). ``phi``: the agents'
-    value of accuracy the loop ran with (linear by default), for the audits, local optima
-    and the social optimum. The measurements, metrics.csv and learning_curve.csv, are
-    written first, so that a failure in what is computed from them (the audits, a figure)
+    value of accuracy the loop ran with (left out: the one its records kept), for the
+    audits, local optima and the social optimum. The measurements, metrics.csv and
+    learning_curve.csv, are written first, so that a failure in what is computed from them (the audits, a figure)
     leaves them in the folder; the manifest, whose presence marks a finished run
     (``analysis.seeds.read_warnings``), is written last, and one of an earlier report of
     the folder (before a --resume) is removed first."""

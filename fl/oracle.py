@@ -119,6 +119,7 @@ class TrainingOracle:
         if label_distributions is not None and alpha is not None:
             raise ValueError(f"alpha={alpha!r}: allowed is None when label_distributions is given")
         check_integer("rounds", rounds)
+        check_integer("local_epochs", local_epochs)  # FedAvg would name it epochs
         check_integer("curve_steps", curve_steps)
         endowments = _whole_counts("endowments", endowments, "a 1-D array of whole numbers >= 0, one per agent")
         if alpha is not None:

@@ -43,6 +43,15 @@ def check_integer(key: str, value, least: int = 1) -> None:
         raise bad(key, value, f"an integer >= {least}")
 
 
+def check_mechanism(key: str, value, method: str = "solve") -> None:
+    """ValueError unless ``value`` is a mechanism object, not its class (``StandardFL``
+    for ``StandardFL()``), with a str ``name`` and a callable ``method``."""
+    if isinstance(value, type) or not isinstance(getattr(value, "name", None), str) \
+            or not callable(getattr(value, method, None)):
+        raise bad(key, value, f"a mechanism object with a name and {'an' if method[0] in 'aeiou' else 'a'} "
+                  f"{method} method, e.g. StandardFL()")
+
+
 def check_agent(i, n: int) -> None:
     """ValueError unless ``i`` is an agent index, an integer 0 <= i < n (bools are not
     integers here, and -1 is not the last agent)."""

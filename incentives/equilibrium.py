@@ -27,10 +27,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.accuracy import AccuracyModel, check_phi
-from incentives.checks import (bad, check_agent, check_integer, check_number, check_participates, finite_number,
-                               range_text)
+from incentives.checks import (bad, check_agent, check_integer, check_mechanism, check_number, check_participates,
+                               finite_number, range_text)
 from incentives.population import Population, check_world
-from incentives.protocols import Allocation, Mechanism
+from incentives.protocols import Allocation, Mechanism, Outcome
 from incentives.search import maximise
 from incentives.utility import Phi, utility
 
@@ -337,12 +337,18 @@ def verify_equilibrium(
     deviation utility - current utility; ok iff
     gain_i <= tol * max(1, |u_i|) for all i.
 
-    contributions: (N,) with 0 <= m_i <= n_i, and m_i = 0 for an agent outside (its data
-    would raise the others' accuracy while it is counted at its outside option);
-    participates: None or (N,) booleans; tol: a finite number >= 0; grid_size: an integer
-    >= LEAST_GRID (see :func:`best_response`). ValueError naming the argument otherwise.
+    mechanism: a mechanism object (``StandardFL()``, not the class); contributions: (N,)
+    with 0 <= m_i <= n_i (an Outcome's ``contributions``, not the Outcome), and m_i = 0 for
+    an agent outside (its data would raise the others' accuracy while it is counted at its
+    outside option); participates: None or (N,) booleans; tol: a finite number >= 0;
+    grid_size: an integer >= LEAST_GRID (see :func:`best_response`). ValueError naming the
+    argument otherwise.
     """
+    check_mechanism("mechanism", mechanism, "allocate")
     check_world(population, model)
+    if isinstance(contributions, Outcome):
+        raise bad("contributions", contributions, "an (N,) array of samples: pass outcome.contributions (and "
+                  "participates=outcome.participates)")
     m = population.check_contributions(contributions)
     participates = check_participates(participates, population.n_agents)
     outside_giving = np.flatnonzero(~participates & (m > 0))

@@ -37,6 +37,7 @@ The loop stops when every mechanism's contributions move by less than ``toleranc
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -44,10 +45,58 @@ import numpy as np
 
 from incentives.accuracy import (FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel, check_phi,
                                  check_pilot_sizes)
-from incentives.checks import bad, check_bool, check_integer, check_number
+from incentives.checks import bad, check_bool, check_integer, check_mechanism, check_number
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
-from incentives.utility import reservation_utility, utility
+from incentives.utility import Phi, reservation_utility, utility
+
+
+class _Marker:
+    """A named marker of this module, itself again once unpickled (pickled by its name)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __reduce__(self) -> str:
+        return self.name
+
+
+#: an analysis function's ``phi`` left out: the value of accuracy the loop measured with (:func:`loop_phi`)
+LOOP_PHI = _Marker("LOOP_PHI")
+#: ``IterationRecord.phi`` where the loop's phi was not kept: a checkpoint written before
+#: records kept it, or a phi that cannot be pickled (e.g. a lambda), left out of the pickle
+UNKEPT = _Marker("UNKEPT")
+
+
+def loop_phi(kept, phi=LOOP_PHI) -> Phi | None:
+    """The agents' value of accuracy to analyse records measured under ``kept`` (their
+    ``phi``; None: linear) with: ``kept`` where ``phi`` is left out (:data:`LOOP_PHI`),
+    ``phi`` where it is that same function or ``kept`` is :data:`UNKEPT`; ValueError
+    naming ``phi`` where it is another (the records' predicted and realised utilities and
+    reservations are measured under ``kept``: audits, optima and the price of anarchy
+    under another phi would sit next to them unnoticed) or where both are unknown. Functions
+    compare by identity: the same function, not an equal one."""
+    if phi is LOOP_PHI:
+        if kept is UNKEPT:
+            raise ValueError("phi (left out): the loop's phi was not kept (a checkpoint written before it was, "
+                             "or a phi that cannot be pickled); allowed is the phi the loop ran with, passed "
+                             "explicitly (None: linear)")
+        return kept
+    if kept is not UNKEPT and phi is not kept:
+        raise ValueError(f"phi={phi!r}: the loop measured these records with phi={kept!r} (None: linear); allowed "
+                         "is that phi, or phi left out")
+    return phi
+
+
+def _picklable(phi) -> bool:
+    try:
+        pickle.dumps(phi)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -56,7 +105,10 @@ class IterationRecord:
     pilot fit calibrated to its earlier trainings), what it promised and what training
     gave; ``reservation_utility``: (N,) what each agent gets without the mechanism, the
     larger of its outside option and its local-only utility on the pilot fit
-    (``incentives.utility.reservation_utility``), the same in every iteration."""
+    (``incentives.utility.reservation_utility``), the same in every iteration; ``phi``:
+    the agents' value of accuracy the utilities were measured under (None: linear;
+    :data:`UNKEPT`: not kept), which the analysis functions take where their ``phi`` is
+    left out (:func:`loop_phi`)."""
 
     iteration: int
     outcome: Outcome
@@ -67,10 +119,18 @@ class IterationRecord:
     predicted_utility: np.ndarray
     realised_utility: np.ndarray
     reservation_utility: np.ndarray
+    phi: Phi | None = None
 
-    def __setstate__(self, state: dict) -> None:  # a checkpoint written before the field's rename
+    def __getstate__(self) -> dict:  # a phi that cannot be pickled does not stop a checkpoint
+        state = dict(self.__dict__)
+        if not _picklable(self.phi):
+            state["phi"] = UNKEPT
+        return state
+
+    def __setstate__(self, state: dict) -> None:  # a checkpoint written before the field's rename, or before phi
         if "local_utility" in state:
             state["reservation_utility"] = state.pop("local_utility")
+        state.setdefault("phi", UNKEPT)
         self.__dict__.update(state)
 
     @property
@@ -102,6 +162,12 @@ class LoopResult:
     def __setstate__(self, state: dict) -> None:  # a checkpoint written before unfinished iterations were kept
         state.setdefault("pending", [])
         self.__dict__.update(state)
+
+    @property
+    def phi(self) -> Phi | None:
+        """The agents' value of accuracy the loop measured with (None: linear), as its
+        records keep it (:data:`UNKEPT`: not kept; None before any record)."""
+        return next((record.phi for record in self.records + self.pending), None)
 
     @property
     def n_iterations(self) -> int:
@@ -228,10 +294,7 @@ class ClosedLoop:
         if not callable(self.progress):
             raise bad("progress", self.progress, "None or a function of one message (str)")
         for k, mechanism in enumerate(self.mechanisms):
-            if isinstance(mechanism, type) or not isinstance(getattr(mechanism, "name", None), str) \
-                    or not callable(getattr(mechanism, "solve", None)):
-                raise ValueError(f"mechanisms[{k}]={mechanism!r}: allowed is a mechanism object with a name and "
-                                 "a solve method, e.g. StandardFL()")
+            check_mechanism(f"mechanisms[{k}]", mechanism)
         names = [m.name for m in self.mechanisms]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
@@ -294,7 +357,20 @@ class ClosedLoop:
         realised = utility(population, training.delivered_accuracy, trained,
                            transfer, participates, phi=self.phi)
         return IterationRecord(iteration, outcome, model, trained, training, transfer, predicted, realised,
-                               reservation)
+                               reservation, self.phi)
+
+    def _continued(self, records) -> list[IterationRecord]:
+        """A checkpoint's ``records`` as this loop continues them: ValueError naming phi where
+        one was measured under another phi than this loop's; one whose phi was not kept
+        (:data:`UNKEPT`: a checkpoint written before records kept it, as every checkpoint of
+        the command line, which runs under linear phi, or a phi that could not be pickled)
+        is taken to be measured under this loop's."""
+        records = list(records)
+        for record in records:
+            if record.phi is not UNKEPT and record.phi is not self.phi:
+                raise ValueError(f"phi={self.phi!r}: the resumed result was measured with phi={record.phi!r} "
+                                 "(None: linear); allowed is that phi")
+        return [record if record.phi is self.phi else replace(record, phi=self.phi) for record in records]
 
     def run(self, resume: LoopResult | None = None,
             on_measured: Callable[[LoopResult], None] | None = None) -> LoopResult:
@@ -302,7 +378,8 @@ class ClosedLoop:
         every measurement kept, an unfinished iteration's trainings included; the object
         itself is left as it was), ``on_measured`` is called with the result once the pilot
         is fitted and after each mechanism's training (e.g. to write a checkpoint), so that
-        an interrupted run loses no finished training."""
+        an interrupted run loses no finished training; ValueError naming phi where
+        ``resume``'s records were measured under another phi than this loop's."""
         names = [mechanism.name for mechanism in self.mechanisms]
         if resume is None:
             self.progress("pilot learning curve")
@@ -312,8 +389,8 @@ class ClosedLoop:
             if on_measured is not None:
                 on_measured(result)
         else:  # settled or not under this loop's tolerance, whatever the checkpoint's was
-            result = replace(resume, records=list(resume.records),
-                             pending=[record for record in resume.pending if record.mechanism in names])
+            pending = [record for record in resume.pending if record.mechanism in names]
+            result = replace(resume, records=self._continued(resume.records), pending=self._continued(pending))
             result.converged = result.last_change(names) < self.tolerance
         population, designed = self.agents_under(result.fit), self.agents_under(result.fit, linear=True)
         same = np.array_equal(designed.outside_option, population.outside_option)

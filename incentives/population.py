@@ -9,10 +9,14 @@ field               meaning                                     allowed         
 ``cost``            c_i, utility lost per contributed sample    finite, >= 0          required
 ``endowment``       n_i, most samples the agent can contribute  finite, > 0           required
 ``value``           v_i, utility per unit of phi(accuracy)      finite, > 0           1.0
-``capacity``        g_i, fraction of the full model it trains   in (0, 1]             1.0
+``capacity``        g_i, fraction of the full model it trains   1.0 (see below)       1.0
 ``comm_cost``       paid once when the agent takes part         finite, >= 0          0.0
 ``outside_option``  utility of not taking part                  finite                0.0
 ==================  ==========================================  ====================  =======
+
+Compute capacity is meant for submodel training, which does not exist yet: no mechanism
+or training of this version uses it, so only 1.0 is allowed, lest a population seem to
+model capacities every result ignores (as the command line's ``population.capacity``).
 
 Optional: ``label_distribution`` of shape (N, K), rows of non-negative numbers summing
 to 1 (the label skew of each agent's data), and ``names`` (N distinct strings).
@@ -57,17 +61,22 @@ _RULES = {  # field -> (least, most, strict): finite numbers in [least, most], (
     "cost": (0.0, np.inf, False),
     "endowment": (0.0, np.inf, True),
     "value": (0.0, np.inf, True),
-    "capacity": (0.0, 1.0, True),
+    "capacity": (1.0, 1.0, False),  # see NO_CAPACITY
     "comm_cost": (0.0, np.inf, False),
     "outside_option": (-np.inf, np.inf, False),
 }
 _A_LIST = "a list of numbers"
+#: why ``capacity`` may hold 1.0 only
+NO_CAPACITY = "no mechanism or training of this version uses compute capacity"
 
 
 def _check_field(key: str, arr: np.ndarray, n: int) -> np.ndarray:
     """One per-agent field (a float array of shape (n,) or () to broadcast) as a read-only
     float array of shape (n,), validated."""
     arr = np.full(n, arr) if arr.ndim == 0 else arr.copy()
+    if key == "capacity" and np.any(arr != 1.0):
+        i = int(np.flatnonzero(arr != 1.0)[0])
+        raise ValueError(f"capacity[{i}]={float(arr[i])!r}: allowed is 1.0 ({NO_CAPACITY})")
     check_entries(key, arr, *_RULES[key])
     arr.setflags(write=False)
     return arr

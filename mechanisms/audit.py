@@ -258,10 +258,14 @@ def audit(
     non-linear phi and agents that train alone). The rule audited, and every deviation's
     and misreport's, is the one solved for them (:class:`SolvedFor`), whatever outside
     option leaving is judged against; the utilities are the agents' own.
-    Raises ValueError naming the argument when an array is not one finite number per
-    agent in its range (accuracies in [0, 1], 0 <= trained_i <= n_i) or tol < 0.
+    Raises ValueError naming the argument when ``outcome`` is not ``mechanism``'s (by
+    name), an array is not one finite number per agent in its range (accuracies in
+    [0, 1], 0 <= trained_i <= n_i) or tol < 0.
     """
     check_phi(phi)
+    if outcome.mechanism != getattr(mechanism, "name", None):
+        raise ValueError(f"outcome (of mechanism {outcome.mechanism!r}): allowed is an outcome of the mechanism "
+                         f"audited, {getattr(mechanism, 'name', None)!r}")
     mechanism = SolvedFor(mechanism, population.outside_option if solved_for is None else
                           check_per_agent("solved_for", solved_for, population.n_agents))
     delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,

@@ -504,11 +504,15 @@ def iron(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def check_server_value(value, weight: float) -> None:
     """ValueError unless ``value`` is a :class:`ValueFunction` or "accuracy" (V = weight *
-    a, the accuracy model's) and ``weight`` > 0: the server-value setting of the contract
-    and Stackelberg mechanisms."""
+    a, the accuracy model's) and ``weight`` > 0, and 1 for a ValueFunction, which carries
+    its own scale (``weight`` scales only the accuracy value): the server-value setting
+    of the contract and Stackelberg mechanisms."""
     if not (isinstance(value, ValueFunction) or value == "accuracy"):
         raise bad("value", value, "a ValueFunction or 'accuracy'")
     check_number("value_weight", weight, strict=True)
+    if isinstance(value, ValueFunction) and weight != 1:
+        raise bad("value_weight", weight, "1.0 unless value='accuracy' (a ValueFunction carries its own "
+                  "scale, e.g. LogValue(scale))")
 
 
 def server_value(value, weight: float, model) -> ValueFunction:
@@ -1670,7 +1674,8 @@ class ContractMechanism:
     capacity is the smallest endowment among its agents.
 
     The menu is solved (``form``, ``information``) with the server's ``value`` (a
-    ValueFunction, or "accuracy": V(q) = value_weight * a(q) for a power-law model).
+    ValueFunction, or "accuracy": V(q) = value_weight * a(q) for a power-law model;
+    value_weight must be 1 for a ValueFunction, which carries its own scale).
     Each agent then picks the item that maximises its own utility among the items it can
     fill (q_j <= n_i), ties going to the larger contribution (the server-preferred item,
     the usual convention), or stays out when no item reaches its outside utility. Items

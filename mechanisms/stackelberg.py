@@ -168,7 +168,9 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     """Nash equilibrium (2)-(3) of the proportional-share game (1) for the total reward R.
 
     cost: (N,) c_i >= 0, utility per sample; reward: R >= 0, utility units; capacity:
-    (N,) endowments n_i (samples; None or inf for no cap). Vectorised: O(N log N).
+    (N,) the most samples each agent can contribute, its endowment n_i (pass
+    ``population.endowment``, not ``population.capacity``, the compute share g_i, which
+    would cap every agent at 1 sample; None or inf for no cap). Vectorised: O(N log N).
     Raises ValueError when fewer than two agents can contribute and none is capped (a
     lone follower has no best response: any x > 0 earns all of R), naming ``capacity``
     where agents of capacity 0 leave one alone, else ``cost``.
@@ -524,6 +526,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
 
     value: a :class:`~mechanisms.contract.ValueFunction` (its ``argmax`` gives the closed
     form) or any callable V(X) (numeric search only); budget: None or R_max >= 0;
+    capacity: (N,) the followers' endowments n_i, as :func:`follower_equilibrium`'s;
     cost_exponent: beta of the followers' costs c_i x**beta (beta > 1: numeric search);
     grid: rewards R in [0, R_max] tried before the bounded refinement, an integer >= 2 (its
     two ends at least: one point would try R = 0 alone). Bad arguments, and a value V
@@ -637,7 +640,8 @@ class StackelbergPricing:
 
     The server announces the total reward R (``reward``, at most ``budget`` when both are
     given; by default the leader's optimum within ``budget`` against the followers' game (5),
-    for ``value``: a ValueFunction, or "accuracy" for V(X) = value_weight * a(X)); agents,
+    for ``value``: a ValueFunction (value_weight 1: it carries its own scale), or "accuracy"
+    for V(X) = value_weight * a(X)); agents,
     who receive the global model, play game (5) (:func:`model_follower_equilibrium`) with
     their costs c_i (utility per sample), values v_i and endowments. An agent whose utility there,
     v_i a(X) + R x_i / X - c_i x_i**beta - comm_i, falls

@@ -137,8 +137,9 @@ def test_the_audit_keeps_the_reservation_each_mechanism_is_held_to_and_the_repor
     assert np.all(local > 5.0)
     audits, records = {}, []
     for name, mechanism in (("shaping", AccuracyShaping()), ("contract", ContractMechanism(LogValue(10.0))),
-                            ("contract_local", ContractMechanism(LogValue(10.0), include_local=True))):
-        outcome = replace(mechanism.solve(population, MODEL), mechanism=name)
+                            ("contract_local", ContractMechanism(LogValue(10.0), include_local=True,
+                                                                 name="contract_local"))):
+        outcome = mechanism.solve(population, MODEL)
         audits[name] = found = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
                                      outcome.contributions)
         realised = utility(population, outcome.accuracy, outcome.contributions, outcome.transfer, outcome.participates)
@@ -484,3 +485,14 @@ def test_an_overpaid_contract_costs_the_server_the_reward_price_per_unit_paid():
                  outcome.contributions)
     assert over.server_profit == pytest.approx(outcome.info["server_profit"] - 2.0 * 9 * outcome.transfer.sum(),
                                                rel=1e-12)
+
+
+def test_an_outcome_of_another_mechanism_is_refused():
+    """Before: audit(StandardFL(), shaping's outcome, ...) returned an Audit labelled
+    'shaping' whose deviations were standard FL's rule played on shaping's profile (false
+    violations)."""
+    population = Population.from_lists(cost=[1e-4, 2e-4], endowment=1000.0, n_agents=2)
+    outcome = AccuracyShaping().solve(population, MODEL)
+    with pytest.raises(ValueError, match=r"^outcome \(of mechanism 'shaping'\): allowed is an outcome of the "
+                                         r"mechanism audited, 'standard'$"):
+        audit(StandardFL(), outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)

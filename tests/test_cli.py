@@ -670,7 +670,8 @@ def test_a_csv_lacking_a_trait_takes_it_from_the_config_and_overrides_the_traits
     mistakes = (("comm_cost", [0.0, 0.1], "population.comm_cost=[0.0, 0.1]: allowed is a list of n=3"),
                 ("cost", {"dist": "lognormal", "mean": 0.0, "sigma": -1.0},
                  "population.cost.sigma=-1.0: allowed is a number >= 0"),
-                ("capacity", [1.0, 2.0, 0.5], "population.capacity[1]=2.0: allowed is a number in (0, 1]"))
+                ("capacity", [1.0, 2.0, 0.5], "population.capacity[1]=2.0: allowed is 1.0 (no mechanism or training of this version uses "
+                 "compute capacity)"))
     for key, value, said in mistakes:
         with pytest.raises(run_experiment.ConfigError, match=re.escape(said)):
             run_experiment.build_agents({**section, key: value}, seed=8, training=TRAINING)

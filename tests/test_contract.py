@@ -1281,3 +1281,13 @@ def test_every_form_serves_the_types_of_its_menu_when_the_solver_meets_a_binding
     for form in ("reduced", "all_pairs"):
         np.testing.assert_allclose(outcomes[form].contributions, exact.contributions, rtol=1e-4)
         assert outcomes[form].info["server_profit"] == pytest.approx(exact.info["server_profit"], rel=1e-6)
+
+
+def test_a_value_weight_is_refused_for_a_value_function_that_carries_its_own_scale():
+    """Before: ContractMechanism(LogValue(10), value_weight=3.0) or 0.01 served the menu of
+    1.0 (the weight scales only the "accuracy" value) and said nothing."""
+    message = (r"^value_weight=0.01: allowed is 1.0 unless value='accuracy' \(a ValueFunction carries its own "
+               r"scale, e.g. LogValue\(scale\)\)$")
+    with pytest.raises(ValueError, match=message):
+        ContractMechanism(V10, value_weight=0.01)
+    assert ContractMechanism("accuracy", value_weight=0.01).value_weight == 0.01

@@ -540,3 +540,18 @@ def test_verify_equilibrium_refuses_an_agent_outside_that_contributes():
     pop = Population(cost=[0.01, 0.02], endowment=1000.0, outside_option=[1.0, 0.0])
     with pytest.raises(ValueError, match=r"^contributions\[0\]=1000.0 with participates\[0\]=False: allowed is 0"):
         verify_equilibrium(StandardFL(), [1000.0, 0.0], pop, PowerLaw(0.9, 3.0, 0.5), participates=[False, True])
+
+
+def test_verify_equilibrium_names_a_mechanism_class_and_an_outcome_passed_for_contributions():
+    """Before: the class StandardFL failed inside allocate with a raw TypeError (missing
+    'model'), and the Outcome itself was 'allowed is numbers in a rectangular array' with
+    no hint of .contributions."""
+    pop = identical(2)
+    outcome = StandardFL().solve(pop, TOY)
+    with pytest.raises(ValueError, match=r"^mechanism=<class 'mechanisms.standard.StandardFL'>: allowed is a "
+                                         r"mechanism object with a name and an allocate method, e.g. StandardFL\(\)$"):
+        verify_equilibrium(StandardFL, outcome.contributions, pop, TOY)
+    with pytest.raises(ValueError, match=r"^contributions=Outcome\(mechanism='standard'.*: allowed is an \(N,\) array "
+                                         r"of samples: pass outcome.contributions \(and "
+                                         r"participates=outcome.participates\)$"):
+        verify_equilibrium(StandardFL(), outcome, pop, TOY)

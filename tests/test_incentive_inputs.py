@@ -71,7 +71,7 @@ def test_utilities_check_phi(call, phi, shown):
 @pytest.mark.parametrize("text, message, indexed", [
     ("cost,endowment\n-1,10\n", r"cost\[0\]=-1.0: allowed is a number >= 0", True),
     ("cost,endowment\n", r"len\(cost\)=0: allowed is N >= 1 agents", False),
-    ("cost,endowment,capacity\n1,10,2\n", r"capacity\[0\]=2.0: allowed is a number in \(0, 1\]", True),
+    ("cost,endowment,capacity\n1,10,2\n", r"capacity\[0\]=2.0: allowed is 1.0 \(no mechanism or training", True),
     ("cost,endowment,label_0,label_1\n1,10,0.5,0.6\n", r"label_distribution\[0\] sums to 1.1", True),
     ("name,cost,endowment\na,1,10\na,1,10\n", r"names\[1\]='a' repeats names\[0\]", True),
 ])

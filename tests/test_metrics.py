@@ -1,6 +1,7 @@
 """Headline metrics on hand-computed cases."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -177,8 +178,25 @@ def test_free_riding_is_judged_against_the_local_optimum_under_the_agents_phi():
     agents = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
     record = trained_record([300, 300, 300], [0.5, 0.5, 0.5], [0.9] * 3, [0.9] * 3)
     assert summarise(record, agents, record.accuracy_model, hand_audit())["free_riding_rate"] == 0.0
-    doubled = summarise(record, agents, record.accuracy_model, hand_audit(), phi=lambda a: 2 * a)
+    doubled = summarise(replace(record, phi=double), agents, record.accuracy_model, hand_audit(), phi=double)
     assert doubled["free_riding_rate"] == 1.0
+
+
+def double(a):
+    """phi(a) = 2a."""
+    return 2 * a
+
+
+def test_summarise_takes_the_records_phi_where_it_is_left_out_and_refuses_another():
+    """The records of the test above, measured under phi(a) = 2a: with phi left out the
+    local optimum is the record's, m^o = c^(-2/3) = 464.2, and every agent rides below it;
+    phi=None (linear: m^o = 292.4, nobody riding) would judge the record under another
+    valuation than its utilities and is refused, naming phi."""
+    agents = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    record = replace(trained_record([300, 300, 300], [0.5, 0.5, 0.5], [0.9] * 3, [0.9] * 3), phi=double)
+    assert summarise(record, agents, record.accuracy_model, hand_audit())["free_riding_rate"] == 1.0
+    with pytest.raises(ValueError, match=r"phi=None: the loop measured these records with phi=<function double"):
+        summarise(record, agents, record.accuracy_model, hand_audit(), phi=None)
 
 
 def test_a_price_of_anarchy_between_welfares_equal_within_rounding_is_one():

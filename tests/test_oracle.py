@@ -226,6 +226,9 @@ def test_contributions_beyond_the_endowment_are_refused(oracle):
     ({"validation_fraction": 0.005}, r"^validation_fraction=0.005: allowed is a share that holds out a sample of "
                                      r"every class.* its 7 samples miss the classes \[\d"),
     ({"alpha": float("inf")}, r"^alpha=inf: allowed is a finite number > 0$"),
+    # FedAvg's own check named epochs, a key the oracle does not take
+    ({"local_epochs": 0}, r"^local_epochs=0: allowed is an integer >= 1$"),
+    ({"local_epochs": 1.5}, r"^local_epochs=1.5: allowed is an integer >= 1$"),
     ({"alpha": True}, r"^alpha=True: allowed is a finite number > 0$"),
     ({"alpha": None, "label_distributions": np.full((N, 11), 1 / 11)},
      r"^label_distributions \(shape \(8, 11\)\): allowed is a \(8, 10\) array, one distribution over the 10 "

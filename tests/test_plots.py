@@ -19,15 +19,16 @@ from mechanisms.standard import StandardFL
 MODEL = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
 
 
-def loop_result(population: Population) -> LoopResult:
-    """The two mechanisms' equilibria recorded as one loop iteration, trained as solved
-    (whole samples); no training is read by the contribution figures."""
+def loop_result(population: Population, phi=None) -> LoopResult:
+    """The two mechanisms' equilibria recorded as one loop iteration under the agents'
+    value of accuracy ``phi`` (None: linear), trained as solved (whole samples); no
+    training is read by the contribution figures."""
     records = []
     for mechanism in (StandardFL(), AccuracyShaping()):
         outcome = mechanism.solve(population, MODEL)
         trained = np.round(outcome.contributions)
         zeros = np.zeros(population.n_agents)
-        records.append(IterationRecord(0, outcome, MODEL, trained, None, outcome.transfer, zeros, zeros, zeros))
+        records.append(IterationRecord(0, outcome, MODEL, trained, None, outcome.transfer, zeros, zeros, zeros, phi))
     return LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL, records)
 
 
@@ -104,16 +105,20 @@ def captured(monkeypatch) -> list:
 
 def test_twenty_agents_are_bars_marked_at_their_local_optimum_under_phi(tmp_path, monkeypatch):
     """Up to 20 agents, bars (no heat map image); each agent's mark is its local optimum
-    under the agents' phi: with phi(a) = 2a on a = 1 - m^-1/2, 2 a'(m) = c gives
-    m^o = c^(-2/3) (not (2c)^(-2/3), linear phi's)."""
+    under the phi the loop measured with, taken where phi is left out: with phi(a) = 2a on
+    a = 1 - m^-1/2, 2 a'(m) = c gives m^o = c^(-2/3) (not (2c)^(-2/3), linear phi's);
+    phi=None, another phi than the loop's, is refused, naming phi."""
     figures = captured(monkeypatch)
     cost = np.geomspace(2e-4, 1e-3, 20)[::-1]
     population = Population.from_lists(cost=cost, endowment=1e6)
-    plots.contributions(loop_result(population), population, tmp_path / "contributions.png", phi=lambda a: 2 * a)
+    result = loop_result(population, phi=lambda a: 2 * a)
+    plots.contributions(result, population, tmp_path / "contributions.png")
     (axis,) = figures[0].axes
     assert not axis.images and len(axis.patches) == 40  # two mechanisms' bars
     (marks,) = axis.collections
     np.testing.assert_allclose(marks.get_offsets()[:, 1], cost ** (-2 / 3), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"phi=None: the loop measured these records with phi=<function"):
+        plots.contributions(result, population, tmp_path / "contributions.png", phi=None)
 
 
 def test_the_heat_map_keeps_tied_costs_in_population_order_and_who_receives_with_its_agent():

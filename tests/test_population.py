@@ -46,8 +46,9 @@ def test_arrays_are_read_only_floats():
         (dict(cost=[1e-4, float("nan"), 1e-4]), r"cost\[1\]=nan: allowed is a number >= 0"),
         (dict(endowment=[100.0, 0.0, 1.0]), r"endowment\[1\]=0.0: allowed is a number > 0"),
         (dict(value=[1.0, 1.0, 0.0]), r"value\[2\]=0.0: allowed is a number > 0"),
-        (dict(capacity=[1.0, 0.0, 1.0]), r"capacity\[1\]=0.0: allowed is a number in \(0, 1\]"),
-        (dict(capacity=[1.0, 1.5, 1.0]), r"capacity\[1\]=1.5: allowed is a number in \(0, 1\]"),
+        (dict(capacity=[1.0, 0.0, 1.0]), r"capacity\[1\]=0.0: allowed is 1.0 \(no mechanism or training"),
+        (dict(capacity=[1.0, 1.5, 1.0]), r"capacity\[1\]=1.5: allowed is 1.0 \(no mechanism or training"),
+        (dict(capacity=[1.0, float("nan"), 1.0]), r"capacity\[1\]=nan: allowed is 1.0 \(no mechanism or training"),
         (dict(comm_cost=[0.0, -1.0, 0.0]), r"comm_cost\[1\]=-1.0: allowed is a number >= 0"),
         (dict(outside_option=[0.0, float("inf"), 0.0]), r"outside_option\[1\]=inf: allowed is a finite number"),
         (dict(endowment=[1.0, 2.0]), r"len\(endowment\)=2: allowed is len\(cost\)=3"),
@@ -131,7 +132,7 @@ def test_csv_round_trip_is_exact(tmp_path):
         {
             "cost": {"dist": "lognormal", "mean": -9.0, "sigma": 0.7},
             "endowment": {"dist": "uniform", "low": 100, "high": 5000},
-            "capacity": {"dist": "types", "values": [0.25, 0.5, 1.0], "probs": [0.2, 0.3, 0.5]},
+            "value": {"dist": "types", "values": [0.25, 0.5, 1.0], "probs": [0.2, 0.3, 0.5]},
             "comm_cost": 1e-3,
             "label_distribution": {"dist": "dirichlet", "alpha": 0.3, "n_classes": 4},
         },
@@ -235,11 +236,22 @@ def test_sample_is_reproducible_by_seed_and_order_independent():
 
 
 def test_sample_distributions():
-    pop = Population.sample(2000, {**SPEC, "capacity": {"dist": "constant", "value": 0.5}}, seed=0)
+    pop = Population.sample(2000, {**SPEC, "capacity": {"dist": "constant", "value": 1.0}}, seed=0)
     assert set(np.unique(pop.endowment)) == {100.0, 1000.0}
     assert 0.5 <= pop.value.min() and pop.value.max() <= 2.0
     assert abs(np.log(pop.cost).mean() + 9.0) < 0.05
-    np.testing.assert_array_equal(pop.capacity, 0.5)
+    np.testing.assert_array_equal(pop.capacity, 1.0)
+
+
+def test_a_compute_capacity_is_refused_as_nothing_uses_it():
+    """Before: capacity 0.1 (or a drawn 0.5) was accepted and every mechanism solved as with
+    1.0; the command line refused it, the library did not."""
+    message = r"^capacity\[0\]=0.5: allowed is 1.0 \(no mechanism or training of this version uses compute capacity\)$"
+    with pytest.raises(ValueError, match=message):
+        Population.sample(3, {**SPEC, "capacity": {"dist": "constant", "value": 0.5}}, seed=0)
+    with pytest.raises(ValueError, match=message.replace("0.5", "0.1")):
+        Population.from_lists(cost=[1e-4, 2e-4], endowment=100.0, capacity=0.1)
+    np.testing.assert_array_equal(Population.from_lists(cost=[1e-4, 2e-4], endowment=100.0, capacity=1).capacity, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """The run folder's tables, notes and warnings on hand-built loop results (no training)."""
 
+import pickle
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from analysis import config as config_module
 from analysis import report
 from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
-from incentives.loop import IterationRecord, LoopResult
+from incentives.loop import UNKEPT, IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.protocols import Outcome
 from mechanisms.audit import Audit
@@ -68,6 +70,59 @@ def test_agents_csv_gives_the_trained_contribution_and_the_cost_of_it():
     assert [row["data_cost"] for row in rows] == pytest.approx([0.12, 0.08])
 
 
+def double(a):
+    """phi(a) = 2a: a valuation that pickles (a module's function)."""
+    return 2 * a
+
+
+def doubled_result(phi=double) -> LoopResult:
+    """Two agents with c = 1e-4, each trained on 300 samples, recorded under ``phi``."""
+    return loop_result(replace(record([300, 300], [300, 300]), phi=phi))
+
+
+# a = 1 - m^-1/2, c = 1e-4: under phi(a) = 2a the local optimum solves 2 a'(m) = m^(-3/2) = c,
+# m^o = c^(-2/3) = 464.16; under linear phi, (1 / (2c))^(2/3) = 292.40
+DOUBLED_OPTIMUM, LINEAR_OPTIMUM = 1e-4 ** (-2 / 3), (1 / 2e-4) ** (2 / 3)
+TWO_AGENTS = Population.from_lists(cost=[1e-4, 1e-4], endowment=1e6)
+
+
+def test_agents_csv_takes_the_loops_phi_where_it_is_left_out_and_refuses_another():
+    """A loop that measured under phi(a) = 2a: its agents' local optima are 464.16, with
+    phi left out as with phi=double; phi=None (linear: 292.40) is refused, naming phi."""
+    result, audits = doubled_result(), {"standard": no_findings(2)}
+    assert result.phi is double
+    for rows in (report.agent_rows(result, TWO_AGENTS, audits), report.agent_rows(result, TWO_AGENTS, audits, double)):
+        assert [row["local_optimum"] for row in rows] == pytest.approx([DOUBLED_OPTIMUM] * 2, rel=1e-6)
+    with pytest.raises(ValueError, match=r"phi=None: the loop measured these records with phi=<function double"):
+        report.agent_rows(result, TWO_AGENTS, audits, None)
+    linear = report.agent_rows(doubled_result(None), TWO_AGENTS, audits)  # a linear loop: as before
+    assert [row["local_optimum"] for row in linear] == pytest.approx([LINEAR_OPTIMUM] * 2, rel=1e-6)
+
+
+def test_a_checkpoint_keeps_a_phi_that_pickles_and_leaves_out_one_that_does_not():
+    """Pickled (a checkpoint), a result keeps phi=double; one under a lambda, which cannot
+    be pickled, still pickles, with its phi not kept (UNKEPT): left out, phi is then
+    asked for by name, and given, it is used (464.16)."""
+    assert pickle.loads(pickle.dumps(doubled_result())).phi is double
+    loaded = pickle.loads(pickle.dumps(doubled_result(lambda a: 2 * a)))
+    assert loaded.phi is UNKEPT
+    audits = {"standard": no_findings(2)}
+    with pytest.raises(ValueError, match=r"phi \(left out\): the loop's phi was not kept"):
+        report.agent_rows(loaded, TWO_AGENTS, audits)
+    rows = report.agent_rows(loaded, TWO_AGENTS, audits, double)
+    assert [row["local_optimum"] for row in rows] == pytest.approx([DOUBLED_OPTIMUM] * 2, rel=1e-6)
+
+
+def test_a_record_of_a_checkpoint_written_before_records_kept_phi_loads_with_phi_unkept():
+    """The state of a record pickled before the field existed (no ``phi``) loads as
+    UNKEPT, not as linear: it may have been measured under any phi."""
+    state = dict(record([300, 300], [300, 300]).__dict__)
+    del state["phi"]
+    old = IterationRecord.__new__(IterationRecord)
+    old.__setstate__(state)
+    assert old.phi is UNKEPT and old.trained_contributions.tolist() == [300, 300]
+
+
 def test_learning_curve_csv_gives_each_training_the_model_it_was_solved_under():
     """The pilot points are fitted by a(m) = 1 - m^-1/2; standard's training of 100 samples
     (accuracy 0.93) is shown with its calibrated a(gamma m), gamma = 4: a(400) = 0.95, not
@@ -94,6 +149,25 @@ def test_a_loop_that_settled_is_not_warned_of_as_unsettled():
     (warning,) = report.run_warnings(loop_result(*records, converged=False), config, agents)
     assert warning.startswith("the loop stopped at loop.max_iterations=2 before the contributions settled "
                               "(loop.tolerance=0.02): the numbers are those of its last iteration;")
+
+
+def test_run_warnings_from_python_take_the_loops_settings_and_name_a_missing_key():
+    """A ClosedLoop run from Python has no command-line config: the few settings the
+    warnings read are enough (a flat pilot, 0.5 at 100 and 400 samples, and a single
+    iteration unsettled: two warnings), and a config without them is refused naming the
+    first key missing, not with a KeyError."""
+    agents = Population.from_lists(cost=[1e-4, 1e-4], endowment=1e6)
+    flat = pilot_fit(PowerLaw(0.5, 1e-12, 1.0), accuracies=[0.5, 0.5])
+    settings = {"loop": {"max_iterations": 1, "tolerance": 0.02}, "data": {"dataset": "digits"},
+                "training": {"lr": 1e-5, "batch_size": 32}, "model": {"name": "mlp"}}
+    unsettled, not_learning = report.run_warnings(loop_result(record([300, 300], [300, 300]), fit=flat), settings,
+                                                  agents)
+    assert unsettled.startswith("the loop ran a single iteration (loop.max_iterations=1)")
+    assert not_learning.startswith("the pilot learning curve does not rise (mean accuracy 0.500 at 100 samples")
+    with pytest.raises(ValueError, match=r"^config \(without loop.max_iterations\): allowed is the run's config"):
+        report.run_warnings(loop_result(), {}, agents)
+    with pytest.raises(ValueError, match=r"^config \(without model.name\)"):
+        report.run_warnings(loop_result(), {**settings, "model": {}}, agents)
 
 
 def test_a_flat_pilot_is_described_by_its_mean_accuracy_at_each_end():

@@ -590,7 +590,7 @@ def test_a_setting_assigned_after_a_solve_is_checked_and_solved_with():
                                     ("reward", 1.0, r"^reward=1.0: allowed is a reward within budget="),
                                     ("value_weight", 0.0, r"^value_weight=0.0: allowed is a finite number > 0$"),
                                     ("value", "money", r"^value='money': allowed is a ValueFunction or 'accuracy'$")):
-        sp = StackelbergPricing(LogValue(1.0), reward=0.05, budget=0.5, value_weight=2.0)
+        sp = StackelbergPricing(LogValue(1.0), reward=0.05, budget=0.5)
         sp.solve(pop, model)
         setattr(sp, setting, value)
         with pytest.raises(ValueError, match=message):
@@ -610,3 +610,20 @@ def test_caps_at_the_uncapped_equilibrium_settle_on_it(cost, reward):
     X, c = capped.total, np.asarray(cost)
     marginal = reward * (X - capped.contributions) / X**2  # d/dx_i of R x_i / X at the cap
     np.testing.assert_allclose(marginal, c, rtol=1e-9)  # nobody gains by contributing less
+
+
+def test_a_value_weight_is_refused_for_a_value_function_that_carries_its_own_scale():
+    """Before: StackelbergPricing(LogValue(10), value_weight=3.0) solved as with 1.0 (the
+    weight scales only the "accuracy" value), a 300x change of the server's value silently
+    changing nothing."""
+    message = (r"^value_weight=3.0: allowed is 1.0 unless value='accuracy' \(a ValueFunction carries its own "
+               r"scale, e.g. LogValue\(scale\)\)$")
+    with pytest.raises(ValueError, match=message):
+        StackelbergPricing(LogValue(10.0), value_weight=3.0)
+    assert StackelbergPricing("accuracy", value_weight=3.0).value_weight == 3.0
+    pop = Population(cost=[0.0005, 0.001, 0.002], endowment=[300.0, 200.0, 250.0])
+    sp = StackelbergPricing(LogValue(1.0), reward=0.05)
+    sp.solve(pop, PowerLaw(a_opt=0.92, k=10.38, alpha=1.134))
+    sp.value_weight = 3.0  # assigned after a solve: checked when next solved
+    with pytest.raises(ValueError, match=message):
+        sp.solve(pop, PowerLaw(a_opt=0.92, k=10.38, alpha=1.134))
