@@ -92,3 +92,32 @@ def test_the_run_folder_section_states_the_audits_tolerance():
     section = " ".join(README.read_text().split("## The run folder")[1].split("\n## ")[0].split())
     assert (f"only where it exceeds the audit's tolerance of {tol:g} utility units, so audit.csv may list smaller "
             "positive ones") in section
+
+
+def test_the_python_defaults_the_readme_contrasts_with_the_config_are_the_real_ones():
+    """The README lists where the constructors' defaults differ from the command line's
+    config; both sides of each pair are read from the code here."""
+    import inspect
+
+    from analysis import config
+    from fl.oracle import TrainingOracle
+    from incentives.loop import ClosedLoop
+    from mechanisms.contract import ContractMechanism, LogValue
+    from mechanisms.stackelberg import StackelbergPricing
+
+    def default(callable_, key):
+        return inspect.signature(callable_).parameters[key].default
+
+    cli = config.defaults()
+    text = " ".join(README.read_text().split())
+    assert default(ContractMechanism, "value") == default(StackelbergPricing, "value") == LogValue(10.0)
+    assert (cli["mechanisms"]["contract_value_scale"], cli["mechanisms"]["stackelberg_value_scale"]) == (0.2, 1.0)
+    assert default(ClosedLoop, "max_iterations") == 3 and cli["loop"]["max_iterations"] == 6
+    assert default(ClosedLoop, "pilot_sizes")[::len(default(ClosedLoop, "pilot_sizes")) - 1] == (20, 640)
+    assert cli["accuracy"]["pilot_sizes"][::len(cli["accuracy"]["pilot_sizes"]) - 1] == [20, 1000]
+    assert (default(TrainingOracle, "lr"), default(TrainingOracle, "validation_fraction")) == (0.1, 0.2)
+    assert (cli["training"]["lr"], cli["data"]["validation_fraction"]) == (0.05, 0.15)
+    assert ("`ContractMechanism` and `StackelbergPricing` value data by `LogValue(10.0)` (the config: scales 0.2 "
+            "and 1.0), `ClosedLoop` runs at most 3 iterations on pilot sizes 20 to 640 (the config: 6, and 20 to "
+            "1000), and `TrainingOracle` trains at `lr=0.1` holding out `validation_fraction=0.2` (the config: 0.05 "
+            "and 0.15)") in text
