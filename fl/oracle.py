@@ -183,6 +183,12 @@ class TrainingOracle:
         agents = len(self.endowments)
         return int(min(self.strategy.clients_per_round or agents, agents))
 
+    @property
+    def pool_size(self) -> int:
+        """The most samples a learning-curve run can draw: the training pool less the
+        validation set held out (``len(pool)``, in samples)."""
+        return int(len(self.pool))
+
     def learning_curve(self, sizes: Sequence[int], repeats: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Accuracy a(m) of one model trained on m IID samples of the pool, for each m in
         ``sizes`` and ``repeats`` independent draws of the samples and batch order (a
@@ -196,9 +202,9 @@ class TrainingOracle:
         reweighted to uniform classes.
         Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
         """
-        allowed = f"integers in [0, {len(self.pool)}] (the pool size)"
+        allowed = f"integers in [0, {self.pool_size}] (the pool size)"
         sizes = _whole_counts("sizes", sizes, allowed)
-        if np.any(sizes > len(self.pool)):
+        if np.any(sizes > self.pool_size):
             raise ValueError(f"sizes={sizes.tolist()!r}: allowed is {allowed}")
         check_integer("repeats", repeats)
         strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)

@@ -245,7 +245,9 @@ class ClosedLoop:
     pilot fit before any mechanism is solved (:meth:`agents_under`; under linear phi for
     the mechanisms, under phi for the scores), so every mechanism's participation, the
     utilities, the welfare, the social optimum and the audits count a stay-out at what it
-    earns alone, not at the population's outside option alone.
+    earns alone, not at the population's outside option alone. An oracle that tells its
+    ``pool_size`` (e.g. fl's TrainingOracle) has the pilot sizes checked against it at
+    construction, before any training.
     """
 
     def __init__(
@@ -309,6 +311,7 @@ class ClosedLoop:
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r}: allowed is one of {', '.join(FAMILIES)}")
         check_pilot_sizes(self.pilot_sizes, self.family)
+        self._check_pilot_sizes_fit_the_pool()
         check_integer("pilot_repeats", self.pilot_repeats)
         check_integer("max_iterations", self.max_iterations)
         check_number("tolerance", self.tolerance, strict=True)
@@ -334,6 +337,14 @@ class ClosedLoop:
             i = int(short[0])
             raise ValueError(f"population.endowment[{i}]={float(population.endowment[i])!r}: allowed is at most the "
                              f"{int(held[i])} samples the oracle holds for agent {i}")
+
+    def _check_pilot_sizes_fit_the_pool(self) -> None:
+        """ValueError naming pilot_sizes unless an oracle that tells its ``pool_size`` (the
+        most samples one pilot run can draw) holds every pilot size."""
+        pool = getattr(self.oracle, "pool_size", None)
+        if pool is not None and max(self.pilot_sizes) > pool:
+            raise ValueError(f"pilot_sizes={self.pilot_sizes!r}: allowed is whole numbers in [1, {pool}], the "
+                             "oracle's pool size (the most samples a pilot run can draw)")
 
     def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel, population: Population,
                 designed: Population, reservation: np.ndarray) -> IterationRecord:

@@ -1353,13 +1353,11 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
     (convex: a local optimum inside the box is a global one), and is kept."""
     per_unit, r = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
 
-    # every IC is a constraint of the program, but for the "adjacent" relaxation of types of equal cost
-    every_ic = prog.variant in ("virtual", "all_pairs") or (prog.variant == "adjacent" and np.all(np.diff(th) > 0))
-
     def residual():
         if prog.y.value is None:
             return np.inf
-        return _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, prog.floor, every_ic)
+        return _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, prog.floor,
+                         _every_ic(prog.variant, th))
 
     status = _run(prog.problem, solver, residual)
     if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
@@ -1376,6 +1374,12 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
         raise _diagnose(status, K, prog.variant, prog.floor, th, pp, u0, kappa, value, beta, capy,
                         reward_cap, solver, order)
     return (*_solution(prog, th, u0, per_unit, r), status)
+
+
+def _every_ic(variant: str, th: np.ndarray) -> bool:
+    """Whether every IC is a constraint of the program of ``variant`` (th: sorted costs): all
+    but "complete" (no IC) and the "adjacent" relaxation of types of equal cost."""
+    return variant in ("virtual", "all_pairs") or (variant == "adjacent" and bool(np.all(np.diff(th) > 0)))
 
 
 def _solution(prog, th, u0, per_unit, r) -> tuple[np.ndarray, np.ndarray]:
@@ -1478,38 +1482,38 @@ def _payoffs(theta: np.ndarray, y: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap,
               solver, order) -> ContractError:
-    """Name the constraint family (and types) behind an infeasible or unbounded menu."""
+    """Name the constraint family (and types) behind an infeasible or unbounded menu. A
+    program the solver calls unbounded is so only where a type costs nothing per sample
+    (theta_k = 0) and no capacity bounds its contribution: otherwise each item's profit
+    V(q_k) - kappa theta_k q_k**beta - kappa u0_k (IR: R_k >= u0_k + theta_k q_k**beta,
+    kappa > 0) falls without bound in q_k for a concave V that flattens out (or q_k is
+    capped), so the profit is bounded above and the solver failed numerically (CLARABEL
+    called a menu of costs 5e3 to 1.2e4 reward units per sample**3, V = 1e-3 ln(1 + q) and a
+    capacity of 120 unbounded, its point off by up to 0.96 of the largest reward)."""
     def solve_with(drop=None, box=False):
         prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor,
                       drop=drop)
-        _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+        per_unit, r = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
         st = _run(_boxed(prog) if box else prog.problem, solver)
-        return st, prog
+        return st, prog, per_unit, r
 
     if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-        st, prog = solve_with(box=True)
-        hit = _at_box(prog) if prog.y.value is not None else []
-        if not hit:  # bounded in the box (_solve_once keeps such an optimum), or no answer at all
+        free = np.flatnonzero(th == 0) if capy is None else np.empty(0, int)
+        if free.size:
+            types = order[free].tolist()
             return ContractError(
-                f"the solver {solver} failed numerically on the {variant} screening program: it reported "
-                f"{status!r}, and within a box of {_BIG:g} units it reported {st!r} with no contribution or "
-                "reward running away; rescale the costs (reward units per sample: "
-                f"{float(np.min(th)):.6g} to {float(np.max(th)):.6g}) or try another solver", family=None)
-        types = order[hit].tolist()
-        return ContractError(
-            f"unbounded menu: the server's profit grows without limit with the contributions "
-            f"or rewards of types {types} (costs in reward units {th[hit].tolist()}, "
-            f"reward_price={kappa!r}, reward_cap={reward_cap!r}, capacity "
-            f"{'set' if capy is not None else 'None'}); give them positive costs, bound "
-            "them with capacity or reward_cap",
-            family="objective", types=types)
+                f"unbounded menu: the server's profit grows without limit with the contributions of types {types}, "
+                "which cost nothing per sample and no capacity bounds (capacity None); give them positive costs or "
+                "bound them with capacity", family="objective", types=types)
+        return _numerical_failure(status, *solve_with(box=True), variant, th, u0, capy, reward_cap, floor, value,
+                                  kappa, solver, order)
     present = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor).families
     # Design constraints first; nonnegativity (a physical fact) is named only as a last resort.
     families = [f for f in ("IR", "reward_cap", "capacity", "IC", "monotonicity",
                             "reward_floor", "nonnegativity") if f in present]
     culprits = []
     for fam in families:
-        st, _ = solve_with(drop={fam: set(range(K))})
+        st = solve_with(drop={fam: set(range(K))})[0]
         if st in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE, cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
             culprits.append(fam)
     if not culprits:
@@ -1521,7 +1525,7 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
     if K <= _DIAGNOSE_MAX_TYPES:
         dropped: set[int] = set()
         for t in range(K):
-            st, _ = solve_with(drop={fam: dropped | {t}})
+            st = solve_with(drop={fam: dropped | {t}})[0]
             if st in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
                 dropped.add(t)
         types = sorted(order[sorted(set(range(K)) - dropped)].tolist())
@@ -1533,6 +1537,33 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
         + (f" (removing {' or '.join(culprits)} also restores feasibility)" if others else "")
         + f"; costs of those types: {th[np.isin(order, types)].tolist() if types else 'n/a'}",
         family=fam, types=types)
+
+
+def _numerical_failure(status, boxed, prog, per_unit, r, variant, th, u0, capy, reward_cap, floor, value, kappa,
+                       solver, order) -> ContractError:
+    """The error for a bounded program (:func:`_diagnose`) that the solver called ``status``
+    ("unbounded"), and then ``boxed`` within the box of :func:`_boxed` (``prog``, solved there;
+    per_unit, r: its units, :func:`_set_params`): the point it stopped at, the types whose
+    items ran to the box's sides and its largest constraint violation (:func:`_residual`),
+    with what may solve it."""
+    if prog.y.value is None:
+        found = "no menu"
+    else:
+        hit = _at_box(prog)
+        worst = _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, floor,
+                          _every_ic(variant, th))
+        found = (f"the items of types {order[hit].tolist()} running to its sides" if hit
+                 else "no contribution or reward running away")
+        found += (f", its constraints violated by up to {worst:.2g} (relative to the largest reward or capacity)"
+                  if np.isfinite(worst) else "")
+    other = "'reduced'" if variant == "all_pairs" else "'all_pairs'"
+    return ContractError(
+        f"the solver {solver} failed numerically on the {variant} screening program: it reported {status!r}, and "
+        f"within a box of {_BIG:g} units it reported {boxed!r} with {found}; the menu is bounded ("
+        f"{'a capacity bounds every contribution' if capy is not None else 'every type costs more than 0 per sample'}"
+        f"), so rescale the costs (reward units per sample**beta: {float(np.min(th)):.6g} to {float(np.max(th)):.6g}) "
+        f"or the server's value (scale {value.scale:.6g}, reward_price={kappa!r}) nearer 1, or try form={other} or "
+        "another solver", family=None)
 
 
 # ----------------------------------------------------------------------------------

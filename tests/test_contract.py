@@ -615,6 +615,24 @@ def test_a_solver_that_calls_a_bounded_menu_unbounded_is_checked_in_a_box(monkey
                                "reported 'unbounded', and within a box of 1e+07 units it reported 'optimal'")
 
 
+def test_a_bounded_menu_the_solver_fails_on_is_not_called_unbounded():
+    """Costs of 4914 to 12397 reward units per sample**3 (costs near 1 over an accuracy value of
+    1e-4), V = 1e-3 ln(1 + q), reward_price=0.1, capacity 120 and reward cap 0.907 (a CLI run of
+    contract_accuracy): Clarabel called the program unbounded and stopped at the box's sides, and
+    the error said "unbounded menu ... bound them with capacity or reward_cap", both being set.
+    Every cost is positive and every contribution capped: the profit is bounded, and the error
+    says the solver failed, how far its point is off and what to try."""
+    theta = [4913.6073105888945, 6832.889729900203, 7144.52884183676, 7863.877413571435, 12396.83609690775]
+    with pytest.raises(ContractError, match=r"^the solver CLARABEL failed numerically on the virtual screening "
+                       r"program: it reported 'unbounded', and within a box of 1e\+07 units it reported "
+                       r"'optimal_inaccurate' with the items of types \[0, 1, 2, 3, 4\] running to its sides, its "
+                       r"constraints violated by up to .*; the menu is bounded \(a capacity bounds every "
+                       r"contribution\), so rescale the costs .* or try form='all_pairs' or another solver$") as err:
+        solve_screening(theta, np.full(5, 0.2), LogValue(0.001), reward="accuracy", accuracy_value=1.0,
+                        reward_price=0.1, reward_cap=0.9068403934205197, capacity=np.full(5, 120.0), cost_exponent=3)
+    assert err.value.family is None and err.value.types is None
+
+
 @pytest.mark.parametrize("form", ["reduced", "all_pairs"])
 def test_a_power_law_value_refuses_a_type_of_capacity_0(form):
     """V = 10 (1 - q^-1/2) is -inf at q = 0, where a capacity of 0 holds the first type: the

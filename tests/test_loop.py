@@ -504,6 +504,20 @@ def test_a_population_the_oracle_holds_no_data_for_is_refused_before_any_trainin
         ClosedLoop(other, [StandardFL()], oracle)
 
 
+def test_pilot_sizes_beyond_the_oracles_pool_are_refused_before_any_training(world):
+    """The pool: digits' 1438 training samples less the 288 (20 %) held out for validation.
+    Before: ClosedLoop accepted pilot_sizes=[20, 40, 5000], and run() failed in the
+    oracle's learning curve with a message naming sizes, not pilot_sizes."""
+    population, oracle = world
+    assert oracle.pool_size == 1438 - 288
+    ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=[20, 40, 1150])  # the whole pool: accepted
+    with pytest.raises(ValueError, match=r"^pilot_sizes=\[20, 40, 5000\]: allowed is whole numbers in \[1, 1150\], "
+                                         r"the oracle's pool size"):
+        ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=(20, 40, 5000))
+    with pytest.raises(ValueError, match=r"^pilot_sizes=\[20, 40, 1151\]: allowed is whole numbers in \[1, 1150\]"):
+        ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=[20, 40, 1151])
+
+
 def test_auditing_a_mechanism_the_loop_did_not_run_names_the_ones_it_ran(world):
     population, _ = world
     result = run(world, [StandardFL()], max_iterations=1)

@@ -47,8 +47,13 @@ def test_the_learning_curve_is_scored_on_uniform_classes(oracle):
     assert accuracy == pytest.approx(np.mean(per_class_accuracy(oracle.model, oracle.init_params, TEST)))
 
 
+def test_the_pool_size_is_the_training_pool_less_the_validation_set(oracle):
+    """Digits' 1438 training samples less round(0.2 * 1438) = 288 held out for validation."""
+    assert oracle.pool_size == len(oracle.pool) == 1438 - 288
+
+
 def test_the_learning_curve_takes_sizes_up_to_the_whole_pool(oracle):
-    pool = len(oracle.pool)
+    pool = oracle.pool_size
     assert oracle.learning_curve([pool])[0].tolist() == [pool]
     with pytest.raises(ValueError, match=rf"^sizes=\[{pool + 1}\]: allowed is integers in \[0, {pool}\]"):
         oracle.learning_curve([pool + 1])
