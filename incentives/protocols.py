@@ -151,7 +151,8 @@ class AccuracyOracle(Protocol):
     is one (a :class:`PaysFromTraining` mechanism whose valuation of rounds has limits).
     It may also tell ``endowments``, the (N,) samples it holds for each agent: the loop
     then checks, before any training, that the population has N agents none of whom
-    holds more.
+    holds more; and ``pool_size``, the most samples one ``learning_curve`` run can draw:
+    the loop then checks its pilot sizes against it when it is built.
     """
 
     def learning_curve(self, sizes: Sequence[int], repeats: int) -> tuple[np.ndarray, np.ndarray]: ...
