@@ -307,3 +307,20 @@ def test_a_model_its_executor_cannot_train_is_refused_when_the_oracle_is_made():
     with pytest.raises(UnsupportedModel, match=r"^the model has buffers \(stem.1.running_mean and 26 more, such as "
                                                r"batch norm's running statistics\); allowed with the vectorised"):
         make_oracle(model="resnet8", model_options={"width": 0.25}, executor=VectorisedExecutor())
+
+
+def test_each_agent_trains_alone_from_its_own_local_stream():
+    """Agents trained alone drew their batch orders from the federated run's stream (_TRAIN),
+    all of them the same, instead of each its own child (_LOCAL = 6, i) of the seed: agent i's
+    local accuracy is that of this oracle's FedAvg on its first m_i endowment samples, seeded
+    child_seed(seed, 6, i), as client i, on its label distribution."""
+    from fl.algorithms.strategy import child_seed
+    from fl.server import run_federated
+
+    oracle = make_oracle(rounds=2, measure_local=True)
+    result = oracle.train(np.array([80, 70, 0, 0, 0, 0, 0, 0]), None)
+    for i, m in ((0, 80), (1, 70)):
+        alone = run_federated(oracle.model, {i: TRAIN.subset(oracle.endowment_indices[i][:m])}, oracle.strategy, 2,
+                              seed=child_seed(0, 6, i), init_params=oracle.init_params, progress=False)
+        per_class = per_class_accuracy(oracle.model, alone.params, TEST)
+        assert result.local_accuracy[i] == accuracy_on_distribution(per_class, oracle.label_distributions[i])

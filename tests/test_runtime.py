@@ -9,11 +9,13 @@ import torch
 
 from fl import evaluation
 from fl.algorithms import FedAvg, FedAvgM, FedProx, Scaffold
+from fl.algorithms.strategy import child_seed
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, load_digits
 from fl.executors import SerialExecutor
 from fl.models import build_model, get_params
 from fl.runtime import SERVER, ClientProfile, Deadline, Dropout, EventQueue, FedBuff, Kind, Message, Node, simulate
+from fl.runtime.launch import DISPATCH_STREAM, DROPOUT_STREAM, INIT_STREAM, PICK_STREAM
 from fl.runtime.messages import params_nbytes
 from fl.server import run_federated
 
@@ -206,6 +208,20 @@ def test_dropout_is_seeded_and_closes_rounds_at_the_deadline():
     assert [r.updates for r in everyone.history] == [0, 0, 0] and same(everyone.params, everyone.initial_params)
     assert [r.time for r in everyone.history] == [1000.0, 2000.0, 3000.0]
     assert [r.bytes_up for r in everyone.history] == [0, 0, 0]
+
+
+def test_each_orders_dropout_is_drawn_from_the_dropout_stream_keyed_by_its_dispatch():
+    """Dropout's draws came from the run's round stream (spawn key 1) instead of its own
+    (DROPOUT_STREAM): the order of dispatch d dropped out by the draw of round d's stream.
+    Every client is sent an order each round, so round t's order to client c is dispatch 8t + c
+    and the client trains unless default_rng(child_seed(seed, DROPOUT_STREAM, 8t + c)).random() < 0.5."""
+    executor = RecordingExecutor()
+    simulate("mlp", SUBSETS, FedAvg(), 2, seed=4, executor=executor, behaviours=[Deadline(1000.0), Dropout(0.5)],
+             **QUIET)
+    trained = [[task.client_id for task in tasks] for _, tasks, _ in executor.calls]
+    expected = [[c for c in range(8) if np.random.default_rng(child_seed(4, DROPOUT_STREAM, 8 * t + c)).random() >= 0.5]
+                for t in range(2)]
+    assert trained == expected
 
 
 def test_dropout_without_deadline_is_refused_before_training():
@@ -714,3 +730,26 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
 def test_bad_settings_are_refused(call, key):
     with pytest.raises(ValueError, match=f"{key}.*allowed"):
         call()
+
+
+def test_a_built_models_initial_weights_come_from_the_init_stream_of_the_seed():
+    """The model was initialised from the stream of round 0 (ROUND_STREAM, 0), which also
+    draws round 0's batch orders, instead of its own INIT_STREAM child of the seed."""
+    result = simulate("mlp", SUBSETS, FedAvg(), 0, seed=7, **QUIET)
+    assert same(result.initial_params, get_params(build_model("mlp", (1, 8, 8), 10, child_seed(7, INIT_STREAM))))
+
+
+def test_fedbuff_configures_from_its_dispatch_stream_and_picks_from_its_pick_stream():
+    """FedBuff configured the idle clients' tasks (their batch orders) from the stream that
+    picks among them (PICK_STREAM) instead of its own DISPATCH_STREAM. The first refill gives
+    the 3 idle clients the tasks of configure_round(0, idle, child_seed(seed, DISPATCH_STREAM, 0))
+    and sends the 2 that default_rng(child_seed(seed, PICK_STREAM, 0)) picks, in task order."""
+    executor, data = RecordingExecutor(), dict(enumerate(SUBSETS[:3]))
+    simulate("mlp", data, FedAvg(), 1, seed=5, executor=executor,
+             behaviours=[FedBuff(buffer_size=1, concurrency=2)], **QUIET)
+    tasks = FedAvg().configure_round(0, data, child_seed(5, DISPATCH_STREAM, 0))
+    picked = sorted(np.random.default_rng(child_seed(5, PICK_STREAM, 0)).choice(3, 2, replace=False))
+    sent = executor.calls[0][1]
+    assert [t.client_id for t in sent] == [tasks[i].client_id for i in picked]
+    assert [(t.seed.entropy, t.seed.spawn_key) for t in sent] == [
+        (tasks[i].seed.entropy, tasks[i].seed.spawn_key) for i in picked]
