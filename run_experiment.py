@@ -38,7 +38,7 @@ from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
 from analysis.report import make_run_folder, write_run
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
-from incentives.loop import ClosedLoop, LoopResult
+from incentives.loop import ClosedLoop, LoopResult, SuspectRunWarning
 from incentives.population import FIELDS, Population, csv_rows, sample_traits
 from mechanisms.contract import ContractError, ContractMechanism, LogValue, reduce_multidimensional_types
 from mechanisms.incfl import IncFLParticipation
@@ -705,6 +705,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             with warnings.catch_warnings(record=True) as raised:
                 warnings.simplefilter("always", UserWarning)
                 warnings.simplefilter("ignore", SlowValuationWarning)
+                warnings.simplefilter("ignore", SuspectRunWarning)  # write_run words them in the config's keys
                 result = loop.run(resume=resumed, on_measured=checkpoint)
         except TrainingDiverged as error:
             raise diverged(error, folder, saved, created) from None

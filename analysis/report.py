@@ -35,8 +35,8 @@ import numpy as np
 from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
-from incentives.accuracy import FAMILIES
-from incentives.loop import LOOP_PHI, IterationRecord, LoopResult, loop_phi
+from incentives.loop import (LOOP_PHI, IterationRecord, LoopResult, below_pilot, flat_pilot, loop_phi, poor_fit,
+                             unsettled)
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
@@ -249,12 +249,14 @@ WARNING_KEYS = ("loop.max_iterations", "loop.tolerance", "data.dataset", "traini
 def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
     stopped at its iteration limit, a pilot curve that does not rise, a fitted a(m) that
-    misses the pilot's points, and agents holding fewer samples than the pilot measured.
+    misses the pilot's points, and agents holding fewer samples than the pilot measured
+    (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs).
     ``config``: the command line's, or, for a ClosedLoop run from Python, one of its
     settings holding :data:`WARNING_KEYS` alone (ValueError naming the first missing)."""
     _check_warning_keys(config)
-    found = (_unsettled(result, config["loop"]), _flat_pilot(result, config), _poor_fit(result),
-             _below_pilot(result, population))
+    loop = config["loop"]
+    found = (unsettled(result, loop["max_iterations"], loop["tolerance"]), _flat_pilot(result, config),
+             poor_fit(result), below_pilot(result, population))
     return [w for w in found if w]
 
 
@@ -269,109 +271,15 @@ def _check_warning_keys(config: Any) -> None:
                 "'data': {'dataset': 'digits'}, 'training': {'lr': 0.1, 'batch_size': 32}, 'model': {'name': 'mlp'}}")
 
 
-def _unsettled(result: LoopResult, loop: dict) -> str | None:
-    """A loop stopped at its iteration limit reports contributions that were still moving,
-    or, after a single iteration, contributions whose settling nothing has measured."""
-    if not result.n_iterations or result.converged:
-        return None
-    go_on = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
-             "with the same one, for analysis.seeds.aggregate_runs to compare them)")
-    if result.n_iterations == 1:
-        return (f"the loop ran a single iteration (loop.max_iterations={loop['max_iterations']!r}), which cannot show "
-                f"whether the contributions settle (loop.tolerance={loop['tolerance']!r} bounds their change from "
-                f"one iteration to the next): the numbers are those of that iteration; {go_on}")
-    return (f"the loop stopped at loop.max_iterations={loop['max_iterations']!r} before the contributions "
-            f"settled (loop.tolerance={loop['tolerance']!r}): the numbers are those of its last iteration; {go_on}")
-
-
-#: the least rise, in accuracy (a fraction), that a pilot learning curve must show from its
-#: smallest size to its largest, measured and fitted, and by which it must beat chance at its largest
-LEAST_RISE = 0.02
-
-
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:
-    """A pilot curve that does not learn: its rise from the smallest size to the largest
-    does not exceed :data:`LEAST_RISE`, measured (mean accuracy at each size; also no more
-    than twice the spread between repeats, the largest standard deviation of the repeats
-    at one size) or fitted (a(largest) - a(smallest)), or its mean accuracy at the largest
-    size is within :data:`LEAST_RISE` of chance, 1 / the classes of data.dataset
-    (``analysis.config.DATASETS``). Training did not learn from more data at these
-    settings, and the a(m) fitted to it (flat for the power law, the bound's own shape
-    for ``generalisation_bound``) says nothing about the value of the data."""
-    sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
-    if len(sizes) == 0 or sizes.min() == sizes.max():
-        return None
-    small, large = sizes.min(), sizes.max()
-    at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
-    spread = max(float(accuracies[sizes == size].std()) for size in np.unique(sizes))
-    fit_small, fit_large = float(result.fit(small)), float(result.fit(large))
+    """:func:`~incentives.loop.flat_pilot` in the config's words: chance from the classes
+    of data.dataset (``analysis.config.DATASETS``; not known: no check against chance),
+    the settings named training.lr, training.batch_size and model.name."""
     known = config_module.DATASETS.get(config["data"]["dataset"])
-    chance = 1.0 / known[1] if known else 0.0
-    if (at_large - at_small > max(LEAST_RISE, 2 * spread) and fit_large - fit_small > LEAST_RISE
-            and at_large > chance + LEAST_RISE):
-        return None
     training = config["training"]
-    return (f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
-            f"{at_large:.3f} at {large:.0f}, a standard deviation between repeats of up to {spread:.3f}; fitted "
-            f"{fit_small:.3f} to {fit_large:.3f}{f'; chance {chance:.3g}' if known else ''}; a curve that learns "
-            f"rises by more than {LEAST_RISE:g}, measured (and by twice that deviation) and fitted, to more than "
-            f"{LEAST_RISE:g} above chance): training does not learn at these settings "
-            f"(training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
-            f"model.name={config['model']['name']!r}), so the a(m) fitted to it, and every mechanism "
-            "solved under it, say nothing about the value of this data")
-
-
-#: the RMSE, in accuracy (a fraction), up to which a fitted a(m) passes as fitting its pilot
-#: points whatever their range: the scatter between repeats of a curve that learns (the quick
-#: start's power law on digits, two repeats a size: 0.031, a standard deviation between
-#: repeats of up to 0.055 at one size)
-FIT_ERROR = 0.05
-#: the share of the range of the pilot's mean accuracies up to which the RMSE of a fit passes
-FIT_ERROR_SHARE = 0.25
-
-
-def _poor_fit(result: LoopResult) -> str | None:
-    """A fitted a(m) that misses the pilot's points: its RMSE (:attr:`EmpiricalModel.rmse
-    <incentives.accuracy.EmpiricalModel.rmse>`, of the model as used, clipped at 0) exceeds
-    both :data:`FIT_ERROR` and :data:`FIT_ERROR_SHARE` of the range (largest - smallest)
-    of the pilot's mean accuracy at each size. The scatter between repeats of a curve that
-    learns stays within the first; the second judges the error against what the curve
-    rises by (a flat curve, of small range, is :func:`_flat_pilot`'s to name). E.g.
-    ``generalisation_bound`` on digits' rise from 0.57 to 0.92: an RMSE of 0.28, its a(20)
-    0.11 against 0.57 measured. Every mechanism is solved, and every local optimum taken,
-    under that a(m)."""
-    fit, sizes, accuracies = result.fit, result.pilot_sizes, result.pilot_accuracies
-    if len(sizes) == 0:
-        return None
-    means = [accuracies[sizes == size].mean() for size in np.unique(sizes)]
-    low, high = float(min(means)), float(max(means))
-    if fit.rmse <= max(FIT_ERROR, FIT_ERROR_SHARE * (high - low)):
-        return None
-    others = " or ".join(f"accuracy.family={family!r}" for family in FAMILIES if family != fit.family)
-    return (f"the fitted a(m) misses the pilot learning curve's points: {fit.family} has an RMSE of {fit.rmse:.3f} "
-            f"against them, more than {FIT_ERROR:g} and than {FIT_ERROR_SHARE:g} of the range of their mean accuracy "
-            f"({low:.3f} to {high:.3f}; learning_curve.csv lists each point with its fitted value), so every "
-            f"mechanism was solved, and every local optimum taken, under a curve this far from what training "
-            f"measured; a new run with {others} fits another family (--resume keeps this fit)")
-
-
-def _below_pilot(result: LoopResult, population: Population) -> str | None:
-    """Agents whose endowment n_i is below the pilot's smallest size: the accuracy they
-    reach alone, a(m) for m <= n_i, is the fit extrapolated below its data, and so are
-    their local optima m_i^o and the local-only utility every mechanism is judged against
-    (a power law fitted from 20 samples up can give a(5) <= 0, hence m_i^o = 0)."""
-    sizes = result.pilot_sizes
-    if len(sizes) == 0:
-        return None
-    smallest, least = float(sizes.min()), float(population.endowment.min())
-    below = int(np.count_nonzero(population.endowment < smallest))
-    if not below:
-        return None
-    return (f"{below} of the {population.n_agents} agents hold fewer samples than the pilot learning curve's "
-            f"smallest size (accuracy.pilot_sizes starts at {smallest:g}; the least endowment is {least:g}): "
-            f"the accuracy they reach alone is the fitted a(m) extrapolated below its data "
-            f"(a({least:g}) = {float(result.fit.alone(least)):.3f}), and so are their local optima and the "
-            f"local-only utility each mechanism is judged against; add pilot sizes down to {least:g} to measure it")
+    return flat_pilot(result, known[1] if known else None,
+                      f"training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
+                      f"model.name={config['model']['name']!r}")
 
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,

@@ -33,11 +33,18 @@ included), and ``run(resume=...)`` continues from it where it stopped.
 The loop stops when every mechanism's contributions move by less than ``tolerance``
 (relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
 ``max_iterations``.
+
+What makes a run's numbers suspect (:func:`unsettled`, :func:`flat_pilot`,
+:func:`poor_fit`, :func:`below_pilot`) the loop warns of as a :class:`SuspectRunWarning`
+where it becomes known: the pilot's once it is fitted (or resumed), an unsettled loop as it
+stops; the command line's report words the same checks in its config's keys
+(``analysis.report.run_warnings``).
 """
 
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -229,6 +236,122 @@ def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
     return float(np.abs(new - old).sum() / max(1.0, np.abs(old).sum()))
 
 
+class SuspectRunWarning(UserWarning):
+    """A loop's numbers are suspect (:func:`unsettled`, :func:`flat_pilot`, :func:`poor_fit`,
+    :func:`below_pilot`): ``ClosedLoop.run`` warns of each where it becomes known."""
+
+
+def unsettled(result: LoopResult, max_iterations: int, tolerance: float) -> str | None:
+    """A loop stopped at its iteration limit ``max_iterations`` reports contributions that
+    were still moving (their relative change above ``tolerance``), or, after a single
+    iteration, contributions whose settling nothing has measured."""
+    if not result.n_iterations or result.converged:
+        return None
+    go_on = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
+             "with the same one, for analysis.seeds.aggregate_runs to compare them)")
+    if result.n_iterations == 1:
+        return (f"the loop ran a single iteration (loop.max_iterations={max_iterations!r}), which cannot show "
+                f"whether the contributions settle (loop.tolerance={tolerance!r} bounds their change from "
+                f"one iteration to the next): the numbers are those of that iteration; {go_on}")
+    return (f"the loop stopped at loop.max_iterations={max_iterations!r} before the contributions "
+            f"settled (loop.tolerance={tolerance!r}): the numbers are those of its last iteration; {go_on}")
+
+
+#: the least rise, in accuracy (a fraction), that a pilot learning curve must show from its
+#: smallest size to its largest, measured and fitted, and by which it must beat chance at its largest
+LEAST_RISE = 0.02
+
+
+def flat_pilot(result: LoopResult, n_classes: int | None, settings: str) -> str | None:
+    """A pilot curve that does not learn: its rise from the smallest size to the largest
+    does not exceed :data:`LEAST_RISE`, measured (mean accuracy at each size; also no more
+    than twice the spread between repeats, the largest standard deviation of the repeats
+    at one size) or fitted (a(largest) - a(smallest)), or its mean accuracy at the largest
+    size is within :data:`LEAST_RISE` of chance, 1 / ``n_classes`` (None: not known, no
+    check against chance). Training did not learn from more data at these ``settings``
+    (named in the warning, e.g. "training.lr=0.05, ..."), and the a(m) fitted to it (flat
+    for the power law, the bound's own shape for ``generalisation_bound``) says nothing
+    about the value of the data."""
+    sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
+    if len(sizes) == 0 or sizes.min() == sizes.max():
+        return None
+    small, large = sizes.min(), sizes.max()
+    at_small, at_large = accuracies[sizes == small].mean(), accuracies[sizes == large].mean()
+    spread = max(float(accuracies[sizes == size].std()) for size in np.unique(sizes))
+    fit_small, fit_large = float(result.fit(small)), float(result.fit(large))
+    chance = 1.0 / n_classes if n_classes else 0.0
+    if (at_large - at_small > max(LEAST_RISE, 2 * spread) and fit_large - fit_small > LEAST_RISE
+            and at_large > chance + LEAST_RISE):
+        return None
+    return (f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
+            f"{at_large:.3f} at {large:.0f}, a standard deviation between repeats of up to {spread:.3f}; fitted "
+            f"{fit_small:.3f} to {fit_large:.3f}{f'; chance {chance:.3g}' if n_classes else ''}; a curve that learns "
+            f"rises by more than {LEAST_RISE:g}, measured (and by twice that deviation) and fitted, to more than "
+            f"{LEAST_RISE:g} above chance): training does not learn at these settings ({settings}), so the a(m) "
+            "fitted to it, and every mechanism solved under it, say nothing about the value of this data")
+
+
+#: the RMSE, in accuracy (a fraction), up to which a fitted a(m) passes as fitting its pilot
+#: points whatever their range: the scatter between repeats of a curve that learns (the quick
+#: start's power law on digits, two repeats a size: 0.031, a standard deviation between
+#: repeats of up to 0.055 at one size)
+FIT_ERROR = 0.05
+#: the share of the range of the pilot's mean accuracies up to which the RMSE of a fit passes
+FIT_ERROR_SHARE = 0.25
+
+
+def poor_fit(result: LoopResult) -> str | None:
+    """A fitted a(m) that misses the pilot's points: its RMSE (:attr:`EmpiricalModel.rmse
+    <incentives.accuracy.EmpiricalModel.rmse>`, of the model as used, clipped at 0) exceeds
+    both :data:`FIT_ERROR` and :data:`FIT_ERROR_SHARE` of the range (largest - smallest)
+    of the pilot's mean accuracy at each size. The scatter between repeats of a curve that
+    learns stays within the first; the second judges the error against what the curve
+    rises by (a flat curve, of small range, is :func:`flat_pilot`'s to name). E.g.
+    ``generalisation_bound`` on digits' rise from 0.57 to 0.92: an RMSE of 0.28, its a(20)
+    0.11 against 0.57 measured. Every mechanism is solved, and every local optimum taken,
+    under that a(m)."""
+    fit, sizes, accuracies = result.fit, result.pilot_sizes, result.pilot_accuracies
+    if len(sizes) == 0:
+        return None
+    means = [accuracies[sizes == size].mean() for size in np.unique(sizes)]
+    low, high = float(min(means)), float(max(means))
+    if fit.rmse <= max(FIT_ERROR, FIT_ERROR_SHARE * (high - low)):
+        return None
+    others = " or ".join(f"accuracy.family={family!r}" for family in FAMILIES if family != fit.family)
+    return (f"the fitted a(m) misses the pilot learning curve's points: {fit.family} has an RMSE of {fit.rmse:.3f} "
+            f"against them, more than {FIT_ERROR:g} and than {FIT_ERROR_SHARE:g} of the range of their mean accuracy "
+            f"({low:.3f} to {high:.3f}; learning_curve.csv lists each point with its fitted value), so every "
+            f"mechanism was solved, and every local optimum taken, under a curve this far from what training "
+            f"measured; a new run with {others} fits another family (--resume keeps this fit)")
+
+
+def below_pilot(result: LoopResult, population: Population) -> str | None:
+    """Agents whose endowment n_i is below the pilot's smallest size: the accuracy they
+    reach alone, a(m) for m <= n_i, is the fit extrapolated below its data, and so are
+    their local optima m_i^o and the local-only utility every mechanism is judged against
+    (a power law fitted from 20 samples up can give a(5) <= 0, hence m_i^o = 0)."""
+    sizes = result.pilot_sizes
+    if len(sizes) == 0:
+        return None
+    smallest, least = float(sizes.min()), float(population.endowment.min())
+    below = int(np.count_nonzero(population.endowment < smallest))
+    if not below:
+        return None
+    return (f"{below} of the {population.n_agents} agents hold fewer samples than the pilot learning curve's "
+            f"smallest size (accuracy.pilot_sizes starts at {smallest:g}; the least endowment is {least:g}): "
+            f"the accuracy they reach alone is the fitted a(m) extrapolated below its data "
+            f"(a({least:g}) = {float(result.fit.alone(least)):.3f}), and so are their local optima and the "
+            f"local-only utility each mechanism is judged against; add pilot sizes down to {least:g} to measure it")
+
+
+def _warn_suspect(*found: str | None) -> None:
+    """Warn of each of ``found`` (:func:`unsettled` ...; None: nothing suspect) as a
+    :class:`SuspectRunWarning`, at the caller of ``ClosedLoop.run``."""
+    for message in found:
+        if message:
+            warnings.warn(message, SuspectRunWarning, stacklevel=3)
+
+
 class ClosedLoop:
     """Solve mechanisms under a fitted a(m), train, measure, calibrate; repeat until settled.
 
@@ -346,6 +469,18 @@ class ClosedLoop:
             raise ValueError(f"pilot_sizes={self.pilot_sizes!r}: allowed is whole numbers in [1, {pool}], the "
                              "oracle's pool size (the most samples a pilot run can draw)")
 
+    def _n_classes(self) -> int | None:
+        """The number of classes of the oracle's data where it tells it (fl's TrainingOracle:
+        its ``train_set.num_classes``), for :func:`flat_pilot`'s chance; else None."""
+        return getattr(getattr(self.oracle, "train_set", None), "num_classes", None)
+
+    def _training_settings(self) -> str:
+        """The oracle's training settings :func:`flat_pilot` names: its lr and batch_size
+        where it tells them (fl's TrainingOracle, in its ``strategy``), else "the oracle's"."""
+        strategy = getattr(self.oracle, "strategy", self.oracle)
+        told = [f"{key}={getattr(strategy, key)!r}" for key in ("lr", "batch_size") if hasattr(strategy, key)]
+        return ", ".join(told) or "the oracle's"
+
     def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel, population: Population,
                 designed: Population, reservation: np.ndarray) -> IterationRecord:
         """Solve one mechanism for the agents ``designed`` (:meth:`agents_under` with linear
@@ -390,7 +525,10 @@ class ClosedLoop:
         itself is left as it was), ``on_measured`` is called with the result once the pilot
         is fitted and after each mechanism's training (e.g. to write a checkpoint), so that
         an interrupted run loses no finished training; ValueError naming phi where
-        ``resume``'s records were measured under another phi than this loop's."""
+        ``resume``'s records were measured under another phi than this loop's. What makes
+        the numbers suspect it warns of (:class:`SuspectRunWarning`): a flat pilot, a poor
+        fit and agents below the pilot's smallest size once the pilot is fitted (or resumed),
+        an unsettled loop as it stops."""
         names = [mechanism.name for mechanism in self.mechanisms]
         if resume is None:
             self.progress("pilot learning curve")
@@ -403,6 +541,8 @@ class ClosedLoop:
             pending = [record for record in resume.pending if record.mechanism in names]
             result = replace(resume, records=self._continued(resume.records), pending=self._continued(pending))
             result.converged = result.last_change(names) < self.tolerance
+        _warn_suspect(flat_pilot(result, self._n_classes(), self._training_settings()), poor_fit(result),
+                      below_pilot(result, self.population))
         population, designed = self.agents_under(result.fit), self.agents_under(result.fit, linear=True)
         same = np.array_equal(designed.outside_option, population.outside_option)
         result.solved_for = None if same else designed.outside_option  # this loop's, not a checkpoint's
@@ -422,4 +562,5 @@ class ClosedLoop:
             result.converged = result.last_change(names) < self.tolerance
             if on_measured is not None:
                 on_measured(result)
+        _warn_suspect(unsettled(result, self.max_iterations, self.tolerance))
         return result

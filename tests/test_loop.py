@@ -8,11 +8,12 @@ import pytest
 
 from fl.data.dataset import load_digits
 from fl.oracle import TrainingOracle, TrainingResult
+from analysis import config as config_module
 from analysis.metrics import summarise
-from analysis.report import audit_final
+from analysis.report import audit_final, run_warnings
 from incentives.accuracy import EffectiveData, EmpiricalModel, local_optimum
 from incentives.equilibrium import social_optimum, verify_equilibrium
-from incentives.loop import UNKEPT, ClosedLoop, IterationRecord, LoopResult
+from incentives.loop import UNKEPT, ClosedLoop, IterationRecord, LoopResult, SuspectRunWarning
 from incentives.population import Population
 from incentives.protocols import Outcome
 from incentives.utility import local_utility
@@ -523,3 +524,27 @@ def test_auditing_a_mechanism_the_loop_did_not_run_names_the_ones_it_ran(world):
     result = run(world, [StandardFL()], max_iterations=1)
     with pytest.raises(ValueError, match=r"mechanisms \('shaping' not in the loop result\): allowed is .*'standard'$"):
         audit_final(result, [AccuracyShaping()], population)
+
+
+def test_a_run_from_python_warns_of_a_flat_pilot_and_an_unsettled_loop_once_each(world):
+    """lr=1e-5: training does not learn, the pilot stays flat; one iteration cannot show
+    settling. ClosedLoop.run warned of neither (the command line's report alone did): now
+    each once, as a SuspectRunWarning at the caller, in the report's words, with chance 1/10
+    from the oracle's digits and its lr and batch size as the settings."""
+    population, fitted = world
+    oracle = TrainingOracle(fitted.train_set, fitted.test, population.endowment.astype(int),
+                            label_distributions=population.label_distribution, rounds=1, lr=1e-5, curve_steps=20,
+                            seed=3)
+    loop = ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=[20, 100, 600], pilot_repeats=1,
+                      max_iterations=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = loop.run()
+    suspect = [w for w in caught if w.category is SuspectRunWarning]
+    assert [w.filename for w in suspect] == [__file__, __file__]
+    flat, single = (str(w.message) for w in suspect)
+    config = config_module.load(None, ["loop.max_iterations=1", "training.lr=1e-5", "training.batch_size=16"])
+    assert run_warnings(result, config, population) == [
+        single, flat.replace("(lr=1e-05, batch_size=16)", "(training.lr=1e-05, training.batch_size=16, "
+                                                          "model.name='mlp')")]
+    assert "; chance 0.1;" in flat and single.startswith("the loop ran a single iteration (loop.max_iterations=1)")

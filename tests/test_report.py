@@ -10,7 +10,7 @@ import pytest
 from analysis import config as config_module
 from analysis import report
 from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
-from incentives.loop import UNKEPT, IterationRecord, LoopResult
+from incentives.loop import UNKEPT, IterationRecord, LoopResult, flat_pilot, poor_fit
 from incentives.population import Population
 from incentives.protocols import Outcome
 from mechanisms.audit import Audit
@@ -183,6 +183,21 @@ def test_a_flat_pilot_is_described_by_its_mean_accuracy_at_each_end():
                               "chance 0.1;")
 
 
+def test_a_flat_pilot_is_checked_against_chance_only_where_the_classes_are_known():
+    """a(m) = 0.17 - 1.2 m^(-1/2) through the pilot: 0.05 at 100 samples, 0.11 at 400, a
+    rise of 0.06 measured and fitted. With 10 classes (chance 0.1) 0.11 is not more than
+    0.02 above chance: warned, naming the settings given; with 100 (chance 0.01), or with
+    the classes unknown (None: ClosedLoop's oracle does not tell them), it learns."""
+    result = loop_result(fit=pilot_fit(PowerLaw(0.17, 1.2, 0.5)))
+    assert flat_pilot(result, 10, "lr=0.1") == (
+        "the pilot learning curve does not rise (mean accuracy 0.050 at 100 samples, 0.110 at 400, a standard "
+        "deviation between repeats of up to 0.000; fitted 0.050 to 0.110; chance 0.1; a curve that learns rises by "
+        "more than 0.02, measured (and by twice that deviation) and fitted, to more than 0.02 above chance): "
+        "training does not learn at these settings (lr=0.1), so the a(m) fitted to it, and every mechanism solved "
+        "under it, say nothing about the value of this data")
+    assert flat_pilot(result, 100, "lr=0.1") is None and flat_pilot(result, None, "lr=0.1") is None
+
+
 def test_a_fit_that_misses_its_pilot_points_is_warned_of():
     """The quick start's pilot on digits (mean accuracy 0.568 at 20 samples to 0.924 at
     1000, two repeats a size) with generalisation_bound's fit of it, a_opt = 1, k = 2.05e-12
@@ -219,7 +234,7 @@ def test_the_fit_error_allowed_is_the_larger_of_005_and_a_quarter_of_the_range()
         sizes = np.repeat(PILOT_SIZES, 2)
         fit = pilot_fit(model, sizes, model(sizes) + np.tile([error, -error], 2))
         assert fit.rmse == pytest.approx(error)
-        return report._poor_fit(loop_result(fit=fit)) is not None
+        return poor_fit(loop_result(fit=fit)) is not None
 
     assert not warned(MODEL, 0.045) and warned(MODEL, 0.055)
     steep = PowerLaw(1.0, 80.0, 1.0)
