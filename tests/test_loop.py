@@ -23,6 +23,9 @@ from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
 from mechanisms.standard import StandardFL
 
+# the loops here are small by design: a loop that does not settle in 1-2 iterations is expected
+pytestmark = pytest.mark.filterwarnings("ignore::incentives.loop.SuspectRunWarning")
+
 
 @pytest.fixture(scope="module")
 def world():
