@@ -255,9 +255,14 @@ def run_warnings(result: LoopResult, config: dict, population: Population) -> li
     settings holding :data:`WARNING_KEYS` alone (ValueError naming the first missing)."""
     _check_warning_keys(config)
     loop = config["loop"]
-    found = (unsettled(result, loop["max_iterations"], loop["tolerance"]), _flat_pilot(result, config),
-             poor_fit(result), below_pilot(result, population))
+    found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON),
+             _flat_pilot(result, config), poor_fit(result), below_pilot(result, population))
     return [w for w in found if w]
+
+
+#: how to go on from a run that stopped unsettled (:func:`incentives.loop.unsettled`)
+GO_ON = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
+         "with the same one, for analysis.seeds.aggregate_runs to compare them)")
 
 
 def _check_warning_keys(config: Any) -> None:

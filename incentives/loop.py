@@ -241,20 +241,25 @@ class SuspectRunWarning(UserWarning):
     :func:`below_pilot`): ``ClosedLoop.run`` warns of each where it becomes known."""
 
 
-def unsettled(result: LoopResult, max_iterations: int, tolerance: float) -> str | None:
+#: how to go on from a loop that stopped unsettled, in Python (:func:`unsettled`)
+GO_ON = "run it again with a larger max_iterations and resume=its result to go on"
+
+
+def unsettled(result: LoopResult, max_iterations: int, tolerance: float, prefix: str = "",
+              go_on: str = GO_ON) -> str | None:
     """A loop stopped at its iteration limit ``max_iterations`` reports contributions that
     were still moving (their relative change above ``tolerance``), or, after a single
-    iteration, contributions whose settling nothing has measured."""
+    iteration, contributions whose settling nothing has measured. The settings are named
+    with ``prefix`` (the command line's "loop."), followed by ``go_on``, how to go on."""
     if not result.n_iterations or result.converged:
         return None
-    go_on = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
-             "with the same one, for analysis.seeds.aggregate_runs to compare them)")
+    iterations, settle = f"{prefix}max_iterations={max_iterations!r}", f"{prefix}tolerance={tolerance!r}"
     if result.n_iterations == 1:
-        return (f"the loop ran a single iteration (loop.max_iterations={max_iterations!r}), which cannot show "
-                f"whether the contributions settle (loop.tolerance={tolerance!r} bounds their change from "
-                f"one iteration to the next): the numbers are those of that iteration; {go_on}")
-    return (f"the loop stopped at loop.max_iterations={max_iterations!r} before the contributions "
-            f"settled (loop.tolerance={tolerance!r}): the numbers are those of its last iteration; {go_on}")
+        return (f"the loop ran a single iteration ({iterations}), which cannot show whether the contributions "
+                f"settle ({settle} bounds their change from one iteration to the next): the numbers are those of "
+                f"that iteration; {go_on}")
+    return (f"the loop stopped at {iterations} before the contributions settled ({settle}): the numbers are those "
+            f"of its last iteration; {go_on}")
 
 
 #: the least rise, in accuracy (a fraction), that a pilot learning curve must show from its

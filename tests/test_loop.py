@@ -10,6 +10,7 @@ from fl.data.dataset import load_digits
 from fl.oracle import TrainingOracle, TrainingResult
 from analysis import config as config_module
 from analysis.metrics import summarise
+from analysis import report as report_module
 from analysis.report import audit_final, run_warnings
 from incentives.accuracy import EffectiveData, EmpiricalModel, local_optimum
 from incentives.equilibrium import social_optimum, verify_equilibrium
@@ -547,7 +548,12 @@ def test_a_run_from_python_warns_of_a_flat_pilot_and_an_unsettled_loop_once_each
     assert [w.filename for w in suspect] == [__file__, __file__]
     flat, single = (str(w.message) for w in suspect)
     config = config_module.load(None, ["loop.max_iterations=1", "training.lr=1e-5", "training.batch_size=16"])
+    in_python = ("the loop ran a single iteration (max_iterations=1), which cannot show whether the contributions "
+                 "settle (tolerance=0.02 bounds their change from one iteration to the next): the numbers are those "
+                 "of that iteration; run it again with a larger max_iterations and resume=its result to go on")
+    assert single == in_python
     assert run_warnings(result, config, population) == [
-        single, flat.replace("(lr=1e-05, batch_size=16)", "(training.lr=1e-05, training.batch_size=16, "
-                                                          "model.name='mlp')")]
-    assert "; chance 0.1;" in flat and single.startswith("the loop ran a single iteration (loop.max_iterations=1)")
+        in_python.replace("(max_iterations", "(loop.max_iterations").replace("(tolerance", "(loop.tolerance").replace(
+            "run it again with a larger max_iterations and resume=its result to go on", report_module.GO_ON),
+        flat.replace("(lr=1e-05, batch_size=16)", "(training.lr=1e-05, training.batch_size=16, model.name='mlp')")]
+    assert "; chance 0.1;" in flat
