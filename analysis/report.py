@@ -241,19 +241,13 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .warning{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}"""
 
 
-#: the keys ("section.key") of the run's config that :func:`run_warnings` reads
-WARNING_KEYS = ("loop.max_iterations", "loop.tolerance", "data.dataset", "training.lr", "training.batch_size",
-                "model.name")
-
-
 def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
     stopped at its iteration limit, a pilot curve that does not rise, a fitted a(m) that
     misses the pilot's points, and agents holding fewer samples than the pilot measured
-    (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs).
-    ``config``: the command line's, or, for a ClosedLoop run from Python, one of its
-    settings holding :data:`WARNING_KEYS` alone (ValueError naming the first missing)."""
-    _check_warning_keys(config)
+    (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs), in the
+    words of the run's ``config`` (its loop, data.dataset, training.lr and .batch_size and
+    model.name are read)."""
     loop = config["loop"]
     found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON),
              _flat_pilot(result, config), poor_fit(result), below_pilot(result, population))
@@ -263,17 +257,6 @@ def run_warnings(result: LoopResult, config: dict, population: Population) -> li
 #: how to go on from a run that stopped unsettled (:func:`incentives.loop.unsettled`)
 GO_ON = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
          "with the same one, for analysis.seeds.aggregate_runs to compare them)")
-
-
-def _check_warning_keys(config: Any) -> None:
-    """ValueError naming the first of :data:`WARNING_KEYS` that ``config`` lacks."""
-    for name in WARNING_KEYS:
-        section, key = name.split(".")
-        if not isinstance(config, dict) or not isinstance(config.get(section), dict) or key not in config[section]:
-            raise ValueError(
-                f"config (without {name}): allowed is the run's config, with {', '.join(WARNING_KEYS)}: the command "
-                "line's, or a ClosedLoop's settings, e.g. {'loop': {'max_iterations': 3, 'tolerance': 0.02}, "
-                "'data': {'dataset': 'digits'}, 'training': {'lr': 0.1, 'batch_size': 32}, 'model': {'name': 'mlp'}}")
 
 
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:

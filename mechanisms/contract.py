@@ -533,7 +533,7 @@ def memo_hit(memo: tuple | None, key: tuple) -> bool:
 
 class ContractError(ValueError):
     """An infeasible or unbounded menu; ``family`` and ``types`` name the culprits, and
-    ``mechanism`` the :class:`ContractMechanism` (its ``name``) whose solve raised it, if one did."""
+    ``mechanism`` the :class:`ContractMechanism` (its ``name``) whose menu it is, if one's."""
 
     def __init__(self, message: str, family: str | None = None,
                  types: Sequence[int] | None = None):
@@ -1957,6 +1957,16 @@ class ContractMechanism:
                self.value_weight, self.type_grid, self.respect_endowment, self.include_local, self.solver)
         if memo_hit(self._memo, key):
             return self._memo[1]
+        try:
+            result = self._design(population, model)
+        except ContractError as error:  # named for whoever reports it (the command line)
+            error.mechanism = self.name
+            raise
+        self._memo = (key, result)
+        return result
+
+    def _design(self, population, model):
+        """:meth:`_menu`'s tuple, solved anew."""
         self._check()
         theta_i, u0_i, v_i = self._agents(population, model)
         n_i = np.asarray(population.endowment, dtype=float) * np.ones(len(theta_i))
@@ -1983,22 +1993,16 @@ class ContractMechanism:
                 warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: the "
                               f"menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples it "
                               f"attracts train a model of accuracy {cap_acc:.6g}, so its rewards may exceed the "
-                              "accuracy delivered", RuntimeWarning, stacklevel=3)
+                              "accuracy delivered", RuntimeWarning, stacklevel=4)
         else:
             menu = self._solve_menu(grid, prob, u0, cap, value, None, beta)
             chosen = self._pick(menu, type_of, theta_i, u0_i, n_i)
-        result = (menu, chosen, theta_i, u0_i, v_i, type_of, value)
-        self._memo = (key, result)
-        return result
+        return menu, chosen, theta_i, u0_i, v_i, type_of, value
 
     # -- the Mechanism protocol -----------------------------------------------------
     def solve(self, population: "Population", model: "AccuracyModel") -> Outcome:
         check_world(population, model)
-        try:
-            menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
-        except ContractError as error:
-            error.mechanism = self.name
-            raise
+        menu, chosen, theta_i, u0_i, v_i, type_of, value = self._menu(population, model)
         N = len(theta_i)
         takes = chosen >= 0
         item = np.maximum(chosen, 0)

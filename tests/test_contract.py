@@ -1114,6 +1114,9 @@ def test_the_cli_says_in_one_line_which_contract_cannot_solve_its_menu(tmp_path)
     with pytest.raises(ContractError) as raised:
         mechanism.solve(population, PowerLaw(0.95, 1.0, 0.5))
     assert raised.value.mechanism == "contract_accuracy"
+    with pytest.raises(ContractError) as again:  # every entry point that designs the menu names it
+        mechanism.breakpoints(0, population, PowerLaw(0.95, 1.0, 0.5))
+    assert again.value.mechanism == "contract_accuracy"
     folder = tmp_path / "run"
     folder.mkdir()
     error = run_experiment.unsolved_contract(raised.value, folder, None, created=True)
@@ -1186,6 +1189,7 @@ def test_an_accuracy_reward_cap_that_has_not_settled_warns(monkeypatch):
     monkeypatch.setattr(contract, "_CAP_ROUNDS", 1)
     with pytest.warns(RuntimeWarning, match=r"the reward cap of the accuracy contract did not settle in 1 solves") as w:
         stale = mechanism().solve(pop, MODEL)
+    assert w[0].filename == __file__  # at the caller of solve
     assert (f"solved under the cap a(M) = {MODEL(300.0):.6g}, but the {stale.total:.6g} samples it attracts train a "
             f"model of accuracy {MODEL(stale.total):.6g}") in str(w[0].message)
     assert np.max(stale.accuracy) > MODEL(stale.total) + 1e-3
