@@ -139,9 +139,13 @@ Compiled programs are cached per (number of types, variant) with cvxpy Parameter
 (costs, probabilities, outside utilities, caps, value scale, units) so that re-solving
 with new numbers reuses the compiled problem (each program is checked with ``is_dpp()``).
 The programs count each type's contribution in its own unit, about the size of its
-optimal item (``_units``), and rewards, where far from 1, in a unit of the value's scale
-over the reward price or of the outside utilities (``_set_params``), so that they solve as accurately at 1e-6 per sample
-(contributions of 1e7), or at a reward price of 1e-9, as at 1. Whatever the solver's
+optimal item (``_units``), rewards, where far from 1, in a unit of what a unit of
+contribution is worth over the reward price or of the outside utilities, and a small
+objective in what such a reward unit costs (``_set_params``), so that they solve as
+accurately at 1e-6 per sample (contributions of 1e7), at a reward price of 1e-9, or for
+items of 1e-4 samples worth 1e-9, as at 1. A capacity far beyond the menu is lowered,
+for the solver, to a bound that an optimal menu provably stays under
+(``_provable_capacity``). Whatever the solver's
 status, the solved menu is checked against its constraints (IC, IR, capacity, reward cap
 and floor, ``_residual``): an "optimal" that violates them counts as inaccurate and the
 next attempt is tried, and a menu left violating them warns; so does a menu that earns
@@ -735,8 +739,8 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     drop = drop or {}
     y = cp.Variable(K, name="y")                # y_k = (q_k / s_k)**beta, s_k the unit (_units)
     x = y if beta == 1.0 else cp.power(y, 1.0 / beta)  # q_k / s_k
-    W = cp.Parameter(K, nonneg=True, name="W")  # p_k * value.scale * value.unit_factor(s_k)
-    # rewards in units of r (_set_params): R_k / r, u0_k / r, the reward cap / r
+    W = cp.Parameter(K, nonneg=True, name="W")  # p_k * value.scale * value.unit_factor(s_k) / d
+    # rewards in units of r and the objective in units of d (_set_params): R_k / r, u0_k / r, the reward cap / r
     theta = cp.Parameter(K, nonneg=True, name="theta")  # theta_k s_k**beta / r
     u0 = cp.Parameter(K, name="u0")
     inverse_unit = cp.Parameter(K, nonneg=True, name="inverse_unit")  # 1 / s_k
@@ -767,11 +771,11 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
     constraints.append(t <= value.base_expr(x, inverse_unit))
     gain = cp.sum(cp.multiply(W, t))
     if variant == "complete" and not floor:
-        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta / d
         objective = gain - params["G"] @ y
         reward = cp.multiply(theta, y) + u0                          # binding IR
     elif variant == "virtual":
-        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k phi_k s_k**beta
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k phi_k s_k**beta / d
         params["step"] = cp.Parameter(K, nonneg=True, name="step") # (theta_k - theta_{k-1}) s_k**beta / r
         params["per_unit"] = cp.Parameter(K, nonneg=True, name="per_unit")  # s_k**beta
         objective = gain - params["G"] @ y
@@ -782,7 +786,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
         reward = cp.multiply(theta, y) + u0 + cp.sum(paid) - cp.cumsum(paid)   # eq. (3)
     elif variant in ("all_pairs", "complete"):  # complete with the floor: R_k = max(theta_k y_k + u0_k, 0)
         R = cp.Variable(K, name="R")
-        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r / d
         objective = gain - params["P"] @ R
         own = R - cp.multiply(theta, y)                              # U_k = R_k - theta_k y_k
         add("IR", own - u0, types)
@@ -802,8 +806,8 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
                 families.setdefault("IC", []).append(c)
         reward = R
     else:  # "adjacent": the rents U_k are chained by adjacent steps (docstring of _adjacent_ic)
-        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r
-        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta
+        params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r / d
+        params["G"] = cp.Parameter(K, nonneg=True, name="G")       # kappa p_k theta_k s_k**beta / d
         U = cp.Variable(K, name="U")
         reward = U + cp.multiply(theta, y)
         objective = gain - params["P"] @ U - params["G"] @ y      # sum_k kappa p_k R_k, DPP
@@ -1002,7 +1006,7 @@ def solve_screening(
             variant = "all_pairs"
         else:
             variant = "virtual" if common and not floor else "adjacent"
-        y, Rs, status, how, compiled = _solve_program(
+        y, Rs, status, how, compiled, reward_unit = _solve_program(
             len(th), variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order[first])
     y, Rs = y[group], Rs[group]
     seconds = time.perf_counter() - start
@@ -1027,7 +1031,7 @@ def solve_screening(
         _warn_losing(menu)
     if form != "closed_form":  # whatever the status; types observed under complete information: no IC to keep
         worst = _residual(theta_all, contribution ** beta, reward_arr, u0_all, None if cap is None else cap ** beta,
-                          reward_cap, floor, information == "incomplete")
+                          reward_cap, floor, information == "incomplete", reward_unit)
         if worst > _RESIDUAL or status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
             warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
                           f"its {'IC, ' if information == 'incomplete' else ''}IR, capacity and reward cap or "
@@ -1043,7 +1047,8 @@ def solve_screening(
         with np.errstate(divide="ignore"):
             earned = value.offset + float(np.sum(p * (value.scale * value.base(contribution) - kappa * reward_arr)))
             pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * float(p @ R0)
-        if earned < pooled - _RESIDUAL * max(1.0, abs(pooled), kappa * float(np.max(np.abs(reward_arr)))):
+        scale = max(_objective_unit(kappa * reward_unit), abs(pooled), kappa * float(np.max(np.abs(reward_arr))))
+        if earned < pooled - _RESIDUAL * scale:
             pays = "each type its outside utility" if information == "complete" else f"every type {float(R0[0]):.6g}"
             warnings.warn(f"the {variant} screening program was solved wrongly (solver status {status!r}): its menu "
                           f"earns the server {earned:.6g}, less than the {pooled:.6g} of the feasible menu that "
@@ -1146,9 +1151,10 @@ def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information):
     return y, _rents(th, y, u0[0]), "optimal", "closed_form"
 
 
-def _units(variant, th, pp, kappa, value, beta, capy) -> np.ndarray:
+def _units(variant, th, pp, kappa, value, beta, capy) -> tuple[np.ndarray, np.ndarray]:
     """The programs' units of contribution s_k (samples, shape (K,)), so that the
-    solver's y_k = (q_k / s_k)**beta is of order one whatever the costs. Counted in
+    solver's y_k = (q_k / s_k)**beta is of order one whatever the costs, and which types
+    are asked for a positive item (bool, (K,)). Counted in
     samples, costs of 1e-6 per sample (contributions of 1e7) made the programs stop
     "optimal" 30% away from the closed form.
 
@@ -1184,47 +1190,114 @@ def _units(variant, th, pp, kappa, value, beta, capy) -> np.ndarray:
         q = np.full(len(th), np.max(q[positive]) if positive.any() else np.max(mean))
     else:
         q = np.where(positive, q, mean)
-    return np.exp2(np.round(np.log2(q)))
+    return np.exp2(np.round(np.log2(q))), positive
+
+
+def _provable_capacity(th, pp, u0, kappa, value, beta, capy, reward_cap, floor) -> np.ndarray:
+    """Capacities (K,), in y = q**beta, that no optimal menu reaches: min(capy_k, 2 b_k),
+    b_k the bound below, where the capacity cannot bind (th, pp, u0, capy: the program's
+    types, sorted; value: the V the program maximises).
+
+    With g_k(y) = V(y**(1/beta)) - kappa theta_k y and G_k its largest value on [0, capy_k]
+    (the first best), IR gives profit <= sum_j p_j (g_j(y_j) - kappa u0_j), and an optimal
+    menu earns at least L, the profit of a feasible one: every type pooled at (q, R), R =
+    max_k u0_k + theta_k q**beta (and >= 0 under the floor, within the reward cap), for q = 0
+    and for the first best of the costliest type. So g_k(y_k) >= G_k - slack / p_k, slack =
+    sum_j p_j (G_j - kappa u0_j) - L, and g_k being concave, y_k <= b_k, the largest y with
+    g_k(y) at that level (bisection). A capacity far beyond the menu, as a constraint of the
+    program (2085 samples against items of 0.03, y up to 4e9 in the program's units), made
+    Clarabel stop "optimal_inaccurate" with the empty menu (profit 0 for 60.6) or a menu
+    beyond the capacity; the bound puts the constraint where the menu is. Where L is not finite
+    (no pooled menu is feasible or V(0) = -inf at its only candidate) the capacities stay."""
+    V = value.concave
+    priced = th > 0
+
+    def gain(y, theta):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return V(np.maximum(y, 0.0) ** (1.0 / beta)) - kappa * theta * y
+
+    best = capy.astype(float).copy()
+    if priced.any():
+        best[priced] = np.minimum(V.argmax(kappa * th[priced], beta) ** beta, capy[priced])
+    G = gain(best, th)
+    pooled = [0.0, float(V.argmax(kappa * np.max(th), beta)[0]) if np.max(th) > 0 else 0.0]
+    L = -np.inf
+    for q in np.minimum(pooled, float(np.min(capy)) ** (1.0 / beta)):
+        R = float(np.max(u0 + th * q**beta))
+        R = max(R, 0.0) if floor else R
+        if reward_cap is None or R <= reward_cap:
+            with np.errstate(divide="ignore"):
+                L = max(L, float(V(np.array([q]))[0]) - kappa * R)
+    if not (np.isfinite(L) and np.all(np.isfinite(G))):
+        return capy
+    level = G - max(0.0, float(pp @ (G - kappa * u0)) - L) / pp
+    tight = priced & (gain(capy, th) < level)
+    lo, hi = best.copy(), capy.astype(float).copy()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = gain(mid, th) >= level
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return np.where(tight, np.minimum(capy, 2.0 * hi), capy)
+
+
+def _objective_unit(utility: float) -> float:
+    """d, the unit of the programs' objective (:func:`_set_params`): the power of two nearest
+    ``utility`` (kappa r, what one reward unit costs the server) where that is below
+    2**-_REWARD_UNIT_RANGE, else 1."""
+    return float(np.exp2(np.round(np.log2(utility)))) if np.log2(utility) < -_REWARD_UNIT_RANGE else 1.0
 
 
 def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> tuple[np.ndarray, float]:
-    """Set the program's parameters, contributions in the units s_k of :func:`_units` and
-    rewards in the unit r = max(value.scale / kappa, max_k |u0_k|), where that is beyond
-    2**±_REWARD_UNIT_RANGE, else r = 1. At r the rewards' cost in the objective, kappa p_k
-    R_k, weighs like the value, p_k scale base(q_k) (at reward_price=1e-9 rewards of 1e10
+    """Set the program's parameters, contributions in the units s_k of :func:`_units`,
+    rewards in the unit r and the objective in units of d. r = max(max_k s_k V'(s_k) / kappa,
+    max_k |u0_k|), k over the types asked for data (none: value.scale in place of the max),
+    where that is beyond 2**±_REWARD_UNIT_RANGE, else r = 1: s_k V'(s_k) is
+    what a unit of contribution is worth to the server, the size of the rewards that pay for
+    it (V'(q) q = beta theta q**beta at a first best), so that the rewards' cost in the
+    objective, kappa p_k R_k, weighs like the value (at reward_price=1e-9 rewards of 1e10
     counted in reward units made the all-pairs program stop "optimal" 32% off the closed
     form), and no outside utility is far beyond it (with u0 of 10 in units of 2**-17 the
     menus stopped "optimal" 30-90% off). r is at most a positive reward cap (accuracy
     rewards, below 1, in units of a value of scale 1000 stopped 1% short of IR) and rounded
-    to a power of two. Units of 1 within the range keep ordinary programs as they were
-    (rewards in units of 8, for V = 10 ln(1 + q), left Clarabel "optimal_inaccurate" on 1000
-    types where units of 1 solve: ``benchmarks/bench_mechanisms.py``). Returns (s**beta (K,),
-    the factors from the solver's y to q**beta, and r)."""
+    to a power of two. d = kappa r, the utility of one reward unit, where that is below
+    2**-_REWARD_UNIT_RANGE, else 1, so that the objective is of order one however small the
+    value (contributions of 1e-9 samples worth 1e-15 made the solver stop at its absolute gap
+    with the empty menu). Only a small objective is scaled: brought down to one from 2e3, the
+    reduced form of 6 types stopped "optimal_inaccurate" 16% short of the closed form's
+    profit, where at 2e3 it solves. Units of 1 within the range keep ordinary
+    programs as they were (rewards in units of 8, for V = 10 ln(1 + q), left Clarabel
+    "optimal_inaccurate" on 1000 types where units of 1 solve: ``benchmarks/bench_mechanisms.py``).
+    The worth of a unit replaced value.scale / kappa, which for contributions below one sample
+    (ln(1 + q) ~ q) overstates rewards by 1/s. Returns (s**beta (K,), the factors from the
+    solver's y to q**beta, and r)."""
     P = prog.params
-    unit = _units(prog.variant, th, pp, kappa, value, beta, capy)
+    unit, asked = _units(prog.variant, th, pp, kappa, value, beta, capy)
     per_unit = unit ** beta
-    r = max(value.scale / kappa if value.scale > 0 else 1.0, float(np.max(np.abs(u0))))  # rewards are >= u0
+    # utility of a unit of contribution, among the types asked for data (else the value's scale)
+    worth = float(np.max(unit[asked] * value.concave.derivative(unit[asked]))) if asked.any() else value.scale
+    r = max(worth / kappa if worth > 0 else 1.0, float(np.max(np.abs(u0))))  # rewards are >= u0
     if abs(np.log2(r)) <= _REWARD_UNIT_RANGE:
         r = 1.0
     elif reward_cap is not None and reward_cap > 0:
         r = min(r, float(reward_cap))
     r = float(np.exp2(np.round(np.log2(r))))
+    d = _objective_unit(kappa * r)
     P["inverse_unit"].value = 1.0 / unit
-    P["W"].value = pp * value.scale * value.unit_factor(unit)
+    P["W"].value = pp * value.scale * value.unit_factor(unit) / d
     P["theta"].value = th * per_unit / r
     P["u0"].value = u0 / r
     if prog.variant == "virtual":
-        P["G"].value = kappa * pp * virtual_costs(th, pp) * per_unit
+        P["G"].value = kappa * pp * virtual_costs(th, pp) * per_unit / d
         P["step"].value = np.concatenate(([0.0], np.diff(th))) * per_unit / r
         P["per_unit"].value = per_unit
     elif "G" in P:  # "adjacent", and "complete" without the floor
-        P["G"].value = kappa * pp * th * per_unit
+        P["G"].value = kappa * pp * th * per_unit / d
     if "P" in P:
-        P["P"].value = kappa * pp * r
+        P["P"].value = kappa * pp * r / d
     if "ordered" in P:
         P["ordered"].value = (np.diff(th) > 0).astype(float)
     if "capy" in P:
-        P["capy"].value = capy / per_unit
+        P["capy"].value = _provable_capacity(th, pp, u0, kappa, value, beta, capy, reward_cap, prog.floor) / per_unit
     if "rcap" in P:
         P["rcap"].value = float(reward_cap) / r
     return per_unit, r
@@ -1317,18 +1390,21 @@ def _run(problem: cp.Problem, solver: str, residual=None) -> str:
 
 def _solve_program(K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
                    order):
-    """(y, R, status, how, compiled): the program of ``variant`` (cached and re-solved
+    """(y, R, status, how, compiled, r): the program of ``variant`` (cached and re-solved
     with new numbers), or program (2) by :func:`_generate_pairs` beyond
     ``_ALL_PAIRS_AT_ONCE`` types and wherever the whole all-pairs program ends other than
-    "optimal"; ``how`` says which for "all_pairs" (None for the other variants)."""
+    "optimal"; ``how`` says which for "all_pairs" (None for the other variants); r the
+    reward unit it counted in (:func:`_set_params`)."""
     numbers = (th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
     if variant == "all_pairs" and K > _ALL_PAIRS_AT_ONCE:
-        return (*_generate_pairs(K, floor, *numbers), False)
+        y, R, status, how, r = _generate_pairs(K, floor, *numbers)
+        return y, R, status, how, False, r
     prog, compiled = _cached_program(K, variant, floor, value, beta, capy, reward_cap)
-    y, R, status = _solve_once(prog, K, *numbers)
+    y, R, status, r = _solve_once(prog, K, *numbers)
     if variant == "all_pairs" and status != cp.OPTIMAL:
-        return (*_generate_pairs(K, floor, *numbers), compiled)
-    return y, R, status, "one program" if variant == "all_pairs" else None, compiled
+        y, R, status, how, r = _generate_pairs(K, floor, *numbers)
+        return y, R, status, how, compiled, r
+    return y, R, status, "one program" if variant == "all_pairs" else None, compiled, r
 
 
 def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_Program, bool]:
@@ -1346,7 +1422,8 @@ def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_
 
 
 def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
-    """Set ``prog``'s parameters and solve it: (y (cost units, K), R (K), status);
+    """Set ``prog``'s parameters and solve it: (y (cost units, K), R (K), status, r the
+    reward unit, :func:`_set_params`);
     ContractError (:func:`_diagnose`) for an infeasible or unbounded menu. A solver that
     calls the program unbounded is checked in a box far beyond the menu's units (``_BIG``):
     an optimum there that reaches no side of the box is the optimum of the program
@@ -1357,7 +1434,7 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
         if prog.y.value is None:
             return np.inf
         return _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, prog.floor,
-                         _every_ic(prog.variant, th))
+                         _every_ic(prog.variant, th), r)
 
     status = _run(prog.problem, solver, residual)
     if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
@@ -1373,7 +1450,7 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
                   cp.UNBOUNDED_INACCURATE) or prog.y.value is None:
         raise _diagnose(status, K, prog.variant, prog.floor, th, pp, u0, kappa, value, beta, capy,
                         reward_cap, solver, order)
-    return (*_solution(prog, th, u0, per_unit, r), status)
+    return (*_solution(prog, th, u0, per_unit, r), status, r)
 
 
 def _every_ic(variant: str, th: np.ndarray) -> bool:
@@ -1418,14 +1495,16 @@ def _at_box(prog: _Program) -> list[int]:
 _RESIDUAL = 1e-6
 
 
-def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool) -> float:
+def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool, r: float) -> float:
     """The largest violation of a menu's constraints, relative to its scale: IC (where
     ``ic``: the best gain of a type from another's item), IR (U_k below u0_k), the reward cap
     (R_k above it) and, with ``floor``, the floor (R_k below 0), all in reward units over
-    max(1, largest |R_k|); the capacity (y_k above capy_k, y = q**beta) over max(1, largest
-    capy_k). th, y, R, u0, capy: (K,) in one order of the types; capy, reward_cap: None
-    where absent. O(K**2) for IC."""
-    scale = max(1.0, float(np.max(np.abs(R))))
+    max(r, largest |R_k|), r the unit the program counted rewards in (1 for ordinary menus,
+    :func:`_set_params`; against 1, menus paying 1e-9 violated IC and IR by their whole size
+    unseen); the capacity (y_k above capy_k, y = q**beta) over max(1, largest capy_k). th, y,
+    R, u0, capy: (K,) in one order of the types; capy, reward_cap: None where absent.
+    O(K**2) for IC."""
+    scale = max(r, float(np.max(np.abs(R))))
     own = R - th * y
     worst = [float(np.max(u0 - own))]
     if ic and len(th) > 1:
@@ -1441,7 +1520,7 @@ def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool) -> float:
 
 
 def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
-    """Program (2) by constraint generation: (y, R, status, how). Solve the "adjacent"
+    """Program (2) by constraint generation: (y, R, status, how, r). Solve the "adjacent"
     program (every IR, adjacent IC both ways), check all K(K-1) IC_kj on its solution,
     add the violated pairs to the program and re-solve, until none is violated by more
     than ``_PAIR_TOLERANCE`` of the largest reward; "optimal_inaccurate" if some still
@@ -1458,21 +1537,21 @@ def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, 
             prog = _build(K, "adjacent", value, beta, capy is not None, reward_cap is not None, floor, pairs=pairs)
         else:
             prog = _cached_program(K, "adjacent", floor, value, beta, capy, reward_cap)[0]
-        y, R, status = _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
-        violated = _violated_pairs(th, y, R)
+        y, R, status, r = _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
+        violated = _violated_pairs(th, y, R, r)
         if len(violated) == 0:
-            return y, R, status, f"constraint generation: {rounds} round(s), {len(pairs)} non-adjacent IC added"
+            return y, R, status, f"constraint generation: {rounds} round(s), {len(pairs)} non-adjacent IC added", r
         pairs = np.unique(np.concatenate([pairs, violated]), axis=0)
-    return y, R, cp.OPTIMAL_INACCURATE, f"constraint generation: {len(violated)} IC violated after {rounds} rounds"
+    return y, R, cp.OPTIMAL_INACCURATE, f"constraint generation: {len(violated)} IC violated after {rounds} rounds", r
 
 
-def _violated_pairs(th: np.ndarray, y: np.ndarray, R: np.ndarray) -> np.ndarray:
+def _violated_pairs(th: np.ndarray, y: np.ndarray, R: np.ndarray, r: float) -> np.ndarray:
     """(P, 2) rows (k, j), k != j, of the IC_kj of program (2) that the menu (y: costs
-    in units of theta, R: rewards) violates by more than ``_PAIR_TOLERANCE`` of its
-    largest reward: type k would gain more than that by taking item j."""
+    in units of theta, R: rewards, r: their unit) violates by more than ``_PAIR_TOLERANCE``
+    of its largest reward (at least r): type k would gain more than that by taking item j."""
     u = _payoffs(th, y, R)
     gain = u - np.diag(u)[:, None]  # u_k(j) - U_k
-    return np.argwhere(gain > _PAIR_TOLERANCE * max(1.0, float(np.max(np.abs(R)))))
+    return np.argwhere(gain > _PAIR_TOLERANCE * max(r, float(np.max(np.abs(R)))))
 
 
 def _payoffs(theta: np.ndarray, y: np.ndarray, R: np.ndarray) -> np.ndarray:
@@ -1488,8 +1567,8 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
     V(q_k) - kappa theta_k q_k**beta - kappa u0_k (IR: R_k >= u0_k + theta_k q_k**beta,
     kappa > 0) falls without bound in q_k for a concave V that flattens out (or q_k is
     capped), so the profit is bounded above and the solver failed numerically (CLARABEL
-    called a menu of costs 5e3 to 1.2e4 reward units per sample**3, V = 1e-3 ln(1 + q) and a
-    capacity of 120 unbounded, its point off by up to 0.96 of the largest reward)."""
+    calls a menu of costs 1.8e6 and 2.6e6 reward units per sample**2, V = 1.4e-4 ln(1 + q)
+    and a capacity of 6.8e-5, items of 4e-11 samples, unbounded)."""
     def solve_with(drop=None, box=False):
         prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor,
                       drop=drop)
@@ -1551,7 +1630,7 @@ def _numerical_failure(status, boxed, prog, per_unit, r, variant, th, u0, capy, 
     else:
         hit = _at_box(prog)
         worst = _residual(th, *_solution(prog, th, u0, per_unit, r), u0, capy, reward_cap, floor,
-                          _every_ic(variant, th))
+                          _every_ic(variant, th), r)
         found = (f"the items of types {order[hit].tolist()} running to its sides" if hit
                  else "no contribution or reward running away")
         found += (f", its constraints violated by up to {worst:.2g} (relative to the largest reward or capacity)"

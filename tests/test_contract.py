@@ -238,8 +238,15 @@ def test_violated_pairs_are_the_items_a_type_prefers_to_its_own():
     # theta = (1, 2, 3), y = (3, 2, 1), R = (3, 4, 5): U = (0, 0, 2). Type 0 gets 4 - 2 = 2
     # from item 1 and 5 - 1 = 4 from item 2; type 1 gets 5 - 2 = 3 from item 2; type 2
     # gets 3 - 9 and 4 - 6 from the others, below its own 2.
-    pairs = contract._violated_pairs(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), np.array([3.0, 4.0, 5.0]))
+    pairs = contract._violated_pairs(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), np.array([3.0, 4.0, 5.0]),
+                                     1.0)
     assert pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
+    # the tolerance is relative to the largest reward, at least the reward unit r: a menu paying
+    # 1e-12 whose type 0 gains 1e-13 from item 1 violates IC by a tenth of its rewards, which
+    # against a unit of 1 (the old floor) passed as 1e-13
+    tiny = contract._violated_pairs(np.array([1.0, 2.0]), np.array([0.0, 0.0]), np.array([0.9e-12, 1e-12]), 2.0**-40)
+    assert tiny.tolist() == [[0, 1]]
+    assert contract._violated_pairs(np.array([1.0, 2.0]), np.zeros(2), np.array([0.9e-12, 1e-12]), 1.0).size == 0
 
 
 # ----------------------------------------------------------------- value functions, rewards
@@ -616,21 +623,147 @@ def test_a_solver_that_calls_a_bounded_menu_unbounded_is_checked_in_a_box(monkey
 
 
 def test_a_bounded_menu_the_solver_fails_on_is_not_called_unbounded():
-    """Costs of 4914 to 12397 reward units per sample**3 (costs near 1 over an accuracy value of
-    1e-4), V = 1e-3 ln(1 + q), reward_price=0.1, capacity 120 and reward cap 0.907 (a CLI run of
-    contract_accuracy): Clarabel called the program unbounded and stopped at the box's sides, and
-    the error said "unbounded menu ... bound them with capacity or reward_cap", both being set.
-    Every cost is positive and every contribution capped: the profit is bounded, and the error
-    says the solver failed, how far its point is off and what to try."""
-    theta = [4913.6073105888945, 6832.889729900203, 7144.52884183676, 7863.877413571435, 12396.83609690775]
-    with pytest.raises(ContractError, match=r"^the solver CLARABEL failed numerically on the virtual screening "
-                       r"program: it reported 'unbounded', and within a box of 1e\+07 units it reported "
-                       r"'optimal_inaccurate' with the items of types \[0, 1, 2, 3, 4\] running to its sides, its "
-                       r"constraints violated by up to .*; the menu is bounded \(a capacity bounds every "
-                       r"contribution\), so rescale the costs .* or try form='all_pairs' or another solver$") as err:
-        solve_screening(theta, np.full(5, 0.2), LogValue(0.001), reward="accuracy", accuracy_value=1.0,
-                        reward_price=0.1, reward_cap=0.9068403934205197, capacity=np.full(5, 120.0), cost_exponent=3)
+    """Contributions of 4e-11 samples worth 1e-15 (costs 1.8e6 and 2.6e6 per sample**2,
+    V = 1.4e-4 ln(1 + q), a capacity of 6.8e-5): Clarabel calls the all-pairs program
+    unbounded, in the box too. Every cost is positive and every contribution capped, so the
+    profit is bounded: the error says the solver failed, with what it found and what to try,
+    not "unbounded menu ... bound them with capacity", a capacity being set."""
+    with pytest.raises(ContractError, match=r"^the solver CLARABEL failed numerically on the all_pairs screening "
+                       r"program: it reported 'unbounded_inaccurate', and within a box of 1e\+07 units it reported "
+                       r"'unbounded_inaccurate' with no menu; the menu is bounded \(a capacity bounds every "
+                       r"contribution\), so rescale the costs .* or try form='reduced' or another solver$") as err:
+        solve_screening([1844405.9885058007, 2556118.245231367], [0.7942830510907125, 0.20571694890928743],
+                        LogValue(0.0001446118457467656), capacity=np.full(2, 6.810444321690737e-05), cost_exponent=2,
+                        form="all_pairs")
     assert err.value.family is None and err.value.types is None
+
+
+CAPACITY_FAR_BEYOND = {
+    # a CLI run of contract_accuracy: costs near 1 over an accuracy value of 1e-4, items of 8e-4 samples
+    # under a capacity of 120; Clarabel called the program unbounded and the error blamed it numerically
+    "accuracy rewards, capacity 120": (
+        [4913.6073105888945, 6832.889729900203, 7144.52884183676, 7863.877413571435, 12396.83609690775],
+        np.full(5, 0.2), LogValue(0.001),
+        dict(reward="accuracy", accuracy_value=1.0, reward_price=0.1, reward_cap=0.9068403934205197,
+             cost_exponent=3), 120.0),
+    # items of 0.03 samples under a capacity of 2085: the reduced form returned the empty menu (profit 0
+    # for 60.6) or items of 2566 samples, beyond the capacity (profit -4e11)
+    "money, capacity 2085": (
+        [142285.52209954, 156900.47183353, 164749.4135921, 191382.94574438, 203299.4003967, 237879.86308848,
+         263318.16087007],
+        np.array([0.07113677, 0.1256997, 0.07390296, 0.06531252, 0.28716764, 0.37431876, 0.00246166]) / 1.00000001,
+        LogValue(7455.475754059096), dict(cost_exponent=2), 2085.52759718),
+    # items of 8 samples under a capacity of 1.3e6: both forms returned nothing for some types, at which
+    # the power law is -inf (profit -inf, the reduced form without a warning)
+    "power law, capacity 1.3e6": (
+        [498.3405347523744, 763.0042336577292, 845.0349376769723],
+        [0.28422158056303803, 0.18845624279468196, 0.52732217664228],
+        PowerLawValue(weight=833151.9157374322, a_opt=0.9, k=6.736990655752591, alpha=0.6670408408456816),
+        dict(cost_exponent=3, reward_price=1.1371509766229717), 1257053.0217514385),
+}
+
+
+@pytest.mark.parametrize("case", list(CAPACITY_FAR_BEYOND))
+def test_a_capacity_far_beyond_the_menu_leaves_the_closed_form_menu(case):
+    """A capacity the menu does not reach leaves the optimum unconstrained, so the programs must
+    return the closed form's menu. Far beyond it (capacity/item up to 1e5 samples, 1e17 in the
+    program's y = (q / s)**beta), the constraint made Clarabel fail; the programs now bound each
+    contribution where an optimal menu provably stays (``_provable_capacity``)."""
+    cost, p, value, options, capacity = CAPACITY_FAR_BEYOND[case]
+    exact = solve_screening(cost, p, value, form="closed_form", **options)
+    assert np.all(exact.contribution < 1e-3 * capacity)
+    for form in ("reduced", "all_pairs"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            menu = solve_screening(cost, p, value, form=form, capacity=np.full(len(cost), capacity), **options)
+        # the power law's profit is flat about its optimum: 1e-8 of it leaves items 7e-5 apart, capped or not
+        np.testing.assert_allclose(menu.contribution, exact.contribution, rtol=2e-4)
+        np.testing.assert_allclose(menu.reward, exact.reward, rtol=5e-4)
+        assert menu.server_profit == pytest.approx(exact.server_profit, rel=1e-7)
+
+
+def test_the_provable_capacity_bound_by_hand():
+    """Costs (1, 2), equally likely, V = 10 ln(1 + q), beta = 1, capacity 100: the first bests
+    are q = 10 / c - 1 = (9, 4), worth G = (10 ln 10 - 9, 10 ln 5 - 8); pooling both types at
+    the costlier one's first best, (4, 8), earns L = 10 ln 5 - 8 (pooling at (0, 0) earns 0).
+    So slack = (G_1 + G_2) / 2 - L and each item satisfies 10 ln(1 + q) - c q >= G_k - 2 slack,
+    whose larger root bounds it; the bound kept is twice that root. The optimal menu's items
+    (9, 7/3) lie below."""
+    G = np.array([10 * np.log(10) - 9, 10 * np.log(5) - 8])
+    slack = G.mean() - (10 * np.log(5) - 8)
+    roots = [brentq(lambda q, c=c, level=level: 10 * np.log1p(q) - c * q - level, 10 / c - 1, 100)
+             for c, level in zip((1.0, 2.0), G - 2 * slack)]
+    bound = contract._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
+                                        np.full(2, 100.0), None, False)
+    np.testing.assert_allclose(bound, 2 * np.array(roots), rtol=1e-9)
+    assert np.all(bound > [9, 7 / 3]) and np.all(bound < 100)
+    far = contract._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
+                                      np.full(2, 5.0), None, False)
+    np.testing.assert_array_equal(far, [5.0, 5.0])  # a capacity below the bound stays
+
+
+def test_badly_scaled_menus_agree_with_the_closed_form_or_warn():
+    """40 menus of 2 to 5 types drawn with costs from 1e-6 to 3e6 per sample**beta, values of
+    scale 1e-4 to 1e4 (logarithmic or power law), beta 1 to 3, items of 1e-4 to 1e7 samples,
+    half of them under a capacity 1e2 to 1e6 times the largest item. Each form's menu must
+    match the closed form's (contributions within 1e-3 of each and 1e-6 of the largest, profit
+    within 1e-6 of the profit or the rewards paid) or say it was solved inaccurately. Before
+    the programs counted rewards by what a unit of contribution is worth, scaled a small
+    objective and bounded far capacities, 12 of the 80 solves missed, 3 without a warning
+    (all pairs, items 2e5 times off under a capacity of 7.6e7); now one misses, warning."""
+    rng = np.random.default_rng(0)
+    agree, drawn = 0, 0
+    while drawn < 40:
+        K = int(rng.integers(2, 6))
+        cost = np.sort(10 ** rng.uniform(-6, 6) * rng.uniform(1, 3, K))
+        p = rng.dirichlet(np.ones(K))
+        scale, beta = 10 ** rng.uniform(-4, 4), float(rng.choice([1.0, 2.0, 3.0]))
+        value = (LogValue(scale) if rng.random() < 0.5
+                 else PowerLawValue(scale, 0.9, float(rng.uniform(0.5, 10)), float(rng.uniform(0.3, 1.2))))
+        exact = solve_screening(cost, p, value, form="closed_form", cost_exponent=beta)
+        largest = exact.contribution.max()
+        if not 1e-4 < largest < 1e7:
+            continue
+        drawn += 1
+        capacity = np.full(K, 10 ** rng.uniform(2, 6) * largest) if rng.random() < 0.5 else None
+        paid = max(abs(exact.server_profit), float(exact.probability @ np.abs(exact.reward)))
+        for form in ("reduced", "all_pairs"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                menu = solve_screening(cost, p, value, form=form, cost_exponent=beta, capacity=capacity)
+            close = (np.allclose(menu.contribution, exact.contribution, rtol=1e-3, atol=1e-6 * largest)
+                     and abs(menu.server_profit - exact.server_profit) <= 1e-6 * paid)
+            agree += close
+            assert close or any("solved inaccurately" in str(w.message) or "solved wrongly" in str(w.message)
+                                for w in caught), (form, cost, value, beta, capacity, menu.contribution,
+                                                   exact.contribution)
+    assert agree >= 76, agree
+
+
+@pytest.mark.parametrize("cost, value_scale, beta, information", [
+    ([0.03, 0.05], 1.8e-5, 2.0, "incomplete"),
+    ([0.03, 0.05, 0.06], 1.8e-5, 2.0, "incomplete"),
+    ([10.0, 12.0], 2e-3, 2.0, "complete"),
+    ([400.0, 500.0, 600.0], 1.1e-4, 3.0, "incomplete"),
+])
+def test_a_menu_worth_little_is_solved_as_accurately_as_an_ordinary_one(cost, value_scale, beta, information):
+    """Items of 1e-4 samples worth 1e-9 (V = scale ln(1 + q) with scale 1e-5 to 2e-3): rewards
+    counted in units of scale / reward_price and the objective in utility units left both
+    forms "optimal" 0.6 to 6 times off the closed form's items, their profit negative (up to
+    -18 times the optimum), without a warning. Rewards now count in units of what a unit of
+    contribution is worth, s V'(s), and a small objective in units of that."""
+    p = np.full(len(cost), 1 / len(cost))
+    exact = solve_screening(cost, p, LogValue(value_scale), form="closed_form", cost_exponent=beta,
+                            information=information)
+    assert np.max(exact.contribution) < 1e-3 and exact.server_profit > 0
+    for form in ("reduced", "all_pairs"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            menu = solve_screening(cost, p, LogValue(value_scale), form=form, cost_exponent=beta,
+                                   information=information)
+        assert menu.status == "optimal"
+        np.testing.assert_allclose(menu.contribution, exact.contribution, rtol=1e-4)
+        assert menu.server_profit == pytest.approx(exact.server_profit, rel=1e-6)
 
 
 @pytest.mark.parametrize("form", ["reduced", "all_pairs"])
