@@ -250,13 +250,19 @@ def run_warnings(result: LoopResult, config: dict, population: Population) -> li
     model.name are read)."""
     loop = config["loop"]
     found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON),
-             _flat_pilot(result, config), poor_fit(result), below_pilot(result, population))
+             _flat_pilot(result, config), poor_fit(result, "accuracy.", POINTS, REFIT),
+             below_pilot(result, population, "accuracy."))
     return [w for w in found if w]
 
 
 #: how to go on from a run that stopped unsettled (:func:`incentives.loop.unsettled`)
 GO_ON = ("--resume the run with a larger loop.max_iterations to go on (each seed's run of a --seeds experiment "
          "with the same one, for analysis.seeds.aggregate_runs to compare them)")
+
+
+#: where a run lists its pilot's points, and how to fit another family (:func:`incentives.loop.poor_fit`)
+POINTS = "; learning_curve.csv lists each point with its fitted value"
+REFIT = "a new run with {others} fits another family (--resume keeps this fit)"
 
 
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:

@@ -305,7 +305,11 @@ FIT_ERROR = 0.05
 FIT_ERROR_SHARE = 0.25
 
 
-def poor_fit(result: LoopResult) -> str | None:
+#: how to fit another family after a poor fit, in Python (:func:`poor_fit`; {others}: the other families)
+REFIT = "a ClosedLoop with {others} fits another family"
+
+
+def poor_fit(result: LoopResult, prefix: str = "", points: str = "", refit: str = REFIT) -> str | None:
     """A fitted a(m) that misses the pilot's points: its RMSE (:attr:`EmpiricalModel.rmse
     <incentives.accuracy.EmpiricalModel.rmse>`, of the model as used, clipped at 0) exceeds
     both :data:`FIT_ERROR` and :data:`FIT_ERROR_SHARE` of the range (largest - smallest)
@@ -314,7 +318,9 @@ def poor_fit(result: LoopResult) -> str | None:
     rises by (a flat curve, of small range, is :func:`flat_pilot`'s to name). E.g.
     ``generalisation_bound`` on digits' rise from 0.57 to 0.92: an RMSE of 0.28, its a(20)
     0.11 against 0.57 measured. Every mechanism is solved, and every local optimum taken,
-    under that a(m)."""
+    under that a(m). The setting is named ``{prefix}family``; ``points`` (e.g. "; learning_curve.csv
+    lists ...") follows the range, and ``refit`` (a format of ``others``, the other families)
+    says how to fit another family."""
     fit, sizes, accuracies = result.fit, result.pilot_sizes, result.pilot_accuracies
     if len(sizes) == 0:
         return None
@@ -322,19 +328,19 @@ def poor_fit(result: LoopResult) -> str | None:
     low, high = float(min(means)), float(max(means))
     if fit.rmse <= max(FIT_ERROR, FIT_ERROR_SHARE * (high - low)):
         return None
-    others = " or ".join(f"accuracy.family={family!r}" for family in FAMILIES if family != fit.family)
+    others = " or ".join(f"{prefix}family={family!r}" for family in FAMILIES if family != fit.family)
     return (f"the fitted a(m) misses the pilot learning curve's points: {fit.family} has an RMSE of {fit.rmse:.3f} "
             f"against them, more than {FIT_ERROR:g} and than {FIT_ERROR_SHARE:g} of the range of their mean accuracy "
-            f"({low:.3f} to {high:.3f}; learning_curve.csv lists each point with its fitted value), so every "
-            f"mechanism was solved, and every local optimum taken, under a curve this far from what training "
-            f"measured; a new run with {others} fits another family (--resume keeps this fit)")
+            f"({low:.3f} to {high:.3f}{points}), so every mechanism was solved, and every local optimum taken, under "
+            f"a curve this far from what training measured; {refit.format(others=others)}")
 
 
-def below_pilot(result: LoopResult, population: Population) -> str | None:
+def below_pilot(result: LoopResult, population: Population, prefix: str = "") -> str | None:
     """Agents whose endowment n_i is below the pilot's smallest size: the accuracy they
     reach alone, a(m) for m <= n_i, is the fit extrapolated below its data, and so are
     their local optima m_i^o and the local-only utility every mechanism is judged against
-    (a power law fitted from 20 samples up can give a(5) <= 0, hence m_i^o = 0)."""
+    (a power law fitted from 20 samples up can give a(5) <= 0, hence m_i^o = 0). The setting is
+    named ``{prefix}pilot_sizes``."""
     sizes = result.pilot_sizes
     if len(sizes) == 0:
         return None
@@ -343,7 +349,7 @@ def below_pilot(result: LoopResult, population: Population) -> str | None:
     if not below:
         return None
     return (f"{below} of the {population.n_agents} agents hold fewer samples than the pilot learning curve's "
-            f"smallest size (accuracy.pilot_sizes starts at {smallest:g}; the least endowment is {least:g}): "
+            f"smallest size ({prefix}pilot_sizes starts at {smallest:g}; the least endowment is {least:g}): "
             f"the accuracy they reach alone is the fitted a(m) extrapolated below its data "
             f"(a({least:g}) = {float(result.fit.alone(least)):.3f}), and so are their local optima and the "
             f"local-only utility each mechanism is judged against; add pilot sizes down to {least:g} to measure it")

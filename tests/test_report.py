@@ -10,7 +10,7 @@ import pytest
 from analysis import config as config_module
 from analysis import report
 from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
-from incentives.loop import UNKEPT, IterationRecord, LoopResult, flat_pilot, poor_fit
+from incentives.loop import UNKEPT, IterationRecord, LoopResult, below_pilot, flat_pilot, poor_fit
 from incentives.population import Population
 from incentives.protocols import Outcome
 from mechanisms.audit import Audit
@@ -216,6 +216,21 @@ def test_a_fit_that_misses_its_pilot_points_is_warned_of():
     power_law = pilot_fit(PowerLaw(0.92, 10.38, 1.134), sizes, measured)  # the quick start's fit
     assert power_law.rmse == pytest.approx(0.031, abs=1e-3)
     assert report.run_warnings(loop_result(fit=power_law), config_module.defaults(), agents) == []
+    # raised from Python (ClosedLoop.run), the warning names ClosedLoop's own setting and no run's files
+    assert poor_fit(loop_result(fit=bound)) == warning.replace("accuracy.family", "family").replace(
+        "; learning_curve.csv lists each point with its fitted value", "").replace(
+        "a new run with family='power_law' fits another family (--resume keeps this fit)",
+        "a ClosedLoop with family='power_law' fits another family")
+
+
+def test_agents_below_the_pilot_are_named_in_the_words_of_their_caller():
+    """Agents of 50 samples, a pilot from 100: the report names the config's
+    accuracy.pilot_sizes, ClosedLoop.run (Python) its own pilot_sizes."""
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[50.0, 500.0])
+    (warning,) = report.run_warnings(loop_result(), config_module.defaults(), agents)
+    assert warning.startswith("1 of the 2 agents hold fewer samples than the pilot learning curve's smallest size "
+                              "(accuracy.pilot_sizes starts at 100; the least endowment is 50)")
+    assert below_pilot(loop_result(), agents) == warning.replace("(accuracy.pilot_sizes", "(pilot_sizes")
 
 
 def test_the_fit_error_allowed_is_the_larger_of_005_and_a_quarter_of_the_range():
