@@ -1035,8 +1035,8 @@ def solve_screening(
         if worst > _RESIDUAL or status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
             warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
                           f"its {'IC, ' if information == 'incomplete' else ''}IR, capacity and reward cap or "
-                          f"floor constraints violated by up to {worst:.2g} (relative to the largest reward or "
-                          "capacity)"
+                          f"floor constraints violated by up to {worst:.2g} (relative to the largest reward, or to "
+                          "each type's capacity)"
                           + ("; the solver stopped at its iteration or time limit, so the menu need not be "
                              "optimal" if status == cp.USER_LIMIT else ""), RuntimeWarning)
         # a feasible menu of no data: every type at (0, R0_k), R0_k its own outside utility under complete
@@ -1240,6 +1240,21 @@ def _provable_capacity(th, pp, u0, kappa, value, beta, capy, reward_cap, floor) 
     return np.where(tight, np.minimum(capy, 2.0 * hi), capy)
 
 
+def _implied_capacity(variant: str, th: np.ndarray, capy: np.ndarray) -> np.ndarray:
+    """The capacities (K, in q**beta) that a program's IC constraints imply (th sorted): IC
+    both ways between types k and j gives (theta_j - theta_k)(y_k - y_j) >= 0, so no type
+    contributes more than any strictly cheaper one can, y_j <= min(capy_j, capy_k for
+    theta_k < theta_j). "complete" (no IC) keeps ``capy``. A cheap type of capacity 1.5e-3
+    samples among types whose first bests are 20 samples pins every item at or below it: counted
+    in units of the first bests (capacities ignored), the menu's IC was violated by 40% of its
+    rewards of 1e-11 unseen."""
+    if variant == "complete":
+        return capy
+    cheaper = np.concatenate(([np.inf], np.minimum.accumulate(capy)[:-1]))  # min over types k < j
+    strictly = np.searchsorted(th, th, side="left")  # the first type of each cost: k < first are strictly cheaper
+    return np.minimum(capy, cheaper[strictly])
+
+
 def _objective_unit(utility: float) -> float:
     """d, the unit of the programs' objective (:func:`_set_params`): the power of two nearest
     ``utility`` (kappa r, what one reward unit costs the server) where that is below
@@ -1271,6 +1286,7 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     (ln(1 + q) ~ q) overstates rewards by 1/s. Returns (s**beta (K,), the factors from the
     solver's y to q**beta, and r)."""
     P = prog.params
+    capy = None if capy is None else _implied_capacity(prog.variant, th, capy)
     unit, asked = _units(prog.variant, th, pp, kappa, value, beta, capy)
     per_unit = unit ** beta
     # utility of a unit of contribution, among the types asked for data (else the value's scale)
@@ -1501,9 +1517,12 @@ def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool, r: float) -
     (R_k above it) and, with ``floor``, the floor (R_k below 0), all in reward units over
     max(r, largest |R_k|), r the unit the program counted rewards in (1 for ordinary menus,
     :func:`_set_params`; against 1, menus paying 1e-9 violated IC and IR by their whole size
-    unseen); the capacity (y_k above capy_k, y = q**beta) over max(1, largest capy_k). th, y,
-    R, u0, capy: (K,) in one order of the types; capy, reward_cap: None where absent.
-    O(K**2) for IC."""
+    unseen); the capacity (y_k above capy_k, y = q**beta) over each type's own capacity, at
+    least a hundredth of the largest item (the solver's noise on an item far below the
+    program's shared unit), and for a capacity of 0 over max(1, largest capy_j) (over the
+    largest capacity, a type of capacity 0.023 samples asked for 1.05 beside one of 2.9e5
+    passed). th, y, R, u0, capy:
+    (K,) in one order of the types; capy, reward_cap: None where absent. O(K**2) for IC."""
     scale = max(r, float(np.max(np.abs(R))))
     own = R - th * y
     worst = [float(np.max(u0 - own))]
@@ -1515,7 +1534,8 @@ def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool, r: float) -
         worst.append(-float(np.min(R)))
     worst = max(worst) / scale
     if capy is not None:
-        worst = max(worst, float(np.max(y - capy)) / max(1.0, float(np.max(capy))))
+        own = np.where(capy > 0, np.maximum(capy, 1e-2 * float(np.max(y))), max(1.0, float(np.max(capy))))
+        worst = max(worst, float(np.max((y - capy) / own)))
     return worst if np.isfinite(worst) else np.inf
 
 
@@ -1633,7 +1653,8 @@ def _numerical_failure(status, boxed, prog, per_unit, r, variant, th, u0, capy, 
                           _every_ic(variant, th), r)
         found = (f"the items of types {order[hit].tolist()} running to its sides" if hit
                  else "no contribution or reward running away")
-        found += (f", its constraints violated by up to {worst:.2g} (relative to the largest reward or capacity)"
+        found += (f", its constraints violated by up to {worst:.2g} (relative to the largest reward, or to each "
+                  "type's capacity)"
                   if np.isfinite(worst) else "")
     other = "'reduced'" if variant == "all_pairs" else "'all_pairs'"
     return ContractError(

@@ -740,6 +740,45 @@ def test_badly_scaled_menus_agree_with_the_closed_form_or_warn():
     assert agree >= 76, agree
 
 
+@pytest.mark.parametrize("cost, p, capacity", [
+    ([4e-8, 1e-6, 2.5e-6], [0.2, 0.4, 0.4], [1.5e-3, 1e5, 1e6]),
+    ([1e-6, 2e-6], [0.5, 0.5], [1e-3, 1e6]),
+    ([4e-8, 1.7e-7, 1.1e-6, 2.5e-6], [0.1, 0.2, 0.3, 0.4], [1.5e-3, 1e6, 6e-3, 2e-2]),
+])
+def test_a_cheap_type_of_small_capacity_pins_every_item_at_it(cost, p, capacity):
+    """IC both ways between two types gives (theta_j - theta_k)(q_j**2 - q_k**2) <= 0, so no type
+    contributes more than a cheaper one can: with V = 1.5e-4 ln(1 + q) (first bests of 10 to 60
+    samples) and the cheapest type's capacity q0 of 1e-3 or 1.5e-3 samples, every type is
+    pooled at (q0, c_max q0**2), the profit 1.5e-4 ln(1 + q0) - c_max q0**2. Counted in units of
+    the first bests, the programs returned items up to 20 times q0 (IC violated, profit up to
+    15 times the optimum) without a warning; each type's capacity is now lowered to the
+    smallest of the cheaper types' (``_implied_capacity``) before the units are chosen."""
+    q0, top = capacity[0], max(cost)
+    for form in ("reduced", "all_pairs"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            menu = solve_screening(cost, p, LogValue(1.5e-4), cost_exponent=2, capacity=capacity, form=form)
+        np.testing.assert_allclose(menu.contribution, q0, rtol=1e-6)
+        np.testing.assert_allclose(menu.reward, top * q0**2, rtol=1e-4)
+        assert menu.server_profit == pytest.approx(1.5e-4 * np.log1p(q0) - top * q0**2, rel=1e-8)
+    implied = contract._implied_capacity("virtual", np.array([1.0, 2.0, 2.0, 3.0]), np.array([5.0, 1.0, 0.5, 7.0]))
+    np.testing.assert_array_equal(implied, [5.0, 1.0, 0.5, 0.5])  # equal costs imply nothing between them
+    np.testing.assert_array_equal(contract._implied_capacity("complete", np.array([1.0, 2.0]), np.array([1.0, 7.0])),
+                                  [1.0, 7.0])  # types observed: no IC
+
+
+def test_a_capacity_is_checked_against_its_own_size():
+    """Capacities (2.9e5, 0.0233) samples, beta = 2, the second type asked for 1.05: 2000 times
+    its capacity in q**2, which over the largest capacity (8.3e10) passed as 1.3e-11. Each type's
+    excess is now measured against its own capacity (or a hundredth of the largest item)."""
+    y, capy = np.array([528.98**2, 1.05**2]), np.array([2.9e5**2, 0.0233**2])
+    worst = contract._residual(np.array([1e-6, 4e-5]), y, np.array([0.5, 0.03]), np.zeros(2), capy, None, False,
+                               False, 1.0)
+    assert worst == pytest.approx((y[1] - capy[1]) / (1e-2 * y[0]))
+    assert contract._residual(np.array([1e-6, 4e-5]), np.array([1.0, 4.0]), np.array([1.0, 1.0]), np.zeros(2),
+                              np.array([0.0, 4.0]), None, False, False, 1.0) == pytest.approx(0.25)  # capacity 0: over max(1, 4)
+
+
 @pytest.mark.parametrize("cost, value_scale, beta, information", [
     ([0.03, 0.05], 1.8e-5, 2.0, "incomplete"),
     ([0.03, 0.05, 0.06], 1.8e-5, 2.0, "incomplete"),
