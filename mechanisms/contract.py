@@ -1009,7 +1009,7 @@ def solve_screening(
             variant = "all_pairs"
         else:
             variant = "virtual" if common and not floor else "adjacent"
-        y, Rs, status, how, compiled, reward_unit = _solve_program(
+        y, Rs, status, how, compiled, (reward_unit, objective_unit) = _solve_program(
             len(th), variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order[first])
     y, Rs = y[group], Rs[group]
     seconds = time.perf_counter() - start
@@ -1051,7 +1051,7 @@ def solve_screening(
         with np.errstate(divide="ignore"):
             earned = value.offset + float(np.sum(p * (value.scale * value.base(contribution) - kappa * reward_arr)))
             pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * float(p @ R0)
-        scale = max(_objective_unit(kappa * reward_unit), abs(pooled), kappa * float(np.max(np.abs(reward_arr))))
+        scale = max(objective_unit, abs(pooled), kappa * float(np.max(np.abs(reward_arr))))
         if earned < pooled - _RESIDUAL * scale:
             pays = "each type its outside utility" if information == "complete" else f"every type {float(R0[0]):.6g}"
             warnings.warn(f"the {variant} screening program was solved wrongly (solver status {status!r}): its menu "
@@ -1059,8 +1059,9 @@ def solve_screening(
                           f"asks for no data and pays {pays}, so it is not optimal", RuntimeWarning)
         elif not inaccurate:  # one warning a menu
             exact = _closed_form_profit(th, pp, u0, kappa, value.concave, beta, capy, reward_cap, information, floor)
-            # against the profit, the value earned or the largest reward; a floor for a menu of nothing
-            size = None if exact is None else max(abs(exact), abs(earned - value.offset), _RESIDUAL * value.scale,
+            # against the profit, the value earned, the largest reward or the value's scale (a menu of
+            # nothing earning -4e-13 beside 0 warned against a floor of 1e-6 of a scale of 2e-5)
+            size = None if exact is None else max(abs(exact), abs(earned - value.offset), value.scale,
                                                   kappa * float(np.max(np.abs(reward_arr))))
             if exact is not None and earned < exact - _SHORTFALL * size:
                 warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
@@ -1294,12 +1295,13 @@ def _implied_capacity(variant: str, th: np.ndarray, capy: np.ndarray) -> np.ndar
 
 def _objective_unit(utility: float) -> float:
     """d, the unit of the programs' objective (:func:`_set_params`): the power of two nearest
-    ``utility`` (kappa r, what one reward unit costs the server) where that is below
+    ``utility`` (kappa r, the utility of what a unit of contribution is worth or of the outside
+    utilities) where that is below
     2**-_REWARD_UNIT_RANGE, else 1."""
     return float(np.exp2(np.round(np.log2(utility)))) if np.log2(utility) < -_REWARD_UNIT_RANGE else 1.0
 
 
-def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> tuple[np.ndarray, float]:
+def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap) -> tuple[np.ndarray, float, float]:
     """Set the program's parameters, contributions in the units s_k of :func:`_units`,
     rewards in the unit r and the objective in units of d. r = max(max_k s_k V'(s_k) / kappa,
     max_k |u0_k|), k over the types asked for data (none: value.scale in place of the max),
@@ -1311,8 +1313,10 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     form), and no outside utility is far beyond it (with u0 of 10 in units of 2**-17 the
     menus stopped "optimal" 30-90% off). r is at most a positive reward cap (accuracy
     rewards, below 1, in units of a value of scale 1000 stopped 1% short of IR) and rounded
-    to a power of two. d = kappa r, the utility of one reward unit, where that is below
-    2**-_REWARD_UNIT_RANGE, else 1, so that the objective is of order one however small the
+    to a power of two. d = kappa r (before either), the utility of what a unit of contribution is
+    worth or of the outside utilities, where that is below 2**-_REWARD_UNIT_RANGE, else 1 (taken
+    after the cap, a reward price of 8e-6 under a cap of 0.027 scaled an objective of 4e3 up by
+    4e6 and the solver failed), so that the objective is of order one however small the
     value (contributions of 1e-9 samples worth 1e-15 made the solver stop at its absolute gap
     with the empty menu). Only a small objective is scaled: brought down to one from 2e3, the
     reduced form of 6 types stopped "optimal_inaccurate" 16% short of the closed form's
@@ -1321,7 +1325,7 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     "optimal_inaccurate" on 1000 types where units of 1 solve: ``benchmarks/bench_mechanisms.py``).
     The worth of a unit replaced value.scale / kappa, which for contributions below one sample
     (ln(1 + q) ~ q) overstates rewards by 1/s. Returns (s**beta (K,), the factors from the
-    solver's y to q**beta, and r)."""
+    solver's y to q**beta, r and d)."""
     P = prog.params
     capy = None if capy is None else _implied_capacity(prog.variant, th, capy)
     unit, asked = _units(prog.variant, th, pp, kappa, value, beta, capy)
@@ -1329,12 +1333,12 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
     # utility of a unit of contribution, among the types asked for data (else the value's scale)
     worth = float(np.max(unit[asked] * value.concave.derivative(unit[asked]))) if asked.any() else value.scale
     r = max(worth / kappa if worth > 0 else 1.0, float(np.max(np.abs(u0))))  # rewards are >= u0
+    d = _objective_unit(kappa * r)  # the objective's size, before r is rounded to 1 or lowered to the cap
     if abs(np.log2(r)) <= _REWARD_UNIT_RANGE:
         r = 1.0
     elif reward_cap is not None and reward_cap > 0:
         r = min(r, float(reward_cap))
     r = float(np.exp2(np.round(np.log2(r))))
-    d = _objective_unit(kappa * r)
     P["inverse_unit"].value = 1.0 / unit
     P["W"].value = pp * value.scale * value.unit_factor(unit) / d
     P["theta"].value = th * per_unit / r
@@ -1353,7 +1357,7 @@ def _set_params(prog: _Program, th, pp, u0, kappa, value, beta, capy, reward_cap
         P["capy"].value = _provable_capacity(th, pp, u0, kappa, value, beta, capy, reward_cap, prog.floor) / per_unit
     if "rcap" in P:
         P["rcap"].value = float(reward_cap) / r
-    return per_unit, r
+    return per_unit, r, d
 
 
 # Tight tolerances: the profit is flat at the optimum, so a duality gap of 1e-8 leaves
@@ -1443,21 +1447,21 @@ def _run(problem: cp.Problem, solver: str, residual=None) -> str:
 
 def _solve_program(K, variant, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver,
                    order):
-    """(y, R, status, how, compiled, r): the program of ``variant`` (cached and re-solved
+    """(y, R, status, how, compiled, units): the program of ``variant`` (cached and re-solved
     with new numbers), or program (2) by :func:`_generate_pairs` beyond
     ``_ALL_PAIRS_AT_ONCE`` types and wherever the whole all-pairs program ends other than
-    "optimal"; ``how`` says which for "all_pairs" (None for the other variants); r the
-    reward unit it counted in (:func:`_set_params`)."""
+    "optimal"; ``how`` says which for "all_pairs" (None for the other variants); units the
+    (reward, objective) units it counted in, (r, d) of :func:`_set_params`."""
     numbers = (th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
     if variant == "all_pairs" and K > _ALL_PAIRS_AT_ONCE:
-        y, R, status, how, r = _generate_pairs(K, floor, *numbers)
-        return y, R, status, how, False, r
+        y, R, status, how, units = _generate_pairs(K, floor, *numbers)
+        return y, R, status, how, False, units
     prog, compiled = _cached_program(K, variant, floor, value, beta, capy, reward_cap)
-    y, R, status, r = _solve_once(prog, K, *numbers)
+    y, R, status, units = _solve_once(prog, K, *numbers)
     if variant == "all_pairs" and status != cp.OPTIMAL:
-        y, R, status, how, r = _generate_pairs(K, floor, *numbers)
-        return y, R, status, how, compiled, r
-    return y, R, status, "one program" if variant == "all_pairs" else None, compiled, r
+        y, R, status, how, units = _generate_pairs(K, floor, *numbers)
+        return y, R, status, how, compiled, units
+    return y, R, status, "one program" if variant == "all_pairs" else None, compiled, units
 
 
 def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_Program, bool]:
@@ -1475,13 +1479,13 @@ def _cached_program(K, variant, floor, value, beta, capy, reward_cap) -> tuple[_
 
 
 def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
-    """Set ``prog``'s parameters and solve it: (y (cost units, K), R (K), status, r the
-    reward unit, :func:`_set_params`);
+    """Set ``prog``'s parameters and solve it: (y (cost units, K), R (K), status, (r, d) the
+    reward and objective units, :func:`_set_params`);
     ContractError (:func:`_diagnose`) for an infeasible or unbounded menu. A solver that
     calls the program unbounded is checked in a box far beyond the menu's units (``_BIG``):
     an optimum there that reaches no side of the box is the optimum of the program
     (convex: a local optimum inside the box is a global one), and is kept."""
-    per_unit, r = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+    per_unit, r, d = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
 
     def residual():
         if prog.y.value is None:
@@ -1503,7 +1507,7 @@ def _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solve
                   cp.UNBOUNDED_INACCURATE) or prog.y.value is None:
         raise _diagnose(status, K, prog.variant, prog.floor, th, pp, u0, kappa, value, beta, capy,
                         reward_cap, solver, order)
-    return (*_solution(prog, th, u0, per_unit, r), status, r)
+    return (*_solution(prog, th, u0, per_unit, r), status, (r, d))
 
 
 def _every_ic(variant: str, th: np.ndarray) -> bool:
@@ -1582,7 +1586,7 @@ def _residual(th, y, R, u0, capy, reward_cap, floor: bool, ic: bool, r: float) -
 
 
 def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order):
-    """Program (2) by constraint generation: (y, R, status, how, r). Solve the "adjacent"
+    """Program (2) by constraint generation: (y, R, status, how, units). Solve the "adjacent"
     program (every IR, adjacent IC both ways), check all K(K-1) IC_kj on its solution,
     add the violated pairs to the program and re-solve, until none is violated by more
     than ``_PAIR_TOLERANCE`` of the largest reward; "optimal_inaccurate" if some still
@@ -1599,12 +1603,13 @@ def _generate_pairs(K, floor, th, pp, u0, kappa, value, beta, capy, reward_cap, 
             prog = _build(K, "adjacent", value, beta, capy is not None, reward_cap is not None, floor, pairs=pairs)
         else:
             prog = _cached_program(K, "adjacent", floor, value, beta, capy, reward_cap)[0]
-        y, R, status, r = _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
-        violated = _violated_pairs(th, y, R, r)
+        y, R, status, units = _solve_once(prog, K, th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
+        violated = _violated_pairs(th, y, R, units[0])
         if len(violated) == 0:
-            return y, R, status, f"constraint generation: {rounds} round(s), {len(pairs)} non-adjacent IC added", r
+            return y, R, status, f"constraint generation: {rounds} round(s), {len(pairs)} non-adjacent IC added", units
         pairs = np.unique(np.concatenate([pairs, violated]), axis=0)
-    return y, R, cp.OPTIMAL_INACCURATE, f"constraint generation: {len(violated)} IC violated after {rounds} rounds", r
+    return (y, R, cp.OPTIMAL_INACCURATE, f"constraint generation: {len(violated)} IC violated after {rounds} rounds",
+            units)
 
 
 def _violated_pairs(th: np.ndarray, y: np.ndarray, R: np.ndarray, r: float) -> np.ndarray:
@@ -1634,7 +1639,7 @@ def _diagnose(status, K, variant, floor, th, pp, u0, kappa, value, beta, capy, r
     def solve_with(drop=None, box=False):
         prog = _build(K, variant, value, beta, capy is not None, reward_cap is not None, floor,
                       drop=drop)
-        per_unit, r = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
+        per_unit, r, _ = _set_params(prog, th, pp, u0, kappa, value, beta, capy, reward_cap)
         st = _run(_boxed(prog) if box else prog.problem, solver)
         return st, prog, per_unit, r
 

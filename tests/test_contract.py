@@ -768,19 +768,15 @@ def test_a_cheap_type_of_small_capacity_pins_every_item_at_it(cost, p, capacity)
 
 
 @pytest.mark.parametrize("cost, p, scale, beta, price, capacity", [
-    ([1.0365362419053975e-07, 1.5647794974209235e-07, 1.781537442156754e-07, 1.8466411248926598e-07,
-      2.5013057471152747e-07],
-     [0.15195861193266252, 0.029091509558356963, 0.15825554955950666, 0.14735493831332006, 0.5133393906361537],
-     3.633719523856707e-05, 1.0, 0.030791081596923047, 16365.156575599933),
     ([2.0144075811325988e-08, 2.824482949705815e-08, 4.628776419454959e-08, 4.802280838620625e-08,
       5.7432776581693726e-08],
      [0.03389744931624102, 0.0422548117478285, 0.14510508274369596, 0.18081677328835127, 0.5979258829038832],
      0.0010044281645388883, 2.0, 0.02687705715707699, 1712148197.1134417),
 ])
 def test_a_menu_short_of_the_closed_form_profit_warns(cost, p, scale, beta, price, capacity):
-    """Ironed types on a flat profit (items of 500 to 11000 samples): the reduced form stops
+    """Ironed types on a flat profit (items of 540 to 960 samples): the reduced form stops
     "optimal_inaccurate" with its constraints met, items up to 13% off the closed form's and
-    the profit 1.7e-4 to 4.4e-4 short, and said nothing. The closed form's menu fits the
+    the profit 1.7e-4 short, and said nothing. The closed form's menu fits the
     capacity, so it is the program's optimum: a menu earning less by more than _SHORTFALL of
     it now warns, naming both profits. The all-pairs form reaches it, unwarned."""
     cap = np.full(len(cost), capacity)
@@ -795,6 +791,39 @@ def test_a_menu_short_of_the_closed_form_profit_warns(cost, p, scale, beta, pric
         pairs = solve_screening(cost, p, LogValue(scale), cost_exponent=beta, reward_price=price, capacity=cap,
                                 form="all_pairs")
     assert pairs.server_profit == pytest.approx(exact.server_profit, rel=1e-6)
+
+
+SMALL_PRICE_CASES = {
+    # accuracy-like cap of 0.027 on rewards worth 7e4 at a reward price of 8e-6: the objective (4e3)
+    # was scaled by the capped reward unit's cost, 2.4e-7, and the solver failed ("unbounded", then
+    # "infeasible" in the box), where the menu solves
+    "reward cap": (dict(cost=[31.165669812993638, 31.165669812993638, 0.07697998078220328],
+                        probability=[0.7849190912716805, 0.10154205079078811, 0.11353885793753138],
+                        value=LogValue(70398.49957999546), form="all_pairs", reward_price=7.777100721628044e-06,
+                        cost_exponent=2.0, capacity=[0.0029729641453367633, 1.0179473259292104, 7.804757768412808],
+                        reward_cap=0.02676780201124174), 3874.99),
+    # reward price 5.7e-5 and no cap: the objective (1e-2) was scaled up by 1.6e4 and the menu came back
+    # "optimal_inaccurate", IC violated by 1.7e-4 of the largest reward, unwarned
+    "no cap": (dict(cost=[2895.4269112387074, 0.005884239074220061, 0.0, 952.8565683346574, 0.47318922341915326],
+                    probability=[0.05824137571646573, 0.17147636290057156, 0.28648540860091626, 0.08179885448601372,
+                                 0.40199799829603267],
+                    value=LogValue(0.006322051054025503), form="all_pairs", reward_price=5.689497967388094e-05,
+                    cost_exponent=1.5, capacity=[7.439054937901682, 0.04620029231091238, 226.6291076024197,
+                                                 3.8562568747383703, 1000.5841820039165]), 0.00999399),
+}
+
+
+@pytest.mark.parametrize("case", list(SMALL_PRICE_CASES))
+def test_a_small_reward_price_does_not_scale_up_a_large_objective(case):
+    """The objective's unit d comes from what the value and outside utilities are worth (kappa r
+    before r is rounded to 1 or lowered to the reward cap), so a small reward price alone does
+    not make it small. Found by a review of this change; both solved before it."""
+    options, profit = SMALL_PRICE_CASES[case]
+    menu = solve_screening(**options)
+    assert menu.server_profit == pytest.approx(profit, rel=1e-5)
+    violations = menu.violations()
+    assert max(violations["IC"], violations["IR"]) <= 1e-6 * np.max(np.abs(menu.reward))
+    assert np.all(menu.contribution <= np.asarray(options["capacity"]) * (1 + 1e-5))
 
 
 def test_a_capacity_is_checked_against_its_own_size():
