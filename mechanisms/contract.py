@@ -1045,12 +1045,11 @@ def solve_screening(
                              "optimal" if status == cp.USER_LIMIT else ""), RuntimeWarning)
         # a feasible menu of no data: every type at (0, R0_k), R0_k its own outside utility under complete
         # information, the largest one pooled under incomplete (R0 >= 0 under the floor); both profits by the
-        # program's V, offset + scale * base (an AccuracyValue's unclipped power law)
+        # program's V (_program_profit)
         R0 = u0_all if information == "complete" else np.full(K, np.max(u0_all))
         R0 = np.maximum(R0, 0.0) if floor else R0
-        with np.errstate(divide="ignore"):
-            earned = value.offset + float(np.sum(p * (value.scale * value.base(contribution) - kappa * reward_arr)))
-            pooled = value.offset + value.scale * float(value.base(np.zeros(1))[0]) - kappa * float(p @ R0)
+        earned = _program_profit(value, p, contribution, reward_arr, kappa)
+        pooled = _program_profit(value, p, np.zeros(K), R0, kappa)
         scale = max(objective_unit, abs(pooled), kappa * float(np.max(np.abs(reward_arr))))
         if earned < pooled - _RESIDUAL * scale:
             pays = "each type its outside utility" if information == "complete" else f"every type {float(R0[0]):.6g}"
@@ -1061,9 +1060,8 @@ def solve_screening(
             exact = _closed_form_profit(th, pp, u0, kappa, value.concave, beta, capy, reward_cap, information, floor)
             # against the profit, the value earned, the largest reward or the value's scale (a menu of
             # nothing earning -4e-13 beside 0 warned against a floor of 1e-6 of a scale of 2e-5)
-            size = None if exact is None else max(abs(exact), abs(earned - value.offset), value.scale,
-                                                  kappa * float(np.max(np.abs(reward_arr))))
-            if exact is not None and earned < exact - _SHORTFALL * size:
+            size = max(abs(earned - value.offset), value.scale, kappa * float(np.max(np.abs(reward_arr))))
+            if exact is not None and earned < exact - _SHORTFALL * max(size, abs(exact)):
                 warnings.warn(f"the {variant} screening program was solved inaccurately (solver status {status!r}): "
                               f"its menu earns the server {earned:.6g}, less than the {exact:.6g} of the closed "
                               "form's menu, which meets every constraint of the program, so it is not optimal",
@@ -1167,8 +1165,15 @@ def _closed_form_profit(th, pp, u0, kappa, value, beta, capy, reward_cap, inform
     if information == "incomplete" and ((capy is not None and np.any(y > capy))
                                         or (reward_cap is not None and np.max(R) > reward_cap)):
         return None
+    return _program_profit(value, pp, y ** (1.0 / beta), R, kappa)
+
+
+def _program_profit(value: ValueFunction, p, q, R, kappa: float) -> float:
+    """sum_k p_k (V(q_k) - kappa R_k), utility units, by the V the programs maximise: offset +
+    scale * base (an AccuracyValue's unclipped power law; -inf where it is -inf at q = 0)."""
     with np.errstate(divide="ignore"):
-        return value.offset + float(pp @ (value.scale * value.base(y ** (1.0 / beta)) - kappa * R))
+        return value.offset + float(np.asarray(p) @ (value.scale * value.base(np.asarray(q, dtype=float))
+                                                     - kappa * np.asarray(R, dtype=float)))
 
 
 def _closed_form(th, pp, u0, kappa, value, beta, capy, reward_cap, information):

@@ -817,7 +817,9 @@ SMALL_PRICE_CASES = {
 def test_a_small_reward_price_does_not_scale_up_a_large_objective(case):
     """The objective's unit d comes from what the value and outside utilities are worth (kappa r
     before r is rounded to 1 or lowered to the reward cap), so a small reward price alone does
-    not make it small. Found by a review of this change; both solved before it."""
+    not make it small. Found by a review of this change. The profits are no closed form's (a
+    free type, a binding capacity, tied costs): they are those the tree before 67ad001 solved
+    these menus to, within their constraints, to 1e-5."""
     options, profit = SMALL_PRICE_CASES[case]
     menu = solve_screening(**options)
     assert menu.server_profit == pytest.approx(profit, rel=1e-5)
