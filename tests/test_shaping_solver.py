@@ -157,3 +157,34 @@ def test_a_solve_computes_each_agents_terms_once(monkeypatch):
     assert sum(solved) == 2 * 50
     monkeypatch.undo()
     assert verify_equilibrium(AccuracyShaping(), outcome.contributions, agents, model).ok
+
+
+def test_newton_stops_where_its_iterates_cycle():
+    """A calibrated curve from a --resume of the command line's test run (4 agents, a(M) =
+    base(0.1075 M)): from the fixed point (nobody contributing) Newton's near-singular steps
+    (two agents with BR_i' = -1) jumped between corners of the box in a cycle of six iterates
+    for all _NEWTON_STEPS steps, each with its halvings: 541 best responses (1.5 s of the
+    4-agent solve; 30 s of the report's audit, which re-solves it 32 times). It now stops
+    where an iterate comes back, after 61; the solve (best-response iteration, then Newton
+    from where it stops) returns the same equilibrium."""
+    base = PowerLaw(a_opt=0.9238903981080893, k=41.51636745353608, alpha=1.5661165623736808)
+    model = EffectiveData(base, 0.10752555275875514)
+    agents = Population(cost=[0.0018637889257010225, 0.0010272834221225907, 0.0010741364676176053,
+                              0.0022179967092744828], endowment=np.full(4, 120.0))
+    mechanism = AccuracyShaping()
+    rule = mechanism._rule(agents, model)
+    fixed_point = mechanism._contributions(agents, rule)
+    calls = []
+
+    def respond(x, others=None):
+        calls.append(1)
+        return shaping._best_deviations(x, agents, rule, others)[0]
+
+    stopped = shaping._newton_root(respond, fixed_point, agents.endowment)
+    assert not shaping._no_gain(stopped, agents, rule)  # no root from here
+    assert len(calls) < 100  # a few steps into the cycle, not _NEWTON_STEPS of them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = mechanism.solve(agents, model).contributions
+    np.testing.assert_allclose(m, [30.62640606, 120.0, 103.57628453, 30.62640606], rtol=1e-8)
+    assert verify_equilibrium(mechanism, m, agents, model).ok
