@@ -111,7 +111,7 @@ class SumGame:
     """
 
     def __init__(self, weights, f: Callable[[np.ndarray], np.ndarray]):
-        self.weights = np.asarray(weights, dtype=float)
+        self.weights = as_floats("weights", weights, "a 1-D array of finite numbers", booleans=False)
         if self.weights.ndim != 1 or not np.all(np.isfinite(self.weights)):
             raise ValueError(f"weights={weights!r}: allowed is a 1-D array of finite numbers")
         if not callable(f):
@@ -310,6 +310,10 @@ def shapley_from_table(table: np.ndarray) -> np.ndarray:
         raise ValueError(f"table (shape {table.shape}): allowed is (2^N,) or (2^N, G), a length that is {allowed}")
     if len(table) == 0 or len(table) & (len(table) - 1):
         raise ValueError(f"len(table)={len(table)!r}: allowed is {allowed}")
+    if not np.all(np.isfinite(table)):
+        where = tuple(int(k) for k in np.argwhere(~np.isfinite(table))[0])
+        raise ValueError(f"table[{', '.join(map(str, where))}]={float(table[where])!r}: allowed is finite "
+                         "utilities, one per coalition")
     n = len(table).bit_length() - 1
     members = coalition_members(n)
     sizes = members.sum(axis=1)
@@ -851,7 +855,7 @@ def split_budget(values, budget: float) -> np.ndarray:
     units.
     """
     check_number("budget", budget)
-    values = as_floats("values", values, "a 1-D array of finite numbers, one value per agent")
+    values = as_floats("values", values, "a 1-D array of finite numbers, one value per agent", booleans=False)
     if values.ndim != 1:
         raise ValueError(f"values has shape {values.shape}: allowed is a 1-D array, one value per agent")
     check_entries("values", values)

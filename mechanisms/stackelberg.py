@@ -138,7 +138,7 @@ class FollowerEquilibrium:
 
 
 def _check_costs(cost, capacity):
-    c = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0"))
+    c = np.atleast_1d(as_floats("cost", cost, "a non-empty 1-D array of finite numbers >= 0", booleans=False))
     if c.ndim != 1 or len(c) == 0 or not np.all(np.isfinite(c)) or np.any(c < 0):
         raise bad("cost", cost, "a non-empty 1-D array of finite numbers >= 0")
     if capacity is None:
@@ -510,7 +510,9 @@ class LeaderSolution:
     """The leader's optimal reward and the followers' equilibrium under it.
 
     reward: R*, utility units; total: X(R*), samples; profit: V(X) - R; method:
-    "closed_form" (caps not binding) or "numeric"; equilibrium: the followers' profile.
+    "closed_form" (caps not binding), "numeric" (the leader's search), "given" (the
+    mechanism's ``reward`` announced as set) or "no contest" (fewer than two agents: R = 0);
+    equilibrium: the followers' profile.
     """
 
     reward: float
@@ -553,8 +555,10 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
         eq = follower_equilibrium(c, R, cap, cost_exponent=cost_exponent)
         return V(eq.total) - R, eq
 
-    # Uncapped: X = k R on the fixed active set.
     can = cap > 0
+    if can.sum() == 1:  # no equilibrium at any R > 0 (follower_equilibrium's error), whatever the budget
+        raise _lone_follower(cost, capacity, ~can)
+    # Uncapped: X = k R on the fixed active set.
     closed = (isinstance(value, ValueFunction) and np.all(c[can] > 0) and can.sum() >= 2
               and cost_exponent == 1)
     k = follower_equilibrium(c, 1.0, np.where(can, np.inf, 0.0)).total if closed else 0.0
@@ -580,8 +584,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
             why = [reason for reason, holds in (
                 ("the value is not a ValueFunction", not isinstance(value, ValueFunction)),
                 ("the costs are convex", cost_exponent != 1),
-                ("an agent able to contribute costs nothing", bool(np.any(c[can] == 0))),
-                ("fewer than two agents can contribute", can.sum() < 2)) if holds]
+                ("an agent able to contribute costs nothing", bool(np.any(c[can] == 0)))) if holds]
             raise bad("budget", budget, "a finite budget when some agent has no capacity and "
                       + " and ".join(why) + " (no closed form bounds the reward)")
         R_max = V(total_cap) - V(0.0)

@@ -67,8 +67,9 @@ class StandardFL:
         up, the others free-ride) where it passes the check; else the same total with that
         share split equally among the tied agents, each capped at its n_i
         (:func:`_shared_top_up`), which passes wherever any split does (an agent's test
-        holds iff its share is at most a bound common to the tied agents): with costs
-        (1e-5, 0.05, 0.05) and endowments (3, 1000, 1000) the greedy (3, 4.37, 0) fails and
+        holds iff its share is at most a bound common to the tied agents): under
+        a(m) = 0.9 - 2 m^-1/2, with costs (1e-5, 0.05, 0.05) and endowments
+        (3, 1000, 1000), the greedy (3, 4.37, 0) fails and
         (3, 2.18, 2.18) is returned, where nobody contributing is an equilibrium too. Where
         neither passes (e.g. the most eager agent's endowment is too small to train a
         useful model alone, while others' data would make its samples worth their cost)
@@ -157,7 +158,7 @@ def _linear_best_responses(population: Population, model: AccuracyModel, roots: 
     for _ in range(_SWEEPS):
         total, moved = float(m.sum()), 0.0
         for i in range(population.n_agents):
-            others = total - m[i]
+            others = max(0.0, total - m[i])  # the running total's rounding can leave -1e-14 for 0
             low, best = max(0.0, crossing - others), 0.0
             if low <= endowment[i]:
                 x = min(max(roots[i] - others, low), endowment[i])
@@ -204,8 +205,9 @@ def _shared_top_up(population: Population, roots: np.ndarray, m: np.ndarray) -> 
     pool = float(m[tied].sum())
     filled = np.concatenate([[0.0], np.cumsum(caps)[:-1]])  # the k smallest caps, filled
     levels = (pool - filled) / (len(caps) - np.arange(len(caps)))  # the others' equal share then
+    below = np.flatnonzero(levels <= caps)  # none where the pool fills every cap (to rounding: 0.6 / 3 > 0.2)
     shared = m.copy()
-    shared[tied] = np.minimum(population.endowment[tied], levels[np.flatnonzero(levels <= caps)[0]])
+    shared[tied] = np.minimum(population.endowment[tied], levels[below[0]] if below.size else caps[-1])
     return shared
 
 

@@ -334,6 +334,10 @@ def test_a_sum_game_valued_all_prefixes_at_once_gives_what_coalition_by_coalitio
 def test_sum_game_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"weights=\[1.0, nan\]: allowed is a 1-D array of finite numbers"):
         SumGame([1.0, float("nan")], MODEL)
+    with pytest.raises(ValueError, match=r"^weights='ab': allowed is a 1-D array of finite numbers$"):  # numpy's words
+        SumGame("ab", MODEL)
+    with pytest.raises(ValueError, match=r"^weights=\[True, 1.0\]: .* \(True and False are not numbers here\)$"):
+        SumGame([True, 1.0], MODEL)
     with pytest.raises(ValueError, match="f=3: allowed is a callable"):
         SumGame([1.0], 3)
     for estimator in (monte_carlo_shapley, stratified_shapley, gtg_shapley, leave_one_out):  # one entry point
@@ -364,7 +368,8 @@ def test_split_budget_refuses_values_that_are_not_one_finite_number_per_agent_an
     for values, message in [([[1.0, 2.0], [3.0, 4.0]], r"^values has shape \(2, 2\): allowed is a 1-D array, one "),
                             (0.5, r"^values has shape \(\): allowed is a 1-D array"),
                             (["a"], r"^values=\['a'\]: allowed is a 1-D array of finite numbers"),
-                            ([1.0, -np.inf], r"^values\[1\]=-inf: allowed is a finite number$")]:
+                            ([1.0, -np.inf], r"^values\[1\]=-inf: allowed is a finite number$"),
+                            ([True, False], r"^values=\[True, False\]: .* \(True and False are not numbers here\)$")]:
         with pytest.raises(ValueError, match=message):
             split_budget(values, 1.0)
     huge = np.array([1e308, 3e307, -1e308])
@@ -816,9 +821,12 @@ def test_a_bad_round_is_refused_before_any_round_is_valued():
     (2.0, r"^table \(shape \(\)\): allowed is \(2\^N,\) or \(2\^N, G\)"),
     (np.zeros((2, 2, 2)), r"^table \(shape \(2, 2, 2\)\): allowed is \(2\^N,\) or \(2\^N, G\)"),
     (["a", "b"], r"^table=\['a', 'b'\]: allowed is numbers, \(2\^N,\) or \(2\^N, G\)"),
-], ids=["empty array", "empty list", "length 6", "scalar", "3-D", "strings"])
+    ([0.0, 1.0, np.nan, 2.0], r"^table\[2\]=nan: allowed is finite utilities, one per coalition$"),
+    (np.array([[0.0, 1.0], [1.0, np.inf], [1.0, 1.0], [2.0, 2.0]]), r"^table\[1, 1\]=inf: allowed is finite"),
+], ids=["empty array", "empty list", "length 6", "scalar", "3-D", "strings", "nan", "inf"])
 def test_shapley_from_table_names_a_table_of_no_coalitions(table, message):
-    """An empty table raised 'math domain error' (log2 of 0), strings numpy's ValueError."""
+    """An empty table raised 'math domain error' (log2 of 0), strings numpy's ValueError; a
+    NaN or infinite utility came back as NaN values for every player, without a word."""
     with pytest.raises(ValueError, match=message):
         shapley_from_table(table)
     assert shapley_from_table([0.0, 2.0]).tolist() == [2.0]

@@ -381,6 +381,35 @@ def test_standard_fl_shares_the_top_up_among_tied_agents_where_one_alone_would_r
     assert verify_equilibrium(StandardFL(), outcome.contributions, capped, model).ok
 
 
+def test_standard_fl_where_rounding_puts_every_tied_agent_a_hair_over_its_cap():
+    """Three tied agents at their caps of 0.2 samples (a(m) = 1 - m^-1/2, zero crossing 1):
+    the greedy profile is no equilibrium (the 0.6 samples train nothing), and its pool of
+    0.6000000000000001 split three ways put every water-filling level one ulp above its cap,
+    so the search for a level within the caps indexed an empty array (IndexError, from
+    StackelbergPricing as well). Nobody contributes: the equilibrium, by hand (a(0.6) = 0)."""
+    agents = Population(cost=[1e-3] * 3, endowment=[0.2] * 3)
+    outcome = StandardFL().solve(agents, TOY)
+    np.testing.assert_array_equal(outcome.contributions, 0.0)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, TOY).ok
+
+
+def test_standard_fl_best_responses_never_see_a_negative_total_of_the_others():
+    """Gauss-Seidel best responses kept a running total; once agents 0-2 dropped to 0 the
+    others' total of agent 3 came out -1.4e-14, which the accuracy model refused (ValueError
+    m=-1.42e-14, from StackelbergPricing as well). Nobody contributes: agent 3 alone gets
+    1.049 a(163.3) - 0.002 * 163.3 = -0.32 < 0 (zero crossing 158.9)."""
+    model = PowerLaw(a_opt=0.7289291097484749, k=2.5701515164019875, alpha=0.24864495135326517)
+    agents = Population(cost=[5.9293979469576554e-05, 0.06694109156821719, 0.0018197502333429554,
+                              0.002022522472850973],
+                        value=[2.7362528063813785, 1.2438382199918014, 0.5269472043750771, 1.0493148354272945],
+                        endowment=[23.62906302278616, 2.8557140537257957, 6.953157846176436, 163.29363925714725])
+    outcome = StandardFL().solve(agents, model)
+    np.testing.assert_array_equal(outcome.contributions, 0.0)
+    assert verify_equilibrium(StandardFL(), outcome.contributions, agents, model).ok
+    alone = agents.value[3] * model(agents.endowment[3]) - agents.cost[3] * agents.endowment[3]
+    assert alone == pytest.approx(-0.32, abs=0.01)
+
+
 def test_standard_fl_the_same_game_in_other_units_has_the_same_equilibrium():
     """The population above with v and c scaled together by s (every c_i / v_i, so every
     decision, unchanged). The check of the greedy profile (3, 4.37, 0) allowed an absolute
