@@ -149,9 +149,12 @@ def csv_path(section: dict) -> Path:
 
 
 def unreadable_csv(section: dict, error: OSError) -> ConfigError:
-    """The error for a ``population.csv`` that cannot be read (``error``)."""
-    return ConfigError(f"population.csv={section['csv']!r}: {error.strerror or error}; allowed is a readable CSV "
-                       "file of agents")
+    """The error for a ``population.csv`` that cannot be read (``error``); a relative path
+    is named with the folder it is relative to, the current one."""
+    path = csv_path(section)
+    where = "" if path.is_absolute() else f" (relative to the current folder, {os.getcwd()!r})"
+    return ConfigError(f"population.csv={section['csv']!r}: {error.strerror or error}{where}; allowed is a readable "
+                       "CSV file of agents")
 
 
 def csv_header(section: dict) -> list[str]:
@@ -396,11 +399,20 @@ def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float
     was measured with, the sha256 of population.csv's bytes (:func:`csv_sha256`; None
     without the file) and the seconds spent so far (:func:`elapsed`), atomically: a crash
     never leaves half a file."""
-    partial = folder / f"{CHECKPOINT}.partial"
-    with partial.open("wb") as handle:
-        pickle.dump({"config": config, "result": result, "timings": timings,
-                     "population_csv_sha256": population_csv_sha256}, handle)
-    partial.replace(folder / CHECKPOINT)
+    write_whole(folder / CHECKPOINT, pickle.dumps({"config": config, "result": result, "timings": timings,
+                                                   "population_csv_sha256": population_csv_sha256}))
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, through ``path.partial`` renamed over it: a
+    full disk or a Ctrl-C leaves the file as it was, with no half file beside it."""
+    partial = path.with_name(f"{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
 
 
 def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], str | None]:
@@ -443,8 +455,12 @@ def check_resumable(saved: dict, config: dict, folder: Path, saved_csv: str | No
     its checkpoint: an edit of its config.toml is a change like any other); or naming
     population.csv when its bytes changed since the run began: ``csv_now``, their sha256
     now, differs from ``saved_csv``, the checkpoint's (None, as in a checkpoint written
-    before it was kept, is unknown and not checked)."""
-    name = config_module.first_difference(saved, config, RESUMABLE)
+    before it was kept, is unknown and not checked). Where the checkpoint keeps that sha256,
+    population.csv may name the file by another path (a relative path from another
+    folder, or the file moved): its bytes are what the check compares."""
+    named = saved["population"]["csv"] and config["population"]["csv"]
+    movable = ("population.csv",) if saved_csv is not None and named else ()
+    name = config_module.first_difference(saved, config, RESUMABLE + movable)
     if name:
         section, key = name.split(".")
         raise ConfigError(
@@ -666,13 +682,18 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
         # the manifest marks the old report finished: from here until write_run writes a new one, the folder,
         # its config.toml rewritten below, is an unfinished run (analysis.seeds.aggregate_runs refuses it)
         (folder / "manifest.json").unlink(missing_ok=True)
-    (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
+    created = resume_folder is None
+    try:
+        write_whole(folder / "config.toml", config_module.dumps(config).encode("utf-8"))
+    except (OSError, MemoryError) as error:  # a full disk ...
+        said = " ".join(str(error).split())
+        raise WriteFailed(stopped(f"writing config.toml failed ({type(error).__name__}: {said})", folder, resumed,
+                                  created, f"--resume {str(folder)!r} continues the run")) from error
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
     from tqdm import tqdm
 
     from fl.executors import TrainingDiverged
 
-    created = resume_folder is None
     with tqdm(total=steps, disable=quiet or not config["experiment"]["progress"], desc="closed loop",
               unit="step") as bar:
         def progress(message: str) -> None:
@@ -698,7 +719,12 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
 
         def checkpoint(result) -> None:
             nonlocal saved
-            save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
+            try:
+                save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
+            except (OSError, MemoryError) as error:  # a full disk ...: the last checkpoint written holds the run
+                said = " ".join(str(error).split())
+                raise WriteFailed(stopped(f"writing the checkpoint failed ({type(error).__name__}: {said})", folder,
+                                          saved, created, f"--resume {str(folder)!r} continues the run")) from error
             saved = replace(result, records=list(result.records), pending=list(result.pending))  # as written
 
         try:
@@ -713,6 +739,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             raise unsolved_contract(error, folder, saved, created) from None
         except KeyboardInterrupt:
             raise interrupted(folder, saved, created) from None
+        except WriteFailed:  # its message says what is kept
+            raise
         except Exception:  # anything else: no folder without a finished iteration is left behind
             if created and (saved is None or saved.n_iterations == 0):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -729,7 +757,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                                   f"--resume {str(folder)!r} writes their report")) from None
     except (OSError, MemoryError) as error:  # a full disk, a file it cannot write ...: the checkpoint holds them
         said = " ".join(str(error).split())
-        raise ReportFailed(stopped(f"writing the report failed ({type(error).__name__}: {said})", folder, result,
+        raise WriteFailed(stopped(f"writing the report failed ({type(error).__name__}: {said})", folder, result,
                                    created, f"--resume {str(folder)!r} writes their report")) from error
     for warning in suspect if warn else ():
         print(f"warning: {warning}", file=sys.stderr)
@@ -769,15 +797,16 @@ class Interrupted(Exception):
     """The run was stopped by the user (Ctrl-C); the message says what was kept."""
 
 
-class ReportFailed(Exception):
-    """Writing a run's report failed after its loop finished, for want of disk or memory
-    (an OSError or MemoryError; any other exception, a defect, keeps its traceback); the
-    message names the error (its type and text; the exception is the cause) and how to
-    write the report from the checkpoint, which holds every iteration."""
+class WriteFailed(Exception):
+    """Writing a run's files failed for want of disk or memory (an OSError or MemoryError;
+    any other exception, a defect, keeps its traceback): a checkpoint during the loop (the
+    last one written is whole) or the report after it (the checkpoint holds every
+    iteration); the message names the error (its type and text; the exception is the
+    cause) and how to go on from the checkpoint."""
 
 
 #: what stops a run, or the seeds of a --seeds run, with one line (:func:`main`)
-STOPS = (Interrupted, ConfigError, ReportFailed)
+STOPS = (Interrupted, ConfigError, WriteFailed)
 
 
 def stopped(reason: str, folder: Path, saved: LoopResult | None, created: bool, advice: str,
@@ -840,7 +869,7 @@ def interrupted(folder: Path, saved: LoopResult | None, created: bool) -> Interr
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # --seed is no --seeds
     parser.add_argument("config", nargs="?", default=None,
                         help="TOML config (default: configs/default.toml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -868,7 +897,7 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     (:func:`check_against_the_data`: their endowments and the pilot sizes fit the training
     pool); a refusal names its seed. ``jobs`` > 1 runs up to that many seeds at once, each
     in its own process (:func:`run_in_processes`). A failure while the seeds folder is
-    written is a ReportFailed (Ctrl-C: Interrupted) naming the seeds' run folders."""
+    written is a WriteFailed (Ctrl-C: Interrupted) naming the seeds' run folders."""
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: allowed is each seed once")
     if any(config_module.parse_override(text)[:2] == ("experiment", "seed") for text in overrides):
@@ -906,7 +935,7 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
         raise Interrupted(f"interrupted while writing the seeds report; {written}") from None
     except (OSError, MemoryError) as error:  # a full disk ...: every seed's run folder is whole
         said = " ".join(str(error).split())
-        raise ReportFailed(f"writing the seeds report failed ({type(error).__name__}: {said}); {written}") from error
+        raise WriteFailed(f"writing the seeds report failed ({type(error).__name__}: {said}); {written}") from error
     if not quiet:
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))
@@ -937,7 +966,7 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     fails (refused at its start, training diverged, its report failed) or a Ctrl-C stops
     the seeds not yet started; the running ones finish, or on Ctrl-C stop at their last
     checkpoint. Then one error names what stopped, the seeds finished and how to resume
-    the stopped ones: a ConfigError where a seed raised one, else a ReportFailed where one
+    the stopped ones: a ConfigError where a seed raised one, else a WriteFailed where one
     did, else Interrupted."""
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
@@ -976,7 +1005,7 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     if stops or cut_short:
         finished = ", ".join(f"{folders[seed]} (seed {seed})" for seed in sorted(folders)) or "none"
         said = "".join(f"seed {seed}: {stops[seed]}; " for seed in sorted(stops))
-        kinds = [kind for kind in (ConfigError, ReportFailed) if any(isinstance(s, kind) for s in stops.values())]
+        kinds = [kind for kind in (ConfigError, WriteFailed) if any(isinstance(s, kind) for s in stops.values())]
         kind = kinds[0] if kinds else Interrupted
         raise kind(f"{'interrupted; ' if cut_short else ''}{said}the seeds finished: {finished}")
     return [folders[seed] for seed in configs]
@@ -1053,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 130  # the shell's status for a run stopped by SIGINT
-    except ReportFailed as error:
+    except WriteFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

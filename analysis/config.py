@@ -496,7 +496,9 @@ def first_difference(reference: dict[str, dict[str, Any]], other: dict[str, dict
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse one ``--set section.key=value`` override; the value is read as TOML.
 
-    A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string.
+    A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string,
+    unless it opens a list or table (``[`` or ``{``): there the TOML error is reported
+    (``[standard, shaping]`` was called "not a list"; its strings need quotes).
     ``key`` may name an entry of a table-valued key, ``population.cost.sigma=1.0`` (see
     :func:`load`).
     """
@@ -507,7 +509,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, name = dotted.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {literal}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as error:
+        if literal.strip()[:1] in ("[", "{"):
+            said = str(error).split(" (at ")[0]  # its column counts the "v = " parsed before the value
+            raise ConfigError(f"--set {dotted.strip()}={literal.strip()}: not valid TOML ({said}); allowed is a TOML "
+                              "list or table, its strings quoted, e.g. ['standard', 'shaping'] or "
+                              "{dist = 'lognormal', mean = -6.0, sigma = 0.5}") from None
         value = literal
     except ValueError as error:  # an integer of more digits than Python converts (4300)
         raise ConfigError(f"--set {dotted.strip()}=<{len(literal.strip())} characters>: {str(error).split(';')[0]}; "
@@ -527,7 +534,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
         if not path.is_file():
             raise ConfigError(f"config={str(path)!r}: no such file; allowed is a TOML config file")
         try:
-            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+            raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # the byte-order mark some editors write
         except UnicodeDecodeError as error:
             raise ConfigError(f"config={str(path)!r}: not valid TOML, which is UTF-8 ({error})") from None
         except tomllib.TOMLDecodeError as error:

@@ -550,6 +550,14 @@ def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert "no config.toml there" in capsys.readouterr().err
 
 
+def test_a_shortened_flag_is_not_taken_for_another(capsys):
+    """--seed 3 was read as --seeds 3 (argparse's abbreviations): a seeds run and its
+    spread folder, one seed wide, where one run under seed 3 was meant."""
+    with pytest.raises(SystemExit) as stopped:
+        run_experiment.main(["--quiet", "--seed", "3"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --seed" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_checkpoint_of_the_loop_before_calibration(run_folder, tmp_path, capsys):
     """A checkpoint pickled before each mechanism's a(m) was calibrated (it has no pilot
     fit) is refused with one line, not resumed into an AttributeError."""
@@ -852,6 +860,39 @@ def test_resume_refuses_a_population_csv_that_changed_since_the_run_began(tmp_pa
         assert pickle.load(handle)["population_csv_sha256"] == digest
 
 
+def test_a_population_csv_named_relatively_can_be_named_again_on_resume(tmp_path, capsys, monkeypatch):
+    """A run whose population.csv was relative to the folder it started in could be resumed
+    only from there: elsewhere the file was "No such file or directory", without saying
+    relative to what, and naming it by its full path was refused as a change of experiment.
+    The error now names the current folder, and another path to the same bytes (the sha256
+    the checkpoint keeps) is allowed; another file is refused as before."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    (start / "csv").mkdir(parents=True)
+    elsewhere.mkdir()
+    agents = start / "csv" / "agents.csv"
+    agents.write_text("cost,endowment\n0.001,60\n0.002,50\n0.0015,70\n")
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "population."))]
+    out = tmp_path / "runs"
+    monkeypatch.chdir(start)
+    assert run_experiment.main(["--quiet", *settings, "--set=population.csv='csv/agents.csv'",
+                                "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{out}'"]) == 0
+    (folder,) = out.iterdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    resume = ["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]
+    assert run_experiment.main(resume) == 2
+    assert capsys.readouterr().err == (f"error: population.csv='csv/agents.csv': No such file or directory (relative "
+                                       f"to the current folder, {str(elsewhere)!r}); allowed is a readable CSV file "
+                                       "of agents\n")
+    other = elsewhere / "other.csv"
+    other.write_text("cost,endowment\n0.5,60\n0.9,50\n0.7,70\n")
+    assert run_experiment.main([*resume, f"--set=population.csv='{other}'"]) == 2
+    assert "the file changed since the run in" in capsys.readouterr().err
+    assert run_experiment.main([*resume, f"--set=population.csv='{agents}'"]) == 0
+    assert tomllib.loads((folder / "config.toml").read_text())["population"]["csv"] == str(agents)
+
+
 def test_a_home_relative_output_dir_and_population_csv_are_expanded(tmp_path, monkeypatch):
     """experiment.output_dir = "~/runs" made a folder literally named "~" in the working
     directory, and population.csv = "~/agents.csv" was not found."""
@@ -991,6 +1032,49 @@ def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp
     with pytest.raises(RuntimeError, match="^a defect$"):
         run_experiment.main(["--quiet", "--resume", str(folder)])
     assert (folder / "metrics.csv").is_file() and (folder / "checkpoint.pkl").is_file()
+
+
+def test_a_disk_that_fills_during_the_loop_keeps_the_last_checkpoint_and_says_how_to_continue(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """A full disk while a checkpoint was written: a traceback (exit 1) and checkpoint.pkl.partial
+    left beside the last whole checkpoint, with no word that the run could be resumed. Now one
+    line names the error and the --resume command, no half file is left, and the resume
+    finishes the run; before any checkpoint (config.toml), nothing is left behind. The disk
+    fills here after half of the second checkpoint's bytes (the first holds the pilot)."""
+    from pathlib import Path
+
+    whole, written = Path.write_bytes, []
+
+    def filling(path, data):
+        if path.name.endswith(".partial"):
+            written.append(path.name)
+            if len(written) == 3:  # config.toml, the pilot's checkpoint, then the first training's
+                whole(path, data[:len(data) // 2])
+                raise OSError(28, "No space left on device")
+        return whole(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling)
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 1
+    (folder,) = tmp_path.iterdir()
+    assert capsys.readouterr().err == (f"error: writing the checkpoint failed (OSError: [Errno 28] No space left on "
+                                       f"device); the pilot curve is kept: --resume {str(folder)!r} continues the run\n")
+    assert {p.name for p in folder.iterdir()} >= {"checkpoint.pkl", "config.toml"}
+    assert not any(p.name.endswith(".partial") for p in folder.iterdir())
+    monkeypatch.undo()
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file()
+    capsys.readouterr()
+
+    def full(path, data):
+        raise OSError(28, "No space left")
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{fresh}'"]) == 1
+    assert capsys.readouterr().err == "error: writing config.toml failed (OSError: [Errno 28] No space left)\n"
+    assert not any(fresh.iterdir())
 
 
 def test_the_installed_command_finds_the_configs_pyproject_ships(tmp_path):

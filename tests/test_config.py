@@ -29,6 +29,30 @@ def test_override_parses_toml_values_and_bare_strings():
     assert config_module.load(None, ["model.hidden=[]"])["model"]["hidden"] == []  # logistic regression
 
 
+@pytest.mark.parametrize("override, said", [
+    ("mechanisms.compare=[standard,shaping]", "Invalid value"),
+    ("population.cost={dist=lognormal, mean=-6, sigma=0.5}", "Invalid value"),
+    ("model.hidden=[64, 64", "Unclosed array"),
+])
+def test_an_override_that_opens_a_list_or_table_but_is_not_toml_says_so(override, said):
+    """A bare word is a string, so these were taken as strings and refused as "allowed is a
+    list" (the user wrote one): the TOML error is now reported, with the quoting it needs."""
+    dotted, literal = override.split("=", 1)
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, [override])
+    assert str(error.value) == (f"--set {dotted}={literal}: not valid TOML ({said}); allowed is a TOML list or table, "
+                                "its strings quoted, e.g. ['standard', 'shaping'] or {dist = 'lognormal', mean = -6.0, "
+                                "sigma = 0.5}")
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Editors such as Notepad write a UTF-8 byte-order mark, which tomllib refused as an
+    invalid statement at line 1, column 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[training]\nrounds = 3\n")
+    assert config_module.load(path)["training"]["rounds"] == 3
+
+
 def test_override_sets_one_entry_of_a_table():
     """population.cost.sigma=1.0 changes the sigma of the cost distribution, keeping its
     other entries, whether the table comes from the config or from the defaults."""
