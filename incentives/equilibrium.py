@@ -280,10 +280,13 @@ def nash_equilibrium(
 
     Starts from ``start`` (default: nobody contributes; else (N,) contributions, checked
     as :meth:`Population.check_contributions` checks them) and stops after the first sweep
-    in which every agent's best response lies within ``tol * max(1, M)`` samples of its
+    in which every agent's best response lies within ``tol * max(1, m_i)`` samples of its
     contribution, |BR_i(m) - m_i| (|0 - m_i| for one that leaves; the distance to the
     best response, not the damped step, so a converged profile is a fixed point within
-    tol whatever the damping), or after ``max_iter`` sweeps (``converged`` is then False).
+    tol whatever the damping), or after ``max_iter`` sweeps (``converged`` is then False;
+    ``max_change`` is the last sweep's largest |BR_i(m) - m_i|, in samples). Each agent's
+    move is judged against its own contribution: against max(1, M) an agent of 7e-4
+    samples beside one of 1e6 stopped after moving 0.6, far from its best response (0.74).
     damping in [0, 1); grid_size: an integer >= LEAST_GRID (see :func:`best_response`).
     """
     check_world(population, model)
@@ -296,21 +299,21 @@ def nash_equilibrium(
     n = population.n_agents
     m = np.zeros(n) if start is None else population.check_contributions(start, "start")
     participates = np.ones(n, dtype=bool)
-    change = np.inf
+    change = relative = np.inf
     for iteration in range(1, max_iter + 1):
-        change = 0.0
+        change = relative = 0.0
         for i in range(n):
             response = best_response(mechanism, i, m, population, model, phi=phi, grid_size=grid_size)
             target = response.contribution if response.participates else 0.0
-            change = max(change, abs(target - m[i]))
+            move = abs(target - m[i])
+            change, relative = max(change, move), max(relative, move / max(1.0, m[i]))
             m[i] = (1.0 - damping) * target + damping * m[i] if response.participates else 0.0
             participates[i] = response.participates
-        if change <= tol * max(1.0, m.sum()):
+        if relative <= tol:
             break
     allocation = mechanism.allocate(m, population, model)
     utilities = utility(population, allocation.accuracy, m, allocation.transfer, _inside(participates, allocation), phi)
-    converged = bool(change <= tol * max(1.0, m.sum()))
-    return Equilibrium(m, participates, utilities, converged, iteration, float(change))
+    return Equilibrium(m, participates, utilities, bool(relative <= tol), iteration, float(change))
 
 
 def _inside(participates: np.ndarray, allocation: Allocation) -> np.ndarray:
@@ -416,16 +419,22 @@ def settle_participation(
     ``contribute`` last set it, e.g. under the reward announced to those agents; the last
     ``contribute`` is always among the agents of the result).
     With the default outside options (0) and no communication costs nobody leaves.
+    Warnings raised while a game is solved (a mechanism's best responses that do not
+    settle ...) are raised again for the game returned only: those of the games tried
+    on the way, among agents who then left or did not join, said "not an equilibrium"
+    of a profile the outcome does not hold.
     """
     n = population.n_agents
-    played: list = []  # the last game solved: its agents (N,) mask, their contributions, the allocation
+    played: list = []  # the last game solved: its agents (N,) mask, their contributions, the allocation, warnings
 
     def play(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The game among ``members`` (N,) solved: its agents' utilities and outside options."""
         sub = population.subset(members)
-        m_sub = np.asarray(contribute(sub), dtype=float)
-        allocation = allocate(m_sub, sub)
-        played[:] = [members.copy(), m_sub, allocation]
+        with warnings.catch_warnings(record=True) as said:  # kept for the game returned, if this is it
+            warnings.simplefilter("always")
+            m_sub = np.asarray(contribute(sub), dtype=float)
+            allocation = allocate(m_sub, sub)
+        played[:] = [members.copy(), m_sub, allocation, said]
         return utility(sub, allocation.accuracy, m_sub, allocation.transfer), sub.outside_option
 
     def slack(option: np.ndarray) -> np.ndarray:
@@ -462,9 +471,11 @@ def settle_participation(
     if inside.any():
         if not (played and np.array_equal(played[0], inside)):
             play(inside)
-        _, m_sub, allocation = played
+        _, m_sub, allocation, said = played
         for arr, values in zip(out, (m_sub, allocation.accuracy, allocation.transfer)):
             arr[inside] = values
+        for caught in said:  # only the returned game's: those of games tried and left are not about the outcome
+            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
     return Participation(out[0], inside, out[1], out[2])
 
 

@@ -178,10 +178,18 @@ def _linear_roots(population: Population, model: AccuracyModel) -> np.ndarray:
 
 
 def _linear_cost_contributions(population: Population, roots: np.ndarray) -> np.ndarray:
-    """The greedy profile on the roots m_i^* (:func:`_linear_roots`)."""
+    """The greedy profile on the roots m_i^* (:func:`_linear_roots`). Among agents of one
+    root (the same c_i / v_i) the top-up goes first to the least burdened by taking part,
+    the smallest (comm_i + r_i) / v_i: the one of them that stays in while paying for it
+    where any does (v_i a(M) - c_i m_i - comm_i >= r_i iff a(M) - (c_i / v_i) m_i >=
+    (comm_i + r_i) / v_i), so the others free-ride inside. Given to the lowest index, a
+    top-up left an agent with comm_i = 0.7 at -0.11, it left, and joining the other again
+    made it the top-up again: it stayed out, where free-riding inside would give it 0.029.
+    Ties of that burden too (by default everyone's is 0) go to the lowest index."""
+    burden = (population.comm_cost + population.outside_option) / population.value
     m = np.zeros(population.n_agents)
     total = 0.0
-    for i in np.argsort(-roots, kind="stable"):
+    for i in np.lexsort((burden, -roots)):  # by root, largest first, then by burden (stable)
         if roots[i] <= total:
             break
         m[i] = min(population.endowment[i], roots[i] - total)

@@ -1,10 +1,11 @@
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from incentives.accuracy import GeneralisationBound, PowerLaw, local_optimum
+from incentives.accuracy import EffectiveData, GeneralisationBound, PowerLaw, local_optimum
 from incentives.equilibrium import (
     _few_closed_sets,
     best_response,
@@ -375,7 +376,6 @@ def test_a_best_response_finds_the_higher_of_two_nearly_equal_peaks():
     """Accuracy shaping (epsilon 0.001) on a calibrated curve, phi = sqrt: agent 2's utility
     has two peaks, and the grid's best cell held the lower one (200.75 samples, 1.1e-4
     below the best, 92.98, on 100,001 points)."""
-    from incentives.accuracy import EffectiveData
     from incentives.equilibrium import _utilities
 
     model = EffectiveData(PowerLaw(0.8481282222619748, 5.3753576286742195, 0.6593619121379357), 3.0)
@@ -555,3 +555,50 @@ def test_verify_equilibrium_names_a_mechanism_class_and_an_outcome_passed_for_co
                                          r"of samples: pass outcome.contributions \(and "
                                          r"participates=outcome.participates\)$"):
         verify_equilibrium(StandardFL(), outcome, pop, TOY)
+
+
+def test_best_responses_stop_when_each_agent_is_within_tol_of_its_own_contribution():
+    """A free agent brings 1e6 samples (the zero crossing of a(m) = 0.5 - 500 m^-1/2): against
+    tol * max(1, M) every agent could move a sample a sweep and count as settled, so agent 0
+    stopped at 7.2e-4 samples after a move of 0.6, its best response 0.742 (a gain of 0.015,
+    no warning). Each move is now judged against the agent's own contribution: the
+    iteration reaches (0.742, 0.217, 1e6), which verifies."""
+    model = PowerLaw(a_opt=0.5, k=500.0, alpha=0.5)
+    agents = Population(cost=[0.0025, 0.1, 0.0], endowment=[1e6] * 3, value=[0.01, 20.0, 40.0], cost_exponent=3.0)
+    mechanism = ShapleyRewards(0.035)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outcome = mechanism.solve(agents, model)
+    np.testing.assert_allclose(outcome.contributions, [0.742, 0.217, 1e6], rtol=2e-3)
+    assert verify_equilibrium(mechanism, outcome.contributions, agents, model, participates=outcome.participates).ok
+
+
+def test_only_the_returned_games_warnings_are_raised():
+    """Six agents under shaping: a game tried among agents of whom some then left warned "no
+    profile without a profitable deviation found ... not an equilibrium", and the outcome
+    returned (another set of agents) verifies. Only the warnings of the game returned are
+    raised now; one from that game still is."""
+    agents = Population(
+        cost=[3.8388800553679606e-08, 2.088835647383718e-07, 0.122975856887398, 1.0856978578548475e-07,
+              3.8388800553679606e-08, 1.173075647538249e-07],
+        endowment=[1733974885.3538017] * 6,
+        value=[229.20524862987435, 9.244998431920344, 0.011582398929219752, 0.0032123598064962575,
+               0.013612812462912781, 0.003942806758392322],
+        outside_option=[-107.91205808807715, -2.7176856462422525, 2.9194066082304825e-05, 3.1252283293039816e-05,
+                        0.0, 2.2604364658342946e-05])
+    model = EffectiveData(PowerLaw(a_opt=0.9192178798984627, k=27.002209685174353, alpha=0.20355705591221795),
+                          0.11938752043877979)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outcome = AccuracyShaping().solve(agents, model)
+    assert not outcome.participates.all()
+    assert verify_equilibrium(AccuracyShaping(), outcome.contributions, agents, model,
+                              participates=outcome.participates).ok
+
+    def warns(members):
+        warnings.warn("a game among these agents did not settle", UserWarning)
+        return np.zeros(members.n_agents)
+
+    everyone = Population(cost=[1e-3, 1e-3], endowment=[10.0, 10.0])
+    with pytest.warns(UserWarning, match="did not settle"):
+        settle_participation(warns, lambda m, members: StandardFL().allocate(m, members, TOY), everyone)

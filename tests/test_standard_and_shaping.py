@@ -410,6 +410,22 @@ def test_standard_fl_best_responses_never_see_a_negative_total_of_the_others():
     assert alone == pytest.approx(-0.32, abs=0.01)
 
 
+def test_standard_fl_gives_a_tied_top_up_to_the_agent_who_stays_in_paying_for_it():
+    """Two agents of one cost, a(m) = 1 - m^-1/2 (m^* = 50^(2/3) = 13.57, a(m^*) = 0.7286), one
+    with a communication cost of 0.7. The top-up went to the lowest index: agent 0 (comm 0.7)
+    was at 0.7286 - 0.136 - 0.7 < 0 and left, and joining again made it the top-up again, so
+    it stayed out; in the other order both took part. Both take part now, either way round:
+    the agent without the cost tops up, the other free-rides at 0.7286 - 0.7 = 0.029 > 0."""
+    root = 50.0 ** (2 / 3)
+    for comm in ([0.7, 0.0], [0.0, 0.7]):
+        agents = Population(cost=[0.01, 0.01], endowment=[1000.0, 1000.0], comm_cost=comm)
+        outcome = StandardFL().solve(agents, TOY)
+        assert outcome.participates.all()
+        np.testing.assert_allclose(outcome.contributions, np.where(np.array(comm) > 0, 0.0, root), rtol=1e-12)
+        assert verify_equilibrium(StandardFL(), outcome.contributions, agents, TOY,
+                                  participates=outcome.participates).ok
+
+
 def test_standard_fl_the_same_game_in_other_units_has_the_same_equilibrium():
     """The population above with v and c scaled together by s (every c_i / v_i, so every
     decision, unchanged). The check of the greedy profile (3, 4.37, 0) allowed an absolute
