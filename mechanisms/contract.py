@@ -2141,11 +2141,12 @@ class ContractMechanism:
                 if new_cap >= cap_acc - 1e-9 * max(1.0, abs(cap_acc)):
                     break
                 solved_cap, cap_acc = cap_acc, new_cap
-            else:
-                warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: the "
-                              f"menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples it "
-                              f"attracts train a model of accuracy {cap_acc:.6g}, so its rewards may exceed the "
-                              "accuracy delivered", RuntimeWarning, stacklevel=4)
+            else:  # the caps still falling after _CAP_ROUNDS solves; said where by more than the solver's precision
+                if solved_cap - cap_acc > _CAP_NOTICE * max(1.0, abs(cap_acc)):
+                    warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: the "
+                                  f"menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples "
+                                  f"it attracts train a model of accuracy {cap_acc:.6g}, so its rewards may exceed "
+                                  "the accuracy delivered", RuntimeWarning, stacklevel=4)
         else:
             menu = self._solve_menu(grid, prob, u0, cap, value, None, beta)
             chosen = self._pick(menu, type_of, theta_i, u0_i, n_i)
@@ -2219,6 +2220,10 @@ class ContractMechanism:
 _ZERO = 1e-9
 _REWARD_UNIT_RANGE = 10  # rewards keep units of 1 while value.scale / reward_price is within 2**-10 to 2**10
 _CAP_ROUNDS = 25  # the most menus ContractMechanism solves to settle the reward cap a(M) of accuracy rewards
+#: a cap still falling by at most this share of max(1, cap) after _CAP_ROUNDS solves is not warned of: an
+#: accuracy a millionth off, far below what a test set measures (a cap of 0.2756201 against a(M) = 0.2756193,
+#: slowly converging, warned that rewards "may exceed the accuracy delivered", by 8e-7)
+_CAP_NOTICE = 1e-6
 _THRESHOLDS = 16  # the most thresholds on outside utility ContractMechanism tries to choose whom to leave out
 # ContractMechanism._solve_menu: up to _GREEDY_TYPES served types, leaving each out in turn is tried
 # (backward elimination); beyond, the losing ones each alone where there are at most _SINGLE_DROPS
