@@ -409,10 +409,10 @@ def write_whole(path: Path, data: bytes) -> None:
     partial = path.with_name(f"{path.name}.partial")
     try:
         partial.write_bytes(data)
+        partial.replace(path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(path)
 
 
 def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], str | None]:

@@ -18,6 +18,7 @@ contributes its right end (the epsilon -> 0 limit of Karimireddy, Guo & Jordan 2
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from itertools import islice
@@ -420,21 +421,25 @@ def settle_participation(
     ``contribute`` is always among the agents of the result).
     With the default outside options (0) and no communication costs nobody leaves.
     Warnings raised while a game is solved (a mechanism's best responses that do not
-    settle ...) are raised again for the game returned only: those of the games tried
-    on the way, among agents who then left or did not join, said "not an equilibrium"
-    of a profile the outcome does not hold.
+    settle ...) are heard for the game returned only, which is solved once more where it
+    raised any, so that they come from where they arise (their module's filters apply):
+    those of the games tried on the way, among agents who then left or did not join,
+    said "not an equilibrium" of a profile the outcome does not hold.
     """
     n = population.n_agents
     played: list = []  # the last game solved: its agents (N,) mask, their contributions, the allocation, warnings
 
-    def play(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The game among ``members`` (N,) solved: its agents' utilities and outside options."""
+    def play(members: np.ndarray, heard: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The game among ``members`` (N,) solved: its agents' utilities and outside options;
+        its warnings held back (whether it raised any kept) unless ``heard``."""
         sub = population.subset(members)
-        with warnings.catch_warnings(record=True) as said:  # kept for the game returned, if this is it
-            warnings.simplefilter("always")
+        held = contextlib.nullcontext([]) if heard else warnings.catch_warnings(record=True)
+        with held as said:
+            if not heard:
+                warnings.simplefilter("always")
             m_sub = np.asarray(contribute(sub), dtype=float)
             allocation = allocate(m_sub, sub)
-        played[:] = [members.copy(), m_sub, allocation, said]
+        played[:] = [members.copy(), m_sub, allocation, bool(said)]
         return utility(sub, allocation.accuracy, m_sub, allocation.transfer), sub.outside_option
 
     def slack(option: np.ndarray) -> np.ndarray:
@@ -469,13 +474,11 @@ def settle_participation(
                       "agents returned, among whom nobody gains by leaving", stacklevel=2)
     out = [np.zeros(n) for _ in range(3)]
     if inside.any():
-        if not (played and np.array_equal(played[0], inside)):
-            play(inside)
-        _, m_sub, allocation, said = played
+        if not (played and np.array_equal(played[0], inside)) or played[3]:  # its warnings said where they arise
+            play(inside, heard=True)
+        _, m_sub, allocation, _ = played
         for arr, values in zip(out, (m_sub, allocation.accuracy, allocation.transfer)):
             arr[inside] = values
-        for caught in said:  # only the returned game's: those of games tried and left are not about the outcome
-            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
     return Participation(out[0], inside, out[1], out[2])
 
 

@@ -577,7 +577,8 @@ def test_only_the_returned_games_warnings_are_raised():
     """Six agents under shaping: a game tried among agents of whom some then left warned "no
     profile without a profitable deviation found ... not an equilibrium", and the outcome
     returned (another set of agents) verifies. Only the warnings of the game returned are
-    raised now; one from that game still is."""
+    raised now, from where they arise (a filter on the warning's module applies); one from
+    that game still is."""
     agents = Population(
         cost=[3.8388800553679606e-08, 2.088835647383718e-07, 0.122975856887398, 1.0856978578548475e-07,
               3.8388800553679606e-08, 1.173075647538249e-07],
@@ -600,5 +601,11 @@ def test_only_the_returned_games_warnings_are_raised():
         return np.zeros(members.n_agents)
 
     everyone = Population(cost=[1e-3, 1e-3], endowment=[10.0, 10.0])
+    allocate = lambda m, members: StandardFL().allocate(m, members, TOY)  # noqa: E731
     with pytest.warns(UserWarning, match="did not settle"):
-        settle_participation(warns, lambda m, members: StandardFL().allocate(m, members, TOY), everyone)
+        settle_participation(warns, allocate, everyone)
+    with warnings.catch_warnings(record=True) as heard:  # raised where it arises: its module's filter applies
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", module=warns.__module__)
+        settle_participation(warns, allocate, everyone)
+    assert heard == []
