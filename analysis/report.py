@@ -453,7 +453,7 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
             target = found.best_deviation
             i = gain[np.argmax(found.deviation_gain[gain])]
             move = ("by leaving" if np.isnan(target[i])
-                    else f"by contributing {_samples(target[i])} samples instead of {_samples(m[i])}")
+                    else f"by contributing {_deviation_words(target[i], population.endowment[i])} instead of {_samples(m[i])}")
             less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
             findings.append(f"{_agents(gain.size)} would gain more than {found.tol:g} by changing their "
                             f"contribution alone ({less} of them by contributing less or leaving; the largest gain, "
@@ -485,6 +485,15 @@ def _samples(m: float) -> str:
     """A contribution in words: whole samples (training uses round(m)), with the fraction
     shown only where rounding would hide it (0.4 samples is not 0)."""
     return f"{m:.0f}" if m == 0 or abs(m) >= 0.5 else f"{m:.2g}"
+
+
+def _deviation_words(m: float, endowment: float) -> str:
+    """A deviation's contribution in words: a sliver where it lies above 0 but below a
+    millionth of the agent's endowment (the supremum of a utility that jumps at 0, as IncFL's
+    does where m_i > 0 is taking part: the search ends a hair above 0), else its samples."""
+    if 0 < m < 1e-6 * endowment:
+        return f"a sliver above 0 ({m:.2g} samples)"
+    return f"{_samples(m)} samples"
 
 
 def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Population,

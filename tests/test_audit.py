@@ -314,7 +314,8 @@ def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
     m_i^o, which M_-i already does here: the best deviation is a sliver, and its gain
     nears a(M_-i) - (a(M) - c_i m_i^o) as the sliver shrinks; the grid's smallest
     positive point, n_i 1e-9, gains a little less, and the refinement around it more.
-    The report says so in words."""
+    The report says so in words: a sliver above 0 (it said "6.1e-11 samples", which read as
+    a number the search meant rather than the least amount above 0)."""
     population = Population.from_lists(cost=[1e-3, 1.2e-3, 1.5e-3], endowment=1000)
     mechanism = IncFLParticipation()
     outcome = mechanism.solve(population, MODEL)
@@ -336,7 +337,8 @@ def test_incfl_audit_finds_every_participant_better_off_contributing_a_sliver():
     largest = int(np.argmax(expected))
     assert (f"Audit of incfl: 3 agents would gain more than 0.001 by changing their contribution alone (3 of them by "
             f"contributing less or leaving; the largest gain, {expected[largest]:.3g}, is agent {largest}'s, "
-            f"by contributing {result.best_deviation[largest]:.2g} samples instead of {m[largest]:.0f})." in note)
+            f"by contributing a sliver above 0 ({result.best_deviation[largest]:.2g} samples) instead of "
+            f"{m[largest]:.0f})." in note)
     standard = StandardFL().solve(population, MODEL)
     quiet = audit(StandardFL(), standard, population, MODEL, standard.accuracy, standard.transfer,
                   standard.contributions)
