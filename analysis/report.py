@@ -452,8 +452,9 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
             m = np.asarray(final[name].outcome.contributions, dtype=float)
             target = found.best_deviation
             i = gain[np.argmax(found.deviation_gain[gain])]
-            move = ("by leaving" if np.isnan(target[i])
-                    else f"by contributing {_deviation_words(target[i], population.endowment[i])} instead of {_samples(m[i])}")
+            move = ("by leaving" if np.isnan(target[i]) else
+                    f"by contributing {_deviation_words(target[i], population.endowment[i])} instead of "
+                    f"{_samples(m[i])}")
             less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
             findings.append(f"{_agents(gain.size)} would gain more than {found.tol:g} by changing their "
                             f"contribution alone ({less} of them by contributing less or leaving; the largest gain, "

@@ -2143,8 +2143,8 @@ class ContractMechanism:
                 solved_cap, cap_acc = cap_acc, new_cap
             else:  # the caps still falling after _CAP_ROUNDS solves; said where by more than the solver's precision
                 if solved_cap - cap_acc > _CAP_NOTICE * max(1.0, abs(cap_acc)):
-                    warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: the "
-                                  f"menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples "
+                    warnings.warn(f"the reward cap of the accuracy contract did not settle in {_CAP_ROUNDS} solves: "
+                                  f"the menu was solved under the cap a(M) = {solved_cap:.6g}, but the {M:.6g} samples "
                                   f"it attracts train a model of accuracy {cap_acc:.6g}, so its rewards may exceed "
                                   "the accuracy delivered", RuntimeWarning, stacklevel=4)
         else:

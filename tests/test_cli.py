@@ -1059,7 +1059,8 @@ def test_a_disk_that_fills_during_the_loop_keeps_the_last_checkpoint_and_says_ho
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 1
     (folder,) = tmp_path.iterdir()
     assert capsys.readouterr().err == (f"error: writing the checkpoint failed (OSError: [Errno 28] No space left on "
-                                       f"device); the pilot curve is kept: --resume {str(folder)!r} continues the run\n")
+                                       f"device); the pilot curve is kept: --resume {str(folder)!r} continues the "
+                                       "run\n")
     assert {p.name for p in folder.iterdir()} >= {"checkpoint.pkl", "config.toml"}
     assert not any(p.name.endswith(".partial") for p in folder.iterdir())
     monkeypatch.undo()
