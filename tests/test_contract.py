@@ -828,6 +828,23 @@ def test_a_small_reward_price_does_not_scale_up_a_large_objective(case):
     assert np.all(menu.contribution <= np.asarray(options["capacity"]) * (1 + 1e-5))
 
 
+def test_a_reduced_menu_stopped_inaccurate_without_a_closed_form_is_checked_against_all_pairs():
+    """SMALL_PRICE_CASES["no cap"] in the reduced form: a free type and capacities, so no
+    closed form applies; the program stopped "optimal_inaccurate" at 0.00998466, its
+    constraints met, 9.3e-4 of its profit below the all-pairs program's 0.00999399, and said
+    nothing. Up to _CROSS_CHECK_TYPES types such a menu is now checked against the all-pairs
+    program, and the shortfall warned of with both profits."""
+    options = dict(SMALL_PRICE_CASES["no cap"][0], form="reduced")
+    with pytest.warns(RuntimeWarning, match=r"solved inaccurately \(solver status 'optimal_inaccurate'\): its menu "
+                      r"earns the server 0\.00998466, less than the 0\.00999399 of the all-pairs program's menu"):
+        menu = solve_screening(**options)
+    assert menu.status == "optimal_inaccurate"
+    options["form"] = "all_pairs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert solve_screening(**options).server_profit == pytest.approx(0.00999399, rel=1e-6)
+
+
 def test_a_capacity_is_checked_against_its_own_size():
     """Capacities (2.9e5, 0.0233) samples, beta = 2, the second type asked for 1.05: 2000 times
     its capacity in q**2, which over the largest capacity (8.3e10) passed as 1.3e-11. Each type's
