@@ -105,7 +105,12 @@ def accuracy_on_distribution(per_class_acc: np.ndarray, label_distribution: np.n
     """sum_k p_k acc_k for a distribution p of shape (K,) (a float) or one per row of an
     (N, K) array (an (N,) array). Rows must be non-negative and sum to one. NaN where
     p puts mass on a class whose accuracy is NaN (absent from the test set)."""
-    acc = np.asarray(per_class_acc, dtype=np.float64)
+    accuracies = "a (K,) array of accuracies in [0, 1] (NaN: a class absent from the test set)"
+    acc = as_floats("per_class_acc", per_class_acc, accuracies)
+    if acc.ndim != 1 or acc.size == 0:
+        raise ValueError(f"per_class_acc (shape {acc.shape}): allowed is {accuracies}")
+    if np.any((acc < 0) | (acc > 1)):  # NaN compares False: allowed
+        raise ValueError(f"per_class_acc={acc.tolist()!r}: allowed is {accuracies}")
     allowed = f"a (K,) distribution or an (N, K) array of them, K = {acc.shape[0]}"
     p = as_floats("label_distribution", label_distribution, allowed)
     if p.ndim not in (1, 2) or p.shape[-1] != acc.shape[0]:

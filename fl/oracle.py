@@ -26,7 +26,7 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import IncFL, distribution_losses
 from fl.algorithms.strategy import child_seed
-from fl.checks import as_floats, check_integer, check_positive
+from fl.checks import as_floats, check_bool, check_integer, check_positive
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import DeliveryPath
@@ -121,6 +121,8 @@ class TrainingOracle:
         check_integer("rounds", rounds)
         check_integer("local_epochs", local_epochs)  # FedAvg would name it epochs
         check_integer("curve_steps", curve_steps)
+        check_bool("measure_local", measure_local)
+        check_bool("progress", progress)
         endowments = _whole_counts("endowments", endowments, "a 1-D array of whole numbers >= 0, one per agent")
         if alpha is not None:
             check_positive("alpha", alpha)
@@ -249,6 +251,7 @@ class TrainingOracle:
         accuracy on the validation set (``fl.valuation``); training is unchanged by it.
         """
         start = time.perf_counter()
+        check_bool("record_rounds", record_rounds)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation={aggregation!r}: allowed is one of {', '.join(map(repr, AGGREGATIONS))}")
         if record_rounds and aggregation != "fedavg":

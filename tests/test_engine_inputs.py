@@ -70,11 +70,14 @@ def test_init_params_of_another_shape_are_refused_by_every_executor(executor):
         ({**PARAMS, "extra": torch.zeros(1)}, r"^init_params \(unknown keys \['extra'\]\): allowed is the keys"),
         ({**PARAMS, "net.1.bias": [0.0] * 8}, r"^init_params\['net.1.bias'\] \(of type list\): allowed is a tensor"),
         (list(PARAMS.values()), r"^init_params \(of type list\): allowed is a mapping name -> tensor"),
+        ({**PARAMS, "net.1.weight": PARAMS["net.1.weight"].clone().fill_(float("nan"))},
+         r"^init_params\['net.1.weight'\] holds nan: allowed is finite weights$"),
     ],
 )
 def test_init_params_that_do_not_fit_the_model_are_refused(init, message):
     """A missing key gave a raw KeyError, integer tensors a raw dtype error, an unknown
-    key was ignored."""
+    key was ignored; a NaN weight was reported as local training that diverged ("allowed is
+    a step size small enough for finite losses"), which no step size mends."""
     with pytest.raises(ValueError, match=message):
         simulate(MODEL, SUBSETS, FedAvg(), 1, init_params=init, **QUIET)
 
@@ -330,3 +333,18 @@ def test_a_label_distribution_that_is_none_names_itself(p, message):
     taken, and a bad row was not named."""
     with pytest.raises(ValueError, match=message):
         evaluation.accuracy_on_distribution(np.full(3, 0.5), p)
+
+
+@pytest.mark.parametrize("acc, message", [
+    (np.ones((2, 3)), r"^per_class_acc \(shape \(2, 3\)\): allowed is a \(K,\) array of accuracies in \[0, 1\]"),
+    (0.5, r"^per_class_acc \(shape \(\)\): allowed is a \(K,\) array"),
+    (["a", "b", "c"], r"^per_class_acc=\['a', 'b', 'c'\]: allowed is a \(K,\) array"),
+    ([0.5, 1.5, 0.2], r"^per_class_acc=\[0.5, 1.5, 0.2\]: allowed is a \(K,\) array of accuracies in \[0, 1\]"),
+])
+def test_per_class_accuracies_that_are_none_name_themselves(acc, message):
+    """A (2, 3) array of ones scored an "accuracy" of 2.0 on a distribution of three classes; a
+    number raised a raw IndexError, strings numpy's conversion error. NaN (a class absent
+    from the test set) stays allowed."""
+    with pytest.raises(ValueError, match=message):
+        evaluation.accuracy_on_distribution(acc, np.full(3, 1 / 3))
+    assert evaluation.accuracy_on_distribution([0.5, np.nan, 0.7], [0.5, 0.0, 0.5]) == pytest.approx(0.6)

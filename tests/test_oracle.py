@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
+from fl.algorithms import FedAvg
 from fl.data.dataset import load_digits
 from fl.evaluation import accuracy_on_distribution, per_class_accuracy
 from fl.oracle import TrainingOracle
+from fl.server import run_federated
 from incentives.protocols import AccuracyOracle, TrainingOutcome
 
 TRAIN, TEST = load_digits()
@@ -324,3 +326,16 @@ def test_each_agent_trains_alone_from_its_own_local_stream():
                               seed=child_seed(0, 6, i), init_params=oracle.init_params, progress=False)
         per_class = per_class_accuracy(oracle.model, alone.params, TEST)
         assert result.local_accuracy[i] == accuracy_on_distribution(per_class, oracle.label_distributions[i])
+
+
+def test_yes_or_no_settings_refuse_what_is_not_true_or_false(oracle):
+    """measure_local="no" trained every agent alone as well (N more runs), record_rounds="no"
+    kept every round's client models, progress="no" showed the bar: any truthy value was
+    taken for True."""
+    for key in ("measure_local", "progress"):
+        with pytest.raises(ValueError, match=rf"^{key}='no': allowed is True or False$"):
+            make_oracle(**{key: "no"})
+    with pytest.raises(ValueError, match=r"^record_rounds='no': allowed is True or False$"):
+        oracle.train(np.full(N, 10.0), None, record_rounds="no")
+    with pytest.raises(ValueError, match=r"^progress=5: allowed is True or False$"):
+        run_federated("mlp", [TRAIN.subset(np.arange(20))], FedAvg(), 1, progress=5)

@@ -220,7 +220,7 @@ def train_local_models(
     ``lr``) from ``init_params`` on ``subsets[k]`` alone, exactly the local training a
     FedAvg client does in one round of that many epochs. Client k's batch order comes
     from ``child_seed(seed, k)``, so give it a seed no other purpose draws from."""
-    check_params("init_params", init_params, model)
+    check_params("init_params", init_params, model, finite=True)
     if any(len(s) == 0 for s in subsets):
         empty = [k for k, s in enumerate(subsets) if len(s) == 0]
         raise ValueError(f"subsets (empty for clients {empty}): allowed is clients with at least one sample each")

@@ -150,10 +150,12 @@ def batch_statistics_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None]
 
 
-def check_params(key: str, params, model: nn.Module) -> None:
+def check_params(key: str, params, model: nn.Module, finite: bool = False) -> None:
     """ValueError unless ``params`` is a mapping with the keys of ``model``'s state
     (parameters and buffers, as ``fl.models.get_params`` gives them), each a tensor of
-    the shape and dtype of the model's own (what the executors load into it)."""
+    the shape and dtype of the model's own (what the executors load into it); with
+    ``finite``, of finite entries too (a starting model holding NaN was reported as local
+    training that diverged, "allowed is a step size small enough", which no step size mends)."""
     state = model.state_dict()
     if not isinstance(params, Mapping):
         raise ValueError(f"{key} (of type {type(params).__name__}): allowed is a mapping name -> tensor, "
@@ -172,3 +174,8 @@ def check_params(key: str, params, model: nn.Module) -> None:
         if given.shape != own.shape or given.dtype != own.dtype:
             raise ValueError(f"{key}[{name!r}] (shape {tuple(given.shape)}, {given.dtype}): allowed is shape "
                              f"{tuple(own.shape)}, {own.dtype}, as the model's own")
+        if finite and given.is_floating_point():
+            flat = given.detach().reshape(-1)
+            wrong = flat[~torch.isfinite(flat)]
+            if wrong.numel():
+                raise ValueError(f"{key}[{name!r}] holds {wrong[0].item()!r}: allowed is finite weights")

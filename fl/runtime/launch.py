@@ -117,7 +117,7 @@ def initial_model(
         check_reads_data(model, [*(s.dataset for s in subsets.values()), test], target)
     if init_params is None:
         return model, get_params(model)
-    check_params("init_params", init_params, model)
+    check_params("init_params", init_params, model, finite=True)
     return model, {k: v.detach().to(target, copy=True) for k, v in init_params.items()}
 
 

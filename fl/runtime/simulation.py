@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from fl.algorithms.strategy import Strategy
+from fl.checks import check_bool
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, Executor, check_finite_losses
 from fl.executors.serial import SerialExecutor
@@ -162,6 +163,7 @@ def simulate(
         for clients with data (the others take no part in the run).
     """
     check_schedule(rounds, evaluate_every)
+    check_bool("progress", progress)
     _check_parts(strategy, executor, behaviours)
     subsets = client_subsets(train_subsets)
     tests = _client_tests(client_tests, subsets)
