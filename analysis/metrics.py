@@ -27,6 +27,9 @@ For one mechanism's record (its last loop iteration):
   keeps the model; with negative outside options both may be negative). The
   equilibrium is the one the mechanism's solver selects (shaping's largest total, for
   one), not the worst of several, as the textbook price of anarchy would take;
+- mean global accuracy: the global model's accuracy on each agent's test distribution,
+  averaged over the agents, whether or not they receive it (where no data was trained,
+  that of the untrained initial model theta_0: about chance, beside "models delivered" 0);
 - models delivered: how many agents receive a model at all (none under a money
   contract, where the server keeps it; only the participants under IncFL; nobody when
   no data was trained);
@@ -54,15 +57,26 @@ from incentives.equilibrium import social_optimum
 from incentives.loop import LOOP_PHI, IterationRecord, loop_phi
 from incentives.population import Population
 from incentives.utility import Phi, local_contribution
+from incentives.checks import as_floats, bad, check_entries, check_participates, check_per_agent, finite_number
 from mechanisms.audit import Audit
 
 
 def free_riders(contributions, local_optimum_m, receives=True) -> np.ndarray:
-    """Where the agent receives a model (``receives``, e.g.
-    :attr:`~incentives.protocols.Outcome.receives_model`) and m_i < m_i^o - 0.5
-    (samples): it contributes less than it would train on alone, by more than rounding
-    to whole samples; shapes broadcast."""
-    return np.asarray(receives, dtype=bool) & (np.asarray(contributions) < np.asarray(local_optimum_m) - 0.5)
+    """(N,) where the agent receives a model (``receives``, e.g.
+    :attr:`~incentives.protocols.Outcome.receives_model`; True or False for everyone) and
+    m_i < m_i^o - 0.5 (samples): it contributes less than it would train on alone, by more
+    than rounding to whole samples. ``contributions``: (N,) samples >= 0, N >= 1;
+    ``local_optimum_m``: (N,) or one number for all. ValueError naming the argument
+    otherwise (strings in ``receives`` counted everyone in, NaN contributions as no
+    free-rider, mismatched lengths raised numpy's broadcasting error)."""
+    m = as_floats("contributions", contributions, "a 1-D array of samples >= 0, one per agent")
+    if m.ndim != 1 or not m.size:
+        raise ValueError(f"contributions (shape {m.shape}): allowed is a 1-D array of samples >= 0, one per agent")
+    check_entries("contributions", m, 0.0)
+    local = check_per_agent("local_optimum_m", local_optimum_m, len(m), 0.0, broadcast=True)
+    served = np.full(len(m), receives) if isinstance(receives, (bool, np.bool_)) else check_participates(
+        receives, len(m), "receives")
+    return served & (m < local - 0.5)
 
 
 def free_riding_rate(contributions, local_optimum_m, receives=True) -> float:
@@ -75,6 +89,9 @@ def price_of_anarchy(optimal_welfare: float, equilibrium_welfare: float) -> floa
     infinite wherever the equilibrium welfare is not positive and differs from the
     optimum's (also where it is the higher, which needs negative outside options and a
     planner's search stopped short)."""
+    for key, welfare in (("optimal_welfare", optimal_welfare), ("equilibrium_welfare", equilibrium_welfare)):
+        if not finite_number(welfare):
+            raise bad(key, welfare, "a finite number (utility units)")
     if np.isclose(optimal_welfare, equilibrium_welfare, rtol=1e-12, atol=1e-12):
         return 1.0
     return float(optimal_welfare / equilibrium_welfare) if equilibrium_welfare > 0 else float("inf")
@@ -125,7 +142,12 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
 def served_accuracy(promised: np.ndarray, delivered: np.ndarray) -> dict[str, float]:
     """Mean promised and delivered accuracy and the promise gap (delivered - promised) of
     the agents delivered a model: its mean absolute value and the worst, its minimum (the
-    largest shortfall where negative); NaN when there are none."""
+    largest shortfall where negative); NaN when there are none. ``promised`` and
+    ``delivered``: accuracies of one shape (a delivered 0.5 was paired with both of two
+    agents' promises)."""
+    if np.shape(promised) != np.shape(delivered):
+        raise ValueError(f"delivered (shape {np.shape(delivered)}): allowed is one accuracy per promised one, "
+                         f"shape {np.shape(promised)}")
     if not promised.size:
         return dict.fromkeys(("mean_promised_accuracy", "mean_delivered_accuracy", "promise_gap_mean_abs",
                               "promise_gap_worst"), float("nan"))

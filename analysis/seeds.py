@@ -59,6 +59,8 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     them, were read from the same bytes (the sha256 their manifests keep); where they
     differ in a key of the loop (``analysis.config.LOOP_KEYS``, which a --resume may
     change), it says to resume every seed's run with the same value."""
+    if isinstance(folders, (str, Path)):  # one path: its characters were taken for folders
+        raise ValueError(f"folders={str(folders)!r}: allowed is a list of run folders, e.g. [{str(folders)!r}, ...]")
     folders = [Path(f) for f in folders]
     if not folders:
         raise ValueError("folders=[]: allowed is at least one run folder")
@@ -68,11 +70,15 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     summaries = [_summary(folder) for folder in folders]
     warnings = [_warnings(manifest) for manifest in manifests]
     mechanisms = list(summaries[0])  # the same in every run: mechanisms.compare is one of the configs' keys
+    metrics = list(summaries[0][mechanisms[0]])
+    for folder, summary in zip(folders, summaries):  # one config, so one table: unless a file was edited
+        if list(summary) != mechanisms or any(list(row) != metrics for row in summary.values()):
+            raise ValueError(f"{folder}: its summary.csv holds mechanisms {list(summary)} and metrics other than "
+                             f"{folders[0]}'s ({mechanisms}); allowed is the summary.csv its run wrote")
     seeds = [config["experiment"]["seed"] for config in configs]
     first = configs[0]["experiment"]
     out = make_run_folder(first["output_dir"] if output_dir is None else output_dir,
                           first["name"] + config_module.SEEDS_SUFFIX)
-    metrics = list(summaries[0][mechanisms[0]])
     values = {(name, key): np.array([summary[name][key] for summary in summaries])
               for name in mechanisms for key in metrics}
     write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
@@ -138,7 +144,14 @@ def _summary(folder: Path) -> dict[str, dict[str, float]]:
         raise ValueError(f"{folder}: no summary.csv there; allowed is a finished run folder")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return {row.pop("mechanism"): {key: _number(text) for key, text in row.items()} for row in rows}
+    try:
+        summary = {row.pop("mechanism"): {key: _number(text) for key, text in row.items()} for row in rows}
+    except (KeyError, TypeError, ValueError) as error:  # a file edited by hand or cut short
+        raise ValueError(f"{folder}: its summary.csv cannot be read ({type(error).__name__}: {error}); allowed is "
+                         "the summary.csv its run wrote") from None
+    if not summary:
+        raise ValueError(f"{folder}: its summary.csv has no mechanism; allowed is the summary.csv its run wrote")
+    return summary
 
 
 def read_warnings(folder: str | Path) -> list[str]:
@@ -160,7 +173,14 @@ def _manifest(folder: Path) -> dict:
         raise ValueError(f"{folder}: no manifest.json there, so its run (or a --resume of it) has not finished; "
                          "allowed is a finished run folder (python run_experiment.py --resume <run folder> "
                          "finishes it)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{folder}: its manifest.json cannot be read ({error}); allowed is the manifest its run "
+                         "wrote") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{folder}: its manifest.json holds no object; allowed is the manifest its run wrote")
+    return manifest
 
 
 def _number(text: str) -> float:

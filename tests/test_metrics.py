@@ -214,3 +214,26 @@ def test_half_a_sample_short_or_a_tie_with_training_alone_counts_for_neither():
     assert free_riding_rate([99.5, 99.49], [100.0, 100.0]) == 0.5
     record = trained_record([300, 200, 0], [0.5] * 3, [0.8] * 3, [0.8, 0.7, 0.9], local=np.array([0.8, 0.6, 0.0]))
     assert realised_incentivised_share(record) == 0.5
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: free_riding_rate([0.0, 0.0], [50.0, 50.0], ["no", "no"]), r"^receives=\['no', 'no'\]: allowed is"),
+    (lambda: free_riding_rate([0.0, 0.0], [50.0, 50.0], [2, 0]), r"^receives\[0\]=2.0: allowed is True or False$"),
+    (lambda: free_riding_rate([np.nan, 0.0], [50.0, 50.0]), r"^contributions\[0\]=nan: allowed is a number >= 0$"),
+    (lambda: free_riding_rate([-1.0, 0.0], [50.0, 50.0]), r"^contributions\[0\]=-1.0: allowed is a number >= 0$"),
+    (lambda: free_riding_rate([1.0, 2.0, 3.0], [50.0, 50.0]), r"^local_optimum_m has shape \(2,\): allowed is a "
+                                                              r"number or \(3,\), one per agent$"),
+    (lambda: free_riding_rate([], []), r"^contributions \(shape \(0,\)\): allowed is a 1-D array of samples"),
+    (lambda: served_accuracy(np.array([0.5, 0.9]), np.array([0.5])),
+     r"^delivered \(shape \(1,\)\): allowed is one accuracy per promised one, shape \(2,\)$"),
+    (lambda: price_of_anarchy(1.0, float("nan")), r"^equilibrium_welfare=nan: allowed is a finite number"),
+    (lambda: price_of_anarchy("1", 1.0), r"^optimal_welfare='1': allowed is a finite number"),
+])
+def test_bad_input_to_the_metrics_names_the_argument(call, message):
+    """Strings in receives counted everyone in (a rate of 1.0), a NaN contribution counted as
+    no free-rider, mismatched lengths raised numpy's broadcasting error, no agents gave NaN
+    with a RuntimeWarning, one delivered accuracy was paired with two promises, and a NaN
+    welfare gave a price of anarchy of inf."""
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert free_riding_rate(np.array([0.0, 60.0]), 50.0, np.array([True, False])) == 0.5

@@ -161,6 +161,37 @@ def test_runs_of_different_configs_are_not_aggregated(three_seeds, tmp_path):
         aggregate_runs([tmp_path])
 
 
+def test_run_folders_that_cannot_be_read_are_named(three_seeds, tmp_path):
+    """One folder given as a string was iterated character by character ("/: no config.toml
+    there"); an edited or cut summary.csv raised a bare KeyError or numpy's conversion error,
+    a broken manifest.json a JSONDecodeError. Each is now one ValueError naming the folder,
+    and no seeds folder is made for them."""
+    runs, _ = three_seeds
+    with pytest.raises(ValueError, match=rf"^folders='{runs[0]}': allowed is a list of run folders"):
+        aggregate_runs(str(runs[0]), tmp_path)
+    copies = [tmp_path / f"run{i}" for i in range(2)]
+    for run, copy in zip(runs, copies):
+        shutil.copytree(run, copy)
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = copies[1] / "summary.csv"
+    rows = summary.read_text().splitlines()
+    for text, message in [
+        ("", "its summary.csv has no mechanism"),
+        ("\n".join(rows[:2]), r"its summary.csv holds mechanisms \['standard'\] and metrics other than"),
+        ("\n".join([rows[0], rows[1].replace(",4,", ",yes,", 1), *rows[2:]]),
+         r"its summary.csv cannot be read \(ValueError: could not convert string to float: 'yes'\)"),
+    ]:
+        summary.write_text(text)
+        with pytest.raises(ValueError, match=rf"^{copies[1]}: {message}"):
+            aggregate_runs(copies, out)
+    summary.write_text("\n".join(rows))
+    (copies[1] / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match=rf"^{copies[1]}: its manifest.json cannot be read \(Expecting"):
+        aggregate_runs(copies, out)
+    assert not any(out.iterdir())
+
+
 def by_seed(folders) -> dict[int, list[dict]]:
     """{experiment.seed: the run's summary.csv rows} of run folders."""
     return {config_module.load(f / "config.toml")["experiment"]["seed"]: read(f / "summary.csv")
