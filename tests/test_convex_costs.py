@@ -64,9 +64,25 @@ def test_the_exponent_survives_subsets_and_csv(tmp_path):
 
 
 def test_local_optimum_solves_v_a_prime_equal_to_the_marginal_cost():
-    """k alpha m**(-alpha-1) = 3 c m**2  =>  m = (k alpha / (3 c))**(1 / (alpha + 3))."""
+    """k alpha m**(-alpha-1) = 3 c m**2  =>  m = (k alpha / (3 c))**(1 / (alpha + 3)), to the
+    bisection's precision (a grid search gave it to 1e-5)."""
     m = local_optimum(COSTS, np.ones(4), MODEL, np.full(4, 1000.0), cost_exponent=3)
-    np.testing.assert_allclose(m, (K * ALPHA / (3 * COSTS)) ** (1 / (ALPHA + 3)), rtol=1e-5)
+    np.testing.assert_allclose(m, (K * ALPHA / (3 * COSTS)) ** (1 / (ALPHA + 3)), rtol=1e-12)
+
+
+def test_local_optimum_finds_a_profitable_window_between_grid_points():
+    """a(m) = 0.3936 - 44.65 m^-1.678 (zero crossing 23.58), c = 3.07e-4, beta = 2: the gain
+    v a(m) - c m^2 is positive only on [23.59, 24.66], which no point of the grid search over
+    [0, 546] fell in, so m^o came out 0. On [m0, n] the gain is concave: its slope's root is
+    24.119, found exactly, worth 3.22e-4 (a grid of 100,001 points over the window agrees)."""
+    model = PowerLaw(0.39360483218696585, 44.64623968535611, 1.6780498113000495)
+    cost, value = 3.068285806622815e-4, 0.9947784249236211
+    m = local_optimum(cost, value, model, 545.9636433880371, cost_exponent=2.0)
+    grid = np.linspace(23.5, 24.7, 100_001)
+    gains = value * model(grid) - cost * grid**2
+    assert m == pytest.approx(grid[np.argmax(gains)], abs=2e-5)
+    best = value * model(m) - cost * m**2
+    assert best == pytest.approx(3.2216e-4, rel=1e-4) and gains.max() <= best
 
 
 def test_standard_fl_equilibrium_and_the_social_optimum_in_closed_form():
