@@ -204,7 +204,11 @@ class PowerLaw(_Parametric):
 
     @property
     def zero_crossing(self) -> float:
-        return (self.k / self.a_opt) ** (1.0 / self.alpha)
+        """(k / a_opt)**(1 / alpha); inf where that overflows (k = 1e10, alpha = 1e-6, within
+        EmpiricalModel.fit's bounds: Python floats raised OverflowError at every evaluation,
+        numpy's gave inf), a curve that stays at accuracy 0."""
+        with np.errstate(over="ignore"):
+            return float(np.float64(self.k / self.a_opt) ** (1.0 / self.alpha))
 
     def inverse(self, a):
         a = self._check_accuracy(a)

@@ -352,3 +352,14 @@ def test_infinitely_many_samples_reach_a_opt_with_slope_0(model):
         warnings.simplefilter("error")
         assert model(np.inf) == pytest.approx(0.9) and model.derivative(np.inf) == 0.0
         np.testing.assert_allclose(model(np.array([1e12, np.inf])), [model(1e12), 0.9])
+
+
+def test_a_power_law_whose_zero_crossing_overflows_stays_at_accuracy_0():
+    """k = 1e10, alpha = 1e-6 (within EmpiricalModel.fit's bounds): (k / a_opt)**(1 / alpha)
+    overflows, which raised OverflowError at every evaluation for Python floats and gave inf
+    (with a RuntimeWarning) for numpy's. Both now give a zero crossing of inf and accuracy 0."""
+    for alpha in (1e-6, np.float64(1e-6)):
+        model = PowerLaw(1.0, 1e10, alpha)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert model.zero_crossing == np.inf and model(5.0) == 0.0 and model.derivative(5.0) == 0.0
