@@ -57,26 +57,44 @@ from incentives.equilibrium import social_optimum
 from incentives.loop import LOOP_PHI, IterationRecord, loop_phi
 from incentives.population import Population
 from incentives.utility import Phi, local_contribution
-from incentives.checks import as_floats, bad, check_entries, check_participates, check_per_agent, finite_number
+from incentives.checks import as_floats, bad, check_per_agent, finite_number
 from mechanisms.audit import Audit
 
 
 def free_riders(contributions, local_optimum_m, receives=True) -> np.ndarray:
-    """(N,) where the agent receives a model (``receives``, e.g.
-    :attr:`~incentives.protocols.Outcome.receives_model`; True or False for everyone) and
-    m_i < m_i^o - 0.5 (samples): it contributes less than it would train on alone, by more
-    than rounding to whole samples. ``contributions``: (N,) samples >= 0, N >= 1;
-    ``local_optimum_m``: (N,) or one number for all. ValueError naming the argument
-    otherwise (strings in ``receives`` counted everyone in, NaN contributions as no
-    free-rider, mismatched lengths raised numpy's broadcasting error)."""
-    m = as_floats("contributions", contributions, "a 1-D array of samples >= 0, one per agent")
-    if m.ndim != 1 or not m.size:
-        raise ValueError(f"contributions (shape {m.shape}): allowed is a 1-D array of samples >= 0, one per agent")
-    check_entries("contributions", m, 0.0)
-    local = check_per_agent("local_optimum_m", local_optimum_m, len(m), 0.0, broadcast=True)
-    served = np.full(len(m), receives) if isinstance(receives, (bool, np.bool_)) else check_participates(
-        receives, len(m), "receives")
-    return served & (m < local - 0.5)
+    """Where the agent receives a model (``receives``, e.g.
+    :attr:`~incentives.protocols.Outcome.receives_model`) and m_i < m_i^o - 0.5
+    (samples): it contributes less than it would train on alone, by more than rounding
+    to whole samples. ``contributions``: samples >= 0, (N,) or (G, N) for G profiles of N
+    >= 1 agents; ``local_optimum_m``: (N,) or one number for all; ``receives``: True or
+    False for everyone, or 0/1 entries of the contributions' shape or (N,). ValueError
+    naming the argument otherwise (strings in ``receives`` counted everyone in, NaN
+    contributions as no free-rider, mismatched lengths raised numpy's broadcasting error)."""
+    samples = "samples >= 0, (N,) or (G, N) for N >= 1 agents"
+    m = as_floats("contributions", contributions, samples)
+    if m.ndim not in (1, 2) or not m.shape[-1]:
+        raise ValueError(f"contributions (shape {m.shape}): allowed is {samples}")
+    wrong = np.argwhere(~(np.isfinite(m) & (m >= 0)))
+    if wrong.size:
+        at = tuple(int(k) for k in wrong[0])
+        raise ValueError(f"contributions[{', '.join(map(str, at))}]={float(m[at])!r}: allowed is {samples}")
+    local = check_per_agent("local_optimum_m", local_optimum_m, m.shape[-1], 0.0, broadcast=True)
+    return _receives(receives, m.shape) & (m < local - 0.5)
+
+
+def _receives(receives, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`free_riders`' ``receives`` as a boolean array of ``shape``."""
+    if isinstance(receives, (bool, np.bool_)):
+        return np.full(shape, bool(receives))
+    flags = as_floats("receives", receives, "True or False, or 0/1 entries, one per agent", booleans=True)
+    if flags.shape not in (shape, shape[-1:]):
+        raise ValueError(f"receives (shape {flags.shape}): allowed is True or False, or one entry per agent, "
+                         f"shape {shape} or {shape[-1:]}")
+    wrong = np.argwhere((flags != 0) & (flags != 1))
+    if wrong.size:
+        at = tuple(int(k) for k in wrong[0])
+        raise ValueError(f"receives[{', '.join(map(str, at))}]={float(flags[at])!r}: allowed is True or False")
+    return np.broadcast_to(flags.astype(bool), shape)
 
 
 def free_riding_rate(contributions, local_optimum_m, receives=True) -> float:

@@ -139,16 +139,16 @@ def per_agent(key: str, value, n: int, broadcast: bool = False) -> np.ndarray:
     return arr
 
 
-def check_participates(participates, n: int, key: str = "participates") -> np.ndarray:
-    """``participates`` (named ``key``) as a boolean array of shape (n,) (None: everyone
-    takes part); entries must be True/False (or 1/0)."""
+def check_participates(participates, n: int) -> np.ndarray:
+    """``participates`` as a boolean array of shape (n,) (None: everyone takes part); entries
+    must be True/False (or 1/0)."""
     if participates is None:
         return np.ones(n, dtype=bool)
-    flags = per_agent(key, participates, n)
+    flags = per_agent("participates", participates, n)
     wrong = np.flatnonzero((flags != 0) & (flags != 1))
     if wrong.size:
         i = int(wrong[0])
-        raise ValueError(f"{key}[{i}]={float(flags[i])!r}: allowed is True or False")
+        raise ValueError(f"participates[{i}]={float(flags[i])!r}: allowed is True or False")
     return flags.astype(bool)
 
 

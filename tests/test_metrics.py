@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from analysis.metrics import (free_riding_rate, price_of_anarchy, realised_incentivised_share, served_accuracy,
-                              summarise)
+from analysis.metrics import (free_riders, free_riding_rate, price_of_anarchy, realised_incentivised_share,
+                              served_accuracy, summarise)
 from incentives.accuracy import PowerLaw, local_optimum
 from incentives.equilibrium import social_optimum
 from incentives.loop import IterationRecord
@@ -219,11 +219,12 @@ def test_half_a_sample_short_or_a_tie_with_training_alone_counts_for_neither():
 @pytest.mark.parametrize("call, message", [
     (lambda: free_riding_rate([0.0, 0.0], [50.0, 50.0], ["no", "no"]), r"^receives=\['no', 'no'\]: allowed is"),
     (lambda: free_riding_rate([0.0, 0.0], [50.0, 50.0], [2, 0]), r"^receives\[0\]=2.0: allowed is True or False$"),
-    (lambda: free_riding_rate([np.nan, 0.0], [50.0, 50.0]), r"^contributions\[0\]=nan: allowed is a number >= 0$"),
-    (lambda: free_riding_rate([-1.0, 0.0], [50.0, 50.0]), r"^contributions\[0\]=-1.0: allowed is a number >= 0$"),
+    (lambda: free_riding_rate([0.0, 0.0], [50.0, 50.0], [1, 0, 1]), r"^receives \(shape \(3,\)\): allowed is"),
+    (lambda: free_riding_rate([np.nan, 0.0], [50.0, 50.0]), r"^contributions\[0\]=nan: allowed is samples >= 0"),
+    (lambda: free_riding_rate([[0.0, -1.0]], 50.0), r"^contributions\[0, 1\]=-1.0: allowed is samples >= 0"),
     (lambda: free_riding_rate([1.0, 2.0, 3.0], [50.0, 50.0]), r"^local_optimum_m has shape \(2,\): allowed is a "
                                                               r"number or \(3,\), one per agent$"),
-    (lambda: free_riding_rate([], []), r"^contributions \(shape \(0,\)\): allowed is a 1-D array of samples"),
+    (lambda: free_riding_rate([], []), r"^contributions \(shape \(0,\)\): allowed is samples >= 0, \(N,\) or"),
     (lambda: served_accuracy(np.array([0.5, 0.9]), np.array([0.5])),
      r"^delivered \(shape \(1,\)\): allowed is one accuracy per promised one, shape \(2,\)$"),
     (lambda: price_of_anarchy(1.0, float("nan")), r"^equilibrium_welfare=nan: allowed is a finite number"),
@@ -237,3 +238,5 @@ def test_bad_input_to_the_metrics_names_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
     assert free_riding_rate(np.array([0.0, 60.0]), 50.0, np.array([True, False])) == 0.5
+    profiles = np.array([[0.0, 60.0], [0.0, 0.0]])  # (G, N): one row a profile
+    np.testing.assert_array_equal(free_riders(profiles, [50.0, 50.0], [True, False]), [[True, False], [True, False]])
