@@ -448,6 +448,7 @@ class EffectiveData(AccuracyModel):
     efficiency: float
 
     def __post_init__(self) -> None:
+        check_model("base", self.base)
         low, high = _EFFICIENCY_RANGE
         if not (finite_number(self.efficiency) and low <= self.efficiency <= high):
             raise bad("efficiency", self.efficiency, f"a number in [{low:g}, {high:g}]")
@@ -466,6 +467,7 @@ class EffectiveData(AccuracyModel):
         that ends on 1e-3 or 1e3 gets :meth:`EmpiricalModel.fit`'s UserWarning: the
         points may call for one beyond (a measured accuracy at or above the base's a_max
         fits only the largest)."""
+        check_model("base", base)
         sizes, accuracies = _measured_points(sizes, accuracies, least=1)
         low, high = np.log(_EFFICIENCY_RANGE)
 
@@ -615,6 +617,15 @@ def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> Ge
     return GeneralisationBound(float(p[0]), float(p[1]))
 
 
+def check_model(key: str, model) -> None:
+    """ValueError naming ``key`` unless ``model`` is an :class:`AccuracyModel` (None, or an
+    argument swapped with another, failed later at its first use, with a TypeError or
+    AttributeError)."""
+    if not isinstance(model, AccuracyModel):
+        raise ValueError(f"{key} (of type {type(model).__name__}): allowed is an "
+                         f"{AccuracyModel.__module__}.{AccuracyModel.__name__}")
+
+
 def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callable | None = None,
                   cost_exponent: float = 1.0):
     """m_i^o = argmax_{0 <= m <= n_i} v_i phi(a(m)) - c_i m**beta: what agent i collects
@@ -639,6 +650,7 @@ def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callab
     Bad arguments raise ValueError naming the argument, the value and what is allowed.
     """
     cost, value, endowment = _agent_arrays(cost, value, endowment)
+    check_model("model", model)
     check_number("cost_exponent", cost_exponent, least=1)
     check_phi(phi)
     return checked_local_optimum(cost, value, model, endowment, phi, cost_exponent)

@@ -42,7 +42,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from incentives.accuracy import AccuracyModel
+from incentives.accuracy import check_model
 from incentives.checks import (as_floats, bad, check_entries, check_integer, check_number, common_length,
                                finite_number, per_agent)
 
@@ -577,7 +577,7 @@ def check_world(population, model) -> None:
     ``model`` an :class:`~incentives.accuracy.AccuracyModel` (the order every mechanism's
     ``solve`` and the equilibrium solvers take them in): swapped or of another type, they
     failed on the first attribute read, with an AttributeError, or passed unread."""
-    for key, value, cls in (("population", population, Population), ("model", model, AccuracyModel)):
-        if not isinstance(value, cls):
-            raise ValueError(f"{key} (of type {type(value).__name__}): allowed is an "
-                             f"{cls.__module__}.{cls.__name__}")
+    if not isinstance(population, Population):
+        raise ValueError(f"population (of type {type(population).__name__}): allowed is an "
+                         f"{Population.__module__}.{Population.__name__}")
+    check_model("model", model)

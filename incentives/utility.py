@@ -20,7 +20,7 @@ import numpy as np
 
 from incentives.accuracy import AccuracyModel, benefits_of, check_phi, checked_local_optimum
 from incentives.checks import check_participates, check_per_agent, per_agent
-from incentives.population import Population
+from incentives.population import Population, check_world
 
 Phi = Callable[[np.ndarray], np.ndarray]
 
@@ -78,7 +78,9 @@ def local_contribution(population: Population, model: AccuracyModel, phi: Phi | 
     """(N,) m_i^o, the samples each agent collects training alone, capped at its
     endowment (:func:`incentives.accuracy.local_optimum` on ``model.alone`` under ``phi``,
     linear by default, and the population's cost exponent); ValueError for a ``phi`` that
-    :func:`incentives.accuracy.check_phi` refuses."""
+    :func:`incentives.accuracy.check_phi` refuses, or for arguments of another type
+    (:func:`~incentives.population.check_world`)."""
+    check_world(population, model)
     check_phi(phi)
     return _local_contribution(population, model, phi)
 

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw
+from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
 from incentives.checks import as_floats
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population
@@ -294,3 +294,22 @@ def test_a_population_and_model_swapped_or_of_another_type_are_named(name):
         with pytest.raises(ValueError, match=message):
             call(population, model)
     call(TWO, PL)  # the right order still solves
+
+
+AGENTS = Population(cost=[1e-3, 2e-3], endowment=[100.0, 100.0])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: EffectiveData(None, 1.0), r"^base \(of type NoneType\): allowed is an incentives.accuracy.AccuracyModel$"),
+    (lambda: EffectiveData.calibrate(None, [100.0], [0.5]), r"^base \(of type NoneType\): allowed is an "),
+    (lambda: local_optimum(1e-3, 1.0, None, 100.0), r"^model \(of type NoneType\): allowed is an "),
+    (lambda: local_contribution(AGENTS, None), r"^model \(of type NoneType\): allowed is an "),
+    (lambda: local_contribution(PowerLaw(0.9, 2.0, 0.5), AGENTS), r"^population \(of type PowerLaw\): allowed is an "
+                                                                  r"incentives.population.Population$"),
+])
+def test_a_model_that_is_no_accuracy_model_is_named(call, message):
+    """EffectiveData(None, 1.0) was accepted and failed at its first call (TypeError), its
+    calibrate and local_optimum with an AttributeError, local_contribution with arguments
+    swapped too."""
+    with pytest.raises(ValueError, match=message):
+        call()
