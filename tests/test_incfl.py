@@ -172,6 +172,14 @@ def test_per_class_and_distribution_losses_match_a_direct_computation():
         distribution_losses(model, params, TEST, p + np.outer([0, 1], np.eye(10)[2]) * 0.25)  # row 1 named
     with pytest.raises(ValueError, match=r"^label_distributions=\[\['x'\]\]: allowed is \(N, 10\) distributions"):
         distribution_losses(model, params, TEST, [["x"]])
+    # a validation set without class 7, which client 1 holds: its loss was NaN, and IncFL refused the
+    # NaN losses (global_losses=array([nan, nan])) after a round of training, naming neither
+    keep = TEST.y != 7
+    without = ArrayDataset("no-7", TEST.x[keep], TEST.y[keep], 10)
+    with pytest.raises(ValueError, match=r"^dataset 'no-7' \(no sample of class 7, on which label_distributions\[1\] "
+                                         r"puts 0.75\): allowed is a dataset holding every class the clients hold$"):
+        distribution_losses(model, params, without, p)
+    assert np.isfinite(distribution_losses(model, params, without, p[:1])).all()  # client 0 holds class 3 only
 
 
 def test_local_models_learn_their_own_data_and_do_not_depend_on_other_clients():

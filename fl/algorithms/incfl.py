@@ -203,6 +203,11 @@ def distribution_losses(model: nn.Module, params: Params, dataset: ArrayDataset,
     if p.ndim != 2 or p.shape[1] != dataset.num_classes:
         raise ValueError(f"label_distributions (shape {p.shape}): allowed is {allowed}")
     check_distributions("label_distributions", p)
+    absent = (np.bincount(dataset.labels(), minlength=dataset.num_classes) == 0)[None, :] & (p > 0)
+    if absent.any():  # its loss is NaN, and IncFL refused the NaN losses after a round of training
+        k, c = (int(i) for i in np.argwhere(absent)[0])
+        raise ValueError(f"dataset {dataset.name!r} (no sample of class {c}, on which label_distributions[{k}] "
+                         f"puts {p[k, c]:.3g}): allowed is a dataset holding every class the clients hold")
     per_class = per_class_loss(model, params, dataset)
     return np.where(p > 0, p * per_class, 0.0).sum(axis=1)
 
