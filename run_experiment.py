@@ -686,9 +686,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     try:
         write_whole(folder / "config.toml", config_module.dumps(config).encode("utf-8"))
     except (OSError, MemoryError) as error:  # a full disk ...
-        said = " ".join(str(error).split())
-        raise WriteFailed(stopped(f"writing config.toml failed ({type(error).__name__}: {said})", folder, resumed,
-                                  created, f"--resume {str(folder)!r} continues the run")) from error
+        raise WriteFailed(stopped(write_failure("config.toml", error), folder, resumed, created,
+                                  f"--resume {str(folder)!r} continues the run")) from error
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
     from tqdm import tqdm
 
@@ -722,9 +721,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             try:
                 save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
             except (OSError, MemoryError) as error:  # a full disk ...: the last checkpoint written holds the run
-                said = " ".join(str(error).split())
-                raise WriteFailed(stopped(f"writing the checkpoint failed ({type(error).__name__}: {said})", folder,
-                                          saved, created, f"--resume {str(folder)!r} continues the run")) from error
+                raise WriteFailed(stopped(write_failure("the checkpoint", error), folder, saved, created,
+                                          f"--resume {str(folder)!r} continues the run")) from error
             saved = replace(result, records=list(result.records), pending=list(result.pending))  # as written
 
         try:
@@ -756,9 +754,8 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
         raise Interrupted(stopped("interrupted while writing the report", folder, result, created,
                                   f"--resume {str(folder)!r} writes their report")) from None
     except (OSError, MemoryError) as error:  # a full disk, a file it cannot write ...: the checkpoint holds them
-        said = " ".join(str(error).split())
-        raise WriteFailed(stopped(f"writing the report failed ({type(error).__name__}: {said})", folder, result,
-                                   created, f"--resume {str(folder)!r} writes their report")) from error
+        raise WriteFailed(stopped(write_failure("the report", error), folder, result, created,
+                                  f"--resume {str(folder)!r} writes their report")) from error
     for warning in suspect if warn else ():
         print(f"warning: {warning}", file=sys.stderr)
     if not quiet:  # experiment.progress hides the progress bar only
@@ -803,6 +800,11 @@ class WriteFailed(Exception):
     last one written is whole) or the report after it (the checkpoint holds every
     iteration); the message names the error (its type and text; the exception is the
     cause) and how to go on from the checkpoint."""
+
+
+def write_failure(what: str, error: BaseException) -> str:
+    """A WriteFailed's reason: writing ``what`` failed, with the error's type and its text on one line."""
+    return f"writing {what} failed ({type(error).__name__}: {' '.join(str(error).split())})"
 
 
 #: what stops a run, or the seeds of a --seeds run, with one line (:func:`main`)
@@ -934,8 +936,7 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while writing the seeds report; {written}") from None
     except (OSError, MemoryError) as error:  # a full disk ...: every seed's run folder is whole
-        said = " ".join(str(error).split())
-        raise WriteFailed(f"writing the seeds report failed ({type(error).__name__}: {said}); {written}") from error
+        raise WriteFailed(f"{write_failure('the seeds report', error)}; {written}") from error
     if not quiet:
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))

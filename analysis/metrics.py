@@ -53,11 +53,11 @@ from __future__ import annotations
 import numpy as np
 
 from incentives.accuracy import AccuracyModel
+from incentives.checks import as_floats, bad, check_entries, check_per_agent, finite_number
 from incentives.equilibrium import social_optimum
 from incentives.loop import LOOP_PHI, IterationRecord, loop_phi
 from incentives.population import Population
 from incentives.utility import Phi, local_contribution
-from incentives.checks import as_floats, bad, check_per_agent, finite_number
 from mechanisms.audit import Audit
 
 
@@ -74,10 +74,7 @@ def free_riders(contributions, local_optimum_m, receives=True) -> np.ndarray:
     m = as_floats("contributions", contributions, samples)
     if m.ndim not in (1, 2) or not m.shape[-1]:
         raise ValueError(f"contributions (shape {m.shape}): allowed is {samples}")
-    wrong = np.argwhere(~(np.isfinite(m) & (m >= 0)))
-    if wrong.size:
-        at = tuple(int(k) for k in wrong[0])
-        raise ValueError(f"contributions[{', '.join(map(str, at))}]={float(m[at])!r}: allowed is {samples}")
+    check_entries("contributions", m, 0.0)
     local = check_per_agent("local_optimum_m", local_optimum_m, m.shape[-1], 0.0, broadcast=True)
     return _receives(receives, m.shape) & (m < local - 0.5)
 
@@ -86,7 +83,7 @@ def _receives(receives, shape: tuple[int, ...]) -> np.ndarray:
     """:func:`free_riders`' ``receives`` as a boolean array of ``shape``."""
     if isinstance(receives, (bool, np.bool_)):
         return np.full(shape, bool(receives))
-    flags = as_floats("receives", receives, "True or False, or 0/1 entries, one per agent", booleans=True)
+    flags = as_floats("receives", receives, "True or False, or 0/1 entries, one per agent")
     if flags.shape not in (shape, shape[-1:]):
         raise ValueError(f"receives (shape {flags.shape}): allowed is True or False, or one entry per agent, "
                          f"shape {shape} or {shape[-1:]}")

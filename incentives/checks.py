@@ -117,14 +117,15 @@ def range_text(least: float = -np.inf, most: float = np.inf, strict: bool = Fals
 
 def check_entries(key: str, arr: np.ndarray, least: float = -np.inf, most: float = np.inf,
                   strict: bool = False) -> None:
-    """ValueError naming the first entry ``key[i]`` of the 0-d or 1-D ``arr`` that is not a
-    finite number in [least, most] ((least, most] with ``strict``)."""
+    """ValueError naming the first entry ``key[i]`` (``key[i, j]`` ... of an array of more
+    dimensions, ``key`` of a 0-d one) of ``arr`` that is not a finite number in
+    [least, most] ((least, most] with ``strict``)."""
     flat = arr.reshape(-1)
     above = flat > least if strict else flat >= least
     wrong = np.flatnonzero(~(np.isfinite(flat) & above & (flat <= most)))
     if wrong.size:
         i = int(wrong[0])
-        name = key if arr.ndim == 0 else f"{key}[{i}]"
+        name = key if arr.ndim == 0 else f"{key}[{', '.join(map(str, np.unravel_index(i, arr.shape)))}]"
         raise ValueError(f"{name}={float(flat[i])!r}: allowed is {range_text(least, most, strict)}")
 
 

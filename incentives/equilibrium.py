@@ -18,7 +18,6 @@ contributes its right end (the epsilon -> 0 limit of Karimireddy, Guo & Jordan 2
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from itertools import islice
@@ -433,8 +432,7 @@ def settle_participation(
         """The game among ``members`` (N,) solved: its agents' utilities and outside options;
         its warnings held back (whether it raised any kept) unless ``heard``."""
         sub = population.subset(members)
-        held = contextlib.nullcontext([]) if heard else warnings.catch_warnings(record=True)
-        with held as said:
+        with warnings.catch_warnings(record=not heard) as said:  # None where heard
             if not heard:
                 warnings.simplefilter("always")
             m_sub = np.asarray(contribute(sub), dtype=float)

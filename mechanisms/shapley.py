@@ -310,10 +310,7 @@ def shapley_from_table(table: np.ndarray) -> np.ndarray:
         raise ValueError(f"table (shape {table.shape}): allowed is (2^N,) or (2^N, G), a length that is {allowed}")
     if len(table) == 0 or len(table) & (len(table) - 1):
         raise ValueError(f"len(table)={len(table)!r}: allowed is {allowed}")
-    if not np.all(np.isfinite(table)):
-        where = tuple(int(k) for k in np.argwhere(~np.isfinite(table))[0])
-        raise ValueError(f"table[{', '.join(map(str, where))}]={float(table[where])!r}: allowed is finite "
-                         "utilities, one per coalition")
+    check_entries("table", table)  # a NaN or inf utility made every value NaN
     n = len(table).bit_length() - 1
     members = coalition_members(n)
     sizes = members.sum(axis=1)

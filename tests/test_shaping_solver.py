@@ -186,5 +186,7 @@ def test_newton_stops_where_its_iterates_cycle():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = mechanism.solve(agents, model).contributions
+    # the equilibrium the solve returned before the cycle stop (digits printed then), and an equilibrium by
+    # verify_equilibrium's grid and refinement
     np.testing.assert_allclose(m, [30.62640606, 120.0, 103.57628453, 30.62640606], rtol=1e-8)
     assert verify_equilibrium(mechanism, m, agents, model).ok

@@ -821,8 +821,8 @@ def test_a_bad_round_is_refused_before_any_round_is_valued():
     (2.0, r"^table \(shape \(\)\): allowed is \(2\^N,\) or \(2\^N, G\)"),
     (np.zeros((2, 2, 2)), r"^table \(shape \(2, 2, 2\)\): allowed is \(2\^N,\) or \(2\^N, G\)"),
     (["a", "b"], r"^table=\['a', 'b'\]: allowed is numbers, \(2\^N,\) or \(2\^N, G\)"),
-    ([0.0, 1.0, np.nan, 2.0], r"^table\[2\]=nan: allowed is finite utilities, one per coalition$"),
-    (np.array([[0.0, 1.0], [1.0, np.inf], [1.0, 1.0], [2.0, 2.0]]), r"^table\[1, 1\]=inf: allowed is finite"),
+    ([0.0, 1.0, np.nan, 2.0], r"^table\[2\]=nan: allowed is a finite number$"),
+    (np.array([[0.0, 1.0], [1.0, np.inf], [1.0, 1.0], [2.0, 2.0]]), r"^table\[1, 1\]=inf: allowed is a finite number$"),
 ], ids=["empty array", "empty list", "length 6", "scalar", "3-D", "strings", "nan", "inf"])
 def test_shapley_from_table_names_a_table_of_no_coalitions(table, message):
     """An empty table raised 'math domain error' (log2 of 0), strings numpy's ValueError; a
