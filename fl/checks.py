@@ -81,12 +81,26 @@ def check_indices(key: str, indices, size: int) -> np.ndarray:
 
 def as_floats(key: str, value, allowed: str) -> np.ndarray:
     """``value`` as a float64 array; ValueError naming ``key`` and what is ``allowed``
-    where it holds something that is not a number."""
+    where it holds something that is not a number, True and False included (numpy reads
+    them as 1 and 0: contributions [True, False, True] trained on one sample, none and one)."""
+    shown = value.tolist() if isinstance(value, np.ndarray) else value
     try:
-        return np.asarray(value, dtype=np.float64)
+        floats = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        shown = value.tolist() if isinstance(value, np.ndarray) else value
         raise ValueError(f"{key}={shown!r}: allowed is {allowed}") from None
+    if _holds_booleans(value):
+        raise ValueError(f"{key}={shown!r}: allowed is {allowed} (True and False are not numbers here)")
+    return floats
+
+
+def _holds_booleans(value) -> bool:
+    """Whether ``value`` is, or holds as an entry, True or False (a list mixing them with
+    numbers reads as numbers, so its entries are looked at themselves)."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return value.dtype.kind == "b"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return any(isinstance(x, (bool, np.bool_)) for x in np.asarray(value, dtype=object).flat)
+    return isinstance(value, (bool, np.bool_))
 
 
 def check_distributions(key: str, p: np.ndarray) -> None:

@@ -53,11 +53,15 @@ class DeliveryPath:
     one evaluation per distinct lam instead of one per agent and step: their bisections
     share the endpoints and the first halvings (lam = 1/2, 1/4, 3/4, ...). A path scored
     on a test set instead reads the test accuracy of the points delivered, once each.
-    ValueError unless both models match ``model``'s state (``fl.models.check_params``)."""
+    ValueError unless both models match ``model``'s state (``fl.models.check_params``) and
+    ``validation`` is an ArrayDataset."""
 
     def __init__(self, model: nn.Module, global_params: Params, weak_params: Params, validation: ArrayDataset):
         check_params("global_params", global_params, model)
         check_params("weak_params", weak_params, model)
+        if not isinstance(validation, ArrayDataset):
+            raise ValueError(f"validation (a {type(validation).__name__}): allowed is an ArrayDataset, the set the "
+                             "path is scored on")
         self.model, self.global_params, self.weak_params = model, global_params, weak_params
         self.validation = validation
         self._per_class: dict[float, np.ndarray] = {}

@@ -26,7 +26,7 @@ from fl import evaluation
 from fl.algorithms import FedAvg
 from fl.algorithms.incfl import IncFL, distribution_losses
 from fl.algorithms.strategy import child_seed
-from fl.checks import as_floats, check_bool, check_integer, check_positive
+from fl.checks import as_floats, check_bool, check_integer
 from fl.data import partition
 from fl.data.dataset import ArrayDataset, Subset
 from fl.delivery import DeliveryPath
@@ -125,7 +125,7 @@ class TrainingOracle:
         check_bool("progress", progress)
         endowments = _whole_counts("endowments", endowments, "a 1-D array of whole numbers >= 0, one per agent")
         if alpha is not None:
-            check_positive("alpha", alpha)
+            partition.check_concentration("alpha", alpha, train.num_classes, "classes")
         self.train_set, self.test, self.seed = train, test, seed
         self.rounds, self.curve_steps = rounds, curve_steps
         self.measure_local, self.progress = measure_local, progress
@@ -373,19 +373,23 @@ class TrainingOracle:
         return evaluation.accuracy_on_distribution(per_class, distributions)
 
     def _check_contributions(self, contributions: np.ndarray) -> np.ndarray:
-        values = as_floats("contributions", contributions, f"{len(self.endowments)} finite numbers >= 0")
-        if values.shape != self.endowments.shape or not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError(
-                f"contributions (shape {values.shape}): allowed is {len(self.endowments)} finite numbers >= 0"
-            )
-        counts = np.rint(values).astype(np.int64)
-        over = np.flatnonzero(counts > self.endowments)
+        """Each m_i rounded to whole samples, int64 of shape (N,); ValueError naming the
+        first entry that is not a number in [0, n_i + 1/2) (samples)."""
+        allowed = f"{len(self.endowments)} finite numbers >= 0, one per agent"
+        values = as_floats("contributions", contributions, allowed)
+        if values.shape != self.endowments.shape:
+            raise ValueError(f"contributions (shape {values.shape}): allowed is {allowed}")
+        wrong = np.flatnonzero(~(values >= 0) | np.isinf(values))  # NaN too
+        if len(wrong):
+            i = int(wrong[0])
+            raise ValueError(f"contributions[{i}]={float(values[i])!r}: allowed is a finite number >= 0")
+        over = np.flatnonzero(np.rint(values) > self.endowments)  # compared as floats: 1e19 wraps as an int64
         if len(over):
             i = int(over[0])
             raise ValueError(
                 f"contributions[{i}]={float(values[i])!r}: allowed is at most the endowment {int(self.endowments[i])}"
             )
-        return counts
+        return np.rint(values).astype(np.int64)
 
 
 def _whole_counts(key: str, value, allowed: str) -> np.ndarray:

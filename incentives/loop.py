@@ -516,6 +516,22 @@ class ClosedLoop:
         return IterationRecord(iteration, outcome, model, trained, training, transfer, predicted, realised,
                                reservation, self.phi)
 
+    def _check_run(self, resume, on_measured) -> None:
+        """ValueError naming :meth:`run`'s ``resume`` (a LoopResult of this loop's N agents)
+        or ``on_measured`` (None or a function) outside what is allowed, before any training."""
+        if on_measured is not None and not callable(on_measured):
+            raise bad("on_measured", on_measured, "None or a function of the LoopResult")
+        if resume is None:
+            return
+        if not isinstance(resume, LoopResult):
+            raise bad("resume", resume, "None or the LoopResult of an earlier run (e.g. a checkpoint's)")
+        n = self.population.n_agents
+        for record in [*resume.records, *resume.pending]:
+            if len(record.trained_contributions) != n:
+                raise ValueError(f"resume: its {record.mechanism} iteration {record.iteration} has "
+                                 f"{len(record.trained_contributions)} agents; allowed is a result of this loop's "
+                                 f"{n} agents")
+
     def _continued(self, records) -> list[IterationRecord]:
         """A checkpoint's ``records`` as this loop continues them: ValueError naming phi where
         one was measured under another phi than this loop's; one whose phi was not kept
@@ -541,6 +557,7 @@ class ClosedLoop:
         fit and agents below the pilot's smallest size once the pilot is fitted (or resumed),
         an unsettled loop as it stops."""
         names = [mechanism.name for mechanism in self.mechanisms]
+        self._check_run(resume, on_measured)
         if resume is None:
             self.progress("pilot learning curve")
             sizes, accuracies = self.oracle.learning_curve(self.pilot_sizes, self.pilot_repeats)

@@ -102,7 +102,7 @@ def participation_equilibrium(
     history: list[np.ndarray] = []
     while inside.any():
         history.append(inside.copy())
-        out = np.asarray(received_for(inside.copy()), dtype=np.float64)
+        out = as_floats("received_for(mask)", received_for(inside.copy()), f"({n},) numbers, one per agent")
         if out.shape != (n,):
             raise ValueError(f"received_for returned shape {out.shape}: allowed is ({n},), one value per agent")
         received = np.where(inside, out, np.nan)

@@ -56,6 +56,10 @@ CSV_ENCODING = "utf-8-sig"  # UTF-8, skipping the byte-order mark spreadsheets p
 #: Stream index of the label distribution in :meth:`Population.sample`.
 _LABEL_STREAM = len(FIELDS)
 _ROW_SUM_TOL = 1e-6
+# The most alpha * K of a Dirichlet(alpha 1_K) draw: it normalises K gamma draws of mean alpha, and
+# numpy returns zeros once their sum passes the largest float (1.8e308); half of it leaves room for
+# their spread (fl.data.partition's bound too, which incentives may not import).
+LARGEST_CONCENTRATION_SUM = np.finfo(np.float64).max / 2
 
 _RULES = {  # field -> (least, most, strict): finite numbers in [least, most], (least, most] if strict
     "cost": (0.0, np.inf, False),
@@ -339,7 +343,7 @@ class Population:
         one of the same size and seed get the same label skew)."""
         spec = {"dist": "dirichlet", "alpha": alpha, "n_classes": n_classes}
         rng = np.random.default_rng(_streams(seed)[_LABEL_STREAM])
-        return replace(self, label_distribution=_draw_dirichlet(spec, self.n_agents, rng))
+        return replace(self, label_distribution=_draw_dirichlet(spec, self.n_agents, rng, key="alpha"))
 
     def check_contributions(self, contributions, key: str = "contributions") -> np.ndarray:
         """contributions as a float array of shape (N,), each 0 <= m_i <= n_i (samples).
@@ -556,8 +560,9 @@ def _streams(seed: int) -> list[np.random.SeedSequence]:
     return _root(seed).spawn(len(FIELDS) + 1)
 
 
-def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, K) label distributions, each row Dirichlet(alpha, ..., alpha)."""
+def _draw_dirichlet(spec, n: int, rng: np.random.Generator, key: str = "label_distribution.alpha") -> np.ndarray:
+    """(n, K) label distributions, each row Dirichlet(alpha, ..., alpha); a bad alpha is
+    named ``key``. alpha * K may be at most :data:`LARGEST_CONCENTRATION_SUM`."""
     if not isinstance(spec, Mapping) or spec.get("dist") != "dirichlet":
         raise ValueError(
             f"label_distribution={spec!r}: allowed is {{'dist': 'dirichlet', 'alpha': a, 'n_classes': K}}"
@@ -565,10 +570,13 @@ def _draw_dirichlet(spec, n: int, rng: np.random.Generator) -> np.ndarray:
     _check_keys(spec, "label_distribution", ("alpha", "n_classes"))
     alpha = _number(spec, "alpha", "label_distribution")
     n_classes = _need(spec, "n_classes", "label_distribution")
-    if not alpha > 0:
-        raise ValueError(f"label_distribution.alpha={alpha!r}: allowed is a number > 0")
     if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 2):
         raise ValueError(f"label_distribution.n_classes={n_classes!r}: allowed is an integer >= 2")
+    if not 0 < alpha <= LARGEST_CONCENTRATION_SUM / n_classes:
+        raise ValueError(f"{key}={alpha!r}: allowed is a number > 0 of at most "
+                         f"{LARGEST_CONCENTRATION_SUM / n_classes:.3g} for {n_classes} classes (alpha * {n_classes} "
+                         f"beyond {LARGEST_CONCENTRATION_SUM:.3g} overflows the Dirichlet draw, whose rows then hold "
+                         "zeros; an alpha of 1e6 already gives all but uniform rows)")
     return rng.dirichlet(np.full(n_classes, alpha), size=n)
 
 

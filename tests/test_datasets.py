@@ -64,6 +64,17 @@ def test_registry_lists_every_dataset_and_rejects_unknown_names():
     assert train.feature_shape == (1, 8, 8) and len(train) + len(test) == 1797
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: data.load_dataset(["mnist"]), r"dataset=\['mnist'\]: allowed is one of digits"),  # was unhashable type
+    (lambda: data.load_dataset("mnist", root=3), "root=3: allowed is a folder path"),  # was expected str, bytes ...
+    (lambda: data.load_dataset("mnist", root=True), "root=True: allowed is a folder path"),
+    (lambda: data.load_dataset("cifar10", root=SHARED_DATA, cache=5), "cache=5: allowed is a folder path"),
+])
+def test_a_name_root_or_cache_of_the_wrong_type_is_named(call, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        call()
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "usps", "mnist1d", "cifar10"])
 def test_missing_files_name_the_path_and_the_download_option(tmp_path, name):
     with pytest.raises(DatasetNotFoundError, match="download=True") as error:
@@ -815,6 +826,11 @@ def test_shakespeare_roles_are_clients(shared_root):
         load_shakespeare_clients(shared_root, test_fraction=1.5)
     with pytest.raises(ValueError, match="max_clients=2.5: allowed is None or an integer >= 1"):
         load_shakespeare_clients(shared_root, max_clients=2.5)
+    # both were taken: download='no' as True, and a seed that no draw reads without max_clients
+    with pytest.raises(ValueError, match=r"^download='no': allowed is True or False$"):
+        load_shakespeare_clients(shared_root, download="no")
+    with pytest.raises(ValueError, match=r"^seed='x': allowed is an integer >= 0"):
+        load_shakespeare_clients(shared_root, seed="x")
     # 500 windows leave 50 for the test split, fewer than the 80-character gap and one window
     with pytest.raises(ValueError, match="no role .* max_samples_per_client=500.* = 1 and .* = 810 windows"):
         load_shakespeare_clients(shared_root, max_samples_per_client=500)

@@ -120,6 +120,7 @@ def test_bad_target_is_refused(trained):
          r"^label_distribution \(least entry 0.06, sum 2.0\d*\): allowed is entries >= 0 that sum to 1$"),
         ({"weak_params": OTHER_ARCHITECTURE}, r"^weak_params\['[\w.]+'\] \(shape \(7, 64\), torch.float32\): allowed"),
         ({"global_params": OTHER_ARCHITECTURE}, r"^global_params\['[\w.]+'\] \(shape \(7, 64\)"),
+        ({"validation": None}, r"^validation \(a NoneType\): allowed is an ArrayDataset"),  # an AttributeError
     ],
 )
 def test_bad_delivery_arguments_are_refused(trained, change, expected):

@@ -285,5 +285,6 @@ def test_an_entry_infinite_from_the_start_is_the_models_own_and_an_empty_test_se
     result = run_federated(Masked(), subsets, FedAvg(lr=0.1), 2, progress=False)
     assert result.history[-1].train_loss < 2.3
     empty = type(TEST)("empty", TEST.x[:0], TEST.y[:0], 10)
-    with pytest.raises(ValueError, match=r"^test \('empty', 0 samples\): allowed is None or a set with samples"):
+    with pytest.raises(ValueError, match=r"^test \('empty', 0 samples\): allowed is a set with samples to "
+                                         "evaluate on, or None$"):
         run_federated("mlp", subsets, FedAvg(), 1, test=empty, progress=False)

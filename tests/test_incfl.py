@@ -273,6 +273,12 @@ def test_iterated_exit_checks_its_arguments_before_any_training(kwargs, message)
     assert calls == []  # each used to be found after the first training, or never
 
 
+def test_what_received_for_returns_is_named_when_it_is_no_numbers():
+    """numpy's "could not convert string to float: 'a'" named neither received_for nor its value."""
+    with pytest.raises(ValueError, match=r"^received_for\(mask\)=\['a', 'b', 'c'\]: allowed is \(3,\) numbers"):
+        participation_equilibrium(lambda mask: ["a", "b", "c"], [0.7, 0.75, 0.95])
+
+
 def test_iterated_exit_can_unravel_to_nobody():
     # a cost makes agent 1 leave at 0.8; agent 0 alone gets 0.7, no better than its own model
     received_for = lambda mask: np.full(3, 0.6 + 0.1 * mask.sum())

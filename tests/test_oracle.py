@@ -218,6 +218,9 @@ def test_contributions_beyond_the_endowment_are_refused(oracle):
         oracle.train(np.array([0, 0, 90, 0, 0, 0, 0, 0.0]), None)
     with pytest.raises(ValueError, match="contributions\\[0\\]=80.6: allowed is at most the endowment 80"):
         oracle.train(np.array([80.6, 0, 0, 0, 0, 0, 0, 0]), None)  # 81 samples once rounded
+    # as int64 it wrapped to -9223372036854775808, under the endowment: the agent was left out, warned by numpy only
+    with pytest.raises(ValueError, match=r"contributions\[0\]=1e\+19: allowed is at most the endowment 80"):
+        oracle.train(np.array([1e19, 0, 0, 0, 0, 0, 0, 0]), None)
     with pytest.raises(ValueError, match="endowments.*allowed"):
         make_oracle(endowments=np.full(N, 200))
     with pytest.raises(ValueError, match="^rounds=0: allowed is an integer >= 1$"):
@@ -237,6 +240,8 @@ def test_contributions_beyond_the_endowment_are_refused(oracle):
     ({"local_epochs": 0}, r"^local_epochs=0: allowed is an integer >= 1$"),
     ({"local_epochs": 1.5}, r"^local_epochs=1.5: allowed is an integer >= 1$"),
     ({"alpha": True}, r"^alpha=True: allowed is a finite number > 0$"),
+    # alpha * 10 classes overflowed numpy's Dirichlet draw: every label distribution was zeros
+    ({"alpha": 1e308}, r"^alpha=1e\+308: allowed is a number > 0 of at most 8.99e\+306 for 10 classes"),
     ({"alpha": None, "label_distributions": np.full((N, 11), 1 / 11)},
      r"^label_distributions \(shape \(8, 11\)\): allowed is a \(8, 10\) array, one distribution over the 10 "
      r"classes per agent$"),
@@ -268,8 +273,18 @@ def test_a_test_set_missing_a_class_is_refused_before_it_makes_every_accuracy_na
 def test_bad_calls_name_their_argument(oracle):
     with pytest.raises(ValueError, match=r"^aggregation='incfl' with record_rounds=True: allowed is 'fedavg'"):
         oracle.train(np.full(N, 10.0), None, record_rounds=True, aggregation="incfl")  # refused before training
-    with pytest.raises(ValueError, match=r"^contributions=\['a', 10\]: allowed is 8 finite numbers >= 0$"):
+    with pytest.raises(ValueError, match=r"^contributions=\['a', 10\]: allowed is 8 finite numbers >= 0, one per "
+                                         "agent$"):
         oracle.train(["a", 10], None)
+    # each of these named neither the entry nor the value ("contributions (shape (8,))")
+    for value, shown in ((-1.0, "-1.0"), (np.nan, "nan"), (np.inf, "inf")):
+        with pytest.raises(ValueError, match=rf"^contributions\[1\]={shown}: allowed is a finite number >= 0$"):
+            oracle.train(np.array([10.0, value, 0, 0, 0, 0, 0, 0]), None)
+    # True was one sample and False none; as a target True served the global model
+    with pytest.raises(ValueError, match=r"^contributions=\[True, False, .*\(True and False are not numbers here\)$"):
+        oracle.train([True, False] + [10] * (N - 2), None)
+    with pytest.raises(ValueError, match=r"^delivery_target=\[True, .*\(True and False are not numbers here\)$"):
+        oracle.train(np.full(N, 10.0), [True] * N)
     with pytest.raises(ValueError, match=r"^delivery_target\[1\]=1.5: allowed is an accuracy of at most 1"):
         oracle.train(np.full(N, 10.0), np.array([0.5, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"^sizes=\['a'\]: allowed is integers in \[0, "):

@@ -224,11 +224,27 @@ def test_holdout_sizes_are_the_split_holdout_draws_and_refuse_an_empty_side_or_a
         (lambda: partition.dirichlet(LABELS, 5, 1.0, 0.5), "seed=0.5"),
         (lambda: partition.holdout(LABELS, 0.2, "0"), "seed='0'"),
         (lambda: partition.label_histograms(LABELS, [np.arange(5)], 9), "num_classes=9"),
+        (lambda: partition.by_counts(LABELS, [[1], [2, 3]]), re.escape("counts=[[1], [2, 3]]")),  # numpy's words
     ],
 )
 def test_bad_arguments_name_key_value_and_what_is_allowed(call, key):
     with pytest.raises(ValueError, match=f"{key}.*allowed"):
         call()
+
+
+def test_an_alpha_whose_dirichlet_draw_overflows_is_refused_and_one_below_still_splits_disjointly():
+    # numpy's Dirichlet draw is all zeros once alpha * clients passes 1.8e308: each class went whole to one
+    # client and several clients were handed the same samples (2200 assignments of 2000 samples).
+    labels = np.repeat(np.arange(10), 200)
+    bound = re.escape("allowed is a number > 0 of at most 8.99e+306 for 10 clients")
+    with pytest.raises(ValueError, match=rf"^alpha=2e\+307: {bound}"):
+        partition.dirichlet(labels, 10, 2e307, seed=0, min_size=0)
+    with pytest.raises(ValueError, match=rf"^alpha=1.7e\+308: {bound}"):
+        partition.quantity_skew(labels, 10, 0, distribution="dirichlet", alpha=1.7e308)
+    for parts in (partition.dirichlet(labels, 10, 8e306, seed=0), partition.quantity_skew(
+            labels, 10, 0, distribution="dirichlet", alpha=8e306)):
+        assert sorted(np.concatenate(parts).tolist()) == list(range(2000))
+        assert [len(p) for p in parts] == [200] * 10  # all but IID
 
 
 def test_dirichlet_federation_holds_out_validation_and_gives_each_clients_label_mix():

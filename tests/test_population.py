@@ -126,6 +126,19 @@ def test_check_profiles_checks_every_row_as_check_contributions_checks_one():
         pop.check_profiles([0, 1, 2])
 
 
+def test_a_label_skew_whose_dirichlet_draw_overflows_is_refused():
+    """Past alpha * K = 1.8e308 numpy's draw is rows of zeros: the population then failed,
+    naming its rows ("label_distribution[0] sums to 0.0"), not alpha."""
+    pop = Population(cost=[1.0, 2.0], endowment=[10.0, 10.0])
+    bound = r"allowed is a number > 0 of at most 8.99e\+306 for 10 classes"
+    with pytest.raises(ValueError, match=rf"^alpha=1e\+308: {bound}"):
+        pop.with_label_skew(1e308, 10, seed=0)
+    spec = {"cost": 1.0, "endowment": 5.0, "label_distribution": {"dist": "dirichlet", "alpha": 1e308, "n_classes": 10}}
+    with pytest.raises(ValueError, match=rf"^label_distribution.alpha=1e\+308: {bound}"):
+        Population.sample(3, spec, seed=0)
+    np.testing.assert_allclose(pop.with_label_skew(8e306, 10, seed=0).label_distribution, 0.1)
+
+
 def test_csv_round_trip_is_exact(tmp_path):
     pop = Population.sample(
         7,

@@ -493,6 +493,24 @@ def test_the_synchronous_runtime_stops_when_no_client_can_meet_the_deadline():
         assert executor.calls == []
 
 
+def test_a_client_whose_download_alone_passes_the_deadline_has_missed_it():
+    """The order arrived after its TIMEOUT had been counted as a chance miss: the synchronous
+    run returned the untrained model after five rounds of no update, and FedBuff sent 2000
+    orders before blaming "a behaviour"."""
+    data = {i: TRAIN.subset(np.arange(20 * i, 20 * i + 20)) for i in range(2)}
+    slow_link = ClientProfile(speed=1000.0, download=model_bytes(data) / 2)  # the model takes 2 s to arrive
+    for behaviours, expected in (
+            ([Deadline(1.0)], r"^Deadline\(1.0\): every one of the 2 clients has missed it with the local work that "
+                              r"round 1 asks"),
+            ([FedBuff(buffer_size=1, concurrency=2), Deadline(1.0)],
+             r"^Deadline\(1.0\): 2 of the 2 clients cannot meet it on the model of server step 0")):
+        executor = RecordingExecutor()
+        with pytest.raises(ValueError, match=expected):
+            simulate("mlp", data, FedAvg(batch_size=10), 5, profiles=slow_link, executor=executor,
+                     behaviours=behaviours, **QUIET)
+        assert executor.calls == []
+
+
 class ShrinkingSteps(FedAvg):
     """FedAvg asking 10 local steps of the clients it configures first (round 0, or
     FedBuff's first orders) and 1 step after: a schedule of local work."""
@@ -710,7 +728,22 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
         (lambda: simulate("mlp", SUBSETS, FedAvg(), -1, **QUIET), "rounds=-1"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, evaluate_every=0, **QUIET), "evaluate_every=0"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests={0: TEST.subset([])}, **QUIET),
-         r"client_tests\[0\] \(0 samples\)"),
+         r"client_tests\[0\] \('digits', 0 samples\)"),
+        # an AttributeError of the dataset, or of dict() on its argument; the module's options were ignored
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, test=TEST.x, **QUIET), r"^test \(of type Tensor\)"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, test=TEST.subset([]), **QUIET), r"^test \('digits', 0 samples"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, client_tests=[TEST], **QUIET),
+         r"^client_tests \(of type list\)"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, model_options=5, **QUIET), r"^model_options=5"),
+        # the clock stopped at inf, and the run ended in a RuntimeError blaming a behaviour that drops orders
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=ClientProfile(download=1e-310), **QUIET),
+         r"^profiles\[0\]=ClientProfile\(speed=1.0, upload=inf, download=1e-310\): its TRAIN message of \d+ bytes "
+         r"would arrive at inf simulated seconds"),
+        (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=ClientProfile(speed=1e-320), **QUIET),
+         r"^profiles\[0\]=ClientProfile\(speed=1e-320, .*\): its UPDATE message"),
+        (lambda: simulate(build_model("mlp", (1, 8, 8), 10, np.random.SeedSequence(0)), SUBSETS, FedAvg(), 1,
+                          model_options={"hidden": (8,)}, **QUIET),
+         r"^model_options=\{'hidden': \(8,\)\} with a model module"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=[ClientProfile()], **QUIET), "profiles"),
         (lambda: simulate("mlp", SUBSETS, FedAvg(), 1, profiles=5, **QUIET), "profiles=5"),
         (lambda: simulate("mlp", [*SUBSETS, TRAIN.subset([])], FedAvg(), 1, client_tests={8: TEST}, **QUIET),
@@ -730,6 +763,14 @@ def test_the_vectorised_executor_plugs_in_with_partial_work_and_client_state():
 def test_bad_settings_are_refused(call, key):
     with pytest.raises(ValueError, match=f"{key}.*allowed"):
         call()
+
+
+def test_a_subset_of_a_test_set_is_evaluated_as_the_set_it_holds():
+    """A Subset was taken for client_tests but raised AttributeError as the server's test set."""
+    part = TEST.subset(np.arange(50))
+    whole = ArrayDataset(TEST.name, *part.tensors(), TEST.num_classes)
+    results = [simulate("mlp", SUBSETS, FedAvg(), 1, test=test, **QUIET).history[-1] for test in (part, whole)]
+    assert results[0].test_accuracy == results[1].test_accuracy and results[0].test_loss == results[1].test_loss
 
 
 def test_a_built_models_initial_weights_come_from_the_init_stream_of_the_seed():

@@ -76,7 +76,7 @@ def load_dataset(
     Missing files raise :class:`DatasetNotFoundError` naming the path and the
     ``download=True`` option; a bad file raises :class:`ChecksumError`.
     """
-    if name not in _LOADERS:
+    if not isinstance(name, str) or name not in _LOADERS:
         raise ValueError(f"dataset={name!r}: allowed is one of {', '.join(DATASET_NAMES)}")
     check_options(f"dataset={name!r}", options, _options(name))
     return _LOADERS[name](root=root, download=download, **options)

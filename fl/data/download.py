@@ -59,10 +59,18 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset file is missing and no download was asked for (or none exists)."""
 
 
+def as_path(key: str, value) -> Path:
+    """``value`` (a str or os.PathLike) as a Path, ``~`` expanded; ValueError naming
+    ``key`` for anything else (a number, a bool, bytes)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{key}={value!r}: allowed is a folder path, a str or os.PathLike")
+    return Path(value).expanduser()
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FEDECON_DATA``, else ``~/.cache/fedecon``."""
     if root is not None:
-        return Path(root).expanduser()
+        return as_path("root", root)
     from_env = os.environ.get(DATA_ROOT_ENV)
     if from_env:
         return Path(from_env).expanduser()
@@ -76,7 +84,7 @@ def cache_dir(folder: Path, cache: str | os.PathLike | None = None) -> Path:
     ``~/.cache/fedecon/cache/<folder name>`` (for read-only shared copies).
     """
     if cache is not None:
-        return Path(cache).expanduser()
+        return as_path("cache", cache)
     if folder.is_dir() and os.access(folder, os.W_OK):
         return folder
     return Path.home() / ".cache" / "fedecon" / "cache" / folder.name

@@ -25,6 +25,10 @@ from fl.checks import (as_floats, check_distributions, check_fraction, check_ind
                        check_positive, check_seed)
 
 _MAX_TRIES = 1000  # redraws allowed for dirichlet() to meet min_size
+# The most alpha * K a Dirichlet(alpha 1_K) draw may have: it normalises K gamma draws of mean alpha,
+# and numpy returns zeros once their sum passes the largest float (1.8e308); half of it leaves room
+# for their spread.
+LARGEST_CONCENTRATION_SUM = np.finfo(np.float64).max / 2
 
 
 class Partition(list):
@@ -69,7 +73,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     """
     labels = _check_labels(labels)
     check_integer("num_clients", num_clients)
-    check_positive("alpha", alpha)
+    check_concentration("alpha", alpha, num_clients, "clients")
     check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(check_seed(seed))
     members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
@@ -135,8 +139,7 @@ def quantity_skew(
         log_weights = rng.normal(0.0, sigma, num_clients)  # rng.lognormal's draws, kept in log space
         weights = np.exp(log_weights - log_weights.max())  # so that no sigma overflows them
     elif distribution == "dirichlet":
-        check_positive("alpha", alpha)
-        weights = rng.dirichlet(np.full(num_clients, alpha))
+        weights = rng.dirichlet(np.full(num_clients, check_concentration("alpha", alpha, num_clients, "clients")))
     else:
         raise ValueError(f"distribution={distribution!r}: allowed is 'lognormal' or 'dirichlet'")
     sizes = min_size + _largest_remainder(len(labels) - num_clients * min_size, weights)
@@ -160,10 +163,14 @@ def by_counts(
     reported in ``Partition.notes``. Samples not handed out stay unassigned.
     """
     labels = _check_labels(labels)
-    counts = np.asarray(counts)
+    allowed = "a non-empty 1-D sequence of non-negative integers"
+    try:
+        counts = np.asarray(counts)
+    except ValueError:  # ragged: [[1], [2, 3]]
+        raise ValueError(f"counts={counts!r}: allowed is {allowed}") from None
     integral = np.issubdtype(counts.dtype, np.number) and np.all(counts >= 0) and not np.any(counts % 1)
     if counts.ndim != 1 or len(counts) == 0 or not integral:
-        raise ValueError(f"counts={counts.tolist()!r}: allowed is a non-empty 1-D sequence of non-negative integers")
+        raise ValueError(f"counts={counts.tolist()!r}: allowed is {allowed}")
     counts = counts.astype(np.int64)
     if counts.sum() > len(labels):
         raise ValueError(f"counts={counts.tolist()!r}: allowed is a total of at most {len(labels)} (the pool size)")
@@ -238,6 +245,19 @@ def holdout_sizes(labels: np.ndarray, fraction: float, *, key: str = "fraction",
 def holdout_size(n: int, fraction: float) -> int:
     """The samples :func:`holdout` holds out of ``n``: round(fraction * n)."""
     return int(round(fraction * n))
+
+
+def check_concentration(key: str, alpha, count: int, what: str) -> float:
+    """``alpha`` as a float; ValueError unless it is a finite number > 0 whose
+    Dirichlet(alpha 1_count) draw, over ``count`` ``what`` (e.g. "clients"), stays finite:
+    alpha * count at most :data:`LARGEST_CONCENTRATION_SUM` (past it numpy's draw is all
+    zeros, and a split of it gave one sample to several clients)."""
+    alpha = check_positive(key, alpha)
+    if alpha * count > LARGEST_CONCENTRATION_SUM:
+        raise ValueError(f"{key}={alpha!r}: allowed is a number > 0 of at most {LARGEST_CONCENTRATION_SUM / count:.3g} "
+                         f"for {count} {what} (alpha * {count} beyond {LARGEST_CONCENTRATION_SUM:.3g} overflows the "
+                         "Dirichlet draw; an alpha of 1e6 already gives all but equal shares)")
+    return alpha
 
 
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:

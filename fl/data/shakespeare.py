@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl.checks import check_fraction, check_integer, check_seed
+from fl.checks import check_bool, check_fraction, check_integer, check_seed
 from fl.data.dataset import ArrayDataset
 from fl.data.download import DatasetNotFoundError, data_root
 
@@ -292,6 +292,8 @@ def load_shakespeare_clients(
     check_integer("min_samples", min_samples)
     check_integer("max_clients", max_clients, optional=True)
     check_integer("max_samples_per_client", max_samples_per_client, least=seq_len + 2, optional=True)
+    check_bool("download", download)
+    check_seed(seed)
     folder = data_root(root) / "shakespeare"
     if download and not folder.is_dir():
         raise DatasetNotFoundError(
@@ -317,7 +319,7 @@ def load_shakespeare_clients(
             f"(seq_len + 1) / test_fraction = {(seq_len + 1) / test_fraction:.0f} windows"
         )
     if max_clients is not None and max_clients < len(plans):
-        keep = np.sort(np.random.default_rng(check_seed(seed)).choice(len(plans), size=max_clients, replace=False))
+        keep = np.sort(np.random.default_rng(seed).choice(len(plans), size=max_clients, replace=False))
         plans = [plans[i] for i in keep]
     parts = {"train": ([], [], []), "test": ([], [], [])}
     for _, codes, train_targets, test_targets in plans:

@@ -43,7 +43,8 @@ class Deadline:
     k smaller than the task's: with ``partial_work`` the client trains k >= 1 steps and
     reports; otherwise (or when k = 0) it does not train and sends nothing, and the order
     is noted in ``Server.unmeetable``: a miss that repeats on the client's next orders,
-    unlike a dropout."""
+    unlike a dropout (an order whose download alone ends at the deadline or later is
+    noted as it is sent, ``Server.dispatch``)."""
 
     def __init__(self, seconds: float, partial_work: bool = True):
         check_bool("partial_work", partial_work)
@@ -64,7 +65,7 @@ class Deadline:
                 train(message)
             elif self.partial_work and steps > 0:
                 train(replace(message, payload=replace(order, task=replace(order.task, steps=steps))))
-            else:
+            elif message.timestamp < order.deadline:  # one that arrives later was noted as it was sent
                 server.unmeetable[order.dispatch] = order.task
 
         return train_by_deadline

@@ -103,9 +103,16 @@ def initial_model(
     ``seed``'s init stream); ``init_params`` (default: the model's own weights) are copied
     to ``device``, once ``fl.models.check_params`` has matched them with the model's state
     (a copy also when they are on ``device``: they may be the module's own tensors, which training changes).
-    A module is first checked against the data (:func:`check_reads_data`)."""
+    A module is first checked against the data (:func:`check_reads_data`), and takes no
+    ``model_options``."""
     target = resolve_device(device)
     built = isinstance(model, str)
+    if model_options is not None and not isinstance(model_options, Mapping):
+        raise ValueError(f"model_options={model_options!r}: allowed is None or a mapping of the model's options, "
+                         "e.g. {'hidden': (64,)}")
+    if model_options and not built:  # they were ignored
+        raise ValueError(f"model_options={dict(model_options)!r} with a model module: allowed is None (or {{}}); "
+                         "options build a model given by name, and a module is built already")
     if built:
         shape_source = next((d for d in [*(s.dataset for s in subsets.values()), test] if d is not None), None)
         if shape_source is None:

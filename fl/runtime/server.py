@@ -124,15 +124,21 @@ class Server(Node):
 
     def dispatch(self, task: ClientTask, params: Params) -> int:
         """Send ``task`` to its client, to train from ``params``; with a deadline, a
-        TIMEOUT for the order comes back to the server when it passes. Returns the
-        order's dispatch number."""
+        TIMEOUT for the order comes back to the server when it passes, and an order whose
+        download alone takes until the deadline or later is noted in ``unmeetable`` (no
+        update can follow it in time, whatever the work: a miss that repeats; the client
+        would learn of it only after the TIMEOUT had been counted). Returns the order's
+        dispatch number."""
         if self.missed.get(task.client_id, _work(task)) != _work(task):  # other work: the miss need not repeat
             del self.missed[task.client_id]
         number, self._orders = self._orders, self._orders + 1
-        deadline = math.inf if self.deadline is None else self.simulation.now + self.deadline
+        nbytes, now = params_nbytes(params), self.simulation.now
+        deadline = math.inf if self.deadline is None else now + self.deadline
         order = TrainOrder(number, task, params, deadline)
-        self.simulation.send(Kind.TRAIN, SERVER, task.client_id, order, nbytes=params_nbytes(params))
+        self.simulation.send(Kind.TRAIN, SERVER, task.client_id, order, nbytes=nbytes)
         if self.deadline is not None:
+            if now + self.simulation.clients[task.client_id].profile.download_seconds(nbytes) >= deadline:
+                self.unmeetable[number] = task  # the arrival time as Simulation.send computes it
             self.simulation.send(Kind.TIMEOUT, SERVER, SERVER, number, after=self.deadline)
         return number
 

@@ -20,6 +20,7 @@ behaviours draw from their own children of it (the ``*_STREAM`` keys).
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
@@ -56,13 +57,22 @@ class Simulation:
         self.checks: list[Callable[[], None]] = []  # run once every behaviour is installed; raise ValueError
 
     def send(self, kind: Kind, sender: int, receiver: int, payload=None, nbytes: int = 0, after: float = 0.0) -> None:
+        """Put a message on the queue, delivered ``after`` seconds from now plus its
+        transfer; ValueError naming the client's profile where that time overflows (a
+        bandwidth or speed so small that the clock would stop at inf)."""
         if sender == receiver:
             transfer = 0.0
         elif sender == SERVER:
             transfer = self.clients[receiver].profile.download_seconds(nbytes)
         else:
             transfer = self.clients[sender].profile.upload_seconds(nbytes)
-        self.queue.push(Message(kind, sender, receiver, self.now + after + transfer, payload, nbytes))
+        timestamp = self.now + after + transfer
+        if not math.isfinite(timestamp):
+            client = receiver if sender == SERVER else sender
+            raise ValueError(f"profiles[{client}]={self.clients[client].profile!r}: its {kind.name} message of "
+                             f"{nbytes} bytes would arrive at {timestamp} simulated seconds; allowed is a profile "
+                             "whose computations and transfers take a finite time")
+        self.queue.push(Message(kind, sender, receiver, timestamp, payload, nbytes))
 
     def train(self, task: ClientTask, params: Params, done: Callable[[ClientResult], None]) -> None:
         """Train ``task`` from ``params`` now; ``done(result)`` is called with its result
@@ -151,7 +161,8 @@ def simulate(
         clients with no samples never train.
     init_params: the starting global model (default: the model's own initial weights).
     executor: default :class:`~fl.executors.serial.SerialExecutor`.
-    test: evaluated with ``strategy.evaluate`` every ``evaluate_every`` rounds and after the last.
+    test: evaluated with ``strategy.evaluate`` every ``evaluate_every`` rounds and after the last
+        (an ArrayDataset, or a Subset of one).
     behaviours: :class:`Behaviour` objects, installed in order before the run
         (e.g. :class:`~fl.runtime.behaviours.Deadline`, :class:`~fl.runtime.behaviours.Dropout`,
         :class:`~fl.runtime.fedbuff.FedBuff`).
@@ -167,9 +178,8 @@ def simulate(
     _check_parts(strategy, executor, behaviours)
     subsets = client_subsets(train_subsets)
     tests = _client_tests(client_tests, subsets)
+    test = None if test is None else _evaluation_set("test", test, "None")
     check_same_data(subsets, test, tests)
-    if test is not None and len(test) == 0:
-        raise ValueError(f"test ({test.name!r}, 0 samples): allowed is None or a set with samples to evaluate on")
     given = isinstance(model, nn.Module)
     model, params = initial_model(model, subsets, test, seed, device, model_options, init_params)
     own = get_params(model) if given and init_params is not None else params  # the caller's weights, kept
@@ -238,6 +248,9 @@ def _profiles(profiles, members: list[int]) -> dict[int, ClientProfile]:
 
 
 def _client_tests(client_tests, subsets: Mapping[int, Subset]) -> dict[int, ArrayDataset]:
+    if client_tests is not None and not isinstance(client_tests, Mapping):
+        raise ValueError(f"client_tests (of type {type(client_tests).__name__}): allowed is None or a mapping "
+                         "client id -> that client's test set")
     tests = dict(client_tests or {})
     unknown = sorted(set(tests) - set(subsets))
     if unknown:
@@ -248,14 +261,18 @@ def _client_tests(client_tests, subsets: Mapping[int, Subset]) -> dict[int, Arra
             f"client_tests (keys {without_data[:5]}, clients without training data): allowed is keys of clients with "
             "data, as only they take part in the run"
         )
-    for client, t in tests.items():
-        if not isinstance(t, (ArrayDataset, Subset)):
-            raise ValueError(f"client_tests[{client}] (of type {type(t).__name__}): allowed is an ArrayDataset "
-                             "or a Subset")
-        if len(t) == 0:
-            raise ValueError(f"client_tests[{client}] (0 samples): allowed is a set with samples to evaluate on, "
-                             "or no entry for the client")
-    return {
-        client: ArrayDataset(t.dataset.name, *t.tensors(), t.dataset.num_classes) if isinstance(t, Subset) else t
-        for client, t in tests.items()
-    }
+    return {client: _evaluation_set(f"client_tests[{client}]", t, "no entry for the client")
+            for client, t in tests.items()}
+
+
+def _evaluation_set(key: str, data, without: str) -> ArrayDataset:
+    """``data``, a set to evaluate on: an ArrayDataset, or a Subset gathered into one;
+    ValueError naming ``key`` for anything else or a set without samples (``without``:
+    how to leave the set out)."""
+    if not isinstance(data, (ArrayDataset, Subset)):
+        raise ValueError(f"{key} (of type {type(data).__name__}): allowed is an ArrayDataset or a Subset")
+    whole = data.dataset if isinstance(data, Subset) else data
+    if len(data) == 0:
+        raise ValueError(f"{key} ({whole.name!r}, 0 samples): allowed is a set with samples to evaluate on, "
+                         f"or {without}")
+    return ArrayDataset(whole.name, *data.tensors(), whole.num_classes) if isinstance(data, Subset) else data
