@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +210,8 @@ def with_label_distributions(population: Population, section: dict, data: dict, 
     """The agents with a label distribution each: the CSV's (ConfigError unless it has one
     column per class of the dataset), else Dirichlet(``data.alpha``) label skew drawn from
     the stream :meth:`Population.sample` draws them from (``data.partition = "dirichlet"``),
-    or uniform (``"iid"``)."""
+    or uniform (``"iid"``); ConfigError for a ``data.alpha`` too large to draw from for
+    the dataset's ``num_classes``."""
     given = population.label_distribution
     if given is not None:
         if given.shape[1] != num_classes:
@@ -219,7 +220,10 @@ def with_label_distributions(population: Population, section: dict, data: dict, 
                               f"data.dataset={data['dataset']!r}")
         return population
     if data["partition"] == "dirichlet":
-        return population.with_label_skew(data["alpha"], num_classes, seed)
+        try:
+            return population.with_label_skew(data["alpha"], num_classes, seed)
+        except ValueError as error:  # "alpha=1e+308: allowed is ... at most 9e+306 for 10 classes"
+            raise ConfigError(f"data.{error}") from None
     return replace(population, label_distribution=np.full((population.n_agents, num_classes), 1.0 / num_classes))
 
 
@@ -393,14 +397,29 @@ def build_oracle(config: dict, train, test, population: Population,
     )
 
 
-def save_checkpoint(folder: Path, config: dict, result, timings: dict[str, float],
-                    population_csv_sha256: str | None) -> None:
-    """Write the loop's state (after its pilot and after each training) with the config it
-    was measured with, the sha256 of population.csv's bytes (:func:`csv_sha256`; None
-    without the file) and the seconds spent so far (:func:`elapsed`), atomically: a crash
-    never leaves half a file."""
-    write_whole(folder / CHECKPOINT, pickle.dumps({"config": config, "result": result, "timings": timings,
-                                                   "population_csv_sha256": population_csv_sha256}))
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a run folder's checkpoint keeps, written after the loop's pilot and after each
+    training: the ``config`` its iterations were measured with, the loop's state
+    (``result``), the seconds spent so far (``timings``, :func:`elapsed`), the sha256 of
+    population.csv's bytes (:func:`csv_sha256`; None without the file) and the messages
+    of the warnings the run raised so far (:func:`user_warnings`), which a resumed run's
+    manifest and report keep beside its own: a fit's warning is raised once, before the
+    first checkpoint, and never again on a resume. A checkpoint written before timings,
+    the sha256 or the warnings were kept reads as none, None and none."""
+
+    config: dict
+    result: LoopResult
+    timings: dict[str, float]
+    population_csv_sha256: str | None
+    warnings: tuple[str, ...] = ()
+
+
+def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``folder`` atomically (a crash never leaves half a file), as
+    a dict of its fields."""
+    write_whole(folder / CHECKPOINT, pickle.dumps({field.name: getattr(checkpoint, field.name)
+                                                   for field in fields(checkpoint)}))
 
 
 def write_whole(path: Path, data: bytes) -> None:
@@ -415,11 +434,9 @@ def write_whole(path: Path, data: bytes) -> None:
         raise
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], str | None]:
-    """(the config the checkpointed iterations were measured with, the loop's state, the
-    seconds they took: none in a checkpoint written before timings were kept, the sha256
-    of population.csv's bytes: None without the file, or in a checkpoint written before
-    it was kept)."""
+def load_checkpoint(folder: Path) -> Checkpoint:
+    """The :class:`Checkpoint` in ``folder``; ConfigError where there is none, or one this
+    version cannot read."""
     path = folder / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"--resume {str(folder)!r}: no {CHECKPOINT} there; allowed is a run "
@@ -435,7 +452,8 @@ def load_checkpoint(folder: Path) -> tuple[dict, LoopResult, dict[str, float], s
         raise ConfigError(f"--resume {str(folder)!r}: its {CHECKPOINT} was written by an earlier version of "
                           "the program (without the config it measured, or one refitted a(m)); allowed is a "
                           "checkpoint of this version: run the experiment again")
-    return saved["config"], result, dict(saved.get("timings", {})), saved.get("population_csv_sha256")
+    return Checkpoint(saved["config"], result, dict(saved.get("timings", {})), saved.get("population_csv_sha256"),
+                      tuple(saved.get("warnings", ())))
 
 
 def elapsed(earlier: dict[str, float], start: float, loop_start: float) -> dict[str, float]:
@@ -607,15 +625,15 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     prints the former once before the first seed and every seed's warnings after the last."""
     from fl.executors import UnsupportedModel
 
-    resumed, earlier = None, {}
+    resumed = None
     csv_digest = csv_sha256(config["population"])  # population.csv's bytes as the run begins (or resumes)
     if resume_folder is not None:
-        measured, resumed, earlier, measured_csv = load_checkpoint(resume_folder)
-        check_resumable(measured, config, resume_folder, measured_csv, csv_digest)
-        if config["loop"]["max_iterations"] < resumed.n_iterations:
+        resumed = load_checkpoint(resume_folder)
+        check_resumable(resumed.config, config, resume_folder, resumed.population_csv_sha256, csv_digest)
+        if config["loop"]["max_iterations"] < resumed.result.n_iterations:
             raise ConfigError(f"loop.max_iterations={config['loop']['max_iterations']!r}: the run in "
-                              f"{str(resume_folder)!r} has finished {resumed.n_iterations} iterations; allowed on "
-                              "--resume is at least that many")
+                              f"{str(resume_folder)!r} has finished {resumed.result.n_iterations} iterations; "
+                              "allowed on --resume is at least that many")
     set_torch_threads(config["training"]["threads"])
     start = time.perf_counter()
     agents, mechanisms, said = agents_and_mechanisms(config)
@@ -637,8 +655,8 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
             if not allocation_failed(error):
                 raise
             raise ConfigError(model_too_large(config["model"], error)) from None
-        return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, earlier, start, quiet,
-                         warn, csv_digest)
+        return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, start, quiet, warn,
+                         csv_digest)
     finally:
         getattr(executor, "close", lambda: None)()
 
@@ -663,11 +681,14 @@ def model_too_large(model: dict, error: BaseException) -> str:
 
 
 def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
-              resumed: LoopResult | None, earlier: dict[str, float], start: float, quiet: bool,
-              warn: bool, csv_digest: str | None) -> Path:
-    """The loop, its checkpoints and the run folder (``run``'s second half); ``earlier``:
-    the timings of the invocations before a resume; ``csv_digest``: population.csv's
-    sha256 (:func:`csv_sha256`), kept in the checkpoints and the manifest."""
+              checkpointed: Checkpoint | None, start: float, quiet: bool, warn: bool,
+              csv_digest: str | None) -> Path:
+    """The loop, its checkpoints and the run folder (``run``'s second half);
+    ``checkpointed``: ``resume_folder``'s checkpoint (None for a fresh run), whose timings
+    and warnings those of this invocation add to; ``csv_digest``: population.csv's sha256
+    (:func:`csv_sha256`), kept in the checkpoints and the manifest."""
+    resumed, earlier, heard_before = ((None, {}, ()) if checkpointed is None else
+                                      (checkpointed.result, checkpointed.timings, checkpointed.warnings))
     if resume_folder is None:
         experiment = config["experiment"]
         try:
@@ -716,10 +737,11 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
         loop_start = time.perf_counter()
         saved = resumed  # the loop's state as last checkpointed (None: nothing measured yet)
 
-        def checkpoint(result) -> None:
+        def checkpoint(result) -> None:  # called from loop.run, in the catch_warnings below that records raised
             nonlocal saved
             try:
-                save_checkpoint(folder, config, result, elapsed(earlier, start, loop_start), csv_digest)
+                save_checkpoint(folder, Checkpoint(config, result, elapsed(earlier, start, loop_start), csv_digest,
+                                                   tuple(user_warnings(raised, heard_before))))
             except (OSError, MemoryError) as error:  # a full disk ...: the last checkpoint written holds the run
                 raise WriteFailed(stopped(write_failure("the checkpoint", error), folder, saved, created,
                                           f"--resume {str(folder)!r} continues the run")) from error
@@ -744,7 +766,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         bar.update(bar.total - bar.n)
-    said = mechanism_warnings(raised)
+    said = mechanism_warnings(raised, heard_before)
     try:
         summaries, suspect = write_run(folder, config, result, mechanisms, loop.agents_under(result.fit),
                                        elapsed(earlier, start, loop_start), config["training"]["device"],
@@ -763,18 +785,24 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     return folder
 
 
-def mechanism_warnings(raised: list) -> list[str]:
-    """The messages of the UserWarnings a run raised (a mechanism's best responses that did
-    not settle, a screening program solved inaccurately ...), each once, for the run's
-    warnings; any other warning is shown as Python shows it."""
-    said = []
+def mechanism_warnings(raised: list, before: tuple[str, ...] = ()) -> list[str]:
+    """:func:`user_warnings` of ``raised``, for the run's warnings; any other warning is
+    shown as Python shows it."""
     for caught in raised:
-        if issubclass(caught.category, UserWarning):
-            message = str(caught.message)
-            if message not in said:
-                said.append(message)
-        else:
+        if not issubclass(caught.category, UserWarning):
             warnings.showwarning(caught.message, caught.category, caught.filename, caught.lineno)
+    return user_warnings(raised, before)
+
+
+def user_warnings(raised: list, before: tuple[str, ...] = ()) -> list[str]:
+    """The messages of the UserWarnings a run raised (a mechanism's best responses that did
+    not settle, a screening program solved inaccurately ...), ``raised`` as
+    ``warnings.catch_warnings(record=True)`` records them, after those ``before`` (those of
+    the invocations before a resume, from the checkpoint), each once."""
+    said = list(before)
+    for caught in raised:
+        if issubclass(caught.category, UserWarning) and str(caught.message) not in said:
+            said.append(str(caught.message))
     return said
 
 

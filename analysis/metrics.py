@@ -11,7 +11,8 @@ For one mechanism's record (its last loop iteration):
   curve, which an agent training alone is on (fewer by more than half a sample); an
   agent that stays out, or is paid in money only, rides on no one's data;
 - welfare W = sum_i u_i, predicted (under a(gamma m)) and realised (from the delivered
-  accuracies of real training);
+  accuracies of real training); and S(equilibrium) below, the predicted welfare less
+  the promised transfers (``welfare_without_transfers``);
 - price of anarchy PoA = S(social optimum) / S(equilibrium), both in the mechanism's own
   game: the optimum under its calibrated a(gamma m) (what the planner could do with the
   same training, ``incentives.equilibrium.social_optimum``: it also chooses who takes
@@ -124,6 +125,7 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
     m_local = local_contribution(population, pilot, phi)
     optimum = social_optimum(population, record.accuracy_model, phi)
     predicted_welfare = float(record.predicted_utility.sum())
+    surplus = predicted_welfare - float(np.sum(outcome.transfer))  # S(equilibrium): transfers only move utility
     served = record.receives_model
     violations = audit.violations()
     nan = float("nan")
@@ -136,9 +138,9 @@ def summarise(record: IterationRecord, population: Population, pilot: AccuracyMo
         "free_riding_rate": free_riding_rate(record.trained_contributions, m_local, served),
         "welfare_predicted": predicted_welfare,
         "welfare_realised": float(record.realised_utility.sum()),
+        "welfare_without_transfers": surplus,
         "welfare_social_optimum": float(optimum.welfare),
-        "price_of_anarchy": price_of_anarchy(
-            float(optimum.welfare), predicted_welfare - float(np.sum(outcome.transfer))),
+        "price_of_anarchy": price_of_anarchy(float(optimum.welfare), surplus),
         "ir_violations": violations["ir"],
         "deviation_violations": violations["deviation"],
         "misreport_violations": violations["misreport"],

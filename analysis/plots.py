@@ -27,6 +27,34 @@ from incentives.population import Population  # noqa: E402
 from incentives.utility import Phi, local_contribution  # noqa: E402
 
 COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+LABEL_LENGTH = 24  # characters of a mechanism's name shown in a figure (the report's tables show it whole)
+MARKERS = "osD^vP*Xph<>"  # one per mechanism's line, so that lines drawn over each other still show
+
+
+def colours(count: int) -> list:
+    """``count`` distinct colours: matplotlib's cycle of 10, then tab20's 20, then
+    evenly spaced on turbo (the cycle repeated, and two mechanisms shared a colour)."""
+    if count <= len(COLOURS):
+        return COLOURS[:count]
+    cmap = plt.get_cmap("tab20") if count <= 20 else plt.get_cmap("turbo")
+    return [cmap(k / max(1, count - 1)) if count > 20 else cmap(k) for k in range(count)]
+
+
+def label(name: str) -> str:
+    """A mechanism's name as a figure shows it: cut to :data:`LABEL_LENGTH` characters with
+    an ellipsis (long names squeezed the axes and pushed the legends off the figure)."""
+    return name if len(name) <= LABEL_LENGTH else name[: LABEL_LENGTH - 1] + "\u2026"
+
+
+def check_summaries(summaries, keys: tuple[str, ...]) -> None:
+    """ValueError unless ``summaries`` maps at least one mechanism to a dict holding ``keys``."""
+    if not isinstance(summaries, dict) or not summaries:
+        raise ValueError(f"summaries={summaries!r}: allowed is a dict of at least one mechanism -> its summary")
+    for name, summary in summaries.items():
+        missing = [key for key in keys if key not in summary]
+        if missing:
+            raise ValueError(f"summaries[{name!r}] (without {', '.join(missing)}): allowed is a summary holding "
+                             f"{', '.join(keys)} (analysis.metrics.summarise's)")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -56,9 +84,9 @@ def _contribution_bars(result: LoopResult, population: Population, local: np.nda
     agents = np.arange(population.n_agents)
     width = 0.8 / max(1, len(final))
     fig, ax = plt.subplots(figsize=(9 + 0.4 * len(final), 4))
-    for k, (name, record) in enumerate(final.items()):
+    for k, ((name, record), colour) in enumerate(zip(final.items(), colours(len(final)))):
         ax.bar(agents + (k - (len(final) - 1) / 2) * width, record.trained_contributions,
-               width, label=name, color=COLOURS[k % len(COLOURS)])
+               width, label=label(name), color=colour)
     ax.scatter(agents, local, marker="_", s=300, color="black", label="local optimum $m_i^o$", zorder=3)
     ax.set_xlabel("agent (sorted as in the population)")
     ax.set_ylabel("samples contributed")
@@ -88,7 +116,7 @@ def _contribution_map(result: LoopResult, population: Population, local: np.ndar
     rows, columns = np.nonzero(riding)
     ax.scatter(columns, rows, s=6, color="white", edgecolors="black", linewidths=0.3,
                label="free rider: receives a model, contributes below its local optimum $m_i^o$")
-    ax.set_yticks(np.arange(len(names)), names)
+    ax.set_yticks(np.arange(len(names)), [label(name) for name in names])
     ax.set_xlabel(f"agents ranked by cost per sample (cheapest first; {population.n_agents} agents)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=ax, label="samples contributed", pad=0.01)
@@ -98,17 +126,21 @@ def _contribution_map(result: LoopResult, population: Population, local: np.ndar
 
 
 def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
+    """Each agent's promised (hollow) and delivered (cross) accuracy against its trained
+    contribution, by mechanism; a mechanism that delivers no model (a money contract) has
+    no point, and the legend says so."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for k, (name, record) in enumerate(result.final().items()):
-        colour = COLOURS[k % len(COLOURS)]
+    final = result.final()
+    for (name, record), colour in zip(final.items(), colours(len(final))):
         served = record.receives_model  # an agent delivered no model has no accuracy to show
         if not served.any():
+            ax.plot([], [], " ", label=f"{label(name)}: delivers no model")
             continue
         m = record.trained_contributions[served]
         ax.scatter(m, np.asarray(record.outcome.accuracy)[served], facecolors="none", edgecolors=colour,
-                   label=f"{name}: promised")
+                   label=f"{label(name)}: promised")
         ax.scatter(m, np.asarray(record.training.delivered_accuracy)[served], color=colour, marker="x",
-                   label=f"{name}: delivered (trained)")
+                   label=f"{label(name)}: delivered (trained)")
     ax.set_xlabel("samples contributed $m_i$")
     ax.set_ylabel("accuracy received")
     if ax.collections:
@@ -119,45 +151,74 @@ def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+WELFARE_KEYS = ("total_data", "welfare_predicted", "welfare_realised", "welfare_without_transfers",
+                "welfare_social_optimum")
+
+
 def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path:
+    """Total data, and the agents' welfare predicted and realised (bars: transfers
+    included, what the agents get), by mechanism (``summaries``: mechanism -> its summary,
+    holding :data:`WELFARE_KEYS`). The social optimum (dashed) leaves transfers out, as
+    they only move utility between the server and the agents: it is drawn beside the
+    predicted welfare less the promised transfers (a diamond), the ratio of the two being
+    the price of anarchy; a bar above the dashed line is an equilibrium paid more than the
+    welfare it makes. A value that is not a number is written "n/a" where its bar would be."""
+    check_summaries(summaries, WELFARE_KEYS)
     names = list(summaries)
     x = np.arange(len(names))
+    value = {key: np.array([summaries[n][key] for n in names], dtype=float) for key in WELFARE_KEYS}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    left.bar(x, [summaries[n]["total_data"] for n in names], color=COLOURS[: len(names)])
-    left.set_xticks(x, names, rotation=30, ha="right")
+    left.bar(x, value["total_data"], color=colours(len(names)))
     left.set_ylabel("total samples contributed")
     left.set_title("Total data")
-    right.bar(x - 0.2, [summaries[n]["welfare_predicted"] for n in names], 0.4, label="predicted")
-    right.bar(x + 0.2, [summaries[n]["welfare_realised"] for n in names], 0.4, label="realised")
-    right.hlines([summaries[n]["welfare_social_optimum"] for n in names], x - 0.4, x + 0.4, colors="black",
-                 linestyles="--", label="social optimum (its own game, no transfers)")
-    right.set_xticks(x, names, rotation=30, ha="right")
+    right.bar(x - 0.2, value["welfare_predicted"], 0.4, label="predicted")
+    right.bar(x + 0.2, value["welfare_realised"], 0.4, label="realised")
+    right.scatter(x - 0.2, value["welfare_without_transfers"], marker="D", s=24, color="black", zorder=3,
+                  label="predicted, less transfers")
+    right.hlines(value["welfare_social_optimum"], x - 0.4, x + 0.4, colors="black", linestyles="--",
+                 label="social optimum (no transfers)")
     right.set_ylabel("sum of agents' utilities")
-    right.set_title("Agents' welfare (transfers included)")
+    right.set_title("Agents' welfare (bars: transfers included)")
     bottom, top = right.get_ylim()
     right.set_ylim(bottom, top + 0.3 * (top - bottom))  # head room: the legend clears the bars
     right.legend(fontsize=8, loc="upper left", ncol=2)
+    for axis, keys in ((left, ("total_data",)), (right, ("welfare_predicted", "welfare_realised"))):
+        axis.set_xticks(x, [label(name) for name in names], rotation=30, ha="right")
+        _mark_missing(axis, x, np.any([np.isnan(value[key]) for key in keys], axis=0))
     return _save(fig, path)
+
+
+def _mark_missing(axis, x: np.ndarray, missing: np.ndarray) -> None:
+    """Write "n/a" on ``axis`` at the positions ``x[missing]``, where no bar is drawn (an
+    empty slot read as a value of 0)."""
+    for position in x[missing]:
+        axis.text(position, 0.0, "n/a", ha="center", va="bottom", fontsize=8, color="dimgrey")
 
 
 def seed_spread(values: dict[tuple[str, str], np.ndarray], mechanisms: list[str], path: Path) -> Path:
     """Total data and realised welfare of each mechanism over seeds: one dot per seed
     (``values[mechanism, metric]``, (S,) arrays), the mean as a bar, over the seeds where
     the value is a number (as the seeds' summary.csv takes it; no bar where none is)."""
+    missing = [(name, metric) for name in mechanisms for metric in ("total_data", "welfare_realised")
+               if (name, metric) not in values]
+    if missing:
+        raise ValueError(f"values (no entry {missing[0]!r}): allowed is an array of the seeds' values for every "
+                         "mechanism and metric, total_data and welfare_realised")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     x = np.arange(len(mechanisms))
-    for axis, (metric, label, title) in zip(axes, (("total_data", "total samples contributed", "Total data"),
-                                                   ("welfare_realised", "sum of agents' utilities",
-                                                    "Realised welfare"))):
-        for k, name in enumerate(mechanisms):
+    for axis, (metric, axis_label, title) in zip(axes, (("total_data", "total samples contributed", "Total data"),
+                                                        ("welfare_realised", "sum of agents' utilities",
+                                                         "Realised welfare"))):
+        for k, (name, colour) in enumerate(zip(mechanisms, colours(len(mechanisms)))):
             seeds = values[name, metric]
             present = seeds[~np.isnan(seeds)]
             if present.size:
-                axis.bar(k, present.mean(), 0.6, color=COLOURS[k % len(COLOURS)], alpha=0.35)
+                axis.bar(k, present.mean(), 0.6, color=colour, alpha=0.35)
             jitter = np.linspace(-0.15, 0.15, seeds.size) if seeds.size > 1 else np.zeros(1)
-            axis.scatter(k + jitter, seeds, s=16, color=COLOURS[k % len(COLOURS)], zorder=3)
-        axis.set_xticks(x, mechanisms, rotation=30, ha="right")
-        axis.set_ylabel(label)
+            axis.scatter(k + jitter, seeds, s=16, color=colour, zorder=3)
+        axis.set_xticks(x, [label(name) for name in mechanisms], rotation=30, ha="right")
+        _mark_missing(axis, x, np.array([np.isnan(values[name, metric]).all() for name in mechanisms]))
+        axis.set_ylabel(axis_label)
         axis.set_title(f"{title} (a dot per seed, the mean as a bar)")
     return _save(fig, path)
 
@@ -165,10 +226,12 @@ def seed_spread(values: dict[tuple[str, str], np.ndarray], mechanisms: list[str]
 def convergence(result: LoopResult, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(result.final())
-    for k, name in enumerate(names):
+    palette = colours(len(names))
+    for k, (name, colour) in enumerate(zip(names, palette)):
         records = [r for r in result.records if r.mechanism == name]
         left.plot([r.iteration for r in records], [r.trained_contributions.sum() for r in records],
-                  marker="o", label=name, color=COLOURS[k % len(COLOURS)])
+                  marker=MARKERS[k % len(MARKERS)], markersize=4 + 6 * (len(names) - k) / len(names),
+                  label=label(name), color=colour)  # each drawn smaller over the one before: equal totals show
     left.set_xlabel("loop iteration")
     left.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one iteration: the tick 0 alone
     left.set_ylabel("total samples contributed")
@@ -178,13 +241,13 @@ def convergence(result: LoopResult, path: Path) -> Path:
     grid = np.geomspace(max(1.0, sizes[sizes > 0].min() * 0.8), sizes.max() * 1.2, 200)
     right.scatter(result.pilot_sizes, result.pilot_accuracies, s=14, color="grey", label="pilot (trained)")
     right.plot(grid, result.fit(grid), color="black", label="fitted a(m)")
-    for k, (name, record) in enumerate(result.final().items()):  # trainings, and the last a(gamma m)
+    for (name, record), colour in zip(result.final().items(), palette):  # trainings, and the last a(gamma m)
         measured, accuracy = result.measurements(name)
         if measured.size:
-            model, colour = record.accuracy_model, COLOURS[k % len(COLOURS)]
+            model = record.accuracy_model
             right.scatter(measured, accuracy, marker="x", color=colour)
             right.plot(grid, model(grid), color=colour, linestyle="--",
-                       label=f"{name}: $\\gamma$ = {model.efficiency:.2g}")
+                       label=f"{label(name)}: $\\gamma$ = {model.efficiency:.2g}")
     right.set_xscale("log")
     right.set_xlabel("samples m")
     right.set_ylabel("test accuracy")

@@ -43,7 +43,7 @@ from incentives.utility import Phi, local_contribution
 from mechanisms.audit import Audit, audit
 from mechanisms.shapley import ESTIMATORS, strata_exact_sizes
 
-HEADLINE = [
+HEADLINE = [  # summary key, label, format (see headline_text)
     ("total_data", "total data (samples)", "{:.0f}"),
     ("contributors", "contributing agents", "{:d}"),
     ("models_delivered", "agents receiving a model", "{:d}"),
@@ -54,6 +54,7 @@ HEADLINE = [
     ("realised_incentivised_share", "contributors served better than alone (trained)", "{:.0%}"),
     ("welfare_predicted", "welfare, predicted", "{:.4f}"),
     ("welfare_realised", "welfare, realised", "{:.4f}"),
+    ("welfare_without_transfers", "welfare less transfers, predicted (the price of anarchy's)", "{:.4f}"),
     ("price_of_anarchy", "price of anarchy", "{:.3f}"),
     ("paid", "money paid to agents", "{:.4f}"),
     ("transfer_gap_mean_abs", "mean |paid - promised transfer|", "{:.4f}"),
@@ -64,6 +65,26 @@ HEADLINE = [
     ("deviation_violations", "profitable deviations", "{:d}"),
     ("misreport_violations", "profitable misreports", "{:d}"),
 ]
+
+
+def headline_text(fmt: str, value) -> str:
+    """``value`` (not NaN) in a :data:`HEADLINE` format ``fmt``, so that rounding hides no
+    finding: a share ("{:.0%}") that rounds to 0% or 100% without being either reads "<1%"
+    or ">99%" (one free rider among 300 agents read "0%", as none does), and a number to
+    three decimals ("{:.3f}") that rounds to 1.000 without being 1 takes the fewest more
+    decimals, up to 12, that tell it from 1 (a price of anarchy of 1.0004 read "1.000",
+    as an efficient equilibrium does; an accuracy of 0.9996, as a perfect one)."""
+    text = fmt.format(value)
+    if fmt == "{:.0%}":
+        if text == "0%" and value > 0:
+            return "<1%"
+        return ">99%" if text == "100%" and value < 1 else text
+    if fmt == "{:.3f}":
+        for decimals in range(3, 13):
+            text = f"{value:.{decimals}f}"
+            if value == 1 or float(text) != 1:
+                break
+    return text
 
 
 def make_run_folder(output_dir: str | Path, name: str) -> Path:
@@ -154,7 +175,9 @@ def agent_rows(result: LoopResult, population: Population, audits: dict[str, Aud
     ``reservation_utility`` is the better of the outside option and training alone, the
     same for every mechanism, ``audit_reservation`` the r_i its audit (``audits``) held it
     to (:attr:`~mechanisms.audit.Audit.reservation`: the outside option alone for a
-    contract that promises only that)."""
+    contract that promises only that); ``local_accuracy`` the accuracy of the model the
+    agent trained alone on its contribution where training measured it (NaN where not),
+    against which the headline's "contributors served better than alone" is counted."""
     rows = []
     m_local = local_contribution(population, result.fit, loop_phi(result.phi, phi))
     for name, record in result.final().items():
@@ -173,6 +196,7 @@ def agent_rows(result: LoopResult, population: Population, audits: dict[str, Aud
                                     else outcome.delivery_target[i]),
                 "global_accuracy": training.global_accuracy[i],
                 "delivered_accuracy": training.delivered_accuracy[i],
+                "local_accuracy": np.nan if training.local_accuracy is None else training.local_accuracy[i],
                 "transfer": outcome.transfer[i],
                 "realised_transfer": record.realised_transfer[i],
                 "predicted_utility": record.predicted_utility[i],
@@ -208,9 +232,17 @@ def learning_curve_rows(result: LoopResult) -> list[dict]:
 
 
 def html_table(rows: list[dict], digits: int = 4) -> str:
+    """``rows`` (at least one; the first's keys head the columns) as an HTML table, a float
+    to ``digits`` significant digits, or whole from 10**(digits - 1) up to 10**15 (an
+    endowment of 60000 samples read "6e+04", and 9999.5 "1e+04"), "-" for NaN."""
+    if not rows:
+        raise ValueError("rows=[]: allowed is at least one row, a dict of column -> value")
+
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
-            return "-" if np.isnan(value) else f"{value:.{digits}g}"
+            if np.isnan(value):
+                return "-"
+            return f"{value:.0f}" if 10 ** (digits - 1) <= abs(value) < 1e15 else f"{value:.{digits}g}"
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
@@ -229,7 +261,7 @@ def _headline_table(summaries: dict[str, dict[str, float]]) -> str:
             if isinstance(value, float) and np.isnan(value):
                 row[name] = "-"
             else:
-                row[name] = fmt.format(int(value) if fmt == "{:d}" else value)
+                row[name] = headline_text(fmt, int(value) if fmt == "{:d}" else value)
         rows.append(row)
     return html_table(rows)
 

@@ -39,7 +39,7 @@ from scipy import special
 
 from analysis import config as config_module
 from analysis import plots
-from analysis.report import HEADLINE, STYLE, html_table, make_run_folder, write_csv
+from analysis.report import HEADLINE, STYLE, headline_text, html_table, make_run_folder, write_csv
 
 #: keys in which the seeds' configs may differ: the seed, where the run folder went, and
 #: where and how the run executed (``analysis.config.EXECUTION_KEYS``)
@@ -218,9 +218,10 @@ def _cell(values: np.ndarray, fmt: str) -> str:
 
 
 def mean_and_spread(spread: dict[str, float], number: str, sign: str = "±") -> str:
-    """"mean ± std" of a :func:`_spread` in the format ``number`` (the std left out where
-    it is NaN: one seed, or an infinite value)."""
-    mean = number.format(spread["mean"])
+    """"mean ± std" of a :func:`_spread` in the format ``number`` (the mean as
+    :func:`~analysis.report.headline_text` writes it; the std left out where it is NaN:
+    one seed, or an infinite value)."""
+    mean = headline_text(number, spread["mean"])
     return mean if np.isnan(spread["std"]) else f"{mean} {sign} {number.format(spread['std'])}"
 
 

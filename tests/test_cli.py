@@ -3,6 +3,7 @@ and exit status 2 with one line for a user mistake."""
 
 import csv
 import hashlib
+import html
 import json
 import os
 import pickle
@@ -104,6 +105,8 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
      "of every class"),
     ("population.endowment=1e300", "population.endowment=1e+300 with population.n_agents=10: the agents' endowments "
      "total 1e+301 samples; allowed is a total of at most 1222"),
+    # the Dirichlet draw of the label skew overflowed to rows of zeros: a traceback, exit 1
+    ("data.alpha=1e308", "data.alpha=1e+308: allowed is a number > 0 of at most 8.99e+306 for 10 classes"),
     ("population.cost.sgima=1", "population.cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),
     ("population.cost={dist='uniform', low=1, high=0}", "population.cost.high=0.0: allowed is a number >= low=1.0"),
     ("population.capacity=2", "population.capacity=2: no mechanism or training of this version uses compute "
@@ -265,7 +268,7 @@ def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     (folder / "report.html").unlink()
-    saved = run_experiment.load_checkpoint(folder)[1]
+    saved = run_experiment.load_checkpoint(folder).result
     error = run_experiment.diverged(TrainingDiverged("lr=0.05: local training ... diverged"), folder, saved, True)
     advice = f"--resume {str(folder)!r} --set loop.max_iterations=1 writes their report"
     kept = "the 1 finished loop iteration(s) are kept"
@@ -714,6 +717,12 @@ def test_local_models_measured_for_every_mechanism_give_each_its_realised_share(
     with (folder / "summary.csv").open() as handle:
         shares = {row["mechanism"]: float(row["realised_incentivised_share"]) for row in csv.DictReader(handle)}
     assert set(shares) == {"standard", "incfl"} and all(0.0 <= s <= 1.0 for s in shares.values())
+    # agents.csv keeps the local accuracies the shares count against (no file held them)
+    with (folder / "agents.csv").open() as handle:
+        agents = [row for row in csv.DictReader(handle) if int(row["trained_contribution"]) > 0]
+    for name, share in shares.items():
+        beats = [float(a["delivered_accuracy"]) > float(a["local_accuracy"]) for a in agents if a["mechanism"] == name]
+        assert share == np.mean(beats)
 
 
 def test_fractional_endowments_are_whole_samples_everywhere(tmp_path):
@@ -826,6 +835,27 @@ def test_warnings_the_mechanisms_raise_become_the_runs_warnings_once_each():
     with pytest.warns(RuntimeWarning, match="overflow in exp"):
         said = run_experiment.mechanism_warnings(raised)
     assert said == ["shapley (estimator='loo', budget=1.0): best responses did not settle"]
+
+
+def test_a_resumed_run_keeps_the_warnings_raised_before_it_stopped(tmp_path):
+    """The fit's warning (a parameter on its bound) is raised once, as the pilot is fitted:
+    a run resumed after its first iteration lost it from its manifest and report, and
+    mechanisms' warnings of the iterations before went the same way."""
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "training.rounds"))] + [
+        "--set=training.rounds=3", "--set=loop.tolerance=1e-9", "--set=accuracy.family='generalisation_bound'"]
+    folders = {}
+    for name, iterations in (("whole", 2), ("resumed", 1)):
+        (tmp_path / name).mkdir()
+        assert run_experiment.main(["--quiet", *settings, f"--set=loop.max_iterations={iterations}",
+                                    f"--set=experiment.output_dir='{tmp_path / name}'"]) == 0
+        (folders[name],) = (tmp_path / name).iterdir()
+    fitted = "EmpiricalModel.fit(family='generalisation_bound'): a_opt="
+    assert any(said.startswith(fitted) for said in run_experiment.load_checkpoint(folders["resumed"]).warnings)
+    assert run_experiment.main(["--quiet", "--resume", str(folders["resumed"]), "--set=loop.max_iterations=2"]) == 0
+    whole, resumed = (json.loads((folders[name] / "manifest.json").read_text())["warnings"]
+                      for name in ("whole", "resumed"))
+    assert resumed == whole and sum(said.startswith(fitted) for said in resumed) == 1
+    assert html.escape(fitted) in (folders["resumed"] / "report.html").read_text()
 
 
 def test_resume_refuses_a_population_csv_that_changed_since_the_run_began(tmp_path, capsys):

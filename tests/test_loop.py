@@ -9,7 +9,7 @@ import pytest
 from fl.data.dataset import load_digits
 from fl.oracle import TrainingOracle, TrainingResult
 from analysis import config as config_module
-from analysis.metrics import summarise
+from analysis.metrics import price_of_anarchy, summarise
 from analysis import report as report_module
 from analysis.report import audit_final, run_warnings
 from incentives.accuracy import EffectiveData, EmpiricalModel, local_optimum
@@ -86,6 +86,10 @@ def test_each_mechanism_is_solved_under_the_pilot_fit_calibrated_to_its_own_trai
         optimum = social_optimum(world[0], record.accuracy_model).welfare
         assert summary["welfare_social_optimum"] == optimum != social_optimum(world[0], result.fit).welfare
         assert summary["price_of_anarchy"] >= 1.0
+        # summary.csv holds the equilibrium's side of the ratio: its welfare, transfers left out
+        surplus = record.predicted_utility.sum() - record.outcome.transfer.sum()
+        assert summary["welfare_without_transfers"] == surplus
+        assert summary["price_of_anarchy"] == price_of_anarchy(optimum, surplus)
     assert verify_equilibrium(AccuracyShaping(), shaping.outcome.contributions, world[0], shaping.accuracy_model).ok
     quantities = {row["quantity"] for row in result.long_rows()}
     assert {"promised_accuracy", "delivered_accuracy", "realised_utility", "realised_transfer"} <= quantities
@@ -494,6 +498,21 @@ def test_a_population_progress_or_oracle_of_the_wrong_kind_is_refused_before_any
     settings = {"population": population, "mechanisms": [StandardFL()], "oracle": oracle, **replaced}
     with pytest.raises(ValueError, match=message):
         ClosedLoop(**settings)
+
+
+@pytest.mark.parametrize("run_with, message", [
+    ({"resume": "x"}, r"^resume='x': allowed is None or the LoopResult of an earlier run"),
+    ({"resume": LoopResult(np.array([20.0]), np.array([0.5]), PILOT, records=[measured(0, "standard", [10] * 4, 0.8,
+                                                                                          [0.8] * 4)])},
+     r"^resume: its standard iteration 0 has 4 agents; allowed is a result of this loop's 5 agents$"),
+    ({"on_measured": 5}, r"^on_measured=5: allowed is None or a function of the LoopResult$"),
+])
+def test_a_resume_or_on_measured_of_the_wrong_kind_is_refused_before_any_training(world, run_with, message):
+    """Before: resume='x' raised AttributeError, a result of 4 agents numpy's broadcasting error
+    after a training, and on_measured=5 a TypeError once the pilot curve had trained."""
+    population, oracle = world
+    with pytest.raises(ValueError, match=message):
+        ClosedLoop(population, [StandardFL()], oracle).run(**run_with)
 
 
 @pytest.mark.parametrize("agents, message", [

@@ -266,6 +266,32 @@ def test_paid_against_promised_lists_the_contributors_paid_nothing():
     assert report._paid_against_promised(record([100.0], [100], transfer=[0.2], paid=[0.2])) == "Paid as promised."
 
 
+@pytest.mark.parametrize("fmt, value, text", [
+    ("{:.0%}", 1 / 300, "<1%"),  # one free rider among 300 agents read 0%, as none does
+    ("{:.0%}", 299 / 300, ">99%"),
+    ("{:.0%}", 0.0, "0%"),
+    ("{:.0%}", 1.0, "100%"),
+    ("{:.0%}", 0.25, "25%"),
+    ("{:.3f}", 1.0004, "1.0004"),  # a price of anarchy that read 1.000, as an efficient equilibrium's does
+    ("{:.3f}", 0.99996, "0.99996"),  # an accuracy that read 1.000, as a perfect one
+    ("{:.3f}", 1.0, "1.000"),
+    ("{:.3f}", float("inf"), "inf"),
+    ("{:.3f}", 0.1234, "0.123"),
+    ("{:.4f}", 1.00001, "1.0000"),  # welfare: no rule
+])
+def test_headline_rounding_hides_no_finding(fmt, value, text):
+    assert report.headline_text(fmt, value) == text
+
+
+def test_tables_write_large_numbers_whole_and_refuse_no_rows():
+    """An endowment of 60000 samples read "6e+04", a contribution of 12345.6 "1.235e+04" and
+    one of 9999.5 "1e+04"; html_table([]) raised IndexError."""
+    table = report.html_table([{"a": 60000.0, "b": 12345.6, "c": 9999.5, "d": 1e20, "e": -123456.0}])
+    assert "<td>60000</td><td>12346</td><td>10000</td><td>1e+20</td><td>-123456</td>" in table
+    with pytest.raises(ValueError, match=r"^rows=\[\]: allowed is at least one row"):
+        report.html_table([])
+
+
 def test_a_value_that_is_not_a_number_is_shown_as_a_dash():
     """A NaN (no agent received a model, say) is "-" in the headline and in any table,
     not "nan"; other floats keep 4 significant digits and text is escaped."""

@@ -215,7 +215,7 @@ def test_seeds_run_in_processes_give_the_runs_of_one_process(three_seeds, tmp_pa
 def finished_one(checkpoint: Path) -> bool:
     """Whether the run whose ``checkpoint`` this is (written after its pilot and after
     each training, atomically) has finished a loop iteration."""
-    return run_experiment.load_checkpoint(checkpoint.parent)[1].n_iterations >= 1
+    return run_experiment.load_checkpoint(checkpoint.parent).result.n_iterations >= 1
 
 
 def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_path):
@@ -240,7 +240,7 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     seeds = {config_module.load(f / "config.toml")["experiment"]["seed"]: f for f in folders}
     # one seed may go on training before the other's first finished iteration: each
     # reports what its own checkpoint holds (at least 1 iteration, fewer than max_iterations = 3)
-    saved = {s: run_experiment.load_checkpoint(seeds[s])[1] for s in (0, 1)}
+    saved = {s: run_experiment.load_checkpoint(seeds[s]).result for s in (0, 1)}
     assert all(1 <= state.n_iterations < 3 for state in saved.values())
     assert err == ("\ninterrupted; "
                    + "".join(f"seed {s}: interrupted; {run_experiment.kept(saved[s])}: "
