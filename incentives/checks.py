@@ -129,10 +129,12 @@ def check_entries(key: str, arr: np.ndarray, least: float = -np.inf, most: float
         raise ValueError(f"{name}={float(flat[i])!r}: allowed is {range_text(least, most, strict)}")
 
 
-def per_agent(key: str, value, n: int, broadcast: bool = False) -> np.ndarray:
+def per_agent(key: str, value, n: int, broadcast: bool = False, booleans: bool = True) -> np.ndarray:
     """``value`` as a float array of shape (n,), one number per agent; with ``broadcast``
-    a single number stands for every agent."""
-    arr = as_floats(key, value)
+    a single number stands for every agent; without ``booleans``, True and False are
+    refused (:func:`as_floats`)."""
+    allowed = f"{'a number or ' * broadcast}({n},) numbers, one per agent"
+    arr = as_floats(key, value, allowed, booleans=booleans)
     if broadcast and arr.ndim == 0:
         return np.full(n, float(arr))
     if arr.shape != (n,):

@@ -348,9 +348,10 @@ class Population:
     def check_contributions(self, contributions, key: str = "contributions") -> np.ndarray:
         """contributions as a float array of shape (N,), each 0 <= m_i <= n_i (samples).
 
-        A relative slack of 1e-9 above n_i absorbs rounding; ValueError naming ``key`` otherwise.
+        A relative slack of 1e-9 above n_i absorbs rounding; ValueError naming ``key`` otherwise
+        (True and False too: numpy reads them as 1 and 0 samples).
         """
-        m = per_agent(key, contributions, self.n_agents)
+        m = per_agent(key, contributions, self.n_agents, booleans=False)
         wrong = self._outside_endowments(m)
         if np.any(wrong):
             i = int(np.flatnonzero(wrong)[0])
@@ -364,7 +365,7 @@ class Population:
         """G contribution profiles as a float array of shape (G, N), every row checked as
         :meth:`check_contributions` checks one, all rows at once (ValueError naming the
         first bad row, ``profiles[g]``)."""
-        m = as_floats(key, profiles)
+        m = as_floats(key, profiles, booleans=False)
         if m.ndim != 2 or m.shape[1] != self.n_agents:
             raise ValueError(f"{key} has shape {m.shape}: allowed is (G, {self.n_agents}), one profile a row")
         wrong = self._outside_endowments(m)

@@ -169,7 +169,7 @@ def test_numeric_strings_are_refused_in_populations_and_utilities():
         Population.from_lists(cost="1e-3", endowment=[10.0, 20.0])
     with pytest.raises(ValueError, match=r"^cost='1e-3': allowed is a number, a list of numbers or a dict"):
         Population.sample(2, {"cost": "1e-3", "endowment": 10.0}, seed=0)
-    with pytest.raises(ValueError, match=r"^accuracy='0.5': allowed is numbers"):
+    with pytest.raises(ValueError, match=r"^accuracy='0.5': allowed is a number or \(2,\) numbers, one per agent$"):
         utility(TWO, "0.5", [1.0, 1.0])
 
 
@@ -214,7 +214,8 @@ def test_nash_start_is_checked_as_best_response_checks_contributions():
     pop = Population.from_lists(cost=[1e-3, 2e-3], endowment=[500.0, 500.0])
     rounded = nash_equilibrium(StandardFL(), pop, PL, start=pop.endowment * (1 + 1e-12))  # was refused
     assert rounded.converged
-    with pytest.raises(ValueError, match=r"^start='abc': allowed is numbers"):  # was numpy's ValueError
+    # was numpy's ValueError
+    with pytest.raises(ValueError, match=r"^start='abc': allowed is \(2,\) numbers, one per agent$"):
         nash_equilibrium(StandardFL(), pop, PL, start="abc")
     with pytest.raises(ValueError, match=r"^start has shape \(3,\): allowed is \(2,\), one per agent$"):
         nash_equilibrium(StandardFL(), pop, PL, start=[1.0, 2.0, 3.0])

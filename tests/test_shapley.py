@@ -303,6 +303,12 @@ def test_fedsv_is_efficient_per_round():
         (lambda: fedsv([], 0), "n_clients=0: allowed is an integer >= 1"),
         (lambda: counted_shapley(SumGame([4.7e18, 4.7e18], np.sqrt)), r"weights \(2 players, total 9.4e\+18\)"),
         (lambda: fedsv([_Round([0, 7], {0: 1.0, 7: 1.0})], 3), r"rounds\[0\].clients=\(0, 7\): allowed is"),
+        # each of these raised a TypeError: 'float' object is not callable, unhashable type: 'list'
+        (lambda: exact_shapley(0.5, 2), r"^utility=0.5: allowed is a callable from a sorted tuple of player"),
+        (lambda: gtg_shapley(None, 2), r"^utility=None: allowed is a callable"),
+        (lambda: ShapleyRewards(1.0, ["exact"]), r"^estimator=\['exact'\]: allowed is one of exact, monte_carlo"),
+        (lambda: size_strata_shapley(SumGame([1.0, 2.0, 3.0], np.sqrt), exact_sizes=2.0),
+         r"^exact_sizes=2.0: allowed is 1 or 2"),
     ],
 )
 def test_bad_arguments_name_the_key_and_what_is_allowed(call, message):
@@ -653,6 +659,34 @@ def test_check_rounds_names_a_count_that_is_not_one(arguments, message):
     """None and 'x' raised a TypeError from the comparison; -3 clients a round passed."""
     with pytest.raises(ValueError, match=message):
         ShapleyRewards(1.0, "exact").check_rounds(*arguments)
+
+
+@pytest.mark.parametrize("call, message", [
+    # -5 samples and [True, False] were valued ([0.116, -0.035, 0.494] and [0, 0]), [] gave no value without a word
+    (lambda m: m.values([10, -5, 20], MODEL), r"^contributions\[1\]=-5.0: allowed is a number >= 0$"),
+    (lambda m: m.values([True, False], MODEL), r"^contributions=\[True, False\]: allowed is \(N,\) samples"),
+    (lambda m: m.values([], MODEL), r"^contributions \(shape \(0,\)\): allowed is \(N,\) samples >= 0"),
+    (lambda m: m.values([[1, 2], [3, 4]], MODEL), r"^contributions \(shape \(2, 2\)\): allowed is"),  # unpacking
+    (lambda m: m.values_many([1.0, 2.0], MODEL), r"^profiles \(shape \(2,\)\): allowed is \(G, N\) samples"),
+    (lambda m: m.values([1.0, 2.0], None), r"^model \(of type NoneType\): allowed is an incentives.accuracy"),
+    (lambda m: m.realised_transfer(m.solve(POPULATION, MODEL), object()),
+     r"^training.round_games=None: allowed is the recorded rounds"),  # an AttributeError
+    (lambda m: m.allocate([True, False, 1.0, 1.0], POPULATION, MODEL), r"^contributions=\[True, False, 1.0, 1.0\]: "
+     r"allowed is \(4,\) numbers, one per agent \(True and False are not numbers here\)$"),
+])
+def test_data_values_of_contributions_that_are_no_samples_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(ShapleyRewards(1.0, "exact"))
+
+
+def test_size_strata_are_exact_where_all_but_the_heaviest_others_weigh_the_same_and_not_beyond():
+    """The docstring said "all but h of a player's others": a null player among nine equal
+    ones is such an odd one out, yet light, and stays in the normal approximation."""
+    fit = PowerLaw(0.92, 10.38, 1.134)  # the digits pilot fit
+    heavy_apart = size_strata_shapley(SumGame([4.0] * 9 + [40.0], fit), exact_sizes=1).values
+    assert heavy_apart[:9] == pytest.approx(exact_shapley(SumGame([4.0] * 9 + [40.0], fit), 10).values[:9], rel=1e-12)
+    light_apart = size_strata_shapley(SumGame([4.0] * 9 + [0.0], fit), exact_sizes=1).values
+    assert abs(light_apart[0] / (fit(36.0) / 9) - 1) > 0.01  # 1.5% off the symmetric a(36) / 9
 
 
 def test_fedsv_names_an_estimator_given_by_name():
