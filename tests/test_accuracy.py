@@ -11,6 +11,20 @@ TOY = PowerLaw(a_opt=1.0, k=1.0, alpha=0.5)  # a(m) = 1 - 1/sqrt(m)
 BOUND = GeneralisationBound(a_opt=0.95, k=2.0)
 
 
+def test_generalisation_bound_values_by_hand():
+    """a(m) = a_opt - (sqrt(2k(2 + ln(m/k))) + 4) / sqrt(m) (Karimireddy, Guo & Jordan 2022),
+    with a capacity k large enough that its term counts: at k = 3, m = 500,
+    sqrt(6 (2 + ln(500/3))) = sqrt(6 x 7.115996) = 6.534216, and (6.534216 + 4) / sqrt(500)
+    = 10.534216 / 22.360680 = 0.471104, so a = 0.95 - 0.471104 = 0.478896. Below the zero
+    crossing (m = 50: 0.95 - (sqrt(6 (2 + ln(50/3))) + 4) / sqrt(50) = 0.95 - 1.0278 < 0) it is 0."""
+    curve = GeneralisationBound(a_opt=0.95, k=3.0)
+    assert float(curve(500.0)) == pytest.approx(0.478896, abs=1e-6)
+    for m in (500.0, 2_000.0, 1e5):
+        bound = (math.sqrt(6.0 * (2.0 + math.log(m / 3.0))) + 4.0) / math.sqrt(m)
+        assert float(curve(m)) == pytest.approx(0.95 - bound, rel=1e-13)
+    assert float(curve(50.0)) == 0.0
+
+
 def test_power_law_values_and_clipping_at_zero():
     assert TOY(100.0) == pytest.approx(0.9)
     np.testing.assert_allclose(TOY(np.array([4.0, 400.0])), [0.5, 0.95])

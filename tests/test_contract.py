@@ -152,10 +152,15 @@ def test_ironing_pools_types_when_virtual_costs_are_not_monotone():
     phi = virtual_costs(cost, p)
     assert phi[1] > phi[2]  # 6.5 > 2.22: monotonicity would fail without ironing
     np.testing.assert_allclose(iron(phi, p), [phi[0], 3.0, 3.0])
+    # by hand: psi = (1, 2 + 1 * 0.45 / 0.10, 2.1 + 0.1 * 0.55 / 0.45) = (1, 6.5, 2.22), types 2 and 3 pooled at
+    # (0.10 * 6.5 + 0.45 * 2.22) / 0.55 = 3; q_k = 10 / psi_k - 1 = (9, 7/3, 7/3); the pooled item binds type 3's
+    # IR: R = 2.1 * 7/3 = 4.9; type 1 is indifferent to it: R_1 = 1 * 9 + (4.9 - 1 * 7/3) = 347/30; profit
+    # 0.45 (10 ln 10 - 347/30) + 0.55 (10 ln(10/3) - 4.9) = 9.0835
     menus = [solve_screening(cost, p, V10, form=f) for f in FORMS]
-    assert menus[0].contribution[1] == pytest.approx(menus[0].contribution[2])
-    for m in menus[1:]:
-        assert_menu_close(menus[0], m, atol=1e-4)
+    for m in menus:
+        np.testing.assert_allclose(m.contribution, [9.0, 7 / 3, 7 / 3], atol=1e-5)
+        np.testing.assert_allclose(m.reward, [347 / 30, 4.9, 4.9], atol=1e-5)
+        assert m.server_profit == pytest.approx(9.0835, abs=1e-4)
 
 
 def test_per_type_outside_options_reduced_matches_all_pairs():

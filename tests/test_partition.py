@@ -66,6 +66,17 @@ def test_dirichlet_skew_is_stronger_for_small_alpha():
     assert strong > 0.5 > 0.2 > weak
 
 
+def test_dirichlet_shares_have_the_mean_and_variance_of_the_dirichlet_distribution():
+    """A class split in q ~ Dirichlet(alpha 1_N) proportions: each client's share has mean
+    1/N and variance (1/N)(1 - 1/N) / (N alpha + 1) = 0.2 x 0.8 / 3.5 = 0.0457 at N = 5,
+    alpha = 0.5 (the counts round the shares by at most one sample of 1000)."""
+    labels = np.zeros(1000, dtype=np.int64)
+    shares = np.array([[len(part) / 1000 for part in partition.dirichlet(labels, 5, 0.5, seed, min_size=0)]
+                       for seed in range(600)])
+    assert shares.mean() == pytest.approx(0.2, abs=1e-12)  # every sample is handed out
+    assert shares.var(axis=0).mean() == pytest.approx(0.2 * 0.8 / 3.5, rel=0.1)
+
+
 def test_dirichlet_min_size_is_met_or_refused():
     parts = partition.dirichlet(LABELS, 20, 0.3, seed=3, min_size=20)
     assert min(len(p) for p in parts) >= 20

@@ -1,6 +1,7 @@
 """FedProx (Li et al., 2020, "Federated optimization in heterogeneous networks"):
-FedAvg whose clients minimise F_k(w) + (mu / 2) ||w - w^t||^2, which keeps local models
-near the round's global model w^t under heterogeneous data."""
+FedAvg whose clients minimise h_k(w; w^t) = F_k(w) + (mu / 2) ||w - w^t||^2 (the paper's
+eq. (2), the local subproblem of its Algorithm 2), which keeps local models near the
+round's global model w^t under heterogeneous data."""
 
 from __future__ import annotations
 
