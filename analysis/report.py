@@ -547,6 +547,19 @@ def audit_final(result: LoopResult, mechanisms: list[Mechanism], population: Pop
             for m in mechanisms}
 
 
+def check_resolved(config, result: LoopResult) -> None:
+    """ValueError unless ``config`` holds every key of :data:`analysis.config.SCHEMA` and
+    a ``loop.max_iterations`` of at least ``result``'s iterations."""
+    missing = [f"{section}.{key}" for section, keys in config_module.SCHEMA.items() for key in keys
+               if not isinstance(config, dict) or key not in config.get(section, {})]
+    if missing:
+        raise ValueError(f"config (without {', '.join(missing[:3])}{' ...' * (len(missing) > 3)}): allowed is the "
+                         "resolved configuration the run was made with, every key set (analysis.config.load)")
+    if config["loop"]["max_iterations"] < result.n_iterations:
+        raise ValueError(f"config's loop.max_iterations={config['loop']['max_iterations']!r}: allowed is the run's, "
+                         f"at least the {result.n_iterations} iterations it ran")
+
+
 def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[Mechanism],
               population: Population, timings: dict[str, float], device: str,
               notes: dict[str, Any] | None = None,
@@ -559,7 +572,11 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     learning_curve.csv, are written first, so that a failure in what is computed from them (the audits, a figure)
     leaves them in the folder; the manifest, whose presence marks a finished run
     (``analysis.seeds.read_warnings``), is written last, and one of an earlier report of
-    the folder (before a --resume) is removed first."""
+    the folder (before a --resume) is removed first. ``config``: the resolved configuration
+    the run was made with (every key set, as :func:`analysis.config.load` gives it; its
+    ``loop.max_iterations`` at least the iterations run), ValueError otherwise (a partial
+    one raised KeyError, and the defaults wrote another run's settings into the report)."""
+    check_resolved(config, result)
     (folder / "manifest.json").unlink(missing_ok=True)
     (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
     write_csv(folder / "metrics.csv", list(result.long_rows()))

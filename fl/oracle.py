@@ -178,6 +178,8 @@ class TrainingOracle:
         if executor is not None:
             executor.check_model(self.model)  # before any training
 
+    aggregations = AGGREGATIONS  # the rules train takes, which the loop checks its mechanisms' against
+
     @property
     def max_clients_per_round(self) -> int:
         """The most clients a training round can have: ``clients_per_round``, at most every

@@ -620,10 +620,62 @@ def _fit_bound(sizes: np.ndarray, accuracies: np.ndarray, bounds: _Bounds) -> Ge
 def check_model(key: str, model) -> None:
     """ValueError naming ``key`` unless ``model`` is an :class:`AccuracyModel` (None, or an
     argument swapped with another, failed later at its first use, with a TypeError or
-    AttributeError)."""
+    AttributeError); a model of a class other than this module's is probed
+    (:func:`probe_model`)."""
     if not isinstance(model, AccuracyModel):
         raise ValueError(f"{key} (of type {type(model).__name__}): allowed is an "
                          f"{AccuracyModel.__module__}.{AccuracyModel.__name__}")
+    if not isinstance(model, (_Parametric, EmpiricalModel, EffectiveData)):
+        probe_model(key, model)
+
+
+PROBE_POINTS = 41  # sizes a user's accuracy model is probed at, from its zero crossing to 10^5 times it
+_PROBE_STEP = 1e-5  # the relative step of the central differences its derivative is compared with
+_PROBE_TOL = 1e-2  # the relative disagreement allowed between a method and a(m)
+
+
+def probe_model(key: str, model: AccuracyModel) -> None:
+    """ValueError naming ``key`` and the first convention a user's accuracy model breaks, on
+    :data:`PROBE_POINTS` sizes m from just above max(1, zero_crossing) to 10^5 times it:
+    a(m) finite in [0, 1] and non-decreasing; ``derivative`` finite, >= 0, non-increasing
+    (concave), and within :data:`_PROBE_TOL` of a central difference of a(m);
+    ``marginal_inverse(derivative(m))`` and ``inverse(a(m))`` back at m within the same
+    tolerance where a(m) < a_max. The solvers rely on each (a derivative three times too
+    steep, a marginal inverse five times too far or a falling curve gave other equilibria,
+    without a word)."""
+    start = max(1.0, float(model.zero_crossing)) * (1.0 + 1e-3)
+    m = np.geomspace(start, start * 1e5, PROBE_POINTS)
+
+    def refuse(what: str, i: int) -> None:
+        raise ValueError(f"{key} ({type(model).__name__}): {what} at m={m[i]:.6g}; allowed is an accuracy model "
+                         "increasing and concave beyond its zero_crossing, of accuracies in [0, 1], whose derivative, "
+                         "inverse and marginal_inverse agree with a(m) (incentives.accuracy's conventions)")
+
+    def first(wrong: np.ndarray) -> int | None:
+        return int(np.flatnonzero(wrong)[0]) if np.any(wrong) else None
+
+    a = np.asarray(model(m), dtype=float)
+    if (i := first(~((a >= 0) & (a <= 1)))) is not None:
+        refuse(f"a(m)={float(a[i])!r}", i)
+    if (i := first(np.diff(a) < -1e-12)) is not None:
+        refuse(f"a(m) falls to {float(a[i + 1])!r}", i + 1)
+    slope = np.asarray(model.derivative(m), dtype=float)
+    if (i := first(~(slope >= 0) | np.isinf(slope))) is not None:
+        refuse(f"derivative(m)={float(slope[i])!r}", i)
+    if (i := first(np.diff(slope) > _PROBE_TOL * slope[:-1] + 1e-15)) is not None:
+        refuse(f"derivative(m) rises to {float(slope[i + 1])!r} (a(m) not concave)", i + 1)
+    central = (np.asarray(model(m * (1 + _PROBE_STEP)), dtype=float)
+               - np.asarray(model(m * (1 - _PROBE_STEP)), dtype=float)) / (2 * _PROBE_STEP * m)
+    if (i := first(np.abs(slope - central) > _PROBE_TOL * np.maximum(np.abs(slope), np.abs(central)) + 1e-15)) \
+            is not None:
+        refuse(f"derivative(m)={float(slope[i])!r} where a(m) changes at {float(central[i])!r} per sample", i)
+    below = (a < model.a_max * (1 - 1e-9)) & (slope > 0)
+    for name, back in (("marginal_inverse(derivative(m))", lambda: model.marginal_inverse(slope[below])),
+                       ("inverse(a(m))", lambda: model.inverse(a[below]))):
+        found = np.full(len(m), np.nan)
+        found[below] = np.asarray(back(), dtype=float)
+        if (i := first(below & ~(np.abs(found - m) <= _PROBE_TOL * m))) is not None:
+            refuse(f"{name}={float(found[i])!r}", i)
 
 
 def local_optimum(cost, value, model: AccuracyModel, endowment=None, phi: Callable | None = None,
@@ -660,11 +712,17 @@ def check_phi(phi) -> None:
     """ValueError unless ``phi`` is None (linear) or a function that maps an array of
     accuracies element-wise to finite benefits, non-decreasing in accuracy: checked on
     101 accuracies from 0 to 1 (an agent given no model has accuracy 0, so phi(0) must be
-    finite too: ln a is refused, ln(1 + a) is not)."""
+    finite too: ln a is refused, ln(1 + a) is not), as a (101,) array and as a (101, 2)
+    one (the local optima take phi of an (N, G) grid: a phi that flattened its input
+    passed, and failed after the pilot's training with numpy's broadcasting error)."""
     if phi is None:
         return
     accuracies = np.linspace(0.0, 1.0, 101)
     benefits = benefits_of(phi, accuracies)
+    grid = benefits_of(phi, np.stack([accuracies, accuracies[::-1]], axis=1))
+    if not np.array_equal(grid, np.stack([benefits, benefits[::-1]], axis=1)):
+        raise ValueError(f"phi={phi!r} (on a (101, 2) array of accuracies, not its (101,) column's benefits): "
+                         f"{_PHI_ALLOWED}")
     falls = np.flatnonzero(np.diff(benefits) < 0)
     if falls.size:
         k = int(falls[0]) + 1

@@ -137,7 +137,14 @@ def _agent_allocation(mechanism: Mechanism, i: int, contributions, population: P
     profiles[:, i] = points
     allocate_to = getattr(mechanism, "allocate_to", None)
     if allocate_to is not None:
-        return allocate_to(i, profiles, population, model)
+        share = allocate_to(i, profiles, population, model)
+        for key in ("accuracy", "transfer", "takes_part"):  # (G, N) arrays broadcast in the utility, or failed there
+            value = getattr(share, key, None)
+            if (value is not None or key != "takes_part") and np.shape(value) != (len(points),):
+                raise ValueError(f"{getattr(mechanism, 'name', mechanism)!r}.allocate_to(i, profiles of shape "
+                                 f"{profiles.shape}, ...).{key} has shape {np.shape(value)}: allowed is "
+                                 f"({len(points)},), agent i's under each profile")
+        return share
     rows = [mechanism.allocate(profile, population, model) for profile in profiles]
     takes_part = None if rows[0].takes_part is None else np.array([row.takes_part[i] for row in rows])
     return Allocation(np.array([row.accuracy[i] for row in rows]), np.array([row.transfer[i] for row in rows]),

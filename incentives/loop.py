@@ -52,7 +52,8 @@ import numpy as np
 
 from incentives.accuracy import (FAMILIES, AccuracyModel, EffectiveData, EmpiricalModel, check_phi,
                                  check_pilot_sizes)
-from incentives.checks import bad, check_bool, check_integer, check_mechanism, check_number
+from incentives.checks import (bad, check_bool, check_integer, check_mechanism, check_number, check_participates,
+                               check_per_agent, per_agent)
 from incentives.population import Population
 from incentives.protocols import AccuracyOracle, Mechanism, Outcome, PaysFromTraining, TrainingOutcome
 from incentives.utility import Phi, reservation_utility, utility
@@ -309,6 +310,54 @@ FIT_ERROR_SHARE = 0.25
 REFIT = "a ClosedLoop with {others} fits another family"
 
 
+def checked_outcome(mechanism: Mechanism, outcome, population: Population) -> Outcome:
+    """``outcome``, what ``mechanism.solve`` returned for ``population``, with its per-agent
+    fields as float (and bool) arrays, once checked to be what the loop trains and scores:
+    an Outcome of the mechanism's name whose contributions are within the endowments,
+    accuracies in [0, 1], transfers finite, participation flags True or False, delivery
+    targets NaN or at most 1, each of shape (N,), and every contributor taking part;
+    ValueError naming the mechanism and the first field that is not, before any training
+    (a malformed outcome failed after it, with numpy's broadcasting error or a message
+    naming no mechanism, and contributors marked out were trained, unpaid and uncharged)."""
+    name = mechanism.name
+    if not isinstance(outcome, Outcome):
+        raise ValueError(f"{name}.solve returned {type(outcome).__name__}: allowed is an "
+                         "incentives.protocols.Outcome")
+    if outcome.mechanism != name:
+        raise ValueError(f"{name}.solve returned outcome.mechanism={outcome.mechanism!r}: allowed is its name, "
+                         f"{name!r}")
+    n = population.n_agents
+    try:
+        contributions = population.check_contributions(outcome.contributions, "outcome.contributions")
+        accuracy = check_per_agent("outcome.accuracy", outcome.accuracy, n, 0.0, 1.0)
+        transfer = check_per_agent("outcome.transfer", outcome.transfer, n)
+        participates = check_participates(outcome.participates, n)
+        target = outcome.delivery_target
+        if target is not None:
+            target = as_target(target, n)
+        outside = np.flatnonzero((contributions > 0) & ~participates)
+        if outside.size:
+            i = int(outside[0])
+            raise ValueError(f"outcome.participates[{i}]=False with outcome.contributions[{i}]="
+                             f"{float(contributions[i])!r}: allowed is True for every agent that contributes")
+    except ValueError as error:
+        raise ValueError(f"{name}.solve returned {error}") from None
+    return replace(outcome, contributions=contributions, accuracy=accuracy, transfer=transfer,
+                   participates=participates, delivery_target=target)
+
+
+def as_target(target, n: int) -> np.ndarray:
+    """``outcome.delivery_target`` as a float array of shape (N,): NaN (the global model) or
+    numbers at most 1 (<= 0: no model); ValueError naming the first entry that is not."""
+    values = per_agent("outcome.delivery_target", target, n)
+    wrong = np.flatnonzero(~np.isnan(values) & ~(values <= 1))  # above 1, or inf
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(f"outcome.delivery_target[{i}]={float(values[i])!r}: allowed is NaN (the global model) or "
+                         "an accuracy of at most 1 (<= 0: no model)")
+    return values
+
+
 def poor_fit(result: LoopResult, prefix: str = "", points: str = "", refit: str = REFIT) -> str | None:
     """A fitted a(m) that misses the pilot's points: its RMSE (:attr:`EmpiricalModel.rmse
     <incentives.accuracy.EmpiricalModel.rmse>`, of the model as used, clipped at 0) exceeds
@@ -431,13 +480,19 @@ class ClosedLoop:
             raise bad("progress", self.progress, "None or a function of one message (str)")
         for k, mechanism in enumerate(self.mechanisms):
             check_mechanism(f"mechanisms[{k}]", mechanism)
+            check_mechanism(f"mechanisms[{k}]", mechanism, "allocate")  # the audit and the equilibria play it
         names = [m.name for m in self.mechanisms]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"mechanisms (names {names!r}): allowed is at least one mechanism, each name "
                              "once (records are kept by name: e.g. ContractMechanism(..., name='contract_2'))")
         self._check_oracle_holds_the_population()
         per_round = getattr(self.oracle, "max_clients_per_round", None)
+        aggregations = getattr(self.oracle, "aggregations", None)
         for mechanism in self.mechanisms:
+            aggregation = getattr(mechanism, "aggregation", "fedavg")
+            if aggregations is not None and aggregation not in aggregations:
+                raise ValueError(f"{mechanism.name}.aggregation={aggregation!r}: allowed is one the oracle trains "
+                                 f"with, {', '.join(map(repr, aggregations))}")
             if getattr(mechanism, "linear_costs_only", False):
                 self.population.require_linear_costs(mechanism.name)
             if per_round is not None and hasattr(mechanism, "check_rounds"):
@@ -499,7 +554,7 @@ class ClosedLoop:
         ``population`` (their own phi); ``reservation``: their (N,) reservation utilities
         (outside option, or training alone on the pilot curve where that earns more), the
         same for every mechanism and iteration."""
-        outcome = mechanism.solve(designed, model)
+        outcome = checked_outcome(mechanism, mechanism.solve(designed, model), designed)
         trained = np.minimum(np.round(outcome.contributions), population.endowment).astype(np.int64)
         self.progress(f"iteration {iteration}: training {mechanism.name} on {trained.sum()} samples")
         pays_from_training = isinstance(mechanism, PaysFromTraining)

@@ -104,6 +104,12 @@ class Mechanism(Protocol):
     one call. A rule that pays a step function of m_i may offer ``breakpoints(i,
     population, model)``, the contributions where agent i's payment steps up (a contract's
     items); the solvers' grids include them, as a step function's best point lies on one.
+
+    Optional flags the loop and the audit read: ``uses_reported_costs`` (whether the rule
+    uses costs the agents report, so that the audit checks misreports; undeclared, it is
+    checked; False skips the check), ``linear_costs_only`` (True: the loop refuses a
+    population with convex costs), ``include_local`` (False: the audit holds agents to
+    their outside option alone, not to what they earn training alone).
     """
 
     name: str
@@ -149,7 +155,9 @@ class AccuracyOracle(Protocol):
     An oracle may tell ``max_clients_per_round``, the most clients a round can have: the
     loop hands it, before any training, to each mechanism's ``check_rounds`` where there
     is one (a :class:`PaysFromTraining` mechanism whose valuation of rounds has limits).
-    It may also tell ``endowments``, the (N,) samples it holds for each agent: the loop
+    It may also tell ``aggregations``, the names ``train`` takes: the loop then checks each
+    mechanism's ``aggregation`` against them before any training; ``endowments``, the
+    (N,) samples it holds for each agent: the loop
     then checks, before any training, that the population has N agents none of whom
     holds more; and ``pool_size``, the most samples one ``learning_curve`` run can draw:
     the loop then checks its pilot sizes against it when it is built.

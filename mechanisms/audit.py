@@ -17,13 +17,14 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
   reward schedule, its items' contributions are the breakpoints);
 - misreporting (incentive compatibility), for mechanisms whose rule uses the agents'
   reported costs (``uses_reported_costs``, e.g. accuracy shaping's m_i^o and slope
-  c_i / v_i): agent i reports, instead of c_i, each cost c' of :func:`cost_reports`
-  (c_i times 1/4, 1/2, 2, 4 and 8, and the population's distinct costs, or quantiles of
-  them: at most :data:`MISREPORTS` reports an agent, so that the audit stays linear in N),
-  the mechanism is re-solved, and i's true utility is compared with the truthful one.
-  A misreport's accuracy is never trained, so it is taken as the promised accuracy
-  under the report plus agent i's realised promise gap (delivered_i - promised_i) from
-  the truthful run: the realised error carries over to the deviation;
+  c_i / v_i; a mechanism that does not declare it is checked too): agent i reports,
+  instead of c_i, each cost c' of :func:`cost_reports` (c_i times 1/4, 1/2, 2, 4 and 8,
+  and the population's distinct costs, or quantiles of them: at most :data:`MISREPORTS`
+  reports an agent, so that the audit stays linear in N), the mechanism is re-solved,
+  and i's true utility is compared with the truthful one. A misreport's accuracy is
+  never trained, so it is taken as the promised accuracy under the report plus agent
+  i's realised promise gap (delivered_i - promised_i) from the truthful run: the
+  realised error carries over to the deviation;
 - budget balance: money paid sum_i t_i^real against the mechanism's budget (Shapley's
   B, Stackelberg's announced reward R), or, for a mechanism without a budget, the
   server's profit >= 0 (contracts) or no money at all (standard FL, shaping);
@@ -118,11 +119,15 @@ def _budget(outcome: Outcome) -> float | None:
 def _check_realised(outcome: Outcome, population: Population, delivered_accuracy, paid_transfer,
                     trained_contributions, tol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(delivered, paid, trained) as float arrays of shape (N,), checked: the outcome is one of
-    ``population``'s N agents, accuracies are fractions in [0, 1], transfers finite, the
-    trained samples within the endowments, and ``tol`` a finite number >= 0."""
+    ``population``'s N agents (its contributions within the endowments, its promised
+    accuracies in [0, 1] and transfers finite), the delivered accuracies in [0, 1], the paid
+    transfers finite, the trained samples within the endowments, and ``tol`` a finite
+    number >= 0."""
     n = population.n_agents
-    for name in ("contributions", "accuracy", "transfer", "participates"):
-        per_agent(f"outcome.{name}", getattr(outcome, name), n)
+    population.check_contributions(outcome.contributions, "outcome.contributions")
+    check_per_agent("outcome.accuracy", outcome.accuracy, n, 0.0, 1.0)  # 7.0 shifted every misreport's gain
+    check_per_agent("outcome.transfer", outcome.transfer, n)
+    per_agent("outcome.participates", outcome.participates, n)
     check_number("tol", tol)
     return (check_per_agent("delivered_accuracy", delivered_accuracy, n, 0.0, 1.0),
             check_per_agent("paid_transfer", paid_transfer, n),
@@ -210,12 +215,15 @@ def misreport_gains(
     accuracy a_i' + gap_i, clipped to [0, 1] (v_i phi(.) + t_i' - c_i m_i'**beta - comm_i when
     it takes part), with (a', t', m') the mechanism re-solved with c_i replaced by c' and
     gap_i the realised promise gap (none where a_i' = 0); the gain is measured against the
-    truthful utility computed the same way. Zero gains when the mechanism does not use
-    reported costs.
+    truthful utility computed the same way. Zero gains when the mechanism declares
+    ``uses_reported_costs = False``; one that does not declare it is checked (a rule that
+    ignores reports gains nothing from them, at the price of the re-solves): taking an
+    undeclared flag for False reported no misreport gain for a mechanism paying each
+    agent twice its reported cost.
     """
     n = population.n_agents
     gains, best = np.zeros(n), np.full(n, np.nan)
-    if not getattr(mechanism, "uses_reported_costs", False):
+    if not getattr(mechanism, "uses_reported_costs", True):
         return gains, best
 
     def true_utility(i: int, result: Outcome) -> float:

@@ -1925,6 +1925,8 @@ class ContractMechanism:
     outside utility is not the same as taking part for nothing.
     """
 
+    uses_reported_costs = False  # a type reports by its choice of item, which the menu makes truthful (IC)
+
     def __init__(
         self,
         value: ValueFunction | str = LogValue(10.0),

@@ -73,6 +73,7 @@ class IncFLParticipation:
 
     name = "incfl"
     aggregation = "incfl"
+    uses_reported_costs = False  # each agent decides alone; nothing is reported
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         """a_i = a(M) for every agent with m_i > 0; the others do not take part (no

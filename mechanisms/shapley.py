@@ -958,6 +958,8 @@ class ShapleyRewards:
 
     name = "shapley"
 
+    uses_reported_costs = False  # values and payments come from contributions, not from reported costs
+
     def __init__(
         self,
         budget: float,

@@ -664,6 +664,8 @@ class StackelbergPricing:
     R m_i / M, under the reward R announced once participation settles.
     """
 
+    uses_reported_costs = False  # the leader knows the followers' costs (complete information)
+
     def __init__(self, value: ValueFunction | str = LogValue(10.0), *, reward: float | None = None,
                  budget: float | None = None, value_weight: float = 1.0, name: str = "stackelberg") -> None:
         self.value = value

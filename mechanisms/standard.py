@@ -30,6 +30,7 @@ class StandardFL:
     """Everyone receives a(M); no transfers; the server delivers the global model (no target)."""
 
     name = "standard"
+    uses_reported_costs = False  # nobody reports anything: everyone receives a(M)
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
         m = population.check_contributions(contributions)

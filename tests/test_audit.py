@@ -9,6 +9,7 @@ from analysis.report import _audit_notes
 from incentives.accuracy import PowerLaw
 from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
+from incentives.protocols import Allocation, Outcome
 from incentives.utility import utility
 from mechanisms.audit import MISREPORTS, audit, cost_reports
 from mechanisms.contract import ContractMechanism, LogValue
@@ -245,6 +246,48 @@ def test_mechanisms_acting_on_contributions_have_no_misreport_audit():
                    outcome.contributions)
     np.testing.assert_array_equal(result.misreport_gain, 0.0)
     assert result.violations()["deviation"] == 0
+
+
+class PaysTwiceTheReportedCost:
+    """Each agent contributes 100 samples and is paid twice its reported cost for them: a
+    rule a user writes, declaring nothing about reports."""
+
+    name = "per_sample"
+
+    def allocate(self, contributions, population, model):
+        m = population.check_contributions(contributions)
+        return Allocation(np.full(population.n_agents, float(model(m.sum()))), 2.0 * population.cost * m)
+
+    def solve(self, population, model):
+        m = np.full(population.n_agents, 100.0)
+        share = self.allocate(m, population, model)
+        return Outcome(self.name, m, share.accuracy, share.transfer, None, np.ones(population.n_agents, bool))
+
+
+def test_a_mechanism_that_does_not_declare_whether_it_uses_reports_is_audited_for_misreports():
+    """The audit took an undeclared uses_reported_costs for False and found no misreport
+    gain, where overstating the cost 8-fold pays 14 c_i m_i more."""
+    population = Population.from_lists(cost=[1e-4, 3e-4, 5e-4], endowment=1e6)
+    mechanism = PaysTwiceTheReportedCost()
+    outcome = mechanism.solve(population, MODEL)
+    result = audit(mechanism, outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
+    np.testing.assert_allclose(result.misreport_gain, 14.0 * population.cost * 100.0)  # reported 8 c_i: 16 - 2
+    np.testing.assert_array_equal(result.best_report, 8.0 * population.cost)
+    declared = type("Declared", (PaysTwiceTheReportedCost,), {"uses_reported_costs": False})()
+    np.testing.assert_array_equal(audit(declared, outcome, population, MODEL, outcome.accuracy, outcome.transfer,
+                                        outcome.contributions).misreport_gain, 0.0)
+
+
+def test_a_promised_accuracy_out_of_0_1_is_refused():
+    """The audit's docstring promised it; a promise of 7.0 was taken and shifted every
+    misreport's gain by its gap to the delivered accuracy."""
+    population = Population.from_lists(cost=[1e-4] * 3, endowment=1e6)
+    mechanism = AccuracyShaping()
+    outcome = mechanism.solve(population, MODEL)
+    for wrong, shown in ((7.0, "7.0"), (np.nan, "nan")):
+        bad = replace(outcome, accuracy=np.array([wrong, 0.9, 0.9]))
+        with pytest.raises(ValueError, match=rf"^outcome.accuracy\[0\]={shown}: allowed is a number in \[0, 1\]$"):
+            audit(mechanism, bad, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
 
 
 def test_budget_balance_against_the_shapley_budget():

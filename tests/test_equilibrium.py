@@ -609,3 +609,18 @@ def test_only_the_returned_games_warnings_are_raised():
         warnings.filterwarnings("ignore", module=warns.__module__)
         settle_participation(warns, allocate, everyone)
     assert heard == []
+
+
+class WholeProfiles(StandardFL):
+    """StandardFL whose allocate_to gives every agent's numbers, (G, N), not agent i's (G,)."""
+
+    def allocate_to(self, i, profiles, population, model):
+        accuracy = np.asarray(model(profiles.sum(axis=1)), dtype=float)
+        return Allocation(np.repeat(accuracy[:, None], population.n_agents, axis=1), np.zeros(profiles.shape))
+
+
+def test_an_allocate_to_of_the_wrong_shape_is_named():
+    """Its (G, N) arrays were broadcast into the utility: numpy's error, naming nothing."""
+    with pytest.raises(ValueError, match=r"^'standard'.allocate_to\(i, profiles of shape \(\d+, 3\), ...\).accuracy "
+                                         r"has shape \(\d+, 3\): allowed is \(\d+,\), agent i's under each profile$"):
+        best_response(WholeProfiles(), 0, np.zeros(3), identical(3), TOY)

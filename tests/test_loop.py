@@ -462,6 +462,69 @@ def test_mechanisms_are_solved_for_the_outside_options_their_linear_values_give(
     np.testing.assert_allclose(scored[~inside], loop.agents_under(concave.fit).outside_option[~inside])
 
 
+class SolveOnly:
+    """A mechanism with a name and a solve, without the rule (allocate) the audit plays."""
+
+    name = "solve_only"
+
+    def solve(self, population, model):
+        return StandardFL().solve(population, model)
+
+
+class Returns(StandardFL):
+    """StandardFL whose solve returns ``change(outcome)`` instead of its outcome."""
+
+    def __init__(self, change):
+        self.change = change
+
+    def solve(self, population, model):
+        return self.change(super().solve(population, model))
+
+
+def nan_at_1(values):
+    values = np.array(values, dtype=float)
+    values[1] = np.nan
+    return values
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: replace(o, contributions=np.append(o.contributions, 1.0)),
+     r"^standard.solve returned outcome.contributions has shape \(6,\): allowed is \(5,\), one per agent$"),
+    (lambda o: replace(o, contributions=nan_at_1(o.contributions)),  # shown as an int64's -9.2e18 by the oracle
+     r"^standard.solve returned outcome.contributions\[1\]=nan: allowed is 0 <= m <= endowment\[1\]=150.0$"),
+    (lambda o: replace(o, transfer=nan_at_1(o.transfer)), r"^standard.solve returned outcome.transfer\[1\]=nan"),
+    (lambda o: replace(o, accuracy=o.accuracy[:4]), r"^standard.solve returned outcome.accuracy has shape \(4,\)"),
+    (lambda o: replace(o, delivery_target=np.full(5, 2.0)),
+     r"^standard.solve returned outcome.delivery_target\[0\]=2.0: allowed is NaN \(the global model\) or"),
+    (lambda o: replace(o, participates=np.zeros(5, bool), contributions=np.full(5, 12.0)),  # trained unpaid, uncharged
+     r"^standard.solve returned outcome.participates\[0\]=False with outcome.contributions\[0\]=12.0: allowed is "
+     "True for every agent that contributes$"),
+    (lambda o: replace(o, mechanism="other"), r"^standard.solve returned outcome.mechanism='other': allowed is its"),
+    (lambda o: {"contributions": o.contributions}, r"^standard.solve returned dict: allowed is an incentives"),
+])
+def test_an_outcome_that_is_not_one_to_train_is_refused_before_its_training(world, change, message):
+    """Each failed after training (numpy's broadcasting error, a message naming no
+    mechanism, 'other' is not in list), or trained contributors counted as out."""
+    population, oracle = world
+    loop = ClosedLoop(population, [Returns(change)], oracle, pilot_sizes=[20, 60, 200], pilot_repeats=1,
+                      max_iterations=1)
+    trained = []
+    with pytest.raises(ValueError, match=message):
+        loop.run(on_measured=lambda result: trained.append(len(result.pending) + len(result.records)))
+    assert trained == [0]  # the pilot, and no training of the mechanism
+
+
+def test_an_outcome_given_as_lists_is_kept_as_arrays(world):
+    """A solve returning Python lists ran one iteration, then failed comparing iterations
+    (list - list)."""
+    population, oracle = world
+    as_lists = Returns(lambda o: replace(o, contributions=o.contributions.tolist(), transfer=o.transfer.tolist()))
+    result = ClosedLoop(population, [as_lists], oracle, pilot_sizes=[20, 60, 200], pilot_repeats=1,
+                        max_iterations=2, tolerance=1e-12).run()
+    assert result.n_iterations == 2
+    assert all(isinstance(record.outcome.contributions, np.ndarray) for record in result.records)
+
+
 @pytest.mark.parametrize("mechanisms, options, message", [
     ([], {}, r"mechanisms \(names \[\]\): allowed is at least one mechanism"),
     ([StandardFL(), StandardFL()], {}, r"\(names \[.standard., .standard.\]\): allowed is .* each name once"),
@@ -477,6 +540,17 @@ def test_mechanisms_are_solved_for_the_outside_options_their_linear_values_give(
     ([StandardFL()], {"pilot_sizes": [0, 20, 40, 80]}, r"pilot_sizes=\[0, 20, 40, 80\]: allowed is whole numbers"),
     (["standard"], {}, r"mechanisms\[0\]='standard': allowed is a mechanism object with a name and a solve method"),
     ([StandardFL(), AccuracyShaping], {}, r"mechanisms\[1\]=<class .*AccuracyShaping'>: allowed is a mechanism"),
+    # the audit and the equilibria play allocate: the loop trained, then the audit raised AttributeError
+    ([SolveOnly()], {}, r"mechanisms\[0\]=<.*SolveOnly object .*>: allowed is a mechanism object with a name and an "
+                        "allocate method"),
+    # refused by the oracle after the pilot curve had trained
+    ([type("Prox", (StandardFL,), {"aggregation": "fedprox"})()], {},
+     r"^standard.aggregation='fedprox': allowed is one the oracle trains with, 'fedavg', 'incfl'$"),
+    # phi of an (N, G) grid flattened: accepted, then numpy's broadcasting error after the pilot's training
+    ([StandardFL()], {"phi": lambda a: np.sqrt(np.ravel(a))}, r"^phi=<function .*> \(gave shape \(202,\) for 202 "
+                                                             "accuracies\\)"),
+    ([StandardFL()], {"phi": lambda a: np.sqrt(np.sort(a, axis=0))}, r"^phi=<function .*> \(on a \(101, 2\) array "
+                                                                     "of accuracies, not its \\(101,\\) column's"),
 ])
 def test_bad_settings_are_refused_before_any_training(world, mechanisms, options, message):
     population, oracle = world

@@ -338,3 +338,18 @@ def test_a_report_that_fails_leaves_no_manifest_of_the_run_before(tmp_path):
     with pytest.raises(ValueError, match=r"^mechanisms \('standard' not in the loop result\)"):
         report.write_run(tmp_path, config_module.defaults(), result, [StandardFL()], agents, {}, "cpu")
     assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "manifest.json").exists()
+
+
+def test_write_run_names_a_config_that_is_not_the_runs(tmp_path):
+    """config={} raised KeyError: 'loop'; one whose loop.max_iterations is below the
+    iterations run wrote "the loop stopped at loop.max_iterations=..." with another number."""
+    agents = Population.from_lists(cost=[1e-3, 2e-3], endowment=[120.0, 120.0])
+    result = loop_result(record([60.0, 40.0], [60, 40]), record([60.0, 40.0], [60, 40], iteration=1))
+    with pytest.raises(ValueError, match=r"^config \(without experiment.name, experiment.seed, experiment.output_dir "
+                                         r"...\): allowed is the resolved configuration"):
+        report.write_run(tmp_path, {}, result, [StandardFL()], agents, {}, "cpu")
+    config = config_module.defaults()
+    config["loop"]["max_iterations"] = 1
+    with pytest.raises(ValueError, match=r"^config's loop.max_iterations=1: allowed is the run's, at least the 2 "):
+        report.write_run(tmp_path, config, result, [StandardFL()], agents, {}, "cpu")
+    assert not any(tmp_path.iterdir())

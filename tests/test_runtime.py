@@ -765,6 +765,43 @@ def test_bad_settings_are_refused(call, key):
         call()
 
 
+class WrongAggregate(FedAvg):
+    """FedAvg whose aggregate returns ``change(w)`` of the average w."""
+
+    def __init__(self, change, **options):
+        super().__init__(**options)
+        self.change = change
+
+    def aggregate(self, global_params, results):
+        return self.change(super().aggregate(global_params, results))
+
+
+class GhostClient(FedAvg):
+    """FedAvg that also asks client 99, who holds no data, to train."""
+
+    def configure_round(self, round_index, available, seed):
+        tasks = super().configure_round(round_index, available, seed)
+        return tasks + [replace(tasks[0], client_id=99)]
+
+
+@pytest.mark.parametrize("call, message", [
+    # torch's RuntimeError from evaluate, an AttributeError, and a missing key only in the last round
+    (lambda: simulate("mlp", SUBSETS, WrongAggregate(lambda w: {k: v[:1] for k, v in w.items()}), 1, **QUIET),
+     r"^WrongAggregate.aggregate\(...\)\['[\w.]+'\] \(shape \(1, "),
+    (lambda: simulate("mlp", SUBSETS, WrongAggregate(lambda w: None), 1, **QUIET),
+     r"^WrongAggregate.aggregate\(...\) \(of type NoneType\): allowed is a mapping"),
+    (lambda: simulate("mlp", SUBSETS, WrongAggregate(lambda w: dict(list(w.items())[1:])), 1, **QUIET),
+     r"^WrongAggregate.aggregate\(...\) \(missing keys \["),
+    (lambda: simulate("mlp", SUBSETS, GhostClient(), 1, **QUIET),  # a KeyError: 99
+     r"^GhostClient.configure_round gave a task to client 99: allowed is a task for a client with data, one of \[0, "),
+    (lambda: simulate(torch.nn.Linear, SUBSETS, FedAvg(), 1, **QUIET),  # torch.device has no attribute '_apply'
+     r"^model=<class 'torch.nn.modules.linear.Linear'>: allowed is a model name of fl.models.MODEL_NAMES or a "),
+])
+def test_a_strategy_or_model_of_a_users_making_is_named_where_it_goes_wrong(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_a_subset_of_a_test_set_is_evaluated_as_the_set_it_holds():
     """A Subset was taken for client_tests but raised AttributeError as the server's test set."""
     part = TEST.subset(np.arange(50))

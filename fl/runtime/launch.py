@@ -107,6 +107,9 @@ def initial_model(
     ``model_options``."""
     target = resolve_device(device)
     built = isinstance(model, str)
+    if not built and not isinstance(model, nn.Module):
+        raise ValueError(f"model={model!r}: allowed is a model name of fl.models.MODEL_NAMES or a torch.nn.Module "
+                         "object (not its class: Net() for Net)")
     if model_options is not None and not isinstance(model_options, Mapping):
         raise ValueError(f"model_options={model_options!r}: allowed is None or a mapping of the model's options, "
                          "e.g. {'hidden': (64,)}")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask, check_finite_global
-from fl.models import Params
+from fl.models import Params, check_params
 from fl.runtime.events import Node
 from fl.runtime.launch import round_seed
 from fl.runtime.messages import SERVER, Join, Kind, Message, TrainOrder, params_nbytes
@@ -129,6 +129,10 @@ class Server(Node):
         update can follow it in time, whatever the work: a miss that repeats; the client
         would learn of it only after the TIMEOUT had been counted). Returns the order's
         dispatch number."""
+        if task.client_id not in self.available:  # a strategy's configure_round named another client: a KeyError
+            raise ValueError(f"{type(self.simulation.strategy).__name__}.configure_round gave a task to client "
+                             f"{task.client_id!r}: allowed is a task for a client with data, one of "
+                             f"{sorted(self.available)[:10]}")
         if self.missed.get(task.client_id, _work(task)) != _work(task):  # other work: the miss need not repeat
             del self.missed[task.client_id]
         number, self._orders = self._orders, self._orders + 1
@@ -148,6 +152,7 @@ class Server(Node):
         entry of w non-finite, or its test loss NaN; record the round; next round."""
         strategy, model, t = self.simulation.strategy, self.simulation.model, self.round_index
         start, self.params = self.params, strategy.aggregate(self.params, results)
+        check_params(f"{type(strategy).__name__}.aggregate(...)", self.params, model)  # a wrong one failed in evaluate
         samples = sum(r.num_samples for r in results)
         metrics = {}
         if (t + 1) % self.evaluate_every == 0 or t == self.rounds - 1:
