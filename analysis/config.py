@@ -475,8 +475,10 @@ def _check_private_information(given: dict[str, Any], population: dict[str, Any]
                    "cycles_per_sample, training.rounds and training.local_epochs"
                    if kind == "multidimensional" else
                    "it describes multi-dimensional types")
+            default = _toml_value(SCHEMA["population"][name].default)
             raise ConfigError(f"population.{name}={given[name]!r}: not used with population.private_information="
-                              f"{kind!r} ({why}); allowed is to leave it out"
+                              f"{kind!r} ({why}); allowed is to leave it out or at its default (over a config file "
+                              f"that sets it: --set 'population.{name}={default}')"
                               + (" (configs/multidimensional.toml is a config without it)"
                                  if kind == "multidimensional" else
                                  " or to set population.private_information='multidimensional'"))

@@ -305,7 +305,7 @@ def _flat_pilot(result: LoopResult, config: dict) -> str | None:
     training = config["training"]
     return flat_pilot(result, known[1] if known else None,
                       f"training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
-                      f"model.name={config['model']['name']!r}")
+                      f"model.name={config['model']['name']!r}", "accuracy.")
 
 
 def write_report(folder: Path, config: dict, result: LoopResult, population: Population,

@@ -268,7 +268,7 @@ def unsettled(result: LoopResult, max_iterations: int, tolerance: float, prefix:
 LEAST_RISE = 0.02
 
 
-def flat_pilot(result: LoopResult, n_classes: int | None, settings: str) -> str | None:
+def flat_pilot(result: LoopResult, n_classes: int | None, settings: str, prefix: str = "") -> str | None:
     """A pilot curve that does not learn: its rise from the smallest size to the largest
     does not exceed :data:`LEAST_RISE`, measured (mean accuracy at each size; also no more
     than twice the spread between repeats, the largest standard deviation of the repeats
@@ -277,7 +277,10 @@ def flat_pilot(result: LoopResult, n_classes: int | None, settings: str) -> str 
     check against chance). Training did not learn from more data at these ``settings``
     (named in the warning, e.g. "training.lr=0.05, ..."), and the a(m) fitted to it (flat
     for the power law, the bound's own shape for ``generalisation_bound``) says nothing
-    about the value of the data."""
+    about the value of the data. Where the measured curve rises and only the fitted one
+    does not (the generalisation bound is 0 below its zero crossing: 0 to 0 over sizes 1
+    to 4, where training rose from 0.10 to 0.30), the warning says so and names
+    ``{prefix}family`` and ``{prefix}pilot_sizes`` instead of the training settings."""
     sizes, accuracies = result.pilot_sizes, result.pilot_accuracies
     if len(sizes) == 0 or sizes.min() == sizes.max():
         return None
@@ -286,9 +289,17 @@ def flat_pilot(result: LoopResult, n_classes: int | None, settings: str) -> str 
     spread = max(float(accuracies[sizes == size].std()) for size in np.unique(sizes))
     fit_small, fit_large = float(result.fit(small)), float(result.fit(large))
     chance = 1.0 / n_classes if n_classes else 0.0
-    if (at_large - at_small > max(LEAST_RISE, 2 * spread) and fit_large - fit_small > LEAST_RISE
-            and at_large > chance + LEAST_RISE):
+    learns = at_large - at_small > max(LEAST_RISE, 2 * spread) and at_large > chance + LEAST_RISE
+    if learns and fit_large - fit_small > LEAST_RISE:
         return None
+    if learns:
+        family = getattr(result.fit, "family", "fitted")
+        return (f"the a(m) fitted to the pilot learning curve does not rise over its sizes (fitted {fit_small:.3f} at "
+                f"{small:.0f} samples to {fit_large:.3f} at {large:.0f}, where training rose from {at_small:.3f} to "
+                f"{at_large:.3f}; a fit that follows it rises by more than {LEAST_RISE:g}): the {family} "
+                f"family is flat there (zero crossing {result.fit.zero_crossing:.3g} samples), so every mechanism "
+                f"solved under it sees no value in this data; another {prefix}family, or {prefix}pilot_sizes beyond "
+                "the zero crossing, fits the curve training measured")
     return (f"the pilot learning curve does not rise (mean accuracy {at_small:.3f} at {small:.0f} samples, "
             f"{at_large:.3f} at {large:.0f}, a standard deviation between repeats of up to {spread:.3f}; fitted "
             f"{fit_small:.3f} to {fit_large:.3f}{f'; chance {chance:.3g}' if n_classes else ''}; a curve that learns "

@@ -6,6 +6,7 @@ every first-order condition below has a closed form.
 """
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -268,12 +269,13 @@ def test_the_config_builds_multidimensional_costs_by_hand():
     (["population.private_information='multidimensional'", "population.cost=0.1"],
      "population.cost=0.1: not used with population.private_information='multidimensional'"),
     (["population.private_information='multidimensional'", "population.cost_exponent=2"],
-     "allowed is to leave it out (configs/multidimensional.toml is a config without it)"),
+     "allowed is to leave it out or at its default (over a config file that sets it: --set "
+     "'population.cost_exponent=1.0') (configs/multidimensional.toml is a config without it)"),
     (["population.private_information='multidimensional'", "population.csv='agents.csv'"],
      "population.csv='agents.csv': not used with"),
     (["population.comm_delay=1.0"],
      "population.comm_delay=1.0: not used with population.private_information='cost' (it describes "
-     "multi-dimensional types); allowed is to leave it out or to set"),
+     "multi-dimensional types); allowed is to leave it out or at its default"),
     (["population.cost_exponent=0.5"], "population.cost_exponent=0.5: allowed is a finite number >= 1"),
     (["population.private_information='vector'"], "population.private_information='vector': allowed is one of"),
 ])
@@ -281,6 +283,17 @@ def test_config_keys_the_private_information_does_not_use_are_refused(overrides,
     with pytest.raises(ConfigError) as error:
         config_module.load(None, overrides)
     assert fragment in str(error.value)
+
+
+def test_multidimensional_types_over_the_default_config_are_told_how_to_reset_the_cost_it_sets():
+    """configs/default.toml sets population.cost: the refusal said "leave it out" of a key the
+    user never set; the --set it gives now resets it, and the run is then taken."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(run_experiment.DEFAULT_CONFIG, ["population.private_information='multidimensional'"])
+    advice = re.search(r"--set '(population.cost=.*?)'", str(error.value)).group(1)
+    config = config_module.load(run_experiment.DEFAULT_CONFIG, ["population.private_information='multidimensional'",
+                                                                 advice, "mechanisms.compare=['standard']"])
+    assert config["population"]["private_information"] == "multidimensional"
 
 
 def test_a_delay_past_the_deadline_is_a_config_error():

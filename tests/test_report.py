@@ -192,6 +192,20 @@ def test_a_flat_pilot_is_checked_against_chance_only_where_the_classes_are_known
     assert flat_pilot(result, 100, "lr=0.1") is None and flat_pilot(result, None, "lr=0.1") is None
 
 
+def test_a_pilot_that_rises_under_a_flat_fit_is_said_to_be_the_fits_fault_not_trainings():
+    """The generalisation bound is 0 below its zero crossing (16 samples at k = 1e-12):
+    over pilot sizes 1 to 4, where training rose from 0.10 to 0.30, the fit read 0 to 0 and
+    the warning told the user that training does not learn, naming training.lr."""
+    flat = GeneralisationBound(1.0, 1e-12)
+    result = loop_result(fit=pilot_fit(flat, sizes=[1.0, 2.0, 3.0, 4.0], accuracies=[0.10, 0.17, 0.24, 0.30]))
+    said = flat_pilot(result, 10, "training.lr=0.05", "accuracy.")
+    assert said.startswith("the a(m) fitted to the pilot learning curve does not rise over its sizes (fitted 0.000 at "
+                           "1 samples to 0.000 at 4, where training rose from 0.100 to 0.300;")
+    assert "the generalisation_bound family is flat there (zero crossing 16 samples)" in said
+    assert said.endswith("another accuracy.family, or accuracy.pilot_sizes beyond the zero crossing, fits the curve "
+                         "training measured") and "training.lr" not in said
+
+
 def test_a_fit_that_misses_its_pilot_points_is_warned_of():
     """The quick start's pilot on digits (mean accuracy 0.568 at 20 samples to 0.924 at
     1000, two repeats a size) with generalisation_bound's fit of it, a_opt = 1, k = 2.05e-12
