@@ -5,7 +5,8 @@
   of mechanisms by agents, the free riders dotted;
 - accuracy_vs_contribution.png: accuracy each agent received against its contribution,
   promised (hollow) and delivered by real training (filled);
-- welfare_and_data.png: total data and welfare (predicted and realised) by mechanism;
+- welfare_and_data.png: total data and welfare (predicted and realised) by mechanism,
+  with the social optimum beside the predicted welfare less transfers;
 - convergence.png: total contribution per loop iteration, and the fitted a(m) against
   every measured (size, accuracy) point.
 """

@@ -345,7 +345,7 @@ def checked_outcome(mechanism: Mechanism, outcome, population: Population) -> Ou
         participates = check_participates(outcome.participates, n)
         target = outcome.delivery_target
         if target is not None:
-            target = as_target(target, n)
+            target = checked_targets(target, n)
         outside = np.flatnonzero((contributions > 0) & ~participates)
         if outside.size:
             i = int(outside[0])
@@ -357,7 +357,7 @@ def checked_outcome(mechanism: Mechanism, outcome, population: Population) -> Ou
                    participates=participates, delivery_target=target)
 
 
-def as_target(target, n: int) -> np.ndarray:
+def checked_targets(target, n: int) -> np.ndarray:
     """``outcome.delivery_target`` as a float array of shape (N,): NaN (the global model) or
     numbers at most 1 (<= 0: no model); ValueError naming the first entry that is not."""
     values = per_agent("outcome.delivery_target", target, n)
