@@ -624,6 +624,7 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     training and the run's warnings (those its manifest keeps) as it ends; :func:`run_seeds`
     prints the former once before the first seed and every seed's warnings after the last."""
     from fl.executors import UnsupportedModel
+    from fl.models import UnsuitableData
 
     resumed = None
     csv_digest = csv_sha256(config["population"])  # population.csv's bytes as the run begins (or resumes)
@@ -649,6 +650,9 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
         except UnsupportedModel as error:
             raise ConfigError(f"training.executor={training['executor']!r} with "
                               f"model.name={config['model']['name']!r}: {error}") from None
+        except UnsuitableData as error:  # resnet18 on the 8x8 digits: after the data loaded, which gives the shape
+            raise ConfigError(f"model.name={error.model!r} with data.dataset={config['data']['dataset']!r}: "
+                              f"{error.reason}") from None
         except ValueError as error:  # the oracle's own checks of training (the split's: check_against_the_data)
             raise ConfigError(f"training: {error}") from None
         except (MemoryError, RuntimeError) as error:  # the oracle builds the model: its parameters may not fit

@@ -37,14 +37,19 @@ def colours(count: int) -> list:
     evenly spaced on turbo (the cycle repeated, and two mechanisms shared a colour)."""
     if count <= len(COLOURS):
         return COLOURS[:count]
-    cmap = plt.get_cmap("tab20") if count <= 20 else plt.get_cmap("turbo")
-    return [cmap(k / max(1, count - 1)) if count > 20 else cmap(k) for k in range(count)]
+    if count <= 20:
+        return [plt.get_cmap("tab20")(k) for k in range(count)]
+    return [plt.get_cmap("turbo")(k / (count - 1)) for k in range(count)]
 
 
 def label(name: str) -> str:
-    """A mechanism's name as a figure shows it: cut to :data:`LABEL_LENGTH` characters with
-    an ellipsis (long names squeezed the axes and pushed the legends off the figure)."""
-    return name if len(name) <= LABEL_LENGTH else name[: LABEL_LENGTH - 1] + "\u2026"
+    """A mechanism's name as a figure shows it: at most :data:`LABEL_LENGTH` characters, its
+    start and its end around an ellipsis (long names squeezed the axes and pushed the
+    legends off the figure; the end keeps contract_..._1 and contract_..._2 apart)."""
+    if len(name) <= LABEL_LENGTH:
+        return name
+    head = (LABEL_LENGTH - 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (LABEL_LENGTH - 1 - head):]
 
 
 def check_summaries(summaries, keys: tuple[str, ...]) -> None:

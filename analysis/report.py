@@ -68,12 +68,13 @@ HEADLINE = [  # summary key, label, format (see headline_text)
 
 
 def headline_text(fmt: str, value) -> str:
-    """``value`` (not NaN) in a :data:`HEADLINE` format ``fmt``, so that rounding hides no
-    finding: a share ("{:.0%}") that rounds to 0% or 100% without being either reads "<1%"
-    or ">99%" (one free rider among 300 agents read "0%", as none does), and a number to
-    three decimals ("{:.3f}") that rounds to 1.000 without being 1 takes the fewest more
-    decimals, up to 12, that tell it from 1 (a price of anarchy of 1.0004 read "1.000",
-    as an efficient equilibrium does; an accuracy of 0.9996, as a perfect one)."""
+    """``value`` (not NaN) in a :data:`HEADLINE` format ``fmt``, so that rounding does not
+    hide a share or a ratio that is not quite 0, 1 or 100%: a share ("{:.0%}") that rounds
+    to 0% or 100% without being either reads "<1%" or ">99%" (one free rider among 300
+    agents read "0%", as none does), and a number to three decimals ("{:.3f}") that rounds
+    to 1.000 without being 1 takes the fewest more decimals, up to 12, that tell it from 1
+    (a price of anarchy of 1.0004 read "1.000", as an efficient equilibrium does; an
+    accuracy of 0.9996, as a perfect one)."""
     text = fmt.format(value)
     if fmt == "{:.0%}":
         if text == "0%" and value > 0:

@@ -83,14 +83,18 @@ def as_floats(key: str, value, allowed: str) -> np.ndarray:
     """``value`` as a float64 array; ValueError naming ``key`` and what is ``allowed``
     where it holds something that is not a number, True and False included (numpy reads
     them as 1 and 0: contributions [True, False, True] trained on one sample, none and one)."""
-    shown = value.tolist() if isinstance(value, np.ndarray) else value
     try:
         floats = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}={shown!r}: allowed is {allowed}") from None
+        raise ValueError(f"{key}={_shown(value)!r}: allowed is {allowed}") from None
     if _holds_booleans(value):
-        raise ValueError(f"{key}={shown!r}: allowed is {allowed} (True and False are not numbers here)")
+        raise ValueError(f"{key}={_shown(value)!r}: allowed is {allowed} (True and False are not numbers here)")
     return floats
+
+
+def _shown(value):
+    """``value`` as a message shows it: an array as a list."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _holds_booleans(value) -> bool:
@@ -98,6 +102,9 @@ def _holds_booleans(value) -> bool:
     numbers reads as numbers, so its entries are looked at themselves)."""
     if isinstance(value, np.ndarray) and value.dtype != object:
         return value.dtype.kind == "b"
+    if isinstance(value, (list, tuple)) and all(  # one pass over the entries' types
+            issubclass(kind, (int, float, np.number)) and not issubclass(kind, bool) for kind in set(map(type, value))):
+        return False
     if isinstance(value, (list, tuple, np.ndarray)):
         return any(isinstance(x, (bool, np.bool_)) for x in np.asarray(value, dtype=object).flat)
     return isinstance(value, (bool, np.bool_))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
@@ -626,8 +627,16 @@ def check_model(key: str, model) -> None:
         raise ValueError(f"{key} (of type {type(model).__name__}): allowed is an "
                          f"{AccuracyModel.__module__}.{AccuracyModel.__name__}")
     if not isinstance(model, (_Parametric, EmpiricalModel, EffectiveData)):
-        probe_model(key, model)
+        probed = _PROBED.get(id(model))
+        if probed is None or probed() is not model:
+            probe_model(key, model)
+            try:  # once per object: check_model runs at every solve, and Shapley's grids call it thousands of times
+                _PROBED[id(model)] = weakref.ref(model, lambda _, i=id(model): _PROBED.pop(i, None))
+            except TypeError:  # an object without weak references (__slots__): probed at each check
+                pass
 
+
+_PROBED: dict[int, weakref.ref] = {}  # id -> the user's models probe_model has passed, while they live
 
 PROBE_POINTS = 41  # sizes a user's accuracy model is probed at, from its zero crossing to 10^5 times it
 _PROBE_STEP = 1e-5  # the relative step of the central differences its derivative is compared with
@@ -640,7 +649,9 @@ def probe_model(key: str, model: AccuracyModel) -> None:
     a(m) finite in [0, 1] and non-decreasing; ``derivative`` finite, >= 0, non-increasing
     (concave), and within :data:`_PROBE_TOL` of a central difference of a(m);
     ``marginal_inverse(derivative(m))`` and ``inverse(a(m))`` back at m within the same
-    tolerance where a(m) < a_max. The solvers rely on each (a derivative three times too
+    tolerance where a(m) < a_max (the central difference is allowed its rounding error,
+    100 eps a(m) / (step m): near saturation a(m (1 +- step)) differ by a few ulps).
+    :func:`check_model` probes a model object once. The solvers rely on each (a derivative three times too
     steep, a marginal inverse five times too far or a falling curve gave other equilibria,
     without a word)."""
     start = max(1.0, float(model.zero_crossing)) * (1.0 + 1e-3)
@@ -666,7 +677,8 @@ def probe_model(key: str, model: AccuracyModel) -> None:
         refuse(f"derivative(m) rises to {float(slope[i + 1])!r} (a(m) not concave)", i + 1)
     central = (np.asarray(model(m * (1 + _PROBE_STEP)), dtype=float)
                - np.asarray(model(m * (1 - _PROBE_STEP)), dtype=float)) / (2 * _PROBE_STEP * m)
-    if (i := first(np.abs(slope - central) > _PROBE_TOL * np.maximum(np.abs(slope), np.abs(central)) + 1e-15)) \
+    rounding = 100 * _EPS * np.abs(a) / (_PROBE_STEP * m)  # of the central difference, near a flat a(m)
+    if (i := first(np.abs(slope - central) > _PROBE_TOL * np.maximum(np.abs(slope), np.abs(central)) + rounding)) \
             is not None:
         refuse(f"derivative(m)={float(slope[i])!r} where a(m) changes at {float(central[i])!r} per sample", i)
     below = (a < model.a_max * (1 - 1e-9)) & (slope > 0)

@@ -105,6 +105,9 @@ def test_tables_hold_both_mechanisms_with_trained_accuracies(run_folder):
      "of every class"),
     ("population.endowment=1e300", "population.endowment=1e+300 with population.n_agents=10: the agents' endowments "
      "total 1e+301 samples; allowed is a total of at most 1222"),
+    # refused after the data loaded as "training: input_shape=(1, 8, 8): ...", naming no key at fault
+    ("model.name='resnet18'", "model.name='resnet18' with data.dataset='digits': input_shape=(1, 8, 8): allowed is an "
+     "image of height or width at least 9"),
     # the Dirichlet draw of the label skew overflowed to rows of zeros: a traceback, exit 1
     ("data.alpha=1e308", "data.alpha=1e+308: allowed is a number > 0 of at most 8.99e+306 for 10 classes"),
     ("population.cost.sgima=1", "population.cost.sgima=1: unknown key for dist='lognormal'; allowed is mean, sigma"),

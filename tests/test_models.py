@@ -6,7 +6,7 @@ from torch import nn
 import fl.models as models
 from fl.algorithms import FedAvg
 from fl.data.dataset import load_digits
-from fl.models import MODEL_NAMES, build_model, get_params
+from fl.models import MODEL_NAMES, UnsuitableData, build_model, get_params
 from fl.server import run_federated
 
 
@@ -77,9 +77,10 @@ def test_too_small_input_for_the_cnn_is_refused():
         ("lenet5", (1, 28, 28), 0, {"width": 2.0}, r"width=2.0: not an option of model='lenet5'; allowed is none"),
         ("resnet8", (3, 32, 32), 0, {"depth": 8},
          r"depth=8: not an option of model='resnet8'; allowed are width, static_bn"),
-        ("char_lstm", (1, 8, 8), 0, {}, r"input_shape=\(1, 8, 8\): allowed is \(sequence_length,\)"),
+        ("char_lstm", (1, 8, 8), 0, {}, r"^model='char_lstm' with input_shape=\(1, 8, 8\): allowed is \(sequence_len"),
         # LeNet5's own check named image_size, a key the caller never gave
-        ("lenet5", (1, 4, 4), 0, {}, r"^input_shape=\(1, 4, 4\): allowed is an image of at least 5x5 for this model$"),
+        ("lenet5", (1, 4, 4), 0, {}, r"^model='lenet5' with input_shape=\(1, 4, 4\): allowed is an image of at least "
+                                     r"5x5$"),
         ("mlp", (1, 8, 8), -2, {}, r"seed=-2: allowed is an integer >= 0"),
         # these built a broken model, or failed deep inside torch
         ("mlp", (1, 8, 8), 0, {"hidden": 5}, r"^hidden=5: allowed is a sequence of integers >= 1$"),
@@ -87,7 +88,12 @@ def test_too_small_input_for_the_cnn_is_refused():
         ("resnet8", (3, 32, 32), 0, {"static_bn": "no"}, r"^static_bn='no': allowed is True or False$"),
         ("resnet8", (3, 32, 32), 0, {"width": "0.5"}, r"^width='0.5': allowed is a finite number > 0$"),
         ("char_lstm", (80,), 0, {"hidden": 0}, r"^hidden=0: allowed is an integer >= 1$"),
-        ("mlp", (0, 8, 8), 0, {}, r"^input_shape=\(0, 8, 8\): allowed is a non-empty sequence of integers >= 1$"),
+        ("mlp", (0, 8, 8), 0, {}, r"^model='mlp' with input_shape=\(0, 8, 8\): allowed is a non-empty sequence of "
+                                  r"integers >= 1$"),
+        # the refusals of a shape said "for this model", or nothing, of the model they refused
+        ("cnn", (1, 40), 0, {}, r"^model='cnn' with input_shape=\(1, 40\): allowed is \(channels, height, width\)$"),
+        ("small_cnn", (1, 3, 3), 0, {}, r"^model='small_cnn' with input_shape=\(1, 3, 3\): allowed is height and "),
+        ("resnet8", (40,), 0, {}, r"^model='resnet8' with input_shape=\(40,\): allowed is \(channels, height, "),
     ],
 )
 def test_options_the_model_does_not_take_and_data_it_cannot_read_are_refused(name, shape, seed, options, message):
@@ -133,7 +139,7 @@ def test_resnets_refuse_images_their_stride_2_stages_take_to_1x1_maps(name, halv
     (n mod B = 1): three stride-2 stages take a side of 8 to ceil(8 / 2**3) = 1, and batch
     norm cannot normalise one value per channel. A side of 2**halvings + 1 leaves 2x2 maps."""
     side = 2**halvings
-    with pytest.raises(ValueError, match=rf"^input_shape=\(1, {side}, {side}\): allowed for model='{name}' is an "
+    with pytest.raises(UnsuitableData, match=rf"^model='{name}' with input_shape=\(1, {side}, {side}\): allowed is an "
                                          rf"image of height or width at least {side + 1} \(its {halvings} stride-2"):
         build_model(name, (1, side, side), 10, seed=0)
     for shape in ((1, side + 1, side + 1), (1, 1, side + 1)):  # the least allowed: one side suffices

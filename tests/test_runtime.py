@@ -765,6 +765,10 @@ def test_bad_settings_are_refused(call, key):
         call()
 
 
+CODES = ArrayDataset("codes", torch.randint(0, 96, (20, 80), generator=torch.Generator().manual_seed(0)),
+                     torch.arange(20) % 96, 96)  # Shakespeare-like windows of character codes
+
+
 class WrongAggregate(FedAvg):
     """FedAvg whose aggregate returns ``change(w)`` of the average w."""
 
@@ -796,6 +800,9 @@ class GhostClient(FedAvg):
      r"^GhostClient.configure_round gave a task to client 99: allowed is a task for a client with data, one of \[0, "),
     (lambda: simulate(torch.nn.Linear, SUBSETS, FedAvg(), 1, **QUIET),  # torch.device has no attribute '_apply'
      r"^model=<class 'torch.nn.modules.linear.Linear'>: allowed is a model name of fl.models.MODEL_NAMES or a "),
+    # a model built by name was not read against the data: an mlp on character codes failed in its first step
+    (lambda: simulate("mlp", [CODES.subset(np.arange(10)), CODES.subset(np.arange(10, 20))], FedAvg(), 1, **QUIET),
+     r"^model \(MLP\) cannot read the data's inputs of shape \(80,\), torch.int64 \(mat1 and mat2 must have the "),
 ])
 def test_a_strategy_or_model_of_a_users_making_is_named_where_it_goes_wrong(call, message):
     with pytest.raises(ValueError, match=message):

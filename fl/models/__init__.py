@@ -35,27 +35,36 @@ Params = dict[str, torch.Tensor]
 """A model's state (parameters and buffers) by ``state_dict`` name; the currency of ``fl``."""
 
 
+class UnsuitableData(ValueError):
+    """:func:`build_model`'s refusal of the data's input shape for model ``model``
+    (``reason``: the refusal of the shape, "input_shape=...: allowed is ...")."""
+
+    def __init__(self, model: str, reason: str):
+        super().__init__(f"model={model!r} with {reason}")
+        self.model, self.reason = model, reason
+
+
 def _shape(input_shape: tuple, num_classes: int) -> dict:
     return {"input_shape": input_shape, "num_classes": num_classes}
 
 
 def _image(input_shape: tuple, num_classes: int) -> dict:
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is (channels, height, width) for this model")
+        raise ValueError(f"input_shape={input_shape!r}: allowed is (channels, height, width)")
     return {"in_channels": input_shape[0], "num_classes": num_classes}
 
 
 def _square_image(input_shape: tuple, num_classes: int) -> dict:
     arguments = _image(input_shape, num_classes)
     if input_shape[1] != input_shape[2]:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is a square image for this model")
+        raise ValueError(f"input_shape={input_shape!r}: allowed is a square image")
     if input_shape[1] < 5:  # LeNet5's own check, naming the key the caller gave (not image_size)
-        raise ValueError(f"input_shape={input_shape!r}: allowed is an image of at least 5x5 for this model")
+        raise ValueError(f"input_shape={input_shape!r}: allowed is an image of at least 5x5")
     return {**arguments, "image_size": input_shape[1]}
 
 
-def _downsampled_image(name: str, halvings: int) -> Callable[[tuple, int], dict]:
-    """The adapter of model ``name``, whose ``halvings`` stride-2 stages (3x3, padding 1)
+def _downsampled_image(halvings: int) -> Callable[[tuple, int], dict]:
+    """The adapter of a model whose ``halvings`` stride-2 stages (3x3, padding 1)
     take a side s to ceil(s / 2**halvings): it asks for an image with a side > 2**halvings,
     so that the last maps hold more than one value per channel. On 1x1 maps batch norm in
     train mode cannot normalise a mini-batch of one sample (a pass's last mini-batch holds
@@ -66,7 +75,7 @@ def _downsampled_image(name: str, halvings: int) -> Callable[[tuple, int], dict]
         arguments = _image(input_shape, num_classes)
         if max(input_shape[1:]) < least:
             raise ValueError(
-                f"input_shape={input_shape!r}: allowed for model={name!r} is an image of height or width at least "
+                f"input_shape={input_shape!r}: allowed is an image of height or width at least "
                 f"{least} (its {halvings} stride-2 stages leave 1x1 maps on smaller ones, where batch norm cannot "
                 "train on a mini-batch of one sample)"
             )
@@ -77,7 +86,7 @@ def _downsampled_image(name: str, halvings: int) -> Callable[[tuple, int], dict]
 
 def _vocabulary(input_shape: tuple, num_classes: int) -> dict:
     if len(input_shape) != 1:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is (sequence_length,), character codes, for this model")
+        raise ValueError(f"input_shape={input_shape!r}: allowed is (sequence_length,), character codes")
     return {"vocab_size": num_classes}
 
 
@@ -87,8 +96,8 @@ _REGISTRY: dict[str, tuple[str, str, Callable[[tuple, int], dict], dict]] = {
     "cnn": ("fl.models.cnn", "CNN", _shape, {}),
     "small_cnn": ("fl.models.cnn", "CNN", _shape, {"channels": (16, 32), "hidden": 64, "kernel_size": 3}),
     "lenet5": ("fl.models.lenet", "LeNet5", _square_image, {}),
-    "resnet8": ("fl.models.resnet", "resnet8", _downsampled_image("resnet8", 2), {}),
-    "resnet18": ("fl.models.resnet", "resnet18", _downsampled_image("resnet18", 3), {}),
+    "resnet8": ("fl.models.resnet", "resnet8", _downsampled_image(2), {}),
+    "resnet18": ("fl.models.resnet", "resnet18", _downsampled_image(3), {}),
     "char_lstm": ("fl.models.lstm", "CharLSTM", _vocabulary, {}),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -119,12 +128,15 @@ def build_model(
     if factory is None:
         raise ImportError(f"model={name!r} needs {module_name}.{attribute}, which {module_name} does not define")
     check_integer("num_classes", num_classes)
-    from_data = adapter(check_widths("input_shape", input_shape, least_count=1), num_classes)
+    try:
+        from_data = adapter(check_widths("input_shape", input_shape, least_count=1), num_classes)
+    except ValueError as error:
+        raise UnsuitableData(name, str(error)) from None
     check_options(f"model={name!r}", options,
                   [key for key in inspect.signature(factory).parameters if key not in from_data])
     arguments = {**from_data, **defaults, **options}
     if seed is None:
-        return factory(**arguments)
+        return _built(name, factory, arguments)
     check_seed(seed)
     if not isinstance(seed, np.random.SeedSequence) and seed >= 2**32:  # torch's CPU generator keeps 32 bits
         seed = np.random.SeedSequence(seed)
@@ -132,7 +144,18 @@ def build_model(
         seed = int(seed.generate_state(1)[0])
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))  # the CPU generator alone: CUDA's is left as it is
+        return _built(name, factory, arguments)
+
+
+def _built(name: str, factory: Callable[..., nn.Module], arguments: dict) -> nn.Module:
+    """``factory(**arguments)``; a refusal of the input shape by the model's own checks (the
+    CNN's: height and width against its poolings) as :class:`UnsuitableData` naming ``name``."""
+    try:
         return factory(**arguments)
+    except ValueError as error:
+        if str(error).startswith("input_shape="):
+            raise UnsuitableData(name, str(error)) from None
+        raise
 
 
 def get_params(model: nn.Module) -> Params:

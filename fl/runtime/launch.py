@@ -103,8 +103,9 @@ def initial_model(
     ``seed``'s init stream); ``init_params`` (default: the model's own weights) are copied
     to ``device``, once ``fl.models.check_params`` has matched them with the model's state
     (a copy also when they are on ``device``: they may be the module's own tensors, which training changes).
-    A module is first checked against the data (:func:`check_reads_data`), and takes no
-    ``model_options``."""
+    The model, built or given, is first checked against the data (:func:`check_reads_data`:
+    an mlp built by name for Shakespeare's character codes failed inside its first step);
+    a module takes no ``model_options``."""
     target = resolve_device(device)
     built = isinstance(model, str)
     if not built and not isinstance(model, nn.Module):
@@ -123,8 +124,7 @@ def initial_model(
         shape, classes = shape_source.feature_shape, shape_source.num_classes
         model = build_model(model, shape, classes, child_seed(seed, INIT_STREAM), **(model_options or {}))
     model = model.to(target)
-    if not built:
-        check_reads_data(model, [*(s.dataset for s in subsets.values()), test], target)
+    check_reads_data(model, [*(s.dataset for s in subsets.values()), test], target)  # a name too: mlp on characters
     if init_params is None:
         return model, get_params(model)
     check_params("init_params", init_params, model, finite=True)
