@@ -72,9 +72,10 @@ def headline_text(fmt: str, value) -> str:
     hide a share or a ratio that is not quite 0, 1 or 100%: a share ("{:.0%}") that rounds
     to 0% or 100% without being either reads "<1%" or ">99%" (one free rider among 300
     agents read "0%", as none does), and a number to three decimals ("{:.3f}") that rounds
-    to 1.000 without being 1 takes the fewest more decimals, up to 12, that tell it from 1
-    (a price of anarchy of 1.0004 read "1.000", as an efficient equilibrium does; an
-    accuracy of 0.9996, as a perfect one)."""
+    to 0.000 or 1.000 without being 0 or 1 takes the fewest more decimals, up to 12, that
+    tell it from them (a price of anarchy of 1.0004 read "1.000", as an efficient
+    equilibrium does; an accuracy of 0.9996, as a perfect one; a mean promise gap of
+    0.0004, as none)."""
     text = fmt.format(value)
     if fmt == "{:.0%}":
         if text == "0%" and value > 0:
@@ -83,7 +84,7 @@ def headline_text(fmt: str, value) -> str:
     if fmt == "{:.3f}":
         for decimals in range(3, 13):
             text = f"{value:.{decimals}f}"
-            if value == 1 or float(text) != 1:
+            if value in (0, 1) or float(text) not in (0, 1):
                 break
     return text
 

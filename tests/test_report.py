@@ -291,6 +291,9 @@ def test_paid_against_promised_lists_the_contributors_paid_nothing():
     ("{:.3f}", 1.0, "1.000"),
     ("{:.3f}", float("inf"), "inf"),
     ("{:.3f}", 0.1234, "0.123"),
+    ("{:.3f}", 0.0004, "0.0004"),  # a mean promise gap that read 0.000, as none does
+    ("{:.3f}", 0.0, "0.000"),
+    ("{:.3f}", -0.00002, "-0.00002"),
     ("{:.4f}", 1.00001, "1.0000"),  # welfare: no rule
 ])
 def test_headline_rounding_hides_no_finding(fmt, value, text):
