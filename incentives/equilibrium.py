@@ -27,8 +27,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from incentives.accuracy import AccuracyModel, check_phi
-from incentives.checks import (bad, check_agent, check_integer, check_mechanism, check_number, check_participates,
-                               finite_number, range_text)
+from incentives.checks import (as_floats, bad, check_agent, check_entries, check_integer, check_mechanism, check_number,
+                               check_participates, finite_number, range_text)
 from incentives.population import Population, check_world
 from incentives.protocols import Allocation, Mechanism, Outcome
 from incentives.search import maximise
@@ -164,9 +164,15 @@ def _grid(endowment: float, current: float, size: int, breakpoints=()) -> np.nda
 def _breakpoints(mechanism: Mechanism, i: int, population: Population, model: AccuracyModel) -> np.ndarray:
     """The contributions where the rule gives agent i a step up (``mechanism.breakpoints``,
     e.g. a contract's items): a step function's best point lies exactly on one, which no
-    grid need contain; none for a mechanism without them."""
+    grid need contain; none for a mechanism without them. ValueError naming the method
+    where they are not samples >= 0 (NaN was refused as "m=nan", naming no method)."""
     breakpoints = getattr(mechanism, "breakpoints", None)
-    return np.zeros(0) if breakpoints is None else np.asarray(breakpoints(i, population, model), dtype=float)
+    if breakpoints is None:
+        return np.zeros(0)
+    key = f"{getattr(mechanism, 'name', mechanism)!r}.breakpoints({i}, ...)"
+    points = as_floats(key, breakpoints(i, population, model), "samples >= 0", booleans=False)
+    check_entries(key, points, least=0.0)
+    return points.reshape(-1)
 
 
 def _peaks(values: np.ndarray) -> list[int]:

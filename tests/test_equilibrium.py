@@ -624,3 +624,16 @@ def test_an_allocate_to_of_the_wrong_shape_is_named():
     with pytest.raises(ValueError, match=r"^'standard'.allocate_to\(i, profiles of shape \(\d+, 3\), ...\).accuracy "
                                          r"has shape \(\d+, 3\): allowed is \(\d+,\), agent i's under each profile$"):
         best_response(WholeProfiles(), 0, np.zeros(3), identical(3), TOY)
+
+
+class NaNSteps(StandardFL):
+    """StandardFL whose breakpoints, the contributions where its payment would step up, hold NaN."""
+
+    def breakpoints(self, i, population, model):
+        return np.array([np.nan, 10.0])
+
+
+def test_breakpoints_that_are_not_samples_are_named():
+    """They were refused as "m=nan: allowed is samples >= 0", naming no method."""
+    with pytest.raises(ValueError, match=r"^'standard'.breakpoints\(0, ...\)\[0\]=nan: allowed is a number >= 0$"):
+        best_response(NaNSteps(), 0, np.zeros(3), identical(3), TOY)
