@@ -651,9 +651,9 @@ def probe_model(key: str, model: AccuracyModel) -> None:
     ``marginal_inverse(derivative(m))`` and ``inverse(a(m))`` back at m within the same
     tolerance where a(m) < a_max (the central difference is allowed its rounding error,
     100 eps a(m) / (step m): near saturation a(m (1 +- step)) differ by a few ulps).
-    :func:`check_model` probes a model object once. The solvers rely on each (a derivative three times too
-    steep, a marginal inverse five times too far or a falling curve gave other equilibria,
-    without a word)."""
+    :func:`check_model` probes a model object once. The solvers rely on each (a derivative
+    three times too steep, a marginal inverse five times too far or a falling curve gave
+    other equilibria, without a word)."""
     start = max(1.0, float(model.zero_crossing)) * (1.0 + 1e-3)
     m = np.geomspace(start, start * 1e5, PROBE_POINTS)
 

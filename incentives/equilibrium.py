@@ -138,9 +138,11 @@ def _agent_allocation(mechanism: Mechanism, i: int, contributions, population: P
     allocate_to = getattr(mechanism, "allocate_to", None)
     if allocate_to is not None:
         share = allocate_to(i, profiles, population, model)
-        for key in ("accuracy", "transfer", "takes_part"):  # (G, N) arrays broadcast in the utility, or failed there
-            value = getattr(share, key, None)
-            if (value is not None or key != "takes_part") and np.shape(value) != (len(points),):
+        given = {"accuracy": share.accuracy, "transfer": share.transfer}
+        if share.takes_part is not None:  # None: everyone takes part
+            given["takes_part"] = share.takes_part
+        for key, value in given.items():  # (G, N) arrays broadcast in the utility, or failed there
+            if np.shape(value) != (len(points),):
                 raise ValueError(f"{getattr(mechanism, 'name', mechanism)!r}.allocate_to(i, profiles of shape "
                                  f"{profiles.shape}, ...).{key} has shape {np.shape(value)}: allowed is "
                                  f"({len(points)},), agent i's under each profile")

@@ -36,12 +36,13 @@ Params = dict[str, torch.Tensor]
 
 
 class UnsuitableData(ValueError):
-    """:func:`build_model`'s refusal of the data's input shape for model ``model``
-    (``reason``: the refusal of the shape, "input_shape=...: allowed is ...")."""
+    """A model's refusal of the data's input shape: ``reason`` ("input_shape=...: allowed is
+    ..."), and ``model``, the name :func:`build_model` was given (None where a model's class,
+    or a registry adapter, refused it before build_model named it)."""
 
-    def __init__(self, model: str, reason: str):
-        super().__init__(f"model={model!r} with {reason}")
-        self.model, self.reason = model, reason
+    def __init__(self, reason: str, model: str | None = None):
+        super().__init__(reason if model is None else f"model={model!r} with {reason}")
+        self.reason, self.model = reason, model
 
 
 def _shape(input_shape: tuple, num_classes: int) -> dict:
@@ -50,16 +51,16 @@ def _shape(input_shape: tuple, num_classes: int) -> dict:
 
 def _image(input_shape: tuple, num_classes: int) -> dict:
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is (channels, height, width)")
+        raise UnsuitableData(f"input_shape={input_shape!r}: allowed is (channels, height, width)")
     return {"in_channels": input_shape[0], "num_classes": num_classes}
 
 
 def _square_image(input_shape: tuple, num_classes: int) -> dict:
     arguments = _image(input_shape, num_classes)
     if input_shape[1] != input_shape[2]:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is a square image")
+        raise UnsuitableData(f"input_shape={input_shape!r}: allowed is a square image")
     if input_shape[1] < 5:  # LeNet5's own check, naming the key the caller gave (not image_size)
-        raise ValueError(f"input_shape={input_shape!r}: allowed is an image of at least 5x5")
+        raise UnsuitableData(f"input_shape={input_shape!r}: allowed is an image of at least 5x5")
     return {**arguments, "image_size": input_shape[1]}
 
 
@@ -74,7 +75,7 @@ def _downsampled_image(halvings: int) -> Callable[[tuple, int], dict]:
     def adapter(input_shape: tuple, num_classes: int) -> dict:
         arguments = _image(input_shape, num_classes)
         if max(input_shape[1:]) < least:
-            raise ValueError(
+            raise UnsuitableData(
                 f"input_shape={input_shape!r}: allowed is an image of height or width at least "
                 f"{least} (its {halvings} stride-2 stages leave 1x1 maps on smaller ones, where batch norm cannot "
                 "train on a mini-batch of one sample)"
@@ -86,7 +87,7 @@ def _downsampled_image(halvings: int) -> Callable[[tuple, int], dict]:
 
 def _vocabulary(input_shape: tuple, num_classes: int) -> dict:
     if len(input_shape) != 1:
-        raise ValueError(f"input_shape={input_shape!r}: allowed is (sequence_length,), character codes")
+        raise UnsuitableData(f"input_shape={input_shape!r}: allowed is (sequence_length,), character codes")
     return {"vocab_size": num_classes}
 
 
@@ -129,33 +130,26 @@ def build_model(
         raise ImportError(f"model={name!r} needs {module_name}.{attribute}, which {module_name} does not define")
     check_integer("num_classes", num_classes)
     try:
-        from_data = adapter(check_widths("input_shape", input_shape, least_count=1), num_classes)
+        shape = check_widths("input_shape", input_shape, least_count=1)
     except ValueError as error:
-        raise UnsuitableData(name, str(error)) from None
-    check_options(f"model={name!r}", options,
-                  [key for key in inspect.signature(factory).parameters if key not in from_data])
-    arguments = {**from_data, **defaults, **options}
-    if seed is None:
-        return _built(name, factory, arguments)
-    check_seed(seed)
-    if not isinstance(seed, np.random.SeedSequence) and seed >= 2**32:  # torch's CPU generator keeps 32 bits
-        seed = np.random.SeedSequence(seed)
-    if isinstance(seed, np.random.SeedSequence):
-        seed = int(seed.generate_state(1)[0])
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(int(seed))  # the CPU generator alone: CUDA's is left as it is
-        return _built(name, factory, arguments)
-
-
-def _built(name: str, factory: Callable[..., nn.Module], arguments: dict) -> nn.Module:
-    """``factory(**arguments)``; a refusal of the input shape by the model's own checks (the
-    CNN's: height and width against its poolings) as :class:`UnsuitableData` naming ``name``."""
+        raise UnsuitableData(str(error), name) from None
     try:
-        return factory(**arguments)
-    except ValueError as error:
-        if str(error).startswith("input_shape="):
-            raise UnsuitableData(name, str(error)) from None
-        raise
+        from_data = adapter(shape, num_classes)
+        check_options(f"model={name!r}", options,
+                      [key for key in inspect.signature(factory).parameters if key not in from_data])
+        arguments = {**from_data, **defaults, **options}
+        if seed is None:
+            return factory(**arguments)
+        check_seed(seed)
+        if not isinstance(seed, np.random.SeedSequence) and seed >= 2**32:  # torch's CPU generator keeps 32 bits
+            seed = np.random.SeedSequence(seed)
+        if isinstance(seed, np.random.SeedSequence):
+            seed = int(seed.generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(seed))  # the CPU generator alone: CUDA's is left as it is
+            return factory(**arguments)
+    except UnsuitableData as error:  # the adapter's refusal, or the model's own (the CNN's, against its poolings)
+        raise UnsuitableData(error.reason, name) from None
 
 
 def get_params(model: nn.Module) -> Params:

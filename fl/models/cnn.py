@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fl.checks import check_integer, check_widths
+from fl.models import UnsuitableData
 
 
 class CNN(nn.Module):
@@ -30,7 +31,7 @@ class CNN(nn.Module):
     ):
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"input_shape={tuple(input_shape)!r}: allowed is (channels, height, width)")
+            raise UnsuitableData(f"input_shape={tuple(input_shape)!r}: allowed is (channels, height, width)")
         channels = check_widths("channels", channels, least_count=1)
         check_integer("hidden", hidden)
         check_integer("kernel_size", kernel_size)
@@ -39,7 +40,7 @@ class CNN(nn.Module):
         in_channels, height, width = input_shape
         shrink = 2 ** len(channels)
         if height < shrink or width < shrink:
-            raise ValueError(
+            raise UnsuitableData(
                 f"input_shape={tuple(input_shape)!r}: allowed is height and width >= {shrink} "
                 f"({len(channels)} 2x2 poolings)"
             )
