@@ -40,12 +40,15 @@ from analysis.report import make_run_folder, mechanism_warnings, user_warnings, 
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from incentives.loop import ClosedLoop, LoopResult, SuspectRunWarning
 from incentives.population import FIELDS, Population, csv_rows, sample_traits
-from mechanisms.contract import ContractError, ContractMechanism, LogValue, reduce_multidimensional_types
+from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
+from mechanisms.multidimensional import reduce_multidimensional_types
+from mechanisms.screening import ContractError
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
 from mechanisms.stackelberg import StackelbergPricing
 from mechanisms.standard import StandardFL
+from mechanisms.values import LogValue
 
 DEFAULT_CONFIG = config_module.CONFIGS / "default.toml"
 CHECKPOINT = "checkpoint.pkl"
@@ -240,7 +243,7 @@ def whole_endowments(population: Population, where: str) -> Population:
 
 def multidimensional_costs(population: Population, section: dict, training: dict, seed: int) -> Population:
     """The population with data costs theta_i m**3 derived from multi-dimensional private
-    information (:func:`mechanisms.contract.reduce_multidimensional_types`, after Ding,
+    information (:func:`mechanisms.multidimensional.reduce_multidimensional_types`, after Ding,
     Fang & Huang 2021): each agent's computation-cost coefficient (``compute_cost``) and
     communication delay (``comm_delay``, seconds, drawn from their own random streams),
     its data size (its endowment), the round deadline and cycles per sample of the

@@ -42,7 +42,7 @@ from incentives.accuracy import EffectiveData, PowerLaw  # noqa: E402
 from incentives.equilibrium import social_optimum  # noqa: E402
 from incentives.population import Population  # noqa: E402
 from mechanisms.audit import MISREPORTS, Audit, audit  # noqa: E402
-from mechanisms.contract import LogValue, clear_program_cache, solve_screening  # noqa: E402
+from mechanisms.screening import clear_program_cache, solve_screening  # noqa: E402
 from mechanisms.shaping import AccuracyShaping  # noqa: E402
 from mechanisms.shapley import (  # noqa: E402
     ShapleyRewards,
@@ -52,8 +52,9 @@ from mechanisms.shapley import (  # noqa: E402
     monte_carlo_shapley,
     size_strata_shapley,
 )
-from mechanisms.standard import StandardFL  # noqa: E402
 from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward  # noqa: E402
+from mechanisms.standard import StandardFL  # noqa: E402
+from mechanisms.values import LogValue  # noqa: E402
 
 REPEAT = 3
 rng = np.random.default_rng(0)
@@ -142,7 +143,7 @@ def closed_form_errors(K: int) -> list[tuple[str, float, str]]:
 
 def all_pairs_case(K: int) -> str:
     """The all-pairs case's name: one program of K(K-1) IC up to 50 types, beyond them
-    constraint generation (mechanisms.contract._generate_pairs)."""
+    constraint generation (mechanisms.screening._generate_pairs)."""
     how = "K(K-1) IC in one program" if K <= 50 else "adjacent IC, then every pair checked"
     return f"contract K={K} all pairs (cvxpy, {how})"
 

@@ -26,7 +26,7 @@ with one ``cost_exponent`` beta >= 1 for the whole population (default 1: linear
 c_i per sample). beta > 1 models convex costs, such as the energy of computing faster
 to meet a round deadline (beta = 3 for the multi-dimensional types reduced to one
 criterion after the idea of Ding, Fang & Huang 2021, by the CPU-frequency energy model:
-:func:`mechanisms.contract.reduce_multidimensional_types`); c_i is then in utility
+:func:`mechanisms.multidimensional.reduce_multidimensional_types`); c_i is then in utility
 units per sample**beta.
 """
 

@@ -96,8 +96,9 @@ from incentives.equilibrium import Participation, settle_participation
 from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.search import bisect, row_sums
-from mechanisms.contract import LogValue, ValueFunction, check_server_value, memo_hit, server_value
+from mechanisms.contract import memo_hit
 from mechanisms.standard import nash_contributions
+from mechanisms.values import LogValue, ValueFunction, check_server_value, server_value
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel
@@ -529,7 +530,7 @@ def leader_reward(cost, value: ValueFunction | Callable = LogValue(10.0), *, bud
                   capacity=None, cost_exponent: float = 1.0, grid: int = 64) -> LeaderSolution:
     """The leader's R maximising V(X(R)) - R (s.t. R <= budget), see the module docstring.
 
-    value: a :class:`~mechanisms.contract.ValueFunction` (its ``argmax`` gives the closed
+    value: a :class:`~mechanisms.values.ValueFunction` (its ``argmax`` gives the closed
     form) or any callable V(X) (numeric search only); budget: None or a largest reward >= 0
     (the search stops below it where no larger reward can pay for itself);
     capacity: (N,) the followers' endowments n_i, as :func:`follower_equilibrium`'s;

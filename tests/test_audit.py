@@ -12,11 +12,12 @@ from incentives.population import Population
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import utility
 from mechanisms.audit import MISREPORTS, audit, cost_reports
-from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards
 from mechanisms.standard import StandardFL
+from mechanisms.values import LogValue
 
 MODEL = PowerLaw(1.0, 1.0, 0.5)  # a(m) = 1 - m^(-1/2)
 NO_RECORDS = LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [])  # for findings that need no outcome

@@ -15,21 +15,19 @@ from incentives.equilibrium import verify_equilibrium
 from incentives.loop import IterationRecord, LoopResult
 from incentives.population import Population
 from incentives.protocols import Mechanism
-from mechanisms import contract
-from mechanisms.contract import (
-    AccuracyValue,
+from mechanisms import contract, screening
+from mechanisms.contract import ContractMechanism
+from mechanisms.multidimensional import reduce_multidimensional_types
+from mechanisms.screening import (
     ContractError,
-    ContractMechanism,
     ContractWarning,
-    LogValue,
-    PowerLawValue,
     clear_program_cache,
     iron,
     program_cache_info,
-    reduce_multidimensional_types,
     solve_screening,
     virtual_costs,
 )
+from mechanisms.values import AccuracyValue, LogValue, PowerLawValue
 
 V10 = LogValue(10.0)
 COSTS = [3.0, 2.0, 1.0]
@@ -40,11 +38,11 @@ FORMS = ["closed_form", "reduced", "all_pairs"]
 @pytest.fixture(autouse=True)
 def replacements(request, monkeypatch):
     """How far each solved menu that the closed form's optimum replaced missed it
-    (contract._off_the_optimum, run as it is). A test that does not take this list as an
+    (screening._off_the_optimum, run as it is). A test that does not take this list as an
     argument fails on any replacement: a program's menu that missed the optimum and was
     replaced would pass any comparison with the closed form, whatever the program did; one
     that takes it checks the programs' own menus through it."""
-    found, judge = [], contract._off_the_optimum
+    found, judge = [], screening._off_the_optimum
 
     def recorded(*args):
         reason = judge(*args)
@@ -52,7 +50,7 @@ def replacements(request, monkeypatch):
             found.append(reason)
         return reason
 
-    monkeypatch.setattr(contract, "_off_the_optimum", recorded)
+    monkeypatch.setattr(screening, "_off_the_optimum", recorded)
     yield found
     assert found == [] or "replacements" in inspect.signature(request.function).parameters, found
 
@@ -267,15 +265,15 @@ def test_violated_pairs_are_the_items_a_type_prefers_to_its_own():
     # theta = (1, 2, 3), y = (3, 2, 1), R = (3, 4, 5): U = (0, 0, 2). Type 0 gets 4 - 2 = 2
     # from item 1 and 5 - 1 = 4 from item 2; type 1 gets 5 - 2 = 3 from item 2; type 2
     # gets 3 - 9 and 4 - 6 from the others, below its own 2.
-    pairs = contract._violated_pairs(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), np.array([3.0, 4.0, 5.0]),
+    pairs = screening._violated_pairs(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), np.array([3.0, 4.0, 5.0]),
                                      1.0)
     assert pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
     # the tolerance is relative to the largest reward, at least the reward unit r: a menu paying
     # 1e-12 whose type 0 gains 1e-13 from item 1 violates IC by a tenth of its rewards, which
     # against a unit of 1 (the old floor) passed as 1e-13
-    tiny = contract._violated_pairs(np.array([1.0, 2.0]), np.array([0.0, 0.0]), np.array([0.9e-12, 1e-12]), 2.0**-40)
+    tiny = screening._violated_pairs(np.array([1.0, 2.0]), np.array([0.0, 0.0]), np.array([0.9e-12, 1e-12]), 2.0**-40)
     assert tiny.tolist() == [[0, 1]]
-    assert contract._violated_pairs(np.array([1.0, 2.0]), np.zeros(2), np.array([0.9e-12, 1e-12]), 1.0).size == 0
+    assert screening._violated_pairs(np.array([1.0, 2.0]), np.zeros(2), np.array([0.9e-12, 1e-12]), 1.0).size == 0
 
 
 # ----------------------------------------------------------------- value functions, rewards
@@ -294,7 +292,7 @@ def test_accuracy_value_of_a_power_law_model_matches_power_law_value():
     model = PowerLaw(0.9, 1.0, 0.5)
     # every type is paid more than its data is worth by the clipped model: the type of cost 3 is asked for q = 1
     # sample, below the zero crossing (1 / 0.9)**2 = 1.23, worth nothing, and paid 3 for it
-    with pytest.warns(contract.LosingTypesWarning, match=(
+    with pytest.warns(screening.LosingTypesWarning, match=(
             r"^types \[0, 1, 2\] \(cost\[0\]=3\.0, cost\[1\]=2\.0, cost\[2\]=1\.0\) earn the server less than "
             r"leaving them out: their contributions \[(1\.0|1\.0000\d*|0\.9999\d*), .*\] are worth \[0\.0, .*\] to it "
             r"\(the AccuracyValue's accuracy is 0 below its zero crossing, 1\.23457 samples\) and their rewards cost "
@@ -327,7 +325,7 @@ def test_every_form_solves_one_problem_for_an_accuracy_value_and_warns_of_types_
     hand = (100.0 * 10.38 * 1.134 / phi) ** (1 / 2.134)
     menus = []
     for form in FORMS:
-        with pytest.warns(contract.LosingTypesWarning, match=r"^types \[1\] \(cost\[1\]=3\.0\) earn the server "
+        with pytest.warns(screening.LosingTypesWarning, match=r"^types \[1\] \(cost\[1\]=3\.0\) earn the server "
                           r"less than leaving them out: their contributions \[(16\.42|11\.87)"):
             menus.append(solve_screening([0.01, 3.0], [0.5, 0.5], AccuracyValue(PILOT, 100.0), form=form,
                                          information=information))
@@ -347,7 +345,7 @@ def test_a_contract_mechanism_leaves_out_the_type_it_loses_on_without_a_warning(
     mechanism = ContractMechanism("accuracy", value_weight=100.0, respect_endowment=False,
                                   information="complete", form=form)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", contract.LosingTypesWarning)
+        warnings.simplefilter("error", screening.LosingTypesWarning)
         outcome = mechanism.solve(population, PILOT)
     q = (100.0 * 10.38 * 1.134 / 0.01) ** (1 / 2.134)
     np.testing.assert_allclose(outcome.contributions, [q, 0.0], rtol=1e-5)
@@ -479,7 +477,7 @@ def test_with_negative_outside_options_an_agent_that_signs_nothing_keeps_its_out
 
 def test_programs_of_more_types_than_memory_allows_are_refused_before_compiling():
     """10^5 distinct agent costs used to exhaust memory inside cvxpy (its program grows as K^2)."""
-    many = np.linspace(1.0, 2.0, contract.MAX_PROGRAM_TYPES + 1)
+    many = np.linspace(1.0, 2.0, screening.MAX_PROGRAM_TYPES + 1)
     probability = np.full(len(many), 1.0 / len(many))
     with pytest.raises(ValueError, match=r"^cost='<3001 types>': allowed is at most 3000 types for form='reduced'"):
         solve_screening(many, probability, V10)
@@ -575,15 +573,15 @@ def test_multidimensional_costs_beyond_float64_are_refused_naming_their_inputs()
 def test_resolving_with_new_numbers_reuses_the_compiled_problem():
     clear_program_cache()
     first = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
-    key = next(iter(contract._CACHE))
-    problem = contract._CACHE[key].problem
+    key = next(iter(screening._CACHE))
+    problem = screening._CACHE[key].problem
     assert problem.is_dpp()
     compiled = problem._cache.param_prog
     second = solve_screening([4.0, 2.5, 0.5], [0.2, 0.3, 0.5], LogValue(7.0), form="all_pairs",
                              outside=1.0)
     assert first.compiled and not second.compiled
     assert program_cache_info() == {"hits": 1, "misses": 1, "size": 1}
-    assert contract._CACHE[key].problem is problem and problem._cache.param_prog is compiled
+    assert screening._CACHE[key].problem is problem and problem._cache.param_prog is compiled
     # and the re-solved numbers are right
     ref = solve_screening([4.0, 2.5, 0.5], [0.2, 0.3, 0.5], LogValue(7.0), form="closed_form",
                           outside=1.0)
@@ -618,7 +616,7 @@ def test_infeasible_menu_names_the_constraint_and_types(form):
 
 def test_solver_reported_infeasibility_is_diagnosed_by_constraint_family():
     th, p = np.array([1.0, 2.0, 3.0]), np.ones(3) / 3
-    err = contract._diagnose("infeasible", 3, "all_pairs", False, th, p, np.array([0.0, 0.0, 7.0]), 1.0,
+    err = screening._diagnose("infeasible", 3, "all_pairs", False, th, p, np.array([0.0, 0.0, 7.0]), 1.0,
                              V10, 1.0, None, 5.0, "CLARABEL", np.arange(3))
     assert err.family == "IR" and err.types == [2]
     assert "the IR constraints of types [2]" in str(err) and "reward_cap" in str(err)
@@ -630,21 +628,21 @@ def test_a_solver_that_calls_a_bounded_menu_unbounded_is_checked_in_a_box(monkey
     the solver's first answer on the worked example is made "unbounded": the re-solve in the
     box reaches none of its sides, so it is the menu's optimum, and is kept. Where the box
     finds nothing running away, the diagnosis says the solver failed numerically."""
-    run, calls = contract._run, []
+    run, calls = screening._run, []
 
     def claims_unbounded(problem, solver, *residual):
         calls.append(problem)
         status = run(problem, solver, *residual)
         return "unbounded" if len(calls) == 1 else status
 
-    monkeypatch.setattr(contract, "_run", claims_unbounded)
+    monkeypatch.setattr(screening, "_run", claims_unbounded)
     menu = solve_screening(COSTS, EQUAL, V10)
     assert len(calls) == 2 and menu.status == "optimal"
     np.testing.assert_allclose(menu.contribution, [1, 7 / 3, 9], atol=1e-6)
     np.testing.assert_allclose(menu.reward, [3, 17 / 3, 37 / 3], atol=1e-6)
-    monkeypatch.setattr(contract, "_run", run)
+    monkeypatch.setattr(screening, "_run", run)
     th = np.array([1.0, 2.0, 3.0])
-    err = contract._diagnose("unbounded", 3, "virtual", False, th, np.ones(3) / 3, np.zeros(3), 1.0, V10, 1.0,
+    err = screening._diagnose("unbounded", 3, "virtual", False, th, np.ones(3) / 3, np.zeros(3), 1.0, V10, 1.0,
                              None, None, "CLARABEL", np.arange(3))
     assert err.family is None and err.types is None
     assert str(err).startswith("the solver CLARABEL failed numerically on the virtual screening program: it "
@@ -725,11 +723,11 @@ def test_the_provable_capacity_bound_by_hand():
     slack = G.mean() - (10 * np.log(5) - 8)
     roots = [brentq(lambda q, c=c, level=level: 10 * np.log1p(q) - c * q - level, 10 / c - 1, 100)
              for c, level in zip((1.0, 2.0), G - 2 * slack)]
-    bound = contract._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
+    bound = screening._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
                                         np.full(2, 100.0), None, False)
     np.testing.assert_allclose(bound, 2 * np.array(roots), rtol=1e-9)
     assert np.all(bound > [9, 7 / 3]) and np.all(bound < 100)
-    far = contract._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
+    far = screening._provable_capacity(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.zeros(2), 1.0, V10, 1.0,
                                       np.full(2, 5.0), None, False)
     np.testing.assert_array_equal(far, [5.0, 5.0])  # a capacity below the bound stays
 
@@ -800,9 +798,9 @@ def test_a_cheap_type_of_small_capacity_pins_every_item_at_it(cost, p, capacity)
         np.testing.assert_allclose(menu.contribution, q0, rtol=1e-6)
         np.testing.assert_allclose(menu.reward, top * q0**2, rtol=1e-4)
         assert menu.server_profit == pytest.approx(1.5e-4 * np.log1p(q0) - top * q0**2, rel=1e-8)
-    implied = contract._implied_capacity("virtual", np.array([1.0, 2.0, 2.0, 3.0]), np.array([5.0, 1.0, 0.5, 7.0]))
+    implied = screening._implied_capacity("virtual", np.array([1.0, 2.0, 2.0, 3.0]), np.array([5.0, 1.0, 0.5, 7.0]))
     np.testing.assert_array_equal(implied, [5.0, 1.0, 0.5, 0.5])  # equal costs imply nothing between them
-    np.testing.assert_array_equal(contract._implied_capacity("complete", np.array([1.0, 2.0]), np.array([1.0, 7.0])),
+    np.testing.assert_array_equal(screening._implied_capacity("complete", np.array([1.0, 2.0]), np.array([1.0, 7.0])),
                                   [1.0, 7.0])  # types observed: no IC
 
 
@@ -829,7 +827,7 @@ def test_a_menu_short_of_the_closed_form_is_replaced_by_it(cost, p, scale, beta,
     (missed,) = replacements
     assert 0.1 < missed["items_off"] < 0.2 and menu.extras["closed_form_items"] == missed
     assert missed["solver_status"] == "optimal_inaccurate" and missed["optimum_profit"] == exact.server_profit
-    assert missed["profit"] < exact.server_profit * (1 - contract._SHORTFALL)
+    assert missed["profit"] < exact.server_profit * (1 - screening._SHORTFALL)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pairs = solve_screening(cost, p, LogValue(scale), cost_exponent=beta, reward_price=price, capacity=cap,
@@ -920,10 +918,10 @@ def test_a_capacity_is_checked_against_its_own_size():
     its capacity in q**2, which over the largest capacity (8.3e10) passed as 1.3e-11. Each type's
     excess is now measured against its own capacity (or a hundredth of the largest item)."""
     y, capy = np.array([528.98**2, 1.05**2]), np.array([2.9e5**2, 0.0233**2])
-    worst = contract._residual(np.array([1e-6, 4e-5]), y, np.array([0.5, 0.03]), np.zeros(2), capy, None, False,
+    worst = screening._residual(np.array([1e-6, 4e-5]), y, np.array([0.5, 0.03]), np.zeros(2), capy, None, False,
                                False, 1.0)
     assert worst == pytest.approx((y[1] - capy[1]) / (1e-2 * y[0]))
-    assert contract._residual(np.array([1e-6, 4e-5]), np.array([1.0, 4.0]), np.array([1.0, 1.0]), np.zeros(2),
+    assert screening._residual(np.array([1e-6, 4e-5]), np.array([1.0, 4.0]), np.array([1.0, 1.0]), np.zeros(2),
                               np.array([0.0, 4.0]), None, False, False, 1.0) == pytest.approx(0.25)  # capacity 0: over max(1, 4)
 
 
@@ -1092,15 +1090,15 @@ HAND_Q, HAND_R = np.array([1, 7 / 3, 9]), np.array([3, 17 / 3, 37 / 3])  # the w
 def failing_clarabel(monkeypatch, times):
     """Make the first ``times`` Clarabel attempts raise SolverError, as on a badly
     conditioned program."""
-    solve, left = contract._solve_quietly, [times]
+    solve, left = screening._solve_quietly, [times]
 
     def attempt(problem, name, options):
         if name == "CLARABEL" and left[0] > 0:
             left[0] -= 1
-            raise contract.cp.error.SolverError("simulated failure")
+            raise screening.cp.error.SolverError("simulated failure")
         solve(problem, name, options)
 
-    monkeypatch.setattr(contract, "_solve_quietly", attempt)
+    monkeypatch.setattr(screening, "_solve_quietly", attempt)
 
 
 def test_the_scs_fallback_is_solved_tightly_and_not_reported_optimal(monkeypatch):
@@ -1108,7 +1106,7 @@ def test_the_scs_fallback_is_solved_tightly_and_not_reported_optimal(monkeypatch
     defaults it overpaid every type of a menu under an "optimal" label) and reported
     "optimal_inaccurate", so that the all-pairs form goes on to constraint generation,
     whose Clarabel solve is exact here."""
-    failing_clarabel(monkeypatch, len(contract._attempts("CLARABEL")))  # every attempt on the whole program
+    failing_clarabel(monkeypatch, len(screening._attempts("CLARABEL")))  # every attempt on the whole program
     menu = solve_screening(COSTS, EQUAL, V10, form="all_pairs")
     assert menu.extras["all_pairs"].startswith("constraint generation")
     assert menu.status == "optimal"
@@ -1126,15 +1124,15 @@ def test_an_attempt_stopped_at_its_iteration_limit_is_followed_by_the_next(monke
     followed by the next attempt; when every attempt stops there, the first is kept, its
     status reported, and a warning says so, where no closed form replaces it (per-type
     outside utilities, BEYOND); where one does, the closed form's menu is returned."""
-    attempts = contract._attempts
-    monkeypatch.setattr(contract, "_attempts", lambda solver: [
+    attempts = screening._attempts
+    monkeypatch.setattr(screening, "_attempts", lambda solver: [
         (name, {**options, "max_iter": 3}) if i == 0 else (name, options)
         for i, (name, options) in enumerate(attempts(solver))])
     for form in ("reduced", "all_pairs"):
         menu = solve_screening(COSTS, EQUAL, V10, form=form)
         assert menu.status == "optimal"
         np.testing.assert_allclose(menu.contribution, HAND_Q, atol=1e-6)
-    monkeypatch.setattr(contract, "_attempts", lambda solver: [
+    monkeypatch.setattr(screening, "_attempts", lambda solver: [
         (name, {**options, "max_iter": 3}) for name, options in attempts(solver)])
     with pytest.warns(ContractWarning, match=r"solver status 'user_limit'.* the solver stopped at its iteration"):
         menu = solve_screening(COSTS, EQUAL, V10, form="reduced", outside=BEYOND)
@@ -1156,7 +1154,7 @@ def perturbed_rewards(monkeypatch, times):
     """After each of the first ``times`` attempts, lower the solved rewards (the all-pairs
     program's R, the adjacent one's rents U) by 0.1 of the program's reward unit: an
     "optimal" point short of the IR constraints, as a solver stopping short leaves."""
-    solve, left = contract._solve_quietly, [times]
+    solve, left = screening._solve_quietly, [times]
 
     def attempt(problem, name, options):
         solve(problem, name, options)
@@ -1166,7 +1164,7 @@ def perturbed_rewards(monkeypatch, times):
                 if variable.name() in ("R", "U"):
                     variable.value = variable.value - 0.1
 
-    monkeypatch.setattr(contract, "_solve_quietly", attempt)
+    monkeypatch.setattr(screening, "_solve_quietly", attempt)
 
 
 def test_an_optimal_status_that_violates_the_menu_counts_as_inaccurate(monkeypatch, replacements):
@@ -1204,7 +1202,7 @@ def test_a_feasible_menu_worse_than_pooling_every_type_warns(monkeypatch):
     rewards are raised by 10 program units (reward units here, _REWARD_UNIT_RANGE), IC and
     IR intact: the worked example's profit 7 falls by 10 to -3."""
     profit = solve_screening(COSTS, EQUAL, V10, form="closed_form").server_profit - 10.0
-    solve = contract._solve_quietly
+    solve = screening._solve_quietly
 
     def overpays(problem, name, options):
         solve(problem, name, options)
@@ -1212,7 +1210,7 @@ def test_a_feasible_menu_worse_than_pooling_every_type_warns(monkeypatch):
             if variable.name() == "R":
                 variable.value = variable.value + 10.0
 
-    monkeypatch.setattr(contract, "_solve_quietly", overpays)
+    monkeypatch.setattr(screening, "_solve_quietly", overpays)
     with pytest.warns(ContractWarning, match=r"^the all_pairs screening program was solved wrongly \(solver status "
                       rf"'optimal'\): its menu earns the server {profit:.6g}, less than the 0 of the feasible menu "
                       r"that asks for no data and pays every type 0, so it is not optimal$"):
@@ -1228,7 +1226,7 @@ def test_a_complete_information_menu_worse_than_paying_each_type_its_outside_uti
     R >= 0 of an accuracy reward puts it beyond the closed form's scope; every solved reward
     is raised by 0.2, which earns 0.11064 - 0.2 = -0.0894: above nothing, below the -0.025 of
     paying each type its outside utility, floored at 0 (0 and 0.05)."""
-    solve = contract._solve_quietly
+    solve = screening._solve_quietly
 
     def overpays(problem, name, options):
         solve(problem, name, options)
@@ -1236,7 +1234,7 @@ def test_a_complete_information_menu_worse_than_paying_each_type_its_outside_uti
             if variable.name() == "R":
                 variable.value = variable.value + 0.2
 
-    monkeypatch.setattr(contract, "_solve_quietly", overpays)
+    monkeypatch.setattr(screening, "_solve_quietly", overpays)
     earned = 0.1 * (np.log(10) + np.log(5)) / 2 - 0.085 - 0.2
     with pytest.warns(ContractWarning, match=rf"^the complete screening program was solved wrongly \(solver status "
                       rf"'optimal'\): its menu earns the server {earned:.6g}, less than the -0.025 of the feasible "

@@ -19,17 +19,14 @@ from incentives.equilibrium import social_optimum, verify_equilibrium
 from incentives.loop import ClosedLoop
 from incentives.population import Population, sample_traits
 from incentives.utility import utility
-from mechanisms.contract import (
-    AccuracyValue,
-    ContractMechanism,
-    LogValue,
-    reduce_multidimensional_types,
-    solve_screening,
-)
+from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
+from mechanisms.multidimensional import reduce_multidimensional_types
+from mechanisms.screening import solve_screening
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward
 from mechanisms.standard import StandardFL
+from mechanisms.values import AccuracyValue, LogValue
 
 MODEL = PowerLaw(a_opt=0.95, k=3.0, alpha=0.5)
 COSTS = np.array([1e-7, 2e-7, 5e-7, 1e-6])

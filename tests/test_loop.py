@@ -18,11 +18,12 @@ from incentives.loop import UNKEPT, ClosedLoop, IterationRecord, LoopResult, Sus
 from incentives.population import Population
 from incentives.protocols import Outcome
 from incentives.utility import local_utility
-from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.shaping import AccuracyShaping
 from mechanisms.shapley import ShapleyRewards, SlowValuationWarning
 from mechanisms.standard import StandardFL
+from mechanisms.values import LogValue
 
 # the loops here are small by design: a loop that does not settle in 1-2 iterations is expected
 pytestmark = pytest.mark.filterwarnings("ignore::incentives.loop.SuspectRunWarning")

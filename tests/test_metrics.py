@@ -15,9 +15,10 @@ from incentives.loop import IterationRecord
 from incentives.population import Population
 from incentives.protocols import Outcome
 from mechanisms.audit import Audit
-from mechanisms.contract import ContractMechanism, LogValue
+from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
 from mechanisms.standard import StandardFL
+from mechanisms.values import LogValue
 
 
 def test_free_riding_counts_agents_below_their_local_optimum_by_half_a_sample():

@@ -102,7 +102,8 @@ def test_the_python_defaults_the_readme_contrasts_with_the_config_are_the_real_o
     from analysis import config
     from fl.oracle import TrainingOracle
     from incentives.loop import ClosedLoop
-    from mechanisms.contract import ContractMechanism, LogValue
+    from mechanisms.contract import ContractMechanism
+    from mechanisms.values import LogValue
     from mechanisms.stackelberg import StackelbergPricing
 
     def default(callable_, key):

@@ -9,9 +9,9 @@ from incentives.equilibrium import nash_equilibrium, verify_equilibrium
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import utility
-from mechanisms.contract import AccuracyValue, LogValue, PowerLawValue
 from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, leader_reward, model_follower_equilibrium
 from mechanisms.standard import StandardFL
+from mechanisms.values import AccuracyValue, LogValue, PowerLawValue
 
 
 def max_deviation_gain(cost, reward, x, capacity=None, points=2001):
