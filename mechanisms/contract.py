@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from incentives.checks import bad, check_bool
+from incentives.checks import bad, check_agent, check_bool
 from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import reservation_utility
@@ -431,15 +431,30 @@ class ContractMechanism:
 
     def allocate(self, contributions: np.ndarray, population: "Population",
                  model: "AccuracyModel") -> Allocation:
+        """Each agent's reward for its contribution m_i: the best item it fills (under complete
+        information, its own type's item, all or nothing), or none."""
         m = population.check_contributions(contributions)
+        return self._pay(m, slice(None), population, model)
+
+    def allocate_to(self, i: int, profiles, population: "Population", model: "AccuracyModel") -> Allocation:
+        """Agent i's reward under each of G contribution profiles (G, N), as (G,) arrays
+        (``incentives.protocols.Mechanism``): it depends on m_i alone, the menu being fixed
+        for the population and model."""
+        check_agent(i, population.n_agents)
+        m = population.check_profiles(profiles)[:, i]
+        return self._pay(m, i, population, model)
+
+    def _pay(self, m: np.ndarray, agents, population: "Population", model: "AccuracyModel") -> Allocation:
+        """The rewards of :meth:`allocate` for the contributions ``m`` of ``agents`` (an index
+        or a slice of the population, matching ``m``)."""
         menu, chosen = self._menu(population, model)[:2]
         live = menu.contribution > _ZERO
         q, R = menu.contribution[live], menu.reward[live]
         got, signed = np.zeros_like(m), np.zeros(len(m), dtype=bool)
         if self.information == "complete":  # each agent's own item, all or nothing
-            item = np.maximum(chosen, 0)
+            item = np.maximum(chosen[agents], 0)
             enough = m >= menu.contribution[item] * (1 - 1e-12) - 1e-12
-            signed = (chosen >= 0) & enough
+            signed = (chosen[agents] >= 0) & enough
             got = np.where(signed, menu.reward[item], 0.0)
         elif len(q):
             order = np.argsort(q, kind="stable")

@@ -478,6 +478,7 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
         params["capy"] = cp.Parameter(K, nonneg=True, name="capy")
         add("capacity", params["capy"] - y, types)
     R = None
+    cap_rows = None  # the rows (rewards, their types) that a reward cap bounds: all, but for the reduced form (4)
     # sum_k p_k (V(q_k) - offset) up to a constant, through its hypograph t (DPP: the
     # parameter W may not multiply an expression holding the parameter 1/s_k)
     t = cp.Variable(K, name="t")
@@ -497,6 +498,12 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
             add("monotonicity", cost_units[:-1] - cost_units[1:], types[1:])
         paid = cp.multiply(params["step"], y)
         reward = cp.multiply(theta, y) + u0 + cp.sum(paid) - cp.cumsum(paid)   # eq. (3)
+        if K > 1 and "monotonicity" not in drop:
+            # With monotone items the rewards fall with the cost, R_k - R_{k+1} = theta_k (q_k**beta
+            # - q_{k+1}**beta) >= 0, so only the cheapest type's can reach a reward cap: its row alone
+            # stands for the cap's K rows, whose cumulative sums were a dense triangle of K^2 / 2
+            # entries (accuracy rewards at 1000 types: over 180 s in Clarabel, against 1.5 s)
+            cap_rows = (reward[:1], types[:1])
     elif variant in ("all_pairs", "complete"):  # complete with the floor: R_k = max(theta_k y_k + u0_k, 0)
         R = cp.Variable(K, name="R")
         params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r / d
@@ -530,7 +537,8 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
         R = reward
     if has_cap:
         params["rcap"] = cp.Parameter(name="rcap")
-        add("reward_cap", params["rcap"] - reward, types)
+        capped, capped_types = cap_rows or (reward, types)
+        add("reward_cap", params["rcap"] - capped, capped_types)
     if floor:
         add("reward_floor", reward, types)
     problem = cp.Problem(cp.Maximize(objective), constraints)

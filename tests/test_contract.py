@@ -475,6 +475,33 @@ def test_with_negative_outside_options_an_agent_that_signs_nothing_keeps_its_out
     assert check.ok, check.gains
 
 
+@pytest.mark.parametrize("information", ["incomplete", "complete"])
+@pytest.mark.parametrize("reward", ["money", "accuracy"])
+def test_allocate_to_gives_each_profile_the_rewards_of_allocate(reward, information):
+    """allocate_to(i, profiles) is agent i's entry of allocate under each profile, bit for bit:
+    the equilibrium solvers and the audit value a best response's grid through it in one call
+    (without it, 566 allocate calls an agent at 300 agents: 14.8 s for the contract's audit)."""
+    pilot = PowerLaw(0.92, 10.38, 1.134)
+    rng = np.random.default_rng(5)
+    population = Population.from_lists(cost=rng.choice([1e-3, 2e-3, 4e-3], 12), endowment=rng.uniform(20, 200, 12))
+    mechanism = ContractMechanism(LogValue(0.2), reward=reward, information=information,
+                                  reward_price=1.0 if reward == "money" else 0.1)
+    outcome = mechanism.solve(population, pilot)
+    items = np.unique(outcome.contributions[outcome.participates])
+    assert len(items) >= 2  # several items, so that the grid below crosses steps
+    profiles = np.repeat(outcome.contributions[None, :], 40, axis=0)
+    for i in range(population.n_agents):
+        n_i = population.endowment[i]  # the items, just below them, and a grid over [0, n_i]
+        steps = np.minimum(np.concatenate([items, items * (1 - 1e-9)]), n_i)
+        profiles[:, i] = np.concatenate([steps, np.linspace(0.0, n_i, 40 - len(steps))])
+        fast = mechanism.allocate_to(i, profiles, population, pilot)
+        rows = [mechanism.allocate(profile, population, pilot) for profile in profiles]
+        for key in ("accuracy", "transfer", "takes_part"):
+            assert np.array_equal(getattr(fast, key), [getattr(row, key)[i] for row in rows]), (i, key)
+    with pytest.raises(ValueError, match=r"^i=12: allowed is an agent index 0 to 11$"):
+        mechanism.allocate_to(12, profiles, population, pilot)
+
+
 def test_programs_of_more_types_than_memory_allows_are_refused_before_compiling():
     """10^5 distinct agent costs used to exhaust memory inside cvxpy (its program grows as K^2)."""
     many = np.linspace(1.0, 2.0, screening.MAX_PROGRAM_TYPES + 1)
@@ -922,7 +949,8 @@ def test_a_capacity_is_checked_against_its_own_size():
                                False, 1.0)
     assert worst == pytest.approx((y[1] - capy[1]) / (1e-2 * y[0]))
     assert screening._residual(np.array([1e-6, 4e-5]), np.array([1.0, 4.0]), np.array([1.0, 1.0]), np.zeros(2),
-                              np.array([0.0, 4.0]), None, False, False, 1.0) == pytest.approx(0.25)  # capacity 0: over max(1, 4)
+                               np.array([0.0, 4.0]), None, False, False,
+                               1.0) == pytest.approx(0.25)  # capacity 0: over max(1, 4)
 
 
 @pytest.mark.parametrize("cost, value_scale, beta, information", [
