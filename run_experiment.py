@@ -22,6 +22,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import sys
@@ -29,14 +30,16 @@ import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
-from analysis.report import make_run_folder, mechanism_warnings, user_warnings, write_run
+from analysis.report import make_run_folder, mechanism_warnings, user_warnings, write_run, write_whole
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from incentives.loop import ClosedLoop, LoopResult, SuspectRunWarning
 from incentives.population import FIELDS, Population, csv_rows, sample_traits
@@ -425,18 +428,6 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
                                                    for field in fields(checkpoint)}))
 
 
-def write_whole(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, through ``path.partial`` renamed over it: a
-    full disk or a Ctrl-C leaves the file as it was, with no half file beside it."""
-    partial = path.with_name(f"{path.name}.partial")
-    try:
-        partial.write_bytes(data)
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(folder: Path) -> Checkpoint:
     """The :class:`Checkpoint` in ``folder``; ConfigError where there is none, or one this
     version cannot read."""
@@ -622,7 +613,8 @@ def agents_and_mechanisms(config: dict) -> tuple[Population, list, list[str]]:
     return agents, mechanisms, said
 
 
-def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, warn: bool = True) -> Path:
+def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, warn: bool = True,
+        on_folder: Callable[[Path], None] | None = None) -> Path:
     """Run the experiment described by a validated config; return its run folder.
 
     With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
@@ -635,7 +627,9 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     again; ``experiment.progress = false`` hides the progress bar only.
     ``warn`` prints on stderr the lines :func:`agents_and_mechanisms` gives before
     training and the run's warnings (those its manifest keeps) as it ends; :func:`run_seeds`
-    prints the former once before the first seed and every seed's warnings after the last."""
+    prints the former once before the first seed and every seed's warnings after the last.
+    ``on_folder`` is called with a fresh run's folder once it is made (a --jobs worker tells
+    its parent where its seed's checkpoints go)."""
     from fl.executors import UnsupportedModel
     from fl.models import UnsuitableData
 
@@ -673,7 +667,7 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
                 raise
             raise ConfigError(model_too_large(config["model"], error)) from None
         return _run_loop(config, population, mechanisms, oracle, resume_folder, resumed, start, quiet, warn,
-                         csv_digest)
+                         csv_digest, on_folder)
     finally:
         getattr(executor, "close", lambda: None)()
 
@@ -699,7 +693,7 @@ def model_too_large(model: dict, error: BaseException) -> str:
 
 def _run_loop(config: dict, population: Population, mechanisms: list, oracle, resume_folder: Path | None,
               checkpointed: Checkpoint | None, start: float, quiet: bool, warn: bool,
-              csv_digest: str | None) -> Path:
+              csv_digest: str | None, on_folder: Callable[[Path], None] | None = None) -> Path:
     """The loop, its checkpoints and the run folder (``run``'s second half);
     ``checkpointed``: ``resume_folder``'s checkpoint (None for a fresh run), whose timings
     and warnings those of this invocation add to; ``csv_digest``: population.csv's sha256
@@ -719,11 +713,17 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                               f"{experiment['name']!r}: no run folder can be made there ({error.strerror}: "
                               f"{error.filename}); allowed is a writable folder and a name short enough for a "
                               "file name") from None
+        if on_folder is not None:
+            on_folder(folder)
     else:
         folder = resume_folder
         # the manifest marks the old report finished: from here until write_run writes a new one, the folder,
         # its config.toml rewritten below, is an unfinished run (analysis.seeds.aggregate_runs refuses it)
-        (folder / "manifest.json").unlink(missing_ok=True)
+        try:
+            (folder / "manifest.json").unlink(missing_ok=True)
+        except OSError as error:  # a folder it may not write in
+            raise WriteFailed(stopped(write_failure("manifest.json", error, "removing"), folder, resumed, False,
+                                      f"{resume_option(folder)} continues the run")) from error
     created = resume_folder is None
     saved = resumed  # the loop's state as last checkpointed (None: nothing measured yet)
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
@@ -735,7 +735,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                                                tuple(user_warnings(raised, heard_before))))
         except (OSError, MemoryError) as error:  # a full disk ...: the last checkpoint written holds the run
             raise WriteFailed(stopped(write_failure("the checkpoint", error), folder, saved, created,
-                                      f"--resume {str(folder)!r} continues the run")) from error
+                                      f"{resume_option(folder)} continues the run")) from error
         saved = replace(result, records=list(result.records), pending=list(result.pending))  # as written
 
     try:  # from the folder on: a Ctrl-C or a failure before the loop began goes as one in it does
@@ -749,7 +749,7 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                 write_whole(folder / "config.toml", config_module.dumps(config).encode("utf-8"))
             except (OSError, MemoryError) as error:  # a full disk ...
                 raise WriteFailed(stopped(write_failure("config.toml", error), folder, resumed, created,
-                                          f"--resume {str(folder)!r} continues the run")) from error
+                                          f"{resume_option(folder)} continues the run")) from error
             with warnings.catch_warnings():  # the slow valuation has been warned of, in the config's words
                 warnings.simplefilter("ignore", SlowValuationWarning)
                 loop = ClosedLoop(
@@ -791,10 +791,10 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
                                         "population_csv_sha256": csv_digest}, raised=said)
     except KeyboardInterrupt:  # every iteration is checkpointed: a resume only writes the report
         raise Interrupted(stopped("interrupted while writing the report", folder, result, created,
-                                  f"--resume {str(folder)!r} writes their report")) from None
+                                  f"{resume_option(folder)} writes their report")) from None
     except (OSError, MemoryError) as error:  # a full disk, a file it cannot write ...: the checkpoint holds them
         raise WriteFailed(stopped(write_failure("the report", error), folder, result, created,
-                                  f"--resume {str(folder)!r} writes their report")) from error
+                                  f"{resume_option(folder)} writes their report")) from error
     try:
         for warning in suspect if warn else ():
             print(f"warning: {warning}", file=sys.stderr)
@@ -829,9 +829,16 @@ class WriteFailed(Exception):
     cause) and how to go on from the checkpoint."""
 
 
-def write_failure(what: str, error: BaseException) -> str:
-    """A WriteFailed's reason: writing ``what`` failed, with the error's type and its text on one line."""
-    return f"writing {what} failed ({type(error).__name__}: {' '.join(str(error).split())})"
+def resume_option(folder: Path) -> str:
+    """The --resume option that continues the run in ``folder``, quoted for a POSIX shell:
+    a path with a space, a quote or a $ pastes as it is (a Python repr did not)."""
+    return f"--resume {shlex.quote(str(folder))}"
+
+
+def write_failure(what: str, error: BaseException, doing: str = "writing") -> str:
+    """A WriteFailed's reason: ``doing`` (writing, removing) ``what`` failed, with the error's
+    type and its text on one line."""
+    return f"{doing} {what} failed ({type(error).__name__}: {' '.join(str(error).split())})"
 
 
 #: what stops a run, or the seeds of a --seeds run, with one line (:func:`main`)
@@ -888,13 +895,13 @@ def cut_short(reason: str, folder: Path, saved: LoopResult | None, created: bool
     report of its finished iterations can be written (a resume at that number of
     iterations; with none, a folder this invocation created is removed, :func:`stopped`)."""
     finished = 0 if saved is None else saved.n_iterations
-    advice = f"--resume {str(folder)!r} --set loop.max_iterations={finished} writes their report"
+    advice = f"{resume_option(folder)} --set loop.max_iterations={finished} writes their report"
     return ConfigError(stopped(reason, folder, saved, created, advice, finished_only=True))
 
 
 def interrupted(folder: Path, saved: LoopResult | None, created: bool) -> Interrupted:
     """The message for a run stopped by the user after the checkpoint ``saved``."""
-    return Interrupted(stopped("interrupted", folder, saved, created, f"--resume {str(folder)!r} continues the run"))
+    return Interrupted(stopped("interrupted", folder, saved, created, f"{resume_option(folder)} continues the run"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -996,16 +1003,19 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     seed is handed to the pool only when a process is free for it, so the first seed that
     fails (refused at its start, training diverged, its report failed) or a Ctrl-C stops
     the seeds not yet started; the running ones finish, or on Ctrl-C stop at their last
-    checkpoint. Then one error names what stopped, the seeds finished and how to resume
-    the stopped ones: a ConfigError where a seed raised one, else a WriteFailed where one
-    did, else Interrupted."""
+    checkpoint. A worker that ends abruptly (killed by a signal, or by the out-of-memory
+    killer) ends the pool, and with it every seed running. Then one error names what
+    stopped, the seeds finished and how to resume the stopped ones: a ConfigError where a
+    seed raised one, else a WriteFailed where one did, else a WorkerDied where a worker
+    ended, else Interrupted."""
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
     waiting = iter(configs.items())
     running, settled = {}, {}  # {future: seed}, {seed: its future, done}
     stopping = cut_short = False
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupts,
-                               mp_context=multiprocessing.get_context("spawn"))
+    spawn = multiprocessing.get_context("spawn")
+    made = spawn.SimpleQueue()  # (seed, run folder) from each worker as it makes its folder: a put is written at once
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(made,), mp_context=spawn)
     try:
         while True:
             while not stopping and len(running) < workers:  # at most one seed a process: none queued
@@ -1022,42 +1032,80 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                 if error is None:
                     if not quiet:
                         print(f"seed {seed}: {future.result()}", flush=True)
-                elif isinstance(error, STOPS):  # no further seed starts
+                elif isinstance(error, (*STOPS, BrokenProcessPool)):  # no further seed starts
                     stopping = True
                 else:
                     raise error  # a defect, not a user's mistake: its traceback
-    except KeyboardInterrupt:  # the running workers got the signal too, and stop at their last checkpoint
+    except KeyboardInterrupt:  # the running workers got Ctrl-C too, and stop at their last checkpoint
         cut_short = True
+        if TERMINATED.is_set():  # a SIGTERM reached this process alone: passed on as the Ctrl-C they handle
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGINT)
     finally:
         _shut_down(pool)
     settled.update({seed: future for future, seed in running.items() if future.done() and not future.cancelled()})
     folders = {seed: future.result() for seed, future in settled.items() if future.exception() is None}
     stops = {seed: future.exception() for seed, future in settled.items() if isinstance(future.exception(), STOPS)}
+    made_by = {}
+    while not made.empty():
+        seed, folder = made.get()
+        made_by[seed] = folder
+    made.close()
+    stops.update({seed: worker_died(seed, made_by.get(seed)) for seed, future in settled.items()
+                  if isinstance(future.exception(), BrokenProcessPool)})
     if stops or cut_short:
         finished = ", ".join(f"{folders[seed]} (seed {seed})" for seed in sorted(folders)) or "none"
         said = "".join(f"seed {seed}: {stops[seed]}; " for seed in sorted(stops))
-        kinds = [kind for kind in (ConfigError, WriteFailed) if any(isinstance(s, kind) for s in stops.values())]
+        kinds = [kind for kind in (ConfigError, WriteFailed, WorkerDied) if any(isinstance(s, kind)
+                                                                                for s in stops.values())]
         kind = kinds[0] if kinds else Interrupted
         raise kind(f"{'interrupted; ' if cut_short else ''}{said}the seeds finished: {finished}")
     return [folders[seed] for seed in configs]
 
 
 def _shut_down(pool: ProcessPoolExecutor) -> None:
-    """Wait for ``pool``'s running seeds to end, then close it. A further Ctrl-C meanwhile
-    is ignored here (it used to break the wait with a traceback and leak the pool's
-    semaphores): the workers get it too, and a running seed stops at its last checkpoint."""
-    previous = None
+    """Wait for ``pool``'s running seeds to end, then close it. A further Ctrl-C or SIGTERM
+    meanwhile is ignored here (it used to break the wait with a traceback and leak the
+    pool's semaphores): the workers get it too, and a running seed stops at its last
+    checkpoint."""
+    previous = {}
     if threading.current_thread() is threading.main_thread():  # the only thread that may set a handler
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in (signal.SIGINT, signal.SIGTERM)}
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
-def _ignore_interrupts() -> None:
-    """A worker of :func:`run_in_processes` ignores Ctrl-C while idle (so that the pool stays whole)."""
+class WorkerDied(Exception):
+    """A --jobs worker process ended abruptly, killed by a signal or the out-of-memory killer;
+    the message says what its seed's checkpoint keeps."""
+
+
+def worker_died(seed: int, folder: str | None) -> WorkerDied:
+    """The WorkerDied of ``seed``, whose run folder (None: none made yet) keeps its last
+    checkpoint, if it wrote one (else the folder, holding nothing of use, is removed)."""
+    reason = ("stopped: a worker process ended abruptly (killed by a signal, or out of memory: fewer --jobs use "
+              "less), which ends every seed the pool runs")
+    if folder is None:
+        return WorkerDied(reason)
+    folder = Path(folder)
+    try:
+        saved = load_checkpoint(folder).result
+    except ConfigError:  # none written yet
+        saved = None
+    return WorkerDied(stopped(reason, folder, saved, True, f"{resume_option(folder)} continues the run"))
+
+
+_FOLDERS = None  # in a worker of run_in_processes: the queue its seeds' run folders are put on
+
+
+def _start_worker(folders) -> None:
+    """A worker of :func:`run_in_processes` ignores Ctrl-C while idle (so that the pool stays
+    whole) and tells its parent, on ``folders``, where each seed's run folder is."""
+    global _FOLDERS
+    _FOLDERS = folders
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -1074,15 +1122,55 @@ def _run_seed(config: dict, blas_threads: int) -> Path:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with threadpool_limits(limits=blas_threads), contextlib.redirect_stderr(said):
-            return run(config, quiet=True, warn=False)
+            seed = config["experiment"]["seed"]
+            return run(config, quiet=True, warn=False, on_folder=lambda folder: _FOLDERS.put((seed, str(folder))))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for line in said.getvalue().splitlines():
             print(f"seed {config['experiment']['seed']}: {line}", file=sys.stderr, flush=True)
 
 
+#: set while a SIGTERM is being handled as Ctrl-C (:func:`sigterm_as_interrupt`): run_in_processes then
+#: passes the interrupt on to its workers, which, unlike those of a Ctrl-C at a terminal, got no signal
+TERMINATED = threading.Event()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside, SIGTERM (``kill``'s default, a scheduler's stop) stops the run as Ctrl-C does:
+    at its last checkpoint, with the same message and --resume command, and no folder of
+    nothing left behind (it ended the process at once, leaving a folder that --resume
+    refused, and with --jobs orphaned workers that never exited). Outside the main thread,
+    the only one that may set a handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        TERMINATED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        TERMINATED.clear()
+
+
+def interrupted_status() -> int:
+    """The shell's exit status for a run stopped by SIGINT (130), or by SIGTERM (143)."""
+    return 128 + (signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with sigterm_as_interrupt():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """:func:`main` for parsed arguments: the run, or one line and the exit status for what stops it."""
     try:
         if args.resume is not None:
             if not (args.resume / "config.toml").is_file():
@@ -1112,11 +1200,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Interrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
-        return 130  # the shell's status for a run stopped by SIGINT
+        return interrupted_status()
     except KeyboardInterrupt:  # before the loop's own handler: loading the data, building the model ...
         print("\ninterrupted before the closed loop began: nothing was trained", file=sys.stderr)
-        return 130
-    except WriteFailed as error:
+        return interrupted_status()
+    except (WriteFailed, WorkerDied) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

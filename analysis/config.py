@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -529,14 +530,20 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"config={str(path)!r}: a folder; allowed is a TOML config file" + (
-                f" (this run folder's is {str(path / 'config.toml')!r}; --resume {str(path)!r} continues its run)"
-                if (path / "config.toml").is_file() else ""))
-        if not path.is_file():
-            raise ConfigError(f"config={str(path)!r}: no such file; allowed is a TOML config file")
+        try:  # a pipe (a shell's <(...)) is read as a file is
+            if path.is_dir():
+                raise ConfigError(f"config={str(path)!r}: a folder; allowed is a TOML config file" + (
+                    f" (this run folder's is {str(path / 'config.toml')!r}; --resume {shlex.quote(str(path))} "
+                    "continues its run)" if (path / "config.toml").is_file() else ""))
+            if not path.exists():
+                raise ConfigError(f"config={str(path)!r}: " + ("a symbolic link to no file (a missing one, or a loop)"
+                                  if path.is_symlink() else "no such file") + "; allowed is a TOML config file")
+            text = path.read_bytes()
+        except OSError as error:  # permission denied, on the file or a folder above it
+            raise ConfigError(f"config={str(path)!r}: cannot be read ({error.strerror or error}); allowed is a "
+                              "readable TOML config file") from None
         try:
-            raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # the byte-order mark some editors write
+            raw = tomllib.loads(text.decode("utf-8-sig"))  # the byte-order mark some editors write
         except UnicodeDecodeError as error:
             raise ConfigError(f"config={str(path)!r}: not valid TOML, which is UTF-8 ({error})") from None
         except tomllib.TOMLDecodeError as error:

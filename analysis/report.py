@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import platform
 import subprocess
@@ -156,16 +157,31 @@ def write_manifest(folder: Path, config: dict, timings: dict[str, float], device
         **(extra or {}),
     }
     path = folder / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    write_whole(path, json.dumps(manifest, indent=2).encode("utf-8"))
     return path
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, through ``path.partial`` renamed over it: a
+    full disk or a Ctrl-C leaves the file as it was (or absent), with no half file beside
+    it (a full disk left metrics.csv cut short, and manifest.json empty)."""
+    partial = path.with_name(f"{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
-    """``rows`` as a CSV file; ``fieldnames`` (default: the first row's keys) lets it be empty."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """``rows`` as a CSV file, written whole (:func:`write_whole`); ``fieldnames`` (default:
+    the first row's keys) lets it be empty."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames or list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_whole(path, text.getvalue().encode("utf-8"))
     return path
 
 
@@ -354,7 +370,7 @@ first); in the last iteration {", ".join(f"{html.escape(n)} &gamma; = {r.accurac
 <h2>Per agent (last iteration)</h2>{html_table(agents)}
 </body></html>"""
     path = folder / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_whole(path, page.encode("utf-8"))
     return path
 
 
@@ -620,7 +636,7 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     one raised KeyError, and the defaults wrote another run's settings into the report)."""
     check_resolved(config, result)
     (folder / "manifest.json").unlink(missing_ok=True)
-    (folder / "config.toml").write_text(config_module.dumps(config), encoding="utf-8")
+    write_whole(folder / "config.toml", config_module.dumps(config).encode("utf-8"))
     write_csv(folder / "metrics.csv", list(result.long_rows()))
     write_csv(folder / "learning_curve.csv", learning_curve_rows(result))
     try:

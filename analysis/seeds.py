@@ -31,6 +31,7 @@ import csv
 import html
 import json
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,7 +40,7 @@ from scipy import special
 
 from analysis import config as config_module
 from analysis import plots
-from analysis.report import HEADLINE, STYLE, headline_text, html_table, make_run_folder, write_csv
+from analysis.report import HEADLINE, STYLE, headline_text, html_table, make_run_folder, write_csv, write_whole
 
 #: keys in which the seeds' configs may differ: the seed, where the run folder went, and
 #: where and how the run executed (``analysis.config.EXECUTION_KEYS``)
@@ -51,6 +52,7 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     """Write the seeds folder of the run ``folders`` (see the module docstring) under
     ``output_dir`` (default: the runs' own ``experiment.output_dir``); return it and its
     summary.csv's numbers, {(mechanism, metric): {"n", "mean", "std", "ci95", "min", "max"}}.
+    A failure while it writes (a full disk, Ctrl-C) removes the seeds folder it made.
 
     ValueError, naming the folder and the key, unless the folders hold finished runs (a
     manifest.json and summary.csv each; a run, or a --resume of it, that has not finished
@@ -79,18 +81,23 @@ def aggregate_runs(folders: list[str | Path], output_dir: str | Path | None = No
     first = configs[0]["experiment"]
     out = make_run_folder(first["output_dir"] if output_dir is None else output_dir,
                           first["name"] + config_module.SEEDS_SUFFIX)
-    values = {(name, key): np.array([summary[name][key] for summary in summaries])
-              for name in mechanisms for key in metrics}
-    write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
-                                  for seed, summary in zip(seeds, summaries)
-                                  for name in mechanisms for key in metrics])
-    spread = {(name, key): _spread(values[name, key]) for name in mechanisms for key in metrics}
-    write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **row} for (name, key), row in spread.items()])
-    write_csv(out / "warnings.csv", [{"seed": seed, "run": folder.name, "warning": warning}
-                                     for seed, folder, said in zip(seeds, folders, warnings) for warning in said],
-              fieldnames=["seed", "run", "warning"])
-    plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
-    _write_report(out, first["name"], seeds, folders, mechanisms, values, warnings)
+    try:  # a failure (a full disk, Ctrl-C) leaves no seeds folder holding part of its files
+        values = {(name, key): np.array([summary[name][key] for summary in summaries])
+                  for name in mechanisms for key in metrics}
+        write_csv(out / "seeds.csv", [{"seed": seed, "mechanism": name, "metric": key, "value": summary[name][key]}
+                                      for seed, summary in zip(seeds, summaries)
+                                      for name in mechanisms for key in metrics])
+        spread = {(name, key): _spread(values[name, key]) for name in mechanisms for key in metrics}
+        write_csv(out / "summary.csv", [{"mechanism": name, "metric": key, **row}
+                                        for (name, key), row in spread.items()])
+        write_csv(out / "warnings.csv", [{"seed": seed, "run": folder.name, "warning": warning}
+                                         for seed, folder, said in zip(seeds, folders, warnings) for warning in said],
+                  fieldnames=["seed", "run", "warning"])
+        plots.seed_spread(values, mechanisms, out / "figures" / "seed_spread.png")
+        _write_report(out, first["name"], seeds, folders, mechanisms, values, warnings)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return out, spread
 
 
@@ -263,4 +270,4 @@ interval excludes 0 outlasts a change of seed.</p>
 {f"<h2>Realised welfare minus {html.escape(reference)}'s, seed by seed</h2>{html_table(paired)}" if paired else ""}
 <h2>Seeds</h2><ul>{links}</ul>
 </body></html>"""
-    (out / "report.html").write_text(page, encoding="utf-8")
+    write_whole(out / "report.html", page.encode("utf-8"))

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_
     (folder / "report.html").unlink()
     saved = run_experiment.load_checkpoint(folder).result
     error = run_experiment.diverged(TrainingDiverged("lr=0.05: local training ... diverged"), folder, saved, True)
-    advice = f"--resume {str(folder)!r} --set loop.max_iterations=1 writes their report"
+    advice = f"--resume {shlex.quote(str(folder))} --set loop.max_iterations=1 writes their report"
     kept = "the 1 finished loop iteration(s) are kept"
     assert str(error) == f"training.lr=0.05: local training ... diverged; {kept}: {advice}"
     assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=1"]) == 0
@@ -313,7 +314,7 @@ def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path,
     stop_at[:] = [2, 4]  # two mechanisms: iteration 0's second training, then (resumed) iteration 1's first
     assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'"]) == 130
     (folder,) = tmp_path.iterdir()
-    advice = f"--resume {str(folder)!r} continues the run"
+    advice = f"--resume {shlex.quote(str(folder))} continues the run"
     assert capsys.readouterr().err == (f"\ninterrupted; the pilot curve and iteration 0's training of standard "
                                        f"are kept: {advice}\n")
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 130
@@ -538,7 +539,7 @@ def test_a_run_folder_given_as_the_config_names_its_config_and_resume(run_folder
     assert run_experiment.main([str(run_folder)]) == 2
     assert capsys.readouterr().err == (f"error: config={str(run_folder)!r}: a folder; allowed is a TOML config file "
                                        f"(this run folder's is {str(run_folder / 'config.toml')!r}; --resume "
-                                       f"{str(run_folder)!r} continues its run)\n")
+                                       f"{shlex.quote(str(run_folder))} continues its run)\n")
 
 
 def test_a_loop_stopped_before_its_contributions_settle_says_so(tmp_path, capsys):
@@ -836,7 +837,7 @@ def test_ctrl_c_while_the_report_is_written_says_how_to_write_it(tmp_path, capsy
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 130
     (folder,) = tmp_path.iterdir()
     assert capsys.readouterr().err == ("\ninterrupted while writing the report; the 1 finished loop iteration(s) are "
-                                       f"kept: --resume {str(folder)!r} writes their report\n")
+                                       f"kept: --resume {shlex.quote(str(folder))} writes their report\n")
     assert not (folder / "report.html").exists()
     monkeypatch.undo()
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
@@ -897,7 +898,7 @@ def test_ctrl_c_as_a_resumed_loop_is_built_says_how_to_resume(tmp_path, capsys, 
     capsys.readouterr()  # the first run's warning of its single iteration
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 130
     assert capsys.readouterr().err == (f"\ninterrupted; the 1 finished loop iteration(s) are kept: --resume "
-                                       f"{str(folder)!r} continues the run\n")
+                                       f"{shlex.quote(str(folder))} continues the run\n")
     assert not (folder / "manifest.json").exists()
     fresh = tmp_path / "fresh"
     monkeypatch.undo()
@@ -1142,7 +1143,8 @@ def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp
     assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 1
     (folder,) = tmp_path.iterdir()
-    advice = f"the 1 finished loop iteration(s) are kept: --resume {str(folder)!r} writes their report"
+    advice = (f"the 1 finished loop iteration(s) are kept: --resume {shlex.quote(str(folder))} writes their "
+              "report")
     assert capsys.readouterr().err == (f"error: writing the report failed (OSError: [Errno 28] No space left on "
                                        f"device); {advice}\n")
     assert {"metrics.csv", "learning_curve.csv", "checkpoint.pkl"} <= {p.name for p in folder.iterdir()}
@@ -1164,6 +1166,70 @@ def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp
     assert (folder / "metrics.csv").is_file() and (folder / "checkpoint.pkl").is_file()
 
 
+def fill_the_disk(monkeypatch, when) -> None:
+    """Path.write_bytes writes half its bytes and raises ENOSPC for the first path that
+    ``when(path)`` holds for, as a disk that fills then does; other paths it writes whole."""
+    whole, filled = Path.write_bytes, []
+
+    def filling(path, data):
+        if not filled and when(path):
+            filled.append(path)
+            whole(path, data[:len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return whole(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling)
+
+
+def test_a_disk_that_fills_as_the_report_is_written_leaves_no_file_cut_short(tmp_path, capsys, monkeypatch):
+    """The disk fills halfway through metrics.csv: the file was left cut short (and a
+    manifest.json, likewise, could be left empty). Every file of the report is now written
+    whole or not at all; the resume writes them."""
+    fill_the_disk(monkeypatch, lambda path: path.name == "metrics.csv.partial")
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 1
+    (folder,) = tmp_path.iterdir()
+    assert "error: writing the report failed (OSError: [Errno 28] No space left on device)" in capsys.readouterr().err
+    assert not (folder / "metrics.csv").exists() and not list(folder.glob("*.partial"))
+    monkeypatch.undo()
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "metrics.csv").read_text().startswith("iteration,mechanism,agent,quantity,value\n")
+
+
+def test_a_resume_that_may_not_write_in_its_folder_says_so_in_a_line_a_shell_can_paste(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Resuming a finished run in a folder it may not write in (a PermissionError, raised here
+    when the finished run's manifest is removed, as a read-only folder raises it) gave a
+    traceback; now one line names the error and the --resume command. That command is
+    quoted for the shell: a folder named "q's $HOME" was printed as a Python string, which
+    a shell pasted as another path ($HOME expanded)."""
+    from pathlib import Path
+
+    output = tmp_path / "q's $HOME"
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
+                                f"--set=experiment.output_dir={str(output)!r}"]) == 0
+    (folder,) = output.iterdir()
+    plain = Path.unlink
+
+    def refused(path, missing_ok=False):
+        if path.name == "manifest.json":
+            raise PermissionError(13, "Permission denied")
+        return plain(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    capsys.readouterr()
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: removing manifest.json failed (PermissionError: [Errno 13] Permission denied); the 1 "
+                   f"finished loop iteration(s) are kept: --resume {shlex.quote(str(folder))} continues the run\n")
+    pasted = subprocess.run(["bash", "-c", "printf %s " + err.split("--resume ")[1].split(" continues")[0]],
+                            capture_output=True, text=True, check=True).stdout
+    assert pasted == str(folder)
+    assert (folder / "manifest.json").is_file()  # nothing on disk changed
+
+
 def test_a_disk_that_fills_during_the_loop_keeps_the_last_checkpoint_and_says_how_to_continue(tmp_path, capsys,
                                                                                                monkeypatch):
     """A full disk while a checkpoint was written: a traceback (exit 1) and checkpoint.pkl.partial
@@ -1171,26 +1237,20 @@ def test_a_disk_that_fills_during_the_loop_keeps_the_last_checkpoint_and_says_ho
     line names the error and the --resume command, no half file is left, and the resume
     finishes the run; before any checkpoint (config.toml), nothing is left behind. The disk
     fills here after half of the second checkpoint's bytes (the first holds the pilot)."""
-    from pathlib import Path
+    written = []
 
-    whole, written = Path.write_bytes, []
+    def third_file(path) -> bool:  # config.toml, the pilot's checkpoint, then the first training's
+        written.extend([path.name] if path.name.endswith(".partial") else [])
+        return len(written) == 3 and path.name.endswith(".partial")
 
-    def filling(path, data):
-        if path.name.endswith(".partial"):
-            written.append(path.name)
-            if len(written) == 3:  # config.toml, the pilot's checkpoint, then the first training's
-                whole(path, data[:len(data) // 2])
-                raise OSError(28, "No space left on device")
-        return whole(path, data)
-
-    monkeypatch.setattr(Path, "write_bytes", filling)
+    fill_the_disk(monkeypatch, third_file)
     settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
     assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 1
     (folder,) = tmp_path.iterdir()
     assert capsys.readouterr().err == (f"error: writing the checkpoint failed (OSError: [Errno 28] No space left on "
-                                       f"device); the pilot curve is kept: --resume {str(folder)!r} continues the "
-                                       "run\n")
+                                       f"device); the pilot curve is kept: --resume {shlex.quote(str(folder))} "
+                                       "continues the run\n")
     assert {p.name for p in folder.iterdir()} >= {"checkpoint.pkl", "config.toml"}
     assert not any(p.name.endswith(".partial") for p in folder.iterdir())
     monkeypatch.undo()

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import tomllib
 
 import pytest
@@ -150,13 +151,45 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError) as error:
         config_module.load(tmp_path)
     assert str(error.value) == (f"config={str(tmp_path)!r}: a folder; allowed is a TOML config file (this run "
-                                f"folder's is {str(tmp_path / 'config.toml')!r}; --resume {str(tmp_path)!r} "
+                                f"folder's is {str(tmp_path / 'config.toml')!r}; --resume {shlex.quote(str(tmp_path))} "
                                 "continues its run)")
     broken = tmp_path / "broken.toml"
     broken.write_text("[training\nrounds = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config_module.load(broken)
 
+
+
+def test_config_files_that_are_not_plain_files(tmp_path):
+    """A file that exists but cannot be read gave a traceback (an unreadable one,
+    PermissionError) or "no such file" (a socket); a symbolic link loop was "no such file";
+    a pipe, as a shell's <(...) gives, was "no such file" and is now read."""
+    import os
+    import socket
+    import threading
+
+    sock = tmp_path / "socket.toml"  # open() refuses a socket, for root too (ENXIO)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock))
+        with pytest.raises(ConfigError) as error:
+            config_module.load(sock)
+    assert str(error.value) == (f"config={str(sock)!r}: cannot be read (No such device or address); allowed is a "
+                                "readable TOML config file")
+    (tmp_path / "a.toml").symlink_to(tmp_path / "b.toml")
+    (tmp_path / "b.toml").symlink_to(tmp_path / "a.toml")
+    for link in (tmp_path / "a.toml", tmp_path / "nowhere.toml"):
+        if link.name == "nowhere.toml":
+            link.symlink_to(tmp_path / "absent.toml")
+        with pytest.raises(ConfigError) as error:
+            config_module.load(link)
+        assert str(error.value) == (f"config={str(link)!r}: a symbolic link to no file (a missing one, or a loop); "
+                                    "allowed is a TOML config file")
+    pipe = tmp_path / "pipe.toml"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=("[training]\nrounds = 7\n",))
+    writer.start()
+    assert config_module.load(pipe)["training"]["rounds"] == 7
+    writer.join()
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
     resolved = config_module.load(ROOT / "configs" / "default.toml", ["experiment.seed=5"])

@@ -5,6 +5,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -218,10 +219,9 @@ def finished_one(checkpoint: Path) -> bool:
     return run_experiment.load_checkpoint(checkpoint.parent).result.n_iterations >= 1
 
 
-def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_path):
-    """A real SIGINT to the command's process group, as a terminal's Ctrl-C sends it, once
-    both seeds have checkpointed their first iteration: exit 130, each seed's folder kept
-    with how to resume it."""
+def two_seeds_checkpointed(tmp_path: Path) -> subprocess.Popen:
+    """The command running seeds 0 and 1 in two processes, in a session of its own, once both
+    seeds have checkpointed their first iteration (of 3 that would take minutes)."""
     settings = [f"--set={o}" for o in FAST if not o.startswith(("loop.", "training.rounds"))]
     command = [sys.executable, "run_experiment.py", "--quiet", *settings, "--set=training.rounds=300",
                "--set=loop.max_iterations=3", "--set=loop.tolerance=1e-9",
@@ -232,20 +232,75 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     while sum(finished_one(c) for c in tmp_path.glob("*/checkpoint.pkl")) < 2 and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoints within 300 s"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    err = process.communicate(timeout=300)[1]
-    assert process.returncode == 130, err
+    return process
+
+
+def stopped_seeds(tmp_path: Path, reason: str) -> str:
+    """What the command says of seeds 0 and 1, each stopped for ``reason`` with its folder
+    in ``tmp_path`` kept, at least one loop iteration checkpointed and fewer than 3 (one seed
+    may go on training before the other's first finished iteration)."""
     folders = sorted(tmp_path.iterdir())
     assert len(folders) == 2 and all((f / "checkpoint.pkl").is_file() for f in folders)
     seeds = {config_module.load(f / "config.toml")["experiment"]["seed"]: f for f in folders}
-    # one seed may go on training before the other's first finished iteration: each
-    # reports what its own checkpoint holds (at least 1 iteration, fewer than max_iterations = 3)
     saved = {s: run_experiment.load_checkpoint(seeds[s]).result for s in (0, 1)}
     assert all(1 <= state.n_iterations < 3 for state in saved.values())
-    assert err == ("\ninterrupted; "
-                   + "".join(f"seed {s}: interrupted; {run_experiment.kept(saved[s])}: "
-                             f"--resume {str(seeds[s])!r} continues the run; " for s in (0, 1))
-                   + "the seeds finished: none\n")
+    return "".join(f"seed {s}: {reason}; {run_experiment.kept(saved[s])}: --resume {shlex.quote(str(seeds[s]))} "
+                   "continues the run; " for s in (0, 1)) + "the seeds finished: none\n"
+
+
+def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_path):
+    """A real SIGINT to the command's process group, as a terminal's Ctrl-C sends it, once
+    both seeds have checkpointed their first iteration: exit 130, each seed's folder kept
+    with how to resume it."""
+    process = two_seeds_checkpointed(tmp_path)
+    os.killpg(process.pid, signal.SIGINT)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 130, err
+    assert err == "\ninterrupted; " + stopped_seeds(tmp_path, "interrupted")
+
+
+def test_sigterm_stops_seeds_running_in_processes_as_ctrl_c_does(tmp_path):
+    """A real SIGTERM to the command alone (kill's default, a scheduler's stop), not to its
+    workers: it ended the command at once, silently, and the orphaned workers never exited.
+    Now the workers are told to stop, and the command exits 143 as Ctrl-C does, with each
+    seed's folder kept and how to resume it, and no process of its session left."""
+    process = two_seeds_checkpointed(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 143, err
+    assert err == "\ninterrupted; " + stopped_seeds(tmp_path, "interrupted")
+    deadline = time.monotonic() + 30
+    while True:  # the workers, and the pool's resource tracker, end with the command
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the command's session outlived it by 30 s"
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_stops_the_seeds_with_one_line_naming_their_checkpoints(tmp_path):
+    """One worker killed (SIGKILL, as the out-of-memory killer sends it) ends the pool and every
+    seed it runs: the command printed a BrokenProcessPool traceback naming no seed or folder.
+    Now one error line (exit 1) says what happened and how to resume each seed."""
+    process = two_seeds_checkpointed(tmp_path)
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and children_of(process.pid, p)]
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 1, err
+    reason = ("stopped: a worker process ended abruptly (killed by a signal, or out of memory: fewer --jobs use less), "
+              "which ends every seed the pool runs")
+    assert "error: " + stopped_seeds(tmp_path, reason) in err.splitlines(keepends=True), err
+
+
+def children_of(parent: int, process: Path) -> bool:
+    """Whether the process of /proc entry ``process`` is a --jobs worker of ``parent``."""
+    try:
+        ppid = int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        return ppid == parent and b"spawn_main" in (process / "cmdline").read_bytes()
+    except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+        return False
 
 
 @pytest.mark.parametrize("arguments, fragment", [
@@ -366,7 +421,9 @@ def test_seeds_resumed_with_different_iteration_limits_are_told_to_agree(three_s
 
 def test_a_seeds_report_that_fails_names_the_seeds_run_folders(tmp_path, capsys, monkeypatch):
     """A failure while the seeds folder was written (its figure, here) was a traceback after
-    every seed had run; now it is one line, exit status 1, naming the seeds' folders."""
+    every seed had run; now it is one line, exit status 1, naming the seeds' folders. The
+    seeds folder it began (its CSVs written, no report) is removed: it was left, unnamed,
+    and aggregating again made a second one."""
     from analysis import plots
 
     def failing(*args, **kwargs):
@@ -377,6 +434,7 @@ def test_a_seeds_report_that_fails_names_the_seeds_run_folders(tmp_path, capsys,
     runs = sorted((p for p in tmp_path.iterdir() if "-seeds-" not in p.name),
                   key=lambda p: config_module.load(p / "config.toml")["experiment"]["seed"])
     assert len(runs) == 2 and all((run / "report.html").is_file() for run in runs)
+    assert len(list(tmp_path.iterdir())) == 2  # no seeds folder
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: writing the seeds report failed (OSError: [Errno 28] No space left on device); the seeds finished: "
         f"{runs[0]}, {runs[1]}: analysis.seeds.aggregate_runs of them writes it")
