@@ -14,9 +14,9 @@ of the real batch and padding adds nothing to the gradient. A client that has ta
 all its steps while others go on gets lr_{s,c} = 0, which leaves it unchanged. So a
 step from the same parameters gives the serial executor's numbers up to float rounding,
 whatever the chunking. Over many steps and rounds the rounding can grow where the model
-is not smooth: a max pooling window (or a ReLU) whose inputs nearly tie may route the
+is not smooth: a ReLU (or a max pooling window) whose inputs nearly tie may route the
 gradient differently in the two executors, so trained models agree closely, not to
-float rounding (see ``fl.executors``).
+float rounding (see ``fl.executors`` for figures).
 
 Two ways to compute dJ_c/dW_c, chosen per model:
 
