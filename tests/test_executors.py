@@ -115,6 +115,25 @@ def test_serial_training_from_the_templates_own_tensors_starts_every_client_from
         assert all(torch.equal(e.params[name], a.params[name]) for name in copy)
 
 
+def test_a_batch_norm_model_given_a_mini_batch_of_one_sample_names_the_client_and_batch_size():
+    """33 samples in batches of 16 end each pass with one sample, which BatchNorm1d in
+    training mode refuses: torch's error named neither the client nor the batch size. A
+    batch size leaving two over (15: 33 = 2 x 15 + 3) trains."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    subsets = {4: TRAIN.subset(np.arange(33))}
+    tasks = FedAvg(batch_size=16, lr=0.1).configure_round(0, subsets, child_seed(7, 1, 0))
+    with pytest.raises(ValueError, match=(
+            r"^batch_size=16: client 4 has 33 sample\(s\), so a pass over them ends in a mini-batch of one sample, "
+            r"which a batch norm layer in training mode cannot normalise \(Expected more than 1 value per channel "
+            r"when training, got input size torch.Size\(\[1, 8\]\)\); allowed is a batch size that does not leave "
+            r"one sample over \(n mod batch_size != 1\)")):
+        SerialExecutor().run(model, FedAvg(), get_params(model), tasks)
+    tasks = FedAvg(batch_size=15, lr=0.1).configure_round(0, subsets, child_seed(7, 1, 0))
+    (result,) = SerialExecutor().run(model, FedAvg(), get_params(model), tasks)
+    assert result.steps == 3 and np.isfinite(result.train_loss)
+
+
 class UnusedHead(torch.nn.Module):
     """A classifier with a second head its forward never reads (e.g. an auxiliary one)."""
 

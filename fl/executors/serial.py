@@ -54,7 +54,7 @@ class SerialExecutor(Executor):
             with _seeded_generators(task.seed, device):
                 for batch in task.batches():
                     index = torch.from_numpy(batch).to(device)
-                    loss = F.cross_entropy(model(x[index]), y[index])
+                    loss = F.cross_entropy(_forward(model, x[index], task), y[index])
                     objective = strategy.local_objective(loss, trainable, global_params, task.state)
                     grads = torch.autograd.grad(objective, weights, allow_unused=True)
                     with torch.no_grad():
@@ -73,6 +73,23 @@ class SerialExecutor(Executor):
                 )
             )
         return results
+
+
+def _forward(model: nn.Module, x: torch.Tensor, task: ClientTask) -> torch.Tensor:
+    """``model(x)`` on a mini-batch of ``task``; a ValueError naming the client, its samples
+    and the batch size where a batch norm layer in training mode refuses a mini-batch of one
+    sample (torch's own message named none of them)."""
+    try:
+        return model(x)
+    except ValueError as error:
+        if len(x) != 1 or "more than 1 value per channel" not in str(error):
+            raise
+        n, size = len(task.data), task.batch_size
+        raise ValueError(f"batch_size={size}: client {task.client_id} has {n} sample(s), so a pass over them ends in "
+                         "a mini-batch of one sample, which a batch norm layer in training mode cannot normalise "
+                         f"({error}); allowed is a batch size that does not leave one sample over (n mod "
+                         "batch_size != 1), a client of more samples, or a model whose batch norm sees more than "
+                         "one value per channel") from None
 
 
 def _shares_memory(params: Params, state: dict[str, torch.Tensor]) -> bool:
