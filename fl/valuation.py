@@ -350,7 +350,8 @@ def train_with_valuation(
     that replaces ``FedAvg.aggregate`` (a server optimiser, SCAFFOLD, IncFL's weights)
     is refused. ``validation`` is checked before training: an ArrayDataset with samples,
     of the training data's feature shape, input dtype and classes. Memory: every round's
-    client models are kept until the run is dropped.
+    client updates are kept (in its RoundValuation) until the run is dropped; each round's
+    client models are let go as its updates are taken (both were kept: twice the memory).
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: allowed is one of {', '.join(METRICS)}")
@@ -369,8 +370,8 @@ def train_with_valuation(
         )
     recording = _Recording(strategy)
     result = run_federated(model, train_subsets, recording, rounds, **run_options)
-    valuations = [
-        RoundValuation.from_results(result.model, start, results, validation, metric)
-        for start, results in recording.rounds
-    ]
+    valuations = []
+    while recording.rounds:  # first in, first valued: a round's client models go as its updates are made
+        start, results = recording.rounds.pop(0)
+        valuations.append(RoundValuation.from_results(result.model, start, results, validation, metric))
     return ValuationRun(result, valuations)

@@ -259,7 +259,8 @@ class Server(Node):
             self._close_synchronous_round()
 
     def _close_synchronous_round(self) -> None:
-        self.close_round([self._received[position] for position in sorted(self._received)])
+        received, self._received = self._received, {}  # a finished run kept the last round's client models
+        self.close_round([received[position] for position in sorted(received)])
         self.simulation.send(Kind.START, SERVER, SERVER)
 
 
