@@ -162,9 +162,13 @@ def served_accuracy(promised: np.ndarray, delivered: np.ndarray) -> dict[str, fl
     largest shortfall where negative); NaN when there are none. ``promised`` and
     ``delivered``: accuracies of one shape (a delivered 0.5 was paired with both of two
     agents' promises)."""
+    promised, delivered = (as_floats(key, accuracy, "accuracies in [0, 1]") for key, accuracy in
+                           (("promised", promised), ("delivered", delivered)))
     if np.shape(promised) != np.shape(delivered):
         raise ValueError(f"delivered (shape {np.shape(delivered)}): allowed is one accuracy per promised one, "
                          f"shape {np.shape(promised)}")
+    for key, accuracy in (("promised", promised), ("delivered", delivered)):
+        check_entries(key, accuracy, 0.0, 1.0)
     if not promised.size:
         return dict.fromkeys(("mean_promised_accuracy", "mean_delivered_accuracy", "promise_gap_mean_abs",
                               "promise_gap_worst"), float("nan"))

@@ -40,6 +40,17 @@ def check_positive(key: str, value) -> float:
     return float(value)
 
 
+def check_step(key: str, value) -> float:
+    """``value`` as a float; ValueError unless it is a finite number > 0 that float32, the
+    precision the models train in, holds (a step size of 1e308 passed, then torch could not
+    convert it)."""
+    step = check_positive(key, value)
+    if step > float(np.finfo(np.float32).max):
+        raise ValueError(f"{key}={value!r}: allowed is a finite number > 0 that float32, the models' precision, "
+                         f"holds (at most {float(np.finfo(np.float32).max):.4g})")
+    return step
+
+
 def check_nonnegative(key: str, value) -> float:
     """``value`` as a float; ValueError unless it is a finite number >= 0 (in float64)."""
     if not (_number(value) and 0 <= to_float(value) < np.inf):

@@ -163,13 +163,16 @@ def _reject(key: str, values: np.ndarray, bad: np.ndarray, allowed: str) -> None
         raise ValueError(f"{key}={first!r}: allowed is {allowed}")
 
 
-def _check_params(a_opt: float, k: float, alpha: float | None = None) -> None:
+def _check_params(a_opt: float, k: float, *alpha: float) -> None:
+    """ValueError naming the first of a_opt (in (0, 1]), k (> 0) and, where given, alpha
+    (> 0) out of its range (an alpha of None was taken for none given)."""
     if not (finite_number(a_opt) and 0 < a_opt <= 1):
         raise ValueError(f"a_opt={a_opt!r}: allowed is a number in (0, 1]")
     if not (finite_number(k) and k > 0):
         raise ValueError(f"k={k!r}: allowed is a number > 0")
-    if alpha is not None and not (finite_number(alpha) and alpha > 0):
-        raise ValueError(f"alpha={alpha!r}: allowed is a number > 0")
+    for exponent in alpha:
+        if not (finite_number(exponent) and exponent > 0):
+            raise ValueError(f"alpha={exponent!r}: allowed is a number > 0")
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,13 @@ class GeneralisationBound(_Parametric):
 
     def __post_init__(self) -> None:
         _check_params(self.a_opt, self.k)
+        try:  # k of 1e308 or 1e-320 made scipy's root finding fail on NaN at the first use
+            crossing = self.zero_crossing
+        except (ValueError, OverflowError, ZeroDivisionError, RuntimeError):
+            crossing = math.nan
+        if not (math.isfinite(crossing) and crossing > 0):
+            raise ValueError(f"k={self.k!r} with a_opt={self.a_opt!r}: allowed is a curve whose zero crossing is a "
+                             "finite number of samples > 0 in float64")
 
     def _s(self, m):
         return np.sqrt(2.0 * self.k * (2.0 + np.log(m / self.k)))

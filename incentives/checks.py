@@ -19,8 +19,15 @@ def bad(key: str, value, allowed: str) -> ValueError:
 
 
 def finite_number(value) -> bool:
-    """True for a finite real number (bools are not numbers here)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
+    """True for a finite real number (bools are not numbers here, nor complex numbers, nor
+    an integer beyond float64's range, which numpy could not take: np.isfinite raised a
+    TypeError on 10**30)."""
+    if isinstance(value, (bool, complex, np.complexfloating)) or not isinstance(value, (int, float, np.number)):
+        return False
+    try:
+        return bool(np.isfinite(float(value)))
+    except OverflowError:  # an int of more than 308 digits
+        return False
 
 
 def check_bool(key: str, value) -> None:
@@ -39,19 +46,27 @@ def check_number(key: str, value, least: float = 0.0, strict: bool = False, opti
         raise bad(key, value, allowed)
 
 
+def check_name(key: str, value) -> None:
+    """ValueError unless ``value`` is a non-empty string (a mechanism's name, which keys its
+    results and the report)."""
+    if not isinstance(value, str) or not value:
+        raise bad(key, value, "a non-empty string")
+
+
 def check_integer(key: str, value, least: int = 1) -> None:
     """ValueError unless ``value`` is an integer >= ``least`` (bools are not integers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
         raise bad(key, value, f"an integer >= {least}")
 
 
-def check_mechanism(key: str, value, method: str = "solve") -> None:
+def check_mechanism(key: str, value, method: str = "solve", named: bool = True) -> None:
     """ValueError unless ``value`` is a mechanism object, not its class (``StandardFL``
-    for ``StandardFL()``), with a str ``name`` and a callable ``method``."""
-    if isinstance(value, type) or not isinstance(getattr(value, "name", None), str) \
+    for ``StandardFL()``), with a callable ``method`` and, where ``named``, a str ``name``
+    (the equilibrium solvers play any rule with an allocate method, named or not)."""
+    if isinstance(value, type) or (named and not isinstance(getattr(value, "name", None), str)) \
             or not callable(getattr(value, method, None)):
-        raise bad(key, value, f"a mechanism object with a name and {'an' if method[0] in 'aeiou' else 'a'} "
-                  f"{method} method, e.g. StandardFL()")
+        raise bad(key, value, f"a mechanism object with {'a name and ' if named else ''}"
+                  f"{'an' if method[0] in 'aeiou' else 'a'} {method} method, e.g. StandardFL()")
 
 
 def check_agent(i, n: int) -> None:

@@ -267,6 +267,7 @@ def best_response(
     tie_tol: a number in [0, MOST_TIE_TOL] (1e-6: ties cover rounding, not real losses);
     ValueError naming the argument otherwise.
     """
+    check_mechanism("mechanism", mechanism, "allocate", named=False)
     check_world(population, model)
     check_agent(i, population.n_agents)
     contributions = population.check_contributions(contributions)
@@ -332,6 +333,7 @@ def nash_equilibrium(
     samples beside one of 1e6 stopped after moving 0.6, far from its best response (0.74).
     damping in [0, 1); grid_size: an integer >= LEAST_GRID (see :func:`best_response`).
     """
+    check_mechanism("mechanism", mechanism, "allocate", named=False)
     check_world(population, model)
     check_phi(phi)
     if not (finite_number(damping) and 0 <= damping < 1):

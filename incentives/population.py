@@ -173,7 +173,11 @@ class Population:
     def data_cost(self, contributions) -> np.ndarray:
         """C_i(m_i) = c_i * m_i**cost_exponent, utility units; contributions of shape (N,),
         or (N, G) for G candidate contributions per agent."""
-        m = np.asarray(contributions, dtype=float)
+        m = as_floats("contributions", contributions)
+        if m.shape[:1] != (self.n_agents,) or m.ndim > 2:
+            raise ValueError(f"contributions has shape {m.shape}: allowed is ({self.n_agents},) or "
+                             f"({self.n_agents}, G), one row per agent")
+        check_entries("contributions", m, 0.0)
         cost = self.cost.reshape((-1,) + (1,) * (m.ndim - 1)) if m.ndim > 1 else self.cost
         return cost * (m if self.linear_costs else m ** self.cost_exponent)
 
@@ -521,7 +525,7 @@ def _draw(field: str, spec, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(low, high, size=n)
     if dist == "lognormal":
         mean, sigma = _number(spec, "mean", field), _number(spec, "sigma", field)
-        if not sigma >= 0:
+        if not sigma >= 0 or np.signbit(sigma):  # -0.0 too: numpy refuses it, naming no key
             raise ValueError(f"{field}.sigma={sigma!r}: allowed is a number >= 0")
         return rng.lognormal(mean, sigma, size=n)
     if dist == "types":
@@ -546,8 +550,15 @@ def sample_traits(n: int, spec: Mapping[str, object], names: tuple[str, ...], se
     Trait ``names[j]`` draws from child len(FIELDS) + 1 + j of
     ``numpy.random.SeedSequence(seed)``: after the streams of :meth:`Population.sample`,
     so the population's fields and these traits are independent, and a trait's values do
-    not depend on which other traits are drawn. Returns name -> (n,) array.
+    not depend on which other traits are drawn. Returns name -> (n,) array. ValueError
+    naming the argument unless n is an integer >= 1, spec a mapping and names a tuple or
+    list of strings.
     """
+    check_integer("n", n)
+    if not isinstance(spec, Mapping):
+        raise bad("spec", spec, "a mapping of trait name -> its distribution (the forms Population.sample takes)")
+    if not isinstance(names, (tuple, list)) or not all(isinstance(name, str) for name in names):
+        raise bad("names", names, "a tuple of trait names (strings)")
     children = _root(seed).spawn(len(FIELDS) + 1 + len(names))
     return {name: _draw(name, spec[name], n, np.random.default_rng(children[len(FIELDS) + 1 + j]))
             for j, name in enumerate(names) if name in spec}

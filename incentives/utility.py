@@ -45,6 +45,9 @@ def utility(
     entry outside its range (NaN included), or a participates entry that is not True or
     False (['no', 'no'] would count everyone in).
     """
+    if not isinstance(population, Population):  # an AttributeError on its first read
+        raise ValueError(f"population (of type {type(population).__name__}): allowed is an "
+                         "incentives.population.Population")
     n = population.n_agents
     accuracy = check_per_agent("accuracy", accuracy, n, 0.0, 1.0, broadcast=True)
     contributions = population.check_contributions(per_agent("contributions", contributions, n, broadcast=True))
@@ -62,6 +65,7 @@ def local_utility(population: Population, model: AccuracyModel, phi: Phi | None 
     accuracy shaping, and of the audits. ValueError for a ``phi`` that
     :func:`incentives.accuracy.check_phi` refuses.
     """
+    check_world(population, model)
     check_phi(phi)
     m = _local_contribution(population, model, phi)
     return _benefit(population, np.asarray(model.alone(m), dtype=float), phi) - population.data_cost(m)

@@ -39,9 +39,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from incentives.accuracy import AccuracyModel, check_phi
-from incentives.checks import check_number, check_per_agent, per_agent
+from incentives.checks import check_mechanism, check_number, check_per_agent, per_agent
 from incentives.equilibrium import verify_equilibrium
-from incentives.population import Population
+from incentives.population import Population, check_world
 from incentives.protocols import Mechanism, Outcome
 from incentives.utility import Phi, reservation_utility, utility
 
@@ -270,6 +270,11 @@ def audit(
     name), an array is not one finite number per agent in its range (accuracies in
     [0, 1], 0 <= trained_i <= n_i) or tol < 0.
     """
+    check_mechanism("mechanism", mechanism, "allocate")
+    if not isinstance(outcome, Outcome):
+        raise ValueError(f"outcome (of type {type(outcome).__name__}): allowed is the incentives.protocols.Outcome "
+                         "of the mechanism's solve")
+    check_world(population, model)
     check_phi(phi)
     if outcome.mechanism != getattr(mechanism, "name", None):
         raise ValueError(f"outcome (of mechanism {outcome.mechanism!r}): allowed is an outcome of the mechanism "

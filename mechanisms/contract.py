@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from incentives.checks import bad, check_agent, check_bool
+from incentives.checks import bad, check_agent, check_bool, check_name
 from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import reservation_utility
@@ -163,6 +163,7 @@ class ContractMechanism:
     def _check(self) -> None:
         """ValueError naming the first setting outside what is allowed: checked when built
         and when a setting assigned since the last solve is solved with (:meth:`_menu`)."""
+        check_name("name", self.name)
         check_screening_settings(self.information, self.form, self.reward, self.reward_price, self.solver)
         check_bool("respect_endowment", self.respect_endowment)
         check_bool("include_local", self.include_local)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from incentives.checks import bad, finite_number
+from incentives.checks import bad, check_integer, finite_number
 from mechanisms.screening import per_type
 
 __all__ = ["ReducedTypes", "reduce_multidimensional_types"]
@@ -92,10 +92,10 @@ def reduce_multidimensional_types(
     if late.size:
         raise bad(f"comm_delay[{late[0]}]", float(tau[late[0]]), f"a delay below round_deadline="
                   f"{round_deadline!r} seconds (a type that cannot upload in time cannot take part)")
-    for key, val in (("rounds", rounds), ("local_epochs", local_epochs),
-                     ("cycles_per_sample", cycles_per_sample)):
-        if not (finite_number(val) and val > 0):
-            raise bad(key, val, "a finite number > 0")
+    check_integer("rounds", rounds)  # counts: 2.5 rounds changed the costs without a word
+    check_integer("local_epochs", local_epochs)
+    if not (finite_number(cycles_per_sample) and cycles_per_sample > 0):
+        raise bad("cycles_per_sample", cycles_per_sample, "a finite number > 0")
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):  # checked below
         work = (np.float64(local_epochs) * np.float64(cycles_per_sample)) ** 3  # (E nu)**3, in float64
         theta = np.float64(rounds) * zeta * work / (round_deadline - tau) ** 2

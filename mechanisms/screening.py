@@ -173,7 +173,7 @@ import numpy as np
 from cvxpy.constraints import ExpCone
 from cvxpy.reductions.solvers.defines import SOLVER_MAP_CONIC
 
-from incentives.checks import as_floats, bad, check_number, finite_number
+from incentives.checks import as_floats, bad, check_entries, check_number, finite_number
 from mechanisms.values import ValueFunction
 
 __all__ = [
@@ -203,20 +203,36 @@ def virtual_costs(theta: np.ndarray, probability: np.ndarray) -> np.ndarray:
     """Virtual costs (5) of types sorted by increasing cost theta.
 
     phi_1 = theta_1, phi_k = theta_k + (theta_k - theta_{k-1}) * P_{k-1} / p_k with
-    P_{k-1} = p_1 + ... + p_{k-1} (Laffont & Martimort eq. 2.28, K types).
+    P_{k-1} = p_1 + ... + p_{k-1} (Laffont & Martimort eq. 2.28, K types). ValueError
+    unless theta is a 1-D array of finite numbers and probability one number > 0 per type.
     """
-    theta = np.asarray(theta, dtype=float)
-    p = np.asarray(probability, dtype=float)
+    theta = _one_per_type("theta", theta)
+    p = per_type("probability", probability, len(theta), positive=True)
     below = np.concatenate(([0.0], np.cumsum(p)[:-1]))
     step = np.concatenate(([0.0], np.diff(theta)))
     return theta + step * below / p
+
+
+def _one_per_type(key: str, value) -> np.ndarray:
+    """``value`` as a 1-D float array of finite numbers, one per type; ValueError naming ``key``."""
+    arr = as_floats(key, value, "a 1-D array of finite numbers, one per type")
+    if arr.ndim != 1 or arr.size == 0:
+        raise bad(key, value, "a 1-D array of finite numbers, one per type")
+    check_entries(key, arr)
+    return arr
 
 
 def iron(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Weighted nondecreasing isotonic regression of ``phi`` (pool adjacent violators).
 
     Pooled blocks get the weighted mean of their virtual costs (Myerson's ironing).
+    ValueError unless phi is a 1-D array of finite numbers and weight one finite number > 0
+    per entry (a shorter weight cut phi short without a word).
     """
+    phi = _one_per_type("phi", phi)
+    weight = per_type("weight", weight, len(phi), positive=True)
+    if not np.isfinite(weight.sum()):
+        raise bad("weight", weight, "weights whose sum is finite in float64")
     values: list[float] = []
     weights: list[float] = []
     sizes: list[int] = []
@@ -688,8 +704,17 @@ def solve_screening(
                 f"at 0, where the server's value is {at_zero} (a power-law value needs every type to contribute); "
                 "give them a positive capacity or leave them out", family="capacity", types=empty)
 
-    theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
-    u0_all = u0_money / v                       # reward units
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):  # checked below
+        theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
+        u0_all = u0_money / v                       # reward units
+        priced = float(reward_price) * theta_all
+    for key, given, held in (("quality", quality, theta_all), ("accuracy_value", accuracy_value, theta_all),
+                             ("reward_price", reward_price, priced)):
+        wrong = np.flatnonzero(~(np.isfinite(held) & ((held >= np.finfo(float).tiny) | (cost_arr == 0))))
+        if given is not None and wrong.size:  # a product beyond float64 reached cvxpy as inf or 0
+            k = int(wrong[0])
+            raise bad(key, given, f"a value at which type {k}'s cost in reward units, kappa * c_k / (v_k rho_k**beta) "
+                      f"= {float(held[k])!r}, is a finite number > 0 of float64's normal range")
     order = np.lexsort((np.zeros(K) if cap is None else cap, u0_all, theta_all))  # by cost; equal types adjacent
     th, pp, u0 = theta_all[order], p[order], u0_all[order]
     capy = None if cap is None else cap[order] ** beta

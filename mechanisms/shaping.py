@@ -81,6 +81,7 @@ class AccuracyShaping:
         return _Rule(population, model, self.epsilon)
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
+        check_world(population, model)
         m = population.check_contributions(contributions)
         return self._rule(population, model).allocate(m, population, model)
 
@@ -192,6 +193,7 @@ class AccuracyShaping:
         there, and the bisection's point may land on the lower side (with epsilon = 1e12
         at m_i^o, a gain of 2.3e-3 went unseen).
         """
+        check_world(population, model)
         m = population.check_contributions(contributions)
         _, best, current = _best_deviations(m, population, self._rule(population, model))
         return best - current

@@ -489,7 +489,7 @@ def gtg_shapley(
     if abs(v_full - v_empty) <= round_eps:
         return ShapleyEstimate(np.zeros(n_players), functools.partial(len, u), 0)
     rng = np.random.default_rng(seed)
-    total, history = np.zeros(n_players), deque(maxlen=window)
+    total, history = np.zeros(n_players), deque(maxlen=int(window))
     k = 0
     players = np.tile(np.arange(n_players), (n_players, 1))
     rest = players[~np.eye(n_players, dtype=bool)].reshape(n_players, n_players - 1)  # row h: all but h
@@ -1049,6 +1049,7 @@ class ShapleyRewards:
         is B phi_i / sum_j phi_j by efficiency (see the class docstring); the
         leave-one-out rule, not efficient, splits B as B max(phi_i, 0) / sum_j max(phi_j, 0)
         (:func:`split_budget`)."""
+        check_world(population, model)
         m = population.check_contributions(contributions)[None, :]
         accuracy, transfer = self._transfers(m, self.values_many(m, model)[0], model)
         return Allocation(np.full(m.shape[1], accuracy[0]), transfer[0])

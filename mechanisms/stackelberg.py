@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from incentives.checks import as_floats, bad, check_integer, check_number
+from incentives.checks import as_floats, bad, check_integer, check_name, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
@@ -187,6 +187,12 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     check_integer("max_iter", max_iter)
     N = len(c)
     R = float(reward)
+    cheapest = np.min(c[c > 0], initial=np.inf)  # inf where every cost is 0
+    with np.errstate(over="ignore"):
+        overflows = np.isfinite(cheapest) and not np.isfinite(R / cheapest)
+    if overflows:  # the bracket of the totals overflowed, and its search never ended
+        raise bad("reward", reward, f"a reward R whose total R / min(cost) is finite in float64 (at most "
+                  f"{np.finfo(float).max * cheapest:.4g} here)")
     x = np.zeros(N)
     out = cap <= 0                      # agents with nothing to contribute
     if R == 0 or out.all():
@@ -194,7 +200,12 @@ def follower_equilibrium(cost, reward: float, capacity=None, *, cost_exponent: f
     if cost_exponent != 1:
         if np.count_nonzero(~out) < 2:
             raise _lone_follower(cost, capacity, out)
-        return _convex_follower_equilibrium(c, cap, R, float(cost_exponent))
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _convex_follower_equilibrium(c, cap, R, float(cost_exponent))
+        except OverflowError:  # X**beta beyond float64 (a Python float's power raises)
+            raise bad("cost_exponent", cost_exponent, "an exponent at which the costs c_i X**beta of the totals "
+                      "searched stay finite in float64") from None
     order = np.argsort(c, kind="stable")
     cs, ns, gone = c[order], cap[order], out[order]
     capped = _capped_at_root(cs, ns, gone, R) if np.isfinite(cap).any() else np.zeros(N, bool)
@@ -368,9 +379,9 @@ def model_follower_equilibrium(population: "Population", model: "AccuracyModel",
     ``settled`` False and a warning. R = 0 is standard FL (:func:`mechanisms.standard.nash_contributions`).
     Linear phi: the value of accuracy is v_i a, as the mechanisms are solved.
     """
-    R = float(reward)
-    check_number("reward", R)
-    found = _game_5_equilibrium(population, model, R)
+    check_world(population, model)
+    check_number("reward", reward)
+    found = _game_5_equilibrium(population, model, float(reward))
     if not found.settled:
         warnings.warn(_unsettled(found), stacklevel=2)
     return found
@@ -701,6 +712,7 @@ class StackelbergPricing:
         reward within the budget, and ``value`` and ``value_weight`` a server value finite at
         X = 0: checked when built and when a setting assigned since the last solve is solved
         with (:meth:`_settled`)."""
+        check_name("name", self.name)
         check_number("reward", self.reward, optional=True)
         check_number("budget", self.budget, optional=True)
         if self.reward is not None and self.budget is not None and self.reward > self.budget:

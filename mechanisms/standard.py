@@ -33,6 +33,7 @@ class StandardFL:
     uses_reported_costs = False  # nobody reports anything: everyone receives a(M)
 
     def allocate(self, contributions, population: Population, model: AccuracyModel) -> Allocation:
+        check_world(population, model)
         m = population.check_contributions(contributions)
         accuracy = np.full(population.n_agents, model(m.sum()))
         return Allocation(accuracy=accuracy, transfer=np.zeros(population.n_agents))
@@ -40,6 +41,7 @@ class StandardFL:
     def allocate_to(self, i: int, profiles, population: Population, model: AccuracyModel) -> Allocation:
         """Agent i's accuracy a(M_g) and zero transfer under each of G contribution profiles
         (G, N), as (G,) arrays (``incentives.protocols.Mechanism``)."""
+        check_world(population, model)
         check_agent(i, population.n_agents)
         m = population.check_profiles(profiles)
         return Allocation(accuracy=np.asarray(model(m.sum(axis=1)), dtype=float), transfer=np.zeros(len(m)))
@@ -115,6 +117,7 @@ class StandardFL:
 def nash_contributions(population: Population, model: AccuracyModel) -> np.ndarray:
     """The equilibrium profile described in :meth:`StandardFL.solve`: the closed form where
     :func:`_holds` certifies it, else best-response iteration from it."""
+    check_world(population, model)
     if population.linear_costs:
         roots = _linear_roots(population, model)
         m = _linear_cost_contributions(population, roots)

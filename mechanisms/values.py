@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from incentives.checks import bad, check_number
+from incentives.accuracy import check_model
+from incentives.checks import as_floats, bad, check_entries, check_number, finite_number
 
 __all__ = [
     "ValueFunction", "LogValue", "PowerLawValue", "AccuracyValue", "check_server_value", "server_value",
@@ -64,10 +65,10 @@ class ValueFunction:
         raise NotImplementedError
 
     def __call__(self, q) -> np.ndarray:
-        return self.offset + self.scale * self.base(np.asarray(q, dtype=float))
+        return self.offset + self.scale * self.base(_samples(q))
 
     def derivative(self, q) -> np.ndarray:
-        return self.scale * self.base_derivative(np.asarray(q, dtype=float))
+        return self.scale * self.base_derivative(_samples(q))
 
     @property
     def concave(self) -> "ValueFunction":
@@ -82,10 +83,8 @@ class ValueFunction:
         minus the right side decreases in q, V being concave from 0: :meth:`_bisect`);
         q = 0 where V'(0) <= price (exponent 1).
         """
-        price = np.atleast_1d(np.asarray(price, dtype=float))
-        if np.any(price <= 0):
-            raise bad("price", price, "positive numbers (a zero price of reward or cost "
-                      "makes the maximiser unbounded)")
+        price = _prices(price)
+        check_number("exponent", exponent, least=1)
         return self._bisect(price, exponent, 0.0)
 
     def _bisect(self, price: np.ndarray, exponent: float, start: float) -> np.ndarray:
@@ -156,10 +155,8 @@ class LogValue(ValueFunction):
     def argmax(self, price, exponent: float = 1.0):
         if exponent != 1.0:
             return super().argmax(price, exponent)
-        price = np.atleast_1d(np.asarray(price, dtype=float))
-        if np.any(price <= 0):
-            raise bad("price", price, "positive numbers")
-        return np.maximum(0.0, self.scale / price - 1.0)
+        with np.errstate(over="ignore"):  # a price of 1e-320: q = inf, the value unbounded at it
+            return np.maximum(0.0, self.scale / _prices(price) - 1.0)
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,7 @@ class PowerLawValue(ValueFunction):
     def __post_init__(self):
         for key in ("weight", "k", "alpha"):
             check_number(key, getattr(self, key), strict=True)
-        if not np.isfinite(self.a_opt):
+        if not finite_number(self.a_opt):
             raise bad("a_opt", self.a_opt, "a finite number")
 
     @property
@@ -224,6 +221,7 @@ class AccuracyValue(ValueFunction):
     """
 
     def __init__(self, model, weight: float = 1.0):
+        check_model("model", model)
         check_number("weight", weight, strict=True)
         self.model = model
         self.weight = float(weight)
@@ -251,20 +249,18 @@ class AccuracyValue(ValueFunction):
         return self._power_law.offset if self._power_law else 0.0
 
     def __call__(self, q):
-        return self.weight * np.asarray(self.model(np.asarray(q, dtype=float)), dtype=float)
+        return self.weight * np.asarray(self.model(_samples(q)), dtype=float)
 
     def derivative(self, q):
-        return self.weight * np.asarray(self.model.derivative(np.asarray(q, dtype=float)),
-                                        dtype=float)
+        return self.weight * np.asarray(self.model.derivative(_samples(q)), dtype=float)
 
     @property
     def concave(self) -> ValueFunction:
         return self._power_law or self
 
     def argmax(self, price, exponent: float = 1.0):
-        price = np.atleast_1d(np.asarray(price, dtype=float))
-        if np.any(price <= 0):
-            raise bad("price", price, "positive numbers")
+        price = _prices(price)
+        check_number("exponent", exponent, least=1)
         if exponent == 1.0 and hasattr(self.model, "marginal_inverse"):
             q = np.asarray(self.model.marginal_inverse(price / self.weight), dtype=float) * np.ones_like(price)
         else:  # a below its zero crossing is flat: a bisection from 0 would stop there
@@ -308,3 +304,21 @@ def server_value(value, weight: float, model) -> ValueFunction:
     """The server's V: ``value`` itself, or :class:`AccuracyValue` (weight * a(q) under
     ``model``) for "accuracy"."""
     return value if isinstance(value, ValueFunction) else AccuracyValue(model, weight)
+
+
+def _samples(q) -> np.ndarray:
+    """``q``, samples, as a float array; ValueError naming ``q`` for an entry that is not a
+    number >= 0 (a negative one gave V = -inf or NaN, None gave NaN)."""
+    q = as_floats("q", q, "samples >= 0 (a number or an array of numbers)")
+    check_entries("q", q, 0.0)
+    return q
+
+
+def _prices(price) -> np.ndarray:
+    """``price`` as a 1-D float array; ValueError naming it unless every entry is a finite
+    number > 0 (a zero price of reward or cost makes the maximiser unbounded; None read as
+    NaN gave NaN)."""
+    prices = np.atleast_1d(as_floats("price", price, "finite numbers > 0"))
+    if not np.all(np.isfinite(prices) & (prices > 0)):
+        raise bad("price", price, "finite numbers > 0 (a zero price of reward or cost makes the maximiser unbounded)")
+    return prices

@@ -348,3 +348,17 @@ def test_per_class_accuracies_that_are_none_name_themselves(acc, message):
     with pytest.raises(ValueError, match=message):
         evaluation.accuracy_on_distribution(acc, np.full(3, 1 / 3))
     assert evaluation.accuracy_on_distribution([0.5, np.nan, 0.7], [0.5, 0.0, 0.5]) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: FedAvg(lr=1e308),  # accepted, then torch could not convert it as the clients trained
+     r"^lr=1e\+308: allowed is a finite number > 0 that float32, the models' precision, holds \(at most 3.403e\+38\)$"),
+    (lambda: build_model([], [64], 10), r"^model=\[\]: allowed is one of mlp, "),  # "unhashable type: 'list'"
+    (lambda: partition.label_histograms(np.arange(10) % 3, None, 3),
+     r"^parts=None: allowed is a non-empty list of index arrays, one per part$"),
+    (lambda: partition.label_histograms(np.arange(10) % 3, [], 3),  # numpy's "need at least one array to stack"
+     r"^parts=\[\]: allowed is a non-empty list of index arrays, one per part$"),
+])
+def test_the_engines_public_functions_refuse_what_failed_deep_in_torch_or_numpy(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

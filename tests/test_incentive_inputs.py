@@ -9,12 +9,20 @@ import warnings
 import numpy as np
 import pytest
 
+from analysis.metrics import served_accuracy
 from incentives.accuracy import EffectiveData, EmpiricalModel, GeneralisationBound, PowerLaw, local_optimum
 from incentives.checks import as_floats
-from incentives.equilibrium import nash_equilibrium
-from incentives.population import Population
+from incentives.equilibrium import best_response, nash_equilibrium
+from incentives.population import Population, sample_traits
 from incentives.utility import local_contribution, local_utility, reservation_utility, utility
+from mechanisms.audit import audit
+from mechanisms.contract import ContractMechanism
+from mechanisms.multidimensional import reduce_multidimensional_types
+from mechanisms.screening import iron, solve_screening, virtual_costs
+from mechanisms.shaping import AccuracyShaping
+from mechanisms.stackelberg import StackelbergPricing, follower_equilibrium, model_follower_equilibrium
 from mechanisms.standard import StandardFL
+from mechanisms.values import AccuracyValue, LogValue, PowerLawValue
 
 PL = PowerLaw(0.9, 3.0, 0.5)
 TWO = Population.from_lists(cost=[1.0, 1.0], endowment=[10.0, 10.0])
@@ -314,3 +322,73 @@ def test_a_model_that_is_no_accuracy_model_is_named(call, message):
     swapped too."""
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------- the API fuzzer's finds
+def _api_calls():
+    """(call, message) pairs the API fuzzer found failing deep inside numpy, scipy, torch or
+    cvxpy, silently wrong, or (follower_equilibrium at R = 1e308) never returning."""
+    solved = StandardFL().solve(TWO, PL)
+    costs, caps = np.array([1e-3, 2e-3, 3e-3]), np.array([100.0, 200.0, 300.0])
+    return [
+        (lambda: PowerLaw(1.0, 10**400, 0.5), r"^k=1000.*: allowed is a number > 0$"),  # numpy's TypeError
+        (lambda: PowerLaw(1.0, 1.0, None), r"^alpha=None: allowed is a number > 0$"),  # failed at its first use
+        (lambda: GeneralisationBound(1.0, 1e308),  # scipy's "function value at x=nan" at its first use
+         r"^k=1e\+308 with a_opt=1.0: allowed is a curve whose zero crossing is a finite number of samples"),
+        (lambda: TWO.data_cost(None), r"^contributions=None: allowed is numbers"),  # was [nan, nan]
+        (lambda: TWO.data_cost([1.0, 2.0, 3.0]), r"^contributions has shape \(3,\): allowed is \(2,\) or \(2, G\)"),
+        (lambda: TWO.data_cost([-1.0, 1.0]), r"^contributions\[0\]=-1.0: allowed is a number >= 0$"),
+        (lambda: sample_traits(3, None, ("cost",), 0), r"^spec=None: allowed is a mapping"),
+        (lambda: sample_traits(3, "abc", ("cost",), 0), r"^spec='abc': allowed is a mapping"),  # was {}
+        (lambda: sample_traits([], {"cost": 1e-3}, ("cost",), 0), r"^n=\[\]: allowed is an integer >= 1$"),
+        (lambda: Population.sample(4, {"cost": {"dist": "lognormal", "mean": -6.5, "sigma": -0.0}}, 0),
+         r"^cost.sigma=-0.0: allowed is a number >= 0$"),  # numpy's "sigma < 0"
+        (lambda: local_utility(None, PL), r"^population \(of type NoneType\): allowed is an incentives"),
+        (lambda: utility(None, 0.5, 1.0), r"^population \(of type NoneType\): allowed is an incentives"),
+        (lambda: nash_equilibrium(None, TWO, PL), r"^mechanism=None: allowed is a mechanism object with an allocate"),
+        (lambda: best_response(None, 0, np.zeros(2), TWO, PL), r"^mechanism=None: allowed is a mechanism object with"),
+        (lambda: follower_equilibrium(costs, 1e308, caps),  # an endless search
+         r"^reward=1e\+308: allowed is a reward R whose total R / min\(cost\) is finite in float64 "
+         r"\(at most 1.798e\+305 here\)$"),
+        (lambda: follower_equilibrium(costs, 1.0, caps, cost_exponent=1e308),
+         r"^cost_exponent=1e\+308: allowed is an exponent at which the costs"),  # OverflowError
+        (lambda: model_follower_equilibrium(None, PL, 1.0), r"^population \(of type NoneType\)"),
+        (lambda: model_follower_equilibrium(TWO, PL, True), r"^reward=True: allowed is a finite number >= 0$"),
+        (lambda: StackelbergPricing(name=None), r"^name=None: allowed is a non-empty string$"),
+        (lambda: ContractMechanism(name=""), r"^name='': allowed is a non-empty string$"),
+        (lambda: StandardFL().allocate(np.zeros(2), None, PL), r"^population \(of type NoneType\)"),
+        (lambda: AccuracyShaping().allocate(np.zeros(2), None, PL), r"^population \(of type NoneType\)"),
+        (lambda: LogValue(10.0)(-1.0), r"^q=-1.0: allowed is a number >= 0$"),  # was -inf
+        (lambda: LogValue(10.0)(None), r"^q=None: allowed is samples >= 0"),  # was nan
+        (lambda: LogValue(10.0).argmax(None), r"^price=None: allowed is finite numbers > 0"),  # was [nan]
+        (lambda: LogValue(10.0).argmax(1.0, exponent=None), r"^exponent=None: allowed is a finite number >= 1$"),
+        (lambda: PowerLawValue(a_opt=None), r"^a_opt=None: allowed is a finite number$"),
+        (lambda: AccuracyValue(None), r"^model \(of type NoneType\): allowed is an incentives"),
+        (lambda: solve_screening([1.0, 2.0, 3.0], [0.3, 0.3, 0.4], LogValue(10.0), reward_price=1e308),
+         r"^reward_price=1e\+308: allowed is a value at which type 1's cost in reward units"),  # cvxpy's error
+        (lambda: solve_screening([1.0, 2.0, 3.0], [0.3, 0.3, 0.4], LogValue(10.0), quality=1e308),
+         r"^quality=1e\+308: allowed is a value at which type 0's cost in reward units"),
+        (lambda: virtual_costs(1.0, 1.0), r"^theta=1.0: allowed is a 1-D array of finite numbers, one per type$"),
+        (lambda: virtual_costs([1.0, 2.0], [0.0, 1.0]), r"^probability\[0\]=0.0: allowed is a number > 0$"),
+        (lambda: iron(np.array([1.0, 3.0, 2.0]), np.array([0.3, 0.3])),  # was [1, 3], a type short
+         r"^weight=array\(\[0.3, 0.3\]\): allowed is a finite number or 3 finite numbers \(one per type\)$"),
+        (lambda: reduce_multidimensional_types([1.0], [0.1], [10.0], round_deadline=1.0, rounds=2.5),
+         r"^rounds=2.5: allowed is an integer >= 1$"),  # changed the costs without a word
+        (lambda: audit(StandardFL(), None, TWO, PL, solved.accuracy, solved.transfer, solved.contributions),
+         r"^outcome \(of type NoneType\): allowed is the incentives.protocols.Outcome"),
+        (lambda: served_accuracy(np.array([np.nan, 0.8]), np.array([0.85, 0.8])),
+         r"^promised\[0\]=nan: allowed is a number in \[0, 1\]$"),  # was a NaN mean
+    ]
+
+
+@pytest.mark.parametrize("index", range(36))
+def test_the_public_api_refuses_bad_arguments_with_one_clear_error(index):
+    """One ValueError naming the argument, the value and what is allowed, for each call the
+    API fuzzer found failing deep in a library, returning NaN or a wrong length, or hanging."""
+    calls = _api_calls()
+    assert len(calls) == 36
+    call, message = calls[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning of an overflow on the way
+        with pytest.raises(ValueError, match=message):
+            call()

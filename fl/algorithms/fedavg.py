@@ -27,7 +27,7 @@ from torch import nn
 
 from fl import evaluation
 from fl.algorithms.strategy import Strategy, child_seed
-from fl.checks import check_integer, check_options, check_positive, check_unit
+from fl.checks import check_integer, check_options, check_step, check_unit
 from fl.data.dataset import ArrayDataset, Subset
 from fl.executors.base import ClientResult, ClientTask
 from fl.models import Params
@@ -59,7 +59,7 @@ class FedAvg(Strategy):
         check_integer("batch_size", batch_size)
         check_integer("clients_per_round", clients_per_round, optional=True)
         check_integer("steps", steps, optional=True)
-        check_positive("lr", lr)
+        check_step("lr", lr)
         check_unit("fraction", fraction, positive=True)
         if clients_per_round is not None and fraction != 1.0:
             raise ValueError(f"fraction={fraction!r}: allowed is 1.0 when clients_per_round is given")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl.checks import check_integer, check_positive
+from fl.checks import check_integer, check_step
 from fl.data.dataset import Subset
 from fl.models import Params
 
@@ -61,7 +61,7 @@ class ClientTask:
         check_integer("epochs", self.epochs)
         check_integer("batch_size", self.batch_size)
         check_integer("steps", self.steps, least=0, optional=True)
-        check_positive("lr", self.lr)
+        check_step("lr", self.lr)
 
     @property
     def num_steps(self) -> int:

@@ -114,7 +114,7 @@ def build_model(
     """A freshly initialised model (torch's default initialisation). With ``seed`` the
     initialisation is drawn from that seed alone, leaving torch's global RNG untouched;
     without, from torch's global RNG."""
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:  # a list was "unhashable type"
         raise ValueError(f"model={name!r}: allowed is one of {', '.join(MODEL_NAMES)}")
     module_name, attribute, adapter, defaults = _REGISTRY[name]
     try:
