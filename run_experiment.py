@@ -940,7 +940,8 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
         raise ConfigError("--seeds with --set experiment.seed: allowed is one of them")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: allowed is an integer >= 1")
-    configs = [config_module.load(path, [*overrides, f"experiment.seed={seed}"]) for seed in seeds]
+    raw = config_module.read(path)  # once: a pipe gives its bytes once (the seeds after the first ran the defaults)
+    configs = [config_module.resolve(raw, [*overrides, f"experiment.seed={seed}"]) for seed in seeds]
     said, agents = {}, []  # the seeds differ in their draws only: the same notes and warnings, said once
     for seed, config in zip(seeds, configs):  # a population's draws may fail for some seeds only
         with refused_before_any_seed(seed):
@@ -1003,11 +1004,13 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     seed is handed to the pool only when a process is free for it, so the first seed that
     fails (refused at its start, training diverged, its report failed) or a Ctrl-C stops
     the seeds not yet started; the running ones finish, or on Ctrl-C stop at their last
-    checkpoint. A worker that ends abruptly (killed by a signal, or by the out-of-memory
-    killer) ends the pool, and with it every seed running. Then one error names what
-    stopped, the seeds finished and how to resume the stopped ones: a ConfigError where a
-    seed raised one, else a WriteFailed where one did, else a WorkerDied where a worker
-    ended, else Interrupted."""
+    checkpoint. A SIGTERM is a Ctrl-C: to this process alone, it is passed on to the
+    workers, and a worker that gets a stop before its seed's run began (its signal ignored
+    while it starts) reads it from the shared ``stop`` event. A worker that ends abruptly
+    (killed by a signal, or by the out-of-memory killer) ends the pool, and with it every
+    seed running. Then one error names what stopped, the seeds finished and how to resume
+    the stopped ones: a ConfigError where a seed raised one, else a WriteFailed where one
+    did, else a WorkerDied where a worker ended, else Interrupted."""
     workers = min(jobs, len(configs))
     blas_threads = max(1, (os.cpu_count() or 1) // workers)
     waiting = iter(configs.items())
@@ -1015,7 +1018,10 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     stopping = cut_short = False
     spawn = multiprocessing.get_context("spawn")
     made = spawn.SimpleQueue()  # (seed, run folder) from each worker as it makes its folder: a put is written at once
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(made,), mp_context=spawn)
+    made_by: dict[int, str] = {}  # read as seeds end: a pipe left full (some 1000 seeds) blocked the workers' puts
+    stop = spawn.Event()
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(made, stop),
+                               mp_context=spawn)
     try:
         while True:
             while not stopping and len(running) < workers:  # at most one seed a process: none queued
@@ -1025,7 +1031,9 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                 running[pool.submit(_run_seed, config, blas_threads)] = seed
             if not running:
                 break
-            for future in wait(running, return_when=FIRST_COMPLETED).done:
+            done = wait(running, return_when=FIRST_COMPLETED).done
+            _read_folders(made, made_by)
+            for future in done:
                 seed = running.pop(future)
                 settled[seed] = future
                 error = future.exception()
@@ -1036,21 +1044,19 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                     stopping = True
                 else:
                     raise error  # a defect, not a user's mistake: its traceback
-    except KeyboardInterrupt:  # the running workers got Ctrl-C too, and stop at their last checkpoint
+    except KeyboardInterrupt:  # the running workers stop at their last checkpoint
         cut_short = True
-        if TERMINATED.is_set():  # a SIGTERM reached this process alone: passed on as the Ctrl-C they handle
-            for worker in multiprocessing.active_children():
+        stop.set()  # for a worker still starting, which ignores signals until its seed's run begins
+        for worker in multiprocessing.active_children():  # a SIGTERM to this process alone reached no worker
+            with contextlib.suppress(ProcessLookupError):  # a worker has only the first stop signal raise
                 os.kill(worker.pid, signal.SIGINT)
     finally:
         _shut_down(pool)
+        _read_folders(made, made_by)
+        made.close()
     settled.update({seed: future for future, seed in running.items() if future.done() and not future.cancelled()})
     folders = {seed: future.result() for seed, future in settled.items() if future.exception() is None}
     stops = {seed: future.exception() for seed, future in settled.items() if isinstance(future.exception(), STOPS)}
-    made_by = {}
-    while not made.empty():
-        seed, folder = made.get()
-        made_by[seed] = folder
-    made.close()
     stops.update({seed: worker_died(seed, made_by.get(seed)) for seed, future in settled.items()
                   if isinstance(future.exception(), BrokenProcessPool)})
     if stops or cut_short:
@@ -1063,11 +1069,18 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
     return [folders[seed] for seed in configs]
 
 
+def _read_folders(made, made_by: dict[int, str]) -> None:
+    """Move the (seed, run folder) pairs the workers have put on ``made`` into ``made_by``."""
+    while not made.empty():
+        seed, folder = made.get()
+        made_by[seed] = folder
+
+
 def _shut_down(pool: ProcessPoolExecutor) -> None:
     """Wait for ``pool``'s running seeds to end, then close it. A further Ctrl-C or SIGTERM
     meanwhile is ignored here (it used to break the wait with a traceback and leak the
-    pool's semaphores): the workers get it too, and a running seed stops at its last
-    checkpoint."""
+    pool's semaphores): the workers have been told to stop, and a running seed stops at its
+    last checkpoint."""
     previous = {}
     if threading.current_thread() is threading.main_thread():  # the only thread that may set a handler
         previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in (signal.SIGINT, signal.SIGTERM)}
@@ -1088,7 +1101,7 @@ def worker_died(seed: int, folder: str | None) -> WorkerDied:
     checkpoint, if it wrote one (else the folder, holding nothing of use, is removed)."""
     reason = ("stopped: a worker process ended abruptly (killed by a signal, or out of memory: fewer --jobs use "
               "less), which ends every seed the pool runs")
-    if folder is None:
+    if folder is None or not Path(folder).is_dir():  # none made yet, or its run removed it (nothing checkpointed)
         return WorkerDied(reason)
     folder = Path(folder)
     try:
@@ -1098,40 +1111,62 @@ def worker_died(seed: int, folder: str | None) -> WorkerDied:
     return WorkerDied(stopped(reason, folder, saved, True, f"{resume_option(folder)} continues the run"))
 
 
-_FOLDERS = None  # in a worker of run_in_processes: the queue its seeds' run folders are put on
+#: in a worker of run_in_processes: the queue its seeds' run folders are put on, the parent's stop, and
+#: the state its stop signals are read in: "idle", "running" a seed, or "stopping" it
+_FOLDERS = _STOP = None
+_STATE = "idle"
 
 
-def _start_worker(folders) -> None:
-    """A worker of :func:`run_in_processes` ignores Ctrl-C while idle (so that the pool stays
-    whole) and tells its parent, on ``folders``, where each seed's run folder is."""
-    global _FOLDERS
-    _FOLDERS = folders
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_worker(folders, stop) -> None:
+    """A worker of :func:`run_in_processes` handles Ctrl-C and SIGTERM with :func:`_stop_once`
+    (a worker that SIGTERM ended broke the pool), tells its parent, on ``folders``, where
+    each seed's run folder is, and reads the parent's ``stop`` as a seed's run begins."""
+    global _FOLDERS, _STOP
+    _FOLDERS, _STOP = folders, stop
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_once)
+
+
+def _stop_once(signum, frame) -> None:
+    """A seed's first Ctrl-C or SIGTERM stops its run (KeyboardInterrupt); the others, the
+    parent's passing on of the same stop among them, and any while no seed runs (so that
+    the pool stays whole) are ignored. The handler stays installed: one switched to SIG_IGN
+    with a signal pending raised "OSError: Signal 15 ignored due to race condition"."""
+    global _STATE
+    if _STATE == "running":
+        _STATE = "stopping"
+        raise KeyboardInterrupt
 
 
 def _run_seed(config: dict, blas_threads: int) -> Path:
     """One seed's run in a worker, its BLAS and OpenMP pools (numpy's, scipy's) held to
     ``blas_threads`` threads, the machine's cores shared among the workers: left at a
     pool per core, they oversubscribe the cores (``benchmarks/bench_seeds.py`` times
-    seeds in processes against seeds in turn). Ctrl-C stops it as it stops a run
-    in the foreground. What the run writes to stderr (its warnings) is printed when it
-    ends, each line headed by its seed, so that the workers' lines do not mix."""
+    seeds in processes against seeds in turn). Ctrl-C or SIGTERM stops it as it stops a run
+    in the foreground (before its closed loop began: an Interrupted saying nothing was
+    trained, where the KeyboardInterrupt reached the parent as a defect). What the run writes
+    to stderr (its warnings) is printed when it ends, each line headed by its seed, so that
+    the workers' lines do not mix."""
     from threadpoolctl import threadpool_limits
 
+    global _STATE
     said = io.StringIO()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    seed = config["experiment"]["seed"]
+    _STATE = "running"
     try:
+        if _STOP.is_set():  # the parent stopped while this worker started, before a signal could stop the seed
+            raise KeyboardInterrupt
         with threadpool_limits(limits=blas_threads), contextlib.redirect_stderr(said):
-            seed = config["experiment"]["seed"]
             return run(config, quiet=True, warn=False, on_folder=lambda folder: _FOLDERS.put((seed, str(folder))))
+    except KeyboardInterrupt:  # before the loop's own handler: starting, loading the data ...
+        raise Interrupted("interrupted before its closed loop began: nothing was trained") from None
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _STATE = "idle"
         for line in said.getvalue().splitlines():
             print(f"seed {config['experiment']['seed']}: {line}", file=sys.stderr, flush=True)
 
 
-#: set while a SIGTERM is being handled as Ctrl-C (:func:`sigterm_as_interrupt`): run_in_processes then
-#: passes the interrupt on to its workers, which, unlike those of a Ctrl-C at a terminal, got no signal
+#: set while a SIGTERM is being handled as Ctrl-C (:func:`sigterm_as_interrupt`): the exit status says so
 TERMINATED = threading.Event()
 
 

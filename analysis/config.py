@@ -527,10 +527,18 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
     """Read a TOML config (or only the defaults when ``path`` is None) and apply overrides."""
+    return resolve(read(path), overrides)
+
+
+def read(path: str | Path | None) -> dict[str, Any]:
+    """The TOML table of the config file at ``path``, as written ({} for None); ConfigError
+    for a folder, a missing or unreadable file, or one that is not TOML. A pipe (a shell's
+    <(...)) is read as a file is, once: read it here and :func:`resolve` the table for
+    each use. A device or socket is refused (/dev/zero was read for ever)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:  # a pipe (a shell's <(...)) is read as a file is
+        try:
             if path.is_dir():
                 raise ConfigError(f"config={str(path)!r}: a folder; allowed is a TOML config file" + (
                     f" (this run folder's is {str(path / 'config.toml')!r}; --resume {shlex.quote(str(path))} "
@@ -538,6 +546,9 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
             if not path.exists():
                 raise ConfigError(f"config={str(path)!r}: " + ("a symbolic link to no file (a missing one, or a loop)"
                                   if path.is_symlink() else "no such file") + "; allowed is a TOML config file")
+            if not (path.is_file() or path.is_fifo()):
+                raise ConfigError(f"config={str(path)!r}: a device or socket, not a file; allowed is a TOML config "
+                                  "file (or a pipe)")
             text = path.read_bytes()
         except OSError as error:  # permission denied, on the file or a folder above it
             raise ConfigError(f"config={str(path)!r}: cannot be read ({error.strerror or error}); allowed is a "
@@ -551,6 +562,13 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
         except ValueError as error:  # an integer of more digits than Python converts (4300)
             raise ConfigError(f"config={str(path)!r}: {str(error).split(';')[0]}; allowed is integers from -2**63 "
                               "to 2**63 - 1 (64 bits)") from None
+    return raw
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """The validated config of the table ``raw`` (:func:`read`'s; left as it is) with the
+    command line's ``overrides`` applied."""
+    raw = copy.deepcopy(raw)
     given = []
     for text in overrides:
         section, name, value = parse_override(text)

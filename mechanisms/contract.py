@@ -21,17 +21,24 @@ from incentives.checks import bad, check_agent, check_bool, check_name
 from incentives.population import check_world
 from incentives.protocols import Allocation, Outcome
 from incentives.utility import reservation_utility
+from mechanisms.multidimensional import ReducedTypes, reduce_multidimensional_types
 from mechanisms.screening import (
     RESIDUAL, ContractError, ContractWarning, LosingTypesWarning, Menu, check_screening_settings,
-    earns_less_than_none, solve_screening,
+    clear_program_cache, earns_less_than_none, iron, program_cache_info, solve_screening, virtual_costs,
 )
-from mechanisms.values import LogValue, ValueFunction, check_server_value, server_value
+from mechanisms.values import AccuracyValue, LogValue, PowerLawValue, ValueFunction, check_server_value, server_value
 
 if TYPE_CHECKING:  # annotations only
     from incentives.accuracy import AccuracyModel
     from incentives.population import Population
 
-__all__ = ["ContractMechanism", "memo_hit"]
+__all__ = [
+    "ContractMechanism", "memo_hit",
+    # what this module held before it was split, importable from it as before
+    "ValueFunction", "LogValue", "PowerLawValue", "AccuracyValue",
+    "Menu", "ContractError", "ContractWarning", "LosingTypesWarning", "solve_screening", "virtual_costs", "iron",
+    "ReducedTypes", "reduce_multidimensional_types", "program_cache_info", "clear_program_cache",
+]
 
 _ZERO = 1e-9  # a contribution (samples) or reward (reward units) at most this counts as none
 _CAP_ROUNDS = 25  # the most menus ContractMechanism solves to settle the reward cap a(M) of accuracy rewards
@@ -79,7 +86,8 @@ class ContractMechanism:
     Types: the distinct values of theta_i (reward units per sample**beta, beta the
     population's cost exponent; theta_i = c_i for money, c_i / v_i for accuracy rewards),
     each with probability = its share of agents (a population built from multi-dimensional
-    types by :func:`reduce_multidimensional_types` has theta_k as its costs and beta = 3);
+    types by :func:`~mechanisms.multidimensional.reduce_multidimensional_types` has
+    theta_k as its costs and beta = 3);
     or a given ``type_grid`` (costs in reward units, probabilities), each agent being
     assigned to the cheapest grid type whose cost is >= its own (the costliest type when
     no grid cost reaches its own: it then takes an item only if its utility allows). A type's outside
@@ -288,7 +296,7 @@ class ContractMechanism:
         incentive constraints against it cost rent). Leaving such types out removes their
         constraints, so the menu of the others can only gain."""
         own = menu.extras["item_of_type"] >= 0
-        q_own, R_own = _per_type(menu, menu.contribution), _per_type(menu, menu.reward)
+        q_own, R_own = _on_type_grid(menu, menu.contribution), _on_type_grid(menu, menu.reward)
         with np.errstate(invalid="ignore"):
             idle = own & (q_own <= _ZERO) & (R_own > _ZERO)
         return idle | (own & earns_less_than_none(value, np.where(own, q_own, 0.0), np.where(own, R_own, 0.0),
@@ -410,7 +418,7 @@ class ContractMechanism:
             "server_profit": float(np.sum(gained - menu.reward_price * R)),
             "reward_price": menu.reward_price,
             "information_rent": np.where(takes, utility - u0_i, 0.0) * v_i,
-            "information_rent_per_type": _per_type(menu, menu.information_rent),
+            "information_rent_per_type": _on_type_grid(menu, menu.information_rent),
             "item_of_type": menu.extras["item_of_type"],
             "reward_kind": self.reward,
             "violations": menu.violations(),
@@ -468,7 +476,7 @@ class ContractMechanism:
         return Allocation(accuracy=got, transfer=np.zeros_like(m), takes_part=signed)
 
 
-def _per_type(menu: Menu, per_item: np.ndarray) -> np.ndarray:
+def _on_type_grid(menu: Menu, per_item: np.ndarray) -> np.ndarray:
     """An array over the menu's items as one over the type grid (``type_of_agent`` indexes
     it, ``extras["item_of_type"]`` maps it): NaN for a type the menu leaves out."""
     item_of_type = menu.extras["item_of_type"]
@@ -485,7 +493,7 @@ def _choose(menu: Menu, theta_i: np.ndarray, u0_i: np.ndarray, n_i: np.ndarray,
     agent its type's item alone). Ties go to the larger contribution; items with no
     contribution are withdrawn. Ties and the reservation utility are judged within
     ``RESIDUAL`` * max(1, largest |R_k|) reward units, the violation of its constraints a
-    solved menu may carry (:func:`_residual`): a binding IC or IR that the solver met to
+    solved menu may carry (:func:`mechanisms.screening._residual`): a binding IC or IR that the solver met to
     within 5e-9 had the type take another item, or none (all_pairs, costs (0.01, 0.02),
     100 a(q): the second type left, halving the server's profit).
     """

@@ -4,8 +4,9 @@ The economic model (Laffont & Martimort, *The Theory of Incentives*, 2002, ch. 2
 in federated learning: Kang et al., "Incentive Design for Efficient Federated Learning
 in Mobile Networks: A Contract Theory Approach", 2019; Ding, Fang & Huang, "Optimal
 Contract Design for Efficient Federated Learning With Multi-Dimensional Private
-Information", IEEE JSAC 39(1), 2021). The equation numbers (1)-(6) are this module's
-own, not the sources'; the sections cited are Laffont & Martimort's.
+Information", IEEE JSAC 39(1), 2021). The equation numbers (1)-(5) are this module's
+own, not the sources' ((6) is :mod:`mechanisms.multidimensional`'s); the sections cited
+are Laffont & Martimort's.
 
 Types and menu
 --------------
@@ -277,9 +278,10 @@ class ContractWarning(UserWarning):
 
 class LosingTypesWarning(ContractWarning):
     """A menu of :func:`solve_screening` pays some types more than their data is worth to
-    the server by its value V (an :class:`AccuracyValue`'s clipped accuracy), having been
-    solved on V's concave stand-in (the unclipped power law), on which no type is worth
-    leaving out; :class:`~mechanisms.contract.ContractMechanism` leaves such types out."""
+    the server by its value V (an :class:`~mechanisms.values.AccuracyValue`'s clipped
+    accuracy), having been solved on V's concave stand-in (the unclipped power law), on
+    which no type is worth leaving out; :class:`~mechanisms.contract.ContractMechanism`
+    leaves such types out."""
 
 
 def earns_less_than_none(value: ValueFunction, q: np.ndarray, R: np.ndarray, kappa: float,
@@ -846,10 +848,11 @@ def _all_pairs_profit(options: dict) -> float | None:
 
 def _warn_losing(menu: Menu) -> None:
     """:class:`LosingTypesWarning` naming the types of ``menu``, solved on the concave
-    stand-in of its value (an :class:`AccuracyValue`'s unclipped power law), whose items earn
-    the server less by the value itself than a type taking none (:func:`_earns_less_than_none`):
-    those contributing less than the zero crossing m0, where the clipped accuracy is 0, for a
-    reward, and those paid more than their data's accuracy is worth above it."""
+    stand-in of its value (an :class:`~mechanisms.values.AccuracyValue`'s unclipped power
+    law), whose items earn the server less by the value itself than a type taking none
+    (:func:`earns_less_than_none`): those contributing less than the zero crossing m0,
+    where the clipped accuracy is 0, for a reward, and those paid more than their data's
+    accuracy is worth above it."""
     value, kappa = menu.value, menu.reward_price
     with np.errstate(divide="ignore"):
         nothing = float(np.asarray(value(0.0)))

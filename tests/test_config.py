@@ -160,20 +160,33 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 
-def test_config_files_that_are_not_plain_files(tmp_path):
+def test_config_files_that_are_not_plain_files(tmp_path, monkeypatch):
     """A file that exists but cannot be read gave a traceback (an unreadable one,
     PermissionError) or "no such file" (a socket); a symbolic link loop was "no such file";
-    a pipe, as a shell's <(...) gives, was "no such file" and is now read."""
+    a pipe, as a shell's <(...) gives, was "no such file" and is now read; a device is
+    refused."""
     import os
     import socket
     import threading
 
-    sock = tmp_path / "socket.toml"  # open() refuses a socket, for root too (ENXIO)
+    sock = tmp_path / "socket.toml"
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(sock))
         with pytest.raises(ConfigError) as error:
             config_module.load(sock)
-    assert str(error.value) == (f"config={str(sock)!r}: cannot be read (No such device or address); allowed is a "
+    assert str(error.value) == (f"config={str(sock)!r}: a device or socket, not a file; allowed is a TOML config "
+                                "file (or a pipe)")
+    unreadable = tmp_path / "unreadable.toml"
+    unreadable.write_text("")
+
+    def refused(path):  # what a file of mode 000 raises for a user other than root
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(unreadable), "read_bytes", refused)
+    with pytest.raises(ConfigError) as error:
+        config_module.load(unreadable)
+    monkeypatch.undo()
+    assert str(error.value) == (f"config={str(unreadable)!r}: cannot be read (Permission denied); allowed is a "
                                 "readable TOML config file")
     (tmp_path / "a.toml").symlink_to(tmp_path / "b.toml")
     (tmp_path / "b.toml").symlink_to(tmp_path / "a.toml")
@@ -186,10 +199,14 @@ def test_config_files_that_are_not_plain_files(tmp_path):
                                     "allowed is a TOML config file")
     pipe = tmp_path / "pipe.toml"
     os.mkfifo(pipe)
-    writer = threading.Thread(target=pipe.write_text, args=("[training]\nrounds = 7\n",))
-    writer.start()
+    writer = threading.Thread(target=pipe.write_text, args=("[training]\nrounds = 7\n",), daemon=True)
+    writer.start()  # a daemon: a load that never opened the pipe leaves it blocked, not the test run
     assert config_module.load(pipe)["training"]["rounds"] == 7
-    writer.join()
+    writer.join(timeout=10)
+    with pytest.raises(ConfigError) as error:  # read for ever
+        config_module.load("/dev/zero")
+    assert str(error.value) == ("config='/dev/zero': a device or socket, not a file; allowed is a TOML config file "
+                                "(or a pipe)")
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
     resolved = config_module.load(ROOT / "configs" / "default.toml", ["experiment.seed=5"])

@@ -259,13 +259,18 @@ def test_ctrl_c_stops_seeds_running_in_processes_at_their_last_checkpoint(tmp_pa
     assert err == "\ninterrupted; " + stopped_seeds(tmp_path, "interrupted")
 
 
-def test_sigterm_stops_seeds_running_in_processes_as_ctrl_c_does(tmp_path):
-    """A real SIGTERM to the command alone (kill's default, a scheduler's stop), not to its
-    workers: it ended the command at once, silently, and the orphaned workers never exited.
-    Now the workers are told to stop, and the command exits 143 as Ctrl-C does, with each
-    seed's folder kept and how to resume it, and no process of its session left."""
+@pytest.mark.parametrize("to", ["the command", "its process group"])
+def test_sigterm_stops_seeds_running_in_processes_as_ctrl_c_does(tmp_path, to):
+    """A real SIGTERM (kill's default, a scheduler's stop) to the command alone ended it at
+    once, silently, and the orphaned workers never exited; to its process group (as timeout
+    and systemd send it) it killed the workers, and the command blamed a worker killed,
+    perhaps out of memory. Now the command exits 143 as Ctrl-C does, with each seed's folder
+    kept and how to resume it, and no process of its session left."""
     process = two_seeds_checkpointed(tmp_path)
-    process.send_signal(signal.SIGTERM)
+    if to == "the command":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGTERM)
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 143, err
     assert err == "\ninterrupted; " + stopped_seeds(tmp_path, "interrupted")
@@ -524,3 +529,26 @@ def test_an_empty_summary_cell_is_no_number_and_an_infinite_one_has_no_spread():
         warnings.simplefilter("error")
         spread = _spread(np.array([1.5, np.inf, np.nan]))
     assert spread["n"] == 2 and spread["mean"] == np.inf and np.isnan(spread["std"]) and np.isnan(spread["ci95"])
+
+
+def test_seeds_of_a_config_given_as_a_pipe_all_run_it(tmp_path):
+    """A config read from a pipe (a shell's <(...)) was read once per seed: the second read
+    got no bytes, and every seed after the first ran the defaults. The pipe is now read once."""
+    import threading
+
+    pipe = tmp_path / "piped.toml"
+    os.mkfifo(pipe)
+    text = "[experiment]\nname = 'piped'\n[training]\nrounds = 4\n"
+
+    def feed():  # the config once, then nothing to every later read, as a shell's <(...) gives
+        pipe.write_text(text)
+        while True:
+            pipe.write_text("")
+
+    threading.Thread(target=feed, daemon=True).start()
+    settings = [f"--set={o}" for o in FAST if not o.startswith(("training.rounds", "experiment.name"))]
+    assert cli(str(pipe), *settings, f"--set=experiment.output_dir='{tmp_path / 'out'}'", "--seeds", "0", "1") == 0
+    runs = [p for p in (tmp_path / "out").iterdir() if "-seeds-" not in p.name]
+    configs = [config_module.load(run / "config.toml") for run in runs]
+    assert sorted(c["experiment"]["seed"] for c in configs) == [0, 1]
+    assert all(c["experiment"]["name"] == "piped" and c["training"]["rounds"] == 4 for c in configs)
