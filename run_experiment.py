@@ -1028,7 +1028,7 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                 seed, config = next(waiting, (None, None))
                 if config is None:
                     break
-                running[pool.submit(_run_seed, config, blas_threads)] = seed
+                running[_submit(pool, _run_seed, config, blas_threads)] = seed
             if not running:
                 break
             done = wait(running, return_when=FIRST_COMPLETED).done
@@ -1111,31 +1111,48 @@ def worker_died(seed: int, folder: str | None) -> WorkerDied:
     return WorkerDied(stopped(reason, folder, saved, True, f"{resume_option(folder)} continues the run"))
 
 
-#: in a worker of run_in_processes: the queue its seeds' run folders are put on, the parent's stop, and
-#: the state its stop signals are read in: "idle", "running" a seed, or "stopping" it
-_FOLDERS = _STOP = None
+#: in a worker of run_in_processes: the queue its seeds' run folders are put on, the parent's stop, the
+#: parent's process id, and the state its stop signals are read in: "idle", "running" a seed, or "stopping" it
+_FOLDERS = _STOP = _PARENT = None
 _STATE = "idle"
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _start_worker(folders, stop) -> None:
     """A worker of :func:`run_in_processes` handles Ctrl-C and SIGTERM with :func:`_stop_once`
     (a worker that SIGTERM ended broke the pool), tells its parent, on ``folders``, where
-    each seed's run folder is, and reads the parent's ``stop`` as a seed's run begins."""
-    global _FOLDERS, _STOP
-    _FOLDERS, _STOP = folders, stop
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    each seed's run folder is, and reads the parent's ``stop`` as a seed's run begins. It
+    starts with both signals blocked (:func:`_submit`), unblocked once its handler is in
+    place: a stop during its seconds of imports killed it, and the pool broke."""
+    global _FOLDERS, _STOP, _PARENT
+    _FOLDERS, _STOP, _PARENT = folders, stop, os.getppid()
+    for signum in _STOPS:
         signal.signal(signum, _stop_once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+def _submit(pool: ProcessPoolExecutor, *task):
+    """``pool.submit(*task)`` with SIGINT and SIGTERM blocked meanwhile: a worker it spawns
+    inherits the blocked mask, and this process gets, once it is restored, any it held."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        return pool.submit(*task)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _stop_once(signum, frame) -> None:
     """A seed's first Ctrl-C or SIGTERM stops its run (KeyboardInterrupt); the others, the
     parent's passing on of the same stop among them, and any while no seed runs (so that
-    the pool stays whole) are ignored. The handler stays installed: one switched to SIG_IGN
-    with a signal pending raised "OSError: Signal 15 ignored due to race condition"."""
+    the pool stays whole) are ignored, but by an idle worker whose parent is gone (killed),
+    which exits. The handler stays installed: one switched to SIG_IGN with a signal
+    pending raised "OSError: Signal 15 ignored due to race condition"."""
     global _STATE
     if _STATE == "running":
         _STATE = "stopping"
         raise KeyboardInterrupt
+    if _STATE == "idle" and os.getppid() != _PARENT:  # orphaned (its parent killed): a plain kill ends it
+        os._exit(128 + signum)
 
 
 def _run_seed(config: dict, blas_threads: int) -> Path:
@@ -1152,12 +1169,15 @@ def _run_seed(config: dict, blas_threads: int) -> Path:
     global _STATE
     said = io.StringIO()
     seed = config["experiment"]["seed"]
-    _STATE = "running"
     try:
+        _STATE = "running"  # inside: a signal from here on raises where the except below hears it
         if _STOP.is_set():  # the parent stopped while this worker started, before a signal could stop the seed
+            _STATE = "stopping"
             raise KeyboardInterrupt
         with threadpool_limits(limits=blas_threads), contextlib.redirect_stderr(said):
-            return run(config, quiet=True, warn=False, on_folder=lambda folder: _FOLDERS.put((seed, str(folder))))
+            folder = run(config, quiet=True, warn=False, on_folder=lambda made: _FOLDERS.put((seed, str(made))))
+            _STATE = "idle"  # the seed is whole: a stop now must not call it untrained
+            return folder
     except KeyboardInterrupt:  # before the loop's own handler: starting, loading the data ...
         raise Interrupted("interrupted before its closed loop began: nothing was trained") from None
     finally:

@@ -522,7 +522,8 @@ def _build(K: int, variant: str, value: ValueFunction, beta: float, has_capacity
             # stands for the cap's K rows, whose cumulative sums were a dense triangle of K^2 / 2
             # entries (a binding cap at 1000 types: 168 s, against 0.4 s; cvxpy's own memory still
             # grows as K^2, 1.5 GB at 2000 types, 1.9 GB with the cumulative sum indexed)
-            cap_rows = (theta[0] * y[0] + u0[0] + cp.sum(paid[1:]), types[:1])  # R_1, with no cumulative sum
+            first = cp.reshape(theta[0] * y[0] + u0[0] + cp.sum(paid[1:]), (1,), order="C")  # R_1, no cumsum
+            cap_rows = (first, types[:1])  # a row of one entry, as the diagnosis indexes it
     elif variant in ("all_pairs", "complete"):  # complete with the floor: R_k = max(theta_k y_k + u0_k, 0)
         R = cp.Variable(K, name="R")
         params["P"] = cp.Parameter(K, nonneg=True, name="P")       # kappa p_k r / d
@@ -710,13 +711,19 @@ def solve_screening(
         theta_all = cost_arr / (v * rho ** beta)   # reward units per contribution**beta
         u0_all = u0_money / v                       # reward units
         priced = float(reward_price) * theta_all
-    for key, given, held in (("quality", quality, theta_all), ("accuracy_value", accuracy_value, theta_all),
-                             ("reward_price", reward_price, priced)):
-        wrong = np.flatnonzero(~(np.isfinite(held) & ((held >= np.finfo(float).tiny) | (cost_arr == 0))))
+    tiny = np.finfo(float).tiny
+    wrong = np.flatnonzero((cost_arr > 0) & (cost_arr < tiny))
+    if wrong.size:  # blamed on the reward price below, which was never given
+        raise bad(f"cost[{int(wrong[0])}]", float(cost_arr[wrong[0]]), f"0 or a cost of float64's normal range "
+                  f"(at least {tiny:.4g})")
+    for key, given, held, formula in (("quality", quality, theta_all, "c_k / (v_k rho_k**beta)"),
+                                      ("accuracy_value", accuracy_value, theta_all, "c_k / (v_k rho_k**beta)"),
+                                      ("reward_price", reward_price, priced, "kappa c_k / (v_k rho_k**beta)")):
+        wrong = np.flatnonzero(~(np.isfinite(held) & ((held >= tiny) | (cost_arr == 0))))
         if given is not None and wrong.size:  # a product beyond float64 reached cvxpy as inf or 0
             k = int(wrong[0])
-            raise bad(key, given, f"a value at which type {k}'s cost in reward units, kappa * c_k / (v_k rho_k**beta) "
-                      f"= {float(held[k])!r}, is a finite number > 0 of float64's normal range")
+            raise bad(key, given, f"a value at which type {k}'s cost in reward units, {formula} = "
+                      f"{float(held[k])!r}, is a finite number > 0 of float64's normal range")
     order = np.lexsort((np.zeros(K) if cap is None else cap, u0_all, theta_all))  # by cost; equal types adjacent
     th, pp, u0 = theta_all[order], p[order], u0_all[order]
     capy = None if cap is None else cap[order] ** beta

@@ -1704,3 +1704,14 @@ def test_a_value_weight_is_refused_for_a_value_function_that_carries_its_own_sca
     with pytest.raises(ValueError, match=message):
         ContractMechanism(V10, value_weight=0.01)
     assert ContractMechanism("accuracy", value_weight=0.01).value_weight == 0.01
+
+
+def test_a_reward_cap_the_diagnosis_blames_in_the_reduced_form_is_named():
+    """The reduced form bounds a reward cap by the cheapest type's reward alone; written as a
+    number, not a row of one entry, it broke the diagnosis, which leaves out one type's row
+    at a time (an IndexError where a ContractError naming the cap was due)."""
+    error = screening._diagnose(screening.cp.INFEASIBLE, 3, "virtual", False, np.array([1.0, 2.0, 3.0]),
+                                np.array([0.3, 0.3, 0.4]), np.zeros(3), 1.0, LogValue(10.0), 1.0, None, 5.0,
+                                "CLARABEL", np.arange(3))
+    assert isinstance(error, ContractError) and error.family == "reward_cap"
+    assert str(error).startswith("infeasible menu: the reward_cap constraints of types [0, 1, 2] cannot hold")

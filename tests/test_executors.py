@@ -126,7 +126,7 @@ def test_a_batch_norm_model_given_a_mini_batch_of_one_sample_names_the_client_an
     with pytest.raises(ValueError, match=(
             r"^batch_size=16: client 4 has 33 sample\(s\), so a pass over them ends in a mini-batch of one sample, "
             r"which a batch norm layer in training mode cannot normalise \(Expected more than 1 value per channel "
-            r"when training, got input size torch.Size\(\[1, 8\]\)\); allowed is a batch size that does not leave "
+            r"when training, got input size torch.Size\(\[1, 8\]\)\); allowed is a batch size > 1 that does not leave "
             r"one sample over \(n mod batch_size != 1\)")):
         SerialExecutor().run(model, FedAvg(), get_params(model), tasks)
     tasks = FedAvg(batch_size=15, lr=0.1).configure_round(0, subsets, child_seed(7, 1, 0))

@@ -274,14 +274,7 @@ def test_sigterm_stops_seeds_running_in_processes_as_ctrl_c_does(tmp_path, to):
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 143, err
     assert err == "\ninterrupted; " + stopped_seeds(tmp_path, "interrupted")
-    deadline = time.monotonic() + 30
-    while True:  # the workers, and the pool's resource tracker, end with the command
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "processes of the command's session outlived it by 30 s"
-        time.sleep(0.1)
+    assert_session_ended(process)
 
 
 def test_a_killed_worker_stops_the_seeds_with_one_line_naming_their_checkpoints(tmp_path):
@@ -297,6 +290,19 @@ def test_a_killed_worker_stops_the_seeds_with_one_line_naming_their_checkpoints(
     reason = ("stopped: a worker process ended abruptly (killed by a signal, or out of memory: fewer --jobs use less), "
               "which ends every seed the pool runs")
     assert "error: " + stopped_seeds(tmp_path, reason) in err.splitlines(keepends=True), err
+
+
+def assert_session_ended(process: subprocess.Popen) -> None:
+    """Wait up to 30 s for every process of ``process``'s session (its workers, the pool's
+    resource tracker) to end with it; fail if one outlives that."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, "processes of the command's session outlived it by 30 s"
+        time.sleep(0.1)
 
 
 def children_of(parent: int, process: Path) -> bool:
@@ -552,3 +558,24 @@ def test_seeds_of_a_config_given_as_a_pipe_all_run_it(tmp_path):
     configs = [config_module.load(run / "config.toml") for run in runs]
     assert sorted(c["experiment"]["seed"] for c in configs) == [0, 1]
     assert all(c["experiment"]["name"] == "piped" and c["training"]["rounds"] == 4 for c in configs)
+
+
+def test_a_stop_as_the_workers_start_is_an_interruption_not_a_killed_worker(tmp_path):
+    """SIGTERM to the process group as soon as the --jobs workers exist, while they import
+    (seconds): they died of it before their handler was in place, the pool broke, and the
+    command blamed a worker killed, out of memory perhaps (exit 1). They now start with the
+    signals blocked, and the command exits 143, interrupted, leaving no process behind."""
+    settings = [f"--set={o}" for o in FAST]
+    command = [sys.executable, "run_experiment.py", "--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'",
+               "--seeds", "0", "1", "--jobs", "2"]
+    root = Path(run_experiment.__file__).resolve().parent
+    process = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any(children_of(process.pid, p) for p in Path("/proc").iterdir() if p.name.isdigit()):
+        assert process.poll() is None and time.monotonic() < deadline, "no worker within 120 s"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGTERM)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 143, err
+    assert err.startswith("\ninterrupted; ") and "ended abruptly" not in err, err
+    assert_session_ended(process)

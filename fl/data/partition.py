@@ -48,7 +48,7 @@ def label_histograms(labels: np.ndarray, parts: Sequence[np.ndarray], num_classe
     check_integer("num_classes", num_classes)
     if labels.max() >= num_classes:
         raise ValueError(f"num_classes={num_classes!r}: allowed is more than the largest label, {labels.max()}")
-    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not len(parts):
+    if isinstance(parts, (str, bytes)) or not isinstance(parts, (Sequence, np.ndarray)) or not len(parts):
         raise ValueError(f"parts={parts!r}: allowed is a non-empty list of index arrays, one per part")
     parts = [check_indices(f"parts[{i}]", p, len(labels)) for i, p in enumerate(parts)]
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])

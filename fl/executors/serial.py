@@ -87,7 +87,7 @@ def _forward(model: nn.Module, x: torch.Tensor, task: ClientTask) -> torch.Tenso
         n, size = len(task.data), task.batch_size
         raise ValueError(f"batch_size={size}: client {task.client_id} has {n} sample(s), so a pass over them ends in "
                          "a mini-batch of one sample, which a batch norm layer in training mode cannot normalise "
-                         f"({error}); allowed is a batch size that does not leave one sample over (n mod "
+                         f"({error}); allowed is a batch size > 1 that does not leave one sample over (n mod "
                          "batch_size != 1), a client of more samples, or a model whose batch norm sees more than "
                          "one value per channel") from None
 
