@@ -160,8 +160,9 @@ def served_accuracy(promised: np.ndarray, delivered: np.ndarray) -> dict[str, fl
     """Mean promised and delivered accuracy and the promise gap (delivered - promised) of
     the agents delivered a model: its mean absolute value and the worst, its minimum (the
     largest shortfall where negative); NaN when there are none. ``promised`` and
-    ``delivered``: accuracies of one shape (a delivered 0.5 was paired with both of two
-    agents' promises)."""
+    ``delivered``: accuracies in [0, 1] of one shape (a delivered 0.5 was paired with both
+    of two agents' promises; a NaN made the means NaN); ValueError naming the array
+    otherwise."""
     promised, delivered = (as_floats(key, accuracy, "accuracies in [0, 1]") for key, accuracy in
                            (("promised", promised), ("delivered", delivered)))
     if np.shape(promised) != np.shape(delivered):

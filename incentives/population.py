@@ -172,7 +172,8 @@ class Population:
 
     def data_cost(self, contributions) -> np.ndarray:
         """C_i(m_i) = c_i * m_i**cost_exponent, utility units; contributions of shape (N,),
-        or (N, G) for G candidate contributions per agent."""
+        or (N, G) for G candidate contributions per agent, each a number >= 0 (samples);
+        ValueError naming ``contributions`` otherwise (None was read as NaN costs)."""
         m = as_floats("contributions", contributions)
         if m.shape[:1] != (self.n_agents,) or m.ndim > 2:
             raise ValueError(f"contributions has shape {m.shape}: allowed is ({self.n_agents},) or "

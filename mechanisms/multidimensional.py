@@ -25,9 +25,9 @@ class ReducedTypes:
     """Multi-dimensional types summarised into one criterion.
 
     cost: (K,) theta_k, utility per sample**cost_exponent (pass as ``cost`` with
-    ``cost_exponent`` to :func:`~mechanisms.screening.solve_screening`); capacity: (K,) data size n_k (samples,
-    pass as ``capacity``); order: (K,) the complete order of the types (most efficient
-    first).
+    ``cost_exponent`` to :func:`~mechanisms.screening.solve_screening`); capacity: (K,)
+    data size n_k (samples, pass as ``capacity``); order: (K,) the complete order of the
+    types (most efficient first).
     """
 
     cost: np.ndarray
@@ -72,8 +72,8 @@ def reduce_multidimensional_types(
     So the type (zeta_k, tau_k, n_k) enters an agent's preferences over menu items
     (q, R) only through theta_k (u_k = R - theta_k q**3): types with equal theta_k
     are indistinguishable to any menu, theta orders them completely (single crossing),
-    and :func:`~mechanisms.screening.solve_screening` with ``cost_exponent=3`` applies. The data size enters
-    as a per-type capacity; IC is imposed against every item, including items a
+    and :func:`~mechanisms.screening.solve_screening` with ``cost_exponent=3`` applies.
+    The data size enters as a per-type capacity; IC is imposed against every item, including items a
     small-data type could not fill (conservative: the menu stays IC if types could
     acquire data). Unlike the paper's model, the delay enters only the agent's cost, not
     the server's value, so a smaller theta is always the better type for the server; the

@@ -72,8 +72,9 @@ class ValueFunction:
 
     @property
     def concave(self) -> "ValueFunction":
-        """The concave V that every form of :func:`~mechanisms.screening.solve_screening` maximises: this value
-        (an :class:`AccuracyValue`'s unclipped power law, where it has one)."""
+        """The concave V that every form of :func:`~mechanisms.screening.solve_screening`
+        maximises: this value (an :class:`AccuracyValue`'s unclipped power law, where it
+        has one)."""
         return self
 
     def argmax(self, price, exponent: float = 1.0) -> np.ndarray:
@@ -216,8 +217,8 @@ class AccuracyValue(ValueFunction):
     bisection from m0 otherwise), whichever earns more. A cvxpy expression exists for
     power-law models (``family == "power_law"`` or ``params`` with a_opt, k, alpha): the
     *unclipped* formula weight * (a_opt - k q**(-alpha)), which is concave (:attr:`concave`,
-    the V every form of :func:`~mechanisms.screening.solve_screening` maximises); other models raise a ValueError
-    when a contract needs the expression.
+    the V every form of :func:`~mechanisms.screening.solve_screening` maximises); other
+    models raise a ValueError when a contract needs the expression.
     """
 
     def __init__(self, model, weight: float = 1.0):
