@@ -1028,7 +1028,8 @@ def run_in_processes(configs: dict[int, dict], jobs: int, quiet: bool) -> list[P
                 seed, config = next(waiting, (None, None))
                 if config is None:
                     break
-                running[_submit(pool, _run_seed, config, blas_threads)] = seed
+                with _spawning():
+                    running[pool.submit(_run_seed, config, blas_threads)] = seed
             if not running:
                 break
             done = wait(running, return_when=FIRST_COMPLETED).done
@@ -1122,8 +1123,8 @@ def _start_worker(folders, stop) -> None:
     """A worker of :func:`run_in_processes` handles Ctrl-C and SIGTERM with :func:`_stop_once`
     (a worker that SIGTERM ended broke the pool), tells its parent, on ``folders``, where
     each seed's run folder is, and reads the parent's ``stop`` as a seed's run begins. It
-    starts with both signals blocked (:func:`_submit`), unblocked once its handler is in
-    place: a stop during its seconds of imports killed it, and the pool broke."""
+    starts with both signals blocked (:func:`_spawning`), unblocked once its handler is in
+    place."""
     global _FOLDERS, _STOP, _PARENT
     _FOLDERS, _STOP, _PARENT = folders, stop, os.getppid()
     for signum in _STOPS:
@@ -1131,14 +1132,29 @@ def _start_worker(folders, stop) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
-def _submit(pool: ProcessPoolExecutor, *task):
-    """``pool.submit(*task)`` with SIGINT and SIGTERM blocked meanwhile: a worker it spawns
-    inherits the blocked mask, and this process gets, once it is restored, any it held."""
+@contextlib.contextmanager
+def _spawning():
+    """Inside, SIGINT and SIGTERM are held back: blocked in this thread, so that a worker
+    spawned meanwhile starts with them blocked until :func:`_start_worker` has its handler
+    in place (a stop during its seconds of imports killed it, and the pool broke), and,
+    delivered to another thread of this process, kept and raised again on leaving (raised
+    inside, one cut a worker's start short: it died reading what it was sent, printing an
+    EOFError). Outside the main thread, the only one that may set a handler, nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard: list[int] = []
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    handlers = {signum: signal.signal(signum, lambda signum, frame: heard.append(signum)) for signum in _STOPS}
     try:
-        return pool.submit(*task)
+        yield
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for signum in heard:
+            signal.raise_signal(signum)
 
 
 def _stop_once(signum, frame) -> None:

@@ -563,8 +563,10 @@ def test_seeds_of_a_config_given_as_a_pipe_all_run_it(tmp_path):
 def test_a_stop_as_the_workers_start_is_an_interruption_not_a_killed_worker(tmp_path):
     """SIGTERM to the process group as soon as the --jobs workers exist, while they import
     (seconds): they died of it before their handler was in place, the pool broke, and the
-    command blamed a worker killed, out of memory perhaps (exit 1). They now start with the
-    signals blocked, and the command exits 143, interrupted, leaving no process behind."""
+    command blamed a worker killed, out of memory perhaps (exit 1); or, landing as the
+    command spawned a worker, it cut the worker's start short. The workers now start with
+    the signals blocked, the command holds them back while it spawns, and it exits 143,
+    interrupted, leaving no process behind."""
     settings = [f"--set={o}" for o in FAST]
     command = [sys.executable, "run_experiment.py", "--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'",
                "--seeds", "0", "1", "--jobs", "2"]
@@ -577,5 +579,6 @@ def test_a_stop_as_the_workers_start_is_an_interruption_not_a_killed_worker(tmp_
     os.killpg(process.pid, signal.SIGTERM)
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 143, err
-    assert err.startswith("\ninterrupted; ") and "ended abruptly" not in err, err
+    # a worker cut short as it read what the command sent it printed multiprocessing's EOFError
+    assert err.startswith("\ninterrupted; ") and "ended abruptly" not in err and "Traceback" not in err, err
     assert_session_ended(process)
