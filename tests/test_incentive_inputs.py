@@ -381,13 +381,10 @@ def _api_calls():
     ]
 
 
-@pytest.mark.parametrize("index", range(36))
-def test_the_public_api_refuses_bad_arguments_with_one_clear_error(index):
+@pytest.mark.parametrize("call, message", _api_calls())
+def test_the_public_api_refuses_bad_arguments_with_one_clear_error(call, message):
     """One ValueError naming the argument, the value and what is allowed, for each call the
     API fuzzer found failing deep in a library, returning NaN or a wrong length, or hanging."""
-    calls = _api_calls()
-    assert len(calls) == 36
-    call, message = calls[index]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning of an overflow on the way
         with pytest.raises(ValueError, match=message):
