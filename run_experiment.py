@@ -440,6 +440,9 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     try:
         with path.open("rb") as handle:
             saved = pickle.load(handle)
+    except MemoryError as error:  # a checkpoint of many trainings, on a machine with less memory
+        raise ConfigError(f"--resume {str(folder)!r}: reading its {CHECKPOINT} ran out of memory "
+                          f"({error_text(error)}); allowed is a machine whose memory holds it") from None
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError) as error:
         raise ConfigError(f"--resume {str(folder)!r}: its {CHECKPOINT} cannot be read ({type(error).__name__}: "
                           f"{error}); allowed is a checkpoint this program wrote") from None
@@ -523,6 +526,11 @@ def load_training_data(data: dict):
             message = message.replace("pass download=True", "set data.download = true") + (
                 "; data.root names the folder to look in")
         raise ConfigError(f"data.dataset={data['dataset']!r}: {message}") from None
+    except (MemoryError, RuntimeError) as error:  # a decoded dataset (CIFAR-10: 600 MB) may not fit
+        if not allocation_failed(error):
+            raise
+        raise ConfigError(f"data.dataset={data['dataset']!r}: loading it ran out of memory ({error_text(error)}); "
+                          "allowed is a dataset that fits in this machine's memory") from None
 
 
 def training_pool(data: dict, n_train: int) -> int:

@@ -1218,6 +1218,32 @@ def test_out_of_memory_in_the_shapley_valuation_names_it_and_the_keys_that_help(
         "layers; mechanisms.compare without 'shapley')\n")
 
 
+def test_out_of_memory_loading_the_data_or_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    """Python's MemoryError while the dataset loads (each --jobs worker loads its own copy)
+    or while a checkpoint is read for --resume gave a traceback. Injected into each."""
+    import pickle
+
+    import fl.data
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")] + ["--set=loop.max_iterations=1"]
+    assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    capsys.readouterr()
+    (folder,) = tmp_path.iterdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(fl.data, "load_dataset", out_of_memory)
+        assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path / 'x'}'"]) == 2
+        assert capsys.readouterr().err == ("error: data.dataset='digits': loading it ran out of memory (MemoryError); "
+                                           "allowed is a dataset that fits in this machine's memory\n")
+    with monkeypatch.context() as patched:
+        patched.setattr(pickle, "load", out_of_memory)
+        assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 2
+        assert capsys.readouterr().err == (f"error: --resume {str(folder)!r}: reading its checkpoint.pkl ran out of "
+                                           "memory (MemoryError); allowed is a machine whose memory holds it\n")
+
+
 def test_a_report_that_fails_keeps_the_measurements_and_says_how_to_write_it(tmp_path, capsys, monkeypatch):
     """A full disk in the audits' files (or a figure) after the loop: a traceback, and as
     the audits came before any CSV, a folder without metrics.csv. Now metrics.csv and
