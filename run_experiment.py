@@ -530,7 +530,8 @@ def load_training_data(data: dict):
         if not allocation_failed(error):
             raise
         raise ConfigError(f"data.dataset={data['dataset']!r}: loading it ran out of memory ({error_text(error)}); "
-                          "allowed is a dataset that fits in this machine's memory") from None
+                          "allowed is a dataset that fits in this machine's memory"
+                          + "".join(f" ({hint})" for hint in fewer_jobs())) from None
 
 
 def training_pool(data: dict, n_train: int) -> int:
@@ -695,12 +696,13 @@ def out_of_memory(config: dict, error: BaseException, folder: Path, saved: LoopR
     """The error for a loop that ran out of memory (``error``, :func:`fl.checks.allocation_failed`)
     after the checkpoint ``saved``, in the words of the stage that did (:func:`memory_stage`):
     the model was built, but training it (the stacked copies of the vectorised executor,
-    gradients, batches), the pilot curve's trainings (vectorised whatever
-    training.executor, a chunk at a time), or the coalition models of the Shapley
+    gradients, batches), the pilot curve's trainings (batched on the vectorised executor,
+    a chunk at a time, unless training.executor='ray'), or the coalition models of the Shapley
     valuation did not fit. The device, and for training the executor, may change on
-    --resume, and the run goes on with them; the model and the mechanisms may not, and
-    with nothing left to change, the report of the finished iterations is what can be had
-    (:func:`cut_short`)."""
+    --resume, and the run goes on with them; in a --jobs worker (:func:`fewer_jobs`) a
+    --resume, which runs alone, may fit as it is; the model and the mechanisms may not
+    change, and with nothing left to change, the report of the finished iterations is what
+    can be had (:func:`cut_short`)."""
     training, model, stage = config["training"], config["model"], memory_stage(error)
     device = f"training.device={training['device']!r}"
     on_cpu = ["training.device='cpu' uses the machine's memory"] if training["device"] != "cpu" else []
@@ -717,22 +719,30 @@ def out_of_memory(config: dict, error: BaseException, folder: Path, saved: LoopR
         "loop": ("the closed loop", "a step outside training", "a run that fits in this machine's memory", [], []),
     }[stage]
     reason = (f"{where}: {what} ran out of memory ({error_text(error)}); allowed is {allowed}"
-              + (f" ({'; '.join(fits + others)})" if fits or others else ""))
-    if not fits:
+              + (f" ({'; '.join(fits + others + fewer_jobs())})" if fits or others or fewer_jobs() else ""))
+    if not fits and not fewer_jobs():
         return cut_short(reason, folder, saved, created)
-    keys = "a training.executor or training.device" if stage == "training" else "training.device='cpu'"
+    keys = ("a " + " or ".join(key for key, offered in (("training.executor", serial), ("training.device", on_cpu))
+                               if offered) if stage == "training" else "training.device='cpu'")
     return ConfigError(stopped(reason, folder, saved, created, f"{resume_option(folder)} with {keys} that fits "
-                               "continues the run"))
+                               "continues the run" if fits else f"{resume_option(folder)} continues it alone"))
+
+
+def fewer_jobs() -> list[str]:
+    """In a --jobs worker, whose seeds each hold their own data and models in one machine's
+    memory, the advice to run fewer of them at once (a --resume runs alone); else none."""
+    return ["fewer --jobs: each runs a seed with its own copy of the data"] if _FOLDERS is not None else []
 
 
 def memory_stage(error: BaseException) -> str:
     """Where in the loop ``error`` was raised, read off its traceback: "valuation" (the
-    Shapley valuation's coalition models, ``fl.valuation``), "pilot" (the oracle's
-    learning curve), "training" (elsewhere in ``fl``: the executors, the server, the
-    delivery), or "loop" (outside ``fl``: a mechanism's solve, the audits)."""
+    Shapley valuation's coalition models, ``fl.valuation`` outside ``fl.server.run_federated``:
+    the training that ``fl.valuation.train_with_valuation`` records is training), "pilot"
+    (the oracle's learning curve), "training" (elsewhere in ``fl``: the executors, the
+    server, the delivery), or "loop" (outside ``fl``: a mechanism's solve, the audits)."""
     frames = [(frame.f_globals.get("__name__", ""), frame.f_code.co_name)
               for frame, _ in traceback.walk_tb(error.__traceback__)]
-    if any(module == "fl.valuation" for module, _ in frames):
+    if any(module == "fl.valuation" for module, _ in frames) and ("fl.server", "run_federated") not in frames:
         return "valuation"
     if ("fl.oracle", "learning_curve") in frames:
         return "pilot"

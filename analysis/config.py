@@ -3,11 +3,14 @@
 The schema below is the single list of keys a config may hold, with each key's type,
 default and allowed values. Every bad key or value raises :class:`ConfigError` with one
 line naming the key, the value and what is allowed; the command line turns that into
-exit status 2. Two checks need another package and run where the config is used,
-``run_experiment.run``, before any data load: the names in ``data.dataset`` and
-``model.name``, which ``fl``'s registries hold (``analysis`` does not import ``fl``),
-and the parameters of each trait's distribution (``population.cost.sigma`` and the
-like), which :func:`incentives.population.sample_traits` checks as it draws the agents.
+exit status 2. Checks that need another package run where the config is used,
+``run_experiment.run``, before any data load; among them the names in ``data.dataset`` and
+``model.name``, which ``fl``'s registries hold (``analysis`` does not import ``fl``), a
+``training.device`` of ``"cuda"`` on a machine without one, the parameters of each trait's
+distribution (``population.cost.sigma`` and the like), which
+:func:`incentives.population.sample_traits` checks as it draws the agents, and whether the
+agents and mechanisms suit each other (an exact Shapley valuation's coalitions, the
+agents' costs under each mechanism).
 
 Sections
 --------

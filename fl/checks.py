@@ -165,17 +165,24 @@ def check_options(owner: str, options: dict, allowed) -> None:
         raise ValueError(f"{unknown[0]}={options[unknown[0]]!r}: not an option of {owner}; {taken}")
 
 
-#: what the allocators' errors say when memory runs out: torch's CPU allocator; CUDA's
-#: ("CUDA out of memory", torch.OutOfMemoryError; "CUDA error: out of memory", raised as
-#: torch.AcceleratorError); cuBLAS and cuDNN handles that could not be allocated
-ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-                       "CUDNN_STATUS_ALLOC_FAILED")
+#: what the allocators' errors say when memory runs out: torch's CPU allocator (Linux's
+#: "can't allocate memory", Windows' "not enough memory"); CUDA's ("CUDA out of memory",
+#: torch.OutOfMemoryError; "CUDA error: out of memory", raised as torch.AcceleratorError);
+#: cuBLAS, cuDNN, cuSOLVER and cuFFT handles or work areas that could not be allocated
+ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_ALLOC_FAILED", "CUSOLVER_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED")
 
 
 def allocation_failed(error: BaseException) -> bool:
-    """Whether ``error`` says that memory could not be allocated: Python's MemoryError, or
-    a RuntimeError (torch's allocators and CUDA libraries raise those) saying one of
-    :data:`ALLOCATION_FAILURES`. Checks that turn a library's error into a ValueError
-    about the caller's input let these pass: running out of memory is not bad input."""
-    return isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and any(text in str(error) for text in ALLOCATION_FAILURES))
+    """Whether ``error`` says that memory could not be allocated: Python's MemoryError,
+    torch's OutOfMemoryError (whatever its text), or a RuntimeError (torch's allocators and
+    CUDA libraries raise those) saying one of :data:`ALLOCATION_FAILURES`. Checks that turn
+    a library's error into a ValueError about the caller's input let these pass: running
+    out of memory is not bad input."""
+    if isinstance(error, MemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    import torch  # here: this module is imported where torch need not be
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(text in str(error) for text in ALLOCATION_FAILURES)

@@ -234,7 +234,7 @@ class RoundValuation:
         missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
         if self.clients and evaluated_together(self.model):
             model_bytes = sum(v.numel() * v.element_size() for v in self.global_params.values())
-            per_pass = max(1, min(COALITIONS_PER_PASS, COALITION_BYTES // model_bytes))
+            per_pass = max(1, min(COALITIONS_PER_PASS, COALITION_BYTES // max(model_bytes, 1)))
             for start in range(0, len(missing), per_pass):
                 chunk = missing[start:start + per_pass]
                 scores = evaluation.evaluate_many(self.model, self.stacked_params(chunk), self.validation)

@@ -1158,8 +1158,8 @@ def test_training_out_of_memory_is_one_line_and_keeps_what_was_measured(tmp_path
               "the device's memory (training.executor='serial' trains one client at a time; fewer or narrower hidden "
               "layers)")
     assert capsys.readouterr().err == (f"error: {reason}; the pilot curve and iteration 0's training of standard are "
-                                       f"kept: --resume {shlex.quote(str(folder))} with a training.executor or "
-                                       "training.device that fits continues the run\n")
+                                       f"kept: --resume {shlex.quote(str(folder))} with a training.executor that "
+                                       "fits continues the run\n")
     assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=training.executor='serial'"]) == 0
     assert (folder / "report.html").is_file() and len(calls) == 5  # the failed training again, then the rest
     capsys.readouterr()
@@ -1200,14 +1200,22 @@ def test_out_of_memory_in_the_pilot_is_named_as_such_whatever_the_allocator_says
 def test_out_of_memory_in_the_shapley_valuation_names_it_and_the_keys_that_help(tmp_path, capsys, monkeypatch):
     """The coalition models of the Shapley valuation, stacked for evaluation, ran out of
     memory under a real limit where training fitted, and the message blamed training and
-    sent the user to resume with the serial executor, which failed the same way."""
+    sent the user to resume with the serial executor, which failed the same way. Injected
+    into the evaluations that fl.valuation calls (training's own evaluations pass)."""
+    import sys
+
     import fl.evaluation
 
-    def failing(*args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1811939328 bytes.")
+    def failing_in_the_valuation(evaluate):
+        def evaluation(*args, **kwargs):
+            if sys._getframe(1).f_globals["__name__"] == "fl.valuation":
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1811939328 "
+                                   "bytes.")
+            return evaluate(*args, **kwargs)
+        return evaluation
 
-    monkeypatch.setattr(fl.evaluation, "evaluate_many", failing)
-    monkeypatch.setattr(fl.evaluation, "evaluate", failing)
+    for name in ("evaluate_many", "evaluate"):
+        monkeypatch.setattr(fl.evaluation, name, failing_in_the_valuation(getattr(fl.evaluation, name)))
     status = run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=mechanisms.compare=['shapley']",
                                   f"--set=experiment.output_dir='{tmp_path}'"])
     assert status == 2 and not any(tmp_path.iterdir())
@@ -1216,6 +1224,96 @@ def test_out_of_memory_in_the_shapley_valuation_names_it_and_the_keys_that_help(
         "rewards ran out of memory (RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate "
         "1811939328 bytes.); allowed is coalition models that fit in the device's memory (fewer or narrower hidden "
         "layers; mechanisms.compare without 'shapley')\n")
+
+
+def test_out_of_memory_training_for_the_shapley_rewards_is_training_not_the_valuation(tmp_path, capsys, monkeypatch):
+    """The Shapley mechanism trains through fl.valuation.train_with_valuation, so every
+    frame of its training's traceback had fl.valuation above it: training that ran out of
+    memory was called the valuation's, the serial executor went unnamed, and the folder
+    (with the pilot curve) was removed. Injected into the executor within that training."""
+    import torch
+
+    import fl.oracle
+    from fl.executors.vectorised import VectorisedExecutor
+
+    recording, run, train_with_valuation = [], VectorisedExecutor.run, fl.oracle.train_with_valuation
+
+    def recorded(*args, **kwargs):
+        recording.append(1)
+        return train_with_valuation(*args, **kwargs)
+
+    def executor_run(self, *args, **kwargs):
+        if recording:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 37.25 GiB")
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(fl.oracle, "train_with_valuation", recorded)
+    monkeypatch.setattr(VectorisedExecutor, "run", executor_run)
+    settings = [*(f"--set={o}" for o in FAST), "--set=mechanisms.compare=['shapley']"]
+    assert run_experiment.main(["--quiet", *settings, "--set=training.executor='vectorised'",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 2
+    (folder,) = tmp_path.iterdir()
+    assert capsys.readouterr().err == (
+        "error: model.name='mlp' with model.hidden=[64] with training.executor='vectorised' on training.device='cpu': "
+        "training ran out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 37.25 GiB); allowed is a "
+        "model and executor that fit in the device's memory (training.executor='serial' trains one client at a time; "
+        f"fewer or narrower hidden layers); the pilot curve is kept: --resume {shlex.quote(str(folder))} with a "
+        "training.executor that fits continues the run\n")
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=training.executor='serial'"]) == 0
+    assert (folder / "report.html").is_file()
+
+
+def test_out_of_memory_in_a_jobs_worker_names_fewer_jobs_and_keeps_what_a_lone_resume_continues(
+        tmp_path, monkeypatch):
+    """In a --jobs worker the seeds running at once share the machine's memory, each with
+    its own copy of the data: running out of memory there said "a dataset that fits in this
+    machine's memory" (the parent had loaded it) and, serial on the CPU, removed the folder
+    whose pilot curve a --resume, which runs alone, continues. The worker's entry point,
+    _run_seed, is called here in-process as a worker would (spawned workers import afresh:
+    nothing can be injected into them)."""
+    import queue
+    import threading
+
+    import fl.data
+    import fl.oracle
+    from run_experiment import ConfigError, config_module
+
+    monkeypatch.setattr(run_experiment, "_FOLDERS", queue.SimpleQueue())
+    monkeypatch.setattr(run_experiment, "_STOP", threading.Event())
+    config = config_module.resolve(config_module.read(run_experiment.DEFAULT_CONFIG),
+                                   [*FAST, f"experiment.output_dir='{tmp_path}'"])
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fl.data, "load_dataset", out_of_memory)
+        with pytest.raises(ConfigError) as refused:
+            run_experiment._run_seed(config, 1)
+    assert str(refused.value) == ("data.dataset='digits': loading it ran out of memory (MemoryError); allowed is a "
+                                  "dataset that fits in this machine's memory (fewer --jobs: each runs a seed with "
+                                  "its own copy of the data)")
+    train, calls = fl.oracle.run_federated, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError()
+        return train(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fl.oracle, "run_federated", second_fails)
+        with pytest.raises(ConfigError) as refused:
+            run_experiment._run_seed(config, 1)
+    (folder,) = tmp_path.iterdir()
+    assert str(refused.value) == (
+        "model.name='mlp' with model.hidden=[64] with training.executor='serial' on training.device='cpu': training "
+        "ran out of memory (MemoryError); allowed is a model and executor that fit in the device's memory (fewer or "
+        "narrower hidden layers; fewer --jobs: each runs a seed with its own copy of the data); the pilot curve and "
+        f"iteration 0's training of standard are kept: --resume {shlex.quote(str(folder))} continues it alone")
+    monkeypatch.setattr(run_experiment, "_FOLDERS", None)
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file()
 
 
 def test_out_of_memory_loading_the_data_or_a_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):

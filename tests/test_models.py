@@ -234,3 +234,5 @@ def test_the_forward_checks_let_an_allocation_failure_through_as_it_is(said):
     with pytest.raises(RuntimeError, match=f"^{re.escape(said)}$"):
         RoundValuation(module, get_params(module), {}, {}, test)
     assert allocation_failed(MemoryError()) and not allocation_failed(RuntimeError("mat1 and mat2 shapes"))
+    assert allocation_failed(torch.cuda.OutOfMemoryError())  # by its type, whatever it says
+    assert allocation_failed(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB"))

@@ -547,3 +547,24 @@ def test_coalition_models_are_evaluated_in_passes_bounded_in_bytes(skewed_run, m
         passes.clear()
         np.testing.assert_array_equal(valuation().utilities(coalitions), expected)
         assert max(passes) == size and sum(passes) == len(coalitions)
+
+
+def test_a_model_whose_parameters_hold_no_bytes_is_valued():
+    """The pass size divided COALITION_BYTES by the parameters' bytes: a model whose
+    parameters are all empty (a bias over nothing, which adds 0) raised ZeroDivisionError
+    in utilities where utility worked."""
+
+    class EmptyShift(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shift = torch.nn.Parameter(torch.empty(0))
+
+        def forward(self, x):
+            return x + self.shift.sum()
+
+    x = torch.eye(10).repeat(2, 1)
+    validation = ArrayDataset("validation", x, torch.arange(20) % 10, 10)  # logits = one-hot of the label
+    model = EmptyShift()
+    params = get_params(model)
+    game = RoundValuation(model, params, {0: params, 1: params}, {0: 5, 1: 5}, validation)
+    assert game.utilities([[0], [1], [0, 1], []]).tolist() == [1.0] * 4
