@@ -423,11 +423,17 @@ class Checkpoint:
     warnings: tuple[str, ...] = ()
 
 
-def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``folder`` atomically (a crash never leaves half a file), as
-    a dict of its fields."""
-    write_whole(folder / CHECKPOINT, pickle.dumps({field.name: getattr(checkpoint, field.name)
-                                                   for field in fields(checkpoint)}))
+def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
+    """``checkpoint`` as its file holds it: a pickled dict of its fields."""
+    return pickle.dumps({field.name: getattr(checkpoint, field.name) for field in fields(checkpoint)})
+
+
+def holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` holds ``data`` (False where it cannot be read)."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
@@ -800,14 +806,24 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
 
     def checkpoint(result) -> None:  # called from loop.run, in the catch_warnings below that records raised
+        """Write ``result``'s checkpoint, atomically (:func:`analysis.report.write_whole`).
+        ``saved`` is what the file holds whenever a stop comes: set before the write and set
+        back where the write did not land (a Ctrl-C just after the file was renamed into
+        place, assigned after it, said the run kept one iteration less than it did)."""
         nonlocal saved
+        before, data = saved, b""
+        saved = replace(result, records=list(result.records), pending=list(result.pending))
         try:
-            save_checkpoint(folder, Checkpoint(config, result, elapsed(earlier, start, loop_start), csv_digest,
+            data = checkpoint_bytes(Checkpoint(config, result, elapsed(earlier, start, loop_start), csv_digest,
                                                tuple(user_warnings(raised, heard_before))))
-        except (OSError, MemoryError) as error:  # a full disk ...: the last checkpoint written holds the run
-            raise WriteFailed(stopped(write_failure("the checkpoint", error), folder, saved, created,
-                                      f"{resume_option(folder)} continues the run")) from error
-        saved = replace(result, records=list(result.records), pending=list(result.pending))  # as written
+            write_whole(folder / CHECKPOINT, data)
+        except BaseException as error:
+            if not (data and holds(folder / CHECKPOINT, data)):
+                saved = before
+            if isinstance(error, (OSError, MemoryError)):  # a full disk ...: the last checkpoint written holds it
+                raise WriteFailed(stopped(write_failure("the checkpoint", error), folder, saved, created,
+                                          f"{resume_option(folder)} continues the run")) from error
+            raise
 
     try:  # from the folder on: a Ctrl-C or a failure before the loop began goes as one in it does
         with tqdm(total=steps, disable=quiet or not config["experiment"]["progress"], desc="closed loop",

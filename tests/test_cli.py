@@ -337,6 +337,35 @@ def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path,
     assert capsys.readouterr().err == "\ninterrupted\n" and not any(fresh.iterdir())
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_ctrl_c_as_a_checkpoint_is_written_says_what_the_file_holds(tmp_path, capsys, monkeypatch, landed):
+    """A Ctrl-C (or a --jobs worker's SIGTERM) just after the checkpoint of iteration 0's
+    last training was renamed into place said "the pilot curve and iteration 0's training
+    of standard are kept", the state before: what the run held was assigned after the
+    write (seen in CI, in test_seeds' SIGTERM test). Injected just after that rename, and
+    just before it: each message names what checkpoint.pkl holds."""
+    writes = []
+
+    def interrupted_write(path, data):
+        if path.name == run_experiment.CHECKPOINT:
+            writes.append(1)
+            if len(writes) == 3:  # the pilot curve, standard's training, then shaping's
+                if landed:
+                    write_whole(path, data)
+                raise KeyboardInterrupt
+        return write_whole(path, data)
+
+    write_whole = run_experiment.write_whole
+    monkeypatch.setattr(run_experiment, "write_whole", interrupted_write)
+    settings = [f"--set={o}" for o in FAST] + ["--set=loop.tolerance=1e-9"]
+    assert run_experiment.main(["--quiet", *settings, f"--set=experiment.output_dir='{tmp_path}'"]) == 130
+    (folder,) = tmp_path.iterdir()
+    held = run_experiment.load_checkpoint(folder).result
+    assert held.n_iterations == (1 if landed else 0)
+    assert capsys.readouterr().err == (f"\ninterrupted; {run_experiment.kept(held)}: --resume "
+                                       f"{shlex.quote(str(folder))} continues the run\n")
+
+
 def test_resume_refuses_a_change_of_experiment(tmp_path, capsys):
     """Only keys that do not change what is measured may change on --resume; the refused
     resume leaves the run folder as it was."""
