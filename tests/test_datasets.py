@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import importlib
 import io
 import os
 import pickle
@@ -80,6 +79,23 @@ def test_missing_files_name_the_path_and_the_download_option(tmp_path, name):
     with pytest.raises(DatasetNotFoundError, match="download=True") as error:
         data.load_dataset(name, root=tmp_path)
     assert str(tmp_path) in str(error.value)
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_a_dataset_folder_that_is_a_file_or_a_file_that_is_a_folder_is_named(tmp_path, download):
+    """root/usps a file: "zip.train.gz not found", and with download=True a bare
+    FileExistsError; a folder in the place of mnist's first file: "not found". Each names
+    the path and what it should be; nothing is fetched or written."""
+    (tmp_path / "usps").write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(tmp_path / 'usps'))} is a file: allowed is a "
+                       r"folder there, holding zip.train.gz \(data root .*\); move the file away$"):
+        data.load_dataset("usps", root=tmp_path, download=download)
+    taken = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    taken.mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(taken))} is a folder: allowed is the file "
+                       r"train-images-idx3-ubyte.gz there; move the folder away$"):
+        data.load_dataset("mnist", root=tmp_path, download=download)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnist", "train-images-idx3-ubyte.gz", "usps"]
 
 
 def test_data_root_comes_from_the_environment(monkeypatch, tmp_path):
@@ -249,7 +265,9 @@ def test_a_download_removes_the_stale_temporary_files_a_killed_one_left(tmp_path
 def test_every_download_waits_download_timeout_seconds_on_a_silent_server(tmp_path, monkeypatch):
     """A server that accepts the connection and never answers is given up after DOWNLOAD_TIMEOUT per mirror:
     the timeout is the module's constant, which fetch() (every loader's download) uses."""
-    download_module = importlib.import_module("fl.data.download")  # fl.data.download is also the function
+    import fl.data.download as download_module  # the module: fl.data re-exported the function in its name
+
+    assert download_module.__name__ == "fl.data.download" and download_module.fetch is fetch
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # the kernel completes the handshake; nothing ever reads or answers
@@ -263,6 +281,18 @@ def test_every_download_waits_download_timeout_seconds_on_a_silent_server(tmp_pa
     finally:
         silent.close()
     assert list((tmp_path / "set").iterdir()) == []
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", float("inf"), True])
+def test_a_download_timeout_that_is_no_positive_number_is_refused(tmp_path, timeout):
+    """timeout=0 failed as "[Errno 115] Operation now in progress", -1 as urllib's bare
+    "Timeout value out of range", "5" as a TypeError; nothing is fetched or written."""
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"z")
+    with pytest.raises(ValueError, match=rf"^timeout={re.escape(repr(timeout))}: allowed is a finite number > 0$"):
+        download(source.as_uri(), tmp_path / "set" / "blob.bin", timeout=timeout)
+    assert not (tmp_path / "set").exists()
+    assert download(source.as_uri(), tmp_path / "set" / "blob.bin", timeout=0.5).read_bytes() == b"z"
 
 
 def test_fetch_tries_the_next_mirror_after_a_bad_file_and_names_what_each_did(tmp_path):
@@ -687,6 +717,38 @@ def test_cifar10_limit_per_class_verifies_the_tarball_and_a_damaged_one_is_named
     archive.write_bytes(archive.read_bytes()[:-200])
     with pytest.raises(ChecksumError, match=rf"^{re.escape(str(archive))}: not a readable tarball"):
         read_python_archive(archive)
+
+
+def test_a_cifar10_cache_write_killed_meanwhile_leaves_no_file_for_good(tmp_path):
+    """A process killed while it wrote the decoded cache (a --jobs worker the out-of-memory
+    killer stopped) left its .part file, up to 185 MB, forever: the next load that writes
+    the cache removes those older than STALE_PART_SECONDS, as a download does."""
+    (tmp_path / "cifar10").mkdir()
+    write_cifar_python_archive(tmp_path / "cifar10" / "cifar-10-python.tar.gz", per_batch=4)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    killed, writing = (cache / f".cifar-10-python.tar.gz.decoded.npz.{pid}.part" for pid in (9832, 9833))
+    for part in (killed, writing):
+        part.write_bytes(b"partial")
+    old = time.time() - STALE_PART_SECONDS - 60
+    os.utime(killed, (old, old))
+    load_cifar10(tmp_path, verify=False, cache=cache)
+    assert sorted(p.name for p in cache.iterdir()) == [writing.name, "cifar-10-python.tar.gz.decoded.npz"]
+
+
+def test_a_read_only_data_folder_keeps_its_cache_elsewhere_even_for_root(tmp_path):
+    """os.access says yes to root for any folder: a shared copy made read-only (mode 555)
+    got a 185 MB decoded CIFAR-10 cache written into it. Its mode now counts too."""
+    from fl.data.download import cache_dir
+
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    assert cache_dir(folder) == folder
+    folder.chmod(0o555)
+    try:
+        assert cache_dir(folder) == Path.home() / ".cache" / "fedecon" / "cache" / "cifar10"
+    finally:
+        folder.chmod(0o755)
 
 
 def test_cifar10_damaged_cache_is_rebuilt_and_a_failed_write_leaves_no_partial_file(tmp_path):

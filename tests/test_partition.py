@@ -258,6 +258,21 @@ def test_an_alpha_whose_dirichlet_draw_overflows_is_refused_and_one_below_still_
         assert [len(p) for p in parts] == [200] * 10  # all but IID
 
 
+def test_a_huge_alpha_splits_like_iid_without_shorting_the_last_clients():
+    """From alpha N of about 1e32 the Dirichlet shares are exactly equal, and the rounding's
+    ties went to the lowest clients in every class: 109 samples of each of 10 classes over
+    10 clients gave [110] * 9 + [100] for every seed. Each class's left-over samples now go
+    on from where the class before stopped: sizes within one of each other, as IID."""
+    for counts, clients in (([109] * 10, 10), ([100] * 3, 7), ([97, 13, 55, 8, 100, 3, 77, 31, 64, 20], 6)):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        for seed in range(3):
+            parts = partition.dirichlet(labels, clients, 1e100, seed=seed)
+            sizes = [len(p) for p in parts]
+            assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(labels)
+            assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    assert partition._largest_remainder(5, np.ones(3), 2).tolist() == [2, 1, 2]  # ties from index 2 on, then 0
+
+
 def test_dirichlet_federation_holds_out_validation_and_gives_each_clients_label_mix():
     from fl.data.federation import dirichlet_federation
 

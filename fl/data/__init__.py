@@ -36,7 +36,6 @@ from fl.data.download import (
     DatasetNotFoundError,
     DownloadError,
     data_root,
-    download,
     file_digest,
     verify_checksum,
 )
@@ -102,7 +101,6 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "data_root",
-    "download",
     "file_digest",
     "verify_checksum",
 ]

@@ -54,6 +54,7 @@ from fl.data.download import (
     damaged_file,
     data_root,
     fetch,
+    remove_stale_parts,
     verify_checksum,
 )
 from fl.data.pickles import DAMAGED_PICKLE_ERRORS, load_data_pickle
@@ -258,6 +259,7 @@ def _cached(source: Path, cache: Path, build, verified: bool) -> Splits:
             pass  # a damaged cache (cut short, overwritten) is stale: rebuilt below
     splits = build()
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(cache.parent, f".{cache.name}.", ".part")  # left by a process killed while writing
     partial = cache.with_name(f".{cache.name}.{os.getpid()}.part")
     try:
         with open(partial, "wb") as stream:

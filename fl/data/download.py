@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl.checks import check_bool
+from fl.checks import check_bool, check_positive
 
 DATA_ROOT_ENV = "FEDECON_DATA"
 CHECKSUM_ALGORITHMS = ("sha256", "md5")
@@ -80,12 +80,14 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 def cache_dir(folder: Path, cache: str | os.PathLike | None = None) -> Path:
     """Where derived files (decoded arrays) of ``folder`` go.
 
-    ``cache`` if given; else ``folder`` itself when it is writable; else
-    ``~/.cache/fedecon/cache/<folder name>`` (for read-only shared copies).
+    ``cache`` if given; else ``folder`` itself when it is writable and its mode grants
+    writing to someone (root may write anywhere: a shared copy made read-only, mode 555,
+    is still left alone); else ``~/.cache/fedecon/cache/<folder name>`` (for read-only
+    shared copies).
     """
     if cache is not None:
         return as_path("cache", cache)
-    if folder.is_dir() and os.access(folder, os.W_OK):
+    if folder.is_dir() and os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222:
         return folder
     return Path.home() / ".cache" / "fedecon" / "cache" / folder.name
 
@@ -168,7 +170,7 @@ def download(
     renamed, so ``destination`` either does not exist or holds the checked file. The
     temporary files of ``destination`` older than :data:`STALE_PART_SECONDS`, left by a
     download that was killed, are removed first. ``timeout``: seconds to wait on each
-    socket operation (None: :data:`DOWNLOAD_TIMEOUT`). ``url``
+    socket operation, a finite number > 0 (None: :data:`DOWNLOAD_TIMEOUT`). ``url``
     is an ``https://``, ``http://`` or ``file://`` URL (ValueError naming it otherwise).
     Raises :class:`DownloadError` when the URL cannot be read or the transfer breaks off
     (a dropped connection, or fewer bytes than the announced ``Content-Length``), naming
@@ -177,6 +179,8 @@ def download(
     digest, or with ``decompress`` no readable gzip file: e.g. an HTML error page).
     """
     _check_algorithm(algorithm)
+    if timeout is not None:
+        check_positive("timeout", timeout)  # 0 read as "in progress", -1 a bare ValueError, "5" a TypeError
     if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in URL_SCHEMES:
         raise ValueError(f"url={url!r}: allowed is an https://, http:// or file:// URL (a local file is "
                          "file:///absolute/path)")
@@ -184,7 +188,7 @@ def download(
     destination.parent.mkdir(parents=True, exist_ok=True)
     timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
     prefix, suffix = f".{destination.name}.", ".part"
-    _remove_stale_parts(destination.parent, prefix, suffix)
+    remove_stale_parts(destination.parent, prefix, suffix)
     handle, partial = tempfile.mkstemp(dir=destination.parent, prefix=prefix, suffix=suffix)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "fedecon-dataset-loader"})
@@ -215,9 +219,10 @@ def download(
     return destination
 
 
-def _remove_stale_parts(folder: Path, prefix: str, suffix: str) -> None:
-    """Remove the files ``prefix*suffix`` in ``folder`` (a download's temporary files) last
-    written more than :data:`STALE_PART_SECONDS` ago; younger ones may be in progress."""
+def remove_stale_parts(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove the files ``prefix*suffix`` in ``folder`` (the temporary files of a download,
+    or of a cache being written) last written more than :data:`STALE_PART_SECONDS` ago,
+    left by a process that was killed; younger ones may be in progress."""
     now = time.time()
     for path in folder.glob(f"{glob.escape(prefix)}*{suffix}"):
         try:
@@ -255,7 +260,8 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
 
     An existing file is verified against ``remote.checksum`` when ``verify``; a
     downloaded one always is. Raises :class:`DatasetNotFoundError` naming the path and
-    the ``download=True`` option when the file is missing. The mirrors are tried in
+    the ``download=True`` option when the file is missing, and naming the path where
+    ``folder`` is a file or the file's name a folder. The mirrors are tried in
     order until one serves a file that passes the check; when none does, one error lists
     what each did: a :class:`ChecksumError` when every mirror served a file that failed
     the check, else a :class:`DownloadError`. ValueError unless ``download_missing`` (the
@@ -264,8 +270,13 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
     check_bool("download", download_missing)
     check_bool("verify", verify)
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # download=True raised a bare FileExistsError making it
+        raise DatasetNotFoundError(f"{folder} is a file: allowed is a folder there, holding {remote.filename} "
+                                   f"(data root {folder.parent}); move the file away")
     for name in remote.candidates():
         path = folder / name
+        if path.is_dir():  # was "not found"
+            raise DatasetNotFoundError(f"{path} is a folder: allowed is the file {name} there; move the folder away")
         if path.is_file():
             if verify and remote.checksum is not None:
                 gunzip = path.suffix == ".gz" and remote.decompressed

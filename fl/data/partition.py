@@ -80,10 +80,13 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     check_min_size(min_size, num_clients, len(labels))
     rng = np.random.default_rng(check_seed(seed))
     members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    # equal shares (alpha N beyond 1e32) tie in every class: each class's left-over samples go on from the
+    # client after the last one the classes before it gave one to (all went to the first clients, short the rest)
+    starts = np.cumsum([0] + [len(idx) for idx in members[:-1]]) % num_clients
     for _ in range(_MAX_TRIES):
         chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-        for idx in members:
-            shares = _largest_remainder(len(idx), rng.dirichlet(np.full(num_clients, alpha)))
+        for idx, dealt in zip(members, starts):
+            shares = _largest_remainder(len(idx), rng.dirichlet(np.full(num_clients, alpha)), dealt)
             for i, chunk in enumerate(np.split(rng.permutation(idx), np.cumsum(shares)[:-1])):
                 chunks[i].append(chunk)
         parts = [np.concatenate(c) for c in chunks]
@@ -263,14 +266,16 @@ def check_concentration(key: str, alpha, count: int, what: str) -> float:
     return alpha
 
 
-def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+def _largest_remainder(total: int, weights: np.ndarray, first: int = 0) -> np.ndarray:
     """Non-negative integers summing to ``total``, proportional to ``weights``
-    (Hamilton's largest-remainder rounding; ties go to the lower index)."""
+    (Hamilton's largest-remainder rounding; ties go to the lower index counted cyclically
+    from ``first``: index first, first + 1, ..., then 0)."""
     weights = np.asarray(weights, dtype=np.float64)
     exact = total * weights / weights.sum()
     shares = np.floor(exact).astype(np.int64)
     extra = total - int(shares.sum())
-    shares[np.argsort(shares - exact, kind="stable")[:extra]] += 1
+    order = np.roll(np.arange(len(shares)), -first)
+    shares[order[np.argsort((shares - exact)[order], kind="stable")[:extra]]] += 1
     return shares
 
 
