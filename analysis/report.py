@@ -77,7 +77,9 @@ def headline_text(fmt: str, value) -> str:
     to 0.000 or 1.000 without being 0 or 1 takes the fewest more decimals, up to 12, that
     tell it from them (a price of anarchy of 1.0004 read "1.000", as an efficient
     equilibrium does; an accuracy of 0.9996, as a perfect one; a mean promise gap of
-    0.0004, as none)."""
+    0.0004, as none). An amount of utility ("{:.4f}") that rounds to 0.0000 without being 0,
+    or is a billion or more, reads in four significant digits (a budget of 1e-5 paid read
+    "0.0000", as none; a welfare of 9e306, in 307 digits)."""
     text = fmt.format(value)
     if fmt == "{:.0%}":
         if text == "0%" and value > 0:
@@ -88,6 +90,8 @@ def headline_text(fmt: str, value) -> str:
             text = f"{value:.{decimals}f}"
             if value in (0, 1) or float(text) not in (0, 1):
                 break
+    if fmt == "{:.4f}" and value != 0 and (float(text) == 0 or abs(value) >= 1e9):
+        return f"{value:.4g}"
     return text
 
 
@@ -491,7 +495,7 @@ def _baseline_notes(audits: dict[str, Audit], result: LoopResult) -> str:
     notes = []
     for name, found in audits.items():
         alone = np.asarray(final[name].reservation_utility, dtype=float)
-        below = found.reservation < alone - found.tol
+        below = found.reservation < alone - found.tolerance
         if below.any():
             notes.append(f"<p>{html.escape(name)}: its audit holds each agent to its outside option alone "
                          "(audit_reservation in agents.csv), not to the better of that and training alone "
@@ -510,12 +514,13 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
     notes = []
     for name, found in audits.items():
         findings = []
-        short = np.flatnonzero(found.ir_shortfall > found.tol)
+        beyond = _tolerance_words(found)
+        short = np.flatnonzero(found.ir_shortfall > found.tolerance)
         if short.size:
             i = short[np.argmax(found.ir_shortfall[short])]
             findings.append(f"{_agents(short.size)} realised less than their reservation utility by more than "
-                            f"{found.tol:g} (the largest shortfall, {found.ir_shortfall[i]:.3g}, is agent {i}'s)")
-        gain = np.flatnonzero(found.deviation_gain > found.tol)
+                            f"{beyond} (the largest shortfall, {found.ir_shortfall[i]:.3g}, is agent {i}'s)")
+        gain = np.flatnonzero(found.deviation_gain > found.tolerance)
         if gain.size:
             m = np.asarray(final[name].outcome.contributions, dtype=float)
             target = found.best_deviation
@@ -524,13 +529,13 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
                     f"by contributing {_deviation_words(target[i], population.endowment[i])} instead of "
                     f"{_samples(m[i])}")
             less = int(np.count_nonzero(np.isnan(target[gain]) | (target[gain] < m[gain])))
-            findings.append(f"{_agents(gain.size)} would gain more than {found.tol:g} by changing their "
+            findings.append(f"{_agents(gain.size)} would gain more than {beyond} by changing their "
                             f"contribution alone ({less} of them by contributing less or leaving; the largest gain, "
                             f"{found.deviation_gain[i]:.3g}, is agent {i}'s, {move})")
-        lie = np.flatnonzero(found.misreport_gain > found.tol)
+        lie = np.flatnonzero(found.misreport_gain > found.tolerance)
         if lie.size:
             i = lie[np.argmax(found.misreport_gain[lie])]
-            findings.append(f"{_agents(lie.size)} would gain more than {found.tol:g} by reporting another data "
+            findings.append(f"{_agents(lie.size)} would gain more than {beyond} by reporting another data "
                             f"cost (the largest gain, {found.misreport_gain[i]:.3g}, is agent {i}'s, reporting "
                             f"{found.best_report[i]:.3g} instead of {population.cost[i]:.3g})")
         if findings:
@@ -541,9 +546,18 @@ def _audit_notes(audits: dict[str, Audit], result: LoopResult, population: Popul
     return ("<p>Audits, in utility units (audit.csv lists every agent): individual rationality is checked on "
             "the realised accuracies; a deviation in contribution is scored under the calibrated accuracy model, "
             "a misreport under it plus the agent's realised promise gap. A shortfall or gain counts only beyond "
-            f"the audit's tolerance of {tol} (summary.csv's ir_violations, deviation_violations and "
-            "misreport_violations too), so audit.csv may list smaller ones that are not counted.</p>"
-            + "".join(notes))
+            f"the audit's tolerance, what {tol} of accuracy is worth to the agent (v_i times it; summary.csv's "
+            "ir_violations, deviation_violations and misreport_violations too), so audit.csv may list smaller "
+            "ones that are not counted.</p>" + "".join(notes))
+
+
+def _tolerance_words(found: Audit) -> str:
+    """The audit's tolerance in utility units: one number where every agent's is the same
+    (equal values v_i), else tol v_i."""
+    tolerance = np.unique(found.tolerance)
+    if tolerance.size == 1:
+        return f"{tolerance[0]:.3g}"
+    return f"{found.tol:g} v_i (what {found.tol:g} of accuracy is worth to the agent)"
 
 
 def _agents(count: int) -> str:

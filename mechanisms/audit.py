@@ -6,7 +6,7 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
 - individual rationality (IR), on the realised utilities of the agents taking part:
   shortfall_i = r_i - u_i^real, where r_i = max(outside option, local-only utility
   v_i phi(a(m_i^o)) - c_i m_i^o) and u_i^real = v_i phi(delivered_i) + t_i^real - c_i m_i - comm_i;
-  a violation where shortfall_i > tol. A mechanism that promises only the outside option
+  a violation where shortfall_i > tol v_i. A mechanism that promises only the outside option
   (a contract with ``include_local=False``) is held to that alone;
 - deviation in contribution: the largest gain agent i gets by changing m_i alone
   (``incentives.equilibrium.verify_equilibrium`` on a grid over [0, n_i], plus the
@@ -30,6 +30,12 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
   server's profit >= 0 (contracts) or no money at all (standard FL, shaping);
 - server profit (the promised profit less what was paid beyond the promised transfers)
   and agents' information rents where the mechanism reports them.
+
+The tolerance ``tol`` is in units of accuracy (of phi(accuracy)): a shortfall or gain of
+agent i counts beyond tol v_i utility, what tol of accuracy is worth to it, and a sum of
+money beyond tol times the agents' mean v. So the counts do not change with the currency:
+an absolute 1e-3 utility units counted 8 of 10 agents short of IR, and with every value
+and cost in units 100 times larger (the same game) none.
 """
 
 from __future__ import annotations
@@ -52,16 +58,18 @@ class Audit:
 
     reservation: r_i, the utility the mechanism is held to: max(outside option, local-only
     utility), or the outside option alone for a contract with ``include_local=False``.
-    ir_shortfall: r_i - u_i^real (> tol: IR violated on the realised numbers).
+    ir_shortfall: r_i - u_i^real (> tolerance_i: IR violated on the realised numbers).
     deviation_gain: best gain from changing one's contribution alone.
     best_deviation: the contribution (samples) achieving deviation_gain (NaN: leaving for
-    the outside option, or no gain above ``tol``).
+    the outside option, or no gain above tolerance_i).
     misreport_gain: best gain from reporting another cost (0 where reports are not used).
     best_report: the cost report achieving misreport_gain (NaN: truthful is best).
     paid: total money paid to agents. budget: the most the mechanism may pay (None: none
     set). server_profit: the server's value of the data less its payments (None: not
     modelled). information_rent: (N,) utility above the reservation left to each agent by
     the server's not knowing its type (None: not a screening mechanism).
+    tol: the tolerance in units of accuracy; tolerance: (N,) tol v_i, agent i's in utility
+    units, below which a shortfall or gain of its does not count.
     """
 
     mechanism: str
@@ -76,33 +84,40 @@ class Audit:
     server_profit: float | None
     information_rent: np.ndarray | None
     tol: float
+    tolerance: np.ndarray
+
+    @property
+    def money_tolerance(self) -> float:
+        """The tolerance of sums of money (utility units): tol times the agents' mean v."""
+        return float(np.mean(self.tolerance))
 
     @property
     def budget_balanced(self) -> bool:
-        """Weak budget balance: paid <= budget; without a budget, profit >= 0 or no money."""
+        """Weak budget balance: paid <= budget; without a budget, profit >= 0 or no money
+        (each within :attr:`money_tolerance`)."""
         if self.budget is not None:
-            return self.paid <= self.budget + self.tol
+            return self.paid <= self.budget + self.money_tolerance
         if self.server_profit is not None:
-            return self.server_profit >= -self.tol
-        return abs(self.paid) <= self.tol
+            return self.server_profit >= -self.money_tolerance
+        return abs(self.paid) <= self.money_tolerance
 
     def violations(self) -> dict[str, int]:
-        """Counts of agents violating IR, no-deviation and IC by more than ``tol``."""
+        """Counts of agents violating IR, no-deviation and IC by more than their ``tolerance``."""
         return {
-            "ir": int(np.count_nonzero(self.ir_shortfall > self.tol)),
-            "deviation": int(np.count_nonzero(self.deviation_gain > self.tol)),
-            "misreport": int(np.count_nonzero(self.misreport_gain > self.tol)),
+            "ir": int(np.count_nonzero(self.ir_shortfall > self.tolerance)),
+            "deviation": int(np.count_nonzero(self.deviation_gain > self.tolerance)),
+            "misreport": int(np.count_nonzero(self.misreport_gain > self.tolerance)),
         }
 
     def rows(self) -> list[dict]:
         """One row per agent, for the run folder; ``leaves`` says that the best deviation
-        (a gain above ``tol`` with best_deviation NaN) is to leave for the outside option."""
+        (a gain above its ``tolerance`` with best_deviation NaN) is to leave for the outside option."""
         rent = self.information_rent
         return [{"mechanism": self.mechanism, "agent": i,
                  "ir_shortfall": float(self.ir_shortfall[i]),
                  "deviation_gain": float(self.deviation_gain[i]),
                  "best_deviation": float(self.best_deviation[i]),
-                 "leaves": bool(self.deviation_gain[i] > self.tol and np.isnan(self.best_deviation[i])),
+                 "leaves": bool(self.deviation_gain[i] > self.tolerance[i] and np.isnan(self.best_deviation[i])),
                  "misreport_gain": float(self.misreport_gain[i]),
                  "best_report": float(self.best_report[i]),
                  "information_rent": np.nan if rent is None else float(rent[i])}
@@ -258,8 +273,8 @@ def audit(
     model: the accuracy model calibrated to the realised measurements (in the loop, the
     pilot fit calibrated to the mechanism's trainings; local-only utilities use its
     ``alone`` curve). delivered_accuracy, paid_transfer, trained_contributions: (N,) what
-    training delivered, what was paid, and the samples actually trained on. tol: utility
-    units below which nothing counts.
+    training delivered, what was paid, and the samples actually trained on. tol: accuracy
+    (phi) below which nothing counts, tol v_i utility units for agent i (:class:`Audit`).
     phi: the agents' value of accuracy (linear by default), as the loop's.
     solved_for: (N,) the outside options the mechanism was solved for (default:
     ``population``'s; the loop's differ for mechanisms designed for linear values, with a
@@ -292,6 +307,7 @@ def audit(
     deviation = verify_equilibrium(mechanism, outcome.contributions, replace(population, outside_option=reservation),
                                    model, phi=phi, participates=outcome.participates)
     deviation_gain = np.maximum(deviation.gains, 0.0)
+    tolerance = tol * np.asarray(population.value, dtype=float)
     gap = delivered - np.asarray(outcome.accuracy, dtype=float)
     misreport, best = misreport_gains(mechanism, outcome, population, model, gap, phi)
     rent = outcome.info.get("information_rent")
@@ -303,7 +319,7 @@ def audit(
         reservation=np.asarray(reservation, dtype=float),
         ir_shortfall=shortfall,
         deviation_gain=deviation_gain,
-        best_deviation=np.where(deviation_gain > tol, deviation.deviations, np.nan),
+        best_deviation=np.where(deviation_gain > tolerance, deviation.deviations, np.nan),
         misreport_gain=misreport,
         best_report=best,
         paid=float(paid.sum()),
@@ -311,4 +327,5 @@ def audit(
         server_profit=None if profit is None else float(profit),
         information_rent=None if rent is None else np.asarray(rent, dtype=float),
         tol=tol,
+        tolerance=tolerance,
     )

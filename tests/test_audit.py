@@ -116,11 +116,42 @@ def test_the_report_says_that_only_shortfalls_beyond_the_tolerance_count():
                    outcome.transfer, outcome.contributions)
     assert np.count_nonzero(result.ir_shortfall > 0) == 2
     note = _audit_notes({"shaping": result}, NO_RECORDS, population)
-    assert ("Audit of shaping: 1 agent realised less than their reservation utility by more than 0.001 (the "
+    assert ("Audit of shaping: 1 agent realised less than their reservation utility by more than 0.001 v_i (what "
+            "0.001 of accuracy is worth to the agent) (the largest shortfall, 0.02, is agent 1's)" in note)
+    assert ("A shortfall or gain counts only beyond the audit's tolerance, what 0.001 of accuracy is worth to the "
+            "agent (v_i times it; summary.csv's ir_violations, deviation_violations and misreport_violations too), "
+            "so audit.csv may list smaller ones that are not counted." in note)
+    equal = Population.from_lists(cost=[1e-4] * 3, endowment=1e6, value=2.0)
+    outcome = mechanism.solve(equal, MODEL)
+    result = audit(mechanism, outcome, equal, MODEL, outcome.accuracy - np.array([0.0, 0.01, 0.0009]),
+                   outcome.transfer, outcome.contributions)  # shortfalls of 0.02 and 0.0018, beyond 0.001
+    note = _audit_notes({"shaping": result}, NO_RECORDS, equal)
+    assert ("Audit of shaping: 1 agent realised less than their reservation utility by more than 0.002 (the "
             "largest shortfall, 0.02, is agent 1's)" in note)
-    assert ("A shortfall or gain counts only beyond the audit's tolerance of 0.001 (summary.csv's ir_violations, "
-            "deviation_violations and misreport_violations too), so audit.csv may list smaller ones that are not "
-            "counted." in note)
+
+
+def test_the_audit_counts_the_same_in_any_unit_of_money():
+    """Every value and cost 100 or 1e5 times smaller is the same game in other units: the
+    same equilibrium, shortfalls and gains as many times smaller. Against an absolute 1e-3
+    utility units, shaping's 8 IR violations of 10 in a CLI run fell to 0, and 90 times the
+    budget paid was "balanced" for a budget of 1e-5. The tolerance is tol v_i for agent i and
+    tol times the mean v for money, so the counts and the balance do not change."""
+    costs = [1e-4, 2e-4, 4e-4]
+    findings = []
+    for unit in (1.0, 1e-2, 1e-5):
+        population = Population.from_lists(cost=np.array(costs) * unit, endowment=1e6, value=unit)
+        mechanism = AccuracyShaping()
+        outcome = mechanism.solve(population, MODEL)
+        result = audit(mechanism, outcome, population, MODEL, outcome.accuracy - np.array([0.0, 0.01, 0.0005]),
+                       outcome.transfer, outcome.contributions)
+        np.testing.assert_allclose(result.ir_shortfall, np.array([0.0, 0.01, 0.0005]) * unit, rtol=1e-6,
+                                   atol=1e-12 * unit)
+        overpaid = replace(result, paid=1.5e-3 * unit, budget=0.0)
+        findings.append((result.violations(), result.budget_balanced, overpaid.budget_balanced,
+                         replace(result, paid=0.5e-3 * unit, budget=0.0).budget_balanced))
+    assert findings == [({"ir": 1, "deviation": 0, "misreport": 3}, True, False, True)] * 3
+
+
 
 
 def test_the_audit_keeps_the_reservation_each_mechanism_is_held_to_and_the_report_names_a_lower_one():

@@ -93,7 +93,7 @@ def test_summarise_of_a_hand_built_shapley_record():
                              np.array([0.5, 0.6, 0.9]), np.array([0.4, 0.5, 0.8]), np.zeros(3))
     zeros = np.zeros(3)
     audit = Audit("shapley", zeros, zeros, zeros, np.full(3, np.nan), zeros, np.full(3, np.nan), 0.5, 0.5, None, None,
-                  1e-3)
+                  1e-3, np.full(3, 1e-3))
     metrics = summarise(record, agents, model, audit)
     best = (1.5 / c) ** (2 / 3)
     assert metrics["price_of_anarchy"] == pytest.approx((3 * model(best) - c * best) / (2.0 - 0.5), rel=1e-9)
@@ -135,7 +135,7 @@ def hand_audit(information_rent=None, deviation_gain=(0.0, 0.0, 0.0)) -> Audit:
     deviation gains; no money, no budget, the given information rents."""
     zeros = np.zeros(3)
     return Audit("standard", zeros, zeros, np.asarray(deviation_gain), np.full(3, np.nan), zeros,
-                 np.full(3, np.nan), 0.0, None, None, information_rent, 1e-3)
+                 np.full(3, np.nan), 0.0, None, None, information_rent, 1e-3, np.full(3, 1e-3))
 
 
 def test_summarise_counts_the_trained_samples_and_adds_up_over_the_agents():

@@ -90,7 +90,8 @@ def test_the_run_folder_section_states_the_audits_tolerance():
 
     tol = inspect.signature(audit).parameters["tol"].default
     section = " ".join(README.read_text().split("## The run folder")[1].split("\n## ")[0].split())
-    assert (f"only where it exceeds the audit's tolerance of {tol:g} utility units, so audit.csv may list smaller "
+    assert (f"only where it exceeds the audit's tolerance, what {tol:g} of accuracy is worth to the agent ({tol:g} "
+            "v_i utility units; so the counts do not change with the units of money), so audit.csv may list smaller "
             "positive ones") in section
 
 

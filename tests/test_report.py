@@ -54,7 +54,7 @@ def no_findings(n: int) -> Audit:
     """An audit of ``n`` agents that finds nothing, each held to a reservation utility of 0."""
     zeros = np.zeros(n)
     return Audit("standard", zeros, zeros, zeros, np.full(n, np.nan), zeros, np.full(n, np.nan), 0.0, None, None,
-                 None, 1e-3)
+                 None, 1e-3, np.full(n, 1e-3))
 
 
 def test_agents_csv_gives_the_trained_contribution_and_the_cost_of_it():
@@ -294,7 +294,13 @@ def test_paid_against_promised_lists_the_contributors_paid_nothing():
     ("{:.3f}", 0.0004, "0.0004"),  # a mean promise gap that read 0.000, as none does
     ("{:.3f}", 0.0, "0.000"),
     ("{:.3f}", -0.00002, "-0.00002"),
-    ("{:.4f}", 1.00001, "1.0000"),  # welfare: no rule
+    ("{:.4f}", 1.00001, "1.0000"),  # an amount of utility: four decimals where they tell it
+    ("{:.4f}", 1e-5, "1e-05"),  # a Shapley budget of 1e-5, paid whole, read 0.0000, as none
+    ("{:.4f}", -3.2e-5, "-3.2e-05"),  # a welfare that read -0.0000
+    ("{:.4f}", 0.0, "0.0000"),
+    ("{:.4f}", 9.105621828726288e306, "9.106e+306"),  # in 307 digits
+    ("{:.4f}", -float("inf"), "-inf"),
+    ("{:.4f}", 123456.789, "123456.7890"),
 ])
 def test_headline_rounding_hides_no_finding(fmt, value, text):
     assert report.headline_text(fmt, value) == text
