@@ -448,7 +448,9 @@ def gtg_shapley(
     utility; see ``fl.valuation``). The algorithm:
 
     1. between-round truncation: if |U(N) - U(empty)| <= ``round_eps`` the round adds
-       (almost) nothing and every phi_i is 0 (cost: 2 evaluations);
+       (almost) nothing and every phi_i is 0 (cost: 2 evaluations); ``round_eps`` = 0
+       values every round, one changing U by exactly 0 too (whose values sum to 0 but
+       need not each be 0: a client that helped and one that harmed);
     2. guided Monte Carlo sampling: permutations come in cycles of N, the k-th
        permutation of a cycle putting player k first and the rest in random order, so
        every player is valued at the head of an ordering equally often
@@ -486,7 +488,7 @@ def gtg_shapley(
     check_bool("guided", guided)
     u = _evaluations(utility, n_players, batch)
     v_empty, v_full = u(()), u(range(n_players))
-    if abs(v_full - v_empty) <= round_eps:
+    if round_eps > 0 and abs(v_full - v_empty) <= round_eps:
         return ShapleyEstimate(np.zeros(n_players), functools.partial(len, u), 0)
     rng = np.random.default_rng(seed)
     total, history = np.zeros(n_players), deque(maxlen=int(window))
@@ -771,7 +773,7 @@ def fedsv(
     (:func:`_round_seed`). Efficiency,
     sum_{i in I_t} phi_i^t = U_t(I_t) - U_t(empty), holds per round for the exact and
     Monte Carlo values, and for GTG-Shapley up to its ``eps`` in the rounds it values
-    (a round gaining at most its ``round_eps`` is valued 0), not for leave-one-out or
+    (a round whose utility changes by at most its ``round_eps`` is valued 0), not for leave-one-out or
     the stratified estimate. Returns (n_clients,) values and the evaluations and
     permutations summed over rounds.
     """
@@ -894,7 +896,8 @@ def _split_rows(values: np.ndarray, budget: float) -> np.ndarray:
 ESTIMATORS = {
     "exact": "exact Shapley",
     "monte_carlo": "Monte Carlo over {n_permutations} orderings",
-    "gtg": "GTG-Shapley (a round gaining at most {eps:g} accuracy valued 0, within-round truncation at {eps:g})",
+    "gtg": "GTG-Shapley (a round whose accuracy changes by at most {eps:g} valued 0, within-round truncation at "
+           "{eps:g})",
     "stratified": "stratified sampling by coalition size ({strata_samples} coalitions a size)",
     "loo": "leave-one-out",
 }
@@ -922,8 +925,8 @@ class ShapleyRewards:
     - "exact": the Shapley formula over all 2^N coalitions (N <= 20);
     - "monte_carlo": ``n_permutations`` sampled orderings (seeded);
     - "gtg": GTG-Shapley with between- and within-round truncation at ``eps`` (a round
-      gaining at most ``eps`` is valued 0; ``eps`` = 0 skips only a round gaining exactly 0,
-      whose values sum to 0 but need not each be 0);
+      whose accuracy changes by at most ``eps``, up or down, is valued 0; ``eps`` = 0
+      values every round);
     - "stratified": ``strata_samples`` coalitions of each size per agent (seeded);
     - "loo": leave-one-out, phi_i = a(M) - a(M - m_i).
 

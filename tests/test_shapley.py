@@ -771,8 +771,8 @@ def test_the_report_says_which_coalition_sizes_the_model_values_average_exactly(
     assert f"a(M<sub>S</sub>) by coalition size ({exact}, and each agent's three heaviest others, exactly" in note
     assert "on the benchmark's games of up to 100 agents within 0.4% of the exact values" in note
     assert (f"this game has {n_agents} agents, beyond those measured" in note) == (n_agents > 100)
-    assert ("each round valued by GTG-Shapley (a round gaining at most 0.01 accuracy valued 0, within-round "
-            "truncation at 0.01) on coalition models") in note
+    assert ("each round valued by GTG-Shapley (a round whose accuracy changes by at most 0.01 valued 0, "
+            "within-round truncation at 0.01) on coalition models") in note
 
 
 @pytest.mark.parametrize("estimator", SHAPLEY_ESTIMATORS)
@@ -785,7 +785,8 @@ def test_every_estimator_of_the_mechanism_is_described_in_the_report(estimator):
     record = IterationRecord(0, outcome, MODEL, outcome.contributions, None, outcome.transfer, zeros, zeros, zeros)
     note = _valuation_notes(LoopResult(np.array([4.0]), np.array([0.0]), MODEL, [record]))
     described = {"exact": "exact Shapley", "monte_carlo": "Monte Carlo over 7 orderings",
-                 "gtg": "GTG-Shapley (a round gaining at most 0.02 accuracy valued 0, within-round truncation at 0.02)",
+                 "gtg": "GTG-Shapley (a round whose accuracy changes by at most 0.02 valued 0, within-round "
+                        "truncation at 0.02)",
                  "stratified": "stratified sampling by coalition size (3 coalitions a size)",
                  "loo": "leave-one-out"}[estimator]
     assert f"each round valued by {described} on coalition models" in note
@@ -953,6 +954,19 @@ def test_gtg_skips_a_round_gaining_exactly_round_eps():
     assert estimate.n_evaluations == 2 and estimate.n_permutations == 0
     np.testing.assert_array_equal(estimate.values, [0.0, 0.0])
     np.testing.assert_allclose(gtg_shapley(lambda s: len(s) / 4, 2, round_eps=0.25).values, [0.25, 0.25], rtol=1e-12)
+
+
+def test_gtg_with_round_eps_0_values_a_round_that_changes_nothing():
+    """A round whose model ends where it began, one client helping by 0.2 and one harming by
+    as much: round_eps = 0 skipped it (|U(N) - U(empty)| <= 0), valuing both at 0, where
+    eps = 0 is to value every round; validation accuracy moves in steps of 1/n, so such
+    rounds are common. A round that loses more than round_eps is valued like one that gains."""
+    helped_and_harmed = _AdditiveRound((0.2, -0.2), 1.0).utility
+    np.testing.assert_allclose(gtg_shapley(helped_and_harmed, 2, eps=0.0, round_eps=0.0).values, [0.2, -0.2],
+                               rtol=1e-12)
+    np.testing.assert_array_equal(gtg_shapley(helped_and_harmed, 2, round_eps=1e-9).values, [0.0, 0.0])
+    losing = _AdditiveRound((-0.03, -0.02), 1.0).utility
+    np.testing.assert_allclose(gtg_shapley(losing, 2, eps=0.0, round_eps=0.01).values, [-0.03, -0.02], rtol=1e-12)
 
 
 def test_shapley_rewards_gtg_values_a_round_gaining_at_most_eps_at_0():
