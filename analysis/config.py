@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -263,6 +264,9 @@ USED_ONLY_WITH = {
     "mechanisms.shapley_eps": ("mechanisms.shapley_estimator", ("gtg",), "GTG-Shapley's truncation"),
     "mechanisms.shapley_strata_samples": ("mechanisms.shapley_estimator", ("stratified",),
                                           "the coalitions of each size stratified samples"),
+    "mechanisms.contract_form": ("mechanisms.contract_information", ("incomplete",),
+                                 "how the menu's incentive constraints are written, which complete information has "
+                                 "none of"),
 }
 
 #: the mechanisms' parameters: {key: the mechanisms of mechanisms.compare that read it}; set with --set
@@ -507,8 +511,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse one ``--set section.key=value`` override; the value is read as TOML.
 
     A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string,
-    unless it opens a list or table (``[`` or ``{``): there the TOML error is reported
-    (``[standard, shaping]`` was called "not a list"; its strings need quotes).
+    unless it opens a list, table or string (``[``, ``{``, a quote): there the TOML error
+    is reported (``[standard, shaping]`` was called "not a list"; its strings need quotes),
+    or is a number or boolean that TOML spells otherwise (".5", "05", "True"): the error
+    says how TOML writes it. A value holding more than one TOML key is refused.
     ``key`` may name an entry of a table-valued key, ``population.cost.sigma=1.0`` (see
     :func:`load`).
     """
@@ -517,19 +523,47 @@ def parse_override(text: str) -> tuple[str, str, Any]:
                           "e.g. training.rounds=5")
     dotted, literal = text.split("=", 1)
     section, name = dotted.strip().split(".", 1)
+    given = f"--set {dotted.strip()}={literal.strip()}"
     try:
-        value = tomllib.loads(f"v = {literal}")["v"]
+        parsed = tomllib.loads(f"v = {literal}")
     except tomllib.TOMLDecodeError as error:
-        if literal.strip()[:1] in ("[", "{"):
-            said = str(error).split(" (at ")[0]  # its column counts the "v = " parsed before the value
-            raise ConfigError(f"--set {dotted.strip()}={literal.strip()}: not valid TOML ({said}); allowed is a TOML "
+        said = str(error).split(" (at ")[0]  # its column counts the "v = " parsed before the value
+        opened = literal.strip()[:1]
+        if opened in ("[", "{"):
+            raise ConfigError(f"{given}: not valid TOML ({said}); allowed is a TOML "
                               "list or table, its strings quoted, e.g. ['standard', 'shaping'] or "
                               "{dist = 'lognormal', mean = -6.0, sigma = 0.5}") from None
-        value = literal
+        if opened in ('"', "'"):  # an unclosed quote was kept in the value: a folder named '"' was made
+            raise ConfigError(f"{given}: not valid TOML ({said}); allowed is a TOML string, closed by the quote "
+                              f"it opens with, e.g. {opened}runs/mine{opened}") from None
+        toml_form = _toml_literal(literal.strip())
+        if toml_form is not None:  # ".5" was the string '.5', "allowed is a number" then contradicting it
+            raise ConfigError(f"{given}: not a TOML number or boolean; allowed is TOML's spelling of it, "
+                              f"{toml_form}") from None
+        return section, name, literal
     except ValueError as error:  # an integer of more digits than Python converts (4300)
         raise ConfigError(f"--set {dotted.strip()}=<{len(literal.strip())} characters>: {str(error).split(';')[0]}; "
                           "allowed is integers from -2**63 to 2**63 - 1 (64 bits)") from None
-    return section, name, value
+    if list(parsed) != ["v"]:  # "3\ntraining.lr=1": the second line was parsed as a key of its own and dropped
+        raise ConfigError(f"--set {dotted.strip()}={literal.strip()!r}: holds more than one TOML key; allowed is "
+                          "one value a --set (give each key its own --set)")
+    return section, name, parsed["v"]
+
+
+def _toml_literal(text: str) -> str | None:
+    """How TOML writes ``text`` where it is a number or boolean in another spelling (".5",
+    "5.", "05", "True", "Infinity"): "0.5", "5.0", "5", "true", "inf"; None for other text."""
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    if "_" in text:  # Python's float() takes "1__0"; TOML's own separators parse before this
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if re.fullmatch(r"[+-]?\d+", text):
+        return str(int(text))
+    return repr(number).replace("Infinity", "inf")
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:

@@ -46,6 +46,31 @@ def test_an_override_that_opens_a_list_or_table_but_is_not_toml_says_so(override
                                 "sigma = 0.5}")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("training.lr=.5", "--set training.lr=.5: not a TOML number or boolean; allowed is TOML's spelling of it, 0.5"),
+    ("training.lr=5.", "--set training.lr=5.: not a TOML number or boolean; allowed is TOML's spelling of it, 5.0"),
+    ("training.rounds=05", "--set training.rounds=05: not a TOML number or boolean; allowed is TOML's spelling of "
+     "it, 5"),
+    ("experiment.progress=True", "--set experiment.progress=True: not a TOML number or boolean; allowed is TOML's "
+     "spelling of it, true"),
+    ("training.lr=Infinity", "--set training.lr=Infinity: not a TOML number or boolean; allowed is TOML's spelling "
+     "of it, inf"),
+    ('experiment.output_dir="/tmp/runs', '--set experiment.output_dir="/tmp/runs: not valid TOML (Unterminated '
+     'string); allowed is a TOML string, closed by the quote it opens with, e.g. "runs/mine"'),
+    ("experiment.name='abc", "--set experiment.name='abc: not valid TOML (Expected \"'\"); allowed is a TOML string, "
+     "closed by the quote it opens with, e.g. 'runs/mine'"),
+    ("training.rounds=3\ntraining.lr=1", "--set training.rounds='3\\ntraining.lr=1': holds more than one TOML key; "
+     "allowed is one value a --set (give each key its own --set)"),
+])
+def test_an_override_toml_does_not_read_as_meant_is_refused(override, message):
+    """".5" (TOML wants 0.5) was the string '.5', refused as "allowed is an integer or a
+    number"; an unclosed quote was kept in the value (a run folder named '"' was made);
+    a second line was parsed as a key of its own and dropped, training.lr=1 ignored."""
+    with pytest.raises(ConfigError) as error:
+        config_module.load(None, [override])
+    assert str(error.value) == message
+
+
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
     """Editors such as Notepad write a UTF-8 byte-order mark, which tomllib refused as an
     invalid statement at line 1, column 1."""
@@ -342,6 +367,11 @@ def test_a_config_file_with_an_integer_of_too_many_digits_is_one_error(tmp_path)
      "mechanisms.shapley_strata_samples=3: not used with mechanisms.shapley_estimator='gtg' (it sets the coalitions "
      "of each size stratified samples); allowed is to leave it out or at its default (over a config file that sets "
      "it: --set mechanisms.shapley_strata_samples=2), or to set mechanisms.shapley_estimator='stratified'"),
+    (["mechanisms.contract_information='complete'", "mechanisms.contract_form='all_pairs'"],
+     "mechanisms.contract_form='all_pairs': not used with mechanisms.contract_information='complete' (it sets how "
+     "the menu's incentive constraints are written, which complete information has none of); allowed is to leave it "
+     'out or at its default (over a config file that sets it: --set mechanisms.contract_form="reduced"), or to set '
+     "mechanisms.contract_information='incomplete'"),
 ])
 def test_a_key_set_where_it_has_no_effect_is_refused(overrides, message):
     """model.hidden with a cnn, data.alpha with an iid partition and the estimators' options
