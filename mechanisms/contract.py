@@ -198,7 +198,10 @@ class ContractMechanism:
         if self.reward == "accuracy":
             if np.any(v <= 0):
                 raise bad("population.value", v, "values > 0 for accuracy rewards")
-            return c / v, reserve / v, v
+            with np.errstate(under="ignore"):
+                theta = c / v
+            # below float64's normal range (c = 1e-3, v = 1e306) a cost in accuracy per sample is 0 to the program
+            return np.where(theta < np.finfo(float).tiny, 0.0, theta), reserve / v, v
         return c, reserve, np.ones(N)
 
     def _types(self, theta_i, u0_i, n_i):

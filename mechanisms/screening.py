@@ -779,6 +779,8 @@ def solve_screening(
     seconds = time.perf_counter() - start
 
     y = np.maximum(y, 0.0)
+    if reward == "accuracy":  # the solver's -8.5e-12 under the floor R_k >= 0 was delivered as an accuracy
+        Rs = np.maximum(Rs, 0.0)
     q_sorted = y ** (1.0 / beta)
     contribution = np.empty(K)
     reward_arr = np.empty(K)
@@ -1238,7 +1240,7 @@ def _run(problem: cp.Problem, solver: str, residual=None) -> str:
     ``_SCS_FALLBACK``; Clarabel at its defaults when ``solver`` is SCS) runs, and its
     "optimal" is reported "optimal_inaccurate": a fallback's tolerances are looser than
     the attempts', so the all-pairs form goes on to constraint generation and
-    :func:`solve_screening` checks the menu and warns."""
+    :func:`solve_screening` checks the menu and warns; a ContractError if it raises too."""
     first_stopped = None  # (status, {variable: value}) of the first stopped attempt with values
     for name, options in _attempts(solver):
         try:
@@ -1260,8 +1262,9 @@ def _run(problem: cp.Problem, solver: str, residual=None) -> str:
     fallback, options = ("SCS", _SCS_FALLBACK) if solver != "SCS" else ("CLARABEL", {})
     try:
         _solve_quietly(problem, fallback, options)
-    except cp.error.SolverError as exc:  # pragma: no cover - every solver failed
-        raise RuntimeError(f"solvers {solver} and {fallback} failed on the menu: {exc}") from exc
+    except cp.error.SolverError as exc:  # capacities of 1e-300 samples: ln(1 + q) is flat in float64
+        raise ContractError(f"the solvers {solver} and {fallback} failed on the menu ({exc}); rescale the costs, "
+                            "the server's value or the capacities nearer 1, or try another form or solver") from None
     return cp.OPTIMAL_INACCURATE if problem.status == cp.OPTIMAL else problem.status
 
 

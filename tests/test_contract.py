@@ -364,6 +364,26 @@ def test_accuracy_rewards_are_money_rewards_in_accuracy_units():
     assert_ic_ir(menu)
 
 
+@pytest.mark.parametrize("information", ["incomplete", "complete"])
+def test_an_accuracy_contract_among_agents_whose_cost_per_value_is_subnormal_solves(information):
+    """Agents valuing accuracy at 1e306 and paying 1e-3 a sample: their cost in accuracy,
+    c_i / v_i, is 1e-309, below float64's normal range, which the screening program refuses
+    (a traceback after a CLI run's pilot training). Such a cost is 0 to the program: every
+    agent gives its endowment for nothing. At v = 1e300 the costs are normal, and the
+    complete-information rewards are theta_k q_k, 120 c_k / 1e300."""
+    cost = np.array([0.001, 0.002, 0.004])
+    mechanism = ContractMechanism(value=LogValue(0.2), reward="accuracy", reward_price=0.1, information=information)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outcome = mechanism.solve(Population.from_lists(cost=cost, endowment=120.0, value=1e306), MODEL)
+        np.testing.assert_allclose(outcome.contributions, [120.0] * 3, rtol=1e-9)
+        np.testing.assert_array_equal(outcome.delivery_target, [0.0] * 3)
+        normal = mechanism.solve(Population.from_lists(cost=cost, endowment=120.0, value=1e300), MODEL)
+    np.testing.assert_allclose(normal.contributions, [120.0] * 3, rtol=1e-9)
+    if information == "complete":
+        np.testing.assert_allclose(normal.delivery_target, 120 * cost / 1e300, rtol=1e-6)
+
+
 def test_accuracy_reward_cap_binds_and_forms_agree():
     kw = dict(reward="accuracy", accuracy_value=10.0, reward_price=0.5, reward_cap=0.8)
     a = solve_screening(COSTS, EQUAL, V10, form="reduced", **kw)
@@ -421,6 +441,20 @@ def test_an_accuracy_contract_no_type_would_accept_is_withdrawn_not_an_error(inf
     assert ("contract: the menu was withdrawn (every type's outside utility reaches the largest reward, "
             f"{pilot(300.0):.6g}); every agent kept its outside option.") in _equilibrium_notes(
                 LoopResult(np.array([20.0]), np.array([0.5]), pilot, [record]))
+
+
+def test_an_accuracy_reward_the_solver_leaves_just_below_its_floor_is_delivered_as_0():
+    """A CLI run's calibrated menu (outside utility -1, accuracy value 50 a(q), price 10):
+    each type's item is its whole capacity for nothing, and Clarabel stopped at rewards of
+    -1e-11 under the floor R_k >= 0; the loop refused the outcome's accuracy -8.5e-12 and
+    the run ended in a traceback after its training. Accuracy rewards are at least 0."""
+    value = AccuracyValue(PowerLaw(0.9376393386674364, 8.27464550893519, 1.1046772189456056), weight=50.0)
+    menu = solve_screening([0.000978020867512952, 0.0012047932170924985, 0.001643129395273645], [1 / 3] * 3, value,
+                           outside=[-1.0] * 3, reward="accuracy", accuracy_value=1.0, reward_price=10,
+                           reward_cap=0.913878925894098, capacity=[50.0] * 3)
+    assert np.all(menu.reward >= 0.0)
+    np.testing.assert_allclose(menu.reward, 0.0, atol=1e-9)
+    np.testing.assert_allclose(menu.contribution, 50.0, rtol=1e-9)
 
 
 @pytest.mark.parametrize("form", ["reduced", "all_pairs"])
@@ -690,6 +724,16 @@ def test_a_bounded_menu_the_solver_fails_on_is_not_called_unbounded():
                         LogValue(0.0001446118457467656), capacity=np.full(2, 6.810444321690737e-05), cost_exponent=2,
                         form="all_pairs")
     assert err.value.family is None and err.value.types is None
+
+
+def test_a_menu_every_solver_raises_on_is_a_contract_error():
+    """Agents holding 1e-300 samples: ln(1 + q) is flat in float64, every attempt and the
+    fallback solver raised, and the mechanism ended in a RuntimeError, which the CLI let
+    through as a traceback. It is a ContractError, which names the solvers and what to try."""
+    agents = Population.from_lists(cost=[0.001, 0.002, 0.004], endowment=1e-300)
+    with pytest.raises(ContractError, match=r"^the solvers CLARABEL and SCS failed on the menu \(.*\); rescale "
+                       r"the costs, the server's value or the capacities nearer 1, or try another form or solver$"):
+        ContractMechanism(value=LogValue(0.2)).solve(agents, PowerLaw(0.92, 10.38, 1.134))
 
 
 CAPACITY_FAR_BEYOND = {
