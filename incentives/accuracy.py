@@ -221,7 +221,7 @@ class PowerLaw(_Parametric):
 
     def marginal_inverse(self, slope):
         slope = _check_slope(slope)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):  # a slope of 1e-308: inf, as at 0
             root = (self.k * self.alpha / slope) ** (1.0 / (self.alpha + 1.0))
         return _out(np.maximum(root, self.zero_crossing))
 

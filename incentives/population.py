@@ -29,7 +29,9 @@ criterion after the idea of Ding, Fang & Huang 2021, by the CPU-frequency energy
 :func:`mechanisms.multidimensional.reduce_multidimensional_types`); c_i is then in utility
 units per sample**beta. Every cost up to the endowment must be finite in float64: a
 population where n_i**beta or c_i * n_i**beta passes 1.8e308 for some agent is refused
-(beta = 1e6 with n_i = 10 made every cost inf, with only numpy's RuntimeWarning).
+(beta = 1e6 with n_i = 10 made every cost inf, with only numpy's RuntimeWarning), and so
+is one whose values, whole-endowment costs, comm_costs or outside options (in absolute
+value) sum over the agents beyond it, since welfare adds them.
 """
 
 from __future__ import annotations
@@ -169,6 +171,24 @@ class Population:
                              f"endowment[{i}]={float(self.endowment[i])!r}: allowed is endowment**cost_exponent and "
                              "cost * endowment**cost_exponent (the cost of the whole endowment) each at most "
                              f"{np.finfo(float).max:.4g}, float64's range")
+        self._check_totals()
+
+    def _check_totals(self) -> None:
+        """ValueError where a sum over the agents in utility units is beyond float64's range:
+        welfare adds every agent's v_i phi(a), data cost, comm_cost and outside option (four
+        agents valuing accuracy at 1e308 ended a run, after its training, in a welfare of inf)."""
+        totals = {"value": self.value, "cost": self.data_cost(self.endowment), "comm_cost": self.comm_cost,
+                  "outside_option": np.abs(self.outside_option)}
+        for key, per_agent_utility in totals.items():
+            with np.errstate(over="ignore"):
+                total = float(np.sum(per_agent_utility))
+            if not np.isfinite(total):
+                i = int(np.argmax(per_agent_utility))
+                what = {"cost": "costs of the whole endowments, cost * endowment**cost_exponent,",
+                        "outside_option": "outside options, in absolute value,"}.get(key, key)
+                raise ValueError(f"{key}[{i}]={float(getattr(self, key)[i])!r}, the largest of {self.n_agents} "
+                                 f"agents': their total is beyond float64's range; allowed is {what} summing over "
+                                 f"the agents to at most {np.finfo(float).max:.4g} (utility units: welfare adds them)")
 
     @property
     def n_agents(self) -> int:

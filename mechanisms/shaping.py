@@ -210,7 +210,8 @@ class AccuracyShaping:
 
         def demand(totals: np.ndarray) -> np.ndarray:  # (T, N) m_i(M) at T totals; slope 0 (free data): all n_i
             accuracy = np.asarray(model(totals), dtype=float).reshape(-1, 1)
-            step = (accuracy - local_accuracy) / np.where(paying, slope, 1.0)
+            with np.errstate(over="ignore"):  # a subnormal c_i / v_i (v_i = 1e306): inf, clipped to n_i
+                step = (accuracy - local_accuracy) / np.where(paying, slope, 1.0)
             along = np.where(paying, np.clip(optimum + step, optimum, endowment), endowment)
             short = accuracy < local_accuracy  # the global model falls short of training alone
             reach = np.zeros_like(accuracy)  # the least data reaching a(M) alone, where some agent needs it
@@ -224,8 +225,9 @@ class AccuracyShaping:
 
         # m_i(M) is at most its value where a(M) = a_max, U in all, and so is any root: the scan stays at the roots'
         # scale however large the endowments (from 1e-12 sum_i n_i, 1e5 for endowments of 1e16, it missed 7627)
-        most = np.where(paying, np.clip(optimum + (model.a_max - local_accuracy) / np.where(paying, slope, 1.0),
-                                        optimum, endowment), endowment)
+        with np.errstate(over="ignore"):
+            most = np.where(paying, np.clip(optimum + (model.a_max - local_accuracy) / np.where(paying, slope, 1.0),
+                                            optimum, endowment), endowment)
         low, high = 0.0, float(most.sum())
         if excess(np.array([high]))[0] >= 0:
             return demand(np.array([high]))[0]

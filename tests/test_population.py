@@ -420,6 +420,26 @@ def test_a_cost_exponent_whose_costs_overflow_float64_is_refused(fields, named):
         Population.from_lists(**fields)
 
 
+@pytest.mark.parametrize("fields, named", [
+    (dict(value=1e308), r"^value\[0\]=1e\+308, the largest of 4 agents': .* allowed is value summing"),
+    (dict(cost=[1e-3, 1e306, 1e306, 1e306]),
+     r"^cost\[1\]=1e\+306, the largest of 4 agents': .* allowed is costs of the whole endowments, cost \* "
+     r"endowment\*\*cost_exponent, summing"),
+    (dict(comm_cost=1e308), r"^comm_cost\[0\]=1e\+308, .* allowed is comm_cost summing"),
+    (dict(outside_option=[1e308, -1e308, 0.0, 0.0]),  # their sum is 0; welfare's terms still overflow apart
+     r"^outside_option\[0\]=1e\+308, .* allowed is outside options, in absolute value, summing"),
+])
+def test_agents_whose_totals_overflow_float64_are_refused(fields, named):
+    """Four agents valuing accuracy at 1e308 each were taken, and a run ended after its
+    training in a traceback (welfare inf: price_of_anarchy refused it). A sum over the
+    agents of any utility field beyond float64 is refused as the population is built."""
+    agents = dict(cost=1e-3, endowment=100.0, n_agents=4)
+    with pytest.raises(ValueError, match=named + r" over the agents to at most 1.798e\+308 \(utility units: "
+                       r"welfare adds them\)$"):
+        Population.from_lists(**{**agents, **fields})
+    Population.from_lists(**{**agents, **{key: np.asarray(v) / 8 for key, v in fields.items()}})
+
+
 def test_a_cost_exponent_whose_costs_stay_finite_is_still_taken():
     """10**308 <= 1.8e308: beta = 308 is the largest whole exponent for n_i = 10, c_i <= 1."""
     pop = Population.from_lists(cost=[1.0, 0.0], endowment=10, cost_exponent=308)

@@ -218,3 +218,14 @@ def test_endowments_far_beyond_the_equilibrium_do_not_change_it():
     np.testing.assert_allclose(mechanism.solve(pair, model).contributions,
                                mechanism.solve(Population.from_lists(cost=[1e-4] * 2, endowment=1e6),
                                                model).contributions, rtol=1e-12)
+
+
+def test_agents_whose_cost_per_value_is_subnormal_solve_without_warnings():
+    """Accuracy worth 1e306 to agents paying 1e-3 a sample: c_i / v_i is 1e-309, and the
+    solve and the model's inverse printed numpy's "overflow encountered in divide" (142 times
+    in a CLI run) on their way to n_i, the right answer. Each agent gives its endowment."""
+    agents = Population.from_lists(cost=[1e-3, 2e-3, 4e-3], endowment=[500.0, 2000.0, 300.0], value=1e306)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (PowerLaw(0.92, 10.38, 1.134), EffectiveData(PowerLaw(0.92, 10.38, 1.134), 0.4)):
+            np.testing.assert_array_equal(AccuracyShaping().solve(agents, model).contributions, agents.endowment)
