@@ -308,9 +308,13 @@ def check_costs_suit_mechanisms(config: dict, population: Population, mechanisms
     assumes linear data costs and the population's are convex (before any training)."""
     for mechanism in mechanisms:
         if getattr(mechanism, "linear_costs_only", False) and not population.linear_costs:
-            source = ("population.private_information='multidimensional' gives cost_exponent 3"
-                      if config["population"]["private_information"] == "multidimensional"
-                      else f"population.cost_exponent is {population.cost_exponent!r}")
+            section = config["population"]
+            if section["private_information"] == "multidimensional":
+                source = "population.private_information='multidimensional' gives cost_exponent 3"
+            elif section["csv"] and section["cost_exponent"] != population.cost_exponent:  # the CSV's column
+                source = f"population.csv={section['csv']!r} gives cost_exponent {population.cost_exponent!r}"
+            else:
+                source = f"population.cost_exponent is {population.cost_exponent!r}"
             every = build_mechanisms({**config["mechanisms"], "compare": list(MECHANISMS)})
             suited = [m.name for m in every if not getattr(m, "linear_costs_only", False)]
             raise ConfigError(f"mechanisms.compare={config['mechanisms']['compare']!r}: {mechanism.name!r} "
@@ -885,6 +889,9 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
             raise out_of_memory(config, error, folder, saved, created) from None
         if created and (saved is None or saved.n_iterations == 0):
             shutil.rmtree(folder, ignore_errors=True)
+        elif saved is not None:  # a failure in this program: its traceback follows, with what the run keeps
+            print(f"error: the run stopped on the failure below; {kept(saved)} in {folder}: python run_experiment.py "
+                  f"{resume_option(folder)} continues it", file=sys.stderr)
         raise
     said = mechanism_warnings(raised, heard_before)
     try:
@@ -1036,7 +1043,8 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     (:func:`check_against_the_data`: their endowments and the pilot sizes fit the training
     pool); a refusal names its seed. ``jobs`` > 1 runs up to that many seeds at once, each
     in its own process (:func:`run_in_processes`). A failure while the seeds folder is
-    written is a WriteFailed (Ctrl-C: Interrupted) naming the seeds' run folders."""
+    written, or aggregate_runs' refusal of runs edited meanwhile (population.csv changed
+    between seeds), is a WriteFailed (Ctrl-C: Interrupted) naming the seeds' run folders."""
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: allowed is each seed once")
     if any(config_module.parse_override(text)[:2] == ("experiment", "seed") for text in overrides):
@@ -1078,6 +1086,8 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
         raise Interrupted(f"interrupted while writing the seeds report; {written}") from None
     except (OSError, MemoryError) as error:  # a full disk ...: every seed's run folder is whole
         raise WriteFailed(f"{write_failure('the seeds report', error)}; {written}") from error
+    except ValueError as error:  # a seed's folder or population.csv edited while the others ran
+        raise WriteFailed(f"the seeds report was not written: {error}; {written}") from None
     if not quiet:
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))

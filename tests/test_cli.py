@@ -294,6 +294,32 @@ def test_an_unexpected_failure_before_any_iteration_leaves_no_empty_run_folder(t
     assert not any(tmp_path.iterdir())
 
 
+def test_an_unexpected_failure_after_an_iteration_says_what_is_kept(tmp_path, capsys, monkeypatch):
+    """A failure in this program after the loop's first iteration (a contract's reward of
+    -1e-11 refused by the loop's outcome check) ends in its traceback, as a bug should; the
+    folder with the finished iteration was kept, but nothing said so or how to continue."""
+    from fl.oracle import TrainingOracle
+
+    train, calls = TrainingOracle.train, []
+
+    def failing_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # iteration 1's first training
+            raise RuntimeError("a defect")
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingOracle, "train", failing_third)
+    with pytest.raises(RuntimeError, match="a defect"):
+        run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=loop.tolerance=1e-9",
+                             f"--set=experiment.output_dir='{tmp_path}'"])
+    (folder,) = tmp_path.iterdir()
+    assert capsys.readouterr().err == (f"error: the run stopped on the failure below; the 1 finished loop "
+                                       f"iteration(s) are kept in {folder}: python run_experiment.py --resume "
+                                       f"{shlex.quote(str(folder))} continues it\n")
+    assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 0
+    assert (folder / "report.html").is_file()
+
+
 def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
     """Ctrl-C during a training: exit 130, the pilot curve and every finished training kept
     and resumable (the second training of iteration 0 used to take the pilot and the first

@@ -324,6 +324,22 @@ def test_the_cli_refuses_a_linear_cost_mechanism_on_multidimensional_types(tmp_p
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
+@pytest.mark.parametrize("exponent_given", [False, True])
+def test_the_cli_names_the_csv_whose_column_makes_costs_convex(tmp_path, capsys, exponent_given):
+    """A population.csv with a cost_exponent column of 2 under shaping was refused naming
+    population.cost_exponent, a key the user never set; the CSV is named. Where the config
+    sets the same exponent, the key is."""
+    agents = tmp_path / "agents.csv"
+    agents.write_text("cost,endowment,cost_exponent\n0.001,50,2\n0.001,50,2\n")
+    given = ["--set=population.cost_exponent=2"] if exponent_given else []
+    status = run_experiment.main(["--quiet", f"--set=population.csv='{agents}'", *given,
+                                  f"--set=experiment.output_dir='{tmp_path / 'runs'}'"])
+    source = ("population.cost_exponent is 2.0" if exponent_given
+              else f"population.csv={str(agents)!r} gives cost_exponent 2.0")
+    assert status == 2
+    assert f"'shaping' assumes linear data costs and {source}; allowed with convex costs is" in capsys.readouterr().err
+
+
 def test_the_cli_runs_contracts_on_multidimensional_types(tmp_path):
     status = run_experiment.main([CONFIG, "--quiet", *(f"--set={o}" for o in FAST),
                                   f"--set=experiment.output_dir='{tmp_path}'",

@@ -525,6 +525,33 @@ def test_seeds_whose_population_csv_changed_between_them_are_not_aggregated(tmp_
     assert str(error.value) == refusal(folders[2], folders[1])
 
 
+def test_seeds_whose_population_csv_was_edited_meanwhile_end_in_one_line(tmp_path, capsys, monkeypatch):
+    """population.csv edited while --seeds ran (after seed 0, before seed 1): aggregate_runs'
+    refusal was a traceback after every seed had trained. It is one line, exit status 1,
+    naming why and the seeds' run folders, which are kept."""
+    agents = tmp_path / "agents.csv"
+    agents.write_text("cost,endowment,value\n" + "0.001,100,1.0\n" * 4)
+    out = tmp_path / "runs"
+    seed_run = run_experiment.run
+
+    def editing_after_each(config, **kwargs):
+        folder = seed_run(config, **kwargs)
+        agents.write_text("cost,endowment,value\n" + "0.02,100,1.0\n" * 4)
+        return folder
+
+    monkeypatch.setattr(run_experiment, "run", editing_after_each)
+    assert cli(*(f"--set={o}" for o in FAST), f"--set=population.csv='{agents}'",
+               f"--set=experiment.output_dir='{out}'", "--seeds", "0", "1") == 1
+    runs = sorted(out.iterdir(), key=lambda p: config_module.load(p / "config.toml")["experiment"]["seed"])
+    assert len(runs) == 2 and all((run / "report.html").is_file() for run in runs)
+    said = capsys.readouterr().err.splitlines()
+    assert said[-1] == (
+        f"error: the seeds report was not written: {runs[1]}: population.csv={str(agents)!r} held other bytes than "
+        f"for {runs[0]} (their manifest.json's population_csv_sha256 differ); allowed is runs of one config that "
+        f"differ only in experiment.seed, their agents read from the same file; the seeds finished: {runs[0]}, "
+        f"{runs[1]}: analysis.seeds.aggregate_runs of them writes it")
+
+
 def test_a_seed_where_two_mechanisms_tie_counts_for_neither(tmp_path):
     """Realised welfare of standard (1.0, 2.0, 3.0) and shaping (1.5, 2.0, 2.5) over three
     seeds: shaping is higher in one seed (the first), lower in one, and tied in the second,
