@@ -257,6 +257,38 @@ def test_server_optimisers_step_the_parameters_and_average_batch_norms_running_s
 
 @pytest.mark.parametrize(
     "make",
+    [
+        lambda: FedAvgM(momentum=0.9, server_lr=0.5, batch_size=16, lr=0.05),
+        lambda: FedAdam(server_lr=0.1, tau=1e-7, batch_size=16, lr=0.05),
+        lambda: FedYogi(server_lr=0.1, tau=1e-7, batch_size=16, lr=0.05),
+        lambda: FedAdagrad(server_lr=0.1, tau=1e-7, batch_size=16, lr=0.05),
+        lambda: Scaffold(server_lr=2.0, batch_size=16, lr=0.05),
+    ],
+    ids=["FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "Scaffold"],
+)
+def test_a_parameter_no_client_changes_stays_where_it_is(make):
+    """A frozen first layer (as a dead unit's weights, no client changes it): the
+    pseudo-gradient sum_k a_k w_k - w, summed in float32, was round-off of 1e-8 there, which
+    Adam's m / (sqrt(v) + tau) scaled up to its step size: FedAdam at tau = 1e-7 moved the
+    frozen weight by 11% of its largest entry in 10 rounds (Reddi et al.: Delta = 0, x stays).
+    Delta is now summed as the clients' changes, exactly 0 there; the other layers train."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    model[1].weight.requires_grad_(False)
+    subsets = {c: TRAIN.subset(np.arange(100 * c, 100 * c + 7 + 30 * c)) for c in range(4)}  # 7 to 97 samples
+    strategy, params = make(), get_params(model)
+    first = {name: value.clone() for name, value in params.items()}
+    for round_index in range(5):
+        tasks = strategy.configure_round(round_index, subsets, child_seed(0, round_index))
+        clients = SerialExecutor().run(model, strategy, params, tasks)
+        assert all(torch.equal(r.params["1.weight"], params["1.weight"]) for r in clients)
+        params = strategy.aggregate(params, clients)
+    assert torch.equal(params["1.weight"], first["1.weight"])
+    assert (params["3.weight"] - first["3.weight"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make",
     [lambda: Scaffold(batch_size=16, lr=0.05), lambda: FedAdam(batch_size=16, lr=0.05), lambda: FedAvgM(lr=0.05)],
     ids=["Scaffold", "FedAdam", "FedAvgM"],
 )

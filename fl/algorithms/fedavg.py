@@ -102,11 +102,15 @@ class FedAvg(Strategy):
         (``weighting="samples"``) or 1/K over the K results with samples ("uniform");
         integer buffers (e.g. BatchNorm's batch counter) keep the server's value. With no
         results, or none with samples, the global model is unchanged."""
+        weights = self.aggregation_weights(results)
+        return global_params if weights is None else weighted_average(global_params, results, weights)
+
+    def aggregation_weights(self, results: list[ClientResult]) -> list[float] | None:
+        """a_k, one per result: n_k / n (``weighting="samples"``) or 1/K over the K results
+        with samples ("uniform"); None where no result holds samples."""
         counts = [r.num_samples if self.weighting == "samples" else min(r.num_samples, 1) for r in results]
         total = sum(counts)
-        if total == 0:
-            return global_params
-        return weighted_average(global_params, results, [count / total for count in counts])
+        return None if total == 0 else [count / total for count in counts]
 
     def evaluate(self, model: nn.Module, params: Params, dataset: ArrayDataset) -> dict[str, float]:
         """Mean cross-entropy ``loss`` (nats) and top-1 ``accuracy`` on ``dataset``."""
@@ -124,6 +128,14 @@ def _constructor_keywords(cls: type) -> list[str]:
             parameters = list(inspect.signature(owner.__init__).parameters.values())[1:]  # after self
             keywords += [p.name for p in parameters if p.kind in named and p.name not in keywords]
     return [keyword for keyword in keywords if keyword not in cls.FIXED_KEYWORDS]
+
+
+def weighted_change(global_params: Params, results: list[ClientResult], weights) -> Params:
+    """sum_k weights_k (w_k - w) over the floating-point entries w of ``global_params``:
+    exactly 0 where no client changed an entry (sum_k a_k w_k - w, in float32, left
+    round-off of 1e-8 there, which an adaptive server step scales up to its step size)."""
+    return {name: sum(float(a) * (r.params[name] - value) for a, r in zip(weights, results))
+            for name, value in global_params.items() if value.is_floating_point()}
 
 
 def weighted_average(global_params: Params, results: list[ClientResult], weights) -> Params:

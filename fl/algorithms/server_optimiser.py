@@ -4,12 +4,16 @@ The round's client mean (FedAvg's, sample-weighted or uniform by its ``weighting
 defines a pseudo-gradient per parameter (Reddi et al., 2021, "Adaptive federated
 optimization": x, the model's weights),
 
-    Delta = sum_k a_k w_k - w,      a_k = n_k / n, or 1/K with weighting="uniform",
+    Delta = sum_k a_k (w_k - w),      a_k = n_k / n, or 1/K with weighting="uniform",
 
-and the server replaces w by ``step(name, w, Delta)``. FedAvg is ``step = w + Delta``.
+summed as the clients' changes (:func:`~fl.algorithms.fedavg.weighted_change`), so that
+an entry no client changed (a frozen weight, a dead unit's) has Delta = 0 exactly: as
+sum_k a_k w_k - w in float32 it was round-off of 1e-8, which FedAdam's m / (sqrt(v) + tau)
+scales up to its step size (tau = 1e-7 moved a frozen weight by 11% of its largest entry
+in 10 rounds). The server replaces w by ``step(name, w, Delta)``. FedAvg is ``step = w + Delta``.
 Buffers, the entries the results name in ``ClientResult.buffers`` (batch norm's running
 statistics), are statistics of the data, not weights: floating-point ones take FedAvg's
-mean sum_k a_k w_k, integer ones keep the server's value, and no optimiser state is
+mean w + Delta, integer ones keep the server's value, and no optimiser state is
 kept for them. A round without results, or whose results hold no samples, changes
 neither the model nor the optimiser's state.
 """
@@ -21,7 +25,7 @@ from abc import abstractmethod
 
 import torch
 
-from fl.algorithms.fedavg import FedAvg
+from fl.algorithms.fedavg import FedAvg, weighted_change
 from fl.executors.base import ClientResult
 from fl.models import Params
 
@@ -43,9 +47,10 @@ class ServerOptimiser(FedAvg):
         return view
 
     def aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
-        if not any(result.num_samples for result in results):
+        weights = self.aggregation_weights(results)
+        if weights is None:
             return global_params
-        mean = super().aggregate(global_params, results)
+        change = weighted_change(global_params, results, weights)
         buffers = frozenset().union(*(result.buffers for result in results))
-        return {name: mean[name] if name in buffers or not w.is_floating_point() else self.step(name, w, mean[name] - w)
-                for name, w in global_params.items()}
+        return {name: w if name not in change else w + change[name] if name in buffers else
+                self.step(name, w, change[name]) for name, w in global_params.items()}
