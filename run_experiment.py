@@ -1087,7 +1087,8 @@ def run_seeds(path: str | Path, overrides: list[str], seeds: list[int], quiet: b
     except (OSError, MemoryError) as error:  # a full disk ...: every seed's run folder is whole
         raise WriteFailed(f"{write_failure('the seeds report', error)}; {written}") from error
     except ValueError as error:  # a seed's folder or population.csv edited while the others ran
-        raise WriteFailed(f"the seeds report was not written: {error}; {written}") from None
+        raise WriteFailed(f"the seeds report was not written: {error}; the seeds' run folders are kept: "
+                          f"{', '.join(map(str, folders))}") from None
     if not quiet:
         names = list(dict.fromkeys(name for name, _ in spread))
         width = max(map(len, names))

@@ -384,7 +384,9 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
     is_bool = isinstance(value, bool)
     a_float = float in kinds and isinstance(value, int) and not is_bool  # an integer where a number is asked for
     if (is_bool and bool not in kinds) or not (isinstance(value, kinds) or a_float):
-        raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}")
+        spelled = _toml_literal(value) if isinstance(value, str) and str not in kinds else None
+        raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}"
+                          + (f" (TOML spells {value} as {spelled}, unquoted)" if spelled else ""))
     if _too_large(value) and not key.bounded:  # numpy and torch hold none, and float() overflows beyond 1.8e308
         raise ConfigError(f"{section}.{name}={value!r}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"
                           + ("; a larger number may be written as a float, e.g. 1e30" if float in kinds else ""))
@@ -512,9 +514,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
     A value that is not valid TOML (``--set data.dataset=mnist``) is taken as a string,
     unless it opens a list, table or string (``[``, ``{``, a quote): there the TOML error
-    is reported (``[standard, shaping]`` was called "not a list"; its strings need quotes),
-    or is a number or boolean that TOML spells otherwise (".5", "05", "True"): the error
-    says how TOML writes it. A value holding more than one TOML key is refused.
+    is reported (``[standard, shaping]`` was called "not a list"; its strings need quotes).
+    A value of more than one line, or holding more than one TOML key, is refused. A number
+    or boolean that TOML spells otherwise (".5", "05", "True") stays a string, which the
+    key's check answers with TOML's spelling where the key takes none (:func:`_validate_value`).
     ``key`` may name an entry of a table-valued key, ``population.cost.sigma=1.0`` (see
     :func:`load`).
     """
@@ -534,12 +537,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
                               "list or table, its strings quoted, e.g. ['standard', 'shaping'] or "
                               "{dist = 'lognormal', mean = -6.0, sigma = 0.5}") from None
         if opened in ('"', "'"):  # an unclosed quote was kept in the value: a folder named '"' was made
-            raise ConfigError(f"{given}: not valid TOML ({said}); allowed is a TOML string, closed by the quote "
-                              f"it opens with, e.g. {opened}runs/mine{opened}") from None
-        toml_form = _toml_literal(literal.strip())
-        if toml_form is not None:  # ".5" was the string '.5', "allowed is a number" then contradicting it
-            raise ConfigError(f"{given}: not a TOML number or boolean; allowed is TOML's spelling of it, "
-                              f"{toml_form}") from None
+            raise ConfigError(f"{given}: not valid TOML ({said}); allowed is a TOML string: text between two "
+                              f"{opened} and nothing after them, e.g. {opened}runs/mine{opened}") from None
+        if "\n" in literal.strip():  # "runs\ntraining.lr=1": the second line was kept in the string
+            raise ConfigError(f"--set {dotted.strip()}={literal.strip()!r}: a bare value of more than one line; "
+                              "allowed is one value a --set (a string of several lines in TOML's quotes)")
         return section, name, literal
     except ValueError as error:  # an integer of more digits than Python converts (4300)
         raise ConfigError(f"--set {dotted.strip()}=<{len(literal.strip())} characters>: {str(error).split(';')[0]}; "
@@ -552,9 +554,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def _toml_literal(text: str) -> str | None:
     """How TOML writes ``text`` where it is a number or boolean in another spelling (".5",
-    "5.", "05", "True", "Infinity"): "0.5", "5.0", "5", "true", "inf"; None for other text."""
+    "5.", "05", "True", "Infinity"; --set took them as strings): "0.5", "5.0", "5", "true",
+    "inf"; None for other text."""
+    text = text.strip()
     if text.lower() in ("true", "false"):
         return text.lower()
+    if not text.isascii():  # float() reads other scripts' digits ("٣")
+        return None
     if "_" in text:  # Python's float() takes "1__0"; TOML's own separators parse before this
         return None
     try:

@@ -249,11 +249,11 @@ def _cell(values: np.ndarray, fmt: str) -> str:
 
 
 def mean_and_spread(spread: dict[str, float], number: str, sign: str = "±") -> str:
-    """"mean ± std" of a :func:`_spread` in the format ``number`` (the mean as
-    :func:`~analysis.report.headline_text` writes it; the std left out where it is NaN:
-    one seed, or an infinite value)."""
+    """"mean ± std" of a :func:`_spread` in the format ``number``, each as
+    :func:`~analysis.report.headline_text` writes it (a std of 1e-5 beside a mean of 2e-5
+    read "0.0000"); the std left out where it is NaN: one seed, or an infinite value."""
     mean = headline_text(number, spread["mean"])
-    return mean if np.isnan(spread["std"]) else f"{mean} {sign} {number.format(spread['std'])}"
+    return mean if np.isnan(spread["std"]) else f"{mean} {sign} {headline_text(number, spread['std'])}"
 
 
 def _href(path: Path, start: Path) -> str:

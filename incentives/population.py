@@ -184,10 +184,16 @@ class Population:
                 total = float(np.sum(per_agent_utility))
             if not np.isfinite(total):
                 i = int(np.argmax(per_agent_utility))
+                given = f"{key}[{i}]={float(getattr(self, key)[i])!r}"
+                if key == "cost":
+                    given += (f" with endowment[{i}]={float(self.endowment[i])!r} (its whole endowment costs "
+                              f"{float(per_agent_utility[i]):.4g}, the most of the {self.n_agents} agents')")
+                else:
+                    given += f" (the largest of the {self.n_agents} agents', in absolute value)"
                 what = {"cost": "costs of the whole endowments, cost * endowment**cost_exponent,",
-                        "outside_option": "outside options, in absolute value,"}.get(key, key)
-                raise ValueError(f"{key}[{i}]={float(getattr(self, key)[i])!r}, the largest of {self.n_agents} "
-                                 f"agents': their total is beyond float64's range; allowed is {what} summing over "
+                        "value": "values", "comm_cost": "comm_costs",
+                        "outside_option": "outside options, in absolute value,"}[key]
+                raise ValueError(f"{given}: their total is beyond float64's range; allowed is {what} summing over "
                                  f"the agents to at most {np.finfo(float).max:.4g} (utility units: welfare adds them)")
 
     @property

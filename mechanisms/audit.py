@@ -33,9 +33,10 @@ For one mechanism, its equilibrium outcome and the realised numbers of one train
 
 The tolerance ``tol`` is in units of accuracy (of phi(accuracy)): a shortfall or gain of
 agent i counts beyond tol v_i utility, what tol of accuracy is worth to it, and a sum of
-money beyond tol times the agents' mean v. So the counts do not change with the currency:
-an absolute 1e-3 utility units counted 8 of 10 agents short of IR, and with every value
-and cost in units 100 times larger (the same game) none.
+money beyond tol times the agents' median v (robust to one agent's v far from the rest).
+So the counts do not change with the unit of money: an absolute 1e-3 utility units
+counted 8 of 10 agents short of IR, and with every value and cost 100 times smaller (the
+same game in other units) none.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ class Audit:
 
     @property
     def money_tolerance(self) -> float:
-        """The tolerance of sums of money (utility units): tol times the agents' mean v."""
-        return float(np.mean(self.tolerance))
+        """The tolerance of sums of money (utility units): tol times the agents' median v (a
+        mean let one agent's v of 1000 beside two of 1 call 0.4 paid on a budget of 0.1 balanced)."""
+        return float(np.median(self.tolerance))
 
     @property
     def budget_balanced(self) -> bool:

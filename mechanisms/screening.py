@@ -779,8 +779,10 @@ def solve_screening(
     seconds = time.perf_counter() - start
 
     y = np.maximum(y, 0.0)
-    if reward == "accuracy":  # the solver's -8.5e-12 under the floor R_k >= 0 was delivered as an accuracy
-        Rs = np.maximum(Rs, 0.0)
+    if reward == "accuracy":  # the solver's -8.5e-12 under the floor R_k >= 0 was delivered as an accuracy; beyond
+        # its noise (RESIDUAL of the rewards' scale, as _residual counts) a negative reward stays, and is warned of
+        noise = RESIDUAL * max(reward_unit, float(np.max(np.abs(Rs))))
+        Rs = np.where(Rs >= -noise, np.maximum(Rs, 0.0), Rs)
     q_sorted = y ** (1.0 / beta)
     contribution = np.empty(K)
     reward_arr = np.empty(K)

@@ -450,7 +450,8 @@ def gtg_shapley(
     1. between-round truncation: if |U(N) - U(empty)| <= ``round_eps`` the round adds
        (almost) nothing and every phi_i is 0 (cost: 2 evaluations); ``round_eps`` = 0
        values every round, one changing U by exactly 0 too (whose values sum to 0 but
-       need not each be 0: a client that helped and one that harmed);
+       need not each be 0: a client that helped and one that harmed), though with
+       ``eps`` > 0 the within-round truncation (3.) then stops every ordering at once;
     2. guided Monte Carlo sampling: permutations come in cycles of N, the k-th
        permutation of a cycle putting player k first and the rest in random order, so
        every player is valued at the head of an ordering equally often

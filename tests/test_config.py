@@ -47,28 +47,36 @@ def test_an_override_that_opens_a_list_or_table_but_is_not_toml_says_so(override
 
 
 @pytest.mark.parametrize("override, message", [
-    ("training.lr=.5", "--set training.lr=.5: not a TOML number or boolean; allowed is TOML's spelling of it, 0.5"),
-    ("training.lr=5.", "--set training.lr=5.: not a TOML number or boolean; allowed is TOML's spelling of it, 5.0"),
-    ("training.rounds=05", "--set training.rounds=05: not a TOML number or boolean; allowed is TOML's spelling of "
-     "it, 5"),
-    ("experiment.progress=True", "--set experiment.progress=True: not a TOML number or boolean; allowed is TOML's "
-     "spelling of it, true"),
-    ("training.lr=Infinity", "--set training.lr=Infinity: not a TOML number or boolean; allowed is TOML's spelling "
-     "of it, inf"),
+    ("training.lr=.5", "training.lr='.5': allowed is an integer or a number (TOML spells .5 as 0.5, unquoted)"),
+    ("training.lr=5.", "training.lr='5.': allowed is an integer or a number (TOML spells 5. as 5.0, unquoted)"),
+    ("training.rounds=05", "training.rounds='05': allowed is an integer (TOML spells 05 as 5, unquoted)"),
+    ("experiment.progress=True", "experiment.progress='True': allowed is true or false (TOML spells True as true, "
+     "unquoted)"),
+    ("training.lr=Infinity", "training.lr='Infinity': allowed is an integer or a number (TOML spells Infinity as "
+     "inf, unquoted)"),
     ('experiment.output_dir="/tmp/runs', '--set experiment.output_dir="/tmp/runs: not valid TOML (Unterminated '
-     'string); allowed is a TOML string, closed by the quote it opens with, e.g. "runs/mine"'),
-    ("experiment.name='abc", "--set experiment.name='abc: not valid TOML (Expected \"'\"); allowed is a TOML string, "
-     "closed by the quote it opens with, e.g. 'runs/mine'"),
+     'string); allowed is a TOML string: text between two " and nothing after them, e.g. "runs/mine"'),
+    ("experiment.name='abc", "--set experiment.name='abc: not valid TOML (Expected \"'\"); allowed is a TOML string: "
+     "text between two ' and nothing after them, e.g. 'runs/mine'"),
     ("training.rounds=3\ntraining.lr=1", "--set training.rounds='3\\ntraining.lr=1': holds more than one TOML key; "
      "allowed is one value a --set (give each key its own --set)"),
+    ("experiment.output_dir=runs\ntraining.lr=1", "--set experiment.output_dir='runs\\ntraining.lr=1': a bare "
+     "value of more than one line; allowed is one value a --set (a string of several lines in TOML's quotes)"),
 ])
 def test_an_override_toml_does_not_read_as_meant_is_refused(override, message):
     """".5" (TOML wants 0.5) was the string '.5', refused as "allowed is an integer or a
-    number"; an unclosed quote was kept in the value (a run folder named '"' was made);
-    a second line was parsed as a key of its own and dropped, training.lr=1 ignored."""
+    number" with no word of why; an unclosed quote was kept in the value (a run folder
+    named '"' was made); a second line was parsed as a key of its own, or kept in a bare
+    string, and training.lr=1 ignored."""
     with pytest.raises(ConfigError) as error:
         config_module.load(None, [override])
     assert str(error.value) == message
+
+
+def test_a_string_key_takes_text_that_looks_like_a_number():
+    """Names such as 0005 or True are strings where the key takes one."""
+    config = config_module.load(None, ["experiment.name=0005", "experiment.output_dir=.5"])
+    assert (config["experiment"]["name"], config["experiment"]["output_dir"]) == ("0005", ".5")
 
 
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):

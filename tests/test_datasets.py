@@ -88,7 +88,7 @@ def test_a_dataset_folder_that_is_a_file_or_a_file_that_is_a_folder_is_named(tmp
     the path and what it should be; nothing is fetched or written."""
     (tmp_path / "usps").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(tmp_path / 'usps'))} is a file: allowed is a "
-                       r"folder there, holding zip.train.gz \(data root .*\); move the file away$"):
+                       rf"folder there, {re.escape(str(tmp_path / 'usps'))} holding zip.train.gz; move the file away$"):
         data.load_dataset("usps", root=tmp_path, download=download)
     taken = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
     taken.mkdir(parents=True)
@@ -96,6 +96,11 @@ def test_a_dataset_folder_that_is_a_file_or_a_file_that_is_a_folder_is_named(tmp
                        r"train-images-idx3-ubyte.gz there; move the folder away$"):
         data.load_dataset("mnist", root=tmp_path, download=download)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnist", "train-images-idx3-ubyte.gz", "usps"]
+    root = tmp_path / "root"  # a data root that is a file: a bare NotADirectoryError with download=True
+    root.write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(root))} is a file: allowed is a folder there, "
+                       rf"{re.escape(str(root / 'mnist1d'))} holding .*; move the file away$"):
+        data.load_dataset("mnist1d", root=root, download=download)
 
 
 def test_data_root_comes_from_the_environment(monkeypatch, tmp_path):

@@ -421,13 +421,16 @@ def test_a_cost_exponent_whose_costs_overflow_float64_is_refused(fields, named):
 
 
 @pytest.mark.parametrize("fields, named", [
-    (dict(value=1e308), r"^value\[0\]=1e\+308, the largest of 4 agents': .* allowed is value summing"),
+    (dict(value=1e308), r"^value\[0\]=1e\+308 \(the largest of the 4 agents', in absolute value\): .* allowed "
+     r"is values summing"),
     (dict(cost=[1e-3, 1e306, 1e306, 1e306]),
-     r"^cost\[1\]=1e\+306, the largest of 4 agents': .* allowed is costs of the whole endowments, cost \* "
-     r"endowment\*\*cost_exponent, summing"),
-    (dict(comm_cost=1e308), r"^comm_cost\[0\]=1e\+308, .* allowed is comm_cost summing"),
+     r"^cost\[1\]=1e\+306 with endowment\[1\]=100.0 \(its whole endowment costs 1e\+308, the most of the 4 "
+     r"agents'\): .* allowed is costs of the whole endowments, cost \* endowment\*\*cost_exponent, summing"),
+    (dict(cost=[1.5, 1.0, 1e-3, 1e-3], endowment=[1e308, 1.7e308, 1.0, 1.0]),  # the costliest endowment, not cost
+     r"^cost\[1\]=1.0 with endowment\[1\]=1.7e\+308 \(its whole endowment costs 1.7e\+308, .*"),
+    (dict(comm_cost=1e308), r"^comm_cost\[0\]=1e\+308 .* allowed is comm_costs summing"),
     (dict(outside_option=[1e308, -1e308, 0.0, 0.0]),  # their sum is 0; welfare's terms still overflow apart
-     r"^outside_option\[0\]=1e\+308, .* allowed is outside options, in absolute value, summing"),
+     r"^outside_option\[0\]=1e\+308 .* allowed is outside options, in absolute value, summing"),
 ])
 def test_agents_whose_totals_overflow_float64_are_refused(fields, named):
     """Four agents valuing accuracy at 1e308 each were taken, and a run ended after its

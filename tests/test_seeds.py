@@ -132,6 +132,9 @@ def test_one_seed_has_no_spread_to_show(three_seeds, tmp_path):
     assert mean_and_spread(spread["standard", "total_data"], "{:.0f}", "+/-") == (
         f"{spread['standard', 'total_data']['mean']:.0f}")
     assert mean_and_spread({"mean": 2.0, "std": 0.5}, "{:.1f}", "+/-") == "2.0 +/- 0.5"
+    # an amount of utility and its std as the headline writes them: "2e-05 ± 0.0000" hid the spread
+    assert mean_and_spread({"mean": 2e-5, "std": 1.4e-5}, "{:.4f}") == "2e-05 ± 1.4e-05"
+    assert mean_and_spread({"mean": 2.5e9, "std": 1.5e9}, "{:.4f}") == "2.5e+09 ± 1.5e+09"
 
 
 def test_a_metric_some_seeds_lack_says_over_how_many_seeds_it_is():
@@ -548,8 +551,8 @@ def test_seeds_whose_population_csv_was_edited_meanwhile_end_in_one_line(tmp_pat
     assert said[-1] == (
         f"error: the seeds report was not written: {runs[1]}: population.csv={str(agents)!r} held other bytes than "
         f"for {runs[0]} (their manifest.json's population_csv_sha256 differ); allowed is runs of one config that "
-        f"differ only in experiment.seed, their agents read from the same file; the seeds finished: {runs[0]}, "
-        f"{runs[1]}: analysis.seeds.aggregate_runs of them writes it")
+        f"differ only in experiment.seed, their agents read from the same file; the seeds' run folders are kept: "
+        f"{runs[0]}, {runs[1]}")
 
 
 def test_a_seed_where_two_mechanisms_tie_counts_for_neither(tmp_path):

@@ -971,7 +971,7 @@ def test_gtg_with_round_eps_0_values_a_round_that_changes_nothing():
 
 def test_shapley_rewards_gtg_values_a_round_gaining_at_most_eps_at_0():
     """ShapleyRewards(estimator="gtg", eps) truncates between rounds at eps too: a round
-    gaining at most eps is valued 0. A round gaining less than eps is zeroed by the
+    whose utility changes by at most eps is valued 0. A round gaining less than eps is zeroed by the
     within-round truncation as well (its empty prefix is already within eps of U(N)), so
     the case that tells is a round gaining exactly eps = 0.25 (all client 1's): it is
     valued 0, and the budget is split as round 1's gain, (0.5, 0.5); valued, its orderings

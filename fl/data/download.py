@@ -228,8 +228,8 @@ def remove_stale_parts(folder: Path, prefix: str, suffix: str) -> None:
         try:
             if now - path.stat().st_mtime > STALE_PART_SECONDS:
                 path.unlink()
-        except FileNotFoundError:
-            pass  # removed meanwhile by another process
+        except OSError:  # removed meanwhile by another process, or another user's in a shared (sticky) folder
+            pass
 
 
 @dataclass(frozen=True)
@@ -270,9 +270,10 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
     check_bool("download", download_missing)
     check_bool("verify", verify)
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():  # download=True raised a bare FileExistsError making it
-        raise DatasetNotFoundError(f"{folder} is a file: allowed is a folder there, holding {remote.filename} "
-                                   f"(data root {folder.parent}); move the file away")
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # download=True raised a bare FileExistsError or NotADirectoryError making folder
+        raise DatasetNotFoundError(f"{blocking} is a file: allowed is a folder there, {folder} holding "
+                                   f"{remote.filename}; move the file away")
     for name in remote.candidates():
         path = folder / name
         if path.is_dir():  # was "not found"
