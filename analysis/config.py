@@ -384,9 +384,12 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
     is_bool = isinstance(value, bool)
     a_float = float in kinds and isinstance(value, int) and not is_bool  # an integer where a number is asked for
     if (is_bool and bool not in kinds) or not (isinstance(value, kinds) or a_float):
-        spelled = _toml_literal(value) if isinstance(value, str) and str not in kinds else None
+        spelled = _toml_literal(value) if isinstance(value, str) and len(value) <= 40 else None
+        meant = (None if spelled is None else bool if spelled in ("true", "false")
+                 else int if re.fullmatch(r"-?\d+", spelled) else float)
+        takes = meant in kinds or (meant is int and float in kinds)  # the spelling of a kind the key takes
         raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}"
-                          + (f" (TOML spells {value} as {spelled}, unquoted)" if spelled else ""))
+                          + (f" (TOML spells {value.strip()} as {spelled}, unquoted)" if takes else ""))
     if _too_large(value) and not key.bounded:  # numpy and torch hold none, and float() overflows beyond 1.8e308
         raise ConfigError(f"{section}.{name}={value!r}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"
                           + ("; a larger number may be written as a float, e.g. 1e30" if float in kinds else ""))
@@ -539,6 +542,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         if opened in ('"', "'"):  # an unclosed quote was kept in the value: a folder named '"' was made
             raise ConfigError(f"{given}: not valid TOML ({said}); allowed is a TOML string: text between two "
                               f"{opened} and nothing after them, e.g. {opened}runs/mine{opened}") from None
+        spelled = _toml_literal(literal)
+        if "." in name and spelled is not None:  # a table's entry (population.cost.sigma): its numbers are not
+            # checked by _validate_value, which tells TOML's spelling
+            raise ConfigError(f"{given}: not a TOML number or boolean; allowed is TOML's spelling of it, "
+                              f"{spelled}") from None
         if "\n" in literal.strip():  # "runs\ntraining.lr=1": the second line was kept in the string
             raise ConfigError(f"--set {dotted.strip()}={literal.strip()!r}: a bare value of more than one line; "
                               "allowed is one value a --set (a string of several lines in TOML's quotes)")
@@ -567,8 +575,9 @@ def _toml_literal(text: str) -> str | None:
         number = float(text)
     except ValueError:
         return None
-    if re.fullmatch(r"[+-]?\d+", text):
-        return str(int(text))
+    whole = re.fullmatch(r"([+-]?)0*(\d+)", text)
+    if whole:  # "05" is 5 (without int(): 5000 digits are beyond Python's conversion)
+        return ("-" if whole[1] == "-" else "") + whole[2]
     return repr(number).replace("Infinity", "inf")
 
 

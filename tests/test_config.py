@@ -62,6 +62,13 @@ def test_an_override_that_opens_a_list_or_table_but_is_not_toml_says_so(override
      "allowed is one value a --set (give each key its own --set)"),
     ("experiment.output_dir=runs\ntraining.lr=1", "--set experiment.output_dir='runs\\ntraining.lr=1': a bare "
      "value of more than one line; allowed is one value a --set (a string of several lines in TOML's quotes)"),
+    # a spelling of a kind the key does not take gets no hint: 0.5 is no integer, true no list
+    ("training.rounds=.5", "training.rounds='.5': allowed is an integer"),
+    ("model.hidden=True", "model.hidden='True': allowed is a list"),
+    ("training.lr= 05", "training.lr=' 05': allowed is an integer or a number (TOML spells 05 as 5, unquoted)"),
+    # a table's entry is no key of its own: the spelling is told as the value is read
+    ("population.cost.sigma=.5", "--set population.cost.sigma=.5: not a TOML number or boolean; allowed is TOML's "
+     "spelling of it, 0.5"),
 ])
 def test_an_override_toml_does_not_read_as_meant_is_refused(override, message):
     """".5" (TOML wants 0.5) was the string '.5', refused as "allowed is an integer or a
@@ -74,9 +81,12 @@ def test_an_override_toml_does_not_read_as_meant_is_refused(override, message):
 
 
 def test_a_string_key_takes_text_that_looks_like_a_number():
-    """Names such as 0005 or True are strings where the key takes one."""
+    """Names such as 0005 or True are strings where the key takes one; a zero-led integer
+    of 5000 digits is refused in one line (Python's int() of it raised a traceback)."""
     config = config_module.load(None, ["experiment.name=0005", "experiment.output_dir=.5"])
     assert (config["experiment"]["name"], config["experiment"]["output_dir"]) == ("0005", ".5")
+    with pytest.raises(ConfigError, match=r"^training.rounds='01111.*': allowed is an integer$"):
+        config_module.load(None, ["training.rounds=0" + "1" * 5000])
 
 
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):

@@ -88,7 +88,7 @@ def test_a_dataset_folder_that_is_a_file_or_a_file_that_is_a_folder_is_named(tmp
     the path and what it should be; nothing is fetched or written."""
     (tmp_path / "usps").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(tmp_path / 'usps'))} is a file: allowed is a "
-                       rf"folder there, {re.escape(str(tmp_path / 'usps'))} holding zip.train.gz; move the file away$"):
+                       rf"folder there, {re.escape(str(tmp_path / 'usps'))} holding zip.train.gz; move it away$"):
         data.load_dataset("usps", root=tmp_path, download=download)
     taken = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
     taken.mkdir(parents=True)
@@ -96,11 +96,17 @@ def test_a_dataset_folder_that_is_a_file_or_a_file_that_is_a_folder_is_named(tmp
                        r"train-images-idx3-ubyte.gz there; move the folder away$"):
         data.load_dataset("mnist", root=tmp_path, download=download)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnist", "train-images-idx3-ubyte.gz", "usps"]
-    root = tmp_path / "root"  # a data root that is a file: a bare NotADirectoryError with download=True
+    root = tmp_path / "root"  # a data root that is a file: a bare NotADirectoryError, "not found", "no plays"
     root.write_bytes(b"")
-    with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(root))} is a file: allowed is a folder there, "
-                       rf"{re.escape(str(root / 'mnist1d'))} holding .*; move the file away$"):
-        data.load_dataset("mnist1d", root=root, download=download)
+    for name in ("mnist1d", "cifar10", "shakespeare"):
+        with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(root))} is a file: allowed is a folder "
+                           rf"there, the data root {re.escape(str(root))} holding each dataset's folder; move it away "
+                           "or give another data root$"):
+            data.load_dataset(name, root=root, download=download)
+    dangling = tmp_path / "dangling"  # a symbolic link to nothing: mkdir's bare FileExistsError with download=True
+    dangling.symlink_to(tmp_path / "nothing")
+    with pytest.raises(DatasetNotFoundError, match=rf"^{re.escape(str(dangling))} is a symbolic link to no folder: "):
+        data.load_dataset("mnist", root=dangling, download=download)
 
 
 def test_data_root_comes_from_the_environment(monkeypatch, tmp_path):
@@ -202,6 +208,19 @@ def test_checksums_fail_on_a_corrupted_file(shared_root, tmp_path):
         (usps / name).write_bytes(gzip.compress(b"1 x 3"))
     with pytest.raises(ValueError, match=r"zip.train.gz: not a file of numbers .*allowed is the USPS file"):
         data.load_usps(tmp_path / "root", verify=False)  # numpy's own message named no file
+
+
+def test_unchecked_idx_files_of_the_wrong_split_name_the_folder(tmp_path):
+    """MNIST read with verify=False from a folder whose test labels are the training
+    labels (60,000 for 10,000 images): ArrayDataset's "y of dataset 'mnist' ..." named no
+    file. The folder and its IDX files are named, as MNIST-1D names its pickle."""
+    folder = tmp_path / "mnist"
+    shutil.copytree(require_data(SHARED_DATA / "mnist", "MNIST's IDX files"), folder)
+    shutil.copy(folder / "train-labels-idx1-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(ChecksumError, match=rf"^{re.escape(str(folder))}: its IDX files do not hold mnist's splits "
+                       r"\(.*\); one is truncated, corrupt or of another set: verify=True names the file whose "
+                       "digest differs$"):
+        data.load_dataset("mnist", root=tmp_path, verify=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not gzip"])

@@ -68,13 +68,30 @@ def as_path(key: str, value) -> Path:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$FEDECON_DATA``, else ``~/.cache/fedecon``."""
+    """The data root: ``root`` if given, else ``$FEDECON_DATA``, else ``~/.cache/fedecon``;
+    :class:`DatasetNotFoundError` where it, or a folder above it, is a file (the loaders
+    said "not found", or "no plays", or gave a bare NotADirectoryError)."""
     if root is not None:
-        return as_path("root", root)
-    from_env = os.environ.get(DATA_ROOT_ENV)
-    if from_env:
-        return Path(from_env).expanduser()
-    return Path.home() / ".cache" / "fedecon"
+        path = as_path("root", root)
+    else:
+        from_env = os.environ.get(DATA_ROOT_ENV)
+        path = Path(from_env).expanduser() if from_env else Path.home() / ".cache" / "fedecon"
+    blocking = _file_in_the_way(path)
+    if blocking is not None:
+        raise DatasetNotFoundError(f"{blocking} is {_what_is(blocking)}: allowed is a folder there, the data root "
+                                   f"{path} holding each dataset's folder; move it away or give another data root")
+    return path
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The first of ``folder`` and the folders above it that is there but is no folder: a
+    file, or a symbolic link to nothing or to itself (mkdir raised a bare FileExistsError)."""
+    return next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.is_dir()
+                 or p.exists() and not p.is_dir()), None)
+
+
+def _what_is(path: Path) -> str:
+    return "a symbolic link to no folder" if path.is_symlink() and not path.exists() else "a file"
 
 
 def cache_dir(folder: Path, cache: str | os.PathLike | None = None) -> Path:
@@ -270,10 +287,10 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
     check_bool("download", download_missing)
     check_bool("verify", verify)
     folder = Path(folder)
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    blocking = _file_in_the_way(folder)
     if blocking is not None:  # download=True raised a bare FileExistsError or NotADirectoryError making folder
-        raise DatasetNotFoundError(f"{blocking} is a file: allowed is a folder there, {folder} holding "
-                                   f"{remote.filename}; move the file away")
+        raise DatasetNotFoundError(f"{blocking} is {_what_is(blocking)}: allowed is a folder there, {folder} "
+                                   f"holding {remote.filename}; move it away")
     for name in remote.candidates():
         path = folder / name
         if path.is_dir():  # was "not found"

@@ -18,7 +18,7 @@ import os
 from fl.checks import check_bool
 from fl.data.arrays import standardised_pair
 from fl.data.dataset import ArrayDataset
-from fl.data.download import RemoteFile, data_root, fetch
+from fl.data.download import ChecksumError, RemoteFile, data_root, fetch
 from fl.data.idx import read_idx
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -70,7 +70,11 @@ def load_idx_dataset(
         arrays[stem] = read_idx(path, remote.checksum if verify else None)
     train_x, test_x = arrays["train-images-idx3-ubyte"][:, None], arrays["t10k-images-idx3-ubyte"][:, None]
     train_y, test_y = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]
-    return standardised_pair(name, train_x, train_y, test_x, test_y, 10)
+    try:
+        return standardised_pair(name, train_x, train_y, test_x, test_y, 10)
+    except ValueError as error:  # unchecked (verify=False): a labels file of the other split, a label of 200
+        raise ChecksumError(f"{directory}: its IDX files do not hold {name}'s splits ({error}); one is truncated, "
+                            "corrupt or of another set: verify=True names the file whose digest differs") from None
 
 
 def load_mnist(
