@@ -19,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.metrics import free_riders  # noqa: E402
@@ -63,6 +63,12 @@ def check_summaries(summaries, keys: tuple[str, ...]) -> None:
                              f"{', '.join(keys)} (analysis.metrics.summarise's)")
 
 
+def _from_zero(axis) -> None:
+    """Start ``axis``'s y range at 0 (a count of samples: with every bar at 0, matplotlib's
+    default range ran from -0.04 to 0.04), and give it a height where every value is 0."""
+    axis.set_ylim(0.0, max(axis.get_ylim()[1], 1.0))
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -96,6 +102,7 @@ def _contribution_bars(result: LoopResult, population: Population, local: np.nda
     ax.scatter(agents, local, marker="_", s=300, color="black", label="local optimum $m_i^o$", zorder=3)
     ax.set_xlabel("agent (sorted as in the population)")
     ax.set_ylabel("samples contributed")
+    _from_zero(ax)
     ax.set_xticks(agents)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Contribution per agent")
@@ -117,16 +124,21 @@ def contribution_map(result: LoopResult, population: Population, local: np.ndarr
 
 def _contribution_map(result: LoopResult, population: Population, local: np.ndarray, path: Path) -> Path:
     names, _, samples, riding = contribution_map(result, population, local)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(names)))
-    image = ax.imshow(samples, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.45 * len(names)))
+    # the scale runs from 0 to the largest endowment: from the data's own range, 9 samples took the colour of
+    # none, and every agent giving its whole endowment looked as every agent giving nothing
+    image = ax.imshow(samples, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
+                      vmax=max(float(population.endowment.max()), float(samples.max())))
     rows, columns = np.nonzero(riding)
-    ax.scatter(columns, rows, s=6, color="white", edgecolors="black", linewidths=0.3,
-               label="free rider: receives a model, contributes below its local optimum $m_i^o$")
+    if rows.size:
+        ax.scatter(columns, rows, s=6, color="white", edgecolors="black", linewidths=0.3,
+                   label="free rider: receives a model, contributes below its local optimum $m_i^o$")
     ax.set_yticks(np.arange(len(names)), [label(name) for name in names])
     ax.set_xlabel(f"agents ranked by cost per sample (cheapest first; {population.n_agents} agents)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=ax, label="samples contributed", pad=0.01)
-    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False)
+    if rows.size:
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False)
     ax.set_title("Contribution per agent", loc="right")
     return _save(fig, path)
 
@@ -137,15 +149,16 @@ def accuracy_vs_contribution(result: LoopResult, path: Path) -> Path:
     no point, and the legend says so."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     final = result.final()
-    for (name, record), colour in zip(final.items(), colours(len(final))):
+    for k, ((name, record), colour) in enumerate(zip(final.items(), colours(len(final)))):
         served = record.receives_model  # an agent delivered no model has no accuracy to show
         if not served.any():
-            ax.plot([], [], " ", label=f"{label(name)}: delivers no model")
+            ax.plot([], [], " ", label=f"{label(name)}: delivers no model in this run")
             continue
         m = record.trained_contributions[served]
-        ax.scatter(m, np.asarray(record.outcome.accuracy)[served], facecolors="none", edgecolors=colour,
+        size = 16 + 60 * (len(final) - k) / len(final)  # each drawn smaller over the one before: equal points show
+        ax.scatter(m, np.asarray(record.outcome.accuracy)[served], s=size, facecolors="none", edgecolors=colour,
                    label=f"{label(name)}: promised")
-        ax.scatter(m, np.asarray(record.training.delivered_accuracy)[served], color=colour, marker="x",
+        ax.scatter(m, np.asarray(record.training.delivered_accuracy)[served], s=size, color=colour, marker="x",
                    label=f"{label(name)}: delivered (trained)")
     ax.set_xlabel("samples contributed $m_i$")
     ax.set_ylabel("accuracy received")
@@ -176,9 +189,11 @@ def welfare_and_data(summaries: dict[str, dict[str, float]], path: Path) -> Path
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     left.bar(x, value["total_data"], color=colours(len(names)))
     left.set_ylabel("total samples contributed")
+    _from_zero(left)
     left.set_title("Total data")
-    right.bar(x - 0.2, value["welfare_predicted"], 0.4, label="predicted")
-    right.bar(x + 0.2, value["welfare_realised"], 0.4, label="realised")
+    # greys: the left panel's colours are the mechanisms', so blue and orange were two things in one figure
+    right.bar(x - 0.2, value["welfare_predicted"], 0.4, color="0.75", edgecolor="0.3", label="predicted")
+    right.bar(x + 0.2, value["welfare_realised"], 0.4, color="0.45", edgecolor="0.3", label="realised")
     right.scatter(x - 0.2, value["welfare_without_transfers"], marker="D", s=24, color="black", zorder=3,
                   label="predicted, less transfers")
     right.hlines(value["welfare_social_optimum"], x - 0.4, x + 0.4, colors="black", linestyles="--",
@@ -241,6 +256,7 @@ def convergence(result: LoopResult, path: Path) -> Path:
     left.set_xlabel("loop iteration")
     left.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one iteration: the tick 0 alone
     left.set_ylabel("total samples contributed")
+    _from_zero(left)
     left.set_title("Loop convergence")
     left.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: the lines stay clear
     sizes = np.concatenate([result.pilot_sizes, [r.trained_contributions.sum() for r in result.records]])
@@ -255,10 +271,11 @@ def convergence(result: LoopResult, path: Path) -> Path:
             right.plot(grid, model(grid), color=colour, linestyle="--",
                        label=f"{label(name)}: $\\gamma$ = {model.efficiency:.2g}")
     right.set_xscale("log")
+    right.xaxis.set_minor_formatter(NullFormatter())  # over 1.5 decades the minor ticks' labels ran together
     right.set_xlabel("samples m")
     right.set_ylabel("test accuracy")
     right.set_title("Accuracy model")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: inside, it hid points
     return _save(fig, path)
 
 

@@ -38,7 +38,7 @@ from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
 from incentives.loop import (LOOP_PHI, IterationRecord, LoopResult, below_pilot, flat_pilot, loop_phi, poor_fit,
-                             unsettled)
+                             settled_untrained, unsettled)
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
@@ -298,13 +298,13 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 
 def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
-    stopped at its iteration limit, a pilot curve that does not rise, a fitted a(m) that
+    stopped at its iteration limit or settled on no training, a pilot curve that does not rise, a fitted a(m) that
     misses the pilot's points, and agents holding fewer samples than the pilot measured
     (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs), in the
     words of the run's ``config`` (its loop, data.dataset, training.lr and .batch_size and
     model.name are read)."""
     loop = config["loop"]
-    found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON),
+    found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON), settled_untrained(result),
              _flat_pilot(result, config), poor_fit(result, "accuracy.", POINTS, REFIT),
              below_pilot(result, population, "accuracy."))
     return [w for w in found if w]

@@ -34,11 +34,11 @@ The loop stops when every mechanism's contributions move by less than ``toleranc
 (relative L1 change, ||m^t - m^(t-1)||_1 / max(1, ||m^(t-1)||_1)) or after
 ``max_iterations``.
 
-What makes a run's numbers suspect (:func:`unsettled`, :func:`flat_pilot`,
-:func:`poor_fit`, :func:`below_pilot`) the loop warns of as a :class:`SuspectRunWarning`
-where it becomes known: the pilot's once it is fitted (or resumed), an unsettled loop as it
-stops; the command line's report words the same checks in its config's keys
-(``analysis.report.run_warnings``).
+What makes a run's numbers suspect (:func:`unsettled`, :func:`settled_untrained`,
+:func:`flat_pilot`, :func:`poor_fit`, :func:`below_pilot`) the loop warns of as a
+:class:`SuspectRunWarning` where it becomes known: the pilot's once it is fitted (or
+resumed), an unsettled loop, or one settled on no training, as it stops; the command
+line's report words the same checks in its config's keys (``analysis.report.run_warnings``).
 """
 
 from __future__ import annotations
@@ -261,6 +261,34 @@ def unsettled(result: LoopResult, max_iterations: int, tolerance: float, prefix:
                 f"that iteration; {go_on}")
     return (f"the loop stopped at {iterations} before the contributions settled ({settle}): the numbers are those "
             f"of its last iteration; {go_on}")
+
+
+def settled_untrained(result: LoopResult) -> str | None:
+    """Mechanisms under which the loop settled with nobody contributing, after trainings
+    with data: their last two solves trained nothing (a change from 0 to 0 counts as
+    settled), so no training checked the accuracy model they settled under, calibrated on
+    those earlier trainings alone (shaping at training.rounds=3: one training of 420
+    samples put the data efficiency at 0.048, every agent then stayed out, and the audit
+    found each gaining 0.8 by contributing, with no word that nothing had been checked)."""
+    if not result.converged:
+        return None
+    found = []
+    for name, last in result.final().items():
+        solves = [record for record in result.records if record.mechanism == name][-2:]
+        sizes, _ = result.measurements(name)
+        if len(solves) == 2 and sizes.size and all(r.trained_contributions.sum() == 0 for r in solves):
+            efficiency = getattr(last.accuracy_model, "efficiency", None)
+            found.append(f"{name} (its accuracy model calibrated on {_counted(sizes.size, 'training')} of "
+                         f"{', '.join(f'{size:.0f}' for size in sizes)} samples"
+                         + (f", a data efficiency of {efficiency:.3g}" if efficiency is not None else "") + ")")
+    if not found:
+        return None
+    return (f"the loop settled with nobody contributing under {'; '.join(found)}: no training checked that model "
+            "where the contributions settled, and the audit's gains are computed under it")
+
+
+def _counted(count: int, what: str) -> str:
+    return f"{count} {what}{'s' if count != 1 else ''}"
 
 
 #: the least rise, in accuracy (a fraction), that a pilot learning curve must show from its
@@ -656,5 +684,5 @@ class ClosedLoop:
             result.converged = result.last_change(names) < self.tolerance
             if on_measured is not None:
                 on_measured(result)
-        _warn_suspect(unsettled(result, self.max_iterations, self.tolerance))
+        _warn_suspect(unsettled(result, self.max_iterations, self.tolerance), settled_untrained(result))
         return result

@@ -320,6 +320,27 @@ def test_an_unexpected_failure_after_an_iteration_says_what_is_kept(tmp_path, ca
     assert (folder / "report.html").is_file()
 
 
+def test_a_loop_settled_on_no_training_says_so(tmp_path, capsys):
+    """Shaping at training.rounds=3: iteration 0 trains 420 samples at accuracy 0.55, which
+    calibrates the data efficiency to 0.048; every agent then stays out, nothing trains,
+    and 0 to 0 counts as settled. The run called itself converged with no warning, and its
+    audit found every agent gaining 0.8 by contributing, under a model no training had
+    checked there. It now says so, on stderr and in manifest.json's warnings."""
+    assert run_experiment.main(["--quiet", "--set=population.n_agents=4", "--set=training.rounds=3",
+                                "--set=accuracy.pilot_sizes=[20, 60, 200]", "--set=accuracy.pilot_repeats=1",
+                                "--set=loop.max_iterations=5", "--set=mechanisms.compare=['shaping']",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    said = re.escape("the loop settled with nobody contributing under shaping (its accuracy model calibrated on 1 "
+                     "training of 420 samples, a data efficiency of ") + r"0\.0\d+" + re.escape(
+        "): no training checked that model where the contributions settled, and the audit's gains are computed "
+        "under it")
+    assert re.fullmatch(f"warning: {said}\n", capsys.readouterr().err)
+    (warned,) = json.loads((folder / "manifest.json").read_text())["warnings"]
+    assert re.fullmatch(said, warned)
+    assert json.loads((folder / "manifest.json").read_text())["loop"] == {"iterations": 3, "converged": True}
+
+
 def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
     """Ctrl-C during a training: exit 130, the pilot curve and every finished training kept
     and resumable (the second training of iteration 0 used to take the pilot and the first

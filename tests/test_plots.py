@@ -32,11 +32,11 @@ def loop_result(population: Population, phi=None) -> LoopResult:
     return LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL, records)
 
 
-@pytest.mark.parametrize("n_agents, shape", [(8, (440, 1078)), (30, (231, 1100))])
+@pytest.mark.parametrize("n_agents, shape", [(8, (440, 1078)), (30, (275, 1100))])
 def test_contributions_are_bars_up_to_20_agents_and_a_heat_map_beyond(tmp_path, n_agents, shape):
     population = Population.from_lists(cost=np.geomspace(2e-4, 1e-3, n_agents)[::-1], endowment=1e6)
     path = plots.contributions(loop_result(population), population, tmp_path / "contributions.png")
-    assert matplotlib.image.imread(path).shape[:2] == shape  # 110 dpi: 9.8 x 4 in, or 10 x (1.2 + 0.45 * 2) in
+    assert matplotlib.image.imread(path).shape[:2] == shape  # 110 dpi: 9.8 x 4 in, or 10 x (1.6 + 0.45 * 2) in
 
 
 def test_the_heat_map_ranks_agents_by_cost_and_marks_the_free_riders():
@@ -224,7 +224,35 @@ def test_a_mechanism_that_delivers_no_model_is_named_in_the_accuracy_legend(tmp_
     result = LoopResult(np.array([10.0, 100.0]), MODEL(np.array([10.0, 100.0])), MODEL, [served, money])
     plots.accuracy_vs_contribution(result, tmp_path / "accuracy.png")
     legend = [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
-    assert legend == ["standard: promised", "standard: delivered (trained)", "contract: delivers no model"]
+    assert legend == ["standard: promised", "standard: delivered (trained)", "contract: delivers no model in this run"]
+
+
+def test_the_heat_map_scales_from_0_to_the_largest_endowment_and_sample_axes_start_at_0(tmp_path, monkeypatch):
+    """The heat map's colours spanned the data's own range: 9 samples beside 20 took the
+    colour of none, and all agents at their whole endowment looked as all at 0 (a flat
+    mid-colour on 18-22 or -0.1-0.1); its free-rider legend showed where none rides. With
+    every contribution 0 the sample axes ran from -0.04 to 0.04; the welfare bars took the
+    mechanisms' colours, blue and orange meaning two things in one figure."""
+    figures = captured(monkeypatch)
+    population = Population.from_lists(cost=np.geomspace(2e-4, 1e-3, 30), endowment=20.0)
+    result = loop_result(population)
+    for record in result.records:
+        record.trained_contributions[:] = 0.0
+    plots.contributions(result, population, tmp_path / "map.png")
+    axis = figures[-1].axes[0]
+    assert axis.images[0].get_clim() == (0.0, 20.0) and axis.get_legend() is None
+    small = Population.from_lists(cost=[1e-3, 2e-3], endowment=20.0)
+    zero = loop_result(small)
+    for record in zero.records:
+        record.trained_contributions[:] = 0.0
+    plots.contributions(zero, small, tmp_path / "bars.png")
+    assert figures[-1].axes[0].get_ylim()[0] == 0.0  # its top: the local optima's marks
+    summaries = {name: {"total_data": 0.0, "welfare_predicted": 1.0, "welfare_realised": 0.5,
+                        "welfare_without_transfers": 1.0, "welfare_social_optimum": 2.0} for name in ("a", "b")}
+    plots.welfare_and_data(summaries, tmp_path / "welfare.png")
+    left, right = figures[-1].axes
+    assert left.get_ylim() == (0.0, 1.0)
+    assert {bar.get_facecolor() for bar in right.patches}.isdisjoint({bar.get_facecolor() for bar in left.patches})
 
 
 def test_the_convergence_figure_draws_the_trained_totals_and_each_calibrated_curve(tmp_path, monkeypatch):
