@@ -238,13 +238,18 @@ def _spread(values: np.ndarray) -> dict[str, float]:
 
 def _cell(values: np.ndarray, fmt: str) -> str:
     """mean +/- std in the headline's format ("-" without a value, k/n for a yes/no), with
-    "(k of n seeds)" where only k of the n seeds have a value."""
+    "(k of n seeds)" where only k of the n seeds have a value, and "(inf in k of n seeds)"
+    where the mean is infinite but not every seed's value is (a price of anarchy of inf in
+    one seed read "inf", as in all)."""
     spread = _spread(values)
     if spread["n"] == 0:
         return "-"
     if fmt == "{}":
         return f"{int(np.sum(values == 1.0))}/{values.size}"
     cell = mean_and_spread(spread, "{:.1f}" if fmt == "{:d}" else fmt)
+    infinite = int(np.count_nonzero(np.isinf(values)))
+    if 0 < infinite < spread["n"]:
+        cell += f" (inf in {infinite} of {spread['n']} seeds)"
     return cell if spread["n"] == values.size else f"{cell} ({spread['n']} of {values.size} seeds)"
 
 

@@ -588,6 +588,16 @@ def test_an_empty_summary_cell_is_no_number_and_an_infinite_one_has_no_spread():
     assert spread["n"] == 2 and spread["mean"] == np.inf and np.isnan(spread["std"]) and np.isnan(spread["ci95"])
 
 
+def test_a_metric_infinite_in_some_seeds_says_in_how_many():
+    """A price of anarchy of inf in one seed of three read "inf", as one infinite in all
+    does (helper-170's review)."""
+    from analysis.seeds import _cell
+
+    assert _cell(np.array([1.05, np.inf, 1.1]), "{:.3f}") == "inf (inf in 1 of 3 seeds)"
+    assert _cell(np.array([np.inf, np.inf]), "{:.3f}") == "inf"
+    assert _cell(np.array([1.05, np.inf, np.nan]), "{:.3f}") == "inf (inf in 1 of 2 seeds) (2 of 3 seeds)"
+
+
 def test_seeds_of_a_config_given_as_a_pipe_all_run_it(tmp_path):
     """A config read from a pipe (a shell's <(...)) was read once per seed: the second read
     got no bytes, and every seed after the first ran the defaults. The pipe is now read once."""
