@@ -38,7 +38,7 @@ from analysis import config as config_module
 from analysis import plots
 from analysis.metrics import summarise
 from incentives.loop import (LOOP_PHI, IterationRecord, LoopResult, below_pilot, flat_pilot, loop_phi, poor_fit,
-                             settled_untrained, unsettled)
+                             settled_untrained, trained_at_chance, unsettled)
 from incentives.population import Population
 from incentives.protocols import Mechanism
 from incentives.utility import Phi, local_contribution
@@ -298,13 +298,18 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 
 def run_warnings(result: LoopResult, config: dict, population: Population) -> list[str]:
     """What makes a run's numbers suspect, in words (empty when nothing does): a loop that
-    stopped at its iteration limit or settled on no training, a pilot curve that does not rise, a fitted a(m) that
+    stopped at its iteration limit or settled on no training, a federated training at chance
+    where the pilot learns, a pilot curve that does not rise, a fitted a(m) that
     misses the pilot's points, and agents holding fewer samples than the pilot measured
     (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs), in the
     words of the run's ``config`` (its loop, data.dataset, training.lr and .batch_size and
     model.name are read)."""
     loop = config["loop"]
+    known = config_module.DATASETS.get(config["data"]["dataset"])
+    training = config["training"]
+    federated = ", ".join(f"training.{key}={training[key]!r}" for key in ("rounds", "local_epochs", "lr", "batch_size"))
     found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON), settled_untrained(result),
+             trained_at_chance(result, known[1] if known else None, federated),
              _flat_pilot(result, config), poor_fit(result, "accuracy.", POINTS, REFIT),
              below_pilot(result, population, "accuracy."))
     return [w for w in found if w]

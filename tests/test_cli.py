@@ -341,6 +341,25 @@ def test_a_loop_settled_on_no_training_says_so(tmp_path, capsys):
     assert json.loads((folder / "manifest.json").read_text())["loop"] == {"iterations": 3, "converged": True}
 
 
+def test_a_federated_training_at_chance_beside_a_pilot_that_learns_says_so(tmp_path, capsys):
+    """training.rounds=1 at lr=0.01: the pilot reaches 0.815 with 200 samples, standard
+    FL's 240 score 0.069 (below chance, 0.1), and the data efficiency calibrated to that
+    fell to 0.079 without a word (helper-169's review). It is now a warning, naming the
+    federated training's settings."""
+    assert run_experiment.main(["--quiet", "--set=population.n_agents=4", "--set=training.rounds=1",
+                                "--set=training.lr=0.01", "--set=accuracy.pilot_sizes=[20, 60, 200]",
+                                "--set=accuracy.pilot_repeats=1", "--set=loop.max_iterations=2",
+                                "--set=mechanisms.compare=['standard']",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    said = ("a federated training scored within 0.02 of chance (0.1) where the pilot curve learns (standard's of 240 "
+            "samples scored 0.069): the federation did not learn at these settings (training.rounds=1, "
+            "training.local_epochs=1, training.lr=0.01, training.batch_size=16), and the data efficiency calibrated "
+            "to it reads that as data worth almost nothing")
+    assert f"warning: {said}\n" in capsys.readouterr().err
+    assert said in json.loads((folder / "manifest.json").read_text())["warnings"]
+
+
 def test_ctrl_c_keeps_every_finished_training_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
     """Ctrl-C during a training: exit 130, the pilot curve and every finished training kept
     and resumable (the second training of iteration 0 used to take the pilot and the first

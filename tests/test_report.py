@@ -153,11 +153,12 @@ def test_a_loop_that_settled_is_not_warned_of_as_unsettled():
 
 def test_run_warnings_read_only_the_settings_they_name():
     """The few settings the warnings read are enough (a flat pilot, 0.5 at 100 and 400
-    samples, and a single iteration unsettled: two warnings)."""
+    samples, and a single iteration unsettled: two warnings; training.rounds and
+    .local_epochs name a federated training at chance)."""
     agents = Population.from_lists(cost=[1e-4, 1e-4], endowment=1e6)
     flat = pilot_fit(PowerLaw(0.5, 1e-12, 1.0), accuracies=[0.5, 0.5])
     settings = {"loop": {"max_iterations": 1, "tolerance": 0.02}, "data": {"dataset": "digits"},
-                "training": {"lr": 1e-5, "batch_size": 32}, "model": {"name": "mlp"}}
+                "training": {"lr": 1e-5, "batch_size": 32, "rounds": 1, "local_epochs": 1}, "model": {"name": "mlp"}}
     unsettled, not_learning = report.run_warnings(loop_result(record([300, 300], [300, 300]), fit=flat), settings,
                                                   agents)
     assert unsettled.startswith("the loop ran a single iteration (loop.max_iterations=1)")
