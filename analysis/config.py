@@ -385,8 +385,7 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
     a_float = float in kinds and isinstance(value, int) and not is_bool  # an integer where a number is asked for
     if (is_bool and bool not in kinds) or not (isinstance(value, kinds) or a_float):
         spelled = _toml_literal(value) if isinstance(value, str) and len(value) <= 40 else None
-        meant = (None if spelled is None else bool if spelled in ("true", "false")
-                 else int if re.fullmatch(r"-?\d+", spelled) else float)
+        meant = None if spelled is None else type(tomllib.loads(f"v = {spelled}")["v"])
         takes = meant in kinds or (meant is int and float in kinds)  # the spelling of a kind the key takes
         raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}"
                           + (f" (TOML spells {value.strip()} as {spelled}, unquoted)" if takes else ""))

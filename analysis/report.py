@@ -302,14 +302,12 @@ def run_warnings(result: LoopResult, config: dict, population: Population) -> li
     where the pilot learns, a pilot curve that does not rise, a fitted a(m) that
     misses the pilot's points, and agents holding fewer samples than the pilot measured
     (``incentives.loop``'s checks, of which ``ClosedLoop.run`` warns as it runs), in the
-    words of the run's ``config`` (its loop, data.dataset, training.lr and .batch_size and
-    model.name are read)."""
-    loop = config["loop"]
-    known = config_module.DATASETS.get(config["data"]["dataset"])
-    training = config["training"]
+    words of the run's ``config`` (its loop, data.dataset, training.rounds, .local_epochs,
+    .lr and .batch_size and model.name are read)."""
+    loop, training = config["loop"], config["training"]
     federated = ", ".join(f"training.{key}={training[key]!r}" for key in ("rounds", "local_epochs", "lr", "batch_size"))
     found = (unsettled(result, loop["max_iterations"], loop["tolerance"], "loop.", GO_ON), settled_untrained(result),
-             trained_at_chance(result, known[1] if known else None, federated),
+             trained_at_chance(result, _classes(config), federated),
              _flat_pilot(result, config), poor_fit(result, "accuracy.", POINTS, REFIT),
              below_pilot(result, population, "accuracy."))
     return [w for w in found if w]
@@ -325,13 +323,19 @@ POINTS = "; learning_curve.csv lists each point with its fitted value"
 REFIT = "a new run with {others} fits another family (--resume keeps this fit)"
 
 
+def _classes(config: dict) -> int | None:
+    """The number of classes of data.dataset (``analysis.config.DATASETS``), chance's
+    denominator; None where the dataset is not known there."""
+    known = config_module.DATASETS.get(config["data"]["dataset"])
+    return known[1] if known else None
+
+
 def _flat_pilot(result: LoopResult, config: dict) -> str | None:
     """:func:`~incentives.loop.flat_pilot` in the config's words: chance from the classes
     of data.dataset (``analysis.config.DATASETS``; not known: no check against chance),
     the settings named training.lr, training.batch_size and model.name."""
-    known = config_module.DATASETS.get(config["data"]["dataset"])
     training = config["training"]
-    return flat_pilot(result, known[1] if known else None,
+    return flat_pilot(result, _classes(config),
                       f"training.lr={training['lr']!r}, training.batch_size={training['batch_size']!r}, "
                       f"model.name={config['model']['name']!r}", "accuracy.")
 

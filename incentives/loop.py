@@ -38,8 +38,8 @@ What makes a run's numbers suspect (:func:`unsettled`, :func:`settled_untrained`
 :func:`trained_at_chance`, :func:`flat_pilot`, :func:`poor_fit`, :func:`below_pilot`) the
 loop warns of as a :class:`SuspectRunWarning` where it becomes known: the pilot's once it
 is fitted (or resumed), an unsettled loop, one settled on no training, or trainings at
-chance, as it stops; the command
-line's report words the same checks in its config's keys (``analysis.report.run_warnings``).
+chance, as it stops; the command line's report words the same checks in its config's
+keys (``analysis.report.run_warnings``).
 """
 
 from __future__ import annotations
@@ -608,20 +608,15 @@ class ClosedLoop:
         its ``train_set.num_classes``), for :func:`flat_pilot`'s chance; else None."""
         return getattr(getattr(self.oracle, "train_set", None), "num_classes", None)
 
-    def _federated_settings(self) -> str:
-        """The oracle's federated training settings :func:`trained_at_chance` names: its
-        rounds, and lr, batch_size and epochs (its ``strategy``'s), where it tells them."""
+    def _training_settings(self, federated: bool = False) -> str:
+        """The oracle's training settings a warning names where it tells them (fl's
+        TrainingOracle: its rounds, and its ``strategy``'s lr, batch_size and epochs), else
+        "the oracle's": lr and batch_size, the pilot's (:func:`flat_pilot`); with
+        ``federated``, the federation's, rounds and epochs too (:func:`trained_at_chance`)."""
         strategy = getattr(self.oracle, "strategy", self.oracle)
-        told = [f"rounds={self.oracle.rounds!r}"] if hasattr(self.oracle, "rounds") else []
-        told += [f"{key}={getattr(strategy, key)!r}" for key in ("lr", "batch_size", "epochs")
-                 if hasattr(strategy, key)]
-        return ", ".join(told) or "the oracle's"
-
-    def _training_settings(self) -> str:
-        """The oracle's training settings :func:`flat_pilot` names: its lr and batch_size
-        where it tells them (fl's TrainingOracle, in its ``strategy``), else "the oracle's"."""
-        strategy = getattr(self.oracle, "strategy", self.oracle)
-        told = [f"{key}={getattr(strategy, key)!r}" for key in ("lr", "batch_size") if hasattr(strategy, key)]
+        keys = ("lr", "batch_size", "epochs") if federated else ("lr", "batch_size")
+        told = [f"rounds={self.oracle.rounds!r}"] if federated and hasattr(self.oracle, "rounds") else []
+        told += [f"{key}={getattr(strategy, key)!r}" for key in keys if hasattr(strategy, key)]
         return ", ".join(told) or "the oracle's"
 
     def _settle(self, iteration: int, mechanism: Mechanism, model: AccuracyModel, population: Population,
@@ -723,5 +718,5 @@ class ClosedLoop:
             if on_measured is not None:
                 on_measured(result)
         _warn_suspect(unsettled(result, self.max_iterations, self.tolerance), settled_untrained(result),
-                      trained_at_chance(result, self._n_classes(), self._federated_settings()))
+                      trained_at_chance(result, self._n_classes(), self._training_settings(federated=True)))
         return result

@@ -164,20 +164,22 @@ class Population:
         if self.names is not None:
             object.__setattr__(self, "names", _check_names(self.names, n))
         with np.errstate(over="ignore", invalid="ignore"):
-            whole = np.flatnonzero(~np.isfinite(self.data_cost(self.endowment)))
+            whole_cost = self.data_cost(self.endowment)
+        whole = np.flatnonzero(~np.isfinite(whole_cost))
         if whole.size:  # data_cost would return inf (or NaN for c_i = 0) with a RuntimeWarning
             i = int(whole[0])
             raise ValueError(f"cost_exponent={self.cost_exponent!r} with cost[{i}]={float(self.cost[i])!r} and "
                              f"endowment[{i}]={float(self.endowment[i])!r}: allowed is endowment**cost_exponent and "
                              "cost * endowment**cost_exponent (the cost of the whole endowment) each at most "
                              f"{np.finfo(float).max:.4g}, float64's range")
-        self._check_totals()
+        self._check_totals(whole_cost)
 
-    def _check_totals(self) -> None:
+    def _check_totals(self, whole_cost: np.ndarray) -> None:
         """ValueError where a sum over the agents in utility units is beyond float64's range:
-        welfare adds every agent's v_i phi(a), data cost, comm_cost and outside option (four
-        agents valuing accuracy at 1e308 ended a run, after its training, in a welfare of inf)."""
-        totals = {"value": self.value, "cost": self.data_cost(self.endowment), "comm_cost": self.comm_cost,
+        welfare adds every agent's v_i phi(a), data cost (at most ``whole_cost``, its whole
+        endowment's), comm_cost and outside option (four agents valuing accuracy at 1e308
+        ended a run, after its training, in a welfare of inf)."""
+        totals = {"value": self.value, "cost": whole_cost, "comm_cost": self.comm_cost,
                   "outside_option": np.abs(self.outside_option)}
         for key, per_agent_utility in totals.items():
             with np.errstate(over="ignore"):

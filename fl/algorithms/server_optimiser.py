@@ -50,7 +50,9 @@ class ServerOptimiser(FedAvg):
         weights = self.aggregation_weights(results)
         if weights is None:
             return global_params
-        change = weighted_change(global_params, results, weights)
+        change = weighted_change(global_params, results, weights)  # floating-point entries only
         buffers = frozenset().union(*(result.buffers for result in results))
-        return {name: w if name not in change else w + change[name] if name in buffers else
-                self.step(name, w, change[name]) for name, w in global_params.items()}
+        new = dict(global_params)  # integer entries keep the server's value
+        for name, delta in change.items():
+            new[name] = global_params[name] + delta if name in buffers else self.step(name, global_params[name], delta)
+        return new

@@ -76,22 +76,22 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     else:
         from_env = os.environ.get(DATA_ROOT_ENV)
         path = Path(from_env).expanduser() if from_env else Path.home() / ".cache" / "fedecon"
-    blocking = _file_in_the_way(path)
-    if blocking is not None:
-        raise DatasetNotFoundError(f"{blocking} is {_what_is(blocking)}: allowed is a folder there, the data root "
-                                   f"{path} holding each dataset's folder; move it away or give another data root")
+    _check_no_file_in_the_way(path, f"the data root {path} holding each dataset's folder", " or give another "
+                              "data root")
     return path
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The first of ``folder`` and the folders above it that is there but is no folder: a
-    file, or a symbolic link to nothing or to itself (mkdir raised a bare FileExistsError)."""
-    return next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.is_dir()
-                 or p.exists() and not p.is_dir()), None)
-
-
-def _what_is(path: Path) -> str:
-    return "a symbolic link to no folder" if path.is_symlink() and not path.exists() else "a file"
+def _check_no_file_in_the_way(folder: Path, holding: str, advice: str = "") -> None:
+    """:class:`DatasetNotFoundError` at the first of ``folder`` and the folders above it
+    that is there but is no folder: a file, or a symbolic link to nothing or to itself
+    (mkdir raised a bare FileExistsError or NotADirectoryError), naming what the folder
+    should hold (``holding``) and, after "move it away", any other ``advice``."""
+    blocking = next((p for p in (folder, *folder.parents)
+                     if (p.is_symlink() or p.exists()) and not p.is_dir()), None)
+    if blocking is not None:
+        kind = "a symbolic link to no folder" if blocking.is_symlink() and not blocking.exists() else "a file"
+        raise DatasetNotFoundError(f"{blocking} is {kind}: allowed is a folder there, {holding}; move it "
+                                   f"away{advice}")
 
 
 def cache_dir(folder: Path, cache: str | os.PathLike | None = None) -> Path:
@@ -287,10 +287,7 @@ def fetch(folder: str | os.PathLike, remote: RemoteFile, *, download_missing: bo
     check_bool("download", download_missing)
     check_bool("verify", verify)
     folder = Path(folder)
-    blocking = _file_in_the_way(folder)
-    if blocking is not None:  # download=True raised a bare FileExistsError or NotADirectoryError making folder
-        raise DatasetNotFoundError(f"{blocking} is {_what_is(blocking)}: allowed is a folder there, {folder} "
-                                   f"holding {remote.filename}; move it away")
+    _check_no_file_in_the_way(folder, f"{folder} holding {remote.filename}")
     for name in remote.candidates():
         path = folder / name
         if path.is_dir():  # was "not found"
