@@ -41,6 +41,7 @@ from fl.server import run_federated
 from fl.valuation import RoundValuation, train_with_valuation
 
 AGGREGATIONS = ("fedavg", "incfl")  # the rules ``train`` aggregates the agents' updates with
+ALONE_AT_ONCE = 64  # local-only models trained in one batch, and held at once, by ``_local_scores``
 
 # spawn keys of the oracle's independent random streams
 _DISTRIBUTIONS, _VALIDATION, _ENDOWMENTS, _INIT, _TRAIN, _CURVE, _LOCAL = range(7)
@@ -52,9 +53,10 @@ class TrainingResult:
 
     global_accuracy: the global model on each agent's test distribution.
     delivered_accuracy: the delivered model on each agent's test distribution.
-    local_accuracy: a model trained on the agent's contribution alone (same rounds,
-        epochs, batch size and lr; theta_0 for agents contributing nothing), or None
-        (measured with ``measure_local``, and by IncFL aggregation, which needs them).
+    local_accuracy: a model trained on the agent's contribution alone as the learning
+        curve's points are (``curve_steps`` SGD steps, batch size and lr as the
+        federation's; theta_0 for agents contributing nothing), or None (measured with
+        ``measure_local``, and by IncFL aggregation, which needs them).
     target: the delivery targets as given (None: the global model for everyone).
     lam: weight of the global model in each delivered model (1: the global model).
     validation_accuracy: the delivered model on the validation set, agent's distribution.
@@ -90,8 +92,9 @@ class TrainingOracle:
     model, model_options: a name of ``fl.models.MODEL_NAMES`` and its options.
     rounds, local_epochs, batch_size, lr, clients_per_round: FedAvg's settings
     (None clients per round: all contributors every round).
-    curve_steps: SGD steps of each learning-curve run. validation_fraction: share of
-    the training pool held out for delivery. measure_local: also train each agent alone.
+    curve_steps: SGD steps of every model trained alone: each learning-curve run and
+    each agent's local-only model. validation_fraction: share of the training pool held
+    out for delivery. measure_local: also train each agent alone on its contribution.
     executor: runs the clients of every ``train`` and the learning curve's runs
     (``fl.executors``; None: serial training, and the curve as one vectorised batch, see
     :meth:`learning_curve`).
@@ -210,12 +213,9 @@ class TrainingOracle:
         ``sizes`` and ``repeats`` independent draws of the samples and batch order (a
         size given twice draws twice as many).
 
-        Every run takes exactly ``curve_steps`` SGD steps (batch size and lr as in
-        ``train``) from theta_0 whatever m, so the curve measures data, not compute;
-        m = 0 gives theta_0. All runs train at once, as the clients of one batch of the
-        oracle's executor, or with none, of the vectorised executor (the serial one for
-        models it refuses: buffers, batch norm, dropout). Accuracy is on the test set
-        reweighted to uniform classes.
+        Every run trains alone (:meth:`_train_alone`: exactly ``curve_steps`` SGD steps
+        from theta_0 whatever m, so the curve measures data, not compute); m = 0 gives
+        theta_0. Accuracy is on the test set reweighted to uniform classes.
         Returns (sizes, accuracies), both of shape (len(sizes) * repeats,), sizes repeated.
         """
         allowed = f"integers in [0, {self.pool_size}] (the pool size)"
@@ -223,26 +223,17 @@ class TrainingOracle:
         if np.any(sizes > self.pool_size):
             raise ValueError(f"sizes={sizes.tolist()!r}: allowed is {allowed}")
         check_integer("repeats", repeats)
-        strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
         uniform = np.full(self.train_set.num_classes, 1.0 / self.train_set.num_classes)
         # the k-th mention of a size (k = 0, 1, ...) draws its repeats k * repeats + r: every point independent
         points = [(int(m), int(np.sum(sizes[:j] == m)) * repeats + r)
                   for j, m in enumerate(sizes) for r in range(repeats)]
-        tasks = []
+        runs = []
         for m, r in points:
             if m > 0:
                 stream = child_seed(self.seed, _CURVE, m, r)
-                chosen = np.random.default_rng(stream).choice(self.pool, size=m, replace=False)
-                tasks += strategy.configure_round(0, self._subsets({0: chosen}), stream)
-        executor = self.executor
-        if executor is None:  # the runs are independent: one batch, vectorised where the model allows
-            executor = VectorisedExecutor()
-            try:
-                executor.check_model(self.model)
-            except UnsupportedModel:
-                executor = SerialExecutor()
-        trained = iter(check_finite_losses(tasks, executor.run(self.model, strategy, self.init_params, tasks)))
-        params = [next(trained).params if m > 0 else self.init_params for m, _ in points]
+                runs.append((0, np.random.default_rng(stream).choice(self.pool, size=m, replace=False), stream))
+        trained = iter(self._train_alone(runs))
+        params = [next(trained) if m > 0 else self.init_params for m, _ in points]
         accuracies = [self._accuracy(p, uniform) for p in params]
         return np.repeat(sizes, repeats).astype(np.int64), np.asarray(accuracies)
 
@@ -334,8 +325,9 @@ class TrainingOracle:
     def _forget_on_new_settings(self) -> None:
         """Forget the results kept (of ``train`` and of the local-only models) where a setting
         training reads was reassigned since they were kept: the rounds, the strategy (its
-        class and settings), ``measure_local`` or the executor (the same object)."""
-        settings = (self.rounds, type(self.strategy), sorted(vars(self.strategy).items()), self.measure_local)
+        class and settings), ``curve_steps``, ``measure_local`` or the executor (the same object)."""
+        settings = (self.rounds, type(self.strategy), sorted(vars(self.strategy).items()), self.curve_steps,
+                    self.measure_local)
         if self._kept_under is None or self._kept_under[0] != settings or self._kept_under[1] is not self.executor:
             self._trained.clear()
             self._alone.clear()
@@ -360,21 +352,48 @@ class TrainingOracle:
         )
 
     def _local_scores(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rho, local accuracy), each (N,): agent i's local-only model, ``rounds`` rounds of
-        this oracle's FedAvg on its first counts[i] endowment samples alone from its own
-        stream (theta_0 where counts[i] = 0), scored by rho_i, its cross-entropy on the
-        validation set reweighted to p_i (``distribution_losses``, IncFL's threshold), and
-        by its test accuracy on p_i. Both depend on (i, counts[i]) alone, and are kept per
-        pair: the loop trains each agent alone once per contribution it makes, not once
-        per mechanism and iteration."""
+        """(rho, local accuracy), each (N,): agent i's local-only model, trained alone
+        (:meth:`_train_alone`, as every point of the learning curve is) on its first
+        counts[i] endowment samples from its own stream (theta_0 where counts[i] = 0),
+        scored by rho_i, its cross-entropy on the validation set reweighted to p_i
+        (``distribution_losses``, IncFL's threshold), and by its test accuracy on p_i.
+        Both depend on (i, counts[i]) alone, and are kept per pair: the loop trains each
+        agent alone once per contribution it makes, not once per mechanism and iteration.
+        The models missing train ``ALONE_AT_ONCE`` at a time, each scored and let go."""
         p = self.label_distributions
-        for i, m in enumerate(counts.tolist()):
-            if (i, m) not in self._alone:
-                w = (self._fit({i: self.endowment_indices[i][:m]}, self.strategy, self.rounds,
-                               child_seed(self.seed, _LOCAL, i)).params if m > 0 else self.init_params)
+        missing = [(i, m) for i, m in enumerate(counts.tolist()) if (i, m) not in self._alone]
+        for start in range(0, len(missing), ALONE_AT_ONCE):
+            batch = missing[start:start + ALONE_AT_ONCE]
+            runs = [(i, self.endowment_indices[i][:m], child_seed(self.seed, _LOCAL, i)) for i, m in batch if m > 0]
+            trained = iter(self._train_alone(runs))
+            for i, m in batch:
+                w = next(trained) if m > 0 else self.init_params
                 self._alone[i, m] = (distribution_losses(self.model, w, self.validation, p[[i]])[0],
                                      self._accuracy(w, p[i]))
         return tuple(np.array([self._alone[i, m][k] for i, m in enumerate(counts.tolist())]) for k in (0, 1))
+
+    def _train_alone(self, runs: list[tuple[int, np.ndarray, np.random.SeedSequence]]) -> list[Params]:
+        """What training alone gives, the same for the learning curve and every agent's
+        local-only model: for each (client id, training-set indices, stream) of ``runs``,
+        a model trained from theta_0 on those samples alone for exactly ``curve_steps`` SGD
+        steps at ``train``'s batch size and lr, whatever the federation's rounds and
+        epochs (an agent training alone trains its own model, not the server's schedule).
+        The runs are independent and train at once, as the clients of one batch of the
+        oracle's executor, or with none, of the vectorised executor (the serial one for
+        models it refuses: buffers, batch norm, dropout). Returns their parameters, in order."""
+        strategy = FedAvg(batch_size=self.strategy.batch_size, lr=self.strategy.lr, steps=self.curve_steps)
+        tasks = []
+        for client, indices, stream in runs:
+            tasks += strategy.configure_round(0, self._subsets({client: indices}), stream)
+        executor = self.executor
+        if executor is None:
+            executor = VectorisedExecutor()
+            try:
+                executor.check_model(self.model)
+            except UnsupportedModel:
+                executor = SerialExecutor()
+        return [result.params for result in
+                check_finite_losses(tasks, executor.run(self.model, strategy, self.init_params, tasks))]
 
     def _incfl(self, rho: np.ndarray) -> IncFL:
         """IncFL (``fl.algorithms.incfl``) with this oracle's FedAvg settings: rho_k and

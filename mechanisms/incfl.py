@@ -48,7 +48,8 @@ most data leave first, and a small enough gamma empties the federation.
 
 Real training is where label skew shows: the loop trains with IncFL's
 aggregation (``aggregation = "incfl"``), which also trains every agent's local-only
-model; the share of participants whose delivered model beats their own local model
+model (as each point of the pilot curve is trained, ``fl.oracle``: the same training
+alone as a_alone's); the share of participants whose delivered model beats their own local model
 on their own distribution is the realised incentivised share
 (``analysis.metrics.summarise``), and the audit flags every participant whose realised
 utility falls short of its local-only utility under the fit.

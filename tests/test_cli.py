@@ -858,6 +858,25 @@ def test_local_models_measured_for_every_mechanism_give_each_its_realised_share(
         assert share == np.mean(beats)
 
 
+def test_a_lone_agent_is_measured_alone_as_the_audit_holds_it_alone(tmp_path):
+    """One agent under a federation of 3 rounds: the audit held it to training alone on
+    the pilot curve (300 SGD steps) and found its IR violated, while its measured local
+    model had trained the federation's 3 rounds (0.63 against the federation's 0.64) and
+    the realised incentivised share called it served better than alone (1.0). Both now
+    read the same training alone."""
+    assert run_experiment.main(["--quiet", "--set=population.n_agents=1", "--set=training.rounds=3",
+                                "--set=training.measure_local=true", "--set=mechanisms.compare=['standard']",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    with (folder / "summary.csv").open() as handle:
+        (summary,) = csv.DictReader(handle)
+    with (folder / "agents.csv").open() as handle:
+        (agent,) = csv.DictReader(handle)
+    assert int(summary["ir_violations"]) == 1
+    assert float(agent["local_accuracy"]) > float(agent["delivered_accuracy"])
+    assert float(summary["realised_incentivised_share"]) == 0.0
+
+
 def test_fractional_endowments_are_whole_samples_everywhere(tmp_path):
     """A lognormal endowment draw is rounded down before anything uses it, so that an agent
     contributing its whole endowment is trained on exactly that and is no free rider (with

@@ -189,28 +189,46 @@ def test_same_seed_same_numbers():
 def test_local_accuracy_is_measured_when_asked(monkeypatch):
     """Each agent's local-only model depends on its contribution alone: a later training
     (another mechanism, iteration or aggregation) trains only the agents whose
-    contribution is new (every call used to train all N alone again)."""
+    contribution is new (every call used to train all N alone again), all of them in one
+    batch."""
     oracle = make_oracle(measure_local=True, rounds=5)
-    fit, trained = oracle._fit, []
+    train_alone, trained = oracle._train_alone, []
 
-    def counted(clients, *args, **kwargs):
-        trained.append(sorted(clients))
-        return fit(clients, *args, **kwargs)
+    def counted(runs):
+        trained.append([client for client, _, _ in runs])
+        return train_alone(runs)
 
-    monkeypatch.setattr(oracle, "_fit", counted)
+    monkeypatch.setattr(oracle, "_train_alone", counted)
     contributions = np.array([80, 20, 0, 80, 80, 80, 80, 80.0])
     result = oracle.train(contributions, None)
     assert result.local_accuracy.shape == (N,)
-    assert result.local_accuracy.mean() < result.global_accuracy.mean()
     assert result.local_accuracy[1] < result.local_accuracy[0]
-    assert len(trained) == 1 + 7  # the federation, and the seven contributors alone
+    assert trained == [[0, 1, 3, 4, 5, 6, 7]]  # the seven contributors alone, at once
     trained.clear()
     contributions[1] = 40
     again = oracle.train(contributions, None, aggregation="incfl")
-    assert trained == [[1], list(range(N))[:2] + list(range(3, N))]  # agent 1 alone, then the federation
+    assert trained == [[1]]  # agent 1 alone
     unchanged = np.arange(N) != 1
     np.testing.assert_array_equal(again.local_accuracy[unchanged], result.local_accuracy[unchanged])
     assert again.local_accuracy[1] != result.local_accuracy[1]
+
+
+def test_training_alone_is_the_learning_curve_s_recipe_not_the_federation_s():
+    """An agent's local-only model trained the federation's rounds and epochs, where the
+    learning curve (and so the reservations, local optima and IncFL's decision read from
+    it) trains curve_steps SGD steps: with one agent at training.rounds=3, the realised
+    incentivised share called the federation better than training alone (0.64 against a
+    local 0.63) beside an IR violation against the curve's 0.82. Training alone now takes
+    curve_steps steps whatever the federation's schedule, for the curve and the local
+    models alike."""
+    m = np.array([80, 60, 0, 20, 10, 80, 0, 30], dtype=float)
+    short = make_oracle(measure_local=True, rounds=2).train(m, None)
+    long = make_oracle(measure_local=True, rounds=6, local_epochs=2).train(m, None)
+    np.testing.assert_array_equal(short.local_accuracy, long.local_accuracy)
+    assert not np.array_equal(short.global_accuracy, long.global_accuracy)
+    fewer = make_oracle(measure_local=True, rounds=2, curve_steps=20).train(m, None)
+    assert np.all(fewer.local_accuracy[m > 0] != short.local_accuracy[m > 0])
+    np.testing.assert_array_equal(fewer.local_accuracy[m == 0], short.local_accuracy[m == 0])  # theta_0
 
 
 def test_contributions_beyond_the_endowment_are_refused(oracle):
@@ -329,16 +347,18 @@ def test_a_model_its_executor_cannot_train_is_refused_when_the_oracle_is_made():
 def test_each_agent_trains_alone_from_its_own_local_stream():
     """Agents trained alone drew their batch orders from the federated run's stream (_TRAIN),
     all of them the same, instead of each its own child (_LOCAL = 6, i) of the seed: agent i's
-    local accuracy is that of this oracle's FedAvg on its first m_i endowment samples, seeded
-    child_seed(seed, 6, i), as client i, on its label distribution."""
+    local accuracy is that of curve_steps SGD steps on its first m_i endowment samples,
+    seeded child_seed(seed, 6, i), as client i, on its label distribution."""
     from fl.algorithms.strategy import child_seed
-    from fl.server import run_federated
+    from fl.executors import SerialExecutor
 
-    oracle = make_oracle(rounds=2, measure_local=True)
+    oracle = make_oracle(rounds=2, measure_local=True, executor=SerialExecutor())
     result = oracle.train(np.array([80, 70, 0, 0, 0, 0, 0, 0]), None)
+    steps = FedAvg(batch_size=oracle.strategy.batch_size, lr=oracle.strategy.lr, steps=200)
     for i, m in ((0, 80), (1, 70)):
-        alone = run_federated(oracle.model, {i: TRAIN.subset(oracle.endowment_indices[i][:m])}, oracle.strategy, 2,
-                              seed=child_seed(0, 6, i), init_params=oracle.init_params, progress=False)
+        tasks = steps.configure_round(0, {i: TRAIN.subset(oracle.endowment_indices[i][:m])}, child_seed(0, 6, i))
+        [alone] = SerialExecutor().run(oracle.model, steps, oracle.init_params, tasks)
+        assert alone.steps == 200
         per_class = per_class_accuracy(oracle.model, alone.params, TEST)
         assert result.local_accuracy[i] == accuracy_on_distribution(per_class, oracle.label_distributions[i])
 
