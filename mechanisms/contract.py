@@ -205,9 +205,16 @@ class ContractMechanism:
         return c, reserve, np.ones(N)
 
     def _types(self, theta_i, u0_i, n_i):
-        """Type grid, probabilities, each agent's type, per-type outside and capacity."""
+        """Type grid, probabilities, each agent's type, per-type outside and capacity.
+        Without a ``type_grid`` a type is the agents of one cost and (where
+        ``respect_endowment`` caps contributions) one endowment: agents of one cost but
+        different data can fill different items, and a type of both, capped at the
+        smaller endowment, held the larger one's item to it (costs (1, 1), endowments
+        (1, 100), cost exponent 3, V = 10 ln(1 + q): items (1, 1) for (1, 1.22))."""
         if self.type_grid is None:
-            grid, type_of = np.unique(theta_i, return_inverse=True)
+            rows = np.column_stack((theta_i, n_i if self.respect_endowment else np.zeros_like(n_i)))
+            rows, type_of = np.unique(rows, axis=0, return_inverse=True)
+            grid, type_of = rows[:, 0], type_of.ravel()
             prob = np.bincount(type_of, minlength=len(grid)) / len(theta_i)
         else:
             grid, prob = _check_type_grid(self.type_grid)

@@ -2,10 +2,11 @@
 "Optimal Contract Design for Efficient Federated Learning With Multi-Dimensional Private
 Information", IEEE JSAC 39(1), 2021.
 
-A type's (computation cost, communication delay, data size) enters its preferences over
-menu items only through one cost theta_k (eq. (6) of :func:`reduce_multidimensional_types`),
-which orders the types completely; the contract is then the one-dimensional screening
-problem of :mod:`mechanisms.screening` with cost exponent 3 and the data sizes as capacities.
+A type's (computation cost, communication delay) enters its cost of any menu item only
+through one number theta_k ((6) in :func:`reduce_multidimensional_types`, this module's
+numbering), which orders the types completely; its data size caps the items it can fill.
+The contract is then the one-dimensional screening problem of :mod:`mechanisms.screening`
+with cost exponent 3 and the data sizes as capacities.
 """
 
 from __future__ import annotations
@@ -69,16 +70,22 @@ def reduce_multidimensional_types(
 
     - the private data size n_k caps the contribution, q <= n_k.
 
-    So the type (zeta_k, tau_k, n_k) enters an agent's preferences over menu items
-    (q, R) only through theta_k (u_k = R - theta_k q**3): types with equal theta_k
-    are indistinguishable to any menu, theta orders them completely (single crossing),
-    and :func:`~mechanisms.screening.solve_screening` with ``cost_exponent=3`` applies.
-    The data size enters as a per-type capacity; IC is imposed against every item, including items a
-    small-data type could not fill (conservative: the menu stays IC if types could
-    acquire data). Unlike the paper's model, the delay enters only the agent's cost, not
-    the server's value, so a smaller theta is always the better type for the server; the
-    paper's abstract reports that serving the users of lowest cost and delay is not
-    always optimal, which this reduction cannot show.
+    So the type (zeta_k, tau_k, n_k) values a menu item (q, R) it can fill (q <= n_k)
+    at u_k = R - theta_k q**3: types of equal theta_k and equal data size are
+    indistinguishable to any menu, theta orders the costs completely (single crossing),
+    and :func:`~mechanisms.screening.solve_screening` with ``cost_exponent=3`` applies,
+    the data sizes as per-type capacities. The program imposes IC against every item,
+    including items a small-data type could not fill. That is conservative (the menu
+    stays IC if types could acquire data) and exact where such constraints do not bind,
+    as where the cheaper types hold at least as much data; where a cheap type holds
+    little, it can cost the server: theta = (1, 2), data sizes (0.5, 100), p = 1/2 and
+    V = 10 ln(1 + q) pool both types at (0.5, 0.25), profit 3.80 a type, where the menu
+    {(0.5, 0.125), (0.93, 1.61)}, IC given the data sizes, earns 4.45. Ding et al.'s
+    private dimensions are the training cost and the communication delay; the data size
+    as a private capacity is this module's addition. Unlike the paper's model, the delay
+    enters only the agent's cost, not the server's value, so a smaller theta is always the
+    better type for the server; the paper's abstract reports that serving the users of
+    lowest cost and delay is not always optimal, which this reduction cannot show.
     """
     K = np.size(compute_cost)
     if np.ndim(compute_cost) != 1 or K == 0:

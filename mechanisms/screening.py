@@ -93,8 +93,10 @@ type need not be the one whose IR binds (countervailing incentives), so there
 in both directions and every IR -- still O(K) constraints, and equivalent to (2) because
 with the single-crossing utilities (1) adjacent IC in both directions implies
 monotonicity and every global IC, for distinct costs. Types of equal cost that also
-agree on outside utility and capacity are one type to any menu and are merged (their
-probabilities summed); equal costs that still differ are solved with every pair's IC,
+agree on capacity are one type to any menu and are merged (their probabilities summed;
+under incomplete information at the larger outside utility, see :func:`_merge_identical`;
+under complete information only where the outside utilities agree too); equal costs that
+still differ are solved with every pair's IC,
 since adjacent IC no longer links their items. The rents are chained by their adjacent
 steps and the two IC of a pair written as a slack in contribution units
 (:func:`_adjacent_ic`), which keeps the program well conditioned at 1000 types.
@@ -724,7 +726,7 @@ def solve_screening(
             k = int(wrong[0])
             raise bad(key, given, f"a value at which type {k}'s cost in reward units, {formula} = "
                       f"{float(held[k])!r}, is a finite number > 0 of float64's normal range")
-    order = np.lexsort((np.zeros(K) if cap is None else cap, u0_all, theta_all))  # by cost; equal types adjacent
+    order = np.lexsort((u0_all, np.zeros(K) if cap is None else cap, theta_all))  # by cost; equal types adjacent
     th, pp, u0 = theta_all[order], p[order], u0_all[order]
     capy = None if cap is None else cap[order] ** beta
     kappa = float(reward_price)
@@ -744,7 +746,7 @@ def solve_screening(
 
     start = time.perf_counter()
     compiled, how, replaced, reward_unit = False, None, None, 0.0  # the closed form is exact: no unit of its error
-    th, pp, u0, capy, first, group = _merge_identical(th, pp, u0, capy)
+    th, pp, u0, capy, first, group = _merge_identical(th, pp, u0, capy, information)
     if form == "closed_form":
         if floor:
             raise bad("form", form, "'reduced' or 'all_pairs' for accuracy rewards with a negative outside "
@@ -879,20 +881,29 @@ def _warn_losing(menu: Menu) -> None:
             "ContractMechanism's exclusion search leaves such types out", LosingTypesWarning, stacklevel=3)
 
 
-def _merge_identical(th, pp, u0, capy):
-    """Types sorted by cost merged where cost, outside utility and capacity all agree: to
-    any menu they are one type, with their probabilities summed. Returns the merged
-    (theta, p, u0, capacity or None), the first sorted type of each merged one and, per
-    sorted type, its merged type. Two types with the same cost that still differ (in
-    outside utility or capacity) are left apart, and the caller solves them with every
-    pair's IC: between equal costs adjacent IC no longer links the items, so the reduced
-    forms' adjacent chain (and their monotonicity, which would pool them) does not apply."""
-    rows = np.column_stack([th, u0] + ([] if capy is None else [capy]))
+def _merge_identical(th, pp, u0, capy, information: str):
+    """Types sorted by cost, then capacity, merged where they are one type to any menu,
+    with their probabilities summed: under complete information where cost, outside
+    utility and capacity all agree; under incomplete information where cost and capacity
+    agree, at the largest of their outside utilities (IC both ways between two such types
+    gives them equal utility, which IR then holds to the larger outside utility, and one
+    item serves both as well as two: averaging their items, by probability, keeps every
+    constraint, which is linear in (q**beta, R), and does not lower the concave objective).
+    With 1000 types of 50 costs and distinct outside utilities, the types left unmerged
+    were solved with every pair's IC, 14 minutes and more.
+    Returns the merged (theta, p, u0, capacity or None), the first sorted type of each
+    merged one and, per sorted type, its merged type. Two types with the same cost that
+    still differ (in capacity, or in outside utility under complete information) are left
+    apart, and the caller solves them with every pair's IC: between equal costs adjacent
+    IC no longer links the items, so the reduced forms' adjacent chain (and their
+    monotonicity, which would pool them) does not apply."""
+    kept = [th] + ([u0] if information == "complete" else []) + ([] if capy is None else [capy])
+    rows = np.column_stack(kept)
     distinct = np.concatenate(([True], np.any(rows[1:] != rows[:-1], axis=1)))  # sorted: equal rows are adjacent
     group = np.cumsum(distinct) - 1
     first = np.flatnonzero(distinct)
     merged_p = np.bincount(group, weights=pp)
-    return th[first], merged_p, u0[first], None if capy is None else capy[first], first, group
+    return th[first], merged_p, np.maximum.reduceat(u0, first), None if capy is None else capy[first], first, group
 
 
 def _rents(th: np.ndarray, y: np.ndarray, u0: float) -> np.ndarray:
