@@ -40,10 +40,10 @@ import numpy as np
 
 from analysis import config as config_module
 from analysis.config import MECHANISMS, ConfigError
-from analysis.report import make_run_folder, mechanism_warnings, user_warnings, write_run, write_whole
+from analysis.report import make_run_folder, mechanism_warnings, remove_report, user_warnings, write_run, write_whole
 from analysis.seeds import aggregate_runs, mean_and_spread, read_warnings
 from fl.checks import allocation_failed
-from incentives.loop import ClosedLoop, LoopResult, SuspectRunWarning
+from incentives.loop import ClosedLoop, LoopResult, SuspectRunWarning, settles_before_its_end
 from incentives.population import FIELDS, Population, csv_rows, sample_traits
 from mechanisms.contract import ContractMechanism
 from mechanisms.incfl import IncFLParticipation
@@ -639,9 +639,37 @@ def agents_and_mechanisms(config: dict) -> tuple[Population, list, list[str]]:
     return agents, mechanisms, said
 
 
+@contextlib.contextmanager
+def writing(folder: Path):
+    """This process's exclusive hold on the run folder it writes (``flock`` on the folder,
+    released when the process ends, however it ends): another process that would write it
+    too, a --resume of a run still going (its own, or that of a --jobs worker left
+    running) or a second --resume at once, is refused with a ConfigError naming the
+    folder (two resumes at once both ran to the end, leaving a folder whose manifest,
+    config and CSV files came from two runs). Nothing is held where the system has no
+    flock, or where ``folder`` cannot be opened (what reads it then says why)."""
+    try:
+        import fcntl
+        descriptor = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"--resume {str(folder)!r}: another process is writing that run folder (the run, or a "
+                              "--resume of it, still going); allowed is one process a run folder: let it end, or "
+                              "stop it, then --resume") from None
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, warn: bool = True,
         on_folder: Callable[[Path], None] | None = None) -> Path:
-    """Run the experiment described by a validated config; return its run folder.
+    """Run the experiment described by a validated config; return its run folder, held by
+    this process from its making (or, resumed, from the start) to the end (:func:`writing`).
 
     With ``resume_folder``, the loop continues from that run's checkpoint (the pilot curve
     and finished iterations are kept, their timings added to) and the run folder is
@@ -656,6 +684,20 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
     prints the former once before the first seed and every seed's warnings after the last.
     ``on_folder`` is called with a fresh run's folder once it is made (a --jobs worker tells
     its parent where its seed's checkpoints go)."""
+    with contextlib.ExitStack() as held:
+        if resume_folder is not None:
+            held.enter_context(writing(resume_folder))
+
+        def made(folder: Path) -> None:
+            held.enter_context(writing(folder))
+            if on_folder is not None:
+                on_folder(folder)
+
+        return _run(config, resume_folder, quiet, warn, made)
+
+
+def _run(config: dict, resume_folder: Path | None, quiet: bool, warn: bool, on_folder: Callable[[Path], None]) -> Path:
+    """:func:`run` in its hold of the run folder; ``on_folder`` takes a fresh run's folder as it is made."""
     from fl.executors import UnsupportedModel
     from fl.models import UnsuitableData
 
@@ -668,6 +710,13 @@ def run(config: dict, resume_folder: Path | None = None, quiet: bool = False, wa
             raise ConfigError(f"loop.max_iterations={config['loop']['max_iterations']!r}: the run in "
                               f"{str(resume_folder)!r} has finished {resumed.result.n_iterations} iterations; "
                               "allowed on --resume is at least that many")
+        early = settles_before_its_end(resumed.result, config["loop"]["tolerance"])
+        if early is not None:
+            raise ConfigError(f"loop.tolerance={config['loop']['tolerance']!r}: under it the run in "
+                              f"{str(resume_folder)!r} would have settled after {early[0]} of the "
+                              f"{resumed.result.n_iterations} iterations it has finished, so its numbers would not "
+                              f"be this config's; allowed on --resume is a tolerance of at most {early[1]!r} (the least "
+                              "change of its iterations before the last), or a fresh run")
     set_threads(config["training"]["threads"])
     start = time.perf_counter()
     agents, mechanisms, said = agents_and_mechanisms(config)
@@ -813,12 +862,13 @@ def _run_loop(config: dict, population: Population, mechanisms: list, oracle, re
     else:
         folder = resume_folder
         # the manifest marks the old report finished: from here until write_run writes a new one, the folder,
-        # its config.toml rewritten below, is an unfinished run (analysis.seeds.aggregate_runs refuses it)
+        # its config.toml rewritten below, is an unfinished run (analysis.seeds.aggregate_runs refuses it), and
+        # none of the old report's files is left to be read beside that config.toml
         try:
-            (folder / "manifest.json").unlink(missing_ok=True)
+            remove_report(folder)
         except OSError as error:  # a folder it may not write in
-            raise WriteFailed(stopped(write_failure("manifest.json", error, "removing"), folder, resumed, False,
-                                      f"{resume_option(folder)} continues the run")) from error
+            raise WriteFailed(stopped(write_failure("the earlier report", error, "removing"), folder, resumed,
+                                      False, f"{resume_option(folder)} continues the run")) from error
     created = resume_folder is None
     saved = resumed  # the loop's state as last checkpointed (None: nothing measured yet)
     steps = 1 + config["loop"]["max_iterations"] * len(mechanisms)
@@ -1246,6 +1296,7 @@ def worker_died(seed: int, folder: str | None) -> WorkerDied:
 _FOLDERS = _STOP = _PARENT = _HANDED = None
 HANDED, REFUSED = 1, 2
 _STATE = "idle"
+ORPHAN_POLL_SECONDS = 1.0
 _STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -1260,6 +1311,23 @@ def _start_worker(folders, stop, handed) -> None:
     for signum in _STOPS:
         signal.signal(signum, _stop_once)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    threading.Thread(target=_leave_when_orphaned, name="orphan watch", daemon=True).start()
+
+
+def _leave_when_orphaned() -> None:
+    """A worker's watch on its parent, every ORPHAN_POLL_SECONDS: once the parent is gone
+    (killed: no seed will come, and the worker used to wait for one for good, holding the
+    dataset and torch), an idle worker exits; one running a seed finishes it first (its
+    folder then holds the whole run)."""
+    _orphaned_and_idle()
+    os._exit(1)
+
+
+def _orphaned_and_idle() -> None:
+    """Return once this worker's parent is gone and it runs no seed (looked at every
+    ORPHAN_POLL_SECONDS)."""
+    while os.getppid() == _PARENT or _STATE != "idle":
+        time.sleep(ORPHAN_POLL_SECONDS)
 
 
 @contextlib.contextmanager

@@ -279,14 +279,19 @@ def convergence(result: LoopResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+#: the files :func:`all_figures` writes, in its order
+FIGURES = ("contributions.png", "accuracy_vs_contribution.png", "welfare_and_data.png", "convergence.png")
+
+
 def all_figures(result: LoopResult, population: Population, summaries: dict, folder: Path,
                 phi: Phi | None = LOOP_PHI) -> list[Path]:
-    """The four figures of the run in ``folder``; ``phi``: the agents' value of accuracy
-    for the local optima (left out: the loop's, ``result.phi``)."""
+    """The four figures of the run in ``folder`` (:data:`FIGURES`); ``phi``: the agents'
+    value of accuracy for the local optima (left out: the loop's, ``result.phi``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in FIGURES]
     return [
-        contributions(result, population, folder / "contributions.png", phi),
-        accuracy_vs_contribution(result, folder / "accuracy_vs_contribution.png"),
-        welfare_and_data(summaries, folder / "welfare_and_data.png"),
-        convergence(result, folder / "convergence.png"),
+        contributions(result, population, paths[0], phi),
+        accuracy_vs_contribution(result, paths[1]),
+        welfare_and_data(summaries, paths[2]),
+        convergence(result, paths[3]),
     ]

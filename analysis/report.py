@@ -640,6 +640,23 @@ def user_warnings(raised: list, before: tuple[str, ...] = ()) -> list[str]:
     return said
 
 
+#: what a run's report writes beside its checkpoint and config.toml (and figures/, :data:`plots.FIGURES`)
+REPORT_FILES = ("report.html", "summary.csv", "agents.csv", "audit.csv", "metrics.csv", "learning_curve.csv")
+
+
+def remove_report(folder: Path) -> None:
+    """Remove the report a run folder holds, before the run is written again (a --resume,
+    :func:`write_run`): manifest.json first, whose presence marks a finished run, then
+    every other file of the report, so that none is left beside a config.toml it was not
+    made with (a resume that stopped early, with a full disk or a kill, left the earlier
+    run's summary.csv and report.html beside the new config.toml). The folder's
+    checkpoint keeps every measurement: its --resume writes them again."""
+    for name in ("manifest.json", *REPORT_FILES):
+        (folder / name).unlink(missing_ok=True)
+    for name in plots.FIGURES:
+        (folder / "figures" / name).unlink(missing_ok=True)
+
+
 def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[Mechanism],
               population: Population, timings: dict[str, float], device: str,
               notes: dict[str, Any] | None = None,
@@ -652,13 +669,13 @@ def write_run(folder: Path, config: dict, result: LoopResult, mechanisms: list[M
     audits, local optima and the social optimum. The measurements, metrics.csv and
     learning_curve.csv, are written first, so that a failure in what is computed from them (the audits, a figure)
     leaves them in the folder; the manifest, whose presence marks a finished run
-    (``analysis.seeds.read_warnings``), is written last, and one of an earlier report of
-    the folder (before a --resume) is removed first. ``config``: the resolved configuration
+    (``analysis.seeds.read_warnings``), is written last, and an earlier report of the
+    folder (before a --resume) is removed first (:func:`remove_report`). ``config``: the resolved configuration
     the run was made with (every key set, as :func:`analysis.config.load` gives it; its
     ``loop.max_iterations`` at least the iterations run), ValueError otherwise (a partial
     one raised KeyError, and the defaults wrote another run's settings into the report)."""
     check_resolved(config, result)
-    (folder / "manifest.json").unlink(missing_ok=True)
+    remove_report(folder)
     write_whole(folder / "config.toml", config_module.dumps(config).encode("utf-8"))
     write_csv(folder / "metrics.csv", list(result.long_rows()))
     write_csv(folder / "learning_curve.csv", learning_curve_rows(result))

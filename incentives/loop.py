@@ -234,6 +234,21 @@ class LoopResult:
                            "agent": agent, "quantity": quantity, "value": float(value)}
 
 
+def settles_before_its_end(result: LoopResult, tolerance: float,
+                           mechanisms: list[str] | None = None) -> tuple[int, float] | None:
+    """Where a loop of ``tolerance`` would have stopped before ``result``'s last finished
+    iteration (its contributions' :meth:`~LoopResult.last_change` below ``tolerance``
+    after iteration k < n_iterations): (k, the largest tolerance under which it would
+    not have, the least of those changes); None where it would not have. A result
+    continued under such a tolerance is not the one a run under it gives: that run stops
+    after k iterations (a resume with a looser tolerance than the one it ran under
+    reported 6 iterations, a fresh run of the same settings 4)."""
+    changes = [replace(result, records=[r for r in result.records if r.iteration < k]).last_change(mechanisms)
+               for k in range(1, result.n_iterations)]
+    early = [k for k, change in enumerate(changes, start=1) if change < tolerance]
+    return (early[0], min(changes)) if early else None
+
+
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
     return float(np.abs(new - old).sum() / max(1.0, np.abs(old).sum()))
 
@@ -679,7 +694,9 @@ class ClosedLoop:
         itself is left as it was), ``on_measured`` is called with the result once the pilot
         is fitted and after each mechanism's training (e.g. to write a checkpoint), so that
         an interrupted run loses no finished training; ValueError naming phi where
-        ``resume``'s records were measured under another phi than this loop's. What makes
+        ``resume``'s records were measured under another phi than this loop's, and naming
+        the tolerance where under it ``resume`` would have settled before its last
+        iteration (:func:`settles_before_its_end`). What makes
         the numbers suspect it warns of (:class:`SuspectRunWarning`): a flat pilot, a poor
         fit and agents below the pilot's smallest size once the pilot is fitted (or resumed),
         an unsettled loop as it stops."""
@@ -693,6 +710,12 @@ class ClosedLoop:
             if on_measured is not None:
                 on_measured(result)
         else:  # settled or not under this loop's tolerance, whatever the checkpoint's was
+            early = settles_before_its_end(resume, self.tolerance, names)
+            if early is not None:
+                raise ValueError(f"tolerance={self.tolerance!r}: under it the resumed result would have settled "
+                                 f"after {early[0]} of its {resume.n_iterations} iterations; allowed is a tolerance "
+                                 f"of at most {early[1]!r} (the least change of its iterations before the last), "
+                                 "or a run of its own")
             pending = [record for record in resume.pending if record.mechanism in names]
             result = replace(resume, records=self._continued(resume.records), pending=self._continued(pending))
             result.converged = result.last_change(names) < self.tolerance

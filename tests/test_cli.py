@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,89 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     saved = (folder / "config.toml").read_text()
     assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=1"]) == 2
     assert (folder / "config.toml").read_text() == saved  # it used to say 1 beside a report of 2
+
+
+def test_a_resume_under_a_tolerance_the_run_would_have_settled_under_earlier_is_refused(tmp_path, capsys):
+    """A run of 6 iterations at loop.tolerance=0.001, resumed at 0.02, under which a fresh run
+    settles after 4, kept its 6 beside a config.toml saying 0.02, and its numbers were not
+    that config's (helper-175): such a tolerance is refused, naming the largest one allowed."""
+    from incentives.loop import settles_before_its_end
+
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=3", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    result = run_experiment.load_checkpoint(folder).result
+    assert result.n_iterations == 3
+    changes = [replace(result, records=result.records[:len(result.records) * k // 3]).last_change() for k in (1, 2)]
+    assert changes[0] == np.inf
+    assert settles_before_its_end(result, changes[1]) is None  # not below it: the run would have gone on
+    assert settles_before_its_end(result, changes[1] * 2 + 1e-9) == (2, changes[1])
+    saved, summary = (folder / "config.toml").read_text(), (folder / "summary.csv").read_text()
+    capsys.readouterr()
+    looser = changes[1] * 2 + 1e-9
+    assert run_experiment.main(["--quiet", "--resume", str(folder), f"--set=loop.tolerance={looser}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: loop.tolerance={looser!r}: under it the run in {str(folder)!r} would "
+                          "have settled after 2 of the 3 iterations it has finished")
+    assert f"allowed on --resume is a tolerance of at most {changes[1]!r}" in err
+    assert (folder / "config.toml").read_text() == saved and (folder / "summary.csv").read_text() == summary
+
+
+def test_a_run_folder_is_written_by_one_process_at_a_time(run_folder, capsys):
+    """Two resumes of one folder at once both ran to the end, leaving a manifest, config.toml
+    and CSV files from two runs (helper-175): a second process is refused while the first
+    holds the folder, and nothing in it changes."""
+    before = {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()}
+    capsys.readouterr()
+    with run_experiment.writing(run_folder):
+        assert run_experiment.main(["--quiet", "--resume", str(run_folder)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume {str(run_folder)!r}: another process is writing that run folder (the run, or a --resume of "
+        "it, still going); allowed is one process a run folder: let it end, or stop it, then --resume\n")
+    assert {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()} == before
+
+
+def test_a_resume_that_stops_early_leaves_no_report_of_the_run_before_it(tmp_path, capsys, monkeypatch):
+    """A resume that failed to write its checkpoint (a full disk) left the earlier run's
+    summary.csv, agents.csv and report.html beside the new config.toml (helper-175): the
+    earlier report goes as the resume begins, and a later --resume writes the whole again."""
+    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
+    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    (folder,) = tmp_path.iterdir()
+    whole = run_experiment.write_whole
+
+    def full(path, data):
+        if path.name == run_experiment.CHECKPOINT:
+            raise OSError(28, "No space left on device")
+        return whole(path, data)
+
+    monkeypatch.setattr(run_experiment, "write_whole", full)
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 1
+    assert sorted(path.name for path in folder.iterdir()) == ["checkpoint.pkl", "config.toml", "figures"]
+    assert not any((folder / "figures").iterdir())
+    monkeypatch.setattr(run_experiment, "write_whole", whole)
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.max_iterations=2"]) == 0
+    assert {"manifest.json", "summary.csv", "report.html"} <= {path.name for path in folder.iterdir()}
+
+
+def test_a_jobs_worker_whose_parent_is_gone_leaves_once_idle(monkeypatch):
+    """--jobs workers whose parent was killed waited for a seed for good, holding the dataset
+    and torch (helper-175): the worker's watch (run_experiment._leave_when_orphaned) ends it
+    once it is idle, not while it runs a seed."""
+    import threading
+
+    monkeypatch.setattr(run_experiment, "ORPHAN_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(run_experiment, "_PARENT", os.getppid() + 1)  # not this process's parent: orphaned
+    monkeypatch.setattr(run_experiment, "_STATE", "running")
+    watch = threading.Thread(target=run_experiment._orphaned_and_idle, daemon=True)
+    watch.start()
+    watch.join(0.2)
+    assert watch.is_alive()  # a seed running finishes first
+    monkeypatch.setattr(run_experiment, "_STATE", "idle")
+    watch.join(5)
+    assert not watch.is_alive()
 
 
 def test_training_that_diverges_late_keeps_the_finished_iterations_and_says_how_to_report_them(tmp_path):
@@ -1587,8 +1671,8 @@ def test_a_resume_that_may_not_write_in_its_folder_says_so_in_a_line_a_shell_can
     capsys.readouterr()
     assert run_experiment.main(["--quiet", "--resume", str(folder)]) == 1
     err = capsys.readouterr().err
-    assert err == (f"error: removing manifest.json failed (PermissionError: [Errno 13] Permission denied); the 1 "
-                   f"finished loop iteration(s) are kept: --resume {shlex.quote(str(folder))} continues the run\n")
+    assert err == (f"error: removing the earlier report failed (PermissionError: [Errno 13] Permission denied); "
+                   f"the 1 finished loop iteration(s) are kept: --resume {shlex.quote(str(folder))} continues the run\n")
     pasted = subprocess.run(["bash", "-c", "printf %s " + err.split("--resume ")[1].split(" continues")[0]],
                             capture_output=True, text=True, check=True).stdout
     assert pasted == str(folder)

@@ -168,7 +168,15 @@ def test_loop_stops_once_contributions_settle(world):
     population, oracle = world
     tighter = ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=[20, 60, 200, 600], pilot_repeats=1,
                          max_iterations=3, tolerance=change / 2)
-    assert tighter.run(resume=result).n_iterations == 3
+    resumed = tighter.run(resume=result)
+    assert resumed.n_iterations == 3
+    # resumed again under the first tolerance, it would have settled after 2 of its 3 iterations, where a run of
+    # its own stops: refused (it kept the 3 beside that tolerance)
+    looser = ClosedLoop(population, [StandardFL()], oracle, pilot_sizes=[20, 60, 200, 600], pilot_repeats=1,
+                        max_iterations=3, tolerance=10.0)
+    with pytest.raises(ValueError, match=rf"^tolerance=10.0: under it the resumed result would have settled after 2 "
+                                         rf"of its 3 iterations; allowed is a tolerance of at most {float(change)!r} "):
+        looser.run(resume=resumed)
 
 
 def test_calibration_points_are_the_trainings_with_data_at_their_mean_global_accuracy():

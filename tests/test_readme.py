@@ -63,7 +63,9 @@ def test_a_converged_run_resumed_iterates_on_only_under_a_tighter_tolerance(tmp_
 
     text = " ".join(README.read_text().split())
     assert ("a run whose loop has settled within the `loop.tolerance` it resumes with gets its folder rewritten with "
-            "no further iteration (a tighter `--set loop.tolerance` iterates on, up to `loop.max_iterations`)") in text
+            "no further iteration (a tighter `--set loop.tolerance` iterates on, up to `loop.max_iterations`; a looser "
+            "one under which the run would have settled before its last iteration is refused, naming the largest "
+            "allowed, since a fresh run under it stops earlier)") in text
     fast = ["population.n_agents=4", "training.rounds=3", "accuracy.pilot_sizes=[20, 60, 200]",
             "accuracy.pilot_repeats=1", "loop.max_iterations=3"]
     assert run_experiment.main(["--quiet", *(f"--set={o}" for o in fast), "--set=loop.tolerance=1e9",
@@ -78,6 +80,8 @@ def test_a_converged_run_resumed_iterates_on_only_under_a_tighter_tolerance(tmp_
     assert loop() == {"iterations": 2, "converged": True}
     assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.tolerance=1e-12"]) == 0
     assert loop()["iterations"] == 3
+    # back at 1e9, under which it settled after 2 of its 3 iterations: refused
+    assert run_experiment.main(["--quiet", "--resume", str(folder), "--set=loop.tolerance=1e9"]) == 2
 
 
 def test_the_run_folder_section_states_the_audits_tolerance():
