@@ -8,16 +8,18 @@ import math
 from typing import Callable, Sequence
 
 
-def integer(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``least``."""
+def integer(least: int, most: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least`` (and <= ``most``, where given, ``why``
+    saying why in the error)."""
+    allowed = f"an integer >= {least}" if most is None else f"an integer from {least} to {most}{why}"
 
     def convert(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: allowed is an integer >= {least}")
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"{text!r}: allowed is {allowed}")
         return value
 
     return convert
@@ -32,6 +34,17 @@ def part_of(names: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return convert
+
+
+def share(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is a number > 0 and <= 1")
+    return value
 
 
 def positive(text: str) -> float:

@@ -428,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(DEFAULT_ROOT))
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--threads", type=integer(1), default=1)
-    parser.add_argument("--actor-cpus", type=integer(1), default=1)
+    parser.add_argument("--actor-cpus", type=integer(1, os.cpu_count() or 1, " (this machine's cores: the Ray "
+                                                    "cluster it starts has no more, and an actor asking for more "
+                                                    "waits for good)"), default=1)
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -39,17 +39,21 @@ def timed_seeds(config: str, seeds: list[int], jobs: int, overrides: list[str], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "compare_mechanisms.toml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--jobs", type=integer(1), default=os.cpu_count() or 1)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "compare_mechanisms.toml"),
+                        help="the experiment's config (default: configs/compare_mechanisms.toml)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the seeds run (default: 0-4)")
+    parser.add_argument("--jobs", type=integer(1), default=os.cpu_count() or 1,
+                        help="processes of the second invocation (default: the machine's cores)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for both invocations, as run_experiment.py's --set")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         one = timed_seeds(args.config, args.seeds, 1, args.overrides, Path(folder) / "one")
         many = timed_seeds(args.config, args.seeds, args.jobs, args.overrides, Path(folder) / "many")
     print(f"{Path(args.config).name}, seeds {' '.join(map(str, args.seeds))}, {os.cpu_count()} cores")
     print(f"  --jobs 1          {one:7.1f} s")
-    print(f"  --jobs {args.jobs:<10d} {many:7.1f} s   {one / many:.2f}x faster")
+    print(f"  --jobs {args.jobs:<10d} {many:7.1f} s   --jobs 1 / --jobs {args.jobs}: {one / many:.2f}x "
+          f"({'faster' if one > many else 'not faster'} in processes)")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from fl.models import MODEL_NAMES, build_model, get_params  # noqa: E402
 from fl.evaluation import accuracy_on_distribution, evaluate, per_class_accuracy  # noqa: E402
 from fl.server import run_federated  # noqa: E402
 from incentives.participation import participation_equilibrium  # noqa: E402
-from arguments import integer, positive  # noqa: E402
+from arguments import integer, positive, share  # noqa: E402
 
 # the seed's streams of the split and of the local models: keys 3 and 2, which the runs here (trained with the
 # seed itself, no dropout, no FedBuff) never draw; fixed, so that the figures in fl/algorithms/incfl.py reproduce
@@ -148,14 +148,14 @@ def main() -> None:
     parser.add_argument("--alpha", type=positive, default=0.3)
     parser.add_argument("--min-size", type=integer(1), default=5, help="samples every client holds at least")
     parser.add_argument("--model", choices=MODEL_NAMES, default="mlp")
-    parser.add_argument("--hidden", type=int, nargs="*", default=None,
+    parser.add_argument("--hidden", type=integer(1), nargs="*", default=None,
                         help="the MLP's hidden widths (default: the model's own; none: logistic regression)")
     parser.add_argument("--rounds", type=integer(1), default=30)
-    parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
-    parser.add_argument("--fraction", type=float, default=1.0, help="share of clients sampled per round")
+    parser.add_argument("--epochs", type=integer(1), default=1, help="local epochs per round")
+    parser.add_argument("--fraction", type=share, default=1.0, help="share of clients sampled per round")
     parser.add_argument("--local-epochs", type=integer(1), default=20, help="epochs of each local-only model")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=integer(1), default=16)
+    parser.add_argument("--lr", type=positive, default=0.1)
     parser.add_argument("--gap-scale", type=positive, default=1.0, help="IncFL's factor on the gap in the sigmoid")
     parser.add_argument("--fedavg-weighting", choices=("samples", "uniform"), default="samples",
                         help="FedAvg's weights: by sample (McMahan et al.) or one per client, as IncFL's count")

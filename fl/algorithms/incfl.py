@@ -63,7 +63,7 @@ H100) it does no better: on Fashion-MNIST 0.51 against FedAvg's 0.56 at 30 round
 nearly everyone, 0.98 against 0.99 (30 rounds, seeds 0-1). Treat it as unverified
 against the paper. In the default run, late in training the gaps lie within about -0.2
 to 0.5 nats, where s(1 - s) is nearly flat (at the final model on digits, 50 clients,
-seeds 0-2, the largest weight is 1.08-1.12x the smallest, as the benchmark prints), so
+seeds 0-2, the largest weight is 1.05-1.09x the smallest, as the benchmark prints), so
 the rule acts as FedAvg with equal weights per client instead of per sample. These
 figures were measured before ``dirichlet_federation`` drew its pool, held-out set and
 split from separate streams (5938853), so a rerun draws other federations; rerun since,
