@@ -1440,9 +1440,18 @@ def interrupted_status() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: ``argv`` (None: the program's own arguments, ``sys.argv[1:]``) to an exit
+    status. Run as the program (``argv`` None), it ignores Ctrl-C and SIGTERM once it has
+    its status: all that is left is the interpreter's exit, during which Python gives the
+    signals their default action again, and a Ctrl-C there ended a finished run with
+    status 130 and nothing said (helper-173)."""
     args = parse_args(argv)
     with sigterm_as_interrupt():
-        return _main(args)
+        status = _main(args)
+    if argv is None:
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
+    return status
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ loop        convergence tolerance and iteration limit of the closed loop
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import re
 import shlex
@@ -378,6 +379,18 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names[k] for k in kinds)
 
 
+#: what TOML reads an unquoted value as, where a key takes a string (a bool before int: it is one)
+_READ_AS = ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+            ((datetime.date, datetime.time), "a date or time"))
+
+
+def _as_written(value: Any) -> str:
+    """A TOML scalar as TOML writes it: true, 1000.0, 2024-01-01."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value)
+
+
 def _validate_value(section: str, name: str, value: Any) -> Any:
     key = SCHEMA[section][name]
     kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
@@ -387,8 +400,12 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
         spelled = _toml_literal(value) if isinstance(value, str) and len(value) <= 40 else None
         meant = None if spelled is None else type(tomllib.loads(f"v = {spelled}")["v"])
         takes = meant in kinds or (meant is int and float in kinds)  # the spelling of a kind the key takes
-        raise ConfigError(f"{section}.{name}={value!r}: allowed is {_type_name(key.kind)}"
-                          + (f" (TOML spells {value.strip()} as {spelled}, unquoted)" if takes else ""))
+        read_as = next((said for kind, said in _READ_AS if isinstance(value, kind)), None) if str in kinds else None
+        shown = _as_written(value) if read_as else repr(value)  # experiment.name=1e3 said only 1000.0, a date
+        quote = (f" (TOML read it as {read_as}: quoted, it is a string, --set '{section}.{name}=\"{shown}\"' or "
+                 f"{name} = \"{shown}\" in the config)") if read_as else ""  # datetime.date(2024, 1, 1)
+        raise ConfigError(f"{section}.{name}={shown}: allowed is {_type_name(key.kind)}"
+                          + (f" (TOML spells {value.strip()} as {spelled}, unquoted)" if takes else "") + quote)
     if _too_large(value) and not key.bounded:  # numpy and torch hold none, and float() overflows beyond 1.8e308
         raise ConfigError(f"{section}.{name}={value!r}: allowed is integers from -2**63 to 2**63 - 1 (64 bits)"
                           + ("; a larger number may be written as a float, e.g. 1e30" if float in kinds else ""))

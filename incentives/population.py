@@ -40,6 +40,7 @@ import csv
 import itertools
 import math
 import re
+import sys
 from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Iterable, Mapping
@@ -115,8 +116,11 @@ def _check_names(raw, n: int) -> tuple[str, ...]:
     if isinstance(raw, str) or not isinstance(raw, Iterable):
         raise bad("names", raw, f"a list of N={n} non-empty strings")
     names = tuple(raw)
-    if len(names) != n or not all(isinstance(s, str) and s for s in names):
+    if len(names) != n:
         raise bad("names", names, f"N={n} non-empty strings")
+    for i, name in enumerate(names):  # the entry named: a blank cell among 500 was lost in the tuple's shortened repr
+        if not (isinstance(name, str) and name):
+            raise bad(f"names[{i}]", name, "a non-empty string")
     first = {}
     for i, name in enumerate(names):
         if name in first:
@@ -500,12 +504,18 @@ def _naming_file(error: ValueError, path) -> ValueError:
 
 
 def _parse(text: str | None, key: str, row: int, path) -> float:
-    """The number in column ``key`` of data row ``row`` (0 = the first after the header)."""
+    """The number in column ``key`` of data row ``row`` (0 = the first after the header);
+    a finite number beyond float64's range is refused with the cell's text (it read as
+    inf, which the cell did not say: endowment[0]=inf for 400 nines)."""
+    where = f"{key}[{row}]={text!r} (row {row + 1} of {str(path)!r} after the header)"
     try:
-        return float(text)
+        value = float(text)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}[{row}]={text!r} (row {row + 1} of {str(path)!r} after the header): "
-                         "allowed is a number") from None
+        raise ValueError(f"{where}: allowed is a number") from None
+    if math.isinf(value) and "inf" not in text.lower():
+        raise ValueError(f"{where}: allowed is a number within float64's range (at most {sys.float_info.max:.4g} "
+                         "in size)")
+    return value
 
 
 DISTRIBUTION_KEYS = {

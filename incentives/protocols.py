@@ -16,6 +16,7 @@ Units used throughout
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
@@ -55,6 +56,8 @@ class Outcome:
         receives nothing (:attr:`served_targets`).
     participates: (N,) whether each agent takes part (contributes or receives a model).
     info: mechanism-specific extras (total data, reserve prices, menu, ...).
+    settings: the settings of the mechanism that solved it (:func:`settings_of`), which
+        an audit holds the mechanism it is handed to; {} where none were kept.
     """
 
     mechanism: str
@@ -64,6 +67,11 @@ class Outcome:
     delivery_target: np.ndarray | None
     participates: np.ndarray
     info: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def __setstate__(self, state: dict) -> None:  # a checkpoint written before outcomes kept their settings
+        state.setdefault("settings", {})
+        self.__dict__.update(state)
 
     @property
     def total(self) -> float:
@@ -88,6 +96,27 @@ class Outcome:
         not 0 (None or NaN: the global model)."""
         target = self.served_targets
         return np.asarray(self.participates, dtype=bool) if target is None else ~(target <= 0)
+
+
+def settings_of(mechanism) -> dict:
+    """A mechanism's settings: its public attributes, by name (a copy of the mapping, the
+    values as they are)."""
+    return {name: value for name, value in vars(mechanism).items() if not name.startswith("_")}
+
+
+def changed_setting(settings: dict, solved_with: dict) -> str | None:
+    """The first setting (by name) whose value in ``settings`` differs from the one in
+    ``solved_with``; None where all agree. Values are compared with ==, and where that
+    has no single truth value (arrays, tuples of them) by their pickled bytes."""
+    for name in sorted(set(settings) | set(solved_with)):
+        now, then = settings.get(name), solved_with.get(name)
+        try:
+            same = bool(now == then)
+        except (TypeError, ValueError):
+            same = pickle.dumps(now) == pickle.dumps(then)
+        if not same:
+            return name
+    return None
 
 
 @runtime_checkable

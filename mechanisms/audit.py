@@ -49,7 +49,7 @@ from incentives.accuracy import AccuracyModel, check_phi
 from incentives.checks import check_mechanism, check_number, check_per_agent, per_agent
 from incentives.equilibrium import verify_equilibrium
 from incentives.population import Population, check_world
-from incentives.protocols import Mechanism, Outcome
+from incentives.protocols import Mechanism, Outcome, changed_setting, settings_of
 from incentives.utility import Phi, reservation_utility, utility
 
 
@@ -284,8 +284,9 @@ def audit(
     and misreport's, is the one solved for them (:class:`SolvedFor`), whatever outside
     option leaving is judged against; the utilities are the agents' own.
     Raises ValueError naming the argument when ``outcome`` is not ``mechanism``'s (by
-    name), an array is not one finite number per agent in its range (accuracies in
-    [0, 1], 0 <= trained_i <= n_i) or tol < 0.
+    name, and by the settings it was solved with, :attr:`Outcome.settings`), an array is
+    not one finite number per agent in its range (accuracies in [0, 1], 0 <= trained_i <=
+    n_i) or tol < 0.
     """
     check_mechanism("mechanism", mechanism, "allocate")
     if not isinstance(outcome, Outcome):
@@ -296,6 +297,11 @@ def audit(
     if outcome.mechanism != getattr(mechanism, "name", None):
         raise ValueError(f"outcome (of mechanism {outcome.mechanism!r}): allowed is an outcome of the mechanism "
                          f"audited, {getattr(mechanism, 'name', None)!r}")
+    changed = changed_setting(settings_of(mechanism), outcome.settings) if outcome.settings else None
+    if changed is not None:  # ShapleyRewards(budget=10) auditing a budget of 0.1 found 4 profitable deviations
+        raise ValueError(f"mechanism.{changed}={settings_of(mechanism).get(changed)!r}: the outcome was solved with "
+                         f"{changed}={outcome.settings.get(changed)!r}; allowed is the mechanism as it solved the "
+                         "outcome")
     mechanism = SolvedFor(mechanism, population.outside_option if solved_for is None else
                           check_per_agent("solved_for", solved_for, population.n_agents))
     delivered, paid, trained = _check_realised(outcome, population, delivered_accuracy, paid_transfer,

@@ -19,7 +19,7 @@ import numpy as np
 
 from incentives.checks import bad, check_agent, check_bool, check_name
 from incentives.population import check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.utility import reservation_utility
 from mechanisms.multidimensional import ReducedTypes, reduce_multidimensional_types
 from mechanisms.screening import (
@@ -435,9 +435,9 @@ class ContractMechanism:
         }
         if money:  # paid in money; the server keeps the model (nothing delivered)
             return Outcome(self.name, contributions=q, accuracy=np.zeros(N), transfer=R,
-                           delivery_target=np.zeros(N), participates=takes, info=info)
+                           delivery_target=np.zeros(N), participates=takes, info=info, settings=settings_of(self))
         return Outcome(self.name, contributions=q, accuracy=R.copy(), transfer=np.zeros(N),
-                       delivery_target=R.copy(), participates=takes, info=info)
+                       delivery_target=R.copy(), participates=takes, info=info, settings=settings_of(self))
 
     def breakpoints(self, i: int, population: "Population", model: "AccuracyModel") -> np.ndarray:
         """The contributions at which :meth:`allocate` pays agent i a step more: the menu's

@@ -64,7 +64,7 @@ import numpy as np
 from incentives.accuracy import AccuracyModel
 from incentives.participation import participation_equilibrium
 from incentives.population import Population, check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.utility import local_contribution
 
 
@@ -108,4 +108,5 @@ class IncFLParticipation:
                 "local_accuracy": local,
                 "trainings": len(settled.history),
             },
+            settings=settings_of(self),
         )

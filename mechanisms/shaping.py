@@ -52,7 +52,7 @@ from incentives.accuracy import AccuracyModel
 from incentives.checks import check_agent, check_number
 from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population, check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.search import row_sums, sign_change
 from incentives.utility import local_contribution, utility
 
@@ -138,6 +138,7 @@ class AccuracyShaping:
             delivery_target=participation.accuracy,
             participates=participation.participates,
             info=info,
+            settings=settings_of(self),
         )
 
     def _equilibrium(self, population: Population, rule: _Rule) -> np.ndarray:

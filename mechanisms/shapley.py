@@ -69,7 +69,7 @@ from incentives.accuracy import AccuracyModel, check_model
 from incentives.checks import as_floats, bad, check_agent, check_bool, check_entries, check_integer, check_number
 from incentives.equilibrium import nash_equilibrium
 from incentives.population import Population, check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 
 Utility = Callable[[tuple[int, ...]], float]
 Batch = Callable[[list[tuple[int, ...]]], Sequence[float]]
@@ -1183,4 +1183,5 @@ class ShapleyRewards:
                 "iterations": equilibrium.iterations,
                 "equilibrium_totals": tuple(float(e.contributions.sum()) for e in found),
             },
+            settings=settings_of(self),
         )

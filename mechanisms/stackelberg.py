@@ -94,7 +94,7 @@ from scipy.optimize import brentq, minimize_scalar
 from incentives.checks import as_floats, bad, check_integer, check_name, check_number
 from incentives.equilibrium import Participation, settle_participation
 from incentives.population import check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.search import row_sums, sign_change
 from mechanisms.contract import memo_hit
 from mechanisms.standard import nash_contributions
@@ -793,7 +793,7 @@ class StackelbergPricing:
                 "active": active, "capped": capped, "converged": eq.settled, "iterations": eq.iterations}
         return Outcome(self.name, contributions=participation.contributions,
                        accuracy=participation.accuracy, transfer=participation.transfer, delivery_target=None,
-                       participates=inside, info=info)
+                       participates=inside, info=info, settings=settings_of(self))
 
 
 def _shares(contributions, reward: float, population: "Population", model: "AccuracyModel") -> Allocation:

@@ -22,7 +22,7 @@ from incentives.accuracy import AccuracyModel, local_optimum
 from incentives.checks import check_agent
 from incentives.equilibrium import nash_equilibrium, settle_participation
 from incentives.population import Population, check_world
-from incentives.protocols import Allocation, Outcome
+from incentives.protocols import Allocation, Outcome, settings_of
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ class StandardFL:
             delivery_target=None,
             participates=participation.participates,
             info=info,
+            settings=settings_of(self),
         )
 
 

@@ -576,3 +576,26 @@ def test_an_outcome_of_another_mechanism_is_refused():
     with pytest.raises(ValueError, match=r"^outcome \(of mechanism 'shaping'\): allowed is an outcome of the "
                                          r"mechanism audited, 'standard'$"):
         audit(StandardFL(), outcome, population, MODEL, outcome.accuracy, outcome.transfer, outcome.contributions)
+
+
+def test_an_outcome_is_audited_by_the_mechanism_as_it_solved_it():
+    """The audit matched mechanisms by name only: a Shapley outcome of budget 0.1 audited by
+    ShapleyRewards(budget=10) found all 4 agents gaining up to 1.53 by deviating, shaping's
+    with epsilon=0.5 4 deviations and 4 misreports (helper-173)."""
+    from mechanisms.shaping import AccuracyShaping
+    from mechanisms.shapley import ShapleyRewards
+
+    model = PowerLaw(a_opt=0.95, k=1.0, alpha=0.5)
+    agents = Population.from_lists(cost=[0.001, 0.002, 0.0015, 0.003], endowment=[100, 120, 80, 90])
+    for solved, other, message in ((ShapleyRewards(budget=0.1), ShapleyRewards(budget=10), "budget=10: the outcome "
+                                    "was solved with budget=0.1"),
+                                   (AccuracyShaping(), AccuracyShaping(epsilon=0.5), "epsilon=0.5: the outcome was "
+                                    "solved with epsilon=0.0")):
+        outcome = solved.solve(agents, model)
+        realised = (np.asarray(outcome.accuracy), np.asarray(outcome.transfer), np.floor(outcome.contributions))
+        assert audit(solved, outcome, agents, model, *realised).violations()["deviation"] == 0
+        with pytest.raises(ValueError, match=rf"^mechanism\.{message}; allowed is the mechanism as it solved the "
+                                             "outcome$"):
+            audit(other, outcome, agents, model, *realised)
+    old = replace(outcome, settings={})  # an outcome of an earlier version kept none: matched by name only
+    audit(AccuracyShaping(epsilon=0.5), old, agents, model, *realised)

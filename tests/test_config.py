@@ -549,3 +549,17 @@ def test_the_readme_states_the_default_of_every_key():
         section, name = dotted.split(".")
         assert value == config_module.SCHEMA[section][name].default, dotted
     assert in_words == DEFAULTS_IN_WORDS
+
+
+@pytest.mark.parametrize("typed, shown, kind", [("1e3", "1000.0", "a number"), ("2024", "2024", "an integer"),
+                                                ("true", "true", "a boolean"), ("2024-01-01", "2024-01-01",
+                                                                                 "a date or time")])
+def test_a_string_key_given_what_toml_reads_as_another_kind_is_told_to_quote_it(typed, shown, kind):
+    """experiment.name=2024-01-01 was refused as datetime.date(2024, 1, 1), 1e3 as 1000.0 and
+    true as True, with no word that quotes keep them a string (helper-173)."""
+    with pytest.raises(ConfigError) as raised:
+        config_module.load(None, [f"experiment.name={typed}"])
+    assert str(raised.value) == (f"experiment.name={shown}: allowed is a string (TOML read it as {kind}: quoted, it "
+                                 f"is a string, --set 'experiment.name=\"{shown}\"' or name = \"{shown}\" in the "
+                                 "config)")
+    assert config_module.load(None, [f"experiment.name=\"{shown}\""])["experiment"]["name"] == shown

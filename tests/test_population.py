@@ -212,6 +212,10 @@ def test_csv_columns_it_lacks_are_drawn_from_missing_as_sample_draws_them(tmp_pa
     ("cost,endowment,cost\n0.1,100,0.2\n", r"column 'cost' .* appears 2 times: allowed is each column once"),
     ("cost,endowment\n0.1,100\n0.2\n", r"row 2 of .* \(after the header\) has 1 field: allowed is 2"),
     ("cost,endowment\n0.1,100,7\n", r"row 1 of .* has 3 fields: allowed is 2"),
+    # a number beyond float64 read as inf, which the cell did not say (helper-173)
+    ("cost,endowment\n0.1,1" + "0" * 400 + "\n", r"^endowment\[0\]='10{400}' \(row 1 of .* after the header\): "
+                                                   r"allowed is a number within float64's range"),
+    ("cost,endowment\n-1e999,100\n", r"^cost\[0\]='-1e999' .*: allowed is a number within float64's range"),
 ])
 def test_csv_errors(tmp_path, text, message):
     path = tmp_path / "agents.csv"
@@ -337,6 +341,9 @@ def test_sampled_values_are_validated():
         (dict(endowment="many"), r"^endowment='many': allowed is a list of numbers$"),
         (dict(names="abc"), r"^names='abc': allowed is a list of N=3 non-empty strings$"),
         (dict(names=5), r"^names=5: allowed is a list of N=3 non-empty strings$"),
+        # a blank name among many was shown as the whole tuple, shortened before the entry (helper-173)
+        (dict(names=["a", "", "c"]), r"^names\[1\]='': allowed is a non-empty string$"),
+        (dict(names=["a", "b", 3]), r"^names\[2\]=3: allowed is a non-empty string$"),
     ],
 )
 def test_ragged_and_mismatched_traits_are_one_error(overrides, message):

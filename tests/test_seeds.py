@@ -480,7 +480,8 @@ def test_a_resume_stopped_before_its_report_leaves_a_folder_aggregate_runs_refus
     """A --resume rewrote config.toml (loop.max_iterations=3) as it began, but the manifest of
     the old report (of one iteration) stayed until the new report was written: stopped in
     between, each folder passed as a finished run of 3 iterations, and aggregate_runs
-    averaged reports of one. The manifest now goes before config.toml is rewritten."""
+    averaged reports of one. The manifest, and the rest of the report, now go before
+    config.toml is rewritten."""
     folders = copies(three_seeds[0][:2], tmp_path, "seeds")
 
     def stopped(self, *args, **kwargs):
@@ -490,7 +491,8 @@ def test_a_resume_stopped_before_its_report_leaves_a_folder_aggregate_runs_refus
     for folder in folders:
         assert cli("--resume", str(folder), "--set=loop.max_iterations=3") == 130
         assert config_module.load(folder / "config.toml")["loop"]["max_iterations"] == 3
-        assert not (folder / "manifest.json").exists() and (folder / "summary.csv").exists()
+        # nor is the old report left beside the new config.toml (helper-175)
+        assert not (folder / "manifest.json").exists() and not (folder / "summary.csv").exists()
     with pytest.raises(ValueError) as error:
         aggregate_runs(folders, tmp_path / "seeds")
     assert str(error.value) == (f"{folders[0]}: no manifest.json there, so its run (or a --resume of it) has not "
