@@ -127,3 +127,16 @@ def test_the_python_defaults_the_readme_contrasts_with_the_config_are_the_real_o
             "and 1.0), `ClosedLoop` runs at most 3 iterations on pilot sizes 20 to 640 (the config: 6, and 20 to "
             "1000), and `TrainingOracle` trains at `lr=0.1` holding out `validation_fraction=0.2` (the config: 0.05 "
             "and 0.15)") in text
+
+
+def test_the_readme_gives_the_steps_every_model_trained_alone_takes():
+    """The pilot points and the agents' local-only models train TrainingOracle's curve_steps
+    SGD steps (no config key sets them): the README's figure is that default."""
+    import inspect
+
+    from fl.oracle import TrainingOracle
+
+    steps = inspect.signature(TrainingOracle).parameters["curve_steps"].default
+    text = " ".join(README.read_text().split())
+    assert f"each point a model trained alone for {steps} SGD steps" in text
+    assert f"as each pilot point is trained: {steps} SGD steps whatever `training.rounds`" in text
