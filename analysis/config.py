@@ -402,6 +402,9 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
         takes = meant in kinds or (meant is int and float in kinds)  # the spelling of a kind the key takes
         read_as = next((said for kind, said in _READ_AS if isinstance(value, kind)), None) if str in kinds else None
         shown = _as_written(value) if read_as else repr(value)  # experiment.name=1e3 said only 1000.0, a date
+        problem = key.check(shown) if read_as and key.check is not None else None
+        if problem:  # quoted, it would still be refused: what the key allows (training.executor=1)
+            raise ConfigError(f"{section}.{name}={shown}: {problem}")
         quote = (f" (TOML read it as {read_as}: quoted, it is a string, --set '{section}.{name}=\"{shown}\"' or "
                  f"{name} = \"{shown}\" in the config)") if read_as else ""  # datetime.date(2024, 1, 1)
         raise ConfigError(f"{section}.{name}={shown}: allowed is {_type_name(key.kind)}"

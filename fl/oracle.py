@@ -35,13 +35,16 @@ from fl.executors import Executor, SerialExecutor, UnsupportedModel, check_finit
 from fl.executors.vectorised import VectorisedExecutor
 from fl.models import Params, build_model, get_params
 from fl.runtime.launch import resolve_device
+from fl.runtime.messages import params_nbytes
 from fl.runtime.server import RoundRecord
 from fl.runtime.simulation import SimulationResult
 from fl.server import run_federated
 from fl.valuation import RoundValuation, train_with_valuation
 
 AGGREGATIONS = ("fedavg", "incfl")  # the rules ``train`` aggregates the agents' updates with
-ALONE_AT_ONCE = 64  # local-only models trained in one batch, and held at once, by ``_local_scores``
+# local-only models trained in one batch, and held at once, by ``_local_scores``: at most this many, and at most as
+# many as keep their parameters within ALONE_BYTES (64 resnet18 on CIFAR-10 would hold 2.7 GiB; 6 now)
+ALONE_AT_ONCE, ALONE_BYTES = 64, 256 * 2**20
 
 # spawn keys of the oracle's independent random streams
 _DISTRIBUTIONS, _VALIDATION, _ENDOWMENTS, _INIT, _TRAIN, _CURVE, _LOCAL = range(7)
@@ -357,13 +360,17 @@ class TrainingOracle:
         counts[i] endowment samples from its own stream (theta_0 where counts[i] = 0),
         scored by rho_i, its cross-entropy on the validation set reweighted to p_i
         (``distribution_losses``, IncFL's threshold), and by its test accuracy on p_i.
-        Both depend on (i, counts[i]) alone, and are kept per pair: the loop trains each
-        agent alone once per contribution it makes, not once per mechanism and iteration.
-        The models missing train ``ALONE_AT_ONCE`` at a time, each scored and let go."""
+        Both depend on (i, counts[i]) alone (up to float rounding: trained in one batch of
+        the vectorised executor, a model's mini-batches are padded to its partners', which
+        moved rho by up to 1.3e-7), and are kept per pair: the loop trains each agent alone
+        once per contribution it makes, not once per mechanism and iteration. The models
+        missing train in batches (at most ``ALONE_AT_ONCE``, and their parameters within
+        ``ALONE_BYTES``), each scored and let go."""
         p = self.label_distributions
         missing = [(i, m) for i, m in enumerate(counts.tolist()) if (i, m) not in self._alone]
-        for start in range(0, len(missing), ALONE_AT_ONCE):
-            batch = missing[start:start + ALONE_AT_ONCE]
+        at_once = max(1, min(ALONE_AT_ONCE, ALONE_BYTES // max(1, params_nbytes(self.init_params))))
+        for start in range(0, len(missing), at_once):
+            batch = missing[start:start + at_once]
             runs = [(i, self.endowment_indices[i][:m], child_seed(self.seed, _LOCAL, i)) for i, m in batch if m > 0]
             trained = iter(self._train_alone(runs))
             for i, m in batch:

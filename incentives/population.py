@@ -506,15 +506,18 @@ def _naming_file(error: ValueError, path) -> ValueError:
 def _parse(text: str | None, key: str, row: int, path) -> float:
     """The number in column ``key`` of data row ``row`` (0 = the first after the header);
     a finite number beyond float64's range is refused with the cell's text (it read as
-    inf, which the cell did not say: endowment[0]=inf for 400 nines)."""
+    inf, which the cell did not say: endowment[0]=inf for 400 nines), as is one too small
+    for it (1e-400 read as 0: a cost of 0)."""
     where = f"{key}[{row}]={text!r} (row {row + 1} of {str(path)!r} after the header)"
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: allowed is a number") from None
-    if math.isinf(value) and "inf" not in text.lower():
+    beyond = math.isinf(value) and "inf" not in text.lower()
+    lost = value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0])  # 1e-400 read as 0: a free agent
+    if beyond or lost:
         raise ValueError(f"{where}: allowed is a number within float64's range (at most {sys.float_info.max:.4g} "
-                         "in size)")
+                         f"in size, and 0 or at least {5e-324:.4g})")
     return value
 
 

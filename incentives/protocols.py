@@ -107,16 +107,26 @@ def settings_of(mechanism) -> dict:
 def changed_setting(settings: dict, solved_with: dict) -> str | None:
     """The first setting (by name) whose value in ``settings`` differs from the one in
     ``solved_with``; None where all agree. Values are compared with ==, and where that
-    has no single truth value (arrays, tuples of them) by their pickled bytes."""
+    is not True (arrays and tuples of them, which have no single truth value; objects
+    without value equality, such as an AccuracyValue, which a checkpoint's copy of an
+    outcome holds another of) by their pickled bytes."""
     for name in sorted(set(settings) | set(solved_with)):
         now, then = settings.get(name), solved_with.get(name)
         try:
             same = bool(now == then)
         except (TypeError, ValueError):
-            same = pickle.dumps(now) == pickle.dumps(then)
-        if not same:
+            same = False
+        if not same and not _pickled_alike(now, then):
             return name
     return None
+
+
+def _pickled_alike(a, b) -> bool:
+    """Whether ``a`` and ``b`` pickle to the same bytes (False where either does not pickle)."""
+    try:
+        return pickle.dumps(a) == pickle.dumps(b)
+    except Exception:  # pickle raises many kinds for what it cannot pickle
+        return False
 
 
 @runtime_checkable

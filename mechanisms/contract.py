@@ -23,7 +23,7 @@ from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.utility import reservation_utility
 from mechanisms.multidimensional import ReducedTypes, reduce_multidimensional_types
 from mechanisms.screening import (
-    RESIDUAL, ContractError, ContractWarning, LosingTypesWarning, Menu, check_screening_settings,
+    ALL_PAIRS_AT_ONCE, RESIDUAL, ContractError, ContractWarning, LosingTypesWarning, Menu, check_screening_settings,
     clear_program_cache, earns_less_than_none, iron, program_cache_info, solve_screening, virtual_costs,
 )
 from mechanisms.values import AccuracyValue, LogValue, PowerLawValue, ValueFunction, check_server_value, server_value
@@ -210,10 +210,22 @@ class ContractMechanism:
         ``respect_endowment`` caps contributions) one endowment: agents of one cost but
         different data can fill different items, and a type of both, capped at the
         smaller endowment, held the larger one's item to it (costs (1, 1), endowments
-        (1, 100), cost exponent 3, V = 10 ln(1 + q): items (1, 1) for (1, 1.22))."""
+        (1, 100), cost exponent 3, V = 10 ln(1 + q): items (1, 1) for (1, 1.22)). Beyond
+        ``ALL_PAIRS_AT_ONCE`` such types (types of one cost and different capacities are
+        solved with every pair's IC, 17.5 s for 689 of them), each cost is one type again,
+        capped at its smallest endowment, with a ContractWarning saying so."""
         if self.type_grid is None:
             rows = np.column_stack((theta_i, n_i if self.respect_endowment else np.zeros_like(n_i)))
             rows, type_of = np.unique(rows, axis=0, return_inverse=True)
+            costs = np.unique(theta_i)
+            if len(rows) > max(len(costs), ALL_PAIRS_AT_ONCE):  # too many for every pair's IC: one type a cost
+                warnings.warn(f"{len(rows)} types of (cost, endowment) among {len(costs)} costs: types of one cost "
+                              "and different endowments are solved with every pair's IC, too slow beyond "
+                              f"{ALL_PAIRS_AT_ONCE} types (689 took 17.5 s), so each cost is one type, capped at "
+                              "the smallest endowment of its agents: its larger holders may be asked for less than "
+                              "they would give", ContractWarning, stacklevel=4)
+                rows = np.column_stack((costs, np.zeros(len(costs))))
+                type_of = np.searchsorted(costs, theta_i)
             grid, type_of = rows[:, 0], type_of.ravel()
             prob = np.bincount(type_of, minlength=len(grid)) / len(theta_i)
         else:

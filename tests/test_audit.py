@@ -599,3 +599,15 @@ def test_an_outcome_is_audited_by_the_mechanism_as_it_solved_it():
             audit(other, outcome, agents, model, *realised)
     old = replace(outcome, settings={})  # an outcome of an earlier version kept none: matched by name only
     audit(AccuracyShaping(epsilon=0.5), old, agents, model, *realised)
+    # a checkpoint's copy of an outcome holds another AccuracyValue, alike but not == (helper-176): it passes
+    import pickle
+
+    from mechanisms.contract import ContractMechanism
+    from mechanisms.values import AccuracyValue
+
+    contract = ContractMechanism(AccuracyValue(model, 10.0))
+    kept = pickle.loads(pickle.dumps(contract.solve(agents, model)))
+    realised = (np.asarray(kept.accuracy), np.asarray(kept.transfer), np.floor(kept.contributions))
+    audit(contract, kept, agents, model, *realised)
+    with pytest.raises(ValueError, match=r"^mechanism\.value=AccuracyValue\(.*weight=11\.0\): the outcome was solved"):
+        audit(ContractMechanism(AccuracyValue(model, 11.0)), kept, agents, model, *realised)

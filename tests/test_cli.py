@@ -306,6 +306,19 @@ def test_a_run_folder_is_written_by_one_process_at_a_time(run_folder, capsys):
     assert {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()} == before
 
 
+def test_a_file_system_without_locks_writes_its_run_folder_unheld(monkeypatch):
+    """A flock the file system refuses (ENOLCK) ended a resume in a traceback (helper-176)."""
+    import errno
+    import fcntl
+
+    def refused(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    with run_experiment.writing(Path(".")):
+        pass
+
+
 def test_a_resume_that_stops_early_leaves_no_report_of_the_run_before_it(tmp_path, capsys, monkeypatch):
     """A resume that failed to write its checkpoint (a full disk) left the earlier run's
     summary.csv, agents.csv and report.html beside the new config.toml (helper-175): the

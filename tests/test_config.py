@@ -563,3 +563,9 @@ def test_a_string_key_given_what_toml_reads_as_another_kind_is_told_to_quote_it(
                                  f"is a string, --set 'experiment.name=\"{shown}\"' or name = \"{shown}\" in the "
                                  "config)")
     assert config_module.load(None, [f"experiment.name=\"{shown}\""])["experiment"]["name"] == shown
+
+
+def test_a_number_for_a_key_of_named_strings_is_told_the_names_not_to_quote_it():
+    """training.executor=1 was told to quote it, and "1" was refused next (helper-176)."""
+    with pytest.raises(ConfigError, match=r"^training\.executor=1: allowed is one of 'serial', 'vectorised', 'ray'$"):
+        config_module.load(None, ["training.executor=1"])

@@ -213,6 +213,25 @@ def test_local_accuracy_is_measured_when_asked(monkeypatch):
     assert again.local_accuracy[1] != result.local_accuracy[1]
 
 
+def test_local_only_models_are_held_within_a_byte_budget(monkeypatch):
+    """64 local-only models were held at once whatever their size (64 resnet18 on CIFAR-10:
+    2.7 GiB, helper-176): a batch holds at most ALONE_BYTES of parameters."""
+    import fl.oracle
+    from fl.runtime.messages import params_nbytes
+
+    oracle = make_oracle(measure_local=True, rounds=2)
+    monkeypatch.setattr(fl.oracle, "ALONE_BYTES", 3 * params_nbytes(oracle.init_params))
+    train_alone, sizes = oracle._train_alone, []
+
+    def counted(runs):
+        sizes.append(len(runs))
+        return train_alone(runs)
+
+    monkeypatch.setattr(oracle, "_train_alone", counted)
+    oracle.train(np.array([80, 20, 10, 80, 80, 80, 80, 80.0]), None)
+    assert sizes == [3, 3, 2]
+
+
 def test_training_alone_is_the_learning_curve_s_recipe_not_the_federation_s():
     """An agent's local-only model trained the federation's rounds and epochs, where the
     learning curve (and so the reservations, local optima and IncFL's decision read from

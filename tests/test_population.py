@@ -216,6 +216,7 @@ def test_csv_columns_it_lacks_are_drawn_from_missing_as_sample_draws_them(tmp_pa
     ("cost,endowment\n0.1,1" + "0" * 400 + "\n", r"^endowment\[0\]='10{400}' \(row 1 of .* after the header\): "
                                                    r"allowed is a number within float64's range"),
     ("cost,endowment\n-1e999,100\n", r"^cost\[0\]='-1e999' .*: allowed is a number within float64's range"),
+    ("cost,endowment\n1e-400,100\n", r"^cost\[0\]='1e-400' .*: allowed is a number within float64's range"),
 ])
 def test_csv_errors(tmp_path, text, message):
     path = tmp_path / "agents.csv"
