@@ -647,8 +647,8 @@ def writing(folder: Path):
     running) or a second --resume at once, is refused with a ConfigError naming the
     folder (two resumes at once both ran to the end, leaving a folder whose manifest,
     config and CSV files came from two runs). Nothing is held where the system has no
-    flock, where the folder's file system refuses locks, or where ``folder`` cannot be
-    opened (what reads it then says why)."""
+    flock, where the folder's file system refuses locks (said on stderr), or where
+    ``folder`` cannot be opened (what reads it then says why)."""
     try:
         import fcntl
         descriptor = os.open(folder, os.O_RDONLY)
@@ -662,8 +662,9 @@ def writing(folder: Path):
             raise ConfigError(f"--resume {str(folder)!r}: another process is writing that run folder (the run, or a "
                               "--resume of it, still going); allowed is one process a run folder: let it end, or "
                               "stop it, then --resume") from None
-        except OSError:  # a file system without locks (ENOLCK, some network ones): the run goes on unheld
-            pass
+        except OSError as error:  # a file system without locks (ENOLCK, some network ones): the run goes on unheld
+            print(f"warning: {str(folder)!r} cannot be held against a second process writing it ({error_text(error)})"
+                  ": run one process a run folder", file=sys.stderr)
         yield
     finally:
         os.close(descriptor)

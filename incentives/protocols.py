@@ -16,6 +16,7 @@ Units used throughout
 
 from __future__ import annotations
 
+import copy
 import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
@@ -99,9 +100,18 @@ class Outcome:
 
 
 def settings_of(mechanism) -> dict:
-    """A mechanism's settings: its public attributes, by name (a copy of the mapping, the
-    values as they are)."""
-    return {name: value for name, value in vars(mechanism).items() if not name.startswith("_")}
+    """A mechanism's settings: its public attributes, by name, copied (deep: a setting
+    changed in place after the solve, a type grid's probabilities, changed the outcome's
+    record of it too, and the audit accepted the changed mechanism); a value that cannot
+    be copied is kept as it is."""
+    settings = {}
+    for name, value in vars(mechanism).items():
+        if not name.startswith("_"):
+            try:
+                settings[name] = copy.deepcopy(value)
+            except Exception:  # deepcopy raises many kinds for what it cannot copy
+                settings[name] = value
+    return settings
 
 
 def changed_setting(settings: dict, solved_with: dict) -> str | None:

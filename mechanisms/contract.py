@@ -23,7 +23,7 @@ from incentives.protocols import Allocation, Outcome, settings_of
 from incentives.utility import reservation_utility
 from mechanisms.multidimensional import ReducedTypes, reduce_multidimensional_types
 from mechanisms.screening import (
-    ALL_PAIRS_AT_ONCE, RESIDUAL, ContractError, ContractWarning, LosingTypesWarning, Menu, check_screening_settings,
+    RESIDUAL, ContractError, ContractWarning, LosingTypesWarning, Menu, check_screening_settings,
     clear_program_cache, earns_less_than_none, iron, program_cache_info, solve_screening, virtual_costs,
 )
 from mechanisms.values import AccuracyValue, LogValue, PowerLawValue, ValueFunction, check_server_value, server_value
@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 _ZERO = 1e-9  # a contribution (samples) or reward (reward units) at most this counts as none
+#: the most (cost, endowment) types solved apart, where a cost holds several endowments (every pair's IC: 0.7 s at
+#: 150 types, 61 s at 300); beyond, each cost's endowments are pooled (:func:`_pooled_endowments`)
+SPLIT_TYPES = 150
 _CAP_ROUNDS = 25  # the most menus ContractMechanism solves to settle the reward cap a(M) of accuracy rewards
 #: a cap still falling by at most this share of max(1, cap) after _CAP_ROUNDS solves is not warned of: an
 #: accuracy a millionth off, far below what a test set measures (a cap of 0.2756201 against a(M) = 0.2756193,
@@ -61,6 +64,24 @@ def memo_hit(memo: tuple | None, key: tuple) -> bool:
     (an entry of a ``type_grid`` list) is not seen, as a population or model changed in place
     is not."""
     return memo is not None and len(memo[0]) == len(key) and all(a is b for a, b in zip(memo[0], key))
+
+
+def _pooled_endowments(theta_i: np.ndarray, n_i: np.ndarray, costs: np.ndarray,
+                       most: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of (cost, capacity), each agent's row) with about ``most`` rows in all (at
+    least one a cost): each cost's distinct endowments, in order, split into at most
+    ``most // len(costs)`` runs of consecutive values, the agents of one run a type capped
+    at its smallest endowment. (One type a cost, at its smallest endowment, asked 60
+    agents of 3 costs and endowments 1 to 20 for 60 samples where their 60 types gave 250.)"""
+    per_cost = max(1, most // len(costs))
+    rows, type_of = [], np.empty(len(theta_i), dtype=np.int64)
+    for cost in costs:
+        members = theta_i == cost
+        held = np.unique(n_i[members])
+        for run in np.array_split(held, min(per_cost, len(held))):
+            type_of[members & np.isin(n_i, run)] = len(rows)
+            rows.append((cost, run[0]))
+    return np.array(rows, dtype=float), type_of
 
 
 def _check_type_grid(type_grid) -> tuple[np.ndarray, np.ndarray]:
@@ -211,21 +232,21 @@ class ContractMechanism:
         different data can fill different items, and a type of both, capped at the
         smaller endowment, held the larger one's item to it (costs (1, 1), endowments
         (1, 100), cost exponent 3, V = 10 ln(1 + q): items (1, 1) for (1, 1.22)). Beyond
-        ``ALL_PAIRS_AT_ONCE`` such types (types of one cost and different capacities are
-        solved with every pair's IC, 17.5 s for 689 of them), each cost is one type again,
-        capped at its smallest endowment, with a ContractWarning saying so."""
+        ``SPLIT_TYPES`` such types (types of one cost and different capacities are solved
+        with every pair's IC: 0.7 s at 150 types, 61 s at 300), each cost's endowments are
+        pooled (:func:`_pooled_endowments`), with a ContractWarning saying so."""
         if self.type_grid is None:
             rows = np.column_stack((theta_i, n_i if self.respect_endowment else np.zeros_like(n_i)))
             rows, type_of = np.unique(rows, axis=0, return_inverse=True)
             costs = np.unique(theta_i)
-            if len(rows) > max(len(costs), ALL_PAIRS_AT_ONCE):  # too many for every pair's IC: one type a cost
-                warnings.warn(f"{len(rows)} types of (cost, endowment) among {len(costs)} costs: types of one cost "
-                              "and different endowments are solved with every pair's IC, too slow beyond "
-                              f"{ALL_PAIRS_AT_ONCE} types (689 took 17.5 s), so each cost is one type, capped at "
-                              "the smallest endowment of its agents: its larger holders may be asked for less than "
-                              "they would give", ContractWarning, stacklevel=4)
-                rows = np.column_stack((costs, np.zeros(len(costs))))
-                type_of = np.searchsorted(costs, theta_i)
+            if len(rows) > max(len(costs), SPLIT_TYPES):  # too many for every pair's IC: endowments pooled
+                found = len(rows)
+                rows, type_of = _pooled_endowments(theta_i, n_i, costs, SPLIT_TYPES)
+                warnings.warn(f"{found} types of (cost, endowment) among {len(costs)} costs: types of one cost and "
+                              f"different endowments are solved with every pair's IC, too slow beyond {SPLIT_TYPES} "
+                              f"types (61 s at 300), so each cost's endowments are pooled into {len(rows)} types in "
+                              "all, each capped at the smallest endowment of its agents: their larger holders may be "
+                              "asked for less than they would give", ContractWarning, stacklevel=4)
             grid, type_of = rows[:, 0], type_of.ravel()
             prob = np.bincount(type_of, minlength=len(grid)) / len(theta_i)
         else:

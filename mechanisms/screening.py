@@ -185,7 +185,7 @@ __all__ = [
 ]
 
 _DIAGNOSE_MAX_TYPES = 40
-ALL_PAIRS_AT_ONCE = 50  # all-pairs programs of more types are solved by constraint generation
+_ALL_PAIRS_AT_ONCE = 50  # all-pairs programs of more types are solved by constraint generation
 _GENERATION_ROUNDS = 20
 _PAIR_TOLERANCE = 1e-9  # an IC_kj violated by more (relative to the largest reward) is added
 # cvxpy's compiled programs grow as K^2 in memory: the reduced form took 0.3 GiB at K = 1000,
@@ -1286,11 +1286,11 @@ def _solve_program(K, variant, floor, th, pp, u0, kappa, value, beta, capy, rewa
                    order):
     """(y, R, status, how, compiled, units): the program of ``variant`` (cached and re-solved
     with new numbers), or program (2) by :func:`_generate_pairs` beyond
-    ``ALL_PAIRS_AT_ONCE`` types and wherever the whole all-pairs program ends other than
+    ``_ALL_PAIRS_AT_ONCE`` types and wherever the whole all-pairs program ends other than
     "optimal"; ``how`` says which for "all_pairs" (None for the other variants); units the
     (reward, objective) units it counted in, (r, d) of :func:`_set_params`."""
     numbers = (th, pp, u0, kappa, value, beta, capy, reward_cap, solver, order)
-    if variant == "all_pairs" and K > ALL_PAIRS_AT_ONCE:
+    if variant == "all_pairs" and K > _ALL_PAIRS_AT_ONCE:
         y, R, status, how, units = _generate_pairs(K, floor, *numbers)
         return y, R, status, how, False, units
     prog, compiled = _cached_program(K, variant, floor, value, beta, capy, reward_cap)

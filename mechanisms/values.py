@@ -237,6 +237,13 @@ class AccuracyValue(ValueFunction):
     def __repr__(self) -> str:
         return f"AccuracyValue({self.model!r}, weight={self.weight!r})"
 
+    def __eq__(self, other) -> bool:  # by value: an audit compares the one it is handed with the one solved with
+        if not isinstance(other, AccuracyValue):
+            return NotImplemented
+        return self.weight == other.weight and bool(self.model == other.model)
+
+    __hash__ = None  # equal by value, and mutable: unhashable, as a dataclass with eq is
+
     @property
     def key(self) -> tuple:
         return self._power_law.key if self._power_law else ("model", id(self.model))

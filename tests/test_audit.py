@@ -611,3 +611,12 @@ def test_an_outcome_is_audited_by_the_mechanism_as_it_solved_it():
     audit(contract, kept, agents, model, *realised)
     with pytest.raises(ValueError, match=r"^mechanism\.value=AccuracyValue\(.*weight=11\.0\): the outcome was solved"):
         audit(ContractMechanism(AccuracyValue(model, 11.0)), kept, agents, model, *realised)
+    audit(ContractMechanism(AccuracyValue(PowerLaw(a_opt=0.95, k=1, alpha=0.5), 10)), kept, agents, model, *realised)
+    # a setting changed in place after the solve changed the outcome's record of it too, and passed (helper-177)
+    grid = ContractMechanism(type_grid=([0.001, 0.002, 0.003], [0.2, 0.3, 0.5]))
+    solved = grid.solve(agents, model)
+    grid.type_grid[1][:] = [0.5, 0.3, 0.2]
+    realised = (np.asarray(solved.accuracy), np.asarray(solved.transfer), np.floor(solved.contributions))
+    with pytest.raises(ValueError, match=r"^mechanism\.type_grid=\(\[0\.001, 0\.002, 0\.003\], "
+                                         r"\[0\.5, 0\.3, 0\.2\]\): "):
+        audit(grid, solved, agents, model, *realised)

@@ -306,8 +306,9 @@ def test_a_run_folder_is_written_by_one_process_at_a_time(run_folder, capsys):
     assert {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()} == before
 
 
-def test_a_file_system_without_locks_writes_its_run_folder_unheld(monkeypatch):
-    """A flock the file system refuses (ENOLCK) ended a resume in a traceback (helper-176)."""
+def test_a_file_system_without_locks_writes_its_run_folder_unheld_and_says_so(monkeypatch, capsys):
+    """A flock the file system refuses (ENOLCK) ended a resume in a traceback (helper-176); it
+    goes on unheld, with a line saying so (helper-177)."""
     import errno
     import fcntl
 
@@ -317,6 +318,8 @@ def test_a_file_system_without_locks_writes_its_run_folder_unheld(monkeypatch):
     monkeypatch.setattr(fcntl, "flock", refused)
     with run_experiment.writing(Path(".")):
         pass
+    assert capsys.readouterr().err == ("warning: '.' cannot be held against a second process writing it (OSError: "
+                                       "[Errno 37] No locks available): run one process a run folder\n")
 
 
 def test_a_resume_that_stops_early_leaves_no_report_of_the_run_before_it(tmp_path, capsys, monkeypatch):

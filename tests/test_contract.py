@@ -299,13 +299,29 @@ def test_agents_of_one_cost_and_different_data_are_types_apart():
         np.testing.assert_allclose(outcome.contributions, [1.0, first_best], rtol=1e-5)
         np.testing.assert_allclose(outcome.transfer, outcome.contributions**3, rtol=1e-5)
     # hundreds of (cost, endowment) types among 3 costs fell to every pair's IC, 17.5 s for 689 (helper-176): beyond
-    # ALL_PAIRS_AT_ONCE such types, each cost is one type again, capped at its smallest endowment, and said so
+    # SPLIT_TYPES such types, each cost's endowments are pooled into runs capped at their smallest, and said so
     rng = np.random.default_rng(0)
-    many = Population(cost=rng.choice([0.001, 0.002, 0.004], 300), endowment=rng.integers(50, 500, 300).astype(float))
-    with pytest.warns(ContractWarning, match=r"^\d+ types of \(cost, endowment\) among 3 costs: .* each cost is one "
-                                             "type, capped at the smallest endowment of its agents"):
+    many = Population(cost=rng.choice([0.001, 0.002, 0.004], 600), endowment=rng.integers(50, 500, 600).astype(float))
+    with pytest.warns(ContractWarning, match=r"^\d+ types of \(cost, endowment\) among 3 costs: .* pooled into 150 "
+                                             "types in all, each capped at the smallest endowment of its agents"):
         outcome = ContractMechanism(V10).solve(many, PowerLaw(0.9, 1.0, 0.5))
-    assert len(outcome.info["menu_object"].contribution) == 3
+    types = outcome.info["menu_object"]
+    assert len(types.contribution) == 150
+    assert np.all(outcome.contributions <= np.asarray(many.endowment) * (1 + 1e-9))
+    # 60 agents of 3 costs and endowments 1 to 20 are 60 types, solved apart (pooled at 51 types, helper-177)
+    sixty = Population(cost=np.repeat([0.001, 0.002, 0.004], 20), endowment=np.tile(np.arange(1.0, 21.0), 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContractWarning)
+        outcome = ContractMechanism(V10).solve(sixty, PowerLaw(0.9, 1.0, 0.5))
+    assert len(outcome.info["menu_object"].contribution) == 60
+
+
+def test_pooled_endowments_split_each_cost_s_endowments_into_runs_capped_at_their_smallest():
+    theta = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 2.0])
+    held = np.array([5.0, 7.0, 9.0, 11.0, 3.0, 3.0])
+    rows, type_of = contract._pooled_endowments(theta, held, np.array([1.0, 2.0]), 4)
+    np.testing.assert_array_equal(rows, [[1.0, 5.0], [1.0, 9.0], [2.0, 3.0]])  # runs (5, 7), (9, 11); (3,)
+    np.testing.assert_array_equal(type_of, [0, 0, 1, 1, 2, 2])
 
 
 def test_violated_pairs_are_the_items_a_type_prefers_to_its_own():
