@@ -391,7 +391,10 @@ def _as_written(value: Any) -> str:
     return value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value)
 
 
-def _validate_value(section: str, name: str, value: Any) -> Any:
+def _validate_value(section: str, name: str, value: Any, typed: str | None = None) -> Any:
+    """``value`` of ``section.name`` as the config holds it, or ConfigError saying what the
+    key allows; ``typed``: the text --set gave it, shown where TOML read it as another kind
+    than the key's string (``experiment.name=1e400`` was shown and quoted as inf)."""
     key = SCHEMA[section][name]
     kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
     is_bool = isinstance(value, bool)
@@ -401,7 +404,7 @@ def _validate_value(section: str, name: str, value: Any) -> Any:
         meant = None if spelled is None else type(tomllib.loads(f"v = {spelled}")["v"])
         takes = meant in kinds or (meant is int and float in kinds)  # the spelling of a kind the key takes
         read_as = next((said for kind, said in _READ_AS if isinstance(value, kind)), None) if str in kinds else None
-        shown = _as_written(value) if read_as else repr(value)  # experiment.name=1e3 said only 1000.0, a date
+        shown = (typed or _as_written(value)) if read_as else repr(value)  # experiment.name=1e3 said 1000.0
         problem = key.check(shown) if read_as and key.check is not None else None
         if problem:  # quoted, it would still be refused: what the key allows (training.executor=1)
             raise ConfigError(f"{section}.{name}={shown}: {problem}")
@@ -576,7 +579,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if list(parsed) != ["v"]:  # "3\ntraining.lr=1": the second line was parsed as a key of its own and dropped
         raise ConfigError(f"--set {dotted.strip()}={literal.strip()!r}: holds more than one TOML key; allowed is "
                           "one value a --set (give each key its own --set)")
-    return section, name, parsed["v"]
+    value = parsed["v"]
+    if not isinstance(value, str) and name in SCHEMA.get(section, {}):  # refused in the words typed, not TOML's
+        _validate_value(section, name, value, typed=literal.strip())
+    return section, name, value
 
 
 def _toml_literal(text: str) -> str | None:

@@ -551,12 +551,14 @@ def test_the_readme_states_the_default_of_every_key():
     assert in_words == DEFAULTS_IN_WORDS
 
 
-@pytest.mark.parametrize("typed, shown, kind", [("1e3", "1000.0", "a number"), ("2024", "2024", "an integer"),
+@pytest.mark.parametrize("typed, shown, kind", [("1e3", "1e3", "a number"), ("2024", "2024", "an integer"),
                                                 ("true", "true", "a boolean"), ("2024-01-01", "2024-01-01",
-                                                                                 "a date or time")])
+                                                                                 "a date or time"),
+                                                ("1e400", "1e400", "a number"), ("0x1F", "0x1F", "an integer")])
 def test_a_string_key_given_what_toml_reads_as_another_kind_is_told_to_quote_it(typed, shown, kind):
     """experiment.name=2024-01-01 was refused as datetime.date(2024, 1, 1), 1e3 as 1000.0 and
-    true as True, with no word that quotes keep them a string (helper-173)."""
+    true as True, with no word that quotes keep them a string (helper-173); shown as TOML
+    writes the value, 1e400 was told to quote "inf" (helper-176): --set shows what was typed."""
     with pytest.raises(ConfigError) as raised:
         config_module.load(None, [f"experiment.name={typed}"])
     assert str(raised.value) == (f"experiment.name={shown}: allowed is a string (TOML read it as {kind}: quoted, it "
@@ -569,3 +571,11 @@ def test_a_number_for_a_key_of_named_strings_is_told_the_names_not_to_quote_it()
     """training.executor=1 was told to quote it, and "1" was refused next (helper-176)."""
     with pytest.raises(ConfigError, match=r"^training\.executor=1: allowed is one of 'serial', 'vectorised', 'ray'$"):
         config_module.load(None, ["training.executor=1"])
+
+
+def test_a_config_file_s_value_of_another_kind_is_shown_as_toml_writes_it(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[experiment]\nname = 1e3\n")
+    with pytest.raises(ConfigError, match=r"^experiment\.name=1000\.0: allowed is a string \(TOML read it as a "
+                                          r"number: quoted, it is a string"):
+        config_module.load(path)
