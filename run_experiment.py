@@ -1448,7 +1448,7 @@ def main(argv: list[str] | None = None) -> int:
     status. Run as the program (``argv`` None), it ignores Ctrl-C and SIGTERM once it has
     its status: all that is left is the interpreter's exit, during which Python gives the
     signals their default action again, and a Ctrl-C there ended a finished run with
-    status 130 and nothing said (helper-173)."""
+    status 130 and nothing said."""
     args = parse_args(argv)
     with sigterm_as_interrupt():
         status = _main(args)

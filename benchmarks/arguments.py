@@ -38,21 +38,23 @@ def part_of(names: Sequence[str]) -> Callable[[str], str]:
 
 def share(text: str) -> float:
     """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed is a number > 0 and <= 1")
     return value
 
 
+def _number(text: str) -> float:
+    """``text`` as a float, NaN where it is none (which every range check refuses)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def positive(text: str) -> float:
     """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed is a finite number > 0")
     return value

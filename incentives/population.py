@@ -40,7 +40,6 @@ import csv
 import itertools
 import math
 import re
-import sys
 from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Iterable, Mapping
@@ -516,8 +515,9 @@ def _parse(text: str | None, key: str, row: int, path) -> float:
     beyond = math.isinf(value) and "inf" not in text.lower()
     lost = value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0])  # 1e-400 read as 0: a free agent
     if beyond or lost:
-        raise ValueError(f"{where}: allowed is a number within float64's range (at most {sys.float_info.max:.4g} "
-                         f"in size, and 0 or at least {5e-324:.4g})")
+        float64 = np.finfo(float)
+        raise ValueError(f"{where}: allowed is a number within float64's range (at most {float64.max:.4g} in size, "
+                         f"and 0 or at least {float64.smallest_subnormal:.4g})")
     return value
 
 

@@ -297,9 +297,10 @@ def audit(
     if outcome.mechanism != getattr(mechanism, "name", None):
         raise ValueError(f"outcome (of mechanism {outcome.mechanism!r}): allowed is an outcome of the mechanism "
                          f"audited, {getattr(mechanism, 'name', None)!r}")
-    changed = changed_setting(settings_of(mechanism), outcome.settings) if outcome.settings else None
+    settings = settings_of(mechanism)
+    changed = changed_setting(settings, outcome.settings) if outcome.settings else None
     if changed is not None:  # ShapleyRewards(budget=10) auditing a budget of 0.1 found 4 profitable deviations
-        raise ValueError(f"mechanism.{changed}={settings_of(mechanism).get(changed)!r}: the outcome was solved with "
+        raise ValueError(f"mechanism.{changed}={settings.get(changed)!r}: the outcome was solved with "
                          f"{changed}={outcome.settings.get(changed)!r}; allowed is the mechanism as it solved the "
                          "outcome")
     mechanism = SolvedFor(mechanism, population.outside_option if solved_for is None else

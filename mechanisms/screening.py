@@ -730,7 +730,6 @@ def solve_screening(
     th, pp, u0 = theta_all[order], p[order], u0_all[order]
     capy = None if cap is None else cap[order] ** beta
     kappa = float(reward_price)
-    common = bool(np.all(u0 == u0[0]))
     # An accuracy delivered is >= 0; money may be a fee (R < 0) when outside utilities are negative.
     floor = reward == "accuracy" and bool(np.any(u0 < 0))
 

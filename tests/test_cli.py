@@ -27,6 +27,8 @@ from mechanisms.shapley import ShapleyRewards
 TRAINING = run_experiment.config_module.defaults()["training"]
 FAST = ["population.n_agents=4", "training.rounds=10", "accuracy.pilot_sizes=[20, 60, 200]",
         "accuracy.pilot_repeats=1", "loop.max_iterations=2", "experiment.name='cli'"]
+# FAST with 3 rounds and no loop settings: for tests of the loop's bookkeeping, not of what training learns
+BRIEF = [f"--set={o}" for o in FAST if not o.startswith(("training.rounds", "loop."))] + ["--set=training.rounds=3"]
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +273,7 @@ def test_a_resume_under_a_tolerance_the_run_would_have_settled_under_earlier_is_
     that config's (helper-175): such a tolerance is refused, naming the largest one allowed."""
     from incentives.loop import settles_before_its_end
 
-    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
-    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=3", "--set=loop.tolerance=1e-9",
+    assert run_experiment.main(["--quiet", *BRIEF, "--set=loop.max_iterations=3", "--set=loop.tolerance=1e-9",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     result = run_experiment.load_checkpoint(folder).result
@@ -306,7 +307,7 @@ def test_a_run_folder_is_written_by_one_process_at_a_time(run_folder, capsys):
     assert {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()} == before
 
 
-def test_a_file_system_without_locks_writes_its_run_folder_unheld_and_says_so(monkeypatch, capsys):
+def test_a_file_system_without_locks_writes_its_run_folder_unheld_and_says_so(tmp_path, monkeypatch, capsys):
     """A flock the file system refuses (ENOLCK) ended a resume in a traceback (helper-176); it
     goes on unheld, with a line saying so (helper-177)."""
     import errno
@@ -316,18 +317,18 @@ def test_a_file_system_without_locks_writes_its_run_folder_unheld_and_says_so(mo
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", refused)
-    with run_experiment.writing(Path(".")):
+    with run_experiment.writing(tmp_path):
         pass
-    assert capsys.readouterr().err == ("warning: '.' cannot be held against a second process writing it (OSError: "
-                                       "[Errno 37] No locks available): run one process a run folder\n")
+    assert capsys.readouterr().err == (f"warning: {str(tmp_path)!r} cannot be held against a second process writing "
+                                       f"it (OSError: [Errno {errno.ENOLCK}] No locks available): run one process a "
+                                       "run folder\n")
 
 
 def test_a_resume_that_stops_early_leaves_no_report_of_the_run_before_it(tmp_path, capsys, monkeypatch):
     """A resume that failed to write its checkpoint (a full disk) left the earlier run's
     summary.csv, agents.csv and report.html beside the new config.toml (helper-175): the
     earlier report goes as the resume begins, and a later --resume writes the whole again."""
-    settings = [f"--set={o}" for o in FAST if not o.startswith("loop.")]
-    assert run_experiment.main(["--quiet", *settings, "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
+    assert run_experiment.main(["--quiet", *BRIEF, "--set=loop.max_iterations=1", "--set=loop.tolerance=1e-9",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     whole = run_experiment.write_whole
@@ -364,24 +365,23 @@ def test_a_jobs_worker_whose_parent_is_gone_leaves_once_idle(monkeypatch):
     assert not watch.is_alive()
 
 
-def test_the_program_ignores_a_stop_once_it_has_its_status(tmp_path, monkeypatch):
+def test_the_program_ignores_a_stop_once_it_has_its_status(monkeypatch):
     """A Ctrl-C as a finished run's interpreter exited (Python gives the signals their default
     action back then) ended it with status 130 and nothing said, though the run was whole
     (helper-173: 3 of 8 tries near the end). Run as the program, main ignores Ctrl-C and SIGTERM
-    once it has its status; called with arguments, as here and from Python, it leaves them be."""
+    once it has its status, whatever it is (here a refused --set's 2, at once); called with
+    arguments, as here and from Python, it leaves them be."""
     import signal
 
-    settings = [f"--set={o}" for o in FAST]
-    monkeypatch.setattr(sys, "argv", ["run_experiment.py", "--quiet", *settings,
-                                      f"--set=experiment.output_dir='{tmp_path}'"])
+    monkeypatch.setattr(sys, "argv", ["run_experiment.py", "--quiet", "--set=training.rounds=0"])
     handlers = {stop: signal.getsignal(stop) for stop in (signal.SIGINT, signal.SIGTERM)}
     try:
-        assert run_experiment.main() == 0
+        assert run_experiment.main() == 2
         assert {stop: signal.getsignal(stop) for stop in handlers} == dict.fromkeys(handlers, signal.SIG_IGN)
     finally:
         for stop, handler in handlers.items():
             signal.signal(stop, handler)
-    assert run_experiment.main(sys.argv[1:]) == 0
+    assert run_experiment.main(sys.argv[1:]) == 2
     assert {stop: signal.getsignal(stop) for stop in handlers} == handlers
 
 
@@ -431,7 +431,7 @@ def test_an_unexpected_failure_after_an_iteration_says_what_is_kept(tmp_path, ca
 
     monkeypatch.setattr(TrainingOracle, "train", failing_third)
     with pytest.raises(RuntimeError, match="a defect"):
-        run_experiment.main(["--quiet", *(f"--set={o}" for o in FAST), "--set=loop.tolerance=1e-9",
+        run_experiment.main(["--quiet", *BRIEF, "--set=loop.max_iterations=2", "--set=loop.tolerance=1e-9",
                              f"--set=experiment.output_dir='{tmp_path}'"])
     (folder,) = tmp_path.iterdir()
     assert capsys.readouterr().err == (f"error: the run stopped on the failure below; the 1 finished loop "
@@ -447,10 +447,8 @@ def test_a_loop_settled_on_no_training_says_so(tmp_path, capsys):
     and 0 to 0 counts as settled. The run called itself converged with no warning, and its
     audit found every agent gaining 0.8 by contributing, under a model no training had
     checked there. It now says so, on stderr and in manifest.json's warnings."""
-    assert run_experiment.main(["--quiet", "--set=population.n_agents=4", "--set=training.rounds=3",
-                                "--set=accuracy.pilot_sizes=[20, 60, 200]", "--set=accuracy.pilot_repeats=1",
-                                "--set=loop.max_iterations=5", "--set=mechanisms.compare=['shaping']",
-                                f"--set=experiment.output_dir='{tmp_path}'"]) == 0
+    shaping = ["--set=loop.max_iterations=5", "--set=mechanisms.compare=['shaping']"]
+    assert run_experiment.main(["--quiet", *BRIEF, *shaping, f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     (trained,) = trainings(folder, "shaping")  # one training with data, then none
     later = [float(row["value"]) for row in read_csv(folder / "metrics.csv")
@@ -480,10 +478,8 @@ def test_a_federated_training_at_chance_beside_a_pilot_that_learns_says_so(tmp_p
     FL's 240 score 0.069 (below chance, 0.1), and the data efficiency calibrated to that
     fell to 0.079 without a word (helper-169's review). It is now a warning, naming the
     federated training's settings."""
-    assert run_experiment.main(["--quiet", "--set=population.n_agents=4", "--set=training.rounds=1",
-                                "--set=training.lr=0.01", "--set=accuracy.pilot_sizes=[20, 60, 200]",
-                                "--set=accuracy.pilot_repeats=1", "--set=loop.max_iterations=2",
-                                "--set=mechanisms.compare=['standard']",
+    assert run_experiment.main(["--quiet", *BRIEF, "--set=training.rounds=1", "--set=training.lr=0.01",
+                                "--set=loop.max_iterations=2", "--set=mechanisms.compare=['standard']",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
     poor = [row for row in trainings(folder, "standard") if float(row["accuracy"]) <= 0.1 + 0.02]
@@ -491,8 +487,9 @@ def test_a_federated_training_at_chance_beside_a_pilot_that_learns_says_so(tmp_p
     assert poor and float(pilot[-1]["accuracy"]) > 0.12  # the pilot learns; a training does not
     said = ("a federated training scored within 0.02 of chance (0.1) where the pilot curve learns (standard's of "
             f"{float(poor[0]['size']):.0f} samples scored {float(poor[0]['accuracy']):.3f}): the federation did not "
-            "learn at these settings (training.rounds=1, training.local_epochs=1, training.lr=0.01, "
-            "training.batch_size=16), and the data efficiency calibrated to it reads that as data worth almost nothing")
+            f"learn at these settings (training.rounds=1, training.local_epochs={TRAINING['local_epochs']!r}, "
+            f"training.lr=0.01, training.batch_size={TRAINING['batch_size']!r}), and the data efficiency calibrated "
+            "to it reads that as data worth almost nothing")
     assert f"warning: {said}\n" in capsys.readouterr().err
     assert said in json.loads((folder / "manifest.json").read_text())["warnings"]
 
@@ -989,10 +986,7 @@ def test_a_lone_agent_is_measured_alone_as_the_audit_holds_it_alone(tmp_path):
                                 "--set=training.measure_local=true", "--set=mechanisms.compare=['standard']",
                                 f"--set=experiment.output_dir='{tmp_path}'"]) == 0
     (folder,) = tmp_path.iterdir()
-    with (folder / "summary.csv").open() as handle:
-        (summary,) = csv.DictReader(handle)
-    with (folder / "agents.csv").open() as handle:
-        (agent,) = csv.DictReader(handle)
+    (summary,), (agent,) = read_csv(folder / "summary.csv"), read_csv(folder / "agents.csv")
     assert int(summary["ir_violations"]) == 1
     assert float(agent["local_accuracy"]) > float(agent["delivered_accuracy"])
     assert float(summary["realised_incentivised_share"]) == 0.0

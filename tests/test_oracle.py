@@ -373,11 +373,11 @@ def test_each_agent_trains_alone_from_its_own_local_stream():
 
     oracle = make_oracle(rounds=2, measure_local=True, executor=SerialExecutor())
     result = oracle.train(np.array([80, 70, 0, 0, 0, 0, 0, 0]), None)
-    steps = FedAvg(batch_size=oracle.strategy.batch_size, lr=oracle.strategy.lr, steps=200)
+    steps = FedAvg(batch_size=oracle.strategy.batch_size, lr=oracle.strategy.lr, steps=oracle.curve_steps)
     for i, m in ((0, 80), (1, 70)):
         tasks = steps.configure_round(0, {i: TRAIN.subset(oracle.endowment_indices[i][:m])}, child_seed(0, 6, i))
         [alone] = SerialExecutor().run(oracle.model, steps, oracle.init_params, tasks)
-        assert alone.steps == 200
+        assert alone.steps == oracle.curve_steps
         per_class = per_class_accuracy(oracle.model, alone.params, TEST)
         assert result.local_accuracy[i] == accuracy_on_distribution(per_class, oracle.label_distributions[i])
 
